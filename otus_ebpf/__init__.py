@@ -1,0 +1,3 @@
+"""otus-ebpf: the application (CLI, kernel loader, capture, outputs)."""
+
+__version__ = "0.1.0"

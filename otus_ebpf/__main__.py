@@ -1,0 +1,3 @@
+from otus_ebpf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""`otus-ebpf attach`: load → attach → drain the ring until a signal → clean up.
+
+Every resource goes on one ExitStack, registered so that it unwinds in the
+right order on success, on error and on signal: detach first (no new
+packets), then drain what is left in the ring, flush the reporters, unload
+the programs, close the reporters, restore the signal handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import BinaryIO
+
+from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp
+from otus_ebpf.counters import StatsLine, read_kernel_counters
+from otus_ebpf.errors import SetupError
+from otus_ebpf.kafka import KafkaSettings, make_producer
+from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
+from otus_ebpf.ring import RingReader
+from userspace.pipeline import Pipeline
+from userspace.reporters import Reporter
+from userspace.reporters.jsonl import JsonLinesReporter
+from userspace.reporters.kafka import KafkaReporter
+
+DEFAULT_OUT_DIR = Path("otus-out")
+POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
+FLUSH_TIMEOUT_S = 10.0
+OUT_FILE_MODE = 0o640
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOptions:
+    interface: str
+    xdp_mode: XdpMode = XdpMode.AUTO
+    method: AttachMethod = AttachMethod.AUTO
+    out: str | None = None  # path, "-" for stdout, None for the default file
+    kafka: KafkaSettings | None = None
+    kernel: KernelSettings = field(default_factory=KernelSettings)
+    stats_interval_s: float = 5.0
+
+
+def run_attach(options: AttachOptions) -> int:
+    ifindex = resolve_interface(options.interface)
+    require_root()
+    import_bcc()
+    with contextlib.ExitStack() as stack:
+        stop = install_stop_signals(stack)
+        reporters = open_reporters(stack, options)
+        programs = load_programs(options.kernel)
+        stack.callback(programs.close)
+        ring = RingReader(programs.bpf)
+        pipeline = Pipeline({ifindex: options.interface}, time.time_ns() - time.monotonic_ns())
+
+        def deliver(batch: list[bytes]) -> None:
+            records = pipeline.process(batch)
+            for reporter in reporters:
+                reporter.write(records)
+
+        stack.callback(flush_reporters, reporters)
+        stack.callback(lambda: deliver(ring.drain()))
+        how_xdp = attach_xdp(stack, programs.xdp_fd, ifindex, options.interface,
+                             options.xdp_mode, options.method)
+        how_tc = attach_tc_egress(stack, programs.tc_fd, ifindex, options.interface, options.method)
+        log(f"attached to {options.interface}: ingress XDP ({how_xdp}), egress TC ({how_tc})")
+
+        next_stats = time.monotonic() + options.stats_interval_s
+        while not stop.is_set():
+            deliver(ring.poll(POLL_TIMEOUT_MS))
+            if time.monotonic() >= next_stats:
+                log(StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats).format())
+                next_stats += options.stats_interval_s
+        log("stopping: detaching, draining the ring, flushing outputs")
+        stack.callback(lambda: log(StatsLine(options.interface, read_kernel_counters(programs.bpf),
+                                             pipeline.stats).format()))
+    return 0
+
+
+def resolve_interface(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise SetupError(f"unknown interface {name!r} (see `ip link`)") from None
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SetupError("not root: loading and attaching BPF programs needs root; run with sudo")
+
+
+def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
+    """SIGINT/SIGTERM set a flag the poll loop checks; old handlers come back on exit."""
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(signum, request_stop)
+        stack.callback(signal.signal, signum, previous)
+    return stop
+
+
+def open_reporters(stack: contextlib.ExitStack, options: AttachOptions) -> list[Reporter]:
+    """Open every output before touching the kernel, so a bad output fails first."""
+    reporters: list[Reporter] = []
+    jsonl = JsonLinesReporter(open_output(stack, options.out, options.interface))
+    stack.callback(jsonl.close)
+    reporters.append(jsonl)
+    if options.kafka is not None:
+        kafka = KafkaReporter(make_producer(options.kafka), options.kafka.topic)
+        stack.callback(kafka.close)
+        reporters.append(kafka)
+    return reporters
+
+
+def open_output(stack: contextlib.ExitStack, out: str | None, interface: str) -> BinaryIO:
+    if out == "-":
+        return sys.stdout.buffer
+    path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{interface}.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OUT_FILE_MODE)
+    except OSError as exc:
+        raise SetupError(f"cannot open output {path}: {exc.strerror}") from None
+    sink = stack.enter_context(os.fdopen(fd, "ab"))
+    log(f"writing SIP records to {path}")
+    return sink
+
+
+def flush_reporters(reporters: list[Reporter]) -> None:
+    for reporter in reporters:
+        undelivered = reporter.flush(FLUSH_TIMEOUT_S)
+        if undelivered:
+            log(f"{type(reporter).__name__}: {undelivered} records undelivered at exit")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

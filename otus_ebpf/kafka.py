@@ -1,0 +1,44 @@
+"""Build the confluent-kafka producer and check the broker before capture starts."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException, Producer
+
+from otus_ebpf.errors import SetupError
+
+BROKER_CHECK_TIMEOUT_S = 5.0
+_log = logging.getLogger("otus_ebpf.kafka")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    brokers: str
+    topic: str = "otus.sip"
+    linger_ms: int = 20
+    batch_messages: int = 10_000
+    compression: str = "lz4"
+
+
+def make_producer(settings: KafkaSettings) -> Producer:
+    """A batching, idempotent producer; raises SetupError if the broker does not answer."""
+    producer = Producer({
+        "bootstrap.servers": settings.brokers,
+        "client.id": f"otus-ebpf@{socket.gethostname()}",
+        "linger.ms": settings.linger_ms,
+        "batch.num.messages": settings.batch_messages,
+        "compression.type": settings.compression,
+        "enable.idempotence": True,
+        "acks": "all",
+        "logger": _log,
+    })
+    try:
+        producer.list_topics(timeout=BROKER_CHECK_TIMEOUT_S)
+    except KafkaException as exc:
+        raise SetupError(
+            f"kafka broker {settings.brokers} unreachable: {exc.args[0].str()}"
+        ) from None
+    return producer
