@@ -40,6 +40,8 @@ _MODE_ORDER = {
 }
 # Errors that mean "this kernel has no such link", not "this attach failed".
 _NO_LINK_SUPPORT = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+# IFLA_XDP_ATTACHED, as pyroute2 names it → the mode flag a removal must repeat.
+_ATTACHED_MODE_FLAGS = {"xdp": XdpFlags.DRV_MODE, "xdpgeneric": XdpFlags.SKB_MODE}
 # clsact's egress hook, and the filter priority that marks our filter.
 CLSACT_EGRESS_PARENT = 0xFFFFFFF3
 OTUS_FILTER_PRIO = 0x4F54
@@ -99,9 +101,9 @@ def detach(ifindex: int, ifname: str) -> list[str]:
     filter priority. BPF links need no detach: they died with their process.
     """
     removed: list[str] = []
-    prog_id = _netlink_xdp_prog_id(ifindex)
+    prog_id, flags = _netlink_xdp_program(ifindex)
     if prog_id and program_name(prog_id) == XDP_FUNCTION:
-        _netlink_set_xdp(ifindex, -1, 0)
+        _netlink_set_xdp(ifindex, -1, flags)
         removed.append(f"XDP program {prog_id} ({XDP_FUNCTION}) from {ifname}")
     with contextlib.suppress(OSError):
         _clsact_del_filter(ifindex)
@@ -131,11 +133,15 @@ def _netlink_set_xdp(ifindex: int, prog_fd: int, flags: int) -> None:
             raise _netlink_error(exc) from None
 
 
-def _netlink_xdp_prog_id(ifindex: int) -> int:
+def _netlink_xdp_program(ifindex: int) -> tuple[int, int]:
+    """(program id, the mode flag needed to remove it), or (0, 0) when none."""
     with IPRoute() as ipr:
         (link,) = ipr.link("get", index=ifindex)
     xdp = link.get_attr("IFLA_XDP")
-    return int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+    if not xdp:
+        return 0, 0
+    prog_id = int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0)
+    return prog_id, _ATTACHED_MODE_FLAGS.get(xdp.get_attr("IFLA_XDP_ATTACHED"), 0)
 
 
 def _clsact_add_filter(ifindex: int, prog_fd: int) -> None:

@@ -1,0 +1,72 @@
+"""Test-wide rules.
+
+Everything under tests/integration is marked ``integration``: it needs root,
+bcc and the tools below. Outside CI a missing requirement skips those tests;
+in CI (CI=true) it fails them, because an integration test that did not run
+proved nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker, start_broker
+from tests.support.lab import Lab, lab_down, lab_up
+
+IN_CI = os.environ.get("CI") == "true"
+INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.nodeid:
+            item.add_marker(pytest.mark.integration)
+
+
+def missing_requirements() -> list[str]:
+    missing = [tool for tool in INTEGRATION_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        missing.append("bcc")
+    return missing
+
+
+@pytest.fixture(autouse=True)
+def _integration_requirements(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("integration") is None:
+        return
+    missing = missing_requirements()
+    if missing:
+        message = f"integration test needs: {', '.join(missing)}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: integration tests must run)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A fresh two-namespace lab per test, always torn down."""
+    prefix = f"otus-t{os.getpid() % 100000}"
+    the_lab = lab_up(prefix)
+    try:
+        yield the_lab
+    finally:
+        lab_down(the_lab)
+
+
+@pytest.fixture
+def uas_broker(lab: Lab, tmp_path: Path) -> Iterator[Broker]:
+    """tansu on 127.0.0.1 inside the UAS namespace, where the agent runs."""
+    broker = start_broker(tmp_path / "tansu.log", lab.uas_ns)
+    try:
+        yield broker
+    finally:
+        broker.process.stop()

@@ -1,0 +1,72 @@
+"""sipp calls across the lab; the agent on the UAS side must see every message,
+both directions, exactly as tshark sees them on the UAC side, and deliver the
+same records to Kafka keyed by Call-ID."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import read_records, start_agent
+from tests.support.broker import Broker
+from tests.support.lab import Lab
+from tests.support.sipp import run_calls
+from tests.support.tshark import sip_messages, start_capture
+
+CALLS = 20
+PARTITIONS = 3
+# What one basic call (scripts/sipp/*.xml) puts on the wire.
+MESSAGES_PER_CALL = Counter({"INVITE": 1, "100": 1, "180": 1, "200": 2, "ACK": 1, "BYE": 1})
+TRANSPORT_NAMES = {"u1": "udp", "t1": "tcp"}
+
+
+def message_key(record: dict[str, Any]) -> tuple[str, str, int, str]:
+    kind = record["method"] if record["method"] else str(record["status"])
+    return record["call_id"], kind, record["cseq"], record["cseq_method"]
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
+    lab: Lab, uas_broker: Broker, tmp_path: Path, transport: str
+) -> None:
+    topic = f"sip-{transport}"
+    uas_broker.create_topic(topic, PARTITIONS)
+    out = tmp_path / "sip.jsonl"
+    capture = start_capture(lab.uac_ns, lab.uac_if, tmp_path / "peer.pcap", tmp_path / "tshark.log")
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--kafka", uas_broker.address, "--topic", topic])
+    try:
+        run_calls(lab, CALLS, transport, tmp_path)
+    finally:
+        agent_status = agent.stop(signal.SIGTERM)
+        capture.stop(signal.SIGTERM)
+    assert agent_status == 0, agent.output()
+
+    records = read_records(out)
+    wire = sip_messages(tmp_path / "peer.pcap")
+    assert len(wire) == CALLS * sum(MESSAGES_PER_CALL.values())
+    assert Counter(map(message_key, records)) == Counter(wire)
+
+    per_call: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in records:
+        per_call[record["call_id"]][message_key(record)[1]] += 1
+        assert record["transport"] == TRANSPORT_NAMES[transport]
+        from_uac = record["method"] is not None  # requests come from the UAC here
+        assert record["direction"] == ("ingress" if from_uac else "egress"), record
+        assert record["src"] == (lab.uac_v4 if from_uac else lab.uas_v4), record
+    assert len(per_call) == CALLS
+    assert all(counts == MESSAGES_PER_CALL for counts in per_call.values()), per_call
+
+    consumed = uas_broker.consume_all(topic, expected=len(records))
+    values = [json.loads(value) for _key, value, _partition in consumed]
+    assert sorted(map(json.dumps, values)) == sorted(map(json.dumps, records))
+    partitions_of_call: dict[str, set[int]] = defaultdict(set)
+    for key, value, partition in consumed:
+        assert key.decode() == json.loads(value)["call_id"]
+        partitions_of_call[key.decode()].add(partition)
+    assert all(len(p) == 1 for p in partitions_of_call.values()), partitions_of_call

