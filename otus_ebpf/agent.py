@@ -49,6 +49,7 @@ class AttachOptions:
 
 
 def run_attach(options: AttachOptions) -> int:
+    options.kernel.validate()
     ifindex = resolve_interface(options.interface)
     require_root()
     import_bcc()

@@ -112,7 +112,7 @@ def detach(ifindex: int, ifname: str) -> list[str]:
 
 
 def _refuse_if_busy(exc: OSError, ifname: str) -> None:
-    if exc.errno == errno.EBUSY or exc.errno == errno.EEXIST:
+    if exc.errno in {errno.EBUSY, errno.EEXIST}:
         raise SetupError(
             f"{ifname} already has an XDP program; if it is a crashed otus-ebpf's, "
             f"`otus-ebpf detach {ifname}` removes it"

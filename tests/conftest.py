@@ -8,6 +8,7 @@ proved nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -32,9 +33,7 @@ def missing_requirements() -> list[str]:
     missing = [tool for tool in INTEGRATION_TOOLS if shutil.which(tool) is None]
     if os.geteuid() != 0:
         missing.append("root")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("bcc") is None:
         missing.append("bcc")
     return missing
 

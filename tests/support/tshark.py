@@ -13,8 +13,9 @@ CAPTURE_START_TIMEOUT_S = 15.0
 
 
 def start_capture(netns: str, interface: str, pcap: Path, log: Path) -> Background:
-    capture = Background(["tcpdump", "-i", interface, "-U", "--immediate-mode", "-n", "-s", "0", "-w", str(pcap), "port 5060"],
-                         log, netns=netns)
+    argv = ["tcpdump", "-i", interface, "-U", "--immediate-mode", "-n", "-s", "0", "-w", str(pcap),
+            "port 5060"]
+    capture = Background(argv, log, netns=netns)
     capture.wait_for_output("listening on", CAPTURE_START_TIMEOUT_S)
     return capture
 

@@ -1,0 +1,60 @@
+"""bpf/otus_event.h and userspace/event.py are one contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.contract import contract_mismatches
+from tests.support.frames import ring_record
+from tests.support.paths import REPO
+from userspace.errors import Malformed, Truncated
+from userspace.event import EVENT_HEADER, Direction, decode_event
+
+HEADER = (REPO / "bpf" / "otus_event.h").read_text()
+
+
+def test_header_and_python_definition_agree() -> None:
+    assert contract_mismatches(HEADER) == []
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("__u32 cap_len;", "__u16 cap_len;"),                    # a type changes
+    ("__u32 flow_hash;", "__u32 flow_hash2;"),              # a name changes
+    ("__u8 pad[6];", "__u8 pad[2];"),                        # the size changes
+    ("__u8 kind;", "__u8 kind;\n\t__u8 extra;"),            # a field is added
+    ("#define OTUS_KIND_SIP 1", "#define OTUS_KIND_SIP 2"),  # an enum value changes
+    ("#define OTUS_CTR_MAX 8", "#define OTUS_CTR_MAX 9"),
+])
+def test_any_change_to_one_side_is_caught(before: str, after: str) -> None:
+    assert before in HEADER
+    assert contract_mismatches(HEADER.replace(before, after, 1)) != []
+
+
+def test_swapped_fields_are_caught() -> None:
+    swapped = HEADER.replace("__u32 ifindex;", "__u32 TMP;").replace(
+        "__u32 orig_len;", "__u32 ifindex;").replace("__u32 TMP;", "__u32 orig_len;")
+    assert contract_mismatches(swapped) != []
+
+
+def test_a_line_outside_the_restricted_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="restricted style"):
+        contract_mismatches(HEADER.replace("__u32 ifindex;", "unsigned int ifindex;"))
+
+
+def test_decode_event_splits_header_and_frame() -> None:
+    frame = bytes(range(60))
+    event = decode_event(ring_record(frame, Direction.EGRESS, ts_ns=42, ifindex=7))
+    assert (event.ts_ns, event.ifindex, event.direction, event.cap_len) == (42, 7, Direction.EGRESS, 60)
+    assert event.frame == frame
+
+
+def test_decode_event_rejects_short_and_inconsistent_records() -> None:
+    record = ring_record(bytes(60))
+    with pytest.raises(Truncated):
+        decode_event(record[:EVENT_HEADER.size - 1])
+    with pytest.raises(Truncated):
+        decode_event(record[:-1])  # cap_len says 60, 59 follow
+    bad_direction = bytearray(record)
+    bad_direction[30] = 9
+    with pytest.raises(Malformed):
+        decode_event(bytes(bad_direction))

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from tests.support.frames import TCP, ethernet, ipv4, ring_record, tcp, udp
+from tests.support.sip_samples import INVITE, OK_200
+from userspace.decode import IPProto
+from userspace.event import Direction
+from userspace.pipeline import Pipeline
+
+OFFSET_NS = 1_700_000_000_000_000_000
+
+
+def make_pipeline() -> Pipeline:
+    return Pipeline({2: "eth0"}, OFFSET_NS)
+
+
+def test_udp_sip_becomes_a_record_with_wall_clock_time() -> None:
+    frame = ethernet(ipv4(udp(INVITE, 5070, 5060), src="192.0.2.1", dst="192.0.2.2"))
+    (record,) = make_pipeline().process([ring_record(frame, Direction.INGRESS, ts_ns=5)])
+    assert record.ts_ns == OFFSET_NS + 5
+    assert (record.interface, record.direction, record.transport) == ("eth0", Direction.INGRESS, IPProto.UDP)
+    assert (record.src, record.sport, record.dst, record.dport) == ("192.0.2.1", 5070, "192.0.2.2", 5060)
+    assert record.message.method == "INVITE"
+    assert record.key == b"a84b4c76e66710@pc33.atlanta.example.com"
+
+
+def test_several_messages_in_one_tcp_segment_and_keepalives() -> None:
+    payload = b"\r\n\r\n" + INVITE + OK_200 + b"\r\n"
+    pipeline = make_pipeline()
+    records = pipeline.process([ring_record(ethernet(ipv4(tcp(payload), proto=TCP)))])
+    assert [r.message.method or r.message.status for r in records] == ["INVITE", 200]
+    assert pipeline.stats.records == 2
+    assert pipeline.stats.sip_errors == 0
+
+
+def test_a_udp_datagram_holds_one_message() -> None:
+    records = make_pipeline().process([ring_record(ethernet(ipv4(udp(OK_200 + INVITE))))])
+    assert len(records) == 1
+
+
+def test_bad_input_is_counted_by_layer_and_skipped() -> None:
+    good = ring_record(ethernet(ipv4(udp(INVITE))))
+    pipeline = make_pipeline()
+    records = pipeline.process([
+        good[:10],                                              # broken ring record
+        ring_record(ethernet(b"\0" * 30, ethertype=0x0806)),   # not IP
+        ring_record(ethernet(ipv4(tcp(b""), proto=TCP))),       # handshake, no payload
+        ring_record(ethernet(ipv4(udp(b"hello")))),             # not SIP
+        ring_record(ethernet(ipv4(udp(INVITE[:-10])))),         # SIP cut short
+        good,
+    ])
+    assert len(records) == 1
+    s = pipeline.stats
+    assert (s.events, s.event_errors, s.decode_errors, s.empty_payloads, s.not_sip, s.sip_errors,
+            s.records) == (6, 1, 1, 1, 1, 1, 1)
