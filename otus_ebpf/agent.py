@@ -55,7 +55,7 @@ def run_attach(options: AttachOptions) -> int:
     import_bcc()
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
-        reporters = open_reporters(stack, options)
+        reporters, kafka = open_reporters(stack, options)
         programs = load_programs(options.kernel)
         stack.callback(programs.close)
         ring = RingReader(programs.bpf)
@@ -73,15 +73,18 @@ def run_attach(options: AttachOptions) -> int:
         how_tc = attach_tc_egress(stack, programs.tc_fd, ifindex, options.interface, options.method)
         log(f"attached to {options.interface}: ingress XDP ({how_xdp}), egress TC ({how_tc})")
 
+        def stats_line() -> str:
+            return StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats,
+                             kafka.stats if kafka else None).format()
+
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
             deliver(ring.poll(POLL_TIMEOUT_MS))
             if time.monotonic() >= next_stats:
-                log(StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats).format())
+                log(stats_line())
                 next_stats += options.stats_interval_s
         log("stopping: detaching, draining the ring, flushing outputs")
-        stack.callback(lambda: log(StatsLine(options.interface, read_kernel_counters(programs.bpf),
-                                             pipeline.stats).format()))
+        stack.callback(lambda: log(stats_line()))
     return 0
 
 
@@ -110,17 +113,19 @@ def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
     return stop
 
 
-def open_reporters(stack: contextlib.ExitStack, options: AttachOptions) -> list[Reporter]:
+def open_reporters(stack: contextlib.ExitStack,
+                   options: AttachOptions) -> tuple[list[Reporter], KafkaReporter | None]:
     """Open every output before touching the kernel, so a bad output fails first."""
     reporters: list[Reporter] = []
     jsonl = JsonLinesReporter(open_output(stack, options.out, options.interface))
     stack.callback(jsonl.close)
     reporters.append(jsonl)
+    kafka = None
     if options.kafka is not None:
         kafka = KafkaReporter(make_producer(options.kafka), options.kafka.topic)
         stack.callback(kafka.close)
         reporters.append(kafka)
-    return reporters
+    return reporters, kafka
 
 
 def open_output(stack: contextlib.ExitStack, out: str | None, interface: str) -> BinaryIO:

@@ -9,6 +9,7 @@ from typing import Any
 from otus_ebpf.loader import COUNTERS_MAP
 from userspace.event import Counter, Direction
 from userspace.pipeline import PipelineStats
+from userspace.reporters.kafka import KafkaStats
 
 KernelCounts = dict[tuple[Direction, Counter], int]
 _COUNTERS = [c for c in Counter if c is not Counter.MAX]
@@ -29,6 +30,7 @@ class StatsLine:
     interface: str
     kernel: KernelCounts
     pipeline: PipelineStats
+    kafka: KafkaStats | None = None
 
     def format(self) -> str:
         parts = [f"otus-ebpf: {self.interface}"]
@@ -41,4 +43,8 @@ class StatsLine:
         p = self.pipeline
         errors = p.event_errors + p.decode_errors + p.sip_errors
         parts.append(f"records={p.records} not_sip={p.not_sip + p.empty_payloads} errors={errors}")
+        if self.kafka is not None:
+            kafka = self.kafka
+            parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "
+                         f"failed={kafka.failed} queue_full={kafka.queue_full}")
         return " | ".join(parts)

@@ -87,10 +87,12 @@ setup_venv() {
     [ -x "$VENV/bin/python" ] || { say "creating $VENV"; /usr/bin/python3 -m venv "$VENV"; }
     # Import Debian's bcc without the rest of Debian's site-packages.
     bcc_dir="$VENV/debian-bcc"
-    mkdir -p "$bcc_dir"
-    ln -sfn /usr/lib/python3/dist-packages/bcc "$bcc_dir/bcc"
+    if [ "$(readlink "$bcc_dir/bcc" 2>/dev/null)" != /usr/lib/python3/dist-packages/bcc ]; then
+        mkdir -p "$bcc_dir"
+        ln -sfn /usr/lib/python3/dist-packages/bcc "$bcc_dir/bcc"
+    fi
     site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    echo "$bcc_dir" > "$site/debian_bcc.pth"
+    [ "$(cat "$site/debian_bcc.pth" 2>/dev/null)" = "$bcc_dir" ] || echo "$bcc_dir" > "$site/debian_bcc.pth"
     "$VENV/bin/python" -c 'import bcc' 2>/dev/null || die "the venv cannot import Debian's bcc from $bcc_dir"
 
     stamp="$VENV/.otus-installed"
