@@ -66,16 +66,18 @@ def run_attach(options: AttachOptions) -> int:
             for reporter in reporters:
                 reporter.write(records)
 
+        def stats_line() -> str:
+            return StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats,
+                             kafka.stats if kafka else None).format()
+
+        # Unwinds bottom-up: detach, drain, flush, then the final figures.
+        stack.callback(lambda: log(stats_line()))
         stack.callback(flush_reporters, reporters)
         stack.callback(lambda: deliver(ring.drain()))
         how_xdp = attach_xdp(stack, programs.xdp_fd, ifindex, options.interface,
                              options.xdp_mode, options.method)
         how_tc = attach_tc_egress(stack, programs.tc_fd, ifindex, options.interface, options.method)
         log(f"attached to {options.interface}: ingress XDP ({how_xdp}), egress TC ({how_tc})")
-
-        def stats_line() -> str:
-            return StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats,
-                             kafka.stats if kafka else None).format()
 
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
@@ -84,7 +86,6 @@ def run_attach(options: AttachOptions) -> int:
                 log(stats_line())
                 next_stats += options.stats_interval_s
         log("stopping: detaching, draining the ring, flushing outputs")
-        stack.callback(lambda: log(stats_line()))
     return 0
 
 

@@ -48,6 +48,12 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     assert agent_status == 0, agent.output()
 
     records = read_records(out)
+    final_stats = [line for line in agent.output().splitlines() if line.startswith("otus-ebpf: ")][-1]
+    assert f"records={len(records)} " in final_stats and "errors=0" in final_stats, final_stats
+    assert "submit_failed=0 | egress" in final_stats and final_stats.count("submit_failed=0") == 2
+    # Printed after the flush: every record is accounted for by Kafka.
+    assert f"kafka produced={len(records)} delivered={len(records)} failed=0" in final_stats, final_stats
+
     wire = sip_messages(tmp_path / "peer.pcap")
     assert len(wire) == CALLS * sum(MESSAGES_PER_CALL.values())
     assert Counter(map(message_key, records)) == Counter(wire)

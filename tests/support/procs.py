@@ -33,7 +33,8 @@ class Background:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def wait_for_output(self, needle: str, timeout: float) -> None:
