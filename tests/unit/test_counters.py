@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from otus_ebpf.counters import StatsLine
+from otus_ebpf.counters import KernelCounts, StatsLine
 from userspace.event import Counter, Direction
 from userspace.pipeline import PipelineStats
 from userspace.reporters.kafka import KafkaStats
 
 
 def test_stats_line_shows_kernel_pipeline_and_kafka_figures() -> None:
-    kernel = {(d, c): 0 for d in Direction for c in Counter if c is not Counter.MAX}
+    kernel: KernelCounts = {(d, c): 0 for d in Direction for c in Counter if c is not Counter.MAX}
     kernel[Direction.INGRESS, Counter.SEEN] = 10
     kernel[Direction.EGRESS, Counter.SUBMIT_FAILED] = 3
     line = StatsLine("eth0", kernel, PipelineStats(records=7, sip_errors=1, decode_errors=1),
