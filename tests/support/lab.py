@@ -30,7 +30,10 @@ class Lab:
 
 def _lab_script(prefix: str, action: str) -> None:
     env = dict(os.environ, OTUS_LAB_PREFIX=prefix)
-    subprocess.run([str(LAB_SCRIPT), action], check=True, env=env, capture_output=True, text=True)
+    result = subprocess.run([str(LAB_SCRIPT), action], env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/lab.sh {action} failed ({result.returncode}): "
+                           f"{(result.stderr or result.stdout).strip()}")
 
 
 def lab_up(prefix: str) -> Lab:
