@@ -19,6 +19,9 @@ COMPACT_FORMS = {"i": "call-id", "f": "from", "t": "to", "v": "via", "l": "conte
 WANTED_HEADERS = frozenset(("call-id", "cseq", "from", "to", "via", "content-length"))
 # A status code is three digits (RFC 3261 §7.2); 1xx-6xx are defined.
 MIN_STATUS, MAX_STATUS = 100, 699
+# How far into a payload a request line's " SIP/2.0" may end; long Request-URIs
+# exist, but a start line past this is not worth treating as SIP.
+_START_LINE_SCAN = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,11 @@ class SipMessage:
 
 def looks_like_sip(payload: bytes) -> bool:
     """Cheap pre-check used to skip keep-alives and non-SIP payloads."""
-    return payload[:7] == b"SIP/2.0" or b" SIP/2.0\r\n" in payload[:512] or b" SIP/2.0\n" in payload[:512]
+    if payload.startswith(b"SIP/2.0"):
+        return True
+    # A request line ends in " SIP/2.0" (RFC 3261 §7.1); look only near the start.
+    return payload.find(b" SIP/2.0\r\n", 0, _START_LINE_SCAN) >= 0 or \
+        payload.find(b" SIP/2.0\n", 0, _START_LINE_SCAN) >= 0
 
 
 def parse_message(data: bytes) -> SipMessage:

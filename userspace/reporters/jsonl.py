@@ -29,7 +29,7 @@ class JsonLinesReporter:
     def write(self, records: Sequence[SipRecord]) -> None:
         if not records:
             return
-        data = b"".join([encode_json(r) + b"\n" for r in records])
+        data = b"\n".join([encode_json(r) for r in records]) + b"\n"
         self._sink.write(data)
         self.stats.written += len(records)
         self.stats.bytes += len(data)
