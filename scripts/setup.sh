@@ -6,7 +6,7 @@
 #   .venv importing Debian's bcc, and `pip install -e .[dev]`.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 VENV="$ROOT/.venv"
 say() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
