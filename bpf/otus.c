@@ -1,13 +1,15 @@
-/* otus.c — XDP (ingress) and TC (egress) capture of SIP packets.
+/* otus.c — XDP (ingress) and TC (egress) classification of VoIP traffic.
  *
- * Both programs share one parsing path (parse_frame) and one submit path
- * (submit_sample); they differ only in how they read their context. They
- * count every packet and every outcome per CPU and always let the packet
- * through: monitoring never changes traffic.
+ * Both programs share one path: parse_frame (L2-L4), classify (filters,
+ * SIP ports, learned media flows, SIP signature, fragments) and
+ * submit_sample (copy into the shard's ring). They differ only in how they
+ * read their context. Every packet ends in exactly one verdict counter, and
+ * every packet is let through: monitoring never changes traffic.
  *
- * Compiled by bcc at attach time. Settings arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES) and through BPF maps (sip_ports), never by
- * rewriting this text.
+ * Compiled by bcc at attach time. Sizes arrive as cflags defines
+ * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_PERF); everything that
+ * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
+ * include/exclude tries), never in this text.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -25,12 +27,27 @@
 #ifndef OTUS_RING_PAGES
 #define OTUS_RING_PAGES 1024
 #endif
+#ifndef OTUS_SHARDS
+#define OTUS_SHARDS 1
+#endif
+#define OTUS_MAX_SHARDS 8
+#if OTUS_SHARDS < 1 || OTUS_SHARDS > OTUS_MAX_SHARDS
+#error "OTUS_SHARDS must be 1..8"
+#endif
+/* Perf buffers: a wakeup per event costs ~6 us, so user space opens them
+ * with batched wakeups; this side only has to pick the right array. */
+
 /* Bytes of an egress skb we need linear to parse L2-L4 headers. */
-#define OTUS_PULL_LEN 128
+#define OTUS_PULL_LEN 256
 #define OTUS_VLAN_DEPTH 2
+#define OTUS_IPV6_EXT_DEPTH 6
 #define OTUS_ETH_P_8021Q 0x8100
 #define OTUS_ETH_P_8021AD 0x88A8
+#define OTUS_IP_MF 0x2000
 #define OTUS_IP_OFFSET_MASK 0x1FFF
+#define OTUS_IP6_OFFSET_MASK 0xFFF8
+#define OTUS_IP6_MF 0x0001
+#define OTUS_SIGNATURE_LEN 8
 #define TC_ACT_UNSPEC (-1) /* clsact: default action; TCX: next program */
 
 struct otus_sample {
@@ -39,13 +56,18 @@ struct otus_sample {
 };
 
 struct otus_parsed {
-	__u32 flow_hash;
+	__u32 saddr[4];       /* raw; IPv4 in [0] */
+	__u32 daddr[4];
+	__u32 frag_id;
 	__u16 l3_offset;
 	__u16 l4_offset;
 	__u16 payload_offset;
 	__u16 sport;
 	__u16 dport;
 	__u8 l4_proto;
+	__u8 flags;           /* OTUS_FLAG_* */
+	__u8 family;          /* 4 or 6 */
+	__u8 non_first_fragment;
 };
 
 struct otus_vlan_hdr {
@@ -53,10 +75,78 @@ struct otus_vlan_hdr {
 	__be16 encapsulated_proto;
 };
 
-BPF_RINGBUF_OUTPUT(events, OTUS_RING_PAGES);
+struct otus_ipv6_ext {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct otus_ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 identification;
+};
+
+BPF_RINGBUF_OUTPUT(ring0, OTUS_RING_PAGES);
+#if OTUS_SHARDS > 1
+BPF_RINGBUF_OUTPUT(ring1, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 2
+BPF_RINGBUF_OUTPUT(ring2, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 3
+BPF_RINGBUF_OUTPUT(ring3, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 4
+BPF_RINGBUF_OUTPUT(ring4, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 5
+BPF_RINGBUF_OUTPUT(ring5, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 6
+BPF_RINGBUF_OUTPUT(ring6, OTUS_RING_PAGES);
+#endif
+#if OTUS_SHARDS > 7
+BPF_RINGBUF_OUTPUT(ring7, OTUS_RING_PAGES);
+#endif
+#ifdef OTUS_PERF
+BPF_PERF_OUTPUT(perf0);
+#if OTUS_SHARDS > 1
+BPF_PERF_OUTPUT(perf1);
+#endif
+#if OTUS_SHARDS > 2
+BPF_PERF_OUTPUT(perf2);
+#endif
+#if OTUS_SHARDS > 3
+BPF_PERF_OUTPUT(perf3);
+#endif
+#if OTUS_SHARDS > 4
+BPF_PERF_OUTPUT(perf4);
+#endif
+#if OTUS_SHARDS > 5
+BPF_PERF_OUTPUT(perf5);
+#endif
+#if OTUS_SHARDS > 6
+BPF_PERF_OUTPUT(perf6);
+#endif
+#if OTUS_SHARDS > 7
+BPF_PERF_OUTPUT(perf7);
+#endif
+#endif
+
 BPF_PERCPU_ARRAY(counters, __u64, 2 * OTUS_CTR_MAX);
+BPF_PERCPU_ARRAY(shard_failures, __u64, OTUS_MAX_SHARDS);
 BPF_PERCPU_ARRAY(scratch, struct otus_sample, 1);
+BPF_ARRAY(config, struct otus_config, 1);
 BPF_ARRAY(sip_ports, __u8, 65536);
+/* How many learned flows use each port: a cheap pre-check, so packets on
+ * ports no flow uses never pay for the hash lookup. */
+BPF_ARRAY(flow_ports, __u32, 65536);
+BPF_HASH(flows, struct otus_flow_key, struct otus_flow_value, 65536);
+BPF_LPM_TRIE(include_v4, struct otus_lpm_v4, __u8, 4096);
+BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
+BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
+BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
 
 static __always_inline void count(__u32 direction, __u32 counter)
 {
@@ -67,7 +157,7 @@ static __always_inline void count(__u32 direction, __u32 counter)
 		*value += 1;
 }
 
-/* murmur3 finaliser: spreads the XOR-folded tuple over all 32 bits. */
+/* murmur3 finaliser: spreads an XOR-folded tuple over all 32 bits. */
 static __always_inline __u32 mix32(__u32 h)
 {
 	h ^= h >> 16;
@@ -78,17 +168,118 @@ static __always_inline __u32 mix32(__u32 h)
 	return h;
 }
 
-/* Returns OTUS_CTR_MATCHED, or the counter that says why not. */
+/* XOR is symmetric, so both directions of a conversation fold the same. */
+static __always_inline __u32 address_fold(struct otus_parsed *p)
+{
+	return p->saddr[0] ^ p->daddr[0] ^ p->saddr[1] ^ p->daddr[1] ^
+	       p->saddr[2] ^ p->daddr[2] ^ p->saddr[3] ^ p->daddr[3];
+}
+
+static __always_inline int parse_ipv4(void *data, void *data_end, __u32 *off, struct otus_parsed *p)
+{
+	struct iphdr *ip = data + *off;
+
+	if ((void *)(ip + 1) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return OTUS_CTR_MALFORMED;
+	p->family = 4;
+	p->l4_proto = ip->protocol;
+	p->saddr[0] = ip->saddr;
+	p->daddr[0] = ip->daddr;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (frag & (OTUS_IP_MF | OTUS_IP_OFFSET_MASK)) {
+		p->flags |= OTUS_FLAG_FRAGMENT;
+		p->frag_id = ip->id;
+		p->non_first_fragment = (frag & OTUS_IP_OFFSET_MASK) != 0;
+	}
+	*off += ip->ihl * 4;
+	return 0;
+}
+
+/* Walks hop-by-hop, routing, destination options, AH and fragment headers
+ * (RFC 8200 §4) to the upper-layer header. */
+static __always_inline int parse_ipv6(void *data, void *data_end, __u32 *off, struct otus_parsed *p)
+{
+	struct ipv6hdr *ip6 = data + *off;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	if (ip6->version != 6)
+		return OTUS_CTR_MALFORMED;
+	p->family = 6;
+	p->flags |= OTUS_FLAG_IPV6;
+	__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+	__u8 next = ip6->nexthdr;
+	*off += sizeof(*ip6);
+
+#pragma unroll
+	for (int i = 0; i < OTUS_IPV6_EXT_DEPTH; i++) {
+		if (next == IPPROTO_FRAGMENT) {
+			struct otus_ipv6_frag *frag = data + *off;
+			if ((void *)(frag + 1) > data_end)
+				return OTUS_CTR_TRUNCATED;
+			__u16 frag_off = bpf_ntohs(frag->frag_off);
+			p->flags |= OTUS_FLAG_FRAGMENT;
+			p->frag_id = frag->identification;
+			p->non_first_fragment = (frag_off & OTUS_IP6_OFFSET_MASK) != 0;
+			next = frag->nexthdr;
+			*off += sizeof(*frag);
+		} else if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+			   next == IPPROTO_DSTOPTS || next == IPPROTO_AH) {
+			struct otus_ipv6_ext *ext = data + *off;
+			if ((void *)(ext + 1) > data_end)
+				return OTUS_CTR_TRUNCATED;
+			/* AH counts 4-byte units minus 2 (RFC 4302); the rest 8-byte units minus 1. */
+			*off += next == IPPROTO_AH ? (ext->hdrlen + 2) * 4 : (ext->hdrlen + 1) * 8;
+			next = ext->nexthdr;
+		} else {
+			break;
+		}
+		if (p->non_first_fragment)
+			break;
+	}
+	p->l4_proto = next;
+	return 0;
+}
+
+static __always_inline int parse_l4(void *data, void *data_end, __u32 *off, struct otus_parsed *p)
+{
+	if (p->l4_proto == IPPROTO_UDP) {
+		struct udphdr *udp = data + *off;
+		if ((void *)(udp + 1) > data_end)
+			return OTUS_CTR_TRUNCATED;
+		p->sport = bpf_ntohs(udp->source);
+		p->dport = bpf_ntohs(udp->dest);
+		*off += sizeof(*udp);
+		return 0;
+	}
+	if (p->l4_proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + *off;
+		if ((void *)(tcp + 1) > data_end)
+			return OTUS_CTR_TRUNCATED;
+		if (tcp->doff < 5)
+			return OTUS_CTR_MALFORMED;
+		p->sport = bpf_ntohs(tcp->source);
+		p->dport = bpf_ntohs(tcp->dest);
+		*off += tcp->doff * 4;
+		return 0;
+	}
+	return OTUS_CTR_OTHER_L4;
+}
+
+/* Parses L2 to L4. Returns 0, or the verdict counter that ends the packet.
+ * A non-first fragment stops after L3: it carries no ports. */
 static __always_inline int parse_frame(void *data, void *data_end, struct otus_parsed *p)
 {
 	struct ethhdr *eth = data;
 	__u32 off = sizeof(*eth);
-	__u16 proto;
-	__u32 addr_fold;
+	int verdict;
 
 	if ((void *)(eth + 1) > data_end)
 		return OTUS_CTR_TRUNCATED;
-	proto = bpf_ntohs(eth->h_proto);
+	__u16 proto = bpf_ntohs(eth->h_proto);
 
 #pragma unroll
 	for (int i = 0; i < OTUS_VLAN_DEPTH; i++) {
@@ -97,102 +288,272 @@ static __always_inline int parse_frame(void *data, void *data_end, struct otus_p
 		struct otus_vlan_hdr *vlan = data + off;
 		if ((void *)(vlan + 1) > data_end)
 			return OTUS_CTR_TRUNCATED;
+		p->flags |= OTUS_FLAG_VLAN;
 		proto = bpf_ntohs(vlan->encapsulated_proto);
 		off += sizeof(*vlan);
 	}
 
 	p->l3_offset = off;
-	if (proto == ETH_P_IP) {
-		struct iphdr *ip = data + off;
-		if ((void *)(ip + 1) > data_end)
-			return OTUS_CTR_TRUNCATED;
-		if (ip->ihl < 5)
-			return OTUS_CTR_TRUNCATED;
-		/* Non-first fragments carry no ports; the kernel issue routes them. */
-		if (bpf_ntohs(ip->frag_off) & OTUS_IP_OFFSET_MASK)
-			return OTUS_CTR_NOT_UDP_TCP;
-		p->l4_proto = ip->protocol;
-		addr_fold = ip->saddr ^ ip->daddr;
-		off += ip->ihl * 4;
-	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr *ip6 = data + off;
-		if ((void *)(ip6 + 1) > data_end)
-			return OTUS_CTR_TRUNCATED;
-		p->l4_proto = ip6->nexthdr;
-		addr_fold = 0;
-#pragma unroll
-		for (int i = 0; i < 4; i++)
-			addr_fold ^= ip6->saddr.in6_u.u6_addr32[i] ^ ip6->daddr.in6_u.u6_addr32[i];
-		off += sizeof(*ip6);
-	} else {
+	if (proto == ETH_P_IP)
+		verdict = parse_ipv4(data, data_end, &off, p);
+	else if (proto == ETH_P_IPV6)
+		verdict = parse_ipv6(data, data_end, &off, p);
+	else
 		return OTUS_CTR_NOT_IP;
-	}
+	if (verdict || p->non_first_fragment)
+		return verdict;
 
 	p->l4_offset = off;
-	if (p->l4_proto == IPPROTO_UDP) {
-		struct udphdr *udp = data + off;
-		if ((void *)(udp + 1) > data_end)
-			return OTUS_CTR_TRUNCATED;
-		p->sport = bpf_ntohs(udp->source);
-		p->dport = bpf_ntohs(udp->dest);
-		off += sizeof(*udp);
-	} else if (p->l4_proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = data + off;
-		if ((void *)(tcp + 1) > data_end)
-			return OTUS_CTR_TRUNCATED;
-		if (tcp->doff < 5)
-			return OTUS_CTR_TRUNCATED;
-		p->sport = bpf_ntohs(tcp->source);
-		p->dport = bpf_ntohs(tcp->dest);
-		off += tcp->doff * 4;
-	} else {
-		return OTUS_CTR_NOT_UDP_TCP;
-	}
+	verdict = parse_l4(data, data_end, &off, p);
+	if (verdict)
+		return verdict;
 	p->payload_offset = off;
-	p->flow_hash = mix32(addr_fold ^ (p->sport ^ p->dport) ^ ((__u32)p->l4_proto << 16));
+	return 0;
+}
+
+static __always_inline int filtered_out_v4(struct otus_config *cfg, struct otus_parsed *p)
+{
+	struct otus_lpm_v4 src = {.prefixlen = 32}, dst = {.prefixlen = 32};
+
+	__builtin_memcpy(src.addr, p->saddr, 4);
+	__builtin_memcpy(dst.addr, p->daddr, 4);
+	if ((cfg->flags & OTUS_CFG_EXCLUDE_V4) && (exclude_v4.lookup(&src) || exclude_v4.lookup(&dst)))
+		return 1;
+	if ((cfg->flags & OTUS_CFG_INCLUDE_V4) && !include_v4.lookup(&src) && !include_v4.lookup(&dst))
+		return 1;
+	return 0;
+}
+
+static __always_inline int filtered_out_v6(struct otus_config *cfg, struct otus_parsed *p)
+{
+	struct otus_lpm_v6 src = {.prefixlen = 128}, dst = {.prefixlen = 128};
+
+	__builtin_memcpy(src.addr, p->saddr, 16);
+	__builtin_memcpy(dst.addr, p->daddr, 16);
+	if ((cfg->flags & OTUS_CFG_EXCLUDE_V6) && (exclude_v6.lookup(&src) || exclude_v6.lookup(&dst)))
+		return 1;
+	if ((cfg->flags & OTUS_CFG_INCLUDE_V6) && !include_v6.lookup(&src) && !include_v6.lookup(&dst))
+		return 1;
+	return 0;
+}
+
+/* True when the address filters say the packet is none of our business:
+ * either address excluded, or an include list set and neither address in it. */
+static __always_inline int filtered_out(struct otus_config *cfg, struct otus_parsed *p)
+{
+	return p->family == 4 ? filtered_out_v4(cfg, p) : filtered_out_v6(cfg, p);
+}
+
+static __always_inline struct otus_flow_value *learned_endpoint(struct otus_parsed *p, __u32 *addr,
+								__u16 port)
+{
+	__u32 port_index = port;
+	__u32 *users = flow_ports.lookup(&port_index);
+
+	if (!users || *users == 0)
+		return NULL;
+	struct otus_flow_key key = {};
+	__builtin_memcpy(key.addr, addr, 16);
+	key.port = port;
+	key.l4_proto = p->l4_proto;
+	key.family = p->family;
+	return flows.lookup(&key);
+}
+
+#define OTUS_C8(a, b, c, d, e, f, g, h)                                                         \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
+	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+#define OTUS_PREFIX(head, n) ((n) == 8 ? (head) : (head) & ((1ULL << (8 * (n))) - 1))
+
+/* A status line or a request method at the start of a UDP payload
+ * (RFC 3261 §7.1, §7.2; methods of RFC 3261, 3262, 3265, 3311, 3428,
+ * 3515, 3903, 6086). Reads the first 8 bytes little-endian. */
+static __always_inline int sip_signature(void *data, void *data_end, __u32 off)
+{
+	__u8 *payload = data + off;
+	__u64 head;
+
+	if ((void *)(payload + OTUS_SIGNATURE_LEN) > data_end)
+		return 0;
+	__builtin_memcpy(&head, payload, OTUS_SIGNATURE_LEN);
+	return head == OTUS_C8('S', 'I', 'P', '/', '2', '.', '0', ' ') ||
+	       OTUS_PREFIX(head, 7) == OTUS_C8('I', 'N', 'V', 'I', 'T', 'E', ' ', 0) ||
+	       OTUS_PREFIX(head, 4) == OTUS_C8('A', 'C', 'K', ' ', 0, 0, 0, 0) ||
+	       OTUS_PREFIX(head, 4) == OTUS_C8('B', 'Y', 'E', ' ', 0, 0, 0, 0) ||
+	       OTUS_PREFIX(head, 7) == OTUS_C8('C', 'A', 'N', 'C', 'E', 'L', ' ', 0) ||
+	       head == OTUS_C8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') ||
+	       head == OTUS_C8('R', 'E', 'G', 'I', 'S', 'T', 'E', 'R') ||
+	       OTUS_PREFIX(head, 6) == OTUS_C8('P', 'R', 'A', 'C', 'K', ' ', 0, 0) ||
+	       head == OTUS_C8('S', 'U', 'B', 'S', 'C', 'R', 'I', 'B') ||
+	       OTUS_PREFIX(head, 7) == OTUS_C8('N', 'O', 'T', 'I', 'F', 'Y', ' ', 0) ||
+	       head == OTUS_C8('P', 'U', 'B', 'L', 'I', 'S', 'H', ' ') ||
+	       OTUS_PREFIX(head, 5) == OTUS_C8('I', 'N', 'F', 'O', ' ', 0, 0, 0) ||
+	       OTUS_PREFIX(head, 6) == OTUS_C8('R', 'E', 'F', 'E', 'R', ' ', 0, 0) ||
+	       head == OTUS_C8('M', 'E', 'S', 'S', 'A', 'G', 'E', ' ') ||
+	       OTUS_PREFIX(head, 7) == OTUS_C8('U', 'P', 'D', 'A', 'T', 'E', ' ', 0);
+}
+
+struct otus_match {
+	__u32 verdict;        /* OTUS_CTR_* */
+	__u32 snaplen;
+	__u32 flow_hash;
+	__u8 kind;            /* OTUS_KIND_* */
+	__u8 shard;
+};
+
+/* Decides whether and how the packet goes up. Returns the verdict counter;
+ * for matches, fills in kind, snaplen and shard. */
+static __always_inline __u32 classify(void *data, void *data_end, struct otus_parsed *p,
+				      struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_config *cfg = config.lookup(&zero);
+	int verdict = parse_frame(data, data_end, p);
+
+	if (verdict)
+		return verdict;
+	if (!cfg)
+		return OTUS_CTR_NO_MATCH;
+	if (cfg->flags && filtered_out(cfg, p))
+		return OTUS_CTR_FILTERED;
+
+	/* Conversation shard: addresses only, so the fragments of a datagram
+	 * and the rest of its dialog meet in one worker. */
+	__u32 fold = address_fold(p);
+	m->shard = mix32(fold) % OTUS_SHARDS;
+	m->snaplen = cfg->sip_snaplen;
+	if (p->flags & OTUS_FLAG_FRAGMENT) {
+		m->kind = OTUS_KIND_FRAGMENT;
+		m->flow_hash = mix32(fold ^ p->frag_id ^ ((__u32)p->l4_proto << 16));
+		return OTUS_CTR_MATCHED_FRAGMENT;
+	}
+	m->flow_hash = mix32(fold ^ (p->sport ^ p->dport) ^ ((__u32)p->l4_proto << 16));
 
 	__u32 sport = p->sport, dport = p->dport;
 	__u8 *sport_is_sip = sip_ports.lookup(&sport);
 	__u8 *dport_is_sip = sip_ports.lookup(&dport);
-	if ((sport_is_sip && *sport_is_sip) || (dport_is_sip && *dport_is_sip))
-		return OTUS_CTR_MATCHED;
-	return OTUS_CTR_NOT_UDP_TCP;
+	if ((sport_is_sip && *sport_is_sip) || (dport_is_sip && *dport_is_sip)) {
+		m->kind = OTUS_KIND_SIP;
+		return OTUS_CTR_MATCHED_SIP_PORT;
+	}
+
+	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
+	if (!flow)
+		flow = learned_endpoint(p, p->saddr, p->sport);
+	if (flow) {
+		m->kind = flow->kind;
+		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
+		m->snaplen = p->payload_offset + cfg->media_snaplen;
+		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
+	}
+
+	if ((cfg->flags & OTUS_CFG_SIGNATURE) && p->l4_proto == IPPROTO_UDP &&
+	    sip_signature(data, data_end, p->payload_offset)) {
+		m->kind = OTUS_KIND_SIP;
+		p->flags |= OTUS_FLAG_SIGNATURE;
+		return OTUS_CTR_MATCHED_SIP_SIGNATURE;
+	}
+	return OTUS_CTR_NO_MATCH;
 }
 
-/* Bounds the capture length for the verifier (u64: see ENVIRONMENT.md). */
-static __always_inline __u64 capture_length(__u64 frame_len)
+/* Bounds the copy for the verifier (u64 and a constant cap: ENVIRONMENT.md). */
+static __always_inline __u64 capture_length(__u64 frame_len, __u32 snaplen)
 {
-	return frame_len < OTUS_SNAPLEN ? frame_len : OTUS_SNAPLEN;
+	__u64 cap = frame_len < snaplen ? frame_len : snaplen;
+
+	return cap < OTUS_SNAPLEN ? cap : OTUS_SNAPLEN;
 }
 
 static __always_inline void fill_header(struct otus_sample *s, struct otus_parsed *p,
-					__u32 direction, __u32 ifindex, __u32 orig_len,
-					__u64 cap_len)
+					struct otus_match *m, __u32 direction, __u32 ifindex,
+					__u32 orig_len, __u64 cap_len)
 {
 	s->hdr.ts_ns = bpf_ktime_get_ns();
 	s->hdr.ifindex = ifindex;
 	s->hdr.orig_len = orig_len;
 	s->hdr.cap_len = cap_len;
-	s->hdr.flow_hash = p->flow_hash;
+	s->hdr.flow_hash = m->flow_hash;
 	s->hdr.l3_offset = p->l3_offset;
 	s->hdr.l4_offset = p->l4_offset;
 	s->hdr.payload_offset = p->payload_offset;
 	s->hdr.direction = direction;
-	s->hdr.kind = OTUS_KIND_SIP;
+	s->hdr.kind = m->kind;
 	s->hdr.l4_proto = p->l4_proto;
-	s->hdr.flags = 0;
+	s->hdr.flags = p->flags;
+	s->hdr.shard = m->shard;
+	__builtin_memset(s->hdr.pad, 0, sizeof(s->hdr.pad));
 }
 
-static __always_inline void submit_sample(struct otus_sample *s, __u32 direction, __u64 cap_len)
+/* One case per ring: bcc cannot expand map calls inside macros. */
+static __always_inline long output(void *ctx, struct otus_sample *s, __u64 size, __u32 shard)
+{
+	switch (shard) {
+#ifdef OTUS_PERF
+#if OTUS_SHARDS > 7
+	case 7: return perf7.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 6
+	case 6: return perf6.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 5
+	case 5: return perf5.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 4
+	case 4: return perf4.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 3
+	case 3: return perf3.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 2
+	case 2: return perf2.perf_submit(ctx, s, size);
+#endif
+#if OTUS_SHARDS > 1
+	case 1: return perf1.perf_submit(ctx, s, size);
+#endif
+	default: return perf0.perf_submit(ctx, s, size);
+#else
+#if OTUS_SHARDS > 7
+	case 7: return ring7.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 6
+	case 6: return ring6.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 5
+	case 5: return ring5.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 4
+	case 4: return ring4.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 3
+	case 3: return ring3.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 2
+	case 2: return ring2.ringbuf_output(s, size, 0);
+#endif
+#if OTUS_SHARDS > 1
+	case 1: return ring1.ringbuf_output(s, size, 0);
+#endif
+	default: return ring0.ringbuf_output(s, size, 0);
+#endif
+	}
+}
+
+static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u32 direction,
+					  __u64 cap_len, __u32 shard)
 {
 	__u64 size = sizeof(struct otus_event) + cap_len;
 
 	if (size > sizeof(*s))
 		size = sizeof(*s);
-	if (events.ringbuf_output(s, size, 0) == 0)
+	if (output(ctx, s, size, shard) == 0) {
 		count(direction, OTUS_CTR_SUBMITTED);
-	else
-		count(direction, OTUS_CTR_SUBMIT_FAILED);
+		return;
+	}
+	count(direction, OTUS_CTR_SUBMIT_FAILED);
+	__u32 index = shard;
+	__u64 *failures = shard_failures.lookup(&index);
+	if (failures)
+		*failures += 1;
 }
 
 int xdp_ingress(struct xdp_md *ctx)
@@ -200,54 +561,57 @@ int xdp_ingress(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct otus_parsed p = {};
+	struct otus_match m = {};
 	__u32 zero = 0;
 
 	count(OTUS_DIR_INGRESS, OTUS_CTR_SEEN);
-	int verdict = parse_frame(data, data_end, &p);
+	__u32 verdict = classify(data, data_end, &p, &m);
 	count(OTUS_DIR_INGRESS, verdict);
-	if (verdict != OTUS_CTR_MATCHED)
+	if (m.kind == 0)
 		return XDP_PASS;
 
 	struct otus_sample *s = scratch.lookup(&zero);
 	if (!s)
 		return XDP_PASS;
 	__u64 frame_len = data_end - data;
-	__u64 cap_len = capture_length(frame_len);
+	__u64 cap_len = capture_length(frame_len, m.snaplen);
 	if (cap_len < 1 || bpf_xdp_load_bytes(ctx, 0, s->data, cap_len) < 0) {
 		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
 		return XDP_PASS;
 	}
-	fill_header(s, &p, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
-	submit_sample(s, OTUS_DIR_INGRESS, cap_len);
+	fill_header(s, &p, &m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
+	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m.shard);
 	return XDP_PASS;
 }
 
 int tc_egress(struct __sk_buff *skb)
 {
 	struct otus_parsed p = {};
+	struct otus_match m = {};
 	__u32 zero = 0;
 
 	count(OTUS_DIR_EGRESS, OTUS_CTR_SEEN);
-	/* Locally built skbs may keep headers outside the linear area. */
+	/* Locally built skbs may keep headers outside the linear area; pulling
+	 * them in changes the skb's layout, never its bytes. */
 	if (skb->data_end - skb->data < OTUS_PULL_LEN && skb->len > skb->data_end - skb->data)
 		bpf_skb_pull_data(skb, skb->len < OTUS_PULL_LEN ? skb->len : OTUS_PULL_LEN);
 
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	int verdict = parse_frame(data, data_end, &p);
+	__u32 verdict = classify(data, data_end, &p, &m);
 	count(OTUS_DIR_EGRESS, verdict);
-	if (verdict != OTUS_CTR_MATCHED)
+	if (m.kind == 0)
 		return TC_ACT_UNSPEC;
 
 	struct otus_sample *s = scratch.lookup(&zero);
 	if (!s)
 		return TC_ACT_UNSPEC;
-	__u64 cap_len = capture_length(skb->len);
+	__u64 cap_len = capture_length(skb->len, m.snaplen);
 	if (cap_len < 1 || bpf_skb_load_bytes(skb, 0, s->data, cap_len) < 0) {
 		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
 		return TC_ACT_UNSPEC;
 	}
-	fill_header(s, &p, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
-	submit_sample(s, OTUS_DIR_EGRESS, cap_len);
+	fill_header(s, &p, &m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
+	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m.shard);
 	return TC_ACT_UNSPEC;
 }

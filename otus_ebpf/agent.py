@@ -1,9 +1,10 @@
-"""`otus-ebpf attach`: load → attach → drain the ring until a signal → clean up.
+"""`otus-ebpf attach`: load → attach → drain the rings until a signal → clean up.
 
 Every resource goes on one ExitStack, registered so that it unwinds in the
 right order on success, on error and on signal: detach first (no new
-packets), then drain what is left in the ring, flush the reporters, unload
-the programs, close the reporters, restore the signal handlers.
+packets), then drain what is left in the rings, flush the reporters, print
+the final figures, unload the programs, close the reporters, restore the
+signal handlers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
@@ -24,8 +26,8 @@ from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp
 from otus_ebpf.counters import StatsLine, read_kernel_counters
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kafka import KafkaSettings, make_producer
-from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
-from otus_ebpf.ring import RingReader
+from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
+from otus_ebpf.ring import open_reader
 from userspace.pipeline import Pipeline
 from userspace.reporters import Reporter
 from userspace.reporters.jsonl import JsonLinesReporter
@@ -37,11 +39,19 @@ FLUSH_TIMEOUT_S = 10.0
 OUT_FILE_MODE = 0o640
 
 
+class CaptureDirection(Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+    BOTH = "both"
+
+
 @dataclass(frozen=True, slots=True)
 class AttachOptions:
-    interface: str
+    interfaces: tuple[str, ...]
+    direction: CaptureDirection = CaptureDirection.BOTH
     xdp_mode: XdpMode = XdpMode.AUTO
     method: AttachMethod = AttachMethod.AUTO
+    force: bool = False
     out: str | None = None  # path, "-" for stdout, None for the default file
     kafka: KafkaSettings | None = None
     kernel: KernelSettings = field(default_factory=KernelSettings)
@@ -50,16 +60,17 @@ class AttachOptions:
 
 def run_attach(options: AttachOptions) -> int:
     options.kernel.validate()
-    ifindex = resolve_interface(options.interface)
+    interfaces = {resolve_interface(name): name for name in options.interfaces}
     require_root()
     import_bcc()
+    label = ",".join(options.interfaces)
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
-        reporters, kafka = open_reporters(stack, options)
+        reporters, kafka = open_reporters(stack, options, label)
         programs = load_programs(options.kernel)
         stack.callback(programs.close)
-        ring = RingReader(programs.bpf)
-        pipeline = Pipeline({ifindex: options.interface}, time.time_ns() - time.monotonic_ns())
+        reader = open_reader(programs.bpf, programs.delivery, programs.shards)
+        pipeline = Pipeline(interfaces, time.time_ns() - time.monotonic_ns())
 
         def deliver(batch: list[bytes]) -> None:
             records = pipeline.process(batch)
@@ -67,26 +78,38 @@ def run_attach(options: AttachOptions) -> int:
                 reporter.write(records)
 
         def stats_line() -> str:
-            return StatsLine(options.interface, read_kernel_counters(programs.bpf), pipeline.stats,
+            return StatsLine(label, read_kernel_counters(programs.bpf), pipeline.stats,
                              kafka.stats if kafka else None).format()
 
         # Unwinds bottom-up: detach, drain, flush, then the final figures.
         stack.callback(lambda: log(stats_line()))
         stack.callback(flush_reporters, reporters)
-        stack.callback(lambda: deliver(ring.drain()))
-        how_xdp = attach_xdp(stack, programs.xdp_fd, ifindex, options.interface,
-                             options.xdp_mode, options.method)
-        how_tc = attach_tc_egress(stack, programs.tc_fd, ifindex, options.interface, options.method)
-        log(f"attached to {options.interface}: ingress XDP ({how_xdp}), egress TC ({how_tc})")
+        stack.callback(lambda: deliver(reader.drain()))
+        attach_all(stack, programs, interfaces, options)
 
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
-            deliver(ring.poll(POLL_TIMEOUT_MS))
+            deliver(reader.poll(POLL_TIMEOUT_MS))
             if time.monotonic() >= next_stats:
                 log(stats_line())
                 next_stats += options.stats_interval_s
-        log("stopping: detaching, draining the ring, flushing outputs")
+        log("stopping: detaching, draining the rings, flushing outputs")
     return 0
+
+
+def attach_all(stack: contextlib.ExitStack, programs: LoadedPrograms, interfaces: dict[int, str],
+               options: AttachOptions) -> None:
+    for ifindex, name in interfaces.items():
+        hooks = []
+        if options.direction is not CaptureDirection.EGRESS:
+            how = attach_xdp(stack, programs.xdp_fd, ifindex, name, options.xdp_mode, options.method,
+                             options.force)
+            hooks.append(f"ingress XDP ({how})")
+        if options.direction is not CaptureDirection.INGRESS:
+            how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
+            hooks.append(f"egress TC ({how})")
+        log(f"attached to {name}: {', '.join(hooks)}; {programs.shards} shard(s), "
+            f"{programs.delivery.value} delivery")
 
 
 def resolve_interface(name: str) -> int:
@@ -114,11 +137,11 @@ def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
     return stop
 
 
-def open_reporters(stack: contextlib.ExitStack,
-                   options: AttachOptions) -> tuple[list[Reporter], KafkaReporter | None]:
+def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
+                   label: str) -> tuple[list[Reporter], KafkaReporter | None]:
     """Open every output before touching the kernel, so a bad output fails first."""
     reporters: list[Reporter] = []
-    jsonl = JsonLinesReporter(open_output(stack, options.out, options.interface))
+    jsonl = JsonLinesReporter(open_output(stack, options.out, label))
     stack.callback(jsonl.close)
     reporters.append(jsonl)
     kafka = None
@@ -129,10 +152,10 @@ def open_reporters(stack: contextlib.ExitStack,
     return reporters, kafka
 
 
-def open_output(stack: contextlib.ExitStack, out: str | None, interface: str) -> BinaryIO:
+def open_output(stack: contextlib.ExitStack, out: str | None, label: str) -> BinaryIO:
     if out == "-":
         return sys.stdout.buffer
-    path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{interface}.jsonl"
+    path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OUT_FILE_MODE)

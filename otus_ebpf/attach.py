@@ -48,8 +48,25 @@ OTUS_FILTER_PRIO = 0x4F54
 
 
 def attach_xdp(stack: contextlib.ExitStack, prog_fd: int, ifindex: int, ifname: str,
-               mode: XdpMode, method: AttachMethod) -> str:
-    """Attach XDP; return how (e.g. "native, bpf_link"). Detach is on ``stack``."""
+               mode: XdpMode, method: AttachMethod, force: bool = False) -> str:
+    """Attach XDP; return how (e.g. "native, bpf_link"). Detach is on ``stack``.
+
+    A foreign XDP program already on the interface is refused, unless
+    ``force`` is set: then it is removed first (netlink-attached ones only;
+    a program held by another process's BPF link cannot be taken away).
+    """
+    foreign_id, foreign_flags = xdp_program(ifindex)
+    if foreign_id:
+        name = program_name(foreign_id)
+        if not force:
+            raise SetupError(f"{ifname} already has an XDP program ({name}, id {foreign_id}); "
+                             f"--force replaces it" + (f", `otus-ebpf detach {ifname}` removes it"
+                                                       if name == XDP_FUNCTION else ""))
+        try:
+            _netlink_set_xdp(ifindex, -1, foreign_flags)
+        except OSError as exc:
+            raise SetupError(f"cannot remove the XDP program {name} (id {foreign_id}) on {ifname}: "
+                             f"{exc.strerror} (held by another process's BPF link?)") from None
     failures: list[str] = []
     if method is not AttachMethod.NETLINK:
         for candidate in _MODE_ORDER[mode]:
@@ -101,7 +118,7 @@ def detach(ifindex: int, ifname: str) -> list[str]:
     filter priority. BPF links need no detach: they died with their process.
     """
     removed: list[str] = []
-    prog_id, flags = _netlink_xdp_program(ifindex)
+    prog_id, flags = xdp_program(ifindex)
     if prog_id and program_name(prog_id) == XDP_FUNCTION:
         _netlink_set_xdp(ifindex, -1, flags)
         removed.append(f"XDP program {prog_id} ({XDP_FUNCTION}) from {ifname}")
@@ -113,10 +130,7 @@ def detach(ifindex: int, ifname: str) -> list[str]:
 
 def _refuse_if_busy(exc: OSError, ifname: str) -> None:
     if exc.errno in {errno.EBUSY, errno.EEXIST}:
-        raise SetupError(
-            f"{ifname} already has an XDP program; if it is a crashed otus-ebpf's, "
-            f"`otus-ebpf detach {ifname}` removes it"
-        ) from None
+        raise SetupError(f"{ifname}'s XDP hook is held by another program's BPF link") from None
 
 
 def _netlink_error(exc: Exception) -> OSError:
@@ -133,7 +147,7 @@ def _netlink_set_xdp(ifindex: int, prog_fd: int, flags: int) -> None:
             raise _netlink_error(exc) from None
 
 
-def _netlink_xdp_program(ifindex: int) -> tuple[int, int]:
+def xdp_program(ifindex: int) -> tuple[int, int]:
     """(program id, the mode flag needed to remove it), or (0, 0) when none."""
     with IPRoute() as ipr:
         (link,) = ipr.link("get", index=ifindex)

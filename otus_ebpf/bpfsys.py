@@ -11,6 +11,7 @@ import ctypes
 import os
 import platform
 import struct
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 _SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280}
@@ -20,8 +21,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class BpfCmd(IntEnum):
+    MAP_CREATE = 0
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
+    MAP_GET_NEXT_KEY = 4
     PROG_TEST_RUN = 10
     PROG_GET_FD_BY_ID = 13
+    MAP_GET_FD_BY_ID = 14
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
     LINK_CREATE = 28
@@ -59,31 +66,140 @@ def link_create(prog_fd: int, ifindex: int, attach_type: AttachType, flags: int 
     return bpf(BpfCmd.LINK_CREATE, attr)
 
 
-def query_program_count(ifindex: int, attach_type: AttachType) -> int:
-    """How many programs are attached at a TCX hook of an interface."""
-    attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("=II", attr, 0, ifindex, int(attach_type))
-    bpf(BpfCmd.PROG_QUERY, attr)
-    count: int = struct.unpack_from("=I", attr, 24)[0]
-    return count
+@dataclass(frozen=True, slots=True)
+class ProgramInfo:
+    id: int
+    name: str
+    map_ids: tuple[int, ...]
 
 
-def program_name(prog_id: int) -> str:
-    """The name the kernel keeps for a loaded program (first 15 characters)."""
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    id: int
+    name: str
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+# struct bpf_prog_info / bpf_map_info offsets (include/uapi/linux/bpf.h).
+_PROG_INFO_SIZE = 80
+_PROG_NR_MAP_IDS, _PROG_MAP_IDS, _PROG_NAME = 52, 56, 64
+_MAP_INFO_SIZE = 40
+_MAX_PROGRAM_MAPS = 64
+
+
+def _get_info(fd: int, info: ctypes.Array[ctypes.c_char]) -> None:
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("=I", attr, 0, prog_id)
-    fd = bpf(BpfCmd.PROG_GET_FD_BY_ID, attr)
+    struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
+    bpf(BpfCmd.OBJ_GET_INFO_BY_FD, attr)
+
+
+def _fd_by_id(cmd: BpfCmd, object_id: int) -> int:
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=I", attr, 0, object_id)
+    return bpf(cmd, attr)
+
+
+def program_info(prog_id: int) -> ProgramInfo:
+    fd = _fd_by_id(BpfCmd.PROG_GET_FD_BY_ID, prog_id)
     try:
+        ids = (ctypes.c_uint32 * _MAX_PROGRAM_MAPS)()
         info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-        attr = ctypes.create_string_buffer(_ATTR_SIZE)
-        struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
-        bpf(BpfCmd.OBJ_GET_INFO_BY_FD, attr)
-        raw: bytes = info.raw[_PROG_INFO_NAME_OFFSET:_PROG_INFO_NAME_OFFSET + 16]
-        return raw.split(b"\0", 1)[0].decode()
+        struct.pack_into("=IQ", info, _PROG_NR_MAP_IDS, _MAX_PROGRAM_MAPS, ctypes.addressof(ids))
+        _get_info(fd, info)
+        count = struct.unpack_from("=I", info, _PROG_NR_MAP_IDS)[0]
+        name = info.raw[_PROG_NAME:_PROG_NAME + 16].split(b"\0", 1)[0].decode()
+        return ProgramInfo(prog_id, name, tuple(ids[: min(count, _MAX_PROGRAM_MAPS)]))
     finally:
         os.close(fd)
 
 
-# struct bpf_prog_info: name[BPF_OBJ_NAME_LEN] sits at offset 64.
-_PROG_INFO_NAME_OFFSET = 64
-_PROG_INFO_SIZE = 80
+def program_name(prog_id: int) -> str:
+    """The name the kernel keeps for a loaded program (first 15 characters)."""
+    return program_info(prog_id).name
+
+
+def open_map(map_id: int) -> tuple[int, MapInfo]:
+    """An fd for the map with this id (the caller closes it) and its description."""
+    fd = _fd_by_id(BpfCmd.MAP_GET_FD_BY_ID, map_id)
+    info = ctypes.create_string_buffer(_MAP_INFO_SIZE)
+    try:
+        _get_info(fd, info)
+    except OSError:
+        os.close(fd)
+        raise
+    _type, _id, key_size, value_size, max_entries, _flags = struct.unpack_from("=6I", info, 0)
+    name = info.raw[24:40].split(b"\0", 1)[0].decode()
+    return fd, MapInfo(map_id, name, key_size, value_size, max_entries)
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value = ctypes.create_string_buffer(value_size)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IxxxxQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value))
+    try:
+        bpf(BpfCmd.MAP_LOOKUP_ELEM, attr)
+    except FileNotFoundError:
+        return None
+    return value.raw
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    value_buf = ctypes.create_string_buffer(value, len(value))
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IxxxxQQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
+    bpf(BpfCmd.MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(fd: int, key: bytes) -> None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IxxxxQ", attr, 0, fd, ctypes.addressof(key_buf))
+    bpf(BpfCmd.MAP_DELETE_ELEM, attr)
+
+
+def map_is_empty(fd: int) -> bool:
+    key = ctypes.create_string_buffer(_MAX_KEY_SIZE)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IxxxxQQ", attr, 0, fd, 0, ctypes.addressof(key))  # NULL key: the first one
+    try:
+        bpf(BpfCmd.MAP_GET_NEXT_KEY, attr)
+    except FileNotFoundError:
+        return True
+    return False
+
+
+_MAX_KEY_SIZE = 64
+
+
+def possible_cpus() -> int:
+    """Per-CPU map values hold one slot per possible CPU, not per online CPU."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()  # e.g. "0-3" or "0"
+    return sum(int(r.split("-")[-1]) - int(r.split("-")[0]) + 1 for r in text.split(","))
+
+
+def query_program_ids(ifindex: int, attach_type: AttachType) -> list[int]:
+    """Ids of the programs at a TCX hook of an interface."""
+    ids = (ctypes.c_uint32 * _MAX_PROGRAM_MAPS)()
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IIIIQI", attr, 0, ifindex, int(attach_type), 0, 0, ctypes.addressof(ids),
+                     _MAX_PROGRAM_MAPS)
+    bpf(BpfCmd.PROG_QUERY, attr)
+    count: int = struct.unpack_from("=I", attr, 24)[0]
+    return list(ids[:count])
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN: run a program on ``data``; return (retval, mean ns per run)."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 256)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IIIIQQII", attr, 0, prog_fd, 0, len(data), len(data_out),
+                     ctypes.addressof(data_in), ctypes.addressof(data_out), repeat, 0)
+    bpf(BpfCmd.PROG_TEST_RUN, attr)
+    retval, duration = struct.unpack_from("=I", attr, 4)[0], struct.unpack_from("=I", attr, 36)[0]
+    return retval, duration

@@ -1,4 +1,4 @@
-"""Command line: `otus-ebpf attach|detach`."""
+"""Command line: `otus-ebpf attach|detach|stats|filter`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,22 @@ import sys
 from collections.abc import Sequence
 
 from otus_ebpf import __version__
-from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
+from otus_ebpf.agent import AttachOptions, CaptureDirection, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
+from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
+from otus_ebpf.introspect import live_maps
 from otus_ebpf.kafka import KafkaSettings
-from otus_ebpf.loader import DEFAULT_RING_PAGES, DEFAULT_SIP_PORTS, DEFAULT_SNAPLEN, KernelSettings
+from otus_ebpf.loader import (
+    DEFAULT_MEDIA_SNAPLEN,
+    DEFAULT_RING_PAGES,
+    DEFAULT_SIP_PORTS,
+    DEFAULT_SNAPLEN,
+    Delivery,
+    KernelSettings,
+    parse_network,
+)
+from userspace.event import Direction
 
 EXIT_SETUP_ERROR = 1
 
@@ -20,15 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otus-ebpf", description="eBPF capture agent for SIP")
     parser.add_argument("--version", action="version", version=f"otus-ebpf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_attach(commands.add_parser("attach", help="capture on interfaces until SIGINT/SIGTERM"))
+    det = commands.add_parser("detach", help="remove programs a crashed netlink-attached agent left")
+    det.add_argument("interface")
+    stats = commands.add_parser("stats", help="kernel counters of the agent attached to IFACE")
+    stats.add_argument("interface")
+    _add_filter(commands.add_parser("filter", help="change a running agent's filters (no detach)"))
+    return parser
 
-    attach = commands.add_parser("attach", help="capture SIP on an interface until SIGINT/SIGTERM")
-    attach.add_argument("interface")
+
+def _add_attach(attach: argparse.ArgumentParser) -> None:
+    attach.add_argument("interfaces", nargs="+", metavar="IFACE")
+    attach.add_argument("--direction", choices=[d.value for d in CaptureDirection],
+                        default=CaptureDirection.BOTH.value, help="default: both")
     attach.add_argument("--xdp-mode", choices=[m.value for m in XdpMode], default=XdpMode.AUTO.value,
                         help="auto tries native, then generic (default: auto)")
     attach.add_argument("--attach-method", choices=[m.value for m in AttachMethod],
                         default=AttachMethod.AUTO.value,
                         help="link: BPF links only (detached when the process ends); netlink: legacy "
                              "attach that survives a crash; auto: links, else netlink")
+    attach.add_argument("--force", action="store_true",
+                        help="replace a foreign XDP program already on the interface")
+    attach.add_argument("--workers", type=int, default=1,
+                        help="ring shards: the kernel writes each conversation to one of them (1..8)")
+    attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
+                        help="ringbuf, perf (kernels < 5.8), or auto")
     attach.add_argument("--out", metavar="FILE|-",
                         help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
     attach.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
@@ -37,16 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
     attach.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
-    attach.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN)
+    attach.add_argument("--signature", action="store_true",
+                        help="also match UDP payloads that start like SIP, on any port")
+    attach.add_argument("--include", action="append", default=[], metavar="CIDR",
+                        help="capture only traffic to or from these networks (repeatable)")
+    attach.add_argument("--exclude", action="append", default=[], metavar="CIDR",
+                        help="never capture traffic to or from these networks (repeatable)")
+    attach.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN,
+                        help="bytes of a SIP packet or fragment to copy")
+    attach.add_argument("--media-snaplen", type=int, default=DEFAULT_MEDIA_SNAPLEN,
+                        help="bytes past the UDP header to copy for RTP/RTCP")
     attach.add_argument("--ring-pages", type=int, default=DEFAULT_RING_PAGES,
                         help="ring buffer size in pages, a power of two")
     attach.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
                         help="plain stats lines (the live TUI comes with the control plane)")
 
-    det = commands.add_parser("detach", help="remove programs a crashed netlink-attached agent left")
-    det.add_argument("interface")
-    return parser
+
+def _add_filter(filt: argparse.ArgumentParser) -> None:
+    filt.add_argument("interface")
+    filt.add_argument("--add-sip-port", type=int, action="append", default=[], metavar="PORT")
+    filt.add_argument("--remove-sip-port", type=int, action="append", default=[], metavar="PORT")
+    filt.add_argument("--signature", choices=["on", "off"])
+    for which in ("include", "exclude"):
+        filt.add_argument(f"--add-{which}", action="append", default=[], metavar="CIDR")
+        filt.add_argument(f"--remove-{which}", action="append", default=[], metavar="CIDR")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "attach":
             return run_attach(_attach_options(args))
-        return _detach(args.interface)
+        ifindex = resolve_interface(args.interface)
+        require_root()
+        if args.command == "detach":
+            return _detach(ifindex, args.interface)
+        if args.command == "stats":
+            return _stats(ifindex, args.interface)
+        return _filter(ifindex, args)
     except SetupError as exc:
         print(f"otus-ebpf: error: {exc}", file=sys.stderr)
         return EXIT_SETUP_ERROR
@@ -64,23 +112,64 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
     kafka = None
     if args.kafka:
         kafka = KafkaSettings(args.kafka, args.topic, args.kafka_linger_ms, args.kafka_batch)
+    kernel = KernelSettings(
+        sip_ports=tuple(args.sip_ports or DEFAULT_SIP_PORTS),
+        signature=args.signature,
+        include=tuple(parse_network(c) for c in args.include),
+        exclude=tuple(parse_network(c) for c in args.exclude),
+        snaplen=args.snaplen,
+        media_snaplen=args.media_snaplen,
+        ring_pages=args.ring_pages,
+        shards=args.workers,
+        delivery=Delivery(args.delivery),
+    )
     return AttachOptions(
-        interface=args.interface,
+        interfaces=tuple(dict.fromkeys(args.interfaces)),
+        direction=CaptureDirection(args.direction),
         xdp_mode=XdpMode(args.xdp_mode),
         method=AttachMethod(args.attach_method),
+        force=args.force,
         out=args.out,
         kafka=kafka,
-        kernel=KernelSettings(tuple(args.sip_ports or DEFAULT_SIP_PORTS), args.snaplen, args.ring_pages),
+        kernel=kernel,
         stats_interval_s=args.stats_interval,
     )
 
 
-def _detach(interface: str) -> int:
-    ifindex = resolve_interface(interface)
-    require_root()
+def _detach(ifindex: int, interface: str) -> int:
     removed = detach(ifindex, interface)
     for what in removed:
         log(f"removed {what}")
     if not removed:
         log(f"nothing of otus-ebpf attached to {interface}")
+    return 0
+
+
+def _stats(ifindex: int, interface: str) -> int:
+    with live_maps(ifindex, interface) as maps:
+        counts = maps.counters()
+        failures = maps.shard_failures()
+    width = max(len(c.name) for c in COUNTERS)
+    print(f"{'counter':{width}}  {'ingress':>12}  {'egress':>12}")
+    for counter in COUNTERS:
+        print(f"{counter.name.lower():{width}}  {counts[Direction.INGRESS, counter]:>12}  "
+              f"{counts[Direction.EGRESS, counter]:>12}")
+    print("shard submit failures: " + " ".join(f"{i}={n}" for i, n in enumerate(failures) if n or i == 0))
+    return 0
+
+
+def _filter(ifindex: int, args: argparse.Namespace) -> int:
+    with live_maps(ifindex, args.interface) as maps:
+        for port in args.add_sip_port:
+            maps.set_sip_port(port, True)
+        for port in args.remove_sip_port:
+            maps.set_sip_port(port, False)
+        if args.signature:
+            maps.set_signature(args.signature == "on")
+        for which in ("include", "exclude"):
+            for cidr in getattr(args, f"add_{which}"):
+                maps.change_network(which, parse_network(cidr), add=True)
+            for cidr in getattr(args, f"remove_{which}"):
+                maps.change_network(which, parse_network(cidr), add=False)
+    log(f"filters of the agent on {args.interface} updated")
     return 0

@@ -6,23 +6,35 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any
 
-from otus_ebpf.loader import COUNTERS_MAP
+from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP
+from otus_ebpf.maps import table
 from userspace.event import Counter, Direction
 from userspace.pipeline import PipelineStats
 from userspace.reporters.kafka import KafkaStats
 
 KernelCounts = dict[tuple[Direction, Counter], int]
-_COUNTERS = [c for c in Counter if c is not Counter.MAX]
+COUNTERS = tuple(c for c in Counter if c is not Counter.MAX)
+MATCHES = (Counter.MATCHED_SIP_PORT, Counter.MATCHED_SIP_SIGNATURE, Counter.MATCHED_RTP,
+           Counter.MATCHED_RTCP, Counter.MATCHED_FRAGMENT)
 
 
 def read_kernel_counters(bpf: Any) -> KernelCounts:
-    table = bpf[COUNTERS_MAP]
+    counters = table(bpf, COUNTERS_MAP)
     counts: KernelCounts = {}
     for direction in Direction:
-        for counter in _COUNTERS:
+        for counter in COUNTERS:
             index = direction * Counter.MAX + counter
-            counts[direction, counter] = int(table.sum(ctypes.c_int(index)).value)
+            counts[direction, counter] = int(counters.sum(ctypes.c_int(index)).value)
     return counts
+
+
+def read_shard_failures(bpf: Any, shards: int) -> list[int]:
+    failures = table(bpf, SHARD_FAILURES_MAP)
+    return [int(failures.sum(ctypes.c_int(shard)).value) for shard in range(shards)]
+
+
+def matched(counts: KernelCounts, direction: Direction) -> int:
+    return sum(counts[direction, c] for c in MATCHES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +47,16 @@ class StatsLine:
     def format(self) -> str:
         parts = [f"otus-ebpf: {self.interface}"]
         for direction in Direction:
-            k = {c: self.kernel[direction, c] for c in _COUNTERS}
+            k = {c: self.kernel[direction, c] for c in COUNTERS}
             parts.append(
-                f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={k[Counter.MATCHED]} "
-                f"submitted={k[Counter.SUBMITTED]} submit_failed={k[Counter.SUBMIT_FAILED]}"
+                f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(self.kernel, direction)} "
+                f"filtered={k[Counter.FILTERED]} submitted={k[Counter.SUBMITTED]} "
+                f"submit_failed={k[Counter.SUBMIT_FAILED]}"
             )
         p = self.pipeline
         errors = p.event_errors + p.decode_errors + p.sip_errors
-        parts.append(f"records={p.records} not_sip={p.not_sip + p.empty_payloads} errors={errors}")
+        parts.append(f"records={p.records} media={p.media} fragments={p.fragments} "
+                     f"not_sip={p.not_sip + p.empty_payloads} errors={errors}")
         if self.kafka is not None:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "

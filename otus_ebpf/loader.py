@@ -1,46 +1,73 @@
-"""Compile and load the kernel programs with bcc; configure their maps.
+"""Compile and load the kernel programs with bcc; write their initial maps.
 
 Straight-line, as in libbpf-bootstrap: open → configure → load. Attaching is
-``otus_ebpf.attach``'s job; draining the ring is ``otus_ebpf.ring``'s.
+``otus_ebpf.attach``'s job; draining the rings is ``otus_ebpf.ring``'s.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass, field
+from enum import Enum
 from types import ModuleType
 from typing import Any
 
 from otus_ebpf.bpf_sources import PROGRAM_FILE, bpf_source_dir
+from otus_ebpf.bpfsys import BpfCmd, bpf
 from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel_abi import Network
+from otus_ebpf.maps import KernelMaps
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
-RING_MAP = "events"
 COUNTERS_MAP = "counters"
-SIP_PORTS_MAP = "sip_ports"
+SHARD_FAILURES_MAP = "shard_failures"
 
 DEFAULT_SIP_PORTS = (5060, 5061)
 DEFAULT_SNAPLEN = 2048
 # Bounds: the sample lives in a per-CPU map value (32 KiB limit) and a frame
 # above a jumbo MTU cannot arrive in one piece anyway.
 MIN_SNAPLEN, MAX_SNAPLEN = 64, 9216
-DEFAULT_RING_PAGES = 1024  # 4 MiB with 4 KiB pages
+# RTP needs its 12-byte header (plus CSRCs and an extension, RFC 3550 §5.1);
+# RTCP reports fit in a few hundred bytes.
+DEFAULT_MEDIA_SNAPLEN = 64
+DEFAULT_RING_PAGES = 1024  # 4 MiB per ring with 4 KiB pages
+MAX_SHARDS = 8  # rings declared in bpf/otus.c
+_BPF_MAP_TYPE_RINGBUF = 27
+
+
+class Delivery(Enum):
+    AUTO = "auto"        # ring buffers where the kernel has them (>= 5.8), else perf
+    RINGBUF = "ringbuf"
+    PERF = "perf"
 
 
 @dataclass(frozen=True, slots=True)
 class KernelSettings:
     sip_ports: tuple[int, ...] = DEFAULT_SIP_PORTS
+    signature: bool = False
+    include: tuple[Network, ...] = ()
+    exclude: tuple[Network, ...] = ()
     snaplen: int = DEFAULT_SNAPLEN
+    media_snaplen: int = DEFAULT_MEDIA_SNAPLEN
     ring_pages: int = DEFAULT_RING_PAGES
+    shards: int = 1
+    delivery: Delivery = Delivery.AUTO
+    extra_cflags: tuple[str, ...] = field(default=())
 
     def validate(self) -> None:
         if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
             raise SetupError(f"snaplen {self.snaplen} is outside {MIN_SNAPLEN}..{MAX_SNAPLEN}")
+        if not 0 <= self.media_snaplen <= self.snaplen:
+            raise SetupError(f"media snaplen {self.media_snaplen} is outside 0..{self.snaplen}")
         if self.ring_pages <= 0 or self.ring_pages & (self.ring_pages - 1):
             raise SetupError(f"ring size of {self.ring_pages} pages is not a power of two")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise SetupError(f"workers must be 1..{MAX_SHARDS}, got {self.shards}")
         bad = [p for p in self.sip_ports if not 0 < p < 65536]
         if bad or not self.sip_ports:
             raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
@@ -51,6 +78,9 @@ class LoadedPrograms:
     bpf: Any  # bcc.BPF: untyped
     xdp_fd: int
     tc_fd: int
+    maps: KernelMaps
+    shards: int
+    delivery: Delivery
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -65,33 +95,72 @@ def import_bcc() -> ModuleType:
         ) from None
 
 
+def kernel_has_ringbuf() -> bool:
+    attr = ctypes.create_string_buffer(struct.pack("=IIII", _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096), 72)
+    try:
+        fd = bpf(BpfCmd.MAP_CREATE, attr)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def resolve_delivery(wanted: Delivery) -> Delivery:
+    if wanted is Delivery.AUTO:
+        return Delivery.RINGBUF if kernel_has_ringbuf() else Delivery.PERF
+    if wanted is Delivery.RINGBUF and not kernel_has_ringbuf():
+        raise SetupError("this kernel has no BPF ring buffer (needs 5.8+); use --delivery perf")
+    return wanted
+
+
+def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
+    flags = [
+        f"-I{bpf_source_dir()}",
+        f"-DOTUS_SNAPLEN={settings.snaplen}",
+        f"-DOTUS_RING_PAGES={settings.ring_pages}",
+        f"-DOTUS_SHARDS={settings.shards}",
+        *settings.extra_cflags,
+    ]
+    if delivery is Delivery.PERF:
+        flags.append("-DOTUS_PERF")
+    return flags
+
+
 def load_programs(settings: KernelSettings) -> LoadedPrograms:
     settings.validate()
     bcc = import_bcc()
-    source_dir = bpf_source_dir()
-    cflags = [
-        f"-I{source_dir}",
-        f"-DOTUS_SNAPLEN={settings.snaplen}",
-        f"-DOTUS_RING_PAGES={settings.ring_pages}",
-    ]
+    delivery = resolve_delivery(settings.delivery)
+    source = bpf_source_dir() / PROGRAM_FILE
     try:
-        bpf = bcc.BPF(src_file=str(source_dir / PROGRAM_FILE).encode(), cflags=cflags)
+        loaded = bcc.BPF(src_file=str(source).encode(), cflags=cflags_for(settings, delivery))
     except Exception as exc:  # bcc raises bare Exception for compile failures
         raise SetupError(
             f"cannot compile {PROGRAM_FILE}: {str(exc).splitlines()[0]} "
             "(missing kernel headers? scripts/setup.sh installs them)"
         ) from None
     try:
-        xdp = bpf.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
-        tc = bpf.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
-        set_sip_ports(bpf, settings.sip_ports)
+        xdp = loaded.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
+        tc = loaded.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
+        maps = KernelMaps(loaded)
+        configure_maps(maps, settings)
     except Exception as exc:  # verifier rejections arrive as bare Exception too
-        bpf.cleanup()
+        loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
-    return LoadedPrograms(bpf, xdp.fd, tc.fd)
+    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, settings.shards, delivery)
 
 
-def set_sip_ports(bpf: Any, ports: Iterable[int]) -> None:
-    table = bpf[SIP_PORTS_MAP]
-    for port in ports:
-        table[ctypes.c_uint32(port)] = ctypes.c_uint8(1)
+def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
+    maps.configure(signature=settings.signature, sip_snaplen=settings.snaplen,
+                   media_snaplen=settings.media_snaplen)
+    maps.set_sip_ports(settings.sip_ports)
+    for network in settings.include:
+        maps.add_network("include", network)
+    for network in settings.exclude:
+        maps.add_network("exclude", network)
+
+
+def parse_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise SetupError(f"not an IPv4/IPv6 network: {text!r} (e.g. 10.0.0.0/8, 2001:db8::/32)") from None

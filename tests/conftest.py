@@ -1,6 +1,7 @@
 """Test-wide rules.
 
-Everything under tests/integration is marked ``integration``: it needs root,
+Everything under tests/integration and tests/kernel is marked
+``integration``: it needs root,
 bcc and the tools below. Outside CI a missing requirement skips those tests;
 in CI (CI=true) it fails them, because an integration test that did not run
 proved nothing.
@@ -25,7 +26,7 @@ INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration/" in item.nodeid:
+        if "tests/integration/" in item.nodeid or "tests/kernel/" in item.nodeid:
             item.add_marker(pytest.mark.integration)
 
 

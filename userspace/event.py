@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 from userspace.errors import Malformed, Truncated
 
@@ -21,24 +21,70 @@ class Direction(IntEnum):
 
 class Kind(IntEnum):
     SIP = 1
+    RTP = 2
+    RTCP = 3
+    FRAGMENT = 4
+
+
+class Flag(IntFlag):
+    FRAGMENT = 1
+    IPV6 = 2
+    SIGNATURE = 4
+    VLAN = 8
 
 
 class Counter(IntEnum):
-    """Per-CPU counter slots; the array index is ``direction * MAX + counter``."""
+    """Per-CPU counter slots; the array index is ``direction * MAX + counter``.
+
+    Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
+    the verdicts add up to SEEN.
+    """
 
     SEEN = 0
     NOT_IP = 1
     TRUNCATED = 2
-    NOT_UDP_TCP = 3
-    MATCHED = 4
-    SUBMITTED = 5
-    SUBMIT_FAILED = 6
-    LOAD_FAILED = 7
-    MAX = 8
+    MALFORMED = 3
+    OTHER_L4 = 4
+    FILTERED = 5
+    NO_MATCH = 6
+    MATCHED_SIP_PORT = 7
+    MATCHED_SIP_SIGNATURE = 8
+    MATCHED_RTP = 9
+    MATCHED_RTCP = 10
+    MATCHED_FRAGMENT = 11
+    SUBMITTED = 12
+    SUBMIT_FAILED = 13
+    LOAD_FAILED = 14
+    MAX = 15
+
+
+VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.MATCHED_FRAGMENT + 1))
+
+
+StructFields = tuple[tuple[str, str, int], ...]
+_STRUCT_CODES = {"__u8": "B", "__u16": "H", "__u32": "I", "__u64": "Q"}
+C_SIZES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}
+
+
+def struct_format(fields: StructFields) -> str:
+    """struct format for fields in the header's restricted style.
+
+    "=": host byte order and no implicit padding, as the header promises.
+    ``pad`` fields are skipped bytes; other ``__u8`` arrays are byte strings.
+    """
+    codes = []
+    for name, ctype, count in fields:
+        if name == "pad":
+            codes.append(f"{(count or 1) * C_SIZES[ctype]}x")
+        elif count and ctype == "__u8":
+            codes.append(f"{count}s")
+        else:
+            codes.append(f"{count}{_STRUCT_CODES[ctype]}" if count else _STRUCT_CODES[ctype])
+    return "=" + "".join(codes)
 
 
 # (name, C type, array length or 0) in struct order.
-EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
+EVENT_FIELDS: StructFields = (
     ("ts_ns", "__u64", 0),
     ("ifindex", "__u32", 0),
     ("orig_len", "__u32", 0),
@@ -51,25 +97,11 @@ EVENT_FIELDS: tuple[tuple[str, str, int], ...] = (
     ("kind", "__u8", 0),
     ("l4_proto", "__u8", 0),
     ("flags", "__u8", 0),
-    ("pad", "__u8", 6),
+    ("shard", "__u8", 0),
+    ("pad", "__u8", 5),
 )
 
-_STRUCT_CODES = {"__u8": "B", "__u16": "H", "__u32": "I", "__u64": "Q"}
-
-
-def _format(fields: tuple[tuple[str, str, int], ...]) -> str:
-    # "=": host byte order and no implicit padding, as the header promises.
-    codes = []
-    for name, ctype, count in fields:
-        code = _STRUCT_CODES[ctype]
-        if name == "pad":
-            codes.append(f"{count}x")
-        else:
-            codes.append(f"{count}{code}" if count else code)
-    return "=" + "".join(codes)
-
-
-EVENT_HEADER = struct.Struct(_format(EVENT_FIELDS))
+EVENT_HEADER = struct.Struct(struct_format(EVENT_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +119,8 @@ class Event:
     direction: Direction
     kind: int
     l4_proto: int
-    flags: int
+    flags: Flag
+    shard: int
     frame: bytes
 
 
@@ -98,11 +131,11 @@ def decode_event(buf: bytes) -> Event:
     if len(buf) < size:
         raise Truncated("event", 0, f"{len(buf)} bytes, header needs {size}")
     (ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload,
-     direction, kind, l4_proto, flags) = EVENT_HEADER.unpack_from(buf)
+     direction, kind, l4_proto, flags, shard) = EVENT_HEADER.unpack_from(buf)
     if len(buf) < size + cap_len:
         raise Truncated("event", size, f"cap_len {cap_len} exceeds record")
     if direction > Direction.EGRESS:
         raise Malformed("event", 30, f"direction {direction}")
     return Event(ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload,
-                 Direction(direction), kind, l4_proto, flags,
+                 Direction(direction), kind, l4_proto, Flag(flags), shard,
                  bytes(buf[size:size + cap_len]))

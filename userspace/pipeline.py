@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from userspace.decode import IPProto, Packet, decode_frame
 from userspace.errors import DecodeError
-from userspace.event import Event, decode_event
+from userspace.event import Event, Kind, decode_event
 from userspace.records import SipRecord
 from userspace.sip import looks_like_sip, parse_message
 
@@ -22,6 +22,8 @@ _KEEPALIVE = b"\r\n"
 @dataclass(slots=True)
 class PipelineStats:
     events: int = 0
+    media: int = 0  # RTP/RTCP: quality measurement arrives with the SIP issue
+    fragments: int = 0  # reassembly arrives with its own issue
     event_errors: int = 0
     decode_errors: int = 0
     empty_payloads: int = 0
@@ -55,6 +57,12 @@ class Pipeline:
                 event = decode_event(raw)
             except DecodeError:
                 stats.event_errors += 1
+                continue
+            if event.kind != Kind.SIP:
+                if event.kind == Kind.FRAGMENT:
+                    stats.fragments += 1
+                else:
+                    stats.media += 1
                 continue
             try:
                 packet = decode_frame(event.frame)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from otus_ebpf import netns
-from otus_ebpf.bpfsys import AttachType, query_program_count
+from otus_ebpf.bpfsys import AttachType, query_program_ids
 from tests.support.agent import start_agent
 from tests.support.lab import Lab
 from tests.support.paths import AGENT
@@ -26,7 +26,7 @@ def xdp_attached(lab: Lab) -> bool:
 def tc_egress_programs(lab: Lab) -> int:
     with netns.inside(lab.uas_ns):
         ifindex = socket.if_nametoindex(lab.uas_if)
-        tcx = query_program_count(ifindex, AttachType.TCX_EGRESS)
+        tcx = len(query_program_ids(ifindex, AttachType.TCX_EGRESS))
     clsact = lab.run(lab.uas_ns, "tc", "filter", "show", "dev", lab.uas_if, "egress").stdout
     return tcx + sum(1 for line in clsact.splitlines() if "name tc_egress" in line)
 

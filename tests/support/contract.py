@@ -1,17 +1,24 @@
-"""Read bpf/otus_event.h in its restricted style and compare it with userspace.event."""
+"""Read bpf/otus_event.h in its restricted style and compare it with the
+Python definitions: the event record (userspace.event) and the map layouts
+(otus_ebpf.kernel_abi)."""
 
 from __future__ import annotations
 
 import re
-from enum import IntEnum
+import struct
+from enum import IntEnum, IntFlag
 
-from userspace.event import EVENT_FIELDS, EVENT_HEADER, Counter, Direction, Kind
+from otus_ebpf.kernel_abi import MAP_STRUCTS, ConfigFlag
+from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 
-C_SIZES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}
 _FIELD = re.compile(r"^(__u8|__u16|__u32|__u64)\s+(\w+)(?:\[(\d+)\])?;$")
 _DEFINE = re.compile(r"^#define\s+(OTUS_\w+)\s+(\d+)\s*$", re.MULTILINE)
 # C macro prefix → the Python enum that mirrors it.
-ENUMS: dict[str, type[IntEnum]] = {"OTUS_DIR_": Direction, "OTUS_KIND_": Kind, "OTUS_CTR_": Counter}
+ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
+    "OTUS_DIR_": Direction, "OTUS_KIND_": Kind, "OTUS_FLAG_": Flag, "OTUS_CTR_": Counter,
+    "OTUS_CFG_": ConfigFlag,
+}
+PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, **MAP_STRUCTS}
 
 
 def parse_struct(text: str, name: str) -> list[tuple[str, str, int]]:
@@ -31,27 +38,30 @@ def parse_struct(text: str, name: str) -> list[tuple[str, str, int]]:
     return fields
 
 
-def c_layout_problems(fields: list[tuple[str, str, int]]) -> list[str]:
+def c_layout_problems(name: str, fields: list[tuple[str, str, int]]) -> list[str]:
     """The header promises no implicit padding: every field naturally aligned."""
-    problems, offset = [], 0
+    problems, offset, alignment = [], 0, 1
     for field, ctype, count in fields:
         size = C_SIZES[ctype]
+        alignment = max(alignment, size)
         if offset % size:
-            problems.append(f"{field} at offset {offset} is not {size}-aligned (implicit padding)")
+            problems.append(f"{name}.{field} at offset {offset} is not {size}-aligned (implicit padding)")
         offset += size * (count or 1)
-    if offset % 8:
-        problems.append(f"struct size {offset} is not a multiple of 8 (tail padding)")
-    if offset != EVENT_HEADER.size:
-        problems.append(f"C size {offset} != Python struct size {EVENT_HEADER.size}")
+    if offset % alignment:
+        problems.append(f"{name} size {offset} is not a multiple of {alignment} (tail padding)")
+    python_size = struct.calcsize(struct_format(PYTHON_STRUCTS[name]))
+    if offset != python_size:
+        problems.append(f"{name}: C size {offset} != Python struct size {python_size}")
     return problems
 
 
 def contract_mismatches(header_text: str) -> list[str]:
-    fields = parse_struct(header_text, "otus_event")
     problems = []
-    if fields != list(EVENT_FIELDS):
-        problems.append(f"fields differ:\n  C:      {fields}\n  Python: {list(EVENT_FIELDS)}")
-    problems += c_layout_problems(fields)
+    for name, python_fields in PYTHON_STRUCTS.items():
+        fields = parse_struct(header_text, name)
+        if fields != list(python_fields):
+            problems.append(f"{name} fields differ:\n  C:      {fields}\n  Python: {list(python_fields)}")
+        problems += c_layout_problems(name, fields)
     defines = {name: int(value) for name, value in _DEFINE.findall(header_text)}
     for prefix, enum in ENUMS.items():
         c_side = {name.removeprefix(prefix): v for name, v in defines.items() if name.startswith(prefix)}

@@ -45,7 +45,32 @@ def ethernet(l3: bytes, ethertype: int = 0x0800, vlans: tuple[int, ...] = ()) ->
 
 
 def ring_record(frame: bytes, direction: Direction = Direction.INGRESS, ts_ns: int = 1_000,
-                ifindex: int = 2, kind: Kind = Kind.SIP) -> bytes:
+                ifindex: int = 2, kind: Kind = Kind.SIP, shard: int = 0) -> bytes:
     header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), 0xABCD, 14, 34, 42,
-                               direction, kind, UDP, 0)
+                               direction, kind, UDP, 0, shard)
     return header + frame
+
+
+HOP_BY_HOP, ROUTING, FRAGMENT, AH, DEST_OPTS, ICMP = 0, 43, 44, 51, 60, 1
+
+
+def ipv6_ext(next_header: int, units: int = 0) -> bytes:
+    """A hop-by-hop / routing / destination-options header of (units + 1) * 8 bytes."""
+    size = (units + 1) * 8
+    return bytes([next_header, units, 1, size - 4]) + b"\0" * (size - 4)  # one PadN option
+
+
+def ipv6_ah(next_header: int, icv_len: int = 12) -> bytes:
+    """An authentication header: its length counts 4-byte units minus 2 (RFC 4302 §2.2)."""
+    size = 12 + icv_len
+    return bytes([next_header, size // 4 - 2]) + b"\0" * (size - 2)
+
+
+def ipv6_fragment(next_header: int, offset: int, more: bool, ident: int) -> bytes:
+    return struct.pack("!BBHI", next_header, 0, (offset // 8) << 3 | int(more), ident)
+
+
+def ipv6_chain(payload: bytes, first_header: int, src: str = "fd00::1", dst: str = "fd00::2") -> bytes:
+    """An IPv6 header whose next-header field is ``first_header``; ``payload``
+    holds the extension headers and whatever follows them."""
+    return ipv6(payload, proto=first_header, src=src, dst=dst)

@@ -1,0 +1,115 @@
+"""Find our programs on an interface and open their maps by id.
+
+The kernel knows which program sits on which hook and which maps it uses,
+so `otus-ebpf stats` and `otus-ebpf filter` reach a running agent's maps
+without pinning them or talking to the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from otus_ebpf.attach import xdp_program
+from otus_ebpf.bpfsys import (
+    AttachType,
+    MapInfo,
+    map_delete,
+    map_is_empty,
+    map_lookup,
+    map_update,
+    open_map,
+    possible_cpus,
+    program_info,
+    query_program_ids,
+)
+from otus_ebpf.counters import COUNTERS, KernelCounts
+from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel_abi import CONFIG, ConfigFlag, Network, pack_lpm_key
+from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
+from otus_ebpf.maps import CONFIG_MAP, SIP_PORTS_MAP
+from userspace.event import Counter, Direction
+
+_TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
+               ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
+_U32 = struct.Struct("=I")
+
+
+def attached_program_ids(ifindex: int) -> list[int]:
+    """Our programs on this interface: XDP (any attach kind) and TCX egress."""
+    candidates = [xdp_program(ifindex)[0]]
+    with contextlib.suppress(OSError):  # no TCX on this kernel
+        candidates += query_program_ids(ifindex, AttachType.TCX_EGRESS)
+    return [pid for pid in candidates
+            if pid and program_info(pid).name in (XDP_FUNCTION, TC_FUNCTION)]
+
+
+@dataclass
+class LiveMaps:
+    """Open fds of one attached agent's maps, by map name."""
+
+    fds: dict[str, tuple[int, MapInfo]]
+
+    def _map(self, name: str) -> tuple[int, MapInfo]:
+        if name not in self.fds:
+            raise SetupError(f"the attached program has no map {name!r} (an older otus-ebpf?)")
+        return self.fds[name]
+
+    def per_cpu_sum(self, name: str, index: int) -> int:
+        fd, info = self._map(name)
+        slot = (info.value_size + 7) // 8 * 8
+        raw = map_lookup(fd, _U32.pack(index), slot * possible_cpus()) or b""
+        return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), slot))
+
+    def counters(self) -> KernelCounts:
+        return {(d, c): self.per_cpu_sum(COUNTERS_MAP, d * Counter.MAX + c)
+                for d in Direction for c in COUNTERS}
+
+    def shard_failures(self) -> list[int]:
+        _fd, info = self._map(SHARD_FAILURES_MAP)
+        return [self.per_cpu_sum(SHARD_FAILURES_MAP, i) for i in range(info.max_entries)]
+
+    def set_sip_port(self, port: int, enabled: bool) -> None:
+        fd, info = self._map(SIP_PORTS_MAP)
+        map_update(fd, _U32.pack(port), bytes([1 if enabled else 0]).ljust(info.value_size, b"\0"))
+
+    def set_signature(self, enabled: bool) -> None:
+        self._update_config_flags(ConfigFlag.SIGNATURE, enabled)
+
+    def change_network(self, which: str, network: Network, add: bool) -> None:
+        name = f"{which}_v{network.version}"
+        fd, info = self._map(name)
+        key = pack_lpm_key(network)
+        if add:
+            map_update(fd, key, b"\1".ljust(info.value_size, b"\0"))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                map_delete(fd, key)
+        self._update_config_flags(_TRIE_FLAGS[which, network.version], not map_is_empty(fd))
+
+    def _update_config_flags(self, flag: ConfigFlag, enabled: bool) -> None:
+        fd, info = self._map(CONFIG_MAP)
+        raw = map_lookup(fd, _U32.pack(0), info.value_size)
+        assert raw is not None  # an array map always has index 0
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        flags = (flags | flag) if enabled else (flags & ~flag)
+        map_update(fd, _U32.pack(0), CONFIG.pack(flags, sip_snaplen, media_snaplen))
+
+
+@contextlib.contextmanager
+def live_maps(ifindex: int, ifname: str) -> Iterator[LiveMaps]:
+    program_ids = attached_program_ids(ifindex)
+    if not program_ids:
+        raise SetupError(f"no otus-ebpf program is attached to {ifname}")
+    fds: dict[str, tuple[int, MapInfo]] = {}
+    try:
+        for map_id in program_info(program_ids[0]).map_ids:
+            fd, info = open_map(map_id)
+            fds[info.name] = (fd, info)
+        yield LiveMaps(fds)
+    finally:
+        for fd, _info in fds.values():
+            os.close(fd)

@@ -1,0 +1,120 @@
+"""Typed writes to the kernel program's maps: how filters and learned flows
+change at run time, with no recompile and no detach."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from otus_ebpf.kernel_abi import (
+    Address,
+    ConfigFlag,
+    Network,
+    pack_config,
+    pack_flow_key,
+    pack_flow_value,
+    pack_lpm_key,
+)
+from userspace.event import Kind
+
+CONFIG_MAP = "config"
+SIP_PORTS_MAP = "sip_ports"
+FLOWS_MAP = "flows"
+FLOW_PORTS_MAP = "flow_ports"
+_TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
+          ("exclude", 4): "exclude_v4", ("exclude", 6): "exclude_v6"}
+
+
+def table(bpf: Any, name: str) -> Any:
+    """A bcc table by name (bcc wants bytes)."""
+    return bpf[name.encode()]
+_TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
+               ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A media endpoint announced in SDP: address, port, transport protocol."""
+
+    address: Address
+    port: int
+    l4_proto: int = 17  # RTP and RTCP run over UDP
+
+
+def _key(bcc_table: Any, raw: bytes) -> Any:
+    return bcc_table.Key.from_buffer_copy(raw)
+
+
+def _leaf(bcc_table: Any, raw: bytes) -> Any:
+    return bcc_table.Leaf.from_buffer_copy(raw)
+
+
+class KernelMaps:
+    """Owns the user-space view of the filter state it wrote, so that the
+    config flags always agree with what the tries hold."""
+
+    def __init__(self, bpf: Any) -> None:
+        self._bpf = bpf
+        self._flags = ConfigFlag(0)
+        self._sip_snaplen = 0
+        self._media_snaplen = 0
+        self._networks: dict[tuple[str, int], set[Network]] = {key: set() for key in _TRIES}
+
+    def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int) -> None:
+        self._flags = (self._flags | ConfigFlag.SIGNATURE) if signature else \
+            (self._flags & ~ConfigFlag.SIGNATURE)
+        self._sip_snaplen, self._media_snaplen = sip_snaplen, media_snaplen
+        self._write_config()
+
+    def _write_config(self) -> None:
+        config = table(self._bpf, CONFIG_MAP)
+        config[ctypes.c_int(0)] = _leaf(config, pack_config(self._flags, self._sip_snaplen,
+                                                            self._media_snaplen))
+
+    def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
+        ports_map = table(self._bpf, SIP_PORTS_MAP)
+        for port in ports:
+            ports_map[ctypes.c_uint32(port)] = ctypes.c_uint8(1 if enabled else 0)
+
+    def add_network(self, which: str, network: Network) -> None:
+        """which: "include" or "exclude"."""
+        slot = (which, network.version)
+        trie = table(self._bpf, _TRIES[slot])
+        trie[_key(trie, pack_lpm_key(network))] = ctypes.c_uint8(1)
+        self._networks[slot].add(network)
+        self._flags |= _TRIE_FLAGS[slot]
+        self._write_config()
+
+    def remove_network(self, which: str, network: Network) -> None:
+        slot = (which, network.version)
+        if network not in self._networks[slot]:
+            return
+        trie = table(self._bpf, _TRIES[slot])
+        del trie[_key(trie, pack_lpm_key(network))]
+        self._networks[slot].discard(network)
+        if not self._networks[slot]:
+            self._flags &= ~_TRIE_FLAGS[slot]
+        self._write_config()
+
+    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int) -> None:
+        flows = table(self._bpf, FLOWS_MAP)
+        key = _key(flows, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
+        is_new = flows.get(key) is None
+        flows[key] = _leaf(flows, pack_flow_value(kind, shard))
+        if is_new:
+            self._adjust_port_users(endpoint.port, +1)
+
+    def forget_flow(self, endpoint: Endpoint) -> None:
+        flows = table(self._bpf, FLOWS_MAP)
+        key = _key(flows, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
+        if flows.get(key) is None:
+            return
+        del flows[key]
+        self._adjust_port_users(endpoint.port, -1)
+
+    def _adjust_port_users(self, port: int, delta: int) -> None:
+        users = table(self._bpf, FLOW_PORTS_MAP)
+        index = ctypes.c_uint32(port)
+        users[index] = ctypes.c_uint32(max(0, users[index].value + delta))

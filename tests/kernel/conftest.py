@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from otus_ebpf.loader import KernelSettings
+from tests.support.kernel import KernelHarness
+
+SHARDS = 2
+MEDIA_SNAPLEN = 32
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[KernelHarness]:
+    """The real programs, compiled once per module with two ring shards."""
+    harness = KernelHarness(KernelSettings(shards=SHARDS, media_snaplen=MEDIA_SNAPLEN))
+    try:
+        yield harness
+    finally:
+        harness.close()
