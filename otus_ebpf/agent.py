@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp
+from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
 from otus_ebpf.counters import StatsLine, read_kernel_counters
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kafka import KafkaSettings, make_producer
@@ -63,6 +63,9 @@ def run_attach(options: AttachOptions) -> int:
     interfaces = {resolve_interface(name): name for name in options.interfaces}
     require_root()
     import_bcc()
+    if options.direction is not CaptureDirection.EGRESS:
+        for ifindex, name in interfaces.items():
+            refuse_foreign_xdp(ifindex, name, options.force)
     label = ",".join(options.interfaces)
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
@@ -81,11 +84,18 @@ def run_attach(options: AttachOptions) -> int:
             return StatsLine(label, read_kernel_counters(programs.bpf), pipeline.stats,
                              kafka.stats if kafka else None).format()
 
+        capturing = False
+
+        def final_figures() -> None:
+            if capturing:
+                log(stats_line())
+
         # Unwinds bottom-up: detach, drain, flush, then the final figures.
-        stack.callback(lambda: log(stats_line()))
+        stack.callback(final_figures)
         stack.callback(flush_reporters, reporters)
         stack.callback(lambda: deliver(reader.drain()))
         attach_all(stack, programs, interfaces, options)
+        capturing = True
 
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():

@@ -57,11 +57,8 @@ def attach_xdp(stack: contextlib.ExitStack, prog_fd: int, ifindex: int, ifname: 
     """
     foreign_id, foreign_flags = xdp_program(ifindex)
     if foreign_id:
+        refuse_foreign_xdp(ifindex, ifname, force)
         name = program_name(foreign_id)
-        if not force:
-            raise SetupError(f"{ifname} already has an XDP program ({name}, id {foreign_id}); "
-                             f"--force replaces it" + (f", `otus-ebpf detach {ifname}` removes it"
-                                                       if name == XDP_FUNCTION else ""))
         try:
             _netlink_set_xdp(ifindex, -1, foreign_flags)
         except OSError as exc:
@@ -90,6 +87,17 @@ def attach_xdp(stack: contextlib.ExitStack, prog_fd: int, ifindex: int, ifname: 
         stack.callback(_netlink_set_xdp, ifindex, -1, _MODE_FLAGS[candidate])
         return f"{candidate.value}, netlink (survives a crash: `otus-ebpf detach {ifname}`)"
     raise SetupError(f"cannot attach XDP to {ifname} ({'; '.join(failures)})")
+
+
+def refuse_foreign_xdp(ifindex: int, ifname: str, force: bool) -> None:
+    """Raise unless the XDP hook is free or ``force`` allows replacing its program."""
+    foreign_id, _flags = xdp_program(ifindex)
+    if not foreign_id or force:
+        return
+    name = program_name(foreign_id)
+    hint = f", `otus-ebpf detach {ifname}` removes it" if name == XDP_FUNCTION else ""
+    raise SetupError(f"{ifname} already has an XDP program ({name}, id {foreign_id}); --force replaces it"
+                     + hint)
 
 
 def attach_tc_egress(stack: contextlib.ExitStack, prog_fd: int, ifindex: int, ifname: str,

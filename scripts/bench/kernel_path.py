@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf.bpfsys import prog_test_run  # noqa: E402
-from otus_ebpf.counters import read_kernel_counters  # noqa: E402
-from otus_ebpf.loader import KernelSettings, import_bcc, load_programs  # noqa: E402
-from otus_ebpf.maps import Endpoint  # noqa: E402
-from otus_ebpf.ring import open_reader  # noqa: E402
-from tests.support.frames import ethernet, ipv4, udp  # noqa: E402
-from userspace.event import Counter, Direction, Kind  # noqa: E402
+from otus_ebpf.bpfsys import prog_test_run
+from otus_ebpf.counters import read_kernel_counters
+from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
+from otus_ebpf.maps import Endpoint
+from otus_ebpf.ring import open_reader
+from tests.support.frames import ethernet, ipv4, udp
+from userspace.event import Counter, Direction, Kind
 
 RING_PAGES = 16384  # 64 MiB: room for a chunk of 1,400-byte records
 RING_BYTES = RING_PAGES * 4096

@@ -14,8 +14,8 @@ ATTACH_TIMEOUT_S = 30.0
 
 
 def start_agent(netns: str, interface: str, out: Path, log: Path,
-                extra: Sequence[str] = ()) -> Background:
-    agent = Background([str(AGENT), "attach", interface, "--no-tui", "--out", str(out),
+                extra: Sequence[str] = (), more_interfaces: Sequence[str] = ()) -> Background:
+    agent = Background([str(AGENT), "attach", interface, *more_interfaces, "--no-tui", "--out", str(out),
                         "--stats-interval", "1", *extra], log, netns=netns)
     agent.wait_for_output("attached to", ATTACH_TIMEOUT_S)
     return agent
@@ -23,3 +23,17 @@ def start_agent(netns: str, interface: str, out: Path, log: Path,
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def final_stats(agent: Background) -> dict[str, int]:
+    """The agent's last stats line as flat keys: ingress_seen, egress_matched, records, ..."""
+    lines = [line for line in agent.output().splitlines() if line.startswith("otus-ebpf: ")]
+    assert lines, agent.output()
+    stats: dict[str, int] = {}
+    for section in lines[-1].split(" | ")[1:]:
+        words = section.split()
+        prefix = f"{words[0]}_" if "=" not in words[0] else ""
+        for word in words[1 if prefix else 0:]:
+            key, _, value = word.partition("=")
+            stats[prefix + key] = int(value)
+    return stats

@@ -1,0 +1,137 @@
+"""The kernel half on a live interface: directions, sender-made fragments,
+run-time filter changes, several interfaces, foreign programs."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from otus_ebpf import netns
+from otus_ebpf.bpfsys import AttachType, query_program_ids
+from tests.integration.test_detach import tc_egress_programs, wait_detached, xdp_attached
+from tests.support.agent import final_stats, read_records, start_agent
+from tests.support.lab import Lab
+from tests.support.paths import AGENT
+from tests.support.send import send_udp
+from tests.support.sip_samples import INVITE, SDP, sip_message
+
+SETTLE_S = 0.5
+
+
+def big_invite(size: int) -> bytes:
+    """An INVITE padded with SDP attribute lines to ``size`` bytes."""
+    headers = ["Via: SIP/2.0/UDP 10.77.0.1;branch=z9hG4bKbig", "From: <sip:a@x>;tag=1",
+               "To: <sip:b@y>", "Call-ID: big@x", "CSeq: 1 INVITE", "Content-Type: application/sdp"]
+    body = SDP
+    while len(sip_message("INVITE sip:b@y SIP/2.0", headers, body)) < size:
+        body += b"a=x-padding:" + b"p" * 60 + b"\r\n"
+    return sip_message("INVITE sip:b@y SIP/2.0", headers, body)
+
+
+def xdp_program_id(lab: Lab) -> str:
+    shown = lab.run(lab.uas_ns, "ip", "-d", "link", "show", lab.uas_if).stdout
+    return shown.split("prog/xdp id ")[1].split()[0]
+
+
+def test_sip_sent_from_the_agents_host_is_captured_once_as_egress(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
+    send_udp(lab.uas_ns, lab.uas_v4, 5060, lab.uac_v4, 5060, [INVITE])
+    time.sleep(SETTLE_S)
+    assert agent.stop() == 0
+    (record,) = read_records(out)
+    assert (record["direction"], record["src"], record["method"]) == ("egress", lab.uas_v4, "INVITE")
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_a_4000_byte_invite_fragmented_by_the_sender_arrives_as_all_its_fragments(
+    lab: Lab, tmp_path: Path, family: str, direction: str
+) -> None:
+    payload = big_invite(4000)
+    uac, uas = (lab.uac_v4, lab.uas_v4) if family == "ipv4" else (lab.uac_v6, lab.uas_v6)
+    sender, src, dst = (lab.uac_ns, uac, uas) if direction == "ingress" else (lab.uas_ns, uas, uac)
+    # MTU 1500: 4000 bytes of UDP payload leave as 3 fragments (v4 and v6).
+    agent = start_agent(lab.uas_ns, lab.uas_if, tmp_path / "sip.jsonl", tmp_path / "agent.log")
+    send_udp(sender, src, 5060, dst, 5060, [payload])
+    time.sleep(SETTLE_S)
+    assert agent.stop() == 0
+    stats = final_stats(agent)
+    assert stats[f"{direction}_matched"] == 3, stats
+    assert stats[f"{direction}_submitted"] == 3, stats
+    assert stats["fragments"] == 3, stats
+
+
+def test_a_filter_change_takes_effect_without_detaching(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
+    program_before = xdp_program_id(lab)
+    send_udp(lab.uac_ns, lab.uac_v4, 5080, lab.uas_v4, 5080, [INVITE])
+    time.sleep(SETTLE_S)
+    before = lab.run(lab.uas_ns, str(AGENT), "stats", lab.uas_if).stdout
+
+    changed = lab.run(lab.uas_ns, str(AGENT), "filter", lab.uas_if, "--add-sip-port", "5080")
+    assert "updated" in changed.stderr
+    send_udp(lab.uac_ns, lab.uac_v4, 5080, lab.uas_v4, 5080, [INVITE])
+    time.sleep(SETTLE_S)
+    after = lab.run(lab.uas_ns, str(AGENT), "stats", lab.uas_if).stdout
+    assert xdp_program_id(lab) == program_before, "the program must not be replaced"
+    assert agent.stop() == 0
+
+    def ingress(table: str, counter: str) -> int:
+        (row,) = [line for line in table.splitlines() if line.split()[0] == counter]
+        return int(row.split()[1])
+
+    assert ingress(before, "no_match") >= 1 and ingress(before, "matched_sip_port") == 0
+    assert ingress(after, "matched_sip_port") == 1
+    assert [r["sport"] for r in read_records(out)] == [5080]
+
+
+def test_several_interfaces_and_sigkill_leaves_none_attached(lab: Lab, tmp_path: Path) -> None:
+    lab.run(lab.uas_ns, "ip", "link", "add", "extra0", "type", "veth", "peer", "name", "extra1")
+    lab.run(lab.uas_ns, "ip", "link", "set", "extra0", "up")
+    lab.run(lab.uas_ns, "ip", "link", "set", "extra1", "up")
+    agent = start_agent(lab.uas_ns, lab.uas_if, tmp_path / "o.jsonl", tmp_path / "agent.log",
+                        ["--attach-method", "link"], more_interfaces=["extra0"])
+    assert "attached to extra0" in agent.output()
+    shown = lab.run(lab.uas_ns, "ip", "-d", "link", "show", "extra0").stdout
+    assert "prog/xdp" in shown
+    agent.stop(signal.SIGKILL)
+    wait_detached(lab)
+    deadline = time.monotonic() + 5
+    while "prog/xdp" in lab.run(lab.uas_ns, "ip", "link", "show", "extra0").stdout:
+        assert time.monotonic() < deadline, "XDP still on extra0"
+        time.sleep(0.05)
+    with netns.inside(lab.uas_ns):
+        assert query_program_ids(socket.if_nametoindex("extra0"), AttachType.TCX_EGRESS) == []
+
+
+def test_a_foreign_xdp_program_is_refused_unless_forced(lab: Lab, tmp_path: Path) -> None:
+    from bcc import BPF
+    from pyroute2 import IPRoute
+
+    foreign = BPF(text=b"int someone_else(struct xdp_md *ctx) { return XDP_PASS; }")
+    fd = foreign.load_func(b"someone_else", BPF.XDP).fd
+    with netns.inside(lab.uas_ns), IPRoute() as ipr:
+        ipr.link("set", index=socket.if_nametoindex(lab.uas_if),
+                 xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", 2)]})
+    try:
+        refused = lab.run(lab.uas_ns, str(AGENT), "attach", lab.uas_if, "--out", str(tmp_path / "o.jsonl"),
+                          check=False)
+        assert refused.returncode == 1
+        errors = [line for line in refused.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and "someone_else" in errors[0] and "--force" in errors[0], refused.stderr
+        assert "someone_else" in lab.run(lab.uas_ns, "ip", "-d", "link", "show", lab.uas_if).stdout
+
+        forced = start_agent(lab.uas_ns, lab.uas_if, tmp_path / "o.jsonl", tmp_path / "agent.log",
+                             ["--force"])
+        shown = lab.run(lab.uas_ns, "ip", "-d", "link", "show", lab.uas_if).stdout
+        assert "xdp_ingress" in shown and "someone_else" not in shown
+        assert forced.stop() == 0
+        assert not xdp_attached(lab) and tc_egress_programs(lab) == 0
+    finally:
+        foreign.cleanup()
