@@ -1,10 +1,10 @@
-"""`otus-ebpf attach`: load → attach → drain the rings until a signal → clean up.
+"""`otus-ebpf attach`: open outputs → open a capture → deliver batches until a
+signal → clean up.
 
 Every resource goes on one ExitStack, registered so that it unwinds in the
-right order on success, on error and on signal: detach first (no new
-packets), then drain what is left in the rings, flush the reporters, print
-the final figures, unload the programs, close the reporters, restore the
-signal handlers.
+right order on success, on error and on signal: stop capturing (detach),
+deliver what is left, flush the reporters, print the final figures, release
+the capture, close the reporters, restore the signal handlers.
 """
 
 from __future__ import annotations
@@ -17,17 +17,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
-from otus_ebpf.counters import StatsLine, read_kernel_counters
+from otus_ebpf.attach import AttachMethod, XdpMode
+from otus_ebpf.capture import (
+    Capture,
+    CaptureDirection,
+    CaptureMode,
+    CaptureOptions,
+    open_capture,
+    preflight,
+)
+from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kafka import KafkaSettings, make_producer
-from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
-from otus_ebpf.ring import open_reader
+from otus_ebpf.loader import KernelSettings
 from userspace.pipeline import Pipeline
 from userspace.reporters import Reporter
 from userspace.reporters.jsonl import JsonLinesReporter
@@ -39,15 +45,10 @@ FLUSH_TIMEOUT_S = 10.0
 OUT_FILE_MODE = 0o640
 
 
-class CaptureDirection(Enum):
-    INGRESS = "ingress"
-    EGRESS = "egress"
-    BOTH = "both"
-
-
 @dataclass(frozen=True, slots=True)
 class AttachOptions:
     interfaces: tuple[str, ...]
+    mode: CaptureMode = CaptureMode.AUTO
     direction: CaptureDirection = CaptureDirection.BOTH
     xdp_mode: XdpMode = XdpMode.AUTO
     method: AttachMethod = AttachMethod.AUTO
@@ -57,23 +58,23 @@ class AttachOptions:
     kernel: KernelSettings = field(default_factory=KernelSettings)
     stats_interval_s: float = 5.0
 
+    @property
+    def capture(self) -> CaptureOptions:
+        return CaptureOptions(self.mode, self.direction, self.xdp_mode, self.method, self.force, self.kernel)
+
 
 def run_attach(options: AttachOptions) -> int:
     options.kernel.validate()
     interfaces = {resolve_interface(name): name for name in options.interfaces}
     require_root()
-    import_bcc()
-    if options.direction is not CaptureDirection.EGRESS:
-        for ifindex, name in interfaces.items():
-            refuse_foreign_xdp(ifindex, name, options.force)
+    preflight(options.capture, interfaces)
     label = ",".join(options.interfaces)
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
         reporters, kafka = open_reporters(stack, options, label)
-        programs = load_programs(options.kernel)
-        stack.callback(programs.close)
-        reader = open_reader(programs.bpf, programs.delivery, programs.shards)
-        pipeline = Pipeline(interfaces, time.time_ns() - time.monotonic_ns())
+        clock_offset_ns = time.time_ns() - time.monotonic_ns()
+        pipeline = Pipeline(interfaces, clock_offset_ns)
+        capture: Capture | None = None
 
         def deliver(batch: list[bytes]) -> None:
             records = pipeline.process(batch)
@@ -81,45 +82,26 @@ def run_attach(options: AttachOptions) -> int:
                 reporter.write(records)
 
         def stats_line() -> str:
-            return StatsLine(label, read_kernel_counters(programs.bpf), pipeline.stats,
-                             kafka.stats if kafka else None).format()
+            sections = capture.stats_sections() if capture else []
+            return StatsLine(label, sections, pipeline.stats, kafka.stats if kafka else None).format()
 
-        capturing = False
+        def on_stop(leftover: list[bytes]) -> None:
+            deliver(leftover)
+            flush_reporters(reporters)
+            if capture is not None:
+                log(stats_line())  # the final figures, after everything is delivered
 
-        def final_figures() -> None:
-            if capturing:
-                log(stats_line())
-
-        # Unwinds bottom-up: detach, drain, flush, then the final figures.
-        stack.callback(final_figures)
-        stack.callback(flush_reporters, reporters)
-        stack.callback(lambda: deliver(reader.drain()))
-        attach_all(stack, programs, interfaces, options)
-        capturing = True
+        capture = open_capture(stack, options.capture, interfaces, clock_offset_ns, on_stop, log)
+        log(f"capturing: {capture.description}")
 
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
-            deliver(reader.poll(POLL_TIMEOUT_MS))
+            deliver(capture.poll(POLL_TIMEOUT_MS))
             if time.monotonic() >= next_stats:
                 log(stats_line())
                 next_stats += options.stats_interval_s
-        log("stopping: detaching, draining the rings, flushing outputs")
+        log("stopping: detaching, draining, flushing outputs")
     return 0
-
-
-def attach_all(stack: contextlib.ExitStack, programs: LoadedPrograms, interfaces: dict[int, str],
-               options: AttachOptions) -> None:
-    for ifindex, name in interfaces.items():
-        hooks = []
-        if options.direction is not CaptureDirection.EGRESS:
-            how = attach_xdp(stack, programs.xdp_fd, ifindex, name, options.xdp_mode, options.method,
-                             options.force)
-            hooks.append(f"ingress XDP ({how})")
-        if options.direction is not CaptureDirection.INGRESS:
-            how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
-            hooks.append(f"egress TC ({how})")
-        log(f"attached to {name}: {', '.join(hooks)}; {programs.shards} shard(s), "
-            f"{programs.delivery.value} delivery")
 
 
 def resolve_interface(name: str) -> int:

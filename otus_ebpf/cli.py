@@ -7,8 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from otus_ebpf import __version__
-from otus_ebpf.agent import AttachOptions, CaptureDirection, log, require_root, resolve_interface, run_attach
+from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
+from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
 from otus_ebpf.introspect import live_maps
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("interfaces", nargs="+", metavar="IFACE")
+    attach.add_argument("--mode", choices=[m.value for m in CaptureMode], default=CaptureMode.AUTO.value,
+                        help="xdp: eBPF programs; afpacket: AF_PACKET rings; auto: xdp, else afpacket")
     attach.add_argument("--direction", choices=[d.value for d in CaptureDirection],
                         default=CaptureDirection.BOTH.value, help="default: both")
     attach.add_argument("--xdp-mode", choices=[m.value for m in XdpMode], default=XdpMode.AUTO.value,
@@ -125,6 +128,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
     )
     return AttachOptions(
         interfaces=tuple(dict.fromkeys(args.interfaces)),
+        mode=CaptureMode(args.mode),
         direction=CaptureDirection(args.direction),
         xdp_mode=XdpMode(args.xdp_mode),
         method=AttachMethod(args.attach_method),

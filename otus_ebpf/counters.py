@@ -37,22 +37,28 @@ def matched(counts: KernelCounts, direction: Direction) -> int:
     return sum(counts[direction, c] for c in MATCHES)
 
 
+def format_kernel_counts(counts: KernelCounts) -> list[str]:
+    """One stats-line section per direction."""
+    sections = []
+    for direction in Direction:
+        k = {c: counts[direction, c] for c in COUNTERS}
+        sections.append(
+            f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(counts, direction)} "
+            f"filtered={k[Counter.FILTERED]} submitted={k[Counter.SUBMITTED]} "
+            f"submit_failed={k[Counter.SUBMIT_FAILED]}"
+        )
+    return sections
+
+
 @dataclass(frozen=True, slots=True)
 class StatsLine:
     interface: str
-    kernel: KernelCounts
+    capture: list[str]  # sections from the capture source
     pipeline: PipelineStats
     kafka: KafkaStats | None = None
 
     def format(self) -> str:
-        parts = [f"otus-ebpf: {self.interface}"]
-        for direction in Direction:
-            k = {c: self.kernel[direction, c] for c in COUNTERS}
-            parts.append(
-                f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(self.kernel, direction)} "
-                f"filtered={k[Counter.FILTERED]} submitted={k[Counter.SUBMITTED]} "
-                f"submit_failed={k[Counter.SUBMIT_FAILED]}"
-            )
+        parts = [f"otus-ebpf: {self.interface}", *self.capture]
         p = self.pipeline
         errors = p.event_errors + p.decode_errors + p.sip_errors
         parts.append(f"records={p.records} media={p.media} fragments={p.fragments} "

@@ -80,3 +80,27 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
         assert key.decode() == json.loads(value)["call_id"]
         partitions_of_call[key.decode()].add(partition)
     assert all(len(p) == 1 for p in partitions_of_call.values()), partitions_of_call
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_afpacket_mode_yields_the_same_records_as_xdp_mode(lab: Lab, tmp_path: Path, transport: str) -> None:
+    """Both agents watch the same sipp run on the same interface."""
+    xdp_out, afpacket_out = tmp_path / "xdp.jsonl", tmp_path / "afpacket.jsonl"
+    xdp = start_agent(lab.uas_ns, lab.uas_if, xdp_out, tmp_path / "xdp.log", ["--mode", "xdp"])
+    afpacket = start_agent(lab.uas_ns, lab.uas_if, afpacket_out, tmp_path / "afpacket.log",
+                           ["--mode", "afpacket", "--workers", "2"])
+    assert "AF_PACKET" in afpacket.output()
+    try:
+        run_calls(lab, CALLS, transport, tmp_path)
+    finally:
+        assert xdp.stop(signal.SIGTERM) == 0, xdp.output()
+        assert afpacket.stop(signal.SIGTERM) == 0, afpacket.output()
+
+    def comparable(path: Path) -> list[str]:
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "ts_ns"}, sort_keys=True)
+                      for r in read_records(path))
+
+    expected = comparable(xdp_out)
+    assert len(expected) == CALLS * sum(MESSAGES_PER_CALL.values())
+    assert comparable(afpacket_out) == expected
+    assert "drops=0" in [line for line in afpacket.output().splitlines() if "afpacket" in line][-1]

@@ -17,7 +17,7 @@ def start_agent(netns: str, interface: str, out: Path, log: Path,
                 extra: Sequence[str] = (), more_interfaces: Sequence[str] = ()) -> Background:
     agent = Background([str(AGENT), "attach", interface, *more_interfaces, "--no-tui", "--out", str(out),
                         "--stats-interval", "1", *extra], log, netns=netns)
-    agent.wait_for_output("attached to", ATTACH_TIMEOUT_S)
+    agent.wait_for_output("capturing:", ATTACH_TIMEOUT_S)
     return agent
 
 

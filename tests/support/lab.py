@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from tests.support.paths import REPO
 
 LAB_SCRIPT = REPO / "scripts" / "lab.sh"
+RUN_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +24,10 @@ class Lab:
     uac_v6: str = "fd77::1"
     uas_v6: str = "fd77::2"
 
-    def run(self, netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, netns: str, *argv: str, check: bool = True,
+            timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", netns, *argv], check=check,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=timeout)
 
 
 def _lab_script(prefix: str, action: str) -> None:

@@ -38,7 +38,8 @@ def test_bcc_missing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(importlib, "import_module", no_bcc)
-    assert main(["attach", "lo"]) == 1
+    # --mode xdp: the default (auto) would fall back to AF_PACKET instead.
+    assert main(["attach", "lo", "--mode", "xdp"]) == 1
     (line,) = error_lines(capsys)
     assert "bcc is not importable" in line and "python3-bpfcc" in line
 

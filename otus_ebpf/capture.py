@@ -1,0 +1,148 @@
+"""Capture sources: the eBPF programs with their rings, or AF_PACKET.
+
+Both hand over ring records in batches and describe their own figures for
+the stats line. Each registers its resources on the ExitStack it is given,
+in an order that unwinds as: stop capturing (detach), hand the last records
+and the stop to ``on_stop`` (deliver, flush, final figures), release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from otus_ebpf.afpacket import AfPacketCapture
+from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
+from otus_ebpf.counters import format_kernel_counts, read_kernel_counters
+from otus_ebpf.errors import SetupError
+from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
+from otus_ebpf.ring import open_reader
+
+
+class CaptureMode(Enum):
+    XDP = "xdp"            # eBPF: XDP ingress + TC egress
+    AFPACKET = "afpacket"  # AF_PACKET rings with a classic BPF filter
+    AUTO = "auto"          # eBPF, else AF_PACKET
+
+
+class CaptureDirection(Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+    BOTH = "both"
+
+    @property
+    def ingress(self) -> bool:
+        return self is not CaptureDirection.EGRESS
+
+    @property
+    def egress(self) -> bool:
+        return self is not CaptureDirection.INGRESS
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOptions:
+    mode: CaptureMode
+    direction: CaptureDirection
+    xdp_mode: XdpMode
+    method: AttachMethod
+    force: bool
+    kernel: KernelSettings
+
+
+class Capture(Protocol):
+    description: str
+
+    def poll(self, timeout_ms: int) -> list[bytes]: ...
+
+    def stats_sections(self) -> list[str]: ...
+
+
+OnStop = Callable[[list[bytes]], None]
+
+
+def preflight(options: CaptureOptions, interfaces: dict[int, str]) -> None:
+    """Checks that need no kernel changes, so they fail before anything loads.
+
+    A foreign XDP program is a conflict for the operator to settle (--force),
+    not a reason for auto to fall back; a missing bcc is.
+    """
+    if options.mode is CaptureMode.AFPACKET:
+        return
+    if options.mode is CaptureMode.XDP:
+        import_bcc()
+    if options.direction.ingress:
+        for ifindex, name in interfaces.items():
+            refuse_foreign_xdp(ifindex, name, options.force)
+
+
+def open_capture(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
+                 clock_offset_ns: int, on_stop: OnStop, log: Callable[[str], None]) -> Capture:
+    if options.mode is not CaptureMode.AFPACKET:
+        try:
+            with contextlib.ExitStack() as attempt:
+                capture = _EbpfCapture(attempt, options, interfaces, on_stop)
+                stack.enter_context(attempt.pop_all())
+                return capture
+        except SetupError as exc:
+            if options.mode is CaptureMode.XDP:
+                raise
+            log(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
+    return _open_afpacket(stack, options, interfaces, clock_offset_ns, on_stop)
+
+
+class _EbpfCapture:
+    def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
+                 on_stop: OnStop) -> None:
+        programs = load_programs(options.kernel)
+        stack.callback(programs.close)
+        self._programs = programs
+        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards)
+        stack.callback(lambda: on_stop(self._reader.drain()))
+        hooks = []
+        for ifindex, name in interfaces.items():
+            if options.direction.ingress:
+                how = attach_xdp(stack, programs.xdp_fd, ifindex, name, options.xdp_mode, options.method,
+                                 options.force)
+                hooks.append(f"{name} ingress XDP ({how})")
+            if options.direction.egress:
+                how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
+                hooks.append(f"{name} egress TC ({how})")
+        self.description = (f"{'; '.join(hooks)}; {programs.shards} shard(s), "
+                            f"{programs.delivery.value} delivery")
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        return self._reader.poll(timeout_ms)
+
+    def stats_sections(self) -> list[str]:
+        sections = format_kernel_counts(read_kernel_counters(self._programs.bpf))
+        if self._reader.lost:
+            sections.append(f"perf_lost={self._reader.lost}")
+        return sections
+
+
+class _AfPacket:
+    def __init__(self, capture: AfPacketCapture, description: str) -> None:
+        self._capture = capture
+        self.description = description
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        return self._capture.poll(timeout_ms)
+
+    def stats_sections(self) -> list[str]:
+        stats = self._capture.read_stats()
+        return [f"afpacket packets={stats.packets} drops={stats.drops}"]
+
+
+def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
+                   clock_offset_ns: int, on_stop: OnStop) -> Capture:
+    options.kernel.validate()
+    capture = AfPacketCapture(interfaces, options.kernel, options.direction.ingress,
+                              options.direction.egress, clock_offset_ns)
+    stack.callback(capture.close)
+    stack.callback(lambda: on_stop(capture.drain()))
+    names = ", ".join(interfaces.values())
+    return _AfPacket(capture, f"{names} AF_PACKET (TPACKET_V3, {options.kernel.shards} fanout member(s) "
+                              f"per interface)")

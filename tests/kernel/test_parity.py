@@ -1,0 +1,77 @@
+"""userspace.classify must build the event the kernel builds, byte for byte
+in every header field, for every kind of frame the kernel tests use."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from otus_ebpf.maps import Endpoint
+from tests.kernel.conftest import SHARDS
+from tests.support.frames import (
+    AH,
+    DEST_OPTS,
+    FRAGMENT,
+    HOP_BY_HOP,
+    ROUTING,
+    TCP,
+    UDP,
+    ethernet,
+    ipv4,
+    ipv6_ah,
+    ipv6_chain,
+    ipv6_ext,
+    ipv6_fragment,
+    tcp,
+    udp,
+)
+from tests.support.kernel import Hook, KernelHarness
+from tests.support.sip_samples import INVITE, OK_200
+from userspace.classify import Rules, classify_frame, encode_event
+from userspace.event import EVENT_HEADER, Kind
+
+V6 = 0x86DD
+FRAMES = {
+    "sip-udp": ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")),
+    "sip-udp-back": ethernet(ipv4(udp(OK_200, 5060, 5070), src="10.1.0.2", dst="10.1.0.1")),
+    "sip-tcp": ethernet(ipv4(tcp(INVITE, 40000, 5061), proto=TCP)),
+    "qinq": ethernet(ipv4(udp(INVITE)), vlans=(100, 200)),
+    "ipv4-options": ethernet(ipv4(udp(INVITE), options=b"\x94\x04\x00\x00")),
+    "ipv6-chain": ethernet(ipv6_chain(ipv6_ext(ROUTING) + ipv6_ext(DEST_OPTS) + ipv6_ext(AH)
+                                      + ipv6_ah(UDP) + udp(INVITE), HOP_BY_HOP), ethertype=V6),
+    "v4-first-fragment": ethernet(ipv4(udp(INVITE)[:256], src="10.3.0.1", dst="10.3.0.2", frag=0x2000)),
+    "v4-last-fragment": ethernet(ipv4(udp(INVITE)[256:], src="10.3.0.1", dst="10.3.0.2", frag=32)),
+    "v6-fragment": ethernet(ipv6_chain(ipv6_fragment(UDP, 400, False, 7) + b"x" * 64, FRAGMENT),
+                            ethertype=V6),
+    "rtp": ethernet(ipv4(udp(bytes(172), 30000, 40000), src="10.4.0.1", dst="10.4.0.2")),
+    "other": ethernet(ipv4(udp(b"hello", 4000, 4001))),
+    "arp": ethernet(b"\0" * 28, ethertype=0x0806),
+}
+MEDIA = Endpoint(ipaddress.ip_address("10.4.0.2"), 40000)
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_python_classification_matches_the_kernel(kernel: KernelHarness, name: str) -> None:
+    frame = FRAMES[name]
+    rules = Rules(frozenset((5060, 5061)), shards=SHARDS,
+                  media={(MEDIA.address.packed, MEDIA.port, UDP): (Kind.RTP, 1)})
+    kernel.maps.learn_flow(MEDIA, Kind.RTP, shard=1)
+    try:
+        events = kernel.run(frame, Hook.XDP).events
+    finally:
+        kernel.maps.forget_flow(MEDIA)
+    classified = classify_frame(frame, rules)
+    if not events:
+        assert classified is None
+        return
+    (event,) = events
+    assert classified is not None
+    expected = encode_event(frame[:event.cap_len], classified, event.direction, event.ts_ns, event.ifindex,
+                            event.orig_len)
+    kernel_header = (event.ts_ns, event.ifindex, event.orig_len, event.cap_len, event.flow_hash,
+                     event.l3_offset, event.l4_offset, event.payload_offset, event.direction,
+                     event.kind, event.l4_proto, event.flags, event.shard)
+    if event.kind == Kind.RTP:
+        assert event.cap_len < len(frame)  # the media snaplen cut it; compare what was sent
+    assert EVENT_HEADER.unpack_from(expected) == kernel_header
