@@ -61,7 +61,7 @@ class StatsLine:
         parts = [f"otus-ebpf: {self.interface}", *self.capture]
         p = self.pipeline
         errors = p.event_errors + p.decode_errors + p.sip_errors
-        parts.append(f"records={p.records} media={p.media} fragments={p.fragments} "
+        parts.append(f"events={p.events} records={p.records} media={p.media} fragments={p.fragments} "
                      f"not_sip={p.not_sip + p.empty_payloads} errors={errors}")
         if self.kafka is not None:
             kafka = self.kafka
