@@ -135,3 +135,16 @@ def test_a_foreign_xdp_program_is_refused_unless_forced(lab: Lab, tmp_path: Path
         assert not xdp_attached(lab) and tc_egress_programs(lab) == 0
     finally:
         foreign.cleanup()
+
+
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_direction_limits_what_is_attached_and_captured(lab: Lab, tmp_path: Path, direction: str) -> None:
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--direction", direction])
+    assert xdp_attached(lab) == (direction == "ingress")
+    assert tc_egress_programs(lab) == (1 if direction == "egress" else 0)
+    send_udp(lab.uac_ns, lab.uac_v4, 5060, lab.uas_v4, 5060, [INVITE])
+    send_udp(lab.uas_ns, lab.uas_v4, 5060, lab.uac_v4, 5060, [INVITE])
+    time.sleep(SETTLE_S)
+    assert agent.stop() == 0
+    assert [r["direction"] for r in read_records(out)] == [direction]
