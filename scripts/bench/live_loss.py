@@ -28,7 +28,8 @@ BLAST = Path(__file__).with_name("blast.py")
 
 
 def run_once(lab: Lab, workdir: Path, workers: int, seconds: float, delivery: str) -> dict[str, int]:
-    agent = start_agent(lab.uas_ns, lab.uas_if, workdir / f"out-{workers}.jsonl", workdir / f"agent-{workers}.log",
+    agent = start_agent(lab.uas_ns, lab.uas_if, workdir / f"out-{workers}.jsonl",
+                        workdir / f"agent-{workers}.log",
                         ["--workers", str(workers), "--delivery", delivery, "--direction", "ingress",
                          "--stats-interval", "60"])
     try:
