@@ -83,7 +83,8 @@ def run_attach(options: AttachOptions) -> int:
 
         def stats_line() -> str:
             sections = capture.stats_sections() if capture else []
-            return StatsLine(label, sections, pipeline.stats, kafka.stats if kafka else None).format()
+            return StatsLine(label, sections, pipeline.stats, kafka.stats if kafka else None,
+                             pipeline.reassembler.stats).format()
 
         def on_stop(leftover: list[bytes]) -> None:
             deliver(leftover)
@@ -97,6 +98,7 @@ def run_attach(options: AttachOptions) -> int:
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
             deliver(capture.poll(POLL_TIMEOUT_MS))
+            pipeline.expire(time.monotonic_ns())
             if time.monotonic() >= next_stats:
                 log(stats_line())
                 next_stats += options.stats_interval_s

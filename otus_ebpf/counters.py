@@ -10,6 +10,7 @@ from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP
 from otus_ebpf.maps import table
 from userspace.event import Counter, Direction
 from userspace.pipeline import PipelineStats
+from userspace.reassembly import ReassemblyStats
 from userspace.reporters.kafka import KafkaStats
 
 KernelCounts = dict[tuple[Direction, Counter], int]
@@ -50,19 +51,30 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
     return sections
 
 
+def fragment_drops(r: ReassemblyStats) -> int:
+    """Datagrams (or their fragments) given up, for whatever reason; each reason has its own counter."""
+    return (r.overlaps + r.discarded + r.too_big + r.malformed + r.timeouts + r.too_many_fragments
+            + r.evicted_per_source + r.evicted_datagrams + r.evicted_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class StatsLine:
     interface: str
     capture: list[str]  # sections from the capture source
     pipeline: PipelineStats
     kafka: KafkaStats | None = None
+    reassembly: ReassemblyStats | None = None
 
     def format(self) -> str:
         parts = [f"otus-ebpf: {self.interface}", *self.capture]
         p = self.pipeline
         errors = p.event_errors + p.decode_errors + p.sip_errors
-        parts.append(f"events={p.events} records={p.records} media={p.media} fragments={p.fragments} "
+        parts.append(f"events={p.events} records={p.records} media={p.media} "
                      f"not_sip={p.not_sip + p.empty_payloads} errors={errors}")
+        if self.reassembly is not None:
+            r = self.reassembly
+            parts.append(f"fragments={r.fragments} reassembled={r.datagrams} "
+                         f"fragment_drops={fragment_drops(r)}")
         if self.kafka is not None:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "

@@ -1,7 +1,8 @@
 """Ring records in, SIP records out: the per-packet path of a worker.
 
-Stateless apart from counters. Bad input is counted by layer and skipped;
-any exception other than ``DecodeError`` is a bug and propagates.
+Decodes each event, reassembles IP fragments, frames SIP messages and
+builds records. Bad input is counted by layer and skipped; any exception
+other than ``DecodeError`` is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from userspace.decode import IPProto, Packet, decode_frame
+from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
 from userspace.errors import DecodeError
 from userspace.event import Event, Kind, decode_event
+from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import SipRecord
 from userspace.sip import looks_like_sip, parse_message
 
 # RFC 5626 §3.5.1 keep-alives (CRLF pings) between messages on a stream.
 _KEEPALIVE = b"\r\n"
+_MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
 
 
 @dataclass(slots=True)
 class PipelineStats:
     events: int = 0
     media: int = 0  # RTP/RTCP: quality measurement arrives with the SIP issue
-    fragments: int = 0  # reassembly arrives with its own issue
     event_errors: int = 0
     decode_errors: int = 0
     empty_payloads: int = 0
@@ -37,16 +39,19 @@ class Pipeline:
 
     ``clock_offset_ns`` turns the kernel's monotonic timestamps into wall
     clock time; the caller measures it, since this package reads no clock.
+    The same monotonic timestamps drive fragment expiry.
     One UDP datagram holds one SIP message (RFC 3261 §18.3); a TCP segment
     may hold several, framed by Content-Length. Messages split across
     segments need the stream reassembly of the SIP issue and are counted as
     ``sip_errors`` until then.
     """
 
-    def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int) -> None:
+    def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
+                 reassembly: ReassemblyLimits | None = None) -> None:
         self._interface_names = interface_names
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
+        self.reassembler = Reassembler(reassembly)
 
     def process(self, raw_events: Iterable[bytes]) -> list[SipRecord]:
         records: list[SipRecord] = []
@@ -58,25 +63,39 @@ class Pipeline:
             except DecodeError:
                 stats.event_errors += 1
                 continue
-            if event.kind != Kind.SIP:
-                if event.kind == Kind.FRAGMENT:
-                    stats.fragments += 1
-                else:
-                    stats.media += 1
+            if event.kind in _MEDIA_KINDS:
+                stats.media += 1
                 continue
-            try:
-                packet = decode_frame(event.frame)
-            except DecodeError:
-                stats.decode_errors += 1
+            packet, fragments = self._packet(event)
+            if packet is None:
                 continue
             if not packet.payload:
                 stats.empty_payloads += 1  # TCP handshakes and pure ACKs
                 continue
-            self._parse_payload(event, packet, records)
+            self._parse_payload(event, packet, fragments, records)
         stats.records += len(records)
         return records
 
-    def _parse_payload(self, event: Event, packet: Packet, records: list[SipRecord]) -> None:
+    def expire(self, now_ns: int) -> None:
+        """Let time pass when no packets arrive (monotonic ns, as in events)."""
+        self.reassembler.expire(now_ns)
+
+    def _packet(self, event: Event) -> tuple[Packet | None, int]:
+        """The event's packet and how many fragments it took; None while a
+        datagram is incomplete or when the frame is bad (counted)."""
+        try:
+            decoded = decode_frame(event.frame)
+            if not isinstance(decoded, Fragment):
+                return decoded, 1
+            datagram = self.reassembler.feed(decoded, event.ts_ns)
+            if datagram is None:
+                return None, 0
+            return decode_datagram(datagram), datagram.fragments
+        except DecodeError:
+            self.stats.decode_errors += 1
+            return None, 0
+
+    def _parse_payload(self, event: Event, packet: Packet, fragments: int, records: list[SipRecord]) -> None:
         payload = packet.payload
         offset, end = 0, len(payload)
         while offset < end:
@@ -98,7 +117,7 @@ class Pipeline:
                 event.ts_ns + self._clock_offset_ns,
                 self._interface_names.get(event.ifindex, str(event.ifindex)),
                 event.direction, packet.transport,
-                packet.src, packet.sport, packet.dst, packet.dport, message,
+                packet.src, packet.sport, packet.dst, packet.dport, message, fragments,
             ))
             if packet.transport is IPProto.UDP:
                 return

@@ -27,6 +27,7 @@ class SipRecord:
     dst: str
     dport: int
     message: SipMessage
+    fragments: int = 1  # IP fragments the message was reassembled from
 
     @property
     def key(self) -> bytes:
@@ -57,6 +58,8 @@ class SipRecord:
             "to_tag": m.to_tag,
             "via_branch": m.via_branch,
             "size": m.size,
+            "content_length": m.content_length,
+            "fragments": self.fragments,
         }
 
 

@@ -49,21 +49,28 @@ def test_sip_sent_from_the_agents_host_is_captured_once_as_egress(lab: Lab, tmp_
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("direction", ["ingress", "egress"])
-def test_a_4000_byte_invite_fragmented_by_the_sender_arrives_as_all_its_fragments(
+def test_a_4000_byte_invite_fragmented_by_the_sender_is_reassembled_and_parsed(
     lab: Lab, tmp_path: Path, family: str, direction: str
 ) -> None:
     payload = big_invite(4000)
     uac, uas = (lab.uac_v4, lab.uas_v4) if family == "ipv4" else (lab.uac_v6, lab.uas_v6)
     sender, src, dst = (lab.uac_ns, uac, uas) if direction == "ingress" else (lab.uas_ns, uas, uac)
     # MTU 1500: 4000 bytes of UDP payload leave as 3 fragments (v4 and v6).
-    agent = start_agent(lab.uas_ns, lab.uas_if, tmp_path / "sip.jsonl", tmp_path / "agent.log")
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
     send_udp(sender, src, 5060, dst, 5060, [payload])
     time.sleep(SETTLE_S)
     assert agent.stop() == 0
     stats = final_stats(agent)
     assert stats[f"{direction}_matched"] == 3, stats
     assert stats[f"{direction}_submitted"] == 3, stats
-    assert stats["fragments"] == 3, stats
+    assert (stats["fragments"], stats["reassembled"], stats["fragment_drops"]) == (3, 1, 0), stats
+    (record,) = read_records(out)
+    body_start = payload.index(b"\r\n\r\n") + 4
+    assert (record["method"], record["call_id"], record["direction"]) == ("INVITE", "big@x", direction)
+    assert record["fragments"] == 3
+    assert record["size"] == len(payload) >= 4000
+    assert record["content_length"] == len(payload) - body_start, "the whole SDP arrived"
 
 
 def test_a_filter_change_takes_effect_without_detaching(lab: Lab, tmp_path: Path) -> None:

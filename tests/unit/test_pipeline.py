@@ -1,12 +1,24 @@
 from __future__ import annotations
 
-from tests.support.frames import TCP, ethernet, ipv4, ring_record, tcp, udp
+from tests.support.frames import (
+    FRAGMENT,
+    TCP,
+    UDP,
+    ethernet,
+    ipv4,
+    ipv6_chain,
+    ipv6_fragment,
+    ring_record,
+    tcp,
+    udp,
+)
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.decode import IPProto
 from userspace.event import Direction
 from userspace.pipeline import Pipeline
 
 OFFSET_NS = 1_700_000_000_000_000_000
+V6 = 0x86DD
 
 
 def make_pipeline() -> Pipeline:
@@ -52,3 +64,24 @@ def test_bad_input_is_counted_by_layer_and_skipped() -> None:
     s = pipeline.stats
     assert (s.events, s.event_errors, s.decode_errors, s.empty_payloads, s.not_sip, s.sip_errors,
             s.records) == (6, 1, 1, 1, 1, 1, 1)
+
+
+def test_fragments_are_reassembled_into_one_record_v4_and_v6() -> None:
+    datagram = udp(INVITE)
+    cut = 8 * (len(datagram) // 16)
+    v4 = [ethernet(ipv4(datagram[:cut], frag=0x2000)), ethernet(ipv4(datagram[cut:], frag=cut // 8))]
+    v6 = [ethernet(ipv6_chain(ipv6_fragment(UDP, 0, True, 5) + datagram[:cut], FRAGMENT), ethertype=V6),
+          ethernet(ipv6_chain(ipv6_fragment(UDP, cut, False, 5) + datagram[cut:], FRAGMENT), ethertype=V6)]
+    for frames in (v4, list(reversed(v6))):
+        pipeline = make_pipeline()
+        (record,) = pipeline.process([ring_record(f) for f in frames])
+        assert record.message.method == "INVITE" and record.message.size == len(INVITE)
+        assert record.fragments == 2
+        assert pipeline.reassembler.stats.datagrams == 1
+
+
+def test_incomplete_fragments_expire_with_event_time() -> None:
+    pipeline = make_pipeline()
+    assert pipeline.process([ring_record(ethernet(ipv4(udp(INVITE)[:64], frag=0x2000)), ts_ns=0)]) == []
+    pipeline.expire(31 * 10**9)
+    assert pipeline.reassembler.stats.timeouts == 1
