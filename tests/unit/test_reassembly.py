@@ -199,3 +199,18 @@ def test_a_flood_from_many_sources_cannot_starve_a_legitimate_sender() -> None:
     opened = flood_sent - stats.duplicates - stats.overlaps - stats.discarded
     assert opened == reassembler.in_flight + evicted
     assert stats.evicted_bytes > 0 and stats.timeouts == 0
+
+
+def test_total_datagram_cap_counts_each_eviction() -> None:
+    reassembler = Reassembler(ReassemblyLimits(max_datagrams=100))
+    for source in range(150):
+        reassembler.feed(Fragment(4, source.to_bytes(4, "big"), DST, UDP, 1, 0, True, b"x" * 8), 0)
+    assert (reassembler.stats.evicted_datagrams, reassembler.in_flight) == (50, 100)
+
+
+def test_byte_cap_counts_each_eviction_and_is_never_exceeded() -> None:
+    reassembler = Reassembler(ReassemblyLimits(max_bytes=10 * 1000))
+    for source in range(15):
+        reassembler.feed(Fragment(4, source.to_bytes(4, "big"), DST, UDP, 1, 0, True, b"x" * 1000), 0)
+        assert reassembler.buffered_bytes <= 10 * 1000
+    assert (reassembler.stats.evicted_bytes, reassembler.in_flight) == (5, 10)
