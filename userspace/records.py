@@ -14,9 +14,10 @@ _TRANSPORT_NAMES = {IPProto.UDP: "udp", IPProto.TCP: "tcp"}
 _DIRECTION_NAMES = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SipRecord:
-    """One SIP message seen on an interface."""
+    """One SIP message seen on an interface. Treat it as immutable; not
+    ``frozen`` for the same measured reason as ``SipMessage``."""
 
     ts_ns: int  # wall clock, nanoseconds since the epoch
     interface: str

@@ -1,32 +1,80 @@
-"""SIP message parsing (RFC 3261), first cut: start line and dialog keys.
+"""SIP message parsing (RFC 3261).
 
-``parse_message`` takes one SIP message's bytes and returns a ``SipMessage``
-or raises ``Malformed``/``Truncated``. It reads the start line, Call-ID, CSeq,
-From/To tags, the first Via's branch and Content-Length, accepting compact
-header forms (RFC 3261 §7.3.3) and folded lines (§7.3.1). The SIP issue grows
-this into the complete parser; keep the common path this cheap.
+``parse_message(data)`` returns a ``SipMessage`` or raises ``Malformed`` /
+``Truncated`` (the ``DecodeError`` family) with a reason; any other
+exception is a bug. Input is never trusted: sizes are bounded, every index
+is checked, and defects that do not stop a message from being understood
+(a CSeq method that differs from the request method, a missing Via) are
+recorded in ``defects`` instead of rejecting it.
+
+The common path — start line, Call-ID, CSeq, From/To tags, the top Via's
+branch, Content-Length — is one regular-expression pass over the header
+block. Everything else is parsed on first use from the header list the
+message keeps: Contact, User-Agent, Reason, P-Asserted-Identity, the Via's
+sent-by, received and rport, multiple and comma-separated values, and
+multipart bodies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from userspace.errors import Malformed, Truncated
+from userspace.errors import LimitExceeded, Malformed, Truncated
 
 SIP_VERSION = "SIP/2.0"
-# RFC 3261 §20: compact forms of the headers this cut reads.
-COMPACT_FORMS = {"i": "call-id", "f": "from", "t": "to", "v": "via", "l": "content-length"}
-WANTED_HEADERS = frozenset(("call-id", "cseq", "from", "to", "via", "content-length"))
-# A status code is three digits (RFC 3261 §7.2); 1xx-6xx are defined.
+# Largest message we accept: the UDP limit; a TCP stream frames by Content-Length.
+MAX_MESSAGE = 65_535
+# RFC 3261 §7.3.3 compact forms.
+COMPACT_FORMS = {
+    "i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact", "l": "content-length",
+    "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding",
+    "o": "event", "u": "allow-events", "r": "refer-to", "x": "session-expires",
+    "y": "identity", "a": "accept-contact", "b": "referred-by",
+}
+# RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+# The headers of the common path, compact forms included, one per line start.
+_COMMON = re.compile(
+    rb"^(call-id|i|cseq|from|f|to|t|via|v|content-length|l)[ \t]*:[ \t]*([^\r\n]*)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_COMMON_NAMES = {
+    b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq", b"from": "from", b"f": "from",
+    b"to": "to", b"t": "to", b"via": "via", b"v": "via", b"content-length": "content-length",
+    b"l": "content-length",
+}
+_HEADER_LINE = re.compile(r"^([^:\r\n]+?)[ \t]*:[ \t]*([^\r\n]*)", re.MULTILINE)
+_STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.DOTALL)
+# RFC 3261 §25.1: Method SP Request-URI SP SIP-Version; the URI has a scheme
+# and is not in angle brackets (RFC 4475 §3.1.2.3 ltgtruri).
+_REQUEST_LINE = re.compile(rb"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^ <>]*) SIP/2\.0\Z")
+# CSeq: a number below 2**31 (RFC 3261 §8.1.1.5), at most 10 digits, and a method token.
+_CSEQ = re.compile(rb"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
+_PARAM = r";\s*{}\s*(?:=\s*([^;\s,]*))?"
+_BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 MIN_STATUS, MAX_STATUS = 100, 699
-# How far into a payload a request line's " SIP/2.0" may end; long Request-URIs
-# exist, but a start line past this is not worth treating as SIP.
-_START_LINE_SCAN = 512
 
 
 @dataclass(frozen=True, slots=True)
+class BodyPart:
+    headers: tuple[tuple[str, str], ...]
+    content_type: str | None
+    body: bytes
+
+
+@dataclass(slots=True)
 class SipMessage:
-    """One SIP request (``method`` set) or response (``status`` set)."""
+    """One SIP request (``method`` set) or response (``status`` set).
+
+    Treat it as immutable. It is not ``frozen``: a frozen dataclass's
+    ``__init__`` costs ~1 µs more per message (measured: 1.2 vs 0.2 µs for
+    16 fields), a sixth of the per-message budget. Lazily parsed fields are
+    kept in ``_lazy``.
+    """
 
     method: str | None
     request_uri: str | None
@@ -40,10 +88,155 @@ class SipMessage:
     via_branch: str | None
     content_length: int | None
     size: int
+    raw_headers: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+    defects: tuple[str, ...] = ()
+    _lazy: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        if self._lazy is None:
+            self._lazy = {}
+        if name not in self._lazy:
+            self._lazy[name] = compute()
+        return self._lazy[name]
 
     @property
     def is_request(self) -> bool:
         return self.method is not None
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Every header as (lower-case full name, value), in order; compact forms expanded."""
+        result: tuple[tuple[str, str], ...] = self._cached("headers", lambda: tuple(
+            (_canonical(name), value.strip()) for name, value in _HEADER_LINE.findall(self._text)))
+        return result
+
+    @property
+    def _text(self) -> str:
+        text: str = self._cached("text", lambda: self.raw_headers.decode("utf-8", errors="replace"))
+        return text
+
+    @property
+    def junk_lines(self) -> tuple[str, ...]:
+        """Header-section lines that are not headers (no colon): ignored, but reported."""
+        return tuple(line for line in self._text.splitlines() if line.strip() and ":" not in line)
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name (any case, compact form accepted)."""
+        wanted = _canonical(name)
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    def values(self, name: str) -> list[str]:
+        """All values of a header, across repeated headers and comma lists (RFC 3261 §7.3.1)."""
+        wanted = _canonical(name)
+        return [part for key, value in self.headers if key == wanted for part in split_commas(value)]
+
+    @property
+    def vias(self) -> list[str]:
+        return self.values("via")
+
+    @property
+    def via_sent_by(self) -> str | None:
+        if not self.vias:
+            return None
+        protocol_and_host = self.vias[0].split(";", 1)[0].split()
+        return protocol_and_host[1] if len(protocol_and_host) > 1 else None
+
+    @property
+    def via_received(self) -> str | None:
+        return self._via_param("received")
+
+    @property
+    def via_rport(self) -> str | None:
+        """The rport value; "" when present without one (RFC 3581)."""
+        return self._via_param("rport")
+
+    def _via_param(self, name: str) -> str | None:
+        if not self.vias:
+            return None
+        match = re.search(_PARAM.format(name), self.vias[0], re.IGNORECASE)
+        return None if match is None else (match.group(1) or "")
+
+    @property
+    def contact(self) -> str | None:
+        return self.header("contact")
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.header("user-agent")
+
+    @property
+    def reason_header(self) -> str | None:
+        return self.header("reason")
+
+    @property
+    def asserted_identity(self) -> str | None:
+        return self.header("p-asserted-identity")
+
+    @property
+    def content_type(self) -> str | None:
+        return self.header("content-type")
+
+    @property
+    def parts(self) -> tuple[BodyPart, ...]:
+        """The body as MIME parts: one for a plain body, several for multipart (RFC 2046 §5.1)."""
+        content_type = self.content_type
+        if not self.body:
+            return ()
+        if content_type is None or not content_type.lower().startswith("multipart/"):
+            return (BodyPart((), content_type, self.body),)
+        match = _BOUNDARY.search(content_type)
+        if match is None:
+            return (BodyPart((), content_type, self.body),)
+        return parse_multipart(self.body, (match.group(1) or match.group(2)).encode())
+
+    def body_of_type(self, content_type: str) -> bytes | None:
+        wanted = content_type.lower()
+        for part in self.parts:
+            if part.content_type and part.content_type.split(";", 1)[0].strip().lower() == wanted:
+                return part.body
+        return None
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower()
+    return COMPACT_FORMS.get(key, key)
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value on commas outside quotes and angle brackets."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(value):
+        if ch == '"' and (i == 0 or value[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted and ch == "<":
+            depth += 1
+        elif not quoted and ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and not quoted and depth == 0:
+            parts.append(value[start:i].strip())
+            start = i + 1
+    parts.append(value[start:].strip())
+    return [p for p in parts if p]
+
+
+def parse_multipart(body: bytes, boundary: bytes) -> tuple[BodyPart, ...]:
+    delimiter = b"--" + boundary
+    parts = []
+    for raw in body.split(delimiter)[1:]:
+        if raw.startswith(b"--"):
+            break  # the close delimiter
+        part = raw.removeprefix(b"\r\n").removeprefix(b"\n")
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = part.partition(b"\n\n")
+        text = head.decode("utf-8", errors="replace") if sep else ""
+        headers = tuple((_canonical(n), v.strip()) for n, v in _HEADER_LINE.findall(text))
+        content_type = next((v for k, v in headers if k == "content-type"), None)
+        parts.append(BodyPart(headers, content_type, (content if sep else part).removesuffix(b"\r\n")))
+    return tuple(parts)
 
 
 def looks_like_sip(payload: bytes) -> bool:
@@ -55,107 +248,125 @@ def looks_like_sip(payload: bytes) -> bool:
         payload.find(b" SIP/2.0\n", 0, _START_LINE_SCAN) >= 0
 
 
+# How far into a payload a request line's " SIP/2.0" may end; long Request-URIs
+# exist, but a start line past this is not worth treating as SIP.
+_START_LINE_SCAN = 512
+
+
 def parse_message(data: bytes) -> SipMessage:
+    """Parse the SIP message at the start of ``data``; trailing bytes are left alone
+    (``size`` says where the message ends).
+
+    Written flat on purpose: this runs for every message, and each helper
+    call or extra decode costs a measurable share of the budget.
+    """
     head_end, body_start = _find_header_end(data)
-    text = data[:head_end].decode("utf-8", errors="replace")
-    lines = _unfold(text.split("\n"))
-    if not lines or not lines[0]:
-        raise Malformed("sip", 0, "empty start line")
-    method, uri, status, reason = _parse_start_line(lines[0])
-    headers = _collect_headers(lines[1:])
-    call_id = headers.get("call-id")
+    head = data[:head_end]
+    if b"\n " in head or b"\n\t" in head:
+        head = _FOLD.sub(b" ", head)  # RFC 3261 §7.3.1: folded lines are one line
+    line_end = head.find(b"\n")
+    if line_end < 0:
+        start_line, headers = head, b""
+    else:
+        start_line, headers = head[:line_end], head[line_end + 1:]
+    method, uri, status, reason = _parse_start_line(start_line.rstrip(b"\r"))
+    # Reversed, so the first occurrence of each header wins (the top Via).
+    found = {_COMMON_NAMES[name.lower()]: value for name, value in reversed(_COMMON.findall(headers))}
+    call_id = found.get("call-id", b"").strip()
     if not call_id:
         raise Malformed("sip", 0, "missing Call-ID")
-    cseq, cseq_method = _parse_cseq(headers.get("cseq"))
-    content_length = _parse_content_length(headers.get("content-length"))
-    body_len = len(data) - body_start
-    if content_length is not None and content_length > body_len:
-        raise Truncated("sip", body_start, f"Content-Length {content_length} > {body_len} body bytes")
-    size = body_start + (content_length if content_length is not None else body_len)
+    cseq_match = _CSEQ.match(found.get("cseq", b""))
+    if cseq_match is None:
+        raise Malformed("sip", 0, f"bad or missing CSeq {found.get('cseq', b'')[:40]!r}")
+    cseq = int(cseq_match.group(1))
+    if cseq >= 2**31:
+        raise Malformed("sip", 0, f"CSeq number {cseq} out of range")
+    cseq_method = cseq_match.group(2).decode()
+    from_value, to_value = found.get("from"), found.get("to")
+    if from_value is None or to_value is None:
+        raise Malformed("sip", 0, "missing From or To")
+    length_field = found.get("content-length")
+    content_length = None
+    if length_field is not None:
+        length_field = length_field.strip()
+        if not length_field.isdigit() or len(length_field) > 7:
+            raise Malformed("sip", 0, f"bad Content-Length {length_field[:20]!r}")
+        content_length = int(length_field)
+        if content_length > len(data) - body_start:
+            raise Truncated("sip", body_start,
+                            f"Content-Length {content_length} > {len(data) - body_start} body bytes")
+        size = body_start + content_length
+    else:
+        size = len(data)
+    if size > MAX_MESSAGE:
+        raise LimitExceeded("sip", 0, f"message of {size} bytes")
+    via = found.get("via")
+    defects: tuple[str, ...] = ()
+    if (method is not None and cseq_method != method) or via is None:  # rare: build the list only then
+        defects = _defects(method, cseq_method, via)
+    close = from_value.rfind(b">")
+    from_tag = _TAG_B.search(from_value, close + 1 if close >= 0 else 0)
+    close = to_value.rfind(b">")
+    to_tag = _TAG_B.search(to_value, close + 1 if close >= 0 else 0)
     return SipMessage(
-        method, uri, status, reason, call_id, cseq, cseq_method,
-        _param(headers.get("from"), "tag"), _param(headers.get("to"), "tag"),
-        _param(_first_value(headers.get("via")), "branch"), content_length, size,
+        method, uri, status, reason, call_id.decode("utf-8", "replace"), cseq, cseq_method,
+        None if from_tag is None else from_tag.group(1).decode("utf-8", "replace"),
+        None if to_tag is None else to_tag.group(1).decode("utf-8", "replace"),
+        _branch(via), content_length, size, headers, data[body_start:size], defects,
     )
 
 
+def _defects(method: str | None, cseq_method: str, via: bytes | None) -> tuple[str, ...]:
+    found = []
+    if method is not None and cseq_method != method:  # ACK and CANCEL carry their own method too
+        found.append(f"CSeq method {cseq_method} differs from {method}")
+    if via is None:
+        found.append("no Via")
+    return tuple(found)
+
+
 def _find_header_end(data: bytes) -> tuple[int, int]:
-    end = data.find(b"\r\n\r\n")
+    end = data.find(b"\r\n\r\n", 0, MAX_MESSAGE)
     if end >= 0:
         return end, end + 4
-    end = data.find(b"\n\n")  # RFC 3261 §7.5: tolerate bare LF
+    end = data.find(b"\n\n", 0, MAX_MESSAGE)  # RFC 3261 §7.5: tolerate bare LF
     if end >= 0:
         return end, end + 2
+    if len(data) >= MAX_MESSAGE:
+        raise LimitExceeded("sip", 0, f"no end of headers in {MAX_MESSAGE} bytes")
     raise Truncated("sip", len(data), "no blank line after the headers")
 
 
-def _unfold(raw_lines: list[str]) -> list[str]:
-    lines: list[str] = []
-    for raw in raw_lines:
-        line = raw.rstrip("\r")
-        if line[:1] in (" ", "\t") and lines:
-            lines[-1] += " " + line.strip()
-        else:
-            lines.append(line)
-    return lines
-
-
-def _parse_start_line(line: str) -> tuple[str | None, str | None, int | None, str | None]:
-    if line.startswith(SIP_VERSION + " "):
-        _, code, reason = [*line.split(" ", 2), ""][:3]
-        if not (code.isdigit() and len(code) == 3 and MIN_STATUS <= int(code) <= MAX_STATUS):
-            raise Malformed("sip", 8, f"bad status code {code!r}")
-        return None, None, int(code), reason
-    parts = line.split(" ")
-    if len(parts) != 3 or parts[2] != SIP_VERSION or not parts[0].isalpha() or not parts[1]:
+def _parse_start_line(line: bytes) -> tuple[str | None, str | None, int | None, str | None]:
+    if line.startswith(b"SIP/"):
+        match = _STATUS_LINE.match(line)
+        if match is None:
+            raise Malformed("sip", 0, f"bad status line {line[:40]!r}")
+        return None, None, int(match.group(1)), (match.group(2) or b"").decode("utf-8", "replace")
+    match = _REQUEST_LINE.match(line)
+    if match is None:
         raise Malformed("sip", 0, f"bad start line {line[:40]!r}")
-    return parts[0], parts[1], None, None
+    return match.group(1).decode(), match.group(2).decode("utf-8", "replace"), None, None
 
 
-def _collect_headers(lines: list[str]) -> dict[str, str]:
-    """First occurrence of each wanted header (the first Via is the one that counts)."""
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise Malformed("sip", 0, f"header line without colon {line[:40]!r}")
-        key = name.strip().lower()
-        key = COMPACT_FORMS.get(key, key)
-        if key in WANTED_HEADERS and key not in headers:
-            headers[key] = value.strip()
-    return headers
+_TAG_B = re.compile(rb";\s*tag\s*=\s*([^;>\s,]+)", re.IGNORECASE)
+_BRANCH_B = re.compile(rb";\s*branch\s*=\s*([^;\s,]+)", re.IGNORECASE)
 
 
-def _parse_cseq(value: str | None) -> tuple[int, str]:
-    if value is None:
-        raise Malformed("sip", 0, "missing CSeq")
-    number, _, method = value.partition(" ")
-    method = method.strip()
-    if not number.isdigit() or not method:
-        raise Malformed("sip", 0, f"bad CSeq {value[:40]!r}")
-    return int(number), method
+def _tag(value: bytes) -> str | None:
+    """The tag parameter, outside any <URI> (a URI may carry its own ;tag=)."""
+    close = value.rfind(b">")
+    match = _TAG_B.search(value, close + 1 if close >= 0 else 0)
+    return None if match is None else match.group(1).decode("utf-8", errors="replace")
 
 
-def _parse_content_length(value: str | None) -> int | None:
-    if value is None:
+def _branch(via: bytes | None) -> str | None:
+    if via is None:
         return None
-    if not value.isdigit():
-        raise Malformed("sip", 0, f"bad Content-Length {value[:20]!r}")
-    return int(value)
-
-
-def _first_value(value: str | None) -> str | None:
-    return None if value is None else value.split(",", 1)[0]
-
-
-def _param(value: str | None, name: str) -> str | None:
-    """A header parameter such as ``tag`` or ``branch``, outside any <URI>."""
-    if value is None:
+    match = _BRANCH_B.search(via)
+    if match is None:
         return None
-    close = value.rfind(">")
-    params = value[close + 1:] if close >= 0 else value
-    for part in params.split(";")[1:]:
-        key, _, val = part.partition("=")
-        if key.strip().lower() == name:
-            return val.strip()
-    return None
+    comma = via.find(b",")
+    if 0 <= comma < match.start():
+        return None  # the first Via of a comma list has no branch
+    return match.group(1).decode("utf-8", errors="replace")

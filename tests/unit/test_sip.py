@@ -58,14 +58,17 @@ def test_body_shorter_than_content_length_is_truncated() -> None:
         parse_message(INVITE[:-5])
 
 
+FT = ["From: <sip:a@x>;tag=1", "To: <sip:b@y>"]
+
+
 @pytest.mark.parametrize(("message", "reason"), [
-    (sip_message("OPTIONS sip:x SIP/2.0", ["CSeq: 1 OPTIONS"]), "Call-ID"),
-    (sip_message("OPTIONS sip:x SIP/2.0", ["Call-ID: c"]), "CSeq"),
-    (sip_message("OPTIONS sip:x SIP/2.0", ["Call-ID: c", "CSeq: one OPTIONS"]), "CSeq"),
-    (sip_message("SIP/2.0 2000 OK", ["Call-ID: c", "CSeq: 1 OPTIONS"]), "status"),
-    (sip_message("OPTIONS sip:x SIP/3.0", ["Call-ID: c", "CSeq: 1 OPTIONS"]), "start line"),
-    (sip_message("OPTIONS sip:x SIP/2.0", ["Call-ID: c", "CSeq: 1 OPTIONS", "NoColonHere"]), "colon"),
-    (sip_message("OPTIONS sip:x SIP/2.0", ["Call-ID: c", "CSeq: 1 OPTIONS", "Content-Length: x"],
+    (sip_message("OPTIONS sip:x SIP/2.0", [*FT, "CSeq: 1 OPTIONS"]), "Call-ID"),
+    (sip_message("OPTIONS sip:x SIP/2.0", [*FT, "Call-ID: c"]), "CSeq"),
+    (sip_message("OPTIONS sip:x SIP/2.0", [*FT, "Call-ID: c", "CSeq: one OPTIONS"]), "CSeq"),
+    (sip_message("OPTIONS sip:x SIP/2.0", ["Call-ID: c", "CSeq: 1 OPTIONS"]), "From or To"),
+    (sip_message("SIP/2.0 2000 OK", [*FT, "Call-ID: c", "CSeq: 1 OPTIONS"]), "status"),
+    (sip_message("OPTIONS sip:x SIP/3.0", [*FT, "Call-ID: c", "CSeq: 1 OPTIONS"]), "start line"),
+    (sip_message("OPTIONS sip:x SIP/2.0", [*FT, "Call-ID: c", "CSeq: 1 OPTIONS", "Content-Length: x"],
                  content_length=False), "Content-Length"),
 ])
 def test_malformed_messages_say_why(message: bytes, reason: str) -> None:
