@@ -60,8 +60,9 @@ def test_tortuous_invite_parses_with_the_right_fields() -> None:
 def test_unusual_method_token_is_valid() -> None:
     method = "!interesting-Method0123456789_*+`.%indeed'~"
     uri = "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com"
-    m = parse_message(sip_message(f"{method} {uri} SIP/2.0", ["From: <sip:a@x>;tag=1", "To: <sip:b@y>", "Call-ID: intmeth",
-                                              f"CSeq: 139122385 {method}", "Via: SIP/2.0/TCP h;branch=z9"]))
+    headers = ["From: <sip:a@x>;tag=1", "To: <sip:b@y>", "Call-ID: intmeth", f"CSeq: 139122385 {method}",
+               "Via: SIP/2.0/TCP h;branch=z9"]
+    m = parse_message(sip_message(f"{method} {uri} SIP/2.0", headers))
     assert (m.method, m.cseq_method, m.defects) == (method, method, ())
 
 
