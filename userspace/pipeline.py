@@ -16,9 +16,8 @@ from userspace.event import Event, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import SipRecord
 from userspace.sip import looks_like_sip, parse_message
+from userspace.tcp import TcpLimits, TcpStreams
 
-# RFC 5626 §3.5.1 keep-alives (CRLF pings) between messages on a stream.
-_KEEPALIVE = b"\r\n"
 _MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
 
 
@@ -39,19 +38,18 @@ class Pipeline:
 
     ``clock_offset_ns`` turns the kernel's monotonic timestamps into wall
     clock time; the caller measures it, since this package reads no clock.
-    The same monotonic timestamps drive fragment expiry.
-    One UDP datagram holds one SIP message (RFC 3261 §18.3); a TCP segment
-    may hold several, framed by Content-Length. Messages split across
-    segments need the stream reassembly of the SIP issue and are counted as
-    ``sip_errors`` until then.
+    The same monotonic timestamps drive fragment and stream expiry.
+    One UDP datagram holds one SIP message (RFC 3261 §18.3); TCP segments go
+    through per-direction stream reassembly, which frames the messages.
     """
 
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
-                 reassembly: ReassemblyLimits | None = None) -> None:
+                 reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None) -> None:
         self._interface_names = interface_names
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
         self.reassembler = Reassembler(reassembly)
+        self.tcp = TcpStreams(tcp)
 
     def process(self, raw_events: Iterable[bytes]) -> list[SipRecord]:
         records: list[SipRecord] = []
@@ -69,16 +67,24 @@ class Pipeline:
             packet, fragments = self._packet(event)
             if packet is None:
                 continue
-            if not packet.payload:
-                stats.empty_payloads += 1  # TCP handshakes and pure ACKs
-                continue
-            self._parse_payload(event, packet, fragments, records)
+            if packet.transport is IPProto.TCP:
+                key = (packet.src, packet.sport, packet.dst, packet.dport)
+                for message in self.tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload,
+                                             event.ts_ns):
+                    self._record(event, packet, fragments, message, records)
+            elif not packet.payload:
+                stats.empty_payloads += 1
+            elif looks_like_sip(packet.payload):
+                self._record(event, packet, fragments, packet.payload, records)
+            else:
+                stats.not_sip += 1
         stats.records += len(records)
         return records
 
     def expire(self, now_ns: int) -> None:
         """Let time pass when no packets arrive (monotonic ns, as in events)."""
         self.reassembler.expire(now_ns)
+        self.tcp.expire(now_ns)
 
     def _packet(self, event: Event) -> tuple[Packet | None, int]:
         """The event's packet and how many fragments it took; None while a
@@ -95,30 +101,16 @@ class Pipeline:
             self.stats.decode_errors += 1
             return None, 0
 
-    def _parse_payload(self, event: Event, packet: Packet, fragments: int, records: list[SipRecord]) -> None:
-        payload = packet.payload
-        offset, end = 0, len(payload)
-        while offset < end:
-            if packet.transport is IPProto.TCP:
-                while payload.startswith(_KEEPALIVE, offset):
-                    offset += len(_KEEPALIVE)
-                if offset >= end:
-                    return
-            chunk = payload[offset:] if offset else payload
-            if not looks_like_sip(chunk):
-                self.stats.not_sip += 1
-                return
-            try:
-                message = parse_message(chunk)
-            except DecodeError:
-                self.stats.sip_errors += 1
-                return
-            records.append(SipRecord(
-                event.ts_ns + self._clock_offset_ns,
-                self._interface_names.get(event.ifindex, str(event.ifindex)),
-                event.direction, packet.transport,
-                packet.src, packet.sport, packet.dst, packet.dport, message, fragments,
-            ))
-            if packet.transport is IPProto.UDP:
-                return
-            offset += message.size
+    def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
+                records: list[SipRecord]) -> None:
+        try:
+            message = parse_message(data)
+        except DecodeError:
+            self.stats.sip_errors += 1
+            return
+        records.append(SipRecord(
+            event.ts_ns + self._clock_offset_ns,
+            self._interface_names.get(event.ifindex, str(event.ifindex)),
+            event.direction, packet.transport,
+            packet.src, packet.sport, packet.dst, packet.dport, message, fragments,
+        ))

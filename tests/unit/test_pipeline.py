@@ -55,7 +55,7 @@ def test_bad_input_is_counted_by_layer_and_skipped() -> None:
     records = pipeline.process([
         good[:10],                                              # broken ring record
         ring_record(ethernet(b"\0" * 30, ethertype=0x0806)),   # not IP
-        ring_record(ethernet(ipv4(tcp(b""), proto=TCP))),       # handshake, no payload
+        ring_record(ethernet(ipv4(udp(b"")))),                  # empty datagram
         ring_record(ethernet(ipv4(udp(b"hello")))),             # not SIP
         ring_record(ethernet(ipv4(udp(INVITE[:-10])))),         # SIP cut short
         good,
