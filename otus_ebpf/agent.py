@@ -80,6 +80,8 @@ def run_attach(options: AttachOptions) -> int:
             records = pipeline.process(batch)
             for reporter in reporters:
                 reporter.write(records)
+            if capture is not None:
+                capture.apply_flows(pipeline.take_flow_events())
 
         def stats_line() -> str:
             sections = capture.stats_sections() if capture else []
@@ -98,7 +100,11 @@ def run_attach(options: AttachOptions) -> int:
         next_stats = time.monotonic() + options.stats_interval_s
         while not stop.is_set():
             deliver(capture.poll(POLL_TIMEOUT_MS))
-            pipeline.expire(time.monotonic_ns())
+            expired = pipeline.expire(time.monotonic_ns())
+            if expired:
+                for reporter in reporters:
+                    reporter.write(expired)
+                capture.apply_flows(pipeline.take_flow_events())
             if time.monotonic() >= next_stats:
                 log(stats_line())
                 next_stats += options.stats_interval_s

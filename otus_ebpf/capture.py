@@ -9,6 +9,7 @@ and the stop to ``on_stop`` (deliver, flush, final figures), release.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -19,7 +20,9 @@ from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp
 from otus_ebpf.counters import format_kernel_counts, read_kernel_counters
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
+from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
+from userspace.calls import FlowAction, FlowEvent
 
 
 class CaptureMode(Enum):
@@ -58,6 +61,9 @@ class Capture(Protocol):
     def poll(self, timeout_ms: int) -> list[bytes]: ...
 
     def stats_sections(self) -> list[str]: ...
+
+    def apply_flows(self, events: list[FlowEvent]) -> None:
+        """Learn or forget media endpoints the dialogs announced."""
 
 
 OnStop = Callable[[list[bytes]], None]
@@ -116,6 +122,15 @@ class _EbpfCapture:
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._reader.poll(timeout_ms)
 
+    def apply_flows(self, events: list[FlowEvent]) -> None:
+        maps = self._programs.maps
+        for event in events:
+            endpoint = Endpoint(ipaddress.ip_address(event.address), event.port)
+            if event.action is FlowAction.LEARN:
+                maps.learn_flow(endpoint, event.kind, event.shard % self._programs.shards)
+            else:
+                maps.forget_flow(endpoint)
+
     def stats_sections(self) -> list[str]:
         sections = format_kernel_counts(read_kernel_counters(self._programs.bpf))
         if self._reader.lost:
@@ -127,13 +142,18 @@ class _AfPacket:
     def __init__(self, capture: AfPacketCapture, description: str) -> None:
         self._capture = capture
         self.description = description
+        self.unapplied_flows = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._capture.poll(timeout_ms)
 
+    def apply_flows(self, events: list[FlowEvent]) -> None:
+        self.unapplied_flows += len(events)  # the socket filter does not follow SDP yet
+
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
-        return [f"afpacket packets={stats.packets} drops={stats.drops}"]
+        return [f"afpacket packets={stats.packets} drops={stats.drops} "
+                f"media_flows_not_filtered={self.unapplied_flows}"]
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from userspace.calls import CallLimits, CallTracker, FlowEvent
 from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
 from userspace.errors import DecodeError
 from userspace.event import Event, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
-from userspace.records import SipRecord
+from userspace.records import Record, SipRecord
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
 
@@ -44,15 +45,18 @@ class Pipeline:
     """
 
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
-                 reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None) -> None:
+                 reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None,
+                 calls: CallLimits | None = None) -> None:
         self._interface_names = interface_names
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
         self.reassembler = Reassembler(reassembly)
         self.tcp = TcpStreams(tcp)
+        self.calls = CallTracker(calls)
+        self._flow_events: list[FlowEvent] = []
 
-    def process(self, raw_events: Iterable[bytes]) -> list[SipRecord]:
-        records: list[SipRecord] = []
+    def process(self, raw_events: Iterable[bytes]) -> list[Record]:
+        records: list[Record] = []
         stats = self.stats
         for raw in raw_events:
             stats.events += 1
@@ -81,10 +85,19 @@ class Pipeline:
         stats.records += len(records)
         return records
 
-    def expire(self, now_ns: int) -> None:
-        """Let time pass when no packets arrive (monotonic ns, as in events)."""
+    def expire(self, now_ns: int) -> list[Record]:
+        """Let time pass when no packets arrive (monotonic ns, as in events);
+        returns the summaries of calls that expired."""
         self.reassembler.expire(now_ns)
         self.tcp.expire(now_ns)
+        flows, summaries = self.calls.expire(now_ns)
+        self._flow_events += flows
+        return list(summaries)
+
+    def take_flow_events(self) -> list[FlowEvent]:
+        """Media flows to learn or forget since the last call, in order."""
+        events, self._flow_events = self._flow_events, []
+        return events
 
     def _packet(self, event: Event) -> tuple[Packet | None, int]:
         """The event's packet and how many fragments it took; None while a
@@ -102,15 +115,19 @@ class Pipeline:
             return None, 0
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
-                records: list[SipRecord]) -> None:
+                records: list[Record]) -> None:
         try:
             message = parse_message(data)
         except DecodeError:
             self.stats.sip_errors += 1
             return
-        records.append(SipRecord(
+        record = SipRecord(
             event.ts_ns + self._clock_offset_ns,
             self._interface_names.get(event.ifindex, str(event.ifindex)),
             event.direction, packet.transport,
-            packet.src, packet.sport, packet.dst, packet.dport, message, fragments,
-        ))
+            packet.src, packet.sport, packet.dst, packet.dport, message, fragments, event.shard,
+        )
+        records.append(record)
+        flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
+        self._flow_events += flows
+        records += summaries

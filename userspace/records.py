@@ -29,6 +29,7 @@ class SipRecord:
     dport: int
     message: SipMessage
     fragments: int = 1  # IP fragments the message was reassembled from
+    shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
 
     @property
     def key(self) -> bytes:
@@ -64,5 +65,57 @@ class SipRecord:
         }
 
 
-def encode_json(record: SipRecord) -> bytes:
+@dataclass(slots=True)
+class CallSummary:
+    """One call, emitted when it ends (BYE, rejection, CANCEL) or expires."""
+
+    call_id: str
+    caller: str
+    callee: str
+    from_tag: str | None
+    to_tag: str | None
+    invite_ns: int                 # wall clock, like every ts_ns
+    ringing_ns: int | None
+    answer_ns: int | None
+    end_ns: int | None
+    final_status: int | None
+    final_reason: str | None
+    end_cause: str                 # bye, rejected, cancelled, timeout, evicted
+    media: tuple[dict[str, object], ...] = ()
+
+    @property
+    def key(self) -> bytes:
+        return self.call_id.encode()
+
+    def to_dict(self) -> dict[str, object]:
+        def since_invite(ns: int | None) -> float | None:
+            return None if ns is None else round((ns - self.invite_ns) / 1e6, 3)
+
+        duration = None
+        if self.answer_ns is not None and self.end_ns is not None:
+            duration = round((self.end_ns - self.answer_ns) / 1e6, 3)
+        return {
+            "schema": RECORD_SCHEMA_VERSION,
+            "kind": "call",
+            "ts_ns": self.end_ns if self.end_ns is not None else self.invite_ns,
+            "call_id": self.call_id,
+            "caller": self.caller,
+            "callee": self.callee,
+            "from_tag": self.from_tag,
+            "to_tag": self.to_tag,
+            "invite_ns": self.invite_ns,
+            "setup_ms": since_invite(self.ringing_ns),   # INVITE to first 180/183: post-dial delay
+            "answer_ms": since_invite(self.answer_ns),   # INVITE to 2xx
+            "duration_ms": duration,                     # 2xx to BYE
+            "final_status": self.final_status,
+            "final_reason": self.final_reason,
+            "end_cause": self.end_cause,
+            "media": list(self.media),
+        }
+
+
+Record = SipRecord | CallSummary
+
+
+def encode_json(record: Record) -> bytes:
     return json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()

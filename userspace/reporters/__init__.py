@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from userspace.records import SipRecord
+from userspace.records import Record
 
 
 class Reporter(Protocol):
-    def write(self, records: Sequence[SipRecord]) -> None:
+    def write(self, records: Sequence[Record]) -> None:
         """Accept a batch; must not block the capture path for long."""
 
     def flush(self, timeout: float) -> int:

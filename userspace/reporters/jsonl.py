@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from userspace.records import SipRecord, encode_json
+from userspace.records import Record, encode_json
 
 
 class BinarySink(Protocol):
@@ -26,7 +26,7 @@ class JsonLinesReporter:
         self._sink = sink
         self.stats = JsonLinesStats()
 
-    def write(self, records: Sequence[SipRecord]) -> None:
+    def write(self, records: Sequence[Record]) -> None:
         if not records:
             return
         data = b"\n".join([encode_json(r) for r in records]) + b"\n"

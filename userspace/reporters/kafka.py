@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from userspace.records import SipRecord, encode_json
+from userspace.records import Record, encode_json
 
 # How long to wait for librdkafka's queue to drain when it is full.
 QUEUE_FULL_BACKOFF_S = 0.05
@@ -43,7 +43,7 @@ class KafkaReporter:
         self._on_delivery = self._record_delivery
         self.stats = KafkaStats()
 
-    def write(self, records: Sequence[SipRecord]) -> None:
+    def write(self, records: Sequence[Record]) -> None:
         produce = self._producer.produce
         for record in records:
             value, key = encode_json(record), record.key
