@@ -175,6 +175,24 @@ def map_is_empty(fd: int) -> bool:
 _MAX_KEY_SIZE = 64
 
 
+def map_keys(fd: int, key_size: int, limit: int = 1 << 20) -> list[bytes]:
+    """Every key of a hash map (BPF_MAP_GET_NEXT_KEY from NULL), at most ``limit``."""
+    keys: list[bytes] = []
+    current = ctypes.create_string_buffer(key_size)
+    following = ctypes.create_string_buffer(key_size)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IxxxxQQ", attr, 0, fd, 0, ctypes.addressof(following))
+    while len(keys) < limit:
+        try:
+            bpf(BpfCmd.MAP_GET_NEXT_KEY, attr)
+        except FileNotFoundError:
+            break
+        keys.append(following.raw)
+        ctypes.memmove(current, following, key_size)
+        struct.pack_into("=IxxxxQQ", attr, 0, fd, ctypes.addressof(current), ctypes.addressof(following))
+    return keys
+
+
 def possible_cpus() -> int:
     """Per-CPU map values hold one slot per possible CPU, not per online CPU."""
     with open("/sys/devices/system/cpu/possible") as f:

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="kernel counters of the agent attached to IFACE")
     stats.add_argument("interface")
     _add_filter(commands.add_parser("filter", help="change a running agent's filters (no detach)"))
+    flows = commands.add_parser("flows", help="media endpoints the agent on IFACE learned from SDP")
+    flows.add_argument("interface")
     return parser
 
 
@@ -105,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _detach(ifindex, args.interface)
         if args.command == "stats":
             return _stats(ifindex, args.interface)
+        if args.command == "flows":
+            return _flows(ifindex, args.interface)
         return _filter(ifindex, args)
     except SetupError as exc:
         print(f"otus-ebpf: error: {exc}", file=sys.stderr)
@@ -159,6 +163,15 @@ def _stats(ifindex: int, interface: str) -> int:
         print(f"{counter.name.lower():{width}}  {counts[Direction.INGRESS, counter]:>12}  "
               f"{counts[Direction.EGRESS, counter]:>12}")
     print("shard submit failures: " + " ".join(f"{i}={n}" for i, n in enumerate(failures) if n or i == 0))
+    return 0
+
+
+def _flows(ifindex: int, interface: str) -> int:
+    with live_maps(ifindex, interface) as maps:
+        learned = maps.flows()
+    for address, port, l4_proto, kind, shard in learned:
+        print(f"{kind.name.lower():5} {address} {port} proto={l4_proto} shard={shard}")
+    log(f"{len(learned)} learned media endpoint(s) on {interface}")
     return 0
 
 

@@ -8,6 +8,7 @@ without pinning them or talking to the agent.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import struct
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from otus_ebpf.bpfsys import (
     MapInfo,
     map_delete,
     map_is_empty,
+    map_keys,
     map_lookup,
     map_update,
     open_map,
@@ -28,10 +30,10 @@ from otus_ebpf.bpfsys import (
 )
 from otus_ebpf.counters import COUNTERS, KernelCounts
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kernel_abi import CONFIG, ConfigFlag, Network, pack_lpm_key
+from otus_ebpf.kernel_abi import CONFIG, FLOW_KEY, FLOW_VALUE, ConfigFlag, Network, pack_lpm_key
 from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
-from otus_ebpf.maps import CONFIG_MAP, SIP_PORTS_MAP
-from userspace.event import Counter, Direction
+from otus_ebpf.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP
+from userspace.event import Counter, Direction, Kind
 
 _TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
                ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
@@ -71,6 +73,20 @@ class LiveMaps:
     def shard_failures(self) -> list[int]:
         _fd, info = self._map(SHARD_FAILURES_MAP)
         return [self.per_cpu_sum(SHARD_FAILURES_MAP, i) for i in range(info.max_entries)]
+
+    def flows(self) -> list[tuple[str, int, int, Kind, int]]:
+        """Learned media endpoints: (address, port, L4 protocol, kind, shard)."""
+        fd, info = self._map(FLOWS_MAP)
+        learned = []
+        for key in map_keys(fd, info.key_size):
+            value = map_lookup(fd, key, info.value_size)
+            if value is None:
+                continue  # forgotten while we walked
+            raw, port, l4_proto, family = FLOW_KEY.unpack(key)
+            kind, shard = FLOW_VALUE.unpack(value)
+            address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
+            learned.append((str(address), port, l4_proto, Kind(kind), shard))
+        return sorted(learned)
 
     def set_sip_port(self, port: int, enabled: bool) -> None:
         fd, info = self._map(SIP_PORTS_MAP)

@@ -1,0 +1,57 @@
+"""Calls across the lab: media endpoints from SDP appear in the kernel's flow
+map during the calls and vanish after the last BYE; every call is summarised."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import read_records, start_agent
+from tests.support.lab import Lab
+from tests.support.paths import AGENT
+from tests.support.sipp import finish_calls, start_calls
+
+CALLS = 10
+HOLD_MS = 2000
+SIPP_MEDIA_PORT = 6000  # sipp's default -mp, announced by both sides
+
+
+def learned_flows(lab: Lab) -> set[tuple[str, str, int]]:
+    out = lab.run(lab.uas_ns, str(AGENT), "flows", lab.uas_if).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {(kind, address, int(port)) for kind, address, port, *_rest in rows}
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
+def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_path: Path,
+                                                               transport: str) -> None:
+    out = tmp_path / "records.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
+    uas, uac = start_calls(lab, CALLS, transport, tmp_path, rate=10, hold_ms=HOLD_MS)
+    try:
+        during: set[tuple[str, str, int]] = set()
+        deadline = time.monotonic() + 10
+        while not during and time.monotonic() < deadline:
+            time.sleep(0.2)
+            during = learned_flows(lab)
+    finally:
+        finish_calls(uas, uac)
+    time.sleep(0.5)
+    after = learned_flows(lab)
+    assert agent.stop() == 0, agent.output()
+
+    assert {("rtp", lab.uac_v4, SIPP_MEDIA_PORT), ("rtcp", lab.uac_v4, SIPP_MEDIA_PORT + 1),
+            ("rtp", lab.uas_v4, SIPP_MEDIA_PORT), ("rtcp", lab.uas_v4, SIPP_MEDIA_PORT + 1)} <= during
+    assert after == set(), "every learned flow is forgotten after the last BYE"
+
+    records = read_records(out)
+    calls = [r for r in records if r["kind"] == "call"]
+    assert len(calls) == CALLS
+    assert len({c["call_id"] for c in calls}) == CALLS
+    assert {r["call_id"] for r in records if r["kind"] == "sip"} == {c["call_id"] for c in calls}
+    for call in calls:
+        assert (call["end_cause"], call["final_status"], call["caller"]) == ("bye", 200, lab.uac_v4)
+        assert 0 <= call["setup_ms"] <= call["answer_ms"] < 1000
+        assert HOLD_MS <= call["duration_ms"] < HOLD_MS + 1000
