@@ -35,12 +35,14 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kafka import KafkaSettings, make_producer
 from otus_ebpf.loader import KernelSettings
 from userspace.pipeline import Pipeline
+from userspace.records import Record
 from userspace.reporters import Reporter
 from userspace.reporters.jsonl import JsonLinesReporter
 from userspace.reporters.kafka import KafkaReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
+STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
 FLUSH_TIMEOUT_S = 10.0
 OUT_FILE_MODE = 0o640
 
@@ -88,8 +90,13 @@ def run_attach(options: AttachOptions) -> int:
             return StatsLine(label, sections, pipeline.stats, kafka.stats if kafka else None,
                              pipeline.reassembler.stats).format()
 
+        def write(records: list[Record]) -> None:
+            for reporter in reporters:
+                reporter.write(records)
+
         def on_stop(leftover: list[bytes]) -> None:
             deliver(leftover)
+            write(pipeline.stream_reports(time.time_ns()))  # streams of calls still going
             flush_reporters(reporters)
             if capture is not None:
                 log(stats_line())  # the final figures, after everything is delivered
@@ -98,13 +105,16 @@ def run_attach(options: AttachOptions) -> int:
         log(f"capturing: {capture.description}")
 
         next_stats = time.monotonic() + options.stats_interval_s
+        next_reports = time.monotonic() + STREAM_REPORT_INTERVAL_S
         while not stop.is_set():
             deliver(capture.poll(POLL_TIMEOUT_MS))
             expired = pipeline.expire(time.monotonic_ns())
             if expired:
-                for reporter in reporters:
-                    reporter.write(expired)
+                write(expired)
                 capture.apply_flows(pipeline.take_flow_events())
+            if time.monotonic() >= next_reports:
+                write(pipeline.stream_reports(time.time_ns()))
+                next_reports += STREAM_REPORT_INTERVAL_S
             if time.monotonic() >= next_stats:
                 log(stats_line())
                 next_stats += options.stats_interval_s

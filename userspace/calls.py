@@ -19,6 +19,7 @@ from enum import Enum
 from userspace.errors import DecodeError
 from userspace.event import Kind
 from userspace.records import CallSummary, SipRecord
+from userspace.rtp import MediaTracker
 from userspace.sdp import MediaStream, parse_sdp
 
 NS = 1_000_000_000
@@ -77,11 +78,20 @@ class _Call:
 
 
 class CallTracker:
-    def __init__(self, limits: CallLimits | None = None) -> None:
+    def __init__(self, limits: CallLimits | None = None, media: MediaTracker | None = None) -> None:
         self.limits = limits or CallLimits()
         self.stats = CallStats()
+        self.media = media or MediaTracker()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._owners: dict[Endpoint, str] = {}  # endpoint → the call that learned it last
+        self._codecs: dict[Endpoint, tuple[int, str | None]] = {}  # endpoint → (clock rate, codec)
+
+    def media_format(self, endpoint: Endpoint) -> tuple[int, str | None] | None:
+        """(clock rate, codec) the SDP announced for a media endpoint, if any call did."""
+        return self._codecs.get(endpoint)
+
+    def call_of(self, endpoint: Endpoint) -> str | None:
+        return self._owners.get(endpoint)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -168,6 +178,8 @@ class CallTracker:
         call.media.append({"media": stream.media, "address": stream.address, "port": stream.port,
                            "codec": stream.codecs[0][1] if stream.codecs else None,
                            "rtcp_port": stream.rtcp_port, "rtcp_mux": stream.rtcp_mux})
+        codec = stream.codecs[0][1] if stream.codecs else None
+        self._codecs[(stream.address, stream.port)] = (stream.clock_rate, codec)
         wanted = [((stream.address, stream.port), Kind.RTP)]
         if not stream.rtcp_mux:
             wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
@@ -184,13 +196,17 @@ class CallTracker:
              flows: list[FlowEvent]) -> CallSummary:
         del self._calls[call.call_id]
         self.stats.ended += 1
+        owned = {e for e in call.endpoints if self._owners.get(e) == call.call_id}
+        streams = tuple(self.media.reports_for(owned))
+        self.media.forget(owned)
         for endpoint, kind in call.endpoints.items():
-            if self._owners.get(endpoint) == call.call_id:  # a later call may have taken it over
+            if endpoint in owned:  # a later call may have taken the others over
                 del self._owners[endpoint]
+                self._codecs.pop(endpoint, None)
                 self.stats.flows_forgotten += 1
                 flows.append(FlowEvent(FlowAction.FORGET, endpoint[0], endpoint[1], kind, call.call_id,
                                        call.shard))
         final_status = status if status is not None else (200 if call.answer_ns is not None else None)
         return CallSummary(call.call_id, call.caller, call.callee, call.from_tag, call.to_tag, call.invite_ns,
                            call.ringing_ns, call.answer_ns, end_ns, final_status, reason, cause,
-                           tuple(call.media))
+                           tuple(call.media), streams)

@@ -15,7 +15,7 @@ from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
 from userspace.errors import DecodeError
 from userspace.event import Event, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
-from userspace.records import Record, SipRecord
+from userspace.records import Record, SipRecord, StreamReport
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
 
@@ -54,6 +54,7 @@ class Pipeline:
         self.tcp = TcpStreams(tcp)
         self.calls = CallTracker(calls)
         self._flow_events: list[FlowEvent] = []
+        self._reported: dict[int, int] = {}  # stream id → packets at its last report
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
@@ -67,6 +68,7 @@ class Pipeline:
                 continue
             if event.kind in _MEDIA_KINDS:
                 stats.media += 1
+                self._media(event)
                 continue
             packet, fragments = self._packet(event)
             if packet is None:
@@ -94,6 +96,19 @@ class Pipeline:
         self._flow_events += flows
         return list(summaries)
 
+    def stream_reports(self, wall_ns: int) -> list[Record]:
+        """A report for every stream that received packets since the last call."""
+        reports: list[Record] = []
+        for stream in self.calls.media.streams.values():
+            if stream.packets != self._reported.get(id(stream)):
+                self._reported[id(stream)] = stream.packets
+                endpoint = (stream.flow[2], stream.flow[3])
+                call_id = self.calls.call_of(endpoint) or self.calls.call_of((stream.flow[0], stream.flow[1]))
+                reports.append(StreamReport(wall_ns, call_id, stream.report()))
+        live = {id(s) for s in self.calls.media.streams.values()}
+        self._reported = {k: v for k, v in self._reported.items() if k in live}
+        return reports
+
     def take_flow_events(self) -> list[FlowEvent]:
         """Media flows to learn or forget since the last call, in order."""
         events, self._flow_events = self._flow_events, []
@@ -113,6 +128,21 @@ class Pipeline:
         except DecodeError:
             self.stats.decode_errors += 1
             return None, 0
+
+    def _media(self, event: Event) -> None:
+        try:
+            decoded = decode_frame(event.frame)
+        except DecodeError:
+            self.stats.decode_errors += 1
+            return
+        if not isinstance(decoded, Packet) or decoded.transport is not IPProto.UDP:
+            self.stats.decode_errors += 1
+            return
+        fmt = self.calls.media_format((decoded.dst, decoded.dport)) or \
+            self.calls.media_format((decoded.src, decoded.sport)) or (8000, None)
+        self.calls.media.feed((decoded.src, decoded.sport, decoded.dst, decoded.dport), decoded.payload,
+                              event.ts_ns, event.ts_ns + self._clock_offset_ns,
+                              event.orig_len - event.payload_offset, fmt[0], fmt[1])
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record]) -> None:

@@ -82,6 +82,7 @@ class CallSummary:
     final_reason: str | None
     end_cause: str                 # bye, rejected, cancelled, timeout, evicted
     media: tuple[dict[str, object], ...] = ()
+    streams: tuple[dict[str, object], ...] = ()  # final RTP stream reports
 
     @property
     def key(self) -> bytes:
@@ -111,10 +112,28 @@ class CallSummary:
             "final_reason": self.final_reason,
             "end_cause": self.end_cause,
             "media": list(self.media),
+            "streams": list(self.streams),
         }
 
 
-Record = SipRecord | CallSummary
+@dataclass(slots=True)
+class StreamReport:
+    """A periodic report of one RTP stream during its call."""
+
+    ts_ns: int
+    call_id: str | None
+    report: dict[str, object]
+
+    @property
+    def key(self) -> bytes:
+        return (self.call_id or "").encode()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtp", "ts_ns": self.ts_ns,
+                "call_id": self.call_id, **self.report}
+
+
+Record = SipRecord | CallSummary | StreamReport
 
 
 def encode_json(record: Record) -> bytes:

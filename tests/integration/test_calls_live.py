@@ -3,6 +3,7 @@ map during the calls and vanish after the last BYE; every call is summarised."""
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from tests.support.agent import read_records, start_agent
 from tests.support.lab import Lab
 from tests.support.paths import AGENT
+from tests.support.send import send_udp
 from tests.support.sipp import finish_calls, start_calls
 
 CALLS = 10
@@ -55,3 +57,40 @@ def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_pat
         assert (call["end_cause"], call["final_status"], call["caller"]) == ("bye", 200, lab.uac_v4)
         assert 0 <= call["setup_ms"] <= call["answer_ms"] < 1000
         assert HOLD_MS <= call["duration_ms"] < HOLD_MS + 1000
+
+
+def rtp_packets(ssrc: int, count: int, drop_every: int = 0) -> list[bytes]:
+    packets = []
+    for n in range(count):
+        if drop_every and n % drop_every == drop_every - 1:
+            continue
+        packets.append(struct.pack("!BBHII", 0x80, 0, n, n * 160, ssrc) + b"\xd5" * 160)
+    return packets
+
+
+def test_rtp_quality_is_measured_per_stream_and_reported_with_the_call(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
+    uas, uac = start_calls(lab, 1, "u1", tmp_path, hold_ms=3000)
+    try:
+        deadline = time.monotonic() + 10
+        while ("rtp", lab.uas_v4, SIPP_MEDIA_PORT) not in learned_flows(lab):
+            assert time.monotonic() < deadline, "the callee's media endpoint was never learned"
+            time.sleep(0.1)
+        # Towards the endpoint the callee announced; from another port than sipp's own.
+        send_udp(lab.uac_ns, lab.uac_v4, 6100, lab.uas_v4, SIPP_MEDIA_PORT, rtp_packets(0xC1EA, 200))
+        send_udp(lab.uac_ns, lab.uac_v4, 6102, lab.uas_v4, SIPP_MEDIA_PORT,
+                 rtp_packets(0x1055, 201, drop_every=10))
+    finally:
+        finish_calls(uas, uac)
+    time.sleep(0.5)
+    assert agent.stop() == 0, agent.output()
+    (call,) = [r for r in read_records(out) if r["kind"] == "call"]
+    streams = {s["ssrc"]: s for s in call["streams"]}
+    assert set(streams) == {0xC1EA, 0x1055}, call["streams"]
+    clean, lossy = streams[0xC1EA], streams[0x1055]
+    assert (clean["packets"], clean["lost"], clean["loss_percent"]) == (200, 0, 0.0)
+    assert (lossy["packets"], lossy["lost"], lossy["expected"]) == (181, 20, 201)
+    assert lossy["loss_percent"] == pytest.approx(9.95, abs=0.01)
+    assert clean["mos"] > lossy["mos"]
+    assert (clean["codec"], clean["dst"], clean["dport"]) == ("PCMU/8000", lab.uas_v4, SIPP_MEDIA_PORT)
