@@ -55,9 +55,10 @@ _TCP = struct.Struct("!HHIIBB")
 _IPV6_FRAG = struct.Struct("!BBHI")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packet:
-    """A decoded UDP or TCP packet; ``payload`` is the L4 payload."""
+    """A decoded UDP or TCP packet; ``payload`` is the L4 payload. Treat it as
+    immutable; not frozen for the per-packet cost (see ``userspace.event.Event``)."""
 
     src: str
     dst: str

@@ -39,13 +39,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 # The headers of the common path, compact forms included, one per line start.
 _COMMON = re.compile(
-    rb"^(call-id|i|cseq|from|f|to|t|via|v|content-length|l)[ \t]*:[ \t]*([^\r\n]*)",
+    rb"^(call-id|i|cseq|from|f|to|t|via|v|content-length|l|content-type|c)[ \t]*:[ \t]*([^\r\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _COMMON_NAMES = {
     b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq", b"from": "from", b"f": "from",
     b"to": "to", b"t": "to", b"via": "via", b"v": "via", b"content-length": "content-length",
-    b"l": "content-length",
+    b"l": "content-length", b"content-type": "content-type", b"c": "content-type",
 }
 _HEADER_LINE = re.compile(r"^([^:\r\n]+?)[ \t]*:[ \t]*([^\r\n]*)", re.MULTILINE)
 _STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.DOTALL)
@@ -91,6 +91,7 @@ class SipMessage:
     raw_headers: bytes = field(repr=False)
     body: bytes = field(repr=False)
     defects: tuple[str, ...] = ()
+    content_type: str | None = None
     _lazy: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -172,10 +173,6 @@ class SipMessage:
     @property
     def asserted_identity(self) -> str | None:
         return self.header("p-asserted-identity")
-
-    @property
-    def content_type(self) -> str | None:
-        return self.header("content-type")
 
     @property
     def parts(self) -> tuple[BodyPart, ...]:
@@ -313,6 +310,7 @@ def parse_message(data: bytes) -> SipMessage:
         None if from_tag is None else from_tag.group(1).decode("utf-8", "replace"),
         None if to_tag is None else to_tag.group(1).decode("utf-8", "replace"),
         _branch(via), content_length, size, headers, data[body_start:size], defects,
+        None if (ctype := found.get("content-type")) is None else ctype.strip().decode("utf-8", "replace"),
     )
 
 
