@@ -15,8 +15,9 @@ from tests.support.paths import AGENT
 from tests.support.send import send_udp
 from tests.support.sipp import finish_calls, start_calls
 
-CALLS = 10
+CALLS = 50
 HOLD_MS = 2000
+MESSAGES_PER_CALL = 7  # INVITE 100 180 200 ACK BYE 200
 SIPP_MEDIA_PORT = 6000  # sipp's default -mp, announced by both sides
 
 
@@ -31,7 +32,7 @@ def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_pat
                                                                transport: str) -> None:
     out = tmp_path / "records.jsonl"
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log")
-    uas, uac = start_calls(lab, CALLS, transport, tmp_path, rate=10, hold_ms=HOLD_MS)
+    uas, uac = start_calls(lab, CALLS, transport, tmp_path, rate=25, hold_ms=HOLD_MS)
     try:
         during: set[tuple[str, str, int]] = set()
         deadline = time.monotonic() + 10
@@ -50,6 +51,8 @@ def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_pat
 
     records = read_records(out)
     calls = [r for r in records if r["kind"] == "call"]
+    sip = [r for r in records if r["kind"] == "sip"]
+    assert len(sip) == CALLS * MESSAGES_PER_CALL, "every SIP message is recorded"
     assert len(calls) == CALLS
     assert len({c["call_id"] for c in calls}) == CALLS
     assert {r["call_id"] for r in records if r["kind"] == "sip"} == {c["call_id"] for c in calls}
