@@ -175,9 +175,10 @@ class CallTracker:
                 self._learn_stream(call, stream, flows)
 
     def _learn_stream(self, call: _Call, stream: MediaStream, flows: list[FlowEvent]) -> None:
-        call.media.append({"media": stream.media, "address": stream.address, "port": stream.port,
-                           "codec": stream.codecs[0][1] if stream.codecs else None,
-                           "rtcp_port": stream.rtcp_port, "rtcp_mux": stream.rtcp_mux})
+        if (stream.address, stream.port) not in call.endpoints:  # re-INVITEs repeat the same media
+            call.media.append({"media": stream.media, "address": stream.address, "port": stream.port,
+                               "codec": stream.codecs[0][1] if stream.codecs else None,
+                               "rtcp_port": stream.rtcp_port, "rtcp_mux": stream.rtcp_mux})
         codec = stream.codecs[0][1] if stream.codecs else None
         self._codecs[(stream.address, stream.port)] = (stream.clock_rate, codec)
         wanted = [((stream.address, stream.port), Kind.RTP)]

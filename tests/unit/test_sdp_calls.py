@@ -124,3 +124,14 @@ def test_calls_expire_and_the_cap_evicts_the_least_recently_active() -> None:
     expired = pipeline.expire(61 * 10**9)
     assert {s.to_dict()["end_cause"] for s in summaries(expired)} == {"timeout"}
     assert (len(tracker), tracker.stats.expired) == (0, 2)
+
+
+def test_media_announced_twice_is_listed_once() -> None:
+    pipeline = Pipeline({}, 0)
+    (summary,) = summaries(run_call(pipeline, [
+        (message("INVITE sip:b@y SIP/2.0", "1 INVITE", OFFER), True, 0),
+        (message("INVITE sip:b@y SIP/2.0", "1 INVITE", OFFER), True, 500),   # a retransmission
+        (message("SIP/2.0 200 OK", "1 INVITE", ANSWER, to_tag=";tag=t9"), False, 600),
+        (message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t9"), True, 900),
+    ]))
+    assert [(m["address"], m["port"]) for m in summary.media] == [(CALLER, 40000), (CALLEE, 50000)]
