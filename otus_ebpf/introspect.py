@@ -32,11 +32,9 @@ from otus_ebpf.counters import COUNTERS, KernelCounts
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel_abi import CONFIG, FLOW_KEY, FLOW_VALUE, ConfigFlag, Network, pack_lpm_key
 from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
-from otus_ebpf.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP
+from otus_ebpf.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
 from userspace.event import Counter, Direction, Kind
 
-_TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
-               ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
 _U32 = struct.Struct("=I")
 
 
@@ -104,7 +102,7 @@ class LiveMaps:
         else:
             with contextlib.suppress(FileNotFoundError):
                 map_delete(fd, key)
-        self._update_config_flags(_TRIE_FLAGS[which, network.version], not map_is_empty(fd))
+        self._update_config_flags(TRIE_FLAGS[which, network.version], not map_is_empty(fd))
 
     def _update_config_flags(self, flag: ConfigFlag, enabled: bool) -> None:
         fd, info = self._map(CONFIG_MAP)

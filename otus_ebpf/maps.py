@@ -30,7 +30,7 @@ _TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
 def table(bpf: Any, name: str) -> Any:
     """A bcc table by name (bcc wants bytes)."""
     return bpf[name.encode()]
-_TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
+TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
                ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
 
 
@@ -84,7 +84,7 @@ class KernelMaps:
         trie = table(self._bpf, _TRIES[slot])
         trie[_key(trie, pack_lpm_key(network))] = ctypes.c_uint8(1)
         self._networks[slot].add(network)
-        self._flags |= _TRIE_FLAGS[slot]
+        self._flags |= TRIE_FLAGS[slot]
         self._write_config()
 
     def remove_network(self, which: str, network: Network) -> None:
@@ -95,7 +95,7 @@ class KernelMaps:
         del trie[_key(trie, pack_lpm_key(network))]
         self._networks[slot].discard(network)
         if not self._networks[slot]:
-            self._flags &= ~_TRIE_FLAGS[slot]
+            self._flags &= ~TRIE_FLAGS[slot]
         self._write_config()
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int) -> None:

@@ -33,6 +33,7 @@ from tests.support.frames import (
 )
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE, OK_200
+from userspace.classify import mix32
 from userspace.event import Counter, Flag, Kind
 
 V6 = 0x86DD
@@ -54,14 +55,6 @@ def run(kernel: KernelHarness, frame: bytes, hook: Hook) -> Run:
 
 def verdicts(result: Run) -> set[Counter]:
     return {c for c in result.moved if Counter.NOT_IP <= c <= Counter.MATCHED_FRAGMENT}
-
-
-def mix32(h: int) -> int:
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return h ^ (h >> 16)
 
 
 def expected_shard(src: str, dst: str) -> int:
