@@ -38,7 +38,7 @@ from userspace.pipeline import Pipeline
 from userspace.records import Record
 from userspace.reporters import Reporter
 from userspace.reporters.jsonl import JsonLinesReporter
-from userspace.reporters.kafka import KafkaReporter
+from userspace.reporters.kafka import BacklogLimits, KafkaReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
@@ -57,6 +57,7 @@ class AttachOptions:
     force: bool = False
     out: str | None = None  # path, "-" for stdout, None for the default file
     kafka: KafkaSettings | None = None
+    kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
     kernel: KernelSettings = field(default_factory=KernelSettings)
     stats_interval_s: float = 5.0
 
@@ -156,7 +157,8 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
     reporters.append(jsonl)
     kafka = None
     if options.kafka is not None:
-        kafka = KafkaReporter(make_producer(options.kafka), options.kafka.topic)
+        kafka = KafkaReporter(make_producer(options.kafka), options.kafka.topic, time.monotonic,
+                              options.kafka_backlog)
         stack.callback(kafka.close)
         reporters.append(kafka)
     return reporters, kafka

@@ -24,6 +24,7 @@ from otus_ebpf.loader import (
     parse_network,
 )
 from userspace.event import Direction
+from userspace.reporters.kafka import BacklogLimits, OverflowPolicy
 
 EXIT_SETUP_ERROR = 1
 
@@ -67,6 +68,12 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--topic", default="otus.sip", help="Kafka topic (default: otus.sip)")
     attach.add_argument("--kafka-linger-ms", type=int, default=20)
     attach.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
+    attach.add_argument("--kafka-queue-kb", type=int, default=64 << 10,
+                        help="librdkafka's own queue (queue.buffering.max.kbytes)")
+    attach.add_argument("--kafka-backlog-mb", type=int, default=128,
+                        help="records held while the broker is away, beyond librdkafka's own queue")
+    attach.add_argument("--kafka-overflow", choices=[p.value for p in OverflowPolicy],
+                        default=OverflowPolicy.DROP_OLDEST.value, help="which records a full backlog drops")
     attach.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     attach.add_argument("--signature", action="store_true",
@@ -118,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _attach_options(args: argparse.Namespace) -> AttachOptions:
     kafka = None
     if args.kafka:
-        kafka = KafkaSettings(args.kafka, args.topic, args.kafka_linger_ms, args.kafka_batch)
+        kafka = KafkaSettings(args.kafka, args.topic, args.kafka_linger_ms, args.kafka_batch,
+                              queue_kbytes=args.kafka_queue_kb)
     kernel = KernelSettings(
         sip_ports=tuple(args.sip_ports or DEFAULT_SIP_PORTS),
         signature=args.signature,
@@ -139,6 +147,8 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         force=args.force,
         out=args.out,
         kafka=kafka,
+        kafka_backlog=BacklogLimits(max_bytes=args.kafka_backlog_mb << 20,
+                                    policy=OverflowPolicy(args.kafka_overflow)),
         kernel=kernel,
         stats_interval_s=args.stats_interval,
     )

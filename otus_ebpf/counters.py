@@ -78,5 +78,6 @@ class StatsLine:
         if self.kafka is not None:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "
-                         f"failed={kafka.failed} queue_full={kafka.queue_full}")
+                         f"failed={kafka.failed} queue_full={kafka.queue_full} backlog={kafka.backlog} "
+                         f"dropped={kafka.dropped}")
         return " | ".join(parts)

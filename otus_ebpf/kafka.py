@@ -21,6 +21,10 @@ class KafkaSettings:
     linger_ms: int = 20
     batch_messages: int = 10_000
     compression: str = "lz4"
+    # librdkafka holds at most this much; our own bounded backlog holds the rest.
+    queue_kbytes: int = 64 << 10
+    # How long librdkafka retries one message before reporting it failed.
+    message_timeout_ms: int = 300_000
 
 
 def make_producer(settings: KafkaSettings) -> Producer:
@@ -31,8 +35,10 @@ def make_producer(settings: KafkaSettings) -> Producer:
         "linger.ms": settings.linger_ms,
         "batch.num.messages": settings.batch_messages,
         "compression.type": settings.compression,
-        "enable.idempotence": True,
+        "enable.idempotence": True,   # retries after an outage never duplicate
         "acks": "all",
+        "queue.buffering.max.kbytes": settings.queue_kbytes,
+        "message.timeout.ms": settings.message_timeout_ms,
         "logger": _log,
     })
     try:

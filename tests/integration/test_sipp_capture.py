@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,33 @@ def test_afpacket_mode_yields_the_same_records_as_xdp_mode(lab: Lab, tmp_path: P
     assert len(expected) == CALLS * sum(MESSAGES_PER_CALL.values())
     assert comparable(afpacket_out) == expected
     assert "drops=0" in [line for line in afpacket.output().splitlines() if "afpacket" in line][-1]
+
+
+def test_a_broker_outage_neither_stalls_capture_nor_loses_or_duplicates_records(
+    lab: Lab, uas_broker: Broker, tmp_path: Path
+) -> None:
+    topic = "sip-outage"
+    uas_broker.create_topic(topic, PARTITIONS)
+    out = tmp_path / "sip.jsonl"
+    # A 1 KB librdkafka queue: records must wait in the reporter's own backlog.
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--kafka", uas_broker.address, "--topic", topic, "--kafka-queue-kb", "1"])
+    uas_broker.process.send_signal(signal.SIGSTOP)
+    try:
+        run_calls(lab, CALLS, "u1", tmp_path)  # finishes: capture does not wait for the broker
+        time.sleep(1.5)
+        during = [line for line in agent.output().splitlines() if "kafka produced" in line][-1]
+        assert len(read_records(out)) == CALLS * (sum(MESSAGES_PER_CALL.values()) + 1), "capture kept up"
+    finally:
+        uas_broker.process.send_signal(signal.SIGCONT)
+    assert "queue_full=0" not in during, during
+    assert agent.stop(signal.SIGTERM) == 0, agent.output()
+
+    everything = read_records(out)
+    final_stats = [line for line in agent.output().splitlines() if line.startswith("otus-ebpf: ")][-1]
+    n = len(everything)
+    assert f"kafka produced={n} delivered={n} failed=0" in final_stats, final_stats
+    assert "backlog=0 dropped=0" in final_stats, final_stats
+    consumed = uas_broker.consume_all(topic, expected=n)
+    values = sorted(json.dumps(json.loads(value)) for _key, value, _partition in consumed)
+    assert values == sorted(map(json.dumps, everything)), "each record exactly once"

@@ -2,15 +2,18 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord
 from userspace.reporters.jsonl import JsonLinesReporter
-from userspace.reporters.kafka import KafkaReporter
+from userspace.reporters.kafka import BacklogLimits, KafkaReporter, OverflowPolicy
 
 
 def records() -> list[SipRecord]:
@@ -33,18 +36,19 @@ def test_jsonl_writes_one_line_per_record() -> None:
 
 class ListProducer:
     """Stands in for confluent_kafka.Producer in unit tests; the real broker
-    is exercised by tests/integration."""
+    is exercised by tests/integration. ``full`` makes produce() refuse that
+    many times (librdkafka's queue full), -1 for ever."""
 
-    def __init__(self, full_times: int = 0) -> None:
+    def __init__(self, full: int = 0) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.pending: list[Callable[[Any, Any], None]] = []
-        self.full_times = full_times
+        self.full = full
         self.polls = 0
 
     def produce(self, topic: str, *, value: bytes, key: bytes,
                 on_delivery: Callable[[Any, Any], None]) -> None:
-        if self.full_times:
-            self.full_times -= 1
+        if self.full:
+            self.full -= 1 if self.full > 0 else 0
             raise BufferError("queue full")
         self.sent.append((topic, key, value))
         self.pending.append(on_delivery)
@@ -63,7 +67,7 @@ class ListProducer:
 
 def test_kafka_keys_by_call_id_and_polls_once_per_batch() -> None:
     producer = ListProducer()
-    reporter = KafkaReporter(producer, "sip")
+    reporter = KafkaReporter(producer, "sip", time.monotonic)
     batch = records()
     reporter.write(batch)
     assert [key for _topic, key, _value in producer.sent] == [r.key for r in batch]
@@ -72,9 +76,39 @@ def test_kafka_keys_by_call_id_and_polls_once_per_batch() -> None:
     assert (reporter.stats.produced, reporter.stats.delivered) == (2, 2)
 
 
-def test_kafka_waits_out_a_full_queue_without_losing_records() -> None:
-    producer = ListProducer(full_times=3)
-    reporter = KafkaReporter(producer, "sip")
+def test_a_full_producer_queue_never_blocks_and_loses_nothing() -> None:
+    producer = ListProducer(full=3)
+    reporter = KafkaReporter(producer, "sip", time.monotonic)
+    batch = records()
+    started = time.monotonic()
+    reporter.write(batch)                      # refused: waits in the backlog
+    assert time.monotonic() - started < 0.1
+    assert (producer.sent, reporter.stats.backlog, reporter.stats.queue_full) == ([], 2, 1)
+    reporter.write([])                         # refused again
+    reporter.write([])                         # and again
+    reporter.write([])                         # room: both go, in order
+    assert [key for _t, key, _v in producer.sent] == [r.key for r in batch]
+    assert (reporter.stats.backlog, reporter.stats.queue_full, reporter.stats.dropped) == (0, 3, 0)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [(OverflowPolicy.DROP_OLDEST, [2, 3, 4]),
+                                              (OverflowPolicy.DROP_NEWEST, [0, 1, 2])])
+def test_the_backlog_is_bounded_and_every_drop_counted(policy: OverflowPolicy, kept: list[int]) -> None:
+    producer = ListProducer(full=-1)
+    reporter = KafkaReporter(producer, "sip", time.monotonic, BacklogLimits(max_records=3, policy=policy))
+    many = [records()[0] for _ in range(5)]
+    for n, record in enumerate(many):
+        record.message.call_id = f"c{n}"
+    reporter.write(many)
+    assert (reporter.stats.dropped, reporter.stats.backlog) == (2, 3)
+    producer.full = 0
+    reporter.write([])
+    assert [key for _t, key, _v in producer.sent] == [f"c{n}".encode() for n in kept]
+
+
+def test_flush_gives_up_at_its_deadline_and_reports_what_is_left() -> None:
+    reporter = KafkaReporter(ListProducer(full=-1), "sip", time.monotonic)
     reporter.write(records())
-    assert len(producer.sent) == 2
-    assert reporter.stats.queue_full == 3
+    started = time.monotonic()
+    assert reporter.flush(0.3) == 2
+    assert 0.25 < time.monotonic() - started < 1.0

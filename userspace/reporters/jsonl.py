@@ -31,6 +31,7 @@ class JsonLinesReporter:
             return
         data = b"\n".join([encode_json(r) for r in records]) + b"\n"
         self._sink.write(data)
+        self._sink.flush()  # once per batch: lines reach the file while traffic is low
         self.stats.written += len(records)
         self.stats.bytes += len(data)
 
