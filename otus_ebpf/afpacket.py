@@ -22,7 +22,7 @@ from otus_ebpf.cbpf import compile_filter, filter_expression, socket_filter
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings
 from userspace.classify import Rules, classify_frame, encode_event
-from userspace.event import Direction
+from userspace.event import Direction, Kind
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -67,7 +67,9 @@ class PacketStats:
 class AfPacketCapture:
     def __init__(self, interfaces: dict[int, str], settings: KernelSettings, capture_ingress: bool,
                  capture_egress: bool, clock_offset_ns: int) -> None:
+        self._settings = settings
         self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards)
+        self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._ingress, self._egress = capture_ingress, capture_egress
         self._clock_offset_ns = clock_offset_ns
         self._snaplen = settings.snaplen
@@ -144,6 +146,26 @@ class AfPacketCapture:
             return  # the socket filter is coarser than the kernel's verdicts (e.g. VLAN variants)
         batch.append(encode_event(frame, classified, direction, wall_ns - self._clock_offset_ns,
                                   ifindex, wire_len))
+
+    def set_media(self, learn: list[tuple[bytes, int, int, Kind, int]],
+                  forget: list[tuple[bytes, int, int]]) -> None:
+        """Learned RTP/RTCP endpoints (raw address, port, protocol[, kind, shard]):
+        classify them like the kernel's flow map does, and let them through
+        the socket filter; the new filter replaces the old one atomically."""
+        ports_before = {port for _a, port, _p in self._media}
+        for address, port, proto, kind, shard in learn:
+            self._media[address, port, proto] = (kind, shard)
+        for key in forget:
+            self._media.pop(key, None)
+        rules = self._rules
+        self._rules = Rules(rules.sip_ports, rules.signature, rules.shards, dict(self._media))
+        ports = {port for _a, port, _p in self._media}
+        if ports == ports_before:
+            return
+        program = compile_filter(filter_expression(self._settings, ports), self._snaplen)
+        fprog, _keep = socket_filter(program)
+        for member in self._members:
+            member.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
 
     def read_stats(self) -> PacketStats:
         """Cumulative kernel figures; PACKET_STATISTICS resets on every read."""

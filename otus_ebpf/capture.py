@@ -67,6 +67,7 @@ class Capture(Protocol):
 
 
 OnStop = Callable[[list[bytes]], None]
+UDP = 17  # media runs over UDP
 
 
 def preflight(options: CaptureOptions, interfaces: dict[int, str]) -> None:
@@ -142,18 +143,22 @@ class _AfPacket:
     def __init__(self, capture: AfPacketCapture, description: str) -> None:
         self._capture = capture
         self.description = description
-        self.unapplied_flows = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._capture.poll(timeout_ms)
 
     def apply_flows(self, events: list[FlowEvent]) -> None:
-        self.unapplied_flows += len(events)  # the socket filter does not follow SDP yet
+        if not events:
+            return
+        learn = [(ipaddress.ip_address(e.address).packed, e.port, UDP, e.kind, e.shard)
+                 for e in events if e.action is FlowAction.LEARN]
+        forget = [(ipaddress.ip_address(e.address).packed, e.port, UDP)
+                  for e in events if e.action is FlowAction.FORGET]
+        self._capture.set_media(learn, forget)
 
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
-        return [f"afpacket packets={stats.packets} drops={stats.drops} "
-                f"media_flows_not_filtered={self.unapplied_flows}"]
+        return [f"afpacket packets={stats.packets} drops={stats.drops}"]
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],

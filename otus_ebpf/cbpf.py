@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterable
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings
@@ -36,11 +37,16 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def filter_expression(settings: KernelSettings) -> str:
+def filter_expression(settings: KernelSettings, media_ports: Iterable[int] = ()) -> str:
+    """The socket filter for these settings. ``media_ports`` are the ports of
+    learned RTP/RTCP endpoints; matching on ports alone keeps the program
+    short, and user space checks the exact endpoint (userspace.classify)."""
     ports = " or ".join(f"port {p}" for p in settings.sip_ports)
     alternatives = [f"((udp or tcp) and ({ports}))",
                     "(ip and ip[6:2] & 0x3fff != 0)",  # IPv4 fragment: MF set or offset > 0
                     "(ip6 and ip6[6] == 44)"]           # IPv6 fragment header first
+    if media_ports:
+        alternatives.append("(udp and (" + " or ".join(f"port {p}" for p in sorted(set(media_ports))) + "))")
     if settings.signature:
         words = " or ".join(f"udp[8:4] == 0x{w:08x}" for w in SIGNATURE_WORDS)
         alternatives.append(f"(udp and ({words}))")
