@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
+from userspace.classify import Rules, classify_frame
 from userspace.event import EVENT_HEADER, Direction, Kind
 
 UDP, TCP = 17, 6
@@ -44,10 +45,21 @@ def ethernet(l3: bytes, ethertype: int = 0x0800, vlans: tuple[int, ...] = ()) ->
     return MAC_B + MAC_A + tags + struct.pack("!H", ethertype) + l3
 
 
+_EVERY_PORT = Rules(frozenset(range(65536)))
+
+
 def ring_record(frame: bytes, direction: Direction = Direction.INGRESS, ts_ns: int = 1_000,
                 ifindex: int = 2, kind: Kind = Kind.SIP, shard: int = 0) -> bytes:
-    header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), 0xABCD, 14, 34, 42,
-                               direction, kind, UDP, 0, shard)
+    """The record the kernel would write for this frame: offsets, protocol and
+    flags as its parser finds them (userspace.classify mirrors it); zeros for
+    frames it would not parse."""
+    c = classify_frame(frame, _EVERY_PORT)
+    if c is None:
+        header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), 0, 0, 0, 0, direction, kind, 0, 0,
+                                   shard)
+    else:
+        header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), c.flow_hash, c.l3_offset,
+                                   c.l4_offset, c.payload_offset, direction, kind, c.l4_proto, c.flags, shard)
     return header + frame
 
 
