@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
 
 from otus_ebpf.attach import AttachMethod, XdpMode
 from otus_ebpf.capture import (
@@ -34,17 +33,17 @@ from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kafka import KafkaSettings, make_producer
 from otus_ebpf.loader import KernelSettings
+from otus_ebpf.outputs import RotatingFile, StreamSink
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 from userspace.reporters import Reporter
-from userspace.reporters.jsonl import JsonLinesReporter
+from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter, RotatingSink, Rotation
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
 STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
 FLUSH_TIMEOUT_S = 10.0
-OUT_FILE_MODE = 0o640
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,8 @@ class AttachOptions:
     out: str | None = None  # path, "-" for stdout, None for the default file
     kafka: KafkaSettings | None = None
     kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
+    out_rotation: Rotation = field(default_factory=Rotation)
+    out_fsync: FsyncPolicy = FsyncPolicy.NEVER
     kernel: KernelSettings = field(default_factory=KernelSettings)
     stats_interval_s: float = 5.0
 
@@ -152,7 +153,8 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
                    label: str) -> tuple[list[Reporter], KafkaReporter | None]:
     """Open every output before touching the kernel, so a bad output fails first."""
     reporters: list[Reporter] = []
-    jsonl = JsonLinesReporter(open_output(stack, options.out, label))
+    jsonl = JsonLinesReporter(open_output(options.out, label), options.out_rotation, time.monotonic,
+                              options.out_fsync)
     stack.callback(jsonl.close)
     reporters.append(jsonl)
     kafka = None
@@ -164,17 +166,13 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
     return reporters, kafka
 
 
-def open_output(stack: contextlib.ExitStack, out: str | None, label: str) -> BinaryIO:
+def open_output(out: str | None, label: str) -> RotatingSink:
+    """The JSON-lines sink; the reporter closes it."""
     if out == "-":
-        return sys.stdout.buffer
+        return StreamSink(sys.stdout.buffer)
     path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OUT_FILE_MODE)
-    except OSError as exc:
-        raise SetupError(f"cannot open output {path}: {exc.strerror}") from None
-    sink = stack.enter_context(os.fdopen(fd, "ab"))
-    log(f"writing SIP records to {path}")
+    sink = RotatingFile(path)
+    log(f"writing records to {path}")
     return sink
 
 

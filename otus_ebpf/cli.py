@@ -24,6 +24,7 @@ from otus_ebpf.loader import (
     parse_network,
 )
 from userspace.event import Direction
+from userspace.reporters.jsonl import FsyncPolicy, Rotation
 from userspace.reporters.kafka import BacklogLimits, OverflowPolicy
 
 EXIT_SETUP_ERROR = 1
@@ -64,6 +65,11 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="ringbuf, perf (kernels < 5.8), or auto")
     attach.add_argument("--out", metavar="FILE|-",
                         help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
+    attach.add_argument("--out-max-mb", type=float, help="rotate the JSON-lines file at this size")
+    attach.add_argument("--out-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+    attach.add_argument("--out-fsync", choices=[p.value for p in FsyncPolicy],
+                        default=FsyncPolicy.NEVER.value,
+                        help="fsync after every batch, at rotation, or never (default)")
     attach.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
     attach.add_argument("--topic", default="otus.sip", help="Kafka topic (default: otus.sip)")
     attach.add_argument("--kafka-linger-ms", type=int, default=20)
@@ -150,6 +156,9 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         kafka_backlog=BacklogLimits(max_bytes=args.kafka_backlog_mb << 20,
                                     policy=OverflowPolicy(args.kafka_overflow)),
         kernel=kernel,
+        out_rotation=Rotation(None if args.out_max_mb is None else int(args.out_max_mb * 2**20),
+                              args.out_max_age),
+        out_fsync=FsyncPolicy(args.out_fsync),
         stats_interval_s=args.stats_interval,
     )
 

@@ -155,3 +155,22 @@ def test_direction_limits_what_is_attached_and_captured(lab: Lab, tmp_path: Path
     time.sleep(SETTLE_S)
     assert agent.stop() == 0
     assert [r["direction"] for r in read_records(out)] == [direction]
+
+
+def test_the_json_lines_file_rotates_by_size_while_capturing(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "sip.jsonl"
+    max_mb = 0.002
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--out-max-mb", str(max_mb), "--out-fsync", "rotate"])  # ~2 KB files
+    for n in range(30):
+        invite = INVITE.replace(b"a84b4c76e66710", b"c%03d" % n)
+        send_udp(lab.uac_ns, lab.uac_v4, 5060, lab.uas_v4, 5060, [invite])
+        time.sleep(0.05)  # separate batches, so rotation happens between them
+    time.sleep(SETTLE_S)
+    assert agent.stop() == 0
+    files = sorted(out.parent.iterdir())
+    assert len(files) > 3
+    records = [r for f in files for r in read_records(f)]
+    assert sorted(r["call_id"] for r in records) == sorted(
+        f"c{n:03d}@pc33.atlanta.example.com" for n in range(30)), "nothing lost across rotations"
+    assert all(f.stat().st_size <= int(max_mb * 2**20) for f in files), "no file past the limit"

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable
@@ -11,8 +10,8 @@ import pytest
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
-from userspace.records import SipRecord
-from userspace.reporters.jsonl import JsonLinesReporter
+from userspace.records import SipRecord, encode_json
+from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter, Rotation
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, OverflowPolicy
 
 
@@ -22,16 +21,91 @@ def records() -> list[SipRecord]:
     return [r for r in out if isinstance(r, SipRecord)]
 
 
-def test_jsonl_writes_one_line_per_record() -> None:
-    sink = io.BytesIO()
+class ListSink:
+    """A RotatingSink that keeps each file's bytes in a list, and what it was asked."""
+
+    def __init__(self) -> None:
+        self.files: list[bytearray] = [bytearray()]
+        self.calls: list[str] = []
+
+    def write(self, data: bytes, /) -> int:
+        self.files[-1] += data
+        return len(data)
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+    def sync(self) -> None:
+        self.calls.append("sync")
+
+    def rotate(self) -> None:
+        self.calls.append("rotate")
+        self.files.append(bytearray())
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def lines(sink: ListSink) -> list[list[dict[str, object]]]:
+    return [[json.loads(line) for line in f.splitlines()] for f in sink.files]
+
+
+def test_jsonl_writes_one_line_per_record_and_flushes_each_batch() -> None:
+    sink = ListSink()
     reporter = JsonLinesReporter(sink)
     reporter.write(records())
     reporter.write([])
-    lines = sink.getvalue().decode().splitlines()
-    assert [json.loads(line)["method"] for line in lines] == ["INVITE", None]
-    assert json.loads(lines[1])["status"] == 200
-    assert json.loads(lines[0])["schema"] == 1
-    assert reporter.stats.written == 2
+    (only_file,) = lines(sink)
+    assert [r["method"] for r in only_file] == ["INVITE", None]
+    assert only_file[1]["status"] == 200 and only_file[0]["schema"] == 1
+    assert reporter.stats.written == 2 and sink.calls == ["flush"]
+
+
+def test_jsonl_rotates_by_size_without_splitting_a_batch() -> None:
+    sink = ListSink()
+    batch = records()
+    size = len(b"\n".join(encode_json(r) for r in batch)) + 1
+    reporter = JsonLinesReporter(sink, Rotation(max_bytes=2 * size))
+    for _ in range(5):
+        reporter.write(batch)
+    assert [len(f) for f in sink.files] == [2 * size, 2 * size, size]
+    assert reporter.stats.rotations == 2
+    assert sum(len(f) for f in lines(sink)) == 10, "nothing lost across rotations"
+
+
+def test_jsonl_rotates_by_age_with_the_clock_it_was_given() -> None:
+    now = [0.0]
+    sink = ListSink()
+    reporter = JsonLinesReporter(sink, Rotation(max_age_s=60), clock=lambda: now[0])
+    reporter.write(records())
+    now[0] = 59.0
+    reporter.write([])
+    now[0] = 61.0
+    reporter.write([])          # old enough: rotates even with nothing new
+    reporter.write(records())
+    assert [len(f) for f in lines(sink)] == [2, 2]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    (FsyncPolicy.NEVER, ["flush", "flush", "rotate", "flush", "close"]),
+    (FsyncPolicy.BATCH, ["flush", "sync", "flush", "sync", "sync", "rotate", "flush", "sync",
+                         "sync", "close"]),
+    (FsyncPolicy.ROTATE, ["flush", "flush", "sync", "rotate", "flush", "sync", "close"]),
+])
+def test_fsync_policies(policy: FsyncPolicy, expected: list[str]) -> None:
+    sink = ListSink()
+    batch = records()
+    size = len(b"\n".join(encode_json(r) for r in batch)) + 1
+    reporter = JsonLinesReporter(sink, Rotation(max_bytes=2 * size), fsync=policy)
+    for _ in range(3):
+        reporter.write(batch)
+    reporter.close()
+    assert sink.calls == expected
+
+
+def test_age_rotation_needs_a_clock() -> None:
+    with pytest.raises(ValueError, match="clock"):
+        JsonLinesReporter(ListSink(), Rotation(max_age_s=1))
 
 
 class ListProducer:

@@ -1,43 +1,106 @@
-"""JSON lines: one record per line, written in batches to a binary sink."""
+"""JSON lines: one record per line, written in batches, rotated by size or age.
+
+The reporter decides when a file is full or old enough; the file work is
+the sink's (``RotatingSink``): the application hands in one that renames
+and reopens files (or wraps stdout, where rotating does nothing), tests
+hand in a list. Durability is a policy: never
+fsync, fsync after every batch, or fsync when a file is closed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from userspace.records import Record, encode_json
 
 
-class BinarySink(Protocol):
+class RotatingSink(Protocol):
+    """Where lines go: ``write``/``flush`` the current file, ``sync`` it to disk,
+    ``rotate`` to a fresh one (the old one is closed and kept), ``close``."""
+
     def write(self, data: bytes, /) -> int: ...
 
     def flush(self) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def rotate(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FsyncPolicy(Enum):
+    NEVER = "never"      # the page cache decides
+    BATCH = "batch"      # after every written batch
+    ROTATE = "rotate"    # when a file is rotated or closed
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    max_bytes: int | None = None   # rotate before a file would grow past this
+    max_age_s: float | None = None  # rotate files older than this
 
 
 @dataclass(slots=True)
 class JsonLinesStats:
     written: int = 0
     bytes: int = 0
+    rotations: int = 0
 
 
 class JsonLinesReporter:
-    def __init__(self, sink: BinarySink) -> None:
+    def __init__(self, sink: RotatingSink, rotation: Rotation | None = None,
+                 clock: Callable[[], float] | None = None, fsync: FsyncPolicy = FsyncPolicy.NEVER) -> None:
+        """``clock``: monotonic seconds, needed only for age-based rotation
+        (this package reads no clock itself)."""
         self._sink = sink
+        self._rotation = rotation or Rotation()
+        if self._rotation.max_age_s is not None and clock is None:
+            raise ValueError("age-based rotation needs a clock")
+        self._clock = clock
+        self._fsync = fsync
+        self._file_bytes = 0
+        self._opened_at = clock() if clock else 0.0
         self.stats = JsonLinesStats()
 
     def write(self, records: Sequence[Record]) -> None:
+        self._rotate_if_old()
         if not records:
             return
         data = b"\n".join([encode_json(r) for r in records]) + b"\n"
+        limit = self._rotation.max_bytes
+        if limit is not None and self._file_bytes and self._file_bytes + len(data) > limit:
+            self._rotate()
         self._sink.write(data)
         self._sink.flush()  # once per batch: lines reach the file while traffic is low
+        if self._fsync is FsyncPolicy.BATCH:
+            self._sink.sync()
+        self._file_bytes += len(data)
         self.stats.written += len(records)
         self.stats.bytes += len(data)
+
+    def _rotate_if_old(self) -> None:
+        max_age = self._rotation.max_age_s
+        if max_age is not None and self._clock is not None and self._file_bytes \
+                and self._clock() - self._opened_at >= max_age:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        if self._fsync is not FsyncPolicy.NEVER:
+            self._sink.sync()
+        self._sink.rotate()
+        self._file_bytes = 0
+        self._opened_at = self._clock() if self._clock else 0.0
+        self.stats.rotations += 1
 
     def flush(self, timeout: float) -> int:
         self._sink.flush()
         return 0
 
     def close(self) -> None:
-        self._sink.flush()
+        if self._fsync is not FsyncPolicy.NEVER:
+            self._sink.sync()
+        self._sink.close()
