@@ -36,9 +36,10 @@ from otus_ebpf.loader import KernelSettings
 from otus_ebpf.outputs import RotatingFile, StreamSink
 from userspace.pipeline import Pipeline
 from userspace.records import Record
-from userspace.reporters import Reporter
-from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter, RotatingSink, Rotation
+from userspace.reporters import Reporter, RotatingSink, Rotation
+from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter
+from userspace.reporters.pcap import PcapReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
@@ -59,6 +60,8 @@ class AttachOptions:
     kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
     out_rotation: Rotation = field(default_factory=Rotation)
     out_fsync: FsyncPolicy = FsyncPolicy.NEVER
+    pcap: str | None = None  # path of a pcap of every captured frame
+    pcap_rotation: Rotation = field(default_factory=Rotation)
     kernel: KernelSettings = field(default_factory=KernelSettings)
     stats_interval_s: float = 5.0
 
@@ -78,12 +81,16 @@ def run_attach(options: AttachOptions) -> int:
         reporters, kafka = open_reporters(stack, options, label)
         clock_offset_ns = time.time_ns() - time.monotonic_ns()
         pipeline = Pipeline(interfaces, clock_offset_ns)
+        pcap = open_pcap(stack, options)
+        pipeline.keep_frames = pcap is not None
         capture: Capture | None = None
 
         def deliver(batch: list[bytes]) -> None:
             records = pipeline.process(batch)
             for reporter in reporters:
                 reporter.write(records)
+            if pcap is not None:
+                pcap.write_frames(pipeline.take_frames())
             if capture is not None:
                 capture.apply_flows(pipeline.take_flow_events())
 
@@ -164,6 +171,15 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
         stack.callback(kafka.close)
         reporters.append(kafka)
     return reporters, kafka
+
+
+def open_pcap(stack: contextlib.ExitStack, options: AttachOptions) -> PcapReporter | None:
+    if options.pcap is None:
+        return None
+    reporter = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic)
+    stack.callback(reporter.close)
+    log(f"writing captured frames to {options.pcap}")
+    return reporter
 
 
 def open_output(out: str | None, label: str) -> RotatingSink:

@@ -24,7 +24,8 @@ from otus_ebpf.loader import (
     parse_network,
 )
 from userspace.event import Direction
-from userspace.reporters.jsonl import FsyncPolicy, Rotation
+from userspace.reporters import Rotation
+from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, OverflowPolicy
 
 EXIT_SETUP_ERROR = 1
@@ -70,6 +71,9 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--out-fsync", choices=[p.value for p in FsyncPolicy],
                         default=FsyncPolicy.NEVER.value,
                         help="fsync after every batch, at rotation, or never (default)")
+    attach.add_argument("--pcap", metavar="FILE", help="also write every captured frame to this pcap file")
+    attach.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
+    attach.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
     attach.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
     attach.add_argument("--topic", default="otus.sip", help="Kafka topic (default: otus.sip)")
     attach.add_argument("--kafka-linger-ms", type=int, default=20)
@@ -159,6 +163,9 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         out_rotation=Rotation(None if args.out_max_mb is None else int(args.out_max_mb * 2**20),
                               args.out_max_age),
         out_fsync=FsyncPolicy(args.out_fsync),
+        pcap=args.pcap,
+        pcap_rotation=Rotation(None if args.pcap_max_mb is None else int(args.pcap_max_mb * 2**20),
+                               args.pcap_max_age),
         stats_interval_s=args.stats_interval,
     )
 

@@ -16,6 +16,7 @@ from userspace.errors import DecodeError
 from userspace.event import Event, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Record, SipRecord, StreamReport
+from userspace.reporters.pcap import Frame
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
 
@@ -55,6 +56,8 @@ class Pipeline:
         self.calls = CallTracker(calls)
         self._flow_events: list[FlowEvent] = []
         self._reported: dict[int, int] = {}  # stream id → packets at its last report
+        self.keep_frames = False  # for a pcap output: every event's frame, as captured
+        self._frames: list[Frame] = []
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
@@ -66,6 +69,8 @@ class Pipeline:
             except DecodeError:
                 stats.event_errors += 1
                 continue
+            if self.keep_frames:
+                self._frames.append((event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len))
             if event.kind in _MEDIA_KINDS:
                 stats.media += 1
                 self._media(event)
@@ -108,6 +113,11 @@ class Pipeline:
         live = {id(s) for s in self.calls.media.streams.values()}
         self._reported = {k: v for k, v in self._reported.items() if k in live}
         return reports
+
+    def take_frames(self) -> list[Frame]:
+        """(wall-clock ns, frame, original length) of every event since the last call."""
+        frames, self._frames = self._frames, []
+        return frames
 
     def take_flow_events(self) -> list[FlowEvent]:
         """Media flows to learn or forget since the last call, in order."""

@@ -139,3 +139,15 @@ def test_a_broker_outage_neither_stalls_capture_nor_loses_or_duplicates_records(
     consumed = uas_broker.consume_all(topic, expected=n)
     values = sorted(json.dumps(json.loads(value)) for _key, value, _partition in consumed)
     assert values == sorted(map(json.dumps, everything)), "each record exactly once"
+
+
+def test_the_pcap_output_holds_the_captured_sip_for_tshark(lab: Lab, tmp_path: Path) -> None:
+    out, pcap = tmp_path / "sip.jsonl", tmp_path / "capture.pcap"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--pcap", str(pcap)])
+    try:
+        run_calls(lab, CALLS, "u1", tmp_path)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    records = [r for r in read_records(out) if r["kind"] == "sip"]
+    assert Counter(map(message_key, records)) == Counter(sip_messages(pcap))
+    assert len(records) == CALLS * sum(MESSAGES_PER_CALL.values())

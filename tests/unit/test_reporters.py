@@ -11,7 +11,8 @@ from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord, encode_json
-from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter, Rotation
+from userspace.reporters import Rotation
+from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, OverflowPolicy
 
 

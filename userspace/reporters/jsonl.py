@@ -12,36 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 from userspace.records import Record, encode_json
-
-
-class RotatingSink(Protocol):
-    """Where lines go: ``write``/``flush`` the current file, ``sync`` it to disk,
-    ``rotate`` to a fresh one (the old one is closed and kept), ``close``."""
-
-    def write(self, data: bytes, /) -> int: ...
-
-    def flush(self) -> None: ...
-
-    def sync(self) -> None: ...
-
-    def rotate(self) -> None: ...
-
-    def close(self) -> None: ...
+from userspace.reporters import RotatingSink, Rotation
 
 
 class FsyncPolicy(Enum):
     NEVER = "never"      # the page cache decides
     BATCH = "batch"      # after every written batch
     ROTATE = "rotate"    # when a file is rotated or closed
-
-
-@dataclass(frozen=True, slots=True)
-class Rotation:
-    max_bytes: int | None = None   # rotate before a file would grow past this
-    max_age_s: float | None = None  # rotate files older than this
 
 
 @dataclass(slots=True)
