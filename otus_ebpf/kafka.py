@@ -36,6 +36,7 @@ def make_producer(settings: KafkaSettings) -> Producer:
         "batch.num.messages": settings.batch_messages,
         "compression.type": settings.compression,
         "enable.idempotence": True,   # retries after an outage never duplicate
+        "delivery.report.only.error": True,  # KafkaReporter counts the rest
         "acks": "all",
         "queue.buffering.max.kbytes": settings.queue_kbytes,
         "message.timeout.ms": settings.message_timeout_ms,

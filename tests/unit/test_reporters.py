@@ -139,6 +139,9 @@ class ListProducer:
         self.poll(timeout)
         return 0
 
+    def __len__(self) -> int:
+        return len(self.pending)
+
 
 def test_kafka_keys_by_call_id_and_polls_once_per_batch() -> None:
     producer = ListProducer()

@@ -44,12 +44,16 @@ class ProducerLike(Protocol):
 
     def flush(self, timeout: float) -> int: ...
 
+    def __len__(self) -> int:
+        """Messages handed over and not yet delivered or failed."""
+        ...
+
 
 @dataclass(slots=True)
 class KafkaStats:
     produced: int = 0      # handed to librdkafka
-    delivered: int = 0
-    failed: int = 0
+    delivered: int = 0     # produced - failed - still in flight, as of the last write/flush
+    failed: int = 0        # delivery reports with an error
     queue_full: int = 0    # times librdkafka's queue was full
     dropped: int = 0       # backlog over its bounds
     backlog: int = 0       # records waiting here now
@@ -77,6 +81,12 @@ class KafkaReporter:
             self._queue(record.key, encode_json(record))
         self._pump()
         self._producer.poll(0)
+        self._count_delivered()
+
+    def _count_delivered(self) -> None:
+        # Delivery reports come for errors only (delivery.report.only.error: a
+        # Python callback per delivered message would cost more than the produce).
+        self.stats.delivered = self.stats.produced - self.stats.failed - len(self._producer)
 
     def _queue(self, key: bytes, value: bytes) -> None:
         limits = self._limits
@@ -112,6 +122,7 @@ class KafkaReporter:
             self._pump()
             remaining = deadline - self._clock()
             in_flight = self._producer.flush(max(0.0, min(FLUSH_STEP_S, remaining)))
+            self._count_delivered()
             if (not self._backlog and in_flight == 0) or remaining <= 0:
                 return len(self._backlog) + in_flight
 
@@ -119,7 +130,5 @@ class KafkaReporter:
         self._producer.flush(0)
 
     def _record_delivery(self, error: Any, _message: Any) -> None:
-        if error is None:
-            self.stats.delivered += 1
-        else:
+        if error is not None:
             self.stats.failed += 1
