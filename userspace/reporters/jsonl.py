@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from userspace.records import Record, encode_json
-from userspace.reporters import RotatingSink, Rotation
+from userspace.reporters import RotatingSink, Rotation, RotationTracker
 
 
 class FsyncPolicy(Enum):
@@ -36,43 +36,31 @@ class JsonLinesReporter:
         """``clock``: monotonic seconds, needed only for age-based rotation
         (this package reads no clock itself)."""
         self._sink = sink
-        self._rotation = rotation or Rotation()
-        if self._rotation.max_age_s is not None and clock is None:
-            raise ValueError("age-based rotation needs a clock")
-        self._clock = clock
+        self._files = RotationTracker(rotation or Rotation(), clock)
         self._fsync = fsync
-        self._file_bytes = 0
-        self._opened_at = clock() if clock else 0.0
         self.stats = JsonLinesStats()
 
     def write(self, records: Sequence[Record]) -> None:
-        self._rotate_if_old()
+        if self._files.too_old():
+            self._rotate()
         if not records:
             return
         data = b"\n".join([encode_json(r) for r in records]) + b"\n"
-        limit = self._rotation.max_bytes
-        if limit is not None and self._file_bytes and self._file_bytes + len(data) > limit:
+        if self._files.too_big_for(len(data)):
             self._rotate()
         self._sink.write(data)
         self._sink.flush()  # once per batch: lines reach the file while traffic is low
         if self._fsync is FsyncPolicy.BATCH:
             self._sink.sync()
-        self._file_bytes += len(data)
+        self._files.wrote(len(data))
         self.stats.written += len(records)
         self.stats.bytes += len(data)
-
-    def _rotate_if_old(self) -> None:
-        max_age = self._rotation.max_age_s
-        if max_age is not None and self._clock is not None and self._file_bytes \
-                and self._clock() - self._opened_at >= max_age:
-            self._rotate()
 
     def _rotate(self) -> None:
         if self._fsync is not FsyncPolicy.NEVER:
             self._sink.sync()
         self._sink.rotate()
-        self._file_bytes = 0
-        self._opened_at = self._clock() if self._clock else 0.0
+        self._files.started_new_file()
         self.stats.rotations += 1
 
     def flush(self, timeout: float) -> int:

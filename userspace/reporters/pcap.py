@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from userspace.reporters import RotatingSink, Rotation
+from userspace.reporters import RotatingSink, Rotation, RotationTracker
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
@@ -49,39 +49,30 @@ class PcapReporter:
                  clock: Callable[[], float] | None = None) -> None:
         """``clock``: monotonic seconds, needed only for age-based rotation."""
         self._sink = sink
-        self._rotation = rotation or Rotation()
-        if self._rotation.max_age_s is not None and clock is None:
-            raise ValueError("age-based rotation needs a clock")
-        self._clock = clock
-        self._file_bytes = 0
-        self._opened_at = clock() if clock else 0.0
+        self._files = RotationTracker(rotation or Rotation(), clock)
         self.stats = PcapStats()
 
     def write_frames(self, frames: Sequence[Frame]) -> None:
-        max_age = self._rotation.max_age_s
-        if max_age is not None and self._clock is not None and self._file_bytes \
-                and self._clock() - self._opened_at >= max_age:
+        if self._files.too_old():
             self._rotate()
         if not frames:
             return
         data = encode_frames(frames)
-        limit = self._rotation.max_bytes
-        if limit is not None and self._file_bytes and self._file_bytes + len(data) > limit:
+        if self._files.too_big_for(len(data)):
             self._rotate()
-        if self._file_bytes == 0:
+        if self._files.file_bytes == 0:
             header = global_header()
             self._sink.write(header)
-            self._file_bytes += len(header)
+            self._files.wrote(len(header))
         self._sink.write(data)
         self._sink.flush()
-        self._file_bytes += len(data)
+        self._files.wrote(len(data))
         self.stats.frames += len(frames)
         self.stats.bytes += len(data)
 
     def _rotate(self) -> None:
         self._sink.rotate()
-        self._file_bytes = 0
-        self._opened_at = self._clock() if self._clock else 0.0
+        self._files.started_new_file()
         self.stats.rotations += 1
 
     def close(self) -> None:
