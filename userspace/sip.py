@@ -8,17 +8,19 @@ is checked, and defects that do not stop a message from being understood
 recorded in ``defects`` instead of rejecting it.
 
 The common path — start line, Call-ID, CSeq, From/To tags, the top Via's
-branch, Content-Length — is one regular-expression pass over the header
-block. Everything else is parsed on first use from the header list the
-message keeps: Contact, User-Agent, Reason, P-Asserted-Identity, the Via's
-sent-by, received and rport, multiple and comma-separated values, and
-multipart bodies.
+branch, Content-Length — decodes the header block once and makes one pass
+over its lines, looking each header name up in a memo of names already
+seen (header names are a small vocabulary, so the memo stays small and
+saves lower-casing every name of every message). Everything else is parsed
+on first use from the header text the message keeps: Contact, User-Agent,
+Reason, P-Asserted-Identity, the Via's sent-by, received and rport,
+multiple and comma-separated values, and multipart bodies.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,24 +38,24 @@ COMPACT_FORMS = {
 }
 # RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_FOLD = re.compile(rb"\r?\n[ \t]+")
-# The headers of the common path, compact forms included, one per line start.
-_COMMON = re.compile(
-    rb"^(call-id|i|cseq|from|f|to|t|via|v|content-length|l|content-type|c)[ \t]*:[ \t]*([^\r\n]*)",
-    re.IGNORECASE | re.MULTILINE,
-)
+_FOLD = re.compile(r"\r?\n[ \t]+")
+# The headers of the common path, compact forms included, by lower-case name.
 _COMMON_NAMES = {
-    b"call-id": "call-id", b"i": "call-id", b"cseq": "cseq", b"from": "from", b"f": "from",
-    b"to": "to", b"t": "to", b"via": "via", b"v": "via", b"content-length": "content-length",
-    b"l": "content-length", b"content-type": "content-type", b"c": "content-type",
+    "call-id": "call-id", "i": "call-id", "cseq": "cseq", "from": "from", "f": "from",
+    "to": "to", "t": "to", "via": "via", "v": "via", "content-length": "content-length",
+    "l": "content-length", "content-type": "content-type", "c": "content-type",
 }
+# Header name as written (any case, trailing blanks) -> its common-path key, or
+# None for every other header. Bounded: hostile traffic can invent names forever.
+_NAME_MEMO: dict[str, str | None] = {}
+_NAME_MEMO_MAX = 4096
 _HEADER_LINE = re.compile(r"^([^:\r\n]+?)[ \t]*:[ \t]*([^\r\n]*)", re.MULTILINE)
-_STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.DOTALL)
+_STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?\Z", re.DOTALL)
 # RFC 3261 §25.1: Method SP Request-URI SP SIP-Version; the URI has a scheme
 # and is not in angle brackets (RFC 4475 §3.1.2.3 ltgtruri).
-_REQUEST_LINE = re.compile(rb"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^ <>]*) SIP/2\.0\Z")
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^ <>]*) SIP/2\.0\Z")
 # CSeq: a number below 2**31 (RFC 3261 §8.1.1.5), at most 10 digits, and a method token.
-_CSEQ = re.compile(rb"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
+_CSEQ = re.compile(r"\s*([0-9]{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
 _PARAM = r";\s*{}\s*(?:=\s*([^;\s,]*))?"
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 MIN_STATUS, MAX_STATUS = 100, 699
@@ -88,7 +90,7 @@ class SipMessage:
     via_branch: str | None
     content_length: int | None
     size: int
-    raw_headers: bytes = field(repr=False)
+    head: str = field(repr=False)  # the header section, start line included, folded
     body: bytes = field(repr=False)
     defects: tuple[str, ...] = ()
     content_type: str | None = None
@@ -114,8 +116,8 @@ class SipMessage:
 
     @property
     def _text(self) -> str:
-        text: str = self._cached("text", lambda: self.raw_headers.decode("utf-8", errors="replace"))
-        return text
+        """The header lines without the start line."""
+        return self.head.partition("\n")[2]
 
     @property
     def junk_lines(self) -> tuple[str, ...]:
@@ -257,28 +259,27 @@ def parse_message(data: bytes) -> SipMessage:
     Written flat on purpose: this runs for every message, and each helper
     call or extra decode costs a measurable share of the budget.
     """
-    head_end, body_start = _find_header_end(data)
-    head = data[:head_end]
-    if b"\n " in head or b"\n\t" in head:
-        head = _FOLD.sub(b" ", head)  # RFC 3261 §7.3.1: folded lines are one line
-    line_end = head.find(b"\n")
-    if line_end < 0:
-        start_line, headers = head, b""
+    head_end = data.find(b"\r\n\r\n", 0, MAX_MESSAGE)
+    if head_end >= 0:
+        body_start = head_end + 4
     else:
-        start_line, headers = head[:line_end], head[line_end + 1:]
-    method, uri, status, reason = _parse_start_line(start_line.rstrip(b"\r"))
-    # Reversed, so the first occurrence of each header wins (the top Via).
-    found = {_COMMON_NAMES[name.lower()]: value for name, value in reversed(_COMMON.findall(headers))}
-    call_id = found.get("call-id", b"").strip()
+        head_end, body_start = _find_bare_lf_header_end(data)
+    head = data[:head_end].decode("utf-8", "replace")
+    if "\n " in head or "\n\t" in head:
+        head = _FOLD.sub(" ", head)  # RFC 3261 §7.3.1: folded lines are one line
+    lines = iter(head.split("\n"))
+    method, uri, status, reason = _parse_start_line(next(lines).rstrip("\r"))
+    found = _common_headers(lines)
+    call_id = found.get("call-id", "").strip()
     if not call_id:
         raise Malformed("sip", 0, "missing Call-ID")
-    cseq_match = _CSEQ.match(found.get("cseq", b""))
+    cseq_match = _CSEQ.match(found.get("cseq", ""))
     if cseq_match is None:
-        raise Malformed("sip", 0, f"bad or missing CSeq {found.get('cseq', b'')[:40]!r}")
+        raise Malformed("sip", 0, f"bad or missing CSeq {found.get('cseq', '')[:40]!r}")
     cseq = int(cseq_match.group(1))
     if cseq >= 2**31:
         raise Malformed("sip", 0, f"CSeq number {cseq} out of range")
-    cseq_method = cseq_match.group(2).decode()
+    cseq_method = cseq_match.group(2)
     from_value, to_value = found.get("from"), found.get("to")
     if from_value is None or to_value is None:
         raise Malformed("sip", 0, "missing From or To")
@@ -301,20 +302,43 @@ def parse_message(data: bytes) -> SipMessage:
     defects: tuple[str, ...] = ()
     if (method is not None and cseq_method != method) or via is None:  # rare: build the list only then
         defects = _defects(method, cseq_method, via)
-    close = from_value.rfind(b">")
-    from_tag = _TAG_B.search(from_value, close + 1 if close >= 0 else 0)
-    close = to_value.rfind(b">")
-    to_tag = _TAG_B.search(to_value, close + 1 if close >= 0 else 0)
+    # The tag outside any <URI>: a URI may carry its own ;tag=.
+    from_tag = _TAG.search(from_value, from_value.rfind(">") + 1)
+    to_tag = _TAG.search(to_value, to_value.rfind(">") + 1)
     return SipMessage(
-        method, uri, status, reason, call_id.decode("utf-8", "replace"), cseq, cseq_method,
-        None if from_tag is None else from_tag.group(1).decode("utf-8", "replace"),
-        None if to_tag is None else to_tag.group(1).decode("utf-8", "replace"),
-        _branch(via), content_length, size, headers, data[body_start:size], defects,
-        None if (ctype := found.get("content-type")) is None else ctype.strip().decode("utf-8", "replace"),
+        method, uri, status, reason, call_id, cseq, cseq_method,
+        None if from_tag is None else from_tag.group(1),
+        None if to_tag is None else to_tag.group(1),
+        _branch(via), content_length, size, head, data[body_start:size], defects,
+        None if (ctype := found.get("content-type")) is None else ctype.strip(),
     )
 
 
-def _defects(method: str | None, cseq_method: str, via: bytes | None) -> tuple[str, ...]:
+_UNSEEN = ""  # not a valid key: marks a name the memo has not seen
+
+
+def _common_headers(lines: Iterator[str]) -> dict[str, str]:
+    """The raw value of the first header of each common-path key."""
+    found: dict[str, str] = {}
+    memo = _NAME_MEMO
+    for line in lines:
+        name, _, value = line.partition(":")
+        key = memo.get(name, _UNSEEN)
+        if key is _UNSEEN:
+            key = _remember(name)
+        if key is not None and key not in found:  # the first wins: the top Via
+            found[key] = value
+    return found
+
+
+def _remember(name: str) -> str | None:
+    key = _COMMON_NAMES.get(name.rstrip(" \t").lower())
+    if len(_NAME_MEMO) < _NAME_MEMO_MAX:
+        _NAME_MEMO[name] = key
+    return key
+
+
+def _defects(method: str | None, cseq_method: str, via: str | None) -> tuple[str, ...]:
     found = []
     if method is not None and cseq_method != method:  # ACK and CANCEL carry their own method too
         found.append(f"CSeq method {cseq_method} differs from {method}")
@@ -323,10 +347,7 @@ def _defects(method: str | None, cseq_method: str, via: bytes | None) -> tuple[s
     return tuple(found)
 
 
-def _find_header_end(data: bytes) -> tuple[int, int]:
-    end = data.find(b"\r\n\r\n", 0, MAX_MESSAGE)
-    if end >= 0:
-        return end, end + 4
+def _find_bare_lf_header_end(data: bytes) -> tuple[int, int]:
     end = data.find(b"\n\n", 0, MAX_MESSAGE)  # RFC 3261 §7.5: tolerate bare LF
     if end >= 0:
         return end, end + 2
@@ -335,36 +356,28 @@ def _find_header_end(data: bytes) -> tuple[int, int]:
     raise Truncated("sip", len(data), "no blank line after the headers")
 
 
-def _parse_start_line(line: bytes) -> tuple[str | None, str | None, int | None, str | None]:
-    if line.startswith(b"SIP/"):
+def _parse_start_line(line: str) -> tuple[str | None, str | None, int | None, str | None]:
+    if line.startswith("SIP/"):
         match = _STATUS_LINE.match(line)
         if match is None:
             raise Malformed("sip", 0, f"bad status line {line[:40]!r}")
-        return None, None, int(match.group(1)), (match.group(2) or b"").decode("utf-8", "replace")
+        return None, None, int(match.group(1)), match.group(2) or ""
     match = _REQUEST_LINE.match(line)
     if match is None:
         raise Malformed("sip", 0, f"bad start line {line[:40]!r}")
-    return match.group(1).decode(), match.group(2).decode("utf-8", "replace"), None, None
+    return match.group(1), match.group(2), None, None
 
 
-_TAG_B = re.compile(rb";\s*tag\s*=\s*([^;>\s,]+)", re.IGNORECASE)
-_BRANCH_B = re.compile(rb";\s*branch\s*=\s*([^;\s,]+)", re.IGNORECASE)
+_TAG = re.compile(r";\s*tag\s*=\s*([^;>\s,]+)", re.IGNORECASE)
+_BRANCH = re.compile(r";\s*branch\s*=\s*([^;\s,]+)", re.IGNORECASE)
 
 
-def _tag(value: bytes) -> str | None:
-    """The tag parameter, outside any <URI> (a URI may carry its own ;tag=)."""
-    close = value.rfind(b">")
-    match = _TAG_B.search(value, close + 1 if close >= 0 else 0)
-    return None if match is None else match.group(1).decode("utf-8", errors="replace")
-
-
-def _branch(via: bytes | None) -> str | None:
+def _branch(via: str | None) -> str | None:
     if via is None:
         return None
-    match = _BRANCH_B.search(via)
+    match = _BRANCH.search(via)
     if match is None:
         return None
-    comma = via.find(b",")
-    if 0 <= comma < match.start():
+    if via.find(",", 0, match.start()) >= 0:
         return None  # the first Via of a comma list has no branch
-    return match.group(1).decode("utf-8", errors="replace")
+    return match.group(1)

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.sip_samples import COMPACT_BYE, INVITE, OK_200, SDP, sip_message
+from userspace import sip
 from userspace.errors import DecodeError, Malformed, Truncated
 from userspace.sip import looks_like_sip, parse_message
 
@@ -15,6 +16,7 @@ def test_request_fields() -> None:
     m = parse_message(INVITE)
     assert (m.method, m.request_uri, m.status) == ("INVITE", "sip:bob@biloxi.example.com", None)
     assert m.call_id == "a84b4c76e66710@pc33.atlanta.example.com"
+
     assert (m.cseq, m.cseq_method) == (314159, "INVITE")
     assert (m.from_tag, m.to_tag, m.via_branch) == ("1928301774", None, "z9hG4bK776asdhds")
     assert m.content_length == len(SDP)
@@ -38,6 +40,21 @@ def test_compact_forms_and_folded_lines() -> None:
 def test_header_names_are_case_insensitive() -> None:
     m = parse_message(INVITE.replace(b"Call-ID:", b"cALL-iD:").replace(b"CSeq:", b"CSEQ:"))
     assert m.call_id == "a84b4c76e66710@pc33.atlanta.example.com"
+
+
+def test_blanks_before_the_colon_and_a_later_duplicate() -> None:
+    m = parse_message(sip_message("OPTIONS sip:x SIP/2.0", [
+        "Via: SIP/2.0/UDP a;branch=z9hG4bKtop", "call-id \t: first", "From: <sip:a@x>;tag=f",
+        "To : <sip:b@y>", "CSeq\t: 7 OPTIONS", "Call-ID: second", "Via: SIP/2.0/UDP b;branch=z9hG4bKlow"]))
+    assert (m.call_id, m.cseq, m.from_tag, m.via_branch) == ("first", 7, "f", "z9hG4bKtop")
+
+
+def test_invented_header_names_do_not_grow_the_name_memo() -> None:
+    names = [f"X{i}" for i in range(sip._NAME_MEMO_MAX + 100)]  # within MAX_MESSAGE
+    m = parse_message(sip_message("OPTIONS sip:x SIP/2.0", [
+        "Call-ID: c", "From: <sip:a@x>", "To: <sip:b@y>", "CSeq: 1 OPTIONS", *(f"{n}: v" for n in names)]))
+    assert m.call_id == "c" and m.header(names[-1]) == "v"
+    assert len(sip._NAME_MEMO) <= sip._NAME_MEMO_MAX
 
 
 def test_tag_inside_the_uri_is_not_the_header_tag() -> None:
