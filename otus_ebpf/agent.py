@@ -31,14 +31,14 @@ from otus_ebpf.capture import (
 )
 from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kafka import KafkaSettings, make_producer
+from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from otus_ebpf.loader import KernelSettings
 from otus_ebpf.outputs import RotatingFile, StreamSink
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 from userspace.reporters import Reporter, RotatingSink, Rotation
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
-from userspace.reporters.kafka import BacklogLimits, KafkaReporter
+from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting
 from userspace.reporters.pcap import PcapReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
@@ -58,6 +58,7 @@ class AttachOptions:
     out: str | None = None  # path, "-" for stdout, None for the default file
     kafka: KafkaSettings | None = None
     kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
+    kafka_routing: KafkaRouting = field(default_factory=KafkaRouting)
     out_rotation: Rotation = field(default_factory=Rotation)
     out_fsync: FsyncPolicy = FsyncPolicy.NEVER
     pcap: str | None = None  # path of a pcap of every captured frame
@@ -166,8 +167,8 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
     reporters.append(jsonl)
     kafka = None
     if options.kafka is not None:
-        kafka = KafkaReporter(make_producer(options.kafka), options.kafka.topic, time.monotonic,
-                              options.kafka_backlog)
+        kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
+                                    time.monotonic)
         stack.callback(kafka.close)
         reporters.append(kafka)
     return reporters, kafka

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from otus_ebpf import __version__
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
@@ -13,7 +15,7 @@ from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
 from otus_ebpf.introspect import live_maps
-from otus_ebpf.kafka import KafkaSettings
+from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.loader import (
     DEFAULT_MEDIA_SNAPLEN,
     DEFAULT_RING_PAGES,
@@ -26,7 +28,7 @@ from otus_ebpf.loader import (
 from userspace.event import Direction
 from userspace.reporters import Rotation
 from userspace.reporters.jsonl import FsyncPolicy
-from userspace.reporters.kafka import BacklogLimits, OverflowPolicy
+from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 
 EXIT_SETUP_ERROR = 1
 
@@ -75,7 +77,17 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
     attach.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
     attach.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
-    attach.add_argument("--topic", default="otus.sip", help="Kafka topic (default: otus.sip)")
+    attach.add_argument("--topic", default="otus.sip",
+                        help="Kafka topic for every record, or the prefix with --kafka-topic-per-kind")
+    attach.add_argument("--kafka-topic-per-kind", action="store_true",
+                        help="one topic per record kind: TOPIC.sip, TOPIC.call, TOPIC.rtp")
+    attach.add_argument("--kafka-key", choices=[k.value for k in KeyChoice], default=KeyChoice.CALL_ID.value,
+                        help="record key, and so partition: by call (default), by flow, or none")
+    attach.add_argument("--kafka-no-headers", action="store_true",
+                        help="leave out the node/task/kind/schema headers (lets records go in batches)")
+    attach.add_argument("--kafka-task", default="capture", help="task name in the records' headers")
+    attach.add_argument("--kafka-compression", choices=COMPRESSIONS, default="lz4")
+    attach.add_argument("--kafka-acks", choices=["all", "1", "0"], default="all")
     attach.add_argument("--kafka-linger-ms", type=int, default=20)
     attach.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
     attach.add_argument("--kafka-queue-kb", type=int, default=64 << 10,
@@ -84,6 +96,18 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="records held while the broker is away, beyond librdkafka's own queue")
     attach.add_argument("--kafka-overflow", choices=[p.value for p in OverflowPolicy],
                         default=OverflowPolicy.DROP_OLDEST.value, help="which records a full backlog drops")
+    attach.add_argument("--kafka-start-anyway", action="store_true",
+                        help="if the broker is unreachable at start, capture anyway and queue records")
+    attach.add_argument("--kafka-security-protocol", default="plaintext",
+                        choices=["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])
+    attach.add_argument("--kafka-sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    attach.add_argument("--kafka-sasl-username")
+    attach.add_argument("--kafka-sasl-password-file", metavar="FILE",
+                        help="file holding the SASL password (kept off the command line)")
+    attach.add_argument("--kafka-ssl-ca", metavar="FILE")
+    attach.add_argument("--kafka-ssl-cert", metavar="FILE")
+    attach.add_argument("--kafka-ssl-key", metavar="FILE")
+    attach.add_argument("--kafka-ssl-key-password-file", metavar="FILE")
     attach.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     attach.add_argument("--signature", action="store_true",
@@ -133,10 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _attach_options(args: argparse.Namespace) -> AttachOptions:
-    kafka = None
-    if args.kafka:
-        kafka = KafkaSettings(args.kafka, args.topic, args.kafka_linger_ms, args.kafka_batch,
-                              queue_kbytes=args.kafka_queue_kb)
+    kafka = _kafka_settings(args) if args.kafka else None
     kernel = KernelSettings(
         sip_ports=tuple(args.sip_ports or DEFAULT_SIP_PORTS),
         signature=args.signature,
@@ -157,6 +178,8 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         force=args.force,
         out=args.out,
         kafka=kafka,
+        kafka_routing=KafkaRouting(args.topic, args.kafka_topic_per_kind, KeyChoice(args.kafka_key),
+                                   not args.kafka_no_headers, socket.gethostname(), args.kafka_task),
         kafka_backlog=BacklogLimits(max_bytes=args.kafka_backlog_mb << 20,
                                     policy=OverflowPolicy(args.kafka_overflow)),
         kernel=kernel,
@@ -216,3 +239,30 @@ def _filter(ifindex: int, args: argparse.Namespace) -> int:
                 maps.change_network(which, parse_network(cidr), add=False)
     log(f"filters of the agent on {args.interface} updated")
     return 0
+
+
+def _kafka_settings(args: argparse.Namespace) -> KafkaSettings:
+    security = KafkaSecurity(
+        protocol=args.kafka_security_protocol,
+        sasl_mechanism=args.kafka_sasl_mechanism,
+        sasl_username=args.kafka_sasl_username,
+        sasl_password=_secret_from(args.kafka_sasl_password_file, "--kafka-sasl-password-file"),
+        ssl_ca=args.kafka_ssl_ca, ssl_cert=args.kafka_ssl_cert, ssl_key=args.kafka_ssl_key,
+        ssl_key_password=_secret_from(args.kafka_ssl_key_password_file, "--kafka-ssl-key-password-file"),
+    )
+    return KafkaSettings(args.kafka, args.kafka_linger_ms, args.kafka_batch, args.kafka_compression,
+                         args.kafka_acks, queue_kbytes=args.kafka_queue_kb, security=security,
+                         start_anyway=args.kafka_start_anyway)
+
+
+def _secret_from(path: str | None, option: str) -> str | None:
+    """A secret read from a file, so it is not in argv (visible to every user in ps)."""
+    if path is None:
+        return None
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SetupError(f"{option} {path}: {exc.strerror}") from None
+    if not secret:
+        raise SetupError(f"{option} {path}: the file is empty")
+    return secret

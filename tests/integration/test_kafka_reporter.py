@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf.kafka import KafkaSettings, make_producer
+from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from tests.support.broker import Broker, start_broker
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import OK_200
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord
-from userspace.reporters.kafka import KafkaReporter
+from userspace.reporters.kafka import BacklogLimits, KafkaRouting
 
 RECORDS = 100_000
 CALLS = 2_000
@@ -49,7 +49,8 @@ def numbered_records() -> list[SipRecord]:
 
 def test_100000_records_arrive_exactly_once_keyed_by_call_id(broker: Broker) -> None:
     broker.create_topic("sip", PARTITIONS)
-    reporter = KafkaReporter(make_producer(KafkaSettings(broker.address, "sip")), "sip", time.monotonic)
+    reporter = open_kafka_reporter(KafkaSettings(broker.address), KafkaRouting("sip", node="n1", task="t1"),
+                                   BacklogLimits(), time.monotonic)
     records = numbered_records()
     for i in range(0, RECORDS, 1000):
         reporter.write(records[i:i + 1000])
@@ -57,6 +58,7 @@ def test_100000_records_arrive_exactly_once_keyed_by_call_id(broker: Broker) -> 
     assert (reporter.stats.produced, reporter.stats.delivered, reporter.stats.failed) == (RECORDS, RECORDS, 0)
 
     consumed = broker.consume_all("sip", expected=RECORDS, timeout=120)
+    assert len(consumed) == RECORDS
     seen = sorted(json.loads(value)["cseq"] for _key, value, _partition in consumed)
     assert seen == list(range(RECORDS)), "each record exactly once"
     partitions: dict[bytes, set[int]] = defaultdict(set)

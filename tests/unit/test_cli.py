@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from otus_ebpf.cli import main
+from otus_ebpf.kafka import KafkaSecurity
 
 
 def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -60,3 +62,29 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["attach", "lo", "--xdp-mode", "fast"])
     assert exit_info.value.code == 2
+
+
+def test_a_missing_kafka_password_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope"
+    assert main(["attach", "lo", "--kafka", "127.0.0.1:1", "--kafka-sasl-password-file", str(missing)]) == 1
+    assert error_lines(capsys) == [
+        f"otus-ebpf: error: --kafka-sasl-password-file {missing}: No such file or directory"]
+
+
+def test_kafka_secrets_stay_out_of_repr_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    secret_file = tmp_path / "password"
+    secret_file.write_text("s3cret-value\n")
+    security = KafkaSecurity("sasl_plaintext", "PLAIN", "otus", "s3cret-value", ssl_key_password="k3y-pass")
+    assert "s3cret-value" not in repr(security) and "k3y-pass" not in repr(security)
+    assert security.client_config()["sasl.password"] == "s3cret-value"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr("otus_ebpf.kafka.BROKER_CHECK_TIMEOUT_S", 0.5)
+    # Nothing listens on port 1: the broker check fails and says so in one line.
+    assert main(["attach", "lo", "--kafka", "127.0.0.1:1", "--kafka-security-protocol", "sasl_plaintext",
+                 "--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "otus",
+                 "--kafka-sasl-password-file", str(secret_file)]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret-value" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("otus-ebpf: error:")]
+    assert line.startswith("otus-ebpf: error: kafka broker 127.0.0.1:1 unreachable")

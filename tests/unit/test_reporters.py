@@ -10,10 +10,17 @@ import pytest
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
-from userspace.records import SipRecord, encode_json
+from userspace.records import CallSummary, SipRecord, encode_json
 from userspace.reporters import Rotation
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
-from userspace.reporters.kafka import BacklogLimits, KafkaReporter, OverflowPolicy
+from userspace.reporters.kafka import (
+    QUEUE_FULL,
+    BacklogLimits,
+    KafkaReporter,
+    KafkaRouting,
+    KeyChoice,
+    OverflowPolicy,
+)
 
 
 def records() -> list[SipRecord]:
@@ -109,24 +116,58 @@ def test_age_rotation_needs_a_clock() -> None:
         JsonLinesReporter(ListSink(), Rotation(max_age_s=1))
 
 
+class QueueFull:
+    """What librdkafka puts in a refused batch member's ``_error``."""
+
+    def code(self) -> int:
+        return QUEUE_FULL
+
+
 class ListProducer:
     """Stands in for confluent_kafka.Producer in unit tests; the real broker
     is exercised by tests/integration. ``full`` makes produce() refuse that
-    many times (librdkafka's queue full), -1 for ever."""
+    many times (librdkafka's queue full), -1 for ever; ``room`` lets only that
+    many more messages in."""
 
-    def __init__(self, full: int = 0) -> None:
-        self.sent: list[tuple[str, bytes, bytes]] = []
+    def __init__(self, full: int = 0, room: int | None = None) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = []
         self.pending: list[Callable[[Any, Any], None]] = []
         self.full = full
+        self.room = room
         self.polls = 0
+        self.batch_calls = 0
 
-    def produce(self, topic: str, *, value: bytes, key: bytes,
-                on_delivery: Callable[[Any, Any], None]) -> None:
+    def _refuse(self) -> bool:
         if self.full:
             self.full -= 1 if self.full > 0 else 0
+            return True
+        if self.room is not None:
+            if self.room == 0:
+                return True
+            self.room -= 1
+        return False
+
+    def produce(self, topic: str, *, value: bytes, key: bytes | None,
+                headers: list[tuple[str, bytes]] | None,
+                on_delivery: Callable[[Any, Any], None]) -> None:
+        if self._refuse():
             raise BufferError("queue full")
-        self.sent.append((topic, key, value))
+        self.sent.append((topic, key, value, headers))
         self.pending.append(on_delivery)
+
+    def produce_batch(self, topic: str, messages: list[dict[str, Any]], *,
+                      on_delivery: Callable[[Any, Any], None]) -> int:
+        self.batch_calls += 1
+        queued = 0
+        refusing = bool(self.full) and self._refuse()  # a full queue refuses the whole batch
+        for message in messages:
+            if refusing or self._refuse():
+                message["_error"] = QueueFull()
+                continue
+            self.sent.append((topic, message.get("key"), message["value"], None))
+            self.pending.append(on_delivery)
+            queued += 1
+        return queued
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
@@ -143,20 +184,50 @@ class ListProducer:
         return len(self.pending)
 
 
-def test_kafka_keys_by_call_id_and_polls_once_per_batch() -> None:
+SIP = KafkaRouting("sip", node="node1", task="t1")
+SIP_NO_HEADERS = KafkaRouting("sip", headers=False)
+
+
+@pytest.mark.parametrize("routing", [SIP, SIP_NO_HEADERS])
+def test_kafka_keys_by_call_id_and_polls_once_per_batch(routing: KafkaRouting) -> None:
     producer = ListProducer()
-    reporter = KafkaReporter(producer, "sip", time.monotonic)
+    reporter = KafkaReporter(producer, routing, time.monotonic)
     batch = records()
     reporter.write(batch)
-    assert [key for _topic, key, _value in producer.sent] == [r.key for r in batch]
-    assert all(topic == "sip" for topic, _k, _v in producer.sent)
+    assert [key for _topic, key, _value, _h in producer.sent] == [r.key for r in batch]
+    assert all(topic == "sip" for topic, _k, _v, _h in producer.sent)
     assert producer.polls == 1
-    assert (reporter.stats.produced, reporter.stats.delivered) == (2, 2)
+    assert producer.batch_calls == (0 if routing.headers else 1)
+    assert (reporter.stats.received, reporter.stats.produced, reporter.stats.delivered) == (2, 2, 2)
 
 
-def test_a_full_producer_queue_never_blocks_and_loses_nothing() -> None:
+def test_headers_name_node_task_kind_and_schema() -> None:
+    producer = ListProducer()
+    KafkaReporter(producer, SIP, time.monotonic).write(records()[:1])
+    (_topic, _key, _value, headers), = producer.sent
+    assert headers == [("node", b"node1"), ("task", b"t1"), ("kind", b"sip"), ("schema", b"1")]
+
+
+def test_topic_per_kind_and_the_key_choices() -> None:
+    call = CallSummary("c1", "a", "b", None, None, 0, None, None, None, None, None, "timeout")
+    sip = records()[0]
+    cases: list[tuple[KeyChoice, list[bytes | None]]] = [
+        (KeyChoice.CALL_ID, [sip.key, b"c1"]), (KeyChoice.FLOW, [sip.flow_key, b"c1"]),
+                             (KeyChoice.NONE, [None, None])]
+    for choice, expected in cases:
+        producer = ListProducer()
+        reporter = KafkaReporter(producer, KafkaRouting("otus", per_kind=True, key=choice, headers=False),
+                                 time.monotonic)
+        reporter.write([sip, call])
+        topics_and_keys = [(t, k) for t, k, _v, _h in producer.sent]
+        assert topics_and_keys == list(zip(["otus.sip", "otus.call"], expected, strict=True))
+    assert sip.flow_key == b"10.0.0.1:5060-10.0.0.2:5060"
+
+
+@pytest.mark.parametrize("routing", [SIP, SIP_NO_HEADERS])
+def test_a_full_producer_queue_never_blocks_and_loses_nothing(routing: KafkaRouting) -> None:
     producer = ListProducer(full=3)
-    reporter = KafkaReporter(producer, "sip", time.monotonic)
+    reporter = KafkaReporter(producer, routing, time.monotonic)
     batch = records()
     started = time.monotonic()
     reporter.write(batch)                      # refused: waits in the backlog
@@ -165,28 +236,60 @@ def test_a_full_producer_queue_never_blocks_and_loses_nothing() -> None:
     reporter.write([])                         # refused again
     reporter.write([])                         # and again
     reporter.write([])                         # room: both go, in order
-    assert [key for _t, key, _v in producer.sent] == [r.key for r in batch]
+    assert [key for _t, key, _v, _h in producer.sent] == [r.key for r in batch]
     assert (reporter.stats.backlog, reporter.stats.queue_full, reporter.stats.dropped) == (0, 3, 0)
+
+
+def test_a_partly_refused_batch_keeps_the_refused_tail_in_order() -> None:
+    producer = ListProducer(room=3)
+    reporter = KafkaReporter(producer, SIP_NO_HEADERS, time.monotonic)
+    many = numbered(7)
+    reporter.write(many)
+    assert [k for _t, k, _v, _h in producer.sent] == [b"c0", b"c1", b"c2"]
+    assert (reporter.stats.backlog, reporter.stats.produced, reporter.stats.queue_full) == (4, 3, 1)
+    producer.room = None
+    reporter.write([])
+    assert [k for _t, k, _v, _h in producer.sent] == [r.key for r in many]
+    s = reporter.stats
+    assert (s.received, s.delivered, s.backlog, s.in_flight, s.dropped, s.failed) == (7, 7, 0, 0, 0, 0)
+
+
+def numbered(count: int) -> list[SipRecord]:
+    many = []
+    for n in range(count):
+        record = records()[0]
+        record.message.call_id = f"c{n}"
+        many.append(record)
+    return many
 
 
 @pytest.mark.parametrize(("policy", "kept"), [(OverflowPolicy.DROP_OLDEST, [2, 3, 4]),
                                               (OverflowPolicy.DROP_NEWEST, [0, 1, 2])])
-def test_the_backlog_is_bounded_and_every_drop_counted(policy: OverflowPolicy, kept: list[int]) -> None:
+@pytest.mark.parametrize("routing", [SIP, SIP_NO_HEADERS])
+def test_the_backlog_is_bounded_and_every_drop_counted(policy: OverflowPolicy, kept: list[int],
+                                                       routing: KafkaRouting) -> None:
     producer = ListProducer(full=-1)
-    reporter = KafkaReporter(producer, "sip", time.monotonic, BacklogLimits(max_records=3, policy=policy))
-    many = [records()[0] for _ in range(5)]
-    for n, record in enumerate(many):
-        record.message.call_id = f"c{n}"
-    reporter.write(many)
+    reporter = KafkaReporter(producer, routing, time.monotonic, BacklogLimits(max_records=3, policy=policy))
+    reporter.write(numbered(5))
     assert (reporter.stats.dropped, reporter.stats.backlog) == (2, 3)
     producer.full = 0
     reporter.write([])
-    assert [key for _t, key, _v in producer.sent] == [f"c{n}".encode() for n in kept]
+    assert [key for _t, key, _v, _h in producer.sent] == [f"c{n}".encode() for n in kept]
+    s = reporter.stats
+    assert s.received == s.delivered + s.dropped + s.failed + s.backlog + s.in_flight
 
 
 def test_flush_gives_up_at_its_deadline_and_reports_what_is_left() -> None:
-    reporter = KafkaReporter(ListProducer(full=-1), "sip", time.monotonic)
+    reporter = KafkaReporter(ListProducer(full=-1), SIP, time.monotonic)
     reporter.write(records())
     started = time.monotonic()
     assert reporter.flush(0.3) == 2
     assert 0.25 < time.monotonic() - started < 1.0
+
+
+def test_librdkafka_statistics_give_the_resends() -> None:
+    reporter = KafkaReporter(ListProducer(), SIP, time.monotonic)
+    reporter.client_stats(json.dumps({"brokers": {"a": {"txretries": 3}, "b": {"txretries": 4}}}))
+    assert reporter.stats.retried == 7
+    reporter.client_stats("not json")
+    assert reporter.stats.retried == 7
