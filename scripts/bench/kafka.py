@@ -26,28 +26,12 @@ from confluent_kafka import Producer
 
 from otus_ebpf.kafka import KafkaSettings, make_producer
 from tests.support.broker import start_broker
-from tests.support.frames import ethernet, ipv4, ring_record, udp
-from tests.support.sip_samples import OK_200
-from userspace.pipeline import Pipeline
+from tests.support.records import numbered_sip_records
 from userspace.records import SipRecord, encode_json
 from userspace.reporters.kafka import KafkaReporter, KafkaRouting
 
 TARGET_PER_S = 300_000
 BATCH = 1000
-
-
-def sample_records(count: int) -> list[SipRecord]:
-    (record,) = [r for r in Pipeline({}, 0).process([ring_record(ethernet(ipv4(udp(OK_200))))])
-                 if isinstance(r, SipRecord)]
-    records = []
-    for n in range(count):
-        copy = SipRecord(record.ts_ns, record.interface, record.direction, record.transport, record.src,
-                         record.sport, record.dst, record.dport, record.message)
-        copy.message = type(record.message)(**{f: getattr(record.message, f)
-                                               for f in record.message.__dataclass_fields__})
-        copy.message.call_id = f"call-{n % 5000}"
-        records.append(copy)
-    return records
 
 
 def run_reporter(producer: Producer, routing: KafkaRouting, records: list[SipRecord]) -> float:
@@ -80,7 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
     args = parser.parse_args()
-    records = sample_records(args.records)
+    records = numbered_sip_records(args.records, calls=5000)
     values = [(r.key, encode_json(r)) for r in records]
     with_headers = KafkaRouting("bench", node="bench-node", task="bench")
     no_headers = KafkaRouting("bench", headers=False)

@@ -13,10 +13,7 @@ import pytest
 
 from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from tests.support.broker import Broker, start_broker
-from tests.support.frames import ethernet, ipv4, ring_record, udp
-from tests.support.sip_samples import OK_200
-from userspace.pipeline import Pipeline
-from userspace.records import SipRecord
+from tests.support.records import numbered_sip_records
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting
 
 RECORDS = 100_000
@@ -33,25 +30,11 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         the_broker.process.stop()
 
 
-def numbered_records() -> list[SipRecord]:
-    (template,) = [r for r in Pipeline({}, 0).process([ring_record(ethernet(ipv4(udp(OK_200))))])
-                   if isinstance(r, SipRecord)]
-    records = []
-    for n in range(RECORDS):
-        message = type(template.message)(**{f: getattr(template.message, f)
-                                            for f in template.message.__dataclass_fields__})
-        message.call_id = f"call-{n % CALLS}"
-        message.cseq = n  # makes every record distinct
-        records.append(SipRecord(n, "eth0", template.direction, template.transport, template.src,
-                                 template.sport, template.dst, template.dport, message))
-    return records
-
-
 def test_100000_records_arrive_exactly_once_keyed_by_call_id(broker: Broker) -> None:
     broker.create_topic("sip", PARTITIONS)
     reporter = open_kafka_reporter(KafkaSettings(broker.address), KafkaRouting("sip", node="n1", task="t1"),
                                    BacklogLimits(), time.monotonic)
-    records = numbered_records()
+    records = numbered_sip_records(RECORDS, CALLS)
     for i in range(0, RECORDS, 1000):
         reporter.write(records[i:i + 1000])
     assert reporter.flush(60) == 0
