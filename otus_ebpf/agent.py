@@ -31,12 +31,15 @@ from otus_ebpf.capture import (
 )
 from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
+from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS, Fallback, QueuedReporter
+from otus_ebpf.hep import HepCollector, HepSender
 from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from otus_ebpf.loader import KernelSettings
 from otus_ebpf.outputs import RotatingFile, StreamSink
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 from userspace.reporters import Reporter, RotatingSink, Rotation
+from userspace.reporters.hep import HepIdentity, HepReporter
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting
 from userspace.reporters.pcap import PcapReporter
@@ -59,6 +62,10 @@ class AttachOptions:
     kafka: KafkaSettings | None = None
     kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
     kafka_routing: KafkaRouting = field(default_factory=KafkaRouting)
+    hep: tuple[HepCollector, ...] = ()
+    fallback: str | None = None  # JSON-lines file for what an output could not take
+    queue_records: int = DEFAULT_QUEUE_RECORDS  # per output, between capture and its thread
+    hep_identity: HepIdentity = field(default_factory=HepIdentity)
     out_rotation: Rotation = field(default_factory=Rotation)
     out_fsync: FsyncPolicy = FsyncPolicy.NEVER
     pcap: str | None = None  # path of a pcap of every captured frame
@@ -98,7 +105,7 @@ def run_attach(options: AttachOptions) -> int:
         def stats_line() -> str:
             sections = capture.stats_sections() if capture else []
             return StatsLine(label, sections, pipeline.stats, kafka.stats if kafka else None,
-                             pipeline.reassembler.stats).format()
+                             pipeline.reassembler.stats, [r.summary() for r in reporters]).format()
 
         def write(records: list[Record]) -> None:
             for reporter in reporters:
@@ -158,19 +165,34 @@ def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
 
 
 def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
-                   label: str) -> tuple[list[Reporter], KafkaReporter | None]:
-    """Open every output before touching the kernel, so a bad output fails first."""
-    reporters: list[Reporter] = []
-    jsonl = JsonLinesReporter(open_output(options.out, label), options.out_rotation, time.monotonic,
-                              options.out_fsync)
-    stack.callback(jsonl.close)
-    reporters.append(jsonl)
+                   label: str) -> tuple[list[QueuedReporter], KafkaReporter | None]:
+    """Open every output before touching the kernel, so a bad output fails first.
+    Each runs behind its own queue and thread (otus_ebpf.fanout); closing
+    stops the workers after they have written what is queued."""
+    fallback = None
+    if options.fallback is not None:
+        fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
+                                              time.monotonic, options.out_fsync))
+        stack.callback(fallback.close)  # after every worker that may hand it records
+        log(f"records no output could take go to {options.fallback}")
+    reporters: list[QueuedReporter] = []
+
+    def queued(name: str, reporter: Reporter) -> None:
+        worker = QueuedReporter(name, reporter, fallback, options.queue_records, on_error=log)
+        stack.callback(worker.close)
+        reporters.append(worker)
+
+    queued("jsonl", JsonLinesReporter(open_output(options.out, label), options.out_rotation, time.monotonic,
+                                      options.out_fsync))
     kafka = None
     if options.kafka is not None:
+        spill = fallback.take_encoded if fallback is not None else None
         kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
-                                    time.monotonic)
-        stack.callback(kafka.close)
-        reporters.append(kafka)
+                                    time.monotonic, spill)
+        queued("kafka", kafka)
+    if options.hep:
+        queued("hep", HepReporter(HepSender(options.hep, time.monotonic), options.hep_identity))
+        log(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
     return reporters, kafka
 
 
@@ -193,11 +215,11 @@ def open_output(out: str | None, label: str) -> RotatingSink:
     return sink
 
 
-def flush_reporters(reporters: list[Reporter]) -> None:
+def flush_reporters(reporters: list[QueuedReporter]) -> None:
     for reporter in reporters:
-        undelivered = reporter.flush(FLUSH_TIMEOUT_S)
+        undelivered = reporter.flush(FLUSH_TIMEOUT_S, time.monotonic)
         if undelivered:
-            log(f"{type(reporter).__name__}: {undelivered} records undelivered at exit")
+            log(f"{reporter.name}: {undelivered} records undelivered at exit")
 
 
 def log(message: str) -> None:

@@ -14,6 +14,8 @@ from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
+from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
+from otus_ebpf.hep import parse_collector
 from otus_ebpf.introspect import live_maps
 from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.loader import (
@@ -27,6 +29,7 @@ from otus_ebpf.loader import (
 )
 from userspace.event import Direction
 from userspace.reporters import Rotation
+from userspace.reporters.hep import HepIdentity
 from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 
@@ -66,48 +69,9 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="ring shards: the kernel writes each conversation to one of them (1..8)")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
                         help="ringbuf, perf (kernels < 5.8), or auto")
-    attach.add_argument("--out", metavar="FILE|-",
-                        help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
-    attach.add_argument("--out-max-mb", type=float, help="rotate the JSON-lines file at this size")
-    attach.add_argument("--out-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
-    attach.add_argument("--out-fsync", choices=[p.value for p in FsyncPolicy],
-                        default=FsyncPolicy.NEVER.value,
-                        help="fsync after every batch, at rotation, or never (default)")
-    attach.add_argument("--pcap", metavar="FILE", help="also write every captured frame to this pcap file")
-    attach.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
-    attach.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
-    attach.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
-    attach.add_argument("--topic", default="otus.sip",
-                        help="Kafka topic for every record, or the prefix with --kafka-topic-per-kind")
-    attach.add_argument("--kafka-topic-per-kind", action="store_true",
-                        help="one topic per record kind: TOPIC.sip, TOPIC.call, TOPIC.rtp")
-    attach.add_argument("--kafka-key", choices=[k.value for k in KeyChoice], default=KeyChoice.CALL_ID.value,
-                        help="record key, and so partition: by call (default), by flow, or none")
-    attach.add_argument("--kafka-no-headers", action="store_true",
-                        help="leave out the node/task/kind/schema headers (lets records go in batches)")
-    attach.add_argument("--kafka-task", default="capture", help="task name in the records' headers")
-    attach.add_argument("--kafka-compression", choices=COMPRESSIONS, default="lz4")
-    attach.add_argument("--kafka-acks", choices=["all", "1", "0"], default="all")
-    attach.add_argument("--kafka-linger-ms", type=int, default=20)
-    attach.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
-    attach.add_argument("--kafka-queue-kb", type=int, default=64 << 10,
-                        help="librdkafka's own queue (queue.buffering.max.kbytes)")
-    attach.add_argument("--kafka-backlog-mb", type=int, default=128,
-                        help="records held while the broker is away, beyond librdkafka's own queue")
-    attach.add_argument("--kafka-overflow", choices=[p.value for p in OverflowPolicy],
-                        default=OverflowPolicy.DROP_OLDEST.value, help="which records a full backlog drops")
-    attach.add_argument("--kafka-start-anyway", action="store_true",
-                        help="if the broker is unreachable at start, capture anyway and queue records")
-    attach.add_argument("--kafka-security-protocol", default="plaintext",
-                        choices=["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])
-    attach.add_argument("--kafka-sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
-    attach.add_argument("--kafka-sasl-username")
-    attach.add_argument("--kafka-sasl-password-file", metavar="FILE",
-                        help="file holding the SASL password (kept off the command line)")
-    attach.add_argument("--kafka-ssl-ca", metavar="FILE")
-    attach.add_argument("--kafka-ssl-cert", metavar="FILE")
-    attach.add_argument("--kafka-ssl-key", metavar="FILE")
-    attach.add_argument("--kafka-ssl-key-password-file", metavar="FILE")
+    _add_outputs(attach.add_argument_group("outputs"))
+    _add_kafka(attach.add_argument_group("kafka"))
+    _add_hep(attach.add_argument_group("HEP"))
     attach.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     attach.add_argument("--signature", action="store_true",
@@ -125,6 +89,67 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
                         help="plain stats lines (the live TUI comes with the control plane)")
+
+
+def _add_outputs(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--out", metavar="FILE|-",
+                        help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
+    group.add_argument("--out-max-mb", type=float, help="rotate the JSON-lines file at this size")
+    group.add_argument("--out-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+    group.add_argument("--out-fsync", choices=[p.value for p in FsyncPolicy],
+                        default=FsyncPolicy.NEVER.value,
+                        help="fsync after every batch, at rotation, or never (default)")
+    group.add_argument("--fallback", metavar="FILE",
+                        help="JSON-lines file for records an output could not take (full queue, failure, "
+                             "Kafka drops)")
+    group.add_argument("--queue-records", type=int, default=DEFAULT_QUEUE_RECORDS,
+                        help="records each output may have waiting before its oldest go to the fallback")
+    group.add_argument("--pcap", metavar="FILE", help="also write every captured frame to this pcap file")
+    group.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
+    group.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+
+
+def _add_kafka(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--kafka", metavar="BROKERS", help="also send records to these Kafka brokers")
+    group.add_argument("--topic", default="otus.sip",
+                        help="Kafka topic for every record, or the prefix with --kafka-topic-per-kind")
+    group.add_argument("--kafka-topic-per-kind", action="store_true",
+                        help="one topic per record kind: TOPIC.sip, TOPIC.call, TOPIC.rtp")
+    group.add_argument("--kafka-key", choices=[k.value for k in KeyChoice], default=KeyChoice.CALL_ID.value,
+                        help="record key, and so partition: by call (default), by flow, or none")
+    group.add_argument("--kafka-no-headers", action="store_true",
+                        help="leave out the node/task/kind/schema headers (lets records go in batches)")
+    group.add_argument("--kafka-task", default="capture", help="task name in the records' headers")
+    group.add_argument("--kafka-compression", choices=COMPRESSIONS, default="lz4")
+    group.add_argument("--kafka-acks", choices=["all", "1", "0"], default="all")
+    group.add_argument("--kafka-linger-ms", type=int, default=20)
+    group.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
+    group.add_argument("--kafka-queue-kb", type=int, default=64 << 10,
+                        help="librdkafka's own queue (queue.buffering.max.kbytes)")
+    group.add_argument("--kafka-backlog-mb", type=int, default=128,
+                        help="records held while the broker is away, beyond librdkafka's own queue")
+    group.add_argument("--kafka-overflow", choices=[p.value for p in OverflowPolicy],
+                        default=OverflowPolicy.DROP_OLDEST.value, help="which records a full backlog drops")
+    group.add_argument("--kafka-start-anyway", action="store_true",
+                        help="if the broker is unreachable at start, capture anyway and queue records")
+    group.add_argument("--kafka-security-protocol", default="plaintext",
+                        choices=["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])
+    group.add_argument("--kafka-sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    group.add_argument("--kafka-sasl-username")
+    group.add_argument("--kafka-sasl-password-file", metavar="FILE",
+                        help="file holding the SASL password (kept off the command line)")
+    group.add_argument("--kafka-ssl-ca", metavar="FILE")
+    group.add_argument("--kafka-ssl-cert", metavar="FILE")
+    group.add_argument("--kafka-ssl-key", metavar="FILE")
+    group.add_argument("--kafka-ssl-key-password-file", metavar="FILE")
+
+
+def _add_hep(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--hep", action="append", default=[], metavar="[udp:|tcp:]HOST:PORT",
+                        help="also send SIP and RTP stream reports as HEPv3 to this collector (repeatable)")
+    group.add_argument("--hep-capture-id", type=int, default=2001, help="HEP capture agent id")
+    group.add_argument("--hep-node-name", default=socket.gethostname(), help="HEP node name")
+    group.add_argument("--hep-auth-key-file", metavar="FILE", help="file holding the HEP authentication key")
 
 
 def _add_filter(filt: argparse.ArgumentParser) -> None:
@@ -178,6 +203,12 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         force=args.force,
         out=args.out,
         kafka=kafka,
+        hep=tuple(parse_collector(text) for text in args.hep),
+        fallback=args.fallback,
+        queue_records=args.queue_records,
+        hep_identity=HepIdentity(args.hep_capture_id,
+                                 _secret_from(args.hep_auth_key_file, "--hep-auth-key-file"),
+                                 args.hep_node_name),
         kafka_routing=KafkaRouting(args.topic, args.kafka_topic_per_kind, KeyChoice(args.kafka_key),
                                    not args.kafka_no_headers, socket.gethostname(), args.kafka_task),
         kafka_backlog=BacklogLimits(max_bytes=args.kafka_backlog_mb << 20,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP
@@ -64,6 +64,7 @@ class StatsLine:
     pipeline: PipelineStats
     kafka: KafkaStats | None = None
     reassembly: ReassemblyStats | None = None
+    outputs: list[str] = field(default_factory=list)  # one summary per output's queue
 
     def format(self) -> str:
         parts = [f"otus-ebpf: {self.interface}", *self.capture]
@@ -80,4 +81,5 @@ class StatsLine:
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "
                          f"failed={kafka.failed} queue_full={kafka.queue_full} backlog={kafka.backlog} "
                          f"dropped={kafka.dropped} in_flight={kafka.in_flight} retried={kafka.retried}")
+        parts += self.outputs
         return " | ".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,8 @@ def make_producer(settings: KafkaSettings, on_statistics: Callable[[str], None] 
 
 
 def open_kafka_reporter(settings: KafkaSettings, routing: KafkaRouting, limits: BacklogLimits,
-                        clock: Callable[[], float]) -> KafkaReporter:
+                        clock: Callable[[], float],
+                        spill: Callable[[Sequence[bytes]], None] | None = None) -> KafkaReporter:
     """The reporter over a fresh producer, with librdkafka's statistics feeding its counters."""
     reporters: list[KafkaReporter] = []  # the producer exists before its reporter
 
@@ -107,7 +108,7 @@ def open_kafka_reporter(settings: KafkaSettings, routing: KafkaRouting, limits: 
         for reporter in reporters:
             reporter.client_stats(text)
 
-    reporter = KafkaReporter(make_producer(settings, on_statistics), routing, clock, limits)
+    reporter = KafkaReporter(make_producer(settings, on_statistics), routing, clock, limits, spill)
     reporters.append(reporter)
     return reporter
 

@@ -94,7 +94,14 @@ class SipMessage:
     body: bytes = field(repr=False)
     defects: tuple[str, ...] = ()
     content_type: str | None = None
+    source: bytes = field(default=b"", repr=False)  # what was parsed; the message is its first ``size`` bytes
     _lazy: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def raw(self) -> bytes:
+        """The message as it was on the wire (for pcap-less consumers such as HEP)."""
+        source = self.source
+        return source if len(source) == self.size else source[:self.size]
 
     def _cached(self, name: str, compute: Callable[[], Any]) -> Any:
         if self._lazy is None:
@@ -310,7 +317,7 @@ def parse_message(data: bytes) -> SipMessage:
         None if from_tag is None else from_tag.group(1),
         None if to_tag is None else to_tag.group(1),
         _branch(via), content_length, size, head, data[body_start:size], defects,
-        None if (ctype := found.get("content-type")) is None else ctype.strip(),
+        None if (ctype := found.get("content-type")) is None else ctype.strip(), data,
     )
 
 

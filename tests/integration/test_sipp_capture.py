@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from otus_ebpf import netns
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import Broker
 from tests.support.lab import Lab
 from tests.support.sipp import run_calls
-from tests.support.tshark import sip_messages, start_capture
+from tests.support.tshark import hep_fields, hep_packets_as_pcap, sip_messages, start_capture
 
 CALLS = 20
 PARTITIONS = 3
@@ -153,4 +155,67 @@ def test_the_pcap_output_holds_the_captured_sip_for_tshark(lab: Lab, tmp_path: P
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
     records = [r for r in read_records(out) if r["kind"] == "sip"]
     assert Counter(map(message_key, records)) == Counter(sip_messages(pcap))
+    assert len(records) == CALLS * sum(MESSAGES_PER_CALL.values())
+
+
+class TcpCollectorServer:
+    """A HEP-over-TCP collector: accepts one connection and keeps what it sends."""
+
+    def __init__(self, server: socket.socket) -> None:
+        self.server = server
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.server.settimeout(60)
+        conn, _ = self.server.accept()
+        with conn:
+            while chunk := conn.recv(65536):
+                self.data += chunk
+
+    def packets(self) -> list[bytes]:
+        self.thread.join(timeout=30)
+        packets, offset = [], 0
+        while offset + 6 <= len(self.data):
+            length = int.from_bytes(self.data[offset + 4:offset + 6], "big")
+            packets.append(bytes(self.data[offset:offset + length]))
+            offset += length
+        assert offset == len(self.data), "the TCP stream ends on a packet boundary"
+        return packets
+
+
+def test_hep_reaches_a_udp_and_a_tcp_collector_and_tshark_reads_it(lab: Lab, tmp_path: Path) -> None:
+    with netns.inside(lab.uas_ns):
+        udp_collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp_listener = socket.socket()
+    with udp_collector, tcp_listener:
+        udp_collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        udp_collector.bind(("127.0.0.1", 0))
+        tcp_listener.bind(("127.0.0.1", 0))
+        tcp_listener.listen()
+        udp_port, tcp_port = udp_collector.getsockname()[1], tcp_listener.getsockname()[1]
+        tcp_collector = TcpCollectorServer(tcp_listener)
+        out = tmp_path / "sip.jsonl"
+        agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                            ["--hep", f"udp:127.0.0.1:{udp_port}", "--hep", f"tcp:127.0.0.1:{tcp_port}",
+                             "--hep-capture-id", "77", "--hep-node-name", "uas-edge"])
+        try:
+            run_calls(lab, CALLS, "u1", tmp_path)
+        finally:
+            assert agent.stop(signal.SIGTERM) == 0, agent.output()
+        records = [r for r in read_records(out) if r["kind"] == "sip"]
+        udp_collector.settimeout(1)
+        datagrams = [udp_collector.recv(65535) for _ in records]
+        tcp_packets = tcp_collector.packets()
+
+    assert sorted(tcp_packets) == sorted(datagrams), "both collectors got the same packets"
+    hep_packets_as_pcap(datagrams, tmp_path / "hep.pcap", udp_port)
+    decoded = hep_fields(tmp_path / "hep.pcap", udp_port)
+    seen = Counter((d["sip.Call-ID"], d["sip.CSeq.method"], d["hep3.src_ip"], int(d["hep3.src_port"]),
+                    d["hep3.dst_ip"], int(d["hep3.dst_port"]), d["hep3.capture_id"], d["hep3.node_name"])
+                   for d in decoded)
+    expected = Counter((r["call_id"], r["cseq_method"], r["src"], r["sport"], r["dst"], r["dport"],
+                        "77", "uas-edge") for r in records)
+    assert seen == expected
     assert len(records) == CALLS * sum(MESSAGES_PER_CALL.values())

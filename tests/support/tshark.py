@@ -37,3 +37,32 @@ def sip_messages(pcap: Path) -> list[tuple[str, str, int, str]]:
             kind = statuses[i] if i < len(statuses) and statuses[i] else methods[i]
             messages.append((call_id, kind, int(seqs[i]), cseq_methods[i]))
     return messages
+
+
+HEP3_LUA = Path(__file__).with_name("hep3.lua")
+HEP_FIELDS = ("hep3.src_ip", "hep3.src_port", "hep3.dst_ip", "hep3.dst_port", "hep3.capture_id",
+              "hep3.node_name", "sip.Call-ID", "sip.CSeq.method")
+
+
+def hep_packets_as_pcap(datagrams: list[bytes], pcap: Path, port: int) -> None:
+    """Received HEP datagrams as a pcap of UDP frames to ``port``, for tshark."""
+    import dpkt  # noqa: PLC0415 - only this helper needs it
+
+    with pcap.open("wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for n, datagram in enumerate(datagrams):
+            udp = dpkt.udp.UDP(sport=40000, dport=port, data=datagram)
+            udp.ulen = len(udp)
+            ip = dpkt.ip.IP(src=bytes([127, 0, 0, 1]), dst=bytes([127, 0, 0, 1]), p=17, data=udp)
+            ip.len = len(ip)
+            writer.writepkt(dpkt.ethernet.Ethernet(type=0x0800, data=ip), ts=n / 1000)
+
+
+def hep_fields(pcap: Path, port: int) -> list[dict[str, str]]:
+    """What tshark's HEP dissector (ours in Lua where tshark has none) reads in each packet."""
+    out = subprocess.run(
+        ["tshark", "-X", f"lua_script:{HEP3_LUA}", "-r", str(pcap), "-d", f"udp.port=={port},hep3",
+         "-T", "fields", "-E", "separator=|", *(arg for name in HEP_FIELDS for arg in ("-e", name))],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [dict(zip(HEP_FIELDS, line.split("|"), strict=True)) for line in out.splitlines()]

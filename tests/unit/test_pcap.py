@@ -7,8 +7,8 @@ import io
 import dpkt
 
 from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
-from tests.unit.test_reporters import ListSink
 from userspace.pipeline import Pipeline
 from userspace.reporters import Rotation
 from userspace.reporters.pcap import PcapReporter, global_header

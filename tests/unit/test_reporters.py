@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, SipRecord, encode_json
@@ -27,31 +28,6 @@ def records() -> list[SipRecord]:
     frames = [ethernet(ipv4(udp(m))) for m in (INVITE, OK_200)]
     out = Pipeline({}, 0).process([ring_record(f) for f in frames])
     return [r for r in out if isinstance(r, SipRecord)]
-
-
-class ListSink:
-    """A RotatingSink that keeps each file's bytes in a list, and what it was asked."""
-
-    def __init__(self) -> None:
-        self.files: list[bytearray] = [bytearray()]
-        self.calls: list[str] = []
-
-    def write(self, data: bytes, /) -> int:
-        self.files[-1] += data
-        return len(data)
-
-    def flush(self) -> None:
-        self.calls.append("flush")
-
-    def sync(self) -> None:
-        self.calls.append("sync")
-
-    def rotate(self) -> None:
-        self.calls.append("rotate")
-        self.files.append(bytearray())
-
-    def close(self) -> None:
-        self.calls.append("close")
 
 
 def lines(sink: ListSink) -> list[list[dict[str, object]]]:

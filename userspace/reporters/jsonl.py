@@ -41,11 +41,15 @@ class JsonLinesReporter:
         self.stats = JsonLinesStats()
 
     def write(self, records: Sequence[Record]) -> None:
+        self.write_encoded([encode_json(r) for r in records])
+
+    def write_encoded(self, lines: Sequence[bytes]) -> None:
+        """Records already in their JSON form (what a Kafka reporter could not deliver)."""
         if self._files.too_old():
             self._rotate()
-        if not records:
+        if not lines:
             return
-        data = b"\n".join([encode_json(r) for r in records]) + b"\n"
+        data = b"\n".join(lines) + b"\n"
         if self._files.too_big_for(len(data)):
             self._rotate()
         self._sink.write(data)
@@ -53,7 +57,7 @@ class JsonLinesReporter:
         if self._fsync is FsyncPolicy.BATCH:
             self._sink.sync()
         self._files.wrote(len(data))
-        self.stats.written += len(records)
+        self.stats.written += len(lines)
         self.stats.bytes += len(data)
 
     def _rotate(self) -> None:

@@ -105,7 +105,8 @@ class KafkaStats:
     retried: int = 0       # librdkafka's resends (from its statistics)
     in_flight: int = 0     # handed over, not yet acknowledged
     queue_full: int = 0    # times librdkafka's queue was full
-    dropped: int = 0       # backlog over its bounds
+    dropped: int = 0       # backlog over its bounds (handed to the spill, if there is one)
+    spilled: int = 0       # dropped or failed records handed to the spill
     backlog: int = 0       # records waiting here now
 
 
@@ -122,8 +123,11 @@ FLUSH_STEP_S = 0.1
 
 class KafkaReporter:
     def __init__(self, producer: ProducerLike, routing: KafkaRouting, clock: Callable[[], float],
-                 limits: BacklogLimits | None = None) -> None:
-        """``clock``: monotonic seconds, for flush deadlines (this package reads no clock itself)."""
+                 limits: BacklogLimits | None = None,
+                 spill: Callable[[Sequence[bytes]], None] | None = None) -> None:
+        """``clock``: monotonic seconds, for flush deadlines (this package reads no clock itself).
+        ``spill``: takes the JSON of every record dropped or failed here (a fallback reporter)."""
+        self._spill = spill
         self._producer = producer
         self._clock = clock
         self._routing = routing
@@ -163,8 +167,9 @@ class KafkaReporter:
         produce, topics, headers, key_of = self._producer.produce, self._topics, self._headers, self._key_of
         for i, record in enumerate(records):
             kind = record.kind
+            value = encode_json(record)
             try:
-                produce(topics[kind], value=encode_json(record), key=key_of(record), headers=headers[kind],
+                produce(topics[kind], value=value, key=key_of(record), headers=headers[kind],
                         on_delivery=self._on_delivery)
             except BufferError:
                 self.stats.queue_full += 1
@@ -173,6 +178,7 @@ class KafkaReporter:
                 return
             except Exception:  # KafkaException (not importable here): librdkafka will never take this one
                 self.stats.failed += 1
+                self._spill_values([value])
             self.stats.produced += 1
 
     def _produce_batches(self, records: Sequence[Record]) -> None:
@@ -209,6 +215,7 @@ class KafkaReporter:
             else:  # librdkafka will never take this one (too large, say)
                 self.stats.produced += 1
                 self.stats.failed += 1
+                self._spill_values([message["value"]])
         if full:
             self.stats.queue_full += 1
 
@@ -226,8 +233,11 @@ class KafkaReporter:
                 self._backlog_bytes + len(pending.value) > limits.max_bytes:
             self.stats.dropped += 1
             if limits.policy is OverflowPolicy.DROP_NEWEST or not self._backlog:
+                self._spill_values([pending.value])
                 return
-            self._backlog_bytes -= len(self._backlog.popleft().value)
+            oldest = self._backlog.popleft()
+            self._backlog_bytes -= len(oldest.value)
+            self._spill_values([oldest.value])
         self._backlog.append(pending)
         self._backlog_bytes += len(pending.value)
 
@@ -250,6 +260,7 @@ class KafkaReporter:
             except Exception:  # KafkaException (not importable here): librdkafka will never take this one
                 self.stats.failed += 1
                 self.stats.produced += 1
+                self._spill_values([p.value])
             else:
                 self.stats.produced += 1
             backlog.popleft()
@@ -289,6 +300,7 @@ class KafkaReporter:
             else:
                 self.stats.produced += 1
                 self.stats.failed += 1
+                self._spill_values([pending.value])
         if refused:
             self.stats.queue_full += 1
         self._backlog.extendleft(reversed(refused))
@@ -316,9 +328,17 @@ class KafkaReporter:
     def close(self) -> None:
         self._producer.flush(0)
 
-    def _record_delivery(self, error: Any, _message: Any) -> None:
+    def _record_delivery(self, error: Any, message: Any) -> None:
         if error is not None:
             self.stats.failed += 1
+            value = message.value() if message is not None else None
+            if value:
+                self._spill_values([value])
+
+    def _spill_values(self, values: Sequence[bytes]) -> None:
+        if self._spill is not None:
+            self._spill(values)
+            self.stats.spilled += len(values)
 
 
 def _error_code(error: Any) -> int | None:

@@ -1,0 +1,165 @@
+"""Fan-out: every reporter behind its own bounded queue and worker thread,
+so a slow or failing reporter never holds up the others or the capture.
+
+The capture thread only appends a batch to each reporter's queue. A queue
+over its bound gives its oldest batch to the fallback (or drops it,
+counted). A reporter that raises loses nothing either: the batch goes to
+the fallback, or is counted as failed. An idle worker calls ``write([])``
+every tick, which is how the Kafka reporter drains its backlog and the
+file reporters rotate by age while traffic is quiet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from userspace.records import Record
+from userspace.reporters import Reporter
+from userspace.reporters.jsonl import JsonLinesReporter
+
+IDLE_TICK_S = 0.1
+DEFAULT_QUEUE_RECORDS = 200_000
+
+
+@dataclass(slots=True)
+class QueueStats:
+    queued: int = 0      # records waiting now
+    written: int = 0     # records the reporter took
+    overflow: int = 0    # records the full queue gave up (to the fallback if there is one)
+    failed: int = 0      # records of batches the reporter raised on
+    to_fallback: int = 0
+    last_error: str = ""
+
+
+class Fallback:
+    """Where records go that a reporter could not take: a JSON-lines file,
+    shared by every worker (hence the lock)."""
+
+    def __init__(self, reporter: JsonLinesReporter) -> None:
+        self._reporter = reporter
+        self._lock = threading.Lock()
+        self.records = 0
+
+    def take(self, records: Sequence[Record]) -> None:
+        with self._lock:
+            self._reporter.write(records)
+            self.records += len(records)
+
+    def take_encoded(self, lines: Sequence[bytes]) -> None:
+        with self._lock:
+            self._reporter.write_encoded(lines)
+            self.records += len(lines)
+
+    def close(self) -> None:
+        with self._lock:
+            self._reporter.close()
+
+
+class QueuedReporter:
+    """One reporter on its own thread behind a queue of at most ``max_records``."""
+
+    def __init__(self, name: str, reporter: Reporter, fallback: Fallback | None = None,
+                 max_records: int = DEFAULT_QUEUE_RECORDS,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.reporter = reporter
+        self.stats = QueueStats()
+        self._fallback = fallback
+        self._max_records = max_records
+        self._on_error = on_error
+        self._batches: deque[Sequence[Record]] = deque()
+        self._wakeup = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        # The worker writes, the main thread flushes: reporters are not thread-safe.
+        self._reporter_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"reporter-{name}", daemon=True)
+        self._thread.start()
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Called by the capture thread: never blocks on the reporter."""
+        if not records:
+            return
+        with self._wakeup:
+            self._batches.append(records)
+            self.stats.queued += len(records)
+            while self.stats.queued > self._max_records and len(self._batches) > 1:
+                self._overflow(self._batches.popleft())
+            self._wakeup.notify()
+
+    def _overflow(self, batch: Sequence[Record]) -> None:
+        self.stats.queued -= len(batch)
+        self.stats.overflow += len(batch)
+        self._to_fallback(batch)
+
+    def _to_fallback(self, batch: Sequence[Record]) -> None:
+        if self._fallback is not None:
+            self._fallback.take(batch)
+            self.stats.to_fallback += len(batch)
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                if not self._batches and not self._stopping:
+                    self._wakeup.wait(IDLE_TICK_S)
+                if self._stopping and not self._batches:
+                    return
+                batch = self._batches.popleft() if self._batches else ()
+                self.stats.queued -= len(batch)
+                self._busy = True
+            try:
+                self._deliver(batch)
+            finally:
+                with self._wakeup:
+                    self._busy = False
+                    self._wakeup.notify_all()
+
+    def _deliver(self, batch: Sequence[Record]) -> None:
+        try:
+            with self._reporter_lock:
+                self.reporter.write(batch)
+        except Exception as exc:  # any reporter failure: keep the records, keep running
+            self.stats.failed += len(batch)
+            error = f"{type(exc).__name__}: {exc}"
+            self._to_fallback(batch)
+            if error != self.stats.last_error and self._on_error is not None:
+                self._on_error(f"{self.name}: {error}")  # once per kind of failure, not per batch
+            self.stats.last_error = error
+        else:
+            self.stats.written += len(batch)
+
+    def drain(self, timeout: float, clock: Callable[[], float]) -> bool:
+        """Wait until the worker has written everything queued; False at the deadline."""
+        deadline = clock() + timeout
+        with self._wakeup:
+            while self._batches or self._busy:
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    return False
+                self._wakeup.wait(min(remaining, IDLE_TICK_S))
+        return True
+
+    def flush(self, timeout: float, clock: Callable[[], float]) -> int:
+        """Drain the queue, then the reporter; return how many records are still not out."""
+        started = clock()
+        self.drain(timeout, clock)
+        with self._wakeup:
+            left_here = self.stats.queued
+        with self._reporter_lock:
+            return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"{self.name} written={s.written} queued={s.queued} overflow={s.overflow} failed={s.failed}"
+                f" to_fallback={s.to_fallback}")
+
+    def close(self) -> None:
+        """Stop the worker after it has written what is queued, then close the reporter."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        self._thread.join()
+        self.reporter.close()

@@ -1,0 +1,214 @@
+"""HEPv3 (HEP3/EEP) for Homer and heplify-server: SIP messages, and RTP
+stream reports as JSON, each as one HEP packet of chunks.
+
+A packet is "HEP3", its total length (16 bits), then chunks of vendor id,
+type id and length (16 bits each, the length counting the 6-byte chunk
+header) followed by the value; all big-endian. The chunk types used here are
+the generic ones (vendor 0) of the HEP3 specification. Call summaries have
+no HEP form and are left out (counted).
+
+This module only encodes; the sink that carries packets to collectors over
+UDP or TCP is handed in (otus_ebpf.hep).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import lru_cache
+from typing import Protocol
+
+from userspace.records import CallSummary, Record, SipRecord, StreamReport, encode_json
+
+HEP_ID = b"HEP3"
+MAX_PACKET = 65_535  # the 16-bit total length
+_CHUNK = struct.Struct("!HHH")
+_U8 = struct.Struct("!B")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_HEADER = struct.Struct("!4sH")
+# Room left for the payload after the header and the other chunks (at most
+# ~300 bytes of them); the exact total is checked once the packet is built.
+_MAX_PAYLOAD = MAX_PACKET - 1024
+
+
+class Chunk(IntEnum):
+    IP_FAMILY = 0x0001
+    IP_PROTOCOL = 0x0002
+    IPV4_SRC = 0x0003
+    IPV4_DST = 0x0004
+    IPV6_SRC = 0x0005
+    IPV6_DST = 0x0006
+    SRC_PORT = 0x0007
+    DST_PORT = 0x0008
+    TIME_SECONDS = 0x0009
+    TIME_MICROSECONDS = 0x000A
+    PROTOCOL_TYPE = 0x000B
+    CAPTURE_ID = 0x000C
+    AUTH_KEY = 0x000E
+    PAYLOAD = 0x000F
+    CORRELATION_ID = 0x0011
+    NODE_NAME = 0x0013
+
+
+class PayloadType(IntEnum):
+    SIP = 1
+    RTCP_JSON = 5  # what Homer shows as RTCP reports; ours carry the stream report
+
+
+FAMILY_IPV4 = 2   # AF_INET
+FAMILY_IPV6 = 10  # AF_INET6 on Linux, which is what HEP uses
+PROTO_UDP = 17
+
+
+@dataclass(frozen=True, slots=True)
+class HepIdentity:
+    """Who is sending: what Homer files the packets under."""
+
+    capture_id: int = 2001
+    auth_key: str | None = field(default=None, repr=False)  # a shared secret: kept out of logs
+    node_name: str | None = None
+
+
+class HepSink(Protocol):
+    def send(self, packets: Sequence[bytes]) -> None:
+        """Hand packets to every collector; never block; count what cannot go."""
+
+    def flush(self, timeout: float) -> int:
+        """Push out what is buffered; return how many packets are still unsent."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class HepStats:
+    encoded: int = 0        # packets handed to the sink
+    not_for_hep: int = 0    # call summaries: no HEP form
+    unencodable: int = 0    # too large for a HEP packet, or no addresses
+
+
+def _chunk(kind: Chunk, value: bytes) -> bytes:
+    return _CHUNK.pack(0, kind, _CHUNK.size + len(value)) + value
+
+
+@lru_cache(maxsize=4096)
+def _address_chunks(src: str, dst: str) -> bytes:
+    """Family, source and destination chunks; the same few endpoints recur."""
+    if ":" in src:
+        return (_chunk(Chunk.IP_FAMILY, _U8.pack(FAMILY_IPV6))
+                + _chunk(Chunk.IPV6_SRC, socket.inet_pton(socket.AF_INET6, src))
+                + _chunk(Chunk.IPV6_DST, socket.inet_pton(socket.AF_INET6, dst)))
+    return (_chunk(Chunk.IP_FAMILY, _U8.pack(FAMILY_IPV4))
+            + _chunk(Chunk.IPV4_SRC, socket.inet_aton(src))
+            + _chunk(Chunk.IPV4_DST, socket.inet_aton(dst)))
+
+
+def _identity_chunks(identity: HepIdentity) -> bytes:
+    chunks = _chunk(Chunk.CAPTURE_ID, _U32.pack(identity.capture_id))
+    if identity.auth_key:
+        chunks += _chunk(Chunk.AUTH_KEY, identity.auth_key.encode())
+    if identity.node_name:
+        chunks += _chunk(Chunk.NODE_NAME, identity.node_name.encode())
+    return chunks
+
+
+def _packet(chunks: bytes) -> bytes:
+    return _HEADER.pack(HEP_ID, _HEADER.size + len(chunks)) + chunks
+
+
+class HepEncoder:
+    def __init__(self, identity: HepIdentity) -> None:
+        self._identity = _identity_chunks(identity)
+
+    def sip(self, record: SipRecord) -> bytes | None:
+        message = record.message
+        return self._encode(record.src, record.sport, record.dst, record.dport, int(record.transport),
+                            record.ts_ns, PayloadType.SIP, message.raw, message.call_id)
+
+    def stream_report(self, record: StreamReport) -> bytes | None:
+        report = record.report
+        src, sport = report.get("src"), report.get("sport")
+        dst, dport = report.get("dst"), report.get("dport")
+        if not (isinstance(src, str) and isinstance(dst, str) and isinstance(sport, int)
+                and isinstance(dport, int)):
+            return None
+        return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTCP_JSON,
+                            encode_json(record), record.call_id)
+
+    def _encode(self, src: str, sport: int, dst: str, dport: int, ip_protocol: int, ts_ns: int,
+                payload_type: PayloadType, payload: bytes, correlation: str | None) -> bytes | None:
+        if len(payload) > _MAX_PAYLOAD:
+            return None
+        seconds, nanos = divmod(ts_ns, 1_000_000_000)
+        chunks = b"".join((
+            _address_chunks(src, dst),
+            _chunk(Chunk.IP_PROTOCOL, _U8.pack(ip_protocol)),
+            _chunk(Chunk.SRC_PORT, _U16.pack(sport)),
+            _chunk(Chunk.DST_PORT, _U16.pack(dport)),
+            _chunk(Chunk.TIME_SECONDS, _U32.pack(seconds)),
+            _chunk(Chunk.TIME_MICROSECONDS, _U32.pack(nanos // 1000)),
+            _chunk(Chunk.PROTOCOL_TYPE, _U8.pack(payload_type)),
+            self._identity,
+            _chunk(Chunk.CORRELATION_ID, correlation.encode()) if correlation else b"",
+            _chunk(Chunk.PAYLOAD, payload),
+        ))
+        if _HEADER.size + len(chunks) > MAX_PACKET:
+            return None
+        return _packet(chunks)
+
+
+class HepReporter:
+    """Records in, HEP packets out to the sink; a batch is one ``send``."""
+
+    def __init__(self, sink: HepSink, identity: HepIdentity) -> None:
+        self._sink = sink
+        self._encoder = HepEncoder(identity)
+        self.stats = HepStats()
+
+    def write(self, records: Sequence[Record]) -> None:
+        packets = []
+        for record in records:
+            if isinstance(record, SipRecord):
+                packet = self._encoder.sip(record)
+            elif isinstance(record, StreamReport):
+                packet = self._encoder.stream_report(record)
+            else:
+                assert isinstance(record, CallSummary)
+                self.stats.not_for_hep += 1
+                continue
+            if packet is None:
+                self.stats.unencodable += 1
+            else:
+                packets.append(packet)
+        if packets:
+            self.stats.encoded += len(packets)
+            self._sink.send(packets)
+
+    def flush(self, timeout: float) -> int:
+        return self._sink.flush(timeout)
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def decode_packet(packet: bytes) -> dict[int, bytes]:
+    """Chunk type -> value of one HEP3 packet (the last of a repeated type).
+    For tests and tools; raises ValueError on anything that is not HEP3."""
+    if len(packet) < _HEADER.size:
+        raise ValueError("shorter than a HEP3 header")
+    magic, total = _HEADER.unpack_from(packet)
+    if magic != HEP_ID or total != len(packet):
+        raise ValueError(f"not a whole HEP3 packet ({magic!r}, length {total} of {len(packet)})")
+    chunks, offset = {}, _HEADER.size
+    while offset < total:
+        if offset + _CHUNK.size > total:
+            raise ValueError(f"truncated chunk header at {offset}")
+        _vendor, kind, length = _CHUNK.unpack_from(packet, offset)
+        if length < _CHUNK.size or offset + length > total:
+            raise ValueError(f"bad chunk length {length} at {offset}")
+        chunks[kind] = packet[offset + _CHUNK.size:offset + length]
+        offset += length
+    return chunks
