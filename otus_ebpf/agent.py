@@ -36,13 +36,14 @@ from otus_ebpf.hep import HepCollector, HepSender
 from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from otus_ebpf.loader import KernelSettings
 from otus_ebpf.outputs import RotatingFile, StreamSink
+from otus_ebpf.percall import PerCallPcap
 from userspace.pipeline import Pipeline
-from userspace.records import Record
+from userspace.records import CallSummary, Record
 from userspace.reporters import Reporter, RotatingSink, Rotation
 from userspace.reporters.hep import HepIdentity, HepReporter
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting
-from userspace.reporters.pcap import PcapReporter
+from userspace.reporters.pcap import Frame, PcapFormat, PcapReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
@@ -70,6 +71,8 @@ class AttachOptions:
     out_fsync: FsyncPolicy = FsyncPolicy.NEVER
     pcap: str | None = None  # path of a pcap of every captured frame
     pcap_rotation: Rotation = field(default_factory=Rotation)
+    pcap_format: PcapFormat = PcapFormat.PCAP
+    pcap_per_call: str | None = None  # directory for one capture file per call
     kernel: KernelSettings = field(default_factory=KernelSettings)
     stats_interval_s: float = 5.0
 
@@ -89,16 +92,16 @@ def run_attach(options: AttachOptions) -> int:
         reporters, kafka = open_reporters(stack, options, label)
         clock_offset_ns = time.time_ns() - time.monotonic_ns()
         pipeline = Pipeline(interfaces, clock_offset_ns)
-        pcap = open_pcap(stack, options)
-        pipeline.keep_frames = pcap is not None
+        frame_outputs = open_frame_outputs(stack, options)
+        pipeline.keep_frames = frame_outputs.wanted
         capture: Capture | None = None
 
         def deliver(batch: list[bytes]) -> None:
             records = pipeline.process(batch)
             for reporter in reporters:
                 reporter.write(records)
-            if pcap is not None:
-                pcap.write_frames(pipeline.take_frames())
+            if frame_outputs.wanted:
+                frame_outputs.write(pipeline.take_frames(), records)
             if capture is not None:
                 capture.apply_flows(pipeline.take_flow_events())
 
@@ -128,6 +131,7 @@ def run_attach(options: AttachOptions) -> int:
             expired = pipeline.expire(time.monotonic_ns())
             if expired:
                 write(expired)
+                frame_outputs.write([], expired)
                 capture.apply_flows(pipeline.take_flow_events())
             if time.monotonic() >= next_reports:
                 write(pipeline.stream_reports(time.time_ns()))
@@ -196,13 +200,38 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions,
     return reporters, kafka
 
 
-def open_pcap(stack: contextlib.ExitStack, options: AttachOptions) -> PcapReporter | None:
-    if options.pcap is None:
-        return None
-    reporter = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic)
-    stack.callback(reporter.close)
-    log(f"writing captured frames to {options.pcap}")
-    return reporter
+@dataclass(slots=True)
+class FrameOutputs:
+    """The outputs of captured frames rather than records: a pcap of
+    everything, and a file per call."""
+
+    pcap: PcapReporter | None = None
+    per_call: PerCallPcap | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return self.pcap is not None or self.per_call is not None
+
+    def write(self, frames: list[Frame], records: list[Record]) -> None:
+        if self.pcap is not None:
+            self.pcap.write_frames(frames)
+        if self.per_call is not None:
+            self.per_call.write_frames(frames)
+            self.per_call.calls_ended(r.call_id for r in records if isinstance(r, CallSummary))
+
+
+def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions) -> FrameOutputs:
+    outputs = FrameOutputs()
+    if options.pcap is not None:
+        outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
+                                    options.pcap_format)
+        stack.callback(outputs.pcap.close)
+        log(f"writing captured frames to {options.pcap}")
+    if options.pcap_per_call is not None:
+        outputs.per_call = PerCallPcap(Path(options.pcap_per_call), options.pcap_format)
+        stack.callback(outputs.per_call.close)
+        log(f"writing one capture file per call to {options.pcap_per_call}/")
+    return outputs
 
 
 def open_output(out: str | None, label: str) -> RotatingSink:

@@ -32,6 +32,7 @@ from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
 from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
+from userspace.reporters.pcap import PcapFormat
 
 EXIT_SETUP_ERROR = 1
 
@@ -107,6 +108,10 @@ def _add_outputs(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--pcap", metavar="FILE", help="also write every captured frame to this pcap file")
     group.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
     group.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+    group.add_argument("--pcap-format", choices=[f.value for f in PcapFormat], default=PcapFormat.PCAP.value,
+                       help="pcapng adds interface names and packet directions")
+    group.add_argument("--pcap-per-call", metavar="DIR",
+                       help="also write one capture file per call (its SIP and media) into DIR")
 
 
 def _add_kafka(group: argparse._ArgumentGroup) -> None:
@@ -218,6 +223,8 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
                               args.out_max_age),
         out_fsync=FsyncPolicy(args.out_fsync),
         pcap=args.pcap,
+        pcap_format=PcapFormat(args.pcap_format),
+        pcap_per_call=args.pcap_per_call,
         pcap_rotation=Rotation(None if args.pcap_max_mb is None else int(args.pcap_max_mb * 2**20),
                                args.pcap_max_age),
         stats_interval_s=args.stats_interval,

@@ -69,12 +69,18 @@ class Pipeline:
             except DecodeError:
                 stats.event_errors += 1
                 continue
+            frame = None
             if self.keep_frames:
-                self._frames.append((event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len))
+                frame = Frame(event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len,
+                              self._interface_names.get(event.ifindex, str(event.ifindex)), event.direction)
+                self._frames.append(frame)
             if event.kind in _MEDIA_KINDS:
                 stats.media += 1
-                self._media(event)
+                call_id = self._media(event)
+                if frame is not None:
+                    frame.call_id = call_id
                 continue
+            first_record = len(records)
             packet, fragments = self._packet(event)
             if packet is None:
                 continue
@@ -89,6 +95,8 @@ class Pipeline:
                 self._record(event, packet, fragments, packet.payload, records)
             else:
                 stats.not_sip += 1
+            if frame is not None and len(records) > first_record:
+                frame.call_id = _call_of(records[first_record])
         stats.records += len(records)
         return records
 
@@ -139,20 +147,25 @@ class Pipeline:
             self.stats.decode_errors += 1
             return None, 0
 
-    def _media(self, event: Event) -> None:
+    def _media(self, event: Event) -> str | None:
+        """Feed an RTP/RTCP packet to its stream; returns the call its flow belongs to."""
         try:
             decoded = decode_frame(event.frame)
         except DecodeError:
             self.stats.decode_errors += 1
-            return
+            return None
         if not isinstance(decoded, Packet) or decoded.transport is not IPProto.UDP:
             self.stats.decode_errors += 1
-            return
+            return None
         fmt = self.calls.media_format((decoded.dst, decoded.dport)) or \
             self.calls.media_format((decoded.src, decoded.sport)) or (8000, None)
         self.calls.media.feed((decoded.src, decoded.sport, decoded.dst, decoded.dport), decoded.payload,
                               event.ts_ns, event.ts_ns + self._clock_offset_ns,
                               event.orig_len - event.payload_offset, fmt[0], fmt[1])
+        if not self.keep_frames:
+            return None
+        calls = self.calls
+        return calls.call_of((decoded.dst, decoded.dport)) or calls.call_of((decoded.src, decoded.sport))
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record]) -> None:
@@ -171,3 +184,8 @@ class Pipeline:
         flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
         self._flow_events += flows
         records += summaries
+
+
+def _call_of(record: Record) -> str | None:
+    """The first record an event yields is its SIP message's."""
+    return record.message.call_id if isinstance(record, SipRecord) else None

@@ -20,7 +20,7 @@ from tests.support.agent import read_records, start_agent
 from tests.support.broker import Broker
 from tests.support.lab import Lab
 from tests.support.sipp import run_calls
-from tests.support.tshark import hep_fields, hep_packets_as_pcap, sip_messages, start_capture
+from tests.support.tshark import frame_fields, hep_fields, hep_packets_as_pcap, sip_messages, start_capture
 
 CALLS = 20
 PARTITIONS = 3
@@ -146,9 +146,12 @@ def test_a_broker_outage_neither_stalls_capture_nor_loses_or_duplicates_records(
     assert values == sorted(map(json.dumps, everything)), "each record exactly once"
 
 
-def test_the_pcap_output_holds_the_captured_sip_for_tshark(lab: Lab, tmp_path: Path) -> None:
-    out, pcap = tmp_path / "sip.jsonl", tmp_path / "capture.pcap"
-    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--pcap", str(pcap)])
+@pytest.mark.parametrize("file_format", ["pcap", "pcapng"])
+def test_the_pcap_outputs_hold_the_captured_sip_for_tshark(lab: Lab, tmp_path: Path,
+                                                            file_format: str) -> None:
+    out, pcap, per_call = tmp_path / "sip.jsonl", tmp_path / f"capture.{file_format}", tmp_path / "calls"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--pcap", str(pcap), "--pcap-format", file_format, "--pcap-per-call", str(per_call)])
     try:
         run_calls(lab, CALLS, "u1", tmp_path)
     finally:
@@ -156,6 +159,22 @@ def test_the_pcap_output_holds_the_captured_sip_for_tshark(lab: Lab, tmp_path: P
     records = [r for r in read_records(out) if r["kind"] == "sip"]
     assert Counter(map(message_key, records)) == Counter(sip_messages(pcap))
     assert len(records) == CALLS * sum(MESSAGES_PER_CALL.values())
+
+    files = sorted(per_call.iterdir())
+    assert len(files) == CALLS
+    by_call: dict[str, Counter[tuple[str, str, int, str]]] = defaultdict(Counter)
+    for record in records:
+        by_call[record["call_id"]][message_key(record)] += 1
+    for path in files:
+        messages = Counter(sip_messages(path))
+        (call_id,) = {call for call, _kind, _seq, _method in messages}
+        assert messages == by_call[call_id], path
+    if file_format == "pcapng":
+        frames = frame_fields(pcap, ["frame.interface_name", "frame.packet_flags_direction", "frame.comment"])
+        flags = {"ingress": "0x00000001", "egress": "0x00000002"}  # pcapng: 01 inbound, 10 outbound
+        assert {f[0] for f in frames} == {lab.uas_if}
+        assert all(flags[f[2]] == f[1] for f in frames), frames[:4]
+        assert Counter(f[2] for f in frames) == Counter(r["direction"] for r in records)
 
 
 class TcpCollectorServer:

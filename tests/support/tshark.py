@@ -66,3 +66,13 @@ def hep_fields(pcap: Path, port: int) -> list[dict[str, str]]:
         check=True, capture_output=True, text=True,
     ).stdout
     return [dict(zip(HEP_FIELDS, line.split("|"), strict=True)) for line in out.splitlines()]
+
+
+def frame_fields(pcap: Path, fields: list[str]) -> list[list[str]]:
+    """The named fields of every frame, as tshark prints them."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|",
+         *(arg for name in fields for arg in ("-e", name))],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [line.split("|") for line in out.splitlines()]

@@ -1,9 +1,12 @@
-"""pcap: the captured frames themselves (not reassembled), for Wireshark.
+"""pcap and pcapng: the captured frames themselves (not reassembled), for Wireshark.
 
-Nanosecond pcap (magic 0xa1b23c4d, link type Ethernet), rotated by size or
-age like the JSON lines; every file starts with its own global header, so
-each one opens on its own. Frames are what the kernel copied (up to the
-snaplen); each record keeps the original length.
+pcap: nanosecond pcap (magic 0xa1b23c4d, link type Ethernet). pcapng: a
+section header, one interface description per capture interface (its name,
+nanosecond timestamps), and enhanced packet blocks whose flags carry the
+direction (inbound/outbound) and whose comment says it in words. Files are
+rotated by size or age like the JSON lines; every file starts with its own
+headers, so each one opens on its own. Frames are what the kernel copied
+(up to the snaplen); each record keeps the original length.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
+from userspace.event import Direction
 from userspace.reporters import RotatingSink, Rotation, RotationTracker
 
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -21,7 +26,33 @@ NS = 1_000_000_000
 _GLOBAL = struct.Struct("=IHHiIII")
 _RECORD = struct.Struct("=IIII")
 
-Frame = tuple[int, bytes, int]  # wall-clock ns, captured bytes, original length
+# pcapng (draft-ietf-opsawg-pcapng): block types, option codes, flag bits.
+_SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
+_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+_OPT_END, _OPT_COMMENT = 0, 1
+_IF_NAME, _IF_TSRESOL = 2, 9
+_EPB_FLAGS = 2
+_FLAG_INBOUND, _FLAG_OUTBOUND = 0b01, 0b10
+_DIRECTION_FLAGS = {Direction.INGRESS: (_FLAG_INBOUND, b"ingress"),
+                    Direction.EGRESS: (_FLAG_OUTBOUND, b"egress")}
+_EPB_HEAD = struct.Struct("=IIIIIII")
+
+
+class PcapFormat(Enum):
+    PCAP = "pcap"
+    PCAPNG = "pcapng"
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured frame and what the capture knows about it."""
+
+    ts_ns: int              # wall clock
+    data: bytes             # as captured (up to the snaplen)
+    orig_len: int
+    interface: str
+    direction: Direction
+    call_id: str | None = None  # set once a SIP message or a learned media flow ties it to a call
 
 
 def global_header() -> bytes:
@@ -30,11 +61,69 @@ def global_header() -> bytes:
 
 def encode_frames(frames: Sequence[Frame]) -> bytes:
     parts = []
-    for ts_ns, data, orig_len in frames:
-        seconds, nanos = divmod(ts_ns, NS)
-        parts.append(_RECORD.pack(seconds, nanos, len(data), orig_len))
-        parts.append(data)
+    for frame in frames:
+        seconds, nanos = divmod(frame.ts_ns, NS)
+        parts.append(_RECORD.pack(seconds, nanos, len(frame.data), frame.orig_len))
+        parts.append(frame.data)
     return b"".join(parts)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("=HH", code, len(value)) + _padded(value)
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("=II", block_type, total) + body + struct.pack("=I", total)
+
+
+def section_header() -> bytes:
+    return _block(_SHB, struct.pack("=IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _option(_OPT_END, b""))
+
+
+def interface_description(name: str) -> bytes:
+    options = _option(_IF_NAME, name.encode()) + _option(_IF_TSRESOL, bytes([9])) + _option(_OPT_END, b"")
+    return _block(_IDB, struct.pack("=HHI", LINKTYPE_ETHERNET, 0, PCAP_SNAPLEN) + options)
+
+
+def enhanced_packet(interface_id: int, frame: Frame) -> bytes:
+    flags, words = _DIRECTION_FLAGS[frame.direction]
+    options = (_option(_EPB_FLAGS, struct.pack("=I", flags)) + _option(_OPT_COMMENT, words)
+               + _option(_OPT_END, b""))
+    data = _padded(frame.data)
+    total = _EPB_HEAD.size + len(data) + len(options) + 4
+    head = _EPB_HEAD.pack(_EPB, total, interface_id, frame.ts_ns >> 32, frame.ts_ns & 0xFFFFFFFF,
+                          len(frame.data), frame.orig_len)
+    return head + data + options + struct.pack("=I", total)
+
+
+class FrameEncoder:
+    """The bytes of one file in either format; pcapng names each interface
+    once per file, before its first frame."""
+
+    def __init__(self, file_format: PcapFormat) -> None:
+        self.format = file_format
+        self._interfaces: dict[str, int] = {}
+
+    def file_header(self) -> bytes:
+        self._interfaces = {}
+        return global_header() if self.format is PcapFormat.PCAP else section_header()
+
+    def frames(self, frames: Sequence[Frame]) -> bytes:
+        if self.format is PcapFormat.PCAP:
+            return encode_frames(frames)
+        parts = []
+        for frame in frames:
+            interface_id = self._interfaces.get(frame.interface)
+            if interface_id is None:
+                interface_id = self._interfaces[frame.interface] = len(self._interfaces)
+                parts.append(interface_description(frame.interface))
+            parts.append(enhanced_packet(interface_id, frame))
+        return b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -46,10 +135,12 @@ class PcapStats:
 
 class PcapReporter:
     def __init__(self, sink: RotatingSink, rotation: Rotation | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 file_format: PcapFormat = PcapFormat.PCAP) -> None:
         """``clock``: monotonic seconds, needed only for age-based rotation."""
         self._sink = sink
         self._files = RotationTracker(rotation or Rotation(), clock)
+        self._encoder = FrameEncoder(file_format)
         self.stats = PcapStats()
 
     def write_frames(self, frames: Sequence[Frame]) -> None:
@@ -57,13 +148,13 @@ class PcapReporter:
             self._rotate()
         if not frames:
             return
-        data = encode_frames(frames)
-        if self._files.too_big_for(len(data)):
-            self._rotate()
         if self._files.file_bytes == 0:
-            header = global_header()
-            self._sink.write(header)
-            self._files.wrote(len(header))
+            data = self._encoder.file_header() + self._encoder.frames(frames)
+        else:
+            data = self._encoder.frames(frames)
+            if self._files.too_big_for(len(data)):
+                self._rotate()  # the new file has its own headers and names its interfaces again
+                data = self._encoder.file_header() + self._encoder.frames(frames)
         self._sink.write(data)
         self._sink.flush()
         self._files.wrote(len(data))
