@@ -122,8 +122,8 @@ def _add_kafka(group: argparse._ArgumentGroup) -> None:
                         help="one topic per record kind: TOPIC.sip, TOPIC.call, TOPIC.rtp")
     group.add_argument("--kafka-key", choices=[k.value for k in KeyChoice], default=KeyChoice.CALL_ID.value,
                         help="record key, and so partition: by call (default), by flow, or none")
-    group.add_argument("--kafka-no-headers", action="store_true",
-                        help="leave out the node/task/kind/schema headers (lets records go in batches)")
+    group.add_argument("--kafka-headers", action="store_true",
+                        help="add node/task/kind/schema headers (each record then goes on its own: slower)")
     group.add_argument("--kafka-task", default="capture", help="task name in the records' headers")
     group.add_argument("--kafka-compression", choices=COMPRESSIONS, default="lz4")
     group.add_argument("--kafka-acks", choices=["all", "1", "0"], default="all")
@@ -215,7 +215,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
                                  _secret_from(args.hep_auth_key_file, "--hep-auth-key-file"),
                                  args.hep_node_name),
         kafka_routing=KafkaRouting(args.topic, args.kafka_topic_per_kind, KeyChoice(args.kafka_key),
-                                   not args.kafka_no_headers, socket.gethostname(), args.kafka_task),
+                                   args.kafka_headers, socket.gethostname(), args.kafka_task),
         kafka_backlog=BacklogLimits(max_bytes=args.kafka_backlog_mb << 20,
                                     policy=OverflowPolicy(args.kafka_overflow)),
         kernel=kernel,

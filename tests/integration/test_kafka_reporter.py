@@ -30,10 +30,11 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         the_broker.process.stop()
 
 
-def test_100000_records_arrive_exactly_once_keyed_by_call_id(broker: Broker) -> None:
+@pytest.mark.parametrize("headers", [False, True], ids=["batched", "with-headers"])
+def test_100000_records_arrive_exactly_once_keyed_by_call_id(broker: Broker, headers: bool) -> None:
     broker.create_topic("sip", PARTITIONS)
-    reporter = open_kafka_reporter(KafkaSettings(broker.address), KafkaRouting("sip", node="n1", task="t1"),
-                                   BacklogLimits(), time.monotonic)
+    routing = KafkaRouting("sip", headers=headers, node="n1", task="t1")
+    reporter = open_kafka_reporter(KafkaSettings(broker.address), routing, BacklogLimits(), time.monotonic)
     records = numbered_sip_records(RECORDS, CALLS)
     for i in range(0, RECORDS, 1000):
         reporter.write(records[i:i + 1000])

@@ -45,7 +45,7 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     out = tmp_path / "sip.jsonl"
     capture = start_capture(lab.uac_ns, lab.uac_if, tmp_path / "peer.pcap", tmp_path / "tshark.log")
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
-                        ["--kafka", uas_broker.address, "--topic", topic,
+                        ["--kafka", uas_broker.address, "--topic", topic, "--kafka-headers",
                          "--delivery", delivery, "--workers", str(workers)])
     assert f"{workers} shard(s), {delivery} delivery" in agent.output()
     try:

@@ -160,7 +160,7 @@ class ListProducer:
         return len(self.pending)
 
 
-SIP = KafkaRouting("sip", node="node1", task="t1")
+SIP = KafkaRouting("sip", headers=True, node="node1", task="t1")
 SIP_NO_HEADERS = KafkaRouting("sip", headers=False)
 
 
