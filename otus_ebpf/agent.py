@@ -37,13 +37,16 @@ from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
 from otus_ebpf.loader import KernelSettings
 from otus_ebpf.outputs import RotatingFile, StreamSink
 from otus_ebpf.percall import PerCallPcap
+from userspace.calls import CallLimits
 from userspace.pipeline import Pipeline
+from userspace.reassembly import ReassemblyLimits
 from userspace.records import CallSummary, Record
 from userspace.reporters import Reporter, RotatingSink, Rotation
 from userspace.reporters.hep import HepIdentity, HepReporter
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting
 from userspace.reporters.pcap import Frame, PcapFormat, PcapReporter
+from userspace.tcp import TcpLimits
 
 DEFAULT_OUT_DIR = Path("otus-out")
 POLL_TIMEOUT_MS = 100  # how soon a stop signal is noticed
@@ -74,6 +77,9 @@ class AttachOptions:
     pcap_format: PcapFormat = PcapFormat.PCAP
     pcap_per_call: str | None = None  # directory for one capture file per call
     kernel: KernelSettings = field(default_factory=KernelSettings)
+    reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+    tcp: TcpLimits = field(default_factory=TcpLimits)
+    calls: CallLimits = field(default_factory=CallLimits)
     stats_interval_s: float = 5.0
 
     @property
@@ -91,7 +97,7 @@ def run_attach(options: AttachOptions) -> int:
         stop = install_stop_signals(stack)
         reporters, kafka = open_reporters(stack, options, label)
         clock_offset_ns = time.time_ns() - time.monotonic_ns()
-        pipeline = Pipeline(interfaces, clock_offset_ns)
+        pipeline = Pipeline(interfaces, clock_offset_ns, options.reassembly, options.tcp, options.calls)
         frame_outputs = open_frame_outputs(stack, options)
         pipeline.keep_frames = frame_outputs.wanted
         capture: Capture | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from otus_ebpf import __version__
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.capture import CaptureDirection, CaptureMode
+from otus_ebpf.config import EXIT_INVALID, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import load as load_config
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otus-ebpf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_attach(commands.add_parser("attach", help="capture on interfaces until SIGINT/SIGTERM"))
+    validate = commands.add_parser("validate", help="check a config file; every problem, exit 2 on any")
+    validate.add_argument("file", type=Path)
     det = commands.add_parser("detach", help="remove programs a crashed netlink-attached agent left")
     det.add_argument("interface")
     stats = commands.add_parser("stats", help="kernel counters of the agent attached to IFACE")
@@ -54,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("interfaces", nargs="+", metavar="IFACE")
+    attach.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help="take the task's settings from this YAML file; flags given override it")
+    attach.add_argument("--task", metavar="NAME",
+                        help="the file's task to run (default: the one capturing IFACE, else the first)")
     attach.add_argument("--mode", choices=[m.value for m in CaptureMode], default=CaptureMode.AUTO.value,
                         help="xdp: eBPF programs; afpacket: AF_PACKET rings; auto: xdp, else afpacket")
     attach.add_argument("--direction", choices=[d.value for d in CaptureDirection],
@@ -168,10 +177,16 @@ def _add_filter(filt: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "validate":
+            return _validate(args.file)
         if args.command == "attach":
-            return run_attach(_attach_options(args))
+            options = _attach_options(args)
+            if args.config is not None:
+                options = _with_config(options, args, _given_flags(argv))
+            return run_attach(options)
         ifindex = resolve_interface(args.interface)
         require_root()
         if args.command == "detach":
@@ -304,3 +319,82 @@ def _secret_from(path: str | None, option: str) -> str | None:
     if not secret:
         raise SetupError(f"{option} {path}: the file is empty")
     return secret
+
+
+def _validate(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigInvalid as invalid:
+        for problem in invalid.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    names = ", ".join(task.name for task in config.tasks) or "no tasks"
+    print(f"{path}: valid ({names})")
+    return 0
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    """The dests of the attach options that appear on the command line."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_attach(probe)
+    given = set()
+    for action in probe._actions:  # argparse has no public list of a parser's options
+        for option in action.option_strings:
+            if any(arg == option or arg.startswith(f"{option}=") for arg in argv):
+                given.add(action.dest)
+    return given
+
+
+# Which attach flags feed which AttachOptions field (and KernelSettings field).
+_FIELD_FLAGS = {
+    "mode": ("mode",), "direction": ("direction",), "xdp_mode": ("xdp_mode",), "method": ("attach_method",),
+    "force": ("force",), "out": ("out",), "out_rotation": ("out_max_mb", "out_max_age"),
+    "out_fsync": ("out_fsync",), "pcap": ("pcap",), "pcap_rotation": ("pcap_max_mb", "pcap_max_age"),
+    "pcap_format": ("pcap_format",), "pcap_per_call": ("pcap_per_call",),
+    "kafka": ("kafka", "kafka_linger_ms", "kafka_batch", "kafka_compression", "kafka_acks", "kafka_queue_kb",
+              "kafka_start_anyway", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+              "kafka_sasl_password_file", "kafka_ssl_ca", "kafka_ssl_cert", "kafka_ssl_key",
+              "kafka_ssl_key_password_file"),
+    "kafka_routing": ("topic", "kafka_topic_per_kind", "kafka_key", "kafka_headers", "kafka_task"),
+    "kafka_backlog": ("kafka_backlog_mb", "kafka_overflow"), "hep": ("hep",),
+    "hep_identity": ("hep_capture_id", "hep_node_name", "hep_auth_key_file"), "fallback": ("fallback",),
+    "queue_records": ("queue_records",), "stats_interval_s": ("stats_interval",),
+}
+_KERNEL_FLAGS = {
+    "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),
+    "exclude": ("exclude",), "snaplen": ("snaplen",), "media_snaplen": ("media_snaplen",),
+    "ring_pages": ("ring_pages",), "shards": ("workers",), "delivery": ("delivery",),
+}
+
+
+def _with_config(flags: AttachOptions, args: argparse.Namespace, given: set[str]) -> AttachOptions:
+    """The config file's task, with the interfaces and every flag given on the command line over it."""
+    try:
+        config = load_config(args.config)
+    except ConfigInvalid as invalid:
+        raise SetupError(f"{invalid.problems[0]} (and {len(invalid.problems) - 1} more; "
+                         f"see `otus-ebpf validate {args.config}`)" if len(invalid.problems) > 1
+                         else str(invalid.problems[0])) from None
+    task = _pick_task(config, args)
+    base = task.options
+    changes = {name: getattr(flags, name) for name, dests in _FIELD_FLAGS.items() if given & set(dests)}
+    kernel = {name: getattr(flags.kernel, name) for name, dests in _KERNEL_FLAGS.items()
+              if given & set(dests)}
+    if kernel:
+        changes["kernel"] = dataclasses.replace(base.kernel, **kernel)
+    return dataclasses.replace(base, interfaces=flags.interfaces, **changes)
+
+
+def _pick_task(config: Config, args: argparse.Namespace) -> TaskConfig:
+    if not config.tasks:
+        raise SetupError(f"{args.config}: no tasks")
+    if args.task is not None:
+        for task in config.tasks:
+            if task.name == args.task:
+                return task
+        raise SetupError(f"{args.config}: no task named {args.task!r} "
+                         f"(tasks: {', '.join(t.name for t in config.tasks)})")
+    for task in config.tasks:
+        if set(args.interfaces) & set(task.options.interfaces):
+            return task
+    return config.tasks[0]

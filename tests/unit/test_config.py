@@ -1,0 +1,116 @@
+"""The YAML config: every problem at once as file:line: key.path: message
+(exit 2), defaults merged under tasks, OTUS_ environment overrides, and
+command-line flags over the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otus_ebpf import cli
+from otus_ebpf.capture import CaptureMode
+from otus_ebpf.config import ConfigInvalid, Dispatch, load, parse
+from otus_ebpf.loader import DEFAULT_SNAPLEN
+from tests.support.paths import REPO
+from userspace.reporters.kafka import KeyChoice
+
+CORPUS = Path(__file__).with_name("config_corpus")
+EXAMPLE = REPO / "docs" / "otus-ebpf.example.yaml"
+
+# What `otus-ebpf validate` prints for each invalid file (after "FILE:").
+EXPECTED = {
+    "bad_default": ["2: defaults.workers: must be between 1 and 8, not 0"],
+    "bad_direction": ["4: tasks[0].direction: must be one of ingress, egress, both, not 'sideways'"],
+    "bad_dispatch": ["4: tasks[0].dispatch: must be one of binding, dispatch, not 'random'"],
+    "bad_mode": ["4: tasks[0].mode: must be one of xdp, afpacket, auto, not 'fast'"],
+    "bad_network": ["5: tasks[0].filter.exclude[1]: not an IPv4/IPv6 network: '300.1.1.1/32'"],
+    "bad_port": ["5: tasks[0].filter.sip_ports[1]: must be between 1 and 65535, not 70000"],
+    "duplicate_key": ["5: tasks[0].mode: given twice"],
+    "duplicate_task": ["4: tasks[1].name: task 'a' is defined twice"],
+    "hep_bad_collector": ["5: tasks[0].outputs.hep.collectors[1]: must be [udp:|tcp:]HOST:PORT, not 'homer'"],
+    "kafka_bad_compression": [
+        "5: tasks[0].outputs.kafka.compression: must be one of lz4, zstd, snappy, gzip, none, not 'brotli'"],
+    "kafka_missing_password_file": [
+        "7: tasks[0].outputs.kafka.security.sasl_password_file: cannot read /nonexistent/otus-password: "
+        "No such file or directory"],
+    "kafka_without_brokers": ["5: tasks[0].outputs.kafka: missing key: brokers"],
+    "metrics_bad_listen": ["2: metrics.listen: must be HOST:PORT (or off), not '9091'"],
+    "reassembly_timeout_zero": ["5: tasks[0].reassembly.timeout_v4_s: must be greater than 0, not 0"],
+    "ring_pages_not_power_of_two": ["4: tasks[0].filter.ring_pages: must be a power of two, not 100"],
+    "several_at_once": ["1: node.name: must not be empty",
+                        "5: tasks[0].workers: must be between 1 and 8, not 99",
+                        "6: tasks[0].mode: must be one of xdp, afpacket, auto, not 'fast'",
+                        "8: tasks[0].outputs.queue_records: must be at least 1, not 0"],
+    "signature_not_bool": ["4: tasks[0].filter.signature: must be true or false, not 'maybe'"],
+    "snaplen_too_small": ["4: tasks[0].filter.snaplen: must be between 64 and 9216, not 10"],
+    "syntax": ["4: (syntax): not valid YAML: expected ',' or ']', but got '<stream end>'"],
+    "task_empty_interfaces": ["3: tasks[0].interfaces: at least one interface is needed"],
+    "task_missing_name": ["2: tasks[0]: missing key: name"],
+    "task_no_interfaces": ["2: tasks[0].interfaces: at least one interface is needed"],
+    "tasks_not_list": ["1: tasks: must be a list"],
+    "top_not_mapping": ["1: (top level): must be a mapping of keys to values"],
+    "unknown_limit": ["4: tasks[0].calls.max_call: unknown key (expected one of: ttl_s, max_calls)"],
+    "unknown_top_key": ["1: taks: unknown key (expected one of: node, metrics, control, defaults, tasks)"],
+    "workers_negative": ["4: tasks[0].workers: must be between 1 and 8, not -3"],
+    "workers_not_number": ["4: tasks[0].workers: must be a whole number, not 'many'"],
+    "workers_zero": ["4: tasks[0].workers: must be between 1 and 8, not 0"],
+}
+
+
+def test_the_corpus_and_the_expectations_match() -> None:
+    assert {p.stem for p in CORPUS.glob("*.yaml")} == set(EXPECTED)
+    assert len(EXPECTED) >= 20
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_invalid_config_says_where_and_what_and_exits_2(name: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = CORPUS / f"{name}.yaml"
+    assert cli.main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{path}:{line}" for line in EXPECTED[name]]
+
+
+def test_the_example_is_valid_and_defaults_merge_by_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(EXAMPLE)]) == 0
+    assert "valid (access, trunk)" in capsys.readouterr().out
+    config = load(EXAMPLE, {})
+    access, trunk = config.tasks
+    assert (access.options.kernel.shards, trunk.options.kernel.shards) == (2, 1)
+    assert access.options.kernel.signature and access.options.kernel.sip_ports == (5060, 5061)
+    assert trunk.options.kernel.sip_ports == (5080,) and trunk.options.kernel.snaplen == 2048
+    assert access.options.out_rotation.max_bytes == 256 << 20 == trunk.options.out_rotation.max_bytes
+    assert access.options.kafka is not None and access.options.kafka.compression == "zstd"
+    assert access.options.kafka_routing.per_kind and access.options.kafka_routing.key is KeyChoice.CALL_ID
+    assert access.options.kafka_routing.task == "access" and access.dispatch is Dispatch.BINDING
+    assert access.options.calls.ttl_s == 3600 and trunk.options.kafka is None
+    assert (config.node_name, config.metrics_listen) == ("edge-1", "127.0.0.1:9091")
+
+
+def test_otus_environment_variables_override_and_are_checked() -> None:
+    text = EXAMPLE.read_text()
+    config = parse(text, "x.yaml", {"OTUS_METRICS_LISTEN": "off", "OTUS_NODE_NAME": "from-env", "HOME": "/"})
+    assert (config.metrics_listen, config.node_name) == (None, "from-env")
+    with pytest.raises(ConfigInvalid) as invalid:
+        parse(text, "x.yaml", {"OTUS_METRICS_LISTEN": "nowhere"})
+    assert [str(p) for p in invalid.value.problems] == [
+        "$OTUS_METRICS_LISTEN: metrics.listen: must be HOST:PORT (or off), not 'nowhere'"]
+
+
+def test_flags_given_override_the_file_and_only_those() -> None:
+    argv = ["attach", "eth9", "-c", str(EXAMPLE), "--task", "access", "--snaplen", "512",
+            "--mode", "afpacket"]
+    args = cli.build_parser().parse_args(argv)
+    options = cli._with_config(cli._attach_options(args), args, cli._given_flags(argv))
+    assert options.interfaces == ("eth9",)
+    assert (options.kernel.snaplen, options.mode) == (512, CaptureMode.AFPACKET)  # given
+    assert options.kernel.signature and options.kernel.shards == 2  # from the file
+    assert options.kafka is not None and options.kafka.compression == "zstd"
+    assert DEFAULT_SNAPLEN != 512
+
+
+def test_a_task_is_found_by_interface_or_named(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(["attach", "eth1", "-c", str(EXAMPLE)])
+    assert cli._with_config(cli._attach_options(args), args, set()).kernel.sip_ports == (5080,)
+    assert cli.main(["attach", "eth1", "-c", str(EXAMPLE), "--task", "nope"]) == 1
+    assert "no task named 'nope' (tasks: access, trunk)" in capsys.readouterr().err
