@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from otus_ebpf.agent import AttachOptions
 from otus_ebpf.attach import AttachMethod, XdpMode
 from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.hep import HepCollector, HepTransport
@@ -39,6 +38,7 @@ from otus_ebpf.loader import (
     Delivery,
     KernelSettings,
 )
+from otus_ebpf.options import AttachOptions
 from userspace.calls import CallLimits
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation

@@ -1,0 +1,54 @@
+"""What one capture task is asked to do: the settings `attach` flags and a
+config file's task both become."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from otus_ebpf.attach import AttachMethod, XdpMode
+from otus_ebpf.capture import CaptureDirection, CaptureMode, CaptureOptions
+from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
+from otus_ebpf.hep import HepCollector
+from otus_ebpf.kafka import KafkaSettings
+from otus_ebpf.loader import KernelSettings
+from userspace.calls import CallLimits
+from userspace.reassembly import ReassemblyLimits
+from userspace.reporters import Rotation
+from userspace.reporters.hep import HepIdentity
+from userspace.reporters.jsonl import FsyncPolicy
+from userspace.reporters.kafka import BacklogLimits, KafkaRouting
+from userspace.reporters.pcap import PcapFormat
+from userspace.tcp import TcpLimits
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOptions:
+    interfaces: tuple[str, ...]
+    mode: CaptureMode = CaptureMode.AUTO
+    direction: CaptureDirection = CaptureDirection.BOTH
+    xdp_mode: XdpMode = XdpMode.AUTO
+    method: AttachMethod = AttachMethod.AUTO
+    force: bool = False
+    out: str | None = None  # path, "-" for stdout, None for the default file
+    kafka: KafkaSettings | None = None
+    kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
+    kafka_routing: KafkaRouting = field(default_factory=KafkaRouting)
+    hep: tuple[HepCollector, ...] = ()
+    fallback: str | None = None  # JSON-lines file for what an output could not take
+    queue_records: int = DEFAULT_QUEUE_RECORDS  # per output, between capture and its thread
+    hep_identity: HepIdentity = field(default_factory=HepIdentity)
+    out_rotation: Rotation = field(default_factory=Rotation)
+    out_fsync: FsyncPolicy = FsyncPolicy.NEVER
+    pcap: str | None = None  # path of a pcap of every captured frame
+    pcap_rotation: Rotation = field(default_factory=Rotation)
+    pcap_format: PcapFormat = PcapFormat.PCAP
+    pcap_per_call: str | None = None  # directory for one capture file per call
+    kernel: KernelSettings = field(default_factory=KernelSettings)
+    reassembly: ReassemblyLimits = field(default_factory=ReassemblyLimits)
+    tcp: TcpLimits = field(default_factory=TcpLimits)
+    calls: CallLimits = field(default_factory=CallLimits)
+    stats_interval_s: float = 5.0
+
+    @property
+    def capture(self) -> CaptureOptions:
+        return CaptureOptions(self.mode, self.direction, self.xdp_mode, self.method, self.force, self.kernel)

@@ -1,0 +1,233 @@
+"""One capture task: outputs, pipeline and capture, started in phases and
+stopped in reverse.
+
+Start runs the phases in order — validate, resolve, construct, init, wire,
+assemble, start — and everything a phase acquires goes on one ExitStack. If
+any phase fails, the stack unwinds at once: what was started is released in
+reverse order, and the error names the task and the phase. Stop is
+idempotent and safe from any number of threads: the first caller ends the
+poll loop and unwinds the stack — detach, drain the rings, deliver, flush
+the reporters, release the capture, close the reporters — and the others
+wait for it to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+
+from otus_ebpf.capture import Capture, OnStop, open_capture, preflight
+from otus_ebpf.counters import StatsLine
+from otus_ebpf.errors import SetupError
+from otus_ebpf.fanout import QueuedReporter
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
+from userspace.pipeline import Pipeline
+from userspace.records import Record
+from userspace.reporters.kafka import KafkaReporter
+
+POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
+STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
+STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
+
+CaptureOpener = Callable[..., Capture]
+
+
+class TaskState(Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class TaskStartError(SetupError):
+    def __init__(self, task: str, phase: str, cause: BaseException) -> None:
+        super().__init__(f"task {task}: {phase}: {cause}")
+        self.phase = phase
+
+
+def resolve_interface(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise SetupError(f"unknown interface {name!r} (see `ip link`)") from None
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SetupError("not root: loading and attaching BPF programs needs root; run with sudo")
+
+
+class Task:
+    PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
+
+    def __init__(self, name: str, options: AttachOptions, log: Log,
+                 capture_opener: CaptureOpener = open_capture) -> None:
+        """``capture_opener``: open_capture; tests hand in a stand-in for the kernel side."""
+        self.name = name
+        self.options = options
+        self.state = TaskState.NEW
+        self.phase: str | None = None
+        self._log = log
+        self._open_capture = capture_opener
+        self._stack = contextlib.ExitStack()
+        self._state_lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._loop_idle = threading.Event()
+        self._loop_idle.set()
+        self._stopped = threading.Event()
+        self._start_done = threading.Event()
+        self._start_done.set()
+        self.interfaces: dict[int, str] = {}
+        self.reporters: list[QueuedReporter] = []
+        self.kafka: KafkaReporter | None = None
+        self.capture: Capture | None = None
+        self.pipeline: Pipeline | None = None
+        self.frames = FrameOutputs()
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._state_lock:
+            if self.state is not TaskState.NEW:
+                raise RuntimeError(f"task {self.name} is {self.state.value}; a task starts once")
+            self.state = TaskState.STARTING
+            self._start_done.clear()
+        try:
+            for phase in self.PHASES:
+                self.phase = phase
+                getattr(self, f"_{phase}")()
+        except BaseException as exc:
+            self._stack.close()  # release what the earlier phases started, in reverse
+            self.state = TaskState.FAILED
+            self._stopped.set()
+            if isinstance(exc, SetupError | OSError):
+                raise TaskStartError(self.name, self.phase or "?", exc) from exc
+            raise
+        finally:
+            self._start_done.set()
+        self.state = TaskState.RUNNING
+
+    def _validate(self) -> None:
+        self.options.kernel.validate()
+        if not self.options.interfaces:
+            raise SetupError("no interface to capture on")
+
+    def _resolve(self) -> None:
+        self.interfaces = {resolve_interface(name): name for name in self.options.interfaces}
+        require_root()
+        preflight(self.options.capture, self.interfaces)
+
+    def _construct(self) -> None:
+        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
+        o = self.options
+        self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls)
+
+    def _init(self) -> None:
+        label = ",".join(self.options.interfaces)
+        self.reporters, self.kafka = open_reporters(self._stack, self.options, label, self._log)
+        self.frames = open_frame_outputs(self._stack, self.options, self._log)
+
+    def _wire(self) -> None:
+        assert self.pipeline is not None
+        self.pipeline.keep_frames = self.frames.wanted
+
+    def _assemble(self) -> None:
+        on_stop: OnStop = self._on_capture_stop
+        self.capture = self._open_capture(self._stack, self.options.capture, self.interfaces,
+                                          self._clock_offset_ns, on_stop, self._log)
+        self._log(f"capturing: {self.capture.description}")
+
+    def _start(self) -> None:
+        now = time.monotonic()
+        self._next_stats = now + self.options.stats_interval_s
+        self._next_reports = now + STREAM_REPORT_INTERVAL_S
+
+    # -- running --------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Poll until ``stop`` (or a stop request) is set; the caller's thread does the work."""
+        if self.state is not TaskState.RUNNING:
+            return
+        self._loop_idle.clear()
+        try:
+            while not self._stop_requested.is_set() and not (stop is not None and stop.is_set()):
+                self.poll_once()
+        finally:
+            self._loop_idle.set()
+
+    def poll_once(self) -> None:
+        capture, pipeline = self.capture, self.pipeline
+        assert capture is not None and pipeline is not None
+        self._deliver(capture.poll(POLL_TIMEOUT_MS))
+        expired = pipeline.expire(time.monotonic_ns())
+        if expired:
+            self._write(expired)
+            self.frames.write([], expired)
+            capture.apply_flows(pipeline.take_flow_events())
+        now = time.monotonic()
+        if now >= self._next_reports:
+            self._write(pipeline.stream_reports(time.time_ns()))
+            self._next_reports += STREAM_REPORT_INTERVAL_S
+        if now >= self._next_stats:
+            self._log(self.stats_line())
+            self._next_stats += self.options.stats_interval_s
+
+    def _deliver(self, batch: list[bytes]) -> None:
+        assert self.pipeline is not None
+        records = self.pipeline.process(batch)
+        self._write(records)
+        if self.frames.wanted:
+            self.frames.write(self.pipeline.take_frames(), records)
+        if self.capture is not None:
+            self.capture.apply_flows(self.pipeline.take_flow_events())
+
+    def _write(self, records: list[Record]) -> None:
+        for reporter in self.reporters:
+            reporter.write(records)
+
+    def stats_line(self) -> str:
+        assert self.pipeline is not None
+        sections = self.capture.stats_sections() if self.capture else []
+        return StatsLine(",".join(self.options.interfaces), sections, self.pipeline.stats,
+                         self.kafka.stats if self.kafka else None, self.pipeline.reassembler.stats,
+                         [r.summary() for r in self.reporters]).format()
+
+    # -- stop -----------------------------------------------------------------
+
+    def _on_capture_stop(self, leftover: list[bytes]) -> None:
+        """Called by the capture after it detached and drained its rings."""
+        assert self.pipeline is not None
+        self._deliver(leftover)
+        self._write(self.pipeline.stream_reports(time.time_ns()))  # streams of calls still going
+        flush_reporters(self.reporters, self._log)
+        self._log(self.stats_line())  # the final figures, after everything is delivered
+
+    def stop(self) -> None:
+        """Stop once, whoever asks and however often; every caller returns when it is done."""
+        self._start_done.wait()  # a start under way finishes (or fails and cleans up) first
+        with self._state_lock:
+            first = self.state is TaskState.RUNNING
+            if first:
+                self.state = TaskState.STOPPING
+            elif self.state is TaskState.NEW:
+                self.state = TaskState.STOPPED
+                self._stopped.set()
+            # FAILED: start already released everything; STOPPING: another caller is at it
+        if not first:
+            self._stopped.wait()
+            return
+        self._stop_requested.set()
+        self._loop_idle.wait(STOP_WAIT_S)  # the poll loop finishes its batch first
+        try:
+            self._stack.close()
+        finally:
+            self.state = TaskState.STOPPED
+            self._stopped.set()

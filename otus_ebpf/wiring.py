@@ -1,0 +1,115 @@
+"""Opening a task's outputs: the record reporters, each behind its own queue
+and thread, and the frame outputs (pcap, per-call files). Everything opened
+is registered on the ExitStack handed in, so it is released in reverse
+order whatever happens next."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from otus_ebpf.fanout import Fallback, QueuedReporter
+from otus_ebpf.hep import HepSender
+from otus_ebpf.kafka import open_kafka_reporter
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.outputs import RotatingFile, StreamSink
+from otus_ebpf.percall import PerCallPcap
+from userspace.records import CallSummary, Record
+from userspace.reporters import Reporter, RotatingSink
+from userspace.reporters.hep import HepReporter
+from userspace.reporters.jsonl import JsonLinesReporter
+from userspace.reporters.kafka import KafkaReporter
+from userspace.reporters.pcap import Frame, PcapReporter
+
+DEFAULT_OUT_DIR = Path("otus-out")
+FLUSH_TIMEOUT_S = 10.0
+Log = Callable[[str], None]
+
+
+def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str,
+                   log: Log) -> tuple[list[QueuedReporter], KafkaReporter | None]:
+    """Open every output before touching the kernel, so a bad output fails first.
+    Each runs behind its own queue and thread (otus_ebpf.fanout); closing
+    stops the workers after they have written what is queued."""
+    fallback = None
+    if options.fallback is not None:
+        fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
+                                              time.monotonic, options.out_fsync))
+        stack.callback(fallback.close)  # after every worker that may hand it records
+        log(f"records no output could take go to {options.fallback}")
+    reporters: list[QueuedReporter] = []
+
+    def queued(name: str, reporter: Reporter) -> None:
+        worker = QueuedReporter(name, reporter, fallback, options.queue_records, on_error=log)
+        stack.callback(worker.close)
+        reporters.append(worker)
+
+    jsonl_sink = open_output(options.out, label, log)
+    queued("jsonl", JsonLinesReporter(jsonl_sink, options.out_rotation, time.monotonic, options.out_fsync))
+    kafka = None
+    if options.kafka is not None:
+        spill = fallback.take_encoded if fallback is not None else None
+        kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
+                                    time.monotonic, spill)
+        queued("kafka", kafka)
+    if options.hep:
+        queued("hep", HepReporter(HepSender(options.hep, time.monotonic), options.hep_identity))
+        log(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
+    return reporters, kafka
+
+
+@dataclass(slots=True)
+class FrameOutputs:
+    """The outputs of captured frames rather than records: a pcap of
+    everything, and a file per call."""
+
+    pcap: PcapReporter | None = None
+    per_call: PerCallPcap | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return self.pcap is not None or self.per_call is not None
+
+    def write(self, frames: list[Frame], records: list[Record]) -> None:
+        if self.pcap is not None:
+            self.pcap.write_frames(frames)
+        if self.per_call is not None:
+            self.per_call.write_frames(frames)
+            self.per_call.calls_ended(r.call_id for r in records if isinstance(r, CallSummary))
+
+
+def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log: Log) -> FrameOutputs:
+    outputs = FrameOutputs()
+    if options.pcap is not None:
+        outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
+                                    options.pcap_format)
+        stack.callback(outputs.pcap.close)
+        log(f"writing captured frames to {options.pcap}")
+    if options.pcap_per_call is not None:
+        outputs.per_call = PerCallPcap(Path(options.pcap_per_call), options.pcap_format)
+        stack.callback(outputs.per_call.close)
+        log(f"writing one capture file per call to {options.pcap_per_call}/")
+    return outputs
+
+
+def open_output(out: str | None, label: str, log: Log) -> RotatingSink:
+    """The JSON-lines sink; the reporter closes it."""
+    if out == "-":
+        return StreamSink(sys.stdout.buffer)
+    path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
+    sink = RotatingFile(path)
+    log(f"writing records to {path}")
+    return sink
+
+
+def flush_reporters(reporters: list[QueuedReporter], log: Log) -> None:
+    for reporter in reporters:
+        undelivered = reporter.flush(FLUSH_TIMEOUT_S, time.monotonic)
+        if undelivered:
+            log(f"{reporter.name}: {undelivered} records undelivered at exit")
+
+
