@@ -69,8 +69,8 @@ class Task:
     PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
 
     def __init__(self, name: str, options: AttachOptions, log: Log,
-                 capture_opener: CaptureOpener = open_capture) -> None:
-        """``capture_opener``: open_capture; tests hand in a stand-in for the kernel side."""
+                 capture_opener: CaptureOpener | None = None) -> None:
+        """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side."""
         self.name = name
         self.options = options
         self.state = TaskState.NEW
@@ -141,7 +141,8 @@ class Task:
 
     def _assemble(self) -> None:
         on_stop: OnStop = self._on_capture_stop
-        self.capture = self._open_capture(self._stack, self.options.capture, self.interfaces,
+        opener = self._open_capture or open_capture
+        self.capture = opener(self._stack, self.options.capture, self.interfaces,
                                           self._clock_offset_ns, on_stop, self._log)
         self._log(f"capturing: {self.capture.description}")
 

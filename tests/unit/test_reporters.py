@@ -112,6 +112,7 @@ class ListProducer:
         self.room = room
         self.polls = 0
         self.batch_calls = 0
+        self.closed = False
 
     def _refuse(self) -> bool:
         if self.full:
@@ -155,6 +156,14 @@ class ListProducer:
     def flush(self, timeout: float) -> int:
         self.poll(timeout)
         return 0
+
+    def purge(self) -> None:
+        purged, self.pending = self.pending, []
+        for callback in purged:
+            callback(QueueFull(), None)
+
+    def close(self) -> None:
+        self.closed = True
 
     def __len__(self) -> int:
         return len(self.pending)

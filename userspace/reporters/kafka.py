@@ -94,6 +94,11 @@ class ProducerLike(Protocol):
 
     def flush(self, timeout: float) -> int: ...
 
+    def purge(self) -> None:
+        """Drop every message not yet delivered; each gets a failed delivery report."""
+
+    def close(self) -> Any: ...
+
     def __len__(self) -> int:
         """Messages handed over and not yet delivered or failed."""
         ...
@@ -329,7 +334,12 @@ class KafkaReporter:
                 return len(self._backlog) + in_flight
 
     def close(self) -> None:
-        self._producer.flush(0)
+        """Give up what is still queued (counted as failed, spilled if there is a spill)
+        and release the client: its threads and sockets end here."""
+        self._producer.purge()
+        self._producer.poll(0)  # the purged records' delivery reports
+        self._count_delivered()
+        self._producer.close()
 
     def _record_delivery(self, error: Any, message: Any) -> None:
         if error is not None:
