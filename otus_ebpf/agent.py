@@ -11,17 +11,28 @@ import threading
 from types import FrameType
 
 from otus_ebpf.errors import SetupError
+from otus_ebpf.metrics import MetricsServer
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.task import Task, TaskStartError, require_root, resolve_interface
 
 __all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
 
 
-def run_attach(options: AttachOptions, name: str = "attach") -> int:
+def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None) -> int:
+    """``metrics_listen``: HOST:PORT for /metrics, None for none."""
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
         task = Task(name, options, log)
         try:
+            task.start(through="init")  # checked, resolved, outputs open; nothing attached yet
+            if metrics_listen is not None:
+                try:
+                    metrics = MetricsServer(metrics_listen, lambda: [task])
+                except SetupError:
+                    task.abandon()
+                    raise
+                stack.callback(metrics.close)  # after the task has stopped: the last scrape sees the end
+                log(f"metrics on http://{metrics.address}/metrics")
             task.start()
         except TaskStartError as failed:
             # One task in the foreground: the cause is the message, as the operator expects it.

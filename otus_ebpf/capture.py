@@ -17,7 +17,7 @@ from typing import Protocol
 
 from otus_ebpf.afpacket import AfPacketCapture
 from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
-from otus_ebpf.counters import format_kernel_counts, read_kernel_counters
+from otus_ebpf.counters import format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
 from otus_ebpf.maps import Endpoint
@@ -61,6 +61,9 @@ class Capture(Protocol):
     def poll(self, timeout_ms: int) -> list[bytes]: ...
 
     def stats_sections(self) -> list[str]: ...
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Cumulative counters per capturer (a program, a ring shard, a socket)."""
 
     def apply_flows(self, events: list[FlowEvent]) -> None:
         """Learn or forget media endpoints the dialogs announced."""
@@ -138,6 +141,13 @@ class _EbpfCapture:
             sections.append(f"perf_lost={self._reader.lost}")
         return sections
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        bpf = self._programs.bpf
+        kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
+        kernel["perf_lost"] = self._reader.lost
+        shards = read_shard_failures(bpf, self._programs.shards)
+        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+
 
 class _AfPacket:
     def __init__(self, capture: AfPacketCapture, description: str) -> None:
@@ -159,6 +169,10 @@ class _AfPacket:
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
         return [f"afpacket packets={stats.packets} drops={stats.drops}"]
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        stats = self._capture.read_stats()
+        return {"afpacket": {"packets": stats.packets, "drops": stats.drops}}
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],

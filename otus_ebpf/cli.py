@@ -13,7 +13,7 @@ from otus_ebpf import __version__
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.capture import CaptureDirection, CaptureMode
-from otus_ebpf.config import EXIT_INVALID, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import DEFAULT_METRICS_LISTEN, EXIT_INVALID, Config, ConfigInvalid, TaskConfig
 from otus_ebpf.config import load as load_config
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
@@ -61,6 +61,8 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("interfaces", nargs="+", metavar="IFACE")
     attach.add_argument("-c", "--config", type=Path, metavar="FILE",
                         help="take the task's settings from this YAML file; flags given override it")
+    attach.add_argument("--metrics", metavar="HOST:PORT|off",
+                        help=f"Prometheus /metrics (default: the config's, else {DEFAULT_METRICS_LISTEN})")
     attach.add_argument("--task", metavar="NAME",
                         help="the file's task to run (default: the one capturing IFACE, else the first)")
     attach.add_argument("--mode", choices=[m.value for m in CaptureMode], default=CaptureMode.AUTO.value,
@@ -184,9 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.file)
         if args.command == "attach":
             options = _attach_options(args)
+            metrics: str | None = DEFAULT_METRICS_LISTEN
             if args.config is not None:
                 options = _with_config(options, args, _given_flags(argv))
-            return run_attach(options)
+                metrics = load_config(args.config).metrics_listen
+            if args.metrics is not None:
+                metrics = None if args.metrics == "off" else _listen_address(args.metrics)
+            return run_attach(options, metrics_listen=metrics)
         ifindex = resolve_interface(args.interface)
         require_root()
         if args.command == "detach":
@@ -398,3 +404,10 @@ def _pick_task(config: Config, args: argparse.Namespace) -> TaskConfig:
         if set(args.interfaces) & set(task.options.interfaces):
             return task
     return config.tasks[0]
+
+
+def _listen_address(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SetupError(f"--metrics {text!r}: expected HOST:PORT or off")
+    return text

@@ -25,6 +25,7 @@ from otus_ebpf.capture import Capture, OnStop, open_capture, preflight
 from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import QueuedReporter
+from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
 from userspace.pipeline import Pipeline
@@ -36,6 +37,10 @@ STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 
 CaptureOpener = Callable[..., Capture]
+
+
+def _fields(stats: object) -> list[tuple[str, int]]:
+    return [(name, getattr(stats, name)) for name in stats.__dataclass_fields__]  # type: ignore[attr-defined]
 
 
 class TaskState(Enum):
@@ -85,6 +90,8 @@ class Task:
         self._stopped = threading.Event()
         self._start_done = threading.Event()
         self._start_done.set()
+        self._next_phase = 0
+        self._partial = False
         self.interfaces: dict[int, str] = {}
         self.reporters: list[QueuedReporter] = []
         self.kafka: KafkaReporter | None = None
@@ -94,26 +101,41 @@ class Task:
 
     # -- start ----------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, through: str | None = None) -> None:
+        """Run the phases not yet run, through ``through`` (default: all); a caller
+        may stop after "init" to do its own setup before anything is attached."""
         with self._state_lock:
-            if self.state is not TaskState.NEW:
+            if self.state is not TaskState.NEW and not (self.state is TaskState.STARTING and self._partial):
                 raise RuntimeError(f"task {self.name} is {self.state.value}; a task starts once")
             self.state = TaskState.STARTING
             self._start_done.clear()
+        last = self.PHASES.index(through) if through is not None else len(self.PHASES) - 1
         try:
-            for phase in self.PHASES:
-                self.phase = phase
-                getattr(self, f"_{phase}")()
+            while self._next_phase <= last:
+                self.phase = self.PHASES[self._next_phase]
+                getattr(self, f"_{self.phase}")()
+                self._next_phase += 1
         except BaseException as exc:
             self._stack.close()  # release what the earlier phases started, in reverse
             self.state = TaskState.FAILED
             self._stopped.set()
+            self._start_done.set()
             if isinstance(exc, SetupError | OSError):
                 raise TaskStartError(self.name, self.phase or "?", exc) from exc
             raise
-        finally:
+        self._partial = self._next_phase < len(self.PHASES)
+        if not self._partial:
+            self.state = TaskState.RUNNING
             self._start_done.set()
-        self.state = TaskState.RUNNING
+
+    def abandon(self) -> None:
+        """Release a partly started task (its caller's own setup failed)."""
+        if self._partial:
+            self._stack.close()
+            self.state = TaskState.FAILED
+            self._partial = False
+            self._stopped.set()
+            self._start_done.set()
 
     def _validate(self) -> None:
         self.options.kernel.validate()
@@ -200,6 +222,49 @@ class Task:
         return StatsLine(",".join(self.options.interfaces), sections, self.pipeline.stats,
                          self.kafka.stats if self.kafka else None, self.pipeline.reassembler.stats,
                          [r.summary() for r in self.reporters]).format()
+
+    def metrics_sample(self) -> TaskSample:
+        """Every figure of this task, read now (called by the metrics collector's thread)."""
+        sample = TaskSample(self.state.value)
+        pipeline = self.pipeline
+        if self.capture is not None and self.state is TaskState.RUNNING:
+            sample.capturers = self.capture.counters()
+        if pipeline is None:
+            return sample
+        p = pipeline.stats
+        sample.count("otus_events_total", p.events)
+        sample.count("otus_records_total", p.records)
+        for layer, value in (("event", p.event_errors), ("frame", p.decode_errors), ("sip", p.sip_errors)):
+            sample.count("otus_decode_errors_total", value, layer=layer)
+        for kind, value in dict(p.sip_messages).items():
+            sample.count("otus_sip_messages_total", value, kind=kind)
+        sample.count("otus_sip_defects_total", p.sip_defects)
+        for outcome, value in _fields(pipeline.reassembler.stats):
+            sample.count("otus_reassembly_total", value, outcome=outcome)
+        for outcome, value in _fields(pipeline.tcp.stats):
+            sample.count("otus_tcp_total", value, outcome=outcome)
+        calls = pipeline.calls
+        for outcome in ("calls", "ended", "expired", "evicted"):
+            sample.count("otus_calls_total", getattr(calls.stats, outcome), outcome=outcome)
+        sample.gauge("otus_dialogs_active", len(calls))
+        sample.gauge("otus_flows_active", calls.stats.flows_learned - calls.stats.flows_forgotten)
+        streams = list(calls.media.streams.values())
+        sample.gauge("otus_rtp_streams_active", len(streams))
+        scores = [mos for s in streams if isinstance(mos := s.report()["mos"], int | float)]
+        if scores:
+            sample.gauge("otus_rtp_mos", sum(scores) / len(scores))
+        for reporter in self.reporters:
+            q = reporter.stats
+            for outcome in ("written", "overflow", "failed", "to_fallback"):
+                sample.count("otus_output_records_total", getattr(q, outcome), output=reporter.name,
+                             outcome=outcome)
+            sample.gauge("otus_output_queued", q.queued, output=reporter.name)
+        if self.kafka is not None:
+            k = self.kafka.stats
+            for outcome in ("received", "produced", "delivered", "failed", "retried", "dropped", "spilled"):
+                sample.count("otus_kafka_records_total", getattr(k, outcome), outcome=outcome)
+            sample.gauge("otus_kafka_in_flight", k.in_flight)
+        return sample
 
     # -- stop -----------------------------------------------------------------
 

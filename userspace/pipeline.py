@@ -8,7 +8,7 @@ other than ``DecodeError`` is a bug and propagates.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from userspace.calls import CallLimits, CallTracker, FlowEvent
 from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
@@ -32,7 +32,11 @@ class PipelineStats:
     empty_payloads: int = 0
     not_sip: int = 0
     sip_errors: int = 0
+    sip_defects: int = 0  # messages parsed with a counted defect
     records: int = 0
+    # SIP messages by method (known ones, else "other") or status class ("2xx"):
+    # bounded, so hostile methods cannot grow it (or a metric's label set).
+    sip_messages: dict[str, int] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -174,6 +178,12 @@ class Pipeline:
         except DecodeError:
             self.stats.sip_errors += 1
             return
+        kind = _STATUS_CLASSES[message.status // 100] if message.status is not None else \
+            (message.method if message.method in _KNOWN_METHODS else "other")
+        by_kind = self.stats.sip_messages
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        if message.defects:
+            self.stats.sip_defects += 1
         record = SipRecord(
             event.ts_ns + self._clock_offset_ns,
             self._interface_names.get(event.ifindex, str(event.ifindex)),
@@ -184,6 +194,11 @@ class Pipeline:
         flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
         self._flow_events += flows
         records += summaries
+
+
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
+_KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+                            "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
 
 
 def _call_of(record: Record) -> str | None:

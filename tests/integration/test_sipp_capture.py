@@ -17,10 +17,11 @@ import pytest
 
 from otus_ebpf import netns
 from tests.support.agent import read_records, start_agent
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.lab import Lab
 from tests.support.sipp import run_calls
 from tests.support.tshark import frame_fields, hep_fields, hep_packets_as_pcap, sip_messages, start_capture
+from tests.unit.test_metrics import scrape
 
 CALLS = 20
 PARTITIONS = 3
@@ -238,3 +239,27 @@ def test_hep_reaches_a_udp_and_a_tcp_collector_and_tshark_reads_it(lab: Lab, tmp
                         "77", "uas-edge") for r in records)
     assert seen == expected
     assert len(records) == CALLS * sum(MESSAGES_PER_CALL.values())
+
+
+def test_metrics_scraped_over_http_match_the_records_written(lab: Lab, tmp_path: Path) -> None:
+    port = free_port(lab.uas_ns)
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--metrics", f"127.0.0.1:{port}"])
+    try:
+        run_calls(lab, CALLS, "u1", tmp_path)
+        time.sleep(1.5)  # the reporters' queues drain
+        with netns.inside(lab.uas_ns):
+            page = scrape(f"127.0.0.1:{port}")
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    records = read_records(out)
+    task = ("task", "attach")
+    assert page["otus_records_total", (task,)] == len(records)
+    written = (("outcome", "written"), ("output", "jsonl"), task)
+    assert page["otus_output_records_total", written] == len(records)
+    assert page["otus_sip_messages_total", (("kind", "INVITE"), task)] == CALLS
+    assert page["otus_calls_total", (("outcome", "ended"), task)] == CALLS
+    seen = page["otus_capture_packets_total", (("capturer", "kernel"), ("counter", "ingress_seen"), task)]
+    submitted = page["otus_capture_task_packets_total", (("counter", "ingress_submitted"), task)]
+    assert seen >= submitted > 0

@@ -15,8 +15,10 @@ ATTACH_TIMEOUT_S = 30.0
 
 def start_agent(netns: str, interface: str, out: Path, log: Path,
                 extra: Sequence[str] = (), more_interfaces: Sequence[str] = ()) -> Background:
+    # Several agents may share a namespace: /metrics only where a test asks for it.
+    metrics = [] if "--metrics" in extra else ["--metrics", "off"]
     agent = Background([str(AGENT), "attach", interface, *more_interfaces, "--no-tui", "--out", str(out),
-                        "--stats-interval", "1", *extra], log, netns=netns)
+                        "--stats-interval", "1", *metrics, *extra], log, netns=netns)
     agent.wait_for_output("capturing:", ATTACH_TIMEOUT_S)
     return agent
 

@@ -64,6 +64,9 @@ class FakeCapture:
     def stats_sections(self) -> list[str]:
         return ["fake capture"]
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {"fake": {"packets": 0}}
+
 
 class FakeOpener:
     def __init__(self, batches: list[list[bytes]] | None = None, leftover: list[bytes] | None = None) -> None:
