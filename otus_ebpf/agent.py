@@ -8,18 +8,22 @@ import contextlib
 import signal
 import sys
 import threading
+from collections import deque
 from types import FrameType
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.metrics import MetricsServer
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.task import Task, TaskStartError, require_root, resolve_interface
+from otus_ebpf.tui import Dashboard, LiveView
 
 __all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
 
 
-def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None) -> int:
-    """``metrics_listen``: HOST:PORT for /metrics, None for none."""
+def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None,
+               live_view: bool = False) -> int:
+    """``metrics_listen``: HOST:PORT for /metrics, None for none. ``live_view``:
+    draw the rich dashboard on the terminal instead of printing stats lines."""
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
         task = Task(name, options, log)
@@ -38,6 +42,11 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
             # One task in the foreground: the cause is the message, as the operator expects it.
             raise SetupError(str(failed.__cause__)) from None
         stack.callback(task.stop)
+        if live_view:
+            task.recent = deque(maxlen=64)
+            task.periodic_stats = False
+            view = LiveView(Dashboard(lambda: [task]))
+            stack.callback(view.close)  # before the task stops: its final figures print plainly
         task.run(stop)
         log("stopping: detaching, draining, flushing outputs")
     return 0

@@ -100,7 +100,7 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="ring buffer size in pages, a power of two")
     attach.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
-                        help="plain stats lines (the live TUI comes with the control plane)")
+                        help="plain stats lines instead of the live view (also without a terminal)")
 
 
 def _add_outputs(group: argparse._ArgumentGroup) -> None:
@@ -192,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = load_config(args.config).metrics_listen
             if args.metrics is not None:
                 metrics = None if args.metrics == "off" else _listen_address(args.metrics)
-            return run_attach(options, metrics_listen=metrics)
+            live_view = not args.no_tui and sys.stdout.isatty() and options.out != "-"
+            return run_attach(options, metrics_listen=metrics, live_view=live_view)
         ifindex = resolve_interface(args.interface)
         require_root()
         if args.command == "detach":

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -29,7 +30,7 @@ from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
 from userspace.pipeline import Pipeline
-from userspace.records import Record
+from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
 
 POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
@@ -98,6 +99,8 @@ class Task:
         self.capture: Capture | None = None
         self.pipeline: Pipeline | None = None
         self.frames = FrameOutputs()
+        self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
+        self.periodic_stats = True  # a live view shows them instead
 
     # -- start ----------------------------------------------------------------
 
@@ -200,7 +203,8 @@ class Task:
             self._write(pipeline.stream_reports(time.time_ns()))
             self._next_reports += STREAM_REPORT_INTERVAL_S
         if now >= self._next_stats:
-            self._log(self.stats_line())
+            if self.periodic_stats:
+                self._log(self.stats_line())
             self._next_stats += self.options.stats_interval_s
 
     def _deliver(self, batch: list[bytes]) -> None:
@@ -215,6 +219,8 @@ class Task:
     def _write(self, records: list[Record]) -> None:
         for reporter in self.reporters:
             reporter.write(records)
+        if self.recent is not None:
+            self.recent.extend(r for r in records if isinstance(r, SipRecord))
 
     def stats_line(self) -> str:
         assert self.pipeline is not None
