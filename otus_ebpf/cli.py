@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from otus_ebpf import __version__
+from otus_ebpf import __version__, cli_daemon
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.capture import CaptureDirection, CaptureMode
@@ -49,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     det = commands.add_parser("detach", help="remove programs a crashed netlink-attached agent left")
     det.add_argument("interface")
-    stats = commands.add_parser("stats", help="kernel counters of the agent attached to IFACE")
-    stats.add_argument("interface")
+    stats = commands.add_parser("stats", help="kernel counters of the agent on IFACE (without: a daemon's)")
+    stats.add_argument("interface", nargs="?")
+    stats.add_argument("--socket", default=None, help="the daemon's control socket (without IFACE)")
     _add_filter(commands.add_parser("filter", help="change a running agent's filters (no detach)"))
     flows = commands.add_parser("flows", help="media endpoints the agent on IFACE learned from SDP")
     flows.add_argument("interface")
+    cli_daemon.add_commands(commands)
     return parser
 
 
@@ -194,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = None if args.metrics == "off" else _listen_address(args.metrics)
             live_view = not args.no_tui and sys.stdout.isatty() and options.out != "-"
             return run_attach(options, metrics_listen=metrics, live_view=live_view)
+        if args.command in ("daemon", "task", "reload", "top"):
+            return cli_daemon.run(args, log)
+        if args.command == "stats" and args.interface is None:
+            return cli_daemon.daemon_stats(args.socket)
         ifindex = resolve_interface(args.interface)
         require_root()
         if args.command == "detach":

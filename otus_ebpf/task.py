@@ -222,6 +222,17 @@ class Task:
         if self.recent is not None:
             self.recent.extend(r for r in records if isinstance(r, SipRecord))
 
+    def recent_rows(self) -> list[list[str]]:
+        """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""
+        rows = []
+        for record in list(self.recent or ()):
+            m = record.message
+            rows.append([time.strftime("%H:%M:%S", time.localtime(record.ts_ns / 1e9)),
+                         record.direction.name.lower()[:2], f"{record.src}:{record.sport}",
+                         f"{record.dst}:{record.dport}", m.method or f"{m.status} {m.reason or ''}".strip(),
+                         m.call_id])
+        return rows
+
     def stats_line(self) -> str:
         assert self.pipeline is not None
         sections = self.capture.stats_sections() if self.capture else []

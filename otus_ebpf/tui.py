@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,19 +23,20 @@ from rich.table import Table
 from rich.text import Text
 
 from otus_ebpf.metrics import TaskSample
-from userspace.records import SipRecord
 
 REFRESH_S = 0.5
 RECENT_SHOWN = 8
 
 
 class ViewedTask(Protocol):
-    """What the view reads of a task (otus_ebpf.task.Task)."""
+    """What the view reads of a task: otus_ebpf.task.Task here, or a daemon's
+    task through the control socket (`otus-ebpf top`)."""
 
     name: str
-    recent: deque[SipRecord] | None
 
     def metrics_sample(self) -> TaskSample: ...
+
+    def recent_rows(self) -> list[list[str]]: ...
 
 
 def _total(sample: TaskSample, metric: str, **labels: str) -> int:
@@ -131,17 +131,10 @@ class Dashboard:
         return table
 
     def _recent(self, task: ViewedTask) -> RenderableType:
-        recent = list(task.recent or ())[-RECENT_SHOWN:]
         table = Table("time", "dir", "from", "to", "message", "Call-ID", box=None, padding=(0, 1),
                       title="latest SIP", title_justify="left")
-        for record in recent:
-            if not isinstance(record, SipRecord):
-                continue
-            m = record.message
-            what = m.method or f"{m.status} {m.reason or ''}".strip()
-            table.add_row(time.strftime("%H:%M:%S", time.localtime(record.ts_ns / 1e9)),
-                          record.direction.name.lower()[:2], f"{record.src}:{record.sport}",
-                          f"{record.dst}:{record.dport}", what, m.call_id[:40])
+        for row in task.recent_rows()[-RECENT_SHOWN:]:
+            table.add_row(*row[:5], row[5][:40])
         return table
 
 

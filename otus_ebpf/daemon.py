@@ -1,0 +1,178 @@
+"""`otus-ebpf daemon -c FILE`: every task of the file, a control socket, the
+metrics endpoint; SIGHUP re-reads the file and applies the differences,
+SIGINT/SIGTERM stop everything in order (tasks newest first, then the
+control socket and metrics), and the signal handlers are given back."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections import deque
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from otus_ebpf.config import EXIT_INVALID, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import load as load_config
+from otus_ebpf.control import ControlServer
+from otus_ebpf.errors import SetupError
+from otus_ebpf.manager import ApplyResult, TaskManager
+from otus_ebpf.metrics import MetricsServer, TaskSample
+from otus_ebpf.task import CaptureOpener, Task
+from otus_ebpf.wiring import Log
+from userspace.records import SipRecord
+
+RECENT_KEPT = 64
+
+
+class Daemon:
+    def __init__(self, config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> None:
+        self.config_path = config_path
+        self._log = log
+        self.manager = TaskManager(log, capture_opener)
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
+
+    def reload(self) -> ApplyResult:
+        """Read the file again and apply it; an invalid file changes nothing."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigInvalid as invalid:
+                for problem in invalid.problems:
+                    self._log(f"reload refused: {problem}")
+                raise SetupError(f"{self.config_path} is invalid ({len(invalid.problems)} problem(s)); "
+                                 "nothing changed") from None
+            result = self.apply(config)
+        self._log(f"reloaded {self.config_path}: started {result.started}, restarted {result.restarted}, "
+                  f"stopped {result.stopped}, unchanged {result.unchanged}, failed {list(result.failed)}")
+        return result
+
+    def apply(self, config: Config) -> ApplyResult:
+        result = self.manager.apply(config)
+        for task in self.manager.tasks():
+            if task.recent is None:
+                task.recent = _recent()
+        return result
+
+    # -- control socket handlers ----------------------------------------------
+
+    def handlers(self) -> dict[str, Any]:
+        return {"list": self._list, "status": self._status, "stats": self._stats, "samples": self._samples,
+                "create": self._create, "delete": self._delete, "reload": self._reload}
+
+    def _list(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces)}
+                          for t in self.manager.tasks()]}
+
+    def _task(self, request: dict[str, Any]) -> Task:
+        task = self.manager.get(str(request.get("task")))
+        if task is None:
+            raise SetupError(f"no task named {request.get('task')!r}")
+        return task
+
+    def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(request)
+        return {"task": {"name": task.name, "state": task.state.value, "phase": task.phase,
+                         "interfaces": list(task.options.interfaces), "stats": task.stats_line()}}
+
+    def _stats(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"stats": {t.name: t.stats_line() for t in self.manager.tasks()}}
+
+    def _samples(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"tasks": [{"name": t.name, "sample": sample_to_json(t.metrics_sample()),
+                           "recent": t.recent_rows()} for t in self.manager.tasks()]}
+
+    def _create(self, request: dict[str, Any]) -> dict[str, Any]:
+        config = load_config(Path(str(request.get("config"))))
+        wanted = str(request.get("task"))
+        task_config = next((t for t in config.tasks if t.name == wanted), None)
+        if task_config is None:
+            raise SetupError(f"{request.get('config')}: no task named {wanted!r}")
+        self._create_task(task_config)
+        return {"created": wanted}
+
+    def _create_task(self, config: TaskConfig) -> None:
+        try:
+            self.manager.create(config)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        task = self.manager.get(config.name)
+        if task is not None:
+            task.recent = _recent()
+
+    def _delete(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.manager.delete(str(request.get("task"))):
+            raise SetupError(f"no task named {request.get('task')!r}")
+        return {"deleted": request.get("task")}
+
+    def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
+        result = self.reload()
+        return {"started": result.started, "restarted": result.restarted, "stopped": result.stopped,
+                "unchanged": result.unchanged, "failed": result.failed}
+
+
+def _recent() -> deque[SipRecord]:
+    return deque(maxlen=RECENT_KEPT)
+
+
+def sample_to_json(sample: TaskSample) -> dict[str, Any]:
+    return {"state": sample.state, "capturers": sample.capturers,
+            "counters": [[name, [list(pair) for pair in labels], value]
+                         for name, values in sample.counters.items() for labels, value in values.items()],
+            "gauges": [[name, [list(pair) for pair in labels], value]
+                       for name, values in sample.gauges.items() for labels, value in values.items()]}
+
+
+def sample_from_json(data: dict[str, Any]) -> TaskSample:
+    sample = TaskSample(str(data["state"]), {k: dict(v) for k, v in data["capturers"].items()})
+    for name, labels, value in data["counters"]:
+        sample.count(name, int(value), **dict(labels))
+    for name, labels, value in data["gauges"]:
+        sample.gauge(name, float(value), **dict(labels))
+    return sample
+
+
+def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigInvalid as invalid:
+        for problem in invalid.problems:
+            log(str(problem))
+        return EXIT_INVALID
+    daemon = Daemon(config_path, log, capture_opener)
+    with contextlib.ExitStack() as stack:
+        _install_signals(stack, daemon)
+        if config.metrics_listen is not None:
+            metrics = MetricsServer(config.metrics_listen, daemon.manager.tasks)
+            stack.callback(metrics.close)
+            log(f"metrics on http://{metrics.address}/metrics")
+        control = ControlServer(config.control_socket, daemon.handlers())
+        stack.callback(control.close)
+        log(f"control socket {config.control_socket}")
+        stack.callback(daemon.manager.stop_all)  # first on the way out: tasks, newest first
+        result = daemon.apply(config)
+        if result.failed and not daemon.manager.tasks():
+            raise SetupError(f"no task could start: {'; '.join(result.failed.values())}")
+        log(f"daemon: {len(daemon.manager.tasks())} task(s) running")
+        while not daemon.stop_requested.is_set():
+            if daemon.reload_requested.wait(0.2):
+                daemon.reload_requested.clear()
+                with contextlib.suppress(SetupError):  # an invalid file was logged and changed nothing
+                    daemon.reload()
+        log("daemon: stopping")
+    return 0
+
+
+def _install_signals(stack: contextlib.ExitStack, daemon: Daemon) -> None:
+    def on_stop(_signum: int, _frame: FrameType | None) -> None:
+        daemon.stop_requested.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        daemon.reload_requested.set()
+
+    for signum, handler in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGHUP, on_hup)):
+        previous = signal.signal(signum, handler)
+        stack.callback(signal.signal, signum, previous)

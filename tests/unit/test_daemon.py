@@ -1,0 +1,135 @@
+"""Many tasks: apply/reload diffs leave unchanged tasks alone, a failed start
+leaves the manager as it was, the control socket answers, SIGHUP reloads and
+the daemon gives its signal handlers back. The kernel side is a stand-in."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otus_ebpf.config import load
+from otus_ebpf.control import request
+from otus_ebpf.daemon import run_daemon
+from otus_ebpf.errors import SetupError
+from otus_ebpf.manager import TaskManager
+from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture
+
+
+def write_config(path: Path, tmp: Path, lo_ports: str = "[5060]", third: bool = False) -> Path:
+    tasks = f"""
+tasks:
+  - name: one
+    interfaces: [lo]
+    mode: afpacket
+    workers: 1
+    filter: {{sip_ports: {lo_ports}}}
+    outputs: {{jsonl: {{path: {tmp}/one.jsonl}}}}
+  - name: two
+    interfaces: [lo]
+    mode: afpacket
+    workers: 1
+    outputs: {{jsonl: {{path: {tmp}/two.jsonl}}}}
+"""
+    if third:
+        tasks += f"""  - name: three
+    interfaces: [lo]
+    mode: afpacket
+    workers: 1
+    outputs: {{jsonl: {{path: {tmp}/three.jsonl}}}}
+"""
+    path.write_text(f"metrics: {{listen: 'off'}}\ncontrol: {{socket: {tmp}/control.sock}}\n{tasks}")
+    return path
+
+
+@pytest.mark.usefixtures("as_root")
+def test_apply_leaves_unchanged_tasks_alone_and_a_failed_start_changes_nothing(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "otus.yaml", tmp_path)
+    manager = TaskManager(lambda _m: None, FakeOpener(batches=[sip_frames(4)]))
+    try:
+        first = manager.apply(load(path, {}))
+        assert sorted(first.started) == ["one", "two"]
+        two = manager.get("two")
+        changed = manager.apply(load(write_config(path, tmp_path, lo_ports="[5080]"), {}))
+        assert (changed.restarted, changed.unchanged) == (["one"], ["two"])
+        assert manager.get("two") is two, "task two kept running: same task, same counters"
+        bad = load(write_config(path, tmp_path, third=True), {})
+        three = dataclasses.replace(bad.tasks[2], options=dataclasses.replace(bad.tasks[2].options,
+                                                                              interfaces=("no-such-if9",)))
+        failed = manager.apply(dataclasses.replace(bad, tasks=(*bad.tasks[:2], three)))
+        assert "three" in failed.failed and "no-such-if9" in failed.failed["three"]
+        assert sorted(t.name for t in manager.tasks()) == ["one", "two"]
+        assert manager.get("two") is two
+    finally:
+        manager.stop_all()
+    assert manager.tasks() == []
+
+
+@pytest.mark.usefixtures("as_root")
+def test_the_daemon_answers_on_its_socket_reloads_on_sighup_and_gives_back_its_handlers(
+    tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "otus.yaml", tmp_path)
+    socket_path = str(tmp_path / "control.sock")
+    handlers_before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    seen: dict[str, Any] = {}
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            deadline = time.monotonic() + 10
+            while not Path(socket_path).exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            seen["mode"] = stat.S_IMODE(os.stat(socket_path).st_mode)
+            deadline = time.monotonic() + 10
+            while len(request(socket_path, {"cmd": "list"})["tasks"]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            seen["list"] = request(socket_path, {"cmd": "list"})["tasks"]
+            seen["status"] = request(socket_path, {"cmd": "status", "task": "one"})["task"]["state"]
+            seen["stats"] = sorted(request(socket_path, {"cmd": "stats"})["stats"])
+            seen["samples"] = [t["name"] for t in request(socket_path, {"cmd": "samples"})["tasks"]]
+            with pytest.raises(SetupError, match="unknown command 'nope'"):
+                request(socket_path, {"cmd": "nope"})
+            with pytest.raises(SetupError, match="no task named 'ghost'"):
+                request(socket_path, {"cmd": "delete", "task": "ghost"})
+            write_config(path, tmp_path, third=True)
+            os.kill(os.getpid(), signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while len(request(socket_path, {"cmd": "list"})["tasks"]) < 3:
+                assert time.monotonic() < deadline, "SIGHUP did not add task three"
+                time.sleep(0.05)
+            request(socket_path, {"cmd": "delete", "task": "three"})
+            seen["after_delete"] = sorted(t["name"] for t in request(socket_path, {"cmd": "list"})["tasks"])
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert run_daemon(path, lambda _m: None, FakeOpener()) == 0
+    thread.join()
+    assert not failures, failures
+    assert seen["mode"] == 0o600
+    assert [t["name"] for t in seen["list"]] == ["one", "two"]
+    assert (seen["status"], seen["stats"], seen["samples"]) == ("running", ["one", "two"], ["one", "two"])
+    assert seen["after_delete"] == ["one", "two"]
+    assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before
+    assert not Path(socket_path).exists()
+
+
+def test_an_invalid_config_stops_the_daemon_before_anything_starts(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("tasks:\n  - name: a\n    interfaces: [lo]\n    workers: 0\n")
+    said: list[str] = []
+    assert run_daemon(path, said.append) == 2
+    assert said == [f"{path}:4: tasks[0].workers: must be between 1 and 8, not 0"]
