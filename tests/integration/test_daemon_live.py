@@ -1,0 +1,102 @@
+"""The daemon in the lab: two tasks on two interfaces of the UAS namespace
+(uas0 with the eBPF programs, lo with AF_PACKET), sipp calls on uas0 and
+crafted SIP datagrams on lo; the control socket answers task list/status
+and stats; a SIGHUP that changes one task's filter restarts that task only,
+the other's counters run on; /metrics agrees with the records written."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from otus_ebpf import netns
+from tests.support.agent import read_records
+from tests.support.broker import free_port
+from tests.support.lab import Lab
+from tests.support.paths import AGENT
+from tests.support.procs import Background
+from tests.support.sip_samples import sip_message
+from tests.support.sipp import run_calls
+from tests.unit.test_metrics import scrape
+
+CALLS = 10
+LOOPBACK_MESSAGES = 12
+START_TIMEOUT_S = 60.0
+
+
+def config(tmp: Path, lab: Lab, metrics_port: int, loop_ports: str) -> str:
+    return f"""
+metrics: {{listen: "127.0.0.1:{metrics_port}"}}
+control: {{socket: {tmp}/control.sock}}
+tasks:
+  - name: sip
+    interfaces: [{lab.uas_if}]
+    workers: 1
+    outputs: {{jsonl: {{path: {tmp}/sip.jsonl}}}}
+  - name: loop
+    interfaces: [lo]
+    mode: afpacket
+    direction: ingress
+    workers: 1
+    filter: {{sip_ports: {loop_ports}}}
+    outputs: {{jsonl: {{path: {tmp}/loop.jsonl}}}}
+"""
+
+
+def send_on_loopback(lab: Lab, count: int, tag: str) -> None:
+    with netns.inside(lab.uas_ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for n in range(count):
+            sender.sendto(sip_message("OPTIONS sip:lo SIP/2.0", [
+                f"Call-ID: {tag}-{n}", "From: <sip:a@lo>;tag=1", "To: <sip:b@lo>", f"CSeq: {n} OPTIONS"]),
+                ("127.0.0.1", 5060))
+
+
+def cli(lab: Lab, *args: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", lab.uas_ns, str(AGENT), *args], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def test_two_tasks_a_control_socket_a_reload_and_metrics(lab: Lab, tmp_path: Path) -> None:
+    port = free_port(lab.uas_ns)
+    path = tmp_path / "otus.yaml"
+    path.write_text(config(tmp_path, lab, port, "[5060]"))
+    sock = str(tmp_path / "control.sock")
+    daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    try:
+        daemon.wait_for_output("2 task(s) running", START_TIMEOUT_S)
+        run_calls(lab, CALLS, "u1", tmp_path)
+        send_on_loopback(lab, LOOPBACK_MESSAGES, "before")
+        time.sleep(1.0)
+        listing = cli(lab, "task", "list", "--socket", sock)
+        rows = [line.split()[:2] for line in listing.splitlines()]
+        assert rows == [["sip", "running"], ["loop", "running"]]
+        assert "sip: running on uas0" in cli(lab, "task", "status", "sip", "--socket", sock)
+        assert "loop: " in cli(lab, "stats", "--socket", sock)
+        with netns.inside(lab.uas_ns):
+            before = scrape(f"127.0.0.1:{port}")
+
+        path.write_text(config(tmp_path, lab, port, "[5060, 5070]"))  # only the loop task changes
+        daemon.send_signal(signal.SIGHUP)
+        daemon.wait_for_output("restarted ['loop']", 30)
+        assert "unchanged ['sip']" in daemon.output()
+        run_calls(lab, CALLS, "u1", tmp_path)
+        send_on_loopback(lab, LOOPBACK_MESSAGES, "after")
+        time.sleep(1.5)
+        with netns.inside(lab.uas_ns):
+            after = scrape(f"127.0.0.1:{port}")
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+
+    sip = ("task", "sip")
+    seen = (("capturer", "kernel"), ("counter", "ingress_seen"), sip)
+    assert after["otus_capture_packets_total", seen] > before["otus_capture_packets_total", seen] > 0
+    assert after["otus_calls_total", (("outcome", "ended"), sip)] == 2 * CALLS, "the sip task ran on"
+    sip_records = read_records(tmp_path / "sip.jsonl")
+    assert after["otus_records_total", (sip,)] == len(sip_records)
+    loop_records = [r for r in read_records(tmp_path / "loop.jsonl") if r["kind"] == "sip"]
+    assert sorted(r["call_id"] for r in loop_records) == sorted(
+        [f"before-{n}" for n in range(LOOPBACK_MESSAGES)] + [f"after-{n}" for n in range(LOOPBACK_MESSAGES)])
+    assert not Path(sock).exists(), "the control socket went with the daemon"
