@@ -147,6 +147,20 @@ class AfPacketCapture:
         batch.append(encode_event(frame, classified, direction, wall_ns - self._clock_offset_ns,
                                   ifindex, wire_len))
 
+    def set_filters(self, settings: KernelSettings) -> None:
+        """New SIP ports, signature and networks: classification and the socket
+        filter both change at once, the rings and learned media stay."""
+        self._settings = settings
+        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards,
+                            dict(self._media))
+        self._attach_filter({port for _a, port, _p in self._media})
+
+    def _attach_filter(self, media_ports: set[int]) -> None:
+        program = compile_filter(filter_expression(self._settings, media_ports), self._snaplen)
+        fprog, _keep = socket_filter(program)
+        for member in self._members:
+            member.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+
     def set_media(self, learn: list[tuple[bytes, int, int, Kind, int]],
                   forget: list[tuple[bytes, int, int]]) -> None:
         """Learned RTP/RTCP endpoints (raw address, port, protocol[, kind, shard]):
@@ -162,10 +176,7 @@ class AfPacketCapture:
         ports = {port for _a, port, _p in self._media}
         if ports == ports_before:
             return
-        program = compile_filter(filter_expression(self._settings, ports), self._snaplen)
-        fprog, _keep = socket_filter(program)
-        for member in self._members:
-            member.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+        self._attach_filter(ports)
 
     def read_stats(self) -> PacketStats:
         """Cumulative kernel figures; PACKET_STATISTICS resets on every read."""

@@ -65,6 +65,9 @@ class Capture(Protocol):
     def counters(self) -> dict[str, dict[str, int]]:
         """Cumulative counters per capturer (a program, a ring shard, a socket)."""
 
+    def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
+        """Change SIP ports, signature and networks while capturing."""
+
     def apply_flows(self, events: list[FlowEvent]) -> None:
         """Learn or forget media endpoints the dialogs announced."""
 
@@ -141,6 +144,9 @@ class _EbpfCapture:
             sections.append(f"perf_lost={self._reader.lost}")
         return sections
 
+    def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
+        self._programs.maps.apply_filters(before, after)
+
     def counters(self) -> dict[str, dict[str, int]]:
         bpf = self._programs.bpf
         kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
@@ -169,6 +175,9 @@ class _AfPacket:
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
         return [f"afpacket packets={stats.packets} drops={stats.drops}"]
+
+    def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
+        self._capture.set_filters(after)
 
     def counters(self) -> dict[str, dict[str, int]]:
         stats = self._capture.read_stats()

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace, log: Any) -> int:
     path = args.socket or default_socket()
     if args.command == "reload":
         answer = request(path, {"cmd": "reload"})
-        print(f"started {answer['started']} restarted {answer['restarted']} stopped {answer['stopped']} "
+        print(f"started {answer['started']} reconfigured {answer['reconfigured']} "
+              f"restarted {answer['restarted']} stopped {answer['stopped']} "
               f"unchanged {answer['unchanged']} failed {answer['failed']}")
         return 0
     if args.command == "top":

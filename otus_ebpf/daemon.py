@@ -46,7 +46,8 @@ class Daemon:
                 raise SetupError(f"{self.config_path} is invalid ({len(invalid.problems)} problem(s)); "
                                  "nothing changed") from None
             result = self.apply(config)
-        self._log(f"reloaded {self.config_path}: started {result.started}, restarted {result.restarted}, "
+        self._log(f"reloaded {self.config_path}: started {result.started}, "
+                  f"reconfigured {result.reconfigured}, restarted {result.restarted}, "
                   f"stopped {result.stopped}, unchanged {result.unchanged}, failed {list(result.failed)}")
         return result
 
@@ -110,7 +111,8 @@ class Daemon:
 
     def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
         result = self.reload()
-        return {"started": result.started, "restarted": result.restarted, "stopped": result.stopped,
+        return {"started": result.started, "reconfigured": result.reconfigured, "restarted": result.restarted,
+                "stopped": result.stopped,
                 "unchanged": result.unchanged, "failed": result.failed}
 
 

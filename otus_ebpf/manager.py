@@ -1,9 +1,11 @@
 """Many tasks at once: started from a config, each polling on its own thread,
 changed by diffing a reloaded config against what runs.
 
-``apply(config)`` stops the tasks the new config no longer has, restarts the
-ones whose settings changed, starts the new ones, and leaves every other
-task alone — its counters and its capture keep running. A task that fails
+``apply(config)`` stops the tasks the new config no longer has, changes the
+filters of tasks where only those changed (SIP ports, signature, networks:
+live, nothing detached or dropped), restarts the ones whose other settings
+changed, starts the new ones, and leaves every other task alone — its
+counters and its capture keep running. A task that fails
 to start leaves the manager as it was (the task released what it started).
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otus_ebpf.config import Config, TaskConfig
-from otus_ebpf.task import CaptureOpener, Task, TaskStartError
+from otus_ebpf.task import CaptureOpener, Task, TaskStartError, live_changeable
 from otus_ebpf.wiring import Log
 
 
@@ -23,6 +25,7 @@ class ApplyResult:
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)  # filters changed live
     unchanged: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -85,6 +88,12 @@ class TaskManager:
                 current = self._running.get(name)
                 if current is not None and current.config == task_config:
                     result.unchanged.append(name)
+                    continue
+                if current is not None and current.config.dispatch == task_config.dispatch \
+                        and live_changeable(current.config.options, task_config.options):
+                    current.task.reconfigure(task_config.options)
+                    current.config = task_config
+                    result.reconfigured.append(name)
                     continue
                 if current is not None:
                     self.delete(name)

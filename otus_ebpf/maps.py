@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otus_ebpf.kernel_abi import (
     Address,
@@ -18,6 +18,9 @@ from otus_ebpf.kernel_abi import (
     pack_lpm_key,
 )
 from userspace.event import Kind
+
+if TYPE_CHECKING:  # loader imports this module
+    from otus_ebpf.loader import KernelSettings
 
 CONFIG_MAP = "config"
 SIP_PORTS_MAP = "sip_ports"
@@ -72,6 +75,20 @@ class KernelMaps:
         config = table(self._bpf, CONFIG_MAP)
         config[ctypes.c_int(0)] = _leaf(config, pack_config(self._flags, self._sip_snaplen,
                                                             self._media_snaplen))
+
+    def apply_filters(self, before: KernelSettings, after: KernelSettings) -> None:
+        """Move the running filters from ``before`` to ``after``: ports, the
+        signature flag, include/exclude networks (snaplens need a reload)."""
+        self.set_sip_ports(set(before.sip_ports) - set(after.sip_ports), enabled=False)
+        self.set_sip_ports(set(after.sip_ports) - set(before.sip_ports))
+        for which in ("include", "exclude"):
+            old, new = set(getattr(before, which)), set(getattr(after, which))
+            for network in new - old:
+                self.add_network(which, network)
+            for network in old - new:
+                self.remove_network(which, network)
+        self.configure(signature=after.signature, sip_snaplen=self._sip_snaplen,
+                       media_snaplen=self._media_snaplen)
 
     def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
         ports_map = table(self._bpf, SIP_PORTS_MAP)

@@ -14,6 +14,7 @@ wait for it to finish.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -42,6 +43,16 @@ CaptureOpener = Callable[..., Capture]
 
 def _fields(stats: object) -> list[tuple[str, int]]:
     return [(name, getattr(stats, name)) for name in stats.__dataclass_fields__]  # type: ignore[attr-defined]
+
+
+_LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude")
+
+
+def live_changeable(before: AttachOptions, after: AttachOptions) -> bool:
+    """Whether ``after`` differs from ``before`` only in filters a running capture can change."""
+    kept = {name: getattr(before.kernel, name) for name in _LIVE_FILTER_FIELDS}
+    same_kernel = dataclasses.replace(after.kernel, **kept)
+    return dataclasses.replace(after, kernel=same_kernel) == before
 
 
 class TaskState(Enum):
@@ -282,6 +293,16 @@ class Task:
                 sample.count("otus_kafka_records_total", getattr(k, outcome), outcome=outcome)
             sample.gauge("otus_kafka_in_flight", k.in_flight)
         return sample
+
+    def reconfigure(self, options: AttachOptions) -> None:
+        """Take new filters without detaching or dropping state; raises ValueError
+        when anything else changed (the caller restarts the task then)."""
+        if not live_changeable(self.options, options):
+            raise ValueError(f"task {self.name}: only SIP ports, signature and networks change live")
+        assert self.capture is not None
+        self.capture.set_filters(self.options.kernel, options.kernel)
+        self.options = options
+        self._log(f"task {self.name}: filters changed live")
 
     # -- stop -----------------------------------------------------------------
 

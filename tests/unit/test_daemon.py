@@ -23,14 +23,15 @@ from otus_ebpf.manager import TaskManager
 from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture
 
 
-def write_config(path: Path, tmp: Path, lo_ports: str = "[5060]", third: bool = False) -> Path:
+def write_config(path: Path, tmp: Path, lo_ports: str = "[5060]", third: bool = False,
+                 snaplen: int = 2048) -> Path:
     tasks = f"""
 tasks:
   - name: one
     interfaces: [lo]
     mode: afpacket
     workers: 1
-    filter: {{sip_ports: {lo_ports}}}
+    filter: {{sip_ports: {lo_ports}, snaplen: {snaplen}}}
     outputs: {{jsonl: {{path: {tmp}/one.jsonl}}}}
   - name: two
     interfaces: [lo]
@@ -56,9 +57,14 @@ def test_apply_leaves_unchanged_tasks_alone_and_a_failed_start_changes_nothing(t
     try:
         first = manager.apply(load(path, {}))
         assert sorted(first.started) == ["one", "two"]
-        two = manager.get("two")
-        changed = manager.apply(load(write_config(path, tmp_path, lo_ports="[5080]"), {}))
-        assert (changed.restarted, changed.unchanged) == (["one"], ["two"])
+        one, two = manager.get("one"), manager.get("two")
+        ports = manager.apply(load(write_config(path, tmp_path, lo_ports="[5080]"), {}))
+        assert (ports.reconfigured, ports.restarted, ports.unchanged) == (["one"], [], ["two"])
+        assert manager.get("one") is one, "a filter change is made live, in the same task"
+        assert one is not None and one.options.kernel.sip_ports == (5080,)
+        snaplen = manager.apply(load(write_config(path, tmp_path, lo_ports="[5080]", snaplen=512), {}))
+        assert (snaplen.restarted, snaplen.unchanged) == (["one"], ["two"])
+        assert manager.get("one") is not one
         assert manager.get("two") is two, "task two kept running: same task, same counters"
         bad = load(write_config(path, tmp_path, third=True), {})
         three = dataclasses.replace(bad.tasks[2], options=dataclasses.replace(bad.tasks[2].options,

@@ -67,6 +67,9 @@ class FakeCapture:
     def counters(self) -> dict[str, dict[str, int]]:
         return {"fake": {"packets": 0}}
 
+    def set_filters(self, before: object, after: object) -> None:
+        self.filters_changed = (before, after)
+
 
 class FakeOpener:
     def __init__(self, batches: list[list[bytes]] | None = None, leftover: list[bytes] | None = None) -> None:
