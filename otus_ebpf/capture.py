@@ -19,7 +19,7 @@ from otus_ebpf.afpacket import AfPacketCapture
 from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
 from otus_ebpf.counters import format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.errors import SetupError
-from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
+from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
 from userspace.calls import FlowAction, FlowEvent
@@ -106,6 +106,21 @@ def open_capture(stack: contextlib.ExitStack, options: CaptureOptions, interface
     return _open_afpacket(stack, options, interfaces, clock_offset_ns, on_stop)
 
 
+def attach_hooks(stack: contextlib.ExitStack, programs: LoadedPrograms, options: CaptureOptions,
+                 interfaces: dict[int, str]) -> list[str]:
+    """XDP on ingress, TC on egress, per interface; each detach goes on ``stack``."""
+    hooks = []
+    for ifindex, name in interfaces.items():
+        if options.direction.ingress:
+            how = attach_xdp(stack, programs.xdp_fd, ifindex, name, options.xdp_mode, options.method,
+                             options.force)
+            hooks.append(f"{name} ingress XDP ({how})")
+        if options.direction.egress:
+            how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
+            hooks.append(f"{name} egress TC ({how})")
+    return hooks
+
+
 class _EbpfCapture:
     def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
                  on_stop: OnStop) -> None:
@@ -114,15 +129,7 @@ class _EbpfCapture:
         self._programs = programs
         self._reader = open_reader(programs.bpf, programs.delivery, programs.shards)
         stack.callback(lambda: on_stop(self._reader.drain()))
-        hooks = []
-        for ifindex, name in interfaces.items():
-            if options.direction.ingress:
-                how = attach_xdp(stack, programs.xdp_fd, ifindex, name, options.xdp_mode, options.method,
-                                 options.force)
-                hooks.append(f"{name} ingress XDP ({how})")
-            if options.direction.egress:
-                how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
-                hooks.append(f"{name} egress TC ({how})")
+        hooks = attach_hooks(stack, programs, options, interfaces)
         self.description = (f"{'; '.join(hooks)}; {programs.shards} shard(s), "
                             f"{programs.delivery.value} delivery")
 

@@ -81,6 +81,8 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="replace a foreign XDP program already on the interface")
     attach.add_argument("--workers", type=int, default=1,
                         help="ring shards: the kernel writes each conversation to one of them (1..8)")
+    attach.add_argument("--in-process", action="store_true",
+                        help="read every shard in this process instead of one worker process per shard")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
                         help="ringbuf, perf (kernels < 5.8), or auto")
     _add_outputs(attach.add_argument_group("outputs"))
@@ -256,6 +258,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         pcap_rotation=Rotation(None if args.pcap_max_mb is None else int(args.pcap_max_mb * 2**20),
                                args.pcap_max_age),
         stats_interval_s=args.stats_interval,
+        worker_processes=not args.in_process,
     )
 
 
@@ -372,6 +375,7 @@ _FIELD_FLAGS = {
     "kafka_backlog": ("kafka_backlog_mb", "kafka_overflow"), "hep": ("hep",),
     "hep_identity": ("hep_capture_id", "hep_node_name", "hep_auth_key_file"), "fallback": ("fallback",),
     "queue_records": ("queue_records",), "stats_interval_s": ("stats_interval",),
+    "worker_processes": ("in_process",),
 }
 _KERNEL_FLAGS = {
     "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),

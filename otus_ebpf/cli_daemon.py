@@ -12,8 +12,8 @@ from typing import Any
 
 from otus_ebpf.config import DEFAULT_CONTROL_SOCKET
 from otus_ebpf.control import request
-from otus_ebpf.daemon import run_daemon, sample_from_json
-from otus_ebpf.metrics import TaskSample
+from otus_ebpf.daemon import run_daemon
+from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.tui import Dashboard, LiveView
 
 TOP_REFRESH_S = 1.0

@@ -367,8 +367,11 @@ class _Checker:
             stats_interval_s=self.number(keys.get("stats_interval_s"), f"{path}.stats_interval_s", 5.0),
         )
         options = self.outputs(keys.get("outputs"), f"{path}.outputs", options, name)
-        return TaskConfig(name, options, self.choice(keys.get("dispatch"), f"{path}.dispatch", Dispatch,
-                                                     Dispatch.BINDING))
+        dispatch = self.choice(keys.get("dispatch"), f"{path}.dispatch", Dispatch, Dispatch.BINDING)
+        if dispatch is Dispatch.DISPATCH:
+            self.problem(keys.get("dispatch"), f"{path}.dispatch",
+                         "dispatch (one reader handing events to workers) is not built yet; use binding")
+        return TaskConfig(name, options, dispatch)
 
     def kernel(self, node: yaml.Node | None, path: str, workers: int, delivery: Delivery) -> KernelSettings:
         keys = self.mapping(node, path, ("sip_ports", "signature", "include", "exclude", "snaplen",

@@ -18,7 +18,7 @@ from otus_ebpf.config import load as load_config
 from otus_ebpf.control import ControlServer
 from otus_ebpf.errors import SetupError
 from otus_ebpf.manager import ApplyResult, TaskManager
-from otus_ebpf.metrics import MetricsServer, TaskSample
+from otus_ebpf.metrics import MetricsServer, sample_to_json
 from otus_ebpf.task import CaptureOpener, Task
 from otus_ebpf.wiring import Log
 from userspace.records import SipRecord
@@ -118,23 +118,6 @@ class Daemon:
 
 def _recent() -> deque[SipRecord]:
     return deque(maxlen=RECENT_KEPT)
-
-
-def sample_to_json(sample: TaskSample) -> dict[str, Any]:
-    return {"state": sample.state, "capturers": sample.capturers,
-            "counters": [[name, [list(pair) for pair in labels], value]
-                         for name, values in sample.counters.items() for labels, value in values.items()],
-            "gauges": [[name, [list(pair) for pair in labels], value]
-                       for name, values in sample.gauges.items() for labels, value in values.items()]}
-
-
-def sample_from_json(data: dict[str, Any]) -> TaskSample:
-    sample = TaskSample(str(data["state"]), {k: dict(v) for k, v in data["capturers"].items()})
-    for name, labels, value in data["counters"]:
-        sample.count(name, int(value), **dict(labels))
-    for name, labels, value in data["gauges"]:
-        sample.gauge(name, float(value), **dict(labels))
-    return sample
 
 
 def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> int:

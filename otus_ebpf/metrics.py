@@ -70,6 +70,23 @@ class TaskSample:
         self.gauges.setdefault(name, {})[tuple(sorted(labels.items()))] = value
 
 
+def sample_to_json(sample: TaskSample) -> dict[str, Any]:
+    return {"state": sample.state, "capturers": sample.capturers,
+            "counters": [[name, [list(pair) for pair in labels], value]
+                         for name, values in sample.counters.items() for labels, value in values.items()],
+            "gauges": [[name, [list(pair) for pair in labels], value]
+                       for name, values in sample.gauges.items() for labels, value in values.items()]}
+
+
+def sample_from_json(data: dict[str, Any]) -> TaskSample:
+    sample = TaskSample(str(data["state"]), {k: dict(v) for k, v in data["capturers"].items()})
+    for name, labels, value in data["counters"]:
+        sample.count(name, int(value), **dict(labels))
+    for name, labels, value in data["gauges"]:
+        sample.gauge(name, float(value), **dict(labels))
+    return sample
+
+
 # Help text of every family; a test checks docs/METRICS.md lists exactly these.
 HELP = {
     "otus_task_up": "1 for the task's current state",

@@ -48,6 +48,9 @@ class AttachOptions:
     tcp: TcpLimits = field(default_factory=TcpLimits)
     calls: CallLimits = field(default_factory=CallLimits)
     stats_interval_s: float = 5.0
+    # With several shards and eBPF capture: one worker process per shard (see
+    # otus_ebpf.workers); off, one process reads every shard.
+    worker_processes: bool = True
 
     @property
     def capture(self) -> CaptureOptions:

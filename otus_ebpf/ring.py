@@ -10,6 +10,7 @@ on every poll timeout, so quiet periods still deliver promptly.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from otus_ebpf.loader import Delivery
@@ -28,11 +29,11 @@ class Reader(Protocol):
 
 
 class RingReader:
-    def __init__(self, bpf: Any, shards: int) -> None:
+    def __init__(self, bpf: Any, shards: Iterable[int]) -> None:
         self._bpf = bpf
         self._batch: list[bytes] = []
         self.lost = 0  # the kernel counts ring failures itself (shard_failures)
-        for shard in range(shards):
+        for shard in shards:
             table(bpf, f"ring{shard}").open_ring_buffer(self._on_record)
 
     def _on_record(self, _ctx: Any, data: int, size: int) -> int:
@@ -55,11 +56,11 @@ class RingReader:
 
 
 class PerfReader:
-    def __init__(self, bpf: Any, shards: int) -> None:
+    def __init__(self, bpf: Any, shards: Iterable[int]) -> None:
         self._bpf = bpf
         self._batch: list[bytes] = []
         self.lost = 0
-        for shard in range(shards):
+        for shard in shards:
             table(bpf, f"perf{shard}").open_perf_buffer(self._on_record, page_cnt=PERF_PAGES,
                                                  lost_cb=self._on_lost,
                                                  wakeup_events=PERF_WAKEUP_EVENTS)
@@ -80,5 +81,7 @@ class PerfReader:
         return batch
 
 
-def open_reader(bpf: Any, delivery: Delivery, shards: int) -> Reader:
-    return PerfReader(bpf, shards) if delivery is Delivery.PERF else RingReader(bpf, shards)
+def open_reader(bpf: Any, delivery: Delivery, shards: int, only: Iterable[int] | None = None) -> Reader:
+    """A reader of every shard's ring, or ``only`` of these (a worker process's own)."""
+    which = range(shards) if only is None else only
+    return PerfReader(bpf, which) if delivery is Delivery.PERF else RingReader(bpf, which)

@@ -22,14 +22,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
-from otus_ebpf.capture import Capture, OnStop, open_capture, preflight
+from otus_ebpf.capture import Capture, CaptureMode, OnStop, attach_hooks, open_capture, preflight
 from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import QueuedReporter
-from otus_ebpf.metrics import TaskSample
+from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
+from otus_ebpf.workers import WorkersCapture, merge_samples, workers_stats_line
 from userspace.pipeline import Pipeline
 from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
@@ -86,8 +88,10 @@ class Task:
     PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
 
     def __init__(self, name: str, options: AttachOptions, log: Log,
-                 capture_opener: CaptureOpener | None = None) -> None:
-        """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side."""
+                 capture_opener: CaptureOpener | None = None, checks: bool = True) -> None:
+        """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side.
+        ``checks``: the interface pre-flight checks (a worker process skips them: its parent did them)."""
+        self._checks = checks
         self.name = name
         self.options = options
         self.state = TaskState.NEW
@@ -159,7 +163,8 @@ class Task:
     def _resolve(self) -> None:
         self.interfaces = {resolve_interface(name): name for name in self.options.interfaces}
         require_root()
-        preflight(self.options.capture, self.interfaces)
+        if self._checks:
+            preflight(self.options.capture, self.interfaces)
 
     def _construct(self) -> None:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -167,16 +172,43 @@ class Task:
         self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls)
 
     def _init(self) -> None:
+        if not self._worker_processes():  # else each worker opens its own outputs
+            self._open_outputs()
+
+    def _open_outputs(self) -> None:
         label = ",".join(self.options.interfaces)
         self.reporters, self.kafka = open_reporters(self._stack, self.options, label, self._log)
         self.frames = open_frame_outputs(self._stack, self.options, self._log)
+        assert self.pipeline is not None
+        self.pipeline.keep_frames = self.frames.wanted
 
     def _wire(self) -> None:
         assert self.pipeline is not None
         self.pipeline.keep_frames = self.frames.wanted
 
+    def _worker_processes(self) -> bool:
+        o = self.options
+        return (self._open_capture is None and o.worker_processes and o.kernel.shards > 1
+                and o.mode is not CaptureMode.AFPACKET and o.out != "-")
+
     def _assemble(self) -> None:
         on_stop: OnStop = self._on_capture_stop
+        if self._worker_processes():
+            try:
+                capture_options, interfaces = self.options.capture, self.interfaces
+                self.capture = WorkersCapture(
+                    self._stack, capture_options, self.options, self.name, interfaces, self._log,
+                    lambda stack, programs: attach_hooks(stack, programs, capture_options, interfaces),
+                    lambda: self._log(self.stats_line()))  # the final figures, once all workers are done
+            except SetupError as exc:
+                if self.options.mode is CaptureMode.XDP:
+                    raise
+                self._log(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
+                self._open_outputs()  # this process reads the sockets, so it writes the records
+                self.options = dataclasses.replace(self.options, mode=CaptureMode.AFPACKET)
+            else:
+                self._log(f"capturing: {self.capture.description}")
+                return
         opener = self._open_capture or open_capture
         self.capture = opener(self._stack, self.options.capture, self.interfaces,
                                           self._clock_offset_ns, on_stop, self._log)
@@ -235,6 +267,8 @@ class Task:
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""
+        if isinstance(self.capture, WorkersCapture):
+            return sorted(row for p in self.capture.worker_payloads() for row in p["recent"])[-16:]
         rows = []
         for record in list(self.recent or ()):
             m = record.message
@@ -244,12 +278,22 @@ class Task:
                          m.call_id])
         return rows
 
+    def figures(self) -> dict[str, Any]:
+        """The stats line's figures as plain data (a worker process sends them to its task)."""
+        assert self.pipeline is not None
+        return {"pipeline": dataclasses.asdict(self.pipeline.stats),
+                "reassembly": dataclasses.asdict(self.pipeline.reassembler.stats),
+                "kafka": dataclasses.asdict(self.kafka.stats) if self.kafka else None,
+                "outputs": [r.summary() for r in self.reporters]}
+
     def stats_line(self) -> str:
         assert self.pipeline is not None
         sections = self.capture.stats_sections() if self.capture else []
-        return StatsLine(",".join(self.options.interfaces), sections, self.pipeline.stats,
-                         self.kafka.stats if self.kafka else None, self.pipeline.reassembler.stats,
-                         [r.summary() for r in self.reporters]).format()
+        label = ",".join(self.options.interfaces)
+        if isinstance(self.capture, WorkersCapture):
+            return workers_stats_line(label, sections, self.capture.worker_payloads())
+        return StatsLine(label, sections, self.pipeline.stats, self.kafka.stats if self.kafka else None,
+                         self.pipeline.reassembler.stats, [r.summary() for r in self.reporters]).format()
 
     def metrics_sample(self) -> TaskSample:
         """Every figure of this task, read now (called by the metrics collector's thread)."""
@@ -257,6 +301,8 @@ class Task:
         pipeline = self.pipeline
         if self.capture is not None and self.state is TaskState.RUNNING:
             sample.capturers = self.capture.counters()
+        if isinstance(self.capture, WorkersCapture):
+            return merge_samples(sample, self.capture.worker_payloads(), sample_from_json)
         if pipeline is None:
             return sample
         p = pipeline.stats

@@ -48,7 +48,8 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
                         ["--kafka", uas_broker.address, "--topic", topic, "--kafka-headers",
                          "--delivery", delivery, "--workers", str(workers)])
-    assert f"{workers} shard(s), {delivery} delivery" in agent.output()
+    readers = "1 shard(s)" if workers == 1 else f"{workers} worker process(es)"
+    assert f"{readers}, {delivery} delivery" in agent.output()
     try:
         run_calls(lab, CALLS, transport, tmp_path)
     finally:

@@ -24,7 +24,10 @@ def start_agent(netns: str, interface: str, out: Path, log: Path,
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of ``path``, or of its worker files (NAME.wN.EXT) when worker processes wrote them."""
+    paths = [path] if path.exists() else sorted(path.parent.glob(f"{path.stem}.w*{path.suffix}"))
+    assert paths, f"no {path} and no worker files beside it"
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
 
 
 def final_stats(agent: Background) -> dict[str, int]:

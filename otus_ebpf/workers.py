@@ -1,0 +1,298 @@
+"""Worker processes, one per ring shard ("binding" dispatch), so that parsing
+is not held to one core by the GIL.
+
+The task's process loads the programs, forks the workers, and only then
+attaches: every worker inherits the maps and opens the ring of its own
+shard (the kernel writes each conversation to one shard, and a media flow to
+the shard that learned it, so a worker sees whole dialogs). Each worker is a
+task of its own — pipeline, reporters, flow learning — with its own output
+files (``NAME.wN.EXT``). Twice a second it reports its figures to the
+parent, which adds them up for the stats line, /metrics and the live view.
+
+Stop runs in this order: detach the programs (the parent's ExitStack),
+tell every worker to stop — each drains its ring, delivers, flushes its
+reporters, reports a last time and exits — then unload the programs. A
+worker that does not finish within the grace period is killed, and said so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from otus_ebpf.capture import CaptureOptions, OnStop
+from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
+from otus_ebpf.loader import LoadedPrograms, load_programs
+from otus_ebpf.maps import Endpoint
+from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.ring import open_reader
+from userspace.calls import FlowAction, FlowEvent
+from userspace.pipeline import PipelineStats
+from userspace.reassembly import ReassemblyStats
+from userspace.reporters.kafka import KafkaStats
+
+REPORT_INTERVAL_S = 0.5
+STOP_GRACE_S = 30.0
+DEFAULT_OUT_DIR = Path("otus-out")
+
+
+def worker_options(options: AttachOptions, index: int, label: str) -> AttachOptions:
+    """A worker's settings: its own output files, the shared per-call directory."""
+    def suffixed(path: str | None) -> str | None:
+        if path is None:
+            return None
+        p = Path(path)
+        return str(p.with_name(f"{p.stem}.w{index}{p.suffix}"))
+
+    out = options.out or str(DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl")
+    kernel = dataclasses.replace(options.kernel)
+    return dataclasses.replace(options, out=suffixed(out), pcap=suffixed(options.pcap),
+                               fallback=suffixed(options.fallback), kernel=kernel)
+
+
+class _ShardCapture:
+    """A worker's view of the kernel: its shard's ring and the shared flow map."""
+
+    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
+                 on_stop: OnStop) -> None:
+        self._programs = programs
+        self._shard = shard
+        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
+        self.description = f"shard {shard}"
+        stack.callback(lambda: on_stop(self._reader.drain()))
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        return self._reader.poll(timeout_ms)
+
+    def apply_flows(self, events: list[FlowEvent]) -> None:
+        maps = self._programs.maps
+        for event in events:
+            endpoint = Endpoint(ipaddress.ip_address(event.address), event.port)
+            if event.action is FlowAction.LEARN:
+                maps.learn_flow(endpoint, event.kind, self._shard)  # its media comes to this worker's ring
+            else:
+                maps.forget_flow(endpoint)
+
+    def stats_sections(self) -> list[str]:
+        return [f"perf_lost={self._reader.lost}"] if self._reader.lost else []
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {}  # the kernel's counters are the parent's to report
+
+    def set_filters(self, before: Any, after: Any) -> None:
+        return None  # the maps are shared: the parent changes them
+
+
+def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
+                 control: Connection, reports: Connection) -> None:
+    """The body of a worker process (forked: it shares the loaded programs)."""
+    from otus_ebpf.task import Task  # noqa: PLC0415 - the task module imports this one
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    status = 0
+
+    def log(message: str) -> None:
+        print(f"[w{index}] {message}", file=sys.stderr, flush=True)
+
+    def opener(stack: contextlib.ExitStack, _options: CaptureOptions, _interfaces: dict[int, str],
+               _offset: int, on_stop: OnStop, _log: Any) -> _ShardCapture:
+        return _ShardCapture(stack, programs, index, on_stop)
+
+    task = Task(f"{task_name}/w{index}", options, log, opener, checks=False)
+    task.recent = deque(maxlen=16)
+    task.periodic_stats = False
+
+    def report(kind: str) -> None:
+        payload = {"sample": sample_to_json(task.metrics_sample()), "figures": task.figures(),
+                   "recent": task.recent_rows()}
+        reports.send((kind, index, payload))
+
+    def listen() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            control.recv()  # "stop", or the parent went away
+        stop.set()
+
+    try:
+        task.start()
+        threading.Thread(target=listen, daemon=True).start()
+        runner = threading.Thread(target=task.run, args=(stop,), daemon=True)
+        runner.start()
+        while runner.is_alive():
+            runner.join(REPORT_INTERVAL_S)
+            report("sample")
+        task.stop()
+        report("final")
+    except BaseException as exc:  # a worker reports why it died, then dies
+        with contextlib.suppress(Exception):
+            reports.send(("failed", index, f"{type(exc).__name__}: {exc}"))
+        status = 1
+    finally:
+        with contextlib.suppress(Exception):
+            reports.close()
+        os._exit(status)  # not the parent's exit handlers: they belong to the parent
+
+
+@dataclasses.dataclass(slots=True)
+class _Worker:
+    index: int
+    process: Any
+    control: Connection
+    reports: Connection
+    latest: dict[str, Any] | None = None
+    final: bool = False
+    failed: str | None = None
+
+
+class WorkersCapture:
+    """The Capture of a task whose parsing runs in worker processes."""
+
+    def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, task_options: AttachOptions,
+                 task_name: str, interfaces: dict[int, str], log: Callable[[str], None],
+                 attach: Callable[[contextlib.ExitStack, LoadedPrograms], list[str]],
+                 on_stopped: Callable[[], None]) -> None:
+        """``on_stopped``: called when every worker has finished (the final figures are in)."""
+        self._log = log
+        self._on_stopped = on_stopped
+        programs = load_programs(options.kernel)
+        stack.callback(programs.close)  # last: after the workers have drained their rings
+        self._programs = programs
+        label = ",".join(interfaces.values())
+        context = multiprocessing.get_context("fork")
+        self._workers: list[_Worker] = []
+        stack.callback(self._stop_workers)
+        for index in range(programs.shards):
+            control_here, control_there = context.Pipe()
+            reports_here, reports_there = context.Pipe(duplex=False)  # (receiving end, sending end)
+            process = context.Process(
+                target=_worker_main, name=f"otus-worker-{index}",
+                args=(index, task_name, worker_options(task_options, index, label), programs, control_there,
+                      reports_there))
+            process.start()
+            control_there.close()
+            reports_there.close()
+            self._workers.append(_Worker(index, process, control_here, reports_here))
+        hooks = attach(stack, programs)  # only now: every worker is reading its ring
+        self.description = (f"{'; '.join(hooks)}; {programs.shards} worker process(es), "
+                            f"{programs.delivery.value} delivery")
+
+    # -- figures from the workers ---------------------------------------------------
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Collect the workers' reports; the events themselves never come here."""
+        self._collect(timeout_ms / 1000)
+        return []
+
+    def _collect(self, timeout: float) -> None:
+        ready = wait([w.reports for w in self._workers if not w.final and w.failed is None], timeout)
+        for worker in self._workers:
+            if worker.reports not in ready:
+                continue
+            try:
+                while worker.reports.poll():
+                    kind, _index, payload = worker.reports.recv()
+                    if kind == "failed":
+                        worker.failed = str(payload)
+                        self._log(f"worker {worker.index} failed: {payload}")
+                    else:
+                        worker.latest = payload
+                        worker.final = kind == "final"
+            except (EOFError, OSError):
+                if not worker.final and worker.failed is None:
+                    worker.failed = f"exited with status {worker.process.exitcode}"
+                    self._log(f"worker {worker.index} {worker.failed}")
+
+    def worker_payloads(self) -> list[dict[str, Any]]:
+        return [w.latest for w in self._workers if w.latest is not None]
+
+    def apply_flows(self, events: list[FlowEvent]) -> None:
+        return None  # the workers learn their own flows
+
+    def stats_sections(self) -> list[str]:
+        return format_kernel_counts(read_kernel_counters(self._programs.bpf))
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        bpf = self._programs.bpf
+        kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
+        shards = read_shard_failures(bpf, self._programs.shards)
+        up = {f"worker{w.index}": {"alive": int(w.process.is_alive())} for w in self._workers}
+        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}, **up}
+
+    def set_filters(self, before: Any, after: Any) -> None:
+        self._programs.maps.apply_filters(before, after)
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def _stop_workers(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                worker.control.send("stop")
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(not w.final and w.failed is None for w in self._workers) and time.monotonic() < deadline:
+            self._collect(0.2)
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                self._log(f"worker {worker.index} did not finish in {STOP_GRACE_S:.0f} s; killing it")
+                worker.process.kill()
+                worker.process.join()
+            worker.control.close()
+            worker.reports.close()
+        self._on_stopped()
+
+
+def merge_samples(base: TaskSample, payloads: list[dict[str, Any]],
+                  from_json: Callable[[dict[str, Any]], TaskSample] = sample_from_json) -> TaskSample:
+    """The task's sample: the parent's capturers plus the workers' figures added up."""
+    for payload in payloads:
+        sample = from_json(payload["sample"])
+        for name, values in sample.counters.items():
+            into = base.counters.setdefault(name, {})
+            for labels, value in values.items():
+                into[labels] = into.get(labels, 0) + value
+        for name, gauges in sample.gauges.items():
+            into_g = base.gauges.setdefault(name, {})
+            for labels, gauge in gauges.items():
+                into_g[labels] = into_g.get(labels, 0.0) + gauge
+    measured = sum(1 for p in payloads if any(g[0] == "otus_rtp_mos" for g in p["sample"]["gauges"]))
+    if measured:  # a mean over the workers that measured one, not a sum
+        base.gauges["otus_rtp_mos"] = {k: v / measured for k, v in base.gauges["otus_rtp_mos"].items()}
+    return base
+
+
+def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str, Any]]) -> str:
+    """The stats line of a task with worker processes: their figures added up."""
+    pipeline, reassembly = PipelineStats(), ReassemblyStats()
+    kafka: KafkaStats | None = None
+    outputs = []
+    for index, payload in enumerate(payloads):
+        figures = payload["figures"]
+        for name, value in figures["pipeline"].items():
+            if name == "sip_messages":
+                for kind, count in value.items():
+                    pipeline.sip_messages[kind] = pipeline.sip_messages.get(kind, 0) + count
+            else:
+                setattr(pipeline, name, getattr(pipeline, name) + value)
+        for name, value in figures["reassembly"].items():
+            setattr(reassembly, name, getattr(reassembly, name) + value)
+        if figures["kafka"] is not None:
+            kafka = kafka or KafkaStats()
+            for name, value in figures["kafka"].items():
+                setattr(kafka, name, getattr(kafka, name) + value)
+        outputs += [f"w{index} {summary}" for summary in figures["outputs"]]
+    return StatsLine(label, sections, pipeline, kafka, reassembly, outputs).format()
