@@ -13,7 +13,13 @@ from otus_ebpf import __version__, cli_daemon
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.capture import CaptureDirection, CaptureMode
-from otus_ebpf.config import DEFAULT_METRICS_LISTEN, EXIT_INVALID, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import (
+    DEFAULT_METRICS_LISTEN,
+    EXIT_INVALID,
+    Config,
+    ConfigInvalid,
+    TaskConfig,
+)
 from otus_ebpf.config import load as load_config
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import SetupError
@@ -80,7 +86,8 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--force", action="store_true",
                         help="replace a foreign XDP program already on the interface")
     attach.add_argument("--workers", type=int, default=1,
-                        help="ring shards: the kernel writes each conversation to one of them (1..8)")
+                        help="ring shards, one worker process each when more than one: the kernel writes "
+                             "each conversation to one of them (1..8)")
     attach.add_argument("--in-process", action="store_true",
                         help="read every shard in this process instead of one worker process per shard")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,

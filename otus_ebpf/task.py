@@ -30,7 +30,14 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import QueuedReporter
 from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
+from otus_ebpf.wiring import (
+    FrameOutputs,
+    Log,
+    check_outputs,
+    flush_reporters,
+    open_frame_outputs,
+    open_reporters,
+)
 from otus_ebpf.workers import WorkersCapture, merge_samples, workers_stats_line
 from userspace.pipeline import Pipeline
 from userspace.records import Record, SipRecord
@@ -88,10 +95,11 @@ class Task:
     PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
 
     def __init__(self, name: str, options: AttachOptions, log: Log,
-                 capture_opener: CaptureOpener | None = None, checks: bool = True) -> None:
+                 capture_opener: CaptureOpener | None = None, worker: bool = False) -> None:
         """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side.
-        ``checks``: the interface pre-flight checks (a worker process skips them: its parent did them)."""
-        self._checks = checks
+        ``worker``: this is a worker process's task (otus_ebpf.workers): its parent did the interface
+        checks and the attaching, and says when capture begins."""
+        self._worker = worker
         self.name = name
         self.options = options
         self.state = TaskState.NEW
@@ -163,7 +171,7 @@ class Task:
     def _resolve(self) -> None:
         self.interfaces = {resolve_interface(name): name for name in self.options.interfaces}
         require_root()
-        if self._checks:
+        if not self._worker:
             preflight(self.options.capture, self.interfaces)
 
     def _construct(self) -> None:
@@ -172,7 +180,9 @@ class Task:
         self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls)
 
     def _init(self) -> None:
-        if not self._worker_processes():  # else each worker opens its own outputs
+        if self._worker_processes():  # each worker opens its own outputs; they are checked here first
+            check_outputs(self.options, self._log)
+        else:
             self._open_outputs()
 
     def _open_outputs(self) -> None:
@@ -212,7 +222,7 @@ class Task:
         opener = self._open_capture or open_capture
         self.capture = opener(self._stack, self.options.capture, self.interfaces,
                                           self._clock_offset_ns, on_stop, self._log)
-        self._log(f"capturing: {self.capture.description}")
+        self._log(f"{'reading' if self._worker else 'capturing'}: {self.capture.description}")
 
     def _start(self) -> None:
         now = time.monotonic()

@@ -6,15 +6,17 @@ order whatever happens next."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import Fallback, QueuedReporter
 from otus_ebpf.hep import HepSender
-from otus_ebpf.kafka import open_kafka_reporter
+from otus_ebpf.kafka import make_producer, open_kafka_reporter
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs import RotatingFile, StreamSink
 from otus_ebpf.percall import PerCallPcap
@@ -113,3 +115,23 @@ def flush_reporters(reporters: list[QueuedReporter], log: Log) -> None:
             log(f"{reporter.name}: {undelivered} records undelivered at exit")
 
 
+
+
+def check_outputs(options: AttachOptions, log: Log) -> None:
+    """What worker processes will open, opened once and closed here, so that a
+    bad path, an unreachable broker or an unknown collector fails before
+    anything is attached (the workers open their own after the fork)."""
+    with contextlib.ExitStack() as trial:
+        trial_options = dataclasses.replace(options, out=options.out or str(DEFAULT_OUT_DIR / "check.jsonl"))
+        if options.kafka is not None:
+            producer = make_producer(options.kafka)
+            trial.callback(producer.close)
+        if options.hep:
+            trial.callback(HepSender(options.hep, time.monotonic).close)
+        for path in (trial_options.out, options.pcap, options.fallback):
+            if path is not None and path != "-":
+                try:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise SetupError(f"cannot create {Path(path).parent}: {exc.strerror}") from None
+        log("outputs checked; each worker opens its own")

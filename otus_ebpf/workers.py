@@ -114,7 +114,7 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
                _offset: int, on_stop: OnStop, _log: Any) -> _ShardCapture:
         return _ShardCapture(stack, programs, index, on_stop)
 
-    task = Task(f"{task_name}/w{index}", options, log, opener, checks=False)
+    task = Task(f"{task_name}/w{index}", options, log, opener, worker=True)
     task.recent = deque(maxlen=16)
     task.periodic_stats = False
 
@@ -294,5 +294,5 @@ def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str,
             kafka = kafka or KafkaStats()
             for name, value in figures["kafka"].items():
                 setattr(kafka, name, getattr(kafka, name) + value)
-        outputs += [f"w{index} {summary}" for summary in figures["outputs"]]
+        outputs += [f"w{index}-{summary}" for summary in figures["outputs"]]
     return StatsLine(label, sections, pipeline, kafka, reassembly, outputs).format()

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from otus_ebpf import netns
 from otus_ebpf.bpfsys import AttachType, query_program_ids
 from tests.support.agent import start_agent
@@ -88,9 +90,10 @@ def test_detach_leaves_a_foreign_xdp_program_alone(lab: Lab) -> None:
         foreign.cleanup()
 
 
-def test_unreachable_broker_fails_before_attaching(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["in-process", "worker-processes"])
+def test_unreachable_broker_fails_before_attaching(lab: Lab, tmp_path: Path, workers: str) -> None:
     result = subprocess.run(
-        ["ip", "netns", "exec", lab.uas_ns, str(AGENT), "attach", lab.uas_if,
+        ["ip", "netns", "exec", lab.uas_ns, str(AGENT), "attach", lab.uas_if, "--workers", workers,
          "--out", str(tmp_path / "o.jsonl"), "--kafka", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, check=False,
     )

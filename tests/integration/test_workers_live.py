@@ -1,0 +1,45 @@
+"""Worker processes on the lab: SIP from eight hosts spreads over two
+workers, each writes its own file, the parent's final figures add them up,
+and nothing is lost or counted twice."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+from otus_ebpf import netns
+from tests.support.agent import final_stats, read_records, start_agent
+from tests.support.lab import Lab
+from tests.support.sip_samples import sip_message
+
+HOSTS = [f"10.77.0.{n}" for n in range(20, 28)]
+PER_HOST = 50
+
+
+def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) -> None:
+    for host in HOSTS:
+        lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--workers", "2"])
+    assert "2 worker process(es)" in agent.output()
+    try:
+        with netns.inside(lab.uac_ns):
+            for host in HOSTS:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                    sender.bind((host, 5060))
+                    for n in range(PER_HOST):
+                        sender.sendto(sip_message("OPTIONS sip:w SIP/2.0", [
+                            f"Call-ID: {host}-{n}", "From: <sip:a@w>;tag=1", "To: <sip:b@w>",
+                            f"CSeq: {n} OPTIONS"]), (lab.uas_v4, 5060))
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    files = sorted(tmp_path.glob("sip.w*.jsonl"))
+    assert [f.name for f in files] == ["sip.w0.jsonl", "sip.w1.jsonl"]
+    per_worker = [len(f.read_text().splitlines()) for f in files]
+    assert all(per_worker), f"both workers had hosts to serve: {per_worker}"
+    records = read_records(out)
+    assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in HOSTS for n in range(PER_HOST))
+    stats = final_stats(agent)
+    assert stats["records"] == len(records) == sum(per_worker)
+    assert stats["ingress_submitted"] == stats["events"] == len(HOSTS) * PER_HOST
