@@ -414,6 +414,8 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 		return verdict;
 	if (!cfg)
 		return OTUS_CTR_NO_MATCH;
+	if (cfg->flags & OTUS_CFG_PAUSED)
+		return OTUS_CTR_FILTERED;
 	if (cfg->flags && filtered_out(cfg, p))
 		return OTUS_CTR_FILTERED;
 

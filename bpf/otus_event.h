@@ -54,6 +54,8 @@
 #define OTUS_CFG_INCLUDE_V6 4
 #define OTUS_CFG_EXCLUDE_V4 8
 #define OTUS_CFG_EXCLUDE_V6 16
+/* capture paused: every packet counts as filtered, none goes up */
+#define OTUS_CFG_PAUSED 32
 
 struct otus_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

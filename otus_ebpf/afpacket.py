@@ -64,10 +64,14 @@ class PacketStats:
     drops: int = 0
 
 
+_ACCEPT_NOTHING = (0x06, 0, 0, 0)  # BPF_RET|BPF_K 0: keep no byte of any packet
+
+
 class AfPacketCapture:
     def __init__(self, interfaces: dict[int, str], settings: KernelSettings, capture_ingress: bool,
                  capture_egress: bool, clock_offset_ns: int) -> None:
         self._settings = settings
+        self._paused = False
         self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards)
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._ingress, self._egress = capture_ingress, capture_egress
@@ -155,8 +159,15 @@ class AfPacketCapture:
                             dict(self._media))
         self._attach_filter({port for _a, port, _p in self._media})
 
+    def set_paused(self, paused: bool) -> None:
+        """Paused, the sockets take nothing (a filter that accepts no packet); resumed,
+        the capture filter comes back. Sockets, rings and fanout stay."""
+        self._paused = paused
+        self._attach_filter({port for _a, port, _p in self._media})
+
     def _attach_filter(self, media_ports: set[int]) -> None:
-        program = compile_filter(filter_expression(self._settings, media_ports), self._snaplen)
+        program = [_ACCEPT_NOTHING] if self._paused else \
+            compile_filter(filter_expression(self._settings, media_ports), self._snaplen)
         fprog, _keep = socket_filter(program)
         for member in self._members:
             member.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))

@@ -68,6 +68,9 @@ class Capture(Protocol):
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         """Change SIP ports, signature and networks while capturing."""
 
+    def set_paused(self, paused: bool) -> None:
+        """Stop or restart taking packets, without detaching anything."""
+
     def apply_flows(self, events: list[FlowEvent]) -> None:
         """Learn or forget media endpoints the dialogs announced."""
 
@@ -154,6 +157,9 @@ class _EbpfCapture:
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._programs.maps.apply_filters(before, after)
 
+    def set_paused(self, paused: bool) -> None:
+        self._programs.maps.set_paused(paused)
+
     def counters(self) -> dict[str, dict[str, int]]:
         bpf = self._programs.bpf
         kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
@@ -185,6 +191,9 @@ class _AfPacket:
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._capture.set_filters(after)
+
+    def set_paused(self, paused: bool) -> None:
+        self._capture.set_paused(paused)
 
     def counters(self) -> dict[str, dict[str, int]]:
         stats = self._capture.read_stats()

@@ -27,7 +27,7 @@ def add_commands(commands: Any) -> None:
     daemon = commands.add_parser("daemon", help="run the tasks of a config file, with a control socket")
     daemon.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
     task = commands.add_parser("task", help="list, inspect, create or delete a running daemon's tasks")
-    task.add_argument("action", choices=["list", "status", "create", "delete"])
+    task.add_argument("action", choices=["list", "status", "create", "delete", "pause", "resume"])
     task.add_argument("name", nargs="?", help="the task (status, create, delete)")
     task.add_argument("-c", "--config", type=Path, metavar="FILE", help="where `create` finds the task")
     reload = commands.add_parser("reload", help="make the daemon re-read its config file (as SIGHUP)")
@@ -74,6 +74,10 @@ def _task(path: str, args: argparse.Namespace) -> int:
             raise SystemExit("otus-ebpf task create: -c FILE says where the task is defined")
         request(path, {"cmd": "create", "config": str(args.config.resolve()), "task": args.name})
         print(f"task {args.name}: created")
+        return 0
+    if args.action in ("pause", "resume"):
+        request(path, {"cmd": args.action, "task": args.name})
+        print(f"task {args.name}: {args.action}d")
         return 0
     request(path, {"cmd": "delete", "task": args.name})
     print(f"task {args.name}: deleted")

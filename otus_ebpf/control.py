@@ -7,6 +7,7 @@ request per connection, one JSON answer.
     {"cmd": "samples"}                               figures and latest SIP for `otus-ebpf top`
     {"cmd": "create", "config": FILE, "task": NAME}  start a task defined in FILE
     {"cmd": "delete", "task": NAME}                  stop and remove a task
+    {"cmd": "pause"|"resume", "task": NAME}          stop or restart taking packets, nothing detached
     {"cmd": "reload"}                                re-read the daemon's file (as SIGHUP)
 
 Answers are {"ok": true, ...} or {"ok": false, "error": "one line"}.

@@ -62,7 +62,8 @@ class Daemon:
 
     def handlers(self) -> dict[str, Any]:
         return {"list": self._list, "status": self._status, "stats": self._stats, "samples": self._samples,
-                "create": self._create, "delete": self._delete, "reload": self._reload}
+                "create": self._create, "delete": self._delete, "reload": self._reload,
+                "pause": self._pause, "resume": self._resume}
 
     def _list(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces)}
@@ -103,6 +104,20 @@ class Daemon:
         task = self.manager.get(config.name)
         if task is not None:
             task.recent = _recent()
+
+    def _pause(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self._task(request).pause()
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        return {"paused": request.get("task")}
+
+    def _resume(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self._task(request).resume()
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        return {"resumed": request.get("task")}
 
     def _delete(self, request: dict[str, Any]) -> dict[str, Any]:
         if not self.manager.delete(str(request.get("task"))):

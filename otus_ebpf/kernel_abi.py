@@ -20,6 +20,7 @@ class ConfigFlag(IntFlag):
     INCLUDE_V6 = 4
     EXCLUDE_V4 = 8
     EXCLUDE_V6 = 16
+    PAUSED = 32
 
 
 CONFIG_FIELDS: StructFields = (

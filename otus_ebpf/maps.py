@@ -90,6 +90,12 @@ class KernelMaps:
         self.configure(signature=after.signature, sip_snaplen=self._sip_snaplen,
                        media_snaplen=self._media_snaplen)
 
+    def set_paused(self, paused: bool) -> None:
+        """Paused, the programs count every packet as filtered and send nothing up;
+        nothing is detached, and learned flows and filters stay as they are."""
+        self._flags = (self._flags | ConfigFlag.PAUSED) if paused else (self._flags & ~ConfigFlag.PAUSED)
+        self._write_config()
+
     def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
         ports_map = table(self._bpf, SIP_PORTS_MAP)
         for port in ports:

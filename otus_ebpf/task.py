@@ -68,6 +68,7 @@ class TaskState(Enum):
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -233,7 +234,7 @@ class Task:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Poll until ``stop`` (or a stop request) is set; the caller's thread does the work."""
-        if self.state is not TaskState.RUNNING:
+        if self.state not in (TaskState.RUNNING, TaskState.PAUSED):
             return
         self._loop_idle.clear()
         try:
@@ -309,7 +310,7 @@ class Task:
         """Every figure of this task, read now (called by the metrics collector's thread)."""
         sample = TaskSample(self.state.value)
         pipeline = self.pipeline
-        if self.capture is not None and self.state is TaskState.RUNNING:
+        if self.capture is not None and self.state in (TaskState.RUNNING, TaskState.PAUSED):
             sample.capturers = self.capture.counters()
         if isinstance(self.capture, WorkersCapture):
             return merge_samples(sample, self.capture.worker_payloads(), sample_from_json)
@@ -350,6 +351,25 @@ class Task:
             sample.gauge("otus_kafka_in_flight", k.in_flight)
         return sample
 
+    def pause(self) -> None:
+        """Take no more packets, detach nothing; what is in the rings still comes through."""
+        with self._state_lock:
+            if self.state is not TaskState.RUNNING:
+                raise ValueError(f"task {self.name} is {self.state.value}, not running")
+            assert self.capture is not None
+            self.capture.set_paused(True)
+            self.state = TaskState.PAUSED
+        self._log(f"task {self.name}: paused")
+
+    def resume(self) -> None:
+        with self._state_lock:
+            if self.state is not TaskState.PAUSED:
+                raise ValueError(f"task {self.name} is {self.state.value}, not paused")
+            assert self.capture is not None
+            self.capture.set_paused(False)
+            self.state = TaskState.RUNNING
+        self._log(f"task {self.name}: resumed")
+
     def reconfigure(self, options: AttachOptions) -> None:
         """Take new filters without detaching or dropping state; raises ValueError
         when anything else changed (the caller restarts the task then)."""
@@ -374,7 +394,7 @@ class Task:
         """Stop once, whoever asks and however often; every caller returns when it is done."""
         self._start_done.wait()  # a start under way finishes (or fails and cleans up) first
         with self._state_lock:
-            first = self.state is TaskState.RUNNING
+            first = self.state in (TaskState.RUNNING, TaskState.PAUSED)
             if first:
                 self.state = TaskState.STOPPING
             elif self.state is TaskState.NEW:

@@ -95,6 +95,9 @@ class _ShardCapture:
     def set_filters(self, before: Any, after: Any) -> None:
         return None  # the maps are shared: the parent changes them
 
+    def set_paused(self, paused: bool) -> None:
+        return None  # the parent pauses the programs
+
 
 def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
                  control: Connection, reports: Connection) -> None:
@@ -235,6 +238,9 @@ class WorkersCapture:
 
     def set_filters(self, before: Any, after: Any) -> None:
         self._programs.maps.apply_filters(before, after)
+
+    def set_paused(self, paused: bool) -> None:
+        self._programs.maps.set_paused(paused)
 
     # -- stop ---------------------------------------------------------------------------
 

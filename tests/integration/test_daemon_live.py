@@ -101,3 +101,30 @@ def test_two_tasks_a_control_socket_a_reload_and_metrics(lab: Lab, tmp_path: Pat
     assert sorted(r["call_id"] for r in loop_records) == sorted(
         [f"before-{n}" for n in range(LOOPBACK_MESSAGES)] + [f"after-{n}" for n in range(LOOPBACK_MESSAGES)])
     assert not Path(sock).exists(), "the control socket went with the daemon"
+
+
+def test_paused_tasks_take_nothing_and_resume_where_they_were(lab: Lab, tmp_path: Path) -> None:
+    path = tmp_path / "otus.yaml"
+    path.write_text(config(tmp_path, lab, free_port(lab.uas_ns), "[5060]"))
+    sock = str(tmp_path / "control.sock")
+    daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    try:
+        daemon.wait_for_output("2 task(s) running", START_TIMEOUT_S)
+        for task in ("sip", "loop"):
+            assert f"task {task}: paused" in cli(lab, "task", "pause", task, "--socket", sock)
+        assert [line.split()[1] for line in cli(lab, "task", "list", "--socket", sock).splitlines()] == \
+            ["paused", "paused"]
+        run_calls(lab, 3, "u1", tmp_path)
+        send_on_loopback(lab, LOOPBACK_MESSAGES, "paused")
+        time.sleep(1.0)
+        for task in ("sip", "loop"):
+            cli(lab, "task", "resume", task, "--socket", sock)
+        run_calls(lab, 3, "u1", tmp_path)
+        send_on_loopback(lab, LOOPBACK_MESSAGES, "resumed")
+        time.sleep(1.5)
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+    sip_calls = {r["call_id"] for r in read_records(tmp_path / "sip.jsonl") if r["kind"] == "sip"}
+    assert len(sip_calls) == 3, "only the calls made after resume"
+    loop_ids = sorted(r["call_id"] for r in read_records(tmp_path / "loop.jsonl") if r["kind"] == "sip")
+    assert loop_ids == sorted(f"resumed-{n}" for n in range(LOOPBACK_MESSAGES))

@@ -311,6 +311,18 @@ def test_sip_ports_change_at_run_time(kernel: KernelHarness, hook: Hook) -> None
     assert verdicts(run(kernel, frame, hook)) == {Counter.NO_MATCH}
 
 
+def test_paused_capture_sends_nothing_up_and_resumes(kernel: KernelHarness, hook: Hook) -> None:
+    frame = ethernet(ipv4(udp(INVITE)))
+    kernel.maps.set_paused(True)
+    try:
+        paused = run(kernel, frame, hook)
+        assert verdicts(paused) == {Counter.FILTERED} and paused.events == []
+    finally:
+        kernel.maps.set_paused(False)
+    resumed = run(kernel, frame, hook)
+    assert verdicts(resumed) == {Counter.MATCHED_SIP_PORT} and len(resumed.events) == 1
+
+
 def test_snaplen_caps_large_sip_frames(kernel: KernelHarness, hook: Hook) -> None:
     big = INVITE + b"x" * 2400
     frame = ethernet(ipv4(udp(big)))

@@ -70,6 +70,9 @@ class FakeCapture:
     def set_filters(self, before: object, after: object) -> None:
         self.filters_changed = (before, after)
 
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+
 
 class FakeOpener:
     def __init__(self, batches: list[list[bytes]] | None = None, leftover: list[bytes] | None = None) -> None:
