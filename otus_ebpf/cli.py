@@ -36,6 +36,7 @@ from otus_ebpf.loader import (
     KernelSettings,
     parse_network,
 )
+from otus_ebpf.options import Dispatch, Strategy
 from userspace.event import Direction
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
@@ -88,6 +89,11 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--workers", type=int, default=1,
                         help="ring shards, one worker process each when more than one: the kernel writes "
                              "each conversation to one of them (1..8)")
+    attach.add_argument("--dispatch", choices=[d.value for d in Dispatch], default=Dispatch.BINDING.value,
+                        help="binding: each worker reads its own ring shard; dispatch: one reader hands "
+                             "events to the workers")
+    attach.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.FLOW_HASH.value,
+                        help="with --dispatch dispatch: by conversation (default) or in turn")
     attach.add_argument("--in-process", action="store_true",
                         help="read every shard in this process instead of one worker process per shard")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
@@ -266,6 +272,8 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
                                args.pcap_max_age),
         stats_interval_s=args.stats_interval,
         worker_processes=not args.in_process,
+        dispatch=Dispatch(args.dispatch),
+        strategy=Strategy(args.strategy),
     )
 
 
@@ -382,7 +390,7 @@ _FIELD_FLAGS = {
     "kafka_backlog": ("kafka_backlog_mb", "kafka_overflow"), "hep": ("hep",),
     "hep_identity": ("hep_capture_id", "hep_node_name", "hep_auth_key_file"), "fallback": ("fallback",),
     "queue_records": ("queue_records",), "stats_interval_s": ("stats_interval",),
-    "worker_processes": ("in_process",),
+    "worker_processes": ("in_process",), "dispatch": ("dispatch",), "strategy": ("strategy",),
 }
 _KERNEL_FLAGS = {
     "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),

@@ -38,7 +38,7 @@ from otus_ebpf.loader import (
     Delivery,
     KernelSettings,
 )
-from otus_ebpf.options import AttachOptions
+from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from userspace.calls import CallLimits
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
@@ -59,11 +59,6 @@ ENV_OVERRIDES = {
 }
 E = TypeVar("E", bound=Enum)
 _STR_TAG = "tag:yaml.org,2002:str"
-
-
-class Dispatch(Enum):
-    BINDING = "binding"    # each worker owns one ring shard / fanout member
-    DISPATCH = "dispatch"  # one reader hands events to the workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +363,8 @@ class _Checker:
         )
         options = self.outputs(keys.get("outputs"), f"{path}.outputs", options, name)
         dispatch = self.choice(keys.get("dispatch"), f"{path}.dispatch", Dispatch, Dispatch.BINDING)
-        if dispatch is Dispatch.DISPATCH:
-            self.problem(keys.get("dispatch"), f"{path}.dispatch",
-                         "dispatch (one reader handing events to workers) is not built yet; use binding")
+        strategy = self.choice(keys.get("strategy"), f"{path}.strategy", Strategy, Strategy.FLOW_HASH)
+        options = _replace(options, {"dispatch": dispatch, "strategy": strategy})
         return TaskConfig(name, options, dispatch)
 
     def kernel(self, node: yaml.Node | None, path: str, workers: int, delivery: Delivery) -> KernelSettings:
@@ -522,7 +516,8 @@ class _Checker:
 
 
 TASK_KEYS = ("name", "interfaces", "mode", "xdp_mode", "attach_method", "force", "direction", "workers",
-             "dispatch", "delivery", "filter", "reassembly", "tcp", "calls", "outputs", "stats_interval_s")
+             "dispatch", "strategy", "delivery", "filter", "reassembly", "tcp", "calls", "outputs",
+             "stats_interval_s")
 KAFKA_KEYS = ("brokers", "topic", "topic_per_kind", "key", "headers", "compression", "acks", "linger_ms",
               "batch", "queue_kb", "backlog_mb", "overflow", "start_anyway", "security")
 SECURITY_KEYS = ("protocol", "sasl_mechanism", "sasl_username", "sasl_password_file", "ssl_ca", "ssl_cert",

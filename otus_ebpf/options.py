@@ -4,6 +4,7 @@ config file's task both become."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from otus_ebpf.attach import AttachMethod, XdpMode
 from otus_ebpf.capture import CaptureDirection, CaptureMode, CaptureOptions
@@ -19,6 +20,16 @@ from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting
 from userspace.reporters.pcap import PcapFormat
 from userspace.tcp import TcpLimits
+
+
+class Dispatch(Enum):
+    BINDING = "binding"    # each worker process owns one ring shard
+    DISPATCH = "dispatch"  # one reader hands events to the worker processes
+
+
+class Strategy(Enum):
+    FLOW_HASH = "flow-hash"      # a conversation always to the same worker: dialogs stay whole
+    ROUND_ROBIN = "round-robin"  # even load whatever the traffic; call tracking sees parts of dialogs
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,8 @@ class AttachOptions:
     # With several shards and eBPF capture: one worker process per shard (see
     # otus_ebpf.workers); off, one process reads every shard.
     worker_processes: bool = True
+    dispatch: Dispatch = Dispatch.BINDING
+    strategy: Strategy = Strategy.FLOW_HASH
 
     @property
     def capture(self) -> CaptureOptions:

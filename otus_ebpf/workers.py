@@ -23,6 +23,7 @@ import ipaddress
 import multiprocessing
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -37,14 +38,18 @@ from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_coun
 from otus_ebpf.loader import LoadedPrograms, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
-from otus_ebpf.options import AttachOptions
-from otus_ebpf.ring import open_reader
+from otus_ebpf.options import AttachOptions, Dispatch, Strategy
+from otus_ebpf.ring import Reader, open_reader
 from userspace.calls import FlowAction, FlowEvent
+from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
 from userspace.reporters.kafka import KafkaStats
 
 REPORT_INTERVAL_S = 0.5
+DISPATCH_BATCH = 4096  # events a worker takes from its pipe before it processes them
+# Where the kernel's symmetric flow hash sits in an event record (userspace.event).
+_FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
 STOP_GRACE_S = 30.0
 DEFAULT_OUT_DIR = Path("otus-out")
 
@@ -63,19 +68,18 @@ def worker_options(options: AttachOptions, index: int, label: str) -> AttachOpti
                                fallback=suffixed(options.fallback), kernel=kernel)
 
 
-class _ShardCapture:
-    """A worker's view of the kernel: its shard's ring and the shared flow map."""
+class _WorkerCapture:
+    """A worker's view of the kernel: events from somewhere, and the shared flow map."""
 
-    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
-                 on_stop: OnStop) -> None:
+    description = "events"
+
+    def __init__(self, programs: LoadedPrograms, shard: int) -> None:
         self._programs = programs
         self._shard = shard
-        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
-        self.description = f"shard {shard}"
-        stack.callback(lambda: on_stop(self._reader.drain()))
+        self.lost = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        return self._reader.poll(timeout_ms)
+        raise NotImplementedError
 
     def apply_flows(self, events: list[FlowEvent]) -> None:
         maps = self._programs.maps
@@ -87,7 +91,7 @@ class _ShardCapture:
                 maps.forget_flow(endpoint)
 
     def stats_sections(self) -> list[str]:
-        return [f"perf_lost={self._reader.lost}"] if self._reader.lost else []
+        return [f"perf_lost={self.lost}"] if self.lost else []
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {}  # the kernel's counters are the parent's to report
@@ -99,8 +103,47 @@ class _ShardCapture:
         return None  # the parent pauses the programs
 
 
+class _ShardCapture(_WorkerCapture):
+    """Binding: the worker reads its own shard's ring."""
+
+    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
+                 on_stop: OnStop) -> None:
+        super().__init__(programs, shard)
+        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
+        self.description = f"shard {shard}"
+        stack.callback(lambda: on_stop(self._reader.drain()))
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        batch = self._reader.poll(timeout_ms)
+        self.lost = self._reader.lost
+        return batch
+
+
+class _PipeCapture(_WorkerCapture):
+    """Dispatch: the worker takes the batches the task's reader sends it."""
+
+    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, events: Connection,
+                 on_stop: OnStop) -> None:
+        super().__init__(programs, 0)  # one ring: learned media comes back to the dispatcher
+        self._events = events
+        self.description = "events from the dispatcher"
+        stack.callback(lambda: on_stop(self._take(wait=0.0, everything=True)))
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        return self._take(wait=timeout_ms / 1000, everything=False)
+
+    def _take(self, wait: float, everything: bool) -> list[bytes]:
+        batch: list[bytes] = []
+        with contextlib.suppress(EOFError, OSError):
+            while self._events.poll(wait if not batch else 0):
+                batch += self._events.recv()
+                if not everything and len(batch) >= DISPATCH_BATCH:
+                    break
+        return batch
+
+
 def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
-                 control: Connection, reports: Connection) -> None:
+                 control: Connection, reports: Connection, events: Connection | None) -> None:
     """The body of a worker process (forked: it shares the loaded programs)."""
     from otus_ebpf.task import Task  # noqa: PLC0415 - the task module imports this one
 
@@ -114,7 +157,9 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
         print(f"[w{index}] {message}", file=sys.stderr, flush=True)
 
     def opener(stack: contextlib.ExitStack, _options: CaptureOptions, _interfaces: dict[int, str],
-               _offset: int, on_stop: OnStop, _log: Any) -> _ShardCapture:
+               _offset: int, on_stop: OnStop, _log: Any) -> _WorkerCapture:
+        if events is not None:
+            return _PipeCapture(stack, programs, events, on_stop)
         return _ShardCapture(stack, programs, index, on_stop)
 
     task = Task(f"{task_name}/w{index}", options, log, opener, worker=True)
@@ -157,6 +202,7 @@ class _Worker:
     process: Any
     control: Connection
     reports: Connection
+    events: Connection | None = None  # dispatch mode: batches of events to the worker
     latest: dict[str, Any] | None = None
     final: bool = False
     failed: str | None = None
@@ -172,34 +218,73 @@ class WorkersCapture:
         """``on_stopped``: called when every worker has finished (the final figures are in)."""
         self._log = log
         self._on_stopped = on_stopped
-        programs = load_programs(options.kernel)
+        count = options.kernel.shards
+        dispatching = task_options.dispatch is Dispatch.DISPATCH
+        kernel = dataclasses.replace(options.kernel, shards=1) if dispatching else options.kernel
+        programs = load_programs(kernel)
         stack.callback(programs.close)  # last: after the workers have drained their rings
         self._programs = programs
+        self._round_robin = task_options.strategy is Strategy.ROUND_ROBIN
+        self._next = 0
+        self._reader: Reader | None = open_reader(programs.bpf, programs.delivery, 1) if dispatching else None
         label = ",".join(interfaces.values())
         context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         stack.callback(self._stop_workers)
-        for index in range(programs.shards):
+        for index in range(count):
             control_here, control_there = context.Pipe()
             reports_here, reports_there = context.Pipe(duplex=False)  # (receiving end, sending end)
+            events_there, events_here = context.Pipe(duplex=False) if dispatching else (None, None)
             process = context.Process(
                 target=_worker_main, name=f"otus-worker-{index}",
                 args=(index, task_name, worker_options(task_options, index, label), programs, control_there,
-                      reports_there))
+                      reports_there, events_there))
             process.start()
-            control_there.close()
-            reports_there.close()
-            self._workers.append(_Worker(index, process, control_here, reports_here))
-        hooks = attach(stack, programs)  # only now: every worker is reading its ring
-        self.description = (f"{'; '.join(hooks)}; {programs.shards} worker process(es), "
-                            f"{programs.delivery.value} delivery")
+            for end in (control_there, reports_there, events_there):
+                if end is not None:
+                    end.close()
+            self._workers.append(_Worker(index, process, control_here, reports_here, events_here))
+        hooks = attach(stack, programs)  # only now: every worker is reading
+        strategy = task_options.strategy.value
+        how = (f"1 ring dispatched ({strategy}) to {count} worker process(es)" if dispatching
+               else f"{count} worker process(es)")
+        self.description = f"{'; '.join(hooks)}; {how}, {programs.delivery.value} delivery"
 
     # -- figures from the workers ---------------------------------------------------
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Collect the workers' reports; the events themselves never come here."""
-        self._collect(timeout_ms / 1000)
+        """Dispatch what the ring holds (dispatch mode) and collect the workers' reports;
+        the task's own pipeline gets no events."""
+        if self._reader is not None:
+            self._dispatch(self._reader.poll(timeout_ms))
+            self._collect(0)
+        else:
+            self._collect(timeout_ms / 1000)
         return []
+
+    def _dispatch(self, batch: list[bytes]) -> None:
+        """Hand events out: by conversation (the kernel's symmetric hash) or in turn.
+        A worker's pipe is its bounded queue: when it is full this waits, the ring
+        fills, and the kernel counts what it cannot take."""
+        if not batch:
+            return
+        workers = [w for w in self._workers if w.events is not None and w.failed is None]
+        if not workers:
+            return
+        shares: list[list[bytes]] = [[] for _ in workers]
+        if self._round_robin:
+            for i, event in enumerate(batch, self._next):
+                shares[i % len(workers)].append(event)
+            self._next = (self._next + len(batch)) % len(workers)
+        else:
+            n = len(workers)
+            for event in batch:
+                shares[int.from_bytes(event[_FLOW_HASH:_FLOW_HASH + 4], "little") % n].append(event)
+        for worker, share in zip(workers, shares, strict=True):
+            if share:
+                assert worker.events is not None
+                with contextlib.suppress(OSError):
+                    worker.events.send(share)
 
     def _collect(self, timeout: float) -> None:
         ready = wait([w.reports for w in self._workers if not w.final and w.failed is None], timeout)
@@ -245,6 +330,8 @@ class WorkersCapture:
     # -- stop ---------------------------------------------------------------------------
 
     def _stop_workers(self) -> None:
+        if self._reader is not None:
+            self._dispatch(self._reader.drain())  # detached: what is left goes out before the word to stop
         for worker in self._workers:
             with contextlib.suppress(OSError, ValueError):
                 worker.control.send("stop")
@@ -259,6 +346,8 @@ class WorkersCapture:
                 worker.process.join()
             worker.control.close()
             worker.reports.close()
+            if worker.events is not None:
+                worker.events.close()
         self._on_stopped()
 
 

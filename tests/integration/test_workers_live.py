@@ -8,6 +8,8 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
+
 from otus_ebpf import netns
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.lab import Lab
@@ -17,6 +19,17 @@ HOSTS = [f"10.77.0.{n}" for n in range(20, 28)]
 PER_HOST = 50
 
 
+def send_from(lab: Lab, hosts: list[str]) -> None:
+    with netns.inside(lab.uac_ns):
+        for host in hosts:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.bind((host, 5060))
+                for n in range(PER_HOST):
+                    sender.sendto(sip_message("OPTIONS sip:w SIP/2.0", [
+                        f"Call-ID: {host}-{n}", "From: <sip:a@w>;tag=1", "To: <sip:b@w>",
+                        f"CSeq: {n} OPTIONS"]), (lab.uas_v4, 5060))
+
+
 def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) -> None:
     for host in HOSTS:
         lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
@@ -24,14 +37,7 @@ def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) 
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--workers", "2"])
     assert "2 worker process(es)" in agent.output()
     try:
-        with netns.inside(lab.uac_ns):
-            for host in HOSTS:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-                    sender.bind((host, 5060))
-                    for n in range(PER_HOST):
-                        sender.sendto(sip_message("OPTIONS sip:w SIP/2.0", [
-                            f"Call-ID: {host}-{n}", "From: <sip:a@w>;tag=1", "To: <sip:b@w>",
-                            f"CSeq: {n} OPTIONS"]), (lab.uas_v4, 5060))
+        send_from(lab, HOSTS)
     finally:
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
     files = sorted(tmp_path.glob("sip.w*.jsonl"))
@@ -43,3 +49,23 @@ def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) 
     stats = final_stats(agent)
     assert stats["records"] == len(records) == sum(per_worker)
     assert stats["ingress_submitted"] == stats["events"] == len(HOSTS) * PER_HOST
+
+
+@pytest.mark.parametrize(("strategy", "hosts"), [("round-robin", HOSTS[:1]), ("flow-hash", HOSTS)])
+def test_one_reader_dispatches_to_two_workers(lab: Lab, tmp_path: Path, strategy: str,
+                                              hosts: list[str]) -> None:
+    for host in hosts:
+        lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--dispatch", "dispatch", "--strategy", strategy])
+    assert f"1 ring dispatched ({strategy}) to 2 worker process(es)" in agent.output()
+    try:
+        send_from(lab, hosts)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    per_worker = [len(f.read_text().splitlines()) for f in sorted(tmp_path.glob("sip.w*.jsonl"))]
+    assert len(per_worker) == 2 and all(per_worker), f"both workers got events: {per_worker}"
+    records = read_records(out)
+    assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in hosts for n in range(PER_HOST))
+    assert final_stats(agent)["events"] == len(hosts) * PER_HOST

@@ -10,8 +10,9 @@ import pytest
 
 from otus_ebpf import cli
 from otus_ebpf.capture import CaptureMode
-from otus_ebpf.config import ConfigInvalid, Dispatch, load, parse
+from otus_ebpf.config import ConfigInvalid, load, parse
 from otus_ebpf.loader import DEFAULT_SNAPLEN
+from otus_ebpf.options import Dispatch
 from tests.support.paths import REPO
 from userspace.reporters.kafka import KeyChoice
 
