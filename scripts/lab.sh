@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The namespace lab: a UAC host and a UAS host joined by one veth pair.
+# The namespace lab: a UAC host and a UAS host joined by two veth pairs.
 #
-#   [ns ${PREFIX}-uac]  uac0 10.77.0.1/24 fd77::1/64
-#          |  veth
-#   [ns ${PREFIX}-uas]  uas0 10.77.0.2/24 fd77::2/64   <- otus-ebpf attaches here
+#   [ns ${PREFIX}-uac]  uac0 10.77.0.1/24 fd77::1/64     uac1 10.78.0.1/24 fd78::1/64
+#          |  veth                                        |  veth
+#   [ns ${PREFIX}-uas]  uas0 10.77.0.2/24 fd77::2/64     uas1 10.78.0.2/24 fd78::2/64
+#                       ^ otus-ebpf attaches here         ^ a second link, for multi-task tests
 #
 #   scripts/lab.sh up|down|status       (as root; OTUS_LAB_PREFIX, default "otus")
 #
@@ -35,6 +36,11 @@ up() {
     # Static neighbours: no ARP/ND races in the first packets of a test.
     neighbour "$UAC_NS" "$UAC_IF" "$UAS_NS" "$UAS_IF" "$UAS_V4" "$UAS_V6"
     neighbour "$UAS_NS" "$UAS_IF" "$UAC_NS" "$UAC_IF" "$UAC_V4" "$UAC_V6"
+    ip -n "$UAC_NS" link add uac1 type veth peer name uas1 netns "$UAS_NS"
+    host_up "$UAC_NS" uac1 10.78.0.1 fd78::1
+    host_up "$UAS_NS" uas1 10.78.0.2 fd78::2
+    neighbour "$UAC_NS" uac1 "$UAS_NS" uas1 10.78.0.2 fd78::2
+    neighbour "$UAS_NS" uas1 "$UAC_NS" uac1 10.78.0.1 fd78::1
     echo "lab: up: $UAC_NS/$UAC_IF $UAC_V4 <-> $UAS_NS/$UAS_IF $UAS_V4"
 }
 

@@ -1,9 +1,9 @@
-"""The daemon in the lab: two tasks on two interfaces of the UAS namespace
-(uas0 with the eBPF programs, lo with AF_PACKET), sipp calls on uas0 and
+"""The daemon in the lab: tasks on the UAS namespace's two veth interfaces
+(uas0 and uas1, eBPF) and on lo (AF_PACKET), sipp calls on both veths and
 crafted SIP datagrams on lo; the control socket answers task list/status
-and stats; a SIGHUP that adds a SIP port to one task changes its filter live (no
-restart, the new port is captured) and leaves the other alone, its counters
-running on; /metrics agrees with the records written."""
+and stats; a SIGHUP that adds a SIP port to one task changes its filter live
+(no restart, the new port is captured) and leaves the others alone, their
+counters running on; /metrics agrees with the records written."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ tasks:
     interfaces: [{lab.uas_if}]
     workers: 1
     outputs: {{jsonl: {{path: {tmp}/sip.jsonl}}}}
+  - name: second
+    interfaces: [uas1]
+    workers: 1
+    outputs: {{jsonl: {{path: {tmp}/second.jsonl}}}}
   - name: loop
     interfaces: [lo]
     mode: afpacket
@@ -67,13 +71,14 @@ def test_two_tasks_a_control_socket_a_reload_and_metrics(lab: Lab, tmp_path: Pat
     sock = str(tmp_path / "control.sock")
     daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
     try:
-        daemon.wait_for_output("2 task(s) running", START_TIMEOUT_S)
+        daemon.wait_for_output("3 task(s) running", START_TIMEOUT_S)
         run_calls(lab, CALLS, "u1", tmp_path)
+        run_calls(lab.second_link(), CALLS, "u1", tmp_path)
         send_on_loopback(lab, LOOPBACK_MESSAGES, "before")
         time.sleep(1.0)
         listing = cli(lab, "task", "list", "--socket", sock)
         rows = [line.split()[:2] for line in listing.splitlines()]
-        assert rows == [["sip", "running"], ["loop", "running"]]
+        assert rows == [["sip", "running"], ["second", "running"], ["loop", "running"]]
         assert "sip: running on uas0" in cli(lab, "task", "status", "sip", "--socket", sock)
         assert "loop: " in cli(lab, "stats", "--socket", sock)
         with netns.inside(lab.uas_ns):
@@ -82,8 +87,9 @@ def test_two_tasks_a_control_socket_a_reload_and_metrics(lab: Lab, tmp_path: Pat
         path.write_text(config(tmp_path, lab, port, "[5060, 5070]"))  # only the loop task changes
         daemon.send_signal(signal.SIGHUP)
         daemon.wait_for_output("reconfigured ['loop']", 30)
-        assert "unchanged ['sip']" in daemon.output()
+        assert "unchanged ['sip', 'second']" in daemon.output()
         run_calls(lab, CALLS, "u1", tmp_path)
+        run_calls(lab.second_link(), CALLS, "u1", tmp_path)
         send_on_loopback(lab, LOOPBACK_MESSAGES, "after", port=5070)  # the port the reload added
         time.sleep(1.5)
         with netns.inside(lab.uas_ns):
@@ -97,6 +103,11 @@ def test_two_tasks_a_control_socket_a_reload_and_metrics(lab: Lab, tmp_path: Pat
     assert after["otus_calls_total", (("outcome", "ended"), sip)] == 2 * CALLS, "the sip task ran on"
     sip_records = read_records(tmp_path / "sip.jsonl")
     assert after["otus_records_total", (sip,)] == len(sip_records)
+    second = ("task", "second")
+    second_records = read_records(tmp_path / "second.jsonl")
+    assert after["otus_calls_total", (("outcome", "ended"), second)] == 2 * CALLS
+    assert after["otus_records_total", (second,)] == len(second_records)
+    assert {r["dst"] for r in second_records if r["kind"] == "sip"} <= {"10.78.0.1", "10.78.0.2"}
     loop_records = [r for r in read_records(tmp_path / "loop.jsonl") if r["kind"] == "sip"]
     assert sorted(r["call_id"] for r in loop_records) == sorted(
         [f"before-{n}" for n in range(LOOPBACK_MESSAGES)] + [f"after-{n}" for n in range(LOOPBACK_MESSAGES)])
@@ -109,11 +120,11 @@ def test_paused_tasks_take_nothing_and_resume_where_they_were(lab: Lab, tmp_path
     sock = str(tmp_path / "control.sock")
     daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
     try:
-        daemon.wait_for_output("2 task(s) running", START_TIMEOUT_S)
+        daemon.wait_for_output("3 task(s) running", START_TIMEOUT_S)
         for task in ("sip", "loop"):
             assert f"task {task}: paused" in cli(lab, "task", "pause", task, "--socket", sock)
         assert [line.split()[1] for line in cli(lab, "task", "list", "--socket", sock).splitlines()] == \
-            ["paused", "paused"]
+            ["paused", "running", "paused"]
         run_calls(lab, 3, "u1", tmp_path)
         send_on_loopback(lab, LOOPBACK_MESSAGES, "paused")
         time.sleep(1.0)

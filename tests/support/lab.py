@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ class Lab:
     uas_v4: str = "10.77.0.2"
     uac_v6: str = "fd77::1"
     uas_v6: str = "fd77::2"
+
+    def second_link(self) -> Lab:
+        """The same two hosts over the lab's second veth pair (uac1/uas1, 10.78.0.0/24)."""
+        return dataclasses.replace(self, uac_if="uac1", uas_if="uas1", uac_v4="10.78.0.1", uas_v4="10.78.0.2",
+                                   uac_v6="fd78::1", uas_v6="fd78::2")
 
     def run(self, netns: str, *argv: str, check: bool = True,
             timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
