@@ -18,6 +18,7 @@ import pytest
 from tests.support.agent import read_records
 from tests.support.lab import Lab
 from tests.support.paths import AGENT
+from tests.support.procs import Background
 from tests.support.sipp import run_calls
 
 CALLS = 20
@@ -91,3 +92,26 @@ def test_the_live_view_shows_rates_and_calls_under_traffic(lab: Lab, tmux: Tmux,
     while tmux.alive():
         assert time.monotonic() < deadline, "the agent did not stop on ^C"
         time.sleep(0.2)
+
+
+def test_top_shows_a_running_daemon(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
+    config = tmp_path / "otus.yaml"
+    sock = tmp_path / "control.sock"
+    config.write_text(f"metrics: {{listen: 'off'}}\ncontrol: {{socket: {sock}}}\ntasks:\n"
+                      f"  - {{name: edge, interfaces: [{lab.uas_if}], workers: 1,\n"
+                      f"      outputs: {{jsonl: {{path: {tmp_path}/edge.jsonl}}}}}}\n")
+    daemon = Background([str(AGENT), "daemon", "-c", str(config)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    try:
+        daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
+        run_calls(lab, CALLS, "u1", tmp_path)
+        tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50",
+                 f"{AGENT} top --socket {sock}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while rate(tmux.screen(), "calls ended") < CALLS:
+            assert time.monotonic() < deadline and tmux.alive(), f"top shows no calls:\n{tmux.screen()}"
+            time.sleep(0.2)
+        screen = tmux.screen()
+        assert "edge running" in screen and rate(screen, "SIP messages") == CALLS * 7, screen
+        tmux.run("send-keys", "-t", tmux.session, "C-c")
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
