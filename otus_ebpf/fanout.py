@@ -12,6 +12,7 @@ file reporters rotate by age while traffic is quiet.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class QueueStats:
     overflow: int = 0    # records the full queue gave up (to the fallback if there is one)
     failed: int = 0      # records of batches the reporter raised on
     to_fallback: int = 0
+    batches: int = 0            # batches the reporter took
+    latency_s: float = 0.0      # their time in the queue and the reporter, summed (seconds)
+    latency_max_s: float = 0.0
     last_error: str = ""
 
 
@@ -70,7 +74,7 @@ class QueuedReporter:
         self._fallback = fallback
         self._max_records = max_records
         self._on_error = on_error
-        self._batches: deque[Sequence[Record]] = deque()
+        self._batches: deque[tuple[float, Sequence[Record]]] = deque()  # (when queued, records)
         self._wakeup = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -84,10 +88,10 @@ class QueuedReporter:
         if not records:
             return
         with self._wakeup:
-            self._batches.append(records)
+            self._batches.append((time.monotonic(), records))
             self.stats.queued += len(records)
             while self.stats.queued > self._max_records and len(self._batches) > 1:
-                self._overflow(self._batches.popleft())
+                self._overflow(self._batches.popleft()[1])
             self._wakeup.notify()
 
     def _overflow(self, batch: Sequence[Record]) -> None:
@@ -107,17 +111,17 @@ class QueuedReporter:
                     self._wakeup.wait(IDLE_TICK_S)
                 if self._stopping and not self._batches:
                     return
-                batch = self._batches.popleft() if self._batches else ()
+                queued_at, batch = self._batches.popleft() if self._batches else (0.0, ())
                 self.stats.queued -= len(batch)
                 self._busy = True
             try:
-                self._deliver(batch)
+                self._deliver(batch, queued_at)
             finally:
                 with self._wakeup:
                     self._busy = False
                     self._wakeup.notify_all()
 
-    def _deliver(self, batch: Sequence[Record]) -> None:
+    def _deliver(self, batch: Sequence[Record], queued_at: float) -> None:
         try:
             with self._reporter_lock:
                 self.reporter.write(batch)
@@ -130,6 +134,11 @@ class QueuedReporter:
             self.stats.last_error = error
         else:
             self.stats.written += len(batch)
+            if batch:
+                latency = time.monotonic() - queued_at
+                self.stats.batches += 1
+                self.stats.latency_s += latency
+                self.stats.latency_max_s = max(self.stats.latency_max_s, latency)
 
     def drain(self, timeout: float, clock: Callable[[], float]) -> bool:
         """Wait until the worker has written everything queued; False at the deadline."""

@@ -60,10 +60,10 @@ class TaskSample:
 
     state: str
     capturers: dict[str, dict[str, int]] = field(default_factory=dict)
-    counters: dict[str, dict[tuple[tuple[str, str], ...], int]] = field(default_factory=dict)
+    counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
     gauges: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
 
-    def count(self, name: str, value: int, **labels: str) -> None:
+    def count(self, name: str, value: float, **labels: str) -> None:
         self.counters.setdefault(name, {})[tuple(sorted(labels.items()))] = value
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
@@ -81,7 +81,7 @@ def sample_to_json(sample: TaskSample) -> dict[str, Any]:
 def sample_from_json(data: dict[str, Any]) -> TaskSample:
     sample = TaskSample(str(data["state"]), {k: dict(v) for k, v in data["capturers"].items()})
     for name, labels, value in data["counters"]:
-        sample.count(name, int(value), **dict(labels))
+        sample.count(name, value, **dict(labels))
     for name, labels, value in data["gauges"]:
         sample.gauge(name, float(value), **dict(labels))
     return sample
@@ -106,6 +106,9 @@ HELP = {
     "otus_rtp_mos": "Mean MOS estimate over the active RTP streams",
     "otus_output_records_total": "Records per output, by outcome",
     "otus_output_queued": "Records waiting in an output's queue",
+    "otus_output_batches_total": "Batches an output took",
+    "otus_output_latency_seconds_total": "Seconds batches spent queued and being written, summed",
+    "otus_output_latency_max_seconds": "The longest a batch took, queue and write, since start",
     "otus_kafka_records_total": "Kafka reporter records, by outcome",
     "otus_kafka_in_flight": "Records handed to librdkafka and not yet acknowledged",
 }

@@ -344,6 +344,9 @@ class Task:
                 sample.count("otus_output_records_total", getattr(q, outcome), output=reporter.name,
                              outcome=outcome)
             sample.gauge("otus_output_queued", q.queued, output=reporter.name)
+            sample.count("otus_output_batches_total", q.batches, output=reporter.name)
+            sample.count("otus_output_latency_seconds_total", q.latency_s, output=reporter.name)
+            sample.gauge("otus_output_latency_max_seconds", q.latency_max_s, output=reporter.name)
         if self.kafka is not None:
             k = self.kafka.stats
             for outcome in ("received", "produced", "delivered", "failed", "retried", "dropped", "spilled"):

@@ -115,3 +115,15 @@ def test_a_task_is_found_by_interface_or_named(capsys: pytest.CaptureFixture[str
     assert cli._with_config(cli._attach_options(args), args, set()).kernel.sip_ports == (5080,)
     assert cli.main(["attach", "eth1", "-c", str(EXAMPLE), "--task", "nope"]) == 1
     assert "no task named 'nope' (tasks: access, trunk)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_zero_or_negative_workers_are_rejected_at_validation(workers: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigInvalid) as invalid:
+        parse(f"tasks:\n  - name: a\n    interfaces: [lo]\n    workers: {workers}\n", "w.yaml", {})
+    assert [str(p) for p in invalid.value.problems] == [
+        f"w.yaml:4: tasks[0].workers: must be between 1 and 8, not {workers}"]
+    assert cli.main(["attach", "lo", "--workers", workers]) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert line == f"otus-ebpf: error: workers must be 1..8, got {workers}"

@@ -60,6 +60,10 @@ def test_the_metrics_page_shows_the_tasks_own_numbers(tmp_path: Path) -> None:
     assert page["otus_sip_messages_total", (("kind", "OPTIONS"), ("task", "edge"))] == 12
     written = (("outcome", "written"), ("output", "jsonl"), ("task", "edge"))
     assert page["otus_output_records_total", written] == 12
+    output = (("output", "jsonl"), ("task", "edge"))
+    assert page["otus_output_batches_total", output] >= 1
+    assert page["otus_output_latency_seconds_total", output] > 0
+    assert page["otus_output_latency_max_seconds", output] > 0
     packets = (("capturer", "fake"), ("counter", "packets"), ("task", "edge"))
     assert page["otus_capture_packets_total", packets] == 0
     assert lines(tmp_path / "out.jsonl") == 12
