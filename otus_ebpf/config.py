@@ -24,7 +24,8 @@ import yaml
 
 from otus_ebpf.attach import AttachMethod, XdpMode
 from otus_ebpf.capture import CaptureDirection, CaptureMode
-from otus_ebpf.hep import HepCollector, HepTransport
+from otus_ebpf.errors import SetupError
+from otus_ebpf.hep import HepCollector, parse_collector
 from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.kernel_abi import Network
 from otus_ebpf.loader import (
@@ -525,15 +526,10 @@ SECURITY_KEYS = ("protocol", "sasl_mechanism", "sasl_username", "sasl_password_f
 
 
 def _collector(text: str) -> HepCollector | None:
-    transport = HepTransport.UDP
-    for candidate in HepTransport:
-        if text.startswith(f"{candidate.value}:"):
-            transport, text = candidate, text[len(candidate.value) + 1:]
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        return parse_collector(text)
+    except SetupError:
         return None
-    return HepCollector(transport, host, int(port))
 
 
 def _replace(options: AttachOptions, changes: dict[str, Any]) -> AttachOptions:
