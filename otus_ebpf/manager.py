@@ -1,11 +1,12 @@
 """Many tasks at once: started from a config, each polling on its own thread,
 changed by diffing a reloaded config against what runs.
 
-``apply(config)`` stops the tasks the new config no longer has, changes the
-filters of tasks where only those changed (SIP ports, signature, networks:
-live, nothing detached or dropped), restarts the ones whose other settings
-changed, starts the new ones, and leaves every other task alone — its
-counters and its capture keep running. A task that fails
+``apply(config)`` stops the tasks the new config no longer has, changes
+filters (SIP ports, signature, networks) and outputs live where only those
+changed (nothing detached, no dialog dropped; outputs of tasks with worker
+processes excepted), restarts the ones whose other settings changed, starts
+the new ones, and leaves every other task alone — its counters and its
+capture keep running. A task that fails
 to start leaves the manager as it was (the task released what it started).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otus_ebpf.config import Config, TaskConfig
-from otus_ebpf.task import CaptureOpener, Task, TaskStartError, live_changeable
+from otus_ebpf.task import CaptureOpener, Task, TaskStartError
 from otus_ebpf.wiring import Log
 
 
@@ -90,7 +91,7 @@ class TaskManager:
                     result.unchanged.append(name)
                     continue
                 if current is not None and current.config.dispatch == task_config.dispatch \
-                        and live_changeable(current.config.options, task_config.options):
+                        and current.task.can_reconfigure(task_config.options):
                     current.task.reconfigure(task_config.options)
                     current.config = task_config
                     result.reconfigured.append(name)

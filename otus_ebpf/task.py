@@ -55,13 +55,19 @@ def _fields(stats: object) -> list[tuple[str, int]]:
 
 
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude")
+# Output settings a running task can swap: new outputs open, the old ones flush and close.
+_OUTPUT_FIELDS = ("out", "out_rotation", "out_fsync", "kafka", "kafka_backlog", "kafka_routing", "hep",
+                  "hep_identity", "fallback", "queue_records", "pcap", "pcap_rotation", "pcap_format",
+                  "pcap_per_call", "stats_interval_s")
 
 
-def live_changeable(before: AttachOptions, after: AttachOptions) -> bool:
-    """Whether ``after`` differs from ``before`` only in filters a running capture can change."""
+def live_changeable(before: AttachOptions, after: AttachOptions, outputs: bool = False) -> bool:
+    """Whether ``after`` differs from ``before`` only in filters a running capture
+    can change (and, with ``outputs``, in output settings)."""
     kept = {name: getattr(before.kernel, name) for name in _LIVE_FILTER_FIELDS}
     same_kernel = dataclasses.replace(after.kernel, **kept)
-    return dataclasses.replace(after, kernel=same_kernel) == before
+    same_outputs = {name: getattr(before, name) for name in _OUTPUT_FIELDS} if outputs else {}
+    return dataclasses.replace(after, kernel=same_kernel, **same_outputs) == before
 
 
 class TaskState(Enum):
@@ -124,6 +130,8 @@ class Task:
         self.pipeline: Pipeline | None = None
         self.frames = FrameOutputs()
         self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
+        self._outputs_stack = contextlib.ExitStack()
+        self._outputs_lock = threading.RLock()
         self.periodic_stats = True  # a live view shows them instead
 
     # -- start ----------------------------------------------------------------
@@ -187,11 +195,21 @@ class Task:
             self._open_outputs()
 
     def _open_outputs(self) -> None:
-        label = ",".join(self.options.interfaces)
-        self.reporters, self.kafka = open_reporters(self._stack, self.options, label, self._log)
-        self.frames = open_frame_outputs(self._stack, self.options, self._log)
+        self._stack.callback(self._close_outputs)
+        self._outputs_stack, self.reporters, self.kafka, self.frames = self._outputs_for(self.options)
         assert self.pipeline is not None
         self.pipeline.keep_frames = self.frames.wanted
+
+    def _close_outputs(self) -> None:
+        self._outputs_stack.close()  # whichever outputs are current by then
+
+    def _outputs_for(self, options: AttachOptions) -> tuple[contextlib.ExitStack, list[QueuedReporter],
+                                                              KafkaReporter | None, FrameOutputs]:
+        """Open a set of outputs on a stack of their own, so they can be swapped while running."""
+        with contextlib.ExitStack() as stack:
+            reporters, kafka = open_reporters(stack, options, ",".join(options.interfaces), self._log)
+            frames = open_frame_outputs(stack, options, self._log)
+            return stack.pop_all(), reporters, kafka, frames
 
     def _wire(self) -> None:
         assert self.pipeline is not None
@@ -264,9 +282,10 @@ class Task:
     def _deliver(self, batch: list[bytes]) -> None:
         assert self.pipeline is not None
         records = self.pipeline.process(batch)
-        self._write(records)
-        if self.frames.wanted:
-            self.frames.write(self.pipeline.take_frames(), records)
+        with self._outputs_lock:  # a reconfigure may swap the outputs between batches, not within one
+            self._write(records)
+            if self.frames.wanted:
+                self.frames.write(self.pipeline.take_frames(), records)
         if self.capture is not None:
             self.capture.apply_flows(self.pipeline.take_flow_events())
 
@@ -373,15 +392,36 @@ class Task:
             self.state = TaskState.RUNNING
         self._log(f"task {self.name}: resumed")
 
+    def can_reconfigure(self, options: AttachOptions) -> bool:
+        """Filters change live in any task; outputs in a task that writes them itself
+        (with worker processes the workers own them: the task restarts instead)."""
+        own_outputs = not isinstance(self.capture, WorkersCapture)
+        return live_changeable(self.options, options, outputs=own_outputs)
+
     def reconfigure(self, options: AttachOptions) -> None:
-        """Take new filters without detaching or dropping state; raises ValueError
-        when anything else changed (the caller restarts the task then)."""
-        if not live_changeable(self.options, options):
-            raise ValueError(f"task {self.name}: only SIP ports, signature and networks change live")
+        """Take new filters and outputs without detaching or dropping state (dialogs,
+        streams, rings); raises ValueError when anything else changed (the caller
+        restarts the task then)."""
+        if not self.can_reconfigure(options):
+            raise ValueError(f"task {self.name}: only filters and outputs change live")
         assert self.capture is not None
-        self.capture.set_filters(self.options.kernel, options.kernel)
+        before = self.options
+        if options.kernel != before.kernel:
+            self.capture.set_filters(before.kernel, options.kernel)
+        if any(getattr(options, name) != getattr(before, name) for name in _OUTPUT_FIELDS):
+            self._swap_outputs(options)
         self.options = options
-        self._log(f"task {self.name}: filters changed live")
+        self._log(f"task {self.name}: reconfigured live")
+
+    def _swap_outputs(self, options: AttachOptions) -> None:
+        fresh = self._outputs_for(options)  # a bad setting fails here, and nothing changes
+        with self._outputs_lock:
+            old_stack, old_reporters = self._outputs_stack, self.reporters
+            self._outputs_stack, self.reporters, self.kafka, self.frames = fresh
+            assert self.pipeline is not None
+            self.pipeline.keep_frames = self.frames.wanted
+        flush_reporters(old_reporters, self._log)
+        old_stack.close()
 
     # -- stop -----------------------------------------------------------------
 

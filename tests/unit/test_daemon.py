@@ -5,6 +5,7 @@ the daemon gives its signal handlers back. The kernel side is a stand-in."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import stat
@@ -20,6 +21,8 @@ from otus_ebpf.control import request
 from otus_ebpf.daemon import run_daemon
 from otus_ebpf.errors import SetupError
 from otus_ebpf.manager import TaskManager
+from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.unit.test_sdp_calls import ANSWER, OFFER, message
 from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture
 
 
@@ -139,3 +142,43 @@ def test_an_invalid_config_stops_the_daemon_before_anything_starts(tmp_path: Pat
     said: list[str] = []
     assert run_daemon(path, said.append) == 2
     assert said == [f"{path}:4: tasks[0].workers: must be between 1 and 8, not 0"]
+
+
+@pytest.mark.usefixtures("as_root")
+def test_outputs_change_live_and_dialogs_survive_the_change(tmp_path: Path) -> None:
+    path = tmp_path / "otus.yaml"
+    path.write_text("tasks:\n  - {name: one, interfaces: [lo], mode: afpacket, workers: 1,\n"
+                    f"     outputs: {{jsonl: {{path: {tmp_path}/one.jsonl}}}}}}\n")
+    now = time.monotonic_ns()  # the task expires calls by this clock: the events must share it
+    invite = ring_record(ethernet(ipv4(udp(message("INVITE sip:b@y SIP/2.0", "1 INVITE", OFFER)))), ts_ns=now)
+    ok = ring_record(ethernet(ipv4(udp(message("SIP/2.0 200 OK", "1 INVITE", ANSWER, to_tag=";tag=t")),
+                                   src="10.0.0.2", dst="10.0.0.1")), ts_ns=now + 1_000_000)
+    bye = ring_record(ethernet(ipv4(udp(message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t")))),
+                      ts_ns=now + 2_000_000)
+    opener = FakeOpener(batches=[[invite, ok]])
+    manager = TaskManager(lambda _m: None, opener)
+    try:
+        manager.apply(load(path, {}))
+        one = manager.get("one")
+        assert one is not None
+        deadline = time.monotonic() + 5
+        while one.pipeline is not None and one.pipeline.stats.records < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        moved = path.read_text().replace(f"{tmp_path}/one.jsonl", f"{tmp_path}/one-new.jsonl")
+        path.write_text(moved)
+        result = manager.apply(load(path, {}))
+        assert (result.reconfigured, result.restarted) == (["one"], [])
+        assert manager.get("one") is one
+        opener.captures[0].batches.append([bye])
+        deadline = time.monotonic() + 5
+        while one.pipeline is not None and one.pipeline.stats.records < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        manager.stop_all()
+    old = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    new = [json.loads(line) for line in (tmp_path / "one-new.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in old] == ["sip", "sip"]
+    assert [r["kind"] for r in new] == ["sip", "call"]
+    assert new[1]["end_cause"] == "bye" and new[1]["answer_ms"] is not None, "it began before the change"
