@@ -139,3 +139,36 @@ def test_paused_tasks_take_nothing_and_resume_where_they_were(lab: Lab, tmp_path
     assert len(sip_calls) == 3, "only the calls made after resume"
     loop_ids = sorted(r["call_id"] for r in read_records(tmp_path / "loop.jsonl") if r["kind"] == "sip")
     assert loop_ids == sorted(f"resumed-{n}" for n in range(LOOPBACK_MESSAGES))
+
+
+def test_two_tasks_on_one_interface_with_different_filters(lab: Lab, tmp_path: Path) -> None:
+    """AF_PACKET tasks each have their own sockets, so they can share an interface
+    (eBPF tasks cannot: an interface has one XDP hook, and a second one is refused)."""
+    sock = tmp_path / "control.sock"
+    path = tmp_path / "otus.yaml"
+    path.write_text(f"""
+metrics: {{listen: "off"}}
+control: {{socket: {sock}}}
+tasks:
+  - {{name: calls, interfaces: [{lab.uas_if}], mode: afpacket, workers: 1, filter: {{sip_ports: [5060]}},
+     outputs: {{jsonl: {{path: {tmp_path}/calls.jsonl}}}}}}
+  - {{name: other, interfaces: [{lab.uas_if}], mode: afpacket, workers: 1, filter: {{sip_ports: [5070]}},
+     outputs: {{jsonl: {{path: {tmp_path}/other.jsonl}}}}}}
+""")
+    daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    try:
+        daemon.wait_for_output("2 task(s) running", START_TIMEOUT_S)
+        run_calls(lab, CALLS, "u1", tmp_path)
+        with netns.inside(lab.uac_ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for n in range(LOOPBACK_MESSAGES):
+                sender.sendto(sip_message("OPTIONS sip:o SIP/2.0", [
+                    f"Call-ID: other-{n}", "From: <sip:a@o>;tag=1", "To: <sip:b@o>", f"CSeq: {n} OPTIONS"]),
+                    (lab.uas_v4, 5070))
+        time.sleep(1.5)
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+    calls = [r for r in read_records(tmp_path / "calls.jsonl") if r["kind"] == "sip"]
+    other = [r for r in read_records(tmp_path / "other.jsonl") if r["kind"] == "sip"]
+    assert len({r["call_id"] for r in calls}) == CALLS and all(r["dport"] == 5060 or r["sport"] == 5060
+                                                                for r in calls)
+    assert sorted(r["call_id"] for r in other) == sorted(f"other-{n}" for n in range(LOOPBACK_MESSAGES))
