@@ -332,6 +332,8 @@ class Task:
         if self.capture is not None and self.state in (TaskState.RUNNING, TaskState.PAUSED):
             sample.capturers = self.capture.counters()
         if isinstance(self.capture, WorkersCapture):
+            for worker, up in self.capture.workers_up().items():
+                sample.gauge("otus_worker_up", 1.0 if up else 0.0, worker=worker)
             return merge_samples(sample, self.capture.worker_payloads(), sample_from_json)
         if pipeline is None:
             return sample

@@ -318,8 +318,10 @@ class WorkersCapture:
         bpf = self._programs.bpf
         kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
         shards = read_shard_failures(bpf, self._programs.shards)
-        up = {f"worker{w.index}": {"alive": int(w.process.is_alive())} for w in self._workers}
-        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}, **up}
+        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+
+    def workers_up(self) -> dict[str, bool]:
+        return {f"w{w.index}": w.process.is_alive() and w.failed is None for w in self._workers}
 
     def set_filters(self, before: Any, after: Any) -> None:
         self._programs.maps.apply_filters(before, after)
@@ -364,6 +366,10 @@ def merge_samples(base: TaskSample, payloads: list[dict[str, Any]],
             into_g = base.gauges.setdefault(name, {})
             for labels, gauge in gauges.items():
                 into_g[labels] = into_g.get(labels, 0.0) + gauge
+    for index, payload in enumerate(payloads):  # and each worker's own load, to see the split
+        pipeline = payload["figures"]["pipeline"]
+        base.count("otus_worker_events_total", pipeline["events"], worker=f"w{index}")
+        base.count("otus_worker_records_total", pipeline["records"], worker=f"w{index}")
     measured = sum(1 for p in payloads if any(g[0] == "otus_rtp_mos" for g in p["sample"]["gauges"]))
     if measured:  # a mean over the workers that measured one, not a sum
         base.gauges["otus_rtp_mos"] = {k: v / measured for k, v in base.gauges["otus_rtp_mos"].items()}

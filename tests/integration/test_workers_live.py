@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from otus_ebpf import netns
 from tests.support.agent import final_stats, read_records, start_agent
+from tests.support.broker import free_port
 from tests.support.lab import Lab
 from tests.support.sip_samples import sip_message
+from tests.unit.test_metrics import scrape
 
 HOSTS = [f"10.77.0.{n}" for n in range(20, 28)]
 PER_HOST = 50
@@ -34,12 +37,21 @@ def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) 
     for host in HOSTS:
         lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
     out = tmp_path / "sip.jsonl"
-    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--workers", "2"])
+    port = free_port(lab.uas_ns)
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--metrics", f"127.0.0.1:{port}"])
     assert "2 worker process(es)" in agent.output()
     try:
         send_from(lab, HOSTS)
+        time.sleep(1.5)  # two worker reports
+        with netns.inside(lab.uas_ns):
+            page = scrape(f"127.0.0.1:{port}")
     finally:
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    task = ("task", "attach")
+    per_worker_metric = [page["otus_worker_events_total", (task, ("worker", w))] for w in ("w0", "w1")]
+    assert sum(per_worker_metric) == page["otus_events_total", (task,)] == len(HOSTS) * PER_HOST
+    assert [page["otus_worker_up", (task, ("worker", w))] for w in ("w0", "w1")] == [1, 1]
     files = sorted(tmp_path.glob("sip.w*.jsonl"))
     assert [f.name for f in files] == ["sip.w0.jsonl", "sip.w1.jsonl"]
     per_worker = [len(f.read_text().splitlines()) for f in files]
