@@ -37,6 +37,7 @@ from otus_ebpf.loader import (
     parse_network,
 )
 from otus_ebpf.options import Dispatch, Strategy
+from otus_ebpf.replay import run_replay
 from userspace.event import Direction
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otus-ebpf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_attach(commands.add_parser("attach", help="capture on interfaces until SIGINT/SIGTERM"))
+    replay = commands.add_parser("replay", help="a pcap or pcapng file through the pipeline and the outputs")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--speed", default="max", metavar="N|max",
+                        help="pace frames N times faster than captured, or as fast as possible (default)")
+    replay.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
+                        help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
+    replay.add_argument("--signature", action="store_true", help="also SIP by payload on any UDP port")
+    _add_outputs(replay.add_argument_group("outputs"))
+    _add_kafka(replay.add_argument_group("kafka"))
+    _add_hep(replay.add_argument_group("HEP"))
     validate = commands.add_parser("validate", help="check a config file; every problem, exit 2 on any")
     validate.add_argument("file", type=Path)
     det = commands.add_parser("detach", help="remove programs a crashed netlink-attached agent left")
@@ -201,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args.file)
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "attach":
             options = _attach_options(args)
             metrics: str | None = DEFAULT_METRICS_LISTEN
@@ -437,3 +450,21 @@ def _listen_address(text: str) -> str:
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise SetupError(f"--metrics {text!r}: expected HOST:PORT or off")
     return text
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Replay with the output flags attach takes; the rest of attach's settings keep their defaults."""
+    defaults = vars(build_parser().parse_args(["attach", "replay"]))
+    given = {k: v for k, v in vars(args).items() if k in defaults and k not in ("command", "interfaces")}
+    options = _attach_options(argparse.Namespace(**(defaults | given)))
+    options = dataclasses.replace(options, interfaces=(args.file.stem,))
+    if args.speed == "max":
+        speed = None
+    else:
+        try:
+            speed = float(args.speed)
+        except ValueError:
+            raise SetupError(f"--speed {args.speed!r}: a number (times as fast as captured) or max") from None
+        if speed <= 0:
+            raise SetupError(f"--speed {args.speed!r}: must be above 0")
+    return run_replay(args.file, options, speed, log)

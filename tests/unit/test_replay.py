@@ -1,0 +1,64 @@
+"""Reading capture files back: pcap (µs and ns), pcapng with interfaces,
+directions and several sections, and a clear error for anything else."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from otus_ebpf.errors import SetupError
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.replay import read_frames, run_replay
+from tests.support.sinks import ListSink
+from tests.unit.test_pcap import FRAMES
+from userspace.event import Direction
+from userspace.reporters.pcap import PcapFormat, PcapReporter
+
+
+def written(file_format: PcapFormat, sections: int = 1) -> bytes:
+    data = b""
+    for _ in range(sections):  # each file starts a section: concatenated, they are several
+        sink = ListSink()
+        PcapReporter(sink, file_format=file_format).write_frames(FRAMES)
+        data += bytes(sink.files[0])
+    return data
+
+
+def test_pcapng_keeps_interfaces_directions_and_nanoseconds_across_sections() -> None:
+    frames = list(read_frames(io.BytesIO(written(PcapFormat.PCAPNG, sections=2)), "x"))
+    assert [(f.interface, f.direction) for f in frames] == [("eth0", Direction.INGRESS),
+                                                           ("eth1", Direction.EGRESS)] * 2
+    assert [f.ts_ns for f in frames[:2]] == [f.ts_ns for f in FRAMES]
+    assert [(f.data, f.orig_len) for f in frames[:2]] == [(f.data, f.orig_len) for f in FRAMES]
+
+
+def test_nanosecond_pcap_and_microsecond_pcap() -> None:
+    ns = list(read_frames(io.BytesIO(written(PcapFormat.PCAP)), "file"))
+    assert [f.ts_ns for f in ns] == [f.ts_ns for f in FRAMES]
+    assert {(f.interface, f.direction) for f in ns} == {("file", Direction.INGRESS)}
+    buffer = io.BytesIO()
+    writer = dpkt.pcap.Writer(buffer)  # classic microsecond pcap, as tcpdump writes it
+    writer.writepkt(FRAMES[0].data, ts=1_795_810_653.123456)
+    (frame,) = read_frames(io.BytesIO(buffer.getvalue()), "file")
+    assert frame.ts_ns == 1_795_810_653_123_456_000 and frame.data == FRAMES[0].data
+
+
+def test_anything_else_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="not a pcap or pcapng file"):
+        list(read_frames(io.BytesIO(b"GIF89a......"), "x"))
+    with pytest.raises(SetupError, match="cannot read"):
+        run_replay(tmp_path / "missing.pcap", AttachOptions(("x",)), None, lambda _m: None)
+
+
+def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(written(PcapFormat.PCAPNG))
+    out = tmp_path / "out.jsonl"
+    said: list[str] = []
+    assert run_replay(capture, AttachOptions(("c",), out=str(out)), None, said.append) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
+    assert said[-1] == f"replayed {capture}: 2 frames, 2 captured, 2 records, errors=0"
