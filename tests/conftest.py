@@ -21,7 +21,7 @@ from tests.support.broker import Broker, start_broker
 from tests.support.lab import Lab, lab_down, lab_up
 
 IN_CI = os.environ.get("CI") == "true"
-INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump", "tmux")
+INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump", "tmux", "vagrant")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
