@@ -127,3 +127,14 @@ def test_zero_or_negative_workers_are_rejected_at_validation(workers: str,
     assert cli.main(["attach", "lo", "--workers", workers]) == 1
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x]
     assert line == f"otus-ebpf: error: workers must be 1..8, got {workers}"
+
+
+def test_the_config_reference_names_every_key_the_checker_knows() -> None:
+    from otus_ebpf.config import KAFKA_KEYS, SECURITY_KEYS, TASK_KEYS  # noqa: PLC0415 - only this test
+
+    reference = (REPO / "docs" / "CONFIG.md").read_text()
+    def mentioned(key: str) -> bool:
+        return any(form in reference for form in (f"`{key}", f"{key}`", f", {key}", f".{key}."))
+
+    missing = [key for key in (*TASK_KEYS, *KAFKA_KEYS, *SECURITY_KEYS) if not mentioned(key)]
+    assert missing == [], f"docs/CONFIG.md does not mention: {missing}"

@@ -4,6 +4,7 @@ task's own."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -72,3 +73,10 @@ def test_the_metrics_page_shows_the_tasks_own_numbers(tmp_path: Path) -> None:
 def test_every_metric_is_documented() -> None:
     documented = set(re.findall(r"^\| `(otus_[a-z_]+)`", (REPO / "docs" / "METRICS.md").read_text(), re.M))
     assert documented == set(HELP)
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"\b(otus_[a-z_]+)", target["expr"])}
+    assert used and used <= set(HELP), used - set(HELP)
