@@ -1,7 +1,9 @@
 """Send one SIP datagram over and over from several source addresses, as fast
-as one Python process can, for a fixed time; print how many were sent.
+as one Python process can (or at RATE packets/s), for a fixed time; print how
+many were sent.
 
     python scripts/bench/blast.py DST_IP SECONDS SRC_IP [SRC_IP ...]
+    OTUS_BLAST_RATE=20000 python scripts/bench/blast.py ...   (paced)
 
 Run it inside a lab namespace (scripts/bench/live_loss.py does); it only
 ever sends to DST_IP, which must be a lab address.
@@ -9,6 +11,7 @@ ever sends to DST_IP, which must be a lab address.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -27,9 +30,15 @@ def main() -> int:
         sock.bind((source, 5060))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sockets.append(sock)
-    sent, deadline = 0, time.monotonic() + seconds
+    sent, started = 0, time.monotonic()
+    deadline = started + seconds
     target = (destination, 5060)
+    rate = float(os.environ.get("OTUS_BLAST_RATE", "0"))
     while True:
+        if rate:  # paced: no further ahead than the rate allows
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         for _ in range(CHECK_CLOCK_EVERY // len(sockets)):
             for sock in sockets:
                 try:
