@@ -3,6 +3,7 @@ with nothing lost, beside tcpdump writing the same traffic to a file in the
 same run.
 
     sudo .venv/bin/python scripts/bench/live_rates.py [--seconds 60] [--rates 5000 10000 20000 40000 0]
+                                                      [--workers 1]
 
 For each rate (0: as fast as the sender can), a paced sender in the lab's
 UAC namespace sends SIP datagrams from 8 addresses to the UAS for SECONDS
@@ -33,9 +34,9 @@ SOURCES = [f"10.77.0.{host}" for host in range(10, 18)]
 BLAST = Path(__file__).with_name("blast.py")
 
 
-def run_rate(lab: Lab, workdir: Path, rate: int, seconds: float) -> dict[str, int]:
+def run_rate(lab: Lab, workdir: Path, rate: int, seconds: float, workers: int) -> dict[str, int]:
     agent = start_agent(lab.uas_ns, lab.uas_if, workdir / f"out-{rate}.jsonl", workdir / f"agent-{rate}.log",
-                        ["--direction", "ingress", "--stats-interval", "3600"])
+                        ["--direction", "ingress", "--stats-interval", "3600", "--workers", str(workers)])
     dump_file = str(workdir / f"td-{rate}.pcap")
     tcpdump = Background(["tcpdump", "-i", lab.uas_if, "-n", "-s", "0", "-w", dump_file, "udp port 5060"],
                          workdir / f"tcpdump-{rate}.log", netns=lab.uas_ns)
@@ -61,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rates", type=int, nargs="+", default=[5_000, 10_000, 20_000, 40_000, 0])
+    parser.add_argument("--workers", type=int, default=1, help="the agent's worker processes")
     args = parser.parse_args()
     lab = lab_up(f"otus-r{os.getpid() % 100000}")
     best_agent = best_tcpdump = 0.0
@@ -71,7 +73,7 @@ def main() -> int:
             print(f"{'asked/s':>8} {'sent/s':>8} | {'agent got':>10} {'lost':>7} {'unacct':>6} | "
                   f"{'tcpdump got':>11} {'dropped':>8}")
             for rate in args.rates:
-                r = run_rate(lab, Path(tmp), rate, args.seconds)
+                r = run_rate(lab, Path(tmp), rate, args.seconds, args.workers)
                 unaccounted = r["matched"] - r["received"] - r["failed"]
                 agent_lost = r["failed"] + abs(unaccounted)
                 sent_rate = r["sent"] / args.seconds

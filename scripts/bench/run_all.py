@@ -106,6 +106,13 @@ def live_rows(out: str) -> list[Row]:
     return rows
 
 
+def rates_rows(out: str) -> list[Row]:
+    m = re.search(r"highest rate with nothing lost: agent ([\d,]+)/s, tcpdump ([\d,]+)/s \(([\d.]+)x\)", out)
+    assert m, out[-500:]
+    return [("live steps: highest lossless rate, pkts/s", m[1], f"{m[2]} (tcpdump to a file)", f"{m[3]}x",
+             "-")]
+
+
 def workers_rows(out: str) -> list[Row]:
     one = re.search(r"1 worker\(s\):\s+([\d,]+)", out)
     two = re.search(r"2 worker\(s\):\s+([\d,]+)", out)
@@ -137,6 +144,8 @@ def benches() -> list[Bench]:
     return [
         Bench("kernel_path", [python, str(BENCH / "kernel_path.py")], kernel_rows),
         Bench("live_loss", [python, str(BENCH / "live_loss.py"), "--seconds", str(LIVE_SECONDS)], live_rows),
+        Bench("live_rates", [python, str(BENCH / "live_rates.py"), "--seconds", "20", "--workers", "2",
+                             "--rates", "15000", "30000", "45000", "60000"], rates_rows),
         Bench("reassembly", [python, str(BENCH / "reassembly.py")], reassembly_rows),
         Bench("sip", [python, str(BENCH / "sip.py")], sip_rows),
         Bench("fuzz_sip", [python, str(BENCH / "fuzz_sip.py"), "--inputs", "1000000"], fuzz_rows),
