@@ -4,6 +4,7 @@ directions and several sections, and a clear error for anything else."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import dpkt
@@ -62,3 +63,19 @@ def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert len(lines) == 2 and '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
     assert said[-1] == f"replayed {capture}: 2 frames, 2 captured, 2 records, errors=0"
+
+
+def test_speed_paces_by_capture_time(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(written(PcapFormat.PCAPNG))  # two frames 100 ms apart
+    options = AttachOptions(("c",), out=str(tmp_path / "out.jsonl"))
+    started = time.monotonic()
+    run_replay(capture, options, 1.0, lambda _m: None)
+    paced = time.monotonic() - started
+    started = time.monotonic()
+    run_replay(capture, options, None, lambda _m: None)
+    fast = time.monotonic() - started
+    assert paced >= 0.1 > fast - 0.05, (paced, fast)
+    started = time.monotonic()
+    run_replay(capture, options, 10.0, lambda _m: None)
+    assert time.monotonic() - started < 0.1 + fast, "ten times faster than captured"
