@@ -53,8 +53,7 @@ def main() -> int:
     lab = lab_up(f"otus-b{os.getpid() % 100000}")
     unaccounted_total = 0
     try:
-        for source in SOURCES:
-            lab.run(lab.uac_ns, "ip", "addr", "add", f"{source}/24", "dev", lab.uac_if)
+        lab.add_uac_addresses(SOURCES)
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{'workers':>7} {'sent':>10} {'sent/s':>9} {'matched':>10} {'received':>10} "
                   f"{'failed':>8} {'unaccounted':>11} {'received/sent':>13}")

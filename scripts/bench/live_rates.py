@@ -67,8 +67,7 @@ def main() -> int:
     lab = lab_up(f"otus-r{os.getpid() % 100000}")
     best_agent = best_tcpdump = 0.0
     try:
-        for source in SOURCES:
-            lab.run(lab.uac_ns, "ip", "addr", "add", f"{source}/24", "dev", lab.uac_if)
+        lab.add_uac_addresses(SOURCES)
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{'asked/s':>8} {'sent/s':>8} | {'agent got':>10} {'lost':>7} {'unacct':>6} | "
                   f"{'tcpdump got':>11} {'dropped':>8}")

@@ -34,8 +34,7 @@ def send_from(lab: Lab, hosts: list[str]) -> None:
 
 
 def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) -> None:
-    for host in HOSTS:
-        lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
+    lab.add_uac_addresses(HOSTS)
     out = tmp_path / "sip.jsonl"
     port = free_port(lab.uas_ns)
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
@@ -66,8 +65,7 @@ def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) 
 @pytest.mark.parametrize(("strategy", "hosts"), [("round-robin", HOSTS[:1]), ("flow-hash", HOSTS)])
 def test_one_reader_dispatches_to_two_workers(lab: Lab, tmp_path: Path, strategy: str,
                                               hosts: list[str]) -> None:
-    for host in hosts:
-        lab.run(lab.uac_ns, "ip", "addr", "add", f"{host}/24", "dev", lab.uac_if)
+    lab.add_uac_addresses(hosts)
     out = tmp_path / "sip.jsonl"
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
                         ["--workers", "2", "--dispatch", "dispatch", "--strategy", strategy])

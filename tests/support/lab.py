@@ -25,6 +25,12 @@ class Lab:
     uac_v6: str = "fd77::1"
     uas_v6: str = "fd77::2"
 
+    def add_uac_addresses(self, addresses: list[str]) -> None:
+        """More source addresses for the UAC host on uac0 (in 10.77.0.0/24), so that traffic
+        comes from several hosts and spreads over the kernel's shards."""
+        for address in addresses:
+            self.run(self.uac_ns, "ip", "addr", "add", f"{address}/24", "dev", self.uac_if)
+
     def second_link(self) -> Lab:
         """The same two hosts over the lab's second veth pair (uac1/uas1, 10.78.0.0/24)."""
         return dataclasses.replace(self, uac_if="uac1", uas_if="uas1", uac_v4="10.78.0.1", uas_v4="10.78.0.2",
