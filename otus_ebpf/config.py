@@ -178,10 +178,12 @@ class _Checker:
             return None
         return str(node.value)
 
+    def given(self, node: yaml.Node | None, path: str) -> str | None:
+        """The value of a key that is there and a single value; None otherwise (a problem said if wrong)."""
+        return None if node is None else self.scalar(node, path)
+
     def string(self, node: yaml.Node | None, path: str, default: str) -> str:
-        if node is None:
-            return default
-        value = self.scalar(node, path)
+        value = self.given(node, path)
         if value is None:
             return default
         if not value.strip():
@@ -194,9 +196,7 @@ class _Checker:
 
     def integer(self, node: yaml.Node | None, path: str, default: int, low: int,
                 high: int | None = None) -> int:
-        if node is None:
-            return default
-        value = self.scalar(node, path)
+        value = self.given(node, path)
         if value is None:
             return default
         try:
@@ -211,9 +211,7 @@ class _Checker:
         return number
 
     def number(self, node: yaml.Node | None, path: str, default: float, low: float = 0.0) -> float:
-        if node is None:
-            return default
-        value = self.scalar(node, path)
+        value = self.given(node, path)
         if value is None:
             return default
         try:
@@ -227,9 +225,7 @@ class _Checker:
         return number
 
     def boolean(self, node: yaml.Node | None, path: str, default: bool) -> bool:
-        if node is None:
-            return default
-        value = self.scalar(node, path)
+        value = self.given(node, path)
         if value is None:
             return default
         lowered = value.lower()
@@ -241,9 +237,7 @@ class _Checker:
         return default
 
     def choice(self, node: yaml.Node | None, path: str, enum: type[E], default: E) -> E:
-        if node is None:
-            return default
-        value = self.scalar(node, path)
+        value = self.given(node, path)
         if value is None:
             return default
         for member in enum:

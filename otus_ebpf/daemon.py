@@ -9,6 +9,7 @@ import contextlib
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -106,18 +107,18 @@ class Daemon:
             task.recent = _recent()
 
     def _pause(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            self._task(request).pause()
-        except ValueError as exc:
-            raise SetupError(str(exc)) from None
-        return {"paused": request.get("task")}
+        return self._pause_or_resume(request, Task.pause, "paused")
 
     def _resume(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._pause_or_resume(request, Task.resume, "resumed")
+
+    def _pause_or_resume(self, request: dict[str, Any], action: Callable[[Task], None],
+                         done: str) -> dict[str, Any]:
         try:
-            self._task(request).resume()
+            action(self._task(request))
         except ValueError as exc:
             raise SetupError(str(exc)) from None
-        return {"resumed": request.get("task")}
+        return {done: request.get("task")}
 
     def _delete(self, request: dict[str, Any]) -> dict[str, Any]:
         if not self.manager.delete(str(request.get("task"))):

@@ -377,22 +377,22 @@ class Task:
 
     def pause(self) -> None:
         """Take no more packets, detach nothing; what is in the rings still comes through."""
-        with self._state_lock:
-            if self.state is not TaskState.RUNNING:
-                raise ValueError(f"task {self.name} is {self.state.value}, not running")
-            assert self.capture is not None
-            self.capture.set_paused(True)
-            self.state = TaskState.PAUSED
-        self._log(f"task {self.name}: paused")
+        self._set_paused(True)
 
     def resume(self) -> None:
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        before, after = TaskState.RUNNING, TaskState.PAUSED
+        if not paused:
+            before, after = after, before
         with self._state_lock:
-            if self.state is not TaskState.PAUSED:
-                raise ValueError(f"task {self.name} is {self.state.value}, not paused")
+            if self.state is not before:
+                raise ValueError(f"task {self.name} is {self.state.value}, not {before.value}")
             assert self.capture is not None
-            self.capture.set_paused(False)
-            self.state = TaskState.RUNNING
-        self._log(f"task {self.name}: resumed")
+            self.capture.set_paused(paused)
+            self.state = after
+        self._log(f"task {self.name}: {'paused' if paused else 'resumed'}")
 
     def can_reconfigure(self, options: AttachOptions) -> bool:
         """Filters change live in any task; outputs in a task that writes them itself
