@@ -5,43 +5,63 @@ endpoints: the connection address at session or media level (a media-level
 c= wins), IPv4 or IPv6, ``a=rtcp`` (RFC 3605) or RTP port + 1, ``a=rtcp-mux``
 (RFC 5761: RTCP on the RTP port), port 0 for a disabled stream, and codecs
 from ``a=rtpmap`` (static payload types from RFC 3551 when no rtpmap).
+
+Only a broken structure (no usable c= line, a malformed m= line) rejects the
+whole description. A stream whose values cannot be used is kept, marked with
+what is wrong (``SdpProblem``), and learns only what is sound: a connection
+address that is a host name (RFC 8866 §5.7 allows FQDNs) is recorded as
+given and learns no media, since the capture path does no DNS; a port out of
+1..65535, an RTCP port past 65535 and an absurd clock rate are refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from enum import Enum
 
 from userspace.errors import Malformed
+from userspace.numbers import ascii_int
 
 # RFC 3551 §6: static payload types commonly seen without an rtpmap.
 STATIC_PAYLOAD_TYPES = {0: "PCMU/8000", 3: "GSM/8000", 4: "G723/8000", 8: "PCMA/8000", 9: "G722/8000",
                         18: "G729/8000", 13: "CN/8000"}
-MAX_MEDIA = 16  # more m= lines than this is not a phone call
+# More m= lines than this is not a call but an attack on the parser; a
+# call's own cap on streams (CallLimits) is lower and counted there.
+MAX_MEDIA = 64
+MAX_PORT = 65_535
+MAX_PAYLOAD_TYPE = 127  # RFC 3550 §5.1: seven bits
+DEFAULT_CLOCK_RATE = 8000  # RFC 3551: the clock of every static audio type but G722's nominal one
+# RFC 3551 lists 8 kHz to 90 kHz; anything outside a generous margin of that
+# is a mistake or an attack (a clock of 0 divides by zero in jitter).
+MIN_CLOCK_RATE, MAX_CLOCK_RATE = 1_000, 1_000_000
+MAX_ADDRESS_TEXT = 255  # an FQDN is at most 253 characters (RFC 1035)
+
+
+class SdpProblem(Enum):
+    UNLEARNABLE = "unlearnable"  # a host name or an unspecified address: no endpoint to learn
+    BAD_PORT = "bad_port"        # m= or a=rtcp port outside 1..65535, or RTCP (port + 1) past it
+    BAD_CLOCK = "bad_clock"      # an rtpmap clock rate outside MIN..MAX_CLOCK_RATE
 
 
 @dataclass(frozen=True, slots=True)
 class MediaStream:
     media: str                 # audio, video, ...
-    address: str
-    port: int                  # 0: disabled
+    address: str               # canonical IP literal, or the text given (see ``learnable``)
+    port: int                  # 0: disabled (or refused: see ``problems``)
     rtcp_address: str
-    rtcp_port: int
+    rtcp_port: int | None      # None: no RTCP endpoint to learn
     rtcp_mux: bool
     protocol: str              # RTP/AVP, RTP/SAVP, ...
     codecs: tuple[tuple[int, str], ...]  # (payload type, "encoding/clock")
+    clock_rate: int = DEFAULT_CLOCK_RATE  # the first codec's, when it is sound
+    learnable: bool = True     # the RTP address is an IP literal worth learning
+    rtcp_learnable: bool = True
+    problems: tuple[SdpProblem, ...] = ()
 
     @property
     def enabled(self) -> bool:
         return self.port != 0
-
-    @property
-    def clock_rate(self) -> int:
-        """The first codec's RTP clock rate (8000 if unknown)."""
-        for _pt, codec in self.codecs:
-            parts = codec.split("/")
-            if len(parts) > 1 and parts[1].isdigit():
-                return int(parts[1])
-        return 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +71,6 @@ class Sdp:
 
 
 def parse_sdp(body: bytes) -> Sdp:
-    session_address: str | None = None
     blocks: list[list[tuple[str, str]]] = [[]]
     for raw in body.decode("utf-8", errors="replace").splitlines():
         line = raw.strip()
@@ -63,6 +82,7 @@ def parse_sdp(body: bytes) -> Sdp:
                 raise Malformed("sdp", 0, f"more than {MAX_MEDIA} media descriptions")
             blocks.append([])
         blocks[-1].append((kind, value))
+    session_address: str | None = None
     for kind, value in blocks[0]:
         if kind == "c":
             session_address = _connection_address(value)
@@ -74,47 +94,120 @@ def _connection_address(value: str) -> str:
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
         raise Malformed("sdp", 0, f"bad c= line {value[:60]!r}")
-    return parts[2].split("/", 1)[0]
+    return canonical_address(parts[2].split("/", 1)[0])
+
+
+def canonical_address(text: str) -> str:
+    """An IP literal in its canonical form (so it compares equal to decoded
+    packets' addresses); anything else as given, bounded."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text[:MAX_ADDRESS_TEXT]
+
+
+def is_learnable(address: str) -> bool:
+    """An address media can be learned for: an IP literal, not 0.0.0.0 or ::
+    (RFC 3264 §8.4: the old way to put a stream on hold)."""
+    try:
+        return not ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _Attributes:
+    address: str | None
+    rtcp_port: int | None = None
+    rtcp_address: str | None = None
+    rtcp_mux: bool = False
+    bad_rtcp: bool = False
 
 
 def _media(block: list[tuple[str, str]], session_address: str | None) -> MediaStream:
     fields = block[0][1].split()
-    if len(fields) < 3 or not fields[1].split("/", 1)[0].isdigit():
+    if len(fields) < 3:
         raise Malformed("sdp", 0, f"bad m= line {block[0][1][:60]!r}")
-    media, port, protocol = fields[0], int(fields[1].split("/", 1)[0]), fields[2]
-    if port > 65535:
-        raise Malformed("sdp", 0, f"port {port} out of range")
-    address = session_address
-    rtcp_port, rtcp_address, rtcp_mux = None, None, False
+    problems: list[SdpProblem] = []
+    port = ascii_int(fields[1].split("/", 1)[0], max_digits=5)
+    if port is None or port > MAX_PORT:
+        problems.append(SdpProblem.BAD_PORT)
+        port = 0  # refused: nothing of this stream is learned
     rtpmap: dict[int, str] = {}
-    for kind, value in block[1:]:
+    attributes = _attributes(block[1:], session_address, rtpmap)
+    if attributes.address is None:
+        raise Malformed("sdp", 0, "media without a connection address")
+    address = attributes.address
+    payload_types = [pt for f in fields[3:] if (pt := ascii_int(f, 3)) is not None and pt <= MAX_PAYLOAD_TYPE]
+    codecs = tuple((pt, rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt, "unknown")) for pt in payload_types)
+    clock_rate, clock_sound = _clock_rate(codecs)
+    if not clock_sound:
+        problems.append(SdpProblem.BAD_CLOCK)
+    rtcp_port = _rtcp_port(port, attributes)
+    if attributes.bad_rtcp or (port and rtcp_port is None):
+        problems.append(SdpProblem.BAD_PORT)
+    rtcp_address = attributes.rtcp_address or address
+    learnable, rtcp_learnable = is_learnable(address), is_learnable(rtcp_address)
+    if port and not (learnable and rtcp_learnable):
+        problems.append(SdpProblem.UNLEARNABLE)
+    return MediaStream(fields[0], address, port, rtcp_address, rtcp_port, attributes.rtcp_mux, fields[2],
+                       codecs, clock_rate, learnable, rtcp_learnable, tuple(dict.fromkeys(problems)))
+
+
+def _attributes(lines: list[tuple[str, str]], session_address: str | None,
+                rtpmap: dict[int, str]) -> _Attributes:
+    found = _Attributes(session_address)
+    for kind, value in lines:
         if kind == "c":
-            address = _connection_address(value)
+            found.address = _connection_address(value)
         elif kind == "a":
             name, _, rest = value.partition(":")
             if name == "rtcp-mux":
-                rtcp_mux = True
+                found.rtcp_mux = True
             elif name == "rtcp":
-                rtcp_port, rtcp_address = _rtcp_attribute(rest)
+                _rtcp_attribute(rest, found)
             elif name == "rtpmap":
-                pt, _, codec = rest.partition(" ")
-                if pt.isdigit():
-                    rtpmap[int(pt)] = codec.strip()
-    if address is None:
-        raise Malformed("sdp", 0, "media without a connection address")
-    payload_types = [int(f) for f in fields[3:] if f.isdigit()]
-    codecs = tuple((pt, rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt, "unknown")) for pt in payload_types)
-    if rtcp_mux:
-        rtcp_port = port
-    return MediaStream(media, address, port, rtcp_address or address,
-                       rtcp_port if rtcp_port is not None else (port + 1 if port else 0),
-                       rtcp_mux, protocol, codecs)
+                pt_text, _, codec = rest.partition(" ")
+                pt = ascii_int(pt_text, 3)
+                if pt is not None and pt <= MAX_PAYLOAD_TYPE:
+                    rtpmap[pt] = codec.strip()[:64]
+    return found
 
 
-def _rtcp_attribute(value: str) -> tuple[int, str | None]:
+def _rtcp_attribute(value: str, found: _Attributes) -> None:
     # a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
     parts = value.split()
-    if not parts or not parts[0].isdigit() or int(parts[0]) > 65535:
-        raise Malformed("sdp", 0, f"bad a=rtcp {value[:40]!r}")
-    address = parts[3] if len(parts) >= 4 and parts[0] else None
-    return int(parts[0]), address
+    port = ascii_int(parts[0], max_digits=5) if parts else None
+    if port is None or not 0 < port <= MAX_PORT:
+        found.bad_rtcp = True
+        return
+    found.rtcp_port = port
+    if len(parts) >= 4:
+        found.rtcp_address = canonical_address(parts[3])
+
+
+def _rtcp_port(port: int, attributes: _Attributes) -> int | None:
+    if not port:
+        return None
+    if attributes.rtcp_mux:
+        return port  # RFC 5761: RTCP shares the RTP port
+    if attributes.rtcp_port is not None:
+        return attributes.rtcp_port
+    return port + 1 if port < MAX_PORT else None  # RFC 3550 §11: the next (odd) port
+
+
+def _clock_rate(codecs: tuple[tuple[int, str], ...]) -> tuple[int, bool]:
+    """The first codec's clock rate (the default when none says), and whether
+    every clock rate given is sound."""
+    rate: int | None = None
+    sound = True
+    for _pt, codec in codecs:
+        parts = codec.split("/")
+        if len(parts) < 2:
+            continue
+        clock = ascii_int(parts[1], max_digits=7)
+        if clock is None or not MIN_CLOCK_RATE <= clock <= MAX_CLOCK_RATE:
+            sound = False
+        elif rate is None:
+            rate = clock
+    return (rate if rate is not None else DEFAULT_CLOCK_RATE), sound

@@ -40,7 +40,7 @@ def test_rtcp_defaults_to_the_next_port() -> None:
 
 
 @pytest.mark.parametrize("lines", [("m=audio 4000 RTP/AVP 0",), ("c=IN IP9 x", "m=audio 1 RTP/AVP 0"),
-                                   ("c=IN IP4 1.2.3.4", "m=audio 99999 RTP/AVP 0")])
+                                   ("c=IN IP4 1.2.3.4", "m=audio")])
 def test_bad_sdp_is_rejected(lines: tuple[str, ...]) -> None:
     with pytest.raises(Malformed):
         parse_sdp(sdp(*lines))
