@@ -21,6 +21,10 @@ from tests.support.broker import Broker, start_broker
 from tests.support.lab import Lab, lab_down, lab_up
 
 IN_CI = os.environ.get("CI") == "true"
+# Strict: a bug that a failure boundary would count in production raises
+# instead, in this process and in every agent a test starts (they inherit it).
+# The tests that prove a boundary turn it off for themselves.
+os.environ["OTUS_STRICT"] = "1"
 INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump", "tmux", "vagrant")
 
 

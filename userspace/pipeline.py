@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from userspace.boundary import Boundary
 from userspace.calls import CallLimits, CallTracker, FlowEvent
 from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
 from userspace.errors import DecodeError
@@ -51,8 +52,10 @@ class Pipeline:
 
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
                  reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None,
-                 calls: CallLimits | None = None) -> None:
+                 calls: CallLimits | None = None, boundary: Boundary | None = None) -> None:
+        """``boundary``: where bugs are counted; strict (they raise) unless given."""
         self._interface_names = interface_names
+        self.boundary = boundary or Boundary()
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
         self.reassembler = Reassembler(reassembly)
@@ -65,53 +68,67 @@ class Pipeline:
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
-        stats = self.stats
         for raw in raw_events:
-            stats.events += 1
             try:
-                event = decode_event(raw)
-            except DecodeError:
-                stats.event_errors += 1
-                continue
-            frame = None
-            if self.keep_frames:
-                frame = Frame(event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len,
-                              self._interface_names.get(event.ifindex, str(event.ifindex)), event.direction)
-                self._frames.append(frame)
-            if event.kind in _MEDIA_KINDS:
-                stats.media += 1
-                call_id = self._media(event)
-                if frame is not None:
-                    frame.call_id = call_id
-                continue
-            first_record = len(records)
-            packet, fragments = self._packet(event)
-            if packet is None:
-                continue
-            if packet.transport is IPProto.TCP:
-                key = (packet.src, packet.sport, packet.dst, packet.dport)
-                for message in self.tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload,
-                                             event.ts_ns):
-                    self._record(event, packet, fragments, message, records)
-            elif not packet.payload:
-                stats.empty_payloads += 1
-            elif looks_like_sip(packet.payload):
-                self._record(event, packet, fragments, packet.payload, records)
-            else:
-                stats.not_sip += 1
-            if frame is not None and len(records) > first_record:
-                frame.call_id = _call_of(records[first_record])
-        stats.records += len(records)
+                self._event(raw, records)
+            except Exception as exc:  # a bug: counted, and the next event goes on
+                self.boundary.failed("pipeline", exc, raw, refine=True)
+        self.stats.records += len(records)
         return records
+
+    def _event(self, raw: bytes, records: list[Record]) -> None:
+        stats = self.stats
+        stats.events += 1
+        try:
+            event = decode_event(raw)
+        except DecodeError:
+            stats.event_errors += 1
+            return
+        frame = None
+        if self.keep_frames:
+            frame = Frame(event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len,
+                          self._interface_names.get(event.ifindex, str(event.ifindex)), event.direction)
+            self._frames.append(frame)
+        if event.kind in _MEDIA_KINDS:
+            stats.media += 1
+            call_id = self._media(event)
+            if frame is not None:
+                frame.call_id = call_id
+            return
+        first_record = len(records)
+        packet, fragments = self._packet(event)
+        if packet is None:
+            return
+        if packet.transport is IPProto.TCP:
+            key = (packet.src, packet.sport, packet.dst, packet.dport)
+            for message in self.tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload, event.ts_ns):
+                self._record(event, packet, fragments, message, records)
+        elif not packet.payload:
+            stats.empty_payloads += 1
+        elif looks_like_sip(packet.payload):
+            self._record(event, packet, fragments, packet.payload, records)
+        else:
+            stats.not_sip += 1
+        if frame is not None and len(records) > first_record:
+            frame.call_id = _call_of(records[first_record])
 
     def expire(self, now_ns: int) -> list[Record]:
         """Let time pass when no packets arrive (monotonic ns, as in events);
         returns the summaries of calls that expired."""
-        self.reassembler.expire(now_ns)
-        self.tcp.expire(now_ns)
-        flows, summaries = self.calls.expire(now_ns)
+        summaries: list[Record] = []
+        for stage, step in (("reassembly", self.reassembler.expire), ("tcp", self.tcp.expire)):
+            try:
+                step(now_ns)
+            except Exception as exc:
+                self.boundary.failed(stage, exc)
+        try:
+            flows, ended = self.calls.expire(now_ns)
+        except Exception as exc:
+            self.boundary.failed("calls", exc)
+            return summaries
         self._flow_events += flows
-        return list(summaries)
+        summaries += ended
+        return summaries
 
     def stream_reports(self, wall_ns: int) -> list[Record]:
         """A report for every stream that received packets since the last call."""
@@ -119,9 +136,7 @@ class Pipeline:
         for stream in self.calls.media.streams.values():
             if stream.packets != self._reported.get(id(stream)):
                 self._reported[id(stream)] = stream.packets
-                endpoint = (stream.flow[2], stream.flow[3])
-                call_id = self.calls.call_of(endpoint) or self.calls.call_of((stream.flow[0], stream.flow[1]))
-                reports.append(StreamReport(wall_ns, call_id, stream.report()))
+                reports.append(StreamReport(wall_ns, stream.call_id, stream.report()))
         live = {id(s) for s in self.calls.media.streams.values()}
         self._reported = {k: v for k, v in self._reported.items() if k in live}
         return reports
@@ -161,15 +176,12 @@ class Pipeline:
         if not isinstance(decoded, Packet) or decoded.transport is not IPProto.UDP:
             self.stats.decode_errors += 1
             return None
-        fmt = self.calls.media_format((decoded.dst, decoded.dport)) or \
-            self.calls.media_format((decoded.src, decoded.sport)) or (8000, None)
+        call_id, clock_rate, codec = self.calls.media_owner((decoded.dst, decoded.dport),
+                                                            (decoded.src, decoded.sport))
         self.calls.media.feed((decoded.src, decoded.sport, decoded.dst, decoded.dport), decoded.payload,
                               event.ts_ns, event.ts_ns + self._clock_offset_ns,
-                              event.orig_len - event.payload_offset, fmt[0], fmt[1])
-        if not self.keep_frames:
-            return None
-        calls = self.calls
-        return calls.call_of((decoded.dst, decoded.dport)) or calls.call_of((decoded.src, decoded.sport))
+                              event.orig_len - event.payload_offset, clock_rate, codec, call_id)
+        return call_id
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record]) -> None:
@@ -191,12 +203,17 @@ class Pipeline:
             packet.src, packet.sport, packet.dst, packet.dport, message, fragments, event.shard,
         )
         records.append(record)
-        flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
+        try:
+            flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
+        except Exception as exc:  # a bug in call tracking loses no SIP record, nor the rest of a segment
+            self.boundary.failed("calls", exc, data[:_EXAMPLE_BYTES], refine=True)
+            return
         self._flow_events += flows
         records += summaries
 
 
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
+_EXAMPLE_BYTES = 512  # of the input that hit a bug, for its one log line
 _KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
                             "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
 

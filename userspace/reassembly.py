@@ -17,7 +17,7 @@ one source evicts itself rather than other senders' datagrams.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 # RFC 791 §3.1 / RFC 8200 §4.5: a datagram is at most 65,535 bytes past its
@@ -32,12 +32,16 @@ Key = tuple[int, bytes, bytes, int, int]  # version, src, dst, protocol (0 for v
 
 @dataclass(frozen=True, slots=True)
 class ReassemblyLimits:
-    timeout_v4_s: float = 30.0    # RFC 791 leaves it to the host; Linux uses 30 s
-    timeout_v6_s: float = 60.0    # RFC 8200 §4.5
-    max_fragments: int = 64       # a 65 KB datagram over a 1,280-byte MTU needs 52
-    max_per_source: int = 64      # datagrams in flight from one address
-    max_datagrams: int = 8192     # datagrams in flight in total
-    max_bytes: int = 64 << 20     # payload bytes buffered in total
+    """Each field's ``range`` is what a config may set it to (otus_ebpf.config)."""
+
+    # RFC 791 leaves it to the host; Linux uses 30 s
+    timeout_v4_s: float = field(default=30.0, metadata={"range": (0.001, 3600)})
+    timeout_v6_s: float = field(default=60.0, metadata={"range": (0.001, 3600)})  # RFC 8200 §4.5
+    # a 65 KB datagram over a 1,280-byte MTU needs 52; 8-byte fragments need 8,192
+    max_fragments: int = field(default=64, metadata={"range": (2, 8192)})
+    max_per_source: int = field(default=64, metadata={"range": (1, 1 << 20)})  # datagrams from one address
+    max_datagrams: int = field(default=8192, metadata={"range": (1, 1 << 22)})  # datagrams in flight
+    max_bytes: int = field(default=64 << 20, metadata={"range": (1 << 16, 16 << 30)})  # payload buffered
 
 
 @dataclass(slots=True)

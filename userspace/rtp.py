@@ -25,6 +25,7 @@ MAX_MISORDER = 100
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
 NS = 1_000_000_000
 MAX_STREAMS = 100_000
+MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits sets it
 
 # ITU-T G.113 Appendix I: equipment impairment Ie and packet-loss robustness
 # Bpl. G.711 uses the with-concealment value (25.1): endpoints conceal loss.
@@ -76,6 +77,7 @@ class RtpStream:
     _transit: int | None = None
     _seen: set[int] = field(default_factory=set)  # recent extended seqs, for duplicates
     peer: dict[str, float] = field(default_factory=dict)  # from the peer's RTCP about this SSRC
+    call_id: str | None = None     # the call whose endpoint it was sent to when it began
 
     def update(self, seq: int, timestamp: int, arrival_ns: int, size: int) -> None:
         if self.packets == 0:
@@ -144,17 +146,25 @@ class MediaStats:
     not_rtp: int = 0
     rtcp_errors: int = 0
     evicted_streams: int = 0
+    without_call: int = 0      # media on no live call's endpoint (stragglers after the call ended)
+    streams_over_cap: int = 0  # new SSRCs beyond a call's cap: not measured
 
 
 class MediaTracker:
-    def __init__(self, max_streams: int = MAX_STREAMS) -> None:
+    """Every measured stream, indexed by call, so that a call's end touches its
+    own streams only (never a scan over all of them)."""
+
+    def __init__(self, max_streams: int = MAX_STREAMS, max_per_call: int = MAX_STREAMS_PER_CALL) -> None:
         self.max_streams = max_streams
+        self.max_per_call = max_per_call
         self.stats = MediaStats()
-        self.streams: OrderedDict[tuple[FlowKey, int], RtpStream] = OrderedDict()
+        self.streams: OrderedDict[tuple[FlowKey, int], RtpStream] = OrderedDict()  # oldest first
         self._by_ssrc: dict[int, RtpStream] = {}
+        self._by_call: dict[str, dict[tuple[FlowKey, int], RtpStream]] = {}
 
     def feed(self, flow: FlowKey, payload: bytes, arrival_ns: int, wall_ns: int, size: int,
-             clock_rate: int = 8000, codec: str | None = None) -> None:
+             clock_rate: int = 8000, codec: str | None = None, call_id: str | None = None) -> None:
+        """A packet on a learned media flow of ``call_id`` (None: no live call owns it)."""
         if len(payload) < 8 or payload[0] >> 6 != RTP_VERSION:
             self.stats.not_rtp += 1
             return
@@ -169,14 +179,40 @@ class MediaTracker:
         key = (flow, ssrc)
         stream = self.streams.get(key)
         if stream is None:
-            if len(self.streams) >= self.max_streams:
-                _old_key, old = self.streams.popitem(last=False)
-                self._by_ssrc.pop(old.ssrc, None)
-                self.stats.evicted_streams += 1
-            stream = RtpStream(flow, ssrc, marker_pt & 0x7F, clock_rate, codec, arrival_ns)
-            self.streams[key] = stream
-            self._by_ssrc[ssrc] = stream
+            stream = self._new_stream(key, marker_pt & 0x7F, clock_rate, codec, arrival_ns, call_id)
+            if stream is None:
+                return
         stream.update(seq, timestamp, arrival_ns, size)
+
+    def _new_stream(self, key: tuple[FlowKey, int], payload_type: int, clock_rate: int, codec: str | None,
+                    arrival_ns: int, call_id: str | None) -> RtpStream | None:
+        if call_id is None:
+            self.stats.without_call += 1
+            return None
+        owned = self._by_call.setdefault(call_id, {})
+        if len(owned) >= self.max_per_call:
+            self.stats.streams_over_cap += 1  # spoofed SSRCs must not swell one call without bound
+            return None
+        if len(self.streams) >= self.max_streams:
+            self._remove(next(iter(self.streams.values())))
+            self.stats.evicted_streams += 1
+        flow, ssrc = key
+        stream = RtpStream(flow, ssrc, payload_type, max(1, clock_rate), codec, arrival_ns, call_id=call_id)
+        self.streams[key] = stream
+        self._by_ssrc[ssrc] = stream
+        owned[key] = stream
+        return stream
+
+    def _remove(self, stream: RtpStream) -> None:
+        key = (stream.flow, stream.ssrc)
+        self.streams.pop(key, None)
+        if self._by_ssrc.get(stream.ssrc) is stream:
+            del self._by_ssrc[stream.ssrc]
+        owned = self._by_call.get(stream.call_id or "")
+        if owned is not None:
+            owned.pop(key, None)
+            if not owned:
+                del self._by_call[stream.call_id or ""]
 
     def _rtcp(self, payload: bytes, wall_ns: int) -> None:
         """Walk a compound RTCP packet; read report blocks of SRs and RRs (RFC 3550 §6.4)."""
@@ -215,13 +251,14 @@ class MediaTracker:
             peer["rtt_ms"] = round(((arrival - lsr - dlsr) & 0xFFFFFFFF) * 1000 / 65536, 3)
         stream.peer = peer
 
-    def reports_for(self, flows: set[tuple[str, int]]) -> list[dict[str, object]]:
-        """Reports of streams to or from these endpoints (a call's media)."""
-        return [s.report() for (flow, _ssrc), s in self.streams.items()
-                if (flow[2], flow[3]) in flows or (flow[0], flow[1]) in flows]
-
-    def forget(self, flows: set[tuple[str, int]]) -> None:
-        for key in [k for k in self.streams if (k[0][2], k[0][3]) in flows or (k[0][0], k[0][1]) in flows]:
-            stream = self.streams.pop(key)
+    def take_call(self, call_id: str) -> list[RtpStream]:
+        """The streams of a call that ended, no longer measured: O(its streams)."""
+        owned = self._by_call.pop(call_id, None)
+        if not owned:
+            return []
+        streams = list(owned.values())
+        for stream in streams:
+            self.streams.pop((stream.flow, stream.ssrc), None)
             if self._by_ssrc.get(stream.ssrc) is stream:
                 del self._by_ssrc[stream.ssrc]
+        return streams

@@ -27,7 +27,8 @@ def play(tracker: MediaTracker, seqs: list[int], jitter_ns: list[int] | None = N
          start_seq: int = 0) -> None:
     for i, n in enumerate(seqs):
         arrival = n * PTIME_NS + (jitter_ns[i] if jitter_ns else 0)
-        tracker.feed(FLOW, rtp(start_seq + n, n * SAMPLES), arrival, arrival, 172, 8000, "PCMU/8000")
+        tracker.feed(FLOW, rtp(start_seq + n, n * SAMPLES), arrival, arrival, 172, 8000, "PCMU/8000",
+                     "call-1")
 
 
 def test_a_clean_stream_has_no_loss_and_a_high_mos() -> None:
