@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.sip import parse_message
-from userspace.tcp import FIN, SEQ_MOD, SYN, TcpLimits, TcpStreams
+from userspace.tcp import FIN, RST, SEGMENT_OVERHEAD, SEQ_MOD, SYN, TcpLimits, TcpStreams
 
 KEY = ("10.0.0.1", 40000, "10.0.0.2", 5060)
 ISN = 1000
@@ -127,5 +129,119 @@ def test_random_segmentation_and_order_within_the_window() -> None:
                 out += [m for s, c in window for m in streams.feed(KEY, s, 0, c, 1)]
                 window = []
         out += [m for s, c in window for m in streams.feed(KEY, s, 0, c, 1)]
-        assert out == [INVITE, OK_200] * 20
+        # Messages framed past a hole come out before the one it cut: the set is exact.
+        assert sorted(out) == sorted([INVITE, OK_200] * 20)
         assert all(parse_message(m).call_id for m in out)
+        assert (streams.stats.gaps, streams.stats.lost_messages, streams.stats.skipped_bytes) == (0, 0, 0)
+
+
+def numbered(n: int) -> bytes:
+    """A distinct message per number, so a test can tell each one apart."""
+    return OK_200.replace(b"CSeq: 314159", f"CSeq: {n}".encode())
+
+
+def stream_of(count: int) -> tuple[bytes, list[bytes]]:
+    messages = [numbered(n) for n in range(count)]
+    return b"".join(messages), messages
+
+
+def test_1200_one_byte_segments_past_a_hole_do_not_recurse() -> None:
+    """Regression: held segments recursed (_hold -> _skip_gap -> _place) into RecursionError."""
+    streams = opened(TcpStreams(TcpLimits(window=600 * SEGMENT_OVERHEAD)))
+    data, messages = stream_of(40)
+    out: list[bytes] = []
+    for i in range(1, 2000):  # byte 0 never arrives
+        out += streams.feed(KEY, ISN + 1 + i, 0, data[i:i + 1], i)
+    assert out == messages[1:len(out) + 1] and len(out) >= 4
+    assert streams.stats.gaps >= 1
+
+
+def test_a_lost_segment_delays_nothing_behind_it() -> None:
+    """Regression: one lost segment held every later message until 256 KB were held."""
+    streams = opened()
+    data, messages = stream_of(5)
+    cut = len(messages[0]) // 2
+    hole = 40
+    out = streams.feed(KEY, ISN + 1, 0, data[:cut], 1)
+    rest = ISN + 1 + cut + hole  # 40 bytes of the first message are never captured
+    position = cut + hole
+    for n, message in enumerate(messages[1:], 1):
+        end = sum(len(m) for m in messages[:n + 1])
+        out = streams.feed(KEY, rest, 0, data[position:end], 1 + n)
+        assert out == [message], "each message comes out with the segment that completes it"
+        rest += end - position
+        position = end
+
+
+def test_a_hole_that_fills_late_repeats_nothing_and_loses_nothing() -> None:
+    streams = opened()
+    data, messages = stream_of(4)
+    cut = len(messages[0]) - 10  # the first message's last 10 bytes arrive last
+    out = streams.feed(KEY, ISN + 1, 0, data[:cut], 1)
+    out += streams.feed(KEY, ISN + 1 + cut + 10, 0, data[cut + 10:], 2)
+    assert out == messages[1:]
+    out += streams.feed(KEY, ISN + 1 + cut, 0, data[cut:cut + 10], 3)
+    assert sorted(out) == sorted(messages)
+    assert (streams.stats.gaps, streams.stats.lost_messages, streams.stats.messages) == (0, 0, 4)
+
+
+def test_held_memory_is_charged_per_segment_not_per_payload_byte() -> None:
+    """Regression: the cap counted payload bytes only, so 64 MB of cap held ~5 GB of one-byte segments."""
+    streams = opened()
+    for i in range(2, 1002):  # byte 0 and 1 missing: a thousand one-byte segments held
+        streams.feed(KEY, ISN + 1 + 2 * i, 0, b"x", i)
+    assert streams.buffered_bytes >= 500 * SEGMENT_OVERHEAD
+
+
+@pytest.mark.parametrize("end", ["fin", "rst", "idle", "evicted"])
+def test_data_thrown_away_at_the_end_of_a_stream_is_counted(end: str) -> None:
+    """Regression: held messages vanished at FIN/RST/idle uncounted (gaps=0)."""
+    streams = opened(TcpStreams(TcpLimits(max_streams=1)))
+    data, messages = stream_of(3)
+    streams.feed(KEY, ISN + 1, 0, data[:100], 1)  # the first message, begun: then a hole
+    held = data[len(messages[0]):len(messages[0]) + 50]  # the second message, begun past the hole
+    streams.feed(KEY, ISN + 1 + len(messages[0]), 0, held, 2)
+    if end == "fin":
+        streams.feed(KEY, ISN + 1 + len(messages[0]) + 50, FIN, b"", 3)
+    elif end == "rst":
+        streams.feed(KEY, ISN + 1 + len(messages[0]) + 50, RST, b"", 3)
+    elif end == "idle":
+        streams.expire(10**15)
+    else:
+        streams.feed(("10.9.9.9", 1, "10.0.0.2", 5060), 1, SYN, b"", 3)
+    assert len(streams) == (1 if end == "evicted" else 0)
+    assert streams.stats.skipped_bytes >= 150
+    assert streams.stats.lost_messages == 2, "the message cut by the hole and the one cut by the end"
+    assert streams.buffered_bytes == 0 or end == "evicted"
+
+
+@pytest.mark.parametrize("order", ["in order", "reversed", "shuffled"])
+def test_one_byte_segments_in_any_order_give_every_message_once(order: str) -> None:
+    streams = opened()
+    data, messages = stream_of(4)  # 1,468 one-byte segments: 189 KB charged, within the window
+    pieces = [(ISN + 1 + i, data[i:i + 1]) for i in range(len(data))]
+    if order == "reversed":
+        pieces.reverse()
+    elif order == "shuffled":
+        random.Random(11).shuffle(pieces)
+    out = [m for seq, piece in pieces for m in streams.feed(KEY, seq, 0, piece, 1)]
+    assert sorted(out) == sorted(messages)
+    assert (streams.stats.gaps, streams.stats.lost_messages) == (0, 0)
+    assert streams.buffered_bytes == 0
+
+
+def test_trailing_bytes_of_an_unfinished_message_wait() -> None:
+    streams = opened()
+    data, messages = stream_of(2)
+    assert streams.feed(KEY, ISN + 1, 0, data + messages[0][:30], 1) == messages
+    assert streams.buffered_bytes == 30
+
+
+def test_past_the_window_the_earliest_hole_is_given_up_and_counted() -> None:
+    streams = opened()
+    data, messages = stream_of(6)  # 2,202 one-byte segments, reversed: 284 KB charged
+    for i in reversed(range(len(data))):
+        streams.feed(KEY, ISN + 1 + i, 0, data[i:i + 1], 1)
+    assert streams.stats.window_overflows >= 1 and streams.stats.gaps >= 1
+    assert streams.stats.messages + streams.stats.lost_messages == len(messages)
+    assert streams.buffered_bytes == 0
