@@ -6,23 +6,37 @@ import argparse
 import dataclasses
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from otus_ebpf import __version__, cli_daemon
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
-from otus_ebpf.capture import CaptureDirection, CaptureMode
-from otus_ebpf.config import (
-    DEFAULT_METRICS_LISTEN,
-    EXIT_INVALID,
-    Config,
-    ConfigInvalid,
-    TaskConfig,
+from otus_ebpf.bounds import (
+    HEP_CAPTURE_ID,
+    KAFKA_BACKLOG_MB,
+    KAFKA_BATCH,
+    KAFKA_LINGER_MS,
+    KAFKA_QUEUE_KB,
+    PORT,
+    QUEUE_RECORDS,
+    REPLAY_SPEED,
+    RING_PAGES,
+    ROTATE_AGE_S,
+    ROTATE_MB,
+    SNAPLEN,
+    SNAPLEN_MEDIA,
+    STATS_INTERVAL_S,
+    WORKERS,
+    Bound,
+    parse_float,
+    parse_int,
 )
+from otus_ebpf.capture import CaptureDirection, CaptureMode
+from otus_ebpf.config import DEFAULT_METRICS_LISTEN, Config, ConfigInvalid, TaskConfig
 from otus_ebpf.config import load as load_config
 from otus_ebpf.counters import COUNTERS
-from otus_ebpf.errors import SetupError
+from otus_ebpf.errors import EXIT_INVALID, EXIT_SETUP_ERROR, SetupError
 from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
 from otus_ebpf.hep import parse_collector
 from otus_ebpf.introspect import live_maps
@@ -38,14 +52,34 @@ from otus_ebpf.loader import (
 )
 from otus_ebpf.options import Dispatch, Strategy
 from otus_ebpf.replay import run_replay
+from otus_ebpf.secret import read_secret
 from userspace.event import Direction
+from userspace.numbers import ascii_int
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
 from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 from userspace.reporters.pcap import PcapFormat
 
-EXIT_SETUP_ERROR = 1
+
+def whole(bound: Bound) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``bound``, ASCII digits only."""
+    def parse(text: str) -> int:
+        try:
+            return parse_int(text, bound)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+def real(bound: Bound) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``bound``."""
+    def parse(text: str) -> float:
+        try:
+            return parse_float(text, bound)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path)
     replay.add_argument("--speed", default="max", metavar="N|max",
                         help="pace frames N times faster than captured, or as fast as possible (default)")
-    replay.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
+    replay.add_argument("--sip-port", type=whole(PORT), action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     replay.add_argument("--signature", action="store_true", help="also SIP by payload on any UDP port")
     _add_outputs(replay.add_argument_group("outputs"))
@@ -97,7 +131,7 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                              "attach that survives a crash; auto: links, else netlink")
     attach.add_argument("--force", action="store_true",
                         help="replace a foreign XDP program already on the interface")
-    attach.add_argument("--workers", type=int, default=1,
+    attach.add_argument("--workers", type=whole(WORKERS), default=1,
                         help="ring shards, one worker process each when more than one: the kernel writes "
                              "each conversation to one of them (1..8)")
     attach.add_argument("--dispatch", choices=[d.value for d in Dispatch], default=Dispatch.BINDING.value,
@@ -112,7 +146,7 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     _add_outputs(attach.add_argument_group("outputs"))
     _add_kafka(attach.add_argument_group("kafka"))
     _add_hep(attach.add_argument_group("HEP"))
-    attach.add_argument("--sip-port", type=int, action="append", dest="sip_ports",
+    attach.add_argument("--sip-port", type=whole(PORT), action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     attach.add_argument("--signature", action="store_true",
                         help="also match UDP payloads that start like SIP, on any port")
@@ -120,13 +154,14 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="capture only traffic to or from these networks (repeatable)")
     attach.add_argument("--exclude", action="append", default=[], metavar="CIDR",
                         help="never capture traffic to or from these networks (repeatable)")
-    attach.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN,
+    attach.add_argument("--snaplen", type=whole(SNAPLEN), default=DEFAULT_SNAPLEN,
                         help="bytes of a SIP packet or fragment to copy")
-    attach.add_argument("--media-snaplen", type=int, default=DEFAULT_MEDIA_SNAPLEN,
+    attach.add_argument("--media-snaplen", type=whole(SNAPLEN_MEDIA), default=DEFAULT_MEDIA_SNAPLEN,
                         help="bytes past the UDP header to copy for RTP/RTCP")
-    attach.add_argument("--ring-pages", type=int, default=DEFAULT_RING_PAGES,
+    attach.add_argument("--ring-pages", type=whole(RING_PAGES), default=DEFAULT_RING_PAGES,
                         help="ring buffer size in pages, a power of two")
-    attach.add_argument("--stats-interval", type=float, default=5.0, help="seconds between stats lines")
+    attach.add_argument("--stats-interval",
+                        type=real(STATS_INTERVAL_S), default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
                         help="plain stats lines instead of the live view (also without a terminal)")
 
@@ -134,19 +169,21 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
 def _add_outputs(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--out", metavar="FILE|-",
                         help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
-    group.add_argument("--out-max-mb", type=float, help="rotate the JSON-lines file at this size")
-    group.add_argument("--out-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+    group.add_argument("--out-max-mb", type=real(ROTATE_MB), help="rotate the JSON-lines file at this size")
+    group.add_argument("--out-max-age",
+                       type=real(ROTATE_AGE_S), metavar="SECONDS", help="rotate it at this age")
     group.add_argument("--out-fsync", choices=[p.value for p in FsyncPolicy],
                         default=FsyncPolicy.NEVER.value,
                         help="fsync after every batch, at rotation, or never (default)")
     group.add_argument("--fallback", metavar="FILE",
                         help="JSON-lines file for records an output could not take (full queue, failure, "
                              "Kafka drops)")
-    group.add_argument("--queue-records", type=int, default=DEFAULT_QUEUE_RECORDS,
+    group.add_argument("--queue-records", type=whole(QUEUE_RECORDS), default=DEFAULT_QUEUE_RECORDS,
                         help="records each output may have waiting before its oldest go to the fallback")
     group.add_argument("--pcap", metavar="FILE", help="also write every captured frame to this pcap file")
-    group.add_argument("--pcap-max-mb", type=float, help="rotate the pcap file at this size")
-    group.add_argument("--pcap-max-age", type=float, metavar="SECONDS", help="rotate it at this age")
+    group.add_argument("--pcap-max-mb", type=real(ROTATE_MB), help="rotate the pcap file at this size")
+    group.add_argument("--pcap-max-age",
+                       type=real(ROTATE_AGE_S), metavar="SECONDS", help="rotate it at this age")
     group.add_argument("--pcap-format", choices=[f.value for f in PcapFormat], default=PcapFormat.PCAP.value,
                        help="pcapng adds interface names and packet directions")
     group.add_argument("--pcap-per-call", metavar="DIR",
@@ -166,11 +203,12 @@ def _add_kafka(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--kafka-task", default="capture", help="task name in the records' headers")
     group.add_argument("--kafka-compression", choices=COMPRESSIONS, default="lz4")
     group.add_argument("--kafka-acks", choices=["all", "1", "0"], default="all")
-    group.add_argument("--kafka-linger-ms", type=int, default=20)
-    group.add_argument("--kafka-batch", type=int, default=10_000, help="max messages per Kafka batch")
-    group.add_argument("--kafka-queue-kb", type=int, default=64 << 10,
+    group.add_argument("--kafka-linger-ms", type=whole(KAFKA_LINGER_MS), default=20)
+    group.add_argument("--kafka-batch",
+                       type=whole(KAFKA_BATCH), default=10_000, help="max messages per Kafka batch")
+    group.add_argument("--kafka-queue-kb", type=whole(KAFKA_QUEUE_KB), default=64 << 10,
                         help="librdkafka's own queue (queue.buffering.max.kbytes)")
-    group.add_argument("--kafka-backlog-mb", type=int, default=128,
+    group.add_argument("--kafka-backlog-mb", type=whole(KAFKA_BACKLOG_MB), default=128,
                         help="records held while the broker is away, beyond librdkafka's own queue")
     group.add_argument("--kafka-overflow", choices=[p.value for p in OverflowPolicy],
                         default=OverflowPolicy.DROP_OLDEST.value, help="which records a full backlog drops")
@@ -191,15 +229,16 @@ def _add_kafka(group: argparse._ArgumentGroup) -> None:
 def _add_hep(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--hep", action="append", default=[], metavar="[udp:|tcp:]HOST:PORT",
                         help="also send SIP and RTP stream reports as HEPv3 to this collector (repeatable)")
-    group.add_argument("--hep-capture-id", type=int, default=2001, help="HEP capture agent id")
+    group.add_argument("--hep-capture-id",
+                       type=whole(HEP_CAPTURE_ID), default=2001, help="HEP capture agent id")
     group.add_argument("--hep-node-name", default=socket.gethostname(), help="HEP node name")
     group.add_argument("--hep-auth-key-file", metavar="FILE", help="file holding the HEP authentication key")
 
 
 def _add_filter(filt: argparse.ArgumentParser) -> None:
     filt.add_argument("interface")
-    filt.add_argument("--add-sip-port", type=int, action="append", default=[], metavar="PORT")
-    filt.add_argument("--remove-sip-port", type=int, action="append", default=[], metavar="PORT")
+    filt.add_argument("--add-sip-port", type=whole(PORT), action="append", default=[], metavar="PORT")
+    filt.add_argument("--remove-sip-port", type=whole(PORT), action="append", default=[], metavar="PORT")
     filt.add_argument("--signature", choices=["on", "off"])
     for which in ("include", "exclude"):
         filt.add_argument(f"--add-{which}", action="append", default=[], metavar="CIDR")
@@ -357,12 +396,9 @@ def _secret_from(path: str | None, option: str) -> str | None:
     if path is None:
         return None
     try:
-        secret = Path(path).read_text().strip()
-    except OSError as exc:
-        raise SetupError(f"{option} {path}: {exc.strerror}") from None
-    if not secret:
-        raise SetupError(f"{option} {path}: the file is empty")
-    return secret
+        return read_secret(path)
+    except ValueError as exc:
+        raise SetupError(f"{option}: {exc}") from None
 
 
 def _validate(path: Path) -> int:
@@ -447,7 +483,8 @@ def _pick_task(config: Config, args: argparse.Namespace) -> TaskConfig:
 
 def _listen_address(text: str) -> str:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    number = ascii_int(port, max_digits=5)
+    if not host or number is None or not 0 <= number < 65536:
         raise SetupError(f"--metrics {text!r}: expected HOST:PORT or off")
     return text
 
@@ -462,9 +499,7 @@ def _replay(args: argparse.Namespace) -> int:
         speed = None
     else:
         try:
-            speed = float(args.speed)
-        except ValueError:
-            raise SetupError(f"--speed {args.speed!r}: a number (times as fast as captured) or max") from None
-        if speed <= 0:
-            raise SetupError(f"--speed {args.speed!r}: must be above 0")
+            speed = parse_float(args.speed, REPLAY_SPEED)
+        except ValueError as exc:
+            raise SetupError(f"--speed {args.speed!r}: {exc} (times as fast as captured), or max") from None
     return run_replay(args.file, options, speed, log)

@@ -11,6 +11,7 @@ is documented in docs/CONFIG.md.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -23,6 +24,21 @@ from typing import Any, TypeVar
 import yaml
 
 from otus_ebpf.attach import AttachMethod, XdpMode
+from otus_ebpf.bounds import (
+    HEP_CAPTURE_ID,
+    KAFKA_BACKLOG_MB,
+    KAFKA_BATCH,
+    KAFKA_LINGER_MS,
+    KAFKA_QUEUE_KB,
+    QUEUE_RECORDS,
+    RING_PAGES,
+    ROTATE_AGE_S,
+    ROTATE_MB,
+    STATS_INTERVAL_S,
+    Bound,
+    parse_float,
+    parse_int,
+)
 from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.errors import SetupError
 from otus_ebpf.hep import HepCollector, parse_collector
@@ -40,7 +56,9 @@ from otus_ebpf.loader import (
     KernelSettings,
 )
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
+from otus_ebpf.secret import read_secret
 from userspace.calls import CallLimits
+from userspace.numbers import ascii_int
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
@@ -49,7 +67,9 @@ from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, Ov
 from userspace.reporters.pcap import PcapFormat
 from userspace.tcp import TcpLimits
 
-EXIT_INVALID = 2
+MAX_CONFIG_BYTES = 16 << 20
+MAX_CONFIG_NODES = 100_000  # values in the file once aliases are expanded
+MAX_WHOLE = 1 << 62  # no whole-number setting means more
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"
 DEFAULT_CONTROL_SOCKET = "/run/otus-ebpf/control.sock"
 # The only environment the config reads: variable -> key path it overrides.
@@ -102,11 +122,28 @@ def default_workers() -> int:
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the file; raises ConfigInvalid with every problem found."""
+    return parse(read_text(path), str(path), os.environ if environ is None else environ)
+
+
+def read_text(path: Path) -> str:
+    """The file as text: at most MAX_CONFIG_BYTES of UTF-8, else ConfigInvalid in one line."""
+    def refuse(message: str) -> ConfigInvalid:
+        return ConfigInvalid([Problem(str(path), 0, "(file)", message)])
+
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigInvalid([Problem(str(path), 0, "(file)", f"cannot read: {exc.strerror}")]) from None
-    return parse(text, str(path), os.environ if environ is None else environ)
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise refuse(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigInvalid([Problem(str(path), line, "(file)",
+                                     f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")]
+                            ) from None
 
 
 def parse(text: str, file: str, environ: Mapping[str, str]) -> Config:
@@ -118,6 +155,10 @@ def parse(text: str, file: str, environ: Mapping[str, str]) -> Config:
         line = mark.line + 1 if mark is not None else 0
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigInvalid([Problem(file, line, "(syntax)", f"not valid YAML: {problem}")]) from None
+    shape = _shape_problem(root)
+    if shape is not None:
+        node, message = shape
+        raise ConfigInvalid([Problem(file, node.start_mark.line + 1, "(syntax)", message)])
     config = checker.config(root, environ)
     if checker.problems:
         raise ConfigInvalid(sorted(checker.problems, key=lambda p: p.line))
@@ -195,34 +236,28 @@ class _Checker:
         return None if node is None or _is_null(node) else self.string(node, path, "")
 
     def integer(self, node: yaml.Node | None, path: str, default: int, low: int,
-                high: int | None = None) -> int:
+                high: int = MAX_WHOLE) -> int:
         value = self.given(node, path)
         if value is None:
             return default
         try:
-            number = int(value, 0)
-        except ValueError:
-            self.problem(node, path, f"must be a whole number, not {value!r}")
+            return parse_int(value, Bound(low, high))
+        except ValueError as exc:
+            self.problem(node, path, str(exc))
             return default
-        if number < low or (high is not None and number > high):
-            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            self.problem(node, path, f"must be {bounds}, not {number}")
-            return default
-        return number
 
-    def number(self, node: yaml.Node | None, path: str, default: float, low: float = 0.0) -> float:
+    def number(self, node: yaml.Node | None, path: str, default: float, bound: Bound) -> float:
         value = self.given(node, path)
         if value is None:
             return default
         try:
-            number = float(value)
-        except ValueError:
-            self.problem(node, path, f"must be a number, not {value!r}")
+            return parse_float(value, bound)
+        except ValueError as exc:
+            self.problem(node, path, str(exc))
             return default
-        if not number > low:
-            self.problem(node, path, f"must be greater than {low:g}, not {value}")
-            return default
-        return number
+
+    def bounded(self, node: yaml.Node | None, path: str, default: int, bound: Bound) -> int:
+        return self.integer(node, path, default, int(bound.low), int(bound.high))
 
     def boolean(self, node: yaml.Node | None, path: str, default: bool) -> bool:
         value = self.given(node, path)
@@ -258,7 +293,8 @@ class _Checker:
         if value in ("", "off"):
             return None
         host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        number = ascii_int(port, max_digits=5)
+        if not host or number is None or not 0 < number < 65536:
             self.problem(node, path, f"must be HOST:PORT (or off), not {value!r}")
             return default
         return value
@@ -268,14 +304,10 @@ class _Checker:
         if name is None:
             return None
         try:
-            secret = Path(name).read_text().strip()
-        except OSError as exc:
-            self.problem(node, path, f"cannot read {name}: {exc.strerror}")
+            return read_secret(name)
+        except ValueError as exc:
+            self.problem(node, path, str(exc))
             return None
-        if not secret:
-            self.problem(node, path, f"{name} is empty")
-            return None
-        return secret
 
     # -- sections -----------------------------------------------------------
 
@@ -354,7 +386,8 @@ class _Checker:
             reassembly=self.reassembly(keys.get("reassembly"), f"{path}.reassembly"),
             tcp=self.tcp(keys.get("tcp"), f"{path}.tcp"),
             calls=self.calls(keys.get("calls"), f"{path}.calls"),
-            stats_interval_s=self.number(keys.get("stats_interval_s"), f"{path}.stats_interval_s", 5.0),
+            stats_interval_s=self.number(keys.get("stats_interval_s"), f"{path}.stats_interval_s", 5.0,
+                                         STATS_INTERVAL_S),
         )
         options = self.outputs(keys.get("outputs"), f"{path}.outputs", options, name)
         dispatch = self.choice(keys.get("dispatch"), f"{path}.dispatch", Dispatch, Dispatch.BINDING)
@@ -369,7 +402,8 @@ class _Checker:
                       for i, n in enumerate(self.sequence(keys.get("sip_ports"), f"{path}.sip_ports")))
         snaplen = self.integer(keys.get("snaplen"), f"{path}.snaplen", DEFAULT_SNAPLEN, MIN_SNAPLEN,
                                MAX_SNAPLEN)
-        ring_pages = self.integer(keys.get("ring_pages"), f"{path}.ring_pages", DEFAULT_RING_PAGES, 1)
+        ring_pages = self.bounded(keys.get("ring_pages"), f"{path}.ring_pages", DEFAULT_RING_PAGES,
+                                  RING_PAGES)
         if ring_pages & (ring_pages - 1):
             self.problem(keys.get("ring_pages"), f"{path}.ring_pages",
                          f"must be a power of two, not {ring_pages}")
@@ -398,16 +432,18 @@ class _Checker:
         return tuple(networks)
 
     def limits(self, node: yaml.Node | None, path: str, defaults: Any) -> dict[str, Any]:
-        """A limits dataclass's fields: whole numbers at least 1, or seconds above 0 (``_s``)."""
-        names = tuple(defaults.__dataclass_fields__)
-        keys = self.mapping(node, path, names)
+        """A limits dataclass's fields, each within the ``range`` its declaration gives:
+        whole numbers, or seconds (``_s``)."""
+        fields = {f.name: f for f in dataclasses.fields(defaults)}
+        keys = self.mapping(node, path, tuple(fields))
         values: dict[str, Any] = {}
         for name, value_node in keys.items():
             default = getattr(defaults, name)
+            bound = Bound(*fields[name].metadata["range"])
             if name.endswith("_s"):
-                values[name] = self.number(value_node, f"{path}.{name}", default)
+                values[name] = self.number(value_node, f"{path}.{name}", default, bound)
             else:
-                values[name] = self.integer(value_node, f"{path}.{name}", default, 1)
+                values[name] = self.bounded(value_node, f"{path}.{name}", default, bound)
         return values
 
     def reassembly(self, node: yaml.Node | None, path: str) -> ReassemblyLimits:
@@ -420,8 +456,8 @@ class _Checker:
         return CallLimits(**self.limits(node, path, CallLimits()))
 
     def rotation(self, keys: dict[str, yaml.Node], path: str) -> Rotation:
-        max_mb = self.number(keys["max_mb"], f"{path}.max_mb", 0.0) if "max_mb" in keys else None
-        max_age = self.number(keys["max_age_s"], f"{path}.max_age_s", 0.0) if "max_age_s" in keys else None
+        max_mb = self.number(keys.get("max_mb"), f"{path}.max_mb", 0.0, ROTATE_MB)
+        max_age = self.number(keys.get("max_age_s"), f"{path}.max_age_s", 0.0, ROTATE_AGE_S)
         return Rotation(None if not max_mb else int(max_mb * 2**20), max_age or None)
 
     def outputs(self, node: yaml.Node | None, path: str, options: AttachOptions, task: str) -> AttachOptions:
@@ -440,8 +476,8 @@ class _Checker:
                                        PcapFormat.PCAP),
             "pcap_per_call": self.optional_string(pcap.get("per_call_dir"), f"{path}.pcap.per_call_dir"),
             "fallback": self.optional_string(keys.get("fallback"), f"{path}.fallback"),
-            "queue_records": self.integer(keys.get("queue_records"), f"{path}.queue_records",
-                                          options.queue_records, 1),
+            "queue_records": self.bounded(keys.get("queue_records"), f"{path}.queue_records",
+                                          options.queue_records, QUEUE_RECORDS),
         }
         if "kafka" in keys:
             changes |= self.kafka(keys["kafka"], f"{path}.kafka", task)
@@ -457,11 +493,11 @@ class _Checker:
         s = f"{path}.security"
         settings = KafkaSettings(
             brokers=self.string(keys.get("brokers"), f"{path}.brokers", "localhost:9092"),
-            linger_ms=self.integer(keys.get("linger_ms"), f"{path}.linger_ms", 20, 0),
-            batch_messages=self.integer(keys.get("batch"), f"{path}.batch", 10_000, 1),
+            linger_ms=self.bounded(keys.get("linger_ms"), f"{path}.linger_ms", 20, KAFKA_LINGER_MS),
+            batch_messages=self.bounded(keys.get("batch"), f"{path}.batch", 10_000, KAFKA_BATCH),
             compression=self.one_of(keys.get("compression"), f"{path}.compression", COMPRESSIONS, "lz4"),
             acks=self.one_of(keys.get("acks"), f"{path}.acks", ("all", "1", "0"), "all"),
-            queue_kbytes=self.integer(keys.get("queue_kb"), f"{path}.queue_kb", 64 << 10, 1),
+            queue_kbytes=self.bounded(keys.get("queue_kb"), f"{path}.queue_kb", 64 << 10, KAFKA_QUEUE_KB),
             start_anyway=self.boolean(keys.get("start_anyway"), f"{path}.start_anyway", False),
             security=KafkaSecurity(
                 protocol=self.one_of(security.get("protocol"), f"{s}.protocol",
@@ -484,7 +520,7 @@ class _Checker:
             node=socket.gethostname(), task=task,
         )
         backlog = BacklogLimits(
-            max_bytes=self.integer(keys.get("backlog_mb"), f"{path}.backlog_mb", 128, 1) << 20,
+            max_bytes=self.bounded(keys.get("backlog_mb"), f"{path}.backlog_mb", 128, KAFKA_BACKLOG_MB) << 20,
             policy=self.choice(keys.get("overflow"), f"{path}.overflow", OverflowPolicy,
                                OverflowPolicy.DROP_OLDEST),
         )
@@ -503,7 +539,7 @@ class _Checker:
         if not collectors and "collectors" not in keys:
             self.problem(node, path, "missing key: collectors")
         identity = HepIdentity(
-            capture_id=self.integer(keys.get("capture_id"), f"{path}.capture_id", 2001, 0, 2**32 - 1),
+            capture_id=self.bounded(keys.get("capture_id"), f"{path}.capture_id", 2001, HEP_CAPTURE_ID),
             auth_key=self.secret_file(keys.get("auth_key_file"), f"{path}.auth_key_file"),
             node_name=self.string(keys.get("node_name"), f"{path}.node_name", socket.gethostname()),
         )
@@ -529,6 +565,36 @@ def _collector(text: str) -> HepCollector | None:
 def _replace(options: AttachOptions, changes: dict[str, Any]) -> AttachOptions:
     fields = {name: getattr(options, name) for name in options.__dataclass_fields__}
     return AttachOptions(**(fields | changes))
+
+
+def _shape_problem(root: yaml.Node | None) -> tuple[yaml.Node, str] | None:
+    """An alias that contains itself, or aliases that expand past MAX_CONFIG_NODES
+    (a "billion laughs"): refused before anything walks the tree."""
+    if root is None:
+        return None
+    seen = 0
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            continue
+        if id(node) in on_path:
+            return node, "an alias refers to a node that contains it (recursive alias)"
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            return node, f"aliases expand to more than {MAX_CONFIG_NODES} values"
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return None
 
 
 def _is_null(node: yaml.Node) -> bool:
