@@ -4,9 +4,13 @@ so a slow or failing reporter never holds up the others or the capture.
 The capture thread only appends a batch to each reporter's queue. A queue
 over its bound gives its oldest batch to the fallback (or drops it,
 counted). A reporter that raises loses nothing either: the batch goes to
-the fallback, or is counted as failed. An idle worker calls ``write([])``
-every tick, which is how the Kafka reporter drains its backlog and the
-file reporters rotate by age while traffic is quiet.
+the fallback, or is counted as failed. A fallback that cannot write (the
+same full disk) counts the batch as lost; nothing here raises into the
+capture thread or ends a worker thread. Every record given to an output
+ends in exactly one place: written, in the fallback, or counted lost.
+An idle worker calls ``write([])`` every tick, which is how the Kafka
+reporter drains its backlog and the file reporters rotate by age while
+traffic is quiet.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class QueueStats:
     written: int = 0     # records the reporter took
     overflow: int = 0    # records the full queue gave up (to the fallback if there is one)
     failed: int = 0      # records of batches the reporter raised on
-    to_fallback: int = 0
+    to_fallback: int = 0  # overflow or failed records the fallback took
+    lost: int = 0         # overflow or failed records nobody took (no fallback, or it failed too)
     batches: int = 0            # batches the reporter took
     latency_s: float = 0.0      # their time in the queue and the reporter, summed (seconds)
     latency_max_s: float = 0.0
@@ -40,26 +45,44 @@ class QueueStats:
 
 class Fallback:
     """Where records go that a reporter could not take: a JSON-lines file,
-    shared by every worker (hence the lock)."""
+    shared by every worker (hence the lock). ``take`` says whether it could:
+    a fallback on a full disk fails too, and that is counted, not raised."""
 
-    def __init__(self, reporter: JsonLinesReporter) -> None:
+    def __init__(self, reporter: JsonLinesReporter, on_error: Callable[[str], None] | None = None) -> None:
         self._reporter = reporter
+        self._on_error = on_error
         self._lock = threading.Lock()
         self.records = 0
+        self.lost = 0
+        self._last_error = ""
 
-    def take(self, records: Sequence[Record]) -> None:
-        with self._lock:
-            self._reporter.write(records)
-            self.records += len(records)
+    def take(self, records: Sequence[Record]) -> bool:
+        return self._take(lambda: self._reporter.write(records), len(records))
 
-    def take_encoded(self, lines: Sequence[bytes]) -> None:
+    def take_encoded(self, lines: Sequence[bytes]) -> bool:
+        return self._take(lambda: self._reporter.write_encoded(lines), len(lines))
+
+    def _take(self, write: Callable[[], None], count: int) -> bool:
         with self._lock:
-            self._reporter.write_encoded(lines)
-            self.records += len(lines)
+            try:
+                write()
+            except Exception as exc:  # a full disk, a bad encoding: these records are lost, counted
+                self.lost += count
+                error = f"fallback: {type(exc).__name__}: {exc}"
+                if error != self._last_error and self._on_error is not None:
+                    self._on_error(error)  # once per kind of failure
+                self._last_error = error
+                return False
+            self.records += count
+            return True
 
     def close(self) -> None:
         with self._lock:
-            self._reporter.close()
+            try:
+                self._reporter.close()
+            except OSError as exc:
+                if self._on_error is not None:
+                    self._on_error(f"fallback: closing: {exc}")
 
 
 class QueuedReporter:
@@ -100,9 +123,10 @@ class QueuedReporter:
         self._to_fallback(batch)
 
     def _to_fallback(self, batch: Sequence[Record]) -> None:
-        if self._fallback is not None:
-            self._fallback.take(batch)
+        if self._fallback is not None and self._fallback.take(batch):
             self.stats.to_fallback += len(batch)
+        else:
+            self.stats.lost += len(batch)
 
     def _run(self) -> None:
         while True:
@@ -129,8 +153,8 @@ class QueuedReporter:
             self.stats.failed += len(batch)
             error = f"{type(exc).__name__}: {exc}"
             self._to_fallback(batch)
-            if error != self.stats.last_error and self._on_error is not None:
-                self._on_error(f"{self.name}: {error}")  # once per kind of failure, not per batch
+            if error != self.stats.last_error:
+                self._report(f"{self.name}: {error}")  # once per kind of failure, not per batch
             self.stats.last_error = error
         else:
             self.stats.written += len(batch)
@@ -158,12 +182,20 @@ class QueuedReporter:
         with self._wakeup:
             left_here = self.stats.queued
         with self._reporter_lock:
-            return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
+            try:
+                return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
+            except OSError as exc:
+                self._report(f"{self.name}: flush: {exc}")
+                return left_here
+
+    def _report(self, message: str) -> None:
+        if self._on_error is not None:
+            self._on_error(message)
 
     def summary(self) -> str:
         s = self.stats
         return (f"{self.name} written={s.written} queued={s.queued} overflow={s.overflow} failed={s.failed}"
-                f" to_fallback={s.to_fallback}")
+                f" to_fallback={s.to_fallback} lost={s.lost}")
 
     def close(self) -> None:
         """Stop the worker after it has written what is queued, then close the reporter."""
@@ -171,4 +203,7 @@ class QueuedReporter:
             self._stopping = True
             self._wakeup.notify_all()
         self._thread.join()
-        self.reporter.close()
+        try:
+            self.reporter.close()
+        except OSError as exc:  # the last sync of a full disk: said, and the rest still closes
+            self._report(f"{self.name}: closing: {exc}")

@@ -100,7 +100,7 @@ def make_producer(settings: KafkaSettings, on_statistics: Callable[[str], None] 
 
 def open_kafka_reporter(settings: KafkaSettings, routing: KafkaRouting, limits: BacklogLimits,
                         clock: Callable[[], float],
-                        spill: Callable[[Sequence[bytes]], None] | None = None) -> KafkaReporter:
+                        spill: Callable[[Sequence[bytes]], bool] | None = None) -> KafkaReporter:
     """The reporter over a fresh producer, with librdkafka's statistics feeding its counters."""
     reporters: list[KafkaReporter] = []  # the producer exists before its reporter
 

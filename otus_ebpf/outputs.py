@@ -1,7 +1,15 @@
-"""Sinks for the JSON-lines reporter: a rotating file, or a stream (stdout)."""
+"""Sinks for the file reporters: a rotating file, or a stream (stdout).
+
+Every write to a file is all or nothing: a write the disk cannot take whole
+(ENOSPC, EIO, a quota) is undone by truncating the file back to where it
+was, and raised. So a batch of records is either in the file, whole, or
+counted as failed (and handed to the fallback) — never both, never a line
+cut in half, and nothing buffered that could reach the file later.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -10,6 +18,42 @@ from typing import BinaryIO
 from otus_ebpf.errors import SetupError
 
 OUT_FILE_MODE = 0o640
+
+
+class AppendFile:
+    """An unbuffered file opened for appending whose writes are all or nothing."""
+
+    def __init__(self, path: Path, mode: int = OUT_FILE_MODE) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise SetupError(f"cannot open output {path}: {exc.strerror}") from None
+        try:
+            os.fchmod(self._fd, mode)  # whatever the umask or an older file said
+            self.size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            os.close(self._fd)
+            raise SetupError(f"cannot open output {path}: {exc.strerror}") from None
+
+    def write(self, data: bytes, /) -> int:
+        view, start = memoryview(data), self.size
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # undo the part that went in
+            raise
+        self.size += done
+        return done
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class RotatingFile:
@@ -23,25 +67,16 @@ class RotatingFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SetupError(f"cannot create {path.parent}: {exc.strerror}") from None
-        self._file = self._open()
-
-    def _open(self) -> BinaryIO:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self._mode)
-            os.fchmod(fd, self._mode)  # whatever the umask or an older file said
-        except OSError as exc:
-            raise SetupError(f"cannot open output {self.path}: {exc.strerror}") from None
-        return os.fdopen(fd, "ab")
+        self._file = AppendFile(path, mode)
 
     def write(self, data: bytes, /) -> int:
         return self._file.write(data)
 
     def flush(self) -> None:
-        self._file.flush()
+        return None  # nothing is buffered here
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._file.sync()
 
     def rotate(self) -> None:
         self._file.close()
@@ -52,7 +87,7 @@ class RotatingFile:
             target = self.path.with_name(f"{self.path.stem}-{stamp}.{serial}{self.path.suffix}")
             serial += 1
         os.rename(self.path, target)
-        self._file = self._open()
+        self._file = AppendFile(self.path, self._mode)
 
     def close(self) -> None:
         self._file.close()

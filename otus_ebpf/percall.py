@@ -12,16 +12,14 @@ Frames not tied to a call (yet) stay in the main pcap only, counted.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from otus_ebpf.errors import SetupError
-from otus_ebpf.outputs import OUT_FILE_MODE
+from otus_ebpf.outputs import AppendFile
 from userspace.reporters.pcap import Frame, FrameEncoder, PcapFormat
 
 DEFAULT_MAX_OPEN = 128
@@ -43,13 +41,15 @@ def file_name(call_id: str, file_format: PcapFormat) -> str:
 
 class _CallFile:
     def __init__(self, path: Path, file_format: PcapFormat) -> None:
-        fresh = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, OUT_FILE_MODE)
-        self.file: BinaryIO = os.fdopen(fd, "ab")
+        self.file = AppendFile(path)  # all-or-nothing writes: a full disk cuts no frame in half
         self.encoder = FrameEncoder(file_format)
         header = self.encoder.file_header()
-        if fresh or file_format is PcapFormat.PCAPNG:  # pcapng: a new section per reopening
-            self.file.write(header)
+        if self.file.size == 0 or file_format is PcapFormat.PCAPNG:  # pcapng: a new section per reopening
+            try:
+                self.file.write(header)
+            except OSError:
+                self.file.close()
+                raise
 
 
 class PerCallPcap:
@@ -76,8 +76,7 @@ class PerCallPcap:
             try:
                 call_file = self._file(call_id)
                 call_file.file.write(call_file.encoder.frames(call_frames))
-                call_file.file.flush()
-            except OSError:
+            except (OSError, SetupError):
                 self.stats.write_errors += len(call_frames)
                 self._close(call_id)
             else:

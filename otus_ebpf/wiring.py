@@ -40,7 +40,7 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     fallback = None
     if options.fallback is not None:
         fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
-                                              time.monotonic, options.out_fsync))
+                                              time.monotonic, options.out_fsync), on_error=log)
         stack.callback(fallback.close)  # after every worker that may hand it records
         log(f"records no output could take go to {options.fallback}")
     reporters: list[QueuedReporter] = []
@@ -67,10 +67,14 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
 @dataclass(slots=True)
 class FrameOutputs:
     """The outputs of captured frames rather than records: a pcap of
-    everything, and a file per call."""
+    everything, and a file per call. A frame an output cannot write (a full
+    disk) is counted as failed for that output; it never stops the capture."""
 
     pcap: PcapReporter | None = None
     per_call: PerCallPcap | None = None
+    pcap_failed: int = 0
+    log: Log | None = None
+    _last_error: str = ""
 
     @property
     def wanted(self) -> bool:
@@ -78,14 +82,32 @@ class FrameOutputs:
 
     def write(self, frames: list[Frame], records: list[Record]) -> None:
         if self.pcap is not None:
-            self.pcap.write_frames(frames)
+            try:
+                self.pcap.write_frames(frames)
+            except OSError as exc:
+                self.pcap_failed += len(frames)
+                self._said(f"pcap: {exc}")
         if self.per_call is not None:
             self.per_call.write_frames(frames)
             self.per_call.calls_ended(r.call_id for r in records if isinstance(r, CallSummary))
 
+    def _said(self, error: str) -> None:
+        if error != self._last_error and self.log is not None:
+            self.log(error)  # once per kind of failure, not per batch
+        self._last_error = error
+
+    def failures(self) -> dict[str, int]:
+        """Frames each frame output could not write."""
+        found = {}
+        if self.pcap is not None:
+            found["pcap"] = self.pcap_failed
+        if self.per_call is not None:
+            found["pcap_per_call"] = self.per_call.stats.write_errors
+        return found
+
 
 def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log: Log) -> FrameOutputs:
-    outputs = FrameOutputs()
+    outputs = FrameOutputs(log=log)
     if options.pcap is not None:
         outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
                                     options.pcap_format)
@@ -114,6 +136,42 @@ def flush_reporters(reporters: list[QueuedReporter], log: Log) -> None:
         if undelivered:
             log(f"{reporter.name}: {undelivered} records undelivered at exit")
 
+
+@dataclass(frozen=True, slots=True)
+class OutputAccount:
+    """Where the records given to one output ended up, once it is closed."""
+
+    name: str
+    written: int | None  # in the output (Kafka: acknowledged by the broker); None: frames, not records
+    to_fallback: int     # in the fallback file instead
+    lost: int            # neither: counted here so that an operator knows
+
+    def __str__(self) -> str:
+        if self.written is None:
+            return f"{self.name} frames failed={self.lost}"
+        return f"{self.name} written={self.written} to_fallback={self.to_fallback} lost={self.lost}"
+
+
+def account_outputs(reporters: list[QueuedReporter], kafka: KafkaReporter | None,
+                    frames: FrameOutputs | None = None) -> list[OutputAccount]:
+    accounts = []
+    for reporter in reporters:
+        q = reporter.stats
+        written, to_fallback, lost = q.written, q.to_fallback, q.lost
+        if reporter.reporter is kafka and kafka is not None:
+            k = kafka.stats  # what the queue handed to Kafka: delivered, spilled, or lost there
+            written = k.delivered
+            to_fallback += k.spilled
+            lost += k.failed + k.dropped - k.spilled + k.backlog + k.in_flight
+        accounts.append(OutputAccount(reporter.name, written, to_fallback, lost))
+    if frames is not None:
+        accounts += [OutputAccount(name, None, 0, failed) for name, failed in frames.failures().items()]
+    return accounts
+
+
+def accounts_line(records: int, accounts: list[OutputAccount]) -> str:
+    """The last line an operator reads: how many records, and where each output put them."""
+    return f"records: {records} produced; " + "; ".join(map(str, accounts))
 
 
 

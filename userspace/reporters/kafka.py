@@ -132,9 +132,10 @@ FLUSH_STEP_S = 0.1
 class KafkaReporter:
     def __init__(self, producer: ProducerLike, routing: KafkaRouting, clock: Callable[[], float],
                  limits: BacklogLimits | None = None,
-                 spill: Callable[[Sequence[bytes]], None] | None = None) -> None:
+                 spill: Callable[[Sequence[bytes]], bool] | None = None) -> None:
         """``clock``: monotonic seconds, for flush deadlines (this package reads no clock itself).
-        ``spill``: takes the JSON of every record dropped or failed here (a fallback reporter)."""
+        ``spill``: takes the JSON of every record dropped or failed here (a fallback reporter),
+        and says whether it could."""
         self._spill = spill
         self._producer = producer
         self._clock = clock
@@ -349,8 +350,7 @@ class KafkaReporter:
                 self._spill_values([value])
 
     def _spill_values(self, values: Sequence[bytes]) -> None:
-        if self._spill is not None:
-            self._spill(values)
+        if self._spill is not None and self._spill(values):
             self.stats.spilled += len(values)
 
 
