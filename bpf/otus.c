@@ -7,7 +7,7 @@
  * every packet is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_PERF); everything that
+ * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS, OTUS_PERF); everything that
  * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
  * include/exclude tries), never in this text.
  */
@@ -31,6 +31,11 @@
 #define OTUS_SHARDS 1
 #endif
 #define OTUS_MAX_SHARDS 8
+/* Learned media endpoints; user space derives it from its call limit
+ * (CallLimits.flow_map_entries: four per call). */
+#ifndef OTUS_MAX_FLOWS
+#define OTUS_MAX_FLOWS 400000
+#endif
 #if OTUS_SHARDS < 1 || OTUS_SHARDS > OTUS_MAX_SHARDS
 #error "OTUS_SHARDS must be 1..8"
 #endif
@@ -142,7 +147,10 @@ BPF_ARRAY(sip_ports, __u8, 65536);
 /* How many learned flows use each port: a cheap pre-check, so packets on
  * ports no flow uses never pay for the hash lookup. */
 BPF_ARRAY(flow_ports, __u32, 65536);
-BPF_HASH(flows, struct otus_flow_key, struct otus_flow_value, 65536);
+/* Not preallocated: sized for a carrier's busiest hour, it costs kernel
+ * memory only for the endpoints actually learned (docs/CONFIG.md). A full
+ * map refuses the update (E2BIG), which user space counts. */
+BPF_F_TABLE("hash", struct otus_flow_key, struct otus_flow_value, flows, OTUS_MAX_FLOWS, BPF_F_NO_PREALLOC);
 BPF_LPM_TRIE(include_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);

@@ -1,6 +1,10 @@
 """`otus-ebpf attach`: one task (otus_ebpf.task) in the foreground until
-SIGINT/SIGTERM; the signal handlers it installs are restored when it ends,
-however it ends."""
+SIGINT, SIGTERM or SIGHUP (an ssh session that hangs up); the signal
+handlers it installs are restored when it ends, however it ends.
+
+Exit status: 0, or EXIT_TASK_FAILED when the capture failed while running,
+or EXIT_RECORDS_LOST when an output lost records (the last line says how
+many and where); setup errors are the CLI's (1)."""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ import threading
 from collections import deque
 from types import FrameType
 
-from otus_ebpf.errors import SetupError
+from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
 from otus_ebpf.metrics import MetricsServer
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.task import Task, TaskStartError, require_root, resolve_interface
+from otus_ebpf.task import Task, TaskStartError, TaskState, require_root, resolve_interface
 from otus_ebpf.tui import Dashboard, LiveView
 
 __all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
+
 
 
 def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None,
@@ -48,18 +53,27 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
             view = LiveView(Dashboard(lambda: [task]))
             stack.callback(view.close)  # before the task stops: its final figures print plainly
         task.run(stop)
-        log("stopping: detaching, draining, flushing outputs")
+        if task.state is not TaskState.FAILED:
+            log("stopping: detaching, draining, flushing outputs")
+    if task.state is TaskState.FAILED:
+        log(f"otus-ebpf: the capture failed: {task.failure}")
+        return EXIT_TASK_FAILED
+    lost = task.records_lost()
+    if lost:
+        log(f"otus-ebpf: {lost} records were lost (see the records: line above)")
+        return EXIT_RECORDS_LOST
     return 0
 
 
 def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
-    """SIGINT/SIGTERM set a flag the poll loop checks; old handlers come back on exit."""
+    """SIGINT/SIGTERM/SIGHUP set a flag the poll loop checks; old handlers come back on exit.
+    A hang-up is a stop like the others: detach, drain, flush, exit."""
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         previous = signal.signal(signum, request_stop)
         stack.callback(signal.signal, signum, previous)
     return stop

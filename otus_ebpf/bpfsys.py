@@ -146,11 +146,18 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     return value.raw
 
 
-def map_update(fd: int, key: bytes, value: bytes) -> None:
+class UpdateFlag(IntEnum):
+    ANY = 0
+    NOEXIST = 1  # fails with EEXIST when the key is there
+    EXIST = 2
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
     key_buf = ctypes.create_string_buffer(key, len(key))
     value_buf = ctypes.create_string_buffer(value, len(value))
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("=IxxxxQQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
+    struct.pack_into("=IxxxxQQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value_buf),
+                     int(flags))
     bpf(BpfCmd.MAP_UPDATE_ELEM, attr)
 
 

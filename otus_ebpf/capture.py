@@ -9,7 +9,6 @@ and the stop to ``on_stop`` (deliver, flush, final figures), release.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -19,10 +18,13 @@ from otus_ebpf.afpacket import AfPacketCapture
 from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
 from otus_ebpf.counters import format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.errors import SetupError
+from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
 from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
-from userspace.calls import FlowAction, FlowEvent
+from userspace.boundary import Boundary
+from userspace.calls import FlowEvent
+from userspace.event import Kind
 
 
 class CaptureMode(Enum):
@@ -71,8 +73,9 @@ class Capture(Protocol):
     def set_paused(self, paused: bool) -> None:
         """Stop or restart taking packets, without detaching anything."""
 
-    def apply_flows(self, events: list[FlowEvent]) -> None:
-        """Learn or forget media endpoints the dialogs announced."""
+    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
+        """Learn or forget media endpoints the dialogs announced (each event on its own:
+        otus_ebpf.flows.apply_each)."""
 
 
 OnStop = Callable[[list[bytes]], None]
@@ -139,14 +142,13 @@ class _EbpfCapture:
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._reader.poll(timeout_ms)
 
-    def apply_flows(self, events: list[FlowEvent]) -> None:
-        maps = self._programs.maps
-        for event in events:
-            endpoint = Endpoint(ipaddress.ip_address(event.address), event.port)
-            if event.action is FlowAction.LEARN:
-                maps.learn_flow(endpoint, event.kind, event.shard % self._programs.shards)
-            else:
-                maps.forget_flow(endpoint)
+    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
+        maps, shards = self._programs.maps, self._programs.shards
+        apply_each(events,
+                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind,
+                                             e.shard % shards),
+                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
+                   stats, boundary)
 
     def stats_sections(self) -> list[str]:
         sections = format_kernel_counts(read_kernel_counters(self._programs.bpf))
@@ -176,14 +178,19 @@ class _AfPacket:
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._capture.poll(timeout_ms)
 
-    def apply_flows(self, events: list[FlowEvent]) -> None:
+    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         if not events:
             return
-        learn = [(ipaddress.ip_address(e.address).packed, e.port, UDP, e.kind, e.shard)
-                 for e in events if e.action is FlowAction.LEARN]
-        forget = [(ipaddress.ip_address(e.address).packed, e.port, UDP)
-                  for e in events if e.action is FlowAction.FORGET]
-        self._capture.set_media(learn, forget)
+        learn: list[tuple[bytes, int, int, Kind, int]] = []
+        forget: list[tuple[bytes, int, int]] = []
+        apply_each(events,
+                   lambda e: learn.append((endpoint_address(e.address).packed, e.port, UDP, e.kind, e.shard)),
+                   lambda e: forget.append((endpoint_address(e.address).packed, e.port, UDP)),
+                   stats, boundary)
+        try:
+            self._capture.set_media(learn, forget)  # one socket filter for the whole batch
+        except Exception as exc:
+            boundary.failed("flow_learning", exc)
 
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()

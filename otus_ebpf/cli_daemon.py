@@ -61,13 +61,16 @@ def daemon_stats(socket_path: str | None) -> int:
 def _task(path: str, args: argparse.Namespace) -> int:
     if args.action == "list":
         for task in request(path, {"cmd": "list"})["tasks"]:
-            print(f"{task['name']:20} {task['state']:10} {','.join(task['interfaces'])}")
+            failure = f"  ({task['failure']})" if task.get("failure") else ""
+            print(f"{task['name']:20} {task['state']:10} {','.join(task['interfaces'])}{failure}")
         return 0
     if not args.name:
         raise SystemExit(f"otus-ebpf task {args.action}: which task? (a name)")
     if args.action == "status":
         task = request(path, {"cmd": "status", "task": args.name})["task"]
         print(f"{task['name']}: {task['state']} on {','.join(task['interfaces'])}\n{task['stats']}")
+        if task.get("failure"):
+            print(f"failed: {task['failure']}")
         return 0
     if args.action == "create":
         if args.config is None:

@@ -10,7 +10,11 @@ request per connection, one JSON answer.
     {"cmd": "pause"|"resume", "task": NAME}          stop or restart taking packets, nothing detached
     {"cmd": "reload"}                                re-read the daemon's file (as SIGHUP)
 
-Answers are {"ok": true, ...} or {"ok": false, "error": "one line"}.
+Answers are {"ok": true, ...} or {"ok": false, "error": "one line"}: every
+request is answered, whatever goes wrong in its handler. A connection that
+sends nothing for ``CONNECTION_TIMEOUT_S`` is closed; at most
+``MAX_CONNECTIONS`` are served at once, and the excess is refused (with an
+answer saying so) and counted.
 """
 
 from __future__ import annotations
@@ -30,30 +34,40 @@ from otus_ebpf.errors import SetupError
 
 MAX_REQUEST = 64 << 10
 CLIENT_TIMEOUT_S = 30.0
+CONNECTION_TIMEOUT_S = 10.0  # to send the request line; a handler may take longer to answer
+MAX_CONNECTIONS = 16
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Log = Callable[[str], None]
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"ok": False, "error": text.splitlines()[0] if text.strip() else "error"}
 
 
 class _Connection(socketserver.StreamRequestHandler):
     server: ControlServer
+    timeout = CONNECTION_TIMEOUT_S  # applied to the socket by StreamRequestHandler.setup
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST)
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                raise ValueError("a request is a JSON object with a \"cmd\"")
-            answer = self.server.dispatch(request)
-        except (ValueError, SetupError, KeyError) as exc:
-            answer = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-        self.wfile.write(json.dumps(answer).encode() + b"\n")
+            line = self.rfile.readline(MAX_REQUEST)
+        except OSError:  # timed out, or the client went away: nobody to answer
+            return
+        answer = self.server.answer(line)
+        with contextlib.suppress(OSError):
+            self.wfile.write(json.dumps(answer).encode() + b"\n")
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler], log: Log | None = None) -> None:
         self.path = Path(path)
         self._handlers = handlers
+        self._log = log
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.refused = 0  # connections over MAX_CONNECTIONS
         _claim(self.path)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
@@ -66,12 +80,54 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
         self._thread.start()
 
+    def answer(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line, whatever happens in its handler."""
+        if len(line) >= MAX_REQUEST and not line.endswith(b"\n"):
+            return _error(f"request longer than {MAX_REQUEST} bytes")
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return _error("a request is one line of JSON")
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return _error('a request is a JSON object with a "cmd"')
+        try:
+            return self.dispatch(request)
+        except (ValueError, SetupError, KeyError) as exc:
+            return _error(str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug in a handler: answered and logged, the daemon goes on
+            if self._log is not None:
+                self._log(f"control: {request.get('cmd')!r} failed: {type(exc).__name__}: {exc}")
+            return _error(f"internal error: {type(exc).__name__}: {exc}")
+
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         handler = self._handlers.get(request["cmd"])
         if handler is None:
             known = ", ".join(sorted(self._handlers))
             raise ValueError(f"unknown command {request['cmd']!r} (known: {known})")
         return {"ok": True, **handler(request)}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, at most MAX_CONNECTIONS at once."""
+        with self._active_lock:
+            busy = self._active >= MAX_CONNECTIONS
+            if busy:
+                self.refused += 1
+            else:
+                self._active += 1
+        if busy:
+            with contextlib.suppress(OSError):
+                request.sendall(json.dumps(_error(f"busy: {MAX_CONNECTIONS} connections already")).encode()
+                                + b"\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active -= 1
 
     def close(self) -> None:
         self.shutdown()
@@ -112,7 +168,12 @@ def request(path: str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
                 data += chunk
         except OSError as exc:
             raise SetupError(f"no daemon at {path}: {exc.strerror or exc}") from None
-    answer: dict[str, Any] = json.loads(data)
+    try:
+        answer: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise SetupError(f"the daemon at {path} closed the connection without an answer") from None
+    if not isinstance(answer, dict):
+        raise SetupError(f"the daemon at {path} answered something else than a JSON object")
     if not answer.get("ok"):
         raise SetupError(str(answer.get("error", "the daemon said no")))
     return answer

@@ -14,10 +14,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from otus_ebpf.config import EXIT_INVALID, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import Config, ConfigInvalid, TaskConfig
 from otus_ebpf.config import load as load_config
 from otus_ebpf.control import ControlServer
-from otus_ebpf.errors import SetupError
+from otus_ebpf.errors import EXIT_INVALID, SetupError
 from otus_ebpf.manager import ApplyResult, TaskManager
 from otus_ebpf.metrics import MetricsServer, sample_to_json
 from otus_ebpf.task import CaptureOpener, Task
@@ -67,8 +67,8 @@ class Daemon:
                 "pause": self._pause, "resume": self._resume}
 
     def _list(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces)}
-                          for t in self.manager.tasks()]}
+        return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces),
+                           "failure": t.failure} for t in self.manager.tasks()]}
 
     def _task(self, request: dict[str, Any]) -> Task:
         task = self.manager.get(str(request.get("task")))
@@ -79,7 +79,8 @@ class Daemon:
     def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         task = self._task(request)
         return {"task": {"name": task.name, "state": task.state.value, "phase": task.phase,
-                         "interfaces": list(task.options.interfaces), "stats": task.stats_line()}}
+                         "interfaces": list(task.options.interfaces), "stats": task.stats_line(),
+                         "failure": task.failure}}
 
     def _stats(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {"stats": {t.name: t.stats_line() for t in self.manager.tasks()}}
@@ -89,7 +90,11 @@ class Daemon:
                            "recent": t.recent_rows()} for t in self.manager.tasks()]}
 
     def _create(self, request: dict[str, Any]) -> dict[str, Any]:
-        config = load_config(Path(str(request.get("config"))))
+        try:
+            config = load_config(Path(str(request.get("config"))))
+        except ConfigInvalid as invalid:
+            more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
+            raise SetupError(f"{invalid.problems[0]}{more}") from None
         wanted = str(request.get("task"))
         task_config = next((t for t in config.tasks if t.name == wanted), None)
         if task_config is None:
@@ -150,7 +155,7 @@ def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None
             metrics = MetricsServer(config.metrics_listen, daemon.manager.tasks)
             stack.callback(metrics.close)
             log(f"metrics on http://{metrics.address}/metrics")
-        control = ControlServer(config.control_socket, daemon.handlers())
+        control = ControlServer(config.control_socket, daemon.handlers(), log)
         stack.callback(control.close)
         log(f"control socket {config.control_socket}")
         stack.callback(daemon.manager.stop_all)  # first on the way out: tasks, newest first
@@ -161,10 +166,19 @@ def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None
         while not daemon.stop_requested.is_set():
             if daemon.reload_requested.wait(0.2):
                 daemon.reload_requested.clear()
-                with contextlib.suppress(SetupError):  # an invalid file was logged and changed nothing
-                    daemon.reload()
+                _reload_safely(daemon, log)
         log("daemon: stopping")
     return 0
+
+
+def _reload_safely(daemon: Daemon, log: Log) -> None:
+    """SIGHUP: a reload that fails in any way leaves the daemon up and says why."""
+    try:
+        daemon.reload()
+    except SetupError:
+        return  # an invalid file: logged, nothing changed
+    except Exception as exc:
+        log(f"reload failed: {type(exc).__name__}: {exc}; the tasks that were running still run")
 
 
 def _install_signals(stack: contextlib.ExitStack, daemon: Daemon) -> None:

@@ -21,6 +21,7 @@ from otus_ebpf.bpfsys import BpfCmd, bpf
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel_abi import Network
 from otus_ebpf.maps import KernelMaps
+from userspace.calls import CallLimits
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
@@ -57,6 +58,9 @@ class KernelSettings:
     ring_pages: int = DEFAULT_RING_PAGES
     shards: int = 1
     delivery: Delivery = Delivery.AUTO
+    # Learned media endpoints the kernel holds: derived from the call limit
+    # (AttachOptions.capture), never set on its own.
+    max_flows: int = CallLimits().flow_map_entries
     extra_cflags: tuple[str, ...] = field(default=())
 
     def validate(self) -> None:
@@ -119,6 +123,7 @@ def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
         f"-DOTUS_SNAPLEN={settings.snaplen}",
         f"-DOTUS_RING_PAGES={settings.ring_pages}",
         f"-DOTUS_SHARDS={settings.shards}",
+        f"-DOTUS_MAX_FLOWS={settings.max_flows}",
         *settings.extra_cflags,
     ]
     if delivery is Delivery.PERF:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from otus_ebpf.config import Config, TaskConfig
-from otus_ebpf.task import CaptureOpener, Task, TaskStartError
+from otus_ebpf.task import CaptureOpener, Task, TaskStartError, TaskState
 from otus_ebpf.wiring import Log
 
 
@@ -87,10 +87,13 @@ class TaskManager:
                 result.stopped.append(name)
             for name, task_config in wanted.items():
                 current = self._running.get(name)
-                if current is not None and current.config == task_config:
+                failed = current is not None and current.task.state is TaskState.FAILED
+                if current is not None and current.config == task_config and not failed:
                     result.unchanged.append(name)
                     continue
-                if current is not None and current.config.dispatch == task_config.dispatch \
+                if failed and current is not None:
+                    self._log(f"task {name}: failed earlier ({current.task.failure}); starting it again")
+                if current is not None and not failed and current.config.dispatch == task_config.dispatch \
                         and current.task.can_reconfigure(task_config.options):
                     current.task.reconfigure(task_config.options)
                     current.config = task_config

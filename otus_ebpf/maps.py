@@ -4,10 +4,13 @@ change at run time, with no recompile and no detach."""
 from __future__ import annotations
 
 import ctypes
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from otus_ebpf.bpfsys import UpdateFlag, map_delete, map_update
+from otus_ebpf.flows import FlowTableFull
 from otus_ebpf.kernel_abi import (
     Address,
     ConfigFlag,
@@ -22,6 +25,9 @@ from userspace.event import Kind
 if TYPE_CHECKING:  # loader imports this module
     from otus_ebpf.loader import KernelSettings
 
+# What a hash map update says when it is at max_entries (prealloc: E2BIG;
+# without prealloc also ENOMEM when the kernel cannot allocate an element).
+_TABLE_FULL = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
 CONFIG_MAP = "config"
 SIP_PORTS_MAP = "sip_ports"
 FLOWS_MAP = "flows"
@@ -122,19 +128,27 @@ class KernelMaps:
         self._write_config()
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int) -> None:
-        flows = table(self._bpf, FLOWS_MAP)
-        key = _key(flows, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
-        is_new = flows.get(key) is None
-        flows[key] = _leaf(flows, pack_flow_value(kind, shard))
-        if is_new:
-            self._adjust_port_users(endpoint.port, +1)
+        """Add or update an endpoint; raises FlowTableFull when the map holds its maximum."""
+        fd = table(self._bpf, FLOWS_MAP).map_fd
+        key = pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto)
+        value = pack_flow_value(kind, shard)
+        try:
+            map_update(fd, key, value, UpdateFlag.NOEXIST)
+        except FileExistsError:
+            map_update(fd, key, value, UpdateFlag.EXIST)  # a new owner for a known endpoint
+            return
+        except OSError as exc:
+            if exc.errno in _TABLE_FULL:
+                raise FlowTableFull(f"flow map full ({exc.strerror})") from None
+            raise
+        self._adjust_port_users(endpoint.port, +1)
 
     def forget_flow(self, endpoint: Endpoint) -> None:
-        flows = table(self._bpf, FLOWS_MAP)
-        key = _key(flows, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
-        if flows.get(key) is None:
-            return
-        del flows[key]
+        fd = table(self._bpf, FLOWS_MAP).map_fd
+        try:
+            map_delete(fd, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
+        except FileNotFoundError:
+            return  # never learned (the map was full then) or already gone
         self._adjust_port_users(endpoint.port, -1)
 
     def _adjust_port_users(self, port: int, delta: int) -> None:

@@ -114,6 +114,13 @@ HELP = {
     "otus_output_latency_max_seconds": "The longest a batch took, queue and write, since start",
     "otus_kafka_records_total": "Kafka reporter records, by outcome",
     "otus_kafka_in_flight": "Records handed to librdkafka and not yet acknowledged",
+    "otus_internal_errors_total": "Bugs caught at a failure boundary, by stage and exception type; "
+                                  "capture went on",
+    "otus_flow_updates_total": "Media endpoints learned or forgotten, by outcome "
+                               "(map_full: the table was full)",
+    "otus_sdp_problems_total": "SDP media that could not be (fully) learned, by problem",
+    "otus_media_problems_total": "RTP/RTCP packets or streams not measured, by problem",
+    "otus_worker_restarts_total": "Worker processes restarted after they died",
 }
 
 

@@ -3,6 +3,7 @@ config file's task both become."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -67,4 +68,6 @@ class AttachOptions:
 
     @property
     def capture(self) -> CaptureOptions:
-        return CaptureOptions(self.mode, self.direction, self.xdp_mode, self.method, self.force, self.kernel)
+        """What the capture needs; the kernel's flow map is sized from the call limit here."""
+        kernel = dataclasses.replace(self.kernel, max_flows=self.calls.flow_map_entries)
+        return CaptureOptions(self.mode, self.direction, self.xdp_mode, self.method, self.force, kernel)

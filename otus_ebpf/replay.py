@@ -15,7 +15,6 @@ as fast as it can.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import struct
 import time
 from collections.abc import Iterator
@@ -23,11 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from otus_ebpf.errors import SetupError
+from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.fanout import QueuedReporter
+from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.wiring import FrameOutputs, Log, flush_reporters, open_frame_outputs, open_reporters
-from userspace.calls import FlowAction, FlowEvent
+from otus_ebpf.task import strict_mode
+from otus_ebpf.wiring import (
+    FrameOutputs,
+    Log,
+    account_outputs,
+    accounts_line,
+    flush_reporters,
+    open_frame_outputs,
+    open_reporters,
+)
+from userspace.boundary import Boundary
+from userspace.calls import FlowEvent
 from userspace.classify import Rules, classify_frame, encode_event
 from userspace.event import Direction, Kind
 from userspace.pipeline import Pipeline
@@ -35,10 +45,26 @@ from userspace.records import Record
 
 BATCH = 512
 UDP = 17
+MAX_PAUSE_S = 60.0  # a gap in the file longer than this is replayed as this
 PCAP_MAGICS = {0xA1B2C3D4: 1_000, 0xA1B23C4D: 1}  # magic -> nanoseconds per timestamp fraction unit
 PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BYTE_ORDER = 0x1A2B3C4D
 _EPB, _IDB, _SPB = 6, 1, 3
 _FLAG_DIRECTION_MASK = 0b11
+# Bounds on what a file may claim: no frame is larger than the largest
+# snaplen any capture tool writes, no block larger than a few frames, and
+# a timestamp must fit the 64-bit nanoseconds every record carries.
+MAX_FRAME = 262_144
+MAX_BLOCK = 16 << 20
+MAX_TS_NS = (1 << 63) - 1
+
+
+class CaptureFileError(SetupError):
+    """A capture file broken at ``offset``; the frames before it were replayed."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"malformed capture file at offset {offset}: {reason}")
+        self.offset = offset
 
 
 @dataclass(slots=True)
@@ -50,66 +76,106 @@ class CapturedFrame:
     direction: Direction
 
 
+class _Counted:
+    """A file read with its offset kept, so every error can say where."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        self.offset += len(data)
+        return data
+
+    def exactly(self, size: int, what: str) -> bytes:
+        at = self.offset
+        data = self.read(size)
+        if len(data) < size:
+            raise CaptureFileError(at, f"the file ends inside {what} ({len(data)} of {size} bytes)")
+        return data
+
+
 def read_frames(stream: BinaryIO, default_interface: str) -> Iterator[CapturedFrame]:
-    """The frames of a pcap (µs or ns) or pcapng file, in file order."""
-    head = stream.read(4)
+    """The frames of a pcap (µs or ns) or pcapng file, in file order; a broken
+    file raises CaptureFileError where it breaks, after the frames before it."""
+    counted = _Counted(stream)
+    head = counted.read(4)
     if len(head) < 4:
         raise SetupError("empty file: neither pcap nor pcapng")
     magic = struct.unpack("<I", head)[0]
     if magic == PCAPNG_SHB:
-        yield from _pcapng(stream, head)
+        yield from _pcapng(counted)
     elif magic in PCAP_MAGICS or struct.unpack(">I", head)[0] in PCAP_MAGICS:
-        yield from _pcap(stream, head, default_interface)
+        yield from _pcap(counted, head, default_interface)
     else:
         raise SetupError(f"not a pcap or pcapng file (magic {head.hex()})")
 
 
-def _pcap(stream: BinaryIO, head: bytes, interface: str) -> Iterator[CapturedFrame]:
+def _pcap(stream: _Counted, head: bytes, interface: str) -> Iterator[CapturedFrame]:
     order = "<" if struct.unpack("<I", head)[0] in PCAP_MAGICS else ">"
     unit = PCAP_MAGICS[struct.unpack(f"{order}I", head)[0]]
-    rest = stream.read(20)
-    if len(rest) < 20 or struct.unpack(f"{order}I", rest[16:20])[0] != 1:
+    rest = stream.exactly(20, "the pcap file header")
+    if struct.unpack(f"{order}I", rest[16:20])[0] & 0x0FFFFFFF != 1:
         raise SetupError("pcap link type is not Ethernet")
     record = struct.Struct(f"{order}IIII")
-    while len(header := stream.read(record.size)) == record.size:
+    limit = 1_000_000_000 // unit  # fractions of a second
+    while True:
+        at = stream.offset
+        header = stream.read(record.size)
+        if not header:
+            return
+        if len(header) < record.size:
+            raise CaptureFileError(at, f"the file ends inside a record header ({len(header)} bytes)")
         seconds, fraction, captured, original = record.unpack(header)
-        data = stream.read(captured)
-        if len(data) < captured:
-            break  # a file cut short: what came before stands
+        if captured > MAX_FRAME or fraction >= limit:
+            raise CaptureFileError(at, f"record claims {captured} bytes captured, timestamp fraction "
+                                       f"{fraction}")
+        data = stream.exactly(captured, f"the frame of the record at offset {at}")
         yield CapturedFrame(seconds * 1_000_000_000 + fraction * unit, data, original, interface,
                             Direction.INGRESS)
 
 
-def _pcapng(stream: BinaryIO, head: bytes) -> Iterator[CapturedFrame]:
+def _pcapng(stream: _Counted) -> Iterator[CapturedFrame]:
     interfaces: list[tuple[str, int]] = []  # (name, ns per timestamp unit)
     order = "<"
     block_type = PCAPNG_SHB
+    at = 0
     while True:
-        length_raw = stream.read(4)
-        if len(length_raw) < 4:
-            return
+        length_raw = stream.exactly(4, f"the block at offset {at}")
         if block_type == PCAPNG_SHB:
-            body_start = stream.read(4)
-            order = "<" if body_start == b"\x4d\x3c\x2b\x1a" else ">"
-            length = struct.unpack(f"{order}I", length_raw)[0]
-            stream.read(length - 12)
+            magic = stream.exactly(4, "a section header")
+            order = "<" if magic == struct.pack("<I", PCAPNG_BYTE_ORDER) else ">"
+            if magic != struct.pack(f"{order}I", PCAPNG_BYTE_ORDER):
+                raise CaptureFileError(at, f"section header with byte-order magic {magic.hex()}")
+            length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0], minimum=28)
+            stream.exactly(length - 12, "a section header")
             interfaces = []  # a new section names its interfaces again
         else:
-            length = struct.unpack(f"{order}I", length_raw)[0]
-            if length < 12:
-                raise SetupError(f"bad pcapng block length {length}")
-            body = stream.read(length - 12)
-            stream.read(4)
+            length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0])
+            body = stream.exactly(length - 12, f"the block at offset {at}")
+            trailer = stream.exactly(4, f"the block at offset {at}")
+            if struct.unpack(f"{order}I", trailer)[0] != length:
+                raise CaptureFileError(at, "block lengths at its start and end differ")
             if block_type == _IDB:
-                interfaces.append(_interface(body, order, len(interfaces)))
+                interfaces.append(_interface(body, order, len(interfaces), at))
             elif block_type == _EPB:
-                frame = _enhanced_packet(body, order, interfaces)
+                frame = _enhanced_packet(body, order, interfaces, at)
                 if frame is not None:
                     yield frame
+        at = stream.offset
         raw = stream.read(4)
-        if len(raw) < 4:
+        if not raw:
             return
+        if len(raw) < 4:
+            raise CaptureFileError(at, "the file ends inside a block type")
         block_type = struct.unpack(f"{order}I", raw)[0]
+
+
+def _block_length(at: int, length: int, minimum: int = 12) -> int:
+    if length < minimum or length % 4 or length > MAX_BLOCK:
+        raise CaptureFileError(at, f"block length {length}")
+    return length
 
 
 def _options(data: bytes, order: str) -> Iterator[tuple[int, bytes]]:
@@ -122,7 +188,9 @@ def _options(data: bytes, order: str) -> Iterator[tuple[int, bytes]]:
         offset += 4 + size + (-size % 4)
 
 
-def _interface(body: bytes, order: str, index: int) -> tuple[str, int]:
+def _interface(body: bytes, order: str, index: int, at: int) -> tuple[str, int]:
+    if len(body) < 8:
+        raise CaptureFileError(at, f"interface description of {len(body)} bytes")
     name, unit = f"if{index}", 1_000  # the default resolution is microseconds
     for code, value in _options(body[8:], order):
         if code == 2:
@@ -133,53 +201,79 @@ def _interface(body: bytes, order: str, index: int) -> tuple[str, int]:
     return name, unit
 
 
-def _enhanced_packet(body: bytes, order: str, interfaces: list[tuple[str, int]]) -> CapturedFrame | None:
+def _enhanced_packet(body: bytes, order: str, interfaces: list[tuple[str, int]],
+                     at: int) -> CapturedFrame | None:
+    if len(body) < 20:
+        raise CaptureFileError(at, f"enhanced packet block of {len(body)} bytes")
     interface_id, high, low, captured, original = struct.unpack_from(f"{order}IIIII", body)
+    if 20 + captured > len(body) or captured > MAX_FRAME:
+        raise CaptureFileError(at, f"enhanced packet claims {captured} bytes in a block of {len(body) + 12}")
     if interface_id >= len(interfaces):
         return None
     name, unit = interfaces[interface_id]
+    ts_ns = ((high << 32) | low) * unit
+    if ts_ns > MAX_TS_NS:
+        raise CaptureFileError(at, f"timestamp {(high << 32) | low} units is past the year 2262")
     data = body[20:20 + captured]
     direction = Direction.INGRESS
     for code, value in _options(body[20 + captured + (-captured % 4):], order):
         if code == 2 and len(value) == 4 and struct.unpack(f"{order}I", value)[0] & _FLAG_DIRECTION_MASK == 2:
             direction = Direction.EGRESS
-    return CapturedFrame(((high << 32) | low) * unit, data, original, name, direction)
+    return CapturedFrame(ts_ns, data, original, name, direction)
 
 
 def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log) -> int:
-    """Replay ``path`` into the outputs of ``options``; ``speed`` None: as fast as possible."""
+    """Replay ``path`` into the outputs of ``options``; ``speed`` None: as fast as possible.
+    Returns 0, or EXIT_RECORDS_LOST when an output lost records; a file broken
+    part way raises CaptureFileError once what came before it is written."""
     try:
         stream = path.open("rb")
     except OSError as exc:
         raise SetupError(f"cannot read {path}: {exc.strerror}") from None
+    broken: CaptureFileError | None = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(stream)
-        reporters, _kafka = open_reporters(stack, options, path.stem, log)
+        reporters, kafka = open_reporters(stack, options, path.stem, log)
         frame_outputs = open_frame_outputs(stack, options, log)
-        replayer = _Replayer(options, frame_outputs.wanted)
-        started, first_ts = time.monotonic(), None
-        batch: list[CapturedFrame] = []
-        for frame in read_frames(stream, path.stem):
+        replayer = _Replayer(options, frame_outputs.wanted, log)
+        try:
+            _replay_frames(read_frames(stream, path.stem), replayer, reporters, frame_outputs, speed)
+        except CaptureFileError as exc:
+            broken = exc  # what came before is delivered below, then the error is said
+        last = replayer.stream_reports()
+        for reporter in reporters:
+            reporter.write(last)
+        flush_reporters(reporters, log)
+        p = replayer.pipeline.stats
+        errors = p.event_errors + p.decode_errors + p.sip_errors
+        log(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
+            f"{p.records} records, errors={errors}, internal_errors={replayer.pipeline.boundary.total}")
+    accounts = account_outputs(reporters, kafka, frame_outputs)
+    log(accounts_line(replayer.pipeline.stats.records + len(last), accounts))
+    if broken is not None:
+        raise broken
+    return EXIT_RECORDS_LOST if any(a.lost for a in accounts) else 0
+
+
+def _replay_frames(frames: Iterator[CapturedFrame], replayer: _Replayer, reporters: list[QueuedReporter],
+                   frame_outputs: FrameOutputs, speed: float | None) -> None:
+    started, first_ts = time.monotonic(), None
+    batch: list[CapturedFrame] = []
+    try:
+        for frame in frames:
             if speed is not None:
                 first_ts = frame.ts_ns if first_ts is None else first_ts
                 delay = (frame.ts_ns - first_ts) / 1e9 / speed - (time.monotonic() - started)
                 if delay > 0.001:
                     _deliver(replayer, batch, reporters, frame_outputs)
                     batch = []
-                    time.sleep(delay)
+                    time.sleep(min(delay, MAX_PAUSE_S))
             batch.append(frame)
             if len(batch) >= BATCH:
                 _deliver(replayer, batch, reporters, frame_outputs)
                 batch = []
-        _deliver(replayer, batch, reporters, frame_outputs)
-        last = replayer.stream_reports()
-        for reporter in reporters:
-            reporter.write(last)
-        flush_reporters(reporters, log)
-        p = replayer.pipeline.stats
-        log(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
-            f"{p.records} records, errors={p.event_errors + p.decode_errors + p.sip_errors}")
-    return 0
+    finally:
+        _deliver(replayer, batch, reporters, frame_outputs)  # what was read before a broken block too
 
 
 def _deliver(replayer: _Replayer, batch: list[CapturedFrame], reporters: list[QueuedReporter],
@@ -196,10 +290,12 @@ def _deliver(replayer: _Replayer, batch: list[CapturedFrame], reporters: list[Qu
 class _Replayer:
     """Frames to records: the kernel's classification, then the pipeline."""
 
-    def __init__(self, options: AttachOptions, keep_frames: bool) -> None:
+    def __init__(self, options: AttachOptions, keep_frames: bool, log: Log) -> None:
         self.interfaces: dict[str, int] = {}
         self._names: dict[int, str] = {}  # the pipeline reads interface names from here
-        self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls)
+        self._log = log
+        boundary = Boundary(self._report_bug, strict_mode())
+        self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary)
         self.pipeline.keep_frames = keep_frames
         kernel = options.kernel
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
@@ -208,6 +304,7 @@ class _Replayer:
         self._ports = frozenset(kernel.sip_ports)
         self.frames = self.events = 0
         self._last_ts = 0
+        self.flow_stats = FlowStats()
 
     def _ifindex(self, name: str) -> int:
         index = self.interfaces.get(name)
@@ -235,13 +332,20 @@ class _Replayer:
     def _learn(self, flow_events: list[FlowEvent]) -> None:
         if not flow_events:
             return
-        for event in flow_events:
-            key = (ipaddress.ip_address(event.address).packed, event.port, UDP)
-            if event.action is FlowAction.LEARN:
-                self._media[key] = (event.kind, 0)
-            else:
-                self._media.pop(key, None)
-        self._rules = Rules(self._ports, self._signature, 1, dict(self._media))
+        media = self._media
+
+        def learn(event: FlowEvent) -> None:
+            media[endpoint_address(event.address).packed, event.port, UDP] = (event.kind, 0)
+
+        def forget(event: FlowEvent) -> None:
+            media.pop((endpoint_address(event.address).packed, event.port, UDP), None)
+
+        apply_each(flow_events, learn, forget, self.flow_stats, self.pipeline.boundary)
+        self._rules = Rules(self._ports, self._signature, 1, dict(media))
+
+    def _report_bug(self, stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
+        shown = f"; input: {example[:200]!r}" if example is not None else ""
+        self._log(f"replay: internal error in {stage}: {kind}: {exc} (counted; replay goes on){shown}")
 
     def stream_reports(self) -> list[Record]:
         return self.pipeline.stream_reports(self._last_ts)

@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
@@ -28,17 +29,22 @@ from otus_ebpf.capture import Capture, CaptureMode, OnStop, attach_hooks, open_c
 from otus_ebpf.counters import StatsLine
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import QueuedReporter
-from otus_ebpf.metrics import TaskSample, sample_from_json
+from otus_ebpf.flows import FlowStats
+from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
+from otus_ebpf.sampling import sample_task
 from otus_ebpf.wiring import (
     FrameOutputs,
     Log,
+    account_outputs,
+    accounts_line,
     check_outputs,
     flush_reporters,
     open_frame_outputs,
     open_reporters,
 )
-from otus_ebpf.workers import WorkersCapture, merge_samples, workers_stats_line
+from otus_ebpf.workers import WorkersCapture, workers_stats_line
+from userspace.boundary import Boundary
 from userspace.pipeline import Pipeline
 from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
@@ -46,12 +52,14 @@ from userspace.reporters.kafka import KafkaReporter
 POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
 STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
+_EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 
 CaptureOpener = Callable[..., Capture]
 
 
-def _fields(stats: object) -> list[tuple[str, int]]:
-    return [(name, getattr(stats, name)) for name in stats.__dataclass_fields__]  # type: ignore[attr-defined]
+def strict_mode() -> bool:
+    """OTUS_STRICT=1 (the test suite sets it): a bug raises instead of being counted."""
+    return os.environ.get("OTUS_STRICT") == "1"
 
 
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude")
@@ -130,6 +138,9 @@ class Task:
         self.pipeline: Pipeline | None = None
         self.frames = FrameOutputs()
         self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
+        self.boundary = Boundary(self._report_bug, strict_mode())
+        self.flow_stats = FlowStats()
+        self.failure: str | None = None  # why a running task failed
         self._outputs_stack = contextlib.ExitStack()
         self._outputs_lock = threading.RLock()
         self.periodic_stats = True  # a live view shows them instead
@@ -186,13 +197,30 @@ class Task:
     def _construct(self) -> None:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
         o = self.options
-        self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls)
+        self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls,
+                                 self.boundary)
 
     def _init(self) -> None:
+        self._stack.callback(self._log_accounts)  # the very last word, once the outputs are closed
         if self._worker_processes():  # each worker opens its own outputs; they are checked here first
             check_outputs(self.options, self._log)
         else:
             self._open_outputs()
+
+    def _log_accounts(self) -> None:
+        """Where every record went: written, in the fallback, or lost (the operator's last line)."""
+        if isinstance(self.capture, WorkersCapture):
+            self._log(f"records lost in all workers: {self.records_lost()}")
+        elif self.pipeline is not None:
+            accounts = account_outputs(self.reporters, self.kafka, self.frames)
+            self._log(accounts_line(self.pipeline.stats.records, accounts))
+
+    def records_lost(self) -> int:
+        """Records an output could take neither in itself nor in the fallback, and frames
+        a frame output could not write (a worker's figures, added up, with worker processes)."""
+        if isinstance(self.capture, WorkersCapture):
+            return sum(int(p["figures"].get("lost", 0)) for p in self.capture.worker_payloads())
+        return sum(a.lost for a in account_outputs(self.reporters, self.kafka, self.frames))
 
     def _open_outputs(self) -> None:
         self._stack.callback(self._close_outputs)
@@ -251,33 +279,61 @@ class Task:
     # -- running --------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Poll until ``stop`` (or a stop request) is set; the caller's thread does the work."""
+        """Poll until ``stop`` (or a stop request) is set; the caller's thread does the work.
+        If the loop dies anyway (the capture itself failed), the task is FAILED and
+        releases what it holds: it never claims to run when it does not."""
         if self.state not in (TaskState.RUNNING, TaskState.PAUSED):
             return
         self._loop_idle.clear()
         try:
             while not self._stop_requested.is_set() and not (stop is not None and stop.is_set()):
                 self.poll_once()
+        except Exception as exc:
+            self._fail(exc)
         finally:
             self._loop_idle.set()
+
+    def _fail(self, exc: Exception) -> None:
+        with self._state_lock:
+            if self.state not in (TaskState.RUNNING, TaskState.PAUSED):
+                return  # a stop under way: it releases everything
+            self.state = TaskState.FAILED
+        self.failure = f"{type(exc).__name__}: {exc}"
+        self._log(f"task {self.name}: FAILED: {self.failure}\n{_traceback(exc)}")
+        try:
+            self._stack.close()  # detach, drain, flush what can be
+        except Exception as cleanup:
+            self._log(f"task {self.name}: releasing after the failure: {type(cleanup).__name__}: {cleanup}")
+        finally:
+            self._stopped.set()
 
     def poll_once(self) -> None:
         capture, pipeline = self.capture, self.pipeline
         assert capture is not None and pipeline is not None
-        self._deliver(capture.poll(POLL_TIMEOUT_MS))
+        self._deliver(capture.poll(POLL_TIMEOUT_MS))  # a capture that cannot be read fails the task
         expired = pipeline.expire(time.monotonic_ns())
         if expired:
             self._write(expired)
-            self.frames.write([], expired)
-            capture.apply_flows(pipeline.take_flow_events())
+            self._guarded("frames", self.frames.write, [], expired)
+        self._apply_flows()
         now = time.monotonic()
         if now >= self._next_reports:
-            self._write(pipeline.stream_reports(time.time_ns()))
             self._next_reports += STREAM_REPORT_INTERVAL_S
+            reports = self._guarded("stream_reports", pipeline.stream_reports, time.time_ns())
+            if reports:
+                self._write(reports)
         if now >= self._next_stats:
-            if self.periodic_stats:
-                self._log(self.stats_line())
             self._next_stats += self.options.stats_interval_s
+            if self.periodic_stats:
+                self._guarded("stats", lambda: self._log(self.stats_line()))
+
+    def _guarded(self, stage: str, step: Callable[..., Any], *args: Any) -> Any:
+        """One step of the loop behind a failure boundary: a bug is counted, the loop goes on."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            self.boundary.failed(stage, exc)
+            return None
 
     def _deliver(self, batch: list[bytes]) -> None:
         assert self.pipeline is not None
@@ -285,15 +341,26 @@ class Task:
         with self._outputs_lock:  # a reconfigure may swap the outputs between batches, not within one
             self._write(records)
             if self.frames.wanted:
-                self.frames.write(self.pipeline.take_frames(), records)
-        if self.capture is not None:
-            self.capture.apply_flows(self.pipeline.take_flow_events())
+                self._guarded("frames", self.frames.write, self.pipeline.take_frames(), records)
+        self._apply_flows()
+
+    def _apply_flows(self) -> None:
+        assert self.pipeline is not None
+        events = self.pipeline.take_flow_events()
+        if events and self.capture is not None:
+            self._guarded("flow_learning", self.capture.apply_flows, events, self.flow_stats, self.boundary)
 
     def _write(self, records: list[Record]) -> None:
         for reporter in self.reporters:
-            reporter.write(records)
+            self._guarded("output", reporter.write, records)
         if self.recent is not None:
             self.recent.extend(r for r in records if isinstance(r, SipRecord))
+
+    def _report_bug(self, stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
+        """The first of each kind of internal error, with its traceback, in the log."""
+        shown = f"; input: {example[:_EXAMPLE_SHOWN]!r}" if example is not None else ""
+        self._log(f"task {self.name}: internal error in {stage}: {kind}: {exc} (counted in "
+                  f"otus_internal_errors_total; capture goes on){shown}\n{_traceback(exc)}")
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""
@@ -314,7 +381,8 @@ class Task:
         return {"pipeline": dataclasses.asdict(self.pipeline.stats),
                 "reassembly": dataclasses.asdict(self.pipeline.reassembler.stats),
                 "kafka": dataclasses.asdict(self.kafka.stats) if self.kafka else None,
-                "outputs": [r.summary() for r in self.reporters]}
+                "outputs": [r.summary() for r in self.reporters],
+                "lost": self.records_lost()}
 
     def stats_line(self) -> str:
         assert self.pipeline is not None
@@ -327,53 +395,7 @@ class Task:
 
     def metrics_sample(self) -> TaskSample:
         """Every figure of this task, read now (called by the metrics collector's thread)."""
-        sample = TaskSample(self.state.value)
-        pipeline = self.pipeline
-        if self.capture is not None and self.state in (TaskState.RUNNING, TaskState.PAUSED):
-            sample.capturers = self.capture.counters()
-        if isinstance(self.capture, WorkersCapture):
-            for worker, up in self.capture.workers_up().items():
-                sample.gauge("otus_worker_up", 1.0 if up else 0.0, worker=worker)
-            return merge_samples(sample, self.capture.worker_payloads(), sample_from_json)
-        if pipeline is None:
-            return sample
-        p = pipeline.stats
-        sample.count("otus_events_total", p.events)
-        sample.count("otus_records_total", p.records)
-        for layer, value in (("event", p.event_errors), ("frame", p.decode_errors), ("sip", p.sip_errors)):
-            sample.count("otus_decode_errors_total", value, layer=layer)
-        for kind, value in dict(p.sip_messages).items():
-            sample.count("otus_sip_messages_total", value, kind=kind)
-        sample.count("otus_sip_defects_total", p.sip_defects)
-        for outcome, value in _fields(pipeline.reassembler.stats):
-            sample.count("otus_reassembly_total", value, outcome=outcome)
-        for outcome, value in _fields(pipeline.tcp.stats):
-            sample.count("otus_tcp_total", value, outcome=outcome)
-        calls = pipeline.calls
-        for outcome in ("calls", "ended", "expired", "evicted"):
-            sample.count("otus_calls_total", getattr(calls.stats, outcome), outcome=outcome)
-        sample.gauge("otus_dialogs_active", len(calls))
-        sample.gauge("otus_flows_active", calls.stats.flows_learned - calls.stats.flows_forgotten)
-        streams = list(calls.media.streams.values())
-        sample.gauge("otus_rtp_streams_active", len(streams))
-        scores = [mos for s in streams if isinstance(mos := s.report()["mos"], int | float)]
-        if scores:
-            sample.gauge("otus_rtp_mos", sum(scores) / len(scores))
-        for reporter in self.reporters:
-            q = reporter.stats
-            for outcome in ("written", "overflow", "failed", "to_fallback"):
-                sample.count("otus_output_records_total", getattr(q, outcome), output=reporter.name,
-                             outcome=outcome)
-            sample.gauge("otus_output_queued", q.queued, output=reporter.name)
-            sample.count("otus_output_batches_total", q.batches, output=reporter.name)
-            sample.count("otus_output_latency_seconds_total", q.latency_s, output=reporter.name)
-            sample.gauge("otus_output_latency_max_seconds", q.latency_max_s, output=reporter.name)
-        if self.kafka is not None:
-            k = self.kafka.stats
-            for outcome in ("received", "produced", "delivered", "failed", "retried", "dropped", "spilled"):
-                sample.count("otus_kafka_records_total", getattr(k, outcome), outcome=outcome)
-            sample.gauge("otus_kafka_in_flight", k.in_flight)
-        return sample
+        return sample_task(self)
 
     def pause(self) -> None:
         """Take no more packets, detach nothing; what is in the rings still comes through."""
@@ -431,9 +453,10 @@ class Task:
         """Called by the capture after it detached and drained its rings."""
         assert self.pipeline is not None
         self._deliver(leftover)
-        self._write(self.pipeline.stream_reports(time.time_ns()))  # streams of calls still going
-        flush_reporters(self.reporters, self._log)
-        self._log(self.stats_line())  # the final figures, after everything is delivered
+        reports = self._guarded("stream_reports", self.pipeline.stream_reports, time.time_ns())
+        self._write(reports or [])  # streams of calls still going
+        self._guarded("output", flush_reporters, self.reporters, self._log)
+        self._guarded("stats", lambda: self._log(self.stats_line()))  # the final figures
 
     def stop(self) -> None:
         """Stop once, whoever asks and however often; every caller returns when it is done."""
@@ -456,3 +479,7 @@ class Task:
         finally:
             self.state = TaskState.STOPPED
             self._stopped.set()
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()

@@ -10,6 +10,7 @@ lines instead.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,22 @@ from otus_ebpf.metrics import TaskSample
 
 REFRESH_S = 0.5
 RECENT_SHOWN = 8
+# Characters a terminal acts on instead of showing: C0/C1 controls (ESC
+# starts CSI/OSC sequences), DEL, and the bidirectional and zero-width
+# format characters that make text read differently than it is.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(value: object) -> str:
+    """Untrusted text (a Call-ID, an address from the wire) made safe to draw:
+    control characters become visible escapes like \\x1b."""
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], str(value))
+
+
+def plain(value: object, limit: int | None = None) -> Text:
+    """Untrusted text as a rich Text: never parsed as markup (no "[/]" can break a view)."""
+    text = printable(value)
+    return Text(text if limit is None else text[:limit])
 
 
 class ViewedTask(Protocol):
@@ -90,7 +107,8 @@ class Dashboard:
         head = Table.grid(padding=(0, 3))
         for _ in range(4):
             head.add_column()
-        head.add_row(f"[b]{task.name}[/] {sample.state}", f"packets/s [b]{pps:,.0f}[/]",
+        name = Text.assemble((printable(task.name), "bold"), f" {printable(sample.state)}")
+        head.add_row(name, f"packets/s [b]{pps:,.0f}[/]",
                      f"SIP msg/s [b]{sip_rate:,.0f}[/]", f"SIP messages [b]{sip:,}[/]")
         head.add_row(f"calls active [b]{_gauge(sample, 'otus_dialogs_active'):,.0f}[/]",
                      f"calls ended [b]{_total(sample, 'otus_calls_total', outcome='ended'):,}[/]",
@@ -124,7 +142,7 @@ class Dashboard:
             failed = _total(sample, "otus_output_records_total", output=name, outcome="failed")
             overflow = _total(sample, "otus_output_records_total", output=name, outcome="overflow")
             written = _total(sample, "otus_output_records_total", output=name, outcome="written")
-            table.add_row(name, f"{written:,}",
+            table.add_row(plain(name), f"{written:,}",
                           f"{_gauge(sample, 'otus_output_queued', output=name):,.0f}",
                           Text(f"{overflow:,}", style="bold red" if overflow else ""),
                           Text(f"{failed:,}", style="bold red" if failed else ""))
@@ -134,7 +152,7 @@ class Dashboard:
         table = Table("time", "dir", "from", "to", "message", "Call-ID", box=None, padding=(0, 1),
                       title="latest SIP", title_justify="left")
         for row in task.recent_rows()[-RECENT_SHOWN:]:
-            table.add_row(*row[:5], row[5][:40])
+            table.add_row(*(plain(cell, 60) for cell in row[:5]), plain(row[5], 40))
         return table
 
 
@@ -151,12 +169,15 @@ class LiveView:
         self._thread.start()
 
     def _run(self) -> None:
+        said = ""
         while not self._stop.wait(REFRESH_S):
             try:
                 self._live.update(self._dashboard.render())
             except Exception as exc:  # a view that cannot draw must not take the capture down
-                self._live.console.print(f"live view stopped: {exc}")
-                return
+                error = f"live view: cannot draw: {type(exc).__name__}: {exc}"
+                if error != said:  # once per kind; the next redraw tries again
+                    self._live.console.print(Text(printable(error)))
+                said = error
 
     def close(self) -> None:
         self._stop.set()

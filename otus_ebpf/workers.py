@@ -18,8 +18,8 @@ worker that does not finish within the grace period is killed, and said so.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
-import ipaddress
 import multiprocessing
 import os
 import signal
@@ -35,12 +35,14 @@ from typing import Any
 
 from otus_ebpf.capture import CaptureOptions, OnStop
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
+from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
 from otus_ebpf.loader import LoadedPrograms, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
-from userspace.calls import FlowAction, FlowEvent
+from userspace.boundary import Boundary
+from userspace.calls import FlowEvent
 from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
@@ -81,14 +83,12 @@ class _WorkerCapture:
     def poll(self, timeout_ms: int) -> list[bytes]:
         raise NotImplementedError
 
-    def apply_flows(self, events: list[FlowEvent]) -> None:
-        maps = self._programs.maps
-        for event in events:
-            endpoint = Endpoint(ipaddress.ip_address(event.address), event.port)
-            if event.action is FlowAction.LEARN:
-                maps.learn_flow(endpoint, event.kind, self._shard)  # its media comes to this worker's ring
-            else:
-                maps.forget_flow(endpoint)
+    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
+        maps, shard = self._programs.maps, self._shard
+        apply_each(events,  # the media of a flow comes to the ring of the worker that learned it
+                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind, shard),
+                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
+                   stats, boundary)
 
     def stats_sections(self) -> list[str]:
         return [f"perf_lost={self.lost}"] if self.lost else []
@@ -143,10 +143,15 @@ class _PipeCapture(_WorkerCapture):
 
 
 def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
-                 control: Connection, reports: Connection, events: Connection | None) -> None:
+                 control: Connection, reports: Connection, events: Connection | None,
+                 inherited: list[Connection], parent: int) -> None:
     """The body of a worker process (forked: it shares the loaded programs)."""
-    from otus_ebpf.task import Task  # noqa: PLC0415 - the task module imports this one
+    from otus_ebpf.task import Task, TaskState  # noqa: PLC0415 - the task module imports this one
 
+    for connection in inherited:  # the parent's ends: held here, a dead parent would never be noticed
+        with contextlib.suppress(OSError):
+            connection.close()
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = threading.Event()
@@ -184,6 +189,8 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
         while runner.is_alive():
             runner.join(REPORT_INTERVAL_S)
             report("sample")
+        if task.state is TaskState.FAILED:
+            raise RuntimeError(task.failure or "the worker's task failed")
         task.stop()
         report("final")
     except BaseException as exc:  # a worker reports why it died, then dies
@@ -196,6 +203,17 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
         os._exit(status)  # not the parent's exit handlers: they belong to the parent
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """The backstop: the kernel sends SIGTERM when the parent dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
 @dataclasses.dataclass(slots=True)
 class _Worker:
     index: int
@@ -206,10 +224,21 @@ class _Worker:
     latest: dict[str, Any] | None = None
     final: bool = False
     failed: str | None = None
+    deaths: int = 0              # in a row, for the restart backoff
+    restart_at: float | None = None
+    started: float = 0.0         # monotonic
+
+    def connections(self) -> list[Connection]:
+        return [c for c in (self.control, self.reports, self.events) if c is not None]
+
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+HEALTHY_AFTER_S = 60.0  # a worker up this long has its backoff reset
 
 
 class WorkersCapture:
-    """The Capture of a task whose parsing runs in worker processes."""
+    """The Capture of a task whose parsing runs in worker processes. A worker
+    that dies is said so, counted, and started again after a backoff."""
 
     def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, task_options: AttachOptions,
                  task_name: str, interfaces: dict[int, str], log: Callable[[str], None],
@@ -227,39 +256,50 @@ class WorkersCapture:
         self._round_robin = task_options.strategy is Strategy.ROUND_ROBIN
         self._next = 0
         self._reader: Reader | None = open_reader(programs.bpf, programs.delivery, 1) if dispatching else None
-        label = ",".join(interfaces.values())
-        context = multiprocessing.get_context("fork")
+        self._dispatching = dispatching
+        self._task_name = task_name
+        self._task_options = task_options
+        self._label = ",".join(interfaces.values())
+        self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
+        self._stopping = False
+        self.restarts = 0
         stack.callback(self._stop_workers)
         for index in range(count):
-            control_here, control_there = context.Pipe()
-            reports_here, reports_there = context.Pipe(duplex=False)  # (receiving end, sending end)
-            events_there, events_here = context.Pipe(duplex=False) if dispatching else (None, None)
-            process = context.Process(
-                target=_worker_main, name=f"otus-worker-{index}",
-                args=(index, task_name, worker_options(task_options, index, label), programs, control_there,
-                      reports_there, events_there))
-            process.start()
-            for end in (control_there, reports_there, events_there):
-                if end is not None:
-                    end.close()
-            self._workers.append(_Worker(index, process, control_here, reports_here, events_here))
+            self._workers.append(self._spawn(index))
         hooks = attach(stack, programs)  # only now: every worker is reading
         strategy = task_options.strategy.value
         how = (f"1 ring dispatched ({strategy}) to {count} worker process(es)" if dispatching
                else f"{count} worker process(es)")
         self.description = f"{'; '.join(hooks)}; {how}, {programs.delivery.value} delivery"
 
+    def _spawn(self, index: int) -> _Worker:
+        control_here, control_there = self._context.Pipe()
+        reports_here, reports_there = self._context.Pipe(duplex=False)  # (receiving end, sending end)
+        events_there, events_here = self._context.Pipe(duplex=False) if self._dispatching else (None, None)
+        inherited = [c for w in self._workers if w.index != index for c in w.connections()]
+        inherited += [c for c in (control_here, reports_here, events_here) if c is not None]
+        process = self._context.Process(
+            target=_worker_main, name=f"otus-worker-{index}",
+            args=(index, self._task_name, worker_options(self._task_options, index, self._label),
+                  self._programs, control_there, reports_there, events_there, inherited, os.getpid()))
+        process.start()
+        for end in (control_there, reports_there, events_there):
+            if end is not None:
+                end.close()
+        return _Worker(index, process, control_here, reports_here, events_here, started=time.monotonic())
+
     # -- figures from the workers ---------------------------------------------------
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Dispatch what the ring holds (dispatch mode) and collect the workers' reports;
-        the task's own pipeline gets no events."""
+        """Dispatch what the ring holds (dispatch mode), collect the workers' reports,
+        restart the dead; the task's own pipeline gets no events."""
         if self._reader is not None:
             self._dispatch(self._reader.poll(timeout_ms))
             self._collect(0)
         else:
             self._collect(timeout_ms / 1000)
+        self._restart_due()
         return []
 
     def _dispatch(self, batch: list[bytes]) -> None:
@@ -295,20 +335,50 @@ class WorkersCapture:
                 while worker.reports.poll():
                     kind, _index, payload = worker.reports.recv()
                     if kind == "failed":
-                        worker.failed = str(payload)
-                        self._log(f"worker {worker.index} failed: {payload}")
+                        self._died(worker, str(payload))
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
             except (EOFError, OSError):
                 if not worker.final and worker.failed is None:
-                    worker.failed = f"exited with status {worker.process.exitcode}"
-                    self._log(f"worker {worker.index} {worker.failed}")
+                    worker.process.join(1.0)
+                    self._died(worker, f"exited with status {worker.process.exitcode}")
+
+    def _died(self, worker: _Worker, why: str) -> None:
+        worker.failed = why
+        if self._stopping:
+            self._log(f"worker {worker.index} failed while stopping: {why}")
+            return
+        healthy = time.monotonic() - worker.started >= HEALTHY_AFTER_S
+        worker.deaths = 1 if healthy else worker.deaths + 1
+        delay = RESTART_BACKOFF_S[min(worker.deaths, len(RESTART_BACKOFF_S)) - 1]
+        worker.restart_at = time.monotonic() + delay
+        self._log(f"worker {worker.index} failed: {why}; restarting it in {delay:.0f} s")
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for position, worker in enumerate(self._workers):
+            if worker.restart_at is None or worker.restart_at > now or self._stopping:
+                continue
+            self._release(worker)
+            fresh = self._spawn(worker.index)
+            fresh.deaths = worker.deaths
+            fresh.latest = worker.latest  # its figures so far stay in the totals until it reports
+            self._workers[position] = fresh
+            self.restarts += 1
+            self._log(f"worker {worker.index} restarted (pid {fresh.process.pid})")
+
+    def _release(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        for connection in worker.connections():
+            connection.close()
 
     def worker_payloads(self) -> list[dict[str, Any]]:
         return [w.latest for w in self._workers if w.latest is not None]
 
-    def apply_flows(self, events: list[FlowEvent]) -> None:
+    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         return None  # the workers learn their own flows
 
     def stats_sections(self) -> list[str]:
@@ -332,6 +402,7 @@ class WorkersCapture:
     # -- stop ---------------------------------------------------------------------------
 
     def _stop_workers(self) -> None:
+        self._stopping = True
         if self._reader is not None:
             self._dispatch(self._reader.drain())  # detached: what is left goes out before the word to stop
         for worker in self._workers:
@@ -346,10 +417,8 @@ class WorkersCapture:
                 self._log(f"worker {worker.index} did not finish in {STOP_GRACE_S:.0f} s; killing it")
                 worker.process.kill()
                 worker.process.join()
-            worker.control.close()
-            worker.reports.close()
-            if worker.events is not None:
-                worker.events.close()
+            for connection in worker.connections():
+                connection.close()
         self._on_stopped()
 
 

@@ -58,7 +58,7 @@ class FakeCapture:
         time.sleep(timeout_ms / 1000 / 10)
         return []
 
-    def apply_flows(self, events: object) -> None:
+    def apply_flows(self, events: object, stats: object, boundary: object) -> None:
         return None
 
     def stats_sections(self) -> list[str]:
