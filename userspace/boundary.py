@@ -27,13 +27,17 @@ _USERSPACE = Path(__file__).resolve().parent
 OnFirst = Callable[[str, str, BaseException, bytes | None], None]
 
 
+# Modules that only hand events on: a bug is named after where it happened below them.
+_DISPATCHERS = frozenset({"pipeline"})
+
+
 def innermost_module(tb: TracebackType | None, default: str) -> str:
     """The userspace module the exception came out of (``sdp``, ``calls``, ...),
     found from its traceback: naming the stage costs nothing until it fails."""
     found = default
     while tb is not None:
         path = Path(tb.tb_frame.f_code.co_filename)
-        if _USERSPACE in (path.parent, path.parent.parent):
+        if _USERSPACE in (path.parent, path.parent.parent) and path.stem not in _DISPATCHERS:
             found = path.stem
         tb = tb.tb_next
     return found

@@ -213,8 +213,7 @@ class CallTracker:
             self.stats.sdp_errors += 1
             return
         for stream in sdp.media:
-            if stream.enabled:
-                self._learn_stream(call, stream, flows)
+            self._learn_stream(call, stream, flows)
 
     def _learn_stream(self, call: _Call, stream: MediaStream, flows: list[FlowEvent]) -> None:
         for problem in stream.problems:

@@ -191,6 +191,8 @@ def _rtcp_port(port: int, attributes: _Attributes) -> int | None:
         return None
     if attributes.rtcp_mux:
         return port  # RFC 5761: RTCP shares the RTP port
+    if attributes.bad_rtcp:
+        return None  # it says where RTCP goes, unreadably: port + 1 would be a guess
     if attributes.rtcp_port is not None:
         return attributes.rtcp_port
     return port + 1 if port < MAX_PORT else None  # RFC 3550 §11: the next (odd) port
