@@ -123,15 +123,19 @@ def program_name(prog_id: int) -> str:
 def open_map(map_id: int) -> tuple[int, MapInfo]:
     """An fd for the map with this id (the caller closes it) and its description."""
     fd = _fd_by_id(BpfCmd.MAP_GET_FD_BY_ID, map_id)
-    info = ctypes.create_string_buffer(_MAP_INFO_SIZE)
     try:
-        _get_info(fd, info)
+        return fd, map_info_by_fd(fd)
     except OSError:
         os.close(fd)
         raise
-    _type, _id, key_size, value_size, max_entries, _flags = struct.unpack_from("=6I", info, 0)
+
+
+def map_info_by_fd(fd: int) -> MapInfo:
+    info = ctypes.create_string_buffer(_MAP_INFO_SIZE)
+    _get_info(fd, info)
+    _type, map_id, key_size, value_size, max_entries, _flags = struct.unpack_from("=6I", info, 0)
     name = info.raw[24:40].split(b"\0", 1)[0].decode()
-    return fd, MapInfo(map_id, name, key_size, value_size, max_entries)
+    return MapInfo(map_id, name, key_size, value_size, max_entries)
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

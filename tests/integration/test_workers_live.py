@@ -4,6 +4,7 @@ and nothing is lost or counted twice."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -79,3 +80,62 @@ def test_one_reader_dispatches_to_two_workers(lab: Lab, tmp_path: Path, strategy
     records = read_records(out)
     assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in hosts for n in range(PER_HOST))
     assert final_stats(agent)["events"] == len(hosts) * PER_HOST
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(c) for c in children]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_exit_when_their_parent_is_killed(lab: Lab, tmp_path: Path) -> None:
+    """Regression: after a SIGKILL of the parent, workers stayed, ignored SIGTERM and kept
+    the BPF maps (each held the parent's end of its own control pipe, so never saw EOF)."""
+    agent = start_agent(lab.uas_ns, lab.uas_if, tmp_path / "sip.jsonl", tmp_path / "agent.log",
+                        ["--workers", "2"])
+    workers = children_of(agent.pid)
+    assert len(workers) == 2
+    agent.send_signal(signal.SIGKILL)
+    agent.stop()
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers):
+        assert time.monotonic() < deadline, "the workers outlived their parent"
+        time.sleep(0.05)
+    programs = lab.run(lab.uas_ns, "ip", "link", "show", lab.uas_if).stdout
+    assert "xdp" not in programs, "nothing holds the BPF links any more"
+
+
+def test_a_worker_that_dies_is_said_counted_and_started_again(lab: Lab, tmp_path: Path) -> None:
+    lab.add_uac_addresses(HOSTS)
+    out = tmp_path / "sip.jsonl"
+    port = free_port(lab.uas_ns)
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--metrics", f"127.0.0.1:{port}"])
+    try:
+        (first, second) = children_of(agent.pid)
+        os.kill(first, signal.SIGKILL)
+        agent.wait_for_output("restarted (pid", 15)
+        assert "worker 0 failed: exited with status -9; restarting it in 1 s" in agent.output()
+        assert len(children_of(agent.pid)) == 2 and second in children_of(agent.pid)
+        time.sleep(1.0)
+        send_from(lab, HOSTS)  # both shards have hosts: the restarted worker serves its ring again
+        time.sleep(1.5)
+        with netns.inside(lab.uas_ns):
+            page = scrape(f"127.0.0.1:{port}")
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    task = ("task", "attach")
+    assert page["otus_worker_restarts_total", (task,)] == 1
+    assert [page["otus_worker_up", (task, ("worker", w))] for w in ("w0", "w1")] == [1, 1]
+    records = read_records(out)
+    assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in HOSTS for n in range(PER_HOST))

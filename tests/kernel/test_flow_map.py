@@ -1,0 +1,65 @@
+"""The kernel's flow map is sized from the call limit, and a full map is a
+counted condition: the update is refused, nothing raises, SIP goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from otus_ebpf.bpfsys import map_info_by_fd
+from otus_ebpf.flows import FlowStats, FlowTableFull, apply_each, endpoint_address
+from otus_ebpf.loader import KernelSettings
+from otus_ebpf.maps import FLOWS_MAP, Endpoint, table
+from otus_ebpf.options import AttachOptions
+from tests.support.frames import ethernet, ipv4, udp
+from tests.support.kernel import KernelHarness
+from tests.support.sip_samples import INVITE
+from userspace.boundary import Boundary
+from userspace.calls import CallLimits, FlowAction, FlowEvent
+from userspace.event import Counter, Kind
+
+CALLS = 8  # a map of 32 endpoints
+
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[KernelHarness]:
+    options = AttachOptions(("lo",), calls=CallLimits(max_calls=CALLS))
+    harness = KernelHarness(options.capture.kernel)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_the_map_holds_four_endpoints_per_call_of_the_limit(small: KernelHarness) -> None:
+    flows = table(small.programs.bpf, FLOWS_MAP)
+    assert map_info_by_fd(flows.map_fd).max_entries == CALLS * 4
+    assert KernelSettings().max_flows == CallLimits().flow_map_entries == 400_000
+
+
+def test_a_full_map_refuses_learning_counted_and_sip_still_matches(small: KernelHarness) -> None:
+    """Regression: a full flows map raised bcc's bare Exception out of the poll loop."""
+    maps = small.maps
+    events = [FlowEvent(FlowAction.LEARN, f"10.200.0.{n}", 20000, Kind.RTP, f"c{n}", 0) for n in range(100)]
+    stats = FlowStats()
+
+    def learn(event: FlowEvent) -> None:
+        maps.learn_flow(Endpoint(endpoint_address(event.address), event.port), event.kind, 0)
+
+    def forget(event: FlowEvent) -> None:
+        maps.forget_flow(Endpoint(endpoint_address(event.address), event.port))
+
+    apply_each(events, learn, forget, stats, Boundary())  # strict: any other error fails the test
+    assert (stats.learned, stats.map_full) == (CALLS * 4, 100 - CALLS * 4)
+    with pytest.raises(FlowTableFull):
+        learn(events[-1])
+    learned_media = small.run(ethernet(ipv4(udp(b"\x80" * 20, 40000, 20000), dst="10.200.0.0")))
+    assert learned_media.moved[Counter.MATCHED_RTP] == 1, "what fitted is captured"
+    sip = small.run(ethernet(ipv4(udp(INVITE))))
+    assert sip.moved[Counter.MATCHED_SIP_PORT] == 1, "SIP is captured whatever the map holds"
+    forgets = [FlowEvent(FlowAction.FORGET, e.address, e.port, e.kind, e.call_id, 0) for e in events]
+    apply_each(forgets, learn, forget, stats, Boundary())  # forgetting what never fitted is harmless
+    assert stats.forgotten == 100
+    flows = table(small.programs.bpf, FLOWS_MAP)
+    assert len(list(flows.keys())) == 0
