@@ -51,7 +51,8 @@ def main() -> int:
     p, c, m = pipeline.stats, pipeline.calls.stats, pipeline.calls.media.stats
     print(f"{fed:,} events ({calls:,} calls) in {elapsed:.1f} s: {fed / elapsed:,.0f} events/s")
     print(f"records {p.records:,}; SIP rejected {p.sip_errors:,}; SDP errors {c.sdp_errors:,}, "
-          f"unlearnable {c.sdp_unlearnable:,}, bad ports {c.sdp_bad_ports:,}, bad clocks {c.sdp_bad_clock:,}, "
+          f"unlearnable {c.sdp_unlearnable:,}, bad ports {c.sdp_bad_ports:,}, "
+          f"bad clocks {c.sdp_bad_clock:,}, "
           f"media over cap {c.media_over_cap:,}; media: rtp {m.rtp:,} rtcp {m.rtcp:,} not rtp {m.not_rtp:,} "
           f"without call {m.without_call:,} streams over cap {m.streams_over_cap:,}; "
           f"flows learned {stats.learned:,}")
