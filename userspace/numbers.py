@@ -11,11 +11,11 @@ from __future__ import annotations
 
 def is_ascii_digits(text: str) -> bool:
     """One or more of 0-9 and nothing else."""
-    return bool(text) and text.isascii() and text.isdigit()
+    return text.isascii() and text.isdigit()  # "".isdigit() is False
 
 
 def ascii_int(text: str, max_digits: int = 10) -> int | None:
     """The value of ``text`` if it is 1..``max_digits`` ASCII digits, else None."""
-    if len(text) > max_digits or not is_ascii_digits(text):
-        return None
-    return int(text)
+    if len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None

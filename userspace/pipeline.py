@@ -68,11 +68,17 @@ class Pipeline:
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
-        for raw in raw_events:
+        events = iter(raw_events)
+        raw = b""
+        while True:
+            # The boundary is around the loop, not inside it: a try costs nothing until it
+            # catches, and the loop resumes with the event after the one that failed.
             try:
-                self._event(raw, records)
+                for raw in events:
+                    self._event(raw, records)
+                break
             except Exception as exc:  # a bug: counted, and the next event goes on
-                self.boundary.failed("pipeline", exc, raw, refine=True)
+                self.boundary.failed("pipeline", exc, raw[:_EXAMPLE_BYTES], refine=True)
         self.stats.records += len(records)
         return records
 

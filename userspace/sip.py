@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from userspace.errors import LimitExceeded, Malformed, Truncated
-from userspace.numbers import ascii_int
 
 SIP_VERSION = "SIP/2.0"
 # Largest message we accept: the UDP limit; a TCP stream frames by Content-Length.
@@ -295,9 +294,10 @@ def parse_message(data: bytes) -> SipMessage:
     content_length = None
     if length_field is not None:
         length_field = length_field.strip()
-        content_length = ascii_int(length_field, max_digits=7)
-        if content_length is None:
+        # ASCII digits only (userspace.numbers), written out: this runs for every message.
+        if not (len(length_field) <= 7 and length_field.isascii() and length_field.isdigit()):
             raise Malformed("sip", 0, f"bad Content-Length {length_field[:20]!r}")
+        content_length = int(length_field)
         if content_length > len(data) - body_start:
             raise Truncated("sip", body_start,
                             f"Content-Length {content_length} > {len(data) - body_start} body bytes")
