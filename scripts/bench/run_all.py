@@ -86,6 +86,27 @@ def fuzz_rows(out: str) -> list[Row]:
              f"slowest {slow[1]} ms <= {slow[2]} ms: {_verdict(_num(slow[1]) <= _num(slow[2]))}")]
 
 
+def tcp_rows(out: str) -> list[Row]:
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"(1-byte segments, [\w ]+?|one 70 KB header, 1-byte segments)\s+([\d,]+) segments\s+"
+                     r"([\d.]+) s\s+([\d.]+)x baseline", line)
+        if m:
+            rows.append((f"TCP: {m[1]}", f"{m[3]} s", "1,400-byte segments", f"{m[4]}x",
+                         f"a few seconds: {_verdict(float(m[3]) <= 5)}"))
+    assert rows, out[-500:]
+    return rows
+
+
+def fuzz_pipeline_rows(out: str) -> list[Row]:
+    m = re.search(r"([\d,]+) events \(([\d,]+) calls\) in ([\d.]+) s: ([\d,]+) events/s", out)
+    bad = re.search(r"internal errors (\d+), flow events refused (\d+)", out)
+    assert m and bad, out[-500:]
+    clean = bad[1] == "0" and bad[2] == "0"
+    return [("fuzz: whole pipeline + flow learning", f"{m[1]} events, {m[4]}/s", "-", "-",
+             f"internal errors {bad[1]}: {_verdict(clean)}")]
+
+
 def kafka_rows(out: str) -> list[Row]:
     bare = re.search(r"bare produce\(\) loop, pre-encoded\s+:\s+([\d,]+)", out)
     ours = re.search(r"KafkaReporter, default \(produce_batch\)\s+:\s+([\d,]+) records/s\s+\(([\d.]+)x", out)
@@ -149,6 +170,9 @@ def benches() -> list[Bench]:
         Bench("reassembly", [python, str(BENCH / "reassembly.py")], reassembly_rows),
         Bench("sip", [python, str(BENCH / "sip.py")], sip_rows),
         Bench("fuzz_sip", [python, str(BENCH / "fuzz_sip.py"), "--inputs", "1000000"], fuzz_rows),
+        Bench("fuzz_pipeline", [python, str(BENCH / "fuzz_pipeline.py"), "--events", "1000000"],
+              fuzz_pipeline_rows),
+        Bench("tcp", [python, str(BENCH / "tcp.py")], tcp_rows),
         Bench("kafka", [python, str(BENCH / "kafka.py")], kafka_rows),
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),
