@@ -145,8 +145,20 @@ def stream_of(count: int) -> tuple[bytes, list[bytes]]:
     return b"".join(messages), messages
 
 
-def test_1200_one_byte_segments_past_a_hole_do_not_recurse() -> None:
-    """Regression: held segments recursed (_hold -> _skip_gap -> _place) into RecursionError."""
+def test_1200_one_byte_segments_past_holes_do_not_recurse() -> None:
+    """Regression: a segment past the window gave up one hole and placed itself again,
+    recursively (_hold -> _skip_gap -> _place -> _hold): 1,200 one-byte segments each
+    past a hole of its own, then one far past the window, raised RecursionError."""
+    streams = opened()
+    for i in range(1, 1201):
+        streams.feed(KEY, ISN + 1 + 2 * i, 0, b"x", i)  # every other byte never arrives
+    far = ISN + 1 + 2 * 1201 + TcpLimits().window
+    assert streams.feed(KEY, far, 0, OK_200, 2000) == [OK_200]
+    assert streams.stats.gaps >= 1 and streams.stats.window_overflows >= 1
+    assert streams.buffered_bytes == 0
+
+
+def test_one_byte_segments_past_a_hole_frame_from_the_next_message() -> None:
     streams = opened(TcpStreams(TcpLimits(window=600 * SEGMENT_OVERHEAD)))
     data, messages = stream_of(40)
     out: list[bytes] = []
