@@ -4,33 +4,35 @@ Sans-IO: ``feed(key, seq, flags, payload, now_ns)`` takes a captured segment
 and returns the complete SIP messages (bytes) it finished. Each direction
 of a connection is its own byte stream. Segments are placed by sequence
 number (mod 2**32) at 64-bit stream offsets: retransmitted bytes are
-trimmed or dropped, and segments past a hole are held in order (heaps, so
-any arrival order costs O(log n) a segment, never a rescan).
+trimmed or dropped, and segments past a hole wait in a heap, so any arrival
+order costs O(log n) a segment, never a rescan.
 
-A hole may be reordering (it fills soon) or a segment the capture never
-saw (it never fills). The data after it is framed at once, from its first
-start line, and whole messages found there come out without waiting: one
-lost segment costs the message it cut, and delays nothing behind it. If the
-hole fills after all, the stream is framed in order again and the messages
-already out are recognised by their stream offset, not repeated. The hole
-is given up (a counted gap) when the data held past it passes the window,
-when a second hole opens behind messages framed past the first, and when
-the stream ends.
+A hole is reordering (it fills soon) or a segment the capture never saw (it
+never fills). Reordering is short: a hole that ``reorder_segments`` later
+segments have not filled is given up as a counted gap, and framing goes on
+at the first start line of the data held past it. So one lost segment costs
+the message it cut and delays the ones behind it by a few segments, never
+by a window of data; bytes of a given-up hole that turn up after all are
+counted as lost, not framed twice. The data held past a hole is also given
+up when it passes the window, and at the end of the stream, where it is
+framed before it is dropped. A run of segments far behind the stream (a
+forged or corrupt segment made it jump ahead) puts the stream back where
+they are.
 
 Messages are framed by Content-Length (RFC 3261 §18.3: mandatory on
 streams); CRLF keep-alives between them (RFC 5626 §3.5.1) are skipped.
-Framing is incremental: a message arriving one byte a segment is scanned
-once. Memory is charged as held — payload plus a per-segment overhead —
-per stream (the window) and in total; idle streams expire. Bytes thrown
-away (at a gap, FIN, RST, idle expiry, eviction) are counted, with the
-messages they held.
+Framing is incremental: each search resumes where the last one stopped, so
+a message arriving one byte a segment is scanned once. Memory is charged as
+held — payload plus a per-segment overhead — per stream (the window) and in
+total; idle streams expire. Bytes thrown away (not SIP, at a gap, FIN, RST,
+idle expiry, eviction) are counted, with the messages they held.
 """
 
 from __future__ import annotations
 
 import heapq
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 SEQ_MOD = 1 << 32
@@ -40,7 +42,7 @@ NS = 1_000_000_000
 # A start line of a request or a response, at a line start.
 _START_LINE = re.compile(
     rb"(?:^|\n)((?:SIP/2\.0 [1-6]\d\d[^\r\n]*|[A-Za-z0-9\-.!%*_+`'~]+ \S+ SIP/2\.0)\r?\n)")
-# Data that begins mid-stream (past a hole, a join) may begin mid-line: there a
+# Data that begins mid-stream (past a gap, a join) may begin mid-line: there a
 # start line right at the front is believed only if it is a status line or a
 # method SIP defines, so that "NVITE sip:... SIP/2.0" (a cut INVITE) is not one.
 _KNOWN_START = re.compile(
@@ -54,9 +56,41 @@ MAX_START_LINE = 1024
 # on CPython 3.11: the bytes object (33), its heap entry tuple (56) and slot
 # (8), rounded up. One-byte segments cannot hide 100x their charge.
 SEGMENT_OVERHEAD = 128
+# Consecutive segments this far behind the stream that put it back where they are.
+FAR_BEHIND_RESTART = 3
+# Holes given up that a stream remembers, so their data is known as late when it comes.
+LOST_RANGES_KEPT = 64
 
 StreamKey = tuple[str, int, str, int]  # source, source port, destination, destination port
 Held = tuple[int, bytes]  # (stream offset, payload)
+
+
+@dataclass(slots=True)
+class _LostRange:
+    """A hole given up, [start, end) in stream offsets. The message running out
+    of it is counted lost once: by its tail, when framing resumes past the hole,
+    or by its start line if that turns up late, whichever comes first."""
+
+    start: int
+    end: int
+    counted: bool = False  # the message running out of it is counted
+    credit: int = 0        # counted by its tail: one late start line is that message
+    # start lines counted, by stream offset: a late retransmission repeats them
+    seen: set[int] = field(default_factory=set)
+
+    def count_tail(self, stats: TcpStats) -> None:
+        if not self.counted:
+            stats.lost_messages += 1
+            self.counted, self.credit = True, 1
+
+    def count_late(self, stats: TcpStats, starts: int) -> None:
+        if not starts:
+            return
+        if not self.counted:
+            self.counted = True  # the one running out of it is among them
+        elif self.credit:
+            starts, self.credit = starts - 1, 0
+        stats.lost_messages += starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +105,9 @@ class TcpLimits:
     # charged bytes of all streams together
     max_bytes: int = field(default=64 << 20, metadata={"range": (1 << 16, 16 << 30)})
     idle_timeout_s: float = field(default=300.0, metadata={"range": (0.001, 7 * 86_400)})
+    # later segments a hole may wait for before it is given up as lost: reordering
+    # on a capture path is a few segments; a lost segment never comes
+    reorder_segments: int = field(default=8, metadata={"range": (1, 4096)})
 
 
 @dataclass(slots=True)
@@ -80,13 +117,15 @@ class TcpStats:
     retransmitted_bytes: int = 0
     duplicate_segments: int = 0
     out_of_order: int = 0
-    gaps: int = 0
-    skipped_bytes: int = 0       # thrown away: not SIP, past a gap, or held at FIN/RST/expiry/eviction
-    lost_messages: int = 0       # messages (at least) in what was thrown away
+    gaps: int = 0                # holes given up
+    skipped_bytes: int = 0       # thrown away: not SIP, at a gap, late for one, or at FIN/RST/expiry/eviction
+    lost_messages: int = 0       # messages (at least) in what was thrown away or never seen
+    late_segments: int = 0       # data of a hole given up that came after all
     keepalives: int = 0
     missing_content_length: int = 0
     oversized: int = 0           # a message over max_message: dropped, resynchronised
     window_overflows: int = 0
+    restarts: int = 0            # the stream put back where a run of far-behind segments was
     evicted_streams: int = 0
     expired_streams: int = 0
     resets: int = 0
@@ -105,73 +144,82 @@ def count_start_lines(data: bytes | bytearray) -> int:
 
 class _Framer:
     """Bytes in order → whole SIP messages, incrementally: each search resumes
-    where the last one stopped. ``base`` is the stream offset of the buffer's
-    first byte, so every message knows where in the stream it began."""
+    where the last one stopped, and a message's size is worked out once."""
 
-    __slots__ = ("_header_scan", "_start_scan", "base", "buffer", "cut", "mid_line", "resync", "stats")
+    __slots__ = ("_header_scan", "_size", "_start_scan", "buffer", "cut", "mid_line", "resync", "stats")
 
-    def __init__(self, base: int, resync: bool, stats: TcpStats) -> None:
+    def __init__(self, stats: TcpStats, resync: bool = False) -> None:
         self.buffer = bytearray()
-        self.base = base
+        self.stats = stats
         self.resync = resync      # look for a start line before framing
         self.mid_line = resync    # the buffer may begin in the middle of a line
-        self.cut = False          # begins past a gap inside a message not yet counted lost
-        self.stats = stats        # the stream's, or a speculative run's own
+        self.cut: _LostRange | None = None  # begins past this gap, inside a message not yet counted
         self._header_scan = 0     # where the search for the end of the headers resumes
         self._start_scan = 0      # where the search for a start line resumes
+        self._size: int | None = None  # the size of the message at the front, once known
 
     def __len__(self) -> int:
         return len(self.buffer)
-
-    @property
-    def end(self) -> int:
-        return self.base + len(self.buffer)
 
     @property
     def partial(self) -> bool:
         """Holds the beginning of a message (throwing it away loses one)."""
         return not self.resync and bool(self.buffer.strip(b"\r\n"))
 
-    def frame(self, max_message: int) -> list[Held]:
-        """Whole messages at the front of the buffer, with their stream offsets."""
-        messages: list[Held] = []
+    def frame(self, max_message: int) -> list[bytes]:
+        """Whole messages at the front of the buffer."""
+        messages: list[bytes] = []
         buffer, stats = self.buffer, self.stats
         start = 0
         while start < len(buffer):
-            if self.resync:
-                start = self._resynchronise(start)
+            size = self._size
+            if size is None:
                 if self.resync:
-                    break
-            if buffer.startswith(b"\r\n", start):
-                start += 2
-                stats.keepalives += 1
-                continue
-            end = _HEADER_END.search(buffer, max(start, self._header_scan))
-            if end is None:
-                self._header_scan = max(start, len(buffer) - 3)
-                if len(buffer) - start > max_message:
-                    start = self._oversized(start)
+                    start = self._resynchronise(start)
+                    if self.resync:
+                        break
+                if buffer.startswith(b"\r\n", start):
+                    start += 2
+                    stats.keepalives += 1
                     continue
-                break
-            length = _CONTENT_LENGTH.search(buffer, start, end.start())
-            if length is None:
-                stats.missing_content_length += 1
-            size = end.end() - start + (int(length.group(1)) if length else 0)
-            if size > max_message:
-                start = self._oversized(start)
-                continue
+                size = self._measure(start, max_message)
+                if size is None:
+                    break
+                if size < 0:  # oversized: everything up to here is dropped
+                    start = len(buffer)
+                    continue
             if len(buffer) - start < size:
-                self._header_scan = end.start()  # found: resume there until the body is in
+                self._size = size  # known: until the body is in, nothing is searched again
                 break
-            messages.append((self.base + start, bytes(buffer[start:start + size])))
+            messages.append(bytes(buffer[start:start + size]))
             start += size
+            self._size = None
             self._header_scan = start
         if start:
             del buffer[:start]
-            self.base += start
             self._header_scan = max(0, self._header_scan - start)
             self._start_scan = max(0, self._start_scan - start)
         return messages
+
+    def _measure(self, start: int, max_message: int) -> int | None:
+        """The size of the message at ``start``: None while its headers are not all
+        in, negative when it is over ``max_message`` (dropped, counted)."""
+        buffer = self.buffer
+        end = _HEADER_END.search(buffer, max(start, self._header_scan))
+        if end is None:
+            self._header_scan = max(start, len(buffer) - 3)
+            if len(buffer) - start > max_message:
+                self._oversized(start)
+                return -1
+            return None
+        length = _CONTENT_LENGTH.search(buffer, start, end.start())
+        if length is None:
+            self.stats.missing_content_length += 1
+        size = end.end() - start + (int(length.group(1)) if length else 0)
+        if size > max_message:
+            self._oversized(start)
+            return -1
+        return size
 
     def _resynchronise(self, start: int) -> int:
         """Skip to the next start line; keep a tail that may begin one."""
@@ -181,65 +229,47 @@ class _Framer:
             match = _START_LINE.search(buffer, 1)  # only after a line break, then
         if match is None:
             keep_from = max(start, len(buffer) - MAX_START_LINE)
-            self.stats.skipped_bytes += keep_from - start
+            self._skip(buffer, start, keep_from)
             self._start_scan = keep_from
             self.mid_line = self.mid_line or keep_from > 0
             return keep_from
-        self.stats.skipped_bytes += match.start(1) - start
-        if self.cut and buffer[start:match.start(1)].strip():
-            self.stats.lost_messages += 1  # the tail of a message whose head was never seen
-        self.resync = self.mid_line = self.cut = False
+        self._skip(buffer, start, match.start(1))
+        self.resync = self.mid_line = False
+        self.cut = None
         self._header_scan = match.start(1)
         return match.start(1)
 
-    def _oversized(self, start: int) -> int:
+    def _skip(self, buffer: bytearray, start: int, end: int) -> None:
+        if end > start:
+            self.stats.skipped_bytes += end - start
+            if self.cut is not None and buffer[start:end].strip():
+                self.cut.count_tail(self.stats)  # the tail of a message whose head was never seen
+                self.cut = None
+
+    def _oversized(self, start: int) -> None:
         self.stats.oversized += 1
         self.stats.lost_messages += 1
         self.stats.skipped_bytes += len(self.buffer) - start
-        self.resync = True
+        self.resync = self.mid_line = True
         self._start_scan = self._header_scan = len(self.buffer)
-        return len(self.buffer)
-
-
-@dataclass(slots=True)
-class _Run:
-    """Contiguous data held past a hole, framed at once from its first start line."""
-
-    start: int                   # stream offset of its first byte
-    framer: _Framer
-    chunks: list[bytes] = field(default_factory=list)  # as captured, for when the hole fills
-    emitted: set[int] = field(default_factory=set)  # stream offsets of the messages it let out
-    size: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-    @property
-    def charge(self) -> int:
-        """Its chunks, and the framer's copy of the part not yet framed."""
-        return self.size + len(self.chunks) * SEGMENT_OVERHEAD + len(self.framer)
 
 
 @dataclass(slots=True)
 class _Stream:
     main: _Framer
     next_seq: int | None = None  # sequence number of the next byte in order
-    run: _Run | None = None
-    before: list[Held] = field(default_factory=list)  # heap: held between the stream and its run
-    after: list[Held] = field(default_factory=list)   # heap: held past the run
-    held: int = 0                # charged bytes of before and after
-    emitted: set[int] = field(default_factory=set)  # offsets the main framing must not repeat
+    next_off: int = 0            # its stream offset (64-bit: no wrap)
+    held: list[Held] = field(default_factory=list)  # heap: past a hole, by stream offset
+    held_bytes: int = 0          # charged
+    waited: int = 0              # segments held since the stream last moved on
+    lost: deque[_LostRange] = field(default_factory=lambda: deque(maxlen=LOST_RANGES_KEPT))
+    far_behind: int = 0          # consecutive segments more than a window behind
     ready: list[bytes] = field(default_factory=list)  # messages framed, to hand out
     last_seen: int = 0
 
     @property
-    def next_off(self) -> int:
-        return self.main.end
-
-    @property
     def charge(self) -> int:
-        return len(self.main) + self.held + (self.run.charge if self.run is not None else 0)
+        return len(self.main) + self.held_bytes
 
 
 class TcpStreams:
@@ -268,10 +298,11 @@ class TcpStreams:
         if flags & SYN:
             self._discard(stream)
             seq = (seq + 1) % SEQ_MOD  # the SYN takes one sequence number; data (TFO) follows it
-            stream.main, stream.next_seq = self._framer(0, resync=False), seq
+            stream.next_seq, stream.next_off = seq, 0
+            stream.lost.clear()
         if payload:
             self._place(stream, seq, payload)
-        self._frame_main(stream)
+        self._frame(stream)
         self._bytes += stream.charge - charged
         if flags & FIN:
             return self._end(key)
@@ -292,138 +323,106 @@ class TcpStreams:
 
     def _place(self, stream: _Stream, seq: int, payload: bytes) -> None:
         if stream.next_seq is None:  # joined mid-stream: frame from the next start line
-            stream.next_seq, stream.main.resync = seq, True
+            stream.next_seq = seq
+            stream.main = self._framer(resync=True)
         offset = stream.next_off + _distance(seq, stream.next_seq)
+        limits = self.limits
         while True:
             ahead = offset - stream.next_off
-            if ahead + len(payload) <= 0:
-                self.stats.duplicate_segments += 1
+            end = ahead + len(payload)
+            if end <= 0:
+                self._behind(stream, seq, offset, payload)
                 return
+            stream.far_behind = 0
             if ahead <= 0:
                 if ahead < 0:
                     self.stats.retransmitted_bytes += -ahead
                 self._append(stream, payload[-ahead:] if ahead else payload)
                 self._advance(stream)
                 return
-            if ahead + len(payload) > self.limits.window or stream.charge > self.limits.window:
+            if end > limits.window or stream.charge + len(payload) > limits.window:
                 self.stats.window_overflows += 1
                 self._give_up_hole(stream, offset)
+                self._frame(stream)  # what the give-up let through, before any further one
                 continue
-            run = stream.run
-            if run is not None and offset > run.end and run.emitted:
-                self._give_up_hole(stream)  # a second hole behind messages framed past the first
-                continue
-            self._hold(stream, offset, payload)
+            self.stats.out_of_order += 1
+            heapq.heappush(stream.held, (offset, payload))
+            stream.held_bytes += len(payload) + SEGMENT_OVERHEAD
+            stream.waited += 1
+            if stream.waited >= limits.reorder_segments:
+                self._give_up_hole(stream, offset)
             return
+
+    def _behind(self, stream: _Stream, seq: int, offset: int, payload: bytes) -> None:
+        """A segment wholly before the stream's position: a retransmission, data of a
+        hole given up, or — several far behind in a row — the stream is elsewhere."""
+        if stream.next_off - offset > self.limits.window:
+            stream.far_behind += 1
+            if stream.far_behind >= FAR_BEHIND_RESTART:
+                self._restart(stream, seq, offset, payload)
+                return
+        late = False
+        for lost in stream.lost:
+            first, last = max(lost.start, offset), min(lost.end, offset + len(payload))
+            if first >= last:
+                continue
+            late = True
+            self.stats.skipped_bytes += last - first
+            starts = _START_LINE.finditer(payload, first - offset, last - offset)
+            fresh = {offset + m.start(1) for m in starts}
+            fresh -= lost.seen
+            lost.seen |= fresh
+            lost.count_late(self.stats, len(fresh))
+        if late:
+            self.stats.late_segments += 1
+        else:
+            self.stats.duplicate_segments += 1
 
     def _append(self, stream: _Stream, data: bytes) -> None:
         stream.main.buffer += data
+        stream.next_off += len(data)
         stream.next_seq = ((stream.next_seq or 0) + len(data)) % SEQ_MOD
 
     def _advance(self, stream: _Stream) -> None:
-        """The stream moved on in order: take what was held up to the new position."""
-        run = stream.run
-        limit = run.start if run is not None else None
-        while stream.before and stream.before[0][0] <= stream.next_off:
-            offset, data = heapq.heappop(stream.before)
-            stream.held -= len(data) + SEGMENT_OVERHEAD
-            end = offset + len(data) if limit is None else min(offset + len(data), limit)
-            if end > stream.next_off:
-                self._append(stream, data[stream.next_off - offset:end - offset])
-        if run is None or stream.next_off < run.start:
-            return
-        stream.run = None  # the hole filled: frame in order, without repeating what is out
-        joined = b"".join(run.chunks)
-        if run.end > stream.next_off:
-            self._append(stream, joined[stream.next_off - run.start:])
-        stream.emitted |= run.emitted
-        self._take_after(stream)
-
-    def _hold(self, stream: _Stream, offset: int, payload: bytes) -> None:
-        self.stats.out_of_order += 1
-        run = stream.run
-        if run is None:
-            self._start_run(stream, offset, payload)
-        elif run.start <= offset <= run.end:
-            if offset + len(payload) <= run.end:
-                self.stats.duplicate_segments += 1
-                return
-            self._extend_run(stream, payload[run.end - offset:])
-            self._drain_after(stream)
-        else:
-            heapq.heappush(stream.after if offset > run.end else stream.before, (offset, payload))
-            stream.held += len(payload) + SEGMENT_OVERHEAD
-
-    # -- the run past a hole ------------------------------------------------------
-
-    def _start_run(self, stream: _Stream, offset: int, payload: bytes) -> None:
-        # Its framing counts in a scratch TcpStats: real only if the hole is given up.
-        stream.run = _Run(offset, _Framer(offset, resync=True, stats=TcpStats()))
-        self._extend_run(stream, payload)
-
-    def _extend_run(self, stream: _Stream, data: bytes) -> None:
-        run = stream.run
-        assert run is not None
-        run.chunks.append(data)
-        run.size += len(data)
-        run.framer.buffer += data
-        for offset, message in run.framer.frame(self.limits.max_message):
-            run.emitted.add(offset)
-            stream.ready.append(message)  # out now: a hole delays nothing behind it
-            self.stats.messages += 1
-
-    def _drain_after(self, stream: _Stream) -> None:
-        run = stream.run
-        assert run is not None
-        while stream.after and stream.after[0][0] <= run.end:
-            offset, data = heapq.heappop(stream.after)
-            stream.held -= len(data) + SEGMENT_OVERHEAD
-            if offset + len(data) > run.end:
-                self._extend_run(stream, data[run.end - offset:])
-
-    def _give_up_hole(self, stream: _Stream, offset: int | None = None) -> None:
-        """The first hole will not fill: go on from the earliest data held past
-        it (framing from its first start line), or at ``offset`` when nothing
-        is held. What the stream held before the hole is lost, counted."""
-        held = [start for start in (stream.before[0][0] if stream.before else None,
-                                    stream.run.start if stream.run is not None else None)
-                if start is not None]
-        target = min(held) if held else offset
-        if target is None:
-            return
-        self.stats.gaps += 1
-        head_counted = stream.main.partial
-        self._lose_framer(stream.main)
-        stream.next_seq = ((stream.next_seq or 0) + (target - stream.next_off)) % SEQ_MOD
-        stream.main = self._framer(target, resync=True)
-        stream.main.cut = not head_counted  # else its tail is the message just counted
-        stream.emitted.clear()
-        self._advance(stream)
-
-    def _take_after(self, stream: _Stream) -> None:
-        """The stream is past the run: contiguous held data joins it in order,
-        the first piece past a new hole starts the next run."""
-        while stream.after and stream.after[0][0] <= stream.next_off:
-            offset, data = heapq.heappop(stream.after)
-            stream.held -= len(data) + SEGMENT_OVERHEAD
+        """The stream moved on: take what was held up to the new position."""
+        held = stream.held
+        while held and held[0][0] <= stream.next_off:
+            offset, data = heapq.heappop(held)
+            stream.held_bytes -= len(data) + SEGMENT_OVERHEAD
             if offset + len(data) > stream.next_off:
                 self._append(stream, data[stream.next_off - offset:])
-        if stream.after:
-            offset, data = heapq.heappop(stream.after)
-            stream.held -= len(data) + SEGMENT_OVERHEAD
-            self._start_run(stream, offset, data)
-            self._drain_after(stream)
+        stream.waited = 0
 
-    def _frame_main(self, stream: _Stream) -> None:
-        main = stream.main
-        for offset, message in main.frame(self.limits.max_message):
-            if offset in stream.emitted:
-                stream.emitted.discard(offset)  # framed past the hole already, and out
-                continue
-            stream.ready.append(message)
-            self.stats.messages += 1
-        if stream.emitted:
-            stream.emitted = {o for o in stream.emitted if o >= main.base}
+    def _give_up_hole(self, stream: _Stream, offset: int) -> None:
+        """The first hole will not fill: go on from the earliest data held past it
+        (framing from its first start line), or from ``offset`` when nothing is
+        held. What the stream held before the hole is lost, counted."""
+        target = stream.held[0][0] if stream.held else offset
+        self.stats.gaps += 1
+        head_counted = stream.main.partial
+        self._lose(stream.main)
+        lost = _LostRange(stream.next_off, target)
+        stream.lost.append(lost)
+        stream.next_seq = ((stream.next_seq or 0) + (target - stream.next_off)) % SEQ_MOD
+        stream.next_off = target
+        stream.main = self._framer(resync=True)
+        if not head_counted:  # else its tail is the message just counted by its head
+            stream.main.cut = lost
+        self._advance(stream)
+
+    def _restart(self, stream: _Stream, seq: int, offset: int, payload: bytes) -> None:
+        """Go on where the stream really is: everything held is given up, counted."""
+        self.stats.restarts += 1
+        self._discard(stream)
+        stream.main = self._framer(resync=True)
+        stream.next_seq, stream.next_off, stream.far_behind = seq, offset, 0
+        stream.lost.clear()
+        self._append(stream, payload)
+
+    def _frame(self, stream: _Stream) -> None:
+        messages = stream.main.frame(self.limits.max_message)
+        self.stats.messages += len(messages)
+        stream.ready += messages
 
     def _end(self, key: StreamKey) -> list[bytes]:
         """The stream ends (FIN, RST): holes will not fill. Take every whole
@@ -432,9 +431,9 @@ class TcpStreams:
         if stream is None:
             return []
         charged = stream.charge
-        while stream.run is not None or stream.before:
-            self._give_up_hole(stream)
-            self._frame_main(stream)
+        while stream.held:
+            self._give_up_hole(stream, stream.held[0][0])
+            self._frame(stream)
         out = stream.ready
         self._bytes += stream.charge - charged
         self._drop(key)
@@ -442,35 +441,23 @@ class TcpStreams:
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _framer(self, base: int, resync: bool) -> _Framer:
-        return _Framer(base, resync, self.stats)
+    def _framer(self, resync: bool) -> _Framer:
+        return _Framer(self.stats, resync)
 
-    def _lose_framer(self, framer: _Framer) -> None:
+    def _lose(self, framer: _Framer) -> None:
         if framer.partial:
             self.stats.lost_messages += 1
         self.stats.skipped_bytes += len(framer)
-        framer.base += len(framer.buffer)
         framer.buffer.clear()
-
-    def _release(self, held: list[Held], stream: _Stream) -> None:
-        for _offset, data in held:
-            stream.held -= len(data) + SEGMENT_OVERHEAD
-            self.stats.skipped_bytes += len(data)
-            self.stats.lost_messages += count_start_lines(data)
 
     def _discard(self, stream: _Stream) -> None:
         """Throw away everything the stream holds, counted."""
-        self._lose_framer(stream.main)
-        self._release(stream.before, stream)
-        self._release(stream.after, stream)
-        stream.before, stream.after = [], []
-        run = stream.run
-        if run is not None:
-            unframed = bytes(run.framer.buffer)
-            self.stats.skipped_bytes += len(unframed)
-            self.stats.lost_messages += count_start_lines(unframed)
-            stream.run = None
-        stream.emitted.clear()
+        self._lose(stream.main)
+        for _offset, data in stream.held:
+            self.stats.skipped_bytes += len(data)
+            self.stats.lost_messages += count_start_lines(data)
+        stream.held = []
+        stream.held_bytes = stream.waited = 0
 
     def _stream(self, key: StreamKey, now_ns: int) -> _Stream:
         stream = self._streams.get(key)
@@ -478,7 +465,7 @@ class TcpStreams:
             if len(self._streams) >= self.limits.max_streams:
                 self._drop(next(iter(self._streams)))
                 self.stats.evicted_streams += 1
-            stream = self._streams[key] = _Stream(self._framer(0, resync=False))
+            stream = self._streams[key] = _Stream(self._framer(resync=False))
         else:
             self._streams.move_to_end(key)
         stream.last_seen = now_ns
@@ -494,8 +481,3 @@ class TcpStreams:
         if stream is not None:
             self._bytes -= stream.charge
             self._discard(stream)
-
-
-def _add_stats(into: TcpStats, more: TcpStats) -> None:
-    for name in TcpStats.__dataclass_fields__:
-        setattr(into, name, getattr(into, name) + getattr(more, name))
