@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -131,10 +132,18 @@ def read_text(path: Path) -> str:
         return ConfigInvalid([Problem(str(path), 0, "(file)", message)])
 
     try:
-        with path.open("rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the reader
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refuse("not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise refuse(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise refuse(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")
     try:

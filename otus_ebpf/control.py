@@ -26,6 +26,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,34 @@ def _error(text: str) -> dict[str, Any]:
     return {"ok": False, "error": text.splitlines()[0] if text.strip() else "error"}
 
 
-class _Connection(socketserver.StreamRequestHandler):
+class _Connection(socketserver.BaseRequestHandler):
     server: ControlServer
-    timeout = CONNECTION_TIMEOUT_S  # applied to the socket by StreamRequestHandler.setup
+    timeout = CONNECTION_TIMEOUT_S  # for the whole request line, however it trickles in
 
     def handle(self) -> None:
-        try:
-            line = self.rfile.readline(MAX_REQUEST)
-        except OSError:  # timed out, or the client went away: nobody to answer
-            return
+        line = self._request_line()
+        if line is None:
+            return  # timed out, or the client went away: nobody to answer
         answer = self.server.answer(line)
         with contextlib.suppress(OSError):
-            self.wfile.write(json.dumps(answer).encode() + b"\n")
+            self.request.sendall(json.dumps(answer).encode() + b"\n")
+
+    def _request_line(self) -> bytes | None:
+        deadline = time.monotonic() + self.timeout
+        data = bytearray()
+        while b"\n" not in data and len(data) < MAX_REQUEST:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                self.request.settimeout(remaining)
+                chunk = self.request.recv(MAX_REQUEST - len(data))
+            except OSError:
+                return None
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data).partition(b"\n")[0] + (b"\n" if b"\n" in data else b"")
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -86,7 +103,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return _error(f"request longer than {MAX_REQUEST} bytes")
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested ten thousand deep
             return _error("a request is one line of JSON")
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error('a request is a JSON object with a "cmd"')
@@ -159,15 +176,20 @@ def request(path: str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            data = b""
+        except OSError as exc:
+            raise SetupError(f"no daemon at {path}: {exc.strerror or exc}") from None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps(message).encode() + b"\n")  # a busy daemon answers and closes first
+        data = b""
+        try:
             while not data.endswith(b"\n"):
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     break
                 data += chunk
         except OSError as exc:
-            raise SetupError(f"no daemon at {path}: {exc.strerror or exc}") from None
+            if not data:
+                raise SetupError(f"no answer from the daemon at {path}: {exc.strerror or exc}") from None
     try:
         answer: dict[str, Any] = json.loads(data)
     except ValueError:

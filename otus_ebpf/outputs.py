@@ -10,6 +10,7 @@ cut in half, and nothing buffered that could reach the file later.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ class AppendFile:
             raise SetupError(f"cannot open output {path}: {exc.strerror}") from None
 
     def write(self, data: bytes, /) -> int:
+        if self._fd < 0:
+            raise OSError(errno.EBADF, f"{self.path} is closed")
         view, start = memoryview(data), self.size
         done = 0
         try:
@@ -53,7 +56,11 @@ class AppendFile:
         os.fsync(self._fd)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Once: a closed descriptor's number is reused by the next open, and a
+        second close (or a write) would hit someone else's file."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class RotatingFile:
@@ -67,30 +74,47 @@ class RotatingFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SetupError(f"cannot create {path.parent}: {exc.strerror}") from None
-        self._file = AppendFile(path, mode)
+        self._file: AppendFile | None = AppendFile(path, mode)
+
+    def _current(self) -> AppendFile:
+        """The open file; one that failed to reopen at a rotation is tried again."""
+        if self._file is None:
+            try:
+                self._file = AppendFile(self.path, self._mode)
+            except SetupError as exc:
+                raise OSError(errno.EIO, str(exc)) from None
+        return self._file
 
     def write(self, data: bytes, /) -> int:
-        return self._file.write(data)
+        return self._current().write(data)
 
     def flush(self) -> None:
         return None  # nothing is buffered here
 
     def sync(self) -> None:
-        self._file.sync()
+        self._current().sync()
 
     def rotate(self) -> None:
-        self._file.close()
+        """Keep the current file under a time-stamped name and start a fresh one.
+        If the file is gone (deleted by hand), the fresh one simply starts; if it
+        cannot be opened, the next write tries again and says why."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
         serial = 1
         while target.exists():  # several rotations within one second
             target = self.path.with_name(f"{self.path.stem}-{stamp}.{serial}{self.path.suffix}")
             serial += 1
-        os.rename(self.path, target)
-        self._file = AppendFile(self.path, self._mode)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path, target)
+        self._current()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class StreamSink:

@@ -86,6 +86,9 @@ def _outputs(sample: TaskSample, task: Task) -> None:
         sample.count("otus_output_batches_total", q.batches, output=reporter.name)
         sample.count("otus_output_latency_seconds_total", q.latency_s, output=reporter.name)
         sample.gauge("otus_output_latency_max_seconds", q.latency_max_s, output=reporter.name)
+        sync_errors = getattr(getattr(reporter.reporter, "stats", None), "sync_errors", None)
+        if sync_errors is not None:
+            sample.count("otus_output_sync_errors_total", sync_errors, output=reporter.name)
     for name, failed in task.frames.failures().items():
         sample.count("otus_output_records_total", failed, output=name, outcome="failed")
     if task.kafka is not None:

@@ -173,7 +173,7 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
 
     def report(kind: str) -> None:
         payload = {"sample": sample_to_json(task.metrics_sample()), "figures": task.figures(),
-                   "recent": task.recent_rows()}
+                   "recent": task.recent_rows(), "worker": index}
         reports.send((kind, index, payload))
 
     def listen() -> None:
@@ -263,7 +263,9 @@ class WorkersCapture:
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         self._stopping = False
+        self._retired: list[dict[str, Any]] = []
         self.restarts = 0
+        self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
         stack.callback(self._stop_workers)
         for index in range(count):
             self._workers.append(self._spawn(index))
@@ -308,23 +310,27 @@ class WorkersCapture:
         fills, and the kernel counts what it cannot take."""
         if not batch:
             return
-        workers = [w for w in self._workers if w.events is not None and w.failed is None]
-        if not workers:
-            return
+        workers = self._workers
         shares: list[list[bytes]] = [[] for _ in workers]
         if self._round_robin:
+            up = [i for i, w in enumerate(workers) if w.failed is None] or [0]
             for i, event in enumerate(batch, self._next):
-                shares[i % len(workers)].append(event)
-            self._next = (self._next + len(batch)) % len(workers)
-        else:
+                shares[up[i % len(up)]].append(event)
+            self._next = (self._next + len(batch)) % len(up)
+        else:  # modulo every worker, up or not: a death must not move the other conversations
             n = len(workers)
             for event in batch:
                 shares[int.from_bytes(event[_FLOW_HASH:_FLOW_HASH + 4], "little") % n].append(event)
         for worker, share in zip(workers, shares, strict=True):
-            if share:
-                assert worker.events is not None
-                with contextlib.suppress(OSError):
-                    worker.events.send(share)
+            if not share:
+                continue
+            if worker.events is None or worker.failed is not None:
+                self.dispatch_dropped += len(share)  # its worker is down until its restart
+                continue
+            try:
+                worker.events.send(share)
+            except OSError:
+                self.dispatch_dropped += len(share)
 
     def _collect(self, timeout: float) -> None:
         ready = wait([w.reports for w in self._workers if not w.final and w.failed is None], timeout)
@@ -346,6 +352,9 @@ class WorkersCapture:
 
     def _died(self, worker: _Worker, why: str) -> None:
         worker.failed = why
+        if worker.latest is not None:  # what it had counted stays counted (whatever it held is lost)
+            self._retired.append({**worker.latest, "retired": True})
+            worker.latest = None
         if self._stopping:
             self._log(f"worker {worker.index} failed while stopping: {why}")
             return
@@ -363,7 +372,6 @@ class WorkersCapture:
             self._release(worker)
             fresh = self._spawn(worker.index)
             fresh.deaths = worker.deaths
-            fresh.latest = worker.latest  # its figures so far stay in the totals until it reports
             self._workers[position] = fresh
             self.restarts += 1
             self._log(f"worker {worker.index} restarted (pid {fresh.process.pid})")
@@ -376,7 +384,8 @@ class WorkersCapture:
             connection.close()
 
     def worker_payloads(self) -> list[dict[str, Any]]:
-        return [w.latest for w in self._workers if w.latest is not None]
+        """Every worker's latest figures, and the last ones of workers that died."""
+        return [*self._retired, *(w.latest for w in self._workers if w.latest is not None)]
 
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         return None  # the workers learn their own flows
@@ -388,7 +397,10 @@ class WorkersCapture:
         bpf = self._programs.bpf
         kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
         shards = read_shard_failures(bpf, self._programs.shards)
-        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+        found = {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+        if self._reader is not None:
+            found["dispatch"] = {"dropped": self.dispatch_dropped}
+        return found
 
     def workers_up(self) -> dict[str, bool]:
         return {f"w{w.index}": w.process.is_alive() and w.failed is None for w in self._workers}
@@ -425,21 +437,29 @@ class WorkersCapture:
 def merge_samples(base: TaskSample, payloads: list[dict[str, Any]],
                   from_json: Callable[[dict[str, Any]], TaskSample] = sample_from_json) -> TaskSample:
     """The task's sample: the parent's capturers plus the workers' figures added up."""
-    for payload in payloads:
+    live = [p for p in payloads if not p.get("retired")]
+    for payload in payloads:  # a dead worker's counters stay in the totals; its gauges do not
         sample = from_json(payload["sample"])
         for name, values in sample.counters.items():
             into = base.counters.setdefault(name, {})
             for labels, value in values.items():
                 into[labels] = into.get(labels, 0) + value
+        if payload.get("retired"):
+            continue
         for name, gauges in sample.gauges.items():
             into_g = base.gauges.setdefault(name, {})
             for labels, gauge in gauges.items():
                 into_g[labels] = into_g.get(labels, 0.0) + gauge
-    for index, payload in enumerate(payloads):  # and each worker's own load, to see the split
+    for name in ("otus_worker_events_total", "otus_worker_records_total"):  # each worker's load
+        base.counters.setdefault(name, {})
+    for index, payload in enumerate(payloads):
+        worker = f"w{payload.get('worker', index)}"
         pipeline = payload["figures"]["pipeline"]
-        base.count("otus_worker_events_total", pipeline["events"], worker=f"w{index}")
-        base.count("otus_worker_records_total", pipeline["records"], worker=f"w{index}")
-    measured = sum(1 for p in payloads if any(g[0] == "otus_rtp_mos" for g in p["sample"]["gauges"]))
+        for name, key in (("otus_worker_events_total", "events"), ("otus_worker_records_total", "records")):
+            into = base.counters[name]
+            labels = (("worker", worker),)
+            into[labels] = into.get(labels, 0) + pipeline[key]
+    measured = sum(1 for p in live if any(g[0] == "otus_rtp_mos" for g in p["sample"]["gauges"]))
     if measured:  # a mean over the workers that measured one, not a sum
         base.gauges["otus_rtp_mos"] = {k: v / measured for k, v in base.gauges["otus_rtp_mos"].items()}
     return base
@@ -464,5 +484,6 @@ def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str,
             kafka = kafka or KafkaStats()
             for name, value in figures["kafka"].items():
                 setattr(kafka, name, getattr(kafka, name) + value)
-        outputs += [f"w{index}-{summary}" for summary in figures["outputs"]]
+        name = f"w{payload.get('worker', index)}{'(died)' if payload.get('retired') else ''}"
+        outputs += [f"{name}-{summary}" for summary in figures["outputs"]]
     return StatsLine(label, sections, pipeline, kafka, reassembly, outputs).format()

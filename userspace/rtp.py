@@ -189,18 +189,18 @@ class MediaTracker:
         if call_id is None:
             self.stats.without_call += 1
             return None
-        owned = self._by_call.setdefault(call_id, {})
-        if len(owned) >= self.max_per_call:
+        owned = self._by_call.get(call_id)
+        if owned is not None and len(owned) >= self.max_per_call:
             self.stats.streams_over_cap += 1  # spoofed SSRCs must not swell one call without bound
             return None
         if len(self.streams) >= self.max_streams:
-            self._remove(next(iter(self.streams.values())))
+            self._remove(next(iter(self.streams.values())))  # may empty (and drop) this call's table
             self.stats.evicted_streams += 1
         flow, ssrc = key
         stream = RtpStream(flow, ssrc, payload_type, max(1, clock_rate), codec, arrival_ns, call_id=call_id)
         self.streams[key] = stream
         self._by_ssrc[ssrc] = stream
-        owned[key] = stream
+        self._by_call.setdefault(call_id, {})[key] = stream
         return stream
 
     def _remove(self, stream: RtpStream) -> None:

@@ -372,3 +372,152 @@ def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None
     assert run_replay(capture, options(tmp_path, out=str(tmp_path / "o.jsonl")), None, said.append) == 0
     assert "internal_errors=0" in said[-2]
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == len(TRIGGERS) - 1
+
+
+# -- found by the adversarial review -----------------------------------------------------------
+
+
+def test_rotating_a_file_deleted_by_hand_starts_a_fresh_one(tmp_path: Path) -> None:
+    """A rotation whose rename failed left a closed descriptor number in use: the next file the
+    process opened received the records."""
+    from otus_ebpf.outputs import RotatingFile  # noqa: PLC0415
+
+    sink = RotatingFile(tmp_path / "out.jsonl")
+    (tmp_path / "out.jsonl").unlink()
+    sink.rotate()
+    with (tmp_path / "victim.bin").open("wb") as victim:
+        sink.write(b'{"n": 1}\n')
+        victim.write(b"")
+    sink.close()
+    assert (tmp_path / "out.jsonl").read_bytes() == b'{"n": 1}\n'
+    assert (tmp_path / "victim.bin").read_bytes() == b""
+
+
+def test_a_rotation_that_cannot_reopen_fails_writes_until_it_can(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from otus_ebpf import outputs  # noqa: PLC0415
+
+    sink = outputs.RotatingFile(tmp_path / "out.jsonl")
+    real = outputs.AppendFile
+
+    def full(*_args: object) -> None:
+        raise SetupError("cannot open output: No space left on device")
+
+    monkeypatch.setattr(outputs, "AppendFile", full)
+    with pytest.raises(OSError, match="No space left"):
+        sink.rotate()
+    with pytest.raises(OSError, match="No space left"):
+        sink.write(b"x\n")
+    monkeypatch.setattr(outputs, "AppendFile", real)
+    sink.write(b"y\n")
+    sink.close()
+    assert (tmp_path / "out.jsonl").read_bytes() == b"y\n"
+
+
+def test_a_failed_fsync_leaves_the_records_written_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync per batch, a write that landed and an fsync that failed put the same records
+    in the output and in the fallback."""
+    from userspace.reporters.jsonl import FsyncPolicy  # noqa: PLC0415
+
+    class FailingSync(ListSink):
+        def sync(self) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    out, spare = FailingSync(), ListSink()
+    reporter = JsonLinesReporter(out, fsync=FsyncPolicy.BATCH)
+    queued = QueuedReporter("jsonl", reporter, Fallback(JsonLinesReporter(spare)))
+    queued.write(numbered_sip_records(3, calls=1))
+    queued.flush(5.0, time.monotonic)
+    queued.close()
+    assert (queued.stats.written, queued.stats.to_fallback) == (3, 0)
+    assert len(lines_of(out)) == 3 and lines_of(spare) == []
+    assert reporter.stats.sync_errors >= 1
+
+
+def test_deeply_nested_json_is_answered(control: ControlServer) -> None:
+    answer = control.answer(b"[" * 100_000 + b"\n")
+    assert answer == {"ok": False, "error": "a request is one line of JSON"}
+
+
+def test_a_request_trickling_in_is_cut_off_at_its_deadline(control: ControlServer,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("otus_ebpf.control._Connection.timeout", 0.5)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(control.path))
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            for _ in range(20):
+                sock.sendall(b" ")  # a byte at a time, each within any per-read timeout
+                time.sleep(0.1)
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            assert sock.recv(100) == b""
+        assert time.monotonic() - started < 3
+
+
+def test_validate_refuses_a_fifo_instead_of_waiting_on_it(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from otus_ebpf import cli  # noqa: PLC0415
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    assert cli.main(["validate", str(fifo)]) == 2
+    assert capsys.readouterr().err.strip() == f"{fifo}: (file): not a regular file"
+
+
+def test_at_the_global_stream_cap_a_calls_new_stream_stays_its_own() -> None:
+    """Evicting the oldest stream emptied (and dropped) the new stream's call table, so the
+    call's end missed the stream and it went on being measured."""
+    from tests.support.hostile import rtp_packet  # noqa: PLC0415
+    from userspace.rtp import MediaTracker  # noqa: PLC0415
+
+    tracker = MediaTracker(max_streams=2)
+    for ssrc, call in ((1, "A"), (2, "B"), (3, "A")):
+        tracker.feed(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(1, ssrc), 0, 0, 172, call_id=call)
+    assert [s.ssrc for s in tracker.take_call("A")] == [3]
+    assert [(s.ssrc, s.call_id) for s in tracker.streams.values()] == [(2, "B")]
+
+
+def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_one_misses() -> None:
+    from otus_ebpf import workers  # noqa: PLC0415
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, share: list[bytes]) -> None:
+            self.sent += share
+
+    capture = object.__new__(workers.WorkersCapture)
+    pipes = [Pipe() for _ in range(3)]
+    capture._workers = [workers._Worker(i, None, None, None, pipes[i]) for i in range(3)]  # type: ignore[arg-type]
+    capture._round_robin, capture._next, capture.dispatch_dropped = False, 0, 0
+    offset = workers._FLOW_HASH
+
+    def event(flow_hash: int) -> bytes:
+        return bytes(offset) + flow_hash.to_bytes(4, "little")
+
+    capture._dispatch([event(h) for h in range(9)])
+    before = [list(p.sent) for p in pipes]
+    capture._workers[1].failed = "killed"
+    capture._dispatch([event(h) for h in range(9)])
+    assert [p.sent[len(b):] for p, b in zip(pipes, before, strict=True)] == [before[0], [], before[2]]
+    assert capture.dispatch_dropped == 3
+
+
+def test_a_dead_workers_counters_stay_in_the_totals_and_its_gauges_go() -> None:
+    from otus_ebpf.metrics import sample_to_json  # noqa: PLC0415
+    from otus_ebpf.workers import merge_samples  # noqa: PLC0415
+
+    def payload(worker: int, records: int, dialogs: float, retired: bool = False) -> dict[str, Any]:
+        sample = TaskSample("running")
+        sample.count("otus_records_total", records)
+        sample.gauge("otus_dialogs_active", dialogs)
+        return {"sample": sample_to_json(sample), "worker": worker, "retired": retired,
+                "figures": {"pipeline": {"events": records, "records": records}}}
+
+    merged = merge_samples(TaskSample("running"), [payload(0, 100, 5, retired=True), payload(0, 7, 2),
+                                                   payload(1, 50, 3)])
+    assert merged.counters["otus_records_total"][()] == 157
+    assert merged.gauges["otus_dialogs_active"][()] == 5
+    assert merged.counters["otus_worker_records_total"][(("worker", "w0"),)] == 107

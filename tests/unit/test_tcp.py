@@ -8,6 +8,7 @@ import random
 import pytest
 
 from tests.support.sip_samples import INVITE, OK_200
+from userspace import tcp
 from userspace.sip import parse_message
 from userspace.tcp import FIN, RST, SEGMENT_OVERHEAD, SEQ_MOD, SYN, TcpLimits, TcpStreams
 
@@ -213,7 +214,7 @@ def test_a_forged_segment_far_ahead_does_not_end_the_stream() -> None:
     """A segment far past the window made the stream jump there: every genuine segment after
     it was 'old'. A run of segments far behind puts the stream back where they are."""
     streams = opened()
-    data, messages = stream_of(20)
+    _data, messages = stream_of(20)
     out = streams.feed(KEY, ISN + 1 + 10**8, 0, b"forged", 1)
     position = 0
     for n, message in enumerate(messages):
@@ -232,12 +233,11 @@ def test_a_body_arriving_one_byte_a_segment_is_not_searched_again() -> None:
     head = head.replace(b"CSeq:", b"".join(b"X-Pad-%d: y\r\n" % i for i in range(500)) + b"CSeq:")
     message = head + body
     calls = {"n": 0}
-    import userspace.tcp as tcp  # noqa: PLC0415 - the module whose regex is counted
 
     class Counting:
         def search(self, *args: object) -> object:
             calls["n"] += 1
-            return real.search(*args)  # type: ignore[arg-type]
+            return real.search(*args)  # type: ignore[call-overload]
 
     real = tcp._CONTENT_LENGTH
     with pytest.MonkeyPatch.context() as patch:

@@ -28,6 +28,7 @@ class JsonLinesStats:
     written: int = 0
     bytes: int = 0
     rotations: int = 0
+    sync_errors: int = 0  # fsyncs that failed: the lines are in the file, their durability unsure
 
 
 class JsonLinesReporter:
@@ -54,15 +55,23 @@ class JsonLinesReporter:
             self._rotate()
         self._sink.write(data)
         self._sink.flush()  # once per batch: lines reach the file while traffic is low
-        if self._fsync is FsyncPolicy.BATCH:
-            self._sink.sync()
         self._files.wrote(len(data))
+        if self._fsync is FsyncPolicy.BATCH:
+            self._sync()  # after the write: the lines are in the file whatever fsync says
         self.stats.written += len(lines)
         self.stats.bytes += len(data)
 
+    def _sync(self) -> None:
+        """fsync, counted when it fails: raising would hand lines already in the file
+        to the fallback too, and one record must be in one place."""
+        try:
+            self._sink.sync()
+        except OSError:
+            self.stats.sync_errors += 1
+
     def _rotate(self) -> None:
         if self._fsync is not FsyncPolicy.NEVER:
-            self._sink.sync()
+            self._sync()
         self._sink.rotate()
         self._files.started_new_file()
         self.stats.rotations += 1
@@ -73,5 +82,5 @@ class JsonLinesReporter:
 
     def close(self) -> None:
         if self._fsync is not FsyncPolicy.NEVER:
-            self._sink.sync()
+            self._sync()
         self._sink.close()
