@@ -26,7 +26,7 @@ class FlowTableFull(Exception):
 class FlowStats:
     learned: int = 0
     forgotten: int = 0
-    map_full: int = 0    # learn refused: the table is full (sized by calls.max_calls)
+    flows_map_full: int = 0    # learn refused: the table is full (sized by calls.max_calls)
     failed: int = 0      # an event that hit a bug (counted by the boundary too)
 
 
@@ -46,7 +46,7 @@ def apply_each(events: list[FlowEvent], learn: Callable[[FlowEvent], None],
                 forget(event)
                 stats.forgotten += 1
         except FlowTableFull:
-            stats.map_full += 1
+            stats.flows_map_full += 1
         except Exception as exc:  # one bad event, not the capture
             stats.failed += 1
             boundary.failed("flow_learning", exc)

@@ -117,7 +117,7 @@ HELP = {
     "otus_internal_errors_total": "Bugs caught at a failure boundary, by stage and exception type; "
                                   "capture went on",
     "otus_flow_updates_total": "Media endpoints learned or forgotten, by outcome "
-                               "(map_full: the table was full)",
+                               "(flows_map_full: the table was full)",
     "otus_sdp_problems_total": "SDP media that could not be (fully) learned, by problem",
     "otus_media_problems_total": "RTP/RTCP packets or streams not measured, by problem",
     "otus_worker_restarts_total": "Worker processes restarted after they died",

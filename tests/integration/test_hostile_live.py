@@ -64,7 +64,7 @@ def check_conditions(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], floa
     assert value("otus_sdp_problems_total", problem="sdp_bad_ports") >= 3     # ², a=rtcp:², 65535 + 1
     assert value("otus_sdp_problems_total", problem="sdp_bad_clock") >= 2     # PCMU/², PCMU/0
     assert value("otus_decode_errors_total", layer="sip") >= 1                # Content-Length: ²
-    assert value("otus_flow_updates_total", outcome="map_full") >= 2 * 16 * FLOOD_CALLS - 4 * MAX_CALLS
+    assert value("otus_flow_updates_total", outcome="flows_map_full") >= 2 * 16 * FLOOD_CALLS - 4 * MAX_CALLS
     assert not [k for k in metrics if k[0] == "otus_internal_errors_total"], "no bug was hit"
 
 

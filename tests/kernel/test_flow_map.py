@@ -51,7 +51,7 @@ def test_a_full_map_refuses_learning_counted_and_sip_still_matches(small: Kernel
         maps.forget_flow(Endpoint(endpoint_address(event.address), event.port))
 
     apply_each(events, learn, forget, stats, Boundary())  # strict: any other error fails the test
-    assert (stats.learned, stats.map_full) == (CALLS * 4, 100 - CALLS * 4)
+    assert (stats.learned, stats.flows_map_full) == (CALLS * 4, 100 - CALLS * 4)
     with pytest.raises(FlowTableFull):
         learn(events[-1])
     learned_media = small.run(ethernet(ipv4(udp(b"\x80" * 20, 40000, 20000), dst="10.200.0.0")))

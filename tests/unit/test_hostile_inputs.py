@@ -210,5 +210,5 @@ def test_flow_learning_counts_a_full_table_and_a_bad_event_and_goes_on() -> None
     stats, boundary = FlowStats(), Boundary(strict=False)
     apply_each(events, learn, lambda _e: None, stats, boundary)
     assert learned == [1, 4]
-    assert (stats.learned, stats.map_full, stats.failed) == (2, 1, 1)
+    assert (stats.learned, stats.flows_map_full, stats.failed) == (2, 1, 1)
     assert boundary.counts == {("flow_learning", "ValueError"): 1}
