@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from userspace.errors import LimitExceeded, Malformed, Truncated
+from userspace.uri import party, uri_user
 
 SIP_VERSION = "SIP/2.0"
 # Largest message we accept: the UDP limit; a TCP stream frames by Content-Length.
@@ -44,6 +45,7 @@ _COMMON_NAMES = {
     "call-id": "call-id", "i": "call-id", "cseq": "cseq", "from": "from", "f": "from",
     "to": "to", "t": "to", "via": "via", "v": "via", "content-length": "content-length",
     "l": "content-length", "content-type": "content-type", "c": "content-type",
+    "user-agent": "user-agent", "server": "server",
 }
 # Header name as written (any case, trailing blanks) -> its common-path key, or
 # None for every other header. Bounded: hostile traffic can invent names forever.
@@ -95,6 +97,12 @@ class SipMessage:
     defects: tuple[str, ...] = ()
     content_type: str | None = None
     source: bytes = field(default=b"", repr=False)  # what was parsed; the message is its first ``size`` bytes
+    # Who: read here, once, because every record carries them (userspace.uri).
+    from_display: str | None = None
+    from_user: str | None = None
+    to_user: str | None = None
+    ruri_user: str | None = None
+    user_agent: str | None = None  # User-Agent, or a response's Server
     _lazy: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -170,10 +178,6 @@ class SipMessage:
     @property
     def contact(self) -> str | None:
         return self.header("contact")
-
-    @property
-    def user_agent(self) -> str | None:
-        return self.header("user-agent")
 
     @property
     def reason_header(self) -> str | None:
@@ -313,15 +317,23 @@ def parse_message(data: bytes) -> SipMessage:
     # The tag outside any <URI>: a URI may carry its own ;tag=.
     from_tag = _TAG.search(from_value, from_value.rfind(">") + 1)
     to_tag = _TAG.search(to_value, to_value.rfind(">") + 1)
+    from_display, from_user = party(from_value)
     return SipMessage(
         method, uri, status, reason, call_id, cseq, cseq_method,
         None if from_tag is None else from_tag.group(1),
         None if to_tag is None else to_tag.group(1),
         _branch(via), content_length, size, head, data[body_start:size], defects,
         None if (ctype := found.get("content-type")) is None else ctype.strip(), data,
+        from_display, from_user, party(to_value)[1], None if uri is None else uri_user(uri), _agent(found),
     )
 
 
+def _agent(found: dict[str, str]) -> str | None:
+    agent = found.get("user-agent") or found.get("server")
+    return None if agent is None else agent.strip()[:MAX_AGENT]
+
+
+MAX_AGENT = 256  # a User-Agent longer than this is cut in records
 _UNSEEN = ""  # not a valid key: marks a name the memo has not seen
 
 
