@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from otus_ebpf.loader import MAX_SHARDS, MAX_SNAPLEN, MIN_SNAPLEN
+from userspace.calls import CallLimits
 from userspace.numbers import is_ascii_digits
 
 
@@ -40,6 +41,7 @@ KAFKA_QUEUE_KB = Bound(1, 2_147_483_647)     # librdkafka: queue.buffering.max.k
 KAFKA_BACKLOG_MB = Bound(1, 1 << 20)
 HEP_CAPTURE_ID = Bound(0, (1 << 32) - 1)     # a 32-bit chunk
 REPLAY_SPEED = Bound(0.001, 1_000_000)
+RTP_REPORT_INTERVAL_S = Bound(*CallLimits.__dataclass_fields__["rtp_report_interval_s"].metadata["range"])
 
 
 def parse_int(text: str, bound: Bound) -> int:

@@ -23,7 +23,7 @@ from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_pr
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
 from userspace.boundary import Boundary
-from userspace.calls import FlowEvent
+from userspace.endpoints import FlowEvent
 from userspace.event import Kind
 
 

@@ -24,6 +24,7 @@ from otus_ebpf.bounds import (
     RING_PAGES,
     ROTATE_AGE_S,
     ROTATE_MB,
+    RTP_REPORT_INTERVAL_S,
     SNAPLEN,
     SNAPLEN_MEDIA,
     STATS_INTERVAL_S,
@@ -53,6 +54,7 @@ from otus_ebpf.loader import (
 from otus_ebpf.options import Dispatch, Strategy
 from otus_ebpf.replay import run_replay
 from otus_ebpf.secret import read_secret
+from userspace.calls import CallLimits
 from userspace.event import Direction
 from userspace.numbers import ascii_int
 from userspace.reporters import Rotation
@@ -160,6 +162,10 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="bytes past the UDP header to copy for RTP/RTCP")
     attach.add_argument("--ring-pages", type=whole(RING_PAGES), default=DEFAULT_RING_PAGES,
                         help="ring buffer size in pages, a power of two")
+    attach.add_argument("--rtp-report-interval", type=real(RTP_REPORT_INTERVAL_S), default=10.0,
+                        metavar="SECONDS",
+                        help="an rtp record per stream every this many seconds of its packets, and one at "
+                             "its call's end (default 10)")
     attach.add_argument("--stats-interval",
                         type=real(STATS_INTERVAL_S), default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
@@ -323,6 +329,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         pcap_rotation=Rotation(None if args.pcap_max_mb is None else int(args.pcap_max_mb * 2**20),
                                args.pcap_max_age),
         stats_interval_s=args.stats_interval,
+        calls=CallLimits(rtp_report_interval_s=args.rtp_report_interval),
         worker_processes=not args.in_process,
         dispatch=Dispatch(args.dispatch),
         strategy=Strategy(args.strategy),
@@ -463,6 +470,9 @@ def _with_config(flags: AttachOptions, args: argparse.Namespace, given: set[str]
               if given & set(dests)}
     if kernel:
         changes["kernel"] = dataclasses.replace(base.kernel, **kernel)
+    if "rtp_report_interval" in given:
+        changes["calls"] = dataclasses.replace(base.calls,
+                                               rtp_report_interval_s=flags.calls.rtp_report_interval_s)
     return dataclasses.replace(base, interfaces=flags.interfaces, **changes)
 
 

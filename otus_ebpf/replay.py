@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.fanout import QueuedReporter
-from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
+from otus_ebpf.flows import FlowStats, apply_each, packed_address
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.task import strict_mode
 from otus_ebpf.wiring import (
@@ -37,13 +37,15 @@ from otus_ebpf.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
-from userspace.calls import FlowEvent
 from userspace.classify import Rules, classify_frame, encode_event
+from userspace.endpoints import FlowEvent
 from userspace.event import Direction, Kind
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 
 BATCH = 512
+_MEDIA = frozenset((Kind.RTP, Kind.RTCP))
+EXPIRY_STEP_NS = 100_000_000  # capture time between expiry passes: as often as the live loop
 UDP = 17
 MAX_PAUSE_S = 60.0  # a gap in the file longer than this is replayed as this
 PCAP_MAGICS = {0xA1B2C3D4: 1_000, 0xA1B23C4D: 1}  # magic -> nanoseconds per timestamp fraction unit
@@ -240,9 +242,11 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
             _replay_frames(read_frames(stream, path.stem), replayer, reporters, frame_outputs, speed)
         except CaptureFileError as exc:
             broken = exc  # what came before is delivered below, then the error is said
-        last = replayer.stream_reports()
+        last = replayer.pipeline.finish()  # calls still going at the end of the file
         for reporter in reporters:
             reporter.write(last)
+        if frame_outputs.wanted:
+            frame_outputs.write(replayer.pipeline.take_frames(), last)
         flush_reporters(reporters, log)
         p = replayer.pipeline.stats
         errors = p.event_errors + p.decode_errors + p.sip_errors
@@ -298,12 +302,12 @@ class _Replayer:
         self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary)
         self.pipeline.keep_frames = keep_frames
         kernel = options.kernel
+        # Learned endpoints, as the kernel's flow map would hold them; the rules see the
+        # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
-        self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, {})
-        self._signature = kernel.signature
-        self._ports = frozenset(kernel.sip_ports)
+        self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, self._media)
         self.frames = self.events = 0
-        self._last_ts = 0
+        self._last_ts = self._next_expiry = 0
         self.flow_stats = FlowStats()
 
     def _ifindex(self, name: str) -> int:
@@ -314,7 +318,11 @@ class _Replayer:
         return index
 
     def process(self, batch: list[CapturedFrame]) -> list[Record]:
-        events = []
+        """Frames in capture order, as the kernel sees them: a SIP frame's learning
+        (its SDP's media) applies before the next frame is classified, however many
+        frames a batch holds; media frames in between go through together."""
+        records: list[Record] = []
+        events: list[bytes] = []
         for frame in batch:
             self.frames += 1
             classified = classify_frame(frame.data, self._rules)
@@ -323,9 +331,20 @@ class _Replayer:
             events.append(encode_event(frame.data, classified, frame.direction, frame.ts_ns,
                                        self._ifindex(frame.interface), frame.orig_len))
             self._last_ts = frame.ts_ns
+            if classified.kind not in _MEDIA:  # SIP or a fragment: it may learn or forget media
+                records += self._run(events)
+                events = []
+        records += self._run(events)
+        return records
+
+    def _run(self, events: list[bytes]) -> list[Record]:
+        if not events:
+            return []
         self.events += len(events)
         records = self.pipeline.process(events)
-        records += self.pipeline.expire(self._last_ts)  # calls expire by capture time
+        if self._last_ts >= self._next_expiry:  # calls expire by capture time
+            records += self.pipeline.expire(self._last_ts)
+            self._next_expiry = self._last_ts + EXPIRY_STEP_NS
         self._learn(self.pipeline.take_flow_events())
         return records
 
@@ -335,17 +354,15 @@ class _Replayer:
         media = self._media
 
         def learn(event: FlowEvent) -> None:
-            media[endpoint_address(event.address).packed, event.port, UDP] = (event.kind, 0)
+            media[packed_address(event.address), event.port, UDP] = (event.kind, 0)
 
         def forget(event: FlowEvent) -> None:
-            media.pop((endpoint_address(event.address).packed, event.port, UDP), None)
+            media.pop((packed_address(event.address), event.port, UDP), None)
 
         apply_each(flow_events, learn, forget, self.flow_stats, self.pipeline.boundary)
-        self._rules = Rules(self._ports, self._signature, 1, dict(media))
 
     def _report_bug(self, stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
         shown = f"; input: {example[:200]!r}" if example is not None else ""
         self._log(f"replay: internal error in {stage}: {kind}: {exc} (counted; replay goes on){shown}")
 
-    def stream_reports(self) -> list[Record]:
-        return self.pipeline.stream_reports(self._last_ts)
+

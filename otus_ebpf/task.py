@@ -50,7 +50,6 @@ from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
 
 POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
-STREAM_REPORT_INTERVAL_S = 30.0  # periodic RTP stream reports during calls
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 _EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 
@@ -274,7 +273,6 @@ class Task:
     def _start(self) -> None:
         now = time.monotonic()
         self._next_stats = now + self.options.stats_interval_s
-        self._next_reports = now + STREAM_REPORT_INTERVAL_S
 
     # -- running --------------------------------------------------------------
 
@@ -317,11 +315,6 @@ class Task:
             self._guarded("frames", self.frames.write, [], expired)
         self._apply_flows()
         now = time.monotonic()
-        if now >= self._next_reports:
-            self._next_reports += STREAM_REPORT_INTERVAL_S
-            reports = self._guarded("stream_reports", pipeline.stream_reports, time.time_ns())
-            if reports:
-                self._write(reports)
         if now >= self._next_stats:
             self._next_stats += self.options.stats_interval_s
             if self.periodic_stats:
@@ -453,8 +446,12 @@ class Task:
         """Called by the capture after it detached and drained its rings."""
         assert self.pipeline is not None
         self._deliver(leftover)
-        reports = self._guarded("stream_reports", self.pipeline.stream_reports, time.time_ns())
-        self._write(reports or [])  # streams of calls still going
+        stopped = self.pipeline.finish()  # calls still going: summarised, with their streams so far
+        with self._outputs_lock:
+            self._write(stopped)
+            if self.frames.wanted:
+                self._guarded("frames", self.frames.write, self.pipeline.take_frames(), stopped)
+        self._apply_flows()
         self._guarded("output", flush_reporters, self.reporters, self._log)
         self._guarded("stats", lambda: self._log(self.stats_line()))  # the final figures
 

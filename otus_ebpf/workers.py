@@ -42,7 +42,7 @@ from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
 from userspace.boundary import Boundary
-from userspace.calls import FlowEvent
+from userspace.endpoints import FlowEvent
 from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats

@@ -3,13 +3,17 @@
 ``CallTracker.observe(record, now_ns, shard)`` follows each call (keyed by
 Call-ID) through its INVITE transaction far enough to time it — INVITE,
 first 180/183, 2xx, BYE — and to know how it ended. SDP in the offer and in
-the answer names the media endpoints: each becomes a ``FlowEvent`` to learn
-(RTP, and RTCP unless muxed), tagged with the shard that owns the dialog,
-and every learned endpoint is forgotten when the call ends. Calls expire
-after ``ttl_s`` without signalling, and at most ``max_calls`` are held
-(the least recently active is evicted and counted). A call holds at most
-``max_streams`` media descriptions and measured RTP streams; the excess is
-counted, so spoofed SDP or SSRCs cannot swell one call's summary.
+the answer names the media endpoints: each is taken in the endpoint registry
+(userspace.endpoints: shared endpoints are reference-counted, the newest
+call owns one) with that stream's payload types, which may ask the kernel to
+learn it (RTP, and RTCP unless muxed), tagged with the shard that owns the
+dialog; a call's end releases its endpoints. Calls expire after ``ttl_s``
+without signalling, at most ``max_calls`` are held (the least recently
+active is evicted and counted), and ``end_all`` summarises those still in
+progress when capture stops. A call holds at most ``max_streams`` media
+descriptions and measured RTP streams; the excess is counted, so spoofed SDP
+or SSRCs cannot swell one call's summary. A call's end gives its summary and
+a final report of each of its RTP streams.
 
 Media whose SDP cannot be learned (a host name, a refused port) is recorded
 in the call as given and learns nothing; each reason is counted.
@@ -19,30 +23,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import Enum
 
+from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.errors import DecodeError
 from userspace.event import Kind
-from userspace.records import CallSummary, SipRecord
-from userspace.rtp import MediaTracker
-from userspace.sdp import DEFAULT_CLOCK_RATE, MediaStream, SdpProblem, parse_sdp
+from userspace.media import MediaTracker
+from userspace.records import CallSummary, Origin, Parties, SipRecord, StreamReport
+from userspace.rtp import Formats
+from userspace.sdp import MediaStream, SdpProblem, parse_sdp
 
 NS = 1_000_000_000
-
-
-class FlowAction(Enum):
-    LEARN = "learn"
-    FORGET = "forget"
-
-
-@dataclass(frozen=True, slots=True)
-class FlowEvent:
-    action: FlowAction
-    address: str
-    port: int
-    kind: Kind
-    call_id: str
-    shard: int
+NO_FORMATS: Formats = {}
+CallRecord = CallSummary | StreamReport
 
 
 # The kernel's flow map holds the endpoints of max_calls calls: RTP and RTCP
@@ -60,6 +52,8 @@ class CallLimits:
     max_calls: int = field(default=100_000, metadata={"range": (1, 4_000_000)})
     # media descriptions and RTP streams kept per call
     max_streams: int = field(default=16, metadata={"range": (1, 256)})
+    # seconds of a stream between its periodic rtp reports, from its first packet
+    rtp_report_interval_s: float = field(default=10.0, metadata={"range": (1, 3600)})
 
     @property
     def flow_map_entries(self) -> int:
@@ -83,9 +77,6 @@ class CallStats:
     flows_forgotten: int = 0
 
 
-Endpoint = tuple[str, int]
-
-
 @dataclass(slots=True)
 class _Call:
     call_id: str
@@ -93,7 +84,10 @@ class _Call:
     callee: str
     shard: int
     invite_ns: int
+    parties: Parties
+    origin: Origin
     last_seen: int = 0
+    last_wall_ns: int = 0
     from_tag: str | None = None
     to_tag: str | None = None
     ringing_ns: int | None = None
@@ -108,40 +102,33 @@ class CallTracker:
     def __init__(self, limits: CallLimits | None = None, media: MediaTracker | None = None) -> None:
         self.limits = limits or CallLimits()
         self.stats = CallStats()
-        self.media = media or MediaTracker(max_per_call=self.limits.max_streams)
+        self.media = media or MediaTracker(max_per_call=self.limits.max_streams,
+                                           report_interval_ns=int(self.limits.rtp_report_interval_s * NS))
+        self.endpoints = EndpointRegistry()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        self._owners: dict[Endpoint, str] = {}  # endpoint → the call that learned it last
-        self._codecs: dict[Endpoint, tuple[int, str | None]] = {}  # endpoint → (clock rate, codec)
 
-    def media_format(self, endpoint: Endpoint) -> tuple[int, str | None] | None:
-        """(clock rate, codec) the SDP announced for a media endpoint, if any call did."""
-        return self._codecs.get(endpoint)
-
-    def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, int, str | None]:
-        """The call a media packet belongs to (its destination's, else its source's
-        endpoint), with the clock rate and codec announced for it."""
-        for endpoint in (destination, source):
-            call_id = self._owners.get(endpoint)
-            if call_id is not None:
-                clock, codec = self._codecs.get(endpoint) or (DEFAULT_CLOCK_RATE, None)
-                return call_id, clock, codec
-        return None, DEFAULT_CLOCK_RATE, None
+    def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
+        """The call a media packet belongs to now (its destination's endpoint, else its
+        source's) and the payload types that call's SDP gave that endpoint."""
+        hold = self.endpoints.owner(destination) or self.endpoints.owner(source)
+        return (hold.call_id, hold.formats) if hold is not None else (None, NO_FORMATS)
 
     def call_of(self, endpoint: Endpoint) -> str | None:
-        return self._owners.get(endpoint)
+        hold = self.endpoints.owner(endpoint)
+        return hold.call_id if hold is not None else None
 
     @property
     def flows_active(self) -> int:
-        """Endpoints learned and not yet forgotten."""
-        return len(self._owners)
+        """Endpoints some live call holds: what the kernel's flow map should hold."""
+        return len(self.endpoints)
 
     def __len__(self) -> int:
         return len(self._calls)
 
     def observe(self, record: SipRecord, now_ns: int,
-                shard: int) -> tuple[list[FlowEvent], list[CallSummary]]:
+                shard: int) -> tuple[list[FlowEvent], list[CallRecord]]:
         flows: list[FlowEvent] = []
-        summaries: list[CallSummary] = []
+        summaries: list[CallRecord] = []
         m = record.message
         call = self._calls.get(m.call_id)
         if call is None:
@@ -150,7 +137,7 @@ class CallTracker:
             call = self._start(record, now_ns, shard, flows, summaries)
         else:
             self._calls.move_to_end(m.call_id)
-        call.last_seen = now_ns
+        call.last_seen, call.last_wall_ns = now_ns, record.ts_ns
         if m.from_tag and call.from_tag is None:
             call.from_tag = m.from_tag
         if m.to_tag and call.to_tag is None and not m.is_request:
@@ -158,38 +145,49 @@ class CallTracker:
         self._learn_sdp(call, record, flows)
         if m.is_request:
             if m.method == "BYE":
-                summaries.append(self._end(call, record.ts_ns, "bye", None, None, flows))
+                summaries += self._end(call, record.ts_ns, "bye", None, None, flows)
             elif m.method == "CANCEL":
                 call.cancelled = True
         elif m.cseq_method == "INVITE" and m.status is not None:
             self._invite_response(call, record, flows, summaries)
         return flows, summaries
 
-    def expire(self, now_ns: int) -> tuple[list[FlowEvent], list[CallSummary]]:
+    def expire(self, now_ns: int) -> tuple[list[FlowEvent], list[CallRecord]]:
         flows: list[FlowEvent] = []
-        summaries: list[CallSummary] = []
+        summaries: list[CallRecord] = []
         deadline = now_ns - int(self.limits.ttl_s * NS)
         while self._calls:
             call = next(iter(self._calls.values()))
             if call.last_seen > deadline:
                 break
             self.stats.expired += 1
-            summaries.append(self._end(call, None, "timeout", None, None, flows))
+            summaries += self._end(call, None, "timeout", None, None, flows)
+        return flows, summaries
+
+    def end_all(self, cause: str) -> tuple[list[FlowEvent], list[CallRecord]]:
+        """Summarise every call still in progress (capture is stopping), with its
+        streams so far."""
+        flows: list[FlowEvent] = []
+        summaries: list[CallRecord] = []
+        while self._calls:
+            summaries += self._end(next(iter(self._calls.values())), None, cause, None, None, flows)
         return flows, summaries
 
     def _start(self, record: SipRecord, now_ns: int, shard: int, flows: list[FlowEvent],
-               summaries: list[CallSummary]) -> _Call:
+               summaries: list[CallRecord]) -> _Call:
         if len(self._calls) >= self.limits.max_calls:
             oldest = next(iter(self._calls.values()))
             self.stats.evicted += 1
-            summaries.append(self._end(oldest, None, "evicted", None, None, flows))
-        call = _Call(record.message.call_id, record.src, record.dst, shard, record.ts_ns)
+            summaries += self._end(oldest, None, "evicted", None, None, flows)
+        origin = Origin(record.interface, record.vlans, record.encap)
+        call = _Call(record.message.call_id, record.src, record.dst, shard, record.ts_ns,
+                     Parties.of(record.message), origin)
         self._calls[call.call_id] = call
         self.stats.calls += 1
         return call
 
     def _invite_response(self, call: _Call, record: SipRecord, flows: list[FlowEvent],
-                         summaries: list[CallSummary]) -> None:
+                         summaries: list[CallRecord]) -> None:
         status = record.message.status
         assert status is not None
         if status in (180, 183) and call.ringing_ns is None:
@@ -198,7 +196,7 @@ class CallTracker:
             call.answer_ns = record.ts_ns
         elif status >= 300 and call.answer_ns is None:
             cause = "cancelled" if call.cancelled or status == 487 else "rejected"
-            summaries.append(self._end(call, record.ts_ns, cause, status, record.message.reason, flows))
+            summaries += self._end(call, record.ts_ns, cause, status, record.message.reason, flows)
 
     def _learn_sdp(self, call: _Call, record: SipRecord, flows: list[FlowEvent]) -> None:
         m = record.message
@@ -229,41 +227,41 @@ class CallTracker:
                                "rtcp_port": stream.rtcp_port, "rtcp_mux": stream.rtcp_mux})
         if not stream.enabled:
             return
-        codec = stream.codecs[0][1] if stream.codecs else None
         wanted: list[tuple[Endpoint, Kind]] = []
         if stream.learnable:
             wanted.append(((stream.address, stream.port), Kind.RTP))
-            self._codecs[(stream.address, stream.port)] = (stream.clock_rate, codec)
         if not stream.rtcp_mux and stream.rtcp_port is not None and stream.rtcp_learnable:
             wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
+        formats = dict(stream.codecs)  # payload type -> codec: what this endpoint receives
         for endpoint, kind in wanted:
-            if call.endpoints.get(endpoint) == kind:
-                continue
             if endpoint not in call.endpoints and len(call.endpoints) >= 2 * self.limits.max_streams:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
                 continue
             call.endpoints[endpoint] = kind
-            self._owners[endpoint] = call.call_id
-            self.stats.flows_learned += 1
-            flows.append(FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], kind, call.call_id,
-                                   call.shard))
+            event = self.endpoints.take(endpoint, Hold(call.call_id, kind, call.shard, formats))
+            if event is not None:
+                self.stats.flows_learned += 1
+                flows.append(event)
 
     def _end(self, call: _Call, end_ns: int | None, cause: str, status: int | None, reason: str | None,
-             flows: list[FlowEvent]) -> CallSummary:
+             flows: list[FlowEvent]) -> list[CallRecord]:
+        """The call's summary, and the final report of each of its RTP streams."""
         del self._calls[call.call_id]
         self.stats.ended += 1
-        streams = tuple(stream.report() for stream in self.media.take_call(call.call_id))
-        for endpoint, kind in call.endpoints.items():
-            if self._owners.get(endpoint) == call.call_id:  # a later call may have taken it over
-                del self._owners[endpoint]
-                self._codecs.pop(endpoint, None)
-                self.stats.flows_forgotten += 1
-                flows.append(FlowEvent(FlowAction.FORGET, endpoint[0], endpoint[1], kind, call.call_id,
-                                       call.shard))
+        wall_ns = end_ns if end_ns is not None else call.last_wall_ns
+        finals = [StreamReport(wall_ns, call.call_id, stream.report(), final=True)
+                  for stream in self.media.take_call(call.call_id)]
+        for endpoint in call.endpoints:
+            event = self.endpoints.release(endpoint, call.call_id)
+            if event is not None:
+                self.stats.flows_forgotten += event.action is FlowAction.FORGET
+                flows.append(event)
         final_status = status if status is not None else (200 if call.answer_ns is not None else None)
-        return CallSummary(call.call_id, call.caller, call.callee, call.from_tag, call.to_tag, call.invite_ns,
-                           call.ringing_ns, call.answer_ns, end_ns, final_status, reason, cause,
-                           tuple(call.media), streams)
+        summary = CallSummary(call.call_id, call.caller, call.callee, call.from_tag, call.to_tag,
+                              call.invite_ns, call.ringing_ns, call.answer_ns, end_ns, final_status, reason,
+                              cause, tuple(call.media), tuple(f.report for f in finals), call.parties,
+                              call.origin)
+        return [*finals, summary]
 
 
 _PROBLEM_COUNTERS = {SdpProblem.UNLEARNABLE: "sdp_unlearnable", SdpProblem.BAD_PORT: "sdp_bad_ports",

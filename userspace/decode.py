@@ -86,6 +86,19 @@ def decode_ethernet(frame: bytes) -> tuple[int, int]:
     return ethertype, offset
 
 
+def vlan_ids(frame: bytes) -> tuple[int, ...]:
+    """The 802.1Q/802.1ad VLAN ids in a frame, outer first (12 bits of each tag)."""
+    ids: list[int] = []
+    offset = 12
+    for _ in range(MAX_VLAN_TAGS):
+        if len(frame) < offset + 4 or _U16.unpack_from(frame, offset)[0] not in (EtherType.VLAN,
+                                                                                   EtherType.QINQ):
+            break
+        ids.append(_U16.unpack_from(frame, offset + 2)[0] & 0x0FFF)
+        offset += VLAN_TAG_LEN
+    return tuple(ids)
+
+
 def decode_frame(frame: bytes) -> Packet | Fragment:
     """Decode an Ethernet frame down to its UDP/TCP payload, or to the IP
     fragment it carries."""

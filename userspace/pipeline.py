@@ -1,8 +1,11 @@
-"""Ring records in, SIP records out: the per-packet path of a worker.
+"""Ring records in, records out: the per-packet path of a worker.
 
 Decodes each event, reassembles IP fragments, frames SIP messages and
-builds records. Bad input is counted by layer and skipped; any exception
-other than ``DecodeError`` is a bug and propagates.
+builds records; feeds RTP and RTCP on learned flows to their calls' streams,
+which give periodic ``rtp`` reports and ``rtcp`` records. Bad input is
+counted by layer and skipped. Any other exception is a bug: the failure
+boundary around each event counts it by stage and type and goes on with the
+next event (or re-raises, strict).
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from userspace.boundary import Boundary
-from userspace.calls import CallLimits, CallTracker, FlowEvent
-from userspace.decode import IPProto, Packet, decode_datagram, decode_frame
+from userspace.calls import CallLimits, CallTracker
+from userspace.decode import IPProto, Packet, decode_datagram, decode_frame, vlan_ids
+from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
 from userspace.event import Event, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
-from userspace.records import Record, SipRecord, StreamReport
+from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.reporters.pcap import Frame
+from userspace.rtcp import is_rtcp
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
 
@@ -62,9 +67,9 @@ class Pipeline:
         self.tcp = TcpStreams(tcp)
         self.calls = CallTracker(calls)
         self._flow_events: list[FlowEvent] = []
-        self._reported: dict[int, int] = {}  # stream id → packets at its last report
         self.keep_frames = False  # for a pcap output: every event's frame, as captured
         self._frames: list[Frame] = []
+        self._origins: dict[tuple[int, tuple[int, ...]], Origin] = {}
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
@@ -97,7 +102,7 @@ class Pipeline:
             self._frames.append(frame)
         if event.kind in _MEDIA_KINDS:
             stats.media += 1
-            call_id = self._media(event)
+            call_id = self._media(event, records)
             if frame is not None:
                 frame.call_id = call_id
             return
@@ -136,16 +141,16 @@ class Pipeline:
         summaries += ended
         return summaries
 
-    def stream_reports(self, wall_ns: int) -> list[Record]:
-        """A report for every stream that received packets since the last call."""
-        reports: list[Record] = []
-        for stream in self.calls.media.streams.values():
-            if stream.packets != self._reported.get(id(stream)):
-                self._reported[id(stream)] = stream.packets
-                reports.append(StreamReport(wall_ns, stream.call_id, stream.report()))
-        live = {id(s) for s in self.calls.media.streams.values()}
-        self._reported = {k: v for k, v in self._reported.items() if k in live}
-        return reports
+    def finish(self) -> list[Record]:
+        """Capture stops: every call in progress summarised (``capture-stopped``), with
+        its streams so far; their endpoints are released."""
+        try:
+            flows, ended = self.calls.end_all("capture-stopped")
+        except Exception as exc:
+            self.boundary.failed("calls", exc)
+            return []
+        self._flow_events += flows
+        return list(ended)
 
     def take_frames(self) -> list[Frame]:
         """(wall-clock ns, frame, original length) of every event since the last call."""
@@ -172,8 +177,9 @@ class Pipeline:
             self.stats.decode_errors += 1
             return None, 0
 
-    def _media(self, event: Event) -> str | None:
-        """Feed an RTP/RTCP packet to its stream; returns the call its flow belongs to."""
+    def _media(self, event: Event, records: list[Record]) -> str | None:
+        """Feed an RTP/RTCP packet to its call's stream; returns the call its flow belongs to
+        now. A stream's periodic report and every RTCP report become records."""
         try:
             decoded = decode_frame(event.frame)
         except DecodeError:
@@ -182,12 +188,33 @@ class Pipeline:
         if not isinstance(decoded, Packet) or decoded.transport is not IPProto.UDP:
             self.stats.decode_errors += 1
             return None
-        call_id, clock_rate, codec = self.calls.media_owner((decoded.dst, decoded.dport),
-                                                            (decoded.src, decoded.sport))
-        self.calls.media.feed((decoded.src, decoded.sport, decoded.dst, decoded.dport), decoded.payload,
-                              event.ts_ns, event.ts_ns + self._clock_offset_ns,
-                              event.orig_len - event.payload_offset, clock_rate, codec, call_id)
+        calls = self.calls
+        call_id, formats = calls.media_owner((decoded.dst, decoded.dport), (decoded.src, decoded.sport))
+        flow = (decoded.src, decoded.sport, decoded.dst, decoded.dport)
+        wall_ns = event.ts_ns + self._clock_offset_ns
+        if is_rtcp(decoded.payload):  # RFC 5761: muxed or on its own port, told apart by type
+            reports = calls.media.rtcp(decoded.payload, wall_ns)
+            if reports and call_id is not None:
+                origin = self._origin(event)
+                records += [RtcpRecord(wall_ns, call_id, origin, flow, report.homer_json())
+                            for report in reports]
+            return call_id
+        stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
+                                 call_id, formats, self._origin(event))
+        if stream is not None:  # its periodic report is due
+            records.append(StreamReport(wall_ns, stream.call_id, stream.report()))
         return call_id
+
+    def _origin(self, event: Event) -> Origin:
+        """Where the event was captured; one shared value per interface and VLAN
+        stack, as every media packet asks."""
+        key = (event.ifindex, _vlans(event.frame))
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = Origin(self._interface_names.get(event.ifindex, str(event.ifindex)), key[1])
+            if len(self._origins) < _MAX_ORIGINS:  # VLAN ids come off the wire: bounded
+                self._origins[key] = origin
+        return origin
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record]) -> None:
@@ -207,6 +234,7 @@ class Pipeline:
             self._interface_names.get(event.ifindex, str(event.ifindex)),
             event.direction, packet.transport,
             packet.src, packet.sport, packet.dst, packet.dport, message, fragments, event.shard,
+            _vlans(event.frame),
         )
         records.append(record)
         try:
@@ -222,6 +250,15 @@ _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
 _EXAMPLE_BYTES = 512  # of the input that hit a bug, for its one log line
 _KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
                             "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
+
+
+def _vlans(frame: bytes) -> tuple[int, ...]:
+    """The frame's VLAN ids; one byte compare when it has none (nearly always)."""
+    return vlan_ids(frame) if len(frame) > 12 and frame[12] in _TPID_FIRST_BYTES else ()
+
+
+_MAX_ORIGINS = 4_096
+_TPID_FIRST_BYTES = frozenset((0x81, 0x88))  # 0x8100 802.1Q, 0x88A8 802.1ad
 
 
 def _call_of(record: Record) -> str | None:

@@ -1,4 +1,11 @@
-"""Records the pipeline emits and their JSON encoding (schema version 1)."""
+"""Records the pipeline emits and their JSON encoding (schema version 2).
+
+Every record says where it was captured: ``interface``, ``vlan`` (the
+802.1Q/QinQ ids in the frame, outer first) and ``encap`` (the tunnel it came
+in, null for none). Version 2 added those, the parties (``from_user``,
+``from_display``, ``to_user``, ``ruri_user``, ``user_agent``), the per
+payload type breakdown of RTP streams and the ``rtcp`` kind.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from userspace.decode import IPProto
 from userspace.event import Direction
 from userspace.sip import SipMessage
 
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 2
 _TRANSPORT_NAMES = {IPProto.UDP: "udp", IPProto.TCP: "tcp"}
 _DIRECTION_NAMES = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
@@ -32,6 +39,8 @@ class SipRecord:
     message: SipMessage
     fragments: int = 1  # IP fragments the message was reassembled from
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
+    vlans: tuple[int, ...] = ()  # 802.1Q ids in the frame, outer first
+    encap: str | None = None     # the tunnel it came in (vxlan, gre, ...), None for none
     kind: ClassVar[str] = "sip"
 
     @property
@@ -51,6 +60,8 @@ class SipRecord:
             "kind": "sip",
             "ts_ns": self.ts_ns,
             "interface": self.interface,
+            "vlan": list(self.vlans),
+            "encap": self.encap,
             "direction": _DIRECTION_NAMES[self.direction],
             "transport": _TRANSPORT_NAMES[self.transport],
             "src": self.src,
@@ -67,10 +78,51 @@ class SipRecord:
             "from_tag": m.from_tag,
             "to_tag": m.to_tag,
             "via_branch": m.via_branch,
+            "from_user": m.from_user,
+            "from_display": m.from_display,
+            "to_user": m.to_user,
+            "ruri_user": m.ruri_user,
+            "user_agent": m.user_agent,
             "size": m.size,
             "content_length": m.content_length,
             "fragments": self.fragments,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record's packets were captured."""
+
+    interface: str
+    vlans: tuple[int, ...] = ()
+    encap: str | None = None
+
+    def fields(self) -> dict[str, object]:
+        return {"interface": self.interface, "vlan": list(self.vlans), "encap": self.encap}
+
+
+@dataclass(frozen=True, slots=True)
+class Parties:
+    """Who a call is from and to, as its INVITE said."""
+
+    from_user: str | None = None
+    from_display: str | None = None
+    to_user: str | None = None
+    ruri_user: str | None = None
+    user_agent: str | None = None
+
+    @classmethod
+    def of(cls, message: SipMessage) -> Parties:
+        m = message
+        return cls(m.from_user, m.from_display, m.to_user, m.ruri_user, m.user_agent)
+
+    def fields(self) -> dict[str, object]:
+        return {"from_user": self.from_user, "from_display": self.from_display, "to_user": self.to_user,
+                "ruri_user": self.ruri_user, "user_agent": self.user_agent}
+
+
+NO_ORIGIN = Origin("")
+NO_PARTIES = Parties()
 
 
 @dataclass(slots=True)
@@ -88,9 +140,11 @@ class CallSummary:
     end_ns: int | None
     final_status: int | None
     final_reason: str | None
-    end_cause: str                 # bye, rejected, cancelled, timeout, evicted
+    end_cause: str                 # bye, rejected, cancelled, timeout, evicted, capture-stopped
     media: tuple[dict[str, object], ...] = ()
     streams: tuple[dict[str, object], ...] = ()  # final RTP stream reports
+    parties: Parties | None = None  # who, from the INVITE
+    origin: Origin | None = None    # where the INVITE was captured
     kind: ClassVar[str] = "call"
 
     @property
@@ -112,9 +166,11 @@ class CallSummary:
             "schema": RECORD_SCHEMA_VERSION,
             "kind": "call",
             "ts_ns": self.end_ns if self.end_ns is not None else self.invite_ns,
+            **(self.origin or NO_ORIGIN).fields(),
             "call_id": self.call_id,
             "caller": self.caller,
             "callee": self.callee,
+            **(self.parties or NO_PARTIES).fields(),
             "from_tag": self.from_tag,
             "to_tag": self.to_tag,
             "invite_ns": self.invite_ns,
@@ -131,11 +187,13 @@ class CallSummary:
 
 @dataclass(slots=True)
 class StreamReport:
-    """A periodic report of one RTP stream during its call."""
+    """A report of one RTP stream: every report interval during its call, and a
+    final one (``final``) when the call ends."""
 
     ts_ns: int
     call_id: str | None
     report: dict[str, object]
+    final: bool = False
     kind: ClassVar[str] = "rtp"
 
     @property
@@ -149,11 +207,38 @@ class StreamReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtp", "ts_ns": self.ts_ns,
-                "call_id": self.call_id, **self.report}
+                "call_id": self.call_id, "final": self.final, **self.report}
 
 
-Record = SipRecord | CallSummary | StreamReport
-RECORD_KINDS = (SipRecord.kind, CallSummary.kind, StreamReport.kind)
+@dataclass(slots=True)
+class RtcpRecord:
+    """One RTCP sender or receiver report seen on a learned media flow, in the form
+    Homer stores (HEP payload type 5)."""
+
+    ts_ns: int
+    call_id: str | None
+    origin: Origin
+    flow: tuple[str, int, str, int]  # src, sport, dst, dport
+    report: dict[str, object]        # userspace.rtcp.RtcpReport.homer_json()
+    kind: ClassVar[str] = "rtcp"
+
+    @property
+    def key(self) -> bytes:
+        return (self.call_id or "").encode()
+
+    @property
+    def flow_key(self) -> bytes:
+        return _flow_key(*self.flow)
+
+    def to_dict(self) -> dict[str, object]:
+        src, sport, dst, dport = self.flow
+        return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtcp", "ts_ns": self.ts_ns, **self.origin.fields(),
+                "call_id": self.call_id, "src": src, "sport": sport, "dst": dst, "dport": dport,
+                **self.report}
+
+
+Record = SipRecord | CallSummary | StreamReport | RtcpRecord
+RECORD_KINDS = (SipRecord.kind, CallSummary.kind, StreamReport.kind, RtcpRecord.kind)
 
 
 def _flow_key(src: str, sport: object, dst: str, dport: object) -> bytes:

@@ -16,7 +16,8 @@ from tests.support.frames import ethernet, ipv4, udp
 from tests.support.kernel import KernelHarness
 from tests.support.sip_samples import INVITE
 from userspace.boundary import Boundary
-from userspace.calls import CallLimits, FlowAction, FlowEvent
+from userspace.calls import CallLimits
+from userspace.endpoints import FlowAction, FlowEvent
 from userspace.event import Counter, Kind
 
 CALLS = 8  # a map of 32 endpoints

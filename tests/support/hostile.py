@@ -16,7 +16,7 @@ from otus_ebpf.flows import FlowStats, apply_each
 from otus_ebpf.kernel_abi import pack_flow_key
 from tests.support.frames import TCP, ethernet, ipv4, ipv6, ring_record, tcp, udp
 from tests.support.sip_samples import sip_message
-from userspace.calls import FlowEvent
+from userspace.endpoints import FlowEvent
 from userspace.event import Kind
 from userspace.pipeline import Pipeline
 
@@ -217,6 +217,5 @@ def drive_hostile(pipeline: Pipeline, table: CheckedFlowTable, stats: FlowStats,
                 fed += 1
         if n % 50 == 0:
             pipeline.expire(ts)
-            pipeline.stream_reports(ts)
             apply_each(pipeline.take_flow_events(), table.learn, table.forget, stats, pipeline.boundary)
     return fed

@@ -66,7 +66,8 @@ EXPECTED = {
     "tasks_not_list": ["1: tasks: must be a list"],
     "top_not_mapping": ["1: (top level): must be a mapping of keys to values"],
     "unknown_limit": [
-        "4: tasks[0].calls.max_call: unknown key (expected one of: ttl_s, max_calls, max_streams)"],
+        "4: tasks[0].calls.max_call: unknown key "
+        "(expected one of: ttl_s, max_calls, max_streams, rtp_report_interval_s)"],
     "unknown_top_key": ["1: taks: unknown key (expected one of: node, metrics, control, defaults, tasks)"],
     "workers_negative": ["4: tasks[0].workers: must be between 1 and 8, not -3"],
     "workers_not_number": ["4: tasks[0].workers: must be a whole number, not 'many'"],

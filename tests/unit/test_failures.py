@@ -100,7 +100,7 @@ def test_attach_stops_cleanly_on_sighup(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.usefixtures("as_root", "lenient")
-@pytest.mark.parametrize("step", ["frames", "flow_learning", "stream_reports", "output"])
+@pytest.mark.parametrize("step", ["frames", "flow_learning", "output"])
 def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     opener = FakeOpener(batches=[sip_frames(2), sip_frames(2)])
@@ -116,9 +116,6 @@ def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
     elif step == "flow_learning":
         monkeypatch.setattr(task.pipeline, "take_flow_events", lambda: ["anything"])
         monkeypatch.setattr(opener.captures[0], "apply_flows", broken)
-    elif step == "stream_reports":
-        monkeypatch.setattr(task.pipeline, "stream_reports", broken)
-        monkeypatch.setattr(task, "_next_reports", 0.0)
     else:
         monkeypatch.setattr(task.reporters[0], "write", broken)
     for _ in range(3):
@@ -338,7 +335,8 @@ def test_a_broken_file_still_writes_what_came_before_it(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with pytest.raises(CaptureFileError):
         run_replay(capture, options(tmp_path, out=str(out)), None, lambda _m: None)
-    assert len(out.read_text().splitlines()) == 2
+    kinds = [json.loads(line)["kind"] for line in out.read_text().splitlines()]
+    assert kinds == ["sip", "sip", "call"], "and the call in progress is summarised at the end"
 
 
 def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path,
@@ -352,7 +350,7 @@ def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path,
     monkeypatch.setattr(JsonLinesReporter, "write", no_space)
     said: list[str] = []
     assert run_replay(capture, options(tmp_path), None, said.append) == EXIT_RECORDS_LOST
-    assert said[-1] == "records: 2 produced; jsonl written=0 to_fallback=0 lost=2"
+    assert said[-1] == "records: 3 produced; jsonl written=0 to_fallback=0 lost=3"
 
 
 def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None:
@@ -371,7 +369,8 @@ def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None
     said: list[str] = []
     assert run_replay(capture, options(tmp_path, out=str(tmp_path / "o.jsonl")), None, said.append) == 0
     assert "internal_errors=0" in said[-2]
-    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == len(TRIGGERS) - 1
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert kinds.count("sip") == len(TRIGGERS) - 1
 
 
 # -- found by the adversarial review -----------------------------------------------------------
@@ -469,11 +468,12 @@ def test_at_the_global_stream_cap_a_calls_new_stream_stays_its_own() -> None:
     """Evicting the oldest stream emptied (and dropped) the new stream's call table, so the
     call's end missed the stream and it went on being measured."""
     from tests.support.hostile import rtp_packet  # noqa: PLC0415
-    from userspace.rtp import MediaTracker  # noqa: PLC0415
+    from userspace.media import MediaTracker  # noqa: PLC0415
+    from userspace.records import NO_ORIGIN  # noqa: PLC0415
 
     tracker = MediaTracker(max_streams=2)
     for ssrc, call in ((1, "A"), (2, "B"), (3, "A")):
-        tracker.feed(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(1, ssrc), 0, 0, 172, call_id=call)
+        tracker.rtp(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(1, ssrc), 0, 172, call, {}, NO_ORIGIN)
     assert [s.ssrc for s in tracker.take_call("A")] == [3]
     assert [(s.ssrc, s.call_id) for s in tracker.streams.values()] == [(2, "B")]
 

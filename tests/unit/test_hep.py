@@ -14,7 +14,7 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.hep import HepCollector, HepTransport, TcpCollector, UdpCollector, parse_collector
 from tests.support.records import numbered_sip_records
 from tests.support.sip_samples import INVITE
-from userspace.records import CallSummary, SipRecord, StreamReport
+from userspace.records import CallSummary, Origin, RtcpRecord, SipRecord, StreamReport
 from userspace.reporters.hep import Chunk, HepEncoder, HepIdentity, HepReporter, PayloadType, decode_packet
 
 IDENTITY = HepIdentity(2001, "s3cret", "edge-1")
@@ -63,18 +63,47 @@ def test_ipv6_addresses_use_the_ipv6_chunks() -> None:
     assert Chunk.IPV4_SRC not in chunks and Chunk.AUTH_KEY not in chunks
 
 
-def test_stream_reports_go_as_json_call_summaries_are_counted_out() -> None:
+# What heplify-server reads of each JSON payload (its metric/definition.go, rtpPaths and
+# rtcpPaths) and stores for Homer's QoS view: a report missing them shows nothing there.
+HEPLIFY_RTP_KEYS = {"DELTA", "JITTER", "MOS", "PACKET_LOSS"}
+HEPLIFY_RTCP_BLOCK_KEYS = {"fraction_lost", "packets_lost", "ia_jitter", "dlsr"}
+
+
+def test_stream_reports_go_as_rtp_agent_json_call_summaries_are_counted_out() -> None:
     sink = ListSink()
     reporter = HepReporter(sink, IDENTITY)
     report = StreamReport(5, "call-1", {"src": "10.0.0.1", "sport": 4000, "dst": "10.0.0.2", "dport": 4002,
-                                        "ssrc": 7, "lost": 0})
+                                        "ssrc": 7, "lost": 2, "packets": 251, "expected": 253,
+                                        "duration_ms": 5000.0, "jitter_ms": 1.5, "mos": 4.2,
+                                        "payload_type": 8, "codec": "PCMA/8000"}, final=True)
     summary = CallSummary("call-1", "a", "b", None, None, 0, None, None, None, None, None, "bye")
     reporter.write([report, summary, StreamReport(5, None, {"ssrc": 1})])
     (packet,) = sink.packets
     chunks = decode_packet(packet)
-    assert chunks[Chunk.PROTOCOL_TYPE] == bytes([PayloadType.RTCP_JSON])
-    assert json.loads(chunks[Chunk.PAYLOAD])["ssrc"] == 7 and chunks[Chunk.CORRELATION_ID] == b"call-1"
+    assert chunks[Chunk.PROTOCOL_TYPE] == bytes([PayloadType.RTP_AGENT_JSON])
+    payload = json.loads(chunks[Chunk.PAYLOAD])
+    assert set(payload) >= HEPLIFY_RTP_KEYS
+    assert all(isinstance(payload[key], int | float) for key in HEPLIFY_RTP_KEYS), "heplify parses floats"
+    assert (payload["MOS"], payload["PACKET_LOSS"], payload["DELTA"]) == (4.2, 2, 20.0)
+    assert payload["TYPE"] == "HANGUP"
+    assert payload["CORRELATION_ID"] == "call-1" and chunks[Chunk.CORRELATION_ID] == b"call-1"
     assert (reporter.stats.encoded, reporter.stats.not_for_hep, reporter.stats.unencodable) == (1, 1, 1)
+
+
+def test_rtcp_goes_as_the_json_homer_stores_for_rtcp() -> None:
+    sink = ListSink()
+    block = {"source_ssrc": 7, "fraction_lost": 5, "packets_lost": 3, "highest_seq_no": 9, "ia_jitter": 80,
+             "lsr": 1, "dlsr": 2}
+    rtcp = RtcpRecord(5, "call-1", Origin("eth0"), ("10.0.0.2", 4003, "10.0.0.1", 4001),
+                      {"ssrc": 9, "type": 201, "report_count": 1, "report_blocks": [block],
+                       "sender_information": {}})
+    HepReporter(sink, IDENTITY).write([rtcp])
+    (packet,) = sink.packets
+    chunks = decode_packet(packet)
+    assert chunks[Chunk.PROTOCOL_TYPE] == bytes([PayloadType.RTCP_JSON])
+    assert chunks[Chunk.SRC_PORT] == b"\x0f\xa3"
+    (sent,) = json.loads(chunks[Chunk.PAYLOAD])["report_blocks"]
+    assert set(sent) >= HEPLIFY_RTCP_BLOCK_KEYS and chunks[Chunk.CORRELATION_ID] == b"call-1"
 
 
 def test_a_message_too_big_for_hep_is_counted_not_sent() -> None:

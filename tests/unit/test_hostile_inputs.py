@@ -10,7 +10,8 @@ from otus_ebpf.flows import FlowStats, FlowTableFull, apply_each
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.hostile import CALLEE, CALLER, TRIGGERS, clock_zero_media, invite, rtp_packet, sdp
 from userspace.boundary import Boundary
-from userspace.calls import CallLimits, FlowAction, FlowEvent
+from userspace.calls import CallLimits
+from userspace.endpoints import FlowAction, FlowEvent
 from userspace.errors import Malformed
 from userspace.event import Kind
 from userspace.pipeline import Pipeline

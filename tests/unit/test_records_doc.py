@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 
 import pytest
 
@@ -31,14 +32,16 @@ def emitted() -> dict[str, dict[str, object]]:
     for data, src, dst in [(invite, "10.0.0.1", "10.0.0.2"), (ok, "10.0.0.2", "10.0.0.1")]:
         out += pipeline.process([ring_record(ethernet(ipv4(udp(data), src=src, dst=dst)))])
     rtp = bytes([0x80, 0]) + bytes(10) + b"x" * 20
-    pipeline.process([ring_record(ethernet(ipv4(udp(rtp, 1, 40000), dst="10.0.0.1")), kind=Kind.RTP)])
-    out += pipeline.stream_reports(0)
+    out += pipeline.process([ring_record(ethernet(ipv4(udp(rtp, 1, 40000), dst="10.0.0.1")), kind=Kind.RTP)])
+    rtcp = struct.pack("!BBHI", 0x81, 201, 7, 0xBEEF) + struct.pack("!IIIIII", 0, 3, 9, 80, 0, 0)
+    out += pipeline.process([ring_record(ethernet(ipv4(udp(rtcp, 1, 40001), dst="10.0.0.1")),
+                                         kind=Kind.RTCP)])
     bye = message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t")
     out += pipeline.process([ring_record(ethernet(ipv4(udp(bye))))])
     return {str(r.to_dict()["kind"]): r.to_dict() for r in out}
 
 
-@pytest.mark.parametrize("kind", ["sip", "call", "rtp"])
+@pytest.mark.parametrize("kind", ["sip", "call", "rtp", "rtcp"])
 def test_documented_example_has_exactly_the_emitted_fields(kind: str) -> None:
     assert set(documented(kind)) == set(emitted()[kind])
     assert documented(kind)["schema"] == emitted()[kind]["schema"]

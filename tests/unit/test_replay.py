@@ -61,9 +61,10 @@ def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path) -> None:
     said: list[str] = []
     assert run_replay(capture, AttachOptions(("c",), out=str(out)), None, said.append) == 0
     lines = out.read_text().splitlines()
-    assert len(lines) == 2 and '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
+    assert '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
+    assert '"end_cause":"capture-stopped"' in lines[2], "the call still going at the end, summarised"
     assert said[-2] == f"replayed {capture}: 2 frames, 2 captured, 2 records, errors=0, internal_errors=0"
-    assert said[-1] == "records: 2 produced; jsonl written=2 to_fallback=0 lost=0"
+    assert said[-1] == "records: 3 produced; jsonl written=3 to_fallback=0 lost=0"
 
 
 def test_speed_paces_by_capture_time(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
-from userspace.records import CallSummary, SipRecord, encode_json
+from userspace.records import RECORD_SCHEMA_VERSION, CallSummary, SipRecord, encode_json
 from userspace.reporters import Rotation
 from userspace.reporters.jsonl import FsyncPolicy, JsonLinesReporter
 from userspace.reporters.kafka import (
@@ -41,7 +41,7 @@ def test_jsonl_writes_one_line_per_record_and_flushes_each_batch() -> None:
     reporter.write([])
     (only_file,) = lines(sink)
     assert [r["method"] for r in only_file] == ["INVITE", None]
-    assert only_file[1]["status"] == 200 and only_file[0]["schema"] == 1
+    assert only_file[1]["status"] == 200 and only_file[0]["schema"] == RECORD_SCHEMA_VERSION
     assert reporter.stats.written == 2 and sink.calls == ["flush"]
 
 
@@ -190,7 +190,8 @@ def test_headers_name_node_task_kind_and_schema() -> None:
     producer = ListProducer()
     KafkaReporter(producer, SIP, time.monotonic).write(records()[:1])
     (_topic, _key, _value, headers), = producer.sent
-    assert headers == [("node", b"node1"), ("task", b"t1"), ("kind", b"sip"), ("schema", b"1")]
+    assert headers == [("node", b"node1"), ("task", b"t1"), ("kind", b"sip"),
+                       ("schema", str(RECORD_SCHEMA_VERSION).encode())]
 
 
 def test_topic_per_kind_and_the_key_choices() -> None:

@@ -1,4 +1,5 @@
-"""RTP/RTCP stream quality: loss, reordering, duplicates, jitter, RTCP reports, MOS."""
+"""RTP/RTCP stream quality: loss, reordering, duplicates, jitter, RTCP reports, MOS;
+codecs by the payload type each packet carries, RFC 4733 events apart from the audio."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import struct
 
 import pytest
 
-from userspace.rtp import NS, NTP_UNIX_OFFSET, MediaTracker, mos_estimate
+from userspace.media import MediaTracker
+from userspace.records import NO_ORIGIN
+from userspace.rtcp import NS, NTP_UNIX_OFFSET
+from userspace.rtp import Formats, mos_estimate
 
 FLOW = ("10.0.0.1", 40000, "10.0.0.2", 50000)
 SSRC = 0x1234ABCD
@@ -18,17 +22,19 @@ def rtp(seq: int, timestamp: int, ssrc: int = SSRC, pt: int = 0) -> bytes:
     return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + b"\xd5" * 160
 
 
+OFFER: Formats = {0: "PCMU/8000", 8: "PCMA/8000", 101: "telephone-event/8000"}
+
+
 def stream_of(tracker: MediaTracker) -> dict[str, object]:
     (stream,) = tracker.streams.values()
     return stream.report()
 
 
 def play(tracker: MediaTracker, seqs: list[int], jitter_ns: list[int] | None = None,
-         start_seq: int = 0) -> None:
+         start_seq: int = 0, pt: int = 0, formats: Formats = OFFER) -> None:
     for i, n in enumerate(seqs):
         arrival = n * PTIME_NS + (jitter_ns[i] if jitter_ns else 0)
-        tracker.feed(FLOW, rtp(start_seq + n, n * SAMPLES), arrival, arrival, 172, 8000, "PCMU/8000",
-                     "call-1")
+        tracker.rtp(FLOW, rtp(start_seq + n, n * SAMPLES, pt=pt), arrival, 172, "call-1", formats, NO_ORIGIN)
 
 
 def test_a_clean_stream_has_no_loss_and_a_high_mos() -> None:
@@ -81,7 +87,10 @@ def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None
     dlsr = 65536 // 10                                          # held 100 ms by the peer
     block = struct.pack("!IIIIII", SSRC, (25 << 24) | 3, 9, 80, lsr, dlsr)
     report_packet = struct.pack("!BBHI", 0x81, 201, 7, 0xBEEF) + block
-    tracker.feed(FLOW, report_packet, 0, wall_ns, len(report_packet))
+    (report,) = tracker.rtcp(report_packet, wall_ns)
+    assert report.homer_json()["report_blocks"] == [{
+        "source_ssrc": SSRC, "fraction_lost": 25, "packets_lost": 3, "highest_seq_no": 9, "ia_jitter": 80,
+        "lsr": lsr, "dlsr": dlsr}]
     peer = stream_of(tracker)["peer"]
     assert isinstance(peer, dict)
     assert (peer["fraction_lost"], peer["cumulative_lost"], peer["jitter_ms"]) == (0.0977, 3, 10.0)
@@ -89,11 +98,47 @@ def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None
     assert tracker.stats.rtcp == 1
 
 
-def test_rtcp_muxed_on_the_rtp_port_is_recognised_and_junk_is_counted() -> None:
+def test_a_broken_rtcp_compound_and_junk_rtp_are_counted() -> None:
     tracker = MediaTracker()
-    tracker.feed(FLOW, struct.pack("!BBHI", 0x80, 201, 1, 1), 0, 0, 8)
-    tracker.feed(FLOW, b"\x00" * 20, 0, 0, 20)
-    assert (tracker.stats.rtcp, tracker.stats.not_rtp, len(tracker.streams)) == (1, 1, 0)
+    assert tracker.rtcp(struct.pack("!BBHI", 0x80, 201, 9, 1), 0) == []  # says 40 bytes, has 8
+    tracker.rtp(FLOW, b"\x00" * 20, 0, 20, "call-1", OFFER, NO_ORIGIN)
+    assert (tracker.stats.rtcp, tracker.stats.rtcp_errors, tracker.stats.not_rtp) == (1, 1, 1)
+    assert len(tracker.streams) == 0
+
+
+def test_the_codec_is_the_payload_type_sent_not_the_first_offered() -> None:
+    """Issue 13: a stream sending PT 8 was labelled with the SDP's first codec, PCMU."""
+    tracker = MediaTracker()
+    play(tracker, list(range(100)), pt=8)
+    report = stream_of(tracker)
+    assert (report["codec"], report["payload_type"]) == ("PCMA/8000", 8)
+    assert report["payload_types"] == [{"payload_type": 8, "codec": "PCMA/8000", "packets": 100}]
+
+
+def test_telephone_events_are_counted_apart_and_never_scored() -> None:
+    """Issue 13: DTMF (telephone-event, PT 101) was reported as audio and given a MOS."""
+    tracker = MediaTracker()
+    play(tracker, list(range(50)), pt=8)
+    for n in range(50, 60):  # one event: ten packets with the same timestamp (RFC 4733 §2.5.1.2)
+        tracker.rtp(FLOW, struct.pack("!BBHII", 0x80, 101, n, 50 * SAMPLES, SSRC) + b"\x01\x0a\x00\xa0",
+                    n * PTIME_NS + 7_000_000, 16, "call-1", OFFER, NO_ORIGIN)
+    play(tracker, list(range(60, 110)), pt=8)
+    report = stream_of(tracker)
+    assert (report["dtmf_events"], report["dtmf_packets"]) == (1, 10)
+    assert (report["packets"], report["lost"]) == (110, 0)
+    assert report["codec"] == "PCMA/8000" and report["jitter_ms"] == 0.0, "events do not enter the jitter"
+    only_events = MediaTracker()
+    only_events.rtp(FLOW, struct.pack("!BBHII", 0x80, 101, 1, 160, SSRC) + bytes(4), 0, 16, "c", OFFER,
+                    NO_ORIGIN)
+    events = stream_of(only_events)
+    assert (events["codec"], events["mos"], events["jitter_ms"]) == ("telephone-event/8000", None, None)
+
+
+def test_a_report_is_due_every_interval_from_the_streams_first_packet() -> None:
+    tracker = MediaTracker(report_interval_ns=1_000_000_000)
+    due = [n for n in range(200) if tracker.rtp(FLOW, rtp(n, n * SAMPLES), 5 * NS + n * PTIME_NS, 172,
+                                                 "call-1", OFFER, NO_ORIGIN)]
+    assert due == [50, 100, 150], "one a second of capture time, counted from the first packet"
 
 
 @pytest.mark.parametrize(("loss", "jitter", "codec", "low", "high"), [

@@ -6,7 +6,8 @@ import pytest
 
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import sip_message
-from userspace.calls import CallLimits, CallTracker, FlowAction, FlowEvent
+from userspace.calls import CallLimits, CallTracker
+from userspace.endpoints import FlowAction, FlowEvent
 from userspace.errors import Malformed
 from userspace.event import Kind
 from userspace.pipeline import Pipeline

@@ -1,11 +1,17 @@
-"""HEPv3 (HEP3/EEP) for Homer and heplify-server: SIP messages, and RTP
-stream reports as JSON, each as one HEP packet of chunks.
+"""HEPv3 (HEP3/EEP) for Homer and heplify-server: SIP messages, RTCP reports
+and RTP quality reports, each as one HEP packet of chunks.
 
 A packet is "HEP3", its total length (16 bits), then chunks of vendor id,
 type id and length (16 bits each, the length counting the 6-byte chunk
 header) followed by the value; all big-endian. The chunk types used here are
-the generic ones (vendor 0) of the HEP3 specification. Call summaries have
-no HEP form and are left out (counted).
+the generic ones (vendor 0) of the HEP3 specification. Payload types are the
+ones Homer files: 1 SIP (the message as captured), 5 RTCP (the JSON Homer's
+QoS view and heplify-server's RTCP metrics read: report_blocks[].
+fraction_lost, packets_lost, ia_jitter, dlsr ...) and 34 RTP agent reports
+(JSON with the keys heplify-server reads — MOS, JITTER, PACKET_LOSS, DELTA —
+stored by it for Homer's QoS view beside the RTCP). Every one carries the
+Call-ID as correlation id, which is how Homer joins them to the call. Call
+summaries have no HEP form and are left out (counted).
 
 This module only encodes; the sink that carries packets to collectors over
 UDP or TCP is handed in (otus_ebpf.hep).
@@ -21,7 +27,9 @@ from enum import IntEnum
 from functools import lru_cache
 from typing import Protocol
 
-from userspace.records import CallSummary, Record, SipRecord, StreamReport, encode_json
+import orjson
+
+from userspace.records import CallSummary, Record, RtcpRecord, SipRecord, StreamReport
 
 HEP_ID = b"HEP3"
 MAX_PACKET = 65_535  # the 16-bit total length
@@ -56,7 +64,8 @@ class Chunk(IntEnum):
 
 class PayloadType(IntEnum):
     SIP = 1
-    RTCP_JSON = 5  # what Homer shows as RTCP reports; ours carry the stream report
+    RTCP_JSON = 5        # an RTCP SR/RR decoded to JSON (captagent and heplify send the same)
+    RTP_AGENT_JSON = 34  # an RTP stream's quality, as RTP agents report it
 
 
 FAMILY_IPV4 = 2   # AF_INET
@@ -135,8 +144,13 @@ class HepEncoder:
         if not (isinstance(src, str) and isinstance(dst, str) and isinstance(sport, int)
                 and isinstance(dport, int)):
             return None
+        return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTP_AGENT_JSON,
+                            orjson.dumps(rtp_agent_report(record)), record.call_id)
+
+    def rtcp(self, record: RtcpRecord) -> bytes | None:
+        src, sport, dst, dport = record.flow
         return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTCP_JSON,
-                            encode_json(record), record.call_id)
+                            orjson.dumps(record.report), record.call_id)
 
     def _encode(self, src: str, sport: int, dst: str, dport: int, ip_protocol: int, ts_ns: int,
                 payload_type: PayloadType, payload: bytes, correlation: str | None) -> bytes | None:
@@ -175,6 +189,8 @@ class HepReporter:
                 packet = self._encoder.sip(record)
             elif isinstance(record, StreamReport):
                 packet = self._encoder.stream_report(record)
+            elif isinstance(record, RtcpRecord):
+                packet = self._encoder.rtcp(record)
             else:
                 assert isinstance(record, CallSummary)
                 self.stats.not_for_hep += 1
@@ -192,6 +208,29 @@ class HepReporter:
 
     def close(self) -> None:
         self._sink.close()
+
+
+def rtp_agent_report(record: StreamReport) -> dict[str, object]:
+    """A stream report in the keys RTP agents send and heplify-server reads (its
+    metric/definition.go rtpPaths: DELTA, JITTER, MOS, PACKET_LOSS); a value the
+    stream has not got (no audio: no MOS) is left out, not sent as null."""
+    r = record.report
+    packets = r.get("packets")
+    duration = r.get("duration_ms")
+    delta = (duration / (packets - 1) if isinstance(duration, float) and isinstance(packets, int)
+             and packets > 1 else None)
+    fields = {
+        "CORRELATION_ID": record.call_id, "RTP_SIP_CALL_ID": record.call_id,
+        "TYPE": "HANGUP" if record.final else "PERIODIC",
+        "REPORT_TS": record.ts_ns / 1e9,
+        "SRC_IP": r.get("src"), "SRC_PORT": r.get("sport"),
+        "DST_IP": r.get("dst"), "DST_PORT": r.get("dport"),
+        "SSRC": r.get("ssrc"), "CODEC_PT": r.get("payload_type"), "CODEC_NAME": r.get("codec"),
+        "TOTAL_PK": packets, "EXPECTED_PK": r.get("expected"), "PACKET_LOSS": r.get("lost"),
+        "JITTER": r.get("jitter_ms"), "DELTA": None if delta is None else round(delta, 3),
+        "MOS": r.get("mos"), "DTMF_EVENTS": r.get("dtmf_events"),
+    }
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def decode_packet(packet: bytes) -> dict[int, bytes]:

@@ -1,0 +1,139 @@
+"""Every measured RTP stream, indexed by call, and what RTCP says about them.
+
+``MediaTracker.rtp(...)`` takes the UDP payload of an RTP packet on a learned
+media flow, with the call that owns the flow's endpoint now and that
+endpoint's SDP formats, and updates its stream (userspace.rtp). It returns
+the stream when a periodic report of it is due: every ``report_interval_ns``
+of capture time from the stream's first packet, counted per stream, so a
+report costs nothing until it is due. ``rtcp(...)`` reads sender and
+receiver reports (userspace.rtcp) into the peer's view of the streams they
+describe. A call's end takes its own streams (never a scan over all).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from userspace.errors import DecodeError
+from userspace.records import Origin
+from userspace.rtcp import RtcpReport, parse_rtcp, round_trip_ms
+from userspace.rtp import FlowKey, Formats, RtpStream
+
+MAX_STREAMS = 100_000
+MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits sets it
+DEFAULT_REPORT_INTERVAL_NS = 10_000_000_000
+RTP_VERSION = 2
+_RTP = struct.Struct("!BBHII")
+
+
+@dataclass(slots=True)
+class MediaStats:
+    rtp: int = 0
+    rtcp: int = 0
+    not_rtp: int = 0
+    rtcp_errors: int = 0
+    evicted_streams: int = 0
+    without_call: int = 0      # media on no live call's endpoint (stragglers after the call ended)
+    streams_over_cap: int = 0  # new SSRCs beyond a call's cap: not measured
+
+
+class MediaTracker:
+    def __init__(self, max_streams: int = MAX_STREAMS, max_per_call: int = MAX_STREAMS_PER_CALL,
+                 report_interval_ns: int = DEFAULT_REPORT_INTERVAL_NS) -> None:
+        self.max_streams = max_streams
+        self.max_per_call = max_per_call
+        self.report_interval_ns = report_interval_ns
+        self.stats = MediaStats()
+        self.streams: OrderedDict[tuple[FlowKey, int], RtpStream] = OrderedDict()  # oldest first
+        self._by_ssrc: dict[int, RtpStream] = {}
+        self._by_call: dict[str, dict[tuple[FlowKey, int], RtpStream]] = {}
+
+    def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
+            formats: Formats, origin: Origin) -> RtpStream | None:
+        """An RTP packet of ``call_id`` (None: no live call owns the endpoint). Returns its
+        stream when that stream's periodic report is due."""
+        if len(payload) < _RTP.size or payload[0] >> 6 != RTP_VERSION:
+            self.stats.not_rtp += 1
+            return None
+        self.stats.rtp += 1
+        _vpxcc, marker_pt, seq, timestamp, ssrc = _RTP.unpack_from(payload)
+        key = (flow, ssrc)
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self._new_stream(key, call_id, formats, arrival_ns, origin)
+            if stream is None:
+                return None
+        stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)
+        if arrival_ns < stream.next_report_ns:
+            return None
+        while stream.next_report_ns <= arrival_ns:
+            stream.next_report_ns += self.report_interval_ns
+        return stream
+
+    def rtcp(self, payload: bytes, wall_ns: int) -> list[RtcpReport]:
+        """An RTCP compound: its SR/RR reports, after their blocks became the peer's
+        view of the streams they report on (fraction and cumulative lost, jitter, RTT)."""
+        self.stats.rtcp += 1
+        try:
+            reports = parse_rtcp(payload)
+        except DecodeError:
+            self.stats.rtcp_errors += 1
+            return []
+        for report in reports:
+            for block in report.blocks:
+                stream = self._by_ssrc.get(block.ssrc)
+                if stream is None:
+                    continue
+                peer: dict[str, float] = {"fraction_lost": round(block.fraction_lost / 256, 4),
+                                          "cumulative_lost": block.cumulative_lost,
+                                          "jitter_ms": round(1000 * block.jitter / stream.clock_rate, 3)}
+                rtt = round_trip_ms(block, wall_ns)
+                if rtt is not None:
+                    peer["rtt_ms"] = rtt
+                stream.peer = peer
+        return reports
+
+    def _new_stream(self, key: tuple[FlowKey, int], call_id: str | None, formats: Formats, arrival_ns: int,
+                    origin: Origin) -> RtpStream | None:
+        if call_id is None:
+            self.stats.without_call += 1
+            return None
+        owned = self._by_call.get(call_id)
+        if owned is not None and len(owned) >= self.max_per_call:
+            self.stats.streams_over_cap += 1  # spoofed SSRCs must not swell one call without bound
+            return None
+        if len(self.streams) >= self.max_streams:
+            self._remove(next(iter(self.streams.values())))  # may empty (and drop) this call's table
+            self.stats.evicted_streams += 1
+        flow, ssrc = key
+        stream = RtpStream(flow, ssrc, call_id, formats, arrival_ns, origin,
+                           next_report_ns=arrival_ns + self.report_interval_ns)
+        self.streams[key] = stream
+        self._by_ssrc[ssrc] = stream
+        self._by_call.setdefault(call_id, {})[key] = stream
+        return stream
+
+    def _remove(self, stream: RtpStream) -> None:
+        key = (stream.flow, stream.ssrc)
+        self.streams.pop(key, None)
+        if self._by_ssrc.get(stream.ssrc) is stream:
+            del self._by_ssrc[stream.ssrc]
+        owned = self._by_call.get(stream.call_id or "")
+        if owned is not None:
+            owned.pop(key, None)
+            if not owned:
+                del self._by_call[stream.call_id or ""]
+
+    def take_call(self, call_id: str) -> list[RtpStream]:
+        """The streams of a call that ended, no longer measured: O(its streams)."""
+        owned = self._by_call.pop(call_id, None)
+        if not owned:
+            return []
+        streams = list(owned.values())
+        for stream in streams:
+            self.streams.pop((stream.flow, stream.ssrc), None)
+            if self._by_ssrc.get(stream.ssrc) is stream:
+                del self._by_ssrc[stream.ssrc]
+        return streams
