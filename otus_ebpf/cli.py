@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--sip-port", type=whole(PORT), action="append", dest="sip_ports",
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     replay.add_argument("--signature", action="store_true", help="also SIP by payload on any UDP port")
+    _add_rtp_report_interval(replay)
     _add_outputs(replay.add_argument_group("outputs"))
     _add_kafka(replay.add_argument_group("kafka"))
     _add_hep(replay.add_argument_group("HEP"))
@@ -162,14 +163,19 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="bytes past the UDP header to copy for RTP/RTCP")
     attach.add_argument("--ring-pages", type=whole(RING_PAGES), default=DEFAULT_RING_PAGES,
                         help="ring buffer size in pages, a power of two")
-    attach.add_argument("--rtp-report-interval", type=real(RTP_REPORT_INTERVAL_S), default=10.0,
-                        metavar="SECONDS",
-                        help="an rtp record per stream every this many seconds of its packets, and one at "
-                             "its call's end (default 10)")
+    _add_rtp_report_interval(attach)
     attach.add_argument("--stats-interval",
                         type=real(STATS_INTERVAL_S), default=5.0, help="seconds between stats lines")
     attach.add_argument("--no-tui", action="store_true",
                         help="plain stats lines instead of the live view (also without a terminal)")
+
+
+def _add_rtp_report_interval(parser: argparse.ArgumentParser) -> None:
+    default = CallLimits().rtp_report_interval_s
+    parser.add_argument("--rtp-report-interval", type=real(RTP_REPORT_INTERVAL_S), default=default,
+                        metavar="SECONDS",
+                        help="an rtp record per stream every this many seconds of its packets, and one at "
+                             f"its call's end (default {default:g})")
 
 
 def _add_outputs(group: argparse._ArgumentGroup) -> None:

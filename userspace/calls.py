@@ -108,9 +108,9 @@ class CallTracker:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
 
     def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
-        """The call a media packet belongs to now (its destination's endpoint, else its
-        source's) and the payload types that call's SDP gave that endpoint."""
-        hold = self.endpoints.owner(destination) or self.endpoints.owner(source)
+        """The call a media packet belongs to now (EndpointRegistry.flow_owner) and the
+        payload types that call's SDP gave the endpoint."""
+        hold = self.endpoints.flow_owner(destination, source)
         return (hold.call_id, hold.formats) if hold is not None else (None, NO_FORMATS)
 
     def call_of(self, endpoint: Endpoint) -> str | None:

@@ -3,8 +3,9 @@
 Two calls may announce one endpoint (a media server's port reused, a
 transfer, a re-INVITE to the same SBC address). Each endpoint is held by
 every call that announced it; the newest holder owns it — its media is
-attributed to that call, with that call's SDP formats — and it is forgotten
-only when its last holder ends. ``take`` and ``release`` return the change
+attributed to that call, with that call's SDP formats, unless the other end
+of the flow is an older holder's own — and it is forgotten only when its
+last holder ends. ``take`` and ``release`` return the change
 the kernel's flow map must make, if any (``FlowEvent``), and cost O(1).
 """
 
@@ -56,6 +57,22 @@ class EndpointRegistry:
     def owner(self, endpoint: Endpoint) -> Hold | None:
         holders = self._holders.get(endpoint)
         return holders[next(reversed(holders))] if holders else None
+
+    def flow_owner(self, destination: Endpoint, source: Endpoint) -> Hold | None:
+        """The hold a media packet from ``source`` to ``destination`` belongs to: the
+        destination's owner, unless the source's owner holds the destination too
+        (both ends of the flow are that call's, as when a newer call took a shared
+        port), else the source's owner. O(1)."""
+        to = self._holders.get(destination)
+        from_ = self._holders.get(source)
+        if not to:
+            return from_[next(reversed(from_))] if from_ else None
+        owner = to[next(reversed(to))]
+        if len(to) > 1 and from_:
+            source_owner = next(reversed(from_))
+            if source_owner != owner.call_id and source_owner in to:
+                return to[source_owner]
+        return owner
 
     def take(self, endpoint: Endpoint, hold: Hold) -> FlowEvent | None:
         """``hold.call_id`` announces ``endpoint``; it owns it from now on."""

@@ -26,6 +26,7 @@ MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits s
 DEFAULT_REPORT_INTERVAL_NS = 10_000_000_000
 RTP_VERSION = 2
 _RTP = struct.Struct("!BBHII")
+StreamKey = tuple[FlowKey, int, str | None]  # flow, SSRC, call
 
 
 @dataclass(slots=True)
@@ -46,9 +47,11 @@ class MediaTracker:
         self.max_per_call = max_per_call
         self.report_interval_ns = report_interval_ns
         self.stats = MediaStats()
-        self.streams: OrderedDict[tuple[FlowKey, int], RtpStream] = OrderedDict()  # oldest first
+        # (flow, SSRC, call) -> stream, oldest first: a flow whose endpoint passes to
+        # another call continues as a stream of that call.
+        self.streams: OrderedDict[StreamKey, RtpStream] = OrderedDict()
         self._by_ssrc: dict[int, RtpStream] = {}
-        self._by_call: dict[str, dict[tuple[FlowKey, int], RtpStream]] = {}
+        self._by_call: dict[str, dict[StreamKey, RtpStream]] = {}
 
     def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
             formats: Formats, origin: Origin) -> RtpStream | None:
@@ -59,10 +62,10 @@ class MediaTracker:
             return None
         self.stats.rtp += 1
         _vpxcc, marker_pt, seq, timestamp, ssrc = _RTP.unpack_from(payload)
-        key = (flow, ssrc)
+        key = (flow, ssrc, call_id)
         stream = self.streams.get(key)
         if stream is None:
-            stream = self._new_stream(key, call_id, formats, arrival_ns, origin)
+            stream = self._new_stream(key, formats, arrival_ns, origin)
             if stream is None:
                 return None
         stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)
@@ -95,8 +98,9 @@ class MediaTracker:
                 stream.peer = peer
         return reports
 
-    def _new_stream(self, key: tuple[FlowKey, int], call_id: str | None, formats: Formats, arrival_ns: int,
+    def _new_stream(self, key: StreamKey, formats: Formats, arrival_ns: int,
                     origin: Origin) -> RtpStream | None:
+        flow, ssrc, call_id = key
         if call_id is None:
             self.stats.without_call += 1
             return None
@@ -107,7 +111,6 @@ class MediaTracker:
         if len(self.streams) >= self.max_streams:
             self._remove(next(iter(self.streams.values())))  # may empty (and drop) this call's table
             self.stats.evicted_streams += 1
-        flow, ssrc = key
         stream = RtpStream(flow, ssrc, call_id, formats, arrival_ns, origin,
                            next_report_ns=arrival_ns + self.report_interval_ns)
         self.streams[key] = stream
@@ -116,7 +119,7 @@ class MediaTracker:
         return stream
 
     def _remove(self, stream: RtpStream) -> None:
-        key = (stream.flow, stream.ssrc)
+        key = (stream.flow, stream.ssrc, stream.call_id)
         self.streams.pop(key, None)
         if self._by_ssrc.get(stream.ssrc) is stream:
             del self._by_ssrc[stream.ssrc]
@@ -133,7 +136,7 @@ class MediaTracker:
             return []
         streams = list(owned.values())
         for stream in streams:
-            self.streams.pop((stream.flow, stream.ssrc), None)
+            self.streams.pop((stream.flow, stream.ssrc, stream.call_id), None)
             if self._by_ssrc.get(stream.ssrc) is stream:
                 del self._by_ssrc[stream.ssrc]
         return streams

@@ -21,6 +21,7 @@ SEQ_MOD = 1 << 16
 MAX_DROPOUT = 3000     # RFC 3550 A.1
 MAX_MISORDER = 100
 NS = 1_000_000_000
+_TIMESTAMP_WRAP, _HALF_WRAP = 1 << 32, 1 << 31
 DEFAULT_CLOCK_RATE = 8000
 MIN_CLOCK_RATE, MAX_CLOCK_RATE = 1_000, 1_000_000  # as userspace.sdp refuses outside
 TELEPHONE_EVENT = "telephone-event"
@@ -99,7 +100,8 @@ class RtpStream:
     events: int = 0                # distinct events (a new RTP timestamp each)
     next_report_ns: int = 0        # when its next periodic report is due (capture time)
     peer: dict[str, float] = field(default_factory=dict)  # from the peer's RTCP about this SSRC
-    _transit: int | None = None
+    _last_arrival_ns: int = -1     # of the previous audio packet; -1: none since the codec began
+    _last_timestamp: int = 0
     _audio_type: int = -1
     _event_timestamp: int = -1
     _seen: set[int] = field(default_factory=set)  # recent extended seqs, for duplicates
@@ -120,12 +122,15 @@ class RtpStream:
                     self.events += 1
                     self._event_timestamp = timestamp
                 return
-        arrival = arrival_ns * self.clock_rate // NS
-        transit = arrival - timestamp
-        if self._transit is not None:
-            d = abs(transit - self._transit)
-            self.jitter += (d - self.jitter) / 16.0
-        self._transit = transit
+        # RFC 3550 A.8 from successive packets: D = (Rj - Ri) - (Sj - Si), in the RTP
+        # clock's units. Worked in integers (ns x clock) and never from the absolute
+        # arrival time, so it is exact and the same whatever clock the capture times
+        # are in (live monotonic, a pcap's wall clock); timestamps wrap at 2**32.
+        if self._last_arrival_ns >= 0:
+            sent = (timestamp - self._last_timestamp + _HALF_WRAP) % _TIMESTAMP_WRAP - _HALF_WRAP
+            d = abs((arrival_ns - self._last_arrival_ns) * self.clock_rate - sent * NS)
+            self.jitter += (d / NS - self.jitter) / 16.0
+        self._last_arrival_ns, self._last_timestamp = arrival_ns, timestamp
 
     def _new_type(self, payload_type: int) -> None:
         """A packet of another payload type: an event, or the audio switching codec
@@ -136,7 +141,7 @@ class RtpStream:
         clock = clock_of(codec)
         if clock != self.clock_rate and self._audio_type >= 0:
             self.jitter = self.jitter * clock / self.clock_rate
-        self._audio_type, self.clock_rate, self._transit = payload_type, clock, None
+        self._audio_type, self.clock_rate, self._last_arrival_ns = payload_type, clock, -1
 
     def _sequence(self, seq: int) -> bool:
         """Track the extended sequence number; False for a duplicate (RFC 3550 A.1)."""

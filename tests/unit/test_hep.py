@@ -56,6 +56,13 @@ def test_a_sip_record_becomes_one_hep3_packet_with_every_chunk() -> None:
     assert "s3cret" not in repr(IDENTITY)
 
 
+def test_the_outer_vlan_goes_in_heps_vlan_chunk() -> None:
+    record = sip_record()
+    assert Chunk.VLAN not in decode_packet(HepEncoder(IDENTITY).sip(record) or b"")
+    record.vlans = (100, 200)
+    assert decode_packet(HepEncoder(IDENTITY).sip(record) or b"")[Chunk.VLAN] == b"\x00\x64"
+
+
 def test_ipv6_addresses_use_the_ipv6_chunks() -> None:
     chunks = decode_packet(HepEncoder(HepIdentity()).sip(sip_record("2001:db8::1", "2001:db8::2")) or b"")
     assert chunks[Chunk.IP_FAMILY] == b"\x0a"

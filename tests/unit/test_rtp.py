@@ -31,10 +31,12 @@ def stream_of(tracker: MediaTracker) -> dict[str, object]:
 
 
 def play(tracker: MediaTracker, seqs: list[int], jitter_ns: list[int] | None = None,
-         start_seq: int = 0, pt: int = 0, formats: Formats = OFFER) -> None:
+         start_seq: int = 0, pt: int = 0, formats: Formats = OFFER, clock_ns: int = 0,
+         start_timestamp: int = 0) -> None:
     for i, n in enumerate(seqs):
-        arrival = n * PTIME_NS + (jitter_ns[i] if jitter_ns else 0)
-        tracker.rtp(FLOW, rtp(start_seq + n, n * SAMPLES, pt=pt), arrival, 172, "call-1", formats, NO_ORIGIN)
+        arrival = clock_ns + n * PTIME_NS + (jitter_ns[i] if jitter_ns else 0)
+        tracker.rtp(FLOW, rtp(start_seq + n, start_timestamp + n * SAMPLES, pt=pt), arrival, 172, "call-1",
+                    formats, NO_ORIGIN)
 
 
 def test_a_clean_stream_has_no_loss_and_a_high_mos() -> None:
@@ -75,6 +77,18 @@ def test_interarrival_jitter_follows_rfc3550() -> None:
     play(tracker, list(range(2000)), alternating)
     # |D| is 32 clock units (4 ms at 8 kHz) every packet; J converges to it.
     assert stream_of(tracker)["jitter_ms"] == pytest.approx(4.0, abs=0.01)
+
+
+def test_jitter_is_the_same_in_any_capture_clock_and_across_a_timestamp_wrap() -> None:
+    # Live arrivals are monotonic ns, a replayed pcap's are wall-clock ns: the same
+    # packets must give the same jitter, whatever the offset between the two.
+    late = [(i % 3) * 1_234_567 for i in range(300)]
+    reports = []
+    for clock_ns, start_timestamp in [(0, 0), (1_796_059_174_981_642_413, 0), (777, 2**32 - 100 * SAMPLES)]:
+        tracker = MediaTracker()
+        play(tracker, list(range(300)), late, clock_ns=clock_ns, start_timestamp=start_timestamp)
+        reports.append(stream_of(tracker)["jitter_ms"])
+    assert reports[0] == reports[1] == reports[2] and 0 < reports[0] < 2
 
 
 def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None:

@@ -59,6 +59,7 @@ class Chunk(IntEnum):
     AUTH_KEY = 0x000E
     PAYLOAD = 0x000F
     CORRELATION_ID = 0x0011
+    VLAN = 0x0012        # one 16-bit id: the outer tag, as heplify sends it
     NODE_NAME = 0x0013
 
 
@@ -135,7 +136,7 @@ class HepEncoder:
     def sip(self, record: SipRecord) -> bytes | None:
         message = record.message
         return self._encode(record.src, record.sport, record.dst, record.dport, int(record.transport),
-                            record.ts_ns, PayloadType.SIP, message.raw, message.call_id)
+                            record.ts_ns, PayloadType.SIP, message.raw, message.call_id, record.vlans)
 
     def stream_report(self, record: StreamReport) -> bytes | None:
         report = record.report
@@ -144,16 +145,19 @@ class HepEncoder:
         if not (isinstance(src, str) and isinstance(dst, str) and isinstance(sport, int)
                 and isinstance(dport, int)):
             return None
+        vlans = report.get("vlan")
         return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTP_AGENT_JSON,
-                            orjson.dumps(rtp_agent_report(record)), record.call_id)
+                            orjson.dumps(rtp_agent_report(record)), record.call_id,
+                            tuple(vlans) if isinstance(vlans, list) else ())
 
     def rtcp(self, record: RtcpRecord) -> bytes | None:
         src, sport, dst, dport = record.flow
         return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTCP_JSON,
-                            orjson.dumps(record.report), record.call_id)
+                            orjson.dumps(record.report), record.call_id, record.origin.vlans)
 
     def _encode(self, src: str, sport: int, dst: str, dport: int, ip_protocol: int, ts_ns: int,
-                payload_type: PayloadType, payload: bytes, correlation: str | None) -> bytes | None:
+                payload_type: PayloadType, payload: bytes, correlation: str | None,
+                vlans: tuple[int, ...]) -> bytes | None:
         if len(payload) > _MAX_PAYLOAD:
             return None
         seconds, nanos = divmod(ts_ns, 1_000_000_000)
@@ -167,6 +171,7 @@ class HepEncoder:
             _chunk(Chunk.PROTOCOL_TYPE, _U8.pack(payload_type)),
             self._identity,
             _chunk(Chunk.CORRELATION_ID, correlation.encode()) if correlation else b"",
+            _chunk(Chunk.VLAN, _U16.pack(vlans[0])) if vlans else b"",
             _chunk(Chunk.PAYLOAD, payload),
         ))
         if _HEADER.size + len(chunks) > MAX_PACKET:

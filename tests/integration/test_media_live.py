@@ -1,0 +1,180 @@
+"""Issue 13, live: media on endpoints two overlapping calls share, attributed
+to the right call in its summary and its per-call pcap, with every flow gauge
+back to 0 when both calls are over — as `attach` and as a `daemon` task.
+Then a capture the agent wrote live, media included, replays to the records
+of the live run at the default speed and paced."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dpkt
+import pytest
+
+from otus_ebpf import netns
+from tests.support import calls
+from tests.support.agent import read_records, start_agent
+from tests.support.broker import free_port
+from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream
+from tests.support.lab import Lab
+from tests.support.paths import AGENT
+from tests.support.procs import Background
+from tests.support.send import send_udp
+from tests.unit.test_metrics import scrape
+
+START_TIMEOUT_S = 60.0
+LEARN_TIMEOUT_S = 10.0
+MS = 1_000_000
+FIRST_UP, SECOND_UP, FIRST_DOWN, LATE_FIRST = 0x1111, 0x2222, 0x3333, 0x1111
+
+
+def scenario(lab: Lab) -> tuple[Dialog, Dialog, list[tuple[str, list[Datagram]]]]:
+    """Two calls from the UAC side to one media port of the UAS side (a media
+    server answering both), overlapping; each step is what to send, or "learn"."""
+    callee = Party(lab.uas_v4, 50000, "ivr")
+    first = Dialog("live-shared-1", Party(lab.uac_v4, 40000, "alice"), callee, OFFERED, {PCMU: "PCMU/8000"})
+    second = Dialog("live-shared-2", Party(lab.uac_v4, 42000, "carol"), callee, OFFERED, {PCMA: "PCMA/8000"})
+    return first, second, [
+        ("sip", calls.signalling(first, [(0, "invite"), (0, "ok"), (0, "ack")])),
+        ("learn", []),
+        ("media", calls.media(Stream(FIRST_UP, PCMU, 50, 0), first.caller, callee)),
+        ("sip", calls.signalling(second, [(0, "invite"), (0, "ok"), (0, "ack")])),
+        ("settle", []),
+        ("media", calls.media(Stream(SECOND_UP, PCMA, 60, 0), second.caller, callee)
+         + calls.media(Stream(FIRST_DOWN, PCMU, 40, 0), callee, first.caller)
+         + calls.media(Stream(LATE_FIRST, PCMU, 10, 0, first_seq=1050, first_timestamp=50 * 160),
+                       first.caller, callee)),
+        ("settle", []),
+        ("sip", calls.signalling(first, [(0, "bye"), (0, "bye_ok")])),
+        ("settle", []),
+        ("sip", calls.signalling(second, [(0, "bye"), (0, "bye_ok")])),
+    ]
+
+
+EXPECTED_PACKETS = {"live-shared-1": {FIRST_UP: 60, FIRST_DOWN: 40}, "live-shared-2": {SECOND_UP: 60}}
+
+
+def send(lab: Lab, datagrams: list[Datagram]) -> None:
+    """Each datagram from the namespace that owns its source address, in order."""
+    for d in datagrams:
+        namespace = lab.uac_ns if d.src == lab.uac_v4 else lab.uas_ns
+        send_udp(namespace, d.src, d.sport, d.dst, d.dport, [d.payload])
+
+
+def play(lab: Lab, steps: list[tuple[str, list[Datagram]]], learned: Callable[[], set[tuple[str, str, int]]],
+         endpoint: tuple[str, str, int]) -> None:
+    for what, datagrams in steps:
+        if what == "learn":
+            deadline = time.monotonic() + LEARN_TIMEOUT_S
+            while endpoint not in learned():
+                assert time.monotonic() < deadline, f"{endpoint} was never learned"
+                time.sleep(0.1)
+        elif what == "settle":
+            time.sleep(0.5)  # the SDP or BYE is through the worker before the next step
+        else:
+            send(lab, datagrams)
+    time.sleep(1.0)
+
+
+def flows(lab: Lab, *args: str) -> set[tuple[str, str, int]]:
+    out = subprocess.run(["ip", "netns", "exec", lab.uas_ns, str(AGENT), "flows", *args], check=True,
+                         capture_output=True, text=True, timeout=30).stdout
+    return {(kind, address, int(port)) for kind, address, port, *_rest in (line.split() for line in
+                                                                          out.splitlines())}
+
+
+def gauges(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    names = ("otus_flows_active", "otus_dialogs_active", "otus_rtp_streams_active")
+    return {name: sum(v for (n, _labels), v in metrics.items() if n == name) for name in names}
+
+
+def ssrcs_in(path: Path) -> collections.Counter[int]:
+    """RTP packets per SSRC in a capture file (pcap or pcapng)."""
+    counts: collections.Counter[int] = collections.Counter()
+    with path.open("rb") as f:
+        reader = dpkt.pcapng.Reader(f) if path.suffix == ".pcapng" else dpkt.pcap.Reader(f)
+        for _ts, frame in reader:
+            udp = dpkt.ethernet.Ethernet(frame).data.data
+            if isinstance(udp, dpkt.udp.UDP) and 5060 not in (udp.sport, udp.dport) and len(udp.data) >= 12:
+                counts[int.from_bytes(udp.data[8:12], "big")] += 1
+    return counts
+
+
+def check_calls(records: list[dict[str, Any]], per_call: Path) -> None:
+    summaries = {r["call_id"]: r for r in records if r["kind"] == "call"}
+    packets = {cid: {s["ssrc"]: s["packets"] for s in call["streams"]} for cid, call in summaries.items()}
+    assert packets == EXPECTED_PACKETS
+    for call_id, expected in EXPECTED_PACKETS.items():
+        (path,) = [p for p in per_call.iterdir() if p.name.startswith(call_id)]
+        assert dict(ssrcs_in(path)) == expected, call_id
+
+
+@pytest.fixture
+def metrics_port(lab: Lab) -> Iterator[int]:
+    yield free_port(lab.uas_ns)
+
+
+def test_overlapping_calls_on_one_endpoint_live_with_attach(lab: Lab, tmp_path: Path,
+                                                            metrics_port: int) -> None:
+    out, per_call, pcap = tmp_path / "records.jsonl", tmp_path / "calls", tmp_path / "live.pcapng"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--pcap-per-call", str(per_call), "--pcap", str(pcap), "--pcap-format", "pcapng",
+                         "--metrics", f"127.0.0.1:{metrics_port}"])
+    first, _second, steps = scenario(lab)
+    try:
+        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
+        with netns.inside(lab.uas_ns):
+            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
+        left = flows(lab, lab.uas_if)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
+    assert left == set(), "the kernel's flow map is empty again"
+    live = read_records(out)
+    check_calls(live, per_call)
+    for speed in ("max", "20"):
+        replayed = tmp_path / f"replayed-{speed}.jsonl"
+        result = subprocess.run([str(AGENT), "replay", str(pcap), "--speed", speed, "--out", str(replayed)],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        again = read_records(replayed)
+        assert sorted(map(canonical, again)) == sorted(map(canonical, live)), f"replayed at {speed}"
+
+
+def canonical(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True)
+
+
+def test_overlapping_calls_on_one_endpoint_live_in_a_daemon_task(lab: Lab, tmp_path: Path,
+                                                                 metrics_port: int) -> None:
+    per_call, sock = tmp_path / "calls", tmp_path / "control.sock"
+    config = tmp_path / "otus.yaml"
+    config.write_text(f"""
+metrics: {{listen: "127.0.0.1:{metrics_port}"}}
+control: {{socket: {sock}}}
+tasks:
+  - name: media
+    interfaces: [{lab.uas_if}]
+    workers: 2
+    outputs:
+      jsonl: {{path: {tmp_path}/media.jsonl}}
+      pcap: {{path: {tmp_path}/media.pcapng, format: pcapng, per_call_dir: {per_call}}}
+""")
+    daemon = Background([str(AGENT), "daemon", "-c", str(config)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    first, _second, steps = scenario(lab)
+    try:
+        daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
+        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
+        with netns.inside(lab.uas_ns):
+            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+    assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
+    check_calls(read_records(tmp_path / "media.jsonl"), per_call)

@@ -1,0 +1,107 @@
+"""Media endpoints shared between live calls: held per call, owned by the
+newest holder, forgotten with the last; the kernel's flow map changes only
+when what it must hold changes; media goes to the call that owns it then."""
+
+from __future__ import annotations
+
+from tests.support import calls
+from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream
+from tests.support.frames import ethernet, ipv4, ring_record, udp
+from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
+from userspace.event import Kind
+from userspace.pipeline import Pipeline
+from userspace.records import CallSummary
+
+SERVER = ("10.9.0.1", 30000)
+RTP = Kind.RTP
+
+
+def hold(call_id: str, shard: int = 0) -> Hold:
+    return Hold(call_id, RTP, shard, {PCMA: "PCMA/8000"})
+
+
+def test_the_last_holder_forgets_and_the_kernel_entry_changes_only_when_it_must() -> None:
+    registry = EndpointRegistry()
+    assert registry.take(SERVER, hold("a")) == FlowEvent(FlowAction.LEARN, *SERVER, RTP, "a", 0)
+    assert registry.take(SERVER, hold("b")) is None, "same kind and shard: the kernel entry stands"
+    assert registry.owner(SERVER) == hold("b") and len(registry) == 1
+    assert registry.release(SERVER, "a") is None and registry.owner(SERVER) == hold("b")
+    assert registry.release(SERVER, "a") is None, "released twice: nothing"
+    assert registry.release(SERVER, "b") == FlowEvent(FlowAction.FORGET, *SERVER, RTP, "b", 0)
+    assert len(registry) == 0 and registry.owner(SERVER) is None
+
+
+def test_an_owner_on_another_shard_moves_the_entry_and_gives_it_back() -> None:
+    registry = EndpointRegistry()
+    registry.take(SERVER, hold("a", shard=0))
+    assert registry.take(SERVER, hold("b", shard=1)) == FlowEvent(FlowAction.LEARN, *SERVER, RTP, "b", 1)
+    assert registry.release(SERVER, "b") == FlowEvent(FlowAction.LEARN, *SERVER, RTP, "a", 0)
+    assert registry.release(SERVER, "a") == FlowEvent(FlowAction.FORGET, *SERVER, RTP, "a", 0)
+
+
+def test_a_flow_goes_to_the_call_that_holds_both_its_ends() -> None:
+    registry = EndpointRegistry()
+    first_caller, second_caller = ("10.1.0.1", 4000), ("10.1.0.2", 4000)
+    registry.take(first_caller, hold("a"))
+    registry.take(SERVER, hold("a"))
+    registry.take(second_caller, hold("b"))
+    registry.take(SERVER, hold("b"))
+    assert registry.flow_owner(SERVER, first_caller) == hold("a"), "the older call's own flow"
+    assert registry.flow_owner(SERVER, second_caller) == hold("b")
+    assert registry.flow_owner(first_caller, SERVER) == hold("a")
+    assert registry.flow_owner(SERVER, ("10.7.7.7", 1)) == hold("b"), "a stranger: the newest holder"
+    assert registry.flow_owner(("10.7.7.7", 1), first_caller) == hold("a"), "only the source is known"
+    assert registry.flow_owner(("10.7.7.7", 1), ("10.7.7.8", 1)) is None
+
+
+CALLEE = Party("10.2.0.1", 50000, "ivr")  # a media server answering both calls on one port
+FIRST = Dialog("shared-1", Party("10.1.0.1", 40000, "alice"), CALLEE, OFFERED, {PCMU: "PCMU/8000"})
+SECOND = Dialog("shared-2", Party("10.1.0.2", 42000, "carol"), CALLEE, OFFERED, {PCMA: "PCMA/8000"})
+MS = 1_000_000
+
+
+def events(datagrams: list[Datagram], media: bool) -> list[bytes]:
+    return [ring_record(ethernet(ipv4(udp(d.payload, d.sport, d.dport), src=d.src, dst=d.dst)),
+                        ts_ns=d.ts_ns, kind=Kind.RTP if media else Kind.SIP) for d in datagrams]
+
+
+def test_overlapping_calls_on_one_endpoint_each_get_their_own_media_and_gauges_return_to_0() -> None:
+    pipeline = Pipeline({2: "eth0"}, 0)
+    pipeline.keep_frames = True
+    first_up = Stream(0x1111, PCMU, 50, 100 * MS)
+    second_up = Stream(0x2222, PCMA, 60, 2_000 * MS)
+    first_down = Stream(0x3333, PCMU, 40, 2_100 * MS)  # the server to the first caller, after the second came
+    late_first = Stream(0x1111, PCMU, 10, 4_000 * MS, first_seq=1050, first_timestamp=50 * 160)
+    steps: list[tuple[list[Datagram], bool]] = [
+        (calls.signalling(FIRST, [(0, "invite"), (10 * MS, "ok"), (20 * MS, "ack")]), False),
+        (calls.media(first_up, FIRST.caller, CALLEE), True),
+        (calls.signalling(SECOND, [(1_900 * MS, "invite"), (1_910 * MS, "ok"), (1_920 * MS, "ack")]), False),
+        (calls.media(second_up, SECOND.caller, CALLEE) + calls.media(first_down, CALLEE, FIRST.caller), True),
+        (calls.media(late_first, FIRST.caller, CALLEE), True),
+        (calls.signalling(FIRST, [(5_000 * MS, "bye"), (5_010 * MS, "bye_ok")]), False),
+        (calls.signalling(SECOND, [(6_000 * MS, "bye"), (6_010 * MS, "bye_ok")]), False),
+    ]
+    records = []
+    flows: list[list[FlowEvent]] = []  # per step
+    for datagrams, media in steps:
+        for event in events(datagrams, media):
+            records += pipeline.process([event])
+        flows.append(pipeline.take_flow_events())
+    summaries = {r.call_id: r for r in records if isinstance(r, CallSummary)}
+    packets = {cid: {s["ssrc"]: s["packets"] for s in summary.streams} for cid, summary in summaries.items()}
+    assert packets == {"shared-1": {0x1111: 60, 0x3333: 40}, "shared-2": {0x2222: 60}}
+    codecs = {s["ssrc"]: s["codec"] for summary in summaries.values() for s in summary.streams}
+    assert codecs == {0x1111: "PCMU/8000", 0x3333: "PCMU/8000", 0x2222: "PCMA/8000"}
+    frames = pipeline.take_frames()
+    media_frames = [f for f in frames if f.data[14 + 20 + 8 + 1] & 0x7F in (PCMA, PCMU)]
+    by_call = {cid: sum(1 for f in media_frames if f.call_id == cid) for cid in ("shared-1", "shared-2")}
+    assert by_call == {"shared-1": 100, "shared-2": 60}
+    assert pipeline.calls.flows_active == 0 and len(pipeline.calls) == 0
+    def endpoints(step: int, action: FlowAction) -> set[tuple[str, int]]:
+        return {(e.address, e.port) for e in flows[step] if e.action is action}
+
+    server = {(CALLEE.address, CALLEE.media_port), (CALLEE.address, CALLEE.media_port + 1)}
+    assert endpoints(0, FlowAction.LEARN) >= server
+    assert not endpoints(2, FlowAction.LEARN) & server, "already in the kernel's map"
+    assert not endpoints(5, FlowAction.FORGET) & server, "the second call still holds them"
+    assert endpoints(6, FlowAction.FORGET) >= server

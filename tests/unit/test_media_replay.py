@@ -1,0 +1,93 @@
+"""Issue 13's call, replayed: a pcap written here with real 20 ms pacing. The
+caller offers PCMU, PCMA and telephone-event; the callee answers PCMA; both
+send PT 8 from right after the 200 OK, for 5 s, the caller losing 2 % and
+pressing two DTMF digits. Replayed at the default speed (as fast as it reads)
+and paced, the records say PCMA on both streams, count every packet and the
+exact loss, and count the digits as events, not audio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.replay import run_replay
+from tests.support import calls
+from tests.support.calls import OFFERED, PCMA, PTIME_NS, TELEPHONE_EVENT, Datagram, Dialog, Party, Stream
+from userspace.calls import CallLimits
+
+T0 = 1_800_000_000 * 1_000_000_000  # capture time of the INVITE
+SECOND = 1_000_000_000
+ANSWERED = T0 + 2 * SECOND
+CALL_SLOTS = 250                      # 5 s of 20 ms packets
+LOST = frozenset({24, 74, 124, 174, 224})  # 2 % of the caller's 250 slots
+DTMF = {100: 5, 150: 1}              # slot -> digit, five packets each
+
+CALLER = Party("10.1.0.1", 40000, "alice")
+CALLEE = Party("10.2.0.1", 50000, "bob")
+DIALOG = Dialog("pacing-1@test", CALLER, CALLEE, OFFERED,
+                {PCMA: "PCMA/8000", TELEPHONE_EVENT: "telephone-event/8000"})
+UP = Stream(0xA1, PCMA, CALL_SLOTS, ANSWERED + 10_000_000, lost=LOST, dtmf=DTMF)   # caller to callee
+DOWN = Stream(0xB2, PCMA, CALL_SLOTS, ANSWERED + 1_000_000)                        # callee to caller
+HANGUP = ANSWERED + 10_000_000 + CALL_SLOTS * PTIME_NS
+
+
+def timeline() -> list[Datagram]:
+    sip = calls.signalling(DIALOG, [(T0, "invite"), (T0 + SECOND, "ringing"), (ANSWERED, "ok"),
+                                    (ANSWERED + 20_000_000, "ack"), (HANGUP, "bye"),
+                                    (HANGUP + 5_000_000, "bye_ok")])
+    at = ANSWERED + 3 * SECOND
+    rtcp = [Datagram(at, CALLER.address, CALLER.media_port + 1, CALLEE.address, CALLEE.media_port + 1,
+                     calls.sender_report(UP.ssrc, at, 149, 149 * 160))]
+    return sip + calls.media(UP, CALLER, CALLEE) + calls.media(DOWN, CALLEE, CALLER) + rtcp
+
+
+def replay(tmp_path: Path, speed: float | None, interval_s: float = 10.0) -> list[dict[str, Any]]:
+    pcap = tmp_path / "paced.pcap"
+    calls.write_pcap(pcap, timeline())
+    out = tmp_path / f"records-{speed}-{interval_s}.jsonl"
+    options = AttachOptions(("paced",), out=str(out), calls=CallLimits(rtp_report_interval_s=interval_s))
+    assert run_replay(pcap, options, speed, lambda _m: None) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("speed", [None, 20.0], ids=["default-speed", "paced-20x"])
+def test_codec_every_packet_exact_loss_and_dtmf_events(tmp_path: Path, speed: float | None) -> None:
+    records = replay(tmp_path, speed)
+    (call,) = [r for r in records if r["kind"] == "call"]
+    assert call["end_cause"] == "bye"
+    streams = {s["ssrc"]: s for s in call["streams"]}
+    up, down = streams[UP.ssrc], streams[DOWN.ssrc]
+    assert (up["codec"], down["codec"]) == ("PCMA/8000", "PCMA/8000")
+    assert (down["packets"], down["lost"], down["expected"]) == (DOWN.sent, 0, DOWN.sent)
+    assert (up["packets"], up["lost"], up["expected"]) == (UP.sent, len(LOST), UP.expected)
+    assert up["loss_percent"] == pytest.approx(100 * len(LOST) / UP.expected, abs=0.001)
+    assert (up["dtmf_events"], up["dtmf_packets"]) == (len(DTMF), len(DTMF) * 7), "5 packets, the end sent 3x"
+    assert (down["dtmf_events"], down["dtmf_packets"]) == (0, 0)
+    by_type = {t["payload_type"]: t for t in up["payload_types"]}
+    assert by_type[PCMA]["packets"] == UP.sent - len(DTMF) * 7
+    assert by_type[TELEPHONE_EVENT]["codec"] == "telephone-event/8000"
+    assert up["mos"] < down["mos"] <= 4.5 and up["jitter_ms"] == pytest.approx(0, abs=0.01)
+    rtcp = [r for r in records if r["kind"] == "rtcp"]
+    assert [(r["call_id"], r["ssrc"], r["type"]) for r in rtcp] == [(DIALOG.call_id, UP.ssrc, 200)]
+
+
+def test_paced_and_unpaced_replays_give_the_same_records(tmp_path: Path) -> None:
+    assert replay(tmp_path, None) == replay(tmp_path, 20.0)
+
+
+def test_a_5s_call_gives_periodic_stream_reports_timed_from_each_streams_first_packet(tmp_path: Path) -> None:
+    records = replay(tmp_path, None, interval_s=1.0)
+    reports = [r for r in records if r["kind"] == "rtp"]
+    periodic = [r for r in reports if not r["final"]]
+    final = [r for r in reports if r["final"]]
+    assert {r["ssrc"] for r in final} == {UP.ssrc, DOWN.ssrc}
+    for stream in (UP, DOWN):
+        times = [r["ts_ns"] for r in periodic if r["ssrc"] == stream.ssrc]
+        assert len(times) == 4, "at 1, 2, 3 and 4 s of a 5 s stream"
+        assert all(0 <= t - stream.start_ns - (n + 1) * SECOND < PTIME_NS for n, t in enumerate(times))
+    summary = next(r for r in records if r["kind"] == "call")
+    assert sorted(s["packets"] for s in summary["streams"]) == sorted(r["packets"] for r in final)
