@@ -194,8 +194,9 @@ class QueuedReporter:
 
     def summary(self) -> str:
         s = self.stats
+        detail = getattr(self.reporter, "detail", None)  # what the output itself made of the records
         return (f"{self.name} written={s.written} queued={s.queued} overflow={s.overflow} failed={s.failed}"
-                f" to_fallback={s.to_fallback} lost={s.lost}")
+                f" to_fallback={s.to_fallback} lost={s.lost}" + (f" {detail()}" if detail else ""))
 
     def close(self) -> None:
         """Stop the worker after it has written what is queued, then close the reporter."""

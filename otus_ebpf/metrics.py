@@ -113,6 +113,7 @@ HELP = {
     "otus_output_latency_seconds_total": "Seconds batches spent queued and being written, summed",
     "otus_output_latency_max_seconds": "The longest a batch took, queue and write, since start",
     "otus_kafka_records_total": "Kafka reporter records, by outcome",
+    "otus_hep_records_total": "HEP output records: sent, not for HEP (call summaries), too big to encode",
     "otus_kafka_in_flight": "Records handed to librdkafka and not yet acknowledged",
     "otus_internal_errors_total": "Bugs caught at a failure boundary, by stage and exception type; "
                                   "capture went on",

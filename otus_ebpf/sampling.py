@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.workers import WorkersCapture, merge_samples
+from userspace.reporters.hep import HepReporter
 
 if TYPE_CHECKING:
     from otus_ebpf.task import Task
@@ -86,6 +87,11 @@ def _outputs(sample: TaskSample, task: Task) -> None:
         sample.count("otus_output_batches_total", q.batches, output=reporter.name)
         sample.count("otus_output_latency_seconds_total", q.latency_s, output=reporter.name)
         sample.gauge("otus_output_latency_max_seconds", q.latency_max_s, output=reporter.name)
+        if isinstance(reporter.reporter, HepReporter):
+            h = reporter.reporter.stats
+            for outcome, value in (("sent", h.encoded), ("not_for_hep", h.not_for_hep),
+                                   ("unencodable", h.unencodable)):
+                sample.count("otus_hep_records_total", value, outcome=outcome)
         sync_errors = getattr(getattr(reporter.reporter, "stats", None), "sync_errors", None)
         if sync_errors is not None:
             sample.count("otus_output_sync_errors_total", sync_errors, output=reporter.name)

@@ -153,11 +153,15 @@ class Stream:
         return lost
 
 
-def sender_report(ssrc: int, wall_ns: int, packets: int, octets: int) -> bytes:
-    """An RTCP SR with no report blocks (RFC 3550 §6.4.1)."""
+def sender_report(ssrc: int, wall_ns: int, packets: int, octets: int, about: int | None = None,
+                  lost: int = 0, jitter: int = 0) -> bytes:
+    """An RTCP SR (RFC 3550 §6.4.1), with one report block on source ``about`` if given."""
     seconds, fraction = divmod(wall_ns, 1_000_000_000)
     ntp = ((seconds + 2_208_988_800) << 32) | (fraction << 32) // 1_000_000_000
-    return struct.pack("!BBHIQIII", 0x80, 200, 6, ssrc, ntp, 0, packets, octets)
+    blocks = b"" if about is None else struct.pack("!IIIIII", about, lost & 0xFFFFFF, 1000, jitter, 0, 0)
+    words = (28 + len(blocks)) // 4 - 1
+    return struct.pack("!BBHIQIII", 0x80 | (0 if about is None else 1), 200, words, ssrc, ntp, 0, packets,
+                       octets) + blocks
 
 
 @dataclass(frozen=True)

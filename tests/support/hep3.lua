@@ -65,7 +65,7 @@ function hep3.dissector(tvb, pinfo, tree)
     if payload ~= nil then
         if payload_type == 1 then
             Dissector.get("sip"):call(payload:tvb(), pinfo, tree)
-        elseif payload_type == 5 then
+        elseif payload_type == 5 or payload_type == 34 then  -- RTCP and RTP-agent reports are JSON
             Dissector.get("json"):call(payload:tvb(), pinfo, tree)
         end
     end

@@ -95,6 +95,7 @@ def test_stream_reports_go_as_rtp_agent_json_call_summaries_are_counted_out() ->
     assert payload["TYPE"] == "HANGUP"
     assert payload["CORRELATION_ID"] == "call-1" and chunks[Chunk.CORRELATION_ID] == b"call-1"
     assert (reporter.stats.encoded, reporter.stats.not_for_hep, reporter.stats.unencodable) == (1, 1, 1)
+    assert reporter.detail() == "sent=1 not_for_hep=1 unencodable=1", "as the stats line shows it"
 
 
 def test_rtcp_goes_as_the_json_homer_stores_for_rtcp() -> None:

@@ -41,7 +41,7 @@ def timeline() -> list[Datagram]:
                                     (HANGUP + 5_000_000, "bye_ok")])
     at = ANSWERED + 3 * SECOND
     rtcp = [Datagram(at, CALLER.address, CALLER.media_port + 1, CALLEE.address, CALLEE.media_port + 1,
-                     calls.sender_report(UP.ssrc, at, 149, 149 * 160))]
+                     calls.sender_report(UP.ssrc, at, 149, 149 * 160, about=DOWN.ssrc, jitter=8))]
     return sip + calls.media(UP, CALLER, CALLEE) + calls.media(DOWN, CALLEE, CALLER) + rtcp
 
 

@@ -208,6 +208,10 @@ class HepReporter:
             self.stats.encoded += len(packets)
             self._sink.send(packets)
 
+    def detail(self) -> str:
+        s = self.stats
+        return f"sent={s.encoded} not_for_hep={s.not_for_hep} unencodable={s.unencodable}"
+
     def flush(self, timeout: float) -> int:
         return self._sink.flush(timeout)
 
