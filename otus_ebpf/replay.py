@@ -99,28 +99,34 @@ class _Counted:
 
 
 def read_frames(stream: BinaryIO, default_interface: str) -> Iterator[CapturedFrame]:
-    """The frames of a pcap (µs or ns) or pcapng file, in file order; a broken
-    file raises CaptureFileError where it breaks, after the frames before it."""
+    """The frames of a pcap (µs or ns) or pcapng file, in file order. What is not
+    a capture file at all raises SetupError here, before a frame is asked for (so
+    nothing is opened for it); a broken file raises CaptureFileError where it
+    breaks, after the frames before it."""
     counted = _Counted(stream)
     head = counted.read(4)
     if len(head) < 4:
         raise SetupError("empty file: neither pcap nor pcapng")
     magic = struct.unpack("<I", head)[0]
     if magic == PCAPNG_SHB:
-        yield from _pcapng(counted)
-    elif magic in PCAP_MAGICS or struct.unpack(">I", head)[0] in PCAP_MAGICS:
-        yield from _pcap(counted, head, default_interface)
-    else:
-        raise SetupError(f"not a pcap or pcapng file (magic {head.hex()})")
+        return _pcapng(counted)
+    if magic in PCAP_MAGICS or struct.unpack(">I", head)[0] in PCAP_MAGICS:
+        return _pcap(counted, head, default_interface)
+    raise SetupError(f"not a pcap or pcapng file (magic {head.hex()})")
 
 
 def _pcap(stream: _Counted, head: bytes, interface: str) -> Iterator[CapturedFrame]:
+    """The file header is read here, the frames as they are asked for."""
     order = "<" if struct.unpack("<I", head)[0] in PCAP_MAGICS else ">"
     unit = PCAP_MAGICS[struct.unpack(f"{order}I", head)[0]]
     rest = stream.exactly(20, "the pcap file header")
     if struct.unpack(f"{order}I", rest[16:20])[0] & 0x0FFFFFFF != 1:
         raise SetupError("pcap link type is not Ethernet")
-    record = struct.Struct(f"{order}IIII")
+    return _pcap_records(stream, struct.Struct(f"{order}IIII"), unit, interface)
+
+
+def _pcap_records(stream: _Counted, record: struct.Struct, unit: int,
+                  interface: str) -> Iterator[CapturedFrame]:
     limit = 1_000_000_000 // unit  # fractions of a second
     while True:
         at = stream.offset
@@ -235,11 +241,12 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
     broken: CaptureFileError | None = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(stream)
+        frames = read_frames(stream, path.stem)  # not a capture file: said before any output exists
         reporters, kafka = open_reporters(stack, options, path.stem, log)
         frame_outputs = open_frame_outputs(stack, options, log)
         replayer = _Replayer(options, frame_outputs.wanted, log)
         try:
-            _replay_frames(read_frames(stream, path.stem), replayer, reporters, frame_outputs, speed)
+            _replay_frames(frames, replayer, reporters, frame_outputs, speed)
         except CaptureFileError as exc:
             broken = exc  # what came before is delivered below, then the error is said
         last = replayer.pipeline.finish()  # calls still going at the end of the file

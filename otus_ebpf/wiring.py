@@ -34,34 +34,49 @@ Log = Callable[[str], None]
 
 def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str,
                    log: Log) -> tuple[list[QueuedReporter], KafkaReporter | None]:
-    """Open every output before touching the kernel, so a bad output fails first.
-    Each runs behind its own queue and thread (otus_ebpf.fanout); closing
-    stops the workers after they have written what is queued."""
-    fallback = None
-    if options.fallback is not None:
-        fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
-                                              time.monotonic, options.out_fsync), on_error=log)
-        stack.callback(fallback.close)  # after every worker that may hand it records
-        log(f"records no output could take go to {options.fallback}")
-    reporters: list[QueuedReporter] = []
-
-    def queued(name: str, reporter: Reporter) -> None:
-        worker = QueuedReporter(name, reporter, fallback, options.queue_records, on_error=log)
-        stack.callback(worker.close)
-        reporters.append(worker)
-
-    jsonl_sink = open_output(options.out, label, log)
-    queued("jsonl", JsonLinesReporter(jsonl_sink, options.out_rotation, time.monotonic, options.out_fsync))
+    """Open every output before touching the kernel, so a bad output fails first;
+    the Kafka broker is checked before any file is created, so an unreachable
+    one leaves nothing behind. Each runs behind its own queue and thread
+    (otus_ebpf.fanout); closing stops the workers after they have written what
+    is queued."""
     kafka = None
     if options.kafka is not None:
-        spill = fallback.take_encoded if fallback is not None else None
         kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
-                                    time.monotonic, spill)
-        queued("kafka", kafka)
+                                    time.monotonic)
+    with contextlib.ExitStack() as until_queued:
+        if kafka is not None:
+            until_queued.callback(kafka.close)  # if a later output fails; then its worker closes it
+        fallback = _open_fallback(stack, options, log)
+        reporters: list[QueuedReporter] = []
+
+        def queued(name: str, reporter: Reporter) -> None:
+            worker = QueuedReporter(name, reporter, fallback, options.queue_records, on_error=log)
+            stack.callback(worker.close)
+            reporters.append(worker)
+
+        jsonl_sink = open_output(options.out, label, log)
+        queued("jsonl", JsonLinesReporter(jsonl_sink, options.out_rotation, time.monotonic,
+                                          options.out_fsync))
+        if kafka is not None and options.kafka is not None:
+            if fallback is not None:
+                kafka.spill_to(fallback.take_encoded)
+            queued("kafka", kafka)
+            until_queued.pop_all()
+            log(f"sending records to Kafka at {options.kafka.brokers}, {options.kafka_routing.describe()}")
     if options.hep:
         queued("hep", HepReporter(HepSender(options.hep, time.monotonic), options.hep_identity))
         log(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
     return reporters, kafka
+
+
+def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions, log: Log) -> Fallback | None:
+    if options.fallback is None:
+        return None
+    fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
+                                          time.monotonic, options.out_fsync), on_error=log)
+    stack.callback(fallback.close)  # after every worker that may hand it records
+    log(f"records no output could take go to {options.fallback}")
+    return fallback
 
 
 @dataclass(slots=True)

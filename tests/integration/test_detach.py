@@ -100,5 +100,6 @@ def test_unreachable_broker_fails_before_attaching(lab: Lab, tmp_path: Path, wor
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("otus-ebpf: error:")]
     assert len(errors) == 1 and "unreachable" in errors[0], result.stderr
+    assert "writing records" not in result.stderr and list(tmp_path.iterdir()) == [], "nothing created"
     assert not xdp_attached(lab)
     assert tc_egress_programs(lab) == 0

@@ -24,6 +24,7 @@ from tests.support.paths import AGENT
 from tests.support.sipp import run_calls
 from tests.support.tshark import frame_fields, hep_fields, hep_packets_as_pcap, sip_messages, start_capture
 from tests.unit.test_metrics import scrape
+from userspace.records import RECORD_SCHEMA_VERSION
 
 CALLS = 20
 PARTITIONS = 3
@@ -52,6 +53,7 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
                          "--delivery", delivery, "--workers", str(workers)])
     readers = "1 shard(s)" if workers == 1 else f"{workers} worker process(es)"
     assert f"{readers}, {delivery} delivery" in agent.output()
+    assert f"sending records to Kafka at {uas_broker.address}, topic {topic}" in agent.output()
     try:
         run_calls(lab, CALLS, transport, tmp_path)
     finally:
@@ -90,7 +92,8 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     for message, value in zip(consumed, values, strict=True):
         assert message.key is not None and message.key.decode() == value["call_id"]
         assert message.headers == {"node": socket.gethostname().encode(), "task": b"capture",
-                                   "kind": value["kind"].encode(), "schema": b"1"}, message.headers
+                                   "kind": value["kind"].encode(),
+                                   "schema": str(RECORD_SCHEMA_VERSION).encode()}, message.headers
         partitions_of_call[message.key.decode()].add(message.partition)
     assert all(len(p) == 1 for p in partitions_of_call.values()), partitions_of_call
 

@@ -108,3 +108,33 @@ def test_kafka_secrets_stay_out_of_repr_and_errors(tmp_path: Path, monkeypatch: 
     assert "s3cret-value" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("otus-ebpf: error:")]
     assert line.startswith("otus-ebpf: error: kafka broker 127.0.0.1:1 unreachable")
+
+
+def test_a_file_that_is_not_a_capture_is_refused_before_any_output_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_pcap = tmp_path / "README.md"
+    not_a_pcap.write_text("# otus-ebpf\n")
+    out = tmp_path / "out" / "records.jsonl"
+    assert main(["replay", str(not_a_pcap), "--out", str(out)]) == 1
+    (line,) = error_lines(capsys)
+    assert line == "otus-ebpf: error: not a pcap or pcapng file (magic 23206f74)"
+    assert not out.parent.exists()
+
+
+def test_an_unreachable_broker_leaves_no_file_and_no_claim_of_writing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("otus_ebpf.kafka.BROKER_CHECK_TIMEOUT_S", 0.5)
+    capture = tmp_path / "empty.pcap"
+    capture.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    out = tmp_path / "out" / "records.jsonl"
+    assert main(["replay", str(capture), "--out", str(out), "--kafka", "127.0.0.1:1"]) == 1
+    (line,) = error_lines(capsys)
+    assert line.startswith("otus-ebpf: error: kafka broker 127.0.0.1:1 unreachable")
+    assert not out.parent.exists()
+
+
+def test_task_actions_without_a_name_say_so_in_the_error_form(capsys: pytest.CaptureFixture[str]) -> None:
+    for action in ("status", "pause", "resume", "delete", "create"):
+        assert main(["task", action, "--socket", "/nonexistent/control.sock"]) == 1
+        (line,) = error_lines(capsys)
+        assert line == f"otus-ebpf: error: task {action}: which task? name it: otus-ebpf task {action} NAME"

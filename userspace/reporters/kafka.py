@@ -61,7 +61,7 @@ class KafkaRouting:
     """Where each record goes and what travels with it."""
 
     topic: str = "otus.sip"
-    per_kind: bool = False  # then ``topic`` is a prefix: PREFIX.sip, PREFIX.call, PREFIX.rtp
+    per_kind: bool = False  # then ``topic`` is a prefix: PREFIX.sip, PREFIX.call, PREFIX.rtp, PREFIX.rtcp
     key: KeyChoice = KeyChoice.CALL_ID
     # node, task, kind, schema on every record. Off by default: librdkafka's batch
     # call takes no headers, so with them every record is its own produce() and
@@ -72,6 +72,12 @@ class KafkaRouting:
 
     def topic_for(self, kind: str) -> str:
         return f"{self.topic}.{kind}" if self.per_kind else self.topic
+
+    def describe(self) -> str:
+        """The topics, for the start-up line."""
+        if not self.per_kind:
+            return f"topic {self.topic}"
+        return "topics " + ", ".join(self.topic_for(kind) for kind in RECORD_KINDS)
 
     def headers_for(self, kind: str) -> list[tuple[str, bytes]]:
         return [("node", self.node.encode()), ("task", self.task.encode()), ("kind", kind.encode()),
@@ -147,6 +153,11 @@ class KafkaReporter:
         self._backlog_bytes = 0
         self._on_delivery = self._record_delivery
         self.stats = KafkaStats()
+
+    def spill_to(self, spill: Callable[[Sequence[bytes]], bool]) -> None:
+        """Set the spill after the fact: the broker is checked before anything else
+        (a fallback file) is created."""
+        self._spill = spill
 
     def write(self, records: Sequence[Record]) -> None:
         self.stats.received += len(records)
