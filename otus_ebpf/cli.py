@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from otus_ebpf import __version__, cli_daemon
+from otus_ebpf import __version__, cli_daemon, install
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.attach import AttachMethod, XdpMode, detach
 from otus_ebpf.bounds import (
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"SIP port, repeatable (default: {' '.join(map(str, DEFAULT_SIP_PORTS))})")
     replay.add_argument("--signature", action="store_true", help="also SIP by payload on any UDP port")
     _add_rtp_report_interval(replay)
-    _add_outputs(replay.add_argument_group("outputs"))
+    _add_outputs(replay.add_argument_group("outputs"), "otus-out/sip-NAME.jsonl for a file NAME.pcap")
     _add_kafka(replay.add_argument_group("kafka"))
     _add_hep(replay.add_argument_group("HEP"))
     validate = commands.add_parser("validate", help="check a config file; every problem, exit 2 on any")
@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="kernel counters of the agent on IFACE (without: a daemon's)")
     stats.add_argument("interface", nargs="?")
     stats.add_argument("--socket", default=None, help="the daemon's control socket (without IFACE)")
-    _add_filter(commands.add_parser("filter", help="change a running agent's filters (no detach)"))
+    _add_filter(commands.add_parser("filter", help="show a running agent's filters, or change them (no "
+                                                   "detach)"))
+    service = commands.add_parser("install-service",
+                                  help="install the systemd unit, the command and the docs where the unit "
+                                       "expects them")
+    service.add_argument("--remove", action="store_true", help="take them away again (the config file stays)")
     flows = commands.add_parser("flows", help="media endpoints the agent on IFACE learned from SDP")
     flows.add_argument("interface")
     cli_daemon.add_commands(commands)
@@ -146,7 +151,7 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="read every shard in this process instead of one worker process per shard")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
                         help="ringbuf, perf (kernels < 5.8), or auto")
-    _add_outputs(attach.add_argument_group("outputs"))
+    _add_outputs(attach.add_argument_group("outputs"), "otus-out/sip-IFACE.jsonl")
     _add_kafka(attach.add_argument_group("kafka"))
     _add_hep(attach.add_argument_group("HEP"))
     attach.add_argument("--sip-port", type=whole(PORT), action="append", dest="sip_ports",
@@ -178,9 +183,9 @@ def _add_rtp_report_interval(parser: argparse.ArgumentParser) -> None:
                              f"its call's end (default {default:g})")
 
 
-def _add_outputs(group: argparse._ArgumentGroup) -> None:
+def _add_outputs(group: argparse._ArgumentGroup, default_out: str) -> None:
     group.add_argument("--out", metavar="FILE|-",
-                        help="JSON-lines output (default: otus-out/sip-IFACE.jsonl; - for stdout)")
+                       help=f"JSON-lines output (default: {default_out}; - for stdout)")
     group.add_argument("--out-max-mb", type=real(ROTATE_MB), help="rotate the JSON-lines file at this size")
     group.add_argument("--out-max-age",
                        type=real(ROTATE_AGE_S), metavar="SECONDS", help="rotate it at this age")
@@ -275,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = None if args.metrics == "off" else _listen_address(args.metrics)
             live_view = not args.no_tui and sys.stdout.isatty() and options.out != "-"
             return run_attach(options, metrics_listen=metrics, live_view=live_view)
+        if args.command == "install-service":
+            require_root("installing the service")
+            if args.remove:
+                install.remove(log)
+            else:
+                install.install(install.find_sources(), log)
+            return 0
         if args.command in ("daemon", "task", "reload", "top"):
             return cli_daemon.run(args, log)
         if args.command == "stats" and args.interface is None:
@@ -374,6 +386,12 @@ def _flows(ifindex: int, interface: str) -> int:
 
 
 def _filter(ifindex: int, args: argparse.Namespace) -> int:
+    changes = [args.add_sip_port, args.remove_sip_port, args.signature, args.add_include,
+               args.remove_include, args.add_exclude, args.remove_exclude]
+    if not any(changes):  # nothing to change: say what is in force
+        with live_maps(ifindex, args.interface) as maps:
+            print("\n".join(maps.filters().lines()))
+        return 0
     with live_maps(ifindex, args.interface) as maps:
         for port in args.add_sip_port:
             maps.set_sip_port(port, True)
@@ -386,6 +404,8 @@ def _filter(ifindex: int, args: argparse.Namespace) -> int:
                 maps.change_network(which, parse_network(cidr), add=True)
             for cidr in getattr(args, f"remove_{which}"):
                 maps.change_network(which, parse_network(cidr), add=False)
+        now = maps.filters()
+    print("\n".join(now.lines()))
     log(f"filters of the agent on {args.interface} updated")
     return 0
 

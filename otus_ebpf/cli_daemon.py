@@ -13,10 +13,12 @@ from typing import Any
 from otus_ebpf.config import DEFAULT_CONTROL_SOCKET
 from otus_ebpf.control import request
 from otus_ebpf.daemon import run_daemon
+from otus_ebpf.errors import SetupError
 from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.tui import Dashboard, LiveView
 
 TOP_REFRESH_S = 1.0
+TASK_ACTIONS = ("list", "status", "create", "delete", "pause", "resume")
 
 
 def default_socket() -> str:
@@ -26,9 +28,10 @@ def default_socket() -> str:
 def add_commands(commands: Any) -> None:
     daemon = commands.add_parser("daemon", help="run the tasks of a config file, with a control socket")
     daemon.add_argument("-c", "--config", type=Path, required=True, metavar="FILE")
-    task = commands.add_parser("task", help="list, inspect, create or delete a running daemon's tasks")
-    task.add_argument("action", choices=["list", "status", "create", "delete", "pause", "resume"])
-    task.add_argument("name", nargs="?", help="the task (status, create, delete)")
+    about = "list, inspect, create, delete, pause or resume a running daemon's tasks"
+    task = commands.add_parser("task", help=about, description=about)
+    task.add_argument("action", choices=TASK_ACTIONS)
+    task.add_argument("name", nargs="?", help="the task (every action but list)")
     task.add_argument("-c", "--config", type=Path, metavar="FILE", help="where `create` finds the task")
     reload = commands.add_parser("reload", help="make the daemon re-read its config file (as SIGHUP)")
     top = commands.add_parser("top", help="the live view of a running daemon")
@@ -65,7 +68,7 @@ def _task(path: str, args: argparse.Namespace) -> int:
             print(f"{task['name']:20} {task['state']:10} {','.join(task['interfaces'])}{failure}")
         return 0
     if not args.name:
-        raise SystemExit(f"otus-ebpf task {args.action}: which task? (a name)")
+        raise SetupError(f"task {args.action}: which task? name it: otus-ebpf task {args.action} NAME")
     if args.action == "status":
         task = request(path, {"cmd": "status", "task": args.name})["task"]
         print(f"{task['name']}: {task['state']} on {','.join(task['interfaces'])}\n{task['stats']}")
@@ -74,7 +77,7 @@ def _task(path: str, args: argparse.Namespace) -> int:
         return 0
     if args.action == "create":
         if args.config is None:
-            raise SystemExit("otus-ebpf task create: -c FILE says where the task is defined")
+            raise SetupError("task create: -c FILE says where the task is defined")
         request(path, {"cmd": "create", "config": str(args.config.resolve()), "task": args.name})
         print(f"task {args.name}: created")
         return 0

@@ -30,7 +30,16 @@ from otus_ebpf.bpfsys import (
 )
 from otus_ebpf.counters import COUNTERS, KernelCounts
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kernel_abi import CONFIG, FLOW_KEY, FLOW_VALUE, ConfigFlag, Network, pack_lpm_key
+from otus_ebpf.kernel_abi import (
+    CONFIG,
+    FLOW_KEY,
+    FLOW_VALUE,
+    LPM_V4,
+    LPM_V6,
+    ConfigFlag,
+    Network,
+    pack_lpm_key,
+)
 from otus_ebpf.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
 from otus_ebpf.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
 from userspace.event import Counter, Direction, Kind
@@ -45,6 +54,28 @@ def attached_program_ids(ifindex: int) -> list[int]:
         candidates += query_program_ids(ifindex, AttachType.TCX_EGRESS)
     return [pid for pid in candidates
             if pid and program_info(pid).name in (XDP_FUNCTION, TC_FUNCTION)]
+
+
+@dataclass(frozen=True)
+class FilterState:
+    sip_ports: tuple[int, ...]
+    signature: bool
+    paused: bool
+    include: tuple[Network, ...]
+    exclude: tuple[Network, ...]
+    sip_snaplen: int
+    media_snaplen: int
+
+    def lines(self) -> list[str]:
+        def networks(found: tuple[Network, ...]) -> str:
+            return " ".join(map(str, found)) or "-"
+
+        return [f"sip ports  {' '.join(map(str, self.sip_ports)) or '-'}",
+                f"signature  {'on' if self.signature else 'off'}",
+                f"include    {networks(self.include)}",
+                f"exclude    {networks(self.exclude)}",
+                f"snaplen    sip {self.sip_snaplen}, media {self.media_snaplen}",
+                f"capture    {'paused' if self.paused else 'running'}"]
 
 
 @dataclass
@@ -85,6 +116,26 @@ class LiveMaps:
             address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
             learned.append((str(address), port, l4_proto, Kind(kind), shard))
         return sorted(learned)
+
+    def filters(self) -> FilterState:
+        """What the attached programs filter on now, read from their maps."""
+        fd, info = self._map(SIP_PORTS_MAP)
+        ports = tuple(port for port in range(info.max_entries)
+                      if (map_lookup(fd, _U32.pack(port), info.value_size) or b"\0")[0])
+        fd, info = self._map(CONFIG_MAP)
+        raw = map_lookup(fd, _U32.pack(0), info.value_size)
+        assert raw is not None  # an array map always has index 0
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        networks: dict[str, list[Network]] = {"include": [], "exclude": []}
+        for which, version in TRIE_FLAGS:
+            fd, info = self._map(f"{which}_v{version}")
+            layout = LPM_V4 if version == 4 else LPM_V6
+            for key in map_keys(fd, info.key_size):
+                prefixlen, address = layout.unpack(key)
+                networks[which].append(ipaddress.ip_network((address, prefixlen)))
+        return FilterState(ports, bool(flags & ConfigFlag.SIGNATURE), bool(flags & ConfigFlag.PAUSED),
+                           tuple(sorted(networks["include"], key=str)),
+                           tuple(sorted(networks["exclude"], key=str)), sip_snaplen, media_snaplen)
 
     def set_sip_port(self, port: int, enabled: bool) -> None:
         fd, info = self._map(SIP_PORTS_MAP)

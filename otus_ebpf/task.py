@@ -100,9 +100,9 @@ def resolve_interface(name: str) -> int:
         raise SetupError(f"unknown interface {name!r} (see `ip link`)") from None
 
 
-def require_root() -> None:
+def require_root(what: str = "loading and attaching BPF programs") -> None:
     if os.geteuid() != 0:
-        raise SetupError("not root: loading and attaching BPF programs needs root; run with sudo")
+        raise SetupError(f"not root: {what} needs root; run with sudo")
 
 
 class Task:
