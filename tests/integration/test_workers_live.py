@@ -126,7 +126,8 @@ def test_a_worker_that_dies_is_said_counted_and_started_again(lab: Lab, tmp_path
         os.kill(first, signal.SIGKILL)
         agent.wait_for_output("restarted (pid", 15)
         assert "worker 0 failed: exited with status -9; restarting it in 1 s" in agent.output()
-        assert len(children_of(agent.pid)) == 2 and second in children_of(agent.pid)
+        children = children_of(agent.pid)
+        assert len(children) == 2 and second in children, (children, agent.output())
         time.sleep(1.0)
         send_from(lab, HOSTS)  # both shards have hosts: the restarted worker serves its ring again
         time.sleep(1.5)

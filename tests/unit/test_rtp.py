@@ -83,12 +83,13 @@ def test_jitter_is_the_same_in_any_capture_clock_and_across_a_timestamp_wrap() -
     # Live arrivals are monotonic ns, a replayed pcap's are wall-clock ns: the same
     # packets must give the same jitter, whatever the offset between the two.
     late = [(i % 3) * 1_234_567 for i in range(300)]
-    reports = []
+    reports: list[object] = []
     for clock_ns, start_timestamp in [(0, 0), (1_796_059_174_981_642_413, 0), (777, 2**32 - 100 * SAMPLES)]:
         tracker = MediaTracker()
         play(tracker, list(range(300)), late, clock_ns=clock_ns, start_timestamp=start_timestamp)
         reports.append(stream_of(tracker)["jitter_ms"])
-    assert reports[0] == reports[1] == reports[2] and 0 < reports[0] < 2
+    assert reports[0] == reports[1] == reports[2]
+    assert isinstance(reports[0], float) and 0 < reports[0] < 2
 
 
 def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None:
