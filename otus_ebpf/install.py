@@ -65,6 +65,8 @@ def install(sources: Sources, log: Log) -> None:
     missing = [name for name in DOC_FILES if not (sources.docs / name).is_file()]
     if missing:
         raise SetupError(f"{sources.docs} lacks {', '.join(missing)}; reinstall otus-ebpf")
+    if COMMAND.exists() and not COMMAND.is_symlink():  # checked before anything is written
+        raise SetupError(f"{COMMAND} exists and is not a link otus-ebpf made; move it away first")
     _write(UNIT, sources.unit.read_bytes(), log)
     _link(COMMAND, sources.command, log)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -77,10 +79,14 @@ def install(sources: Sources, log: Log) -> None:
 
 def remove(log: Log) -> None:
     """Undo ``install``; the config file and what the service wrote stay."""
-    for path in (UNIT, COMMAND):
-        if path.is_symlink() or path.exists():
-            path.unlink()
-            log(f"removed {path}")
+    if UNIT.exists():
+        UNIT.unlink()
+        log(f"removed {UNIT}")
+    if COMMAND.is_symlink() and Path(os.readlink(COMMAND)).name == "otus-ebpf":
+        COMMAND.unlink()
+        log(f"removed {COMMAND}")
+    elif COMMAND.exists():  # install refused to touch it, and so does remove
+        log(f"left {COMMAND}: not a link otus-ebpf made")
     if DOCS.exists():
         shutil.rmtree(DOCS)
         log(f"removed {DOCS}")
@@ -97,8 +103,6 @@ def _write(path: Path, data: bytes, log: Log) -> None:
 
 
 def _link(path: Path, target: Path, log: Log) -> None:
-    if path.exists() and not path.is_symlink():
-        raise SetupError(f"{path} exists and is not a link otus-ebpf made; move it away first")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.new")
     temporary.unlink(missing_ok=True)

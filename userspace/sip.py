@@ -329,8 +329,8 @@ def parse_message(data: bytes) -> SipMessage:
 
 
 def _agent(found: dict[str, str]) -> str | None:
-    agent = found.get("user-agent") or found.get("server")
-    return None if agent is None else agent.strip()[:MAX_AGENT]
+    agent = found.get("user-agent", "").strip() or found.get("server", "").strip()
+    return agent[:MAX_AGENT] or None
 
 
 MAX_AGENT = 256  # a User-Agent longer than this is cut in records

@@ -18,6 +18,7 @@ MAX_TEXT = 256  # a user part or display name longer than this is not worth a re
 # time (a lazy display before ``\s*<`` would be quadratic in blanks).
 _USUAL_NAME_ADDR = re.compile(r'(?:\s*"([^"\\]*)"\s*|([^"<]*))<sips?:([^@>;:]*)@', re.IGNORECASE)
 _USUAL_URI = re.compile(r"sips?:([^@>;:]*)@", re.IGNORECASE)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 def party(value: str) -> tuple[str | None, str | None]:
@@ -33,7 +34,12 @@ def party(value: str) -> tuple[str | None, str | None]:
 
 
 def _general_party(value: str) -> tuple[str | None, str | None]:
+    # The bracket after a quoted display name, which may hold "<" itself.
+    quote = value.find('"')
     open_at = value.find("<")
+    if 0 <= quote < open_at:
+        closing = _closing_quote(value, quote + 1)
+        open_at = value.find("<", closing + 1) if closing >= 0 else -1
     if open_at < 0:
         return None, uri_user(value.split(";", 1)[0].strip())
     close_at = value.find(">", open_at)
@@ -43,9 +49,25 @@ def _general_party(value: str) -> tuple[str | None, str | None]:
     display = value[:open_at].strip()
     if len(display) >= 2 and display[0] == '"' and display[-1] == '"':
         display = display[1:-1]
-        if "\\" in display:  # RFC 3261 §25.1 quoted-pair
-            display = display.replace('\\"', '"').replace("\\\\", "\\")
+        if "\\" in display:  # RFC 3261 §25.1 quoted-pair: a backslash escapes the next character
+            display = _QUOTED_PAIR.sub(r"\1", display)
     return (display[:MAX_TEXT] or None), uri_user(uri)
+
+
+def _closing_quote(value: str, start: int) -> int:
+    """The index of the quote ending a quoted-string begun before ``start``
+    (RFC 3261 §25.1: a backslash escapes the next character), or -1."""
+    i = start
+    while True:
+        i = value.find('"', i)
+        if i < 0:
+            return -1
+        backslashes = 0
+        while i - 1 - backslashes >= start and value[i - 1 - backslashes] == "\\":
+            backslashes += 1
+        if backslashes % 2 == 0:
+            return i
+        i += 1
 
 
 def uri_user(uri: str) -> str | None:

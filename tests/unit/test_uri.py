@@ -21,6 +21,9 @@ from userspace.uri import MAX_TEXT, _general_party, party, uri_user
     ("<sip:carol@chicago.example.com>;tag=x", (None, "carol")),
     ("sip:dave@example.com;tag=x", (None, "dave")),               # no brackets: ;tag is the header's
     ('"A \\"quoted\\" name" <sip:x@y>', ('A "quoted" name', "x")),  # RFC 3261 §25.1 quoted-pair
+    ('"Smith <Sales>" <tel:+123>', ("Smith <Sales>", "+123")),    # a bracket inside the quotes
+    ('"a\\"<b" <sip:x@y>', ('a"<b', "x")),
+    ('"back\\\\" <sip:z@y>', ("back\\", "z")),                # an escaped backslash ends it
     ("<sip:+15551234;npdi@gw.example.com;user=phone>", (None, "+15551234")),  # RFC 4694 user parameter
     ("<sip:alice:secret@host>", (None, "alice")),                # a password is not the user
     ("<tel:+1-201-555-0123;ext=7>", (None, "+1-201-555-0123")),  # RFC 3966
@@ -52,6 +55,10 @@ def test_parties_come_from_the_message() -> None:
         "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1", "From: <sip:a@x>;tag=a", "To: <sip:b@y>;tag=b",
         "Call-ID: c1", "CSeq: 1 INVITE", "Server: Kamailio (5.6.3)"]))
     assert (response.ruri_user, response.user_agent) == (None, "Kamailio (5.6.3)")
+    empty = parse_message(sip_message("SIP/2.0 200 OK", [
+        "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1", "From: <sip:a@x>;tag=a", "To: <sip:b@y>;tag=b",
+        "Call-ID: c1", "CSeq: 1 INVITE", "User-Agent:  ", "Server: FreeSWITCH"]))
+    assert empty.user_agent == "FreeSWITCH", "an empty User-Agent says nothing: the Server does"
 
 
 def test_long_values_are_cut() -> None:
@@ -65,7 +72,8 @@ def test_fast_path_agrees_with_the_general_one(value: str) -> None:
 
 
 @pytest.mark.parametrize("value", [" " * 60_000, " " * 60_000 + "x", '"' + " " * 60_000,
-                                   "<sip:" + "a" * 60_000, " " * 30_000 + '"' + " " * 30_000 + "<sip:"])
+                                   "<sip:" + "a" * 60_000, " " * 30_000 + '"' + " " * 30_000 + "<sip:",
+                                   '"' + '\\"' * 30_000 + "<", '"' + "\\" * 60_000 + '" <'])
 def test_hostile_values_cost_linear_time(value: str) -> None:
     # Not a speed test: a guard against catastrophic backtracking, which takes minutes
     # on 60,000 blanks where the linear pattern takes about a millisecond.
