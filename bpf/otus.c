@@ -401,6 +401,17 @@ static __always_inline int sip_signature(void *data, void *data_end, __u32 off)
 	       OTUS_PREFIX(head, 7) == OTUS_C8('U', 'P', 'D', 'A', 'T', 'E', ' ', 0);
 }
 
+/* RFC 5761 §4: an RTCP packet's second byte is its type, 192..223, which no
+ * RTP payload type in use takes (so RTCP muxed on the RTP port shows too). */
+static __always_inline int rtcp_payload(void *data, void *data_end, __u32 off)
+{
+	__u8 *payload = data + off;
+
+	if ((void *)(payload + 2) > data_end)
+		return 0;
+	return payload[1] >= 192 && payload[1] <= 223;
+}
+
 struct otus_match {
 	__u32 verdict;        /* OTUS_CTR_* */
 	__u32 snaplen;
@@ -448,12 +459,24 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 	}
 
 	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
-	if (!flow)
+	if (!flow) {
 		flow = learned_endpoint(p, p->saddr, p->sport);
+	} else if (flow->flags & OTUS_FLOW_SHARED) {
+		/* A media server's port that calls in several workers announced:
+		 * the call holding the other end of this flow is the one it is for. */
+		struct otus_flow_value *other = learned_endpoint(p, p->saddr, p->sport);
+
+		if (other && !(other->flags & OTUS_FLOW_SHARED))
+			flow = other;
+	}
 	if (flow) {
 		m->kind = flow->kind;
 		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
 		m->snaplen = p->payload_offset + cfg->media_snaplen;
+		/* RTCP is read whole: a report and the SDES that must follow it are
+		 * past any RTP snaplen, and there are a few a second per stream. */
+		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset))
+			m->snaplen = cfg->sip_snaplen;
 		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
 	}
 

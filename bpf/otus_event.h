@@ -94,9 +94,14 @@ struct otus_flow_key {
 
 struct otus_flow_value {
 	__u8 kind;            /* OTUS_KIND_RTP or OTUS_KIND_RTCP */
-	__u8 shard;           /* the worker that learned the flow */
-	__u8 pad[6];
+	__u8 shard;           /* the worker that learned the flow (the newest holder's) */
+	__u8 flags;           /* OTUS_FLOW_* */
+	__u8 pad[5];
 };
+
+/* Calls in more than one worker hold this endpoint: a packet to it goes to
+ * the worker of its other end, when that end is held by one worker only. */
+#define OTUS_FLOW_SHARED 1
 
 /* "include_v4"/"exclude_v4" and "include_v6"/"exclude_v6" LPM tries:
  * a packet is filtered when either address is excluded, or when an include

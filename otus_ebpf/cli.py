@@ -165,7 +165,7 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
     attach.add_argument("--snaplen", type=whole(SNAPLEN), default=DEFAULT_SNAPLEN,
                         help="bytes of a SIP packet or fragment to copy")
     attach.add_argument("--media-snaplen", type=whole(SNAPLEN_MEDIA), default=DEFAULT_MEDIA_SNAPLEN,
-                        help="bytes past the UDP header to copy for RTP/RTCP")
+                        help="bytes past the UDP header to copy for RTP (RTCP is copied up to --snaplen)")
     attach.add_argument("--ring-pages", type=whole(RING_PAGES), default=DEFAULT_RING_PAGES,
                         help="ring buffer size in pages, a power of two")
     _add_rtp_report_interval(attach)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from otus_ebpf.kernel_abi import Address
 from userspace.boundary import Boundary
-from userspace.endpoints import FlowAction, FlowEvent
+from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
 
 
 class FlowTableFull(Exception):
@@ -56,3 +56,61 @@ def apply_each(events: list[FlowEvent], learn: Callable[[FlowEvent], None],
         except Exception as exc:  # one bad event, not the capture
             stats.failed += 1
             boundary.failed("flow_learning", exc)
+
+
+class SharedFlows:
+    """The one writer of a flow map that several worker processes learn into.
+
+    Each worker keeps its own calls' endpoints (userspace.endpoints) and hands
+    its changes here; an endpoint two workers' calls announced is held by both,
+    its kernel entry follows the newest holder and goes with the last — as
+    between calls, with workers for calls. (Written by the workers themselves,
+    one worker's call ending removed the entry another's still needed, and the
+    per-port use counts raced.) A worker that dies releases all it held.
+    """
+
+    def __init__(self) -> None:
+        self._registry = EndpointRegistry()
+        self._held: dict[int, set[tuple[str, int]]] = {}
+
+    def apply(self, worker: int, events: list[FlowEvent]) -> list[FlowEvent]:
+        """A worker's changes in; the kernel writes they come to out."""
+        writes: list[FlowEvent] = []
+        held = self._held.setdefault(worker, set())
+        for event in events:
+            endpoint = (event.address, event.port)
+            was_shared = self.shared(endpoint)
+            if event.action is FlowAction.LEARN:
+                held.add(endpoint)
+                change = self._registry.take(endpoint, Hold(str(worker), event.kind, event.shard, {}))
+            else:
+                held.discard(endpoint)
+                change = self._registry.release(endpoint, str(worker))
+            self._write(writes, endpoint, change, was_shared)
+        return writes
+
+    def drop(self, worker: int) -> list[FlowEvent]:
+        """A worker died or restarted: what it held is released."""
+        writes: list[FlowEvent] = []
+        for endpoint in self._held.pop(worker, set()):
+            was_shared = self.shared(endpoint)
+            self._write(writes, endpoint, self._registry.release(endpoint, str(worker)), was_shared)
+        return writes
+
+    def shared(self, endpoint: tuple[str, int]) -> bool:
+        """More than one worker holds it: its kernel entry says so (OTUS_FLOW_SHARED)."""
+        return self._registry.holders(endpoint) > 1
+
+    def _write(self, writes: list[FlowEvent], endpoint: tuple[str, int], change: FlowEvent | None,
+               was_shared: bool) -> None:
+        owner = self._registry.owner(endpoint)
+        if change is None and owner is not None and self.shared(endpoint) != was_shared:
+            # The same owner, but shared now or no longer: the entry's flag changes.
+            change = FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], owner.kind, owner.call_id,
+                               owner.shard)
+        if change is not None:
+            writes.append(change)
+
+    def __len__(self) -> int:
+        return len(self._registry)
+

@@ -38,7 +38,8 @@ FLOW_KEY_FIELDS: StructFields = (
 FLOW_VALUE_FIELDS: StructFields = (
     ("kind", "__u8", 0),
     ("shard", "__u8", 0),
-    ("pad", "__u8", 6),
+    ("flags", "__u8", 0),
+    ("pad", "__u8", 5),
 )
 LPM_V4_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 4))
 LPM_V6_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 16))
@@ -70,8 +71,11 @@ def pack_flow_key(address: Address, port: int, l4_proto: int) -> bytes:
     return FLOW_KEY.pack(address.packed.ljust(16, b"\0"), port, l4_proto, address.version)
 
 
-def pack_flow_value(kind: Kind, shard: int) -> bytes:
-    return FLOW_VALUE.pack(int(kind), shard)
+FLOW_SHARED = 1  # OTUS_FLOW_SHARED
+
+
+def pack_flow_value(kind: Kind, shard: int, shared: bool = False) -> bytes:
+    return FLOW_VALUE.pack(int(kind), shard, FLOW_SHARED if shared else 0)
 
 
 def pack_lpm_key(network: Network) -> bytes:

@@ -127,11 +127,12 @@ class KernelMaps:
             self._flags &= ~TRIE_FLAGS[slot]
         self._write_config()
 
-    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int) -> None:
-        """Add or update an endpoint; raises FlowTableFull when the map holds its maximum."""
+    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False) -> None:
+        """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.
+        ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
         key = pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto)
-        value = pack_flow_value(kind, shard)
+        value = pack_flow_value(kind, shard, shared)
         try:
             map_update(fd, key, value, UpdateFlag.NOEXIST)
         except FileExistsError:

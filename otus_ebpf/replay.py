@@ -46,6 +46,7 @@ from userspace.records import Record
 BATCH = 512
 _MEDIA = frozenset((Kind.RTP, Kind.RTCP))
 EXPIRY_STEP_NS = 100_000_000  # capture time between expiry passes: as often as the live loop
+JUMP_NS = 60_000_000_000      # a frame stamped further ahead than this waits for the next to agree
 UDP = 17
 MAX_PAUSE_S = 60.0  # a gap in the file longer than this is replayed as this
 PCAP_MAGICS = {0xA1B2C3D4: 1_000, 0xA1B23C4D: 1}  # magic -> nanoseconds per timestamp fraction unit
@@ -257,10 +258,15 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
         flush_reporters(reporters, log)
         p = replayer.pipeline.stats
         errors = p.event_errors + p.decode_errors + p.sip_errors
+        produced = replayer.records + len(last)
+        clock = replayer.clock
+        odd_times = (f", stamped_back={clock.stamped_back} stamped_ahead={clock.stamped_ahead}"
+                     if clock.stamped_back or clock.stamped_ahead else "")
+        internal = replayer.pipeline.boundary.total
         log(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
-            f"{p.records} records, errors={errors}, internal_errors={replayer.pipeline.boundary.total}")
+            f"{produced} records, errors={errors}, internal_errors={internal}{odd_times}")
     accounts = account_outputs(reporters, kafka, frame_outputs)
-    log(accounts_line(replayer.pipeline.stats.records + len(last), accounts))
+    log(accounts_line(produced, accounts))
     if broken is not None:
         raise broken
     return EXIT_RECORDS_LOST if any(a.lost for a in accounts) else 0
@@ -298,6 +304,38 @@ def _deliver(replayer: _Replayer, batch: list[CapturedFrame], reporters: list[Qu
         frame_outputs.write(replayer.pipeline.take_frames(), records)
 
 
+class ExpiryClock:
+    """The capture time calls and streams expire by. A pcap may be merged or
+    edited: it never goes back, and one frame stamped far ahead of the rest does
+    not move it (it would time out every call at once, then expire nothing for
+    as long) — a jump is believed when the next frame lands past it too, as
+    after a real gap in a capture. Both are counted."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.stamped_back = 0    # frames stamped before the latest time
+        self.stamped_ahead = 0   # lone frames stamped more than JUMP_NS ahead, not believed
+        self._ahead: int | None = None
+
+    def see(self, ts_ns: int) -> None:
+        if not self.now:
+            self.now = ts_ns
+            return
+        if ts_ns - self.now > JUMP_NS:
+            if self._ahead is None:
+                self._ahead = ts_ns  # believed if the next frame agrees
+                return
+            self.now, self._ahead = ts_ns, None
+            return
+        if self._ahead is not None:
+            self.stamped_ahead += 1
+            self._ahead = None
+        if ts_ns < self.now:
+            self.stamped_back += 1
+        else:
+            self.now = ts_ns
+
+
 class _Replayer:
     """Frames to records: the kernel's classification, then the pipeline."""
 
@@ -313,8 +351,9 @@ class _Replayer:
         # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, self._media)
-        self.frames = self.events = 0
-        self._last_ts = self._next_expiry = 0
+        self.frames = self.events = self.records = 0
+        self.clock = ExpiryClock()
+        self._next_expiry = 0
         self.flow_stats = FlowStats()
 
     def _ifindex(self, name: str) -> int:
@@ -337,7 +376,7 @@ class _Replayer:
                 continue
             events.append(encode_event(frame.data, classified, frame.direction, frame.ts_ns,
                                        self._ifindex(frame.interface), frame.orig_len))
-            self._last_ts = frame.ts_ns
+            self.clock.see(frame.ts_ns)
             if classified.kind not in _MEDIA:  # SIP or a fragment: it may learn or forget media
                 records += self._run(events)
                 events = []
@@ -349,10 +388,12 @@ class _Replayer:
             return []
         self.events += len(events)
         records = self.pipeline.process(events)
-        if self._last_ts >= self._next_expiry:  # calls expire by capture time
-            records += self.pipeline.expire(self._last_ts)
-            self._next_expiry = self._last_ts + EXPIRY_STEP_NS
+        now = self.clock.now
+        if now >= self._next_expiry:  # calls expire by capture time
+            records += self.pipeline.expire(now)
+            self._next_expiry = now + EXPIRY_STEP_NS
         self._learn(self.pipeline.take_flow_events())
+        self.records += len(records)
         return records
 
     def _learn(self, flow_events: list[FlowEvent]) -> None:

@@ -66,15 +66,15 @@ def _pipeline(sample: TaskSample, task: Task) -> None:
     for problem in ("sdp_errors", "sdp_unlearnable", "sdp_bad_ports", "sdp_bad_clock", "media_over_cap"):
         sample.count("otus_sdp_problems_total", getattr(calls.stats, problem), problem=problem)
     media = calls.media.stats
-    for outcome in ("not_rtp", "rtcp_errors", "evicted_streams", "without_call", "streams_over_cap"):
+    for outcome in ("not_rtp", "rtcp_errors", "rtcp_cut", "streams_table_full", "without_call",
+                    "streams_over_cap"):
         sample.count("otus_media_problems_total", getattr(media, outcome), problem=outcome)
     sample.gauge("otus_dialogs_active", len(calls))
     sample.gauge("otus_flows_active", calls.flows_active)
-    streams = list(calls.media.streams.values())
-    sample.gauge("otus_rtp_streams_active", len(streams))
-    scores = [mos for s in streams if isinstance(mos := s.report()["mos"], int | float)]
-    if scores:
-        sample.gauge("otus_rtp_mos", sum(scores) / len(scores))
+    sample.gauge("otus_rtp_streams_active", len(calls.media.streams))
+    mos = calls.media.mean_mos  # kept as reports are made: O(1) however many streams
+    if mos is not None:
+        sample.gauge("otus_rtp_mos", mos)
 
 
 def _outputs(sample: TaskSample, task: Task) -> None:

@@ -340,7 +340,7 @@ class Task:
     def _apply_flows(self) -> None:
         assert self.pipeline is not None
         events = self.pipeline.take_flow_events()
-        if events and self.capture is not None:
+        if self.capture is not None:  # even with none of its own: worker processes hand theirs in
             self._guarded("flow_learning", self.capture.apply_flows, events, self.flow_stats, self.boundary)
 
     def _write(self, records: list[Record]) -> None:

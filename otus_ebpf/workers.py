@@ -35,7 +35,7 @@ from typing import Any
 
 from otus_ebpf.capture import CaptureOptions, OnStop
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
-from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
+from otus_ebpf.flows import FlowStats, SharedFlows, apply_each, endpoint_address
 from otus_ebpf.loader import LoadedPrograms, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
@@ -50,6 +50,7 @@ from userspace.reporters.kafka import KafkaStats
 
 REPORT_INTERVAL_S = 0.5
 DISPATCH_BATCH = 4096  # events a worker takes from its pipe before it processes them
+SendFlows = Callable[[list[FlowEvent]], None]
 # Where the kernel's symmetric flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
 STOP_GRACE_S = 30.0
@@ -71,24 +72,23 @@ def worker_options(options: AttachOptions, index: int, label: str) -> AttachOpti
 
 
 class _WorkerCapture:
-    """A worker's view of the kernel: events from somewhere, and the shared flow map."""
+    """A worker's view of the kernel: events from somewhere; its flow changes go to
+    the parent, the one writer of the flow map (otus_ebpf.flows.SharedFlows)."""
 
     description = "events"
 
-    def __init__(self, programs: LoadedPrograms, shard: int) -> None:
+    def __init__(self, programs: LoadedPrograms, shard: int, send_flows: SendFlows) -> None:
         self._programs = programs
         self._shard = shard
+        self._send_flows = send_flows
         self.lost = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         raise NotImplementedError
 
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
-        maps, shard = self._programs.maps, self._shard
-        apply_each(events,  # the media of a flow comes to the ring of the worker that learned it
-                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind, shard),
-                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
-                   stats, boundary)
+        if events:  # the media of a flow comes to the ring of the worker that learned it
+            self._send_flows([dataclasses.replace(e, shard=self._shard) for e in events])
 
     def stats_sections(self) -> list[str]:
         return [f"perf_lost={self.lost}"] if self.lost else []
@@ -107,8 +107,8 @@ class _ShardCapture(_WorkerCapture):
     """Binding: the worker reads its own shard's ring."""
 
     def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
-                 on_stop: OnStop) -> None:
-        super().__init__(programs, shard)
+                 on_stop: OnStop, send_flows: SendFlows) -> None:
+        super().__init__(programs, shard, send_flows)
         self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
         self.description = f"shard {shard}"
         stack.callback(lambda: on_stop(self._reader.drain()))
@@ -123,8 +123,8 @@ class _PipeCapture(_WorkerCapture):
     """Dispatch: the worker takes the batches the task's reader sends it."""
 
     def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, events: Connection,
-                 on_stop: OnStop) -> None:
-        super().__init__(programs, 0)  # one ring: learned media comes back to the dispatcher
+                 on_stop: OnStop, send_flows: SendFlows) -> None:
+        super().__init__(programs, 0, send_flows)  # one ring: learned media comes back to the dispatcher
         self._events = events
         self.description = "events from the dispatcher"
         stack.callback(lambda: on_stop(self._take(wait=0.0, everything=True)))
@@ -148,24 +148,26 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
     """The body of a worker process (forked: it shares the loaded programs)."""
     from otus_ebpf.task import Task, TaskState  # noqa: PLC0415 - the task module imports this one
 
-    for connection in inherited:  # the parent's ends: held here, a dead parent would never be noticed
-        with contextlib.suppress(OSError):
-            connection.close()
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    stop = _become_worker(inherited, parent)
     status = 0
 
     def log(message: str) -> None:
         print(f"[w{index}] {message}", file=sys.stderr, flush=True)
 
+    sending = threading.Lock()  # the task's thread sends flows, this one reports
+
+    def send(message: tuple[str, int, Any]) -> None:
+        with sending:
+            reports.send(message)
+
+    def send_flows(changes: list[FlowEvent]) -> None:
+        send(("flows", index, changes))
+
     def opener(stack: contextlib.ExitStack, _options: CaptureOptions, _interfaces: dict[int, str],
                _offset: int, on_stop: OnStop, _log: Any) -> _WorkerCapture:
         if events is not None:
-            return _PipeCapture(stack, programs, events, on_stop)
-        return _ShardCapture(stack, programs, index, on_stop)
+            return _PipeCapture(stack, programs, events, on_stop, send_flows)
+        return _ShardCapture(stack, programs, index, on_stop, send_flows)
 
     task = Task(f"{task_name}/w{index}", options, log, opener, worker=True)
     task.recent = deque(maxlen=16)
@@ -174,7 +176,7 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
     def report(kind: str) -> None:
         payload = {"sample": sample_to_json(task.metrics_sample()), "figures": task.figures(),
                    "recent": task.recent_rows(), "worker": index}
-        reports.send((kind, index, payload))
+        send((kind, index, payload))
 
     def listen() -> None:
         with contextlib.suppress(EOFError, OSError):
@@ -195,12 +197,26 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
         report("final")
     except BaseException as exc:  # a worker reports why it died, then dies
         with contextlib.suppress(Exception):
-            reports.send(("failed", index, f"{type(exc).__name__}: {exc}"))
+            send(("failed", index, f"{type(exc).__name__}: {exc}"))
         status = 1
     finally:
         with contextlib.suppress(Exception):
             reports.close()
         os._exit(status)  # not the parent's exit handlers: they belong to the parent
+
+
+def _become_worker(inherited: list[Connection], parent: int) -> threading.Event:
+    """Let go of the parent's pipe ends, die with the parent, leave ^C and SIGHUP to
+    it; the event is set by SIGTERM."""
+    for connection in inherited:  # the parent's ends: held here, a dead parent would never be noticed
+        with contextlib.suppress(OSError):
+            connection.close()
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    return stop
 
 
 _PR_SET_PDEATHSIG = 1
@@ -266,6 +282,8 @@ class WorkersCapture:
         self._retired: list[dict[str, Any]] = []
         self.restarts = 0
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
+        self._flows = SharedFlows()  # the workers' endpoints; this process writes the flow map
+        self._flow_writes: list[FlowEvent] = []
         stack.callback(self._stop_workers)
         for index in range(count):
             self._workers.append(self._spawn(index))
@@ -342,6 +360,8 @@ class WorkersCapture:
                     kind, _index, payload = worker.reports.recv()
                     if kind == "failed":
                         self._died(worker, str(payload))
+                    elif kind == "flows":
+                        self._flow_writes += self._flows.apply(worker.index, payload)
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -352,6 +372,7 @@ class WorkersCapture:
 
     def _died(self, worker: _Worker, why: str) -> None:
         worker.failed = why
+        self._flow_writes += self._flows.drop(worker.index)  # its calls are gone with it
         if worker.latest is not None:  # what it had counted stays counted (whatever it held is lost)
             self._retired.append({**worker.latest, "retired": True})
             worker.latest = None
@@ -388,7 +409,14 @@ class WorkersCapture:
         return [*self._retired, *(w.latest for w in self._workers if w.latest is not None)]
 
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
-        return None  # the workers learn their own flows
+        """The workers' flow changes, collected by poll, written to the kernel's map."""
+        writes, self._flow_writes = self._flow_writes, []
+        maps = self._programs.maps
+        apply_each(writes,
+                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind, e.shard,
+                                             self._flows.shared((e.address, e.port))),
+                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
+                   stats, boundary)
 
     def stats_sections(self) -> list[str]:
         return format_kernel_counts(read_kernel_counters(self._programs.bpf))

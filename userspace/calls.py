@@ -40,6 +40,7 @@ CallRecord = CallSummary | StreamReport
 # The kernel's flow map holds the endpoints of max_calls calls: RTP and RTCP
 # (unless muxed) of the offer and of the answer, so four per call.
 ENDPOINTS_PER_CALL = 4
+STREAMS_PER_CALL = 2  # sizes the RTP stream table: a call's audio, both ways
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,11 @@ class CallLimits:
         """Endpoints the kernel's flow map must hold for ``max_calls`` calls: the
         one place its size comes from."""
         return self.max_calls * ENDPOINTS_PER_CALL
+
+    @property
+    def stream_table_entries(self) -> int:
+        """RTP streams measured at once: one each way per call of ``max_calls``."""
+        return self.max_calls * STREAMS_PER_CALL
 
 
 @dataclass(slots=True)
@@ -96,13 +102,15 @@ class _Call:
     endpoints: dict[Endpoint, Kind] = field(default_factory=dict)
     media: list[dict[str, object]] = field(default_factory=list)
     described: set[Endpoint] = field(default_factory=set)  # (address, port) of each entry in media
+    side_formats: dict[bool, Formats] = field(default_factory=dict)  # caller's side? -> its latest SDP's
 
 
 class CallTracker:
     def __init__(self, limits: CallLimits | None = None, media: MediaTracker | None = None) -> None:
         self.limits = limits or CallLimits()
         self.stats = CallStats()
-        self.media = media or MediaTracker(max_per_call=self.limits.max_streams,
+        self.media = media or MediaTracker(max_streams=self.limits.stream_table_entries,
+                                           max_per_call=self.limits.max_streams,
                                            report_interval_ns=int(self.limits.rtp_report_interval_s * NS))
         self.endpoints = EndpointRegistry()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
@@ -110,8 +118,16 @@ class CallTracker:
     def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
         """The call a media packet belongs to now (EndpointRegistry.flow_owner) and the
         payload types that call's SDP gave the endpoint."""
-        hold = self.endpoints.flow_owner(destination, source)
-        return (hold.call_id, hold.formats) if hold is not None else (None, NO_FORMATS)
+        hold, to_destination = self.endpoints.flow_owner(destination, source)
+        if hold is None:
+            return None, NO_FORMATS
+        if to_destination:
+            return hold.call_id, hold.formats
+        # Sent to an address no SDP gave (the far end behind NAT): the payload types
+        # are the receiver's (RFC 3264), so the other side's SDP, when there was one.
+        call = self._calls.get(hold.call_id)
+        peer = call.side_formats.get(not hold.caller_side) if call is not None else None
+        return hold.call_id, peer if peer is not None else hold.formats
 
     def call_of(self, endpoint: Endpoint) -> str | None:
         hold = self.endpoints.owner(endpoint)
@@ -210,10 +226,12 @@ class CallTracker:
         except DecodeError:
             self.stats.sdp_errors += 1
             return
+        caller_side = record.src == call.caller
         for stream in sdp.media:
-            self._learn_stream(call, stream, flows)
+            self._learn_stream(call, stream, caller_side, flows)
 
-    def _learn_stream(self, call: _Call, stream: MediaStream, flows: list[FlowEvent]) -> None:
+    def _learn_stream(self, call: _Call, stream: MediaStream, caller_side: bool,
+                      flows: list[FlowEvent]) -> None:
         for problem in stream.problems:
             counter = _PROBLEM_COUNTERS[problem]
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
@@ -233,12 +251,14 @@ class CallTracker:
         if not stream.rtcp_mux and stream.rtcp_port is not None and stream.rtcp_learnable:
             wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
         formats = dict(stream.codecs)  # payload type -> codec: what this endpoint receives
+        if stream.media == "audio":
+            call.side_formats[caller_side] = formats
         for endpoint, kind in wanted:
             if endpoint not in call.endpoints and len(call.endpoints) >= 2 * self.limits.max_streams:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
                 continue
             call.endpoints[endpoint] = kind
-            event = self.endpoints.take(endpoint, Hold(call.call_id, kind, call.shard, formats))
+            event = self.endpoints.take(endpoint, Hold(call.call_id, kind, call.shard, formats, caller_side))
             if event is not None:
                 self.stats.flows_learned += 1
                 flows.append(event)

@@ -42,59 +42,133 @@ class Hold:
     call_id: str
     kind: Kind
     shard: int
-    formats: Formats
+    formats: Formats          # what its SDP said this endpoint receives
+    caller_side: bool = True  # announced by the caller's side of the call, or the callee's
+
+
+class _Shared:
+    """The holds of an endpoint more than one call announced, and the order the
+    calls took it in. The order is a list with stale entries skipped lazily, so
+    that finding the owner after any release costs O(1) amortised — the dict's
+    own order could not give that (it walks the slots of popped entries)."""
+
+    __slots__ = ("holds", "order", "takes")
+
+    def __init__(self) -> None:
+        self.holds: dict[str, tuple[Hold, int]] = {}  # call -> (its hold, its take number)
+        self.order: list[tuple[int, str]] = []         # (take number, call), oldest first
+        self.takes = 0
+
+    def add(self, hold: Hold) -> None:
+        self.takes += 1
+        self.holds[hold.call_id] = (hold, self.takes)
+        self.order.append((self.takes, hold.call_id))
+        self._trim()
+
+    def remove(self, call_id: str) -> None:
+        del self.holds[call_id]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop stale entries once they are as many as the live ones: O(1) amortised."""
+        if len(self.order) > 2 * len(self.holds) + _SLACK:
+            self.order = [(n, call) for n, call in self.order if self._current(n, call)]
+
+    def owner(self) -> Hold:
+        order = self.order
+        while True:
+            n, call = order[-1]
+            entry = self.holds.get(call)
+            if entry is not None and entry[1] == n:
+                return entry[0]
+            order.pop()  # released, or taken again later: each entry is passed over once
+
+    def get(self, call_id: str) -> Hold | None:
+        entry = self.holds.get(call_id)
+        return None if entry is None else entry[0]
+
+    def _current(self, n: int, call: str) -> bool:
+        entry = self.holds.get(call)
+        return entry is not None and entry[1] == n
+
+
+_SLACK = 16
+_Held = Hold | _Shared  # one call's hold (nearly always), or several
+
+
+def _owner(held: _Held) -> Hold:
+    return held if isinstance(held, Hold) else held.owner()
 
 
 class EndpointRegistry:
     def __init__(self) -> None:
-        # endpoint -> {call_id: hold}, in the order the calls took it: the last owns it
-        self._holders: dict[Endpoint, dict[str, Hold]] = {}
+        self._holders: dict[Endpoint, _Held] = {}
 
     def __len__(self) -> int:
         """Endpoints held by at least one call: what the flow map should hold."""
         return len(self._holders)
 
     def owner(self, endpoint: Endpoint) -> Hold | None:
-        holders = self._holders.get(endpoint)
-        return holders[next(reversed(holders))] if holders else None
+        held = self._holders.get(endpoint)
+        return None if held is None else _owner(held)
 
-    def flow_owner(self, destination: Endpoint, source: Endpoint) -> Hold | None:
-        """The hold a media packet from ``source`` to ``destination`` belongs to: the
-        destination's owner, unless the source's owner holds the destination too
-        (both ends of the flow are that call's, as when a newer call took a shared
-        port), else the source's owner. O(1)."""
+    def holders(self, endpoint: Endpoint) -> int:
+        held = self._holders.get(endpoint)
+        return 0 if held is None else 1 if isinstance(held, Hold) else len(held.holds)
+
+    def flow_owner(self, destination: Endpoint, source: Endpoint) -> tuple[Hold | None, bool]:
+        """The hold a media packet from ``source`` to ``destination`` belongs to, and
+        whether it is the destination's: the destination's owner, unless the source's
+        owner holds the destination too (both ends of the flow are that call's, as
+        when a newer call took a shared port), else the source's owner. O(1)."""
         to = self._holders.get(destination)
         from_ = self._holders.get(source)
-        if not to:
-            return from_[next(reversed(from_))] if from_ else None
-        owner = to[next(reversed(to))]
-        if len(to) > 1 and from_:
-            source_owner = next(reversed(from_))
-            if source_owner != owner.call_id and source_owner in to:
-                return to[source_owner]
-        return owner
+        if to is None:
+            return (None if from_ is None else _owner(from_)), False
+        owner = _owner(to)
+        if from_ is not None and isinstance(to, _Shared):
+            source_owner = _owner(from_).call_id
+            if source_owner != owner.call_id:
+                return (to.get(source_owner) or owner), True
+        return owner, True
 
     def take(self, endpoint: Endpoint, hold: Hold) -> FlowEvent | None:
         """``hold.call_id`` announces ``endpoint``; it owns it from now on."""
-        holders = self._holders.setdefault(endpoint, {})
-        before = holders[next(reversed(holders))] if holders else None
-        holders.pop(hold.call_id, None)  # announced again: it moves to the end, the owner
-        holders[hold.call_id] = hold
-        if before is not None and (before.kind, before.shard) == (hold.kind, hold.shard):
+        held = self._holders.get(endpoint)
+        if held is None:
+            self._holders[endpoint] = hold
+            return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], hold.kind, hold.call_id, hold.shard)
+        before = _owner(held)
+        if isinstance(held, _Shared):
+            held.add(hold)
+        elif held.call_id == hold.call_id:
+            self._holders[endpoint] = hold  # announced again by its only holder
+        else:
+            shared = self._holders[endpoint] = _Shared()
+            shared.add(held)
+            shared.add(hold)
+        if (before.kind, before.shard) == (hold.kind, hold.shard):
             return None  # the kernel's entry stays as it is
         return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], hold.kind, hold.call_id, hold.shard)
 
     def release(self, endpoint: Endpoint, call_id: str) -> FlowEvent | None:
         """``call_id`` ended: the endpoint goes to the newest remaining holder, or is forgotten."""
-        holders = self._holders.get(endpoint)
-        if holders is None or call_id not in holders:
+        held = self._holders.get(endpoint)
+        if held is None:
             return None
-        was_owner = next(reversed(holders)) == call_id
-        gone = holders.pop(call_id)
-        if not holders:
+        if isinstance(held, Hold):
+            if held.call_id != call_id:
+                return None
             del self._holders[endpoint]
-            return FlowEvent(FlowAction.FORGET, endpoint[0], endpoint[1], gone.kind, call_id, gone.shard)
-        owner = holders[next(reversed(holders))]
+            return FlowEvent(FlowAction.FORGET, endpoint[0], endpoint[1], held.kind, call_id, held.shard)
+        gone = held.get(call_id)
+        if gone is None:
+            return None
+        was_owner = held.owner().call_id == call_id
+        held.remove(call_id)
+        owner = held.owner()
+        if len(held.holds) == 1:
+            self._holders[endpoint] = owner  # one holder left: back to the plain form
         if was_owner and (owner.kind, owner.shard) != (gone.kind, gone.shard):
             return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], owner.kind, owner.call_id,
                              owner.shard)

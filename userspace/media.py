@@ -2,18 +2,24 @@
 
 ``MediaTracker.rtp(...)`` takes the UDP payload of an RTP packet on a learned
 media flow, with the call that owns the flow's endpoint now and that
-endpoint's SDP formats, and updates its stream (userspace.rtp). It returns
-the stream when a periodic report of it is due: every ``report_interval_ns``
-of capture time from the stream's first packet, counted per stream, so a
-report costs nothing until it is due. ``rtcp(...)`` reads sender and
-receiver reports (userspace.rtcp) into the peer's view of the streams they
-describe. A call's end takes its own streams (never a scan over all).
+endpoint's SDP formats, and updates its stream (userspace.rtp): a stream is a
+flow, an SSRC and a call, so a flow whose endpoint passes to another call
+goes on as a stream of that call. It returns the stream when a periodic
+report of it is due: every ``report_interval_ns`` of capture time from the
+stream's first packet, counted per stream, so a report costs nothing until it
+is due. ``rtcp(...)`` reads sender and receiver reports (userspace.rtcp) into
+the peer's view of the streams of the same call they describe. A call's end
+takes its own streams (never a scan over all).
+
+The table holds ``max_streams`` streams in all (CallLimits sizes it from
+``max_calls``); when it is full a new stream is not measured, and counted —
+never is a live stream evicted to make room, which under load would evict
+and re-create streams without end.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from userspace.errors import DecodeError
@@ -21,7 +27,7 @@ from userspace.records import Origin
 from userspace.rtcp import RtcpReport, parse_rtcp, round_trip_ms
 from userspace.rtp import FlowKey, Formats, RtpStream
 
-MAX_STREAMS = 100_000
+MAX_STREAMS = 200_000
 MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits sets it
 DEFAULT_REPORT_INTERVAL_NS = 10_000_000_000
 RTP_VERSION = 2
@@ -34,8 +40,9 @@ class MediaStats:
     rtp: int = 0
     rtcp: int = 0
     not_rtp: int = 0
-    rtcp_errors: int = 0
-    evicted_streams: int = 0
+    rtcp_errors: int = 0        # an RTCP compound whose structure is broken: nothing read
+    rtcp_cut: int = 0           # one cut short (a snaplen): what was whole before the cut is read
+    streams_table_full: int = 0  # new streams not measured: the table holds max_streams
     without_call: int = 0      # media on no live call's endpoint (stragglers after the call ended)
     streams_over_cap: int = 0  # new SSRCs beyond a call's cap: not measured
 
@@ -47,11 +54,11 @@ class MediaTracker:
         self.max_per_call = max_per_call
         self.report_interval_ns = report_interval_ns
         self.stats = MediaStats()
-        # (flow, SSRC, call) -> stream, oldest first: a flow whose endpoint passes to
-        # another call continues as a stream of that call.
-        self.streams: OrderedDict[StreamKey, RtpStream] = OrderedDict()
-        self._by_ssrc: dict[int, RtpStream] = {}
+        self.streams: dict[StreamKey, RtpStream] = {}
+        self._by_ssrc: dict[tuple[str | None, int], RtpStream] = {}  # (call, SSRC): for its RTCP
         self._by_call: dict[str, dict[StreamKey, RtpStream]] = {}
+        self._mos_sum = 0.0   # of the last reported MOS of each live stream that has one
+        self._mos_count = 0
 
     def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
             formats: Formats, origin: Origin) -> RtpStream | None:
@@ -69,24 +76,51 @@ class MediaTracker:
             if stream is None:
                 return None
         stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)
-        if arrival_ns < stream.next_report_ns:
+        due = stream.next_report_ns
+        interval = self.report_interval_ns
+        if arrival_ns < due:
+            if arrival_ns < due - interval:  # capture time went back (a pcap merged or edited)
+                stream.next_report_ns = arrival_ns + interval
             return None
-        while stream.next_report_ns <= arrival_ns:
-            stream.next_report_ns += self.report_interval_ns
+        # The next one is the first interval boundary after this packet: one step,
+        # however far capture time jumped (a loop per interval would not be).
+        stream.next_report_ns = due + ((arrival_ns - due) // interval + 1) * interval
         return stream
 
-    def rtcp(self, payload: bytes, wall_ns: int) -> list[RtcpReport]:
-        """An RTCP compound: its SR/RR reports, after their blocks became the peer's
-        view of the streams they report on (fraction and cumulative lost, jitter, RTT)."""
+    def report(self, stream: RtpStream) -> dict[str, object]:
+        """The stream's report, remembering its MOS for the mean over live streams."""
+        report = stream.report()
+        mos = report["mos"]
+        self._forget_mos(stream)
+        if isinstance(mos, float):
+            self._mos_sum += mos
+            self._mos_count += 1
+            stream.reported_mos = mos
+        return report
+
+    @property
+    def mean_mos(self) -> float | None:
+        """The mean of the last reported MOS of the live streams; O(1)."""
+        return self._mos_sum / self._mos_count if self._mos_count else None
+
+    def rtcp(self, payload: bytes, wall_ns: int, call_id: str | None) -> list[RtcpReport]:
+        """An RTCP compound on a flow of ``call_id``: its SR/RR reports, after their
+        blocks became the peer's view of that call's streams they report on
+        (fraction and cumulative lost, jitter, RTT)."""
         self.stats.rtcp += 1
         try:
-            reports = parse_rtcp(payload)
+            compound = parse_rtcp(payload)
         except DecodeError:
             self.stats.rtcp_errors += 1
             return []
-        for report in reports:
+        if compound.cut:
+            self.stats.rtcp_cut += 1
+        if call_id is None:
+            self.stats.without_call += 1
+            return []
+        for report in compound.reports:
             for block in report.blocks:
-                stream = self._by_ssrc.get(block.ssrc)
+                stream = self._by_ssrc.get((call_id, block.ssrc))
                 if stream is None:
                     continue
                 peer: dict[str, float] = {"fraction_lost": round(block.fraction_lost / 256, 4),
@@ -96,7 +130,7 @@ class MediaTracker:
                 if rtt is not None:
                     peer["rtt_ms"] = rtt
                 stream.peer = peer
-        return reports
+        return list(compound.reports)
 
     def _new_stream(self, key: StreamKey, formats: Formats, arrival_ns: int,
                     origin: Origin) -> RtpStream | None:
@@ -109,25 +143,14 @@ class MediaTracker:
             self.stats.streams_over_cap += 1  # spoofed SSRCs must not swell one call without bound
             return None
         if len(self.streams) >= self.max_streams:
-            self._remove(next(iter(self.streams.values())))  # may empty (and drop) this call's table
-            self.stats.evicted_streams += 1
+            self.stats.streams_table_full += 1
+            return None
         stream = RtpStream(flow, ssrc, call_id, formats, arrival_ns, origin,
                            next_report_ns=arrival_ns + self.report_interval_ns)
         self.streams[key] = stream
-        self._by_ssrc[ssrc] = stream
+        self._by_ssrc[call_id, ssrc] = stream
         self._by_call.setdefault(call_id, {})[key] = stream
         return stream
-
-    def _remove(self, stream: RtpStream) -> None:
-        key = (stream.flow, stream.ssrc, stream.call_id)
-        self.streams.pop(key, None)
-        if self._by_ssrc.get(stream.ssrc) is stream:
-            del self._by_ssrc[stream.ssrc]
-        owned = self._by_call.get(stream.call_id or "")
-        if owned is not None:
-            owned.pop(key, None)
-            if not owned:
-                del self._by_call[stream.call_id or ""]
 
     def take_call(self, call_id: str) -> list[RtpStream]:
         """The streams of a call that ended, no longer measured: O(its streams)."""
@@ -137,6 +160,15 @@ class MediaTracker:
         streams = list(owned.values())
         for stream in streams:
             self.streams.pop((stream.flow, stream.ssrc, stream.call_id), None)
-            if self._by_ssrc.get(stream.ssrc) is stream:
-                del self._by_ssrc[stream.ssrc]
+            if self._by_ssrc.get((call_id, stream.ssrc)) is stream:
+                del self._by_ssrc[call_id, stream.ssrc]
+            self._forget_mos(stream)
         return streams
+
+    def _forget_mos(self, stream: RtpStream) -> None:
+        if stream.reported_mos is not None:
+            self._mos_sum -= stream.reported_mos
+            self._mos_count -= 1
+            stream.reported_mos = None
+            if not self._mos_count:
+                self._mos_sum = 0.0  # no drift left behind by float sums

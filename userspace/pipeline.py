@@ -193,7 +193,7 @@ class Pipeline:
         flow = (decoded.src, decoded.sport, decoded.dst, decoded.dport)
         wall_ns = event.ts_ns + self._clock_offset_ns
         if is_rtcp(decoded.payload):  # RFC 5761: muxed or on its own port, told apart by type
-            reports = calls.media.rtcp(decoded.payload, wall_ns)
+            reports = calls.media.rtcp(decoded.payload, wall_ns, call_id)
             if reports and call_id is not None:
                 origin = self._origin(event)
                 records += [RtcpRecord(wall_ns, call_id, origin, flow, report.homer_json())
@@ -202,7 +202,7 @@ class Pipeline:
         stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
                                  call_id, formats, self._origin(event))
         if stream is not None:  # its periodic report is due
-            records.append(StreamReport(wall_ns, stream.call_id, stream.report()))
+            records.append(StreamReport(wall_ns, stream.call_id, calls.media.report(stream)))
         return call_id
 
     def _origin(self, event: Event) -> Origin:

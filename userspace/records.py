@@ -40,7 +40,7 @@ class SipRecord:
     fragments: int = 1  # IP fragments the message was reassembled from
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
     vlans: tuple[int, ...] = ()  # 802.1Q ids in the frame, outer first
-    encap: str | None = None     # the tunnel it came in (vxlan, gre, ...), None for none
+    encap: str | None = None     # the tunnel it came in: None until tunnels are decapsulated
     kind: ClassVar[str] = "sip"
 
     @property

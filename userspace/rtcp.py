@@ -2,9 +2,10 @@
 
 ``parse_rtcp(payload)`` returns the SR/RR packets in it as ``RtcpReport``s,
 with their report blocks and (SR) sender information; other packet types
-(SDES, BYE, APP, XR, feedback) are walked over. A packet that does not fit
-its compound raises ``Malformed``. ``RtcpReport.homer_json`` gives the JSON
-Homer stores for HEP payload type 5 (the field names heplify-server reads:
+(SDES, BYE, APP, XR, feedback) are walked over. A compound cut short (a
+snaplen, a short datagram) keeps what is whole before the cut and says so
+(``RtcpCompound.cut``). ``RtcpReport.homer_json`` gives the JSON Homer
+stores for HEP payload type 5 (the field names heplify-server reads:
 report_blocks[].fraction_lost, packets_lost, ia_jitter, dlsr, ...).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from userspace.errors import Malformed, Truncated
+from userspace.errors import Malformed
 
 RTP_VERSION = 2
 RTCP_SR, RTCP_RR = 200, 201
@@ -73,37 +74,53 @@ def is_rtcp(payload: bytes) -> bool:
     return len(payload) >= 2 and payload[1] in RTCP_TYPES
 
 
-def parse_rtcp(payload: bytes) -> list[RtcpReport]:
+@dataclass(frozen=True, slots=True)
+class RtcpCompound:
+    reports: tuple[RtcpReport, ...]
+    cut: bool  # it ended inside a packet (a snaplen, a short datagram) or had more than MAX_PACKETS
+
+
+def parse_rtcp(payload: bytes) -> RtcpCompound:
+    """The SR and RR reports of a compound. A compound cut short keeps what is
+    whole before the cut (the sender info, the report blocks that fit) and says
+    it was cut; only a broken structure raises Malformed."""
     reports: list[RtcpReport] = []
     offset = 0
     for _ in range(MAX_PACKETS):
         if offset + _HEADER.size > len(payload):
-            break
+            return RtcpCompound(tuple(reports), cut=offset < len(payload))
         first, packet_type, words, ssrc = _HEADER.unpack_from(payload, offset)
         length = (words + 1) * 4
         if first >> 6 != RTP_VERSION:
             raise Malformed("rtcp", offset, f"version {first >> 6}")
-        if offset + length > len(payload):
-            raise Truncated("rtcp", offset, f"packet of {length} bytes in {len(payload) - offset}")
         if packet_type in (RTCP_SR, RTCP_RR):
-            reports.append(_report(payload, offset, length, packet_type, first & 0x1F, ssrc))
+            if length < _HEADER.size:  # no room for the SSRC it must carry
+                raise Malformed("rtcp", offset, f"report of type {packet_type} in {length} bytes")
+            report = _report(payload, offset, min(offset + length, len(payload)), packet_type, first & 0x1F,
+                             ssrc)
+            if report is not None:
+                reports.append(report)
         offset += length
-    return reports
+        if offset > len(payload):
+            return RtcpCompound(tuple(reports), cut=True)
+    return RtcpCompound(tuple(reports), cut=offset < len(payload))
 
 
-def _report(payload: bytes, offset: int, length: int, packet_type: int, count: int, ssrc: int) -> RtcpReport:
-    end = offset + length
+def _report(payload: bytes, offset: int, end: int, packet_type: int, count: int,
+            ssrc: int) -> RtcpReport | None:
+    """The report in payload[offset:end], with what of it is whole; None for an
+    SR cut before its sender info."""
     position = offset + _HEADER.size
     sender = None
     if packet_type == RTCP_SR:
         if position + _SENDER.size > end:
-            raise Truncated("rtcp", position, "sender info cut short")
+            return None
         sender = SenderInfo(*_SENDER.unpack_from(payload, position))
         position += _SENDER.size
     blocks = []
     for _ in range(count):
         if position + _BLOCK.size > end:
-            raise Truncated("rtcp", position, "report block cut short")
+            break
         source, lost_word, highest, jitter, lsr, dlsr = _BLOCK.unpack_from(payload, position)
         cumulative = lost_word & 0xFFFFFF
         if cumulative & 0x800000:

@@ -21,6 +21,7 @@ SEQ_MOD = 1 << 16
 MAX_DROPOUT = 3000     # RFC 3550 A.1
 MAX_MISORDER = 100
 NS = 1_000_000_000
+_RECENT_MASK = (1 << (MAX_MISORDER + 1)) - 1  # the window a late packet may come back in
 _TIMESTAMP_WRAP, _HALF_WRAP = 1 << 32, 1 << 31
 DEFAULT_CLOCK_RATE = 8000
 MIN_CLOCK_RATE, MAX_CLOCK_RATE = 1_000, 1_000_000  # as userspace.sdp refuses outside
@@ -85,7 +86,7 @@ class RtpStream:
     formats: Formats               # that endpoint's SDP
     first_ns: int
     origin: Origin = NO_ORIGIN     # where its first packet was captured
-    last_ns: int = 0
+    last_ns: int = 0               # the latest arrival (never earlier than first_ns)
     packets: int = 0
     bytes: int = 0
     base_seq: int = 0
@@ -93,26 +94,30 @@ class RtpStream:
     cycles: int = 0
     reordered: int = 0
     duplicates: int = 0
+    stray: int = 0                 # far outside the sequence, not confirmed by the next (RFC 3550 A.1)
     jitter: float = 0.0            # of the audio, in its clock's units (RFC 3550 A.8)
     clock_rate: int = DEFAULT_CLOCK_RATE  # the current audio codec's
     by_type: dict[int, int] = field(default_factory=dict)  # payload type -> packets
     event_packets: int = 0         # RFC 4733 telephone-event
     events: int = 0                # distinct events (a new RTP timestamp each)
     next_report_ns: int = 0        # when its next periodic report is due (capture time)
-    peer: dict[str, float] = field(default_factory=dict)  # from the peer's RTCP about this SSRC
+    peer: dict[str, float] | None = None  # from the peer's RTCP about this SSRC
+    reported_mos: float | None = None     # in its last report (userspace.media keeps the mean)
     _last_arrival_ns: int = -1     # of the previous audio packet; -1: none since the codec began
     _last_timestamp: int = 0
     _audio_type: int = -1
     _event_timestamp: int = -1
-    _seen: set[int] = field(default_factory=set)  # recent extended seqs, for duplicates
+    _recent: int = 0               # bit i: extended seq (max - i) was seen, for duplicates
+    _bad_seq: int = -1             # the seq that would confirm a jump (RFC 3550 A.1)
+    _expected_before: int = 0      # expected packets of the sequence before a confirmed restart
 
     def update(self, seq: int, timestamp: int, payload_type: int, arrival_ns: int, size: int) -> None:
         if not self._sequence(seq):
-            self.duplicates += 1
             return
         self.packets += 1
         self.bytes += size
-        self.last_ns = arrival_ns
+        if arrival_ns > self.last_ns:  # noqa: PLR1730 - per packet: a compare, not a call
+            self.last_ns = arrival_ns
         self.by_type[payload_type] = self.by_type.get(payload_type, 0) + 1
         if payload_type != self._audio_type:
             self._new_type(payload_type)
@@ -125,10 +130,14 @@ class RtpStream:
         # RFC 3550 A.8 from successive packets: D = (Rj - Ri) - (Sj - Si), in the RTP
         # clock's units. Worked in integers (ns x clock) and never from the absolute
         # arrival time, so it is exact and the same whatever clock the capture times
-        # are in (live monotonic, a pcap's wall clock); timestamps wrap at 2**32.
-        if self._last_arrival_ns >= 0:
+        # are in (live monotonic, a pcap's wall clock); timestamps wrap at 2**32. A
+        # capture time that goes back (a pcap merged or edited) does not enter it.
+        last = self._last_arrival_ns
+        if last >= 0:
+            if arrival_ns < last:
+                return
             sent = (timestamp - self._last_timestamp + _HALF_WRAP) % _TIMESTAMP_WRAP - _HALF_WRAP
-            d = abs((arrival_ns - self._last_arrival_ns) * self.clock_rate - sent * NS)
+            d = abs((arrival_ns - last) * self.clock_rate - sent * NS)
             self.jitter += (d / NS - self.jitter) / 16.0
         self._last_arrival_ns, self._last_timestamp = arrival_ns, timestamp
 
@@ -144,58 +153,75 @@ class RtpStream:
         self._audio_type, self.clock_rate, self._last_arrival_ns = payload_type, clock, -1
 
     def _sequence(self, seq: int) -> bool:
-        """Track the extended sequence number; False for a duplicate (RFC 3550 A.1)."""
-        if self.packets == 0:
-            self.base_seq = self.max_seq = seq
-            extended_seq = seq
-        else:
-            delta = (seq - self.max_seq) % SEQ_MOD
-            if 0 < delta < MAX_DROPOUT:  # in order, perhaps after a gap
-                if seq < self.max_seq:
-                    self.cycles += SEQ_MOD
-                self.max_seq = seq
-                extended_seq = self.cycles + seq
-            elif delta == 0 or delta >= SEQ_MOD - MAX_MISORDER:  # late: reordered or duplicate
-                extended_seq = self.cycles + seq - (SEQ_MOD if seq > self.max_seq else 0)
-                if delta == 0 or extended_seq in self._seen:
-                    return False
-                self.reordered += 1
-            else:  # a large jump: the sender restarted; start over (A.1 "probation")
-                self.base_seq = self.max_seq = seq
-                self.cycles = 0
-                self._seen.clear()
-                extended_seq = seq
-        self._seen.add(extended_seq)
-        if len(self._seen) > 2 * MAX_MISORDER:
-            floor = self.cycles + self.max_seq - MAX_MISORDER
-            self._seen = {s for s in self._seen if s >= floor}
-        return True
+        """Track the extended sequence number (RFC 3550 A.1); False for a packet not
+        counted: a duplicate, or a stray far outside the sequence."""
+        if self.packets == 0 and self._bad_seq < 0:
+            self._start(seq)
+            return True
+        delta = (seq - self.max_seq) % SEQ_MOD
+        if 0 < delta < MAX_DROPOUT:  # in order, perhaps after a gap
+            if seq < self.max_seq:
+                self.cycles += SEQ_MOD
+            self.max_seq = seq
+            self._recent = ((self._recent << delta) | 1) & _RECENT_MASK
+            self._bad_seq = -1
+            return True
+        if delta >= SEQ_MOD - MAX_MISORDER:  # late: reordered or a duplicate
+            behind = SEQ_MOD - delta
+            if self._recent >> behind & 1:
+                self.duplicates += 1
+                return False
+            self._recent |= 1 << behind
+            self.reordered += 1
+            return True
+        if delta == 0:
+            self.duplicates += 1
+            return False
+        if seq == self._bad_seq:  # two in a row past the jump: the sender restarted
+            self._expected_before += self._span()
+            self._start(seq)
+            return True
+        self._bad_seq = (seq + 1) % SEQ_MOD
+        self.stray += 1
+        return False
+
+    def _start(self, seq: int) -> None:
+        self.base_seq = self.max_seq = seq
+        self.cycles = 0
+        self._recent = 1
+        self._bad_seq = -1
+
+    def _span(self) -> int:
+        return self.cycles + self.max_seq - self.base_seq + 1
 
     @property
     def expected(self) -> int:
-        return self.cycles + self.max_seq - self.base_seq + 1 if self.packets else 0
+        return self._expected_before + self._span() if self.packets else 0
 
     @property
     def lost(self) -> int:
         return max(0, self.expected - self.packets)
 
     @property
-    def codec(self) -> str | None:
-        """The audio codec it sent most, else what it sent (events only)."""
+    def main_type(self) -> int | None:
+        """The audio payload type it sent most, else (events only) the type it sent most."""
         audio = {pt: n for pt, n in self.by_type.items() if not is_event(codec_of(pt, self.formats))}
         counts = audio or self.by_type
-        if not counts:
-            return None
-        return codec_of(max(counts, key=lambda pt: counts[pt]), self.formats)
+        return max(counts, key=counts.__getitem__) if counts else None
+
+    @property
+    def codec(self) -> str | None:
+        main = self.main_type
+        return None if main is None else codec_of(main, self.formats)
 
     def report(self) -> dict[str, object]:
         expected = self.expected
         loss = 100.0 * self.lost / expected if expected else 0.0
         jitter_ms = 1000.0 * self.jitter / self.clock_rate
         audio = self.packets - self.event_packets
-        codec = self.codec
+        main_type = self.main_type
+        codec = None if main_type is None else codec_of(main_type, self.formats)
         src, sport, dst, dport = self.flow
-        main_type = max(self.by_type, key=lambda pt: self.by_type[pt]) if self.by_type else None
         return {
             **self.origin.fields(),
             "src": src, "sport": sport, "dst": dst, "dport": dport, "ssrc": self.ssrc,
@@ -204,6 +230,7 @@ class RtpStream:
                               for pt, n in sorted(self.by_type.items())],
             "packets": self.packets, "bytes": self.bytes, "expected": expected, "lost": self.lost,
             "loss_percent": round(loss, 3), "reordered": self.reordered, "duplicates": self.duplicates,
+            "stray": self.stray,
             "jitter_ms": round(jitter_ms, 3) if audio else None,
             "mos": mos_estimate(loss, jitter_ms, codec) if audio else None,
             "dtmf_events": self.events, "dtmf_packets": self.event_packets,

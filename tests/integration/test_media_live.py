@@ -23,11 +23,13 @@ from tests.support import calls
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream
+from tests.support.frames import ethernet, ipv4, udp
 from tests.support.lab import Lab
 from tests.support.paths import AGENT
 from tests.support.procs import Background
 from tests.support.send import send_udp
 from tests.unit.test_metrics import scrape
+from userspace.classify import Rules, classify_frame
 
 START_TIMEOUT_S = 60.0
 LEARN_TIMEOUT_S = 10.0
@@ -35,12 +37,15 @@ MS = 1_000_000
 FIRST_UP, SECOND_UP, FIRST_DOWN, LATE_FIRST = 0x1111, 0x2222, 0x3333, 0x1111
 
 
-def scenario(lab: Lab) -> tuple[Dialog, Dialog, list[tuple[str, list[Datagram]]]]:
+def scenario(lab: Lab, second_caller: str | None = None) -> tuple[Dialog, Dialog,
+                                                                  list[tuple[str, list[Datagram]]]]:
     """Two calls from the UAC side to one media port of the UAS side (a media
-    server answering both), overlapping; each step is what to send, or "learn"."""
+    server answering both), overlapping; each step is what to send, or "learn".
+    The second call's media goes on after the first call's BYE."""
     callee = Party(lab.uas_v4, 50000, "ivr")
     first = Dialog("live-shared-1", Party(lab.uac_v4, 40000, "alice"), callee, OFFERED, {PCMU: "PCMU/8000"})
-    second = Dialog("live-shared-2", Party(lab.uac_v4, 42000, "carol"), callee, OFFERED, {PCMA: "PCMA/8000"})
+    second = Dialog("live-shared-2", Party(second_caller or lab.uac_v4, 42000, "carol"), callee, OFFERED,
+                    {PCMA: "PCMA/8000"})
     return first, second, [
         ("sip", calls.signalling(first, [(0, "invite"), (0, "ok"), (0, "ack")])),
         ("learn", []),
@@ -54,17 +59,20 @@ def scenario(lab: Lab) -> tuple[Dialog, Dialog, list[tuple[str, list[Datagram]]]
         ("settle", []),
         ("sip", calls.signalling(first, [(0, "bye"), (0, "bye_ok")])),
         ("settle", []),
+        ("media", calls.media(Stream(SECOND_UP, PCMA, 20, 0, first_seq=1060, first_timestamp=60 * 160),
+                              second.caller, callee)),
+        ("settle", []),
         ("sip", calls.signalling(second, [(0, "bye"), (0, "bye_ok")])),
     ]
 
 
-EXPECTED_PACKETS = {"live-shared-1": {FIRST_UP: 60, FIRST_DOWN: 40}, "live-shared-2": {SECOND_UP: 60}}
+EXPECTED_PACKETS = {"live-shared-1": {FIRST_UP: 60, FIRST_DOWN: 40}, "live-shared-2": {SECOND_UP: 80}}
 
 
 def send(lab: Lab, datagrams: list[Datagram]) -> None:
     """Each datagram from the namespace that owns its source address, in order."""
     for d in datagrams:
-        namespace = lab.uac_ns if d.src == lab.uac_v4 else lab.uas_ns
+        namespace = lab.uas_ns if d.src == lab.uas_v4 else lab.uac_ns
         send_udp(namespace, d.src, d.sport, d.dst, d.dport, [d.payload])
 
 
@@ -178,3 +186,38 @@ tasks:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
     assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
     check_calls(read_records(tmp_path / "media.jsonl"), per_call)
+
+
+def on_another_shard(lab: Lab, shards: int) -> str:
+    """A UAC-side address whose SIP with the UAS the kernel puts on another shard
+    (so another worker) than the UAC's own address."""
+    def shard(address: str) -> int:
+        frame = ethernet(ipv4(udp(b"x"), src=address, dst=lab.uas_v4))
+        classified = classify_frame(frame, Rules(frozenset({5060}), shards=shards))
+        assert classified is not None
+        return classified.shard
+
+    return next(a for a in (f"10.77.0.{n}" for n in range(20, 60)) if shard(a) != shard(lab.uac_v4))
+
+
+def test_an_endpoint_shared_by_calls_in_two_workers(lab: Lab, tmp_path: Path, metrics_port: int) -> None:
+    """The calls' SIP lands on different worker processes; the server's port is held
+    by both. The first call's end must not take it from the second (its media after
+    the BYE is still captured), and each flow goes to the worker of its call."""
+    second_caller = on_another_shard(lab, 2)
+    lab.add_uac_addresses([second_caller])
+    out, per_call = tmp_path / "records.jsonl", tmp_path / "calls"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--pcap-per-call", str(per_call),
+                         "--metrics", f"127.0.0.1:{metrics_port}"])
+    first, _second, steps = scenario(lab, second_caller)
+    try:
+        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
+        with netns.inside(lab.uas_ns):
+            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
+        left = flows(lab, lab.uas_if)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
+    assert left == set()
+    check_calls(read_records(out), per_call)

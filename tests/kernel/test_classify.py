@@ -38,6 +38,9 @@ from userspace.event import Counter, Flag, Kind
 
 V6 = 0x86DD
 RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
+# An SR with one report block (52 bytes) and the SDES CNAME RFC 3550 asks to follow it.
+RTCP_COMPOUND = (bytes([0x81, 200, 0, 12]) + bytes(48)
+                 + bytes([0x81, 202, 0, 6]) + bytes(4) + bytes([1, 16]) + b"otus@10.4.0.1.xx" + bytes(2))
 
 
 @pytest.fixture(params=[Hook.XDP, Hook.TC], ids=["xdp", "tc"])
@@ -234,7 +237,8 @@ def test_learned_rtp_and_rtcp_flows(kernel: KernelHarness, hook: Hook) -> None:
     rtcp = Endpoint(ipaddress.ip_address("10.4.0.2"), 40001)
     to_rtp = ethernet(ipv4(udp(RTP_PAYLOAD, 30000, 40000), src="10.4.0.1", dst="10.4.0.2"))
     from_rtp = ethernet(ipv4(udp(RTP_PAYLOAD, 40000, 30000), src="10.4.0.2", dst="10.4.0.1"))
-    to_rtcp = ethernet(ipv4(udp(RTP_PAYLOAD, 30001, 40001), src="10.4.0.1", dst="10.4.0.2"))
+    to_rtcp = ethernet(ipv4(udp(RTCP_COMPOUND, 30001, 40001), src="10.4.0.1", dst="10.4.0.2"))
+    muxed_rtcp = ethernet(ipv4(udp(RTCP_COMPOUND, 30000, 40000), src="10.4.0.1", dst="10.4.0.2"))
     assert verdicts(run(kernel, to_rtp, hook)) == {Counter.NO_MATCH}
     kernel.maps.learn_flow(rtp, Kind.RTP, shard=1)
     kernel.maps.learn_flow(rtcp, Kind.RTCP, shard=0)
@@ -249,10 +253,36 @@ def test_learned_rtp_and_rtcp_flows(kernel: KernelHarness, hook: Hook) -> None:
         result = run(kernel, to_rtcp, hook)
         assert verdicts(result) == {Counter.MATCHED_RTCP}
         assert (result.event.kind, result.event.shard) == (Kind.RTCP, 0)
+        assert result.event.frame == to_rtcp, "RTCP is read whole, past the media snaplen"
+        result = run(kernel, muxed_rtcp, hook)  # RFC 5761: on the RTP port, told apart by its type
+        assert (verdicts(result), result.event.kind) == ({Counter.MATCHED_RTP}, Kind.RTP)
+        assert result.event.frame == muxed_rtcp
     finally:
         kernel.maps.forget_flow(rtp)
         kernel.maps.forget_flow(rtcp)
     assert verdicts(run(kernel, to_rtp, hook)) == {Counter.NO_MATCH}
+
+
+def test_a_shared_endpoint_sends_each_flow_to_the_worker_of_its_other_end(kernel: KernelHarness,
+                                                                          hook: Hook) -> None:
+    server = Endpoint(ipaddress.ip_address("10.4.0.9"), 50000)    # calls in two workers announced it
+    caller = Endpoint(ipaddress.ip_address("10.4.0.1"), 40000)    # one call's own, in worker 0
+    kernel.maps.learn_flow(server, Kind.RTP, shard=1, shared=True)  # the newest holder is in worker 1
+    kernel.maps.learn_flow(caller, Kind.RTP, shard=0)
+    try:
+        def shard_of(src: str, sport: int, dst: str, dport: int) -> int:
+            result = run(kernel, ethernet(ipv4(udp(RTP_PAYLOAD, sport, dport), src=src, dst=dst)), hook)
+            assert verdicts(result) == {Counter.MATCHED_RTP}
+            return result.event.shard
+
+        assert shard_of("10.4.0.1", 40000, "10.4.0.9", 50000) == 0, "to the server from worker 0's caller"
+        assert shard_of("10.4.0.9", 50000, "10.4.0.1", 40000) == 0, "to that caller"
+        assert shard_of("10.4.0.7", 42000, "10.4.0.9", 50000) == 1, "from an end nobody holds: the owner"
+        kernel.maps.learn_flow(server, Kind.RTP, shard=1, shared=False)
+        assert shard_of("10.4.0.1", 40000, "10.4.0.9", 50000) == 1, "not shared: the destination decides"
+    finally:
+        kernel.maps.forget_flow(server)
+        kernel.maps.forget_flow(caller)
 
 
 def test_learned_ipv6_flow(kernel: KernelHarness, hook: Hook) -> None:

@@ -196,12 +196,17 @@ LINKTYPE_ETHERNET = 1
 
 
 def write_pcap(path: Path, datagrams: Sequence[Datagram]) -> None:
-    """A nanosecond pcap of the datagrams as Ethernet frames, in time order.
+    """A nanosecond pcap of the datagrams as Ethernet frames, in time order."""
+    write_pcap_in_order(path, sorted(datagrams, key=lambda d: d.ts_ns))
+
+
+def write_pcap_in_order(path: Path, datagrams: Sequence[Datagram]) -> None:
+    """The same in the order given (a pcap merged or edited need not be in time order).
     Written by hand: dpkt's writer takes a float timestamp, whose rounding at
     today's epoch (~0.2 us) would move arrivals across RTP clock ticks."""
     with path.open("wb") as f:
         f.write(struct.pack("<IHHiIII", NANOSECOND_PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
-        for d in sorted(datagrams, key=lambda d: d.ts_ns):
+        for d in datagrams:
             frame = ethernet(ipv4(udp(d.payload, d.sport, d.dport), src=d.src, dst=d.dst))
             seconds, nanos = divmod(d.ts_ns, 1_000_000_000)
             f.write(struct.pack("<IIII", seconds, nanos, len(frame), len(frame)) + frame)

@@ -46,12 +46,12 @@ def test_a_flow_goes_to_the_call_that_holds_both_its_ends() -> None:
     registry.take(SERVER, hold("a"))
     registry.take(second_caller, hold("b"))
     registry.take(SERVER, hold("b"))
-    assert registry.flow_owner(SERVER, first_caller) == hold("a"), "the older call's own flow"
-    assert registry.flow_owner(SERVER, second_caller) == hold("b")
-    assert registry.flow_owner(first_caller, SERVER) == hold("a")
-    assert registry.flow_owner(SERVER, ("10.7.7.7", 1)) == hold("b"), "a stranger: the newest holder"
-    assert registry.flow_owner(("10.7.7.7", 1), first_caller) == hold("a"), "only the source is known"
-    assert registry.flow_owner(("10.7.7.7", 1), ("10.7.7.8", 1)) is None
+    assert registry.flow_owner(SERVER, first_caller) == (hold("a"), True), "the older call's own flow"
+    assert registry.flow_owner(SERVER, second_caller) == (hold("b"), True)
+    assert registry.flow_owner(first_caller, SERVER) == (hold("a"), True)
+    assert registry.flow_owner(SERVER, ("10.7.7.7", 1)) == (hold("b"), True), "a stranger: the newest holder"
+    assert registry.flow_owner(("10.7.7.7", 1), first_caller) == (hold("a"), False), "only the source known"
+    assert registry.flow_owner(("10.7.7.7", 1), ("10.7.7.8", 1)) == (None, False)
 
 
 CALLEE = Party("10.2.0.1", 50000, "ivr")  # a media server answering both calls on one port
@@ -105,3 +105,54 @@ def test_overlapping_calls_on_one_endpoint_each_get_their_own_media_and_gauges_r
     assert not endpoints(2, FlowAction.LEARN) & server, "already in the kernel's map"
     assert not endpoints(5, FlowAction.FORGET) & server, "the second call still holds them"
     assert endpoints(6, FlowAction.FORGET) >= server
+
+
+def test_thousands_of_holders_ending_in_any_order_keep_the_owner_at_hand() -> None:
+    """Releasing 40,000 holders of one endpoint newest-first made each later lookup walk
+    the popped slots of a dict (35 us a packet): the owner must stay O(1) to find."""
+    from userspace.endpoints import _Shared  # noqa: PLC0415 - the structure under test
+
+    registry = EndpointRegistry()
+    calls = [f"c{n}" for n in range(2_000)]
+    for call in calls:
+        registry.take(SERVER, hold(call))
+    for n in range(len(calls) - 1, 0, -1):  # newest first; then the middle ones
+        assert registry.release(SERVER, calls[n]) is None
+        assert registry.owner(SERVER) == hold(calls[n - 1])
+        shared = registry._holders[SERVER]
+        if isinstance(shared, _Shared):
+            assert len(shared.order) <= 2 * len(shared.holds) + 16
+    assert registry._holders[SERVER] == hold("c0"), "one holder left: the plain form again"
+    for call in calls[1:]:
+        registry.take(SERVER, hold(call))
+    for call in calls[1:-1]:  # every one but the newest, oldest first: the owner never changes
+        registry.release(SERVER, call)
+        shared = registry._holders[SERVER]
+        assert isinstance(shared, _Shared) and len(shared.order) <= 2 * len(shared.holds) + 16
+    assert registry.owner(SERVER) == hold(calls[-1])
+
+
+def test_workers_sharing_an_endpoint_have_one_writer_of_the_kernel_entry() -> None:
+    """Each worker wrote the map itself: one worker's call ending removed the entry
+    another worker's call still needed."""
+    from otus_ebpf.flows import SharedFlows  # noqa: PLC0415
+
+    flows = SharedFlows()
+
+    def event(action: FlowAction, shard: int) -> FlowEvent:
+        return FlowEvent(action, *SERVER, RTP, f"call-of-w{shard}", shard)
+
+    def writes(changes: list[FlowEvent]) -> list[tuple[FlowAction, int]]:
+        return [(c.action, c.shard) for c in changes]
+
+    assert writes(flows.apply(0, [event(FlowAction.LEARN, 0)])) == [(FlowAction.LEARN, 0)]
+    assert not flows.shared(SERVER)
+    assert writes(flows.apply(1, [event(FlowAction.LEARN, 1)])) == [(FlowAction.LEARN, 1)]
+    assert flows.shared(SERVER), "the kernel entry is marked: its packets go by their other end"
+    assert writes(flows.apply(1, [event(FlowAction.FORGET, 1)])) == [(FlowAction.LEARN, 0)], \
+        "worker 0's call still holds it: back to worker 0, not forgotten"
+    assert not flows.shared(SERVER)
+    flows.apply(1, [event(FlowAction.LEARN, 1)])
+    assert writes(flows.drop(0)) == [(FlowAction.LEARN, 1)], "same owner; the shared mark goes"
+    assert not flows.shared(SERVER)
+    assert writes(flows.drop(1)) == [(FlowAction.FORGET, 1)] and len(flows) == 0

@@ -464,18 +464,27 @@ def test_validate_refuses_a_fifo_instead_of_waiting_on_it(tmp_path: Path,
     assert capsys.readouterr().err.strip() == f"{fifo}: (file): not a regular file"
 
 
-def test_at_the_global_stream_cap_a_calls_new_stream_stays_its_own() -> None:
-    """Evicting the oldest stream emptied (and dropped) the new stream's call table, so the
-    call's end missed the stream and it went on being measured."""
+def test_at_the_global_stream_cap_new_streams_are_refused_and_live_ones_kept() -> None:
+    """Evicting the oldest stream to make room thrashed under load (its next packet
+    re-created it and evicted another: 2.9M evictions for 60,000 calls, and summaries
+    without streams); first it had also emptied the new stream's call table."""
     from tests.support.hostile import rtp_packet  # noqa: PLC0415
     from userspace.media import MediaTracker  # noqa: PLC0415
     from userspace.records import NO_ORIGIN  # noqa: PLC0415
 
     tracker = MediaTracker(max_streams=2)
-    for ssrc, call in ((1, "A"), (2, "B"), (3, "A")):
-        tracker.rtp(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(1, ssrc), 0, 172, call, {}, NO_ORIGIN)
-    assert [s.ssrc for s in tracker.take_call("A")] == [3]
-    assert [(s.ssrc, s.call_id) for s in tracker.streams.values()] == [(2, "B")]
+    for seq in range(3):
+        for ssrc, call in ((1, "A"), (2, "B"), (3, "A")):
+            tracker.rtp(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(seq, ssrc), seq, 172, call, {}, NO_ORIGIN)
+    assert tracker.stats.streams_table_full == 3, "the third stream, each time it sent"
+    assert [(s.ssrc, s.packets) for s in tracker.take_call("A")] == [(1, 3)]
+    assert [(s.ssrc, s.call_id, s.packets) for s in tracker.streams.values()] == [(2, "B", 3)]
+
+
+def test_the_stream_table_holds_two_streams_per_call_of_the_limit() -> None:
+    from userspace.calls import CallLimits, CallTracker  # noqa: PLC0415
+
+    assert CallTracker(CallLimits(max_calls=60_000)).media.max_streams == 120_000
 
 
 def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_one_misses() -> None:

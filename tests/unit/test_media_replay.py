@@ -91,3 +91,45 @@ def test_a_5s_call_gives_periodic_stream_reports_timed_from_each_streams_first_p
         assert all(0 <= t - stream.start_ns - (n + 1) * SECOND < PTIME_NS for n, t in enumerate(times))
     summary = next(r for r in records if r["kind"] == "call")
     assert sorted(s["packets"] for s in summary["streams"]) == sorted(r["packets"] for r in final)
+
+
+def test_one_frame_stamped_a_year_ahead_times_out_no_call(tmp_path: Path) -> None:
+    """A retransmitted ACK stamped a year ahead expired every other call at once, then
+    nothing expired for a year of capture time."""
+    stray_ack = calls.signalling(DIALOG, [(ANSWERED + 365 * 86_400 * SECOND, "ack")])
+    pcap = tmp_path / "outlier.pcap"
+    frames = [*timeline(), *stray_ack]
+    frames.sort(key=lambda d: d.ts_ns)
+    frames.insert(10, frames.pop())  # in the file among the first frames, as a merge might leave it
+    calls.write_pcap_in_order(pcap, frames)
+    out = tmp_path / "out.jsonl"
+    said: list[str] = []
+    assert run_replay(pcap, AttachOptions(("o",), out=str(out)), None, said.append) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    (call,) = [r for r in records if r["kind"] == "call"]
+    assert call["end_cause"] == "bye" and len(call["streams"]) == 2
+    assert "stamped_ahead=1" in said[-2]
+
+
+def test_media_to_an_address_no_sdp_gave_reads_its_payload_types_from_the_other_sides_sdp(
+        tmp_path: Path) -> None:
+    """The callee behind NAT answers with telephone-event as 96 at a private address; the
+    caller's media goes to its public one. Its DTMF was "unknown" audio, scored."""
+    private = Party("192.168.1.5", 50000, "bob")
+    dialog = Dialog("nat-1@test", CALLER, private, OFFERED, {PCMA: "PCMA/8000", 96: "telephone-event/8000"})
+    sip = calls.signalling(dialog, [(T0, "invite"), (ANSWERED, "ok"), (HANGUP, "bye")])
+    public = Party("203.0.113.5", 50000, "bob")
+    up = Stream(0xA1, PCMA, 100, ANSWERED + 10_000_000, dtmf={40: 5})
+    packets = [d for d in calls.media(up, CALLER, public)]
+    as_96 = [calls.Datagram(d.ts_ns, d.src, d.sport, d.dst, d.dport,
+                            d.payload[:1] + bytes([d.payload[1] & 0x80 | 96]) + d.payload[2:])
+             if d.payload[1] & 0x7F == TELEPHONE_EVENT else d for d in packets]
+    pcap = tmp_path / "nat.pcap"
+    calls.write_pcap(pcap, sip + as_96)
+    out = tmp_path / "nat.jsonl"
+    assert run_replay(pcap, AttachOptions(("nat",), out=str(out)), None, lambda _m: None) == 0
+    (call,) = [json.loads(line) for line in out.read_text().splitlines() if '"kind":"call"' in line]
+    (stream,) = call["streams"]
+    assert (stream["dst"], stream["codec"], stream["dtmf_events"]) == ("203.0.113.5", "PCMA/8000", 1)
+    assert {t["payload_type"]: t["codec"] for t in stream["payload_types"]} == \
+        {PCMA: "PCMA/8000", 96: "telephone-event/8000"}

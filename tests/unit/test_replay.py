@@ -63,7 +63,7 @@ def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
     assert '"end_cause":"capture-stopped"' in lines[2], "the call still going at the end, summarised"
-    assert said[-2] == f"replayed {capture}: 2 frames, 2 captured, 2 records, errors=0, internal_errors=0"
+    assert said[-2] == f"replayed {capture}: 2 frames, 2 captured, 3 records, errors=0, internal_errors=0"
     assert said[-1] == "records: 3 produced; jsonl written=3 to_fallback=0 lost=0"
 
 
@@ -81,3 +81,19 @@ def test_speed_paces_by_capture_time(tmp_path: Path) -> None:
     started = time.monotonic()
     run_replay(capture, options, 10.0, lambda _m: None)
     assert time.monotonic() - started < 0.1 + fast, "ten times faster than captured"
+
+
+def test_the_expiry_clock_neither_goes_back_nor_follows_one_outlier() -> None:
+    from otus_ebpf.replay import JUMP_NS, ExpiryClock  # noqa: PLC0415
+
+    clock = ExpiryClock()
+    for ts in (100, 200, 150, 300):
+        clock.see(ts)
+    assert (clock.now, clock.stamped_back) == (300, 1)
+    clock.see(300 + 365 * 86_400 * 10**9)  # one frame stamped a year ahead
+    clock.see(400)
+    assert (clock.now, clock.stamped_ahead) == (400, 1), "not believed: the next frame disagreed"
+    gap = 400 + 2 * JUMP_NS  # a real gap in the capture: the frames after it agree
+    clock.see(gap)
+    clock.see(gap + 10)
+    assert clock.now == gap + 10 and clock.stamped_ahead == 1

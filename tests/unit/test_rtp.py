@@ -102,7 +102,7 @@ def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None
     dlsr = 65536 // 10                                          # held 100 ms by the peer
     block = struct.pack("!IIIIII", SSRC, (25 << 24) | 3, 9, 80, lsr, dlsr)
     report_packet = struct.pack("!BBHI", 0x81, 201, 7, 0xBEEF) + block
-    (report,) = tracker.rtcp(report_packet, wall_ns)
+    (report,) = tracker.rtcp(report_packet, wall_ns, "call-1")
     assert report.homer_json()["report_blocks"] == [{
         "source_ssrc": SSRC, "fraction_lost": 25, "packets_lost": 3, "highest_seq_no": 9, "ia_jitter": 80,
         "lsr": lsr, "dlsr": dlsr}]
@@ -115,9 +115,13 @@ def test_rtcp_receiver_report_gives_the_peers_view_and_round_trip_time() -> None
 
 def test_a_broken_rtcp_compound_and_junk_rtp_are_counted() -> None:
     tracker = MediaTracker()
-    assert tracker.rtcp(struct.pack("!BBHI", 0x80, 201, 9, 1), 0) == []  # says 40 bytes, has 8
+    (cut,) = tracker.rtcp(struct.pack("!BBHI", 0x80, 201, 9, 1), 0, "call-1")  # says 40 bytes, has 8
+    assert (cut.ssrc, cut.blocks) == (1, ()), "what is whole of it: its SSRC, no block"
+    assert tracker.rtcp(struct.pack("!BBH", 0x80, 201, 0) + bytes([0x81, 202, 0, 1]), 0, "call-1") == []
+    assert tracker.rtcp(b"\x40" + bytes(7), 0, "call-1") == []  # version 1
     tracker.rtp(FLOW, b"\x00" * 20, 0, 20, "call-1", OFFER, NO_ORIGIN)
-    assert (tracker.stats.rtcp, tracker.stats.rtcp_errors, tracker.stats.not_rtp) == (1, 1, 1)
+    assert (tracker.stats.rtcp, tracker.stats.rtcp_cut, tracker.stats.rtcp_errors, tracker.stats.not_rtp) == \
+        (3, 1, 2, 1), "an RR of 4 bytes (no SSRC) and version 1 are broken"
     assert len(tracker.streams) == 0
 
 
@@ -140,6 +144,7 @@ def test_telephone_events_are_counted_apart_and_never_scored() -> None:
     play(tracker, list(range(60, 110)), pt=8)
     report = stream_of(tracker)
     assert (report["dtmf_events"], report["dtmf_packets"]) == (1, 10)
+    assert report["payload_type"] == 8, "the audio type, as the codec: not the event type sent most"
     assert (report["packets"], report["lost"]) == (110, 0)
     assert report["codec"] == "PCMA/8000" and report["jitter_ms"] == 0.0, "events do not enter the jitter"
     only_events = MediaTracker()
@@ -154,6 +159,77 @@ def test_a_report_is_due_every_interval_from_the_streams_first_packet() -> None:
     due = [n for n in range(200) if tracker.rtp(FLOW, rtp(n, n * SAMPLES), 5 * NS + n * PTIME_NS, 172,
                                                  "call-1", OFFER, NO_ORIGIN)]
     assert due == [50, 100, 150], "one a second of capture time, counted from the first packet"
+
+
+def test_a_stray_sequence_number_hides_no_loss_and_a_confirmed_restart_keeps_it() -> None:
+    """RFC 3550 A.1: a jump is believed when the next packet follows it. One stray
+    packet reset the sequence and a stream losing 10 % reported 0 %."""
+    tracker = MediaTracker()
+    seqs = [n for n in range(500) if n % 10 != 9]
+    play(tracker, seqs[:200])
+    tracker.rtp(FLOW, rtp(40_000, 0), 201 * PTIME_NS, 172, "call-1", OFFER, NO_ORIGIN)
+    play(tracker, seqs[200:])
+    report = stream_of(tracker)
+    assert (report["lost"], report["stray"], report["packets"]) == (49, 1, 450)
+    restarted = MediaTracker()
+    play(restarted, seqs[:100])  # 10 lost so far (the last, 109, shows when 110 comes)
+    play(restarted, list(range(100)), start_seq=30_000)  # the sender restarts: two in a row confirm it
+    report = stream_of(restarted)
+    assert (report["stray"], report["lost"]) == (1, 11), "a jump's first packet waits; the loss before stays"
+
+
+def test_rtcp_reports_on_an_ssrc_go_to_that_calls_stream_only() -> None:
+    """Two calls' streams with one SSRC: a receiver report on one call's flow updated
+    the other call's stream."""
+    tracker = MediaTracker()
+    for call in ("call-1", "call-2"):
+        tracker.rtp(FLOW, rtp(1, 160), 0, 172, call, OFFER, NO_ORIGIN)
+    block = struct.pack("!IIIIII", SSRC, 5, 9, 80, 0, 0)
+    tracker.rtcp(struct.pack("!BBHI", 0x81, 201, 7, 0xBEEF) + block, NS, "call-1")
+    tracker.rtcp(struct.pack("!BBHI", 0x81, 201, 7, 0xBEEF) + block, NS, None)  # after its call ended
+    peers = {s.call_id: s.peer for s in tracker.streams.values()}
+    assert peers["call-2"] is None and peers["call-1"] is not None and peers["call-1"]["cumulative_lost"] == 5
+    assert tracker.stats.without_call == 1
+
+
+def test_an_rtcp_compound_cut_by_a_snaplen_keeps_its_whole_reports() -> None:
+    sender_report = struct.pack("!BBHIQIII", 0x81, 200, 12, 0xA1, 0, 0, 10, 1600) + \
+        struct.pack("!IIIIII", SSRC, 3, 9, 80, 0, 0)
+    sdes = bytes([0x81, 202, 0, 6]) + bytes(24)
+    tracker = MediaTracker()
+    (report,) = tracker.rtcp((sender_report + sdes)[:64], NS, "call-1")  # the kernel's RTP snaplen
+    assert (report.ssrc, len(report.blocks), tracker.stats.rtcp_cut, tracker.stats.rtcp_errors) == \
+        (0xA1, 1, 1, 0)
+
+
+def test_capture_time_that_goes_back_or_jumps_gives_no_absurd_figures() -> None:
+    tracker = MediaTracker(report_interval_ns=10 * NS)
+    hour = 3600 * NS
+    start = 2 * hour
+    reports = 0
+    for n in range(3000):  # 60 s of packets; the capture clock steps back an hour after 20 s
+        arrival = start + n * PTIME_NS - (hour if n >= 1000 else 0)
+        due = tracker.rtp(FLOW, rtp(n, n * SAMPLES), arrival, 172, "call-1", OFFER, NO_ORIGIN)
+        reports += due is not None
+    report = stream_of(tracker)
+    assert report["duration_ms"] >= 0 and report["jitter_ms"] == 0.0  # type: ignore[operator]
+    assert reports == 4, "every 10 s of packets: one before the step, three after it"
+    (stream,) = tracker.streams.values()
+    far = start + 10**9 * NS  # a capture time 30 years on: one report, and the next due in one step
+    assert tracker.rtp(FLOW, rtp(3000, 3000 * SAMPLES), far, 172, "call-1", OFFER, NO_ORIGIN) is stream
+    assert 0 < stream.next_report_ns - far <= 10 * NS
+
+
+def test_the_mean_mos_follows_the_latest_reports_of_live_streams() -> None:
+    tracker = MediaTracker(report_interval_ns=NS)
+    assert tracker.mean_mos is None
+    for n in range(100):
+        stream = tracker.rtp(FLOW, rtp(n, n * SAMPLES), n * PTIME_NS, 172, "call-1", OFFER, NO_ORIGIN)
+        if stream is not None:
+            mos = tracker.report(stream)["mos"]
+    assert tracker.mean_mos == mos
+    tracker.take_call("call-1")
+    assert tracker.mean_mos is None, "its stream ended: out of the mean"
 
 
 @pytest.mark.parametrize(("loss", "jitter", "codec", "low", "high"), [
