@@ -199,6 +199,7 @@ def check_outputs(options: AttachOptions, log: Log) -> None:
         if options.kafka is not None:
             producer = make_producer(options.kafka)
             trial.callback(producer.close)
+            log(f"sending records to Kafka at {options.kafka.brokers}, {options.kafka_routing.describe()}")
         if options.hep:
             trial.callback(HepSender(options.hep, time.monotonic).close)
         for path in (trial_options.out, options.pcap, options.fallback):
