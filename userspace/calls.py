@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.errors import DecodeError
@@ -83,6 +84,12 @@ class CallStats:
     flows_forgotten: int = 0
 
 
+# A media line as the call summary shows it: a tuple while the call lives (a
+# dict per line of every live call cost ~290 bytes), a dict in the summary.
+_Described = tuple[str, str, int, str | None, int | None, bool]
+_DESCRIBED = ("media", "address", "port", "codec", "rtcp_port", "rtcp_mux")
+
+
 @dataclass(slots=True)
 class _Call:
     call_id: str
@@ -100,9 +107,10 @@ class _Call:
     answer_ns: int | None = None
     cancelled: bool = False
     endpoints: dict[Endpoint, Kind] = field(default_factory=dict)
-    media: list[dict[str, object]] = field(default_factory=list)
+    media: list[_Described] = field(default_factory=list)  # each media line, as its summary says it
     described: set[Endpoint] = field(default_factory=set)  # (address, port) of each entry in media
-    side_formats: dict[bool, Formats] = field(default_factory=dict)  # caller's side? -> its latest SDP's
+    caller_formats: Formats | None = None  # what the latest audio SDP of each side said it receives
+    callee_formats: Formats | None = None
 
 
 class CallTracker:
@@ -126,7 +134,7 @@ class CallTracker:
         # Sent to an address no SDP gave (the far end behind NAT): the payload types
         # are the receiver's (RFC 3264), so the other side's SDP, when there was one.
         call = self._calls.get(hold.call_id)
-        peer = call.side_formats.get(not hold.caller_side) if call is not None else None
+        peer = None if call is None else call.callee_formats if hold.caller_side else call.caller_formats
         return hold.call_id, peer if peer is not None else hold.formats
 
     def call_of(self, endpoint: Endpoint) -> str | None:
@@ -240,9 +248,9 @@ class CallTracker:
                 self.stats.media_over_cap += 1
                 return
             call.described.add((stream.address, stream.port))
-            call.media.append({"media": stream.media, "address": stream.address, "port": stream.port,
-                               "codec": stream.codecs[0][1] if stream.codecs else None,
-                               "rtcp_port": stream.rtcp_port, "rtcp_mux": stream.rtcp_mux})
+            codec = stream.codecs[0][1] if stream.codecs else None
+            call.media.append((stream.media, stream.address, stream.port, codec, stream.rtcp_port,
+                               stream.rtcp_mux))
         if not stream.enabled:
             return
         wanted: list[tuple[Endpoint, Kind]] = []
@@ -250,9 +258,12 @@ class CallTracker:
             wanted.append(((stream.address, stream.port), Kind.RTP))
         if not stream.rtcp_mux and stream.rtcp_port is not None and stream.rtcp_learnable:
             wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
-        formats = dict(stream.codecs)  # payload type -> codec: what this endpoint receives
+        formats = _formats(stream.codecs)  # payload type -> codec: what this endpoint receives
         if stream.media == "audio":
-            call.side_formats[caller_side] = formats
+            if caller_side:
+                call.caller_formats = formats
+            else:
+                call.callee_formats = formats
         for endpoint, kind in wanted:
             if endpoint not in call.endpoints and len(call.endpoints) >= 2 * self.limits.max_streams:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
@@ -279,10 +290,29 @@ class CallTracker:
         final_status = status if status is not None else (200 if call.answer_ns is not None else None)
         summary = CallSummary(call.call_id, call.caller, call.callee, call.from_tag, call.to_tag,
                               call.invite_ns, call.ringing_ns, call.answer_ns, end_ns, final_status, reason,
-                              cause, tuple(call.media), tuple(f.report for f in finals), call.parties,
+                              cause, tuple(dict(zip(_DESCRIBED, m, strict=True)) for m in call.media),
+                              tuple(f.report for f in finals), call.parties,
                               call.origin)
         return [*finals, summary]
 
 
 _PROBLEM_COUNTERS = {SdpProblem.UNLEARNABLE: "sdp_unlearnable", SdpProblem.BAD_PORT: "sdp_bad_ports",
                      SdpProblem.BAD_CLOCK: "sdp_bad_clock"}
+
+
+def _formats(codecs: tuple[tuple[int, str], ...]) -> Formats:
+    """The payload-type map of an SDP media line, one shared copy per distinct set:
+    calls offer the same few, and a dict per stream of every live call was the
+    largest part of a call's memory. Bounded: what hostile SDPs invent beyond it
+    is built per stream."""
+    formats = _FORMATS.get(codecs)
+    if formats is None:
+        formats = MappingProxyType(dict(codecs))
+        if len(_FORMATS) < _MAX_SHARED_FORMATS:
+            _FORMATS[codecs] = formats
+    return formats
+
+
+_FORMATS: dict[tuple[tuple[int, str], ...], Formats] = {}
+_MAX_SHARED_FORMATS = 4_096
+
