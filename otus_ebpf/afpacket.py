@@ -18,7 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from otus_ebpf.cbpf import compile_filter, filter_expression, socket_filter
+from otus_ebpf.cbpf import MediaPorts, compile_filter, filter_expression, socket_filter
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings
 from userspace.classify import Rules, classify_frame, encode_event
@@ -72,13 +72,17 @@ class AfPacketCapture:
                  capture_egress: bool, clock_offset_ns: int) -> None:
         self._settings = settings
         self._paused = False
-        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards)
+        # Learned endpoints, as the kernel's flow map would hold them; the rules see this
+        # dict itself, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
+        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        self._ports = MediaPorts()
         self._ingress, self._egress = capture_ingress, capture_egress
         self._clock_offset_ns = clock_offset_ns
         self._snaplen = settings.snaplen
         self.stats = PacketStats()
         self.lost = 0
+        self.filter_failures = 0  # socket filter swaps that failed (counted; the old filter stays)
         self._members: list[_Member] = []
         program = compile_filter(filter_expression(settings), settings.snaplen)
         try:
@@ -155,19 +159,18 @@ class AfPacketCapture:
         """New SIP ports, signature and networks: classification and the socket
         filter both change at once, the rings and learned media stay."""
         self._settings = settings
-        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards,
-                            dict(self._media))
-        self._attach_filter({port for _a, port, _p in self._media})
+        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        self._attach_filter()
 
     def set_paused(self, paused: bool) -> None:
         """Paused, the sockets take nothing (a filter that accepts no packet); resumed,
         the capture filter comes back. Sockets, rings and fanout stay."""
         self._paused = paused
-        self._attach_filter({port for _a, port, _p in self._media})
+        self._attach_filter()
 
-    def _attach_filter(self, media_ports: set[int]) -> None:
+    def _attach_filter(self) -> None:
         program = [_ACCEPT_NOTHING] if self._paused else \
-            compile_filter(filter_expression(self._settings, media_ports), self._snaplen)
+            compile_filter(filter_expression(self._settings, self._ports.ranges), self._snaplen)
         fprog, _keep = socket_filter(program)
         for member in self._members:
             member.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
@@ -177,17 +180,19 @@ class AfPacketCapture:
         """Learned RTP/RTCP endpoints (raw address, port, protocol[, kind, shard]):
         classify them like the kernel's flow map does, and let them through
         the socket filter; the new filter replaces the old one atomically."""
-        ports_before = {port for _a, port, _p in self._media}
         for address, port, proto, kind, shard in learn:
+            if (address, port, proto) not in self._media:
+                self._ports.learn(port)
             self._media[address, port, proto] = (kind, shard)
         for key in forget:
-            self._media.pop(key, None)
-        rules = self._rules
-        self._rules = Rules(rules.sip_ports, rules.signature, rules.shards, dict(self._media))
-        ports = {port for _a, port, _p in self._media}
-        if ports == ports_before:
-            return
-        self._attach_filter(ports)
+            if self._media.pop(key, None) is not None:
+                self._ports.forget(key[1])
+        if not self._ports.update():
+            return  # the same filter: nothing to compile
+        try:
+            self._attach_filter()
+        except (OSError, SetupError):
+            self.filter_failures += 1  # the filter in force stays; the new endpoints' media may be missed
 
     def read_stats(self) -> PacketStats:
         """Cumulative kernel figures; PACKET_STATISTICS resets on every read."""

@@ -194,7 +194,8 @@ class _AfPacket:
 
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
-        return [f"afpacket packets={stats.packets} drops={stats.drops}"]
+        return [f"afpacket packets={stats.packets} drops={stats.drops} "
+                f"filter_failures={self._capture.filter_failures}"]
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._capture.set_filters(after)
@@ -204,7 +205,8 @@ class _AfPacket:
 
     def counters(self) -> dict[str, dict[str, int]]:
         stats = self._capture.read_stats()
-        return {"afpacket": {"packets": stats.packets, "drops": stats.drops}}
+        return {"afpacket": {"packets": stats.packets, "drops": stats.drops,
+                             "filter_failures": self._capture.filter_failures}}
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
