@@ -3,15 +3,17 @@ change at run time, with no recompile and no detach."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from otus_ebpf.bpfsys import UpdateFlag, map_delete, map_update
+from otus_ebpf.bpfsys import UpdateFlag, map_delete, map_is_empty, map_update
 from otus_ebpf.flows import FlowTableFull
 from otus_ebpf.kernel_abi import (
+    CONFIG,
     Address,
     ConfigFlag,
     Network,
@@ -61,30 +63,38 @@ def _leaf(bcc_table: Any, raw: bytes) -> Any:
 
 
 class KernelMaps:
-    """Owns the user-space view of the filter state it wrote, so that the
-    config flags always agree with what the tries hold."""
+    """Writes the filter state. The maps are the truth, not a copy kept here:
+    `otus-ebpf filter` changes them from outside, and a pause, a resume or a
+    reload must not undo what an operator did. So a flag is changed by
+    reading the config, changing that bit and writing it back, and a network
+    trie's flag follows whether the trie holds anything."""
 
     def __init__(self, bpf: Any) -> None:
         self._bpf = bpf
-        self._flags = ConfigFlag(0)
-        self._sip_snaplen = 0
-        self._media_snaplen = 0
-        self._networks: dict[tuple[str, int], set[Network]] = {key: set() for key in _TRIES}
 
     def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int) -> None:
-        self._flags = (self._flags | ConfigFlag.SIGNATURE) if signature else \
-            (self._flags & ~ConfigFlag.SIGNATURE)
-        self._sip_snaplen, self._media_snaplen = sip_snaplen, media_snaplen
-        self._write_config()
+        flags, _sip, _media = self._read_config()
+        flags = (flags | ConfigFlag.SIGNATURE) if signature else (flags & ~ConfigFlag.SIGNATURE)
+        self._write_config(flags, sip_snaplen, media_snaplen)
 
-    def _write_config(self) -> None:
+    def _read_config(self) -> tuple[ConfigFlag, int, int]:
         config = table(self._bpf, CONFIG_MAP)
-        config[ctypes.c_int(0)] = _leaf(config, pack_config(self._flags, self._sip_snaplen,
-                                                            self._media_snaplen))
+        raw = bytes(config[ctypes.c_int(0)])
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        return ConfigFlag(flags), sip_snaplen, media_snaplen
+
+    def _write_config(self, flags: ConfigFlag, sip_snaplen: int, media_snaplen: int) -> None:
+        config = table(self._bpf, CONFIG_MAP)
+        config[ctypes.c_int(0)] = _leaf(config, pack_config(flags, sip_snaplen, media_snaplen))
+
+    def _set_flag(self, flag: ConfigFlag, on: bool) -> None:
+        flags, sip_snaplen, media_snaplen = self._read_config()
+        self._write_config((flags | flag) if on else (flags & ~flag), sip_snaplen, media_snaplen)
 
     def apply_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         """Move the running filters from ``before`` to ``after``: ports, the
-        signature flag, include/exclude networks (snaplens need a reload)."""
+        signature flag, include/exclude networks (snaplens need a reload).
+        Only what differs is written: an operator's own changes stay."""
         self.set_sip_ports(set(before.sip_ports) - set(after.sip_ports), enabled=False)
         self.set_sip_ports(set(after.sip_ports) - set(before.sip_ports))
         for which in ("include", "exclude"):
@@ -93,14 +103,13 @@ class KernelMaps:
                 self.add_network(which, network)
             for network in old - new:
                 self.remove_network(which, network)
-        self.configure(signature=after.signature, sip_snaplen=self._sip_snaplen,
-                       media_snaplen=self._media_snaplen)
+        if before.signature != after.signature:
+            self._set_flag(ConfigFlag.SIGNATURE, after.signature)
 
     def set_paused(self, paused: bool) -> None:
         """Paused, the programs count every packet as filtered and send nothing up;
         nothing is detached, and learned flows and filters stay as they are."""
-        self._flags = (self._flags | ConfigFlag.PAUSED) if paused else (self._flags & ~ConfigFlag.PAUSED)
-        self._write_config()
+        self._set_flag(ConfigFlag.PAUSED, paused)
 
     def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
         ports_map = table(self._bpf, SIP_PORTS_MAP)
@@ -112,20 +121,14 @@ class KernelMaps:
         slot = (which, network.version)
         trie = table(self._bpf, _TRIES[slot])
         trie[_key(trie, pack_lpm_key(network))] = ctypes.c_uint8(1)
-        self._networks[slot].add(network)
-        self._flags |= TRIE_FLAGS[slot]
-        self._write_config()
+        self._set_flag(TRIE_FLAGS[slot], True)
 
     def remove_network(self, which: str, network: Network) -> None:
         slot = (which, network.version)
-        if network not in self._networks[slot]:
-            return
         trie = table(self._bpf, _TRIES[slot])
-        del trie[_key(trie, pack_lpm_key(network))]
-        self._networks[slot].discard(network)
-        if not self._networks[slot]:
-            self._flags &= ~TRIE_FLAGS[slot]
-        self._write_config()
+        with contextlib.suppress(KeyError):  # an operator removed it already
+            del trie[_key(trie, pack_lpm_key(network))]
+        self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False) -> None:
         """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.

@@ -172,3 +172,37 @@ tasks:
     assert len({r["call_id"] for r in calls}) == CALLS and all(r["dport"] == 5060 or r["sport"] == 5060
                                                                 for r in calls)
     assert sorted(r["call_id"] for r in other) == sorted(f"other-{n}" for n in range(LOOPBACK_MESSAGES))
+
+
+def test_an_operators_filter_changes_survive_pause_resume_and_reload(lab: Lab, tmp_path: Path) -> None:
+    """`otus-ebpf filter` writes the maps from outside; the agent kept its own copy of the
+    flags and wrote it back on pause, resume and reload, undoing the operator's change."""
+    sock = str(tmp_path / "control.sock")
+    path = tmp_path / "otus.yaml"
+
+    def write_config(ports: str) -> None:
+        path.write_text(f"""
+metrics: {{listen: "off"}}
+control: {{socket: {sock}}}
+tasks:
+  - {{name: edge, interfaces: [{lab.uas_if}], workers: 1, filter: {{sip_ports: {ports}}},
+     outputs: {{jsonl: {{path: {tmp_path}/edge.jsonl}}}}}}
+""")
+
+    write_config("[5060]")
+    daemon = Background([str(AGENT), "daemon", "-c", str(path)], tmp_path / "daemon.log", netns=lab.uas_ns)
+    try:
+        daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
+        cli(lab, "filter", lab.uas_if, "--signature", "on", "--add-exclude", "192.0.2.0/24",
+            "--add-sip-port", "5080")
+        cli(lab, "task", "pause", "edge", "--socket", sock)
+        cli(lab, "task", "resume", "edge", "--socket", sock)
+        write_config("[5060, 5062]")  # the reload changes the ports the file names, and only those
+        daemon.send_signal(signal.SIGHUP)
+        daemon.wait_for_output("reconfigured ['edge']", START_TIMEOUT_S)
+        shown = cli(lab, "filter", lab.uas_if).splitlines()
+    finally:
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+    assert shown[:4] == ["sip ports  5060 5062 5080", "signature  on", "include    -",
+                         "exclude    192.0.2.0/24"], shown
+    assert shown[5] == "capture    running"
