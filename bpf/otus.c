@@ -24,6 +24,12 @@
 #ifndef OTUS_SNAPLEN
 #define OTUS_SNAPLEN 2048
 #endif
+#ifndef OTUS_DATA_LEN
+#define OTUS_DATA_LEN 2048 /* a power of two >= OTUS_SNAPLEN */
+#endif
+#if OTUS_DATA_LEN < OTUS_SNAPLEN || (OTUS_DATA_LEN & (OTUS_DATA_LEN - 1))
+#error "OTUS_DATA_LEN must be a power of two >= OTUS_SNAPLEN"
+#endif
 #ifndef OTUS_RING_PAGES
 #define OTUS_RING_PAGES 1024
 #endif
@@ -57,7 +63,7 @@
 
 struct otus_sample {
 	struct otus_event hdr;
-	__u8 data[OTUS_SNAPLEN];
+	__u8 data[OTUS_DATA_LEN];
 };
 
 struct otus_parsed {
@@ -472,6 +478,9 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 	if (flow) {
 		m->kind = flow->kind;
 		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
+		/* The worker that learned it, also when one ring feeds them all. */
+		m->flow_hash = flow->shard;
+		p->flags |= OTUS_FLAG_OWNED;
 		m->snaplen = p->payload_offset + cfg->media_snaplen;
 		/* RTCP is read whole: a report and the SDES that must follow it are
 		 * past any RTP snaplen, and there are a few a second per stream. */
@@ -487,6 +496,151 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 		return OTUS_CTR_MATCHED_SIP_SIGNATURE;
 	}
 	return OTUS_CTR_NO_MATCH;
+}
+
+/* Call-ID routing (docs/SHARDING.md): a SIP datagram goes to the shard
+ * its Call-ID hashes to, so every message of a dialog meets in one worker
+ * whatever the addresses. A byte-at-a-time state machine over the copy in
+ * the sample, bounded: the header line "Call-ID:" or "i:" (any case, no
+ * blanks before the colon), at most OTUS_CALLID_BLANKS blanks, and the value
+ * up to CR, LF, SP or HT, or OTUS_CALLID_HASHED bytes, must all lie within
+ * the first OTUS_CALLID_SCAN payload bytes and the captured ones. The value
+ * is hashed with FNV-1a. userspace/sharding.py mirrors it exactly.
+ *
+ * For the verifier, everything the loop carries (state, count, hash) lives
+ * in the sample, not in registers: every path through a step then ends in
+ * the same register state, and the verifier prunes instead of walking each
+ * path to the end of the loop. */
+#define OTUS_CALLID_SCAN 384
+#define OTUS_CALLID_HASHED 128
+#define OTUS_CALLID_BLANKS 8
+#define OTUS_FNV_OFFSET 2166136261u
+#define OTUS_FNV_PRIME 16777619u
+/* "call-id:" as a little-endian word, and the bits that fold its letters' case */
+#define OTUS_CALLID_NAME 0x3a64692d6c6c6163ULL
+#define OTUS_CALLID_NAME_CASE 0x0020200020202020ULL
+
+enum {
+	OTUS_SCAN_LINE,    /* in a header line: waiting for LF */
+	OTUS_SCAN_START,   /* just after LF: a blank line, "i" or "c" */
+	OTUS_SCAN_COMPACT, /* after "i": ':' or another header */
+	OTUS_SCAN_NAME,    /* count bytes of "call-id:" matched */
+	OTUS_SCAN_BLANKS,  /* after the colon: count blanks */
+	OTUS_SCAN_VALUE,   /* count value bytes hashed */
+	OTUS_SCAN_FOUND,
+	OTUS_SCAN_NONE,
+};
+
+struct otus_scan {
+	__u32 state;
+	__u32 count;
+	__u32 hash;
+	__u32 start;
+	__u32 end;
+};
+
+BPF_PERCPU_ARRAY(callid_scan, struct otus_scan, 1);
+
+static __always_inline void scan_step(volatile struct otus_scan *sc, __u32 c)
+{
+	__u32 state = sc->state;
+
+	if (state == OTUS_SCAN_LINE) {
+		if (c == '\n')
+			sc->state = OTUS_SCAN_START;
+	} else if (state == OTUS_SCAN_START) {
+		if (c == '\r' || c == '\n')
+			sc->state = OTUS_SCAN_NONE; /* the blank line: no Call-ID in the header */
+		else if ((c | 0x20) == 'i')
+			sc->state = OTUS_SCAN_COMPACT;
+		else if ((c | 0x20) == 'c') {
+			sc->state = OTUS_SCAN_NAME;
+			sc->count = 1;
+		} else
+			sc->state = OTUS_SCAN_LINE;
+	} else if (state == OTUS_SCAN_COMPACT || state == OTUS_SCAN_NAME) {
+		__u32 n = sc->count & 7;
+		__u32 expected = state == OTUS_SCAN_COMPACT ? ':' : (OTUS_CALLID_NAME >> (n * 8)) & 0xff;
+		__u32 fold = state == OTUS_SCAN_COMPACT ? 0 : (OTUS_CALLID_NAME_CASE >> (n * 8)) & 0xff;
+
+		if ((c | fold) != expected) {
+			sc->state = c == '\n' ? OTUS_SCAN_START : OTUS_SCAN_LINE;
+		} else if (state == OTUS_SCAN_COMPACT || n == 7) {
+			sc->state = OTUS_SCAN_BLANKS;
+			sc->count = 0;
+		} else {
+			sc->count = n + 1;
+		}
+	} else if (state == OTUS_SCAN_BLANKS) {
+		if (c == ' ' || c == '\t') {
+			sc->count += 1;
+			if (sc->count > OTUS_CALLID_BLANKS)
+				sc->state = OTUS_SCAN_NONE;
+		} else if (c == '\r' || c == '\n') {
+			sc->state = OTUS_SCAN_NONE; /* an empty value */
+		} else {
+			sc->hash = (OTUS_FNV_OFFSET ^ c) * OTUS_FNV_PRIME;
+			sc->count = 1;
+			sc->state = OTUS_SCAN_VALUE;
+		}
+	} else if (state == OTUS_SCAN_VALUE) {
+		if (c == '\r' || c == '\n' || c == ' ' || c == '\t') {
+			sc->state = OTUS_SCAN_FOUND;
+		} else {
+			sc->hash = (sc->hash ^ c) * OTUS_FNV_PRIME;
+			sc->count += 1;
+			if (sc->count >= OTUS_CALLID_HASHED)
+				sc->state = OTUS_SCAN_FOUND;
+		}
+	}
+}
+
+/* 1 and the hash when the datagram names its Call-ID within the bounds; 0
+ * when it does not, or when the bounds cut its value (a partial value would
+ * hash to the wrong owner). */
+static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u32 end, __u32 *hash)
+{
+	__u32 zero = 0;
+	/* volatile: the compiler would otherwise carry the fields in registers */
+	volatile struct otus_scan *sc = callid_scan.lookup(&zero);
+
+	if (!sc)
+		return 0;
+	sc->state = OTUS_SCAN_LINE;
+	sc->count = 0;
+	sc->hash = 0;
+	sc->start = start;
+	sc->end = end;
+#pragma clang loop unroll(disable)
+	for (__u32 k = 0; k < OTUS_CALLID_SCAN; k++) {
+		__u32 i = sc->start + k;
+
+		/* Not break: with one way out of the loop the verifier's work stays
+		 * within its limit for every shard count (a step here costs ~2 ns). */
+		if (i >= sc->end || sc->state >= OTUS_SCAN_FOUND)
+			continue;
+		scan_step(sc, s->data[i & (OTUS_DATA_LEN - 1)]);
+	}
+	if (sc->state != OTUS_SCAN_FOUND)
+		return 0;
+	*hash = sc->hash;
+	return 1;
+}
+
+/* A whole SIP datagram goes to its Call-ID's shard; fragments and TCP stay on
+ * their conversation's, and user space hands their messages over. */
+static __always_inline void route_by_call_id(struct otus_sample *s, struct otus_parsed *p,
+					     struct otus_match *m, __u32 cap_len)
+{
+	__u32 hash;
+
+	if (m->kind != OTUS_KIND_SIP || p->l4_proto != IPPROTO_UDP)
+		return;
+	if (!call_id_hash(s, p->payload_offset, cap_len, &hash))
+		return;
+	m->flow_hash = hash;
+	m->shard = hash % OTUS_SHARDS;
+	p->flags |= OTUS_FLAG_OWNED;
 }
 
 /* Bounds the copy for the verifier (u64 and a constant cap: ENVIRONMENT.md). */
@@ -612,6 +766,7 @@ int xdp_ingress(struct xdp_md *ctx)
 		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
 		return XDP_PASS;
 	}
+	route_by_call_id(s, &p, &m, cap_len);
 	fill_header(s, &p, &m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
 	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m.shard);
 	return XDP_PASS;
@@ -644,6 +799,7 @@ int tc_egress(struct __sk_buff *skb)
 		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
 		return TC_ACT_UNSPEC;
 	}
+	route_by_call_id(s, &p, &m, cap_len);
 	fill_header(s, &p, &m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
 	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m.shard);
 	return TC_ACT_UNSPEC;

@@ -21,12 +21,18 @@
 #define OTUS_KIND_RTP 2
 #define OTUS_KIND_RTCP 3
 #define OTUS_KIND_FRAGMENT 4
+/* never from the kernel: a SIP message one worker framed (TCP, fragments)
+ * and handed to the worker that owns its Call-ID (userspace.sharding) */
+#define OTUS_KIND_HANDOFF 5
 
 /* enum otus_flag: bits of otus_event.flags */
 #define OTUS_FLAG_FRAGMENT 1
 #define OTUS_FLAG_IPV6 2
 #define OTUS_FLAG_SIGNATURE 4
 #define OTUS_FLAG_VLAN 8
+/* flow_hash names the owner: the Call-ID's hash (SIP over UDP) or the
+ * worker that learned the endpoint (media); see docs/SHARDING.md */
+#define OTUS_FLAG_OWNED 16
 
 /* enum otus_counter: per-CPU array index = direction * OTUS_CTR_MAX + counter.
  * Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
@@ -62,7 +68,7 @@ struct otus_event {
 	__u32 ifindex;
 	__u32 orig_len;       /* frame length on the wire */
 	__u32 cap_len;        /* packet bytes that follow this header */
-	__u32 flow_hash;      /* symmetric 5-tuple hash; addresses + IP id for fragments */
+	__u32 flow_hash;      /* symmetric 5-tuple hash; addresses + IP id for fragments; OWNED: the owner */
 	__u16 l3_offset;      /* from the start of the frame */
 	__u16 l4_offset;      /* 0 for a non-first fragment */
 	__u16 payload_offset; /* 0 for a non-first fragment */

@@ -121,6 +121,8 @@ def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
     flags = [
         f"-I{bpf_source_dir()}",
         f"-DOTUS_SNAPLEN={settings.snaplen}",
+        # the sample's buffer, a power of two so that a mask bounds every read for the verifier
+        f"-DOTUS_DATA_LEN={1 << (settings.snaplen - 1).bit_length()}",
         f"-DOTUS_RING_PAGES={settings.ring_pages}",
         f"-DOTUS_SHARDS={settings.shards}",
         f"-DOTUS_MAX_FLOWS={settings.max_flows}",

@@ -45,7 +45,7 @@ from otus_ebpf.wiring import (
 )
 from otus_ebpf.workers import WorkersCapture, workers_stats_line
 from userspace.boundary import Boundary
-from userspace.pipeline import Pipeline
+from userspace.pipeline import Pipeline, Route
 from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
 
@@ -54,6 +54,7 @@ STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 _EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 
 CaptureOpener = Callable[..., Capture]
+HandOffSink = Callable[[list[tuple[int, bytes]]], None]
 
 
 def strict_mode() -> bool:
@@ -109,11 +110,15 @@ class Task:
     PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
 
     def __init__(self, name: str, options: AttachOptions, log: Log,
-                 capture_opener: CaptureOpener | None = None, worker: bool = False) -> None:
+                 capture_opener: CaptureOpener | None = None, worker: bool = False,
+                 route: Route | None = None, hand_off: HandOffSink | None = None) -> None:
         """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side.
         ``worker``: this is a worker process's task (otus_ebpf.workers): its parent did the interface
-        checks and the attaching, and says when capture begins."""
+        checks and the attaching, and says when capture begins. ``route`` and ``hand_off``: SIP is
+        sharded by Call-ID over workers; messages another worker owns go to ``hand_off``."""
         self._worker = worker
+        self._route = route
+        self._hand_off = hand_off
         self.name = name
         self.options = options
         self.state = TaskState.NEW
@@ -197,7 +202,7 @@ class Task:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
         o = self.options
         self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls,
-                                 self.boundary)
+                                 self.boundary, self._route)
 
     def _init(self) -> None:
         self._stack.callback(self._log_accounts)  # the very last word, once the outputs are closed
@@ -336,6 +341,13 @@ class Task:
             if self.frames.wanted:
                 self._guarded("frames", self.frames.write, self.pipeline.take_frames(), records)
         self._apply_flows()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        assert self.pipeline is not None
+        handoffs = self.pipeline.take_handoffs()
+        if handoffs and self._hand_off is not None:
+            self._guarded("handoff", self._hand_off, handoffs)
 
     def _apply_flows(self) -> None:
         assert self.pipeline is not None

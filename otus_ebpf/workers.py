@@ -22,6 +22,7 @@ import ctypes
 import dataclasses
 import multiprocessing
 import os
+import queue
 import signal
 import struct
 import sys
@@ -49,6 +50,8 @@ from userspace.reassembly import ReassemblyStats
 from userspace.reporters.kafka import KafkaStats
 
 REPORT_INTERVAL_S = 0.5
+HANDOFF_WAIT_MS = 10  # a worker looks for hand-offs at least this often, its ring busy or not
+HANDOFF_QUEUE = 1024  # batches waiting for one worker's pipe before more are dropped (counted)
 DISPATCH_BATCH = 4096  # events a worker takes from its pipe before it processes them
 SendFlows = Callable[[list[FlowEvent]], None]
 # Where the kernel's symmetric flow hash sits in an event record (userspace.event).
@@ -104,27 +107,40 @@ class _WorkerCapture:
 
 
 class _ShardCapture(_WorkerCapture):
-    """Binding: the worker reads its own shard's ring."""
+    """Binding: the worker reads its own shard's ring, and the messages other
+    workers framed for Call-IDs it owns (hand-offs, through the parent)."""
 
     def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
-                 on_stop: OnStop, send_flows: SendFlows) -> None:
+                 handoffs: Connection, on_stop: OnStop, send_flows: SendFlows) -> None:
         super().__init__(programs, shard, send_flows)
         self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
+        self._handoffs = handoffs
         self.description = f"shard {shard}"
-        stack.callback(lambda: on_stop(self._reader.drain()))
+        stack.callback(lambda: on_stop(self._reader.drain() + _take_all(handoffs)))
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        batch = self._reader.poll(timeout_ms)
+        batch = self._reader.poll(min(timeout_ms, HANDOFF_WAIT_MS)) + _take_all(self._handoffs)
         self.lost = self._reader.lost
         return batch
+
+
+def _take_all(connection: Connection) -> list[bytes]:
+    """Whatever batches the pipe holds now, without waiting."""
+    batch: list[bytes] = []
+    with contextlib.suppress(EOFError, OSError):
+        while connection.poll(0):
+            batch += connection.recv()
+    return batch
 
 
 class _PipeCapture(_WorkerCapture):
     """Dispatch: the worker takes the batches the task's reader sends it."""
 
-    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, events: Connection,
+    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, index: int, events: Connection,
                  on_stop: OnStop, send_flows: SendFlows) -> None:
-        super().__init__(programs, 0, send_flows)  # one ring: learned media comes back to the dispatcher
+        # One ring: the kernel copies the owner (this worker) into each media event
+        # of a flow learned here, and the dispatcher hands it back.
+        super().__init__(programs, index, send_flows)
         self._events = events
         self.description = "events from the dispatcher"
         stack.callback(lambda: on_stop(self._take(wait=0.0, everything=True)))
@@ -143,7 +159,7 @@ class _PipeCapture(_WorkerCapture):
 
 
 def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
-                 control: Connection, reports: Connection, events: Connection | None,
+                 control: Connection, reports: Connection, events: Connection, dispatched: bool,
                  inherited: list[Connection], parent: int) -> None:
     """The body of a worker process (forked: it shares the loaded programs)."""
     from otus_ebpf.task import Task, TaskState  # noqa: PLC0415 - the task module imports this one
@@ -163,13 +179,18 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
     def send_flows(changes: list[FlowEvent]) -> None:
         send(("flows", index, changes))
 
+    def hand_off(handoffs: list[tuple[int, bytes]]) -> None:
+        send(("handoff", index, handoffs))
+
     def opener(stack: contextlib.ExitStack, _options: CaptureOptions, _interfaces: dict[int, str],
                _offset: int, on_stop: OnStop, _log: Any) -> _WorkerCapture:
-        if events is not None:
-            return _PipeCapture(stack, programs, events, on_stop, send_flows)
-        return _ShardCapture(stack, programs, index, on_stop, send_flows)
+        if dispatched:
+            return _PipeCapture(stack, programs, index, events, on_stop, send_flows)
+        return _ShardCapture(stack, programs, index, events, on_stop, send_flows)
 
-    task = Task(f"{task_name}/w{index}", options, log, opener, worker=True)
+    workers = options.kernel.shards
+    task = Task(f"{task_name}/w{index}", options, log, opener, worker=True,
+                route=(index, workers) if workers > 1 else None, hand_off=hand_off)
     task.recent = deque(maxlen=16)
     task.periodic_stats = False
 
@@ -236,7 +257,7 @@ class _Worker:
     process: Any
     control: Connection
     reports: Connection
-    events: Connection | None = None  # dispatch mode: batches of events to the worker
+    events: Connection  # batches of events: hand-offs, and in dispatch mode everything
     latest: dict[str, Any] | None = None
     final: bool = False
     failed: str | None = None
@@ -244,8 +265,10 @@ class _Worker:
     restart_at: float | None = None
     started: float = 0.0         # monotonic
 
+    sending: threading.Lock = dataclasses.field(default_factory=threading.Lock)  # one writer of events
+
     def connections(self) -> list[Connection]:
-        return [c for c in (self.control, self.reports, self.events) if c is not None]
+        return [self.control, self.reports, self.events]
 
 
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -284,6 +307,7 @@ class WorkersCapture:
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
         self._flows = SharedFlows()  # the workers' endpoints; this process writes the flow map
         self._flow_writes: list[FlowEvent] = []
+        self._handoffs = _HandOffs(self._send_handoffs, count)
         stack.callback(self._stop_workers)
         for index in range(count):
             self._workers.append(self._spawn(index))
@@ -296,17 +320,17 @@ class WorkersCapture:
     def _spawn(self, index: int) -> _Worker:
         control_here, control_there = self._context.Pipe()
         reports_here, reports_there = self._context.Pipe(duplex=False)  # (receiving end, sending end)
-        events_there, events_here = self._context.Pipe(duplex=False) if self._dispatching else (None, None)
+        events_there, events_here = self._context.Pipe(duplex=False)
         inherited = [c for w in self._workers if w.index != index for c in w.connections()]
-        inherited += [c for c in (control_here, reports_here, events_here) if c is not None]
+        inherited += [control_here, reports_here, events_here]
         process = self._context.Process(
             target=_worker_main, name=f"otus-worker-{index}",
             args=(index, self._task_name, worker_options(self._task_options, index, self._label),
-                  self._programs, control_there, reports_there, events_there, inherited, os.getpid()))
+                  self._programs, control_there, reports_there, events_there, self._dispatching, inherited,
+                  os.getpid()))
         process.start()
         for end in (control_there, reports_there, events_there):
-            if end is not None:
-                end.close()
+            end.close()
         return _Worker(index, process, control_here, reports_here, events_here, started=time.monotonic())
 
     # -- figures from the workers ---------------------------------------------------
@@ -342,13 +366,27 @@ class WorkersCapture:
         for worker, share in zip(workers, shares, strict=True):
             if not share:
                 continue
-            if worker.events is None or worker.failed is not None:
+            if worker.failed is not None:
                 self.dispatch_dropped += len(share)  # its worker is down until its restart
                 continue
             try:
-                worker.events.send(share)
+                with worker.sending:
+                    worker.events.send(share)
             except OSError:
                 self.dispatch_dropped += len(share)
+
+    def _send_handoffs(self, owner: int, batch: list[bytes]) -> bool:
+        """In a forwarding thread: a batch of hand-offs down the owner's pipe. The
+        owner's loop never waits on this process, so this wait ends."""
+        worker = self._workers[owner]
+        if worker.failed is not None:
+            return False
+        try:
+            with worker.sending:
+                worker.events.send(batch)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def _collect(self, timeout: float) -> None:
         ready = wait([w.reports for w in self._workers if not w.final and w.failed is None], timeout)
@@ -362,6 +400,8 @@ class WorkersCapture:
                         self._died(worker, str(payload))
                     elif kind == "flows":
                         self._flow_writes += self._flows.apply(worker.index, payload)
+                    elif kind == "handoff":
+                        self._handoffs.forward(payload)
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -428,6 +468,7 @@ class WorkersCapture:
         found = {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
         if self._reader is not None:
             found["dispatch"] = {"dropped": self.dispatch_dropped}
+        found["handoff"] = {"forwarded": self._handoffs.forwarded, "dropped": self._handoffs.dropped}
         return found
 
     def workers_up(self) -> dict[str, bool]:
@@ -459,7 +500,63 @@ class WorkersCapture:
                 worker.process.join()
             for connection in worker.connections():
                 connection.close()
+        self._handoffs.close()
         self._on_stopped()
+
+
+class _HandOffs:
+    """Forwards messages one worker framed to the worker that owns their Call-ID:
+    a queue and a thread per owner, so that the parent's loop never blocks on a
+    worker's pipe (a worker blocked sending to the parent while the parent is
+    blocked sending to it would be a deadlock). A full queue drops, counted."""
+
+    def __init__(self, send: Callable[[int, list[bytes]], bool], workers: int) -> None:
+        self._send = send
+        self._queues: list[queue.Queue[list[bytes] | None]] = [
+            queue.Queue(HANDOFF_QUEUE) for _ in range(workers)]
+        self._counting = threading.Lock()  # the loop's thread and the forwarders count
+        self._threads = [threading.Thread(target=self._run, args=(owner,), name=f"otus-handoff-{owner}",
+                                          daemon=True) for owner in range(workers)]
+        self.forwarded = 0
+        self.dropped = 0
+        for thread in self._threads:
+            thread.start()
+
+    def forward(self, handoffs: list[tuple[int, bytes]]) -> None:
+        by_owner: dict[int, list[bytes]] = {}
+        for owner, raw in handoffs:
+            by_owner.setdefault(owner, []).append(raw)
+        for owner, batch in by_owner.items():
+            try:
+                self._queues[owner].put_nowait(batch)
+            except (queue.Full, IndexError):
+                self._count(dropped=len(batch))
+
+    def _count(self, forwarded: int = 0, dropped: int = 0) -> None:
+        with self._counting:
+            self.forwarded += forwarded
+            self.dropped += dropped
+
+    def _run(self, owner: int) -> None:
+        while (batch := self._queues[owner].get()) is not None:
+            if self._send(owner, batch):
+                self._count(forwarded=len(batch))
+            else:
+                self._count(dropped=len(batch))
+
+    def close(self) -> None:
+        """After the workers stopped: what is still queued has no one to go to."""
+        for pending in self._queues:
+            while True:
+                try:
+                    batch = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if batch is not None:
+                    self._count(dropped=len(batch))
+            pending.put(None)
+        for thread in self._threads:
+            thread.join(STOP_GRACE_S)
 
 
 def merge_samples(base: TaskSample, payloads: list[dict[str, Any]],

@@ -36,7 +36,7 @@ apt_install() {
 
 install_packages() {
     apt_install python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc \
-        iproute2 sip-tester tshark tcpdump tmux vagrant ca-certificates
+        iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates
 }
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}.

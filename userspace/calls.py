@@ -113,6 +113,50 @@ class _Call:
     callee_formats: Formats | None = None
 
 
+_Parked = tuple[SipRecord, int, int]  # (record, now_ns, shard)
+EARLY_WINDOW_NS = 2 * NS   # how long a response may wait for its INVITE
+EARLY_MAX = 4_096          # responses waiting at once, over all Call-IDs
+
+
+class _EarlyResponses:
+    """INVITE responses seen before their INVITE. With workers, an INVITE that came
+    in fragments or over TCP is framed by another worker and handed over, and its
+    100/180/200, sent as single datagrams straight to this worker, can be read
+    first; they wait here a moment for it. Bounded in number and in age (oldest
+    first out), so unanswered traffic cannot grow it."""
+
+    def __init__(self) -> None:
+        self._waiting: OrderedDict[str, list[_Parked]] = OrderedDict()
+        self._count = 0
+        self.dropped = 0
+
+    def park(self, call_id: str, parked: _Parked, now_ns: int) -> None:
+        self._drop_stale(now_ns)
+        if self._count >= EARLY_MAX:
+            self._drop_oldest()
+        self._waiting.setdefault(call_id, []).append(parked)
+        self._count += 1
+
+    def take(self, call_id: str) -> list[_Parked]:
+        if not self._waiting:
+            return []
+        parked = self._waiting.pop(call_id, [])
+        self._count -= len(parked)
+        return parked
+
+    def _drop_stale(self, now_ns: int) -> None:
+        while self._waiting:
+            oldest = next(iter(self._waiting.values()))
+            if now_ns - oldest[0][1] <= EARLY_WINDOW_NS:
+                return
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _call_id, parked = self._waiting.popitem(last=False)
+        self._count -= len(parked)
+        self.dropped += len(parked)
+
+
 class CallTracker:
     def __init__(self, limits: CallLimits | None = None, media: MediaTracker | None = None) -> None:
         self.limits = limits or CallLimits()
@@ -122,6 +166,7 @@ class CallTracker:
                                            report_interval_ns=int(self.limits.rtp_report_interval_s * NS))
         self.endpoints = EndpointRegistry()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
+        self._early = _EarlyResponses()
 
     def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
         """The call a media packet belongs to now (EndpointRegistry.flow_owner) and the
@@ -157,8 +202,14 @@ class CallTracker:
         call = self._calls.get(m.call_id)
         if call is None:
             if not (m.is_request and m.method == "INVITE"):
-                return flows, summaries  # mid-call pickup: nothing to time
+                if m.cseq_method == "INVITE" and not m.is_request:
+                    self._early.park(m.call_id, (record, now_ns, shard), now_ns)
+                return flows, summaries  # mid-call pickup, or a response ahead of its INVITE
             call = self._start(record, now_ns, shard, flows, summaries)
+            for early, early_ns, early_shard in self._early.take(m.call_id):
+                more_flows, more = self.observe(early, early_ns, early_shard)
+                flows += more_flows
+                summaries += more
         else:
             self._calls.move_to_end(m.call_id)
         call.last_seen, call.last_wall_ns = now_ns, record.ts_ns

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from userspace.event import EVENT_HEADER, Direction, Flag, Kind
+from userspace.sharding import call_id_hash
 
 _VLAN_TPIDS = (0x8100, 0x88A8)
 _IPV6_EXTENSIONS = {0, 43, 60, 51}  # hop-by-hop, routing, destination options, AH
@@ -175,15 +176,26 @@ def classify_frame(frame: bytes, rules: Rules) -> Classified | None:
         return Classified(Kind.FRAGMENT, p.flags, shard, flow_hash, p.l3, p.l4, p.payload, p.proto)
     flow_hash = mix32(fold ^ (p.sport ^ p.dport) ^ (p.proto << 16))
     if p.sport in rules.sip_ports or p.dport in rules.sip_ports:
-        return Classified(Kind.SIP, p.flags, shard, flow_hash, p.l3, p.l4, p.payload, p.proto)
+        return _sip(frame, p, p.flags, shard, flow_hash, rules.shards)
     media = rules.media.get((p.dst, p.dport, p.proto)) or rules.media.get((p.src, p.sport, p.proto))
-    if media is not None:
+    if media is not None:  # the owner, the worker that learned it, in flow_hash
         kind, media_shard = media
-        return Classified(kind, p.flags, media_shard, flow_hash, p.l3, p.l4, p.payload, p.proto)
+        ring = media_shard if media_shard < rules.shards else 0
+        return Classified(kind, p.flags | Flag.OWNED, ring, media_shard, p.l3, p.l4,
+                          p.payload, p.proto)
     if rules.signature and p.proto == _UDP and frame[p.payload:p.payload + 8].startswith(SIGNATURES):
-        return Classified(Kind.SIP, p.flags | Flag.SIGNATURE, shard, flow_hash, p.l3, p.l4, p.payload,
-                          p.proto)
+        return _sip(frame, p, p.flags | Flag.SIGNATURE, shard, flow_hash, rules.shards)
     return None
+
+
+def _sip(frame: bytes, p: _Parsed, flags: Flag, shard: int, flow_hash: int, shards: int) -> Classified:
+    """A whole UDP datagram goes to the shard of its Call-ID (route_by_call_id in the kernel)."""
+    if p.proto == _UDP:
+        call_hash = call_id_hash(frame[p.payload:])
+        if call_hash is not None:
+            return Classified(Kind.SIP, flags | Flag.OWNED, call_hash % shards, call_hash, p.l3, p.l4,
+                              p.payload, p.proto)
+    return Classified(Kind.SIP, flags, shard, flow_hash, p.l3, p.l4, p.payload, p.proto)
 
 
 def encode_event(frame: bytes, c: Classified, direction: Direction, ts_ns: int, ifindex: int,

@@ -24,6 +24,7 @@ class Kind(IntEnum):
     RTP = 2
     RTCP = 3
     FRAGMENT = 4
+    HANDOFF = 5  # user space only: a framed SIP message for its Call-ID's owner
 
 
 class Flag(IntFlag):
@@ -31,6 +32,7 @@ class Flag(IntFlag):
     IPV6 = 2
     SIGNATURE = 4
     VLAN = 8
+    OWNED = 16  # flow_hash names the owner: Call-ID hash (SIP) or learning worker (media)
 
 
 class Counter(IntEnum):

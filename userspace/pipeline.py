@@ -18,11 +18,12 @@ from userspace.calls import CallLimits, CallTracker
 from userspace.decode import IPProto, Packet, decode_datagram, decode_frame, vlan_ids
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
-from userspace.event import Event, Kind, decode_event
+from userspace.event import Direction, Event, Flag, Kind, decode_event
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.reporters.pcap import Frame
 from userspace.rtcp import is_rtcp
+from userspace.sharding import HandOff, decode_handoff, handoff_record, owner_of
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
 
@@ -40,6 +41,8 @@ class PipelineStats:
     sip_errors: int = 0
     sip_defects: int = 0  # messages parsed with a counted defect
     records: int = 0
+    handed_off: int = 0   # messages framed here whose Call-ID another worker owns
+    handed_in: int = 0    # messages another worker framed for a Call-ID this one owns
     # SIP messages by method (known ones, else "other") or status class ("2xx"):
     # bounded, so hostile methods cannot grow it (or a metric's label set).
     sip_messages: dict[str, int] = field(default_factory=dict)
@@ -57,8 +60,11 @@ class Pipeline:
 
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
                  reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None,
-                 calls: CallLimits | None = None, boundary: Boundary | None = None) -> None:
-        """``boundary``: where bugs are counted; strict (they raise) unless given."""
+                 calls: CallLimits | None = None, boundary: Boundary | None = None,
+                 route: Route | None = None) -> None:
+        """``boundary``: where bugs are counted; strict (they raise) unless given.
+        ``route``: (this worker, workers) when SIP is sharded by Call-ID over worker
+        processes: a message another worker owns is handed over (take_handoffs)."""
         self._interface_names = interface_names
         self.boundary = boundary or Boundary()
         self._clock_offset_ns = clock_offset_ns
@@ -70,6 +76,8 @@ class Pipeline:
         self.keep_frames = False  # for a pcap output: every event's frame, as captured
         self._frames: list[Frame] = []
         self._origins: dict[tuple[int, tuple[int, ...]], Origin] = {}
+        self._route = route
+        self._handoffs: list[tuple[int, bytes]] = []
 
     def process(self, raw_events: Iterable[bytes]) -> list[Record]:
         records: list[Record] = []
@@ -100,6 +108,9 @@ class Pipeline:
             frame = Frame(event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len,
                           self._interface_names.get(event.ifindex, str(event.ifindex)), event.direction)
             self._frames.append(frame)
+        if event.kind == Kind.HANDOFF:
+            self._handed_in(event.frame, records)
+            return
         if event.kind in _MEDIA_KINDS:
             stats.media += 1
             call_id = self._media(event, records)
@@ -156,6 +167,11 @@ class Pipeline:
         """(wall-clock ns, frame, original length) of every event since the last call."""
         frames, self._frames = self._frames, []
         return frames
+
+    def take_handoffs(self) -> list[tuple[int, bytes]]:
+        """(owner worker, ring record of kind HANDOFF) of each message framed here for another worker."""
+        handoffs, self._handoffs = self._handoffs, []
+        return handoffs
 
     def take_flow_events(self) -> list[FlowEvent]:
         """Media flows to learn or forget since the last call, in order."""
@@ -218,6 +234,33 @@ class Pipeline:
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record]) -> None:
+        vlans = _vlans(event.frame)
+        route = self._route
+        if route is not None and not event.flags & Flag.OWNED:  # the kernel could not route it
+            owner = owner_of(data, route[1])
+            if owner is not None and owner != route[0]:
+                self._handoffs.append((owner, handoff_record(HandOff(
+                    event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+                    packet.dst, packet.dport, fragments, vlans, data))))
+                self.stats.handed_off += 1
+                return
+        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+                  packet.dst, packet.dport, fragments, event.shard, vlans, data, records)
+
+    def _handed_in(self, raw: bytes, records: list[Record]) -> None:
+        try:
+            h = decode_handoff(raw)
+        except (DecodeError, UnicodeDecodeError, ValueError):
+            self.stats.event_errors += 1
+            return
+        self.stats.handed_in += 1
+        shard = self._route[0] if self._route is not None else 0
+        self._sip(h.ts_ns, h.ifindex, Direction(h.direction), IPProto(h.transport), h.src, h.sport, h.dst,
+                  h.dport, h.fragments, shard, h.vlans, h.message, records)
+
+    def _sip(self, ts_ns: int, ifindex: int, direction: Direction, transport: IPProto, src: str, sport: int,
+             dst: str, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
+             records: list[Record]) -> None:
         try:
             message = parse_message(data)
         except DecodeError:
@@ -229,16 +272,11 @@ class Pipeline:
         by_kind[kind] = by_kind.get(kind, 0) + 1
         if message.defects:
             self.stats.sip_defects += 1
-        record = SipRecord(
-            event.ts_ns + self._clock_offset_ns,
-            self._interface_names.get(event.ifindex, str(event.ifindex)),
-            event.direction, packet.transport,
-            packet.src, packet.sport, packet.dst, packet.dport, message, fragments, event.shard,
-            _vlans(event.frame),
-        )
+        record = SipRecord(ts_ns + self._clock_offset_ns, self._interface_names.get(ifindex, str(ifindex)),
+                           direction, transport, src, sport, dst, dport, message, fragments, shard, vlans)
         records.append(record)
         try:
-            flows, summaries = self.calls.observe(record, event.ts_ns, event.shard)
+            flows, summaries = self.calls.observe(record, ts_ns, shard)
         except Exception as exc:  # a bug in call tracking loses no SIP record, nor the rest of a segment
             self.boundary.failed("calls", exc, data[:_EXAMPLE_BYTES], refine=True)
             return
@@ -246,6 +284,7 @@ class Pipeline:
         records += summaries
 
 
+Route = tuple[int, int]  # (this worker, workers)
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 7)}
 _EXAMPLE_BYTES = 512  # of the input that hit a bug, for its one log line
 _KNOWN_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",

@@ -35,6 +35,7 @@ from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.classify import mix32
 from userspace.event import Counter, Flag, Kind
+from userspace.sharding import call_id_hash
 
 V6 = 0x86DD
 RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
@@ -79,21 +80,37 @@ def test_sip_on_its_port_is_copied_whole(kernel: KernelHarness, hook: Hook) -> N
     assert (event.kind, event.direction, event.l4_proto) == (Kind.SIP, hook.direction, UDP)
     assert (event.l3_offset, event.l4_offset, event.payload_offset) == (14, 34, 42)
     assert event.frame == frame and event.cap_len == event.orig_len == len(frame)
-    assert event.flags == Flag(0)
-    assert event.shard == expected_shard("10.1.0.1", "10.1.0.2")
+    # Routed by its Call-ID: the hash in flow_hash, the shard from it.
+    call_hash = call_id_hash(INVITE)
+    assert call_hash is not None
+    assert event.flags == Flag.OWNED
+    assert (event.flow_hash, event.shard) == (call_hash, call_hash % SHARDS)
 
 
-def test_both_directions_share_flow_hash_and_shard(kernel: KernelHarness, hook: Hook) -> None:
+def test_both_directions_of_a_dialog_share_flow_hash_and_shard(kernel: KernelHarness, hook: Hook) -> None:
     there = run(kernel, ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")), hook)
     back = run(kernel, ethernet(ipv4(udp(OK_200, 5060, 5070), src="10.1.0.2", dst="10.1.0.1")), hook)
     assert there.event.flow_hash == back.event.flow_hash
     assert there.event.shard == back.event.shard
 
 
-def test_conversations_spread_over_the_shards(kernel: KernelHarness, hook: Hook) -> None:
+def test_a_trunk_between_two_hosts_spreads_over_the_shards_by_call_id(kernel: KernelHarness,
+                                                                      hook: Hook) -> None:
+    """The SBC-to-core case: one address pair, many dialogs."""
+    shards = []
+    for n in range(64):
+        message = INVITE.replace(b"a84b4c76e66710", f"trunk-{n}".encode())
+        event = run(kernel, ethernet(ipv4(udp(message), src="10.2.0.1", dst="10.9.9.9")), hook).event
+        assert event.flags & Flag.OWNED
+        shards.append(event.shard)
+    assert all(shards.count(shard) >= 16 for shard in range(SHARDS)), shards
+
+
+def test_sip_without_a_call_id_goes_by_its_conversation(kernel: KernelHarness, hook: Hook) -> None:
     shards = set()
+    no_call_id = INVITE.replace(b"Call-ID", b"X-Nope")
     for host in range(1, 40):
-        frame = ethernet(ipv4(udp(INVITE), src=f"10.2.0.{host}", dst="10.9.9.9"))
+        frame = ethernet(ipv4(udp(no_call_id), src=f"10.2.0.{host}", dst="10.9.9.9"))
         event = run(kernel, frame, hook).event
         assert event.shard == expected_shard(f"10.2.0.{host}", "10.9.9.9")
         shards.add(event.shard)
@@ -144,7 +161,8 @@ def test_ipv4_fragments_first_and_rest(kernel: KernelHarness, hook: Hook) -> Non
     first = ethernet(ipv4(datagram[:256], src="10.3.0.1", dst="10.3.0.2", frag=0x2000))
     middle = ethernet(ipv4(datagram[256:512], src="10.3.0.1", dst="10.3.0.2", frag=0x2000 | 32))
     last = ethernet(ipv4(datagram[512:], src="10.3.0.1", dst="10.3.0.2", frag=64))
-    whole = ethernet(ipv4(udp(OK_200, 5060, 5060), src="10.3.0.2", dst="10.3.0.1"))
+    # SIP over TCP between the same hosts: not routed by Call-ID, it goes by its conversation.
+    whole = ethernet(ipv4(tcp(OK_200, 5060, 5060), src="10.3.0.2", dst="10.3.0.1", proto=TCP))
     events = []
     for frame in (first, middle, last):
         result = run(kernel, frame, hook)
@@ -153,6 +171,7 @@ def test_ipv4_fragments_first_and_rest(kernel: KernelHarness, hook: Hook) -> Non
     assert all(e.kind == Kind.FRAGMENT and e.flags & Flag.FRAGMENT for e in events)
     assert events[0].l4_offset == 34 and events[1].l4_offset == events[2].l4_offset == 0
     assert len({e.flow_hash for e in events}) == 1, "all fragments hash alike"
+    assert not any(e.flags & Flag.OWNED for e in events), "a fragment's Call-ID is user space's to find"
     assert len({e.shard for e in events} | {run(kernel, whole, hook).event.shard}) == 1, \
         "fragments meet the rest of their conversation"
 

@@ -48,6 +48,31 @@ FRAMES = {
     "other": ethernet(ipv4(udp(b"hello", 4000, 4001))),
     "arp": ethernet(b"\0" * 28, ethertype=0x0806),
 }
+
+
+def _sip_with(header: bytes, pad: int = 0, body: bytes = b"") -> bytes:
+    """An OPTIONS whose Call-ID line is ``header``, after ``pad`` bytes of other headers."""
+    padding = b"X-Pad: " + b"p" * (pad - 9) + b"\r\n" if pad else b""
+    message = (b"OPTIONS sip:b@10.1.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.0.1\r\n" + padding + header
+               + b"\r\nCSeq: 1 OPTIONS\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return ethernet(ipv4(udp(message, 5070, 5060), src="10.1.0.1", dst="10.1.0.2"))
+
+
+# The kernel's Call-ID scan and userspace.sharding must agree on every edge.
+FRAMES |= {
+    "callid-compact": _sip_with(b"i: abc@host"),
+    "callid-lower": _sip_with(b"call-id:abc@host"),
+    "callid-8-blanks": _sip_with(b"Call-ID:" + b" " * 8 + b"abc"),
+    "callid-9-blanks": _sip_with(b"Call-ID:" + b" " * 9 + b"abc"),
+    "callid-blank-before-colon": _sip_with(b"Call-ID : abc"),
+    "callid-empty": _sip_with(b"Call-ID: "),
+    "callid-long-value": _sip_with(b"Call-ID: " + b"v" * 300),
+    "callid-past-the-scan": _sip_with(b"Call-ID: abc", pad=400),
+    "callid-cut-by-the-scan": _sip_with(b"Call-ID: " + b"w" * 60, pad=290),
+    "callid-only-in-body": _sip_with(b"X-No: 1", body=b"\r\nCall-ID: inbody\r\n"),
+    "callid-lf-only": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\nI:lf@x\n\n", 5070, 5060))),
+    "callid-at-end-of-frame": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\r\ni: end", 5070, 5060))),
+}
 MEDIA = Endpoint(ipaddress.ip_address("10.4.0.2"), 40000)
 
 

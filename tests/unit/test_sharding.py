@@ -1,0 +1,93 @@
+"""Call-ID routing in user space: the owner of a message, the hand-off between
+workers, and INVITE responses that arrive ahead of their INVITE."""
+
+from __future__ import annotations
+
+from tests.support.frames import ethernet, ipv4, ring_record, tcp
+from tests.support.sip_samples import INVITE, OK_200
+from userspace.calls import EARLY_MAX, CallTracker
+from userspace.decode import IPProto
+from userspace.event import Direction
+from userspace.pipeline import Pipeline
+from userspace.records import CallSummary, SipRecord
+from userspace.sharding import HandOff, call_id_hash, decode_handoff, encode_handoff, fnv1a, owner_of
+from userspace.sip import parse_message
+
+TCP_PROTO = 6
+
+
+def test_the_hash_is_fnv1a_of_the_value_whatever_the_header_form() -> None:
+    forms = [b"Call-ID: abc@h", b"call-id:abc@h", b"i: abc@h", b"I:\tabc@h", b"CALL-ID:  abc@h ;x"]
+    for form in forms:
+        assert call_id_hash(b"BYE sip:x SIP/2.0\r\n" + form + b"\r\n\r\n") == fnv1a(b"abc@h"), form
+
+
+def test_no_owner_without_a_whole_call_id_in_the_header() -> None:
+    for payload in (b"BYE sip:x SIP/2.0\r\nTo: a\r\n\r\nCall-ID: body\r\n",   # only in the body
+                    b"BYE sip:x SIP/2.0\r\nCall-ID : abc\r\n\r\n",           # a blank before the colon
+                    b"BYE sip:x SIP/2.0\r\nCall-ID: \r\n\r\n",               # empty
+                    b"BYE sip:x SIP/2.0\r\nCall-ID: abc"):                   # cut short
+        assert call_id_hash(payload) is None and owner_of(payload, 2) is None, payload
+
+
+def test_a_dialogs_messages_have_one_owner_and_dialogs_spread() -> None:
+    assert owner_of(INVITE, 2) == owner_of(OK_200, 2) is not None
+    owners = [owner_of(INVITE.replace(b"a84b4c76e66710", f"c{n}".encode()), 2) for n in range(200)]
+    assert 70 <= owners.count(0) <= 130, owners.count(0)
+
+
+def test_a_handoff_round_trips() -> None:
+    h = HandOff(123, 4, 1, 6, "fd00::1", 5060, "10.0.0.2", 40000, 3, (100, 200), INVITE)
+    assert decode_handoff(encode_handoff(h)) == h
+
+
+def _tcp_record(message: bytes, seq: int) -> bytes:
+    segment = tcp(message, 40000, 5060, seq=seq)
+    frame = ethernet(ipv4(segment, proto=TCP_PROTO, src="10.0.0.1", dst="10.0.0.2"))
+    return ring_record(frame, Direction.INGRESS)
+
+
+def test_a_message_framed_by_the_wrong_worker_is_handed_to_its_owner() -> None:
+    owner = owner_of(INVITE, 2)
+    assert owner is not None
+    framer = Pipeline({2: "eth0"}, 0, route=(1 - owner, 2))
+    receiver = Pipeline({2: "eth0"}, 0, route=(owner, 2))
+    assert framer.process([_tcp_record(INVITE, 1)]) == []
+    handoffs = framer.take_handoffs()
+    assert [o for o, _ in handoffs] == [owner] and framer.stats.handed_off == 1
+    records = receiver.process([handoffs[0][1]])  # as the parent forwards it
+    sip = [r for r in records if isinstance(r, SipRecord)]
+    assert len(sip) == 1 and receiver.stats.handed_in == 1
+    record = sip[0]
+    assert (record.transport, record.src, record.dport) == (IPProto.TCP, "10.0.0.1", 5060)
+    assert record.shard == owner
+    assert sip[0].message.call_id == parse_message(INVITE).call_id
+    assert len(receiver.calls) == 1
+
+
+
+def test_responses_ahead_of_their_invite_wait_for_it() -> None:
+    tracker = CallTracker()
+    records = [_record(OK_200.replace(b"200 OK", b"180 Ringing"), 2), _record(OK_200, 3)]
+    for record in records:
+        assert tracker.observe(record, record.ts_ns, 0) == ([], [])
+    tracker.observe(_record(INVITE, 1), 1, 0)
+    bye = _record(INVITE.replace(b"INVITE sip", b"BYE sip").replace(b"CSeq: 314159 INVITE",
+                                                                      b"CSeq: 314160 BYE"), 4)
+    _flows, ended = tracker.observe(bye, 4, 0)
+    summary = next(r for r in ended if isinstance(r, CallSummary))
+    assert (summary.invite_ns, summary.ringing_ns, summary.answer_ns) == (1, 2, 3)
+
+
+def test_the_early_queue_is_bounded() -> None:
+    tracker = CallTracker()
+    for n in range(EARLY_MAX + 100):
+        record = _record(OK_200.replace(b"a84b4c76e66710", f"orphan-{n}".encode()), n)
+        tracker.observe(record, n, 0)
+    assert tracker._early._count == EARLY_MAX
+    assert tracker._early.dropped == 100
+
+
+def _record(message: bytes, ts: int) -> SipRecord:
+    return SipRecord(ts, "eth0", Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060,
+                     parse_message(message))

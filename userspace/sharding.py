@@ -1,0 +1,132 @@
+"""Which worker owns a SIP message: the one its Call-ID hashes to.
+
+Every message of a dialog, and the dialog's media, must meet in one worker
+(docs/SHARDING.md). The kernel routes a whole SIP datagram by its Call-ID
+(``call_id_hash`` in bpf/otus.c) and marks it ``Flag.OWNED``; what it
+cannot route — SIP over TCP, fragmented datagrams, a Call-ID past its scan —
+lands on its conversation's worker, which frames the message and, when the
+Call-ID belongs to another worker, hands it over (``HandOff``).
+
+``call_id_hash`` here is the kernel's scan, byte for byte: the same header
+forms, the same bounds, the same hash, so a message routed by either side
+reaches the same owner.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from userspace.errors import Truncated
+from userspace.event import EVENT_HEADER, Kind
+
+CALL_ID_SCAN = 384      # payload bytes the kernel looks through (OTUS_CALLID_SCAN)
+CALL_ID_HASHED = 128    # value bytes hashed at most (OTUS_CALLID_HASHED)
+CALL_ID_BLANKS = 8      # blanks allowed after the colon (OTUS_CALLID_BLANKS)
+_FNV_OFFSET = 2166136261
+_FNV_PRIME = 16777619
+# A header line named Call-ID or i (any case), its colon right after the name.
+_CALL_ID_LINE = re.compile(rb"\n(?:call-id|i):", re.IGNORECASE)
+_BLANKS = b" \t"
+_VALUE_END = re.compile(rb"[\r\n \t]")
+
+
+def fnv1a(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def call_id_hash(payload: bytes) -> int | None:
+    """The hash the kernel gives this SIP payload, or None where it gives none:
+    no Call-ID line before the blank line, more than 8 blanks, an empty value,
+    or a value the first 384 bytes (or the payload) cut short of 128 bytes."""
+    window = payload[:CALL_ID_SCAN]
+    header_end = _header_end(window)
+    match = _CALL_ID_LINE.search(window, 0, header_end)
+    if match is None:
+        return None
+    start = match.end()
+    value = start
+    while value < len(window) and window[value] in _BLANKS:
+        value += 1
+        if value - start > CALL_ID_BLANKS:
+            return None
+    end = _VALUE_END.search(window, value, value + CALL_ID_HASHED)
+    if end is not None:
+        stop = end.start()
+    elif len(window) - value >= CALL_ID_HASHED:
+        stop = value + CALL_ID_HASHED
+    else:
+        return None  # cut: the rest of the value is past what was looked at
+    return fnv1a(window[value:stop]) if stop > value else None
+
+
+def _header_end(window: bytes) -> int:
+    """Where a Call-ID line can no longer start: the first LF followed by CR or LF.
+    The line match includes that LF, so the search ends just after it."""
+    ends = [i for i in (window.find(b"\n\r"), window.find(b"\n\n")) if i >= 0]
+    return min(ends) + 1 if ends else len(window)
+
+
+def owner_of(payload: bytes, workers: int) -> int | None:
+    """The worker that owns this message, or None when its Call-ID cannot be told
+    (it then stays where it is)."""
+    h = call_id_hash(payload)
+    return None if h is None else h % workers
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """A SIP message framed in one worker, for the worker that owns its Call-ID:
+    what the record needs of the packets it came in, and the message."""
+
+    ts_ns: int
+    ifindex: int
+    direction: int
+    transport: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    fragments: int
+    vlans: tuple[int, ...]
+    message: bytes
+
+
+_HANDOFF = struct.Struct("=QIBBHHHBBB")  # ts, ifindex, direction, transport, ports, fragments, lengths
+
+
+def encode_handoff(h: HandOff) -> bytes:
+    src, dst = h.src.encode(), h.dst.encode()
+    vlans = struct.pack(f"={len(h.vlans)}H", *h.vlans)
+    return _HANDOFF.pack(h.ts_ns, h.ifindex, h.direction, h.transport, h.sport, h.dport,
+                         min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans)) \
+        + src + dst + vlans + h.message
+
+
+def handoff_record(h: HandOff) -> bytes:
+    """The hand-off as a ring record of kind HANDOFF, so that it travels and is read
+    like any event (its frame is the encoded hand-off)."""
+    body = encode_handoff(h)
+    return EVENT_HEADER.pack(h.ts_ns, h.ifindex, len(body), len(body), 0, 0, 0, 0, h.direction, Kind.HANDOFF,
+                             h.transport, 0, 0) + body
+
+
+def decode_handoff(raw: bytes) -> HandOff:
+    if len(raw) < _HANDOFF.size:
+        raise Truncated("handoff", 0, f"{len(raw)} bytes")
+    ts_ns, ifindex, direction, transport, sport, dport, fragments, n_src, n_dst, n_vlans = \
+        _HANDOFF.unpack_from(raw)
+    at = _HANDOFF.size
+    if len(raw) < at + n_src + n_dst + 2 * n_vlans:
+        raise Truncated("handoff", at, "addresses")
+    src = raw[at:at + n_src].decode()
+    at += n_src
+    dst = raw[at:at + n_dst].decode()
+    at += n_dst
+    vlans = struct.unpack_from(f"={n_vlans}H", raw, at)
+    at += 2 * n_vlans
+    return HandOff(ts_ns, ifindex, direction, transport, src, sport, dst, dport, fragments, vlans, raw[at:])
