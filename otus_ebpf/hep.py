@@ -48,7 +48,7 @@ def parse_collector(text: str) -> HepCollector:
             transport, rest = candidate, text[len(candidate.value) + 1:]
     host, sep, port = rest.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise SetupError(f"--hep {text!r}: expected [udp:|tcp:]HOST:PORT")
     return HepCollector(transport, host, int(port))
 

@@ -25,7 +25,7 @@ IN_CI = os.environ.get("CI") == "true"
 # instead, in this process and in every agent a test starts (they inherit it).
 # The tests that prove a boundary turn it off for themselves.
 os.environ["OTUS_STRICT"] = "1"
-INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump", "tmux", "vagrant")
+INTEGRATION_TOOLS = ("ip", "sipp", "tshark", "tcpdump", "tcpreplay", "tmux", "vagrant")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -217,3 +217,14 @@ def test_tcp_reconnects_after_the_collector_goes_away(listener: socket.socket) -
         assert tail.endswith(b"c" * 10) and collector.stats.reconnects == 1
     finally:
         collector.close()
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1:9060²", "10.0.0.1:٩٠٦٠", "10.0.0.1:", "10.0.0.1:0",
+                                  "10.0.0.1:65536", ":9060", "udp:host"])
+def test_a_bad_collector_is_a_one_line_error(text: str) -> None:
+    with pytest.raises(SetupError, match="expected \\[udp:\\|tcp:\\]HOST:PORT"):
+        parse_collector(text)
+
+
+def test_a_collector_names_transport_host_and_port() -> None:
+    assert parse_collector("tcp:[fd00::1]:9060") == HepCollector(HepTransport.TCP, "fd00::1", 9060)
