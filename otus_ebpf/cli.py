@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from otus_ebpf import __version__, cli_daemon, install
 from otus_ebpf.agent import AttachOptions, log, require_root, resolve_interface, run_attach
@@ -63,22 +64,24 @@ from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 from userspace.reporters.pcap import PcapFormat
 
+T = TypeVar("T", int, float)
+
 
 def whole(bound: Bound) -> Callable[[str], int]:
     """An argparse type: a whole number in ``bound``, ASCII digits only."""
-    def parse(text: str) -> int:
-        try:
-            return parse_int(text, bound)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return parse
+    return _argument_type(parse_int, bound)
 
 
 def real(bound: Bound) -> Callable[[str], float]:
     """An argparse type: a finite number in ``bound``."""
-    def parse(text: str) -> float:
+    return _argument_type(parse_float, bound)
+
+
+def _argument_type(parse_in: Callable[[str, Bound], T], bound: Bound) -> Callable[[str], T]:
+    """The parser's ValueError as argparse's one-line error."""
+    def parse(text: str) -> T:
         try:
-            return parse_float(text, bound)
+            return parse_in(text, bound)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse

@@ -15,7 +15,6 @@ import dataclasses
 import ipaddress
 import os
 import socket
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -42,6 +41,7 @@ from otus_ebpf.bounds import (
 )
 from otus_ebpf.capture import CaptureDirection, CaptureMode
 from otus_ebpf.errors import SetupError
+from otus_ebpf.files import NotRegularFile, read_bounded
 from otus_ebpf.hep import HepCollector, parse_collector
 from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.kernel_abi import Network
@@ -132,18 +132,11 @@ def read_text(path: Path) -> str:
         return ConfigInvalid([Problem(str(path), 0, "(file)", message)])
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the reader
+        data = read_bounded(path, MAX_CONFIG_BYTES)
+    except NotRegularFile:
+        raise refuse("not a regular file") from None
     except OSError as exc:
         raise refuse(f"cannot read: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise refuse("not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise refuse(f"cannot read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise refuse(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")
     try:

@@ -5,8 +5,7 @@ one-line error, not a process reading for ever."""
 
 from __future__ import annotations
 
-import os
-import stat
+from otus_ebpf.files import NotRegularFile, read_bounded
 
 MAX_SECRET_BYTES = 64 << 10
 
@@ -14,17 +13,11 @@ MAX_SECRET_BYTES = 64 << 10
 def read_secret(path: str) -> str:
     """The file's text, stripped; ValueError with the reason otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = read_bounded(path, MAX_SECRET_BYTES)
+    except NotRegularFile:
+        raise ValueError(f"{path} is not a regular file") from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
     if len(data) > MAX_SECRET_BYTES:
         raise ValueError(f"{path} is larger than {MAX_SECRET_BYTES} bytes: not a secret")
     try:

@@ -30,6 +30,7 @@ from tests.support.procs import Background
 from tests.support.send import send_udp
 from tests.unit.test_metrics import scrape
 from userspace.classify import Rules, classify_frame
+from userspace.sharding import fnv1a
 
 START_TIMEOUT_S = 60.0
 LEARN_TIMEOUT_S = 10.0
@@ -188,6 +189,10 @@ tasks:
     check_calls(read_records(tmp_path / "media.jsonl"), per_call)
 
 
+def call_id_owner(call_id: str) -> int:
+    return fnv1a(call_id.encode()) % 2
+
+
 def on_another_shard(lab: Lab, shards: int) -> str:
     """A UAC-side address whose SIP with the UAS the kernel puts on another shard
     (so another worker) than the UAC's own address."""
@@ -210,7 +215,9 @@ def test_an_endpoint_shared_by_calls_in_two_workers(lab: Lab, tmp_path: Path, me
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
                         ["--workers", "2", "--pcap-per-call", str(per_call),
                          "--metrics", f"127.0.0.1:{metrics_port}"])
-    first, _second, steps = scenario(lab, second_caller)
+    first, second, steps = scenario(lab, second_caller)
+    # SIP goes to the worker its Call-ID hashes to: these two must differ, or this proves nothing.
+    assert call_id_owner(first.call_id) != call_id_owner(second.call_id)
     try:
         play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
         with netns.inside(lab.uas_ns):
