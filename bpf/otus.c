@@ -7,7 +7,8 @@
  * every packet is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS, OTUS_PERF); everything that
+ * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS, OTUS_PERF,
+ * OTUS_CALLID_ROUTING: only with worker processes, where it is used); everything that
  * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
  * include/exclude tries), never in this text.
  */
@@ -498,6 +499,7 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 	return OTUS_CTR_NO_MATCH;
 }
 
+#ifdef OTUS_CALLID_ROUTING
 /* Call-ID routing (docs/SHARDING.md): a SIP datagram goes to the shard
  * its Call-ID hashes to, so every message of a dialog meets in one worker
  * whatever the addresses. A byte-at-a-time state machine over the copy in
@@ -642,6 +644,7 @@ static __always_inline void route_by_call_id(struct otus_sample *s, struct otus_
 	m->shard = hash % OTUS_SHARDS;
 	p->flags |= OTUS_FLAG_OWNED;
 }
+#endif /* OTUS_CALLID_ROUTING */
 
 /* Bounds the copy for the verifier (u64 and a constant cap: ENVIRONMENT.md). */
 static __always_inline __u64 capture_length(__u64 frame_len, __u32 snaplen)
@@ -766,7 +769,9 @@ int xdp_ingress(struct xdp_md *ctx)
 		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
 		return XDP_PASS;
 	}
+#ifdef OTUS_CALLID_ROUTING
 	route_by_call_id(s, &p, &m, cap_len);
+#endif
 	fill_header(s, &p, &m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
 	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m.shard);
 	return XDP_PASS;
@@ -799,7 +804,9 @@ int tc_egress(struct __sk_buff *skb)
 		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
 		return TC_ACT_UNSPEC;
 	}
+#ifdef OTUS_CALLID_ROUTING
 	route_by_call_id(s, &p, &m, cap_len);
+#endif
 	fill_header(s, &p, &m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
 	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m.shard);
 	return TC_ACT_UNSPEC;

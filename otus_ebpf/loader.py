@@ -57,6 +57,9 @@ class KernelSettings:
     media_snaplen: int = DEFAULT_MEDIA_SNAPLEN
     ring_pages: int = DEFAULT_RING_PAGES
     shards: int = 1
+    # SIP routed by Call-ID (docs/SHARDING.md): set for worker processes, the only
+    # readers that use it; the scan costs 250-380 ns a SIP datagram in the kernel.
+    route_by_call_id: bool = False
     delivery: Delivery = Delivery.AUTO
     # Learned media endpoints the kernel holds: derived from the call limit
     # (AttachOptions.capture), never set on its own.
@@ -130,6 +133,8 @@ def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
     ]
     if delivery is Delivery.PERF:
         flags.append("-DOTUS_PERF")
+    if settings.route_by_call_id:
+        flags.append("-DOTUS_CALLID_ROUTING")
     return flags
 
 

@@ -288,7 +288,8 @@ class WorkersCapture:
         self._on_stopped = on_stopped
         count = options.kernel.shards
         dispatching = task_options.dispatch is Dispatch.DISPATCH
-        kernel = dataclasses.replace(options.kernel, shards=1) if dispatching else options.kernel
+        kernel = dataclasses.replace(options.kernel, route_by_call_id=True)
+        kernel = dataclasses.replace(kernel, shards=1) if dispatching else kernel
         programs = load_programs(kernel)
         stack.callback(programs.close)  # last: after the workers have drained their rings
         self._programs = programs

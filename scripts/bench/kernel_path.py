@@ -1,6 +1,6 @@
 """Per-packet cost of the kernel programs, measured with BPF_PROG_TEST_RUN.
 
-    sudo .venv/bin/python scripts/bench/kernel_path.py [--repeats 1000000]
+    sudo .venv/bin/python scripts/bench/kernel_path.py [--repeats 1000000] [--route-by-call-id]
 
 Each case runs the real XDP program on one crafted frame, 1M times in total,
 beside a bare `return XDP_PASS` program measured in the same run: shared
@@ -76,12 +76,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1_000_000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[74, 1400])
+    parser.add_argument("--route-by-call-id", action="store_true",
+                        help="the programs as worker processes load them: SIP routed by its Call-ID")
     args = parser.parse_args()
 
     bcc = import_bcc()
     bare = bcc.BPF(text=BARE_XDP)
     bare_fd = bare.load_func(b"bare", bcc.BPF.XDP).fd
-    programs = load_programs(KernelSettings(ring_pages=RING_PAGES))
+    programs = load_programs(KernelSettings(ring_pages=RING_PAGES, route_by_call_id=args.route_by_call_id))
     programs.maps.learn_flow(Endpoint(ipaddress.ip_address("10.0.0.2"), 40000), Kind.RTP, 0)
     reader = open_reader(programs.bpf, programs.delivery, programs.shards)
 

@@ -14,7 +14,7 @@ MEDIA_SNAPLEN = 32
 @pytest.fixture(scope="module")
 def kernel() -> Iterator[KernelHarness]:
     """The real programs, compiled once per module with two ring shards."""
-    harness = KernelHarness(KernelSettings(shards=SHARDS, media_snaplen=MEDIA_SNAPLEN))
+    harness = KernelHarness(KernelSettings(shards=SHARDS, media_snaplen=MEDIA_SNAPLEN, route_by_call_id=True))
     try:
         yield harness
     finally:
