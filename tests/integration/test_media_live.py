@@ -130,6 +130,15 @@ def metrics_port(lab: Lab) -> Iterator[int]:
     yield free_port(lab.uas_ns)
 
 
+def play_and_read(lab: Lab, steps: list[tuple[str, list[Datagram]]], first: Dialog,
+                  metrics_port: int) -> tuple[dict[str, float], set[tuple[str, str, int]]]:
+    """Play the scenario, then read the agent's gauges and what the kernel's flow map holds."""
+    play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
+    with netns.inside(lab.uas_ns):
+        after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
+    return after, flows(lab, lab.uas_if)
+
+
 def test_overlapping_calls_on_one_endpoint_live_with_attach(lab: Lab, tmp_path: Path,
                                                             metrics_port: int) -> None:
     out, per_call, pcap = tmp_path / "records.jsonl", tmp_path / "calls", tmp_path / "live.pcapng"
@@ -138,10 +147,7 @@ def test_overlapping_calls_on_one_endpoint_live_with_attach(lab: Lab, tmp_path: 
                          "--metrics", f"127.0.0.1:{metrics_port}"])
     first, _second, steps = scenario(lab)
     try:
-        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
-        with netns.inside(lab.uas_ns):
-            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
-        left = flows(lab, lab.uas_if)
+        after, left = play_and_read(lab, steps, first, metrics_port)
     finally:
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
     assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
@@ -180,9 +186,7 @@ tasks:
     first, _second, steps = scenario(lab)
     try:
         daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
-        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
-        with netns.inside(lab.uas_ns):
-            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
+        after, _left = play_and_read(lab, steps, first, metrics_port)
     finally:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
     assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
@@ -219,10 +223,7 @@ def test_an_endpoint_shared_by_calls_in_two_workers(lab: Lab, tmp_path: Path, me
     # SIP goes to the worker its Call-ID hashes to: these two must differ, or this proves nothing.
     assert call_id_owner(first.call_id) != call_id_owner(second.call_id)
     try:
-        play(lab, steps, lambda: flows(lab, lab.uas_if), ("rtp", lab.uas_v4, first.callee.media_port))
-        with netns.inside(lab.uas_ns):
-            after = gauges(scrape(f"127.0.0.1:{metrics_port}"))
-        left = flows(lab, lab.uas_if)
+        after, left = play_and_read(lab, steps, first, metrics_port)
     finally:
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
     assert after == {"otus_flows_active": 0, "otus_dialogs_active": 0, "otus_rtp_streams_active": 0}
