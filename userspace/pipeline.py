@@ -250,13 +250,13 @@ class Pipeline:
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
             h = decode_handoff(raw)
-        except (DecodeError, UnicodeDecodeError, ValueError):
+        except (DecodeError, ValueError):  # not UTF-8 addresses, too
             self.stats.event_errors += 1
             return
         self.stats.handed_in += 1
         shard = self._route[0] if self._route is not None else 0
-        self._sip(h.ts_ns, h.ifindex, Direction(h.direction), IPProto(h.transport), h.src, h.sport, h.dst,
-                  h.dport, h.fragments, shard, h.vlans, h.message, records)
+        self._sip(h.ts_ns, h.ifindex, h.direction, h.transport, h.src, h.sport, h.dst, h.dport, h.fragments,
+                  shard, h.vlans, h.message, records)
 
     def _sip(self, ts_ns: int, ifindex: int, direction: Direction, transport: IPProto, src: str, sport: int,
              dst: str, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,

@@ -18,8 +18,9 @@ import re
 import struct
 from dataclasses import dataclass
 
-from userspace.errors import Truncated
-from userspace.event import EVENT_HEADER, Kind
+from userspace.decode import IPProto
+from userspace.errors import Malformed, Truncated
+from userspace.event import EVENT_HEADER, Direction, Kind
 
 CALL_ID_SCAN = 384      # payload bytes the kernel looks through (OTUS_CALLID_SCAN)
 CALL_ID_HASHED = 128    # value bytes hashed at most (OTUS_CALLID_HASHED)
@@ -85,8 +86,8 @@ class HandOff:
 
     ts_ns: int
     ifindex: int
-    direction: int
-    transport: int
+    direction: Direction
+    transport: IPProto
     src: str
     sport: int
     dst: str
@@ -129,4 +130,10 @@ def decode_handoff(raw: bytes) -> HandOff:
     at += n_dst
     vlans = struct.unpack_from(f"={n_vlans}H", raw, at)
     at += 2 * n_vlans
-    return HandOff(ts_ns, ifindex, direction, transport, src, sport, dst, dport, fragments, vlans, raw[at:])
+    if direction > Direction.EGRESS or transport not in _TRANSPORTS:
+        raise Malformed("handoff", 12, f"direction {direction}, transport {transport}")
+    return HandOff(ts_ns, ifindex, Direction(direction), IPProto(transport), src, sport, dst, dport,
+                   fragments, vlans, raw[at:])
+
+
+_TRANSPORTS = frozenset(IPProto)

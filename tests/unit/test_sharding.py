@@ -7,10 +7,18 @@ from tests.support.frames import ethernet, ipv4, ring_record, tcp
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.calls import EARLY_MAX, CallTracker
 from userspace.decode import IPProto
-from userspace.event import Direction
+from userspace.event import EVENT_HEADER, Direction
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, SipRecord
-from userspace.sharding import HandOff, call_id_hash, decode_handoff, encode_handoff, fnv1a, owner_of
+from userspace.sharding import (
+    HandOff,
+    call_id_hash,
+    decode_handoff,
+    encode_handoff,
+    fnv1a,
+    handoff_record,
+    owner_of,
+)
 from userspace.sip import parse_message
 
 TCP_PROTO = 6
@@ -37,8 +45,26 @@ def test_a_dialogs_messages_have_one_owner_and_dialogs_spread() -> None:
 
 
 def test_a_handoff_round_trips() -> None:
-    h = HandOff(123, 4, 1, 6, "fd00::1", 5060, "10.0.0.2", 40000, 3, (100, 200), INVITE)
+    h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, "fd00::1", 5060, "10.0.0.2", 40000, 3, (100, 200),
+                INVITE)
     assert decode_handoff(encode_handoff(h)) == h
+
+
+def test_a_damaged_handoff_is_counted_not_raised() -> None:
+    good = handoff_record(HandOff(1, 2, Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060, 1,
+                                  (), INVITE))
+    header = EVENT_HEADER.size
+    def damage(offset: int, data: bytes) -> bytes:  # offsets in the hand-off's own header
+        at = header + offset
+        return good[:at] + data + good[at + len(data):]
+
+    damaged = [damage(12, b"\x07"),            # direction 7
+               damage(13, b"\x63"),            # transport 99
+               damage(23, b"\xff\xfe"),        # an address that is not UTF-8
+               good[:header + 10]]             # cut inside its header
+    pipeline = Pipeline({2: "eth0"}, 0, route=(0, 2))
+    assert pipeline.process(damaged) == []
+    assert pipeline.stats.event_errors == len(damaged) and pipeline.stats.handed_in == 0
 
 
 def _tcp_record(message: bytes, seq: int) -> bytes:
