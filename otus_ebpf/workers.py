@@ -380,7 +380,7 @@ class WorkersCapture:
         """In a forwarding thread: a batch of hand-offs down the owner's pipe. The
         owner's loop never waits on this process, so this wait ends."""
         worker = self._workers[owner]
-        if worker.failed is not None:
+        if worker.failed is not None or worker.final:  # a finished worker reads no more: counted, not sent
             return False
         try:
             with worker.sending:
