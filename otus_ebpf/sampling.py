@@ -63,6 +63,7 @@ def _pipeline(sample: TaskSample, task: Task) -> None:
     calls = pipeline.calls
     for outcome in ("calls", "ended", "expired", "evicted"):
         sample.count("otus_calls_total", getattr(calls.stats, outcome), outcome=outcome)
+    sample.count("otus_early_responses_dropped_total", calls.early_dropped)
     for problem in ("sdp_errors", "sdp_unlearnable", "sdp_bad_ports", "sdp_bad_clock", "media_over_cap"):
         sample.count("otus_sdp_problems_total", getattr(calls.stats, problem), problem=problem)
     media = calls.media.stats

@@ -97,6 +97,7 @@ class _Call:
     callee: str
     shard: int
     invite_ns: int
+    invite_cseq: int
     parties: Parties
     origin: Origin
     last_seen: int = 0
@@ -113,38 +114,50 @@ class _Call:
     callee_formats: Formats | None = None
 
 
-_Parked = tuple[SipRecord, int, int]  # (record, now_ns, shard)
-EARLY_WINDOW_NS = 2 * NS   # how long a response may wait for its INVITE
-EARLY_MAX = 4_096          # responses waiting at once, over all Call-IDs
+_Parked = tuple[SipRecord, int, int, int]  # (record, now_ns, shard, bytes held)
+EARLY_WINDOW_NS = 2 * NS       # how long a response may wait for its INVITE
+EARLY_MAX = 4_096              # responses waiting at once, over all Call-IDs
+EARLY_MAX_BYTES = 8 << 20      # and the bytes they hold (a 183 may carry a large body)
 
 
 class _EarlyResponses:
     """INVITE responses seen before their INVITE. With workers, an INVITE that came
     in fragments or over TCP is framed by another worker and handed over, and its
     100/180/200, sent as single datagrams straight to this worker, can be read
-    first; they wait here a moment for it. Bounded in number and in age (oldest
-    first out), so unanswered traffic cannot grow it."""
+    first; they wait here a moment for the INVITE of their CSeq. Bounded in
+    number, bytes and age (oldest first out, counted in ``dropped``), so
+    unanswered traffic cannot grow it."""
 
     def __init__(self) -> None:
         self._waiting: OrderedDict[str, list[_Parked]] = OrderedDict()
         self._count = 0
+        self._bytes = 0
         self.dropped = 0
 
-    def park(self, call_id: str, parked: _Parked, now_ns: int) -> None:
-        self._drop_stale(now_ns)
-        if self._count >= EARLY_MAX:
+    def park(self, record: SipRecord, now_ns: int, shard: int) -> None:
+        self.expire(now_ns)
+        m = record.message
+        held = max(m.size, len(m.source))
+        while self._waiting and (self._count >= EARLY_MAX or self._bytes + held > EARLY_MAX_BYTES):
             self._drop_oldest()
-        self._waiting.setdefault(call_id, []).append(parked)
+        if held > EARLY_MAX_BYTES:
+            self.dropped += 1
+            return
+        self._waiting.setdefault(m.call_id, []).append((record, now_ns, shard, held))
         self._count += 1
+        self._bytes += held
 
-    def take(self, call_id: str) -> list[_Parked]:
+    def take(self, call_id: str, cseq: int) -> list[_Parked]:
+        """The responses waiting for this INVITE (its CSeq); any others of the Call-ID,
+        answers to an earlier INVITE, are dropped."""
         if not self._waiting:
             return []
-        parked = self._waiting.pop(call_id, [])
-        self._count -= len(parked)
-        return parked
+        parked = self._forget(self._waiting.pop(call_id, []))
+        matching = [p for p in parked if p[0].message.cseq == cseq]
+        self.dropped += len(parked) - len(matching)
+        return matching
 
-    def _drop_stale(self, now_ns: int) -> None:
+    def expire(self, now_ns: int) -> None:
         while self._waiting:
             oldest = next(iter(self._waiting.values()))
             if now_ns - oldest[0][1] <= EARLY_WINDOW_NS:
@@ -153,8 +166,12 @@ class _EarlyResponses:
 
     def _drop_oldest(self) -> None:
         _call_id, parked = self._waiting.popitem(last=False)
+        self.dropped += len(self._forget(parked))
+
+    def _forget(self, parked: list[_Parked]) -> list[_Parked]:
         self._count -= len(parked)
-        self.dropped += len(parked)
+        self._bytes -= sum(p[3] for p in parked)
+        return parked
 
 
 class CallTracker:
@@ -203,16 +220,35 @@ class CallTracker:
         if call is None:
             if not (m.is_request and m.method == "INVITE"):
                 if m.cseq_method == "INVITE" and not m.is_request:
-                    self._early.park(m.call_id, (record, now_ns, shard), now_ns)
+                    self._early.park(record, now_ns, shard)
                 return flows, summaries  # mid-call pickup, or a response ahead of its INVITE
             call = self._start(record, now_ns, shard, flows, summaries)
-            for early, early_ns, early_shard in self._early.take(m.call_id):
-                more_flows, more = self.observe(early, early_ns, early_shard)
-                flows += more_flows
-                summaries += more
-        else:
-            self._calls.move_to_end(m.call_id)
-        call.last_seen, call.last_wall_ns = now_ns, record.ts_ns
+            self._follow(call, record, now_ns, flows, summaries)
+            self._replay_early(call, flows, summaries)
+            return flows, summaries
+        self._calls.move_to_end(m.call_id)
+        self._follow(call, record, now_ns, flows, summaries)
+        return flows, summaries
+
+    def _replay_early(self, call: _Call, flows: list[FlowEvent], summaries: list[CallRecord]) -> None:
+        """The responses that came ahead of this INVITE, now that it is tracked (its SDP
+        learned first), in the order they came; none once one of them ended the call."""
+        for early, early_ns, _shard, _held in self._early.take(call.call_id, call.invite_cseq):
+            if self._calls.get(call.call_id) is not call:
+                self._early.dropped += 1
+                continue
+            self._follow(call, early, max(call.last_seen, early_ns), flows, summaries)
+
+    @property
+    def early_dropped(self) -> int:
+        """INVITE responses that waited for an INVITE that never came (or not theirs)."""
+        return self._early.dropped
+
+    def _follow(self, call: _Call, record: SipRecord, now_ns: int, flows: list[FlowEvent],
+                summaries: list[CallRecord]) -> None:
+        """What one message of a tracked call changes: tags, media, its end."""
+        m = record.message
+        call.last_seen, call.last_wall_ns = now_ns, max(call.last_wall_ns, record.ts_ns)
         if m.from_tag and call.from_tag is None:
             call.from_tag = m.from_tag
         if m.to_tag and call.to_tag is None and not m.is_request:
@@ -225,11 +261,11 @@ class CallTracker:
                 call.cancelled = True
         elif m.cseq_method == "INVITE" and m.status is not None:
             self._invite_response(call, record, flows, summaries)
-        return flows, summaries
 
     def expire(self, now_ns: int) -> tuple[list[FlowEvent], list[CallRecord]]:
         flows: list[FlowEvent] = []
         summaries: list[CallRecord] = []
+        self._early.expire(now_ns)
         deadline = now_ns - int(self.limits.ttl_s * NS)
         while self._calls:
             call = next(iter(self._calls.values()))
@@ -256,7 +292,7 @@ class CallTracker:
             summaries += self._end(oldest, None, "evicted", None, None, flows)
         origin = Origin(record.interface, record.vlans, record.encap)
         call = _Call(record.message.call_id, record.src, record.dst, shard, record.ts_ns,
-                     Parties.of(record.message), origin)
+                     record.message.cseq, Parties.of(record.message), origin)
         self._calls[call.call_id] = call
         self.stats.calls += 1
         return call

@@ -4,9 +4,10 @@ workers, and INVITE responses that arrive ahead of their INVITE."""
 from __future__ import annotations
 
 from tests.support.frames import ethernet, ipv4, ring_record, tcp
-from tests.support.sip_samples import INVITE, OK_200
-from userspace.calls import EARLY_MAX, CallTracker
+from tests.support.sip_samples import INVITE, OK_200, sip_message
+from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker
 from userspace.decode import IPProto
+from userspace.endpoints import FlowAction
 from userspace.event import EVENT_HEADER, Direction
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, SipRecord
@@ -117,3 +118,47 @@ def test_the_early_queue_is_bounded() -> None:
 def _record(message: bytes, ts: int) -> SipRecord:
     return SipRecord(ts, "eth0", Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060,
                      parse_message(message))
+
+
+def test_an_early_final_response_ends_the_call_after_its_invite_was_tracked() -> None:
+    """The INVITE's SDP is learned before the waiting 486 ends the call, so its end
+    releases what it learned: nothing is left held."""
+    tracker = CallTracker()
+    busy = OK_200.replace(b"200 OK", b"486 Busy Here")
+    tracker.observe(_record(busy, 2), 2, 0)
+    flows, ended = tracker.observe(_record(INVITE, 1), 3, 0)
+    summary = next(r for r in ended if isinstance(r, CallSummary))
+    assert (summary.end_cause, summary.final_status) == ("rejected", 486)
+    assert summary.media, "the INVITE's SDP is in the summary"
+    assert len(tracker) == 0 and tracker.flows_active == 0
+    learned = {(f.address, f.port) for f in flows if f.action is FlowAction.LEARN}
+    forgotten = {(f.address, f.port) for f in flows if f.action is FlowAction.FORGET}
+    assert learned and learned == forgotten
+
+
+def test_a_waiting_response_to_an_earlier_invite_is_not_replayed_into_a_new_one() -> None:
+    """INVITE, 407, a retransmitted 407 arrives after the call ended; the authenticated
+    INVITE (CSeq + 1) must not be ended by it."""
+    tracker = CallTracker()
+    challenge = OK_200.replace(b"200 OK", b"407 Proxy Authentication Required")
+    tracker.observe(_record(INVITE, 1), 1, 0)
+    tracker.observe(_record(challenge, 2), 2, 0)
+    tracker.observe(_record(challenge, 3), 3, 0)  # the retransmission: its call is over, it waits
+    again = INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314160 INVITE")
+    _flows, ended = tracker.observe(_record(again, 4), 4, 0)
+    assert ended == [] and len(tracker) == 1
+    assert tracker.early_dropped == 1
+
+
+def test_waiting_responses_are_bounded_in_bytes_and_expire() -> None:
+    tracker = CallTracker()
+    big = sip_message("SIP/2.0 183 Session Progress", [
+        "Call-ID: big-{n}", "CSeq: 1 INVITE", "From: <sip:a@x>;tag=1", "To: <sip:b@x>;tag=2"],
+        b"x" * 60_000)
+    for n in range(400):
+        tracker.observe(_record(big.replace(b"{n}", str(n).encode()), n), n, 0)
+    early = tracker._early
+    assert early._bytes <= EARLY_MAX_BYTES and early._count < 400
+    assert tracker.early_dropped == 400 - early._count
+    tracker.expire(10 * EARLY_WINDOW_NS)
+    assert (early._count, early._bytes, tracker.early_dropped) == (0, 0, 400)
