@@ -40,11 +40,13 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
-def call_id_hash(payload: bytes) -> int | None:
+def call_id_hash(payload: bytes, scan: int | None = CALL_ID_SCAN) -> int | None:
     """The hash the kernel gives this SIP payload, or None where it gives none:
     no Call-ID line before the blank line, more than 8 blanks, an empty value,
-    or a value the first 384 bytes (or the payload) cut short of 128 bytes."""
-    window = payload[:CALL_ID_SCAN]
+    or a value the first ``scan`` bytes (or the payload) cut short of 128 bytes.
+    ``scan=None`` looks through the whole header: the same first line, so the
+    same hash wherever the kernel finds one, and a hash where it stopped short."""
+    window = payload if scan is None else payload[:scan]
     header_end = _header_end(window)
     match = _CALL_ID_LINE.search(window, 0, header_end)
     if match is None:
@@ -74,8 +76,10 @@ def _header_end(window: bytes) -> int:
 
 def owner_of(payload: bytes, workers: int) -> int | None:
     """The worker that owns this message, or None when its Call-ID cannot be told
-    (it then stays where it is)."""
-    h = call_id_hash(payload)
+    (it then stays where it is). The whole header is looked through: a Call-ID
+    past the kernel's scan (several Vias and a Record-Route put it there) must
+    still reach the owner of the dialog's shorter messages."""
+    h = call_id_hash(payload, scan=None)
     return None if h is None else h % workers
 
 

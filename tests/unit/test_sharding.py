@@ -12,6 +12,7 @@ from userspace.event import EVENT_HEADER, Direction
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, SipRecord
 from userspace.sharding import (
+    CALL_ID_SCAN,
     HandOff,
     call_id_hash,
     decode_handoff,
@@ -162,3 +163,15 @@ def test_waiting_responses_are_bounded_in_bytes_and_expire() -> None:
     assert tracker.early_dropped == 400 - early._count
     tracker.expire(10 * EARLY_WINDOW_NS)
     assert (early._count, early._bytes, tracker.early_dropped) == (0, 0, 400)
+
+
+def test_a_call_id_past_the_kernels_scan_still_finds_its_owner() -> None:
+    """The INVITE's Call-ID lies past byte 384 (long Vias): the kernel cannot route it,
+    and the worker that frames it must send it where the kernel sends the short BYE."""
+    long_vias = b"".join(b"Via: SIP/2.0/UDP proxy%d.carrier.example.net:5060;branch=z9hG4bK%s\r\n"
+                         % (n, b"x" * 60) for n in range(4))
+    invite = INVITE.replace(b"Max-Forwards", long_vias + b"Max-Forwards")
+    assert invite.index(b"Call-ID") > CALL_ID_SCAN and call_id_hash(invite) is None  # the kernel's view
+    bye = b"BYE sip:a@x SIP/2.0\r\nCall-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\r\n"
+    for workers in (2, 3, 8):
+        assert owner_of(invite, workers) == call_id_hash(bye) % workers  # type: ignore[operator]
