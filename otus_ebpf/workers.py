@@ -51,7 +51,7 @@ from userspace.reporters.kafka import KafkaStats
 
 REPORT_INTERVAL_S = 0.5
 HANDOFF_WAIT_MS = 10  # a worker looks for hand-offs at least this often, its ring busy or not
-HANDOFF_QUEUE = 1024  # batches waiting for one worker's pipe before more are dropped (counted)
+HANDOFF_QUEUE_BYTES = 64 << 20  # hand-offs waiting for one worker's pipe before more are dropped (counted)
 DISPATCH_BATCH = 4096  # events a worker takes from its pipe before it processes them
 SendFlows = Callable[[list[FlowEvent]], None]
 # Where the kernel's symmetric flow hash sits in an event record (userspace.event).
@@ -170,11 +170,8 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
     def log(message: str) -> None:
         print(f"[w{index}] {message}", file=sys.stderr, flush=True)
 
-    sending = threading.Lock()  # the task's thread sends flows, this one reports
-
-    def send(message: tuple[str, int, Any]) -> None:
-        with sending:
-            reports.send(message)
+    outbox = _Outbox(reports)
+    send = outbox.send
 
     def send_flows(changes: list[FlowEvent]) -> None:
         send(("flows", index, changes))
@@ -222,8 +219,36 @@ def _worker_main(index: int, task_name: str, options: AttachOptions, programs: L
         status = 1
     finally:
         with contextlib.suppress(Exception):
+            outbox.close(STOP_GRACE_S)
             reports.close()
         os._exit(status)  # not the parent's exit handlers: they belong to the parent
+
+
+class _Outbox:
+    """A worker's messages to its parent, sent by a thread of their own. The task's
+    thread must never wait on the parent: in dispatch mode the parent can be waiting
+    on this worker's event pipe, which only the task's thread empties."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._queue: queue.SimpleQueue[tuple[str, int, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="otus-outbox", daemon=True)
+        self._thread.start()
+
+    def send(self, message: tuple[str, int, Any]) -> None:
+        self._queue.put(message)
+
+    def _run(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self._connection.send(message)
+            except (OSError, ValueError):
+                return  # the parent is gone; this process follows it (PR_SET_PDEATHSIG)
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
 
 
 def _become_worker(inherited: list[Connection], parent: int) -> threading.Event:
@@ -513,8 +538,9 @@ class _HandOffs:
 
     def __init__(self, send: Callable[[int, list[bytes]], bool], workers: int) -> None:
         self._send = send
-        self._queues: list[queue.Queue[list[bytes] | None]] = [
-            queue.Queue(HANDOFF_QUEUE) for _ in range(workers)]
+        self._queues: list[queue.SimpleQueue[list[bytes] | None]] = [
+            queue.SimpleQueue() for _ in range(workers)]
+        self._queued_bytes = [0] * workers  # bounded by HANDOFF_QUEUE_BYTES each
         self._counting = threading.Lock()  # the loop's thread and the forwarders count
         self._threads = [threading.Thread(target=self._run, args=(owner,), name=f"otus-handoff-{owner}",
                                           daemon=True) for owner in range(workers)]
@@ -528,33 +554,42 @@ class _HandOffs:
         for owner, raw in handoffs:
             by_owner.setdefault(owner, []).append(raw)
         for owner, batch in by_owner.items():
-            try:
-                self._queues[owner].put_nowait(batch)
-            except (queue.Full, IndexError):
-                self._count(dropped=len(batch))
-
-    def _count(self, forwarded: int = 0, dropped: int = 0) -> None:
-        with self._counting:
-            self.forwarded += forwarded
-            self.dropped += dropped
+            size = sum(map(len, batch))
+            with self._counting:
+                room = 0 <= owner < len(self._queues) and \
+                    self._queued_bytes[owner] + size <= HANDOFF_QUEUE_BYTES
+                if room:
+                    self._queued_bytes[owner] += size
+                else:
+                    self.dropped += len(batch)
+            if room:
+                self._queues[owner].put(batch)
 
     def _run(self, owner: int) -> None:
         while (batch := self._queues[owner].get()) is not None:
-            if self._send(owner, batch):
-                self._count(forwarded=len(batch))
-            else:
-                self._count(dropped=len(batch))
+            try:
+                sent = self._send(owner, batch)
+            except Exception:  # a forwarder must outlive any one batch
+                sent = False
+            with self._counting:
+                self._queued_bytes[owner] -= sum(map(len, batch))
+                if sent:
+                    self.forwarded += len(batch)
+                else:
+                    self.dropped += len(batch)
 
     def close(self) -> None:
         """After the workers stopped: what is still queued has no one to go to."""
-        for pending in self._queues:
+        for owner, pending in enumerate(self._queues):
             while True:
                 try:
                     batch = pending.get_nowait()
                 except queue.Empty:
                     break
                 if batch is not None:
-                    self._count(dropped=len(batch))
+                    with self._counting:
+                        self._queued_bytes[owner] -= sum(map(len, batch))
+                        self.dropped += len(batch)
             pending.put(None)
         for thread in self._threads:
             thread.join(STOP_GRACE_S)

@@ -103,14 +103,14 @@ class Pipeline:
         except DecodeError:
             stats.event_errors += 1
             return
+        if event.kind == Kind.HANDOFF:  # a message, not a frame: its frames stay where it was framed
+            self._handed_in(event.frame, records)
+            return
         frame = None
         if self.keep_frames:
             frame = Frame(event.ts_ns + self._clock_offset_ns, event.frame, event.orig_len,
                           self._interface_names.get(event.ifindex, str(event.ifindex)), event.direction)
             self._frames.append(frame)
-        if event.kind == Kind.HANDOFF:
-            self._handed_in(event.frame, records)
-            return
         if event.kind in _MEDIA_KINDS:
             stats.media += 1
             call_id = self._media(event, records)

@@ -3,6 +3,10 @@ workers, and INVITE responses that arrive ahead of their INVITE."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
+from otus_ebpf.workers import HANDOFF_QUEUE_BYTES, _HandOffs
 from tests.support.frames import ethernet, ipv4, ring_record, tcp
 from tests.support.sip_samples import INVITE, OK_200, sip_message
 from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker
@@ -175,3 +179,39 @@ def test_a_call_id_past_the_kernels_scan_still_finds_its_owner() -> None:
     bye = b"BYE sip:a@x SIP/2.0\r\nCall-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n\r\n"
     for workers in (2, 3, 8):
         assert owner_of(invite, workers) == call_id_hash(bye) % workers  # type: ignore[operator]
+
+
+def test_a_handed_in_message_is_no_frame_for_the_pcap() -> None:
+    owner = owner_of(INVITE, 2)
+    assert owner is not None
+    framer = Pipeline({2: "eth0"}, 0, route=(1 - owner, 2))
+    framer.process([_tcp_record(INVITE, 1)])
+    receiver = Pipeline({2: "eth0"}, 0, route=(owner, 2))
+    receiver.keep_frames = True
+    assert len(receiver.process([raw for _owner, raw in framer.take_handoffs()])) == 1  # the INVITE
+    assert receiver.take_frames() == []
+
+
+def test_the_forwarder_counts_what_it_cannot_send_and_outlives_a_failing_send() -> None:
+    sent: list[tuple[int, list[bytes]]] = []
+    calls: Iterator[Exception | bool] = iter([RuntimeError("a closed pipe, say"), False, True])
+
+    def send(owner: int, batch: list[bytes]) -> bool:
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome:
+            sent.append((owner, batch))
+        return outcome
+
+    handoffs = _HandOffs(send, 2)
+    for n in range(3):
+        handoffs.forward([(1, b"m%d" % n)])
+    handoffs.forward([(5, b"no such worker")])
+    handoffs.forward([(0, b"x" * (HANDOFF_QUEUE_BYTES + 1))])  # more than a worker's queue holds
+    deadline = time.monotonic() + 5
+    while handoffs.forwarded + handoffs.dropped < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handoffs.close()
+    assert sent == [(1, [b"m2"])]
+    assert (handoffs.forwarded, handoffs.dropped) == (1, 4)
