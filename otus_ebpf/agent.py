@@ -12,7 +12,6 @@ import contextlib
 import signal
 import sys
 import threading
-from collections import deque
 from types import FrameType
 
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
@@ -48,7 +47,7 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
             raise SetupError(str(failed.__cause__)) from None
         stack.callback(task.stop)
         if live_view:
-            task.recent = deque(maxlen=64)
+            task.keep_recent(64)
             task.periodic_stats = False
             view = LiveView(Dashboard(lambda: [task]))
             stack.callback(view.close)  # before the task stops: its final figures print plainly

@@ -152,6 +152,9 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="with --dispatch dispatch: by conversation (default) or in turn")
     attach.add_argument("--in-process", action="store_true",
                         help="read every shard in this process instead of one worker process per shard")
+    attach.add_argument("--per-worker-files", action="store_true",
+                        help="each worker process writes its own NAME.wN.EXT files (default: one file "
+                             "per output, written for all the workers)")
     attach.add_argument("--delivery", choices=[d.value for d in Delivery], default=Delivery.AUTO.value,
                         help="ringbuf, perf (kernels < 5.8), or auto")
     _add_outputs(attach.add_argument_group("outputs"), "otus-out/sip-IFACE.jsonl")
@@ -352,6 +355,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         stats_interval_s=args.stats_interval,
         calls=CallLimits(rtp_report_interval_s=args.rtp_report_interval),
         worker_processes=not args.in_process,
+        per_worker_files=args.per_worker_files,
         dispatch=Dispatch(args.dispatch),
         strategy=Strategy(args.strategy),
     )
@@ -475,7 +479,8 @@ _FIELD_FLAGS = {
     "kafka_backlog": ("kafka_backlog_mb", "kafka_overflow"), "hep": ("hep",),
     "hep_identity": ("hep_capture_id", "hep_node_name", "hep_auth_key_file"), "fallback": ("fallback",),
     "queue_records": ("queue_records",), "stats_interval_s": ("stats_interval",),
-    "worker_processes": ("in_process",), "dispatch": ("dispatch",), "strategy": ("strategy",),
+    "worker_processes": ("in_process",), "per_worker_files": ("per_worker_files",),
+    "dispatch": ("dispatch",), "strategy": ("strategy",),
 }
 _KERNEL_FLAGS = {
     "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),

@@ -463,7 +463,8 @@ class _Checker:
         return Rotation(None if not max_mb else int(max_mb * 2**20), max_age or None)
 
     def outputs(self, node: yaml.Node | None, path: str, options: AttachOptions, task: str) -> AttachOptions:
-        keys = self.mapping(node, path, ("jsonl", "pcap", "kafka", "hep", "fallback", "queue_records"))
+        keys = self.mapping(node, path, ("jsonl", "pcap", "kafka", "hep", "fallback", "queue_records",
+                                         "per_worker_files"))
         jsonl = self.mapping(keys.get("jsonl"), f"{path}.jsonl", ("path", "max_mb", "max_age_s", "fsync"))
         pcap = self.mapping(keys.get("pcap"), f"{path}.pcap", ("path", "format", "max_mb", "max_age_s",
                                                                "per_call_dir"))
@@ -480,6 +481,7 @@ class _Checker:
             "fallback": self.optional_string(keys.get("fallback"), f"{path}.fallback"),
             "queue_records": self.bounded(keys.get("queue_records"), f"{path}.queue_records",
                                           options.queue_records, QUEUE_RECORDS),
+            "per_worker_files": self.boolean(keys.get("per_worker_files"), f"{path}.per_worker_files", False),
         }
         if "kafka" in keys:
             changes |= self.kafka(keys["kafka"], f"{path}.kafka", task)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -22,7 +21,6 @@ from otus_ebpf.manager import ApplyResult, TaskManager
 from otus_ebpf.metrics import MetricsServer, sample_to_json
 from otus_ebpf.task import CaptureOpener, Task
 from otus_ebpf.wiring import Log
-from userspace.records import SipRecord
 
 RECENT_KEPT = 64
 
@@ -55,8 +53,7 @@ class Daemon:
     def apply(self, config: Config) -> ApplyResult:
         result = self.manager.apply(config)
         for task in self.manager.tasks():
-            if task.recent is None:
-                task.recent = _recent()
+            task.keep_recent(RECENT_KEPT)
         return result
 
     # -- control socket handlers ----------------------------------------------
@@ -109,7 +106,7 @@ class Daemon:
             raise SetupError(str(exc)) from None
         task = self.manager.get(config.name)
         if task is not None:
-            task.recent = _recent()
+            task.keep_recent(RECENT_KEPT)
 
     def _pause(self, request: dict[str, Any]) -> dict[str, Any]:
         return self._pause_or_resume(request, Task.pause, "paused")
@@ -136,9 +133,6 @@ class Daemon:
                 "stopped": result.stopped,
                 "unchanged": result.unchanged, "failed": result.failed}
 
-
-def _recent() -> deque[SipRecord]:
-    return deque(maxlen=RECENT_KEPT)
 
 
 def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> int:

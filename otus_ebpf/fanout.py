@@ -20,10 +20,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from userspace.records import Record
 from userspace.reporters import Reporter
-from userspace.reporters.jsonl import JsonLinesReporter
 
 IDLE_TICK_S = 0.1
 DEFAULT_QUEUE_RECORDS = 200_000
@@ -43,12 +43,37 @@ class QueueStats:
     last_error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class OutputAccount:
+    """Where the records given to one output ended up, once it is closed."""
+
+    name: str
+    written: int | None  # in the output (Kafka: acknowledged by the broker); None: frames, not records
+    to_fallback: int     # in the fallback file instead
+    lost: int            # neither: counted here so that an operator knows
+
+    def __str__(self) -> str:
+        if self.written is None:
+            return f"{self.name} frames failed={self.lost}"
+        return f"{self.name} written={self.written} to_fallback={self.to_fallback} lost={self.lost}"
+
+
+class LineWriter(Protocol):
+    """A JSON-lines reporter, or a worker's stand-in that forwards the lines."""
+
+    def write(self, records: Sequence[Record]) -> None: ...
+
+    def write_encoded(self, lines: Sequence[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Fallback:
     """Where records go that a reporter could not take: a JSON-lines file,
     shared by every worker (hence the lock). ``take`` says whether it could:
     a fallback on a full disk fails too, and that is counted, not raised."""
 
-    def __init__(self, reporter: JsonLinesReporter, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, reporter: LineWriter, on_error: Callable[[str], None] | None = None) -> None:
         self._reporter = reporter
         self._on_error = on_error
         self._lock = threading.Lock()

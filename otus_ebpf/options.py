@@ -61,8 +61,11 @@ class AttachOptions:
     calls: CallLimits = field(default_factory=CallLimits)
     stats_interval_s: float = 5.0
     # With several shards and eBPF capture: one worker process per shard (see
-    # otus_ebpf.workers); off, one process reads every shard.
+    # otus_ebpf.supervisor); off, one process reads every shard.
     worker_processes: bool = True
+    # With worker processes: each writes its own NAME.wN.EXT files instead of
+    # handing its records to the one writer of each file (otus_ebpf.joined).
+    per_worker_files: bool = False
     dispatch: Dispatch = Dispatch.BINDING
     strategy: Strategy = Strategy.FLOW_HASH
 

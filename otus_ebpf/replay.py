@@ -26,7 +26,7 @@ from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.fanout import QueuedReporter
 from otus_ebpf.flows import FlowStats, apply_each, packed_address
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.task import strict_mode
+from otus_ebpf.runner import strict_mode
 from otus_ebpf.wiring import (
     FrameOutputs,
     Log,

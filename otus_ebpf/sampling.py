@@ -6,48 +6,43 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from otus_ebpf.metrics import TaskSample, sample_from_json
-from otus_ebpf.workers import WorkersCapture, merge_samples
+from otus_ebpf.metrics import TaskSample
+from userspace.boundary import Boundary
 from userspace.reporters.hep import HepReporter
 
 if TYPE_CHECKING:
-    from otus_ebpf.task import Task
+    from otus_ebpf.joined import JoinedOutputs
+    from otus_ebpf.runner import Runner
 
 
 def fields(stats: object) -> list[tuple[str, int]]:
     return [(name, getattr(stats, name)) for name in stats.__dataclass_fields__]  # type: ignore[attr-defined]
 
 
-def sample_task(task: Task) -> TaskSample:
-    from otus_ebpf.task import TaskState  # noqa: PLC0415 - the task module imports this one
-
-    sample = TaskSample(task.state.value)
-    if task.capture is not None and task.state in (TaskState.RUNNING, TaskState.PAUSED):
-        sample.capturers = task.capture.counters()
-    if isinstance(task.capture, WorkersCapture):
-        for worker, up in task.capture.workers_up().items():
-            sample.gauge("otus_worker_up", 1.0 if up else 0.0, worker=worker)
-        sample.count("otus_worker_restarts_total", task.capture.restarts)
-        _add_own_figures(sample, task, pipeline_too=False)
-        return merge_samples(sample, task.capture.worker_payloads(), sample_from_json)
-    _add_own_figures(sample, task, pipeline_too=True)
-    return sample
-
-
-def _add_own_figures(sample: TaskSample, task: Task, pipeline_too: bool) -> None:
-    for (stage, kind), value in list(task.boundary.counts.items()):
+def add_boundary(sample: TaskSample, boundary: Boundary) -> None:
+    for (stage, kind), value in list(boundary.counts.items()):
         sample.count("otus_internal_errors_total", value, stage=stage, type=kind)
-    if task.pipeline is None or not pipeline_too:
-        return
-    for outcome, value in fields(task.flow_stats):
+
+
+def add_runner_figures(sample: TaskSample, runner: Runner) -> None:
+    """A runner's pipeline and outputs (the task's own, or one worker's)."""
+    for outcome, value in fields(runner.flow_stats):
         sample.count("otus_flow_updates_total", value, outcome=outcome)
-    _pipeline(sample, task)
-    _outputs(sample, task)
+    _pipeline(sample, runner)
+    _outputs(sample, runner)
 
 
-def _pipeline(sample: TaskSample, task: Task) -> None:
-    pipeline = task.pipeline
-    assert pipeline is not None
+def add_joined_figures(sample: TaskSample, joined: JoinedOutputs) -> None:
+    """The files the parent of worker processes writes for all of them."""
+    for name, writer in joined.writers.items():
+        q = writer.stats
+        for outcome in ("written", "overflow", "failed", "to_fallback", "lost"):
+            sample.count("otus_output_records_total", getattr(q, outcome), output=name, outcome=outcome)
+        sample.gauge("otus_output_queued", q.queued, output=name)
+
+
+def _pipeline(sample: TaskSample, runner: Runner) -> None:
+    pipeline = runner.pipeline
     p = pipeline.stats
     sample.count("otus_events_total", p.events)
     sample.count("otus_records_total", p.records)
@@ -78,8 +73,8 @@ def _pipeline(sample: TaskSample, task: Task) -> None:
         sample.gauge("otus_rtp_mos", mos)
 
 
-def _outputs(sample: TaskSample, task: Task) -> None:
-    for reporter in task.reporters:
+def _outputs(sample: TaskSample, runner: Runner) -> None:
+    for reporter in runner.reporters:
         q = reporter.stats
         for outcome in ("written", "overflow", "failed", "to_fallback", "lost"):
             sample.count("otus_output_records_total", getattr(q, outcome), output=reporter.name,
@@ -96,10 +91,10 @@ def _outputs(sample: TaskSample, task: Task) -> None:
         sync_errors = getattr(getattr(reporter.reporter, "stats", None), "sync_errors", None)
         if sync_errors is not None:
             sample.count("otus_output_sync_errors_total", sync_errors, output=reporter.name)
-    for name, failed in task.frames.failures().items():
+    for name, failed in runner.frames.failures().items():
         sample.count("otus_output_records_total", failed, output=name, outcome="failed")
-    if task.kafka is not None:
-        k = task.kafka.stats
+    if runner.kafka is not None:
+        k = runner.kafka.stats
         for outcome in ("received", "produced", "delivered", "failed", "retried", "dropped", "spilled"):
             sample.count("otus_kafka_records_total", getattr(k, outcome), outcome=outcome)
         sample.gauge("otus_kafka_in_flight", k.in_flight)

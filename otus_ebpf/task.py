@@ -1,7 +1,7 @@
 """One capture task: outputs, pipeline and capture, started in phases and
 stopped in reverse.
 
-Start runs the phases in order — validate, resolve, construct, init, wire,
+Start runs the phases in order — validate, resolve, construct, init,
 assemble, start — and everything a phase acquires goes on one ExitStack. If
 any phase fails, the stack unwinds at once: what was started is released in
 reverse order, and the error names the task and the phase. Stop is
@@ -9,6 +9,11 @@ idempotent and safe from any number of threads: the first caller ends the
 poll loop and unwinds the stack — detach, drain the rings, deliver, flush
 the reporters, release the capture, close the reporters — and the others
 wait for it to finish.
+
+What the task runs is an Engine: a Runner reading its capture in this
+process (otus_ebpf.runner), or a Supervisor of worker processes
+(otus_ebpf.supervisor). The task only starts, pauses, reconfigures and
+stops it, and asks it for its figures.
 """
 
 from __future__ import annotations
@@ -19,47 +24,53 @@ import os
 import socket
 import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Protocol
 
-from otus_ebpf.capture import Capture, CaptureMode, OnStop, attach_hooks, open_capture, preflight
-from otus_ebpf.counters import StatsLine
+from otus_ebpf.capture import Capture, CaptureMode, attach_hooks, open_capture, preflight
 from otus_ebpf.errors import SetupError
-from otus_ebpf.fanout import QueuedReporter
-from otus_ebpf.flows import FlowStats
+from otus_ebpf.joined import JoinedOutputs
+from otus_ebpf.loader import KernelSettings
 from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.sampling import sample_task
-from otus_ebpf.wiring import (
-    FrameOutputs,
-    Log,
-    account_outputs,
-    accounts_line,
-    check_outputs,
-    flush_reporters,
-    open_frame_outputs,
-    open_reporters,
-)
-from otus_ebpf.workers import WorkersCapture, workers_stats_line
+from otus_ebpf.runner import Runner, bug_reporter, format_traceback, strict_mode
+from otus_ebpf.supervisor import Supervisor
+from otus_ebpf.wiring import Log, check_outputs, open_output
 from userspace.boundary import Boundary
-from userspace.pipeline import Pipeline, Route
-from userspace.records import Record, SipRecord
-from userspace.reporters.kafka import KafkaReporter
 
-POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
-_EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 
 CaptureOpener = Callable[..., Capture]
-HandOffSink = Callable[[list[tuple[int, bytes]]], None]
 
 
-def strict_mode() -> bool:
-    """OTUS_STRICT=1 (the test suite sets it): a bug raises instead of being counted."""
-    return os.environ.get("OTUS_STRICT") == "1"
+class Engine(Protocol):
+    """What a task runs: its own capture and Runner, or a Supervisor of workers."""
+
+    owns_outputs: bool  # whether its outputs can be swapped while it runs
+
+    @property
+    def description(self) -> str: ...
+
+    def poll_once(self) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+    def set_filters(self, before: KernelSettings, after: KernelSettings) -> None: ...
+
+    def swap_outputs(self, options: AttachOptions) -> None: ...
+
+    def stats_line(self) -> str: ...
+
+    def sample(self, sample: TaskSample, capturing: bool) -> TaskSample: ...
+
+    def keep_recent(self, count: int) -> None: ...
+
+    def recent_rows(self) -> list[list[str]]: ...
+
+    def records_lost(self) -> int: ...
+
+    def accounts_line(self) -> str: ...
 
 
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude")
@@ -107,18 +118,11 @@ def require_root(what: str = "loading and attaching BPF programs") -> None:
 
 
 class Task:
-    PHASES = ("validate", "resolve", "construct", "init", "wire", "assemble", "start")
+    PHASES = ("validate", "resolve", "construct", "init", "assemble", "start")
 
     def __init__(self, name: str, options: AttachOptions, log: Log,
-                 capture_opener: CaptureOpener | None = None, worker: bool = False,
-                 route: Route | None = None, hand_off: HandOffSink | None = None) -> None:
-        """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side.
-        ``worker``: this is a worker process's task (otus_ebpf.workers): its parent did the interface
-        checks and the attaching, and says when capture begins. ``route`` and ``hand_off``: SIP is
-        sharded by Call-ID over workers; messages another worker owns go to ``hand_off``."""
-        self._worker = worker
-        self._route = route
-        self._hand_off = hand_off
+                 capture_opener: CaptureOpener | None = None) -> None:
+        """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side."""
         self.name = name
         self.options = options
         self.state = TaskState.NEW
@@ -136,17 +140,12 @@ class Task:
         self._next_phase = 0
         self._partial = False
         self.interfaces: dict[int, str] = {}
-        self.reporters: list[QueuedReporter] = []
-        self.kafka: KafkaReporter | None = None
-        self.capture: Capture | None = None
-        self.pipeline: Pipeline | None = None
-        self.frames = FrameOutputs()
-        self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
-        self.boundary = Boundary(self._report_bug, strict_mode())
-        self.flow_stats = FlowStats()
+        self.boundary = Boundary(bug_reporter(name, log), strict_mode())
+        self.runner: Runner | None = None  # when this process captures itself
+        self.engine: Engine | None = None
+        self._joined: JoinedOutputs | None = None
+        self._recent: int | None = None
         self.failure: str | None = None  # why a running task failed
-        self._outputs_stack = contextlib.ExitStack()
-        self._outputs_lock = threading.RLock()
         self.periodic_stats = True  # a live view shows them instead
 
     # -- start ----------------------------------------------------------------
@@ -195,89 +194,80 @@ class Task:
     def _resolve(self) -> None:
         self.interfaces = {resolve_interface(name): name for name in self.options.interfaces}
         require_root()
-        if not self._worker:
-            preflight(self.options.capture, self.interfaces)
+        preflight(self.options.capture, self.interfaces)
 
     def _construct(self) -> None:
-        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
-        o = self.options
-        self.pipeline = Pipeline(self.interfaces, self._clock_offset_ns, o.reassembly, o.tcp, o.calls,
-                                 self.boundary, self._route)
+        if not self._worker_processes():
+            self.runner = Runner(self.interfaces, self.options, self.boundary, self._log)
+            self._keep_recent()
 
     def _init(self) -> None:
         self._stack.callback(self._log_accounts)  # the very last word, once the outputs are closed
-        if self._worker_processes():  # each worker opens its own outputs; they are checked here first
-            check_outputs(self.options, self._log)
-        else:
-            self._open_outputs()
+        if self.runner is not None:
+            self.runner.open_outputs(self._stack, self.options)
+            return
+        check_outputs(self.options, self._log)  # what each worker will open on its own
+        if not self.options.per_worker_files:
+            label = ",".join(self.options.interfaces)
+            self._joined = JoinedOutputs(open_output(self.options.out, label, self._log), self.options,
+                                         self._log)
+            self._stack.callback(self._joined.close)
 
     def _log_accounts(self) -> None:
         """Where every record went: written, in the fallback, or lost (the operator's last line)."""
-        if isinstance(self.capture, WorkersCapture):
-            self._log(f"records lost in all workers: {self.records_lost()}")
-        elif self.pipeline is not None:
-            accounts = account_outputs(self.reporters, self.kafka, self.frames)
-            self._log(accounts_line(self.pipeline.stats.records, accounts))
+        if self.engine is not None:
+            self._log(self.engine.accounts_line())
 
     def records_lost(self) -> int:
         """Records an output could take neither in itself nor in the fallback, and frames
-        a frame output could not write (a worker's figures, added up, with worker processes)."""
-        if isinstance(self.capture, WorkersCapture):
-            return sum(int(p["figures"].get("lost", 0)) for p in self.capture.worker_payloads())
-        return sum(a.lost for a in account_outputs(self.reporters, self.kafka, self.frames))
-
-    def _open_outputs(self) -> None:
-        self._stack.callback(self._close_outputs)
-        self._outputs_stack, self.reporters, self.kafka, self.frames = self._outputs_for(self.options)
-        assert self.pipeline is not None
-        self.pipeline.keep_frames = self.frames.wanted
-
-    def _close_outputs(self) -> None:
-        self._outputs_stack.close()  # whichever outputs are current by then
-
-    def _outputs_for(self, options: AttachOptions) -> tuple[contextlib.ExitStack, list[QueuedReporter],
-                                                              KafkaReporter | None, FrameOutputs]:
-        """Open a set of outputs on a stack of their own, so they can be swapped while running."""
-        with contextlib.ExitStack() as stack:
-            reporters, kafka = open_reporters(stack, options, ",".join(options.interfaces), self._log)
-            frames = open_frame_outputs(stack, options, self._log)
-            return stack.pop_all(), reporters, kafka, frames
-
-    def _wire(self) -> None:
-        assert self.pipeline is not None
-        self.pipeline.keep_frames = self.frames.wanted
+        a frame output could not write (the workers' and their writer's, with workers)."""
+        return self.engine.records_lost() if self.engine is not None else 0
 
     def _worker_processes(self) -> bool:
         o = self.options
         return (self._open_capture is None and o.worker_processes and o.kernel.shards > 1
-                and o.mode is not CaptureMode.AFPACKET and o.out != "-")
+                and o.mode is not CaptureMode.AFPACKET)
 
     def _assemble(self) -> None:
-        on_stop: OnStop = self._on_capture_stop
-        if self._worker_processes():
+        if self.runner is None:
             try:
-                capture_options, interfaces = self.options.capture, self.interfaces
-                self.capture = WorkersCapture(
-                    self._stack, capture_options, self.options, self.name, interfaces, self._log,
-                    lambda stack, programs: attach_hooks(stack, programs, capture_options, interfaces),
-                    lambda: self._log(self.stats_line()))  # the final figures, once all workers are done
+                self.engine = self._supervise()
             except SetupError as exc:
                 if self.options.mode is CaptureMode.XDP:
                     raise
                 self._log(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
-                self._open_outputs()  # this process reads the sockets, so it writes the records
                 self.options = dataclasses.replace(self.options, mode=CaptureMode.AFPACKET)
+                self._capture_here()
             else:
-                self._log(f"capturing: {self.capture.description}")
-                return
+                self._log(f"capturing: {self.engine.description}")
+            return
+        self._capture_here()
+
+    def _supervise(self) -> Supervisor:
+        options, interfaces = self.options.capture, self.interfaces
+        return Supervisor(self._stack, self.options, self.name, interfaces, self._log,
+                          lambda stack, programs: attach_hooks(stack, programs, options, interfaces),
+                          self._joined, self.boundary)
+
+    def _capture_here(self) -> None:
+        """This process reads the capture: a Runner of its own (and, after a fall back from
+        worker processes, the outputs it writes itself instead of the joined ones)."""
+        if self.runner is None:
+            if self._joined is not None:
+                self._joined.close()
+                self._joined = None
+            self.runner = Runner(self.interfaces, self.options, self.boundary, self._log)
+            self._keep_recent()
+            self.runner.open_outputs(self._stack, self.options)
+        runner: Runner = self.runner
         opener = self._open_capture or open_capture
-        self.capture = opener(self._stack, self.options.capture, self.interfaces,
-                                          self._clock_offset_ns, on_stop, self._log)
-        self._log(f"{'reading' if self._worker else 'capturing'}: {self.capture.description}")
+        runner.capture = opener(self._stack, self.options.capture, self.interfaces,
+                                runner.clock_offset_ns, runner.on_capture_stop, self._log)
+        self.engine = runner
+        self._log(f"capturing: {runner.capture.description}")
 
     def _start(self) -> None:
-        now = time.monotonic()
-        self._next_stats = now + self.options.stats_interval_s
+        self._next_stats = time.monotonic() + self.options.stats_interval_s
 
     # -- running --------------------------------------------------------------
 
@@ -302,7 +292,7 @@ class Task:
                 return  # a stop under way: it releases everything
             self.state = TaskState.FAILED
         self.failure = f"{type(exc).__name__}: {exc}"
-        self._log(f"task {self.name}: FAILED: {self.failure}\n{_traceback(exc)}")
+        self._log(f"task {self.name}: FAILED: {self.failure}\n{format_traceback(exc)}")
         try:
             self._stack.close()  # detach, drain, flush what can be
         except Exception as cleanup:
@@ -311,96 +301,43 @@ class Task:
             self._stopped.set()
 
     def poll_once(self) -> None:
-        capture, pipeline = self.capture, self.pipeline
-        assert capture is not None and pipeline is not None
-        self._deliver(capture.poll(POLL_TIMEOUT_MS))  # a capture that cannot be read fails the task
-        expired = pipeline.expire(time.monotonic_ns())
-        if expired:
-            self._write(expired)
-            self._guarded("frames", self.frames.write, [], expired)
-        self._apply_flows()
+        assert self.engine is not None
+        self.engine.poll_once()
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats += self.options.stats_interval_s
             if self.periodic_stats:
-                self._guarded("stats", lambda: self._log(self.stats_line()))
+                try:
+                    self._log(self.stats_line())
+                except Exception as exc:
+                    self.boundary.failed("stats", exc)
 
-    def _guarded(self, stage: str, step: Callable[..., Any], *args: Any) -> Any:
-        """One step of the loop behind a failure boundary: a bug is counted, the loop goes on."""
-        try:
-            return step(*args)
-        except Exception as exc:
-            self.boundary.failed(stage, exc)
-            return None
+    def keep_recent(self, count: int) -> None:
+        """Keep the last ``count`` SIP messages for a live view (recent_rows)."""
+        self._recent = count
+        self._keep_recent()
 
-    def _deliver(self, batch: list[bytes]) -> None:
-        assert self.pipeline is not None
-        records = self.pipeline.process(batch)
-        with self._outputs_lock:  # a reconfigure may swap the outputs between batches, not within one
-            self._write(records)
-            if self.frames.wanted:
-                self._guarded("frames", self.frames.write, self.pipeline.take_frames(), records)
-        self._apply_flows()
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        assert self.pipeline is not None
-        handoffs = self.pipeline.take_handoffs()
-        if handoffs and self._hand_off is not None:
-            self._guarded("handoff", self._hand_off, handoffs)
-
-    def _apply_flows(self) -> None:
-        assert self.pipeline is not None
-        events = self.pipeline.take_flow_events()
-        if self.capture is not None:  # even with none of its own: worker processes hand theirs in
-            self._guarded("flow_learning", self.capture.apply_flows, events, self.flow_stats, self.boundary)
-
-    def _write(self, records: list[Record]) -> None:
-        for reporter in self.reporters:
-            self._guarded("output", reporter.write, records)
-        if self.recent is not None:
-            self.recent.extend(r for r in records if isinstance(r, SipRecord))
-
-    def _report_bug(self, stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
-        """The first of each kind of internal error, with its traceback, in the log."""
-        shown = f"; input: {example[:_EXAMPLE_SHOWN]!r}" if example is not None else ""
-        self._log(f"task {self.name}: internal error in {stage}: {kind}: {exc} (counted in "
-                  f"otus_internal_errors_total; capture goes on){shown}\n{_traceback(exc)}")
+    def _keep_recent(self) -> None:
+        if self._recent is not None:
+            for engine in (self.runner, self.engine):
+                if engine is not None:
+                    engine.keep_recent(self._recent)
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""
-        if isinstance(self.capture, WorkersCapture):
-            return sorted(row for p in self.capture.worker_payloads() for row in p["recent"])[-16:]
-        rows = []
-        for record in list(self.recent or ()):
-            m = record.message
-            rows.append([time.strftime("%H:%M:%S", time.localtime(record.ts_ns / 1e9)),
-                         record.direction.name.lower()[:2], f"{record.src}:{record.sport}",
-                         f"{record.dst}:{record.dport}", m.method or f"{m.status} {m.reason or ''}".strip(),
-                         m.call_id])
-        return rows
-
-    def figures(self) -> dict[str, Any]:
-        """The stats line's figures as plain data (a worker process sends them to its task)."""
-        assert self.pipeline is not None
-        return {"pipeline": dataclasses.asdict(self.pipeline.stats),
-                "reassembly": dataclasses.asdict(self.pipeline.reassembler.stats),
-                "kafka": dataclasses.asdict(self.kafka.stats) if self.kafka else None,
-                "outputs": [r.summary() for r in self.reporters],
-                "lost": self.records_lost()}
+        return self.engine.recent_rows() if self.engine is not None else []
 
     def stats_line(self) -> str:
-        assert self.pipeline is not None
-        sections = self.capture.stats_sections() if self.capture else []
-        label = ",".join(self.options.interfaces)
-        if isinstance(self.capture, WorkersCapture):
-            return workers_stats_line(label, sections, self.capture.worker_payloads())
-        return StatsLine(label, sections, self.pipeline.stats, self.kafka.stats if self.kafka else None,
-                         self.pipeline.reassembler.stats, [r.summary() for r in self.reporters]).format()
+        if self.engine is None:
+            return f"otus-ebpf: {','.join(self.options.interfaces)} {self.state.value}"
+        return self.engine.stats_line()
 
     def metrics_sample(self) -> TaskSample:
         """Every figure of this task, read now (called by the metrics collector's thread)."""
-        return sample_task(self)
+        sample = TaskSample(self.state.value)
+        if self.engine is None:
+            return sample
+        return self.engine.sample(sample, self.state in (TaskState.RUNNING, TaskState.PAUSED))
 
     def pause(self) -> None:
         """Take no more packets, detach nothing; what is in the rings still comes through."""
@@ -416,15 +353,15 @@ class Task:
         with self._state_lock:
             if self.state is not before:
                 raise ValueError(f"task {self.name} is {self.state.value}, not {before.value}")
-            assert self.capture is not None
-            self.capture.set_paused(paused)
+            assert self.engine is not None
+            self.engine.set_paused(paused)
             self.state = after
         self._log(f"task {self.name}: {'paused' if paused else 'resumed'}")
 
     def can_reconfigure(self, options: AttachOptions) -> bool:
         """Filters change live in any task; outputs in a task that writes them itself
-        (with worker processes the workers own them: the task restarts instead)."""
-        own_outputs = not isinstance(self.capture, WorkersCapture)
+        (with worker processes the workers own some of them: the task restarts instead)."""
+        own_outputs = self.engine is not None and self.engine.owns_outputs
         return live_changeable(self.options, options, outputs=own_outputs)
 
     def reconfigure(self, options: AttachOptions) -> None:
@@ -433,39 +370,16 @@ class Task:
         restarts the task then)."""
         if not self.can_reconfigure(options):
             raise ValueError(f"task {self.name}: only filters and outputs change live")
-        assert self.capture is not None
+        assert self.engine is not None
         before = self.options
         if options.kernel != before.kernel:
-            self.capture.set_filters(before.kernel, options.kernel)
+            self.engine.set_filters(before.kernel, options.kernel)
         if any(getattr(options, name) != getattr(before, name) for name in _OUTPUT_FIELDS):
-            self._swap_outputs(options)
+            self.engine.swap_outputs(options)
         self.options = options
         self._log(f"task {self.name}: reconfigured live")
 
-    def _swap_outputs(self, options: AttachOptions) -> None:
-        fresh = self._outputs_for(options)  # a bad setting fails here, and nothing changes
-        with self._outputs_lock:
-            old_stack, old_reporters = self._outputs_stack, self.reporters
-            self._outputs_stack, self.reporters, self.kafka, self.frames = fresh
-            assert self.pipeline is not None
-            self.pipeline.keep_frames = self.frames.wanted
-        flush_reporters(old_reporters, self._log)
-        old_stack.close()
-
     # -- stop -----------------------------------------------------------------
-
-    def _on_capture_stop(self, leftover: list[bytes]) -> None:
-        """Called by the capture after it detached and drained its rings."""
-        assert self.pipeline is not None
-        self._deliver(leftover)
-        stopped = self.pipeline.finish()  # calls still going: summarised, with their streams so far
-        with self._outputs_lock:
-            self._write(stopped)
-            if self.frames.wanted:
-                self._guarded("frames", self.frames.write, self.pipeline.take_frames(), stopped)
-        self._apply_flows()
-        self._guarded("output", flush_reporters, self.reporters, self._log)
-        self._guarded("stats", lambda: self._log(self.stats_line()))  # the final figures
 
     def stop(self) -> None:
         """Stop once, whoever asks and however often; every caller returns when it is done."""
@@ -488,7 +402,3 @@ class Task:
         finally:
             self.state = TaskState.STOPPED
             self._stopped.set()
-
-
-def _traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()

@@ -6,7 +6,6 @@ order whatever happens next."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -14,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otus_ebpf.errors import SetupError
-from otus_ebpf.fanout import Fallback, QueuedReporter
+from otus_ebpf.fanout import Fallback, OutputAccount, QueuedReporter
 from otus_ebpf.hep import HepSender
+from otus_ebpf.joined import FALLBACK, JSONL, Forward, ForwardedFrames, ForwardedLines
 from otus_ebpf.kafka import make_producer, open_kafka_reporter
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs import RotatingFile, StreamSink
@@ -32,13 +32,14 @@ FLUSH_TIMEOUT_S = 10.0
 Log = Callable[[str], None]
 
 
-def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str,
-                   log: Log) -> tuple[list[QueuedReporter], KafkaReporter | None]:
+def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str, log: Log,
+                   forward: Forward | None = None) -> tuple[list[QueuedReporter], KafkaReporter | None]:
     """Open every output before touching the kernel, so a bad output fails first;
     the Kafka broker is checked before any file is created, so an unreachable
     one leaves nothing behind. Each runs behind its own queue and thread
     (otus_ebpf.fanout); closing stops the workers after they have written what
-    is queued."""
+    is queued. With ``forward`` (a worker process), the JSON lines and the
+    fallback are encoded here and written by the parent (otus_ebpf.joined)."""
     kafka = None
     if options.kafka is not None:
         kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
@@ -46,7 +47,7 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     with contextlib.ExitStack() as until_queued:
         if kafka is not None:
             until_queued.callback(kafka.close)  # if a later output fails; then its worker closes it
-        fallback = _open_fallback(stack, options, log)
+        fallback = _open_fallback(stack, options, log, forward)
         reporters: list[QueuedReporter] = []
 
         def queued(name: str, reporter: Reporter) -> None:
@@ -54,9 +55,11 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
             stack.callback(worker.close)
             reporters.append(worker)
 
-        jsonl_sink = open_output(options.out, label, log)
-        queued("jsonl", JsonLinesReporter(jsonl_sink, options.out_rotation, time.monotonic,
-                                          options.out_fsync))
+        if forward is not None:
+            queued(f"{JSONL}-forward", ForwardedLines(JSONL, forward))
+        else:
+            queued(JSONL, JsonLinesReporter(open_output(options.out, label, log), options.out_rotation,
+                                            time.monotonic, options.out_fsync))
         if kafka is not None and options.kafka is not None:
             if fallback is not None:
                 kafka.spill_to(fallback.take_encoded)
@@ -69,13 +72,17 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     return reporters, kafka
 
 
-def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions, log: Log) -> Fallback | None:
+def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions, log: Log,
+                   forward: Forward | None) -> Fallback | None:
     if options.fallback is None:
         return None
-    fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
-                                          time.monotonic, options.out_fsync), on_error=log)
+    if forward is not None:
+        fallback = Fallback(ForwardedLines(FALLBACK, forward), on_error=log)
+    else:
+        fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
+                                              time.monotonic, options.out_fsync), on_error=log)
+        log(f"records no output could take go to {options.fallback}")
     stack.callback(fallback.close)  # after every worker that may hand it records
-    log(f"records no output could take go to {options.fallback}")
     return fallback
 
 
@@ -85,7 +92,7 @@ class FrameOutputs:
     everything, and a file per call. A frame an output cannot write (a full
     disk) is counted as failed for that output; it never stops the capture."""
 
-    pcap: PcapReporter | None = None
+    pcap: PcapReporter | ForwardedFrames | None = None
     per_call: PerCallPcap | None = None
     pcap_failed: int = 0
     log: Log | None = None
@@ -121,9 +128,14 @@ class FrameOutputs:
         return found
 
 
-def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log: Log) -> FrameOutputs:
+def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log: Log,
+                       forward: Forward | None = None) -> FrameOutputs:
+    """With ``forward`` (a worker process), the pcap is the parent's to write; a
+    file per call is each worker's own (a call lives in one worker)."""
     outputs = FrameOutputs(log=log)
-    if options.pcap is not None:
+    if options.pcap is not None and forward is not None:
+        outputs.pcap = ForwardedFrames(forward)
+    elif options.pcap is not None:
         outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
                                     options.pcap_format)
         stack.callback(outputs.pcap.close)
@@ -152,21 +164,6 @@ def flush_reporters(reporters: list[QueuedReporter], log: Log) -> None:
             log(f"{reporter.name}: {undelivered} records undelivered at exit")
 
 
-@dataclass(frozen=True, slots=True)
-class OutputAccount:
-    """Where the records given to one output ended up, once it is closed."""
-
-    name: str
-    written: int | None  # in the output (Kafka: acknowledged by the broker); None: frames, not records
-    to_fallback: int     # in the fallback file instead
-    lost: int            # neither: counted here so that an operator knows
-
-    def __str__(self) -> str:
-        if self.written is None:
-            return f"{self.name} frames failed={self.lost}"
-        return f"{self.name} written={self.written} to_fallback={self.to_fallback} lost={self.lost}"
-
-
 def account_outputs(reporters: list[QueuedReporter], kafka: KafkaReporter | None,
                     frames: FrameOutputs | None = None) -> list[OutputAccount]:
     accounts = []
@@ -191,21 +188,22 @@ def accounts_line(records: int, accounts: list[OutputAccount]) -> str:
 
 
 def check_outputs(options: AttachOptions, log: Log) -> None:
-    """What worker processes will open, opened once and closed here, so that a
-    bad path, an unreachable broker or an unknown collector fails before
-    anything is attached (the workers open their own after the fork)."""
+    """What worker processes will open, opened once and closed here, so that an
+    unreachable broker, an unknown collector or (with per-worker files) a bad path
+    fails before anything is attached (the workers open their own after the fork)."""
     with contextlib.ExitStack() as trial:
-        trial_options = dataclasses.replace(options, out=options.out or str(DEFAULT_OUT_DIR / "check.jsonl"))
         if options.kafka is not None:
             producer = make_producer(options.kafka)
             trial.callback(producer.close)
             log(f"sending records to Kafka at {options.kafka.brokers}, {options.kafka_routing.describe()}")
         if options.hep:
             trial.callback(HepSender(options.hep, time.monotonic).close)
-        for path in (trial_options.out, options.pcap, options.fallback):
+        paths = [options.pcap_per_call and str(Path(options.pcap_per_call) / "check")]
+        if options.per_worker_files:
+            paths += [options.out or str(DEFAULT_OUT_DIR / "check.jsonl"), options.pcap, options.fallback]
+        for path in paths:
             if path is not None and path != "-":
                 try:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise SetupError(f"cannot create {Path(path).parent}: {exc.strerror}") from None
-        log("outputs checked; each worker opens its own")

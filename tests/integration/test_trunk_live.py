@@ -53,8 +53,8 @@ def test_a_trunk_spreads_over_two_workers_by_call_id(lab: Lab, tmp_path: Path, f
         messages = write_udp_pcap(pcap, CALLS, pad_invite=1600 if form == "fragmented" else 0,
                                   src_mac=src_mac, dst_mac=dst_mac)
     out = tmp_path / "trunk.jsonl"
-    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
-                        ["--workers", "2", "--direction", "ingress"])
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",  # a file each: who took what
+                        ["--workers", "2", "--direction", "ingress", "--per-worker-files"])
     try:
         _replay(lab, pcap)
         time.sleep(SETTLE_S)
@@ -77,3 +77,31 @@ def test_a_trunk_spreads_over_two_workers_by_call_id(lab: Lab, tmp_path: Path, f
     incomplete = [s for s in summaries if s["end_cause"] != "bye" or s["setup_ms"] is None
                   or s["answer_ms"] is None]
     assert not incomplete, incomplete[:3]
+
+
+def test_two_workers_write_one_file_holding_every_record_once(lab: Lab, tmp_path: Path) -> None:
+    """The default: the records of both workers in the one file the operator named,
+    written by the parent; at the trunk's rate, every line valid, every record once."""
+    pcap = tmp_path / "trunk.pcap"
+    messages = write_udp_pcap(pcap, CALLS, src_mac=_mac(lab, lab.uac_ns, lab.uac_if),
+                              dst_mac=_mac(lab, lab.uas_ns, lab.uas_if))
+    out = tmp_path / "trunk.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--direction", "ingress"])
+    try:
+        _replay(lab, pcap)
+        time.sleep(SETTLE_S)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    assert not list(tmp_path.glob("trunk.w*.jsonl"))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    sip = [r for r in records if r["kind"] == "sip"]
+    keys = collections.Counter((r["call_id"], r["cseq"], r["cseq_method"], r["method"], r["status"])
+                               for r in sip)
+    assert len(sip) == messages and max(keys.values()) == 1, (len(sip), messages, keys.most_common(2))
+    summaries = collections.Counter(r["call_id"] for r in records if r["kind"] == "call")
+    assert len(summaries) == CALLS and set(summaries.values()) == {1}
+    stats = final_stats(agent)
+    assert stats["records"] == len(records), (stats, len(records))
+    assert f"records: {len(records)} produced; jsonl written={len(records)} to_fallback=0 lost=0" \
+        in agent.output()

@@ -1,10 +1,13 @@
 """Worker processes on the lab: SIP from eight hosts spreads over two
-workers, each writes its own file, the parent's final figures add them up,
-and nothing is lost or counted twice."""
+workers, their records go to the one file the operator named (or a file
+each, on request), the parent's final figures add them up, and nothing is
+lost or counted twice."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import time
@@ -16,6 +19,7 @@ from otus_ebpf import netns
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.lab import Lab
+from tests.support.procs import Background
 from tests.support.sip_samples import sip_message
 from tests.unit.test_metrics import scrape
 
@@ -51,16 +55,33 @@ def test_two_workers_share_the_hosts_and_lose_nothing(lab: Lab, tmp_path: Path) 
     task = ("task", "attach")
     per_worker_metric = [page["otus_worker_events_total", (task, ("worker", w))] for w in ("w0", "w1")]
     assert sum(per_worker_metric) == page["otus_events_total", (task,)] == len(HOSTS) * PER_HOST
+    assert all(per_worker_metric), f"both workers had hosts to serve: {per_worker_metric}"
     assert [page["otus_worker_up", (task, ("worker", w))] for w in ("w0", "w1")] == [1, 1]
-    files = sorted(tmp_path.glob("sip.w*.jsonl"))
-    assert [f.name for f in files] == ["sip.w0.jsonl", "sip.w1.jsonl"]
-    per_worker = [len(f.read_text().splitlines()) for f in files]
-    assert all(per_worker), f"both workers had hosts to serve: {per_worker}"
-    records = read_records(out)
+    assert not list(tmp_path.glob("sip.w*.jsonl")), "one file, as asked: no per-worker files"
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line valid JSON, none cut or interleaved
     assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in HOSTS for n in range(PER_HOST))
     stats = final_stats(agent)
-    assert stats["records"] == len(records) == sum(per_worker)
+    assert stats["records"] == len(records)
     assert stats["ingress_submitted"] == stats["events"] == len(HOSTS) * PER_HOST
+    assert "records: 400 produced; jsonl written=400 to_fallback=0 lost=0" in agent.output()
+
+
+def test_per_worker_files_on_request(lab: Lab, tmp_path: Path) -> None:
+    lab.add_uac_addresses(HOSTS)
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "--per-worker-files"])
+    try:
+        send_from(lab, HOSTS)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    files = sorted(tmp_path.glob("sip.w*.jsonl"))
+    assert [f.name for f in files] == ["sip.w0.jsonl", "sip.w1.jsonl"]
+    assert not out.exists()
+    per_worker = [len(f.read_text().splitlines()) for f in files]
+    assert all(per_worker), f"both workers had hosts to serve: {per_worker}"
+    assert sum(per_worker) == final_stats(agent)["records"] == len(HOSTS) * PER_HOST
 
 
 @pytest.mark.parametrize(("strategy", "hosts"), [("round-robin", HOSTS[:1]), ("flow-hash", HOSTS)])
@@ -75,11 +96,15 @@ def test_one_reader_dispatches_to_two_workers(lab: Lab, tmp_path: Path, strategy
         send_from(lab, hosts)
     finally:
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
-    per_worker = [len(f.read_text().splitlines()) for f in sorted(tmp_path.glob("sip.w*.jsonl"))]
-    assert len(per_worker) == 2 and all(per_worker), f"both workers got events: {per_worker}"
+    forwarded = [int(n) for n in re.findall(r"w[01]-jsonl-forward written=(\d+)", final_line(agent))]
+    assert len(forwarded) == 2 and all(forwarded), f"both workers got events: {forwarded}"
     records = read_records(out)
     assert sorted(r["call_id"] for r in records) == sorted(f"{h}-{n}" for h in hosts for n in range(PER_HOST))
     assert final_stats(agent)["events"] == len(hosts) * PER_HOST
+
+
+def final_line(agent: Background) -> str:
+    return [line for line in agent.output().splitlines() if line.startswith("otus-ebpf: ")][-1]
 
 
 def children_of(pid: int) -> list[int]:
@@ -109,7 +134,7 @@ def test_workers_exit_when_their_parent_is_killed(lab: Lab, tmp_path: Path) -> N
     agent.stop()
     deadline = time.monotonic() + 10
     while any(alive(w) for w in workers):
-        assert time.monotonic() < deadline, "the workers outlived their parent"
+        assert time.monotonic() < deadline, f"the workers outlived their parent: {agent.output()[-4000:]}"
         time.sleep(0.05)
     programs = lab.run(lab.uas_ns, "ip", "link", "show", lab.uas_if).stdout
     assert "xdp" not in programs, "nothing holds the BPF links any more"

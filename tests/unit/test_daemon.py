@@ -162,7 +162,7 @@ def test_outputs_change_live_and_dialogs_survive_the_change(tmp_path: Path) -> N
         one = manager.get("one")
         assert one is not None
         deadline = time.monotonic() + 5
-        while one.pipeline is not None and one.pipeline.stats.records < 2:
+        while one.runner is not None and one.runner.pipeline.stats.records < 2:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         moved = path.read_text().replace(f"{tmp_path}/one.jsonl", f"{tmp_path}/one-new.jsonl")
@@ -172,7 +172,7 @@ def test_outputs_change_live_and_dialogs_survive_the_change(tmp_path: Path) -> N
         assert manager.get("one") is one
         opener.captures[0].batches.append([bye])
         deadline = time.monotonic() + 5
-        while one.pipeline is not None and one.pipeline.stats.records < 4:
+        while one.runner is not None and one.runner.pipeline.stats.records < 4:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:

@@ -110,14 +110,14 @@ def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
     def broken(*_args: object) -> None:
         raise RuntimeError(f"injected into {step}")
 
-    assert task.pipeline is not None
+    assert task.runner is not None
     if step == "frames":
         monkeypatch.setattr(FrameOutputs, "write", broken)
     elif step == "flow_learning":
-        monkeypatch.setattr(task.pipeline, "take_flow_events", lambda: ["anything"])
+        monkeypatch.setattr(task.runner.pipeline, "take_flow_events", lambda: ["anything"])
         monkeypatch.setattr(opener.captures[0], "apply_flows", broken)
     else:
-        monkeypatch.setattr(task.reporters[0], "write", broken)
+        monkeypatch.setattr(task.runner.reporters[0], "write", broken)
     for _ in range(3):
         task.poll_once()
     assert task.state is TaskState.RUNNING
@@ -488,7 +488,7 @@ def test_the_stream_table_holds_two_streams_per_call_of_the_limit() -> None:
 
 
 def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_one_misses() -> None:
-    from otus_ebpf import workers  # noqa: PLC0415
+    from otus_ebpf import supervisor  # noqa: PLC0415
 
     class Pipe:
         def __init__(self) -> None:
@@ -497,11 +497,11 @@ def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_on
         def send(self, share: list[bytes]) -> None:
             self.sent += share
 
-    capture = object.__new__(workers.WorkersCapture)
+    capture = object.__new__(supervisor.Supervisor)
     pipes = [Pipe() for _ in range(3)]
-    capture._workers = [workers._Worker(i, None, None, None, pipes[i]) for i in range(3)]  # type: ignore[arg-type]
+    capture._workers = [supervisor._Worker(i, None, None, None, pipes[i]) for i in range(3)]  # type: ignore[arg-type]
     capture._round_robin, capture._next, capture.dispatch_dropped = False, 0, 0
-    offset = workers._FLOW_HASH
+    offset = supervisor._FLOW_HASH
 
     def event(flow_hash: int) -> bytes:
         return bytes(offset) + flow_hash.to_bytes(4, "little")
@@ -516,7 +516,7 @@ def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_on
 
 def test_a_dead_workers_counters_stay_in_the_totals_and_its_gauges_go() -> None:
     from otus_ebpf.metrics import sample_to_json  # noqa: PLC0415
-    from otus_ebpf.workers import merge_samples  # noqa: PLC0415
+    from otus_ebpf.supervisor import merge_samples  # noqa: PLC0415
 
     def payload(worker: int, records: int, dialogs: float, retired: bool = False) -> dict[str, Any]:
         sample = TaskSample("running")

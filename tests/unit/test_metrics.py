@@ -50,7 +50,8 @@ def test_the_metrics_page_shows_the_tasks_own_numbers(tmp_path: Path) -> None:
     try:
         for _ in range(3):
             task.poll_once()
-        (jsonl,) = task.reporters
+        assert task.runner is not None
+        (jsonl,) = task.runner.reporters
         assert jsonl.drain(5, time.monotonic)
         page = scrape(server.address)
     finally:

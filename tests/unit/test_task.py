@@ -181,7 +181,8 @@ def test_stop_while_the_reporter_is_draining_loses_nothing(tmp_path: Path) -> No
     task.start()
     task.stop()  # the rings' leftovers are parsed, queued and written before the files close
     assert lines(tmp_path / "out.jsonl") == count
-    (jsonl,) = task.reporters
+    assert task.runner is not None
+    (jsonl,) = task.runner.reporters
     assert (jsonl.stats.written, jsonl.stats.overflow, jsonl.stats.failed) == (count, 0, 0)
 
 

@@ -46,11 +46,14 @@ class JsonLinesReporter:
 
     def write_encoded(self, lines: Sequence[bytes]) -> None:
         """Records already in their JSON form (what a Kafka reporter could not deliver)."""
+        self.write_block(b"\n".join(lines) + b"\n" if lines else b"", len(lines))
+
+    def write_block(self, data: bytes, lines: int) -> None:
+        """``lines`` records already joined, each ending in a newline (a worker's, say)."""
         if self._files.too_old():
             self._rotate()
         if not lines:
             return
-        data = b"\n".join(lines) + b"\n"
         if self._files.too_big_for(len(data)):
             self._rotate()
         self._sink.write(data)
@@ -58,7 +61,7 @@ class JsonLinesReporter:
         self._files.wrote(len(data))
         if self._fsync is FsyncPolicy.BATCH:
             self._sync()  # after the write: the lines are in the file whatever fsync says
-        self.stats.written += len(lines)
+        self.stats.written += lines
         self.stats.bytes += len(data)
 
     def _sync(self) -> None:

@@ -1,47 +1,53 @@
-"""Worker processes, one per ring shard ("binding" dispatch), so that parsing
-is not held to one core by the GIL.
+"""The supervisor of a task's worker processes, one per ring shard
+("binding") or fed by one reader ("dispatch"), so that parsing is not held
+to one core by the GIL.
 
-The task's process loads the programs, forks the workers, and only then
-attaches: every worker inherits the maps and opens the ring of its own
-shard (the kernel writes each conversation to one shard, and a media flow to
-the shard that learned it, so a worker sees whole dialogs). Each worker is a
-task of its own — pipeline, reporters, flow learning — with its own output
-files (``NAME.wN.EXT``). Twice a second it reports its figures to the
-parent, which adds them up for the stats line, /metrics and the live view.
+The task's process loads the programs, forks the workers (otus_ebpf.worker),
+and only then attaches: every worker inherits the maps and opens the ring of
+its own shard (the kernel routes SIP by Call-ID and a media flow to the
+shard that learned it, so a worker sees whole dialogs). This process is the
+one writer of the flow map (the workers send it their endpoints), forwards
+the messages a worker framed for a Call-ID another worker owns, and writes
+the files the operator named for all the workers (otus_ebpf.joined; with
+``per_worker_files`` each worker writes ``NAME.wN.EXT`` instead). Twice a
+second each worker reports its figures, which are added up here for the
+stats line, /metrics and the live view. A worker that dies is said so,
+counted, and started again after a backoff.
 
-Stop runs in this order: detach the programs (the parent's ExitStack),
-tell every worker to stop — each drains its ring, delivers, flushes its
-reporters, reports a last time and exits — then unload the programs. A
-worker that does not finish within the grace period is killed, and said so.
+Stop runs in this order: detach the programs (the task's ExitStack), tell
+every worker to stop — each drains its ring, delivers, flushes, reports a
+last time and exits — write what the workers handed in, then unload the
+programs. A worker that does not finish within the grace period is killed,
+and said so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import multiprocessing
 import os
 import queue
-import signal
 import struct
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from otus_ebpf.capture import CaptureOptions, OnStop
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
+from otus_ebpf.fanout import OutputAccount
 from otus_ebpf.flows import FlowStats, SharedFlows, apply_each, endpoint_address
-from otus_ebpf.loader import LoadedPrograms, load_programs
+from otus_ebpf.joined import JoinedOutputs
+from otus_ebpf.loader import KernelSettings, LoadedPrograms, load_programs
 from otus_ebpf.maps import Endpoint
-from otus_ebpf.metrics import TaskSample, sample_from_json, sample_to_json
+from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
+from otus_ebpf.runner import POLL_TIMEOUT_MS
+from otus_ebpf.sampling import add_boundary, add_joined_figures, fields
+from otus_ebpf.worker import STOP_GRACE_S, WorkerSpec, worker_main
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 from userspace.event import EVENT_FIELDS, struct_format
@@ -49,19 +55,16 @@ from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
 from userspace.reporters.kafka import KafkaStats
 
-REPORT_INTERVAL_S = 0.5
-HANDOFF_WAIT_MS = 10  # a worker looks for hand-offs at least this often, its ring busy or not
 HANDOFF_QUEUE_BYTES = 64 << 20  # hand-offs waiting for one worker's pipe before more are dropped (counted)
-DISPATCH_BATCH = 4096  # events a worker takes from its pipe before it processes them
-SendFlows = Callable[[list[FlowEvent]], None]
-# Where the kernel's symmetric flow hash sits in an event record (userspace.event).
+JOINED_DRAIN_S = 10.0  # at stop, how long the files may take to write what the workers handed in
+# Where the kernel's flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
-STOP_GRACE_S = 30.0
 DEFAULT_OUT_DIR = Path("otus-out")
 
 
 def worker_options(options: AttachOptions, index: int, label: str) -> AttachOptions:
-    """A worker's settings: its own output files, the shared per-call directory."""
+    """A worker's settings with per-worker files: its own output files, the shared
+    per-call directory."""
     def suffixed(path: str | None) -> str | None:
         if path is None:
             return None
@@ -69,211 +72,8 @@ def worker_options(options: AttachOptions, index: int, label: str) -> AttachOpti
         return str(p.with_name(f"{p.stem}.w{index}{p.suffix}"))
 
     out = options.out or str(DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl")
-    kernel = dataclasses.replace(options.kernel)
     return dataclasses.replace(options, out=suffixed(out), pcap=suffixed(options.pcap),
-                               fallback=suffixed(options.fallback), kernel=kernel)
-
-
-class _WorkerCapture:
-    """A worker's view of the kernel: events from somewhere; its flow changes go to
-    the parent, the one writer of the flow map (otus_ebpf.flows.SharedFlows)."""
-
-    description = "events"
-
-    def __init__(self, programs: LoadedPrograms, shard: int, send_flows: SendFlows) -> None:
-        self._programs = programs
-        self._shard = shard
-        self._send_flows = send_flows
-        self.lost = 0
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        raise NotImplementedError
-
-    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
-        if events:  # the media of a flow comes to the ring of the worker that learned it
-            self._send_flows([dataclasses.replace(e, shard=self._shard) for e in events])
-
-    def stats_sections(self) -> list[str]:
-        return [f"perf_lost={self.lost}"] if self.lost else []
-
-    def counters(self) -> dict[str, dict[str, int]]:
-        return {}  # the kernel's counters are the parent's to report
-
-    def set_filters(self, before: Any, after: Any) -> None:
-        return None  # the maps are shared: the parent changes them
-
-    def set_paused(self, paused: bool) -> None:
-        return None  # the parent pauses the programs
-
-
-class _ShardCapture(_WorkerCapture):
-    """Binding: the worker reads its own shard's ring, and the messages other
-    workers framed for Call-IDs it owns (hand-offs, through the parent)."""
-
-    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
-                 handoffs: Connection, on_stop: OnStop, send_flows: SendFlows) -> None:
-        super().__init__(programs, shard, send_flows)
-        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
-        self._handoffs = handoffs
-        self.description = f"shard {shard}"
-        stack.callback(lambda: on_stop(self._reader.drain() + _take_all(handoffs)))
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        batch = self._reader.poll(min(timeout_ms, HANDOFF_WAIT_MS)) + _take_all(self._handoffs)
-        self.lost = self._reader.lost
-        return batch
-
-
-def _take_all(connection: Connection) -> list[bytes]:
-    """Whatever batches the pipe holds now, without waiting."""
-    batch: list[bytes] = []
-    with contextlib.suppress(EOFError, OSError):
-        while connection.poll(0):
-            batch += connection.recv()
-    return batch
-
-
-class _PipeCapture(_WorkerCapture):
-    """Dispatch: the worker takes the batches the task's reader sends it."""
-
-    def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, index: int, events: Connection,
-                 on_stop: OnStop, send_flows: SendFlows) -> None:
-        # One ring: the kernel copies the owner (this worker) into each media event
-        # of a flow learned here, and the dispatcher hands it back.
-        super().__init__(programs, index, send_flows)
-        self._events = events
-        self.description = "events from the dispatcher"
-        stack.callback(lambda: on_stop(self._take(wait=0.0, everything=True)))
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        return self._take(wait=timeout_ms / 1000, everything=False)
-
-    def _take(self, wait: float, everything: bool) -> list[bytes]:
-        batch: list[bytes] = []
-        with contextlib.suppress(EOFError, OSError):
-            while self._events.poll(wait if not batch else 0):
-                batch += self._events.recv()
-                if not everything and len(batch) >= DISPATCH_BATCH:
-                    break
-        return batch
-
-
-def _worker_main(index: int, task_name: str, options: AttachOptions, programs: LoadedPrograms,
-                 control: Connection, reports: Connection, events: Connection, dispatched: bool,
-                 inherited: list[Connection], parent: int) -> None:
-    """The body of a worker process (forked: it shares the loaded programs)."""
-    from otus_ebpf.task import Task, TaskState  # noqa: PLC0415 - the task module imports this one
-
-    stop = _become_worker(inherited, parent)
-    status = 0
-
-    def log(message: str) -> None:
-        print(f"[w{index}] {message}", file=sys.stderr, flush=True)
-
-    outbox = _Outbox(reports)
-    send = outbox.send
-
-    def send_flows(changes: list[FlowEvent]) -> None:
-        send(("flows", index, changes))
-
-    def hand_off(handoffs: list[tuple[int, bytes]]) -> None:
-        send(("handoff", index, handoffs))
-
-    def opener(stack: contextlib.ExitStack, _options: CaptureOptions, _interfaces: dict[int, str],
-               _offset: int, on_stop: OnStop, _log: Any) -> _WorkerCapture:
-        if dispatched:
-            return _PipeCapture(stack, programs, index, events, on_stop, send_flows)
-        return _ShardCapture(stack, programs, index, events, on_stop, send_flows)
-
-    workers = options.kernel.shards
-    task = Task(f"{task_name}/w{index}", options, log, opener, worker=True,
-                route=(index, workers) if workers > 1 else None, hand_off=hand_off)
-    task.recent = deque(maxlen=16)
-    task.periodic_stats = False
-
-    def report(kind: str) -> None:
-        payload = {"sample": sample_to_json(task.metrics_sample()), "figures": task.figures(),
-                   "recent": task.recent_rows(), "worker": index}
-        send((kind, index, payload))
-
-    def listen() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            control.recv()  # "stop", or the parent went away
-        stop.set()
-
-    try:
-        task.start()
-        threading.Thread(target=listen, daemon=True).start()
-        runner = threading.Thread(target=task.run, args=(stop,), daemon=True)
-        runner.start()
-        while runner.is_alive():
-            runner.join(REPORT_INTERVAL_S)
-            report("sample")
-        if task.state is TaskState.FAILED:
-            raise RuntimeError(task.failure or "the worker's task failed")
-        task.stop()
-        report("final")
-    except BaseException as exc:  # a worker reports why it died, then dies
-        with contextlib.suppress(Exception):
-            send(("failed", index, f"{type(exc).__name__}: {exc}"))
-        status = 1
-    finally:
-        with contextlib.suppress(Exception):
-            outbox.close(STOP_GRACE_S)
-            reports.close()
-        os._exit(status)  # not the parent's exit handlers: they belong to the parent
-
-
-class _Outbox:
-    """A worker's messages to its parent, sent by a thread of their own. The task's
-    thread must never wait on the parent: in dispatch mode the parent can be waiting
-    on this worker's event pipe, which only the task's thread empties."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._queue: queue.SimpleQueue[tuple[str, int, Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="otus-outbox", daemon=True)
-        self._thread.start()
-
-    def send(self, message: tuple[str, int, Any]) -> None:
-        self._queue.put(message)
-
-    def _run(self) -> None:
-        while (message := self._queue.get()) is not None:
-            try:
-                self._connection.send(message)
-            except (OSError, ValueError):
-                return  # the parent is gone; this process follows it (PR_SET_PDEATHSIG)
-
-    def close(self, timeout: float) -> None:
-        """Send what is queued, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-
-def _become_worker(inherited: list[Connection], parent: int) -> threading.Event:
-    """Let go of the parent's pipe ends, die with the parent, leave ^C and SIGHUP to
-    it; the event is set by SIGTERM."""
-    for connection in inherited:  # the parent's ends: held here, a dead parent would never be noticed
-        with contextlib.suppress(OSError):
-            connection.close()
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
-    return stop
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """The backstop: the kernel sends SIGTERM when the parent dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(1)
+                               fallback=suffixed(options.fallback))
 
 
 @dataclasses.dataclass(slots=True)
@@ -300,20 +100,23 @@ RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 HEALTHY_AFTER_S = 60.0  # a worker up this long has its backoff reset
 
 
-class WorkersCapture:
-    """The Capture of a task whose parsing runs in worker processes. A worker
-    that dies is said so, counted, and started again after a backoff."""
+class Supervisor:
+    """What a task with worker processes runs (the task's Engine)."""
 
-    def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, task_options: AttachOptions,
-                 task_name: str, interfaces: dict[int, str], log: Callable[[str], None],
+    owns_outputs = False  # the workers write to Kafka and HEP: a change of outputs restarts the task
+
+    def __init__(self, stack: contextlib.ExitStack, task_options: AttachOptions, task_name: str,
+                 interfaces: dict[int, str], log: Callable[[str], None],
                  attach: Callable[[contextlib.ExitStack, LoadedPrograms], list[str]],
-                 on_stopped: Callable[[], None]) -> None:
-        """``on_stopped``: called when every worker has finished (the final figures are in)."""
+                 joined: JoinedOutputs | None, boundary: Boundary) -> None:
+        """``joined``: the files this process writes for the workers (None: per-worker files)."""
         self._log = log
-        self._on_stopped = on_stopped
-        count = options.kernel.shards
+        self._joined = joined
+        self._boundary = boundary
+        self.flow_stats = FlowStats()
+        count = task_options.kernel.shards
         dispatching = task_options.dispatch is Dispatch.DISPATCH
-        kernel = dataclasses.replace(options.kernel, route_by_call_id=True)
+        kernel = dataclasses.replace(task_options.capture.kernel, route_by_call_id=True)
         kernel = dataclasses.replace(kernel, shards=1) if dispatching else kernel
         programs = load_programs(kernel)
         stack.callback(programs.close)  # last: after the workers have drained their rings
@@ -324,7 +127,8 @@ class WorkersCapture:
         self._dispatching = dispatching
         self._task_name = task_name
         self._task_options = task_options
-        self._label = ",".join(interfaces.values())
+        self._interfaces = interfaces
+        self._label = ",".join(task_options.interfaces)
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -341,7 +145,8 @@ class WorkersCapture:
         strategy = task_options.strategy.value
         how = (f"1 ring dispatched ({strategy}) to {count} worker process(es)" if dispatching
                else f"{count} worker process(es)")
-        self.description = f"{'; '.join(hooks)}; {how}, {programs.delivery.value} delivery"
+        files = "each with its own files" if joined is None else "one writer per file"
+        self.description = f"{'; '.join(hooks)}; {how}, {files}, {programs.delivery.value} delivery"
 
     def _spawn(self, index: int) -> _Worker:
         control_here, control_there = self._context.Pipe()
@@ -349,15 +154,24 @@ class WorkersCapture:
         events_there, events_here = self._context.Pipe(duplex=False)
         inherited = [c for w in self._workers if w.index != index for c in w.connections()]
         inherited += [control_here, reports_here, events_here]
-        process = self._context.Process(
-            target=_worker_main, name=f"otus-worker-{index}",
-            args=(index, self._task_name, worker_options(self._task_options, index, self._label),
-                  self._programs, control_there, reports_there, events_there, self._dispatching, inherited,
-                  os.getpid()))
+        options = self._task_options
+        if self._joined is None:
+            options = worker_options(options, index, self._label)
+        spec = WorkerSpec(index, options.kernel.shards, self._task_name, options, self._interfaces,
+                          self._programs, self._dispatching, joined=self._joined is not None)
+        process = self._context.Process(target=worker_main, name=f"otus-worker-{index}",
+                                        args=(spec, control_there, reports_there, events_there, inherited,
+                                              os.getpid()))
         process.start()
         for end in (control_there, reports_there, events_there):
             end.close()
         return _Worker(index, process, control_here, reports_here, events_here, started=time.monotonic())
+
+    def poll_once(self) -> None:
+        """One turn of the task's loop: dispatch (dispatch mode), collect what the workers
+        sent, write their flow changes, restart the dead."""
+        self.poll(POLL_TIMEOUT_MS)
+        self._write_flows()
 
     # -- figures from the workers ---------------------------------------------------
 
@@ -428,6 +242,8 @@ class WorkersCapture:
                         self._flow_writes += self._flows.apply(worker.index, payload)
                     elif kind == "handoff":
                         self._handoffs.forward(payload)
+                    elif kind == "out":
+                        self._take_records(payload)
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -474,15 +290,24 @@ class WorkersCapture:
         """Every worker's latest figures, and the last ones of workers that died."""
         return [*self._retired, *(w.latest for w in self._workers if w.latest is not None)]
 
-    def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
+    def _take_records(self, payload: tuple[str, Any, int, int]) -> None:
+        if self._joined is not None:
+            self._joined.take(*payload)
+
+    def _write_flows(self) -> None:
         """The workers' flow changes, collected by poll, written to the kernel's map."""
         writes, self._flow_writes = self._flow_writes, []
+        if not writes:
+            return
         maps = self._programs.maps
-        apply_each(writes,
-                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind, e.shard,
-                                             self._flows.shared((e.address, e.port))),
-                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
-                   stats, boundary)
+        try:
+            apply_each(writes,
+                       lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind,
+                                                 e.shard, self._flows.shared((e.address, e.port))),
+                       lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
+                       self.flow_stats, self._boundary)
+        except Exception as exc:
+            self._boundary.failed("flow_learning", exc)
 
     def stats_sections(self) -> list[str]:
         return format_kernel_counts(read_kernel_counters(self._programs.bpf))
@@ -500,7 +325,7 @@ class WorkersCapture:
     def workers_up(self) -> dict[str, bool]:
         return {f"w{w.index}": w.process.is_alive() and w.failed is None for w in self._workers}
 
-    def set_filters(self, before: Any, after: Any) -> None:
+    def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._programs.maps.apply_filters(before, after)
 
     def set_paused(self, paused: bool) -> None:
@@ -527,7 +352,54 @@ class WorkersCapture:
             for connection in worker.connections():
                 connection.close()
         self._handoffs.close()
-        self._on_stopped()
+        self._write_flows()  # the workers' last forgets
+        if self._joined is not None:
+            self._joined.drain(JOINED_DRAIN_S)
+        try:
+            self._log(self.stats_line())  # the final figures, once every worker is done
+        except Exception as exc:
+            self._boundary.failed("stats", exc)
+
+    # -- the task's figures -------------------------------------------------------------
+
+    def swap_outputs(self, options: AttachOptions) -> None:
+        raise ValueError("the outputs of worker processes change by restarting the task")
+
+    def stats_line(self) -> str:
+        joined = self._joined.summaries() if self._joined is not None else []
+        return workers_stats_line(self._label, self.stats_sections(), self.worker_payloads(), joined)
+
+    def sample(self, sample: TaskSample, capturing: bool) -> TaskSample:
+        if capturing:
+            sample.capturers = self.counters()
+        for worker, up in self.workers_up().items():
+            sample.gauge("otus_worker_up", 1.0 if up else 0.0, worker=worker)
+        sample.count("otus_worker_restarts_total", self.restarts)
+        add_boundary(sample, self._boundary)
+        for outcome, value in fields(self.flow_stats):  # the flow map's writes are this process's
+            sample.count("otus_flow_updates_total", value, outcome=outcome)
+        if self._joined is not None:
+            add_joined_figures(sample, self._joined)
+        return merge_samples(sample, self.worker_payloads(), sample_from_json)
+
+    def keep_recent(self, count: int) -> None:
+        return None  # each worker keeps its last messages; recent_rows merges them
+
+    def recent_rows(self) -> list[list[str]]:
+        return sorted(row for p in self.worker_payloads() for row in p["recent"])[-16:]
+
+    def records_lost(self) -> int:
+        """Records lost in the workers' own outputs, and in the files written for them here."""
+        in_workers = sum(int(p["figures"].get("lost", 0)) for p in self.worker_payloads())
+        return in_workers + (self._joined.lost() if self._joined is not None else 0)
+
+    def accounts_line(self) -> str:
+        payloads = self.worker_payloads()
+        records = sum(int(p["figures"]["pipeline"]["records"]) for p in payloads)
+        accounts: list[OutputAccount] = self._joined.accounts() if self._joined is not None else []
+        in_workers = sum(int(p["figures"].get("lost", 0)) for p in payloads)
+        return "; ".join([f"records: {records} produced", *map(str, accounts),
+                          f"lost in the workers' own outputs: {in_workers}"])
 
 
 class _HandOffs:
@@ -626,7 +498,8 @@ def merge_samples(base: TaskSample, payloads: list[dict[str, Any]],
     return base
 
 
-def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str, Any]]) -> str:
+def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str, Any]],
+                       joined: list[str] | None = None) -> str:
     """The stats line of a task with worker processes: their figures added up."""
     pipeline, reassembly = PipelineStats(), ReassemblyStats()
     kafka: KafkaStats | None = None
@@ -647,4 +520,5 @@ def workers_stats_line(label: str, sections: list[str], payloads: list[dict[str,
                 setattr(kafka, name, getattr(kafka, name) + value)
         name = f"w{payload.get('worker', index)}{'(died)' if payload.get('retired') else ''}"
         outputs += [f"{name}-{summary}" for summary in figures["outputs"]]
+    outputs += joined or []
     return StatsLine(label, sections, pipeline, kafka, reassembly, outputs).format()
