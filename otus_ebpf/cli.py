@@ -35,7 +35,7 @@ from otus_ebpf.bounds import (
     parse_int,
 )
 from otus_ebpf.capture import CaptureDirection, CaptureMode
-from otus_ebpf.config import DEFAULT_METRICS_LISTEN, Config, ConfigInvalid, TaskConfig
+from otus_ebpf.config import DEFAULT_METRICS_LISTEN, Config, ConfigInvalid, TaskConfig, default_workers
 from otus_ebpf.config import load as load_config
 from otus_ebpf.counters import COUNTERS
 from otus_ebpf.errors import EXIT_INVALID, EXIT_SETUP_ERROR, SetupError
@@ -70,6 +70,11 @@ T = TypeVar("T", int, float)
 def whole(bound: Bound) -> Callable[[str], int]:
     """An argparse type: a whole number in ``bound``, ASCII digits only."""
     return _argument_type(parse_int, bound)
+
+
+def workers_count(text: str) -> int:
+    """An argparse type: "auto" (the CPUs, capped by the shard limit) or 1..8."""
+    return default_workers() if text == "auto" else whole(WORKERS)(text)
 
 
 def real(bound: Bound) -> Callable[[str], float]:
@@ -142,9 +147,9 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                              "attach that survives a crash; auto: links, else netlink")
     attach.add_argument("--force", action="store_true",
                         help="replace a foreign XDP program already on the interface")
-    attach.add_argument("--workers", type=whole(WORKERS), default=1,
-                        help="ring shards, one worker process each when more than one: the kernel writes "
-                             "each conversation to one of them (1..8)")
+    attach.add_argument("--workers", type=workers_count, default="auto",
+                        help="ring shards, one worker process each when more than one: the kernel routes "
+                             "each call to one of them (1..8, or auto: the CPUs, at most 8; default auto)")
     attach.add_argument("--dispatch", choices=[d.value for d in Dispatch], default=Dispatch.BINDING.value,
                         help="binding: each worker reads its own ring shard; dispatch: one reader hands "
                              "events to the workers")

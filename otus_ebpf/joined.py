@@ -122,6 +122,7 @@ class BlockWriter:
         self._max_bytes = max_bytes
         self.stats = JoinedStats()
         self._blocks: deque[tuple[Any, int, int]] = deque()
+        self._writing = threading.Lock()  # its thread, and others handing it a failed block (write_now)
         self._wakeup = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -157,21 +158,34 @@ class BlockWriter:
                 self.stats.queued_bytes -= size
                 self._busy = True
             try:
-                self._write(payload)
-            except Exception as exc:  # a full disk: these records go elsewhere, the thread goes on
-                self.stats.failed += records
-                self._said(f"{self.name}: {type(exc).__name__}: {exc}")
-                self._give_up(payload, records, size)
-            else:
-                self.stats.written += records
+                self._write_counted(payload, records, size)
             finally:
                 with self._wakeup:
                     self._busy = False
                     self._wakeup.notify_all()
 
+    def write_now(self, payload: Any, records: int, size: int) -> bool:
+        """Write a block another writer could not, on the caller's thread; True when it is
+        in the file (so that the other writer counts it as in the fallback only then)."""
+        return self._write_counted(payload, records, size, give_up=False)
+
+    def _write_counted(self, payload: Any, records: int, size: int, give_up: bool = True) -> bool:
+        try:
+            with self._writing:
+                self._write(payload)
+        except Exception as exc:  # a full disk: these records go elsewhere, the thread goes on
+            self.stats.failed += records
+            self._said(f"{self.name}: {type(exc).__name__}: {exc}")
+            if give_up:
+                self._give_up(payload, records, size)
+            return False  # otherwise the caller counts them, where it keeps its figures
+        self.stats.written += records
+        return True
+
     def _tick(self) -> None:
         try:
-            self._idle()
+            with self._writing:
+                self._idle()
         except Exception as exc:  # a rotation that failed: said; the next write tries again
             self._said(f"{self.name}: {type(exc).__name__}: {exc}")
 
@@ -228,7 +242,7 @@ class JoinedOutputs:
             log(f"records no output could take go to {options.fallback}")
         records = JsonLinesReporter(sink, options.out_rotation, time.monotonic, options.out_fsync)
         stack.callback(records.close)
-        to_fallback = fallback.put if fallback is not None else None
+        to_fallback = fallback.write_now if fallback is not None else None
         self._writer(stack, JSONL, _lines_into(records), lambda: records.write_block(b"", 0), to_fallback,
                      log)
         if options.pcap is not None:

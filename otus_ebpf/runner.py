@@ -63,6 +63,11 @@ def bug_reporter(name: str, log: Log) -> Callable[[str, str, BaseException, byte
     return report
 
 
+def clock_offset() -> int:
+    """What turns the kernel's monotonic timestamps into wall-clock ones."""
+    return time.time_ns() - time.monotonic_ns()
+
+
 def format_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
 
@@ -72,16 +77,17 @@ class Runner:
 
     def __init__(self, interfaces: dict[int, str], options: AttachOptions, boundary: Boundary, log: Log,
                  route: Route | None = None, hand_off: HandOffSink | None = None,
-                 forward: Forward | None = None) -> None:
+                 forward: Forward | None = None, clock_offset_ns: int | None = None) -> None:
         """``route`` and ``hand_off``: SIP is sharded by Call-ID over workers; messages
         another worker owns go to ``hand_off``. ``forward``: the file outputs are the
-        parent's (otus_ebpf.joined); this runner's records go there, encoded."""
+        parent's (otus_ebpf.joined); this runner's records go there, encoded.
+        ``clock_offset_ns``: the task's, so that every worker stamps a frame alike."""
         self._log = log
         self._hand_off = hand_off
         self._forward = forward
         self.label = ",".join(options.interfaces)
         self.boundary = boundary
-        self.clock_offset_ns = time.time_ns() - time.monotonic_ns()  # the kernel's clock to the wall's
+        self.clock_offset_ns = clock_offset() if clock_offset_ns is None else clock_offset_ns
         self.pipeline = Pipeline(interfaces, self.clock_offset_ns, options.reassembly, options.tcp,
                                  options.calls, boundary, route)
         self.capture: Capture | None = None

@@ -45,7 +45,7 @@ from otus_ebpf.maps import Endpoint
 from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
-from otus_ebpf.runner import POLL_TIMEOUT_MS
+from otus_ebpf.runner import POLL_TIMEOUT_MS, clock_offset
 from otus_ebpf.sampling import add_boundary, add_joined_figures, fields
 from otus_ebpf.worker import STOP_GRACE_S, WorkerSpec, worker_main
 from userspace.boundary import Boundary
@@ -129,6 +129,7 @@ class Supervisor:
         self._task_options = task_options
         self._interfaces = interfaces
         self._label = ",".join(task_options.interfaces)
+        self._clock_offset_ns = clock_offset()  # one for every worker, restarted ones too
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -158,7 +159,8 @@ class Supervisor:
         if self._joined is None:
             options = worker_options(options, index, self._label)
         spec = WorkerSpec(index, options.kernel.shards, self._task_name, options, self._interfaces,
-                          self._programs, self._dispatching, joined=self._joined is not None)
+                          self._programs, self._dispatching, joined=self._joined is not None,
+                          clock_offset_ns=self._clock_offset_ns)
         process = self._context.Process(target=worker_main, name=f"otus-worker-{index}",
                                         args=(spec, control_there, reports_there, events_there, inherited,
                                               os.getpid()))

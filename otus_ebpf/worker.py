@@ -58,6 +58,7 @@ class WorkerSpec:
     programs: LoadedPrograms
     dispatched: bool   # events come from the parent's reader, not from a shard of its own
     joined: bool       # the file outputs are the parent's
+    clock_offset_ns: int  # the task's: a message framed by one worker and recorded by another keeps its time
 
 
 class _WorkerCapture:
@@ -174,7 +175,7 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
     runner = Runner(spec.interfaces, spec.options, boundary, log,
                     route=(index, spec.workers) if spec.workers > 1 else None,
                     hand_off=lambda handoffs: outbox.send("handoff", handoffs),
-                    forward=outbox.forward if spec.joined else None)
+                    forward=outbox.forward if spec.joined else None, clock_offset_ns=spec.clock_offset_ns)
     runner.keep_recent(RECENT_KEPT)
 
     def send_flows(changes: list[FlowEvent]) -> None:

@@ -51,7 +51,7 @@ def test_sipp_calls_are_captured_in_both_directions_and_reach_kafka(
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
                         ["--kafka", uas_broker.address, "--topic", topic, "--kafka-headers",
                          "--delivery", delivery, "--workers", str(workers)])
-    readers = "1 shard(s)" if workers == 1 else f"{workers} worker process(es)"
+    readers = "1 shard(s)" if workers == 1 else f"{workers} worker process(es), one writer per file"
     assert f"{readers}, {delivery} delivery" in agent.output()
     assert f"sending records to Kafka at {uas_broker.address}, topic {topic}" in agent.output()
     try:
@@ -185,29 +185,49 @@ def test_the_pcap_outputs_hold_the_captured_sip_for_tshark(lab: Lab, tmp_path: P
 
 
 class TcpCollectorServer:
-    """A HEP-over-TCP collector: accepts one connection and keeps what it sends."""
+    """A HEP-over-TCP collector: accepts every connection (one per worker process)
+    and keeps what each sends."""
 
     def __init__(self, server: socket.socket) -> None:
         self.server = server
-        self.data = bytearray()
+        self.streams: list[bytearray] = []
+        self.readers: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        self.server.settimeout(60)
-        conn, _ = self.server.accept()
+        self.server.settimeout(0.5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # the listener is closed
+            stream = bytearray()
+            self.streams.append(stream)
+            reader = threading.Thread(target=self._read, args=(conn, stream), daemon=True)
+            reader.start()
+            self.readers.append(reader)
+
+    @staticmethod
+    def _read(conn: socket.socket, stream: bytearray) -> None:
         with conn:
             while chunk := conn.recv(65536):
-                self.data += chunk
+                stream += chunk
 
     def packets(self) -> list[bytes]:
-        self.thread.join(timeout=30)
-        packets, offset = [], 0
-        while offset + 6 <= len(self.data):
-            length = int.from_bytes(self.data[offset + 4:offset + 6], "big")
-            packets.append(bytes(self.data[offset:offset + length]))
-            offset += length
-        assert offset == len(self.data), "the TCP stream ends on a packet boundary"
+        for reader in list(self.readers):
+            reader.join(timeout=30)
+        packets = []
+        for stream in self.streams:
+            offset = 0
+            while offset + 6 <= len(stream):
+                length = int.from_bytes(stream[offset + 4:offset + 6], "big")
+                packets.append(bytes(stream[offset:offset + length]))
+                offset += length
+            assert offset == len(stream), "each TCP stream ends on a packet boundary"
         return packets
 
 

@@ -138,3 +138,16 @@ def test_task_actions_without_a_name_say_so_in_the_error_form(capsys: pytest.Cap
         assert main(["task", action, "--socket", "/nonexistent/control.sock"]) == 1
         (line,) = error_lines(capsys)
         assert line == f"otus-ebpf: error: task {action}: which task? name it: otus-ebpf task {action} NAME"
+
+
+def test_workers_default_to_one_per_cpu_capped_by_the_shard_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otus_ebpf import cli  # noqa: PLC0415
+
+    for cpus, expected in ((1, 1), (2, 2), (64, 8)):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        args = cli.build_parser().parse_args(["attach", "eth0"])
+        assert cli._attach_options(args).kernel.shards == expected
+    args = cli.build_parser().parse_args(["attach", "eth0", "--workers", "3"])
+    assert cli._attach_options(args).kernel.shards == 3
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["attach", "eth0", "--workers", "9"])

@@ -152,3 +152,22 @@ def test_the_outbox_fails_at_once_once_the_parent_is_gone() -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     outbox.close(5)
+
+
+def test_a_block_the_file_refuses_is_in_the_fallback_only_once_written_there(tmp_path: Path) -> None:
+    outputs = joined(tmp_path, fallback=str(tmp_path / "fallback.jsonl"))
+    jsonl, fallback = outputs.writers[JSONL], outputs.writers["fallback"]
+
+    def full(_block: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    jsonl._write = full
+    outputs.take(JSONL, b'{"n":1}\n{"n":2}\n', 2, 16)
+    outputs.drain(5)
+    fallback._write = full  # the spare disk fills too
+    outputs.take(JSONL, b'{"n":3}\n', 1, 8)
+    outputs.close()
+    assert (jsonl.stats.written, jsonl.stats.to_fallback, jsonl.stats.lost) == (0, 2, 1)
+    assert (fallback.stats.written, fallback.stats.lost) == (2, 0)
+    assert outputs.lost() == 1
+    assert (tmp_path / "fallback.jsonl").read_text().splitlines() == ['{"n":1}', '{"n":2}']
