@@ -27,7 +27,7 @@ def _shown(value: float) -> str:
 
 
 PORT = Bound(1, 65_535)
-RING_PAGES = Bound(1, 1 << 18)               # 1 GiB a ring with 4 KiB pages
+RING_MB = Bound(1, 1024)                     # MiB a shard's ring, a power of two
 WORKERS = Bound(1, MAX_SHARDS)               # ring shards declared in bpf/otus.c
 SNAPLEN = Bound(MIN_SNAPLEN, MAX_SNAPLEN)     # a per-CPU map value; a jumbo frame
 SNAPLEN_MEDIA = Bound(0, MAX_SNAPLEN)

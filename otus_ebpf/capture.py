@@ -133,7 +133,7 @@ class _EbpfCapture:
         programs = load_programs(options.kernel)
         stack.callback(programs.close)
         self._programs = programs
-        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards)
+        self._reader = open_reader(programs)
         stack.callback(lambda: on_stop(self._reader.drain()))
         hooks = attach_hooks(stack, programs, options, interfaces)
         self.description = (f"{'; '.join(hooks)}; {programs.shards} shard(s), "

@@ -22,7 +22,7 @@ from otus_ebpf.bounds import (
     PORT,
     QUEUE_RECORDS,
     REPLAY_SPEED,
-    RING_PAGES,
+    RING_MB,
     ROTATE_AGE_S,
     ROTATE_MB,
     RTP_REPORT_INTERVAL_S,
@@ -45,7 +45,7 @@ from otus_ebpf.introspect import live_maps
 from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.loader import (
     DEFAULT_MEDIA_SNAPLEN,
-    DEFAULT_RING_PAGES,
+    DEFAULT_RING_MB,
     DEFAULT_SIP_PORTS,
     DEFAULT_SNAPLEN,
     Delivery,
@@ -177,8 +177,9 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="bytes of a SIP packet or fragment to copy")
     attach.add_argument("--media-snaplen", type=whole(SNAPLEN_MEDIA), default=DEFAULT_MEDIA_SNAPLEN,
                         help="bytes past the UDP header to copy for RTP (RTCP is copied up to --snaplen)")
-    attach.add_argument("--ring-pages", type=whole(RING_PAGES), default=DEFAULT_RING_PAGES,
-                        help="ring buffer size in pages, a power of two")
+    attach.add_argument("--ring-mb", type=whole(RING_MB), default=DEFAULT_RING_MB,
+                        help=f"kernel ring memory per worker, MiB, a power of two (default "
+                             f"{DEFAULT_RING_MB}: seconds of a SIP burst)")
     _add_rtp_report_interval(attach)
     attach.add_argument("--stats-interval",
                         type=real(STATS_INTERVAL_S), default=5.0, help="seconds between stats lines")
@@ -325,7 +326,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         exclude=tuple(parse_network(c) for c in args.exclude),
         snaplen=args.snaplen,
         media_snaplen=args.media_snaplen,
-        ring_pages=args.ring_pages,
+        ring_mb=args.ring_mb,
         shards=args.workers,
         delivery=Delivery(args.delivery),
     )
@@ -490,7 +491,7 @@ _FIELD_FLAGS = {
 _KERNEL_FLAGS = {
     "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),
     "exclude": ("exclude",), "snaplen": ("snaplen",), "media_snaplen": ("media_snaplen",),
-    "ring_pages": ("ring_pages",), "shards": ("workers",), "delivery": ("delivery",),
+    "ring_mb": ("ring_mb",), "shards": ("workers",), "delivery": ("delivery",),
 }
 
 

@@ -31,7 +31,7 @@ from otus_ebpf.bounds import (
     KAFKA_LINGER_MS,
     KAFKA_QUEUE_KB,
     QUEUE_RECORDS,
-    RING_PAGES,
+    RING_MB,
     ROTATE_AGE_S,
     ROTATE_MB,
     STATS_INTERVAL_S,
@@ -47,7 +47,7 @@ from otus_ebpf.kafka import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from otus_ebpf.kernel_abi import Network
 from otus_ebpf.loader import (
     DEFAULT_MEDIA_SNAPLEN,
-    DEFAULT_RING_PAGES,
+    DEFAULT_RING_MB,
     DEFAULT_SIP_PORTS,
     DEFAULT_SNAPLEN,
     MAX_SHARDS,
@@ -399,17 +399,15 @@ class _Checker:
 
     def kernel(self, node: yaml.Node | None, path: str, workers: int, delivery: Delivery) -> KernelSettings:
         keys = self.mapping(node, path, ("sip_ports", "signature", "include", "exclude", "snaplen",
-                                         "media_snaplen", "ring_pages"))
+                                         "media_snaplen", "ring_mb"))
         ports = tuple(self.integer(n, f"{path}.sip_ports[{i}]", 5060, 1, 65535)
                       for i, n in enumerate(self.sequence(keys.get("sip_ports"), f"{path}.sip_ports")))
         snaplen = self.integer(keys.get("snaplen"), f"{path}.snaplen", DEFAULT_SNAPLEN, MIN_SNAPLEN,
                                MAX_SNAPLEN)
-        ring_pages = self.bounded(keys.get("ring_pages"), f"{path}.ring_pages", DEFAULT_RING_PAGES,
-                                  RING_PAGES)
-        if ring_pages & (ring_pages - 1):
-            self.problem(keys.get("ring_pages"), f"{path}.ring_pages",
-                         f"must be a power of two, not {ring_pages}")
-            ring_pages = DEFAULT_RING_PAGES
+        ring_mb = self.bounded(keys.get("ring_mb"), f"{path}.ring_mb", DEFAULT_RING_MB, RING_MB)
+        if ring_mb & (ring_mb - 1):
+            self.problem(keys.get("ring_mb"), f"{path}.ring_mb", f"must be a power of two, not {ring_mb}")
+            ring_mb = DEFAULT_RING_MB
         return KernelSettings(
             sip_ports=ports or DEFAULT_SIP_PORTS,
             signature=self.boolean(keys.get("signature"), f"{path}.signature", False),
@@ -418,7 +416,7 @@ class _Checker:
             snaplen=snaplen,
             media_snaplen=self.integer(keys.get("media_snaplen"), f"{path}.media_snaplen",
                                        min(DEFAULT_MEDIA_SNAPLEN, snaplen), 0, snaplen),
-            ring_pages=ring_pages, shards=workers, delivery=delivery,
+            ring_mb=ring_mb, shards=workers, delivery=delivery,
         )
 
     def networks(self, node: yaml.Node | None, path: str) -> tuple[Network, ...]:

@@ -10,6 +10,7 @@ import ctypes
 import importlib
 import ipaddress
 import os
+import resource
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,7 +37,11 @@ MIN_SNAPLEN, MAX_SNAPLEN = 64, 9216
 # RTP needs its 12-byte header (plus CSRCs and an extension, RFC 3550 §5.1);
 # RTCP reports fit in a few hundred bytes.
 DEFAULT_MEDIA_SNAPLEN = 64
-DEFAULT_RING_PAGES = 1024  # 4 MiB per ring with 4 KiB pages
+# A ring's memory per shard, MiB: at 20,000 SIP messages/s of ~700 bytes, about
+# five seconds of a burst the parser is not keeping up with (docs/CONFIG.md).
+DEFAULT_RING_MB = 64
+PAGE_SIZE = resource.getpagesize()
+MIN_PERF_PAGES = 8  # per CPU: below this a perf buffer holds too few records to batch
 MAX_SHARDS = 8  # rings declared in bpf/otus.c
 _BPF_MAP_TYPE_RINGBUF = 27
 
@@ -55,7 +60,7 @@ class KernelSettings:
     exclude: tuple[Network, ...] = ()
     snaplen: int = DEFAULT_SNAPLEN
     media_snaplen: int = DEFAULT_MEDIA_SNAPLEN
-    ring_pages: int = DEFAULT_RING_PAGES
+    ring_mb: int = DEFAULT_RING_MB  # per shard, a power of two
     shards: int = 1
     # SIP routed by Call-ID (docs/SHARDING.md): set for worker processes, the only
     # readers that use it; the scan costs 250-380 ns a SIP datagram in the kernel.
@@ -66,13 +71,23 @@ class KernelSettings:
     max_flows: int = CallLimits().flow_map_entries
     extra_cflags: tuple[str, ...] = field(default=())
 
+    @property
+    def ring_pages(self) -> int:
+        """A ring buffer's size in pages (one ring per shard)."""
+        return max(1, (self.ring_mb << 20) // PAGE_SIZE)
+
+    def perf_pages(self, cpus: int) -> int:
+        """Perf buffers are per CPU: the shard's budget split over the CPUs, as a power of two."""
+        share = max(MIN_PERF_PAGES, self.ring_pages // max(1, cpus))
+        return 1 << (share.bit_length() - 1)
+
     def validate(self) -> None:
         if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
             raise SetupError(f"snaplen {self.snaplen} is outside {MIN_SNAPLEN}..{MAX_SNAPLEN}")
         if not 0 <= self.media_snaplen <= self.snaplen:
             raise SetupError(f"media snaplen {self.media_snaplen} is outside 0..{self.snaplen}")
-        if self.ring_pages <= 0 or self.ring_pages & (self.ring_pages - 1):
-            raise SetupError(f"ring size of {self.ring_pages} pages is not a power of two")
+        if self.ring_mb <= 0 or self.ring_mb & (self.ring_mb - 1):
+            raise SetupError(f"a ring of {self.ring_mb} MiB: not a power of two")
         if not 1 <= self.shards <= MAX_SHARDS:
             raise SetupError(f"workers must be 1..{MAX_SHARDS}, got {self.shards}")
         bad = [p for p in self.sip_ports if not 0 < p < 65536]
@@ -88,6 +103,7 @@ class LoadedPrograms:
     maps: KernelMaps
     shards: int
     delivery: Delivery
+    perf_pages: int  # per CPU and shard, with perf delivery
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -158,7 +174,8 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     except Exception as exc:  # verifier rejections arrive as bare Exception too
         loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
-    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, settings.shards, delivery)
+    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, settings.shards, delivery,
+                          settings.perf_pages(os.cpu_count() or 1))
 
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:

@@ -13,11 +13,10 @@ import ctypes
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from otus_ebpf.loader import Delivery
+from otus_ebpf.loader import Delivery, LoadedPrograms
 from otus_ebpf.maps import table
 
 PERF_WAKEUP_EVENTS = 64
-PERF_PAGES = 256  # per CPU per shard: 1 MiB with 4 KiB pages
 
 
 class Reader(Protocol):
@@ -56,12 +55,13 @@ class RingReader:
 
 
 class PerfReader:
-    def __init__(self, bpf: Any, shards: Iterable[int]) -> None:
+    def __init__(self, bpf: Any, shards: Iterable[int], pages: int) -> None:
+        """``pages``: per CPU and shard (the shard's ring budget split over the CPUs)."""
         self._bpf = bpf
         self._batch: list[bytes] = []
         self.lost = 0
         for shard in shards:
-            table(bpf, f"perf{shard}").open_perf_buffer(self._on_record, page_cnt=PERF_PAGES,
+            table(bpf, f"perf{shard}").open_perf_buffer(self._on_record, page_cnt=pages,
                                                  lost_cb=self._on_lost,
                                                  wakeup_events=PERF_WAKEUP_EVENTS)
 
@@ -81,7 +81,9 @@ class PerfReader:
         return batch
 
 
-def open_reader(bpf: Any, delivery: Delivery, shards: int, only: Iterable[int] | None = None) -> Reader:
+def open_reader(programs: LoadedPrograms, only: Iterable[int] | None = None) -> Reader:
     """A reader of every shard's ring, or ``only`` of these (a worker process's own)."""
-    which = range(shards) if only is None else only
-    return PerfReader(bpf, which) if delivery is Delivery.PERF else RingReader(bpf, which)
+    which = range(programs.shards) if only is None else only
+    if programs.delivery is Delivery.PERF:
+        return PerfReader(programs.bpf, which, programs.perf_pages)
+    return RingReader(programs.bpf, which)

@@ -123,7 +123,7 @@ class Supervisor:
         self._programs = programs
         self._round_robin = task_options.strategy is Strategy.ROUND_ROBIN
         self._next = 0
-        self._reader: Reader | None = open_reader(programs.bpf, programs.delivery, 1) if dispatching else None
+        self._reader: Reader | None = open_reader(programs) if dispatching else None
         self._dispatching = dispatching
         self._task_name = task_name
         self._task_options = task_options

@@ -99,7 +99,7 @@ class _ShardCapture(_WorkerCapture):
     def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
                  handoffs: Connection, on_stop: OnStop, send_flows: SendFlows) -> None:
         super().__init__(shard, send_flows)
-        self._reader = open_reader(programs.bpf, programs.delivery, programs.shards, only=(shard,))
+        self._reader = open_reader(programs, only=(shard,))
         self._handoffs = handoffs
         self.description = f"shard {shard}"
         stack.callback(lambda: on_stop(self._reader.drain() + _take_all(handoffs)))

@@ -2,6 +2,7 @@
 capture at the same paced rates, in the same run.
 
     sudo .venv/bin/python scripts/bench/bursts.py [--rates 20000,50000] [--seconds 10] [--workers 1]
+                                                  [--ring-mb 64]
 
 A lab (two namespaces joined by a veth, created here and removed at the
 end) carries a trunk's SIP (tests/support/trunk.py, UDP) replayed by
@@ -27,12 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from otus_ebpf.loader import DEFAULT_RING_MB
 from tests.support.agent import final_stats, start_agent
 from tests.support.lab import Lab, lab_down, lab_up
 from tests.support.trunk import write_udp_pcap
 
 MESSAGES_PER_CALL = 7
-QUIET_S = 3.0  # the output has not grown for this long: the agent has caught up
+QUIET_S = 5.0  # the output has not grown for this long: the agent has caught up
+STOP_GRACE_S = 120.0  # a full ring takes seconds to drain at stop
 DRAIN_LIMIT_S = 300.0
 
 
@@ -57,19 +60,23 @@ def sip_records(out: Path) -> int:
 
 
 def run(lab: Lab, mode: str, workers: int, rate: int, pcap: Path, loops: int,
-        workdir: Path) -> dict[str, int]:
+        workdir: Path, ring_mb: int) -> dict[str, int]:
     out = workdir / f"{mode}-{rate}.jsonl"
     agent = start_agent(lab.uas_ns, lab.uas_if, out, workdir / f"{mode}-{rate}.log",
-                        ["--mode", mode, "--workers", str(workers), "--direction", "ingress"])
+                        ["--mode", mode, "--workers", str(workers), "--direction", "ingress",
+                         "--ring-mb", str(ring_mb)])
     try:
         subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if,
                         f"--pps={rate}", f"--loop={loops}", str(pcap)], check=True, capture_output=True)
         wait_until_quiet(out)
     finally:
-        agent.stop(signal.SIGTERM)
+        status = agent.stop(signal.SIGTERM, grace=STOP_GRACE_S)
+    if status != 0:
+        raise SystemExit(f"{mode} at {rate}/s: the agent exited with {status}:\n{agent.output()[-3000:]}")
     stats = final_stats(agent)
-    lost = stats.get("ingress_submit_failed", 0) + stats.get("drops", 0) + stats.get("afpacket_drops", 0)
-    return {"kept": sip_records(out), "counted_lost": lost}
+    lost = stats.get("ingress_submit_failed", 0) + stats.get("afpacket_drops", 0)
+    seen = stats.get("ingress_seen", stats.get("afpacket_packets", 0))
+    return {"kept": sip_records(out), "counted_lost": lost, "seen": seen}
 
 
 def main() -> int:
@@ -77,6 +84,7 @@ def main() -> int:
     parser.add_argument("--rates", default="20000,50000", help="messages a second, comma-separated")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="for XDP (AF_PACKET reads in one process)")
+    parser.add_argument("--ring-mb", type=int, default=DEFAULT_RING_MB, help="XDP's ring per worker")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     lab = lab_up(f"otus-b{os.getpid() % 100000}")
@@ -92,11 +100,12 @@ def main() -> int:
                 loops = max(1, args.seconds // 2)
                 offered = messages * loops
                 for mode in ("afpacket", "xdp"):
-                    result = run(lab, mode, args.workers if mode == "xdp" else 1, rate, pcap, loops, workdir)
+                    result = run(lab, mode, args.workers if mode == "xdp" else 1, rate, pcap, loops, workdir,
+                                 args.ring_mb)
                     kept[mode, rate] = result["kept"]
                     print(f"  {mode:8} {rate:>6,}/s for {args.seconds} s: offered {offered:>9,}, kept "
                           f"{result['kept']:>9,} ({result['kept'] / offered:6.1%}), counted lost "
-                          f"{result['counted_lost']:,}", flush=True)
+                          f"{result['counted_lost']:,}; the capture saw {result['seen']:,}", flush=True)
     finally:
         with contextlib.suppress(Exception):
             lab_down(lab)

@@ -29,8 +29,8 @@ from otus_ebpf.ring import open_reader
 from tests.support.frames import ethernet, ipv4, udp
 from userspace.event import Counter, Direction, Kind
 
-RING_PAGES = 16384  # 64 MiB: room for a chunk of 1,400-byte records
-RING_BYTES = RING_PAGES * 4096
+RING_MB = 64  # room for a chunk of 1,400-byte records
+RING_BYTES = RING_MB << 20
 RECORD_OVERHEAD = 8 + 40  # ring record header + otus_event
 BARE_XDP = b"int bare(struct xdp_md *ctx) { return XDP_PASS; }"
 TARGETS_NS = {"non-matching": 40, "SIP match into the ring": 200}
@@ -83,9 +83,9 @@ def main() -> int:
     bcc = import_bcc()
     bare = bcc.BPF(text=BARE_XDP)
     bare_fd = bare.load_func(b"bare", bcc.BPF.XDP).fd
-    programs = load_programs(KernelSettings(ring_pages=RING_PAGES, route_by_call_id=args.route_by_call_id))
+    programs = load_programs(KernelSettings(ring_mb=RING_MB, route_by_call_id=args.route_by_call_id))
     programs.maps.learn_flow(Endpoint(ipaddress.ip_address("10.0.0.2"), 40000), Kind.RTP, 0)
-    reader = open_reader(programs.bpf, programs.delivery, programs.shards)
+    reader = open_reader(programs)
 
     print(f"{'case':26} {'frame':>6} {'ns/packet':>10} {'bare ns':>8} {'ratio':>7} {'target':>7}")
     failures = []

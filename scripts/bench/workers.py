@@ -2,7 +2,7 @@
 with 2 worker processes writing one file through their parent (the default),
 and with 2 writing a file each (--per-worker-files), in the same run.
 
-    sudo .venv/bin/python scripts/bench/workers.py [--ring-pages 8192] [--pairs 8]
+    sudo .venv/bin/python scripts/bench/workers.py [--ring-mb 128] [--pairs 8]
 
 The agent's task runs here with its programs attached to the lab's UAS
 interface (a namespace this script creates and removes). While its readers
@@ -54,12 +54,12 @@ def progress(task: Task, outputs: list[Path]) -> tuple[int, int]:
     return int(sum(sample.counters.get("otus_events_total", {}).values())), written
 
 
-def run(workers: int, per_worker_files: bool, ring_pages: int, interface: str, ns: str, workdir: Path,
+def run(workers: int, per_worker_files: bool, ring_mb: int, interface: str, ns: str, workdir: Path,
         pairs: int) -> tuple[float, int, list[int]]:
     out = workdir / f"bench-{workers}{'-each' if per_worker_files else ''}.jsonl"
     options = AttachOptions((interface,), direction=CaptureDirection.INGRESS,
                             out=str(out), stats_interval_s=3600.0,
-                            kernel=KernelSettings(shards=workers, ring_pages=ring_pages),
+                            kernel=KernelSettings(shards=workers, ring_mb=ring_mb),
                             worker_processes=workers > 1, per_worker_files=per_worker_files)
     outputs = [out.with_name(f"{out.stem}.w{n}{out.suffix}") for n in range(workers)] if per_worker_files \
         else [out]
@@ -114,7 +114,7 @@ def _submitted(programs: Any) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ring-pages", type=int, default=32768,
+    parser.add_argument("--ring-mb", type=int, default=128,
                         help="per shard, a power of two: big enough that a drain lasts seconds")
     parser.add_argument("--pairs", type=int, default=8, help="address pairs the load comes from")
     args = parser.parse_args()
@@ -124,7 +124,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for workers, each, name in ((1, False, "1 worker"), (2, False, "2 workers, one file"),
                                         (2, True, "2 workers, a file each")):
-                rate, queued, per_worker = run(workers, each, args.ring_pages, lab.uas_if, lab.uas_ns,
+                rate, queued, per_worker = run(workers, each, args.ring_mb, lab.uas_if, lab.uas_ns,
                                                Path(tmp), args.pairs)
                 rates[name] = rate
                 split = f"; per worker {per_worker}" if per_worker else ""

@@ -48,7 +48,7 @@ class Run:
 class KernelHarness:
     def __init__(self, settings: KernelSettings) -> None:
         self.programs: LoadedPrograms = load_programs(settings)
-        self.reader: Reader = open_reader(self.programs.bpf, self.programs.delivery, self.programs.shards)
+        self.reader: Reader = open_reader(self.programs)
 
     @property
     def maps(self) -> KernelMaps:

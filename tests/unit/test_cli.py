@@ -47,7 +47,7 @@ def test_bcc_missing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
 
 
 def test_bad_settings_are_refused_first(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["attach", "no-such-if0", "--ring-pages", "1000"]) == 1
+    assert main(["attach", "no-such-if0", "--ring-mb", "100"]) == 1
     (line,) = error_lines(capsys)
     assert "power of two" in line
 

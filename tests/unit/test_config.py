@@ -52,7 +52,7 @@ EXPECTED = {
     "stats_interval_nan": ["4: tasks[0].stats_interval_s: must be a number, not '.nan'"],
     "metrics_port_superscript": ["2: metrics.listen: must be HOST:PORT (or off), not '127.0.0.1:909²'"],
     "calls_max_calls_huge": ["5: tasks[0].calls.max_calls: must be between 1 and 4000000, not 100000000"],
-    "ring_pages_not_power_of_two": ["4: tasks[0].filter.ring_pages: must be a power of two, not 100"],
+    "ring_mb_not_power_of_two": ["4: tasks[0].filter.ring_mb: must be a power of two, not 100"],
     "several_at_once": ["1: node.name: must not be empty",
                         "5: tasks[0].workers: must be between 1 and 8, not 99",
                         "6: tasks[0].mode: must be one of xdp, afpacket, auto, not 'fast'",
