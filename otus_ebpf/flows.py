@@ -13,10 +13,12 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from otus_ebpf.kernel_abi import Address
 from userspace.boundary import Boundary
 from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
+from userspace.event import Kind
 
 
 class FlowTableFull(Exception):
@@ -114,3 +116,45 @@ class SharedFlows:
     def __len__(self) -> int:
         return len(self._registry)
 
+
+
+class FlowMap(Protocol):
+    """What the one writer needs of the kernel's maps (otus_ebpf.maps.KernelMaps)."""
+
+    def learn_flow(self, endpoint: Any, kind: Kind, shard: int, shared: bool = False) -> None: ...
+
+    def forget_flow(self, endpoint: Any) -> None: ...
+
+
+class FlowMapWriter:
+    """The one process that writes a task's flow map for all its workers: their
+    learns and forgets go through SharedFlows (an endpoint two workers hold stays
+    until both let go; the per-port use counts change once per kernel entry),
+    queued as they arrive and written in the task's loop."""
+
+    def __init__(self, maps: FlowMap, endpoint: Callable[[str, int], Any]) -> None:
+        """``endpoint(address, port)``: the maps' key for an endpoint."""
+        self._maps = maps
+        self._endpoint = endpoint
+        self._shared = SharedFlows()
+        self._pending: list[FlowEvent] = []
+        self.stats = FlowStats()
+
+    def take(self, worker: int, changes: list[FlowEvent]) -> None:
+        self._pending += self._shared.apply(worker, changes)
+
+    def drop(self, worker: int) -> None:
+        """A worker died: what it held goes."""
+        self._pending += self._shared.drop(worker)
+
+    def write(self, boundary: Boundary) -> None:
+        writes, self._pending = self._pending, []
+        maps, key = self._maps, self._endpoint
+        apply_each(writes,
+                   lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard,
+                                             self._shared.shared((e.address, e.port))),
+                   lambda e: maps.forget_flow(key(e.address, e.port)),
+                   self.stats, boundary)
+
+    def __len__(self) -> int:
+        return len(self._shared)

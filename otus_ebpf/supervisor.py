@@ -38,7 +38,7 @@ from typing import Any
 
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.fanout import OutputAccount
-from otus_ebpf.flows import FlowStats, SharedFlows, apply_each, endpoint_address
+from otus_ebpf.flows import FlowMapWriter, endpoint_address
 from otus_ebpf.joined import JoinedOutputs
 from otus_ebpf.loader import KernelSettings, LoadedPrograms, load_programs
 from otus_ebpf.maps import Endpoint
@@ -49,7 +49,6 @@ from otus_ebpf.runner import POLL_TIMEOUT_MS, clock_offset
 from otus_ebpf.sampling import add_boundary, add_joined_figures, fields
 from otus_ebpf.worker import STOP_GRACE_S, WorkerSpec, worker_main
 from userspace.boundary import Boundary
-from userspace.endpoints import FlowEvent
 from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
@@ -113,7 +112,6 @@ class Supervisor:
         self._log = log
         self._joined = joined
         self._boundary = boundary
-        self.flow_stats = FlowStats()
         count = task_options.kernel.shards
         dispatching = task_options.dispatch is Dispatch.DISPATCH
         kernel = dataclasses.replace(task_options.capture.kernel, route_by_call_id=True)
@@ -136,8 +134,9 @@ class Supervisor:
         self._retired: list[dict[str, Any]] = []
         self.restarts = 0
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
-        self._flows = SharedFlows()  # the workers' endpoints; this process writes the flow map
-        self._flow_writes: list[FlowEvent] = []
+        # The workers' endpoints: this process is the one writer of the flow map.
+        self._flows = FlowMapWriter(programs.maps,
+                                    lambda address, port: Endpoint(endpoint_address(address), port))
         self._handoffs = _HandOffs(self._send_handoffs, count)
         stack.callback(self._stop_workers)
         for index in range(count):
@@ -241,7 +240,7 @@ class Supervisor:
                     if kind == "failed":
                         self._died(worker, str(payload))
                     elif kind == "flows":
-                        self._flow_writes += self._flows.apply(worker.index, payload)
+                        self._flows.take(worker.index, payload)
                     elif kind == "handoff":
                         self._handoffs.forward(payload)
                     elif kind == "out":
@@ -256,7 +255,7 @@ class Supervisor:
 
     def _died(self, worker: _Worker, why: str) -> None:
         worker.failed = why
-        self._flow_writes += self._flows.drop(worker.index)  # its calls are gone with it
+        self._flows.drop(worker.index)  # its calls are gone with it
         if worker.latest is not None:  # what it had counted stays counted (whatever it held is lost)
             self._retired.append({**worker.latest, "retired": True})
             worker.latest = None
@@ -298,16 +297,8 @@ class Supervisor:
 
     def _write_flows(self) -> None:
         """The workers' flow changes, collected by poll, written to the kernel's map."""
-        writes, self._flow_writes = self._flow_writes, []
-        if not writes:
-            return
-        maps = self._programs.maps
         try:
-            apply_each(writes,
-                       lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind,
-                                                 e.shard, self._flows.shared((e.address, e.port))),
-                       lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
-                       self.flow_stats, self._boundary)
+            self._flows.write(self._boundary)
         except Exception as exc:
             self._boundary.failed("flow_learning", exc)
 
@@ -378,7 +369,7 @@ class Supervisor:
             sample.gauge("otus_worker_up", 1.0 if up else 0.0, worker=worker)
         sample.count("otus_worker_restarts_total", self.restarts)
         add_boundary(sample, self._boundary)
-        for outcome, value in fields(self.flow_stats):  # the flow map's writes are this process's
+        for outcome, value in fields(self._flows.stats):  # the flow map's writes are this process's
             sample.count("otus_flow_updates_total", value, outcome=outcome)
         if self._joined is not None:
             add_joined_figures(sample, self._joined)

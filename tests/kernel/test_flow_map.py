@@ -3,14 +3,17 @@ counted condition: the update is refused, nothing raises, SIP goes on."""
 
 from __future__ import annotations
 
+import ctypes
+import random
 from collections.abc import Iterator
 
 import pytest
 
 from otus_ebpf.bpfsys import map_info_by_fd
-from otus_ebpf.flows import FlowStats, FlowTableFull, apply_each, endpoint_address
+from otus_ebpf.flows import FlowMapWriter, FlowStats, FlowTableFull, apply_each, endpoint_address
+from otus_ebpf.kernel_abi import FLOW_KEY
 from otus_ebpf.loader import KernelSettings
-from otus_ebpf.maps import FLOWS_MAP, Endpoint, table
+from otus_ebpf.maps import FLOW_PORTS_MAP, FLOWS_MAP, Endpoint, table
 from otus_ebpf.options import AttachOptions
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.kernel import KernelHarness
@@ -64,3 +67,41 @@ def test_a_full_map_refuses_learning_counted_and_sip_still_matches(small: Kernel
     assert stats.forgotten == 100
     flows = table(small.programs.bpf, FLOWS_MAP)
     assert len(list(flows.keys())) == 0
+
+
+def test_two_workers_learning_and_forgetting_one_ports_endpoints_leave_its_count_exact(
+        kernel: KernelHarness) -> None:
+    """Regression: workers wrote flow_ports with a read-modify-write each, so their
+    updates were lost. Two workers now hand their changes to one writer; after
+    100,000 learns and forgets of endpoints on one port (the same endpoints in
+    both, and some only in one), the port's count is the number of its entries."""
+    port, addresses = 31000, [f"10.210.{n // 250}.{n % 250 + 1}" for n in range(60)]
+    writer = FlowMapWriter(kernel.maps, lambda address, p: Endpoint(endpoint_address(address), p))
+    rng = random.Random(14)
+    held: list[set[str]] = [set(), set()]
+    for step in range(1, 100_001):
+        worker = rng.randrange(2)
+        address = rng.choice(addresses[:40] if worker == 0 else addresses[20:])  # 20 in both
+        action = FlowAction.FORGET if address in held[worker] else FlowAction.LEARN
+        (held[worker].discard if action is FlowAction.FORGET else held[worker].add)(address)
+        writer.take(worker, [FlowEvent(action, address, port, Kind.RTP, f"w{worker}", worker)])
+        if step % 64 == 0:  # the supervisor writes once a loop turn, many changes at a time
+            writer.write(Boundary())
+        if step % 25_000 == 0:
+            writer.write(Boundary())
+            assert port_users(kernel, port) == len(entries_on(kernel, port)) == len(held[0] | held[1])
+    for worker in (0, 1):
+        forgets = [FlowEvent(FlowAction.FORGET, a, port, Kind.RTP, "", worker) for a in held[worker]]
+        writer.take(worker, forgets)
+    writer.write(Boundary())
+    assert port_users(kernel, port) == 0 and entries_on(kernel, port) == []
+    assert writer.stats.failed == writer.stats.flows_map_full == 0
+
+
+def port_users(kernel: KernelHarness, port: int) -> int:
+    return int(table(kernel.programs.bpf, FLOW_PORTS_MAP)[ctypes.c_uint32(port)].value)
+
+
+def entries_on(kernel: KernelHarness, port: int) -> list[bytes]:
+    flows = table(kernel.programs.bpf, FLOWS_MAP)
+    return [bytes(key) for key in flows if FLOW_KEY.unpack(bytes(key))[1] == port]
