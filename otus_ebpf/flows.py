@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,32 +130,73 @@ class FlowMap(Protocol):
 class FlowMapWriter:
     """The one process that writes a task's flow map for all its workers: their
     learns and forgets go through SharedFlows (an endpoint two workers hold stays
-    until both let go; the per-port use counts change once per kernel entry),
-    queued as they arrive and written in the task's loop."""
+    until both let go; the per-port use counts change once per kernel entry).
+    ``take`` queues what the map must become; ``write`` does the syscalls — the
+    supervisor runs it on a thread of its own (``start``), so that hundreds of
+    thousands of map writes never keep its loop from reading the workers."""
 
     def __init__(self, maps: FlowMap, endpoint: Callable[[str, int], Any]) -> None:
         """``endpoint(address, port)``: the maps' key for an endpoint."""
         self._maps = maps
         self._endpoint = endpoint
         self._shared = SharedFlows()
-        self._pending: list[FlowEvent] = []
+        self._pending: list[tuple[FlowEvent, bool]] = []  # and whether more than one worker holds it
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self.stats = FlowStats()
 
     def take(self, worker: int, changes: list[FlowEvent]) -> None:
-        self._pending += self._shared.apply(worker, changes)
+        self._queue(self._shared.apply(worker, changes))
 
     def drop(self, worker: int) -> None:
         """A worker died: what it held goes."""
-        self._pending += self._shared.drop(worker)
+        self._queue(self._shared.drop(worker))
+
+    def _queue(self, writes: list[FlowEvent]) -> None:
+        marked = [(e, self._shared.shared((e.address, e.port))) for e in writes]
+        with self._lock:
+            self._pending += marked
+        self._wakeup.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     def write(self, boundary: Boundary) -> None:
-        writes, self._pending = self._pending, []
+        """Write what is queued, on the caller's thread."""
+        with self._lock:
+            writes, self._pending = self._pending, []
+        shared = dict((id(e), flag) for e, flag in writes)
         maps, key = self._maps, self._endpoint
-        apply_each(writes,
-                   lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard,
-                                             self._shared.shared((e.address, e.port))),
+        apply_each([e for e, _flag in writes],
+                   lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)]),
                    lambda e: maps.forget_flow(key(e.address, e.port)),
                    self.stats, boundary)
+
+    def start(self, boundary: Boundary) -> None:
+        """Write from a thread of its own until ``close``."""
+        def run() -> None:
+            while True:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                try:
+                    self.write(boundary)
+                except Exception as exc:  # the thread outlives any one batch
+                    boundary.failed("flow_learning", exc)
+                if self._stopping and not self.pending():
+                    return
+
+        self._thread = threading.Thread(target=run, name="otus-flow-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float) -> None:
+        """Write what is queued, then stop the thread."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def __len__(self) -> int:
         return len(self._shared)

@@ -139,6 +139,7 @@ class Supervisor:
                                     lambda address, port: Endpoint(endpoint_address(address), port))
         self._handoffs = _HandOffs(self._send_handoffs, count)
         stack.callback(self._stop_workers)
+        self._flows.start(boundary)
         for index in range(count):
             self._workers.append(self._spawn(index))
         hooks = attach(stack, programs)  # only now: every worker is reading
@@ -170,9 +171,8 @@ class Supervisor:
 
     def poll_once(self) -> None:
         """One turn of the task's loop: dispatch (dispatch mode), collect what the workers
-        sent, write their flow changes, restart the dead."""
+        sent (their flow changes go to the flow map's writer thread), restart the dead."""
         self.poll(POLL_TIMEOUT_MS)
-        self._write_flows()
 
     # -- figures from the workers ---------------------------------------------------
 
@@ -295,13 +295,6 @@ class Supervisor:
         if self._joined is not None:
             self._joined.take(*payload)
 
-    def _write_flows(self) -> None:
-        """The workers' flow changes, collected by poll, written to the kernel's map."""
-        try:
-            self._flows.write(self._boundary)
-        except Exception as exc:
-            self._boundary.failed("flow_learning", exc)
-
     def stats_sections(self) -> list[str]:
         return format_kernel_counts(read_kernel_counters(self._programs.bpf))
 
@@ -345,7 +338,7 @@ class Supervisor:
             for connection in worker.connections():
                 connection.close()
         self._handoffs.close()
-        self._write_flows()  # the workers' last forgets
+        self._flows.close(STOP_GRACE_S)  # the workers' last forgets written
         if self._joined is not None:
             self._joined.drain(JOINED_DRAIN_S)
         try:
