@@ -16,10 +16,12 @@ from __future__ import annotations
 
 MiB = 1 << 20
 # Measured: the task's own process with bcc and LLVM loaded ~245 MiB alone,
-# ~125 MiB once two workers share its pages; a worker ~100 MiB idle, plus its
-# ring as it fills; ~9 KiB a live call at 100,000 calls (1,333 MiB in all).
+# ~125 MiB once two workers share its pages; a worker ~100 MiB idle, up to
+# ~150 MiB more at the high-water of its output queue in a burst (it keeps
+# what it freed), plus its ring as it fills; ~9 KiB a live call at 100,000
+# calls (1,333 MiB in all; 20,000 calls: 774-828 MiB).
 FIRST_PROCESS_BYTES = 256 * MiB
-WORKER_BYTES = 64 * MiB
+WORKER_BYTES = 160 * MiB
 CALL_BYTES = 12 * 1024
 
 
