@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
+from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import OutputAccount
 from otus_ebpf.flows import FlowMapWriter, endpoint_address
 from otus_ebpf.joined import JoinedOutputs
@@ -55,10 +56,16 @@ from userspace.reassembly import ReassemblyStats
 from userspace.reporters.kafka import KafkaStats
 
 HANDOFF_QUEUE_BYTES = 64 << 20  # hand-offs waiting for one worker's pipe before more are dropped (counted)
+WORKER_START_S = 60.0  # for a worker to open its outputs (a Kafka broker check may take a while)
 JOINED_DRAIN_S = 10.0  # at stop, how long the files may take to write what the workers handed in
 # Where the kernel's flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
 DEFAULT_OUT_DIR = Path("otus-out")
+
+
+class WorkerStartError(SetupError):
+    """A worker process could not start: the task fails (no fall back to AF_PACKET,
+    which would not help)."""
 
 
 def worker_options(options: AttachOptions, index: int, label: str) -> AttachOptions:
@@ -83,6 +90,7 @@ class _Worker:
     reports: Connection
     events: Connection  # batches of events: hand-offs, and in dispatch mode everything
     latest: dict[str, Any] | None = None
+    ready: bool = False  # its outputs are open and it reads its ring
     final: bool = False
     failed: str | None = None
     deaths: int = 0              # in a row, for the restart backoff
@@ -131,6 +139,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         self._stopping = False
+        self._starting = True  # until every worker is ready: one that dies fails the start
         self._retired: list[dict[str, Any]] = []
         self.restarts = 0
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
@@ -142,6 +151,7 @@ class Supervisor:
         self._flows.start(boundary)
         for index in range(count):
             self._workers.append(self._spawn(index))
+        self._await_ready()
         hooks = attach(stack, programs)  # only now: every worker is reading
         strategy = task_options.strategy.value
         how = (f"1 ring dispatched ({strategy}) to {count} worker process(es)" if dispatching
@@ -168,6 +178,20 @@ class Supervisor:
         for end in (control_there, reports_there, events_there):
             end.close()
         return _Worker(index, process, control_here, reports_here, events_here, started=time.monotonic())
+
+    def _await_ready(self) -> None:
+        """Until every worker has opened its outputs and its ring: a worker that cannot
+        (a broker it cannot reach, a file it cannot open) fails the start, said why."""
+        deadline = time.monotonic() + WORKER_START_S
+        while not all(w.ready for w in self._workers):
+            self._collect(0.1)
+            failed = next((w for w in self._workers if w.failed is not None), None)
+            if failed is not None:
+                raise WorkerStartError(f"worker {failed.index} could not start: {failed.failed}")
+            if time.monotonic() > deadline:
+                waiting = [w.index for w in self._workers if not w.ready]
+                raise WorkerStartError(f"worker(s) {waiting} not ready after {WORKER_START_S:.0f} s")
+        self._starting = False
 
     def poll_once(self) -> None:
         """One turn of the task's loop: dispatch (dispatch mode), collect what the workers
@@ -245,6 +269,8 @@ class Supervisor:
                         self._handoffs.forward(payload)
                     elif kind == "out":
                         self._take_records(payload)
+                    elif kind == "ready":
+                        worker.ready = True
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -259,8 +285,9 @@ class Supervisor:
         if worker.latest is not None:  # what it had counted stays counted (whatever it held is lost)
             self._retired.append({**worker.latest, "retired": True})
             worker.latest = None
-        if self._stopping:
-            self._log(f"worker {worker.index} failed while stopping: {why}")
+        if self._stopping or self._starting:
+            when = "stopping" if self._stopping else "starting"
+            self._log(f"worker {worker.index} failed while {when}: {why}")
             return
         healthy = time.monotonic() - worker.started >= HEALTHY_AFTER_S
         worker.deaths = 1 if healthy else worker.deaths + 1

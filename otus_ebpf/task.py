@@ -35,7 +35,7 @@ from otus_ebpf.loader import KernelSettings
 from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.runner import Runner, bug_reporter, format_traceback, strict_mode
-from otus_ebpf.supervisor import Supervisor
+from otus_ebpf.supervisor import Supervisor, WorkerStartError
 from otus_ebpf.wiring import Log, check_outputs, open_output
 from userspace.boundary import Boundary
 
@@ -232,6 +232,8 @@ class Task:
         if self.runner is None:
             try:
                 self.engine = self._supervise()
+            except WorkerStartError:
+                raise
             except SetupError as exc:
                 if self.options.mode is CaptureMode.XDP:
                     raise

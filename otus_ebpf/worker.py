@@ -208,6 +208,7 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
             runner.capture = _ShardCapture(stack, spec.programs, index, events, runner.on_capture_stop,
                                            send_flows)
         log(f"reading: {runner.capture.description}")
+        outbox.send("ready", None)
         threading.Thread(target=listen, daemon=True).start()
         looping = threading.Thread(target=loop, name="otus-runner", daemon=True)
         looping.start()
