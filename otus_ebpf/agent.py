@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-import threading
 from types import FrameType
 
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
 from otus_ebpf.metrics import MetricsServer
 from otus_ebpf.options import AttachOptions
+from otus_ebpf.signals import SignalFlag
 from otus_ebpf.task import Task, TaskStartError, TaskState, require_root, resolve_interface
 from otus_ebpf.tui import Dashboard, LiveView
 
@@ -64,10 +64,10 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
     return 0
 
 
-def install_stop_signals(stack: contextlib.ExitStack) -> threading.Event:
+def install_stop_signals(stack: contextlib.ExitStack) -> SignalFlag:
     """SIGINT/SIGTERM/SIGHUP set a flag the poll loop checks; old handlers come back on exit.
     A hang-up is a stop like the others: detach, drain, flush, exit."""
-    stop = threading.Event()
+    stop = SignalFlag()  # set in a signal handler: no lock (otus_ebpf.signals)
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()

@@ -19,6 +19,7 @@ from otus_ebpf.control import ControlServer
 from otus_ebpf.errors import EXIT_INVALID, SetupError
 from otus_ebpf.manager import ApplyResult, TaskManager
 from otus_ebpf.metrics import MetricsServer, sample_to_json
+from otus_ebpf.signals import SignalFlag
 from otus_ebpf.task import CaptureOpener, Task
 from otus_ebpf.wiring import Log
 
@@ -30,8 +31,8 @@ class Daemon:
         self.config_path = config_path
         self._log = log
         self.manager = TaskManager(log, capture_opener)
-        self.stop_requested = threading.Event()
-        self.reload_requested = threading.Event()
+        self.stop_requested = SignalFlag()  # set by signal handlers: no lock (otus_ebpf.signals)
+        self.reload_requested = SignalFlag()
         self._reload_lock = threading.Lock()
 
     def reload(self) -> ApplyResult:

@@ -44,6 +44,12 @@ STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 CaptureOpener = Callable[..., Capture]
 
 
+class StopFlag(Protocol):
+    """A threading.Event, or a flag a signal handler sets (otus_ebpf.signals)."""
+
+    def is_set(self) -> bool: ...
+
+
 class Engine(Protocol):
     """What a task runs: its own capture and Runner, or a Supervisor of workers."""
 
@@ -273,7 +279,7 @@ class Task:
 
     # -- running --------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
+    def run(self, stop: StopFlag | None = None) -> None:
         """Poll until ``stop`` (or a stop request) is set; the caller's thread does the work.
         If the loop dies anyway (the capture itself failed), the task is FAILED and
         releases what it holds: it never claims to run when it does not."""

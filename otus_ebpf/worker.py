@@ -21,6 +21,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -33,6 +34,7 @@ from otus_ebpf.metrics import TaskSample, sample_to_json
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.ring import open_reader
 from otus_ebpf.runner import Runner, bug_reporter, strict_mode
+from otus_ebpf.signals import SignalFlag
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 
@@ -43,6 +45,8 @@ FORWARD_BYTES = 64 << 20  # encoded records on their way to the parent before th
 FORWARD_WAIT_S = 10.0  # how long it waits before the batch counts as failed (to the fallback, or lost)
 RECENT_KEPT = 16
 STOP_GRACE_S = 30.0
+ORPHAN_CHECK_S = 0.5
+ORPHAN_GRACE_S = 5.0  # for an orphaned worker's Kafka and HEP outputs to flush
 SendFlows = Callable[[list[FlowEvent]], None]
 
 
@@ -168,7 +172,7 @@ def worker_main(spec: WorkerSpec, control: Connection, reports: Connection, even
         os._exit(status)  # not the parent's exit handlers: they belong to the parent
 
 
-def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Outbox, stop: threading.Event,
+def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Outbox, stop: SignalFlag,
            log: Callable[[str], None]) -> None:
     index = spec.index
     boundary = Boundary(bug_reporter(f"{spec.task_name}/w{index}", log), strict_mode())
@@ -274,7 +278,7 @@ class Outbox:
         self._thread.join(timeout)
 
 
-def _become_worker(inherited: list[Connection], parent: int) -> threading.Event:
+def _become_worker(inherited: list[Connection], parent: int) -> SignalFlag:
     """Let go of the parent's pipe ends, die with the parent, leave ^C and SIGHUP to
     it; the event is set by SIGTERM."""
     for connection in inherited:  # the parent's ends: held here, a dead parent would never be noticed
@@ -283,9 +287,20 @@ def _become_worker(inherited: list[Connection], parent: int) -> threading.Event:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the parent decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    stop = threading.Event()
+    stop = SignalFlag()  # set in a signal handler: no lock (otus_ebpf.signals)
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    threading.Thread(target=_watch_parent, args=(parent, stop), name="otus-orphan", daemon=True).start()
     return stop
+
+
+def _watch_parent(parent: int, stop: SignalFlag) -> None:
+    """Orphaned, a worker has nowhere to send its records (the files are the parent's):
+    it stops at once and is gone within ORPHAN_GRACE_S, whatever it was waiting on."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    stop.set()
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
 
 
 _PR_SET_PDEATHSIG = 1
