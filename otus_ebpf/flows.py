@@ -127,6 +127,9 @@ class FlowMap(Protocol):
     def forget_flow(self, endpoint: Any) -> None: ...
 
 
+_WRITE_CHUNK = 256  # map writes between two looks at whether the writer was abandoned
+
+
 class FlowMapWriter:
     """The one process that writes a task's flow map for all its workers: their
     learns and forgets go through SharedFlows (an endpoint two workers hold stays
@@ -145,6 +148,7 @@ class FlowMapWriter:
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._abandoned = False  # the close timed out: the maps may be gone, write nothing more
         self.stats = FlowStats()
 
     def take(self, worker: int, changes: list[FlowEvent]) -> None:
@@ -170,10 +174,14 @@ class FlowMapWriter:
             writes, self._pending = self._pending, []
         shared = dict((id(e), flag) for e, flag in writes)
         maps, key = self._maps, self._endpoint
-        apply_each([e for e, _flag in writes],
-                   lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)]),
-                   lambda e: maps.forget_flow(key(e.address, e.port)),
-                   self.stats, boundary)
+        events = [e for e, _flag in writes]
+        for start in range(0, len(events), _WRITE_CHUNK):
+            if self._abandoned:
+                return
+            apply_each(events[start:start + _WRITE_CHUNK],
+                       lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)]),
+                       lambda e: maps.forget_flow(key(e.address, e.port)),
+                       self.stats, boundary)
 
     def start(self, boundary: Boundary) -> None:
         """Write from a thread of its own until ``close``."""
@@ -197,6 +205,7 @@ class FlowMapWriter:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            self._abandoned = self._thread.is_alive()  # before the programs (and their maps) go
 
     def __len__(self) -> int:
         return len(self._shared)

@@ -39,18 +39,22 @@ JSONL, FALLBACK, PCAP = "jsonl", "fallback", "pcap"
 JOINED_QUEUE_BYTES = 64 << 20  # per file, waiting in the parent for its writer thread
 _IDLE_TICK_S = 0.1
 
-# (output, payload, records, bytes): a worker's encoded records on their way to
-# the parent; raises OSError when the parent has not taken the earlier ones in time.
-Forward = Callable[[str, Any, int, int], None]
+# (output, payload, records, bytes, wait): a worker's encoded records on their way
+# to the parent; raises OSError when the parent has not taken the earlier ones in
+# time (at once unless ``wait``: only an output's own thread may wait on the parent).
+Forward = Callable[[str, Any, int, int, bool], None]
 FramePayload = list[tuple[int, bytes, int, str, int]]
 
 
 class ForwardedLines:
-    """Where a worker's JSON-lines reporter (or its fallback file) would be."""
+    """Where a worker's JSON-lines reporter (or its fallback file) would be.
+    ``may_wait``: it is written from its own thread (the JSON lines), not from
+    the loop's or another output's (the fallback), so it may wait for room."""
 
-    def __init__(self, output: str, forward: Forward) -> None:
+    def __init__(self, output: str, forward: Forward, may_wait: bool) -> None:
         self._output = output
         self._forward = forward
+        self._may_wait = may_wait
 
     def write(self, records: Sequence[Record]) -> None:
         self.write_encoded([encode_json(r) for r in records])
@@ -58,7 +62,7 @@ class ForwardedLines:
     def write_encoded(self, lines: Sequence[bytes]) -> None:
         if lines:
             block = b"\n".join(lines) + b"\n"
-            self._forward(self._output, block, len(lines), len(block))
+            self._forward(self._output, block, len(lines), len(block), self._may_wait)
 
     def flush(self, timeout: float) -> int:
         return 0  # the parent's writer flushes
@@ -69,7 +73,9 @@ class ForwardedLines:
 
 class ForwardedFrames:
     """Where a worker's pcap would be: the frames go to the parent, which encodes
-    them (a pcapng file numbers its interfaces once per file, so only its writer can)."""
+    them (a pcapng file numbers its interfaces once per file, so only its writer can).
+    Written from the loop's thread, so never waiting: a full outbox fails the batch,
+    counted as the pcap's failed frames."""
 
     def __init__(self, forward: Forward) -> None:
         self._forward = forward
@@ -77,7 +83,7 @@ class ForwardedFrames:
     def write_frames(self, frames: Sequence[Frame]) -> None:
         if frames:
             payload = [(f.ts_ns, f.data, f.orig_len, f.interface, int(f.direction)) for f in frames]
-            self._forward(PCAP, payload, len(frames), sum(len(f.data) for f in frames))
+            self._forward(PCAP, payload, len(frames), sum(len(f.data) for f in frames), False)
 
     def close(self) -> None:
         return None
@@ -174,9 +180,9 @@ class BlockWriter:
             with self._writing:
                 self._write(payload)
         except Exception as exc:  # a full disk: these records go elsewhere, the thread goes on
-            self.stats.failed += records
             self._said(f"{self.name}: {type(exc).__name__}: {exc}")
             if give_up:
+                self.stats.failed += records
                 self._give_up(payload, records, size)
             return False  # otherwise the caller counts them, where it keeps its figures
         self.stats.written += records
@@ -224,7 +230,9 @@ class JoinedOutputs:
     def __init__(self, sink: RotatingSink, options: AttachOptions, log: Callable[[str], None]) -> None:
         """``sink``: the JSON-lines sink (a file, or stdout); ``options``: rotation,
         fsync, fallback and pcap paths. If opening any of them fails, none stays open."""
+        self._closed = False
         with contextlib.ExitStack() as stack:
+            stack.callback(sink.close)  # whatever fails next (closing twice is harmless)
             self._open(stack, sink, options, log)
             self._stack = stack.pop_all()
 
@@ -263,8 +271,8 @@ class JoinedOutputs:
 
     def take(self, output: str, payload: Any, records: int, size: int) -> None:
         """A worker's block, from the supervisor's loop."""
-        writer = self.writers.get(output)
-        if writer is None:
+        writer = self.writers.get(output) if not self._closed else None
+        if writer is None:  # an output this task does not have, or one already closed
             self.unknown += records
             return
         writer.put(payload, records, size)
@@ -276,6 +284,7 @@ class JoinedOutputs:
 
     def close(self) -> None:
         """Write what is queued, then close the files (once; later calls do nothing)."""
+        self._closed = True
         self._stack.close()
 
     def accounts(self) -> list[OutputAccount]:

@@ -31,7 +31,7 @@ from typing import Protocol
 from otus_ebpf.capture import Capture, CaptureMode, attach_hooks, open_capture, preflight
 from otus_ebpf.errors import SetupError
 from otus_ebpf.joined import JoinedOutputs
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.loader import KernelSettings, LoadedPrograms
 from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.runner import Runner, bug_reporter, format_traceback, strict_mode
@@ -212,6 +212,8 @@ class Task:
         if self.runner is not None:
             self.runner.open_outputs(self._stack, self.options)
             return
+        if self.options.per_worker_files and self.options.out == "-":
+            raise SetupError("per-worker files need a file for the records, not stdout (--out -)")
         check_outputs(self.options, self._log)  # what each worker will open on its own
         if not self.options.per_worker_files:
             label = ",".join(self.options.interfaces)
@@ -252,10 +254,18 @@ class Task:
         self._capture_here()
 
     def _supervise(self) -> Supervisor:
+        """Workers on a stack of their own: if anything fails (an attach, say), what was
+        started — workers, programs, threads — is released before a fall back."""
         options, interfaces = self.options.capture, self.interfaces
-        return Supervisor(self._stack, self.options, self.name, interfaces, self._log,
-                          lambda stack, programs: attach_hooks(stack, programs, options, interfaces),
-                          self._joined, self.boundary)
+
+        def attach(stack: contextlib.ExitStack, programs: LoadedPrograms) -> list[str]:
+            return attach_hooks(stack, programs, options, interfaces)
+
+        with contextlib.ExitStack() as started:
+            supervisor = Supervisor(started, self.options, self.name, interfaces, self._log, attach,
+                                    self._joined, self.boundary)
+            self._stack.enter_context(started.pop_all())
+        return supervisor
 
     def _capture_here(self) -> None:
         """This process reads the capture: a Runner of its own (and, after a fall back from

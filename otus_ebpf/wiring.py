@@ -56,7 +56,7 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
             reporters.append(worker)
 
         if forward is not None:
-            queued(f"{JSONL}-forward", ForwardedLines(JSONL, forward))
+            queued(f"{JSONL}-forward", ForwardedLines(JSONL, forward, may_wait=True))
         else:
             queued(JSONL, JsonLinesReporter(open_output(options.out, label, log), options.out_rotation,
                                             time.monotonic, options.out_fsync))
@@ -77,7 +77,7 @@ def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions, log: Log
     if options.fallback is None:
         return None
     if forward is not None:
-        fallback = Fallback(ForwardedLines(FALLBACK, forward), on_error=log)
+        fallback = Fallback(ForwardedLines(FALLBACK, forward, may_wait=False), on_error=log)
     else:
         fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
                                               time.monotonic, options.out_fsync), on_error=log)

@@ -245,11 +245,11 @@ class Outbox:
     def send(self, kind: str, payload: Any) -> None:
         self._queue.put(((kind, self._index, payload), 0))
 
-    def forward(self, output: str, payload: Any, records: int, size: int) -> None:
+    def forward(self, output: str, payload: Any, records: int, size: int, wait: bool) -> None:
         """Encoded records for one of the parent's files (otus_ebpf.joined.Forward)."""
         with self._room:
             if not self._room.wait_for(lambda: self._broken or self._bytes == 0
-                                       or self._bytes + size <= self._budget, FORWARD_WAIT_S):
+                                       or self._bytes + size <= self._budget, FORWARD_WAIT_S if wait else 0):
                 raise OSError(errno.ENOBUFS, f"the task's writer took none of {self._bytes} bytes "
                                              f"in {FORWARD_WAIT_S:.0f} s")
             if self._broken:
@@ -263,14 +263,22 @@ class Outbox:
             try:
                 self._connection.send(message)
             except (OSError, ValueError):  # the parent is gone; this process follows it (PR_SET_PDEATHSIG)
-                with self._room:
-                    self._broken = True
-                    self._room.notify_all()
+                self._break()
                 return
+            except BaseException as exc:  # cannot pickle, no memory: nothing more reaches the parent
+                print(f"[w{self._index}] outbox: {type(exc).__name__}: {exc}; exiting", file=sys.stderr,
+                      flush=True)
+                self._break()
+                os._exit(1)  # the supervisor says so and starts the worker again
             if size:
                 with self._room:
                     self._bytes -= size
                     self._room.notify_all()
+
+    def _break(self) -> None:
+        with self._room:
+            self._broken = True
+            self._room.notify_all()
 
     def close(self, timeout: float) -> None:
         """Send what is queued, then stop."""

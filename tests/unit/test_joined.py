@@ -23,16 +23,16 @@ from userspace.event import Direction
 from userspace.reporters.pcap import Frame
 
 
-def collect() -> tuple[list[tuple[str, Any, int, int]], Any]:
-    sent: list[tuple[str, Any, int, int]] = []
+def collect() -> tuple[list[tuple[str, Any, int, int, bool]], Any]:
+    sent: list[tuple[str, Any, int, int, bool]] = []
     return sent, lambda *block: sent.append(block)
 
 
 def test_forwarded_lines_are_one_block_of_valid_lines() -> None:
     sent, forward = collect()
-    ForwardedLines(JSONL, forward).write_encoded([b'{"a":1}', b'{"b":"x\\ny"}'])
-    ((output, block, records, size),) = sent
-    assert (output, records, size) == (JSONL, 2, len(block))
+    ForwardedLines(JSONL, forward, may_wait=True).write_encoded([b'{"a":1}', b'{"b":"x\\ny"}'])
+    ((output, block, records, size, wait),) = sent
+    assert (output, records, size, wait) == (JSONL, 2, len(block), True)
     assert [json.loads(line) for line in block.splitlines()] == [{"a": 1}, {"b": "x\ny"}]
 
 
@@ -40,8 +40,8 @@ def test_forwarded_frames_keep_what_the_pcap_needs() -> None:
     sent, forward = collect()
     frame = Frame(123, b"\x01" * 60, 1500, "eth0", Direction.EGRESS)
     ForwardedFrames(forward).write_frames([frame])
-    ((output, payload, records, size),) = sent
-    assert (output, records, size) == (PCAP, 1, 60)
+    ((output, payload, records, size, wait),) = sent
+    assert (output, records, size, wait) == (PCAP, 1, 60, False), "the loop's thread never waits"
     assert payload == [(123, b"\x01" * 60, 1500, "eth0", int(Direction.EGRESS))]
 
 
@@ -125,14 +125,18 @@ def test_the_outbox_bounds_forwarded_bytes_and_fails_when_the_parent_takes_nothi
     monkeypatch.setattr(worker, "FORWARD_WAIT_S", 0.2)
     parent, child = Pipe(duplex=False)
     outbox = worker.Outbox(child, 3, budget=1000)
-    outbox.forward(JSONL, b"x" * 600, 1, 600)
+    outbox.forward(JSONL, b"x" * 600, 1, 600, True)
     assert parent.recv() == ("out", 3, (JSONL, b"x" * 600, 1, 600))
     big = b"y" * 200_000  # over the pipe's buffer: the sending thread waits for the parent
-    outbox.forward(JSONL, big, 1, len(big))
+    outbox.forward(JSONL, big, 1, len(big), True)
+    started = time.monotonic()
     with pytest.raises(OSError, match="took none of"):
-        outbox.forward(JSONL, b"z" * 900, 1, 900)
+        outbox.forward(PCAP, [], 1, 900, False)  # from the loop's thread: fails at once, never waits
+    assert time.monotonic() - started < 0.1
+    with pytest.raises(OSError, match="took none of"):
+        outbox.forward(JSONL, b"z" * 900, 1, 900, True)
     assert parent.recv()[2][1] == big  # the parent reads again: room again
-    outbox.forward(JSONL, b"z" * 900, 1, 900)
+    outbox.forward(JSONL, b"z" * 900, 1, 900, True)
     assert parent.recv()[2][2] == 1
     outbox.close(5)
 
@@ -145,7 +149,7 @@ def test_the_outbox_fails_at_once_once_the_parent_is_gone() -> None:
     deadline = time.monotonic() + 5
     while True:
         try:
-            outbox.forward(JSONL, b"x", 1, 1)
+            outbox.forward(JSONL, b"x", 1, 1, True)
         except OSError as exc:
             assert exc.errno == errno.EPIPE
             break

@@ -195,3 +195,14 @@ def test_attach_gives_back_the_signal_handlers_it_took(tmp_path: Path,
     assert agent.run_attach(options(tmp_path)) == 0
     assert {s: signal.getsignal(s) for s in before} == before
     assert lines(tmp_path / "out.jsonl") == 3
+
+
+@pytest.mark.usefixtures("as_root")
+def test_per_worker_files_with_records_on_stdout_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    from otus_ebpf.loader import KernelSettings  # noqa: PLC0415
+
+    task = Task("t", options(tmp_path, out="-", per_worker_files=True, mode=CaptureMode.AUTO,
+                             kernel=KernelSettings(shards=2)), lambda _m: None)
+    with pytest.raises(TaskStartError, match=r"init: per-worker files need a file for the records"):
+        task.start()
+    assert task.state is TaskState.FAILED
