@@ -118,7 +118,8 @@ class Config:
 
 
 def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, MAX_SHARDS))
+    """The CPUs this process may run on (its affinity, not the host's count), at most the shards."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_SHARDS))
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -144,7 +144,7 @@ def test_workers_default_to_one_per_cpu_capped_by_the_shard_limit(monkeypatch: p
     from otus_ebpf import cli  # noqa: PLC0415
 
     for cpus, expected in ((1, 1), (2, 2), (64, 8)):
-        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cpus=cpus: set(range(cpus)))
         args = cli.build_parser().parse_args(["attach", "eth0"])
         assert cli._attach_options(args).kernel.shards == expected
     args = cli.build_parser().parse_args(["attach", "eth0", "--workers", "3"])
