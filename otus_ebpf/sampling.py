@@ -11,7 +11,8 @@ from userspace.boundary import Boundary
 from userspace.reporters.hep import HepReporter
 
 if TYPE_CHECKING:
-    from otus_ebpf.joined import JoinedOutputs
+    from otus_ebpf.fanout import QueueStats
+    from otus_ebpf.joined import JoinedOutputs, JoinedStats
     from otus_ebpf.runner import Runner
 
 
@@ -35,10 +36,14 @@ def add_runner_figures(sample: TaskSample, runner: Runner) -> None:
 def add_joined_figures(sample: TaskSample, joined: JoinedOutputs) -> None:
     """The files the parent of worker processes writes for all of them."""
     for name, writer in joined.writers.items():
-        q = writer.stats
-        for outcome in ("written", "overflow", "failed", "to_fallback", "lost"):
-            sample.count("otus_output_records_total", getattr(q, outcome), output=name, outcome=outcome)
-        sample.gauge("otus_output_queued", q.queued, output=name)
+        _queue_figures(sample, name, writer.stats)
+
+
+def _queue_figures(sample: TaskSample, output: str, stats: QueueStats | JoinedStats) -> None:
+    """What an output's queue did with its records (a reporter's queue, or a joined file's)."""
+    for outcome in ("written", "overflow", "failed", "to_fallback", "lost"):
+        sample.count("otus_output_records_total", getattr(stats, outcome), output=output, outcome=outcome)
+    sample.gauge("otus_output_queued", stats.queued, output=output)
 
 
 def _pipeline(sample: TaskSample, runner: Runner) -> None:
@@ -76,10 +81,7 @@ def _pipeline(sample: TaskSample, runner: Runner) -> None:
 def _outputs(sample: TaskSample, runner: Runner) -> None:
     for reporter in runner.reporters:
         q = reporter.stats
-        for outcome in ("written", "overflow", "failed", "to_fallback", "lost"):
-            sample.count("otus_output_records_total", getattr(q, outcome), output=reporter.name,
-                         outcome=outcome)
-        sample.gauge("otus_output_queued", q.queued, output=reporter.name)
+        _queue_figures(sample, reporter.name, q)
         sample.count("otus_output_batches_total", q.batches, output=reporter.name)
         sample.count("otus_output_latency_seconds_total", q.latency_s, output=reporter.name)
         sample.gauge("otus_output_latency_max_seconds", q.latency_max_s, output=reporter.name)

@@ -48,6 +48,7 @@ from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
 from otus_ebpf.runner import POLL_TIMEOUT_MS, clock_offset
 from otus_ebpf.sampling import add_boundary, add_joined_figures, fields
+from otus_ebpf.wiring import default_records_path
 from otus_ebpf.worker import STOP_GRACE_S, WorkerSpec, worker_main
 from userspace.boundary import Boundary
 from userspace.event import EVENT_FIELDS, struct_format
@@ -60,7 +61,6 @@ WORKER_START_S = 60.0  # for a worker to open its outputs (a Kafka broker check 
 JOINED_DRAIN_S = 10.0  # at stop, how long the files may take to write what the workers handed in
 # Where the kernel's flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
-DEFAULT_OUT_DIR = Path("otus-out")
 
 
 class WorkerStartError(SetupError):
@@ -77,7 +77,7 @@ def worker_options(options: AttachOptions, index: int, label: str) -> AttachOpti
         p = Path(path)
         return str(p.with_name(f"{p.stem}.w{index}{p.suffix}"))
 
-    out = options.out or str(DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl")
+    out = options.out or str(default_records_path(label))
     return dataclasses.replace(options, out=suffixed(out), pcap=suffixed(options.pcap),
                                fallback=suffixed(options.fallback))
 
@@ -403,16 +403,19 @@ class Supervisor:
 
     def records_lost(self) -> int:
         """Records lost in the workers' own outputs, and in the files written for them here."""
-        in_workers = sum(int(p["figures"].get("lost", 0)) for p in self.worker_payloads())
-        return in_workers + (self._joined.lost() if self._joined is not None else 0)
+        return _lost_in(self.worker_payloads()) + (self._joined.lost() if self._joined is not None else 0)
 
     def accounts_line(self) -> str:
         payloads = self.worker_payloads()
         records = sum(int(p["figures"]["pipeline"]["records"]) for p in payloads)
         accounts: list[OutputAccount] = self._joined.accounts() if self._joined is not None else []
-        in_workers = sum(int(p["figures"].get("lost", 0)) for p in payloads)
         return "; ".join([f"records: {records} produced", *map(str, accounts),
-                          f"lost in the workers' own outputs: {in_workers}"])
+                          f"lost in the workers' own outputs: {_lost_in(payloads)}"])
+
+
+def _lost_in(payloads: list[dict[str, Any]]) -> int:
+    """Records the workers' own outputs lost, from their latest figures."""
+    return sum(int(p["figures"].get("lost", 0)) for p in payloads)
 
 
 class _HandOffs:

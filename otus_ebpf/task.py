@@ -336,10 +336,9 @@ class Task:
         self._keep_recent()
 
     def _keep_recent(self) -> None:
-        if self._recent is not None:
-            for engine in (self.runner, self.engine):
-                if engine is not None:
-                    engine.keep_recent(self._recent)
+        engine = self.engine or self.runner  # a runner exists before it becomes the engine
+        if self._recent is not None and engine is not None:
+            engine.keep_recent(self._recent)
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""

@@ -147,11 +147,16 @@ def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log:
     return outputs
 
 
+def default_records_path(label: str) -> Path:
+    """Where the JSON lines go when no --out is given; ``label``: the interfaces, comma-separated."""
+    return DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
+
+
 def open_output(out: str | None, label: str, log: Log) -> RotatingSink:
     """The JSON-lines sink; the reporter closes it."""
     if out == "-":
         return StreamSink(sys.stdout.buffer)
-    path = Path(out) if out else DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
+    path = Path(out) if out else default_records_path(label)
     sink = RotatingFile(path)
     log(f"writing records to {path}")
     return sink
