@@ -43,6 +43,11 @@
 #ifndef OTUS_MAX_FLOWS
 #define OTUS_MAX_FLOWS 400000
 #endif
+/* RTP streams the kernel measures: two per call of the call limit
+ * (CallLimits.stream_table_entries). */
+#ifndef OTUS_MAX_STREAMS
+#define OTUS_MAX_STREAMS 200000
+#endif
 #if OTUS_SHARDS < 1 || OTUS_SHARDS > OTUS_MAX_SHARDS
 #error "OTUS_SHARDS must be 1..8"
 #endif
@@ -158,6 +163,8 @@ BPF_ARRAY(flow_ports, __u32, 65536);
  * memory only for the endpoints actually learned (docs/CONFIG.md). A full
  * map refuses the update (E2BIG), which user space counts. */
 BPF_F_TABLE("hash", struct otus_flow_key, struct otus_flow_value, flows, OTUS_MAX_FLOWS, BPF_F_NO_PREALLOC);
+/* Not preallocated either; a full map is counted (OTUS_CTR_STREAMS_FULL). */
+BPF_F_TABLE("hash", struct otus_stream_key, struct otus_stream, streams, OTUS_MAX_STREAMS, BPF_F_NO_PREALLOC);
 BPF_LPM_TRIE(include_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
@@ -423,8 +430,11 @@ struct otus_match {
 	__u32 verdict;        /* OTUS_CTR_* */
 	__u32 snaplen;
 	__u32 flow_hash;
+	__u32 owner;          /* media: the flow's owner tag */
 	__u8 kind;            /* OTUS_KIND_* */
 	__u8 shard;
+	__u8 stream;          /* learned RTP the kernel measures (media_stats) */
+	struct otus_flow_value *flow;
 };
 
 /* Decides whether and how the packet goes up. Returns the verdict counter;
@@ -481,12 +491,16 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
 		/* The worker that learned it, also when one ring feeds them all. */
 		m->flow_hash = flow->shard;
+		m->owner = flow->owner;
+		m->flow = flow;
 		p->flags |= OTUS_FLAG_OWNED;
 		m->snaplen = p->payload_offset + cfg->media_snaplen;
 		/* RTCP is read whole: a report and the SDES that must follow it are
 		 * past any RTP snaplen, and there are a few a second per stream. */
 		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset))
 			m->snaplen = cfg->sip_snaplen;
+		else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP)
+			m->stream = 1;
 		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
 	}
 
@@ -497,6 +511,244 @@ static __always_inline __u32 classify(void *data, void *data_end, struct otus_pa
 		return OTUS_CTR_MATCHED_SIP_SIGNATURE;
 	}
 	return OTUS_CTR_NO_MATCH;
+}
+
+/* ---- RTP stream statistics, kept here (RFC 3550 A.1, A.3, A.8) ----
+ * userspace/rtp.py's RtpStream is the same algorithm in Python (AF_PACKET,
+ * replay) and the oracle tests/kernel/test_stream_stats.py compares this
+ * with. Jitter is fixed point (x 65536) in the stream clock's units. */
+#define OTUS_SEQ_MOD 65536
+#define OTUS_MAX_DROPOUT 3000
+#define OTUS_MAX_MISORDER 100
+#define OTUS_RECENT_HI_MASK ((1ULL << (OTUS_MAX_MISORDER + 1 - 64)) - 1)
+/* An arrival gap is clamped to 2^42 ns (73 min), so gap x clock (<= 1 MHz)
+ * and the transit difference stay within 64 bits. */
+#define OTUS_MAX_GAP_NS (1ULL << 42)
+#define OTUS_NS_PER_S 1000000000LL
+/* 10^9 / 2^16 = 1953125 / 2^7: d x 65536 / 10^9 without overflow */
+#define OTUS_NS_FP_DIVISOR 1953125ULL
+
+struct otus_rtp_header {
+	__u8 vpxcc;
+	__u8 marker_type;
+	__be16 seq;
+	__be32 timestamp;
+	__be32 ssrc;
+};
+
+/* The clock of a payload type as the flow's SDP gave it; 0: telephone-event. */
+static __always_inline __u32 clock_of(struct otus_flow_value *flow, __u8 type)
+{
+	__u32 used = flow->clock_count;
+
+#pragma unroll
+	for (int i = 0; i < OTUS_MAX_CLOCKS; i++) {
+		if (i < used && flow->clock_types[i] == type)
+			return flow->clock_rates[i];
+	}
+	return OTUS_DEFAULT_CLOCK;
+}
+
+static __always_inline void seq_start(struct otus_stream *st, __u16 seq)
+{
+	st->base_seq = seq;
+	st->max_seq = seq;
+	st->cycles = 0;
+	st->recent_lo = 1;
+	st->recent_hi = 0;
+	st->state &= ~OTUS_STREAM_BAD_SEQ;
+}
+
+/* A.1 with A.3's restart: 1 when the packet counts; 0 for a duplicate, or
+ * a stray far outside the sequence that the next packet did not confirm. */
+static __always_inline int seq_update(struct otus_stream *st, __u16 seq)
+{
+	if (st->packets == 0 && !(st->state & OTUS_STREAM_BAD_SEQ)) {
+		seq_start(st, seq);
+		return 1;
+	}
+	__u32 delta = (__u16)(seq - st->max_seq);
+
+	if (delta > 0 && delta < OTUS_MAX_DROPOUT) { /* in order, perhaps after a gap */
+		if (seq < st->max_seq)
+			st->cycles += 1;
+		st->max_seq = seq;
+		if (delta >= 128) {
+			st->recent_hi = 0;
+			st->recent_lo = 1;
+		} else if (delta >= 64) {
+			st->recent_hi = st->recent_lo << (delta - 64);
+			st->recent_lo = 1;
+		} else {
+			st->recent_hi = (st->recent_hi << delta) | (st->recent_lo >> (64 - delta));
+			st->recent_lo = (st->recent_lo << delta) | 1;
+		}
+		st->recent_hi &= OTUS_RECENT_HI_MASK;
+		st->state &= ~OTUS_STREAM_BAD_SEQ;
+		return 1;
+	}
+	if (delta >= OTUS_SEQ_MOD - OTUS_MAX_MISORDER) { /* late: reordered or a duplicate */
+		__u32 behind = OTUS_SEQ_MOD - delta;
+
+		if (behind < 64) {
+			if (st->recent_lo & (1ULL << behind)) {
+				st->duplicates += 1;
+				return 0;
+			}
+			st->recent_lo |= 1ULL << behind;
+		} else {
+			if (st->recent_hi & (1ULL << (behind - 64))) {
+				st->duplicates += 1;
+				return 0;
+			}
+			st->recent_hi |= 1ULL << (behind - 64);
+		}
+		st->reordered += 1;
+		return 1;
+	}
+	if (delta == 0) {
+		st->duplicates += 1;
+		return 0;
+	}
+	if ((st->state & OTUS_STREAM_BAD_SEQ) && seq == st->bad_seq) { /* the sender restarted */
+		st->expected_before += st->cycles * OTUS_SEQ_MOD + st->max_seq - st->base_seq + 1;
+		seq_start(st, seq);
+		return 1;
+	}
+	st->bad_seq = seq + 1;
+	st->state |= OTUS_STREAM_BAD_SEQ;
+	st->stray += 1;
+	return 0;
+}
+
+static __always_inline void count_type(struct otus_stream *st, __u8 type)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (st->type_packets[i] == 0) {
+			st->types[i] = type;
+			st->type_packets[i] = 1;
+			return;
+		}
+		if (st->types[i] == type) {
+			st->type_packets[i] += 1;
+			return;
+		}
+	}
+	st->other_types += 1;
+}
+
+/* J x to / from, exact in 64 bits for any jitter and clocks up to 1 MHz. */
+static __always_inline __u64 rescale(__u64 j, __u32 to, __u32 from)
+{
+	if (from == 0)
+		return j;
+	return (j / from) * to + (j % from) * to / from;
+}
+
+/* A.8: J += (|D| - J) / 16, D = (Rj - Ri) - (Sj - Si) in the clock's units. */
+static __always_inline __u64 jitter_step(__u64 j, __u64 gap_ns, __u32 clock, __s32 sent)
+{
+	if (gap_ns > OTUS_MAX_GAP_NS)
+		gap_ns = OTUS_MAX_GAP_NS;
+	__s64 d = (__s64)(gap_ns * clock) - (__s64)sent * OTUS_NS_PER_S;
+	__u64 ad = d < 0 ? -d : d;
+	__u64 d_fp = ((ad / OTUS_NS_FP_DIVISOR) << 7) + (((ad % OTUS_NS_FP_DIVISOR) << 7) / OTUS_NS_FP_DIVISOR);
+
+	if (d_fp >= j)
+		return j + ((d_fp - j) >> 4);
+	return j - ((j - d_fp) >> 4);
+}
+
+/* One packet into its stream; the caller holds the stream's lock. */
+static __always_inline void stream_update(struct otus_stream *st, __u16 seq, __u32 ts, __u8 type,
+					  __u32 clock, __u64 now, __u64 size)
+{
+	if (!seq_update(st, seq))
+		return;
+	st->packets += 1;
+	st->bytes += size;
+	if (now > st->last_ns)
+		st->last_ns = now;
+	count_type(st, type);
+	if (type != st->audio_type) {
+		if (clock == 0) { /* telephone-event: counted, no jitter */
+			st->event_packets += 1;
+			if (!(st->state & OTUS_STREAM_EVENT) || ts != st->event_timestamp) {
+				st->events += 1;
+				st->event_timestamp = ts;
+				st->state |= OTUS_STREAM_EVENT;
+			}
+			return;
+		}
+		/* the audio changes codec: the jitter follows its clock, transit starts again */
+		if (clock != st->clock_rate && st->audio_type != OTUS_NO_TYPE)
+			st->jitter = rescale(st->jitter, clock, st->clock_rate);
+		st->audio_type = type;
+		st->clock_rate = clock;
+		st->state &= ~OTUS_STREAM_ARRIVAL;
+	}
+	if (st->state & OTUS_STREAM_ARRIVAL) {
+		if (now < st->last_arrival_ns)
+			return;
+		st->jitter = jitter_step(st->jitter, now - st->last_arrival_ns, st->clock_rate,
+					 (__s32)(ts - st->last_timestamp));
+	}
+	st->last_arrival_ns = now;
+	st->last_timestamp = ts;
+	st->state |= OTUS_STREAM_ARRIVAL;
+}
+
+/* Learned RTP measured here. Returns 1 when the packet still goes up: the
+ * first of a new stream (user space learns the stream from it, flagged
+ * OTUS_FLAG_STREAM) or a payload that is not RTP (user space counts it);
+ * else 0, and the packet is counted (MEDIA_COUNTED or STREAMS_FULL). */
+static __always_inline int media_stats(void *data, void *data_end, struct otus_parsed *p,
+				       struct otus_match *m, __u64 frame_len, __u32 direction)
+{
+	struct otus_rtp_header *rtp = data + p->payload_offset;
+	struct otus_flow_value *flow = m->flow;
+
+	if ((void *)(rtp + 1) > data_end || (rtp->vpxcc >> 6) != 2 || !flow)
+		return 1;
+	__u8 type = rtp->marker_type & 0x7f;
+	__u32 clock = clock_of(flow, type);
+	struct otus_stream_key key = {};
+	__builtin_memcpy(key.saddr, p->saddr, 16);
+	__builtin_memcpy(key.daddr, p->daddr, 16);
+	key.sport = p->sport;
+	key.dport = p->dport;
+	key.ssrc = bpf_ntohl(rtp->ssrc);
+	key.owner = flow->owner;
+	key.family = p->family;
+	key.worker = flow->shard;
+	__u64 now = bpf_ktime_get_ns();
+	int fresh = 0;
+
+	struct otus_stream *st = streams.lookup(&key);
+	if (!st) {
+		struct otus_stream init = {};
+
+		init.first_ns = now;
+		init.clock_rate = OTUS_DEFAULT_CLOCK;
+		init.audio_type = OTUS_NO_TYPE;
+		fresh = streams.insert(&key, &init) == 0;
+		st = streams.lookup(&key); /* ours, or another CPU's that won the insert */
+		if (!st) {
+			count(direction, OTUS_CTR_STREAMS_FULL);
+			return 0;
+		}
+	}
+	bpf_spin_lock(&st->lock);
+	stream_update(st, bpf_ntohs(rtp->seq), bpf_ntohl(rtp->timestamp), type, clock, now,
+		      frame_len - p->payload_offset);
+	bpf_spin_unlock(&st->lock);
+	if (fresh) {
+		p->flags |= OTUS_FLAG_STREAM;
+		return 1;
+	}
+	count(direction, OTUS_CTR_MEDIA_COUNTED);
+	return 0;
 }
 
 #ifdef OTUS_CALLID_ROUTING
@@ -671,7 +923,8 @@ static __always_inline void fill_header(struct otus_sample *s, struct otus_parse
 	s->hdr.l4_proto = p->l4_proto;
 	s->hdr.flags = p->flags;
 	s->hdr.shard = m->shard;
-	__builtin_memset(s->hdr.pad, 0, sizeof(s->hdr.pad));
+	s->hdr.pad = 0;
+	s->hdr.owner = m->owner;
 }
 
 /* One case per ring: bcc cannot expand map calls inside macros. */
@@ -746,34 +999,72 @@ static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u3
 		*failures += 1;
 }
 
+/* Copies the frame into the sample and sends it up. ``route``: a constant
+ * at each call, so the Call-ID scan is compiled only where SIP can reach it
+ * (the verifier then never walks it after the media statistics). */
+static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *p, struct otus_match *m,
+					const int route)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct otus_sample *s = scratch.lookup(&zero);
+
+	if (!s)
+		return;
+	__u64 frame_len = data_end - data;
+	__u64 cap_len = capture_length(frame_len, m->snaplen);
+	if (cap_len < 1 || bpf_xdp_load_bytes(ctx, 0, s->data, cap_len) < 0) {
+		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
+		return;
+	}
+#ifdef OTUS_CALLID_ROUTING
+	if (route)
+		route_by_call_id(s, p, m, cap_len);
+#endif
+	fill_header(s, p, m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
+	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m->shard);
+}
+
+static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed *p, struct otus_match *m,
+				       const int route)
+{
+	__u32 zero = 0;
+	struct otus_sample *s = scratch.lookup(&zero);
+
+	if (!s)
+		return;
+	__u64 cap_len = capture_length(skb->len, m->snaplen);
+	if (cap_len < 1 || bpf_skb_load_bytes(skb, 0, s->data, cap_len) < 0) {
+		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
+		return;
+	}
+#ifdef OTUS_CALLID_ROUTING
+	if (route)
+		route_by_call_id(s, p, m, cap_len);
+#endif
+	fill_header(s, p, m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
+	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m->shard);
+}
+
 int xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct otus_parsed p = {};
 	struct otus_match m = {};
-	__u32 zero = 0;
 
 	count(OTUS_DIR_INGRESS, OTUS_CTR_SEEN);
 	__u32 verdict = classify(data, data_end, &p, &m);
 	count(OTUS_DIR_INGRESS, verdict);
 	if (m.kind == 0)
 		return XDP_PASS;
-
-	struct otus_sample *s = scratch.lookup(&zero);
-	if (!s)
-		return XDP_PASS;
-	__u64 frame_len = data_end - data;
-	__u64 cap_len = capture_length(frame_len, m.snaplen);
-	if (cap_len < 1 || bpf_xdp_load_bytes(ctx, 0, s->data, cap_len) < 0) {
-		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
+	if (m.stream) {
+		if (media_stats(data, data_end, &p, &m, data_end - data, OTUS_DIR_INGRESS))
+			copy_up_xdp(ctx, &p, &m, 0);
 		return XDP_PASS;
 	}
-#ifdef OTUS_CALLID_ROUTING
-	route_by_call_id(s, &p, &m, cap_len);
-#endif
-	fill_header(s, &p, &m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
-	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m.shard);
+	copy_up_xdp(ctx, &p, &m, 1);
 	return XDP_PASS;
 }
 
@@ -781,7 +1072,6 @@ int tc_egress(struct __sk_buff *skb)
 {
 	struct otus_parsed p = {};
 	struct otus_match m = {};
-	__u32 zero = 0;
 
 	count(OTUS_DIR_EGRESS, OTUS_CTR_SEEN);
 	/* Locally built skbs may keep headers outside the linear area; pulling
@@ -795,19 +1085,11 @@ int tc_egress(struct __sk_buff *skb)
 	count(OTUS_DIR_EGRESS, verdict);
 	if (m.kind == 0)
 		return TC_ACT_UNSPEC;
-
-	struct otus_sample *s = scratch.lookup(&zero);
-	if (!s)
-		return TC_ACT_UNSPEC;
-	__u64 cap_len = capture_length(skb->len, m.snaplen);
-	if (cap_len < 1 || bpf_skb_load_bytes(skb, 0, s->data, cap_len) < 0) {
-		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
+	if (m.stream) {
+		if (media_stats(data, data_end, &p, &m, skb->len, OTUS_DIR_EGRESS))
+			copy_up_tc(skb, &p, &m, 0);
 		return TC_ACT_UNSPEC;
 	}
-#ifdef OTUS_CALLID_ROUTING
-	route_by_call_id(s, &p, &m, cap_len);
-#endif
-	fill_header(s, &p, &m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
-	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m.shard);
+	copy_up_tc(skb, &p, &m, 1);
 	return TC_ACT_UNSPEC;
 }

@@ -33,6 +33,9 @@
 /* flow_hash names the owner: the Call-ID's hash (SIP over UDP) or the
  * worker that learned the endpoint (media); see docs/SHARDING.md */
 #define OTUS_FLAG_OWNED 16
+/* the first packet of a stream the kernel measures (struct otus_stream):
+ * user space learns the stream from it; its later packets stay in the map */
+#define OTUS_FLAG_STREAM 32
 
 /* enum otus_counter: per-CPU array index = direction * OTUS_CTR_MAX + counter.
  * Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
@@ -52,7 +55,11 @@
 #define OTUS_CTR_SUBMITTED 12
 #define OTUS_CTR_SUBMIT_FAILED 13
 #define OTUS_CTR_LOAD_FAILED 14
-#define OTUS_CTR_MAX 15
+/* learned RTP counted in the kernel's stream statistics, not copied up */
+#define OTUS_CTR_MEDIA_COUNTED 15
+/* learned RTP of a new stream the full streams map could not hold */
+#define OTUS_CTR_STREAMS_FULL 16
+#define OTUS_CTR_MAX 17
 
 /* enum otus_config_flag: bits of otus_config.flags */
 #define OTUS_CFG_SIGNATURE 1
@@ -62,6 +69,9 @@
 #define OTUS_CFG_EXCLUDE_V6 16
 /* capture paused: every packet counts as filtered, none goes up */
 #define OTUS_CFG_PAUSED 32
+/* every learned RTP packet goes up (pcap of media, or no stream statistics
+ * in the kernel); without it the kernel measures RTP itself */
+#define OTUS_CFG_MEDIA_PACKETS 64
 
 struct otus_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -77,7 +87,8 @@ struct otus_event {
 	__u8 l4_proto;        /* IPPROTO_UDP, IPPROTO_TCP, or the fragment's protocol */
 	__u8 flags;           /* OTUS_FLAG_* */
 	__u8 shard;           /* the ring this record went to */
-	__u8 pad[5];
+	__u8 pad;
+	__u32 owner;          /* media: the flow's owner tag (struct otus_stream_key); else 0 */
 };
 
 /* The single entry of the "config" array map. */
@@ -102,12 +113,79 @@ struct otus_flow_value {
 	__u8 kind;            /* OTUS_KIND_RTP or OTUS_KIND_RTCP */
 	__u8 shard;           /* the worker that learned the flow (the newest holder's) */
 	__u8 flags;           /* OTUS_FLOW_* */
-	__u8 pad[5];
+	__u8 clock_count;     /* entries used in clock_types and clock_rates */
+	__u32 owner;          /* the holding call's tag: its streams are keyed by it */
+	/* The payload types of the endpoint's SDP whose RTP clock is not
+	 * OTUS_DEFAULT_CLOCK, with their clock; 0: telephone-event (RFC 4733),
+	 * counted apart and kept out of the jitter. Any other type runs at
+	 * OTUS_DEFAULT_CLOCK, as RFC 3551's static types do. */
+	__u8 clock_types[8];
+	__u32 clock_rates[8];
 };
+
+#define OTUS_MAX_CLOCKS 8
+#define OTUS_DEFAULT_CLOCK 8000
 
 /* Calls in more than one worker hold this endpoint: a packet to it goes to
  * the worker of its other end, when that end is held by one worker only. */
 #define OTUS_FLOW_SHARED 1
+
+/* "streams" hash map: RFC 3550 statistics of each RTP stream on a learned
+ * flow, kept by the kernel (RTP is not copied up unless
+ * OTUS_CFG_MEDIA_PACKETS). A stream is a flow, an SSRC and the owner tag of
+ * the call holding the flow's endpoint, so a new SSRC or a new call is a new
+ * stream. The worker that learned the flow reads and deletes it. */
+struct otus_stream_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 ssrc;
+	__u32 owner;
+	__u8 family;          /* 4 or 6 */
+	__u8 worker;          /* the flow's shard: the worker that reads it */
+	__u8 pad[2];
+};
+
+/* The fields mirror userspace/rtp.py's RtpStream, which is the oracle the
+ * kernel tests compare it with. Updated under the lock: a stream's packets
+ * may arrive on several CPUs (RSS, several queues, egress on the sender's
+ * CPU), and sequence tracking and jitter need every packet in turn. */
+struct otus_stream {
+	struct bpf_spin_lock lock;
+	__u32 packets;        /* counted: not duplicates, not strays */
+	__u64 bytes;          /* UDP payload bytes of the counted packets */
+	__u64 first_ns;       /* arrivals, bpf_ktime_get_ns() */
+	__u64 last_ns;
+	__u64 last_arrival_ns; /* of the previous audio packet (OTUS_STREAM_ARRIVAL) */
+	__u64 jitter;         /* RFC 3550 A.8, in the clock's units x 65536 */
+	__u64 recent_lo;      /* bit i: extended seq (max - i) seen, i < 64 */
+	__u64 recent_hi;      /* bits 64..100 */
+	__u32 cycles;         /* sequence wraps (A.1) */
+	__u32 expected_before; /* packets expected before a confirmed restart */
+	__u32 reordered;
+	__u32 duplicates;
+	__u32 stray;          /* far outside the sequence, not confirmed by the next */
+	__u32 clock_rate;     /* of the current audio payload type */
+	__u32 last_timestamp; /* RTP timestamp of the previous audio packet */
+	__u32 event_timestamp; /* of the last telephone-event (OTUS_STREAM_EVENT) */
+	__u32 event_packets;
+	__u32 events;         /* distinct telephone-events (a new timestamp each) */
+	__u16 base_seq;
+	__u16 max_seq;
+	__u16 bad_seq;        /* the seq that would confirm a jump (OTUS_STREAM_BAD_SEQ) */
+	__u8 audio_type;      /* OTUS_NO_TYPE before the first audio packet */
+	__u8 state;           /* OTUS_STREAM_* */
+	__u8 types[4];        /* payload types seen, in order, with their packets */
+	__u32 type_packets[4];
+	__u32 other_types;    /* packets of payload types past the fourth */
+};
+
+/* enum otus_stream_state: bits of otus_stream.state */
+#define OTUS_STREAM_BAD_SEQ 1
+#define OTUS_STREAM_ARRIVAL 2
+#define OTUS_STREAM_EVENT 4
+#define OTUS_NO_TYPE 255
 
 /* "include_v4"/"exclude_v4" and "include_v6"/"exclude_v6" LPM tries:
  * a packet is filtered when either address is excluded, or when an include

@@ -11,6 +11,7 @@ import ctypes
 import os
 import platform
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -31,6 +32,7 @@ class BpfCmd(IntEnum):
     MAP_GET_FD_BY_ID = 14
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
+    MAP_LOOKUP_BATCH = 24
     LINK_CREATE = 28
 
 
@@ -138,11 +140,14 @@ def map_info_by_fd(fd: int) -> MapInfo:
     return MapInfo(map_id, name, key_size, value_size, max_entries)
 
 
-def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+BPF_F_LOCK = 4  # copy a value that holds a bpf_spin_lock under that lock
+
+
+def map_lookup(fd: int, key: bytes, value_size: int, flags: int = 0) -> bytes | None:
     key_buf = ctypes.create_string_buffer(key, len(key))
     value = ctypes.create_string_buffer(value_size)
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("=IxxxxQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value))
+    struct.pack_into("=IxxxxQQQ", attr, 0, fd, ctypes.addressof(key_buf), ctypes.addressof(value), flags)
     try:
         bpf(BpfCmd.MAP_LOOKUP_ELEM, attr)
     except FileNotFoundError:
@@ -232,3 +237,31 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int]
     bpf(BpfCmd.PROG_TEST_RUN, attr)
     retval, duration = struct.unpack_from("=I", attr, 4)[0], struct.unpack_from("=I", attr, 36)[0]
     return retval, duration
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int,
+                     flags: int = 0) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map, ``chunk`` entries a syscall (BPF_MAP_LOOKUP_BATCH,
+    Linux 5.6). Raises OSError(EINVAL) where the kernel has no batch operations."""
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    tokens = ctypes.create_string_buffer(16)  # in_batch, out_batch: a bucket number for hash maps
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    first = True
+    while True:
+        struct.pack_into("=QQQQIIQQ", attr, 0, 0 if first else ctypes.addressof(tokens),
+                         ctypes.addressof(tokens) + 8, ctypes.addressof(keys), ctypes.addressof(values),
+                         chunk, fd, flags, 0)
+        done = False
+        try:
+            bpf(BpfCmd.MAP_LOOKUP_BATCH, attr)
+        except FileNotFoundError:  # the last batch: count says how many it holds
+            done = True
+        count = struct.unpack_from("=I", attr, 32)[0]
+        key_bytes, value_bytes = keys.raw, values.raw
+        for i in range(count):
+            yield key_bytes[i * key_size:(i + 1) * key_size], value_bytes[i * value_size:(i + 1) * value_size]
+        if done:
+            return
+        ctypes.memmove(tokens, ctypes.addressof(tokens) + 8, 8)  # out_batch is the next in_batch
+        first = False

@@ -22,6 +22,7 @@ from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
 from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
+from otus_ebpf.streams import KernelStreams
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 from userspace.event import Kind
@@ -76,6 +77,9 @@ class Capture(Protocol):
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         """Learn or forget media endpoints the dialogs announced (each event on its own:
         otus_ebpf.flows.apply_each)."""
+
+    def stream_source(self) -> KernelStreams | None:
+        """The kernel's RTP stream statistics, where the kernel keeps them."""
 
 
 OnStop = Callable[[list[bytes]], None]
@@ -142,11 +146,14 @@ class _EbpfCapture:
     def poll(self, timeout_ms: int) -> list[bytes]:
         return self._reader.poll(timeout_ms)
 
+    def stream_source(self) -> KernelStreams | None:
+        return KernelStreams(self._programs.bpf)
+
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         maps, shards = self._programs.maps, self._programs.shards
         apply_each(events,
                    lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind,
-                                             e.shard % shards),
+                                             e.shard % shards, owner=e.owner, clocks=e.clocks),
                    lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
                    stats, boundary)
 
@@ -191,6 +198,9 @@ class _AfPacket:
             self._capture.set_media(learn, forget)  # one socket filter for the whole batch
         except Exception as exc:
             boundary.failed("flow_learning", exc)
+
+    def stream_source(self) -> KernelStreams | None:
+        return None  # user space measures every RTP packet
 
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()

@@ -50,6 +50,7 @@ from otus_ebpf.loader import (
     DEFAULT_SNAPLEN,
     Delivery,
     KernelSettings,
+    MediaMode,
     parse_network,
 )
 from otus_ebpf.options import Dispatch, Strategy
@@ -177,6 +178,10 @@ def _add_attach(attach: argparse.ArgumentParser) -> None:
                         help="bytes of a SIP packet or fragment to copy")
     attach.add_argument("--media-snaplen", type=whole(SNAPLEN_MEDIA), default=DEFAULT_MEDIA_SNAPLEN,
                         help="bytes past the UDP header to copy for RTP (RTCP is copied up to --snaplen)")
+    attach.add_argument("--media", choices=[m.value for m in MediaMode],
+                        help="stats (default): the kernel measures RTP, only RTCP and each stream's first "
+                             "packet are copied up; packets: every RTP packet is (the default with --pcap "
+                             "or --pcap-per-call); off: media is not followed")
     attach.add_argument("--ring-mb", type=whole(RING_MB), default=DEFAULT_RING_MB,
                         help=f"kernel ring memory per worker, MiB, a power of two (default "
                              f"{DEFAULT_RING_MB}: seconds of a SIP burst)")
@@ -327,6 +332,7 @@ def _attach_options(args: argparse.Namespace) -> AttachOptions:
         snaplen=args.snaplen,
         media_snaplen=args.media_snaplen,
         ring_mb=args.ring_mb,
+        media=None if args.media is None else MediaMode(args.media),
         shards=args.workers,
         delivery=Delivery(args.delivery),
     )
@@ -491,7 +497,7 @@ _FIELD_FLAGS = {
 _KERNEL_FLAGS = {
     "sip_ports": ("sip_ports",), "signature": ("signature",), "include": ("include",),
     "exclude": ("exclude",), "snaplen": ("snaplen",), "media_snaplen": ("media_snaplen",),
-    "ring_mb": ("ring_mb",), "shards": ("workers",), "delivery": ("delivery",),
+    "ring_mb": ("ring_mb",), "shards": ("workers",), "delivery": ("delivery",), "media": ("media",),
 }
 
 

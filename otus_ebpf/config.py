@@ -55,6 +55,7 @@ from otus_ebpf.loader import (
     MIN_SNAPLEN,
     Delivery,
     KernelSettings,
+    MediaMode,
 )
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.secret import read_secret
@@ -400,7 +401,7 @@ class _Checker:
 
     def kernel(self, node: yaml.Node | None, path: str, workers: int, delivery: Delivery) -> KernelSettings:
         keys = self.mapping(node, path, ("sip_ports", "signature", "include", "exclude", "snaplen",
-                                         "media_snaplen", "ring_mb"))
+                                         "media_snaplen", "ring_mb", "media"))
         ports = tuple(self.integer(n, f"{path}.sip_ports[{i}]", 5060, 1, 65535)
                       for i, n in enumerate(self.sequence(keys.get("sip_ports"), f"{path}.sip_ports")))
         snaplen = self.integer(keys.get("snaplen"), f"{path}.snaplen", DEFAULT_SNAPLEN, MIN_SNAPLEN,
@@ -418,6 +419,8 @@ class _Checker:
             media_snaplen=self.integer(keys.get("media_snaplen"), f"{path}.media_snaplen",
                                        min(DEFAULT_MEDIA_SNAPLEN, snaplen), 0, snaplen),
             ring_mb=ring_mb, shards=workers, delivery=delivery,
+            media=None if keys.get("media") is None else
+            self.choice(keys.get("media"), f"{path}.media", MediaMode, MediaMode.STATS),
         )
 
     def networks(self, node: yaml.Node | None, path: str) -> tuple[Network, ...]:

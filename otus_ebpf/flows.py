@@ -20,6 +20,7 @@ from otus_ebpf.kernel_abi import Address
 from userspace.boundary import Boundary
 from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.event import Kind
+from userspace.kernel_streams import Clocks
 
 
 class FlowTableFull(Exception):
@@ -85,7 +86,8 @@ class SharedFlows:
             was_shared = self.shared(endpoint)
             if event.action is FlowAction.LEARN:
                 held.add(endpoint)
-                change = self._registry.take(endpoint, Hold(str(worker), event.kind, event.shard, {}))
+                change = self._registry.take(endpoint, Hold(str(worker), event.kind, event.shard, {},
+                                                            owner=event.owner, clocks=event.clocks))
             else:
                 held.discard(endpoint)
                 change = self._registry.release(endpoint, str(worker))
@@ -109,8 +111,7 @@ class SharedFlows:
         owner = self._registry.owner(endpoint)
         if change is None and owner is not None and self.shared(endpoint) != was_shared:
             # The same owner, but shared now or no longer: the entry's flag changes.
-            change = FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], owner.kind, owner.call_id,
-                               owner.shard)
+            change = owner.event(FlowAction.LEARN, endpoint)
         if change is not None:
             writes.append(change)
 
@@ -122,7 +123,8 @@ class SharedFlows:
 class FlowMap(Protocol):
     """What the one writer needs of the kernel's maps (otus_ebpf.maps.KernelMaps)."""
 
-    def learn_flow(self, endpoint: Any, kind: Kind, shard: int, shared: bool = False) -> None: ...
+    def learn_flow(self, endpoint: Any, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
+                   clocks: Clocks = ()) -> None: ...
 
     def forget_flow(self, endpoint: Any) -> None: ...
 
@@ -179,7 +181,8 @@ class FlowMapWriter:
             if self._abandoned:
                 return
             apply_each(events[start:start + _WRITE_CHUNK],
-                       lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)]),
+                       lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)],
+                                                 e.owner, e.clocks),
                        lambda e: maps.forget_flow(key(e.address, e.port)),
                        self.stats, boundary)
 

@@ -12,6 +12,7 @@ import struct
 from enum import IntFlag
 
 from userspace.event import Kind, StructFields, struct_format
+from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
 
 
 class ConfigFlag(IntFlag):
@@ -21,6 +22,7 @@ class ConfigFlag(IntFlag):
     EXCLUDE_V4 = 8
     EXCLUDE_V6 = 16
     PAUSED = 32
+    MEDIA_PACKETS = 64  # every learned RTP packet goes up; else the kernel measures RTP itself
 
 
 CONFIG_FIELDS: StructFields = (
@@ -39,7 +41,10 @@ FLOW_VALUE_FIELDS: StructFields = (
     ("kind", "__u8", 0),
     ("shard", "__u8", 0),
     ("flags", "__u8", 0),
-    ("pad", "__u8", 5),
+    ("clock_count", "__u8", 0),
+    ("owner", "__u32", 0),
+    ("clock_types", "__u8", MAX_CLOCKS),
+    ("clock_rates", "__u32", MAX_CLOCKS),
 )
 LPM_V4_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 4))
 LPM_V6_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 16))
@@ -57,6 +62,8 @@ MAP_STRUCTS: dict[str, StructFields] = {
     "otus_flow_value": FLOW_VALUE_FIELDS,
     "otus_lpm_v4": LPM_V4_FIELDS,
     "otus_lpm_v6": LPM_V6_FIELDS,
+    "otus_stream_key": STREAM_KEY_FIELDS,
+    "otus_stream": STREAM_FIELDS,
 }
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -74,8 +81,14 @@ def pack_flow_key(address: Address, port: int, l4_proto: int) -> bytes:
 FLOW_SHARED = 1  # OTUS_FLOW_SHARED
 
 
-def pack_flow_value(kind: Kind, shard: int, shared: bool = False) -> bytes:
-    return FLOW_VALUE.pack(int(kind), shard, FLOW_SHARED if shared else 0)
+def pack_flow_value(kind: Kind, shard: int, shared: bool = False, owner: int = 0,
+                    clocks: Clocks = ()) -> bytes:
+    """``owner``: the holding call's tag (userspace.kernel_streams.owner_tag); ``clocks``:
+    the payload types of its SDP whose clock the kernel must know (clock_table)."""
+    clocks = clocks[:MAX_CLOCKS]
+    types = bytes(pt for pt, _clock in clocks).ljust(MAX_CLOCKS, b"\0")
+    rates = [clock for _pt, clock in clocks] + [0] * (MAX_CLOCKS - len(clocks))
+    return FLOW_VALUE.pack(int(kind), shard, FLOW_SHARED if shared else 0, len(clocks), owner, types, *rates)
 
 
 def pack_lpm_key(network: Network) -> bytes:

@@ -52,6 +52,12 @@ class Delivery(Enum):
     PERF = "perf"
 
 
+class MediaMode(Enum):
+    STATS = "stats"      # the kernel keeps each RTP stream's statistics; RTP is not copied up
+    PACKETS = "packets"  # every RTP packet goes up (media in pcap outputs)
+    OFF = "off"          # no media is learned or measured
+
+
 @dataclass(frozen=True, slots=True)
 class KernelSettings:
     sip_ports: tuple[int, ...] = DEFAULT_SIP_PORTS
@@ -69,6 +75,9 @@ class KernelSettings:
     # Learned media endpoints the kernel holds: derived from the call limit
     # (AttachOptions.capture), never set on its own.
     max_flows: int = CallLimits().flow_map_entries
+    max_streams: int = CallLimits().stream_table_entries  # likewise: RTP streams the kernel measures
+    # None: STATS, unless a pcap output wants the media (AttachOptions.capture decides)
+    media: MediaMode | None = None
     extra_cflags: tuple[str, ...] = field(default=())
 
     @property
@@ -145,6 +154,7 @@ def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
         f"-DOTUS_RING_PAGES={settings.ring_pages}",
         f"-DOTUS_SHARDS={settings.shards}",
         f"-DOTUS_MAX_FLOWS={settings.max_flows}",
+        f"-DOTUS_MAX_STREAMS={settings.max_streams}",
         *settings.extra_cflags,
     ]
     if delivery is Delivery.PERF:
@@ -180,7 +190,7 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
     maps.configure(signature=settings.signature, sip_snaplen=settings.snaplen,
-                   media_snaplen=settings.media_snaplen)
+                   media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS)
     maps.set_sip_ports(settings.sip_ports)
     for network in settings.include:
         maps.add_network("include", network)

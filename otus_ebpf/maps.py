@@ -23,6 +23,7 @@ from otus_ebpf.kernel_abi import (
     pack_lpm_key,
 )
 from userspace.event import Kind
+from userspace.kernel_streams import Clocks
 
 if TYPE_CHECKING:  # loader imports this module
     from otus_ebpf.loader import KernelSettings
@@ -72,9 +73,11 @@ class KernelMaps:
     def __init__(self, bpf: Any) -> None:
         self._bpf = bpf
 
-    def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int) -> None:
+    def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int,
+                  media_packets: bool = False) -> None:
         flags, _sip, _media = self._read_config()
-        flags = (flags | ConfigFlag.SIGNATURE) if signature else (flags & ~ConfigFlag.SIGNATURE)
+        for flag, on in ((ConfigFlag.SIGNATURE, signature), (ConfigFlag.MEDIA_PACKETS, media_packets)):
+            flags = (flags | flag) if on else (flags & ~flag)
         self._write_config(flags, sip_snaplen, media_snaplen)
 
     def _read_config(self) -> tuple[ConfigFlag, int, int]:
@@ -130,12 +133,14 @@ class KernelMaps:
             del trie[_key(trie, pack_lpm_key(network))]
         self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
 
-    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False) -> None:
+    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
+                   clocks: Clocks = ()) -> None:
         """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.
-        ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED)."""
+        ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED); ``owner``
+        and ``clocks``: what the kernel's stream statistics need (FlowEvent)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
         key = pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto)
-        value = pack_flow_value(kind, shard, shared)
+        value = pack_flow_value(kind, shard, shared, owner, clocks)
         try:
             map_update(fd, key, value, UpdateFlag.NOEXIST)
         except FileExistsError:

@@ -12,7 +12,7 @@ from otus_ebpf.capture import CaptureDirection, CaptureMode, CaptureOptions
 from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
 from otus_ebpf.hep import HepCollector
 from otus_ebpf.kafka import KafkaSettings
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.loader import KernelSettings, MediaMode
 from userspace.calls import CallLimits
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
@@ -70,7 +70,15 @@ class AttachOptions:
     strategy: Strategy = Strategy.FLOW_HASH
 
     @property
+    def media(self) -> MediaMode:
+        """As asked; by default the kernel measures RTP, unless a pcap output wants its packets."""
+        if self.kernel.media is not None:
+            return self.kernel.media
+        return MediaMode.PACKETS if self.pcap or self.pcap_per_call else MediaMode.STATS
+
+    @property
     def capture(self) -> CaptureOptions:
-        """What the capture needs; the kernel's flow map is sized from the call limit here."""
-        kernel = dataclasses.replace(self.kernel, max_flows=self.calls.flow_map_entries)
+        """What the capture needs; the kernel's maps are sized from the call limit here."""
+        kernel = dataclasses.replace(self.kernel, max_flows=self.calls.flow_map_entries,
+                                     max_streams=self.calls.stream_table_entries, media=self.media)
         return CaptureOptions(self.mode, self.direction, self.xdp_mode, self.method, self.force, kernel)

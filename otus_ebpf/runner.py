@@ -25,10 +25,11 @@ from otus_ebpf.counters import StatsLine
 from otus_ebpf.fanout import QueuedReporter
 from otus_ebpf.flows import FlowStats
 from otus_ebpf.joined import Forward
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.loader import KernelSettings, MediaMode
 from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.sampling import add_boundary, add_runner_figures
+from otus_ebpf.streams import KernelStreams
 from otus_ebpf.wiring import (
     FrameOutputs,
     Log,
@@ -44,6 +45,7 @@ from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
 
 POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
+MIN_STREAM_SYNC_NS = 1_000_000_000  # the kernel's stream statistics are read at most this often
 _EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 HandOffSink = Callable[[list[tuple[int, bytes]]], None]
 
@@ -91,6 +93,10 @@ class Runner:
         self.pipeline = Pipeline(interfaces, self.clock_offset_ns, options.reassembly, options.tcp,
                                  options.calls, boundary, route)
         self.capture: Capture | None = None
+        self.media = options.media
+        self.streams: KernelStreams | None = None  # the kernel measures RTP (measure_in_kernel)
+        self._stream_sync_ns = max(MIN_STREAM_SYNC_NS, int(options.calls.rtp_report_interval_s * 1e9) // 2)
+        self._next_stream_sync = 0
         self.reporters: list[QueuedReporter] = []
         self.kafka: KafkaReporter | None = None
         self.frames = FrameOutputs()
@@ -129,11 +135,24 @@ class Runner:
 
     # -- the loop ---------------------------------------------------------------
 
+    def measure_in_kernel(self, streams: KernelStreams, worker: int | None) -> None:
+        """The kernel's programs keep RTP statistics (unless media goes up packet by
+        packet, or is off): read them every half report interval. ``worker``: this
+        runner's flows are the ones learned with that shard (None: every one)."""
+        if self.media is MediaMode.STATS:
+            self.streams = streams
+            self.pipeline.measure_in_kernel(streams, worker)
+
     def poll_once(self) -> None:
-        """One turn: read a batch, process it, expire what timed out, learn flows."""
+        """One turn: read a batch, process it, expire what timed out, read the kernel's
+        stream statistics when due, learn flows."""
         assert self.capture is not None
         self.deliver(self.capture.poll(POLL_TIMEOUT_MS))  # a capture that cannot be read raises
-        expired = self.pipeline.expire(time.monotonic_ns())
+        now = time.monotonic_ns()
+        expired = self.pipeline.expire(now)
+        if self.streams is not None and now >= self._next_stream_sync:
+            self._next_stream_sync = now + self._stream_sync_ns
+            expired += self.pipeline.sync_streams(now)
         if expired:
             self._write(expired)
             self._guarded("frames", self.frames.write, [], expired)
@@ -165,6 +184,8 @@ class Runner:
 
     def _apply_flows(self) -> None:
         events = self.pipeline.take_flow_events()
+        if self.media is MediaMode.OFF:
+            return  # media not followed: nothing learned
         if self.capture is not None and events:
             self._guarded("flow_learning", self.capture.apply_flows, events, self.flow_stats, self.boundary)
 

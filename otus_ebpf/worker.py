@@ -35,6 +35,7 @@ from otus_ebpf.options import AttachOptions
 from otus_ebpf.ring import open_reader
 from otus_ebpf.runner import Runner, bug_reporter, strict_mode
 from otus_ebpf.signals import SignalFlag
+from otus_ebpf.streams import KernelStreams
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 
@@ -94,6 +95,9 @@ class _WorkerCapture:
 
     def set_paused(self, paused: bool) -> None:
         return None  # the parent pauses the programs
+
+    def stream_source(self) -> KernelStreams | None:
+        return None  # the worker's runner is told the kernel's streams at its start (measure_in_kernel)
 
 
 class _ShardCapture(_WorkerCapture):
@@ -211,6 +215,7 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
         else:
             runner.capture = _ShardCapture(stack, spec.programs, index, events, runner.on_capture_stop,
                                            send_flows)
+        runner.measure_in_kernel(KernelStreams(spec.programs.bpf), index)
         log(f"reading: {runner.capture.description}")
         outbox.send("ready", None)
         threading.Thread(target=listen, daemon=True).start()

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.errors import DecodeError
 from userspace.event import Kind
+from userspace.kernel_streams import Clocks, clock_table, owner_tag
 from userspace.media import MediaTracker
 from userspace.records import CallSummary, Origin, Parties, SipRecord, StreamReport
 from userspace.rtp import Formats
@@ -345,7 +346,7 @@ class CallTracker:
             wanted.append(((stream.address, stream.port), Kind.RTP))
         if not stream.rtcp_mux and stream.rtcp_port is not None and stream.rtcp_learnable:
             wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
-        formats = _formats(stream.codecs)  # payload type -> codec: what this endpoint receives
+        formats, clocks = _formats(stream.codecs)  # payload type -> codec: what this endpoint receives
         if stream.media == "audio":
             if caller_side:
                 call.caller_formats = formats
@@ -356,7 +357,9 @@ class CallTracker:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
                 continue
             call.endpoints[endpoint] = kind
-            event = self.endpoints.take(endpoint, Hold(call.call_id, kind, call.shard, formats, caller_side))
+            hold = Hold(call.call_id, kind, call.shard, formats, caller_side, owner_tag(call.call_id),
+                        clocks if kind is Kind.RTP else ())
+            event = self.endpoints.take(endpoint, hold)
             if event is not None:
                 self.stats.flows_learned += 1
                 flows.append(event)
@@ -387,19 +390,20 @@ _PROBLEM_COUNTERS = {SdpProblem.UNLEARNABLE: "sdp_unlearnable", SdpProblem.BAD_P
                      SdpProblem.BAD_CLOCK: "sdp_bad_clock"}
 
 
-def _formats(codecs: tuple[tuple[int, str], ...]) -> Formats:
-    """The payload-type map of an SDP media line, one shared copy per distinct set:
-    calls offer the same few, and a dict per stream of every live call was the
-    largest part of a call's memory. Bounded: what hostile SDPs invent beyond it
-    is built per stream."""
-    formats = _FORMATS.get(codecs)
-    if formats is None:
+def _formats(codecs: tuple[tuple[int, str], ...]) -> tuple[Formats, Clocks]:
+    """The payload-type map of an SDP media line and what the kernel must know of
+    it, one shared copy per distinct set: calls offer the same few, and a dict per
+    stream of every live call was the largest part of a call's memory. Bounded:
+    what hostile SDPs invent beyond it is built per stream."""
+    shared = _FORMATS.get(codecs)
+    if shared is None:
         formats = MappingProxyType(dict(codecs))
+        shared = formats, clock_table(formats)
         if len(_FORMATS) < _MAX_SHARED_FORMATS:
-            _FORMATS[codecs] = formats
-    return formats
+            _FORMATS[codecs] = shared
+    return shared
 
 
-_FORMATS: dict[tuple[tuple[int, str], ...], Formats] = {}
+_FORMATS: dict[tuple[tuple[int, str], ...], tuple[Formats, Clocks]] = {}
 _MAX_SHARED_FORMATS = 4_096
 

@@ -205,4 +205,4 @@ def encode_event(frame: bytes, c: Classified, direction: Direction, ts_ns: int, 
                  orig_len: int) -> bytes:
     """The ring record the kernel would have written for this frame."""
     return EVENT_HEADER.pack(ts_ns, ifindex, orig_len, len(frame), c.flow_hash, c.l3_offset, c.l4_offset,
-                             c.payload_offset, direction, c.kind, c.l4_proto, c.flags, c.shard) + frame
+                             c.payload_offset, direction, c.kind, c.l4_proto, c.flags, c.shard, 0) + frame

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from userspace.event import Kind
+from userspace.kernel_streams import Clocks
 from userspace.rtp import Formats
 
 Endpoint = tuple[str, int]
@@ -33,6 +34,8 @@ class FlowEvent:
     kind: Kind
     call_id: str
     shard: int
+    owner: int = 0        # the call's tag: the kernel keys the endpoint's streams by it
+    clocks: Clocks = ()   # payload types whose clock the kernel must know (kernel_streams.clock_table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,17 @@ class Hold:
     shard: int
     formats: Formats          # what its SDP said this endpoint receives
     caller_side: bool = True  # announced by the caller's side of the call, or the callee's
+    owner: int = 0            # what the kernel's entry carries for it (FlowEvent)
+    clocks: Clocks = ()
+
+    @property
+    def entry(self) -> tuple[Kind, int, int, Clocks]:
+        """What the kernel's flow entry holds for this hold: a change of any is a write."""
+        return self.kind, self.shard, self.owner, self.clocks
+
+    def event(self, action: FlowAction, endpoint: Endpoint) -> FlowEvent:
+        return FlowEvent(action, endpoint[0], endpoint[1], self.kind, self.call_id, self.shard, self.owner,
+                         self.clocks)
 
 
 class _Shared:
@@ -137,7 +151,7 @@ class EndpointRegistry:
         held = self._holders.get(endpoint)
         if held is None:
             self._holders[endpoint] = hold
-            return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], hold.kind, hold.call_id, hold.shard)
+            return hold.event(FlowAction.LEARN, endpoint)
         before = _owner(held)
         if isinstance(held, _Shared):
             held.add(hold)
@@ -147,9 +161,9 @@ class EndpointRegistry:
             shared = self._holders[endpoint] = _Shared()
             shared.add(held)
             shared.add(hold)
-        if (before.kind, before.shard) == (hold.kind, hold.shard):
+        if before.entry == hold.entry:
             return None  # the kernel's entry stays as it is
-        return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], hold.kind, hold.call_id, hold.shard)
+        return hold.event(FlowAction.LEARN, endpoint)
 
     def release(self, endpoint: Endpoint, call_id: str) -> FlowEvent | None:
         """``call_id`` ended: the endpoint goes to the newest remaining holder, or is forgotten."""
@@ -160,7 +174,7 @@ class EndpointRegistry:
             if held.call_id != call_id:
                 return None
             del self._holders[endpoint]
-            return FlowEvent(FlowAction.FORGET, endpoint[0], endpoint[1], held.kind, call_id, held.shard)
+            return held.event(FlowAction.FORGET, endpoint)
         gone = held.get(call_id)
         if gone is None:
             return None
@@ -169,7 +183,6 @@ class EndpointRegistry:
         owner = held.owner()
         if len(held.holds) == 1:
             self._holders[endpoint] = owner  # one holder left: back to the plain form
-        if was_owner and (owner.kind, owner.shard) != (gone.kind, gone.shard):
-            return FlowEvent(FlowAction.LEARN, endpoint[0], endpoint[1], owner.kind, owner.call_id,
-                             owner.shard)
+        if was_owner and owner.entry != gone.entry:
+            return owner.event(FlowAction.LEARN, endpoint)
         return None

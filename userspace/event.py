@@ -33,6 +33,7 @@ class Flag(IntFlag):
     SIGNATURE = 4
     VLAN = 8
     OWNED = 16  # flow_hash names the owner: Call-ID hash (SIP) or learning worker (media)
+    STREAM = 32  # the first packet of a stream the kernel measures (userspace.kernel_streams)
 
 
 class Counter(IntEnum):
@@ -57,7 +58,9 @@ class Counter(IntEnum):
     SUBMITTED = 12
     SUBMIT_FAILED = 13
     LOAD_FAILED = 14
-    MAX = 15
+    MEDIA_COUNTED = 15  # learned RTP counted in the kernel's stream statistics, not copied up
+    STREAMS_FULL = 16   # RTP of a new stream the full streams map could not hold
+    MAX = 17
 
 
 VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.MATCHED_FRAGMENT + 1))
@@ -65,7 +68,8 @@ VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.MATCHED_FRAGM
 
 StructFields = tuple[tuple[str, str, int], ...]
 _STRUCT_CODES = {"__u8": "B", "__u16": "H", "__u32": "I", "__u64": "Q"}
-C_SIZES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}
+C_SIZES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8, "bpf_spin_lock": 4}
+_OPAQUE = frozenset(("pad", "lock"))  # bytes user space skips: padding, a kernel lock
 
 
 def struct_format(fields: StructFields) -> str:
@@ -76,7 +80,7 @@ def struct_format(fields: StructFields) -> str:
     """
     codes = []
     for name, ctype, count in fields:
-        if name == "pad":
+        if name in _OPAQUE:
             codes.append(f"{(count or 1) * C_SIZES[ctype]}x")
         elif count and ctype == "__u8":
             codes.append(f"{count}s")
@@ -100,7 +104,8 @@ EVENT_FIELDS: StructFields = (
     ("l4_proto", "__u8", 0),
     ("flags", "__u8", 0),
     ("shard", "__u8", 0),
-    ("pad", "__u8", 5),
+    ("pad", "__u8", 0),
+    ("owner", "__u32", 0),
 )
 
 EVENT_HEADER = struct.Struct(struct_format(EVENT_FIELDS))
@@ -127,6 +132,7 @@ class Event:
     flags: Flag
     shard: int
     frame: bytes
+    owner: int = 0  # media: the flow's owner tag, part of its streams' kernel key
 
 
 def decode_event(buf: bytes) -> Event:
@@ -136,11 +142,11 @@ def decode_event(buf: bytes) -> Event:
     if len(buf) < size:
         raise Truncated("event", 0, f"{len(buf)} bytes, header needs {size}")
     (ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload,
-     direction, kind, l4_proto, flags, shard) = EVENT_HEADER.unpack_from(buf)
+     direction, kind, l4_proto, flags, shard, owner) = EVENT_HEADER.unpack_from(buf)
     if len(buf) < size + cap_len:
         raise Truncated("event", size, f"cap_len {cap_len} exceeds record")
     if direction > Direction.EGRESS:
         raise Malformed("event", 30, f"direction {direction}")
     return Event(ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload,
                  Direction(direction), kind, l4_proto, Flag(flags), shard,
-                 bytes(buf[size:size + cap_len]))
+                 bytes(buf[size:size + cap_len]), owner)

@@ -11,6 +11,11 @@ is due. ``rtcp(...)`` reads sender and receiver reports (userspace.rtcp) into
 the peer's view of the streams of the same call they describe. A call's end
 takes its own streams (never a scan over all).
 
+With a kernel that measures RTP itself (``use_kernel``), only each stream's
+first packet arrives here: it registers the stream under its kernel key, and
+``sync`` (every report interval) and a call's end take the kernel's state of
+the stream instead of every packet (userspace.kernel_streams).
+
 The table holds ``max_streams`` streams in all (CallLimits sizes it from
 ``max_calls``); when it is full a new stream is not measured, and counted —
 never is a live stream evicted to make room, which under load would evict
@@ -23,9 +28,10 @@ import struct
 from dataclasses import dataclass
 
 from userspace.errors import DecodeError
+from userspace.kernel_streams import WORKER_OFFSET, StreamSource, apply_snapshot, last_arrival
 from userspace.records import Origin
 from userspace.rtcp import RtcpReport, parse_rtcp, round_trip_ms
-from userspace.rtp import FlowKey, Formats, RtpStream
+from userspace.rtp import FlowKey, Formats, KernelKey, RtpStream
 
 MAX_STREAMS = 200_000
 MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits sets it
@@ -45,6 +51,9 @@ class MediaStats:
     streams_table_full: int = 0  # new streams not measured: the table holds max_streams
     without_call: int = 0      # media on no live call's endpoint (stragglers after the call ended)
     streams_over_cap: int = 0  # new SSRCs beyond a call's cap: not measured
+    kernel_streams: int = 0    # streams registered from the kernel's first packet
+    kernel_orphans: int = 0    # kernel streams no live stream here owns, deleted from the map
+    kernel_gone: int = 0       # a call's kernel stream that was no longer in the map at its end
 
 
 class MediaTracker:
@@ -59,11 +68,24 @@ class MediaTracker:
         self._by_call: dict[str, dict[StreamKey, RtpStream]] = {}
         self._mos_sum = 0.0   # of the last reported MOS of each live stream that has one
         self._mos_count = 0
+        self._source: StreamSource | None = None
+        self._worker: int | None = None
+        self._by_key: dict[KernelKey, RtpStream] = {}
+
+    def use_kernel(self, source: StreamSource, worker: int | None) -> None:
+        """RTP is measured by the kernel; ``worker``: the streams of this worker's flows
+        are this tracker's (None: all of them)."""
+        self._source, self._worker = source, worker
+
+    @property
+    def in_kernel(self) -> bool:
+        return self._source is not None
 
     def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
-            formats: Formats, origin: Origin) -> RtpStream | None:
+            formats: Formats, origin: Origin, kernel_key: KernelKey | None = None) -> RtpStream | None:
         """An RTP packet of ``call_id`` (None: no live call owns the endpoint). Returns its
-        stream when that stream's periodic report is due."""
+        stream when that stream's periodic report is due. ``kernel_key``: the first packet
+        of a stream the kernel measures from now on."""
         if len(payload) < _RTP.size or payload[0] >> 6 != RTP_VERSION:
             self.stats.not_rtp += 1
             return None
@@ -76,16 +98,51 @@ class MediaTracker:
             if stream is None:
                 return None
         stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)
+        if kernel_key is not None and stream.kernel_key is None and self._source is not None:
+            stream.kernel_key = kernel_key
+            self._by_key[kernel_key] = stream
+            self.stats.kernel_streams += 1
+        return stream if self._due(stream, arrival_ns) else None
+
+    def _due(self, stream: RtpStream, arrival_ns: int) -> bool:
+        """Whether the stream's periodic report is due at ``arrival_ns``; if so, the next one is set."""
         due = stream.next_report_ns
         interval = self.report_interval_ns
         if arrival_ns < due:
             if arrival_ns < due - interval:  # capture time went back (a pcap merged or edited)
                 stream.next_report_ns = arrival_ns + interval
-            return None
+            return False
         # The next one is the first interval boundary after this packet: one step,
         # however far capture time jumped (a loop per interval would not be).
         stream.next_report_ns = due + ((arrival_ns - due) // interval + 1) * interval
-        return stream
+        return True
+
+    def sync(self, now_ns: int) -> list[RtpStream]:
+        """The kernel's state of every stream of this worker becomes its stream's; returns
+        those whose report is due. A kernel stream that none here owns and that has been
+        quiet for a report interval is deleted (its call ended, or its first packet was
+        lost): counted, so the map holds only live streams. O(streams in the map)."""
+        source = self._source
+        if source is None:
+            return []
+        due: list[RtpStream] = []
+        orphans: list[KernelKey] = []
+        by_key, worker, quiet_ns = self._by_key, self._worker, now_ns - self.report_interval_ns
+        for key, value in source.read_all():
+            if worker is not None and key[WORKER_OFFSET] != worker:
+                continue
+            stream = by_key.get(key)
+            if stream is None:
+                if last_arrival(value) < quiet_ns:
+                    orphans.append(key)
+                continue
+            apply_snapshot(stream, value)
+            if self._due(stream, stream.last_ns):
+                due.append(stream)
+        if orphans:
+            source.delete(orphans)
+            self.stats.kernel_orphans += len(orphans)
+        return due
 
     def report(self, stream: RtpStream) -> dict[str, object]:
         """The stream's report, remembering its MOS for the mean over live streams."""
@@ -158,12 +215,29 @@ class MediaTracker:
         if not owned:
             return []
         streams = list(owned.values())
+        self._take_from_kernel(streams)
         for stream in streams:
             self.streams.pop((stream.flow, stream.ssrc, stream.call_id), None)
             if self._by_ssrc.get((call_id, stream.ssrc)) is stream:
                 del self._by_ssrc[call_id, stream.ssrc]
             self._forget_mos(stream)
         return streams
+
+    def _take_from_kernel(self, streams: list[RtpStream]) -> None:
+        """The kernel's last state of these streams, which are then deleted from its map."""
+        source = self._source
+        kernel = [s for s in streams if s.kernel_key is not None]
+        if source is None or not kernel:
+            return
+        keys = [s.kernel_key for s in kernel if s.kernel_key is not None]
+        for stream, value in zip(kernel, source.read(keys), strict=True):
+            if value is None:
+                self.stats.kernel_gone += 1
+            else:
+                apply_snapshot(stream, value)
+        source.delete(keys)
+        for key in keys:
+            self._by_key.pop(key, None)
 
     def _forget_mos(self, stream: RtpStream) -> None:
         if stream.reported_mos is not None:

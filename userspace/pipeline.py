@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 
 from userspace.boundary import Boundary
 from userspace.calls import CallLimits, CallTracker
@@ -19,6 +20,7 @@ from userspace.decode import IPProto, Packet, decode_datagram, decode_frame, vla
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
 from userspace.event import Direction, Event, Flag, Kind, decode_event
+from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.reporters.pcap import Frame
@@ -163,6 +165,25 @@ class Pipeline:
         self._flow_events += flows
         return list(ended)
 
+    def measure_in_kernel(self, source: StreamSource, worker: int | None) -> None:
+        """The kernel keeps RTP statistics: only each stream's first packet comes here
+        (userspace.kernel_streams); ``sync_streams`` reads the rest."""
+        self.calls.media.use_kernel(source, worker)
+
+    def sync_streams(self, now_ns: int) -> list[Record]:
+        """The kernel's stream statistics read (monotonic ns, as in events): the reports
+        now due. Called every report interval by whoever owns the clock."""
+        media = self.calls.media
+        try:
+            due = media.sync(now_ns)
+        except Exception as exc:
+            self.boundary.failed("media", exc)
+            return []
+        wall_ns = now_ns + self._clock_offset_ns
+        records: list[Record] = [StreamReport(wall_ns, s.call_id, media.report(s)) for s in due]
+        self.stats.records += len(records)
+        return records
+
     def take_frames(self) -> list[Frame]:
         """(wall-clock ns, frame, original length) of every event since the last call."""
         frames, self._frames = self._frames, []
@@ -215,8 +236,14 @@ class Pipeline:
                 records += [RtcpRecord(wall_ns, call_id, origin, flow, report.homer_json())
                             for report in reports]
             return call_id
+        kernel_key = None
+        if event.flags & Flag.STREAM and len(decoded.payload) >= _RTP_HEADER:
+            # the first packet of a stream the kernel measures; its owner is the flow's (event.owner)
+            kernel_key = stream_key(ip_address(decoded.src).packed, decoded.sport,
+                                    ip_address(decoded.dst).packed, decoded.dport,
+                                    int.from_bytes(decoded.payload[8:12]), event.owner, event.flow_hash)
         stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
-                                 call_id, formats, self._origin(event))
+                                 call_id, formats, self._origin(event), kernel_key)
         if stream is not None:  # its periodic report is due
             records.append(StreamReport(wall_ns, stream.call_id, calls.media.report(stream)))
         return call_id
@@ -297,6 +324,7 @@ def _vlans(frame: bytes) -> tuple[int, ...]:
 
 
 _MAX_ORIGINS = 4_096
+_RTP_HEADER = 12
 _TPID_FIRST_BYTES = frozenset((0x81, 0x88))  # 0x8100 802.1Q, 0x88A8 802.1ad
 
 

@@ -38,6 +38,7 @@ CODEC_IMPAIRMENT = {"PCMU": (0.0, 25.1), "PCMA": (0.0, 25.1), "G722": (0.0, 25.1
 DEFAULT_IMPAIRMENT = (0.0, 25.1)
 
 FlowKey = tuple[str, int, str, int]  # src, sport, dst, dport
+KernelKey = bytes                    # a stream's key in the kernel's streams map
 Formats = Mapping[int, str]          # payload type -> "encoding/clock[/channels]", from an SDP
 
 
@@ -98,6 +99,7 @@ class RtpStream:
     jitter: float = 0.0            # of the audio, in its clock's units (RFC 3550 A.8)
     clock_rate: int = DEFAULT_CLOCK_RATE  # the current audio codec's
     by_type: dict[int, int] = field(default_factory=dict)  # payload type -> packets
+    other_types: int = 0           # packets of types past the kernel's four slots (userspace.kernel_streams)
     event_packets: int = 0         # RFC 4733 telephone-event
     events: int = 0                # distinct events (a new RTP timestamp each)
     next_report_ns: int = 0        # when its next periodic report is due (capture time)
@@ -110,6 +112,7 @@ class RtpStream:
     _recent: int = 0               # bit i: extended seq (max - i) was seen, for duplicates
     _bad_seq: int = -1             # the seq that would confirm a jump (RFC 3550 A.1)
     _expected_before: int = 0      # expected packets of the sequence before a confirmed restart
+    kernel_key: KernelKey | None = None  # measured by the kernel (userspace.kernel_streams)
 
     def update(self, seq: int, timestamp: int, payload_type: int, arrival_ns: int, size: int) -> None:
         if not self._sequence(seq):

@@ -117,7 +117,7 @@ def handoff_record(h: HandOff) -> bytes:
     like any event (its frame is the encoded hand-off)."""
     body = encode_handoff(h)
     return EVENT_HEADER.pack(h.ts_ns, h.ifindex, len(body), len(body), 0, 0, 0, 0, h.direction, Kind.HANDOFF,
-                             h.transport, 0, 0) + body
+                             h.transport, 0, 0, 0) + body
 
 
 def decode_handoff(raw: bytes) -> HandOff:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.loader import KernelSettings, MediaMode
 from tests.support.kernel import KernelHarness
 
 SHARDS = 2
@@ -13,8 +13,11 @@ MEDIA_SNAPLEN = 32
 
 @pytest.fixture(scope="module")
 def kernel() -> Iterator[KernelHarness]:
-    """The real programs, compiled once per module with two ring shards."""
-    harness = KernelHarness(KernelSettings(shards=SHARDS, media_snaplen=MEDIA_SNAPLEN, route_by_call_id=True))
+    """The real programs, compiled once per module with two ring shards; every learned
+    RTP packet goes up (the copy path; tests/kernel/test_stream_stats.py has the kernel's
+    own statistics)."""
+    harness = KernelHarness(KernelSettings(shards=SHARDS, media_snaplen=MEDIA_SNAPLEN, route_by_call_id=True,
+                                           media=MediaMode.PACKETS))
     try:
         yield harness
     finally:

@@ -96,7 +96,7 @@ def test_python_classification_matches_the_kernel(kernel: KernelHarness, name: s
                             event.orig_len)
     kernel_header = (event.ts_ns, event.ifindex, event.orig_len, event.cap_len, event.flow_hash,
                      event.l3_offset, event.l4_offset, event.payload_offset, event.direction,
-                     event.kind, event.l4_proto, event.flags, event.shard)
+                     event.kind, event.l4_proto, event.flags, event.shard, event.owner)
     if event.kind == Kind.RTP:
         assert event.cap_len < len(frame)  # the media snaplen cut it; compare what was sent
     assert EVENT_HEADER.unpack_from(expected) == kernel_header

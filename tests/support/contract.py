@@ -10,14 +10,18 @@ from enum import IntEnum, IntFlag
 
 from otus_ebpf.kernel_abi import MAP_STRUCTS, ConfigFlag
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
+from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
+from userspace.rtp import DEFAULT_CLOCK_RATE
 
-_FIELD = re.compile(r"^(__u8|__u16|__u32|__u64)\s+(\w+)(?:\[(\d+)\])?;$")
+_FIELD = re.compile(r"^(__u8|__u16|__u32|__u64|struct bpf_spin_lock)\s+(\w+)(?:\[(\d+)\])?;$")
 _DEFINE = re.compile(r"^#define\s+(OTUS_\w+)\s+(\d+)\s*$", re.MULTILINE)
 # C macro prefix → the Python enum that mirrors it.
 ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "OTUS_DIR_": Direction, "OTUS_KIND_": Kind, "OTUS_FLAG_": Flag, "OTUS_CTR_": Counter,
-    "OTUS_CFG_": ConfigFlag,
+    "OTUS_CFG_": ConfigFlag, "OTUS_STREAM_": StreamState,
 }
+# Single constants the Python side mirrors.
+CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE}
 PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, **MAP_STRUCTS}
 
 
@@ -26,15 +30,15 @@ def parse_struct(text: str, name: str) -> list[tuple[str, str, int]]:
     if body is None:
         raise ValueError(f"struct {name} not found")
     fields = []
-    for raw in body.group(1).splitlines():
-        line = re.sub(r"/\*.*?\*/", "", raw).strip()
+    for raw in re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.DOTALL).splitlines():
+        line = raw.strip()
         if not line:
             continue
         match = _FIELD.match(line)
         if match is None:
             raise ValueError(f"line outside the restricted style: {raw.strip()!r}")
         ctype, field, count = match.groups()
-        fields.append((field, ctype, int(count or 0)))
+        fields.append((field, ctype.removeprefix("struct "), int(count or 0)))
     return fields
 
 
@@ -68,4 +72,7 @@ def contract_mismatches(header_text: str) -> list[str]:
         py_side = {member.name: member.value for member in enum}
         if c_side != py_side:
             problems.append(f"{prefix}* differ: C {c_side} vs Python {enum.__name__} {py_side}")
+    for name, value in CONSTANTS.items():
+        if defines.get(name) != value:
+            problems.append(f"{name}: C {defines.get(name)} vs Python {value}")
     return problems

@@ -56,10 +56,11 @@ def ring_record(frame: bytes, direction: Direction = Direction.INGRESS, ts_ns: i
     c = classify_frame(frame, _EVERY_PORT)
     if c is None:
         header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), 0, 0, 0, 0, direction, kind, 0, 0,
-                                   shard)
+                                   shard, 0)
     else:
         header = EVENT_HEADER.pack(ts_ns, ifindex, len(frame), len(frame), c.flow_hash, c.l3_offset,
-                                   c.l4_offset, c.payload_offset, direction, kind, c.l4_proto, c.flags, shard)
+                                   c.l4_offset, c.payload_offset, direction, kind, c.l4_proto, c.flags, shard,
+                                   0)
     return header + frame
 
 

@@ -20,14 +20,17 @@ def test_header_and_python_definition_agree() -> None:
 @pytest.mark.parametrize(("before", "after"), [
     ("__u32 cap_len;", "__u16 cap_len;"),                    # a type changes
     ("__u32 flow_hash;", "__u32 flow_hash2;"),              # a name changes
-    ("__u8 pad[5];", "__u8 pad[2];"),                        # the size changes
+    ("__u8 pad[2];", "__u8 pad[3];"),                        # the size changes
+    ("__u64 jitter;", "__u32 jitter;"),                      # a kernel-kept stream field changes
     ("__u16 port;", "__u32 port;"),                          # a map key changes
     ("__u32 media_snaplen;", "__u32 media_snap;"),           # a map value is renamed
     ("__u8 kind;", "__u8 kind;\n\t__u8 extra;"),            # a field is added
     ("#define OTUS_KIND_SIP 1", "#define OTUS_KIND_SIP 2"),  # an enum value changes
-    ("#define OTUS_CTR_MAX 15", "#define OTUS_CTR_MAX 16"),
+    ("#define OTUS_CTR_MAX 17", "#define OTUS_CTR_MAX 18"),
     ("#define OTUS_FLAG_VLAN 8", "#define OTUS_FLAG_VLAN 16"),
     ("#define OTUS_CFG_SIGNATURE 1", "#define OTUS_CFG_SIG 1"),
+    ("#define OTUS_STREAM_EVENT 4", "#define OTUS_STREAM_EVENT 8"),
+    ("#define OTUS_DEFAULT_CLOCK 8000", "#define OTUS_DEFAULT_CLOCK 16000"),
 ])
 def test_any_change_to_one_side_is_caught(before: str, after: str) -> None:
     assert before in HEADER

@@ -10,6 +10,7 @@ from userspace.calls import CallLimits, CallTracker
 from userspace.endpoints import FlowAction, FlowEvent
 from userspace.errors import Malformed
 from userspace.event import Kind
+from userspace.kernel_streams import owner_tag
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, Record, SipRecord
 from userspace.sdp import parse_sdp
@@ -82,13 +83,15 @@ def test_an_answered_call_is_timed_learns_its_media_and_forgets_it_after_bye() -
         (message("SIP/2.0 180 Ringing", "1 INVITE", to_tag=";tag=t9"), False, 250),
     ])
     learned = pipeline.take_flow_events()
-    assert learned == [FlowEvent(FlowAction.LEARN, CALLER, 40000, Kind.RTP, "call-1", 1),
-                       FlowEvent(FlowAction.LEARN, CALLER, 40001, Kind.RTCP, "call-1", 1)]
+    tag = owner_tag("call-1")  # the kernel keys the call's streams by it
+    assert learned == [FlowEvent(FlowAction.LEARN, CALLER, 40000, Kind.RTP, "call-1", 1, tag),
+                       FlowEvent(FlowAction.LEARN, CALLER, 40001, Kind.RTCP, "call-1", 1, tag)]
     records += run_call(pipeline, [
         (message("SIP/2.0 200 OK", "1 INVITE", ANSWER, to_tag=";tag=t9"), False, 1250),
         (message("ACK sip:b@y SIP/2.0", "1 ACK", to_tag=";tag=t9"), True, 1260),
     ])
-    assert pipeline.take_flow_events() == [FlowEvent(FlowAction.LEARN, CALLEE, 50000, Kind.RTP, "call-1", 1)]
+    assert pipeline.take_flow_events() == [
+        FlowEvent(FlowAction.LEARN, CALLEE, 50000, Kind.RTP, "call-1", 1, tag)]
     records += run_call(pipeline, [(message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t9"), True, 61250)])
     assert {(e.action, e.port) for e in pipeline.take_flow_events()} == {
         (FlowAction.FORGET, 40000), (FlowAction.FORGET, 40001), (FlowAction.FORGET, 50000)}

@@ -61,6 +61,9 @@ class FakeCapture:
     def apply_flows(self, events: object, stats: object, boundary: object) -> None:
         return None
 
+    def stream_source(self) -> None:
+        return None  # user space measures media, as with AF_PACKET
+
     def stats_sections(self) -> list[str]:
         return ["fake capture"]
 

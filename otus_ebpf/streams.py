@@ -1,0 +1,84 @@
+"""Reading the kernel's RTP stream statistics (the "streams" map) for a
+worker's pipeline: the I/O side of ``userspace.kernel_streams.StreamSource``.
+
+Every report interval a worker reads the whole map in batches
+(BPF_MAP_LOOKUP_BATCH; key-by-key iteration where the kernel has no batch
+operations) and keeps the entries of its own flows; a call's end reads and
+deletes that call's streams key by key. Values are copied under their
+bpf_spin_lock (BPF_F_LOCK), so a read never sees a stream half updated. A
+failed syscall is counted and reads as nothing: statistics come late, the
+capture goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from otus_ebpf.bpfsys import BPF_F_LOCK, map_delete, map_keys, map_lookup, map_lookup_batch
+from otus_ebpf.maps import table
+from userspace.kernel_streams import STREAM, STREAM_KEY
+
+STREAMS_MAP = "streams"
+BATCH = 4_096  # entries a syscall: ~0.8 MB of keys and values
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+@dataclass(slots=True)
+class StreamReadStats:
+    sweeps: int = 0          # whole-map reads
+    entries: int = 0         # entries those reads returned (of every worker)
+    failures: int = 0        # syscalls that failed (read as nothing)
+
+
+class KernelStreams:
+    def __init__(self, bpf: Any) -> None:
+        self._fd = table(bpf, STREAMS_MAP).map_fd
+        self._batch = True  # until the kernel says it has no batch operations
+        self.stats = StreamReadStats()
+
+    def read_all(self) -> Iterable[tuple[bytes, bytes]]:
+        self.stats.sweeps += 1
+        try:
+            entries = list(self._entries())
+        except OSError:
+            self.stats.failures += 1
+            return []
+        self.stats.entries += len(entries)
+        return entries
+
+    def _entries(self) -> Iterator[tuple[bytes, bytes]]:
+        if self._batch:
+            try:
+                yield from map_lookup_batch(self._fd, STREAM_KEY.size, STREAM.size, BATCH, BPF_F_LOCK)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_BATCH:
+                    raise
+                self._batch = False
+        for key in map_keys(self._fd, STREAM_KEY.size):
+            value = map_lookup(self._fd, key, STREAM.size, BPF_F_LOCK)
+            if value is not None:  # deleted since its key was listed
+                yield key, value
+
+    def read(self, keys: list[bytes]) -> list[bytes | None]:
+        values: list[bytes | None] = []
+        for key in keys:
+            try:
+                values.append(map_lookup(self._fd, key, STREAM.size, BPF_F_LOCK))
+            except OSError:
+                self.stats.failures += 1
+                values.append(None)
+        return values
+
+    def delete(self, keys: list[bytes]) -> None:
+        for key in keys:
+            try:
+                map_delete(self._fd, key)
+            except FileNotFoundError:
+                continue  # gone already
+            except OSError:
+                self.stats.failures += 1
+
