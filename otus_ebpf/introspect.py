@@ -112,7 +112,7 @@ class LiveMaps:
             if value is None:
                 continue  # forgotten while we walked
             raw, port, l4_proto, family = FLOW_KEY.unpack(key)
-            kind, shard, _flags = FLOW_VALUE.unpack(value)
+            kind, shard, *_rest = FLOW_VALUE.unpack(value)
             address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
             learned.append((str(address), port, l4_proto, Kind(kind), shard))
         return sorted(learned)
