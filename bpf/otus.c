@@ -426,93 +426,6 @@ static __always_inline int rtcp_payload(void *data, void *data_end, __u32 off)
 	return payload[1] >= 192 && payload[1] <= 223;
 }
 
-struct otus_match {
-	__u32 verdict;        /* OTUS_CTR_* */
-	__u32 snaplen;
-	__u32 flow_hash;
-	__u32 owner;          /* media: the flow's owner tag */
-	__u8 kind;            /* OTUS_KIND_* */
-	__u8 shard;
-	__u8 stream;          /* learned RTP the kernel measures (media_stats) */
-	struct otus_flow_value *flow;
-};
-
-/* Decides whether and how the packet goes up. Returns the verdict counter;
- * for matches, fills in kind, snaplen and shard. */
-static __always_inline __u32 classify(void *data, void *data_end, struct otus_parsed *p,
-				      struct otus_match *m)
-{
-	__u32 zero = 0;
-	struct otus_config *cfg = config.lookup(&zero);
-	int verdict = parse_frame(data, data_end, p);
-
-	if (verdict)
-		return verdict;
-	if (!cfg)
-		return OTUS_CTR_NO_MATCH;
-	if (cfg->flags & OTUS_CFG_PAUSED)
-		return OTUS_CTR_FILTERED;
-	if (cfg->flags && filtered_out(cfg, p))
-		return OTUS_CTR_FILTERED;
-
-	/* Conversation shard: addresses only, so the fragments of a datagram
-	 * and the rest of its dialog meet in one worker. */
-	__u32 fold = address_fold(p);
-	m->shard = mix32(fold) % OTUS_SHARDS;
-	m->snaplen = cfg->sip_snaplen;
-	if (p->flags & OTUS_FLAG_FRAGMENT) {
-		m->kind = OTUS_KIND_FRAGMENT;
-		m->flow_hash = mix32(fold ^ p->frag_id ^ ((__u32)p->l4_proto << 16));
-		return OTUS_CTR_MATCHED_FRAGMENT;
-	}
-	m->flow_hash = mix32(fold ^ (p->sport ^ p->dport) ^ ((__u32)p->l4_proto << 16));
-
-	__u32 sport = p->sport, dport = p->dport;
-	__u8 *sport_is_sip = sip_ports.lookup(&sport);
-	__u8 *dport_is_sip = sip_ports.lookup(&dport);
-	if ((sport_is_sip && *sport_is_sip) || (dport_is_sip && *dport_is_sip)) {
-		m->kind = OTUS_KIND_SIP;
-		return OTUS_CTR_MATCHED_SIP_PORT;
-	}
-
-	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
-	if (!flow) {
-		flow = learned_endpoint(p, p->saddr, p->sport);
-	} else if (flow->flags & OTUS_FLOW_SHARED) {
-		/* A media server's port that calls in several workers announced:
-		 * the call holding the other end of this flow is the one it is for. */
-		struct otus_flow_value *other = learned_endpoint(p, p->saddr, p->sport);
-
-		if (other && !(other->flags & OTUS_FLOW_SHARED))
-			flow = other;
-	}
-	if (flow) {
-		m->kind = flow->kind;
-		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
-		/* The worker that learned it, also when one ring feeds them all. */
-		m->flow_hash = flow->shard;
-		m->owner = flow->owner;
-		m->flow = flow;
-		p->flags |= OTUS_FLAG_OWNED;
-		m->snaplen = p->payload_offset + cfg->media_snaplen;
-		/* RTCP is read whole: a report and the SDES that must follow it are
-		 * past any RTP snaplen, and there are a few a second per stream. */
-		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset))
-			m->snaplen = cfg->sip_snaplen;
-		else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP)
-			m->stream = 1;
-		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
-	}
-
-	if ((cfg->flags & OTUS_CFG_SIGNATURE) && p->l4_proto == IPPROTO_UDP &&
-	    sip_signature(data, data_end, p->payload_offset)) {
-		m->kind = OTUS_KIND_SIP;
-		p->flags |= OTUS_FLAG_SIGNATURE;
-		return OTUS_CTR_MATCHED_SIP_SIGNATURE;
-	}
-	return OTUS_CTR_NO_MATCH;
-}
-
 /* ---- RTP stream statistics, kept here (RFC 3550 A.1, A.3, A.8) ----
  * userspace/rtp.py's RtpStream is the same algorithm in Python (AF_PACKET,
  * replay) and the oracle tests/kernel/test_stream_stats.py compares this
@@ -704,12 +617,11 @@ static __always_inline void stream_update(struct otus_stream *st, __u16 seq, __u
  * OTUS_FLAG_STREAM) or a payload that is not RTP (user space counts it);
  * else 0, and the packet is counted (MEDIA_COUNTED or STREAMS_FULL). */
 static __always_inline int media_stats(void *data, void *data_end, struct otus_parsed *p,
-				       struct otus_match *m, __u64 frame_len, __u32 direction)
+				       struct otus_flow_value *flow, __u64 frame_len, __u32 direction)
 {
 	struct otus_rtp_header *rtp = data + p->payload_offset;
-	struct otus_flow_value *flow = m->flow;
 
-	if ((void *)(rtp + 1) > data_end || (rtp->vpxcc >> 6) != 2 || !flow)
+	if ((void *)(rtp + 1) > data_end || (rtp->vpxcc >> 6) != 2)
 		return 1;
 	__u8 type = rtp->marker_type & 0x7f;
 	__u32 clock = clock_of(flow, type);
@@ -750,6 +662,99 @@ static __always_inline int media_stats(void *data, void *data_end, struct otus_p
 	count(direction, OTUS_CTR_MEDIA_COUNTED);
 	return 0;
 }
+
+struct otus_match {
+	__u32 verdict;        /* OTUS_CTR_* */
+	__u32 snaplen;
+	__u32 flow_hash;
+	__u32 owner;          /* media: the flow's owner tag */
+	__u8 kind;            /* OTUS_KIND_*; 0: nothing goes up */
+	__u8 shard;
+	__u8 stream;          /* the first packet of a stream the kernel measures */
+};
+
+/* Decides whether and how the packet goes up. Returns the verdict counter;
+ * for matches, fills in kind, snaplen and shard (kind 0: a learned RTP packet
+ * the kernel's statistics counted, which does not go up). The statistics are
+ * kept here, where the flow's addresses are at hand: called from the hooks,
+ * they kept the addresses live through the whole program, and the path of
+ * packets that match nothing paid for the spills (scripts/bench/kernel_path.py). */
+static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, __u32 direction,
+				      struct otus_parsed *p, struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_config *cfg = config.lookup(&zero);
+	int verdict = parse_frame(data, data_end, p);
+
+	if (verdict)
+		return verdict;
+	if (!cfg)
+		return OTUS_CTR_NO_MATCH;
+	if (cfg->flags & OTUS_CFG_PAUSED)
+		return OTUS_CTR_FILTERED;
+	if (cfg->flags && filtered_out(cfg, p))
+		return OTUS_CTR_FILTERED;
+
+	/* Conversation shard: addresses only, so the fragments of a datagram
+	 * and the rest of its dialog meet in one worker. */
+	__u32 fold = address_fold(p);
+	m->shard = mix32(fold) % OTUS_SHARDS;
+	m->snaplen = cfg->sip_snaplen;
+	if (p->flags & OTUS_FLAG_FRAGMENT) {
+		m->kind = OTUS_KIND_FRAGMENT;
+		m->flow_hash = mix32(fold ^ p->frag_id ^ ((__u32)p->l4_proto << 16));
+		return OTUS_CTR_MATCHED_FRAGMENT;
+	}
+	m->flow_hash = mix32(fold ^ (p->sport ^ p->dport) ^ ((__u32)p->l4_proto << 16));
+
+	__u32 sport = p->sport, dport = p->dport;
+	__u8 *sport_is_sip = sip_ports.lookup(&sport);
+	__u8 *dport_is_sip = sip_ports.lookup(&dport);
+	if ((sport_is_sip && *sport_is_sip) || (dport_is_sip && *dport_is_sip)) {
+		m->kind = OTUS_KIND_SIP;
+		return OTUS_CTR_MATCHED_SIP_PORT;
+	}
+
+	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
+	if (!flow) {
+		flow = learned_endpoint(p, p->saddr, p->sport);
+	} else if (flow->flags & OTUS_FLOW_SHARED) {
+		/* A media server's port that calls in several workers announced:
+		 * the call holding the other end of this flow is the one it is for. */
+		struct otus_flow_value *other = learned_endpoint(p, p->saddr, p->sport);
+
+		if (other && !(other->flags & OTUS_FLOW_SHARED))
+			flow = other;
+	}
+	if (flow) {
+		m->kind = flow->kind;
+		m->shard = flow->shard < OTUS_SHARDS ? flow->shard : 0;
+		/* The worker that learned it, also when one ring feeds them all. */
+		m->flow_hash = flow->shard;
+		m->owner = flow->owner;
+		p->flags |= OTUS_FLAG_OWNED;
+		m->snaplen = p->payload_offset + cfg->media_snaplen;
+		/* RTCP is read whole: a report and the SDES that must follow it are
+		 * past any RTP snaplen, and there are a few a second per stream. */
+		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset)) {
+			m->snaplen = cfg->sip_snaplen;
+		} else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP) {
+			m->stream = 1; /* not Call-ID routed: the copy's path skips the scan */
+			if (!media_stats(data, data_end, p, flow, frame_len, direction))
+				m->kind = 0;
+		}
+		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
+	}
+
+	if ((cfg->flags & OTUS_CFG_SIGNATURE) && p->l4_proto == IPPROTO_UDP &&
+	    sip_signature(data, data_end, p->payload_offset)) {
+		m->kind = OTUS_KIND_SIP;
+		p->flags |= OTUS_FLAG_SIGNATURE;
+		return OTUS_CTR_MATCHED_SIP_SIGNATURE;
+	}
+	return OTUS_CTR_NO_MATCH;
+}
+
 
 #ifdef OTUS_CALLID_ROUTING
 /* Call-ID routing (docs/SHARDING.md): a SIP datagram goes to the shard
@@ -1000,8 +1005,10 @@ static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u3
 }
 
 /* Copies the frame into the sample and sends it up. ``route``: a constant
- * at each call, so the Call-ID scan is compiled only where SIP can reach it
- * (the verifier then never walks it after the media statistics). */
+ * at each call. With Call-ID routing compiled in, a stream's first packet
+ * takes a copy without the scan: the verifier, walking the scan after the
+ * statistics too, went past its limit. Without it one copy is compiled: two
+ * cost the path of packets that match nothing ~3 ns (kernel_path.py). */
 static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *p, struct otus_match *m,
 					const int route)
 {
@@ -1055,16 +1062,16 @@ int xdp_ingress(struct xdp_md *ctx)
 	struct otus_match m = {};
 
 	count(OTUS_DIR_INGRESS, OTUS_CTR_SEEN);
-	__u32 verdict = classify(data, data_end, &p, &m);
+	__u32 verdict = classify(data, data_end, data_end - data, OTUS_DIR_INGRESS, &p, &m);
 	count(OTUS_DIR_INGRESS, verdict);
 	if (m.kind == 0)
 		return XDP_PASS;
-	if (m.stream) {
-		if (media_stats(data, data_end, &p, &m, data_end - data, OTUS_DIR_INGRESS))
-			copy_up_xdp(ctx, &p, &m, 0);
-		return XDP_PASS;
-	}
-	copy_up_xdp(ctx, &p, &m, 1);
+#ifdef OTUS_CALLID_ROUTING
+	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
+		copy_up_xdp(ctx, &p, &m, 0);
+	else
+#endif
+		copy_up_xdp(ctx, &p, &m, 1);
 	return XDP_PASS;
 }
 
@@ -1081,15 +1088,15 @@ int tc_egress(struct __sk_buff *skb)
 
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u32 verdict = classify(data, data_end, &p, &m);
+	__u32 verdict = classify(data, data_end, skb->len, OTUS_DIR_EGRESS, &p, &m);
 	count(OTUS_DIR_EGRESS, verdict);
 	if (m.kind == 0)
 		return TC_ACT_UNSPEC;
-	if (m.stream) {
-		if (media_stats(data, data_end, &p, &m, skb->len, OTUS_DIR_EGRESS))
-			copy_up_tc(skb, &p, &m, 0);
-		return TC_ACT_UNSPEC;
-	}
-	copy_up_tc(skb, &p, &m, 1);
+#ifdef OTUS_CALLID_ROUTING
+	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
+		copy_up_tc(skb, &p, &m, 0);
+	else
+#endif
+		copy_up_tc(skb, &p, &m, 1);
 	return TC_ACT_UNSPEC;
 }
