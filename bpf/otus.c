@@ -440,6 +440,7 @@ static __always_inline int rtcp_payload(void *data, void *data_end, __u32 off)
 #define OTUS_NS_PER_S 1000000000LL
 /* 10^9 / 2^16 = 1953125 / 2^7: d x 65536 / 10^9 without overflow */
 #define OTUS_NS_FP_DIVISOR 1953125ULL
+#define OTUS_RTP_HEADER 12
 
 struct otus_rtp_header {
 	__u8 vpxcc;
@@ -614,8 +615,9 @@ static __always_inline void stream_update(struct otus_stream *st, __u16 seq, __u
 
 /* Learned RTP measured here. Returns 1 when the packet still goes up: the
  * first of a new stream (user space learns the stream from it, flagged
- * OTUS_FLAG_STREAM) or a payload that is not RTP (user space counts it);
- * else 0, and the packet is counted (MEDIA_COUNTED or STREAMS_FULL). */
+ * OTUS_FLAG_STREAM), a payload that is not RTP (user space counts it), or a
+ * packet of a new stream the full map cannot hold (STREAMS_FULL: user space
+ * measures it packet by packet); else 0, counted as MEDIA_COUNTED. */
 static __always_inline int media_stats(void *data, void *data_end, struct otus_parsed *p,
 				       struct otus_flow_value *flow, __u64 frame_len, __u32 direction)
 {
@@ -642,13 +644,16 @@ static __always_inline int media_stats(void *data, void *data_end, struct otus_p
 		struct otus_stream init = {};
 
 		init.first_ns = now;
+		init.last_ns = now; /* never read as quiet before its first update */
 		init.clock_rate = OTUS_DEFAULT_CLOCK;
 		init.audio_type = OTUS_NO_TYPE;
 		fresh = streams.insert(&key, &init) == 0;
 		st = streams.lookup(&key); /* ours, or another CPU's that won the insert */
 		if (!st) {
+			/* the map is full: the packet goes up as without statistics
+			 * here, and user space measures its stream (counted) */
 			count(direction, OTUS_CTR_STREAMS_FULL);
-			return 0;
+			return 1;
 		}
 	}
 	bpf_spin_lock(&st->lock);
@@ -742,6 +747,8 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 			m->stream = 1; /* not Call-ID routed: the copy's path skips the scan */
 			if (!media_stats(data, data_end, p, flow, frame_len, direction))
 				m->kind = 0;
+			else if (m->snaplen < p->payload_offset + OTUS_RTP_HEADER)
+				m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
 		}
 		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
 	}

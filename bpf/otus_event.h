@@ -57,7 +57,7 @@
 #define OTUS_CTR_LOAD_FAILED 14
 /* learned RTP counted in the kernel's stream statistics, not copied up */
 #define OTUS_CTR_MEDIA_COUNTED 15
-/* learned RTP of a new stream the full streams map could not hold */
+/* learned RTP of a new stream the full streams map could not hold: copied up */
 #define OTUS_CTR_STREAMS_FULL 16
 #define OTUS_CTR_MAX 17
 

@@ -11,9 +11,10 @@ import ctypes
 import os
 import platform
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Any
 
 _SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280}
 # union bpf_attr is larger; the kernel accepts a shorter, zero-filled prefix.
@@ -239,10 +240,13 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int]
     return retval, duration
 
 
-def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int,
-                     flags: int = 0) -> Iterator[tuple[bytes, bytes]]:
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int, flags: int = 0,
+                     wanted: Callable[[bytes, int], bool] | None = None,
+                     stats: Any = None) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of a hash map, ``chunk`` entries a syscall (BPF_MAP_LOOKUP_BATCH,
-    Linux 5.6). Raises OSError(EINVAL) where the kernel has no batch operations."""
+    Linux 5.6), or those ``wanted(keys, offset)`` says yes to before they are copied out of
+    the batch; ``stats.entries`` counts every entry read. Raises OSError(EINVAL) where the
+    kernel has no batch operations."""
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     tokens = ctypes.create_string_buffer(16)  # in_batch, out_batch: a bucket number for hash maps
@@ -258,9 +262,13 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int,
         except FileNotFoundError:  # the last batch: count says how many it holds
             done = True
         count = struct.unpack_from("=I", attr, 32)[0]
-        key_bytes, value_bytes = keys.raw, values.raw
+        if stats is not None:
+            stats.entries += count
+        key_bytes, value_bytes = keys.raw[:count * key_size], values.raw[:count * value_size]
         for i in range(count):
-            yield key_bytes[i * key_size:(i + 1) * key_size], value_bytes[i * value_size:(i + 1) * value_size]
+            offset = i * key_size
+            if wanted is None or wanted(key_bytes, offset):
+                yield key_bytes[offset:offset + key_size], value_bytes[i * value_size:(i + 1) * value_size]
         if done:
             return
         ctypes.memmove(tokens, ctypes.addressof(tokens) + 8, 8)  # out_batch is the next in_batch

@@ -46,7 +46,8 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
         sections.append(
             f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(counts, direction)} "
             f"filtered={k[Counter.FILTERED]} submitted={k[Counter.SUBMITTED]} "
-            f"submit_failed={k[Counter.SUBMIT_FAILED]}"
+            f"submit_failed={k[Counter.SUBMIT_FAILED]} media_counted={k[Counter.MEDIA_COUNTED]} "
+            f"streams_full={k[Counter.STREAMS_FULL]}"
         )
     return sections
 

@@ -83,7 +83,7 @@ FLOW_SHARED = 1  # OTUS_FLOW_SHARED
 
 def pack_flow_value(kind: Kind, shard: int, shared: bool = False, owner: int = 0,
                     clocks: Clocks = ()) -> bytes:
-    """``owner``: the holding call's tag (userspace.kernel_streams.owner_tag); ``clocks``:
+    """``owner``: the holding call's tag (userspace.calls); ``clocks``:
     the payload types of its SDP whose clock the kernel must know (clock_table)."""
     clocks = clocks[:MAX_CLOCKS]
     types = bytes(pt for pt, _clock in clocks).ljust(MAX_CLOCKS, b"\0")

@@ -122,6 +122,8 @@ HELP = {
                                "(flows_map_full: the table was full)",
     "otus_sdp_problems_total": "SDP media that could not be (fully) learned, by problem",
     "otus_media_problems_total": "RTP/RTCP packets or streams not measured, by problem",
+    "otus_kernel_streams_total": "RTP streams the kernel measures: registered, orphans deleted (and their "
+                                 "packets), gone at their call's end, failed reads",
     "otus_worker_restarts_total": "Worker processes restarted after they died",
     "otus_output_sync_errors_total": "fsyncs of a file output that failed (lines written, durability unsure)",
 }

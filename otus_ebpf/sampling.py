@@ -70,6 +70,10 @@ def _pipeline(sample: TaskSample, runner: Runner) -> None:
     for outcome in ("not_rtp", "rtcp_errors", "rtcp_cut", "streams_table_full", "without_call",
                     "streams_over_cap"):
         sample.count("otus_media_problems_total", getattr(media, outcome), problem=outcome)
+    for outcome in ("kernel_streams", "kernel_orphans", "kernel_orphan_packets", "kernel_gone"):
+        sample.count("otus_kernel_streams_total", getattr(media, outcome), outcome=outcome)
+    if runner.streams is not None:
+        sample.count("otus_kernel_streams_total", runner.streams.stats.failures, outcome="read_failures")
     sample.gauge("otus_dialogs_active", len(calls))
     sample.gauge("otus_flows_active", calls.flows_active)
     sample.gauge("otus_rtp_streams_active", len(calls.media.streams))

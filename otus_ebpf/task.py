@@ -31,7 +31,7 @@ from typing import Protocol
 from otus_ebpf.capture import Capture, CaptureMode, attach_hooks, open_capture, preflight
 from otus_ebpf.errors import SetupError
 from otus_ebpf.joined import JoinedOutputs
-from otus_ebpf.loader import KernelSettings, LoadedPrograms
+from otus_ebpf.loader import KernelSettings, LoadedPrograms, MediaMode
 from otus_ebpf.metrics import TaskSample
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.runner import Runner, bug_reporter, format_traceback, strict_mode
@@ -89,6 +89,8 @@ _OUTPUT_FIELDS = ("out", "out_rotation", "out_fsync", "kafka", "kafka_backlog", 
 def live_changeable(before: AttachOptions, after: AttachOptions, outputs: bool = False) -> bool:
     """Whether ``after`` differs from ``before`` only in filters a running capture
     can change (and, with ``outputs``, in output settings)."""
+    if before.media != after.media:
+        return False  # the kernel's media mode and each runner's way of measuring are set at start
     kept = {name: getattr(before.kernel, name) for name in _LIVE_FILTER_FIELDS}
     same_kernel = dataclasses.replace(after.kernel, **kept)
     same_outputs = {name: getattr(before, name) for name in _OUTPUT_FIELDS} if outputs else {}
@@ -203,6 +205,9 @@ class Task:
         preflight(self.options.capture, self.interfaces)
 
     def _construct(self) -> None:
+        if self.options.kernel.media is None and self.options.media is MediaMode.PACKETS:
+            self._log("media: every RTP packet goes up, for the pcap output (--media stats keeps RTP "
+                      "statistics in the kernel, and the pcap without RTP)")
         if not self._worker_processes():
             self.runner = Runner(self.interfaces, self.options, self.boundary, self._log)
             self._keep_recent()

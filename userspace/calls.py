@@ -28,7 +28,7 @@ from types import MappingProxyType
 from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.errors import DecodeError
 from userspace.event import Kind
-from userspace.kernel_streams import Clocks, clock_table, owner_tag
+from userspace.kernel_streams import Clocks, clock_table
 from userspace.media import MediaTracker
 from userspace.records import CallSummary, Origin, Parties, SipRecord, StreamReport
 from userspace.rtp import Formats
@@ -101,6 +101,10 @@ class _Call:
     invite_cseq: int
     parties: Parties
     origin: Origin
+    # Names the call to the kernel: its endpoints carry it and its streams are keyed
+    # by it, so a call that takes an endpoint over starts streams of its own. A
+    # counter, not a hash of the Call-ID, which a sender could make collide.
+    tag: int
     last_seen: int = 0
     last_wall_ns: int = 0
     from_tag: str | None = None
@@ -115,6 +119,7 @@ class _Call:
     callee_formats: Formats | None = None
 
 
+_TAG_WRAP = (1 << 32) - 1  # tags 1 .. 2**32-1: a live call's tag recurs only after 4 billion calls
 _Parked = tuple[SipRecord, int, int, int]  # (record, now_ns, shard, bytes held)
 EARLY_WINDOW_NS = 2 * NS       # how long a response may wait for its INVITE
 EARLY_MAX = 4_096              # responses waiting at once, over all Call-IDs
@@ -185,6 +190,7 @@ class CallTracker:
         self.endpoints = EndpointRegistry()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._early = _EarlyResponses()
+        self._tags = 0
 
     def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
         """The call a media packet belongs to now (EndpointRegistry.flow_owner) and the
@@ -292,8 +298,9 @@ class CallTracker:
             self.stats.evicted += 1
             summaries += self._end(oldest, None, "evicted", None, None, flows)
         origin = Origin(record.interface, record.vlans, record.encap)
+        self._tags = self._tags % _TAG_WRAP + 1
         call = _Call(record.message.call_id, record.src, record.dst, shard, record.ts_ns,
-                     record.message.cseq, Parties.of(record.message), origin)
+                     record.message.cseq, Parties.of(record.message), origin, self._tags)
         self._calls[call.call_id] = call
         self.stats.calls += 1
         return call
@@ -357,7 +364,7 @@ class CallTracker:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
                 continue
             call.endpoints[endpoint] = kind
-            hold = Hold(call.call_id, kind, call.shard, formats, caller_side, owner_tag(call.call_id),
+            hold = Hold(call.call_id, kind, call.shard, formats, caller_side, call.tag,
                         clocks if kind is Kind.RTP else ())
             event = self.endpoints.take(endpoint, hold)
             if event is not None:

@@ -14,7 +14,6 @@ streams out.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterable
 from enum import IntFlag
 from typing import Protocol
@@ -71,8 +70,8 @@ STREAM_FIELDS: StructFields = (
 STREAM_KEY = struct.Struct(struct_format(STREAM_KEY_FIELDS))
 STREAM = struct.Struct(struct_format(STREAM_FIELDS))
 WORKER_OFFSET = 45      # of the key's worker byte
-_LAST_NS = struct.Struct("=Q")
-_LAST_NS_OFFSET = 24
+_U32, _U64 = struct.Struct("=I"), struct.Struct("=Q")
+_PACKETS_OFFSET, _FIRST_NS_OFFSET = 4, 16
 
 
 class StreamState(IntFlag):
@@ -89,8 +88,8 @@ Clocks = tuple[tuple[int, int], ...]  # (payload type, clock; 0: telephone-event
 class StreamSource(Protocol):
     """The kernel's streams map, as a worker reads it (otus_ebpf.streams)."""
 
-    def read_all(self) -> Iterable[tuple[bytes, bytes]]:
-        """Every (key, value) in the map, in batches."""
+    def read_all(self, worker: int | None) -> Iterable[tuple[bytes, bytes]]:
+        """Every (key, value) in the map whose key names ``worker`` (None: every one)."""
         ...
 
     def read(self, keys: list[bytes]) -> list[bytes | None]:
@@ -98,12 +97,6 @@ class StreamSource(Protocol):
         ...
 
     def delete(self, keys: list[bytes]) -> None: ...
-
-
-def owner_tag(call_id: str) -> int:
-    """The 32-bit tag a call's endpoints carry into the kernel; its streams are keyed
-    by it, so a call that takes over an endpoint starts streams of its own."""
-    return zlib.crc32(call_id.encode("utf-8", "surrogatepass"))
 
 
 def clock_table(formats: Formats) -> Clocks:
@@ -132,9 +125,13 @@ def key_worker(key: bytes) -> int:
     return key[WORKER_OFFSET]
 
 
-def last_arrival(value: bytes) -> int:
-    """The stream's latest arrival (kernel monotonic ns), without decoding the rest."""
-    return int(_LAST_NS.unpack_from(value, _LAST_NS_OFFSET)[0])
+def first_arrival(value: bytes) -> int:
+    """When the kernel began the stream (monotonic ns), without decoding the rest."""
+    return int(_U64.unpack_from(value, _FIRST_NS_OFFSET)[0])
+
+
+def packets_of(value: bytes) -> int:
+    return int(_U32.unpack_from(value, _PACKETS_OFFSET)[0])
 
 
 def apply_snapshot(stream: RtpStream, value: bytes) -> None:

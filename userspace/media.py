@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass
 
 from userspace.errors import DecodeError
-from userspace.kernel_streams import WORKER_OFFSET, StreamSource, apply_snapshot, last_arrival
+from userspace.kernel_streams import StreamSource, apply_snapshot, first_arrival, packets_of
 from userspace.records import Origin
 from userspace.rtcp import RtcpReport, parse_rtcp, round_trip_ms
 from userspace.rtp import FlowKey, Formats, KernelKey, RtpStream
@@ -38,7 +38,9 @@ MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits s
 DEFAULT_REPORT_INTERVAL_NS = 10_000_000_000
 RTP_VERSION = 2
 _RTP = struct.Struct("!BBHII")
-StreamKey = tuple[FlowKey, int, str | None]  # flow, SSRC, call
+# flow, SSRC, call, and the kernel's key when the kernel measures it: a stream the
+# kernel measures under a new owner (its endpoint changed hands) is a stream of its own
+StreamKey = tuple[FlowKey, int, str | None, KernelKey | None]
 
 
 @dataclass(slots=True)
@@ -52,7 +54,8 @@ class MediaStats:
     without_call: int = 0      # media on no live call's endpoint (stragglers after the call ended)
     streams_over_cap: int = 0  # new SSRCs beyond a call's cap: not measured
     kernel_streams: int = 0    # streams registered from the kernel's first packet
-    kernel_orphans: int = 0    # kernel streams no live stream here owns, deleted from the map
+    kernel_orphans: int = 0    # kernel streams none here registered (first packet lost, stream refused)
+    kernel_orphan_packets: int = 0  # their packets, deleted with them (the stream starts again in the kernel)
     kernel_gone: int = 0       # a call's kernel stream that was no longer in the map at its end
 
 
@@ -91,17 +94,15 @@ class MediaTracker:
             return None
         self.stats.rtp += 1
         _vpxcc, marker_pt, seq, timestamp, ssrc = _RTP.unpack_from(payload)
-        key = (flow, ssrc, call_id)
+        if self._source is None:
+            kernel_key = None
+        key = (flow, ssrc, call_id, kernel_key)
         stream = self.streams.get(key)
         if stream is None:
             stream = self._new_stream(key, formats, arrival_ns, origin)
             if stream is None:
                 return None
         stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)
-        if kernel_key is not None and stream.kernel_key is None and self._source is not None:
-            stream.kernel_key = kernel_key
-            self._by_key[kernel_key] = stream
-            self.stats.kernel_streams += 1
         return stream if self._due(stream, arrival_ns) else None
 
     def _due(self, stream: RtpStream, arrival_ns: int) -> bool:
@@ -119,22 +120,23 @@ class MediaTracker:
 
     def sync(self, now_ns: int) -> list[RtpStream]:
         """The kernel's state of every stream of this worker becomes its stream's; returns
-        those whose report is due. A kernel stream that none here owns and that has been
-        quiet for a report interval is deleted (its call ended, or its first packet was
-        lost): counted, so the map holds only live streams. O(streams in the map)."""
+        those whose report is due. A kernel stream none here registered a report interval
+        after it began is deleted, counted with its packets: its first packet was lost
+        (a full ring) or its stream refused (caps), or its call ended. Deleted, it starts
+        again with its next packet, which comes up flagged: a stream is never invisible
+        for longer than that. O(streams in the map)."""
         source = self._source
         if source is None:
             return []
         due: list[RtpStream] = []
         orphans: list[KernelKey] = []
-        by_key, worker, quiet_ns = self._by_key, self._worker, now_ns - self.report_interval_ns
-        for key, value in source.read_all():
-            if worker is not None and key[WORKER_OFFSET] != worker:
-                continue
+        by_key, began_before = self._by_key, now_ns - self.report_interval_ns
+        for key, value in source.read_all(self._worker):
             stream = by_key.get(key)
             if stream is None:
-                if last_arrival(value) < quiet_ns:
+                if first_arrival(value) < began_before:
                     orphans.append(key)
+                    self.stats.kernel_orphan_packets += packets_of(value)
                 continue
             apply_snapshot(stream, value)
             if self._due(stream, stream.last_ns):
@@ -191,7 +193,7 @@ class MediaTracker:
 
     def _new_stream(self, key: StreamKey, formats: Formats, arrival_ns: int,
                     origin: Origin) -> RtpStream | None:
-        flow, ssrc, call_id = key
+        flow, ssrc, call_id, kernel_key = key
         if call_id is None:
             self.stats.without_call += 1
             return None
@@ -203,8 +205,11 @@ class MediaTracker:
             self.stats.streams_table_full += 1
             return None
         stream = RtpStream(flow, ssrc, call_id, formats, arrival_ns, origin,
-                           next_report_ns=arrival_ns + self.report_interval_ns)
+                           next_report_ns=arrival_ns + self.report_interval_ns, kernel_key=kernel_key)
         self.streams[key] = stream
+        if kernel_key is not None:
+            self._by_key[kernel_key] = stream
+            self.stats.kernel_streams += 1
         self._by_ssrc[call_id, ssrc] = stream
         self._by_call.setdefault(call_id, {})[key] = stream
         return stream
@@ -217,7 +222,7 @@ class MediaTracker:
         streams = list(owned.values())
         self._take_from_kernel(streams)
         for stream in streams:
-            self.streams.pop((stream.flow, stream.ssrc, stream.call_id), None)
+            self.streams.pop((stream.flow, stream.ssrc, stream.call_id, stream.kernel_key), None)
             if self._by_ssrc.get((call_id, stream.ssrc)) is stream:
                 del self._by_ssrc[call_id, stream.ssrc]
             self._forget_mos(stream)

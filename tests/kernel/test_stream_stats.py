@@ -165,6 +165,9 @@ CASES: dict[str, list[Packet]] = {
     "stray": [*sequence(20), Packet(30000, 0), *sequence(20, start=1020, ts=3200)],
     "probation-start": [Packet(100, 0), Packet(20000, 160), *sequence(20, start=20001, ts=320)],
     "late-beyond-window": sequence(150)[:10] + sequence(150)[11:140] + [sequence(150)[10]],
+    # gaps at the edges of the duplicate bitmap's two words, then late packets across them
+    "bitmap-edges": sequence(10) + sequence(5, start=1073) + sequence(5, start=1205) + sequence(5, start=1333)
+                    + [Packet(1070, 0), Packet(1200, 0), Packet(1300, 0), Packet(1240, 0), Packet(1240, 0)],
 }
 
 
@@ -260,3 +263,19 @@ def test_a_stream_updated_on_two_cpus_at_once_loses_no_update(kernel: KernelHarn
     finally:
         flow.oracle[packet.ssrc] = RtpStream((SRC, SPORT, DST, DPORT), packet.ssrc, "c", FORMATS, 0)
         flow.close()
+
+
+def test_a_full_map_sends_new_streams_up_counted_where_user_space_measures_them() -> None:
+    harness = KernelHarness(KernelSettings(max_streams=2))
+    try:
+        flow = Flow(harness, owner=0xD001)
+        for ssrc in (1, 2):
+            flow.send(Packet(10, 0, ssrc=ssrc))
+        frame = ethernet(ipv4(udp(Packet(10, 0, ssrc=3).payload(), SPORT, DPORT), src=SRC, dst=DST))
+        for _ in range(3):
+            run = harness.run(frame)
+            assert run.moved.get(Counter.STREAMS_FULL) == 1 and run.moved.get(Counter.SUBMITTED) == 1
+            assert not run.event.flags & Flag.STREAM, "measured packet by packet in user space"
+        flow.close()
+    finally:
+        harness.close()

@@ -11,8 +11,8 @@ import pytest
 from otus_ebpf import cli
 from otus_ebpf.capture import CaptureMode
 from otus_ebpf.config import ConfigInvalid, load, parse
-from otus_ebpf.loader import DEFAULT_SNAPLEN
-from otus_ebpf.options import Dispatch
+from otus_ebpf.loader import DEFAULT_SNAPLEN, MediaMode
+from otus_ebpf.options import AttachOptions, Dispatch
 from tests.support.paths import REPO
 from userspace.reporters.kafka import KeyChoice
 
@@ -53,6 +53,7 @@ EXPECTED = {
     "metrics_port_superscript": ["2: metrics.listen: must be HOST:PORT (or off), not '127.0.0.1:909²'"],
     "calls_max_calls_huge": ["5: tasks[0].calls.max_calls: must be between 1 and 4000000, not 100000000"],
     "ring_mb_not_power_of_two": ["4: tasks[0].filter.ring_mb: must be a power of two, not 100"],
+    "media_unknown": ["4: tasks[0].filter.media: must be one of stats, packets, off, not 'rtp'"],
     "several_at_once": ["1: node.name: must not be empty",
                         "5: tasks[0].workers: must be between 1 and 8, not 99",
                         "6: tasks[0].mode: must be one of xdp, afpacket, auto, not 'fast'",
@@ -155,3 +156,19 @@ def test_the_config_reference_names_every_key_the_checker_knows() -> None:
 
     missing = [key for key in (*TASK_KEYS, *KAFKA_KEYS, *SECURITY_KEYS) if not mentioned(key)]
     assert missing == [], f"docs/CONFIG.md does not mention: {missing}"
+
+
+def test_media_is_measured_in_the_kernel_unless_a_pcap_wants_the_packets_or_a_flag_says() -> None:
+    def options(*flags: str) -> AttachOptions:
+        argv = ["attach", "eth9", *flags]
+        args = cli.build_parser().parse_args(argv)
+        return cli._attach_options(args)
+
+    assert options().media is MediaMode.STATS and options().capture.kernel.media is MediaMode.STATS
+    assert options("--pcap", "x.pcap").media is MediaMode.PACKETS
+    assert options("--pcap-per-call", "calls").capture.kernel.media is MediaMode.PACKETS
+    assert options("--pcap", "x.pcap", "--media", "stats").media is MediaMode.STATS, "as asked"
+    assert options("--media", "off").media is MediaMode.OFF
+    text = "tasks:\n  - name: a\n    interfaces: [eth0]\n    filter: {media: packets}\n"
+    (task,) = parse(text, "x", {}).tasks
+    assert task.options.media is MediaMode.PACKETS
