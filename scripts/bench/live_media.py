@@ -17,8 +17,8 @@ sent. Cost: the CPU time of the agent's whole process tree (parent and
 workers, /proc) while the RTP was sent and a second after, as a share of one
 core over that time, and its ratio between the two modes. The RTP frames are
 addressed to another host's MAC, as a mirror port delivers them (the lab's
-stack drops them after XDP), and tcpreplay sends them from memory; the rate
-it reached is printed.
+stack drops them after XDP, so the one sender keeps the rate on a small VM);
+the rate it reached is printed.
 """
 
 from __future__ import annotations
@@ -68,11 +68,9 @@ def tree_cpu_s(pid: int) -> float:
     return total / ticks
 
 
-def replay(lab: Lab, pcap: Path, pps: int, fast: bool = False) -> None:
-    """``fast``: the file in memory first, so that the sender keeps the rate."""
-    tuning = ["--preload-pcap"] if fast else []
+def replay(lab: Lab, pcap: Path, pps: int) -> None:
     subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if, f"--pps={pps}",
-                    *tuning, str(pcap)], check=True, capture_output=True)
+                    str(pcap)], check=True, capture_output=True)
 
 
 def wait_until_quiet(out: Path) -> None:
@@ -92,7 +90,7 @@ def run(lab: Lab, mode: str, files: MediaTrunk, rate: int, workdir: Path) -> dic
         replay(lab, files.setup, SIGNALLING_PPS)
         time.sleep(LEARN_WAIT_S)  # the answers' endpoints reach the kernel's flow map
         cpu_before, wall_before = tree_cpu_s(agent.pid), time.monotonic()
-        replay(lab, files.rtp, rate, fast=True)
+        replay(lab, files.rtp, rate)
         sending = time.monotonic() - wall_before
         time.sleep(DRAIN_S)  # what the rings still hold is part of the cost
         cpu, wall = tree_cpu_s(agent.pid) - cpu_before, time.monotonic() - wall_before

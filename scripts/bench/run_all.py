@@ -45,8 +45,11 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
-_KERNEL_ROW = re.compile(r"(SIP match into the ring|non-matching)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+"
+_KERNEL_ROW = re.compile(r"(SIP match into the ring|non-matching|RTP stats, in order)\s+(\d+)\s+([\d.]+)\s+"
+                         r"([\d.]+)\s+"
                          r"([\d.]+)x\s+(\d+)\s+(\w+)")
+_MEDIA_ROW = re.compile(r"--media (\w+)\s*: counted\s+([\d,]+) of ([\d,]+) \(([\d.]+%)\).*?agent CPU .*?= +"
+                        r"([\d.]+)% of a core \(sent at ([\d,]+)/s\)")
 
 
 def kernel_rows(out: str) -> list[Row]:
@@ -57,6 +60,17 @@ def kernel_rows(out: str) -> list[Row]:
             rows.append((f"kernel: {m[1]}, {m[2]} B frame", f"{m[3]} ns", f"{m[4]} ns (bare program)",
                          f"{m[5]}x", f"<= {m[6]} ns: {m[7].lower()}"))
     return rows
+
+
+def media_rows(out: str) -> list[Row]:
+    runs = {m[1]: m for m in _MEDIA_ROW.finditer(out)}
+    ratio = re.search(r"packets / stats = ([\d.]+)x", out)
+    assert "stats" in runs and "packets" in runs and ratio, out[-500:]
+    stats, packets = runs["stats"], runs["packets"]
+    cpu = float(stats[5])
+    return [("live RTP, 2,000 streams: agent CPU", f"{cpu}% of a core, {stats[4]} counted",
+             f"{packets[5]}% (--media packets, {packets[4]} counted)", f"{ratio[1]}x a packet",
+             f"< 10% at {stats[6]}/s sent: {'met' if cpu < 10 and stats[2] == stats[3] else 'MISSED'}")]
 
 
 def reassembly_rows(out: str) -> list[Row]:
@@ -167,6 +181,7 @@ def benches() -> list[Bench]:
         Bench("live_loss", [python, str(BENCH / "live_loss.py"), "--seconds", str(LIVE_SECONDS)], live_rows),
         Bench("live_rates", [python, str(BENCH / "live_rates.py"), "--seconds", "20", "--workers", "2",
                              "--rates", "15000", "30000", "45000", "60000"], rates_rows),
+        Bench("live_media", [python, str(BENCH / "live_media.py")], media_rows),
         Bench("reassembly", [python, str(BENCH / "reassembly.py")], reassembly_rows),
         Bench("sip", [python, str(BENCH / "sip.py")], sip_rows),
         Bench("fuzz_sip", [python, str(BENCH / "fuzz_sip.py"), "--inputs", "1000000"], fuzz_rows),
