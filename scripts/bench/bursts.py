@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,19 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from otus_ebpf.loader import DEFAULT_RING_MB
 from tests.support.agent import final_stats, start_agent
-from tests.support.lab import Lab, lab_down, lab_up
+from tests.support.lab import Lab, interface_mac, lab_down, lab_up, tcpreplay
 from tests.support.trunk import write_udp_pcap
 
 MESSAGES_PER_CALL = 7
 QUIET_S = 5.0  # the output has not grown for this long: the agent has caught up
 STOP_GRACE_S = 120.0  # a full ring takes seconds to drain at stop
 DRAIN_LIMIT_S = 300.0
-
-
-def mac(lab: Lab, netns: str, interface: str) -> bytes:
-    text = subprocess.run(["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{interface}/address"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    return bytes.fromhex(text.replace(":", ""))
 
 
 def wait_until_quiet(out: Path) -> None:
@@ -66,8 +59,7 @@ def run(lab: Lab, mode: str, workers: int, rate: int, pcap: Path, loops: int,
                         ["--mode", mode, "--workers", str(workers), "--direction", "ingress",
                          "--ring-mb", str(ring_mb)])
     try:
-        subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if,
-                        f"--pps={rate}", f"--loop={loops}", str(pcap)], check=True, capture_output=True)
+        tcpreplay(lab, pcap, rate, loops)
         wait_until_quiet(out)
     finally:
         status = agent.stop(signal.SIGTERM, grace=STOP_GRACE_S)
@@ -95,8 +87,8 @@ def main() -> int:
             for rate in rates:
                 pcap = workdir / f"trunk-{rate}.pcap"
                 calls = 2 * rate // MESSAGES_PER_CALL  # two seconds' worth, looped
-                messages = write_udp_pcap(pcap, calls, src_mac=mac(lab, lab.uac_ns, lab.uac_if),
-                                          dst_mac=mac(lab, lab.uas_ns, lab.uas_if))
+                messages = write_udp_pcap(pcap, calls, src_mac=interface_mac(lab.uac_ns, lab.uac_if),
+                                          dst_mac=interface_mac(lab.uas_ns, lab.uas_if))
                 loops = max(1, args.seconds // 2)
                 offered = messages * loops
                 for mode in ("afpacket", "xdp"):

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.support.agent import final_stats, read_records, start_agent
-from tests.support.lab import Lab, lab_down, lab_up
+from tests.support.lab import Lab, interface_mac, lab_down, lab_up, tcpreplay
 from tests.support.media_trunk import MediaTrunk, write_media_trunk
 from tests.support.trunk import MAC_B
 
@@ -45,12 +44,6 @@ LEARN_WAIT_S = 5.0
 QUIET_S = 5.0
 DRAIN_S = 1.0
 STOP_GRACE_S = 120.0
-
-
-def mac(netns: str, interface: str) -> bytes:
-    text = subprocess.run(["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{interface}/address"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    return bytes.fromhex(text.replace(":", ""))
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -68,11 +61,6 @@ def tree_cpu_s(pid: int) -> float:
     return total / ticks
 
 
-def replay(lab: Lab, pcap: Path, pps: int) -> None:
-    subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if, f"--pps={pps}",
-                    str(pcap)], check=True, capture_output=True)
-
-
 def wait_until_quiet(out: Path) -> None:
     last, since = -1, time.monotonic()
     while time.monotonic() - since < QUIET_S:
@@ -87,14 +75,14 @@ def run(lab: Lab, mode: str, files: MediaTrunk, rate: int, workdir: Path) -> dic
     agent = start_agent(lab.uas_ns, lab.uas_if, out, workdir / f"{mode}.log",
                         ["--direction", "ingress", "--media", mode])
     try:
-        replay(lab, files.setup, SIGNALLING_PPS)
+        tcpreplay(lab, files.setup, SIGNALLING_PPS)
         time.sleep(LEARN_WAIT_S)  # the answers' endpoints reach the kernel's flow map
         cpu_before, wall_before = tree_cpu_s(agent.pid), time.monotonic()
-        replay(lab, files.rtp, rate)
+        tcpreplay(lab, files.rtp, rate)
         sending = time.monotonic() - wall_before
         time.sleep(DRAIN_S)  # what the rings still hold is part of the cost
         cpu, wall = tree_cpu_s(agent.pid) - cpu_before, time.monotonic() - wall_before
-        replay(lab, files.teardown, SIGNALLING_PPS)
+        tcpreplay(lab, files.teardown, SIGNALLING_PPS)
         wait_until_quiet(out)
     finally:
         status = agent.stop(signal.SIGTERM, grace=STOP_GRACE_S)
@@ -124,8 +112,8 @@ def main() -> int:
             per_stream = args.rate * args.seconds // args.streams
             # Addressed to another host's MAC, as a mirror port delivers frames: the receiving
             # stack drops them right after XDP, so the one sender on this small VM keeps the rate.
-            files = write_media_trunk(workdir, args.streams, per_stream, mac(lab.uac_ns, lab.uac_if),
-                                      MAC_B, args.frame)
+            sender = interface_mac(lab.uac_ns, lab.uac_if)
+            files = write_media_trunk(workdir, args.streams, per_stream, sender, MAC_B, args.frame)
             sent = files.packets
             print(f"  {args.streams:,} streams, {sent:,} RTP packets of {args.frame} bytes at "
                   f"{args.rate:,}/s ({per_stream:,} a stream)", flush=True)

@@ -8,28 +8,16 @@ runs 2,000 streams at 250,000 packets/s."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.agent import final_stats, read_records, start_agent
-from tests.support.lab import Lab
+from tests.support.lab import Lab, interface_mac, tcpreplay
 from tests.support.media_trunk import MediaTrunk, write_media_trunk
 
 STREAMS, PER_STREAM, RATE = 200, 150, 20_000
 LEARN_WAIT_S, QUIET_S = 3.0, 3.0
-
-
-def mac(netns: str, interface: str) -> bytes:
-    text = subprocess.run(["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{interface}/address"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def replay(lab: Lab, pcap: Path, pps: int) -> None:
-    subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if, f"--pps={pps}",
-                    str(pcap)], check=True, capture_output=True)
 
 
 def capture(lab: Lab, trunk: MediaTrunk, workdir: Path, mode: str) -> tuple[dict[int, dict[str, Any]],
@@ -39,10 +27,10 @@ def capture(lab: Lab, trunk: MediaTrunk, workdir: Path, mode: str) -> tuple[dict
     agent = start_agent(lab.uas_ns, lab.uas_if, out, workdir / f"{mode}.log",
                         ["--direction", "ingress", "--media", mode, "--workers", "2"])
     try:
-        replay(lab, trunk.setup, 5_000)
+        tcpreplay(lab, trunk.setup, 5_000)
         time.sleep(LEARN_WAIT_S)
-        replay(lab, trunk.rtp, RATE)
-        replay(lab, trunk.teardown, 5_000)
+        tcpreplay(lab, trunk.rtp, RATE)
+        tcpreplay(lab, trunk.teardown, 5_000)
         time.sleep(QUIET_S)
     finally:
         status = agent.stop(signal.SIGTERM)
@@ -54,8 +42,8 @@ def capture(lab: Lab, trunk: MediaTrunk, workdir: Path, mode: str) -> tuple[dict
 
 
 def test_every_rtp_packet_is_counted_in_the_kernel_only_first_packets_go_up(lab: Lab, tmp_path: Path) -> None:
-    trunk = write_media_trunk(tmp_path, STREAMS, PER_STREAM, mac(lab.uac_ns, lab.uac_if),
-                              mac(lab.uas_ns, lab.uas_if))
+    trunk = write_media_trunk(tmp_path, STREAMS, PER_STREAM, interface_mac(lab.uac_ns, lab.uac_if),
+                              interface_mac(lab.uas_ns, lab.uas_if))
     streams, stats = capture(lab, trunk, tmp_path, "stats")
     assert sorted(streams) == list(range(1, STREAMS + 1))
     assert {(s["packets"], s["expected"], s["lost"], s["duplicates"]) for s in streams.values()} == {

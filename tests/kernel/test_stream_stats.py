@@ -27,7 +27,7 @@ from otus_ebpf.loader import KernelSettings
 from otus_ebpf.maps import Endpoint
 from otus_ebpf.streams import KernelStreams
 from tests.support.calls import dtmf_payload, rtp
-from tests.support.frames import ethernet, ipv4, udp
+from tests.support.frames import ethernet, ipv4, ipv6, udp
 from tests.support.kernel import Hook, KernelHarness
 from userspace.event import Counter, Flag, Kind
 from userspace.kernel_streams import apply_snapshot, clock_table, stream_key
@@ -39,6 +39,7 @@ PCMU, PCMA, OPUS, EVENT = 0, 8, 111, 101
 FORMATS = MappingProxyType({PCMU: "PCMU/8000", PCMA: "PCMA/8000", OPUS: "opus/48000/2",
                             EVENT: "telephone-event/8000"})
 AUDIO = b"\xd5" * 160
+ETH_IPV6 = 0x86DD
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +69,26 @@ class Packet:
 class Flow:
     """One learned flow in the kernel, its streams read back and measured by the oracle too."""
 
-    def __init__(self, kernel: KernelHarness, owner: int, hook: Hook = Hook.XDP) -> None:
+    def __init__(self, kernel: KernelHarness, owner: int, hook: Hook = Hook.XDP, src: str = SRC,
+                 dst: str = DST) -> None:
         self.kernel, self.owner, self.hook = kernel, owner, hook
+        self.src, self.dst = src, dst
         self.streams = KernelStreams(kernel.programs.bpf)
-        self.endpoint = Endpoint(ipaddress.ip_address(DST), DPORT)
+        self.endpoint = Endpoint(ipaddress.ip_address(dst), DPORT)
         kernel.maps.learn_flow(self.endpoint, Kind.RTP, WORKER, owner=owner, clocks=clock_table(FORMATS))
         self.oracle: dict[int, RtpStream] = {}
         self.first_packets: list[int] = []  # SSRCs whose first packet came up flagged
         self.counted_in_kernel = 0
 
     def key(self, ssrc: int) -> bytes:
-        return stream_key(ipaddress.ip_address(SRC).packed, SPORT, ipaddress.ip_address(DST).packed, DPORT,
-                          ssrc, self.owner, WORKER)
+        return stream_key(ipaddress.ip_address(self.src).packed, SPORT, ipaddress.ip_address(self.dst).packed,
+                          DPORT, ssrc, self.owner, WORKER)
 
     def send(self, packet: Packet) -> None:
         payload = packet.payload()
-        frame = ethernet(ipv4(udp(payload, SPORT, DPORT), src=SRC, dst=DST))
+        datagram = udp(payload, SPORT, DPORT)
+        frame = (ethernet(ipv6(datagram, src=self.src, dst=self.dst), ethertype=ETH_IPV6) if ":" in self.src
+                 else ethernet(ipv4(datagram, src=self.src, dst=self.dst)))
         run = self.kernel.run(frame, self.hook)
         assert run.retval == self.hook.pass_verdict, "monitoring never changes the traffic"
         for event in run.events:
@@ -279,3 +284,13 @@ def test_a_full_map_sends_new_streams_up_counted_where_user_space_measures_them(
         flow.close()
     finally:
         harness.close()
+
+
+def test_an_ipv6_stream_is_measured_alike(kernel: KernelHarness) -> None:
+    flow = Flow(kernel, owner=0xB004, src="fd00:9::1", dst="fd00:9::2")
+    try:
+        for packet in CASES["loss"] + CASES["reordering"][:40]:
+            flow.send(packet)
+        flow.compare()
+    finally:
+        flow.close()

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.paths import REPO
 
@@ -57,3 +58,16 @@ def lab_up(prefix: str) -> Lab:
 
 def lab_down(lab: Lab) -> None:
     _lab_script(lab.prefix, "down")
+
+
+def interface_mac(netns: str, interface: str) -> bytes:
+    """The hardware address of an interface inside a namespace."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{interface}/address"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def tcpreplay(lab: Lab, pcap: Path, pps: int, loops: int = 1) -> None:
+    """Send a capture file from the UAC side onto the lab's veth, paced at ``pps`` packets/s."""
+    subprocess.run(["ip", "netns", "exec", lab.uac_ns, "tcpreplay", "-q", "-i", lab.uac_if, f"--pps={pps}",
+                    f"--loop={loops}", str(pcap)], check=True, capture_output=True)
