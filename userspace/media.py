@@ -13,8 +13,9 @@ takes its own streams (never a scan over all).
 
 With a kernel that measures RTP itself (``use_kernel``), only each stream's
 first packet arrives here: it registers the stream under its kernel key, and
-``sync`` (every report interval) and a call's end take the kernel's state of
-the stream instead of every packet (userspace.kernel_streams).
+``sync`` (which its caller runs every half report interval) and a call's end
+take the kernel's state of the stream instead of every packet
+(userspace.kernel_streams).
 
 The table holds ``max_streams`` streams in all (CallLimits sizes it from
 ``max_calls``); when it is full a new stream is not measured, and counted —
@@ -79,10 +80,6 @@ class MediaTracker:
         """RTP is measured by the kernel; ``worker``: the streams of this worker's flows
         are this tracker's (None: all of them)."""
         self._source, self._worker = source, worker
-
-    @property
-    def in_kernel(self) -> bool:
-        return self._source is not None
 
     def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
             formats: Formats, origin: Origin, kernel_key: KernelKey | None = None) -> RtpStream | None:
