@@ -25,6 +25,7 @@ from tests.support.lab import Lab, lab_down, lab_up
 
 SOURCES = [f"10.77.0.{host}" for host in range(10, 18)]  # spread conversations over shards
 BLAST = Path(__file__).with_name("blast.py")
+DRAIN_GRACE_S = 120.0
 
 
 def run_once(lab: Lab, workdir: Path, workers: int, seconds: float, delivery: str) -> dict[str, int]:
@@ -37,7 +38,7 @@ def run_once(lab: Lab, workdir: Path, workers: int, seconds: float, delivery: st
                                 str(seconds), *SOURCES], capture_output=True, text=True, check=True,
                                timeout=seconds + 60)
     finally:
-        agent.stop()
+        agent.stop(grace=DRAIN_GRACE_S)  # a full 64 MiB ring takes seconds to drain at stop
     stats = final_stats(agent)
     stats["sent"] = int(blast.stdout.strip())
     return stats

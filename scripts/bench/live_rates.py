@@ -32,6 +32,7 @@ from tests.support.procs import Background
 
 SOURCES = [f"10.77.0.{host}" for host in range(10, 18)]
 BLAST = Path(__file__).with_name("blast.py")
+DRAIN_GRACE_S = 120.0
 
 
 def run_rate(lab: Lab, workdir: Path, rate: int, seconds: float, workers: int) -> dict[str, int]:
@@ -47,7 +48,7 @@ def run_rate(lab: Lab, workdir: Path, rate: int, seconds: float, workers: int) -
                                timeout=seconds + 60, env={**os.environ, "OTUS_BLAST_RATE": str(rate)})
     finally:
         tcpdump.stop(signal.SIGINT)
-        agent.stop()
+        agent.stop(grace=DRAIN_GRACE_S)  # a full 64 MiB ring takes seconds to drain at stop
     stats = final_stats(agent)
     dump = tcpdump.output()
     captured = re.search(r"(\d+) packets? captured", dump)

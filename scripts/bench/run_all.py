@@ -149,9 +149,9 @@ def rates_rows(out: str) -> list[Row]:
 
 
 def workers_rows(out: str) -> list[Row]:
-    one = re.search(r"1 worker\(s\):\s+([\d,]+)", out)
-    two = re.search(r"2 worker\(s\):\s+([\d,]+)", out)
-    ratio = re.search(r"2 workers / 1 worker = ([\d.]+)x", out)
+    one = re.search(r"1 worker:\s+([\d,]+)", out)
+    two = re.search(r"2 workers, one file:\s+([\d,]+)", out)
+    ratio = re.search(r"2 workers \(one file\) / 1 worker = ([\d.]+)x", out)
     assert one and two and ratio, out[-500:]
     return [("workers: end-to-end msgs/s, 2 vs 1", two[1], f"{one[1]} (1 worker)", f"{ratio[1]}x", "-")]
 
