@@ -157,12 +157,15 @@ def workers_rows(out: str) -> list[Row]:
 
 
 def replay_rows(out: str) -> list[Row]:
-    ours = re.search(r"otus-ebpf replay :\s+([\d,]+)", out)
-    tshark = re.search(r"tshark -Y sip\s+:\s+([\d,]+)", out)
-    ratio = re.search(r"replay / tshark = ([\d.]+)x", out)
-    assert ours and tshark and ratio, out[-500:]
-    return [("replay vs tshark, 200k msgs/s", ours[1], f"{tshark[1]} (tshark)", f"{ratio[1]}x",
-             f">= 5x: {'met' if float(ratio[1]) >= 5 else 'MISSED'}")]
+    ours = re.findall(r"otus-ebpf replay :\s+([\d,]+)", out)
+    tshark = re.findall(r"tshark -Y sip\s+:\s+([\d,]+)", out)
+    fair = re.search(r"\n  replay / tshark = ([\d.]+)x  \(target >= ([\d.]+)x", out)
+    trunk = re.search(r"same media: replay / tshark = ([\d.]+)x", out)
+    assert len(ours) == len(tshark) == 2 and fair and trunk, out[-500:]
+    return [("replay vs tshark, varied hosts, msgs/s", ours[0], f"{tshark[0]} (tshark)", f"{fair[1]}x",
+             f">= {fair[2]}x: {'met' if float(fair[1]) >= float(fair[2]) else 'MISSED'}"),
+            ("replay vs tshark, same SDP media, msgs/s", ours[1], f"{tshark[1]} (tshark: its pathology)",
+             f"{trunk[1]}x", "-")]
 
 
 def memory_rows(out: str) -> list[Row]:
