@@ -11,10 +11,9 @@ import ctypes
 import os
 import platform
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any
 
 _SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280}
 # union bpf_attr is larger; the kernel accepts a shorter, zero-filled prefix.
@@ -240,12 +239,10 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> tuple[int, int]
     return retval, duration
 
 
-def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int, flags: int = 0,
-                     wanted: Callable[[bytes, int], bool] | None = None,
-                     stats: Any = None) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of a hash map, ``chunk`` entries a syscall (BPF_MAP_LOOKUP_BATCH,
-    Linux 5.6), or those ``wanted(keys, offset)`` says yes to before they are copied out of
-    the batch; ``stats.entries`` counts every entry read. Raises OSError(EINVAL) where the
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int,
+                     flags: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
+    """A hash map, ``chunk`` entries a syscall (BPF_MAP_LOOKUP_BATCH, Linux 5.6): each batch as
+    (its keys end to end, its values end to end, how many). Raises OSError(EINVAL) where the
     kernel has no batch operations."""
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
@@ -262,13 +259,7 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int, flags:
         except FileNotFoundError:  # the last batch: count says how many it holds
             done = True
         count = struct.unpack_from("=I", attr, 32)[0]
-        if stats is not None:
-            stats.entries += count
-        key_bytes, value_bytes = keys.raw[:count * key_size], values.raw[:count * value_size]
-        for i in range(count):
-            offset = i * key_size
-            if wanted is None or wanted(key_bytes, offset):
-                yield key_bytes[offset:offset + key_size], value_bytes[i * value_size:(i + 1) * value_size]
+        yield keys.raw[:count * key_size], values.raw[:count * value_size], count
         if done:
             return
         ctypes.memmove(tokens, ctypes.addressof(tokens) + 8, 8)  # out_batch is the next in_batch

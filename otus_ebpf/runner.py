@@ -135,11 +135,12 @@ class Runner:
 
     # -- the loop ---------------------------------------------------------------
 
-    def measure_in_kernel(self, streams: KernelStreams, worker: int | None) -> None:
+    def measure_in_kernel(self, streams: KernelStreams | None, worker: int | None) -> None:
         """The kernel's programs keep RTP statistics (unless media goes up packet by
-        packet, or is off): read them every half report interval. ``worker``: this
-        runner's flows are the ones learned with that shard (None: every one)."""
-        if self.media is MediaMode.STATS:
+        packet, or is off, or the capture has no kernel: None): read them every half
+        report interval. ``worker``: this runner's flows are the ones learned with
+        that shard (None: every one)."""
+        if streams is not None and self.media is MediaMode.STATS:
             self.streams = streams
             self.pipeline.measure_in_kernel(streams, worker)
 

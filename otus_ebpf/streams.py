@@ -15,7 +15,7 @@ capture goes on.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +33,6 @@ class StreamReadStats:
     sweeps: int = 0          # whole-map reads
     entries: int = 0         # entries those reads returned (of every worker)
     failures: int = 0        # syscalls that failed (read as nothing)
-
-
-def _wanted(worker: int | None) -> Callable[[bytes, int], bool] | None:
-    """Whether the key at an offset of a batch names ``worker``: one byte looked at."""
-    if worker is None:
-        return None
-    return lambda keys, offset: keys[offset + WORKER_OFFSET] == worker
 
 
 class KernelStreams:
@@ -60,8 +53,7 @@ class KernelStreams:
     def _entries(self, worker: int | None) -> Iterator[tuple[bytes, bytes]]:
         if self._batch:
             try:
-                yield from map_lookup_batch(self._fd, STREAM_KEY.size, STREAM.size, BATCH, BPF_F_LOCK,
-                                            wanted=_wanted(worker), stats=self.stats)
+                yield from self._batches(worker)
                 return
             except OSError as exc:
                 if exc.errno not in _NO_BATCH:
@@ -74,6 +66,16 @@ class KernelStreams:
             value = map_lookup(self._fd, key, STREAM.size, BPF_F_LOCK)
             if value is not None:  # deleted since its key was listed
                 yield key, value
+
+    def _batches(self, worker: int | None) -> Iterator[tuple[bytes, bytes]]:
+        """The worker's entries, told by one byte of each key before anything is copied."""
+        key_size, value_size = STREAM_KEY.size, STREAM.size
+        for keys, values, count in map_lookup_batch(self._fd, key_size, value_size, BATCH, BPF_F_LOCK):
+            self.stats.entries += count
+            for i in range(count):
+                at = i * key_size
+                if worker is None or keys[at + WORKER_OFFSET] == worker:
+                    yield keys[at:at + key_size], values[i * value_size:(i + 1) * value_size]
 
     def read(self, keys: list[bytes]) -> list[bytes | None]:
         values: list[bytes | None] = []

@@ -286,9 +286,7 @@ class Task:
         opener = self._open_capture or open_capture
         runner.capture = opener(self._stack, self.options.capture, self.interfaces,
                                 runner.clock_offset_ns, runner.on_capture_stop, self._log)
-        streams = runner.capture.stream_source()
-        if streams is not None:
-            runner.measure_in_kernel(streams, None)
+        runner.measure_in_kernel(runner.capture.stream_source(), None)
         self.engine = runner
         self._log(f"capturing: {runner.capture.description}")
 

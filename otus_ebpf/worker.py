@@ -72,9 +72,10 @@ class _WorkerCapture:
 
     description = "events"
 
-    def __init__(self, shard: int, send_flows: SendFlows) -> None:
+    def __init__(self, shard: int, send_flows: SendFlows, programs: LoadedPrograms) -> None:
         self._shard = shard
         self._send_flows = send_flows
+        self._programs = programs  # forked: the parent's maps, this process's own fds
         self.lost = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
@@ -97,7 +98,7 @@ class _WorkerCapture:
         return None  # the parent pauses the programs
 
     def stream_source(self) -> KernelStreams | None:
-        return None  # the worker's runner is told the kernel's streams at its start (measure_in_kernel)
+        return KernelStreams(self._programs.bpf)
 
 
 class _ShardCapture(_WorkerCapture):
@@ -106,7 +107,7 @@ class _ShardCapture(_WorkerCapture):
 
     def __init__(self, stack: contextlib.ExitStack, programs: LoadedPrograms, shard: int,
                  handoffs: Connection, on_stop: OnStop, send_flows: SendFlows) -> None:
-        super().__init__(shard, send_flows)
+        super().__init__(shard, send_flows, programs)
         self._reader = open_reader(programs, only=(shard,))
         self._handoffs = handoffs
         self.description = f"shard {shard}"
@@ -133,8 +134,8 @@ class _PipeCapture(_WorkerCapture):
     flow learned here, and the dispatcher hands it back."""
 
     def __init__(self, stack: contextlib.ExitStack, index: int, events: Connection, on_stop: OnStop,
-                 send_flows: SendFlows) -> None:
-        super().__init__(index, send_flows)
+                 send_flows: SendFlows, programs: LoadedPrograms) -> None:
+        super().__init__(index, send_flows, programs)
         self._events = events
         self.description = "events from the dispatcher"
         stack.callback(lambda: on_stop(self._take(wait=0.0, everything=True)))
@@ -211,11 +212,12 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
     with contextlib.ExitStack() as stack:
         runner.open_outputs(stack, spec.options)
         if spec.dispatched:
-            runner.capture = _PipeCapture(stack, index, events, runner.on_capture_stop, send_flows)
+            runner.capture = _PipeCapture(stack, index, events, runner.on_capture_stop, send_flows,
+                                          spec.programs)
         else:
             runner.capture = _ShardCapture(stack, spec.programs, index, events, runner.on_capture_stop,
                                            send_flows)
-        runner.measure_in_kernel(KernelStreams(spec.programs.bpf), index)
+        runner.measure_in_kernel(runner.capture.stream_source(), index)
         log(f"reading: {runner.capture.description}")
         outbox.send("ready", None)
         threading.Thread(target=listen, daemon=True).start()

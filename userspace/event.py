@@ -89,6 +89,12 @@ def struct_format(fields: StructFields) -> str:
     return "=" + "".join(codes)
 
 
+def field_offset(fields: StructFields, name: str) -> int:
+    """Where a field starts: the size of the fields before it (the header promises no padding)."""
+    names = [field for field, _ctype, _count in fields]
+    return struct.calcsize(struct_format(fields[:names.index(name)]))
+
+
 # (name, C type, array length or 0) in struct order.
 EVENT_FIELDS: StructFields = (
     ("ts_ns", "__u64", 0),

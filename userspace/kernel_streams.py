@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from enum import IntFlag
 from typing import Protocol
 
-from userspace.event import StructFields, struct_format
+from userspace.event import StructFields, field_offset, struct_format
 from userspace.rtp import DEFAULT_CLOCK_RATE, Formats, RtpStream, clock_of, is_event
 
 MAX_CLOCKS = 8          # OTUS_MAX_CLOCKS: payload types per flow whose clock the kernel is told
@@ -69,9 +69,10 @@ STREAM_FIELDS: StructFields = (
 )
 STREAM_KEY = struct.Struct(struct_format(STREAM_KEY_FIELDS))
 STREAM = struct.Struct(struct_format(STREAM_FIELDS))
-WORKER_OFFSET = 45      # of the key's worker byte
+WORKER_OFFSET = field_offset(STREAM_KEY_FIELDS, "worker")
 _U32, _U64 = struct.Struct("=I"), struct.Struct("=Q")
-_PACKETS_OFFSET, _FIRST_NS_OFFSET = 4, 16
+_PACKETS_OFFSET = field_offset(STREAM_FIELDS, "packets")
+_FIRST_NS_OFFSET = field_offset(STREAM_FIELDS, "first_ns")
 
 
 class StreamState(IntFlag):

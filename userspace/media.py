@@ -228,11 +228,11 @@ class MediaTracker:
     def _take_from_kernel(self, streams: list[RtpStream]) -> None:
         """The kernel's last state of these streams, which are then deleted from its map."""
         source = self._source
-        kernel = [s for s in streams if s.kernel_key is not None]
+        kernel = [(s, s.kernel_key) for s in streams if s.kernel_key is not None]
         if source is None or not kernel:
             return
-        keys = [s.kernel_key for s in kernel if s.kernel_key is not None]
-        for stream, value in zip(kernel, source.read(keys), strict=True):
+        keys = [key for _stream, key in kernel]
+        for (stream, _key), value in zip(kernel, source.read(keys), strict=True):
             if value is None:
                 self.stats.kernel_gone += 1
             else:

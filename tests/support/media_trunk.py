@@ -7,17 +7,28 @@ scripts/bench/live_media.py; the SIP comes from tests/support/trunk.py.
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.trunk import CORE, SBC, Call, PcapWriter, Wire, call_messages, checksum
+from tests.support.trunk import (
+    CORE,
+    SBC,
+    UDP_HEADER,
+    UDP_PROTO,
+    Call,
+    PcapWriter,
+    Wire,
+    call_messages,
+    ipv4_header,
+    udp_datagram,
+    write_udp_messages,
+)
 
 SETUP_MESSAGES = 5      # INVITE, 100, 180, 200, ACK; then BYE, 200
 RTP_PORT_A, RTP_PORT_B = 20_000, 40_000
-UDP, ETH_IPV4 = 17, 0x0800
-MIN_FRAME = 14 + 20 + 8 + 12
+ETH_IPV4, DONT_FRAGMENT, RTP_HEADER = 0x0800, 0x4000, 12
+MIN_FRAME = 14 + 20 + UDP_HEADER + RTP_HEADER
 
 
 @dataclass(frozen=True)
@@ -37,25 +48,17 @@ def trunk_calls(streams: int) -> list[Call]:
 
 def _signalling(path: Path, wire: Wire, calls: list[Call], part: slice) -> None:
     with path.open("wb") as f:
-        pcap = PcapWriter(f)
-        for call in calls:
-            for direction, payload in call_messages(call, SBC, CORE)[part]:
-                src, dst, _, _ = wire.ends(direction)
-                datagram = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
-                for frame in wire.frames(direction, UDP, datagram):
-                    pcap.write(frame)
+        messages = (m for call in calls for m in call_messages(call, SBC, CORE)[part])
+        write_udp_messages(PcapWriter(f), wire, messages)
 
 
 def _rtp(path: Path, wire: Wire, calls: list[Call], per_stream: int, frame_size: int) -> int:
-    """Fixed IP id: each stream's headers are computed once."""
+    """Fixed IP id (don't fragment): each stream's headers are computed once."""
     payload = b"\xd5" * (max(MIN_FRAME, frame_size) - MIN_FRAME)
-    prefixes = []
-    for call in calls:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 12 + len(payload), 0, 0x4000, 64, UDP, 0,
-                         socket.inet_aton(SBC[0]), socket.inet_aton(CORE[0]))
-        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-        udp = struct.pack("!HHHH", call.rtp_a, call.rtp_b, 8 + 12 + len(payload), 0)
-        prefixes.append(wire.mac_b + wire.mac_a + struct.pack("!H", ETH_IPV4) + ip + udp)
+    rtp_size = RTP_HEADER + len(payload)
+    ethernet = wire.mac_b + wire.mac_a + struct.pack("!H", ETH_IPV4)
+    prefixes = [ethernet + ipv4_header(SBC[0], CORE[0], UDP_PROTO, UDP_HEADER + rtp_size, 0, DONT_FRAGMENT)
+                + udp_datagram(call.rtp_a, call.rtp_b, bytes(rtp_size))[:UDP_HEADER] for call in calls]
     header = struct.Struct("!BBHII")
     with path.open("wb") as f:
         pcap = PcapWriter(f, gap_us=4)

@@ -29,6 +29,7 @@ import random
 import socket
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -265,14 +266,17 @@ def write_udp_pcap(path: str | Path, calls: int, seed: int = 1, pad_invite: int 
     is the SBC's (a's) address, ``dst_mac`` the core's. Returns the number of
     SIP messages written."""
     messages = trunk_messages(calls, seed, pad_invite, concurrent, a, b, "UDP")
-    wire = Wire(a, b, src_mac, dst_mac)
     with Path(path).open("wb") as f:
-        pcap = PcapWriter(f, gap_us)
-        for direction, payload in messages:
-            src, dst, _, _ = wire.ends(direction)
-            for frame in wire.frames(direction, UDP_PROTO, udp_datagram(src[1], dst[1], payload), mtu):
-                pcap.write(frame)
+        write_udp_messages(PcapWriter(f, gap_us), Wire(a, b, src_mac, dst_mac), messages, mtu)
     return len(messages)
+
+
+def write_udp_messages(pcap: PcapWriter, wire: Wire, messages: Iterable[Message], mtu: int = 65535) -> None:
+    """One UDP datagram a message, IPv4-fragmented above ``mtu``."""
+    for direction, payload in messages:
+        src, dst, _, _ = wire.ends(direction)
+        for frame in wire.frames(direction, UDP_PROTO, udp_datagram(src[1], dst[1], payload), mtu):
+            pcap.write(frame)
 
 
 @dataclass
