@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from otus_ebpf.cbpf import MediaPorts, compile_filter, filter_expression, socket_filter
 from otus_ebpf.errors import SetupError
 from otus_ebpf.loader import KernelSettings
-from userspace.classify import Rules, classify_frame, encode_event
-from userspace.event import Direction, Kind
+from userspace.classify import Rules, classify_frame
+from userspace.event import Direction, Event, Kind
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -118,17 +118,17 @@ class AfPacketCapture:
             raise SetupError(f"AF_PACKET capture on {name} failed: {exc.strerror}") from None
         return _Member(sock, ring, ifindex)
 
-    def poll(self, timeout_ms: int) -> list[bytes]:
+    def poll(self, timeout_ms: int) -> list[Event]:
         self._poller.poll(timeout_ms)
         return self.drain()
 
-    def drain(self) -> list[bytes]:
-        batch: list[bytes] = []
+    def drain(self) -> list[Event]:
+        batch: list[Event] = []
         for shard, member in enumerate(self._members):
             self._walk_ready_blocks(member, shard % max(1, self._rules.shards), batch)
         return batch
 
-    def _walk_ready_blocks(self, member: _Member, shard: int, batch: list[bytes]) -> None:
+    def _walk_ready_blocks(self, member: _Member, shard: int, batch: list[Event]) -> None:
         ring = member.ring
         while True:
             base = member.next_block * BLOCK_SIZE
@@ -148,12 +148,11 @@ class AfPacketCapture:
             member.next_block = (member.next_block + 1) % BLOCK_COUNT
 
     def _add(self, frame: bytes, direction: Direction, wall_ns: int, ifindex: int, wire_len: int,
-             batch: list[bytes]) -> None:
-        classified = classify_frame(frame, self._rules)
-        if classified is None:
-            return  # the socket filter is coarser than the kernel's verdicts (e.g. VLAN variants)
-        batch.append(encode_event(frame, classified, direction, wall_ns - self._clock_offset_ns,
-                                  ifindex, wire_len))
+             batch: list[Event]) -> None:
+        event = classify_frame(frame, self._rules, direction, wall_ns - self._clock_offset_ns, ifindex,
+                               wire_len)
+        if event is not None:  # None: the socket filter is coarser than the kernel's verdicts (VLAN variants)
+            batch.append(event)
 
     def set_filters(self, settings: KernelSettings) -> None:
         """New SIP ports, signature and networks: classification and the socket

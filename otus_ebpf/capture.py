@@ -9,7 +9,7 @@ and the stop to ``on_stop`` (deliver, flush, final figures), release.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -25,7 +25,7 @@ from otus_ebpf.ring import open_reader
 from otus_ebpf.streams import KernelStreams
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
-from userspace.event import Kind
+from userspace.event import Captured, Kind
 
 
 class CaptureMode(Enum):
@@ -61,7 +61,7 @@ class CaptureOptions:
 class Capture(Protocol):
     description: str
 
-    def poll(self, timeout_ms: int) -> list[bytes]: ...
+    def poll(self, timeout_ms: int) -> Sequence[Captured]: ...
 
     def stats_sections(self) -> list[str]: ...
 
@@ -82,7 +82,7 @@ class Capture(Protocol):
         """The kernel's RTP stream statistics, where the kernel keeps them."""
 
 
-OnStop = Callable[[list[bytes]], None]
+OnStop = Callable[[Sequence[Captured]], None]
 UDP = 17  # media runs over UDP
 
 
@@ -143,7 +143,7 @@ class _EbpfCapture:
         self.description = (f"{'; '.join(hooks)}; {programs.shards} shard(s), "
                             f"{programs.delivery.value} delivery")
 
-    def poll(self, timeout_ms: int) -> list[bytes]:
+    def poll(self, timeout_ms: int) -> Sequence[Captured]:
         return self._reader.poll(timeout_ms)
 
     def stream_source(self) -> KernelStreams | None:
@@ -182,7 +182,7 @@ class _AfPacket:
         self._capture = capture
         self.description = description
 
-    def poll(self, timeout_ms: int) -> list[bytes]:
+    def poll(self, timeout_ms: int) -> Sequence[Captured]:
         return self._capture.poll(timeout_ms)
 
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:

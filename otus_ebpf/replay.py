@@ -37,9 +37,9 @@ from otus_ebpf.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
-from userspace.classify import Rules, classify_frame, encode_event
+from userspace.classify import Rules, classify_frame
 from userspace.endpoints import FlowEvent
-from userspace.event import Direction, Kind
+from userspace.event import Direction, Event, Kind
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 
@@ -368,22 +368,22 @@ class _Replayer:
         (its SDP's media) applies before the next frame is classified, however many
         frames a batch holds; media frames in between go through together."""
         records: list[Record] = []
-        events: list[bytes] = []
+        events: list[Event] = []
         for frame in batch:
             self.frames += 1
-            classified = classify_frame(frame.data, self._rules)
-            if classified is None:
+            event = classify_frame(frame.data, self._rules, frame.direction, frame.ts_ns,
+                                   self._ifindex(frame.interface), frame.orig_len)
+            if event is None:
                 continue
-            events.append(encode_event(frame.data, classified, frame.direction, frame.ts_ns,
-                                       self._ifindex(frame.interface), frame.orig_len))
+            events.append(event)
             self.clock.see(frame.ts_ns)
-            if classified.kind not in _MEDIA:  # SIP or a fragment: it may learn or forget media
+            if event.kind not in _MEDIA:  # SIP or a fragment: it may learn or forget media
                 records += self._run(events)
                 events = []
         records += self._run(events)
         return records
 
-    def _run(self, events: list[bytes]) -> list[Record]:
+    def _run(self, events: list[Event]) -> list[Record]:
         if not events:
             return []
         self.events += len(events)

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from otus_ebpf.capture import Capture
@@ -40,6 +40,7 @@ from otus_ebpf.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
+from userspace.event import Captured, Direction
 from userspace.pipeline import Pipeline, Route
 from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
@@ -159,7 +160,7 @@ class Runner:
             self._guarded("frames", self.frames.write, [], expired)
         self._apply_flows()
 
-    def deliver(self, batch: list[bytes]) -> None:
+    def deliver(self, batch: Sequence[Captured]) -> None:
         records = self.pipeline.process(batch)
         with self._outputs_lock:  # a swap of the outputs happens between batches, not within one
             self._write(records)
@@ -170,7 +171,7 @@ class Runner:
         if handoffs and self._hand_off is not None:
             self._guarded("handoff", self._hand_off, handoffs)
 
-    def on_capture_stop(self, leftover: list[bytes]) -> None:
+    def on_capture_stop(self, leftover: Sequence[Captured]) -> None:
         """Called by the capture after it detached and drained its rings: the last
         batch, then every call still going summarised, then the outputs flushed."""
         self.deliver(leftover)
@@ -258,7 +259,7 @@ class Runner:
         for record in list(self.recent or ()):
             m = record.message
             rows.append([time.strftime("%H:%M:%S", time.localtime(record.ts_ns / 1e9)),
-                         record.direction.name.lower()[:2], f"{record.src}:{record.sport}",
+                         Direction(record.direction).name.lower()[:2], f"{record.src}:{record.sport}",
                          f"{record.dst}:{record.dport}", m.method or f"{m.status} {m.reason or ''}".strip(),
                          m.call_id])
         return rows

@@ -132,13 +132,18 @@ class Event:
     l3_offset: int
     l4_offset: int
     payload_offset: int
-    direction: Direction
-    kind: int
+    direction: int  # a Direction; plain ints here, as enum construction costs per packet
+    kind: int       # a Kind
     l4_proto: int
-    flags: Flag
+    flags: int      # Flag bits
     shard: int
     frame: bytes
     owner: int = 0  # media: the flow's owner tag, part of its streams' kernel key
+
+
+# What a capture hands the pipeline: a ring record as the kernel wrote it, or the
+# event user space built for a frame it classified itself (AF_PACKET, replay).
+Captured = bytes | Event
 
 
 def decode_event(buf: bytes) -> Event:
@@ -153,6 +158,5 @@ def decode_event(buf: bytes) -> Event:
         raise Truncated("event", size, f"cap_len {cap_len} exceeds record")
     if direction > Direction.EGRESS:
         raise Malformed("event", 30, f"direction {direction}")
-    return Event(ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload,
-                 Direction(direction), kind, l4_proto, Flag(flags), shard,
-                 bytes(buf[size:size + cap_len]), owner)
+    return Event(ts_ns, ifindex, orig_len, cap_len, flow_hash, l3, l4, payload, direction, kind, l4_proto,
+                 flags, shard, bytes(buf[size:size + cap_len]), owner)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 
 from userspace.boundary import Boundary
 from userspace.calls import CallLimits, CallTracker
-from userspace.decode import IPProto, Packet, decode_datagram, decode_frame, vlan_ids
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
-from userspace.event import Direction, Event, Flag, Kind, decode_event
+from userspace.event import Captured, Event, Flag, Kind, decode_event
+from userspace.frame import TCP, UDP, Packet, address_text, decode_datagram, packet_at, vlan_ids
 from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
@@ -81,30 +80,35 @@ class Pipeline:
         self._route = route
         self._handoffs: list[tuple[int, bytes]] = []
 
-    def process(self, raw_events: Iterable[bytes]) -> list[Record]:
+    def process(self, captured: Iterable[Captured]) -> list[Record]:
+        """Ring records, or events built in user space, in capture order."""
         records: list[Record] = []
-        events = iter(raw_events)
-        raw = b""
+        items = iter(captured)
+        item: Captured = b""
         while True:
             # The boundary is around the loop, not inside it: a try costs nothing until it
             # catches, and the loop resumes with the event after the one that failed.
             try:
-                for raw in events:
-                    self._event(raw, records)
+                for item in items:
+                    self.stats.events += 1
+                    if isinstance(item, Event):
+                        self._event(item, records)
+                    else:
+                        try:
+                            event = decode_event(item)
+                        except DecodeError:
+                            self.stats.event_errors += 1
+                            continue
+                        self._event(event, records)
                 break
             except Exception as exc:  # a bug: counted, and the next event goes on
-                self.boundary.failed("pipeline", exc, raw[:_EXAMPLE_BYTES], refine=True)
+                example = item.frame if isinstance(item, Event) else item
+                self.boundary.failed("pipeline", exc, example[:_EXAMPLE_BYTES], refine=True)
         self.stats.records += len(records)
         return records
 
-    def _event(self, raw: bytes, records: list[Record]) -> None:
+    def _event(self, event: Event, records: list[Record]) -> None:
         stats = self.stats
-        stats.events += 1
-        try:
-            event = decode_event(raw)
-        except DecodeError:
-            stats.event_errors += 1
-            return
         if event.kind == Kind.HANDOFF:  # a message, not a frame: its frames stay where it was framed
             self._handed_in(event.frame, records)
             return
@@ -123,7 +127,7 @@ class Pipeline:
         packet, fragments = self._packet(event)
         if packet is None:
             return
-        if packet.transport is IPProto.TCP:
+        if packet.transport == TCP:
             key = (packet.src, packet.sport, packet.dst, packet.dport)
             for message in self.tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload, event.ts_ns):
                 self._record(event, packet, fragments, message, records)
@@ -203,7 +207,7 @@ class Pipeline:
         """The event's packet and how many fragments it took; None while a
         datagram is incomplete or when the frame is bad (counted)."""
         try:
-            decoded = decode_frame(event.frame)
+            decoded = packet_at(event.frame, event.l3_offset, event.l4_offset, event.flags, event.l4_proto)
             if not isinstance(decoded, Fragment):
                 return decoded, 1
             datagram = self.reassembler.feed(decoded, event.ts_ns)
@@ -218,16 +222,17 @@ class Pipeline:
         """Feed an RTP/RTCP packet to its call's stream; returns the call its flow belongs to
         now. A stream's periodic report and every RTCP report become records."""
         try:
-            decoded = decode_frame(event.frame)
+            decoded = packet_at(event.frame, event.l3_offset, event.l4_offset, event.flags, event.l4_proto)
         except DecodeError:
             self.stats.decode_errors += 1
             return None
-        if not isinstance(decoded, Packet) or decoded.transport is not IPProto.UDP:
+        if not isinstance(decoded, Packet) or decoded.transport != UDP:
             self.stats.decode_errors += 1
             return None
         calls = self.calls
-        call_id, formats = calls.media_owner((decoded.dst, decoded.dport), (decoded.src, decoded.sport))
-        flow = (decoded.src, decoded.sport, decoded.dst, decoded.dport)
+        src, dst = address_text(decoded.src), address_text(decoded.dst)
+        call_id, formats = calls.media_owner((dst, decoded.dport), (src, decoded.sport))
+        flow = (src, decoded.sport, dst, decoded.dport)
         wall_ns = event.ts_ns + self._clock_offset_ns
         if is_rtcp(decoded.payload):  # RFC 5761: muxed or on its own port, told apart by type
             reports = calls.media.rtcp(decoded.payload, wall_ns, call_id)
@@ -239,8 +244,7 @@ class Pipeline:
         kernel_key = None
         if event.flags & Flag.STREAM and len(decoded.payload) >= _RTP_HEADER:
             # the first packet of a stream the kernel measures; its owner is the flow's (event.owner)
-            kernel_key = stream_key(ip_address(decoded.src).packed, decoded.sport,
-                                    ip_address(decoded.dst).packed, decoded.dport,
+            kernel_key = stream_key(decoded.src, decoded.sport, decoded.dst, decoded.dport,
                                     int.from_bytes(decoded.payload[8:12]), event.owner, event.flow_hash)
         stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
                                  call_id, formats, self._origin(event), kernel_key)
@@ -267,12 +271,13 @@ class Pipeline:
             owner = owner_of(data, route[1])
             if owner is not None and owner != route[0]:
                 self._handoffs.append((owner, handoff_record(HandOff(
-                    event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
-                    packet.dst, packet.dport, fragments, vlans, data))))
+                    event.ts_ns, event.ifindex, event.direction, packet.transport, address_text(packet.src),
+                    packet.sport, address_text(packet.dst), packet.dport, fragments, vlans, data))))
                 self.stats.handed_off += 1
                 return
-        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
-                  packet.dst, packet.dport, fragments, event.shard, vlans, data, records)
+        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, address_text(packet.src),
+                  packet.sport, address_text(packet.dst), packet.dport, fragments, event.shard, vlans, data,
+                  records)
 
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
@@ -285,7 +290,7 @@ class Pipeline:
         self._sip(h.ts_ns, h.ifindex, h.direction, h.transport, h.src, h.sport, h.dst, h.dport, h.fragments,
                   shard, h.vlans, h.message, records)
 
-    def _sip(self, ts_ns: int, ifindex: int, direction: Direction, transport: IPProto, src: str, sport: int,
+    def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: str, sport: int,
              dst: str, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
              records: list[Record]) -> None:
         try:

@@ -14,13 +14,13 @@ from typing import ClassVar
 
 import orjson
 
-from userspace.decode import IPProto
 from userspace.event import Direction
+from userspace.frame import IPProto
 from userspace.sip import SipMessage
 
 RECORD_SCHEMA_VERSION = 2
-_TRANSPORT_NAMES = {IPProto.UDP: "udp", IPProto.TCP: "tcp"}
-_DIRECTION_NAMES = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
+_TRANSPORT_NAMES: dict[int, str] = {IPProto.UDP: "udp", IPProto.TCP: "tcp"}
+_DIRECTION_NAMES: dict[int, str] = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
 
 @dataclass(slots=True)
@@ -30,8 +30,8 @@ class SipRecord:
 
     ts_ns: int  # wall clock, nanoseconds since the epoch
     interface: str
-    direction: Direction
-    transport: IPProto
+    direction: int  # a Direction
+    transport: int  # an IPProto
     src: str
     sport: int
     dst: str

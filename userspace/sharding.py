@@ -18,9 +18,9 @@ import re
 import struct
 from dataclasses import dataclass
 
-from userspace.decode import IPProto
 from userspace.errors import Malformed, Truncated
 from userspace.event import EVENT_HEADER, Direction, Kind
+from userspace.frame import IPProto
 
 CALL_ID_SCAN = 384      # payload bytes the kernel looks through (OTUS_CALLID_SCAN)
 CALL_ID_HASHED = 128    # value bytes hashed at most (OTUS_CALLID_HASHED)
@@ -90,8 +90,8 @@ class HandOff:
 
     ts_ns: int
     ifindex: int
-    direction: Direction
-    transport: IPProto
+    direction: int  # a Direction
+    transport: int  # an IPProto
     src: str
     sport: int
     dst: str
@@ -136,7 +136,7 @@ def decode_handoff(raw: bytes) -> HandOff:
     at += 2 * n_vlans
     if direction > Direction.EGRESS or transport not in _TRANSPORTS:
         raise Malformed("handoff", 12, f"direction {direction}, transport {transport}")
-    return HandOff(ts_ns, ifindex, Direction(direction), IPProto(transport), src, sport, dst, dport,
+    return HandOff(ts_ns, ifindex, direction, transport, src, sport, dst, dport,
                    fragments, vlans, raw[at:])
 
 

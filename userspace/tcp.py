@@ -61,7 +61,7 @@ FAR_BEHIND_RESTART = 3
 # Holes given up that a stream remembers, so their data is known as late when it comes.
 LOST_RANGES_KEPT = 64
 
-StreamKey = tuple[str, int, str, int]  # source, source port, destination, destination port
+StreamKey = tuple[bytes, int, bytes, int]  # raw source, source port, raw destination, destination port
 Held = tuple[int, bytes]  # (stream offset, payload)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import dpkt
 
 from tests.support.frames import ethernet, ipv4
-from userspace.decode import decode_frame
+from userspace.frame import decode_frame
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 
 MTU_PAYLOAD = 1480  # IPv4 payload per fragment on a 1,500-byte MTU

@@ -30,8 +30,8 @@ import dpkt
 
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import SDP, sip_message
-from userspace.decode import IPProto
 from userspace.event import Direction
+from userspace.frame import IPProto
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord
 from userspace.sip import parse_message

@@ -41,7 +41,7 @@ CHILD = r"""
 import json, pickle, subprocess, sys, time
 tree, inputs, pcap = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, tree)
-from userspace.decode import IPProto
+from userspace.frame import IPProto
 from userspace.event import Direction
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord

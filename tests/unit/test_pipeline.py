@@ -13,8 +13,8 @@ from tests.support.frames import (
     udp,
 )
 from tests.support.sip_samples import INVITE, OK_200
-from userspace.decode import IPProto
 from userspace.event import Direction
+from userspace.frame import IPProto
 from userspace.pipeline import Pipeline
 from userspace.records import Record, SipRecord
 

@@ -10,9 +10,9 @@ from otus_ebpf.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
 from tests.support.frames import ethernet, ipv4, ring_record, tcp
 from tests.support.sip_samples import INVITE, OK_200, sip_message
 from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker
-from userspace.decode import IPProto
 from userspace.endpoints import FlowAction
 from userspace.event import EVENT_HEADER, Direction
+from userspace.frame import IPProto
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary, SipRecord
 from userspace.sharding import (

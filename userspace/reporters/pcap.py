@@ -33,7 +33,7 @@ _OPT_END, _OPT_COMMENT = 0, 1
 _IF_NAME, _IF_TSRESOL = 2, 9
 _EPB_FLAGS = 2
 _FLAG_INBOUND, _FLAG_OUTBOUND = 0b01, 0b10
-_DIRECTION_FLAGS = {Direction.INGRESS: (_FLAG_INBOUND, b"ingress"),
+_DIRECTION_FLAGS: dict[int, tuple[int, bytes]] = {Direction.INGRESS: (_FLAG_INBOUND, b"ingress"),
                     Direction.EGRESS: (_FLAG_OUTBOUND, b"egress")}
 _EPB_HEAD = struct.Struct("=IIIIIII")
 
@@ -51,7 +51,7 @@ class Frame:
     data: bytes             # as captured (up to the snaplen)
     orig_len: int
     interface: str
-    direction: Direction
+    direction: int  # a Direction
     call_id: str | None = None  # set once a SIP message or a learned media flow ties it to a call
 
 
