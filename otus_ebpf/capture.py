@@ -18,9 +18,8 @@ from otus_ebpf.afpacket import AfPacketCapture
 from otus_ebpf.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
 from otus_ebpf.counters import format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.errors import SetupError
-from otus_ebpf.flows import FlowStats, apply_each, endpoint_address
+from otus_ebpf.flows import FlowStats, apply_each
 from otus_ebpf.loader import KernelSettings, LoadedPrograms, import_bcc, load_programs
-from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
 from otus_ebpf.streams import KernelStreams
 from userspace.boundary import Boundary
@@ -152,9 +151,9 @@ class _EbpfCapture:
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         maps, shards = self._programs.maps, self._programs.shards
         apply_each(events,
-                   lambda e: maps.learn_flow(Endpoint(endpoint_address(e.address), e.port), e.kind,
+                   lambda e: maps.learn_flow((e.address, e.port), e.kind,
                                              e.shard % shards, owner=e.owner, clocks=e.clocks),
-                   lambda e: maps.forget_flow(Endpoint(endpoint_address(e.address), e.port)),
+                   lambda e: maps.forget_flow((e.address, e.port)),
                    stats, boundary)
 
     def stats_sections(self) -> list[str]:
@@ -191,8 +190,8 @@ class _AfPacket:
         learn: list[tuple[bytes, int, int, Kind, int]] = []
         forget: list[tuple[bytes, int, int]] = []
         apply_each(events,
-                   lambda e: learn.append((endpoint_address(e.address).packed, e.port, UDP, e.kind, e.shard)),
-                   lambda e: forget.append((endpoint_address(e.address).packed, e.port, UDP)),
+                   lambda e: learn.append((e.address, e.port, UDP, e.kind, e.shard)),
+                   lambda e: forget.append((e.address, e.port, UDP)),
                    stats, boundary)
         try:
             self._capture.set_media(learn, forget)  # one socket filter for the whole batch

@@ -9,16 +9,13 @@ the next event goes on.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from otus_ebpf.kernel_abi import Address
 from userspace.boundary import Boundary
-from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
+from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.event import Kind
 from userspace.kernel_streams import Clocks
 
@@ -33,16 +30,6 @@ class FlowStats:
     forgotten: int = 0
     flows_map_full: int = 0    # learn refused: the table is full (sized by calls.max_calls)
     failed: int = 0      # an event that hit a bug (counted by the boundary too)
-
-
-def endpoint_address(text: str) -> Address:
-    """The dialogs hand over canonical IP literals only (userspace.sdp)."""
-    return ipaddress.ip_address(text)
-
-
-def packed_address(text: str) -> bytes:
-    """The raw address of a canonical IP literal, at inet_pton's cost (a sixth of ipaddress's)."""
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def apply_each(events: list[FlowEvent], learn: Callable[[FlowEvent], None],
@@ -75,7 +62,7 @@ class SharedFlows:
 
     def __init__(self) -> None:
         self._registry = EndpointRegistry()
-        self._held: dict[int, set[tuple[str, int]]] = {}
+        self._held: dict[int, set[Endpoint]] = {}
 
     def apply(self, worker: int, events: list[FlowEvent]) -> list[FlowEvent]:
         """A worker's changes in; the kernel writes they come to out."""
@@ -102,11 +89,11 @@ class SharedFlows:
             self._write(writes, endpoint, self._registry.release(endpoint, str(worker)), was_shared)
         return writes
 
-    def shared(self, endpoint: tuple[str, int]) -> bool:
+    def shared(self, endpoint: Endpoint) -> bool:
         """More than one worker holds it: its kernel entry says so (OTUS_FLOW_SHARED)."""
         return self._registry.holders(endpoint) > 1
 
-    def _write(self, writes: list[FlowEvent], endpoint: tuple[str, int], change: FlowEvent | None,
+    def _write(self, writes: list[FlowEvent], endpoint: Endpoint, change: FlowEvent | None,
                was_shared: bool) -> None:
         owner = self._registry.owner(endpoint)
         if change is None and owner is not None and self.shared(endpoint) != was_shared:
@@ -140,10 +127,8 @@ class FlowMapWriter:
     supervisor runs it on a thread of its own (``start``), so that hundreds of
     thousands of map writes never keep its loop from reading the workers."""
 
-    def __init__(self, maps: FlowMap, endpoint: Callable[[str, int], Any]) -> None:
-        """``endpoint(address, port)``: the maps' key for an endpoint."""
+    def __init__(self, maps: FlowMap) -> None:
         self._maps = maps
-        self._endpoint = endpoint
         self._shared = SharedFlows()
         self._pending: list[tuple[FlowEvent, bool]] = []  # and whether more than one worker holds it
         self._lock = threading.Lock()
@@ -175,15 +160,15 @@ class FlowMapWriter:
         with self._lock:
             writes, self._pending = self._pending, []
         shared = dict((id(e), flag) for e, flag in writes)
-        maps, key = self._maps, self._endpoint
+        maps = self._maps
         events = [e for e, _flag in writes]
         for start in range(0, len(events), _WRITE_CHUNK):
             if self._abandoned:
                 return
             apply_each(events[start:start + _WRITE_CHUNK],
-                       lambda e: maps.learn_flow(key(e.address, e.port), e.kind, e.shard, shared[id(e)],
+                       lambda e: maps.learn_flow((e.address, e.port), e.kind, e.shard, shared[id(e)],
                                                  e.owner, e.clocks),
-                       lambda e: maps.forget_flow(key(e.address, e.port)),
+                       lambda e: maps.forget_flow((e.address, e.port)),
                        self.stats, boundary)
 
     def start(self, boundary: Boundary) -> None:

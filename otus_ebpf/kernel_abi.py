@@ -74,8 +74,9 @@ def pack_config(flags: ConfigFlag, sip_snaplen: int, media_snaplen: int) -> byte
     return CONFIG.pack(int(flags), sip_snaplen, media_snaplen)
 
 
-def pack_flow_key(address: Address, port: int, l4_proto: int) -> bytes:
-    return FLOW_KEY.pack(address.packed.ljust(16, b"\0"), port, l4_proto, address.version)
+def pack_flow_key(address: bytes, port: int, l4_proto: int = 17) -> bytes:
+    """The flow map's key of a raw address (4 or 16 bytes); media runs over UDP."""
+    return FLOW_KEY.pack(address.ljust(16, b"\0"), port, l4_proto, 4 if len(address) == 4 else 6)
 
 
 FLOW_SHARED = 1  # OTUS_FLOW_SHARED

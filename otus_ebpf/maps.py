@@ -7,14 +7,12 @@ import contextlib
 import ctypes
 import errno
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otus_ebpf.bpfsys import UpdateFlag, map_delete, map_is_empty, map_update
 from otus_ebpf.flows import FlowTableFull
 from otus_ebpf.kernel_abi import (
     CONFIG,
-    Address,
     ConfigFlag,
     Network,
     pack_config,
@@ -22,6 +20,7 @@ from otus_ebpf.kernel_abi import (
     pack_flow_value,
     pack_lpm_key,
 )
+from userspace.endpoints import Endpoint
 from userspace.event import Kind
 from userspace.kernel_streams import Clocks
 
@@ -44,15 +43,6 @@ def table(bpf: Any, name: str) -> Any:
     return bpf[name.encode()]
 TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
                ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A media endpoint announced in SDP: address, port, transport protocol."""
-
-    address: Address
-    port: int
-    l4_proto: int = 17  # RTP and RTCP run over UDP
 
 
 def _key(bcc_table: Any, raw: bytes) -> Any:
@@ -139,7 +129,7 @@ class KernelMaps:
         ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED); ``owner``
         and ``clocks``: what the kernel's stream statistics need (FlowEvent)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
-        key = pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto)
+        key = pack_flow_key(*endpoint)
         value = pack_flow_value(kind, shard, shared, owner, clocks)
         try:
             map_update(fd, key, value, UpdateFlag.NOEXIST)
@@ -150,15 +140,15 @@ class KernelMaps:
             if exc.errno in _TABLE_FULL:
                 raise FlowTableFull(f"flow map full ({exc.strerror})") from None
             raise
-        self._adjust_port_users(endpoint.port, +1)
+        self._adjust_port_users(endpoint[1], +1)
 
     def forget_flow(self, endpoint: Endpoint) -> None:
         fd = table(self._bpf, FLOWS_MAP).map_fd
         try:
-            map_delete(fd, pack_flow_key(endpoint.address, endpoint.port, endpoint.l4_proto))
+            map_delete(fd, pack_flow_key(*endpoint))
         except FileNotFoundError:
             return  # never learned (the map was full then) or already gone
-        self._adjust_port_users(endpoint.port, -1)
+        self._adjust_port_users(endpoint[1], -1)
 
     def _adjust_port_users(self, port: int, delta: int) -> None:
         users = table(self._bpf, FLOW_PORTS_MAP)

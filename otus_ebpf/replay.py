@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.fanout import QueuedReporter
-from otus_ebpf.flows import FlowStats, apply_each, packed_address
+from otus_ebpf.flows import FlowStats, apply_each
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.runner import strict_mode
 from otus_ebpf.wiring import (
@@ -402,10 +402,10 @@ class _Replayer:
         media = self._media
 
         def learn(event: FlowEvent) -> None:
-            media[packed_address(event.address), event.port, UDP] = (event.kind, 0)
+            media[event.address, event.port, UDP] = (event.kind, 0)
 
         def forget(event: FlowEvent) -> None:
-            media.pop((packed_address(event.address), event.port, UDP), None)
+            media.pop((event.address, event.port, UDP), None)
 
         apply_each(flow_events, learn, forget, self.flow_stats, self.pipeline.boundary)
 

@@ -41,6 +41,7 @@ from otus_ebpf.wiring import (
 )
 from userspace.boundary import Boundary
 from userspace.event import Captured, Direction
+from userspace.frame import address_text
 from userspace.pipeline import Pipeline, Route
 from userspace.records import Record, SipRecord
 from userspace.reporters.kafka import KafkaReporter
@@ -259,7 +260,9 @@ class Runner:
         for record in list(self.recent or ()):
             m = record.message
             rows.append([time.strftime("%H:%M:%S", time.localtime(record.ts_ns / 1e9)),
-                         Direction(record.direction).name.lower()[:2], f"{record.src}:{record.sport}",
-                         f"{record.dst}:{record.dport}", m.method or f"{m.status} {m.reason or ''}".strip(),
+                         Direction(record.direction).name.lower()[:2],
+                         f"{address_text(record.src)}:{record.sport}",
+                         f"{address_text(record.dst)}:{record.dport}",
+                         m.method or f"{m.status} {m.reason or ''}".strip(),
                          m.call_id])
         return rows

@@ -39,10 +39,9 @@ from typing import Any
 from otus_ebpf.counters import StatsLine, format_kernel_counts, read_kernel_counters, read_shard_failures
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fanout import OutputAccount
-from otus_ebpf.flows import FlowMapWriter, endpoint_address
+from otus_ebpf.flows import FlowMapWriter
 from otus_ebpf.joined import JoinedOutputs
 from otus_ebpf.loader import KernelSettings, LoadedPrograms, load_programs
-from otus_ebpf.maps import Endpoint
 from otus_ebpf.metrics import TaskSample, sample_from_json
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.ring import Reader, open_reader
@@ -144,8 +143,7 @@ class Supervisor:
         self.restarts = 0
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
         # The workers' endpoints: this process is the one writer of the flow map.
-        self._flows = FlowMapWriter(programs.maps,
-                                    lambda address, port: Endpoint(endpoint_address(address), port))
+        self._flows = FlowMapWriter(programs.maps)
         self._handoffs = _HandOffs(self._send_handoffs, count)
         stack.callback(self._stop_workers)
         self._flows.start(boundary)

@@ -94,8 +94,8 @@ _DESCRIBED = ("media", "address", "port", "codec", "rtcp_port", "rtcp_mux")
 @dataclass(slots=True)
 class _Call:
     call_id: str
-    caller: str
-    callee: str
+    caller: bytes  # raw addresses of the INVITE
+    callee: bytes
     shard: int
     invite_ns: int
     invite_cseq: int
@@ -114,7 +114,7 @@ class _Call:
     cancelled: bool = False
     endpoints: dict[Endpoint, Kind] = field(default_factory=dict)
     media: list[_Described] = field(default_factory=list)  # each media line, as its summary says it
-    described: set[Endpoint] = field(default_factory=set)  # (address, port) of each entry in media
+    described: set[tuple[str, int]] = field(default_factory=set)  # (address text, port) of each media entry
     caller_formats: Formats | None = None  # what the latest audio SDP of each side said it receives
     callee_formats: Formats | None = None
 
@@ -350,9 +350,9 @@ class CallTracker:
             return
         wanted: list[tuple[Endpoint, Kind]] = []
         if stream.learnable:
-            wanted.append(((stream.address, stream.port), Kind.RTP))
+            wanted.append(((stream.raw_address, stream.port), Kind.RTP))
         if not stream.rtcp_mux and stream.rtcp_port is not None and stream.rtcp_learnable:
-            wanted.append(((stream.rtcp_address, stream.rtcp_port), Kind.RTCP))
+            wanted.append(((stream.rtcp_raw_address, stream.rtcp_port), Kind.RTCP))
         formats, clocks = _formats(stream.codecs)  # payload type -> codec: what this endpoint receives
         if stream.media == "audio":
             if caller_side:

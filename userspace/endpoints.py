@@ -18,7 +18,7 @@ from userspace.event import Kind
 from userspace.kernel_streams import Clocks
 from userspace.rtp import Formats
 
-Endpoint = tuple[str, int]
+Endpoint = tuple[bytes, int]  # raw address (4 or 16 bytes), port: the one endpoint type
 
 
 class FlowAction(Enum):
@@ -29,7 +29,7 @@ class FlowAction(Enum):
 @dataclass(frozen=True, slots=True)
 class FlowEvent:
     action: FlowAction
-    address: str
+    address: bytes  # raw, as the kernel's flow key holds it
     port: int
     kind: Kind
     call_id: str

@@ -59,6 +59,9 @@ _TCP_SEQ = struct.Struct("!I")
 _IPV6_FRAG = struct.Struct("!BBHI")
 
 
+FlowKey = tuple[bytes, int, bytes, int]  # raw source, source port, raw destination, destination port
+
+
 @dataclass(slots=True)
 class Packet:
     """A UDP or TCP packet: raw addresses (4 or 16 bytes), ``payload`` the L4

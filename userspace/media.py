@@ -29,10 +29,11 @@ import struct
 from dataclasses import dataclass
 
 from userspace.errors import DecodeError
+from userspace.frame import FlowKey
 from userspace.kernel_streams import StreamSource, apply_snapshot, first_arrival, packets_of
 from userspace.records import Origin
 from userspace.rtcp import RtcpReport, parse_rtcp, round_trip_ms
-from userspace.rtp import FlowKey, Formats, KernelKey, RtpStream
+from userspace.rtp import Formats, KernelKey, RtpStream
 
 MAX_STREAMS = 200_000
 MAX_STREAMS_PER_CALL = 16  # RTP streams (SSRCs) measured per call; CallLimits sets it

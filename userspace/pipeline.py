@@ -18,7 +18,7 @@ from userspace.calls import CallLimits, CallTracker
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
 from userspace.event import Captured, Event, Flag, Kind, decode_event
-from userspace.frame import TCP, UDP, Packet, address_text, decode_datagram, packet_at, vlan_ids
+from userspace.frame import TCP, UDP, Packet, decode_datagram, packet_at, vlan_ids
 from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
@@ -230,7 +230,7 @@ class Pipeline:
             self.stats.decode_errors += 1
             return None
         calls = self.calls
-        src, dst = address_text(decoded.src), address_text(decoded.dst)
+        src, dst = decoded.src, decoded.dst
         call_id, formats = calls.media_owner((dst, decoded.dport), (src, decoded.sport))
         flow = (src, decoded.sport, dst, decoded.dport)
         wall_ns = event.ts_ns + self._clock_offset_ns
@@ -244,7 +244,7 @@ class Pipeline:
         kernel_key = None
         if event.flags & Flag.STREAM and len(decoded.payload) >= _RTP_HEADER:
             # the first packet of a stream the kernel measures; its owner is the flow's (event.owner)
-            kernel_key = stream_key(decoded.src, decoded.sport, decoded.dst, decoded.dport,
+            kernel_key = stream_key(src, decoded.sport, dst, decoded.dport,
                                     int.from_bytes(decoded.payload[8:12]), event.owner, event.flow_hash)
         stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
                                  call_id, formats, self._origin(event), kernel_key)
@@ -271,13 +271,12 @@ class Pipeline:
             owner = owner_of(data, route[1])
             if owner is not None and owner != route[0]:
                 self._handoffs.append((owner, handoff_record(HandOff(
-                    event.ts_ns, event.ifindex, event.direction, packet.transport, address_text(packet.src),
-                    packet.sport, address_text(packet.dst), packet.dport, fragments, vlans, data))))
+                    event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+                    packet.dst, packet.dport, fragments, vlans, data))))
                 self.stats.handed_off += 1
                 return
-        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, address_text(packet.src),
-                  packet.sport, address_text(packet.dst), packet.dport, fragments, event.shard, vlans, data,
-                  records)
+        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+                  packet.dst, packet.dport, fragments, event.shard, vlans, data, records)
 
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
@@ -290,8 +289,8 @@ class Pipeline:
         self._sip(h.ts_ns, h.ifindex, h.direction, h.transport, h.src, h.sport, h.dst, h.dport, h.fragments,
                   shard, h.vlans, h.message, records)
 
-    def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: str, sport: int,
-             dst: str, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
+    def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: bytes, sport: int,
+             dst: bytes, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
              records: list[Record]) -> None:
         try:
             message = parse_message(data)

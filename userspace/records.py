@@ -15,7 +15,7 @@ from typing import ClassVar
 import orjson
 
 from userspace.event import Direction
-from userspace.frame import IPProto
+from userspace.frame import FlowKey, IPProto, address_text
 from userspace.sip import SipMessage
 
 RECORD_SCHEMA_VERSION = 2
@@ -32,9 +32,9 @@ class SipRecord:
     interface: str
     direction: int  # a Direction
     transport: int  # an IPProto
-    src: str
+    src: bytes  # raw addresses, printed when the record is encoded
     sport: int
-    dst: str
+    dst: bytes
     dport: int
     message: SipMessage
     fragments: int = 1  # IP fragments the message was reassembled from
@@ -51,7 +51,7 @@ class SipRecord:
     @property
     def flow_key(self) -> bytes:
         """The conversation, the same both ways: lower endpoint first."""
-        return _flow_key(self.src, self.sport, self.dst, self.dport)
+        return _flow_key(address_text(self.src), self.sport, address_text(self.dst), self.dport)
 
     def to_dict(self) -> dict[str, object]:
         m = self.message
@@ -64,9 +64,9 @@ class SipRecord:
             "encap": self.encap,
             "direction": _DIRECTION_NAMES[self.direction],
             "transport": _TRANSPORT_NAMES[self.transport],
-            "src": self.src,
+            "src": address_text(self.src),
             "sport": self.sport,
-            "dst": self.dst,
+            "dst": address_text(self.dst),
             "dport": self.dport,
             "method": m.method,
             "request_uri": m.request_uri,
@@ -130,8 +130,8 @@ class CallSummary:
     """One call, emitted when it ends (BYE, rejection, CANCEL) or expires."""
 
     call_id: str
-    caller: str
-    callee: str
+    caller: bytes  # the INVITE's raw source and destination addresses
+    callee: bytes
     from_tag: str | None
     to_tag: str | None
     invite_ns: int                 # wall clock, like every ts_ns
@@ -168,8 +168,8 @@ class CallSummary:
             "ts_ns": self.end_ns if self.end_ns is not None else self.invite_ns,
             **(self.origin or NO_ORIGIN).fields(),
             "call_id": self.call_id,
-            "caller": self.caller,
-            "callee": self.callee,
+            "caller": address_text(self.caller),
+            "callee": address_text(self.callee),
             **(self.parties or NO_PARTIES).fields(),
             "from_tag": self.from_tag,
             "to_tag": self.to_tag,
@@ -218,7 +218,7 @@ class RtcpRecord:
     ts_ns: int
     call_id: str | None
     origin: Origin
-    flow: tuple[str, int, str, int]  # src, sport, dst, dport
+    flow: FlowKey                    # raw src, sport, raw dst, dport
     report: dict[str, object]        # userspace.rtcp.RtcpReport.homer_json()
     kind: ClassVar[str] = "rtcp"
 
@@ -228,12 +228,14 @@ class RtcpRecord:
 
     @property
     def flow_key(self) -> bytes:
-        return _flow_key(*self.flow)
+        src, sport, dst, dport = self.flow
+        return _flow_key(address_text(src), sport, address_text(dst), dport)
 
     def to_dict(self) -> dict[str, object]:
         src, sport, dst, dport = self.flow
         return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtcp", "ts_ns": self.ts_ns, **self.origin.fields(),
-                "call_id": self.call_id, "src": src, "sport": sport, "dst": dst, "dport": dport,
+                "call_id": self.call_id, "src": address_text(src), "sport": sport, "dst": address_text(dst),
+                "dport": dport,
                 **self.report}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from userspace.frame import FlowKey, address_text
 from userspace.records import NO_ORIGIN, Origin
 
 SEQ_MOD = 1 << 16
@@ -37,7 +38,6 @@ CODEC_IMPAIRMENT = {"PCMU": (0.0, 25.1), "PCMA": (0.0, 25.1), "G722": (0.0, 25.1
                     "GSM": (20.0, 10.0), "ILBC": (10.0, 32.0), "OPUS": (0.0, 20.0)}
 DEFAULT_IMPAIRMENT = (0.0, 25.1)
 
-FlowKey = tuple[str, int, str, int]  # src, sport, dst, dport
 KernelKey = bytes                    # a stream's key in the kernel's streams map
 Formats = Mapping[int, str]          # payload type -> "encoding/clock[/channels]", from an SDP
 
@@ -227,7 +227,8 @@ class RtpStream:
         src, sport, dst, dport = self.flow
         return {
             **self.origin.fields(),
-            "src": src, "sport": sport, "dst": dst, "dport": dport, "ssrc": self.ssrc,
+            "src": address_text(src), "sport": sport, "dst": address_text(dst), "dport": dport,
+            "ssrc": self.ssrc,
             "payload_type": main_type, "codec": codec,
             "payload_types": [{"payload_type": pt, "codec": codec_of(pt, self.formats), "packets": n}
                               for pt, n in sorted(self.by_type.items())],

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from userspace.errors import Malformed
+from userspace.frame import address_text
 from userspace.numbers import ascii_int
 
 # RFC 3551 §6: static payload types commonly seen without an rtpmap.
@@ -61,6 +62,8 @@ class MediaStream:
     learnable: bool = True     # the RTP address is an IP literal worth learning
     rtcp_learnable: bool = True
     problems: tuple[SdpProblem, ...] = ()
+    raw_address: bytes = b""       # the RTP address as packets carry it, when learnable
+    rtcp_raw_address: bytes = b""
 
     @property
     def enabled(self) -> bool:
@@ -92,7 +95,8 @@ def parse_sdp(body: bytes) -> Sdp:
     return Sdp(session[0] if session else None, tuple(_media(block, session) for block in blocks[1:]))
 
 
-_Address = tuple[str, bool]  # canonical text, and whether it is an IP literal worth learning
+# Canonical text, and the raw address when it is an IP literal worth learning (else b"").
+_Address = tuple[str, bytes]
 
 
 def _connection_address(value: str) -> _Address:
@@ -104,23 +108,29 @@ def _connection_address(value: str) -> _Address:
 
 
 def _address(text: str) -> _Address:
-    literal = ip_literal(text)
-    if literal is None:
-        return text[:MAX_ADDRESS_TEXT], False
-    return literal, literal not in _UNSPECIFIED
+    raw = packed_literal(text)
+    if raw is None:
+        return text[:MAX_ADDRESS_TEXT], b""
+    return address_text(raw), (b"" if raw in _UNSPECIFIED else raw)
 
 
-def ip_literal(text: str) -> str | None:
-    """An IP literal in the form packets' addresses are decoded to (inet_ntop, as
-    userspace.decode), so the two compare equal; None for anything else.
-    inet_pton is strict (no leading zeros, no Unicode digits) and costs a sixth
-    of ipaddress.ip_address: every SDP c= line comes through here."""
+def packed_literal(text: str) -> bytes | None:
+    """The raw address of an IP literal, as packets carry them (userspace.frame), so
+    the two compare equal; None for anything else. inet_pton is strict (no leading
+    zeros, no Unicode digits) and costs a sixth of ipaddress.ip_address: every SDP
+    c= line comes through here."""
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            return socket.inet_ntop(family, socket.inet_pton(family, text))
+            return socket.inet_pton(family, text)
         except (OSError, ValueError):  # ValueError: an embedded NUL
             continue
     return None
+
+
+def ip_literal(text: str) -> str | None:
+    """An IP literal in its canonical printed form (inet_ntop's); None for anything else."""
+    raw = packed_literal(text)
+    return None if raw is None else address_text(raw)
 
 
 def canonical_address(text: str) -> str:
@@ -128,13 +138,14 @@ def canonical_address(text: str) -> str:
     return ip_literal(text) or text[:MAX_ADDRESS_TEXT]
 
 
-_UNSPECIFIED = frozenset(("0.0.0.0", "::"))
+# 0.0.0.0 and :: (RFC 3264 §8.4: the old way to put a stream on hold): nothing to learn.
+_UNSPECIFIED = frozenset((bytes(4), bytes(16)))
 
 
 def is_learnable(address: str) -> bool:
-    """An address media can be learned for: a canonical IP literal, not 0.0.0.0
-    or :: (RFC 3264 §8.4: the old way to put a stream on hold)."""
-    return address not in _UNSPECIFIED and ip_literal(address) == address
+    """An address media can be learned for: a canonical IP literal, not 0.0.0.0 or ::."""
+    raw = packed_literal(address)
+    return raw is not None and raw not in _UNSPECIFIED and address_text(raw) == address
 
 
 @dataclass(slots=True)
@@ -159,7 +170,7 @@ def _media(block: list[tuple[str, str]], session_address: _Address | None) -> Me
     attributes = _attributes(block[1:], session_address, rtpmap)
     if attributes.address is None:
         raise Malformed("sdp", 0, "media without a connection address")
-    address, learnable = attributes.address
+    address, raw = attributes.address
     # ASCII digits only (userspace.numbers), inline: a few per stream of every SDP.
     payload_types = [pt for f in fields[3:] if len(f) <= 3 and f.isascii() and f.isdigit()
                      and (pt := int(f)) <= MAX_PAYLOAD_TYPE]
@@ -170,12 +181,12 @@ def _media(block: list[tuple[str, str]], session_address: _Address | None) -> Me
     rtcp_port = _rtcp_port(port, attributes)
     if attributes.bad_rtcp or (port and rtcp_port is None):
         problems.append(SdpProblem.BAD_PORT)
-    rtcp_address, rtcp_learnable = attributes.rtcp_address or attributes.address
-    if port and not (learnable and rtcp_learnable):
+    rtcp_address, rtcp_raw = attributes.rtcp_address or attributes.address
+    if port and not (raw and rtcp_raw):
         problems.append(SdpProblem.UNLEARNABLE)
     return MediaStream(fields[0], address, port, rtcp_address, rtcp_port, attributes.rtcp_mux, fields[2],
-                       codecs, clock_rate, learnable, rtcp_learnable,
-                       tuple(dict.fromkeys(problems)) if problems else ())
+                       codecs, clock_rate, bool(raw), bool(rtcp_raw),
+                       tuple(dict.fromkeys(problems)) if problems else (), raw, rtcp_raw)
 
 
 def _attributes(lines: list[tuple[str, str]], session_address: _Address | None,

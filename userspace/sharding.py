@@ -92,9 +92,9 @@ class HandOff:
     ifindex: int
     direction: int  # a Direction
     transport: int  # an IPProto
-    src: str
+    src: bytes  # raw addresses
     sport: int
-    dst: str
+    dst: bytes
     dport: int
     fragments: int
     vlans: tuple[int, ...]
@@ -105,7 +105,7 @@ _HANDOFF = struct.Struct("=QIBBHHHBBB")  # ts, ifindex, direction, transport, po
 
 
 def encode_handoff(h: HandOff) -> bytes:
-    src, dst = h.src.encode(), h.dst.encode()
+    src, dst = h.src, h.dst
     vlans = struct.pack(f"={len(h.vlans)}H", *h.vlans)
     return _HANDOFF.pack(h.ts_ns, h.ifindex, h.direction, h.transport, h.sport, h.dport,
                          min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans)) \
@@ -128,9 +128,11 @@ def decode_handoff(raw: bytes) -> HandOff:
     at = _HANDOFF.size
     if len(raw) < at + n_src + n_dst + 2 * n_vlans:
         raise Truncated("handoff", at, "addresses")
-    src = raw[at:at + n_src].decode()
+    if n_src not in _ADDRESS_SIZES or n_dst not in _ADDRESS_SIZES:
+        raise Malformed("handoff", 13, f"address sizes {n_src}, {n_dst}")
+    src = raw[at:at + n_src]
     at += n_src
-    dst = raw[at:at + n_dst].decode()
+    dst = raw[at:at + n_dst]
     at += n_dst
     vlans = struct.unpack_from(f"={n_vlans}H", raw, at)
     at += 2 * n_vlans
@@ -141,3 +143,4 @@ def decode_handoff(raw: bytes) -> HandOff:
 
 
 _TRANSPORTS = frozenset(IPProto)
+_ADDRESS_SIZES = (4, 16)

@@ -35,6 +35,8 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from userspace.frame import FlowKey
+
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
 FIN, SYN, RST = 0x01, 0x02, 0x04
@@ -61,7 +63,7 @@ FAR_BEHIND_RESTART = 3
 # Holes given up that a stream remembers, so their data is known as late when it comes.
 LOST_RANGES_KEPT = 64
 
-StreamKey = tuple[bytes, int, bytes, int]  # raw source, source port, raw destination, destination port
+StreamKey = FlowKey  # one direction of a connection
 Held = tuple[int, bytes]  # (stream offset, payload)
 
 

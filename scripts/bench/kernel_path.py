@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from otus_ebpf.bpfsys import prog_test_run
 from otus_ebpf.counters import read_kernel_counters
 from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
-from otus_ebpf.maps import Endpoint
 from otus_ebpf.ring import open_reader
 from tests.support.frames import ethernet, ipv4, udp
 from userspace.event import Counter, Direction, Kind
@@ -139,7 +138,7 @@ def main() -> int:
     bare_fd = bare.load_func(b"bare", bcc.BPF.XDP).fd
     settings = KernelSettings(ring_mb=RING_MB, route_by_call_id=args.route_by_call_id)
     programs = load_programs(settings)
-    programs.maps.learn_flow(Endpoint(ipaddress.ip_address("10.0.0.2"), 40000), Kind.RTP, 0)
+    programs.maps.learn_flow((ipaddress.ip_address("10.0.0.2").packed, 40000), Kind.RTP, 0)
     reader = open_reader(programs)
 
     def media_packets(on: bool) -> None:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from otus_ebpf.maps import Endpoint
 from tests.kernel.conftest import MEDIA_SNAPLEN, SHARDS
 from tests.support.frames import (
     AH,
@@ -252,8 +251,8 @@ def test_near_misses_do_not_match_the_signature(kernel: KernelHarness, hook: Hoo
 
 
 def test_learned_rtp_and_rtcp_flows(kernel: KernelHarness, hook: Hook) -> None:
-    rtp = Endpoint(ipaddress.ip_address("10.4.0.2"), 40000)
-    rtcp = Endpoint(ipaddress.ip_address("10.4.0.2"), 40001)
+    rtp = (ipaddress.ip_address("10.4.0.2").packed, 40000)
+    rtcp = (ipaddress.ip_address("10.4.0.2").packed, 40001)
     to_rtp = ethernet(ipv4(udp(RTP_PAYLOAD, 30000, 40000), src="10.4.0.1", dst="10.4.0.2"))
     from_rtp = ethernet(ipv4(udp(RTP_PAYLOAD, 40000, 30000), src="10.4.0.2", dst="10.4.0.1"))
     to_rtcp = ethernet(ipv4(udp(RTCP_COMPOUND, 30001, 40001), src="10.4.0.1", dst="10.4.0.2"))
@@ -284,8 +283,8 @@ def test_learned_rtp_and_rtcp_flows(kernel: KernelHarness, hook: Hook) -> None:
 
 def test_a_shared_endpoint_sends_each_flow_to_the_worker_of_its_other_end(kernel: KernelHarness,
                                                                           hook: Hook) -> None:
-    server = Endpoint(ipaddress.ip_address("10.4.0.9"), 50000)    # calls in two workers announced it
-    caller = Endpoint(ipaddress.ip_address("10.4.0.1"), 40000)    # one call's own, in worker 0
+    server = (ipaddress.ip_address("10.4.0.9").packed, 50000)    # calls in two workers announced it
+    caller = (ipaddress.ip_address("10.4.0.1").packed, 40000)    # one call's own, in worker 0
     kernel.maps.learn_flow(server, Kind.RTP, shard=1, shared=True)  # the newest holder is in worker 1
     kernel.maps.learn_flow(caller, Kind.RTP, shard=0)
     try:
@@ -305,7 +304,7 @@ def test_a_shared_endpoint_sends_each_flow_to_the_worker_of_its_other_end(kernel
 
 
 def test_learned_ipv6_flow(kernel: KernelHarness, hook: Hook) -> None:
-    endpoint = Endpoint(ipaddress.ip_address("fd00::2"), 40002)
+    endpoint = (ipaddress.ip_address("fd00::2").packed, 40002)
     kernel.maps.learn_flow(endpoint, Kind.RTP, shard=0)
     try:
         frame = ethernet(ipv6(udp(RTP_PAYLOAD, 30000, 40002)), ethertype=V6)

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from otus_ebpf.bpfsys import map_info_by_fd
-from otus_ebpf.flows import FlowMapWriter, FlowStats, FlowTableFull, apply_each, endpoint_address
+from otus_ebpf.flows import FlowMapWriter, FlowStats, FlowTableFull, apply_each
 from otus_ebpf.kernel_abi import FLOW_KEY
 from otus_ebpf.loader import KernelSettings
-from otus_ebpf.maps import FLOW_PORTS_MAP, FLOWS_MAP, Endpoint, table
+from otus_ebpf.maps import FLOW_PORTS_MAP, FLOWS_MAP, table
 from otus_ebpf.options import AttachOptions
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.kernel import KernelHarness
@@ -45,14 +45,15 @@ def test_the_map_holds_four_endpoints_per_call_of_the_limit(small: KernelHarness
 def test_a_full_map_refuses_learning_counted_and_sip_still_matches(small: KernelHarness) -> None:
     """Regression: a full flows map raised bcc's bare Exception out of the poll loop."""
     maps = small.maps
-    events = [FlowEvent(FlowAction.LEARN, f"10.200.0.{n}", 20000, Kind.RTP, f"c{n}", 0) for n in range(100)]
+    events = [FlowEvent(FlowAction.LEARN, bytes([10, 200, 0, n]), 20000, Kind.RTP, f"c{n}", 0)
+              for n in range(100)]
     stats = FlowStats()
 
     def learn(event: FlowEvent) -> None:
-        maps.learn_flow(Endpoint(endpoint_address(event.address), event.port), event.kind, 0)
+        maps.learn_flow((event.address, event.port), event.kind, 0)
 
     def forget(event: FlowEvent) -> None:
-        maps.forget_flow(Endpoint(endpoint_address(event.address), event.port))
+        maps.forget_flow((event.address, event.port))
 
     apply_each(events, learn, forget, stats, Boundary())  # strict: any other error fails the test
     assert (stats.learned, stats.flows_map_full) == (CALLS * 4, 100 - CALLS * 4)
@@ -75,10 +76,10 @@ def test_two_workers_learning_and_forgetting_one_ports_endpoints_leave_its_count
     updates were lost. Two workers now hand their changes to one writer; after
     100,000 learns and forgets of endpoints on one port (the same endpoints in
     both, and some only in one), the port's count is the number of its entries."""
-    port, addresses = 31000, [f"10.210.{n // 250}.{n % 250 + 1}" for n in range(60)]
-    writer = FlowMapWriter(kernel.maps, lambda address, p: Endpoint(endpoint_address(address), p))
+    port, addresses = 31000, [bytes([10, 210, n // 250, n % 250 + 1]) for n in range(60)]
+    writer = FlowMapWriter(kernel.maps)
     rng = random.Random(14)
-    held: list[set[str]] = [set(), set()]
+    held: list[set[bytes]] = [set(), set()]
     for step in range(1, 100_001):
         worker = rng.randrange(2)
         address = rng.choice(addresses[:40] if worker == 0 else addresses[20:])  # 20 in both

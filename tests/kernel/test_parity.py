@@ -8,7 +8,6 @@ import ipaddress
 
 import pytest
 
-from otus_ebpf.maps import Endpoint
 from tests.kernel.conftest import SHARDS
 from tests.support.frames import (
     AH,
@@ -75,14 +74,14 @@ FRAMES |= {
     "callid-lf-only": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\nI:lf@x\n\n", 5070, 5060))),
     "callid-at-end-of-frame": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\r\ni: end", 5070, 5060))),
 }
-MEDIA = Endpoint(ipaddress.ip_address("10.4.0.2"), 40000)
+MEDIA = (ipaddress.ip_address("10.4.0.2").packed, 40000)
 
 
 @pytest.mark.parametrize("name", FRAMES)
 def test_python_classification_matches_the_kernel(kernel: KernelHarness, name: str) -> None:
     frame = FRAMES[name]
     rules = Rules(frozenset((5060, 5061)), shards=SHARDS,
-                  media={(MEDIA.address.packed, MEDIA.port, UDP): (Kind.RTP, 1)})
+                  media={(*MEDIA, UDP): (Kind.RTP, 1)})
     kernel.maps.learn_flow(MEDIA, Kind.RTP, shard=1)
     try:
         events = kernel.run(frame, Hook.XDP).events

@@ -24,10 +24,9 @@ from hypothesis import strategies as st
 
 from otus_ebpf.bpfsys import prog_test_run
 from otus_ebpf.loader import KernelSettings
-from otus_ebpf.maps import Endpoint
 from otus_ebpf.streams import KernelStreams
 from tests.support.calls import dtmf_payload, rtp
-from tests.support.frames import ethernet, ipv4, ipv6, udp
+from tests.support.frames import ethernet, ipv4, ipv6, raw, udp
 from tests.support.kernel import Hook, KernelHarness
 from userspace.event import Counter, Flag, Kind
 from userspace.kernel_streams import apply_snapshot, clock_table, stream_key
@@ -74,7 +73,7 @@ class Flow:
         self.kernel, self.owner, self.hook = kernel, owner, hook
         self.src, self.dst = src, dst
         self.streams = KernelStreams(kernel.programs.bpf)
-        self.endpoint = Endpoint(ipaddress.ip_address(dst), DPORT)
+        self.endpoint = (ipaddress.ip_address(dst).packed, DPORT)
         kernel.maps.learn_flow(self.endpoint, Kind.RTP, WORKER, owner=owner, clocks=clock_table(FORMATS))
         self.oracle: dict[int, RtpStream] = {}
         self.first_packets: list[int] = []  # SSRCs whose first packet came up flagged
@@ -97,12 +96,12 @@ class Flow:
         self.counted_in_kernel += run.moved.get(Counter.MEDIA_COUNTED, 0)
         (value,) = self.streams.read([self.key(packet.ssrc)])
         assert value is not None
-        mirror = RtpStream((SRC, SPORT, DST, DPORT), packet.ssrc, "c", FORMATS, 0)
+        mirror = RtpStream((raw(SRC), SPORT, raw(DST), DPORT), packet.ssrc, "c", FORMATS, 0)
         apply_snapshot(mirror, value)
         stream = self.oracle.get(packet.ssrc)
         if stream is None:
-            stream = self.oracle[packet.ssrc] = RtpStream((SRC, SPORT, DST, DPORT), packet.ssrc, "c", FORMATS,
-                                                          mirror.first_ns)
+            flow = (raw(SRC), SPORT, raw(DST), DPORT)
+            stream = self.oracle[packet.ssrc] = RtpStream(flow, packet.ssrc, "c", FORMATS, mirror.first_ns)
         arrival = mirror.last_ns  # the kernel's clock at this packet, when it counted it
         stream.update(packet.seq, packet.timestamp, packet.payload_type, arrival, len(payload))
 
@@ -110,7 +109,7 @@ class Flow:
         for ssrc, expected in self.oracle.items():
             (value,) = self.streams.read([self.key(ssrc)])
             assert value is not None
-            measured = RtpStream((SRC, SPORT, DST, DPORT), ssrc, "c", FORMATS, 0)
+            measured = RtpStream((raw(SRC), SPORT, raw(DST), DPORT), ssrc, "c", FORMATS, 0)
             apply_snapshot(measured, value)
             got, want = measured.report(), expected.report()
             exact = ("packets", "bytes", "expected", "lost", "reordered", "duplicates", "stray",
@@ -262,11 +261,11 @@ def test_a_stream_updated_on_two_cpus_at_once_loses_no_update(kernel: KernelHarn
         kernel.reader.drain()
         (value,) = flow.streams.read([flow.key(packet.ssrc)])
         assert value is not None
-        measured = RtpStream((SRC, SPORT, DST, DPORT), packet.ssrc, "c", FORMATS, 0)
+        measured = RtpStream((raw(SRC), SPORT, raw(DST), DPORT), packet.ssrc, "c", FORMATS, 0)
         apply_snapshot(measured, value)
         assert (measured.packets, measured.duplicates) == (1, 2 * repeats - 1)
     finally:
-        flow.oracle[packet.ssrc] = RtpStream((SRC, SPORT, DST, DPORT), packet.ssrc, "c", FORMATS, 0)
+        flow.oracle[packet.ssrc] = RtpStream((raw(SRC), SPORT, raw(DST), DPORT), packet.ssrc, "c", FORMATS, 0)
         flow.close()
 
 

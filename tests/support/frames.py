@@ -87,3 +87,8 @@ def ipv6_chain(payload: bytes, first_header: int, src: str = "fd00::1", dst: str
     """An IPv6 header whose next-header field is ``first_header``; ``payload``
     holds the extension headers and whatever follows them."""
     return ipv6(payload, proto=first_header, src=src, dst=dst)
+
+
+def raw(address: str) -> bytes:
+    """The raw form of an IP literal, as the pipeline carries addresses."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)

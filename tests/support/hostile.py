@@ -14,10 +14,11 @@ import struct
 
 from otus_ebpf.flows import FlowStats, apply_each
 from otus_ebpf.kernel_abi import pack_flow_key
-from tests.support.frames import TCP, ethernet, ipv4, ipv6, ring_record, tcp, udp
+from tests.support.frames import TCP, ethernet, ipv4, ipv6, raw, ring_record, tcp, udp
 from tests.support.sip_samples import sip_message
 from userspace.endpoints import FlowEvent
 from userspace.event import Kind
+from userspace.frame import address_text
 from userspace.pipeline import Pipeline
 
 CALLER, CALLEE = "10.77.0.1", "10.77.0.2"
@@ -166,13 +167,13 @@ class CheckedFlowTable:
     loader does, or this raises and a strict boundary fails the run."""
 
     def __init__(self) -> None:
-        self.learned: dict[tuple[str, int], str] = {}
+        self.learned: dict[tuple[bytes, int], str] = {}
 
     def learn(self, event: FlowEvent) -> None:
         address = ipaddress.ip_address(event.address)
         if address.is_unspecified or not 0 < event.port < 65536:
-            raise AssertionError(f"asked to learn {event.address}:{event.port}")
-        pack_flow_key(address, event.port, 17)
+            raise AssertionError(f"asked to learn {address}:{event.port}")
+        pack_flow_key(event.address, event.port, 17)
         self.learned[event.address, event.port] = event.call_id
 
     def forget(self, event: FlowEvent) -> None:
@@ -205,8 +206,9 @@ def drive_hostile(pipeline: Pipeline, table: CheckedFlowTable, stats: FlowStats,
             pipeline.process([ring_record(f, ts_ns=ts) for f in frames])
             fed += len(frames)
             apply_each(pipeline.take_flow_events(), table.learn, table.forget, stats, pipeline.boundary)
-        endpoints = [*list(table.learned)[-4:], (CALLEE, rng.randrange(1, 65536))]
-        for address, port in endpoints:
+        endpoints = [*list(table.learned)[-4:], (raw(CALLEE), rng.randrange(1, 65536))]
+        for packed, port in endpoints:
+            address = address_text(packed)
             for _ in range(rng.randrange(1, 6)):
                 ts += 20_000_000
                 kind = Kind.RTCP if rng.random() < 0.2 else Kind.RTP

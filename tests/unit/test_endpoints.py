@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from tests.support import calls
 from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream
-from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from userspace.endpoints import EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.event import Kind
 from userspace.pipeline import Pipeline
 from userspace.records import CallSummary
 
-SERVER = ("10.9.0.1", 30000)
+SERVER = (raw("10.9.0.1"), 30000)
 RTP = Kind.RTP
 
 
@@ -41,7 +41,7 @@ def test_an_owner_on_another_shard_moves_the_entry_and_gives_it_back() -> None:
 
 def test_a_flow_goes_to_the_call_that_holds_both_its_ends() -> None:
     registry = EndpointRegistry()
-    first_caller, second_caller = ("10.1.0.1", 4000), ("10.1.0.2", 4000)
+    first_caller, second_caller = (raw("10.1.0.1"), 4000), (raw("10.1.0.2"), 4000)
     registry.take(first_caller, hold("a"))
     registry.take(SERVER, hold("a"))
     registry.take(second_caller, hold("b"))
@@ -49,9 +49,10 @@ def test_a_flow_goes_to_the_call_that_holds_both_its_ends() -> None:
     assert registry.flow_owner(SERVER, first_caller) == (hold("a"), True), "the older call's own flow"
     assert registry.flow_owner(SERVER, second_caller) == (hold("b"), True)
     assert registry.flow_owner(first_caller, SERVER) == (hold("a"), True)
-    assert registry.flow_owner(SERVER, ("10.7.7.7", 1)) == (hold("b"), True), "a stranger: the newest holder"
-    assert registry.flow_owner(("10.7.7.7", 1), first_caller) == (hold("a"), False), "only the source known"
-    assert registry.flow_owner(("10.7.7.7", 1), ("10.7.7.8", 1)) == (None, False)
+    stranger = (raw("10.7.7.7"), 1)
+    assert registry.flow_owner(SERVER, stranger) == (hold("b"), True), "a stranger: the newest holder"
+    assert registry.flow_owner(stranger, first_caller) == (hold("a"), False), "only the source known"
+    assert registry.flow_owner(stranger, (raw("10.7.7.8"), 1)) == (None, False)
 
 
 CALLEE = Party("10.2.0.1", 50000, "ivr")  # a media server answering both calls on one port
@@ -97,10 +98,10 @@ def test_overlapping_calls_on_one_endpoint_each_get_their_own_media_and_gauges_r
     by_call = {cid: sum(1 for f in media_frames if f.call_id == cid) for cid in ("shared-1", "shared-2")}
     assert by_call == {"shared-1": 100, "shared-2": 60}
     assert pipeline.calls.flows_active == 0 and len(pipeline.calls) == 0
-    def endpoints(step: int, action: FlowAction) -> set[tuple[str, int]]:
+    def endpoints(step: int, action: FlowAction) -> set[tuple[bytes, int]]:
         return {(e.address, e.port) for e in flows[step] if e.action is action}
 
-    server = {(CALLEE.address, CALLEE.media_port), (CALLEE.address, CALLEE.media_port + 1)}
+    server = {(raw(CALLEE.address), CALLEE.media_port), (raw(CALLEE.address), CALLEE.media_port + 1)}
     assert endpoints(0, FlowAction.LEARN) >= server
     # The second call takes them over: the kernel's entry names it now (its owner tag keys its
     # streams), and when it ends first the entry goes back to the first call, never away.

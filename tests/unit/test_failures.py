@@ -32,6 +32,7 @@ from otus_ebpf.replay import CaptureFileError, read_frames, run_replay
 from otus_ebpf.task import Task, TaskState
 from otus_ebpf.tui import Dashboard, printable
 from otus_ebpf.wiring import FrameOutputs
+from tests.support.frames import raw
 from tests.support.hostile import TRIGGERS
 from tests.support.records import numbered_sip_records
 from tests.support.sinks import ListSink
@@ -475,7 +476,8 @@ def test_at_the_global_stream_cap_new_streams_are_refused_and_live_ones_kept() -
     tracker = MediaTracker(max_streams=2)
     for seq in range(3):
         for ssrc, call in ((1, "A"), (2, "B"), (3, "A")):
-            tracker.rtp(("10.0.0.1", 1, "10.0.0.2", 2), rtp_packet(seq, ssrc), seq, 172, call, {}, NO_ORIGIN)
+            flow = (raw("10.0.0.1"), 1, raw("10.0.0.2"), 2)
+            tracker.rtp(flow, rtp_packet(seq, ssrc), seq, 172, call, {}, NO_ORIGIN)
     assert tracker.stats.streams_table_full == 3, "the third stream, each time it sent"
     assert [(s.ssrc, s.packets) for s in tracker.take_call("A")] == [(1, 3)]
     assert [(s.ssrc, s.call_id, s.packets) for s in tracker.streams.values()] == [(2, "B", 3)]

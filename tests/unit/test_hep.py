@@ -12,6 +12,7 @@ import pytest
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.hep import HepCollector, HepTransport, TcpCollector, UdpCollector, parse_collector
+from tests.support.frames import raw
 from tests.support.records import numbered_sip_records
 from tests.support.sip_samples import INVITE
 from userspace.records import CallSummary, Origin, RtcpRecord, SipRecord, StreamReport
@@ -35,8 +36,9 @@ class ListSink:
 
 
 def sip_record(src: str = "10.0.0.1", dst: str = "10.0.0.2") -> SipRecord:
+    """A SIP record between these addresses (as printed)."""
     (record,) = numbered_sip_records(1, 1)
-    record.src, record.dst, record.ts_ns = src, dst, 1_700_000_000_123_456_789
+    record.src, record.dst, record.ts_ns = raw(src), raw(dst), 1_700_000_000_123_456_789
     return record
 
 
@@ -83,7 +85,8 @@ def test_stream_reports_go_as_rtp_agent_json_call_summaries_are_counted_out() ->
                                         "ssrc": 7, "lost": 2, "packets": 251, "expected": 253,
                                         "duration_ms": 5000.0, "jitter_ms": 1.5, "mos": 4.2,
                                         "payload_type": 8, "codec": "PCMA/8000"}, final=True)
-    summary = CallSummary("call-1", "a", "b", None, None, 0, None, None, None, None, None, "bye")
+    summary = CallSummary("call-1", raw("10.0.0.1"), raw("10.0.0.2"), None, None, 0, None, None, None, None,
+                          None, "bye")
     reporter.write([report, summary, StreamReport(5, None, {"ssrc": 1})])
     (packet,) = sink.packets
     chunks = decode_packet(packet)
@@ -102,7 +105,7 @@ def test_rtcp_goes_as_the_json_homer_stores_for_rtcp() -> None:
     sink = ListSink()
     block = {"source_ssrc": 7, "fraction_lost": 5, "packets_lost": 3, "highest_seq_no": 9, "ia_jitter": 80,
              "lsr": 1, "dlsr": 2}
-    rtcp = RtcpRecord(5, "call-1", Origin("eth0"), ("10.0.0.2", 4003, "10.0.0.1", 4001),
+    rtcp = RtcpRecord(5, "call-1", Origin("eth0"), (raw("10.0.0.2"), 4003, raw("10.0.0.1"), 4001),
                       {"ssrc": 9, "type": 201, "report_count": 1, "report_blocks": [block],
                        "sender_information": {}})
     HepReporter(sink, IDENTITY).write([rtcp])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from otus_ebpf.flows import FlowStats, FlowTableFull, apply_each
-from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.hostile import CALLEE, CALLER, TRIGGERS, clock_zero_media, invite, rtp_packet, sdp
 from userspace.boundary import Boundary
 from userspace.calls import CallLimits
@@ -207,7 +207,7 @@ def test_flow_learning_counts_a_full_table_and_a_bad_event_and_goes_on() -> None
             raise ValueError("a bug")
         learned.append(event.port)
 
-    events = [FlowEvent(FlowAction.LEARN, "10.0.0.1", port, Kind.RTP, "c", 0) for port in (1, 2, 3, 4)]
+    events = [FlowEvent(FlowAction.LEARN, raw("10.0.0.1"), port, Kind.RTP, "c", 0) for port in (1, 2, 3, 4)]
     stats, boundary = FlowStats(), Boundary(strict=False)
     apply_each(events, learn, lambda _e: None, stats, boundary)
     assert learned == [1, 4]

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from tests.support import calls
 from tests.support.calls import OFFERED, PCMU, Datagram, Dialog, Party, Stream
-from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from userspace.calls import CallLimits
 from userspace.event import Flag, Kind
 from userspace.kernel_streams import (
@@ -91,7 +91,8 @@ def test_keys_name_their_worker() -> None:
 
 
 def test_a_snapshot_becomes_the_stream_that_reports() -> None:
-    stream = RtpStream(("10.0.0.1", 4000, "10.0.0.2", 5000), 1, "c", MappingProxyType({0: "PCMU/8000"}), 0)
+    flow = (raw("10.0.0.1"), 4000, raw("10.0.0.2"), 5000)
+    stream = RtpStream(flow, 1, "c", MappingProxyType({0: "PCMU/8000"}), 0)
     apply_snapshot(stream, value(95, 1 * S, 3 * S, base_seq=65500, max_seq=98, cycles=1, jitter=12.5,
                                  duplicates=2, reordered=3))
     report = stream.report()

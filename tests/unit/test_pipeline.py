@@ -8,6 +8,7 @@ from tests.support.frames import (
     ipv4,
     ipv6_chain,
     ipv6_fragment,
+    raw,
     ring_record,
     tcp,
     udp,
@@ -36,7 +37,8 @@ def test_udp_sip_becomes_a_record_with_wall_clock_time() -> None:
     (record,) = sip_only(make_pipeline().process([ring_record(frame, Direction.INGRESS, ts_ns=5)]))
     assert record.ts_ns == OFFSET_NS + 5
     assert (record.interface, record.direction, record.transport) == ("eth0", Direction.INGRESS, IPProto.UDP)
-    assert (record.src, record.sport, record.dst, record.dport) == ("192.0.2.1", 5070, "192.0.2.2", 5060)
+    assert (record.src, record.sport, record.dst, record.dport) == (raw("192.0.2.1"), 5070, raw("192.0.2.2"),
+                                                                    5060)
     assert record.message.method == "INVITE"
     assert record.key == b"a84b4c76e66710@pc33.atlanta.example.com"
 

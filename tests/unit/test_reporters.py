@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.pipeline import Pipeline
@@ -195,7 +195,8 @@ def test_headers_name_node_task_kind_and_schema() -> None:
 
 
 def test_topic_per_kind_and_the_key_choices() -> None:
-    call = CallSummary("c1", "a", "b", None, None, 0, None, None, None, None, None, "timeout")
+    call = CallSummary("c1", raw("10.0.0.1"), raw("10.0.0.2"), None, None, 0, None, None, None, None, None,
+                       "timeout")
     sip = records()[0]
     cases: list[tuple[KeyChoice, list[bytes | None]]] = [
         (KeyChoice.CALL_ID, [sip.key, b"c1"]), (KeyChoice.FLOW, [sip.flow_key, b"c1"]),

@@ -7,12 +7,13 @@ import struct
 
 import pytest
 
+from tests.support.frames import raw
 from userspace.media import MediaTracker
 from userspace.records import NO_ORIGIN
 from userspace.rtcp import NS, NTP_UNIX_OFFSET
 from userspace.rtp import Formats, mos_estimate
 
-FLOW = ("10.0.0.1", 40000, "10.0.0.2", 50000)
+FLOW = (raw("10.0.0.1"), 40000, raw("10.0.0.2"), 50000)
 SSRC = 0x1234ABCD
 PTIME_NS = 20_000_000  # 20 ms packets
 SAMPLES = 160          # 20 ms at 8 kHz

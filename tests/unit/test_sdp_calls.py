@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.frames import ethernet, ipv4, ring_record, udp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.sip_samples import sip_message
 from userspace.calls import CallLimits, CallTracker
 from userspace.endpoints import FlowAction, FlowEvent
@@ -83,14 +83,14 @@ def test_an_answered_call_is_timed_learns_its_media_and_forgets_it_after_bye() -
     ])
     learned = pipeline.take_flow_events()
     tag = 1  # the tracker's first call: the kernel keys the call's streams by it
-    assert learned == [FlowEvent(FlowAction.LEARN, CALLER, 40000, Kind.RTP, "call-1", 1, tag),
-                       FlowEvent(FlowAction.LEARN, CALLER, 40001, Kind.RTCP, "call-1", 1, tag)]
+    assert learned == [FlowEvent(FlowAction.LEARN, raw(CALLER), 40000, Kind.RTP, "call-1", 1, tag),
+                       FlowEvent(FlowAction.LEARN, raw(CALLER), 40001, Kind.RTCP, "call-1", 1, tag)]
     records += run_call(pipeline, [
         (message("SIP/2.0 200 OK", "1 INVITE", ANSWER, to_tag=";tag=t9"), False, 1250),
         (message("ACK sip:b@y SIP/2.0", "1 ACK", to_tag=";tag=t9"), True, 1260),
     ])
     assert pipeline.take_flow_events() == [
-        FlowEvent(FlowAction.LEARN, CALLEE, 50000, Kind.RTP, "call-1", 1, tag)]
+        FlowEvent(FlowAction.LEARN, raw(CALLEE), 50000, Kind.RTP, "call-1", 1, tag)]
     records += run_call(pipeline, [(message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t9"), True, 61250)])
     assert {(e.action, e.port) for e in pipeline.take_flow_events()} == {
         (FlowAction.FORGET, 40000), (FlowAction.FORGET, 40001), (FlowAction.FORGET, 50000)}

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from otus_ebpf.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
-from tests.support.frames import ethernet, ipv4, ring_record, tcp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, tcp
 from tests.support.sip_samples import INVITE, OK_200, sip_message
 from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker
 from userspace.endpoints import FlowAction
@@ -51,14 +51,14 @@ def test_a_dialogs_messages_have_one_owner_and_dialogs_spread() -> None:
 
 
 def test_a_handoff_round_trips() -> None:
-    h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, "fd00::1", 5060, "10.0.0.2", 40000, 3, (100, 200),
-                INVITE)
+    h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, raw("fd00::1"), 5060, raw("10.0.0.2"), 40000, 3,
+                (100, 200), INVITE)
     assert decode_handoff(encode_handoff(h)) == h
 
 
 def test_a_damaged_handoff_is_counted_not_raised() -> None:
-    good = handoff_record(HandOff(1, 2, Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060, 1,
-                                  (), INVITE))
+    good = handoff_record(HandOff(1, 2, Direction.INGRESS, IPProto.UDP, raw("10.0.0.1"), 5060,
+                                  raw("10.0.0.2"), 5060, 1, (), INVITE))
     header = EVENT_HEADER.size
     def damage(offset: int, data: bytes) -> bytes:  # offsets in the hand-off's own header
         at = header + offset
@@ -66,7 +66,7 @@ def test_a_damaged_handoff_is_counted_not_raised() -> None:
 
     damaged = [damage(12, b"\x07"),            # direction 7
                damage(13, b"\x63"),            # transport 99
-               damage(23, b"\xff\xfe"),        # an address that is not UTF-8
+               damage(20, b"\x05"),            # a source address of 5 bytes
                good[:header + 10]]             # cut inside its header
     pipeline = Pipeline({2: "eth0"}, 0, route=(0, 2))
     assert pipeline.process(damaged) == []
@@ -91,7 +91,7 @@ def test_a_message_framed_by_the_wrong_worker_is_handed_to_its_owner() -> None:
     sip = [r for r in records if isinstance(r, SipRecord)]
     assert len(sip) == 1 and receiver.stats.handed_in == 1
     record = sip[0]
-    assert (record.transport, record.src, record.dport) == (IPProto.TCP, "10.0.0.1", 5060)
+    assert (record.transport, record.src, record.dport) == (IPProto.TCP, raw("10.0.0.1"), 5060)
     assert record.shard == owner
     assert sip[0].message.call_id == parse_message(INVITE).call_id
     assert len(receiver.calls) == 1
@@ -121,7 +121,7 @@ def test_the_early_queue_is_bounded() -> None:
 
 
 def _record(message: bytes, ts: int) -> SipRecord:
-    return SipRecord(ts, "eth0", Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060,
+    return SipRecord(ts, "eth0", Direction.INGRESS, IPProto.UDP, raw("10.0.0.1"), 5060, raw("10.0.0.2"), 5060,
                      parse_message(message))
 
 

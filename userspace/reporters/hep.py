@@ -19,7 +19,6 @@ UDP or TCP is handed in (otus_ebpf.hep).
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Protocol
 import orjson
 
 from userspace.records import CallSummary, Record, RtcpRecord, SipRecord, StreamReport
+from userspace.sdp import packed_literal
 
 HEP_ID = b"HEP3"
 MAX_PACKET = 65_535  # the 16-bit total length
@@ -105,15 +105,13 @@ def _chunk(kind: Chunk, value: bytes) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def _address_chunks(src: str, dst: str) -> bytes:
-    """Family, source and destination chunks; the same few endpoints recur."""
-    if ":" in src:
+def _address_chunks(src: bytes, dst: bytes) -> bytes:
+    """Family, source and destination chunks of raw addresses; the same few endpoints recur."""
+    if len(src) == 16:
         return (_chunk(Chunk.IP_FAMILY, _U8.pack(FAMILY_IPV6))
-                + _chunk(Chunk.IPV6_SRC, socket.inet_pton(socket.AF_INET6, src))
-                + _chunk(Chunk.IPV6_DST, socket.inet_pton(socket.AF_INET6, dst)))
+                + _chunk(Chunk.IPV6_SRC, src) + _chunk(Chunk.IPV6_DST, dst))
     return (_chunk(Chunk.IP_FAMILY, _U8.pack(FAMILY_IPV4))
-            + _chunk(Chunk.IPV4_SRC, socket.inet_aton(src))
-            + _chunk(Chunk.IPV4_DST, socket.inet_aton(dst)))
+            + _chunk(Chunk.IPV4_SRC, src) + _chunk(Chunk.IPV4_DST, dst))
 
 
 def _identity_chunks(identity: HepIdentity) -> bytes:
@@ -145,17 +143,20 @@ class HepEncoder:
         if not (isinstance(src, str) and isinstance(dst, str) and isinstance(sport, int)
                 and isinstance(dport, int)):
             return None
+        raw_src, raw_dst = packed_literal(src), packed_literal(dst)  # a report is printed already
+        if raw_src is None or raw_dst is None or len(raw_src) != len(raw_dst):
+            return None
         vlans = report.get("vlan")
-        return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTP_AGENT_JSON,
-                            orjson.dumps(rtp_agent_report(record)), record.call_id,
-                            tuple(vlans) if isinstance(vlans, list) else ())
+        return self._encode(raw_src, sport, raw_dst, dport, PROTO_UDP, record.ts_ns,
+                            PayloadType.RTP_AGENT_JSON, orjson.dumps(rtp_agent_report(record)),
+                            record.call_id, tuple(vlans) if isinstance(vlans, list) else ())
 
     def rtcp(self, record: RtcpRecord) -> bytes | None:
         src, sport, dst, dport = record.flow
         return self._encode(src, sport, dst, dport, PROTO_UDP, record.ts_ns, PayloadType.RTCP_JSON,
                             orjson.dumps(record.report), record.call_id, record.origin.vlans)
 
-    def _encode(self, src: str, sport: int, dst: str, dport: int, ip_protocol: int, ts_ns: int,
+    def _encode(self, src: bytes, sport: int, dst: bytes, dport: int, ip_protocol: int, ts_ns: int,
                 payload_type: PayloadType, payload: bytes, correlation: str | None,
                 vlans: tuple[int, ...]) -> bytes | None:
         if len(payload) > _MAX_PAYLOAD:
