@@ -39,12 +39,13 @@ from otus_ebpf.wiring import (
 from userspace.boundary import Boundary
 from userspace.classify import Rules, classify_frame
 from userspace.endpoints import FlowEvent
-from userspace.event import Direction, Event, Kind
+from userspace.event import Direction, Event, Flag, Kind
 from userspace.pipeline import Pipeline
 from userspace.records import Record
 
 BATCH = 512
 _MEDIA = frozenset((Kind.RTP, Kind.RTCP))
+_SIGNATURE = int(Flag.SIGNATURE)  # SIP found by its first bytes, where learned media would have come first
 EXPIRY_STEP_NS = 100_000_000  # capture time between expiry passes: as often as the live loop
 JUMP_NS = 60_000_000_000      # a frame stamped further ahead than this waits for the next to agree
 UDP = 17
@@ -365,23 +366,31 @@ class _Replayer:
 
     def process(self, batch: list[CapturedFrame]) -> list[Record]:
         """Frames in capture order, as the kernel sees them: a SIP frame's learning
-        (its SDP's media) applies before the next frame is classified, however many
-        frames a batch holds; media frames in between go through together."""
+        (its SDP's media) applies before the next frame whose classification it
+        could change (media, a signature match, one not captured) is classified.
+        Frames on a SIP port and fragments do not depend on it: a run of them
+        goes through the pipeline together, as media frames do."""
         records: list[Record] = []
         events: list[Event] = []
+        learning = False  # events holds a message that may learn or forget media
         for frame in batch:
             self.frames += 1
-            event = classify_frame(frame.data, self._rules, frame.direction, frame.ts_ns,
-                                   self._ifindex(frame.interface), frame.orig_len)
+            event = self._classify(frame)
+            if learning and (event is None or event.kind in _MEDIA or event.flags & _SIGNATURE):
+                records += self._run(events)
+                events, learning = [], False
+                event = self._classify(frame)
             if event is None:
                 continue
             events.append(event)
             self.clock.see(frame.ts_ns)
-            if event.kind not in _MEDIA:  # SIP or a fragment: it may learn or forget media
-                records += self._run(events)
-                events = []
+            learning = learning or event.kind not in _MEDIA
         records += self._run(events)
         return records
+
+    def _classify(self, frame: CapturedFrame) -> Event | None:
+        return classify_frame(frame.data, self._rules, frame.direction, frame.ts_ns,
+                              self._ifindex(frame.interface), frame.orig_len)
 
     def _run(self, events: list[Event]) -> list[Record]:
         if not events:
