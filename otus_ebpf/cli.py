@@ -55,7 +55,7 @@ from otus_ebpf.loader import (
 )
 from otus_ebpf.options import Dispatch, Strategy
 from otus_ebpf.replay import run_replay
-from otus_ebpf.runner import tune_collector
+from otus_ebpf.runner import tune_runtime
 from otus_ebpf.secret import read_secret
 from userspace.calls import CallLimits
 from userspace.event import Direction
@@ -283,7 +283,7 @@ def _add_filter(filt: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    tune_collector()
+    tune_runtime()
     try:
         if args.command == "validate":
             return _validate(args.file)
