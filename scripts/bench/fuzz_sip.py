@@ -70,7 +70,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     seeds = corpus()
     streams = TcpStreams(TcpLimits())
-    key = ("10.0.0.1", 1, "10.0.0.2", 5060)
+    key = (bytes([10, 0, 0, 1]), 1, bytes([10, 0, 0, 2]), 5060)
     streams.feed(key, 0, SYN, b"", 0)
     seq = 1
     parsed = rejected = 0

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.sip_samples import OK_200
 from userspace.tcp import SYN, TcpStreams
 
-KEY = ("10.0.0.1", 40000, "10.0.0.2", 5060)
+KEY = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060)
 ISN = 1000
 
 Segments = list[tuple[int, bytes]]

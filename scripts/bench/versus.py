@@ -56,8 +56,8 @@ def best(work, n, repeat=3):
 
 def parse_and_build():
     for m in data["messages"]:
-        SipRecord(0, "eth0", Direction.INGRESS, IPProto.UDP, "10.0.0.1", 5060, "10.0.0.2", 5060,
-                  parse_message(m)).to_dict()
+        SipRecord(0, "eth0", Direction.INGRESS, IPProto.UDP, bytes([10, 0, 0, 1]), 5060, bytes([10, 0, 0, 2]),
+                  5060, parse_message(m)).to_dict()
 
 rtp = Pipeline({2: "eth0"}, 0)
 rtp.process(data["rtp_setup"])
