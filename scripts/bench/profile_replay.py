@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.replay import run_replay
+from otus_ebpf.runner import tune_runtime
 from scripts.bench.replay import varied_calls, write_pcap
 
 # Path fragments to the stage their time is charged to, first match wins.
 STAGES = (
     ("userspace/classify", "classify"), ("userspace/event", "event encode/decode"),
-    ("userspace/decode", "decode"), ("userspace/reassembly", "reassembly"), ("userspace/tcp", "tcp"),
+    ("userspace/frame", "frame parse"), ("userspace/reassembly", "reassembly"), ("userspace/tcp", "tcp"),
     ("userspace/sip", "SIP parse"), ("userspace/uri", "SIP parse"), ("userspace/sdp", "SDP"),
     ("userspace/calls", "calls"), ("userspace/endpoints", "calls"), ("userspace/media", "calls"),
     ("userspace/records", "records"), ("userspace/reporters", "outputs"), ("otus_ebpf/fanout", "outputs"),
@@ -93,6 +94,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=70_000)
     parser.add_argument("--top", type=int, default=0)
     args = parser.parse_args()
+    tune_runtime()  # as the agent's command line does
     with tempfile.TemporaryDirectory() as tmp:
         pcap, out = Path(tmp) / "varied.pcap", Path(tmp) / "records.jsonl"
         messages = write_pcap(pcap, varied_calls(args.messages))
