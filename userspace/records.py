@@ -259,5 +259,7 @@ def encode_json(record: Record) -> bytes:
     encode, and keep equal bytes: no lock on the per-record path)."""
     data = record.encoded
     if data is None:
-        data = record.encoded = orjson.dumps(record.to_dict())
+        # A copy of exact size: orjson's bytes sit in a block sized for its buffer
+        # (16 kB for a 600-byte record), which a kept record would hold on to.
+        data = record.encoded = bytes(memoryview(orjson.dumps(record.to_dict())))
     return data

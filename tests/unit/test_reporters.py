@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ctypes
 import json
 import time
 from collections.abc import Callable
@@ -280,3 +281,15 @@ def test_librdkafka_statistics_give_the_resends() -> None:
     assert reporter.stats.retried == 7
     reporter.client_stats("not json")
     assert reporter.stats.retried == 7
+
+
+def test_a_record_is_encoded_once_into_bytes_of_its_own_size() -> None:
+    """Every output gets the same bytes; and they are a copy of exact size. Regression:
+    orjson's bytes sit in a block sized for its buffer (16 kB for a 600-byte record),
+    which a record kept in a lagging output's queue held on to."""
+    record = records()[0]
+    data = encode_json(record)
+    assert encode_json(record) is data and json.loads(data) == record.to_dict()
+    assert len(data) > 512, "a block of glibc's malloc, not of Python's small-object allocator"
+    usable = ctypes.CDLL(None).malloc_usable_size(ctypes.c_void_p(id(data)))
+    assert usable < len(data) + 128, usable
