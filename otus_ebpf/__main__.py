@@ -1,3 +1,3 @@
-from otus_ebpf.cli import main
+from otus_ebpf.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -280,10 +280,16 @@ def _add_filter(filt: argparse.ArgumentParser) -> None:
         filt.add_argument(f"--remove-{which}", action="append", default=[], metavar="CIDR")
 
 
+def entry() -> int:
+    """The command: its process tuned for the pipeline (otus_ebpf.runner.tune_runtime),
+    then ``main``. Callers of ``main`` in a process of their own (tests) keep theirs."""
+    tune_runtime()
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    tune_runtime()
     try:
         if args.command == "validate":
             return _validate(args.file)

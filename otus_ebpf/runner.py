@@ -11,7 +11,6 @@ process. A Runner starts, stops and supervises nothing: that is the task's
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import os
@@ -66,34 +65,14 @@ def strict_mode() -> bool:
 GC_YOUNG_THRESHOLD = 50_000
 
 
-# glibc's malloc gives freed memory at the top of a heap back to the kernel once more than
-# the trim threshold (128 kB, adjusted as it goes) is free, and serves blocks from 128 kB
-# up with mmap. The pipeline frees and allocates a few hundred bytes per message and
-# outputs build batches of a few hundred kB, so memory went back and forth: replaying
-# 210,000 messages took 470,000 page faults, 1.2 s of system time in 7.8 s. Kept for
-# reuse below these, the same replay takes 12,000 and 0.1 s, for ~3 MB more resident.
-MALLOC_TRIM_THRESHOLD = 16 << 20
-MALLOC_MMAP_THRESHOLD = 1 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
-
-
 def tune_runtime() -> None:
-    """For a process that runs the pipeline: the cyclic collector and the allocator.
-
-    What exists at start-up (modules, bcc, the kernel programs' tables) moves out of the
-    collector's reach, and collections come seventy times less often (cycles are still
-    collected, later). Where the C library is glibc, freed memory is kept for reuse
-    (MALLOC_TRIM_THRESHOLD); elsewhere that step is skipped."""
+    """For a process that runs the pipeline: what exists when it is called (the modules
+    imported at start-up) moves out of the cyclic collector's reach, and collections
+    come seventy times less often (cycles are still collected, later). Once per
+    process, from the command's entry point (otus_ebpf.cli.entry)."""
     gc.freeze()
     _young, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: its defaults stand
-        return
-    mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
-    mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
 
 
 def bug_reporter(name: str, log: Log) -> Callable[[str, str, BaseException, bytes | None], None]:
