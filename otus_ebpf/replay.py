@@ -369,7 +369,8 @@ class _Replayer:
         (its SDP's media) applies before the next frame whose classification it
         could change (media, a signature match, one not captured) is classified.
         Frames on a SIP port and fragments do not depend on it: a run of them
-        goes through the pipeline together, as media frames do."""
+        goes through the pipeline together, as media frames do, until capture
+        time reaches the next expiry step."""
         records: list[Record] = []
         events: list[Event] = []
         learning = False  # events holds a message that may learn or forget media
@@ -385,6 +386,9 @@ class _Replayer:
             events.append(event)
             self.clock.see(frame.ts_ns)
             learning = learning or event.kind not in _MEDIA
+            if self.clock.now >= self._next_expiry:  # calls expire by capture time, here as live
+                records += self._run(events)
+                events, learning = [], False
         records += self._run(events)
         return records
 

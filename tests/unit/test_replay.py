@@ -4,6 +4,7 @@ directions and several sections, and a clear error for anything else."""
 from __future__ import annotations
 
 import io
+import random
 import time
 from pathlib import Path
 
@@ -12,11 +13,17 @@ import pytest
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.replay import read_frames, run_replay
+from otus_ebpf.replay import CapturedFrame, _Replayer, read_frames, run_replay
+from tests.support.frames import ethernet, ipv4, udp
 from tests.support.sinks import ListSink
+from tests.support.trunk import call_messages, new_call
 from tests.unit.test_pcap import FRAMES
+from userspace.calls import CallLimits
 from userspace.event import Direction
+from userspace.records import CallSummary
 from userspace.reporters.pcap import PcapFormat, PcapReporter
+
+SECOND = 1_000_000_000
 
 
 def written(file_format: PcapFormat, sections: int = 1) -> bytes:
@@ -97,3 +104,36 @@ def test_the_expiry_clock_neither_goes_back_nor_follows_one_outlier() -> None:
     clock.see(gap)
     clock.see(gap + 10)
     assert clock.now == gap + 10 and clock.stamped_ahead == 1
+
+
+def _call_frames() -> list[CapturedFrame]:
+    """Call 1 goes quiet after its ACK at 4 s (calls time out after 10 s here); another
+    call's INVITE comes at 60 s, call 1's BYE at 61 s."""
+    a, b = ("10.1.0.1", 5060), ("10.2.0.1", 5060)
+    first = call_messages(new_call(1, random.Random(1), a), a, b)
+    second = call_messages(new_call(2, random.Random(2), a), a, b)
+
+    def frame(ts_s: int, message: tuple[str, bytes]) -> CapturedFrame:
+        src, dst = (a, b) if message[0] == "a->b" else (b, a)
+        data = ethernet(ipv4(udp(message[1], src[1], dst[1]), src=src[0], dst=dst[0]))
+        return CapturedFrame(ts_s * SECOND, data, len(data), "x", Direction.INGRESS)
+
+    return [*(frame(t, m) for t, m in zip(range(5), first[:5], strict=True)), frame(60, second[0]),
+            frame(61, first[5])]
+
+
+def test_a_call_times_out_at_the_frame_it_would_live_however_frames_are_batched() -> None:
+    """Regression: a run of SIP frames went through the pipeline together and calls were
+    expired only after it, so call 1's BYE (in the same run) ended it as a 'bye'."""
+    options = AttachOptions(("x",), calls=CallLimits(ttl_s=10))
+
+    def replayed(batches: list[list[CapturedFrame]]) -> list[tuple[str, str]]:
+        replayer = _Replayer(options, False, lambda _line: None)
+        records = [r for batch in batches for r in replayer.process(batch)] + replayer.pipeline.finish()
+        return [(r.kind, r.end_cause if isinstance(r, CallSummary) else "") for r in records]
+
+    frames = _call_frames()
+    one_batch, frame_by_frame = replayed([frames]), replayed([[f] for f in frames])
+    assert one_batch == frame_by_frame
+    assert one_batch[-3:] == [("call", "timeout"), ("sip", ""), ("call", "capture-stopped")], \
+        "call 1 timed out when the other call's INVITE came, before its BYE"
