@@ -199,6 +199,7 @@ def packet_at(frame: bytes, l3: int, l4: int, flags: int, proto: int) -> Packet 
         src, dst = frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40]
         if flags & _FRAGMENT:
             return _ipv6_fragment(frame, l3 + IPV6_HEADER_LEN, end, frame[l3 + 6], src, dst)
+        header_end = l3 + IPV6_HEADER_LEN
     else:
         if len(frame) < l3 + IPV4_MIN_HEADER_LEN:
             raise Truncated("ipv4", l3, "header cut short")
@@ -216,6 +217,9 @@ def packet_at(frame: bytes, l3: int, l4: int, flags: int, proto: int) -> Packet 
             return Fragment(4, src, dst, frame[l3 + 9], (frame[l3 + 4] << 8) | frame[l3 + 5],
                             (frag & IP_OFFSET_MASK) * 8, bool(frag & IP_MORE_FRAGMENTS),
                             frame[l3 + header_len:end])
+        header_end = l3 + header_len
+    if l4 < header_end:  # the kernel never sends this: a damaged record, not read in the IP header
+        raise Malformed("ip", l4, f"transport offset {l4} inside the network header")
     return _l4(frame, l4, end, proto, src, dst)
 
 

@@ -281,7 +281,7 @@ class Pipeline:
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
             h = decode_handoff(raw)
-        except (DecodeError, ValueError):  # not UTF-8 addresses, too
+        except DecodeError:
             self.stats.event_errors += 1
             return
         self.stats.handed_in += 1

@@ -59,11 +59,18 @@ class MediaStream:
     protocol: str              # RTP/AVP, RTP/SAVP, ...
     codecs: tuple[tuple[int, str], ...]  # (payload type, "encoding/clock")
     clock_rate: int = DEFAULT_CLOCK_RATE  # the first codec's, when it is sound
-    learnable: bool = True     # the RTP address is an IP literal worth learning
-    rtcp_learnable: bool = True
     problems: tuple[SdpProblem, ...] = ()
-    raw_address: bytes = b""       # the RTP address as packets carry it, when learnable
+    raw_address: bytes = b""       # the RTP address as packets carry it; b"": nothing to learn
     rtcp_raw_address: bytes = b""
+
+    @property
+    def learnable(self) -> bool:
+        """The RTP address is an IP literal worth learning (not a host name, not 0.0.0.0)."""
+        return bool(self.raw_address)
+
+    @property
+    def rtcp_learnable(self) -> bool:
+        return bool(self.rtcp_raw_address)
 
     @property
     def enabled(self) -> bool:
@@ -185,8 +192,7 @@ def _media(block: list[tuple[str, str]], session_address: _Address | None) -> Me
     if port and not (raw and rtcp_raw):
         problems.append(SdpProblem.UNLEARNABLE)
     return MediaStream(fields[0], address, port, rtcp_address, rtcp_port, attributes.rtcp_mux, fields[2],
-                       codecs, clock_rate, bool(raw), bool(rtcp_raw),
-                       tuple(dict.fromkeys(problems)) if problems else (), raw, rtcp_raw)
+                       codecs, clock_rate, tuple(dict.fromkeys(problems)) if problems else (), raw, rtcp_raw)
 
 
 def _attributes(lines: list[tuple[str, str]], session_address: _Address | None,

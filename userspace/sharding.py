@@ -128,7 +128,7 @@ def decode_handoff(raw: bytes) -> HandOff:
     at = _HANDOFF.size
     if len(raw) < at + n_src + n_dst + 2 * n_vlans:
         raise Truncated("handoff", at, "addresses")
-    if n_src not in _ADDRESS_SIZES or n_dst not in _ADDRESS_SIZES:
+    if n_src not in _ADDRESS_SIZES or n_dst != n_src:
         raise Malformed("handoff", 13, f"address sizes {n_src}, {n_dst}")
     src = raw[at:at + n_src]
     at += n_src

@@ -41,7 +41,12 @@ CHILD = r"""
 import json, pickle, subprocess, sys, time
 tree, inputs, pcap = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, tree)
-from userspace.frame import IPProto
+try:
+    from userspace.frame import IPProto
+    SRC, DST = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])  # records carry raw addresses
+except ImportError:  # a tree before userspace.frame: printed addresses
+    from userspace.decode import IPProto
+    SRC, DST = "10.0.0.1", "10.0.0.2"
 from userspace.event import Direction
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord
@@ -56,8 +61,7 @@ def best(work, n, repeat=3):
 
 def parse_and_build():
     for m in data["messages"]:
-        SipRecord(0, "eth0", Direction.INGRESS, IPProto.UDP, bytes([10, 0, 0, 1]), 5060, bytes([10, 0, 0, 2]),
-                  5060, parse_message(m)).to_dict()
+        SipRecord(0, "eth0", Direction.INGRESS, IPProto.UDP, SRC, 5060, DST, 5060, parse_message(m)).to_dict()
 
 rtp = Pipeline({2: "eth0"}, 0)
 rtp.process(data["rtp_setup"])

@@ -51,7 +51,7 @@ def test_a_dialogs_messages_have_one_owner_and_dialogs_spread() -> None:
 
 
 def test_a_handoff_round_trips() -> None:
-    h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, raw("fd00::1"), 5060, raw("10.0.0.2"), 40000, 3,
+    h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, raw("fd00::1"), 5060, raw("fd00::2"), 40000, 3,
                 (100, 200), INVITE)
     assert decode_handoff(encode_handoff(h)) == h
 
