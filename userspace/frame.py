@@ -283,8 +283,20 @@ def decode_frame(frame: bytes) -> Packet | Fragment:
 
 
 def address_text(raw: bytes) -> str:
-    """The printed form of a raw IPv4 or IPv6 address, as inet_ntop gives it."""
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+    """The printed form of a raw IPv4 or IPv6 address, as inet_ntop gives it. Every
+    record prints two, and the same hosts recur: a dict lookup is a fifth of inet_ntop.
+    Bounded (addresses come off the wire): emptied when full."""
+    text = _PRINTED.get(raw)
+    if text is None:
+        text = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+        if len(_PRINTED) >= _PRINTED_MAX:
+            _PRINTED.clear()
+        _PRINTED[raw] = text
+    return text
+
+
+_PRINTED: dict[bytes, str] = {}
+_PRINTED_MAX = 65_536
 
 
 def vlan_ids(frame: bytes) -> tuple[int, ...]:

@@ -36,6 +36,8 @@ BATCH = 1000
 
 def run_reporter(producer: Producer, routing: KafkaRouting, records: list[SipRecord]) -> float:
     reporter = KafkaReporter(producer, routing, time.monotonic)
+    for record in records:
+        record.encoded = None  # the reporter encodes, as it would records fresh from the pipeline
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
         reporter.write(records[i:i + BATCH])
