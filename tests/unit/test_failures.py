@@ -32,10 +32,11 @@ from otus_ebpf.replay import CaptureFileError, read_frames, run_replay
 from otus_ebpf.task import Task, TaskState
 from otus_ebpf.tui import Dashboard, printable
 from otus_ebpf.wiring import FrameOutputs
-from tests.support.frames import raw
+from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.hostile import TRIGGERS
 from tests.support.records import numbered_sip_records
 from tests.support.sinks import ListSink
+from tests.support.sip_samples import INVITE
 from tests.unit.test_replay import written
 from tests.unit.test_task import FakeCapture, FakeOpener, as_root, options, sip_frames  # noqa: F401
 from userspace.records import Record
@@ -104,7 +105,10 @@ def test_attach_stops_cleanly_on_sighup(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("step", ["frames", "flow_learning", "output"])
 def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    opener = FakeOpener(batches=[sip_frames(2), sip_frames(2)])
+    # INVITEs with SDP: each announces media, so every turn has flows to learn
+    invites = [ring_record(ethernet(ipv4(udp(INVITE.replace(b"a84b4c76e66710", f"c{n}".encode())))))
+               for n in range(2)]
+    opener = FakeOpener(batches=[invites, invites])
     task = Task("t", options(tmp_path, pcap=str(tmp_path / "x.pcap")), lambda _m: None, opener)
     task.start()
 
@@ -115,7 +119,6 @@ def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
     if step == "frames":
         monkeypatch.setattr(FrameOutputs, "write", broken)
     elif step == "flow_learning":
-        monkeypatch.setattr(task.runner.pipeline, "take_flow_events", lambda: ["anything"])
         monkeypatch.setattr(opener.captures[0], "apply_flows", broken)
     else:
         monkeypatch.setattr(task.runner.reporters[0], "write", broken)

@@ -136,6 +136,7 @@ def faulty(exc: Exception) -> object:
     return raise_it
 
 
+@pytest.mark.replaces_code
 def test_a_bug_in_one_event_is_counted_and_the_next_event_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     said: list[tuple[str, str, bytes | None]] = []
     boundary = Boundary(lambda stage, kind, _exc, example: said.append((stage, kind, example)), strict=False)
@@ -158,6 +159,7 @@ def test_a_bug_in_one_event_is_counted_and_the_next_event_goes_on(monkeypatch: p
     assert said[0][:2] == ("calls", "KeyError") and said[0][2] is not None and b"INVITE" in said[0][2]
 
 
+@pytest.mark.replaces_code
 def test_a_bug_deep_in_a_parser_is_named_by_its_module(monkeypatch: pytest.MonkeyPatch) -> None:
     boundary = Boundary(strict=False)
     pipeline = Pipeline({}, 0, boundary=boundary)
@@ -171,6 +173,7 @@ def test_a_bug_deep_in_a_parser_is_named_by_its_module(monkeypatch: pytest.Monke
     assert boundary.counts[("sdp", "IndexError")] == 1
 
 
+@pytest.mark.replaces_code
 def test_strict_mode_raises_what_a_boundary_would_count(monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline = Pipeline({}, 0)  # the library's default is strict
     monkeypatch.setattr("userspace.pipeline.parse_message", faulty(ZeroDivisionError("injected")))
@@ -178,6 +181,7 @@ def test_strict_mode_raises_what_a_boundary_would_count(monkeypatch: pytest.Monk
         feed(pipeline, invite("x"))
 
 
+@pytest.mark.replaces_code
 def test_expiry_steps_have_their_own_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
     boundary = Boundary(strict=False)
     pipeline = Pipeline({}, 0, boundary=boundary)
