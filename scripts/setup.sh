@@ -36,7 +36,8 @@ apt_install() {
 
 install_packages() {
     apt_install python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc \
-        iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates
+        iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates \
+        gcc libc6-dev python3-dev  # mypyc's C extensions (scripts/build_native.py)
 }
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}.
@@ -102,6 +103,8 @@ setup_venv() {
         "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" || die "pip install -e .[dev] failed"
         echo "$want" > "$stamp"
     fi
+    # The per-message modules as C extensions (same source); pure Python if that fails.
+    "$VENV/bin/python" "$ROOT/scripts/build_native.py" | sed 's/^/setup: /'
 }
 
 main() {
