@@ -19,30 +19,44 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "userspace"
 STAMP = PACKAGE / "_native.json"
 # The per-message path. Not records.py: mypyc makes a ClassVar of a slots dataclass
-# read-only on instances; not reporters/: their cost is I/O.
-MODULES = ("boundary", "calls", "classify", "endpoints", "errors", "event", "frame", "kernel_streams",
-           "media", "numbers", "pipeline", "reassembly", "rtcp", "rtp", "sdp", "sharding", "sip", "tcp",
-           "uri")
+# read-only on instances; not endpoints.py: its FlowEvents cross from worker processes
+# by pickle, which a compiled frozen dataclass refuses; not reporters/: their cost is I/O.
+MODULES = ("boundary", "calls", "classify", "errors", "event", "frame", "kernel_streams", "media",
+           "numbers", "pipeline", "reassembly", "rtcp", "rtp", "sdp", "sharding", "sip", "tcp", "uri")
 
 
 def source_hashes() -> dict[str, str]:
     return {name: hashlib.sha256((PACKAGE / f"{name}.py").read_bytes()).hexdigest() for name in MODULES}
 
 
+# mypyc's shared runtime is a top-level module: it goes where the interpreter always looks
+# (the console script does not have the checkout on its path; the packages are mapped).
+RUNTIME_DIR = Path(sysconfig.get_paths()["platlib"])
+
+
 def built_files() -> list[Path]:
-    """The extensions a build leaves: one per module, and mypyc's shared runtime."""
-    return [*PACKAGE.glob("*.so"), *ROOT.glob("*__mypyc*.so")]
+    """The extensions a build leaves: one per module, and mypyc's shared runtime (named in
+    the stamp: other packages' runtimes, mypy's own among them, sit beside it)."""
+    files = [*PACKAGE.glob("*.so"), *ROOT.glob("*__mypyc*.so")]
+    try:
+        runtime = str(json.loads(STAMP.read_text())["runtime"])
+    except (OSError, ValueError, KeyError):
+        return files
+    if "__mypyc" in runtime and "/" not in runtime:
+        files.append(RUNTIME_DIR / runtime)
+    return files
 
 
 def clean() -> None:
     for path in built_files():
-        path.unlink()
+        path.unlink(missing_ok=True)
     STAMP.unlink(missing_ok=True)
     build_dir = ROOT / "build"  # mypyc's C sources and objects
     for path in [*build_dir.glob("__native*"), *build_dir.glob("temp.*"), *build_dir.glob("lib.*"),
@@ -59,9 +73,11 @@ def stamp() -> dict[str, object]:
 
 def up_to_date() -> bool:
     try:
-        return bool(json.loads(STAMP.read_text()) == stamp()) and bool(built_files())
+        built = json.loads(STAMP.read_text())
     except (OSError, ValueError):
         return False
+    runtime = RUNTIME_DIR / str(built.pop("runtime", ""))
+    return built == stamp() and runtime.is_file() and any(PACKAGE.glob("*.so"))
 
 
 def build() -> bool:
@@ -76,7 +92,13 @@ def build() -> bool:
         reason = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
         print(f"native: mypyc failed ({reason[0][:200]}); running as pure Python")
         return False
-    STAMP.write_text(json.dumps(stamp(), indent=1, sort_keys=True) + "\n")
+    runtimes = list(ROOT.glob("*__mypyc*.so"))
+    if len(runtimes) != 1:
+        clean()
+        print(f"native: mypyc left {len(runtimes)} runtime libraries, expected one; running as pure Python")
+        return False
+    runtimes[0].replace(RUNTIME_DIR / runtimes[0].name)
+    STAMP.write_text(json.dumps({**stamp(), "runtime": runtimes[0].name}, indent=1, sort_keys=True) + "\n")
     print(f"native: {len(MODULES)} userspace modules compiled with mypyc")
     return True
 

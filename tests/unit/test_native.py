@@ -8,12 +8,15 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 
 from scripts.build_native import MODULES
 from userspace import refuse_stale_native_modules
+from userspace.endpoints import FlowAction, FlowEvent
+from userspace.event import Kind
 
 IN_CI = os.environ.get("CI") == "true"
 PURE_PASS = os.environ.get("OTUS_PURE_PASS") == "1"  # scripts/test.sh's second pass, on a copy
@@ -42,3 +45,10 @@ def test_a_module_edited_after_it_was_compiled_is_refused(tmp_path: Path) -> Non
 
 def test_pure_python_has_nothing_to_check(tmp_path: Path) -> None:
     refuse_stale_native_modules(tmp_path)
+
+
+def test_what_crosses_from_worker_processes_pickles() -> None:
+    """Workers send their FlowEvents to the task's process by pickle; a compiled frozen
+    dataclass refuses to be unpickled (endpoints.py stays interpreted for it)."""
+    event = FlowEvent(FlowAction.LEARN, bytes([10, 0, 0, 1]), 4000, Kind.RTP, "c", 1, 7, ((101, 0),))
+    assert pickle.loads(pickle.dumps(event)) == event
