@@ -23,7 +23,7 @@ SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS "
               b"PRACK ", b"SUBSCRIB", b"NOTIFY ", b"PUBLISH ", b"INFO ", b"REFER ", b"MESSAGE ",
               b"UPDATE ")
 
-Endpoint = tuple[bytes, int, int]  # (raw address, port, L4 protocol): the kernel's flow key
+MediaKey = tuple[bytes, int, int]  # (raw address, port, L4 protocol): the kernel's flow-map key
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +31,7 @@ class Rules:
     sip_ports: frozenset[int]
     signature: bool = False
     shards: int = 1
-    media: Mapping[Endpoint, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
+    media: Mapping[MediaKey, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
 
 
 _FRAGMENT, _OWNED, _SIGNATURE = int(Flag.FRAGMENT), int(Flag.OWNED), int(Flag.SIGNATURE)

@@ -223,36 +223,37 @@ def packet_at(frame: bytes, l3: int, l4: int, flags: int, proto: int) -> Packet 
     return _l4(frame, l4, end, proto, src, dst)
 
 
+def _skip_extensions(buf: bytes, offset: int, end: int, next_header: int) -> tuple[int, int]:
+    """(next header, its offset) past the extension headers (not a fragment header) at ``offset``."""
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        if next_header == IPV6_FRAGMENT or next_header not in IPV6_EXTENSIONS:
+            return next_header, offset
+        if end < offset + 2:
+            raise Truncated("ipv6-extension", offset, "header cut short")
+        next_header, offset = buf[offset], offset + _extension_length(next_header, buf[offset + 1])
+    raise Malformed("ipv6", offset, f"more than {MAX_IPV6_EXTENSIONS} extension headers")
+
+
 def _ipv6_fragment(frame: bytes, offset: int, end: int, next_header: int, src: bytes,
                    dst: bytes) -> Fragment:
     """The fragment header after the extension headers before it (rare: walked again)."""
-    for _ in range(MAX_IPV6_EXTENSIONS):
-        if next_header == IPV6_FRAGMENT:
-            if end < offset + 8:
-                raise Truncated("ipv6-fragment", offset, "header cut short")
-            following, _reserved, frag_field, ident = _IPV6_FRAG.unpack_from(frame, offset)
-            return Fragment(6, src, dst, following, ident, frag_field & 0xFFF8, bool(frag_field & 1),
-                            frame[offset + 8:end])
-        if next_header not in IPV6_EXTENSIONS or end < offset + 2:
-            break
-        next_header, offset = frame[offset], offset + _extension_length(next_header, frame[offset + 1])
-    raise Malformed("ipv6", offset, "no fragment header where the capture saw one")
+    next_header, offset = _skip_extensions(frame, offset, end, next_header)
+    if next_header != IPV6_FRAGMENT:
+        raise Malformed("ipv6", offset, "no fragment header where the capture saw one")
+    if end < offset + 8:
+        raise Truncated("ipv6-fragment", offset, "header cut short")
+    following, _reserved, frag_field, ident = _IPV6_FRAG.unpack_from(frame, offset)
+    return Fragment(6, src, dst, following, ident, frag_field & 0xFFF8, bool(frag_field & 1),
+                    frame[offset + 8:end])
 
 
 def decode_datagram(datagram: Datagram) -> Packet:
     """A reassembled datagram's fragmentable part down to UDP/TCP."""
     payload, protocol, offset = datagram.payload, datagram.protocol, 0
     if datagram.version == 6:
-        for _ in range(MAX_IPV6_EXTENSIONS):
-            if protocol == IPV6_FRAGMENT:
-                raise Malformed("ipv6", offset, "fragment header inside a reassembled datagram")
-            if protocol not in IPV6_EXTENSIONS:
-                break
-            if len(payload) < offset + 2:
-                raise Truncated("ipv6-extension", offset, "header cut short")
-            protocol, offset = payload[offset], offset + _extension_length(protocol, payload[offset + 1])
-        else:
-            raise Malformed("ipv6", offset, f"more than {MAX_IPV6_EXTENSIONS} extension headers")
+        protocol, offset = _skip_extensions(payload, 0, len(payload), protocol)
+        if protocol == IPV6_FRAGMENT:
+            raise Malformed("ipv6", offset, "fragment header inside a reassembled datagram")
     return _l4(payload, offset, len(payload), protocol, datagram.src, datagram.dst)
 
 

@@ -91,14 +91,8 @@ class Pipeline:
             try:
                 for item in items:
                     self.stats.events += 1
-                    if isinstance(item, Event):
-                        self._event(item, records)
-                    else:
-                        try:
-                            event = decode_event(item)
-                        except DecodeError:
-                            self.stats.event_errors += 1
-                            continue
+                    event = item if isinstance(item, Event) else self._decoded(item)
+                    if event is not None:
                         self._event(event, records)
                 break
             except Exception as exc:  # a bug: counted, and the next event goes on
@@ -106,6 +100,14 @@ class Pipeline:
                 self.boundary.failed("pipeline", exc, example[:_EXAMPLE_BYTES], refine=True)
         self.stats.records += len(records)
         return records
+
+    def _decoded(self, raw: bytes) -> Event | None:
+        """A ring record's event; None when it is damaged (counted)."""
+        try:
+            return decode_event(raw)
+        except DecodeError:
+            self.stats.event_errors += 1
+            return None
 
     def _event(self, event: Event, records: list[Record]) -> None:
         stats = self.stats

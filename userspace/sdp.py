@@ -134,25 +134,8 @@ def packed_literal(text: str) -> bytes | None:
     return None
 
 
-def ip_literal(text: str) -> str | None:
-    """An IP literal in its canonical printed form (inet_ntop's); None for anything else."""
-    raw = packed_literal(text)
-    return None if raw is None else address_text(raw)
-
-
-def canonical_address(text: str) -> str:
-    """An IP literal canonical; anything else (a host name) as given, bounded."""
-    return ip_literal(text) or text[:MAX_ADDRESS_TEXT]
-
-
 # 0.0.0.0 and :: (RFC 3264 §8.4: the old way to put a stream on hold): nothing to learn.
 _UNSPECIFIED = frozenset((bytes(4), bytes(16)))
-
-
-def is_learnable(address: str) -> bool:
-    """An address media can be learned for: a canonical IP literal, not 0.0.0.0 or ::."""
-    raw = packed_literal(address)
-    return raw is not None and raw not in _UNSPECIFIED and address_text(raw) == address
 
 
 @dataclass(slots=True)
