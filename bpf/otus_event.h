@@ -4,7 +4,7 @@
  * Keep the restricted style: one field per line, __u8/__u16/__u32/__u64 and
  * arrays only, explicit padding. tests/unit/test_event_contract.py parses
  * this text and fails on any difference from the Python definitions in
- * userspace/event.py (the record) and otus_ebpf/kernel_abi.py (the maps).
+ * userspace/event.py (the record) and otus_ebpf/kernel/abi.py (the maps).
  *
  * Fields are in host byte order unless the name ends in _be; packet bytes
  * after the record header and addresses in keys are raw, as on the wire.

@@ -1,3 +1,3 @@
-from otus_ebpf.cli import entry
+from otus_ebpf.cli.main import entry
 
 raise SystemExit(entry())

@@ -7,12 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
-from otus_ebpf.attach import AttachMethod, XdpMode
-from otus_ebpf.capture import CaptureDirection, CaptureMode, CaptureOptions
-from otus_ebpf.fanout import DEFAULT_QUEUE_RECORDS
-from otus_ebpf.hep import HepCollector
-from otus_ebpf.kafka import KafkaSettings
-from otus_ebpf.loader import KernelSettings, MediaMode
+from otus_ebpf.capture.sources import CaptureDirection, CaptureMode, CaptureOptions
+from otus_ebpf.kernel.attach import AttachMethod, XdpMode
+from otus_ebpf.kernel.settings import KernelSettings, MediaMode
+from otus_ebpf.outputs.fanout import DEFAULT_QUEUE_RECORDS
+from otus_ebpf.outputs.hep_transport import HepCollector
+from otus_ebpf.outputs.kafka_producer import KafkaSettings
 from userspace.calls import CallLimits
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
@@ -61,10 +61,10 @@ class AttachOptions:
     calls: CallLimits = field(default_factory=CallLimits)
     stats_interval_s: float = 5.0
     # With several shards and eBPF capture: one worker process per shard (see
-    # otus_ebpf.supervisor); off, one process reads every shard.
+    # otus_ebpf.capture.supervisor); off, one process reads every shard.
     worker_processes: bool = True
     # With worker processes: each writes its own NAME.wN.EXT files instead of
-    # handing its records to the one writer of each file (otus_ebpf.joined).
+    # handing its records to the one writer of each file (otus_ebpf.outputs.joined).
     per_worker_files: bool = False
     dispatch: Dispatch = Dispatch.BINDING
     strategy: Strategy = Strategy.FLOW_HASH

@@ -47,7 +47,7 @@ STREAMS_PER_CALL = 2  # sizes the RTP stream table: a call's audio, both ways
 
 @dataclass(frozen=True, slots=True)
 class CallLimits:
-    """Each field's ``range`` is what a config may set it to (otus_ebpf.config)."""
+    """Each field's ``range`` is what a config may set it to (otus_ebpf.control.config)."""
 
     # a call with no signalling for this long is over
     ttl_s: float = field(default=7200.0, metadata={"range": (1, 7 * 86_400)})

@@ -87,7 +87,7 @@ Clocks = tuple[tuple[int, int], ...]  # (payload type, clock; 0: telephone-event
 
 
 class StreamSource(Protocol):
-    """The kernel's streams map, as a worker reads it (otus_ebpf.streams)."""
+    """The kernel's streams map, as a worker reads it (otus_ebpf.kernel.streams)."""
 
     def read_all(self, worker: int | None) -> Iterable[tuple[bytes, bytes]]:
         """Every (key, value) in the map whose key names ``worker`` (None: every one)."""

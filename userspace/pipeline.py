@@ -21,8 +21,7 @@ from userspace.event import Captured, Event, Flag, Kind, decode_event
 from userspace.frame import TCP, UDP, Packet, decode_datagram, packet_at, vlan_ids
 from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
-from userspace.records import Origin, Record, RtcpRecord, SipRecord, StreamReport
-from userspace.reporters.pcap import Frame
+from userspace.records import Frame, Origin, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.rtcp import is_rtcp
 from userspace.sharding import HandOff, decode_handoff, handoff_record, owner_of
 from userspace.sip import looks_like_sip, parse_message

@@ -32,7 +32,7 @@ Key = tuple[int, bytes, bytes, int, int]  # version, src, dst, protocol (0 for v
 
 @dataclass(frozen=True, slots=True)
 class ReassemblyLimits:
-    """Each field's ``range`` is what a config may set it to (otus_ebpf.config)."""
+    """Each field's ``range`` is what a config may set it to (otus_ebpf.control.config)."""
 
     # RFC 791 leaves it to the host; Linux uses 30 s
     timeout_v4_s: float = field(default=30.0, metadata={"range": (0.001, 3600)})

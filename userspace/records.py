@@ -24,6 +24,18 @@ _DIRECTION_NAMES: dict[int, str] = {Direction.INGRESS: "ingress", Direction.EGRE
 
 
 @dataclass(slots=True)
+class Frame:
+    """One captured frame and what the capture knows about it."""
+
+    ts_ns: int              # wall clock
+    data: bytes             # as captured (up to the snaplen)
+    orig_len: int
+    interface: str
+    direction: int  # a Direction
+    call_id: str | None = None  # set once a SIP message or a learned media flow ties it to a call
+
+
+@dataclass(slots=True)
 class SipRecord:
     """One SIP message seen on an interface. Treat it as immutable; not
     ``frozen`` for the same measured reason as ``SipMessage``."""

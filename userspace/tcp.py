@@ -97,7 +97,7 @@ class _LostRange:
 
 @dataclass(frozen=True, slots=True)
 class TcpLimits:
-    """Each field's ``range`` is what a config may set it to (otus_ebpf.config)."""
+    """Each field's ``range`` is what a config may set it to (otus_ebpf.control.config)."""
 
     # charged bytes held past a hole per stream
     window: int = field(default=256 << 10, metadata={"range": (4096, 64 << 20)})

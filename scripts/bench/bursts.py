@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf.loader import DEFAULT_RING_MB
+from otus_ebpf.kernel.settings import DEFAULT_RING_MB
 from tests.support.agent import final_stats, start_agent
 from tests.support.lab import Lab, interface_mac, lab_down, lab_up, tcpreplay
 from tests.support.trunk import write_udp_pcap

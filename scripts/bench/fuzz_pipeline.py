@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf.flows import FlowStats
+from otus_ebpf.kernel.flows import FlowStats
 from tests.support.hostile import CheckedFlowTable, drive_hostile
 from userspace.boundary import Boundary
 from userspace.pipeline import Pipeline

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from confluent_kafka import Producer
 
-from otus_ebpf.kafka import KafkaSettings, make_producer
+from otus_ebpf.outputs.kafka_producer import KafkaSettings, make_producer
 from tests.support.broker import start_broker
 from tests.support.records import numbered_sip_records
 from userspace.records import SipRecord, encode_json

@@ -32,10 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf.bpfsys import prog_test_run
-from otus_ebpf.counters import read_kernel_counters
-from otus_ebpf.loader import KernelSettings, import_bcc, load_programs
-from otus_ebpf.ring import open_reader
+from otus_ebpf.kernel.bpfsys import prog_test_run
+from otus_ebpf.kernel.counters import read_kernel_counters
+from otus_ebpf.kernel.loader import import_bcc, load_programs
+from otus_ebpf.kernel.rings import open_reader
+from otus_ebpf.kernel.settings import KernelSettings
 from tests.support.frames import ethernet, ipv4, udp
 from userspace.event import Counter, Direction, Kind
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf.loader import DEFAULT_RING_MB
-from otus_ebpf.memory import memory_budget
+from otus_ebpf.control.memory import memory_budget
+from otus_ebpf.kernel.settings import DEFAULT_RING_MB
 from tests.support.lab import lab_down, lab_up
 from tests.support.mass_calls import run_mass_calls
 

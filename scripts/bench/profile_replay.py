@@ -27,9 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from otus_ebpf.capture.replay import run_replay
+from otus_ebpf.capture.runner import tune_runtime
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.replay import run_replay
-from otus_ebpf.runner import tune_runtime
 from scripts.bench.replay import varied_calls, write_pcap
 
 # Path fragments to the stage their time is charged to, first match wins.

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from otus_ebpf.capture.replay import CapturedFrame, _Replayer
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.replay import CapturedFrame, _Replayer
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.sip_samples import sip_message
 from userspace.calls import CallLimits

@@ -107,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     # Imported here: memory.py imports this module for its messages, and otus_ebpf's weight
     # would be in its empty-pipeline baseline.
-    from otus_ebpf.runner import tune_runtime  # noqa: PLC0415
+    from otus_ebpf.capture.runner import tune_runtime  # noqa: PLC0415
     tune_runtime()  # the collector and allocator settings the agent runs with
     pairs = [pair for n in range(args.calls) for pair in call_messages(n)]
     messages = [m for m, _ in pairs]

@@ -68,7 +68,7 @@ rtp.process(data["rtp_setup"])
 out = {"parse+record": best(parse_and_build, len(data["messages"])),
        "sip pipeline": best(lambda: Pipeline({}, 0).process(data["sip_ring"]), len(data["sip_ring"])),
        "rtp pipeline": best(lambda: rtp.process(data["rtp_ring"]), len(data["rtp_ring"]))}
-agent = f"import sys; sys.path.insert(0, {tree!r}); from otus_ebpf.cli import main; sys.exit(main())"
+agent = f"import sys; sys.path.insert(0, {tree!r}); from otus_ebpf.cli.main import main; sys.exit(main())"
 t = time.perf_counter()
 subprocess.run([sys.executable, "-c", agent, "replay", pcap, "--out", pcap + ".jsonl"], check=True,
                capture_output=True)

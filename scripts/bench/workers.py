@@ -29,14 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from otus_ebpf import netns
-from otus_ebpf.bpfsys import prog_test_run
-from otus_ebpf.capture import CaptureDirection
-from otus_ebpf.counters import read_kernel_counters, read_shard_failures
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.capture.sources import CaptureDirection
+from otus_ebpf.capture.supervisor import Supervisor
+from otus_ebpf.control.task import Task
+from otus_ebpf.kernel.bpfsys import prog_test_run
+from otus_ebpf.kernel.counters import read_kernel_counters, read_shard_failures
+from otus_ebpf.kernel.settings import KernelSettings
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.supervisor import Supervisor
-from otus_ebpf.task import Task
+from tests.support import netns
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.lab import lab_down, lab_up
 from tests.support.sip_samples import INVITE

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.lab import Lab

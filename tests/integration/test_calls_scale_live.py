@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otus_ebpf.loader import DEFAULT_RING_MB
-from otus_ebpf.memory import memory_budget
+from otus_ebpf.control.memory import memory_budget
+from otus_ebpf.kernel.settings import DEFAULT_RING_MB
 from tests.support.lab import Lab
 from tests.support.mass_calls import PACKETS, run_mass_calls
 

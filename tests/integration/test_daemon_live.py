@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.agent import read_records
 from tests.support.broker import free_port
 from tests.support.lab import Lab

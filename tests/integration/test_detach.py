@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import netns
-from otus_ebpf.bpfsys import AttachType, query_program_ids
+from otus_ebpf.kernel.bpfsys import AttachType, query_program_ids
+from tests.support import netns
 from tests.support.agent import start_agent
 from tests.support.lab import Lab
 from tests.support.paths import AGENT

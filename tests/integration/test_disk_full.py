@@ -25,7 +25,8 @@ from tests.support.send import send_udp
 from tests.support.sinks import ListSink
 from tests.support.sip_samples import sip_message
 from userspace.event import Direction
-from userspace.reporters.pcap import Frame, PcapReporter
+from userspace.records import Frame
+from userspace.reporters.pcap import PcapReporter
 
 MESSAGES = 3000  # ~1.2 MB of JSON lines, ~1 MB of frames
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.hostile import TRIGGERS, clock_zero_media, flow_flood, rtp_packet

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from otus_ebpf.install import COMMAND, DOC_FILES, DOCS, UNIT
+from otus_ebpf.cli.install import COMMAND, DOC_FILES, DOCS, UNIT
 from tests.support.paths import REPO
 
 OVERLAID = ("/etc", "/usr/local", "/usr/share/doc", "/opt", "/root")

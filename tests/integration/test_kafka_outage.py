@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf.kafka import KafkaSettings, open_kafka_reporter
+from otus_ebpf.outputs.kafka_producer import KafkaSettings, open_kafka_reporter
 from tests.support.broker import Broker, free_port, start_broker
 from tests.support.records import numbered_sip_records
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting

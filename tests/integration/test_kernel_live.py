@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import netns
-from otus_ebpf.bpfsys import AttachType, query_program_ids
+from otus_ebpf.kernel.bpfsys import AttachType, query_program_ids
 from tests.integration.test_detach import tc_egress_programs, wait_detached, xdp_attached
+from tests.support import netns
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.lab import Lab
 from tests.support.paths import AGENT

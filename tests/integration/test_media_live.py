@@ -18,8 +18,7 @@ from typing import Any
 import dpkt
 import pytest
 
-from otus_ebpf import netns
-from tests.support import calls
+from tests.support import calls, netns
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import Broker, free_port
 from tests.support.lab import Lab

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otus_ebpf.loader import KernelSettings, MediaMode
+from otus_ebpf.kernel.settings import KernelSettings, MediaMode
 from tests.support.kernel import KernelHarness
 
 SHARDS = 2

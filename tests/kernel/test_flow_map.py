@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from otus_ebpf.bpfsys import map_info_by_fd
-from otus_ebpf.flows import FlowMapWriter, FlowStats, FlowTableFull, apply_each
-from otus_ebpf.kernel_abi import FLOW_KEY
-from otus_ebpf.loader import KernelSettings
-from otus_ebpf.maps import FLOW_PORTS_MAP, FLOWS_MAP, table
+from otus_ebpf.kernel.abi import FLOW_KEY
+from otus_ebpf.kernel.bpfsys import map_info_by_fd
+from otus_ebpf.kernel.flows import FlowMapWriter, FlowStats, FlowTableFull, apply_each
+from otus_ebpf.kernel.maps import FLOW_PORTS_MAP, FLOWS_MAP, table
+from otus_ebpf.kernel.settings import KernelSettings
 from otus_ebpf.options import AttachOptions
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.kernel import KernelHarness

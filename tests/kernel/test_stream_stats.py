@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otus_ebpf.bpfsys import prog_test_run
-from otus_ebpf.loader import KernelSettings
-from otus_ebpf.streams import KernelStreams
+from otus_ebpf.kernel.bpfsys import prog_test_run
+from otus_ebpf.kernel.settings import KernelSettings
+from otus_ebpf.kernel.streams import KernelStreams
 from tests.support.calls import dtmf_payload, rtp
 from tests.support.frames import ethernet, ipv4, ipv6, raw, udp
 from tests.support.kernel import Hook, KernelHarness

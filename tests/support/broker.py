@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.procs import Background
 
 READY_TIMEOUT_S = 20.0

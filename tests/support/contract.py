@@ -1,6 +1,6 @@
 """Read bpf/otus_event.h in its restricted style and compare it with the
 Python definitions: the event record (userspace.event) and the map layouts
-(otus_ebpf.kernel_abi)."""
+(otus_ebpf.kernel.abi)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import struct
 from enum import IntEnum, IntFlag
 
-from otus_ebpf.kernel_abi import MAP_STRUCTS, ConfigFlag
+from otus_ebpf.kernel.abi import MAP_STRUCTS, ConfigFlag
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
 from userspace.rtp import DEFAULT_CLOCK_RATE

@@ -12,8 +12,8 @@ import ipaddress
 import random
 import struct
 
-from otus_ebpf.flows import FlowStats, apply_each
-from otus_ebpf.kernel_abi import pack_flow_key
+from otus_ebpf.kernel.abi import pack_flow_key
+from otus_ebpf.kernel.flows import FlowStats, apply_each
 from tests.support.frames import TCP, ethernet, ipv4, ipv6, raw, ring_record, tcp, udp
 from tests.support.sip_samples import sip_message
 from userspace.endpoints import FlowEvent

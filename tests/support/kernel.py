@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from otus_ebpf.bpfsys import prog_test_run
-from otus_ebpf.counters import KernelCounts, read_kernel_counters
-from otus_ebpf.loader import KernelSettings, LoadedPrograms, load_programs
-from otus_ebpf.maps import KernelMaps
-from otus_ebpf.ring import Reader, open_reader
+from otus_ebpf.kernel.bpfsys import prog_test_run
+from otus_ebpf.kernel.counters import KernelCounts, read_kernel_counters
+from otus_ebpf.kernel.loader import LoadedPrograms, load_programs
+from otus_ebpf.kernel.maps import KernelMaps
+from otus_ebpf.kernel.rings import Reader, open_reader
+from otus_ebpf.kernel.settings import KernelSettings
 from userspace.event import Counter, Direction, Event, decode_event
 
 XDP_PASS = 2

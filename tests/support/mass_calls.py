@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otus_ebpf import netns
+from tests.support import netns
 from tests.support.agent import read_records, start_agent
 from tests.support.broker import free_port
 from tests.support.lab import Lab

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from otus_ebpf import netns
+from tests.support import netns
 
 
 def send_udp(namespace: str, src: str, sport: int, dst: str, dport: int, payloads: list[bytes]) -> None:

@@ -30,4 +30,4 @@ def test_userspace_imports_nothing_forbidden() -> None:
 
 
 def test_the_check_sees_an_offending_import() -> None:
-    assert imported_modules("from otus_ebpf.agent import x\nimport time\n") == {"otus_ebpf", "time"}
+    assert imported_modules("from otus_ebpf.cli.agent import x\nimport time\n") == {"otus_ebpf", "time"}

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import random
 
-from otus_ebpf.cbpf import MAX_MEDIA_RANGES, MediaPorts, compile_filter, filter_expression, port_ranges
-from otus_ebpf.loader import KernelSettings
+from otus_ebpf.capture.cbpf import (
+    MAX_MEDIA_RANGES,
+    MediaPorts,
+    compile_filter,
+    filter_expression,
+    port_ranges,
+)
+from otus_ebpf.kernel.settings import KernelSettings
 
 BPF_MAXINSNS = 4096  # the kernel's limit for a classic BPF program
 

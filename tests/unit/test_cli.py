@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from otus_ebpf.cli import main
-from otus_ebpf.kafka import KafkaSecurity
+from otus_ebpf.cli.main import main
+from otus_ebpf.outputs.kafka_producer import KafkaSecurity
 
 
 def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -99,7 +99,7 @@ def test_kafka_secrets_stay_out_of_repr_and_errors(tmp_path: Path, monkeypatch: 
     assert "s3cret-value" not in repr(security) and "k3y-pass" not in repr(security)
     assert security.client_config()["sasl.password"] == "s3cret-value"
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr("otus_ebpf.kafka.BROKER_CHECK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("otus_ebpf.outputs.kafka_producer.BROKER_CHECK_TIMEOUT_S", 0.5)
     # Nothing listens on port 1: the broker check fails and says so in one line.
     assert main(["attach", "lo", "--kafka", "127.0.0.1:1", "--kafka-security-protocol", "sasl_plaintext",
                  "--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "otus",
@@ -123,7 +123,7 @@ def test_a_file_that_is_not_a_capture_is_refused_before_any_output_exists(
 
 def test_an_unreachable_broker_leaves_no_file_and_no_claim_of_writing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("otus_ebpf.kafka.BROKER_CHECK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("otus_ebpf.outputs.kafka_producer.BROKER_CHECK_TIMEOUT_S", 0.5)
     capture = tmp_path / "empty.pcap"
     capture.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
     out = tmp_path / "out" / "records.jsonl"
@@ -141,7 +141,7 @@ def test_task_actions_without_a_name_say_so_in_the_error_form(capsys: pytest.Cap
 
 
 def test_workers_default_to_one_per_cpu_capped_by_the_shard_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otus_ebpf import cli  # noqa: PLC0415
+    from otus_ebpf.cli import main as cli  # noqa: PLC0415
 
     for cpus, expected in ((1, 1), (2, 2), (64, 8)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, cpus=cpus: set(range(cpus)))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import cli
-from otus_ebpf.capture import CaptureMode
-from otus_ebpf.config import ConfigInvalid, load, parse
-from otus_ebpf.loader import DEFAULT_SNAPLEN, MediaMode
+from otus_ebpf.capture.sources import CaptureMode
+from otus_ebpf.cli import main as cli
+from otus_ebpf.control.config import ConfigInvalid, load, parse
+from otus_ebpf.kernel.settings import DEFAULT_SNAPLEN, MediaMode
 from otus_ebpf.options import AttachOptions, Dispatch
 from tests.support.paths import REPO
 from userspace.reporters.kafka import KeyChoice
@@ -148,7 +148,7 @@ def test_zero_or_negative_workers_are_rejected_at_validation(workers: str,
 
 
 def test_the_config_reference_names_every_key_the_checker_knows() -> None:
-    from otus_ebpf.config import KAFKA_KEYS, SECURITY_KEYS, TASK_KEYS  # noqa: PLC0415 - only this test
+    from otus_ebpf.control.config import KAFKA_KEYS, SECURITY_KEYS, TASK_KEYS  # noqa: PLC0415 - only this test
 
     reference = (REPO / "docs" / "CONFIG.md").read_text()
     def mentioned(key: str) -> bool:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from otus_ebpf.counters import (
+from otus_ebpf.capture.sampling import StatsLine
+from otus_ebpf.kernel.counters import (
     KernelCounts,
-    StatsLine,
     format_kernel_counts,
 )
 from userspace.event import Counter, Direction

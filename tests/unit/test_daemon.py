@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from otus_ebpf.config import load
-from otus_ebpf.control import request
-from otus_ebpf.daemon import run_daemon
+from otus_ebpf.control.config import load
+from otus_ebpf.control.daemon import run_daemon
+from otus_ebpf.control.manager import TaskManager
+from otus_ebpf.control.server import request
 from otus_ebpf.errors import SetupError
-from otus_ebpf.manager import TaskManager
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.unit.test_sdp_calls import ANSWER, OFFER, message
 from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture

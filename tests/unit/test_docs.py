@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import install
-from otus_ebpf.cli import build_parser
+from otus_ebpf.cli import install
+from otus_ebpf.cli.main import build_parser
 from tests.support.paths import REPO
 from userspace.records import RECORD_KINDS
 

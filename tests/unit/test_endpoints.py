@@ -139,7 +139,7 @@ def test_thousands_of_holders_ending_in_any_order_keep_the_owner_at_hand() -> No
 def test_workers_sharing_an_endpoint_have_one_writer_of_the_kernel_entry() -> None:
     """Each worker wrote the map itself: one worker's call ending removed the entry
     another worker's call still needed."""
-    from otus_ebpf.flows import SharedFlows  # noqa: PLC0415
+    from otus_ebpf.kernel.flows import SharedFlows  # noqa: PLC0415
 
     flows = SharedFlows()
 

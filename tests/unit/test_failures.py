@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from otus_ebpf import agent
-from otus_ebpf.control import MAX_CONNECTIONS, ControlServer, request
+from otus_ebpf.capture.replay import CaptureFileError, read_frames, run_replay
+from otus_ebpf.capture.sampling import TaskSample
+from otus_ebpf.cli import agent
+from otus_ebpf.cli.tui import Dashboard, printable
+from otus_ebpf.control.server import MAX_CONNECTIONS, ControlServer, request
+from otus_ebpf.control.task import Task, TaskState
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
-from otus_ebpf.fanout import Fallback, QueuedReporter
-from otus_ebpf.metrics import TaskSample
-from otus_ebpf.replay import CaptureFileError, read_frames, run_replay
-from otus_ebpf.task import Task, TaskState
-from otus_ebpf.tui import Dashboard, printable
-from otus_ebpf.wiring import FrameOutputs
+from otus_ebpf.outputs.fanout import Fallback, QueuedReporter
+from otus_ebpf.outputs.wiring import FrameOutputs
 from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.hostile import TRIGGERS
 from tests.support.records import numbered_sip_records
@@ -39,7 +39,7 @@ from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE
 from tests.unit.test_replay import written
 from tests.unit.test_task import FakeCapture, FakeOpener, as_root, options, sip_frames  # noqa: F401
-from userspace.records import Record
+from userspace.records import Frame, Record
 from userspace.reporters.jsonl import JsonLinesReporter
 from userspace.reporters.pcap import PcapFormat
 
@@ -86,14 +86,14 @@ def test_a_task_whose_loop_dies_is_failed_not_running(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("as_root", "lenient")
 def test_attach_exits_non_zero_when_its_task_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("otus_ebpf.task.open_capture", BrokenOpener(batches=[sip_frames(2)]))
+    monkeypatch.setattr("otus_ebpf.control.task.open_capture", BrokenOpener(batches=[sip_frames(2)]))
     assert agent.run_attach(options(tmp_path)) == EXIT_TASK_FAILED
 
 
 @pytest.mark.usefixtures("as_root")
 def test_attach_stops_cleanly_on_sighup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: an ssh hang-up ended attach without drain or flush."""
-    monkeypatch.setattr("otus_ebpf.task.open_capture", FakeOpener(leftover=sip_frames(5)))
+    monkeypatch.setattr("otus_ebpf.control.task.open_capture", FakeOpener(leftover=sip_frames(5)))
     before = signal.getsignal(signal.SIGHUP)
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGHUP)).start()
     assert agent.run_attach(options(tmp_path)) == 0
@@ -176,7 +176,7 @@ def test_a_full_disk_under_output_and_fallback_loses_no_thread_and_no_count() ->
 
 
 def test_a_file_write_the_disk_cannot_take_whole_is_undone(tmp_path: Path) -> None:
-    from otus_ebpf.outputs import AppendFile  # noqa: PLC0415 - the class under test
+    from otus_ebpf.outputs.sinks import AppendFile  # noqa: PLC0415 - the class under test
 
     path = tmp_path / "f"
     file = AppendFile(path)
@@ -254,7 +254,7 @@ def test_an_idle_connection_is_closed_and_connections_are_bounded(control: Contr
 
 
 def test_an_idle_connection_times_out(control: ControlServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("otus_ebpf.control._Connection.timeout", 0.2)
+    monkeypatch.setattr("otus_ebpf.control.server._Connection.timeout", 0.2)
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(control.path))
         sock.settimeout(5)
@@ -264,7 +264,7 @@ def test_an_idle_connection_times_out(control: ControlServer, monkeypatch: pytes
 @pytest.mark.usefixtures("as_root")
 def test_creating_a_task_from_an_invalid_file_is_answered(tmp_path: Path) -> None:
     """Regression: ConfigInvalid was not caught; the CLI died with JSONDecodeError."""
-    from otus_ebpf.daemon import Daemon  # noqa: PLC0415
+    from otus_ebpf.control.daemon import Daemon  # noqa: PLC0415
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  - name: a\n    interfaces: [lo]\n    workers: 0\n")
@@ -360,7 +360,7 @@ def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path,
 def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None:
     from tests.support.frames import ethernet, ipv4, udp  # noqa: PLC0415
     from userspace.event import Direction  # noqa: PLC0415
-    from userspace.reporters.pcap import Frame, PcapReporter  # noqa: PLC0415
+    from userspace.reporters.pcap import PcapReporter  # noqa: PLC0415
 
     sink = ListSink()
     frames = [Frame(1_800_000_000_000_000_000 + n, ethernet(ipv4(udp(payload))), 0, "eth0", Direction.INGRESS)
@@ -383,7 +383,7 @@ def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None
 def test_rotating_a_file_deleted_by_hand_starts_a_fresh_one(tmp_path: Path) -> None:
     """A rotation whose rename failed left a closed descriptor number in use: the next file the
     process opened received the records."""
-    from otus_ebpf.outputs import RotatingFile  # noqa: PLC0415
+    from otus_ebpf.outputs.sinks import RotatingFile  # noqa: PLC0415
 
     sink = RotatingFile(tmp_path / "out.jsonl")
     (tmp_path / "out.jsonl").unlink()
@@ -398,7 +398,7 @@ def test_rotating_a_file_deleted_by_hand_starts_a_fresh_one(tmp_path: Path) -> N
 
 def test_a_rotation_that_cannot_reopen_fails_writes_until_it_can(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from otus_ebpf import outputs  # noqa: PLC0415
+    from otus_ebpf.outputs import sinks as outputs  # noqa: PLC0415
 
     sink = outputs.RotatingFile(tmp_path / "out.jsonl")
     real = outputs.AppendFile
@@ -444,7 +444,7 @@ def test_deeply_nested_json_is_answered(control: ControlServer) -> None:
 
 def test_a_request_trickling_in_is_cut_off_at_its_deadline(control: ControlServer,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("otus_ebpf.control._Connection.timeout", 0.5)
+    monkeypatch.setattr("otus_ebpf.control.server._Connection.timeout", 0.5)
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(control.path))
         started = time.monotonic()
@@ -460,7 +460,7 @@ def test_a_request_trickling_in_is_cut_off_at_its_deadline(control: ControlServe
 
 def test_validate_refuses_a_fifo_instead_of_waiting_on_it(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from otus_ebpf import cli  # noqa: PLC0415
+    from otus_ebpf.cli import main as cli  # noqa: PLC0415
 
     fifo = tmp_path / "config.fifo"
     os.mkfifo(fifo)
@@ -493,7 +493,7 @@ def test_the_stream_table_holds_two_streams_per_call_of_the_limit() -> None:
 
 
 def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_one_misses() -> None:
-    from otus_ebpf import supervisor  # noqa: PLC0415
+    from otus_ebpf.capture import supervisor  # noqa: PLC0415
 
     class Pipe:
         def __init__(self) -> None:
@@ -520,8 +520,8 @@ def test_dispatch_keeps_conversations_on_their_workers_and_counts_what_a_dead_on
 
 
 def test_a_dead_workers_counters_stay_in_the_totals_and_its_gauges_go() -> None:
-    from otus_ebpf.metrics import sample_to_json  # noqa: PLC0415
-    from otus_ebpf.supervisor import merge_samples  # noqa: PLC0415
+    from otus_ebpf.capture.sampling import sample_to_json  # noqa: PLC0415
+    from otus_ebpf.capture.supervisor import merge_samples  # noqa: PLC0415
 
     def payload(worker: int, records: int, dialogs: float, retired: bool = False) -> dict[str, Any]:
         sample = TaskSample("running")

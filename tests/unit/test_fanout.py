@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from otus_ebpf.fanout import Fallback, QueuedReporter
+from otus_ebpf.outputs.fanout import Fallback, QueuedReporter
 from tests.support.records import numbered_sip_records
 from tests.support.sinks import ListSink
 from tests.unit.test_reporters import ListProducer

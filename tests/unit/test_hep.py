@@ -11,7 +11,13 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from otus_ebpf.errors import SetupError
-from otus_ebpf.hep import HepCollector, HepTransport, TcpCollector, UdpCollector, parse_collector
+from otus_ebpf.outputs.hep_transport import (
+    HepCollector,
+    HepTransport,
+    TcpCollector,
+    UdpCollector,
+    parse_collector,
+)
 from tests.support.frames import raw
 from tests.support.records import numbered_sip_records
 from tests.support.sip_samples import INVITE

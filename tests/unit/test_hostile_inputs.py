@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from otus_ebpf.flows import FlowStats, FlowTableFull, apply_each
+from otus_ebpf.kernel.flows import FlowStats, FlowTableFull, apply_each
 from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.hostile import CALLEE, CALLER, TRIGGERS, clock_zero_media, invite, rtp_packet, sdp
 from userspace.boundary import Boundary

@@ -12,7 +12,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otus_ebpf.flows import FlowStats
+from otus_ebpf.kernel.flows import FlowStats
 from tests.support.hostile import CheckedFlowTable, drive_hostile
 from userspace.boundary import Boundary
 from userspace.calls import CallLimits

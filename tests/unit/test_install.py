@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import install
+from otus_ebpf.cli import install
 from otus_ebpf.errors import SetupError
 from tests.support.paths import REPO
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from otus_ebpf import worker
-from otus_ebpf.joined import JSONL, PCAP, BlockWriter, ForwardedFrames, ForwardedLines, JoinedOutputs
+from otus_ebpf.capture import worker
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.outputs import RotatingFile
+from otus_ebpf.outputs.joined import JSONL, PCAP, BlockWriter, ForwardedFrames, ForwardedLines, JoinedOutputs
+from otus_ebpf.outputs.sinks import RotatingFile
 from userspace.event import Direction
-from userspace.reporters.pcap import Frame
+from userspace.records import Frame
 
 
 def collect() -> tuple[list[tuple[str, Any, int, int, bool]], Any]:

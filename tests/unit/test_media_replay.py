@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from otus_ebpf.capture.replay import run_replay
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.replay import run_replay
 from tests.support import calls
 from tests.support.calls import OFFERED, PCMA, PTIME_NS, TELEPHONE_EVENT, Datagram, Dialog, Party, Stream
 from userspace.calls import CallLimits

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from otus_ebpf.metrics import HELP, MetricsServer, MonotonicCounters
-from otus_ebpf.task import Task
+from otus_ebpf.control.metrics import HELP, MetricsServer, MonotonicCounters
+from otus_ebpf.control.task import Task
 from tests.support.paths import REPO
 from tests.unit.test_task import FakeOpener, as_root, lines, options, sip_frames  # noqa: F401 - as_root: a fixture
 

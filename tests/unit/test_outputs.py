@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from otus_ebpf.outputs import OUT_FILE_MODE, RotatingFile
+from otus_ebpf.outputs.sinks import OUT_FILE_MODE, RotatingFile
 
 
 def test_file_is_0640_whatever_the_umask_and_appends_across_opens(tmp_path: Path) -> None:

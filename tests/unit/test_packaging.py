@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from otus_ebpf.bpf_sources import EVENT_HEADER_FILE, PROGRAM_FILE, bpf_source_dir
+from otus_ebpf.kernel.sources import EVENT_HEADER_FILE, PROGRAM_FILE, bpf_source_dir
 from tests.support.paths import REPO
 
 
@@ -30,7 +30,7 @@ def test_installed_wheel_ships_and_finds_the_sources(tmp_path: Path) -> None:
     found = subprocess.run(
         [sys.executable, "-S", "-c",
          f"import sys; sys.path.insert(0, {str(site)!r}); "
-         "from otus_ebpf.bpf_sources import bpf_source_dir; print(bpf_source_dir())"],
+         "from otus_ebpf.kernel.sources import bpf_source_dir; print(bpf_source_dir())"],
         check=True, capture_output=True, text=True, cwd=tmp_path,
     ).stdout.strip()
     assert found == str(site / "otus_ebpf" / "bpf")

@@ -11,8 +11,9 @@ from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
 from userspace.event import Direction
 from userspace.pipeline import Pipeline
+from userspace.records import Frame
 from userspace.reporters import Rotation
-from userspace.reporters.pcap import Frame, PcapFormat, PcapReporter, global_header
+from userspace.reporters.pcap import PcapFormat, PcapReporter, global_header
 
 FRAMES = [Frame(1_795_810_653_123_456_789, ethernet(ipv4(udp(INVITE))), 600, "eth0", Direction.INGRESS),
           Frame(1_795_810_653_223_456_789, ethernet(ipv4(udp(OK_200))), 400, "eth1", Direction.EGRESS)]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import dpkt
 
-from otus_ebpf.percall import PerCallPcap, file_name
+from otus_ebpf.outputs.percall import PerCallPcap, file_name
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.unit.test_sdp_calls import ANSWER, OFFER, message
 from userspace.event import Direction, Kind
 from userspace.pipeline import Pipeline
-from userspace.reporters.pcap import Frame, PcapFormat
+from userspace.records import Frame
+from userspace.reporters.pcap import PcapFormat
 
 RTP = bytes([0x80, 0]) + bytes(10) + b"x" * 20
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
+from otus_ebpf.capture.replay import CapturedFrame, _Replayer, read_frames, run_replay
 from otus_ebpf.errors import SetupError
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.replay import CapturedFrame, _Replayer, read_frames, run_replay
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.sinks import ListSink
 from tests.support.trunk import call_messages, new_call
@@ -91,7 +91,7 @@ def test_speed_paces_by_capture_time(tmp_path: Path) -> None:
 
 
 def test_the_expiry_clock_neither_goes_back_nor_follows_one_outlier() -> None:
-    from otus_ebpf.replay import JUMP_NS, ExpiryClock  # noqa: PLC0415
+    from otus_ebpf.capture.replay import JUMP_NS, ExpiryClock  # noqa: PLC0415
 
     clock = ExpiryClock()
     for ts in (100, 200, 150, 300):

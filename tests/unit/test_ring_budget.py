@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from otus_ebpf.errors import SetupError
-from otus_ebpf.loader import DEFAULT_RING_MB, MIN_PERF_PAGES, PAGE_SIZE, KernelSettings
+from otus_ebpf.kernel.settings import DEFAULT_RING_MB, MIN_PERF_PAGES, PAGE_SIZE, KernelSettings
 
 
 def test_the_default_budget_is_64_mib_a_worker() -> None:

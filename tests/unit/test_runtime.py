@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from otus_ebpf.runner import GC_YOUNG_THRESHOLD, tune_runtime
+from otus_ebpf.capture.runner import GC_YOUNG_THRESHOLD, tune_runtime
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from otus_ebpf.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
+from otus_ebpf.capture.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
 from tests.support.frames import ethernet, ipv4, raw, ring_record, tcp
 from tests.support.sip_samples import INVITE, OK_200, sip_message
 from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker

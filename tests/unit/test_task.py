@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from otus_ebpf import agent
-from otus_ebpf.capture import CaptureMode, CaptureOptions, OnStop
-from otus_ebpf.hep import HepCollector, HepTransport
-from otus_ebpf.kafka import KafkaSettings
+from otus_ebpf.capture.sources import CaptureMode, CaptureOptions, OnStop
+from otus_ebpf.cli import agent
+from otus_ebpf.control.task import Task, TaskStartError, TaskState
 from otus_ebpf.options import AttachOptions
-from otus_ebpf.task import Task, TaskStartError, TaskState
+from otus_ebpf.outputs.hep_transport import HepCollector, HepTransport
+from otus_ebpf.outputs.kafka_producer import KafkaSettings
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import sip_message
 
@@ -130,7 +130,7 @@ def os_threads(expected: int | None = None) -> int:
 
 @pytest.fixture
 def quiet_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr("otus_ebpf.kafka.BROKER_CHECK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("otus_ebpf.outputs.kafka_producer.BROKER_CHECK_TIMEOUT_S", 0.2)
     yield
 
 
@@ -193,7 +193,7 @@ def test_stop_while_the_reporter_is_draining_loses_nothing(tmp_path: Path) -> No
 def test_attach_gives_back_the_signal_handlers_it_took(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setattr("otus_ebpf.task.open_capture", FakeOpener(batches=[sip_frames(3)]))
+    monkeypatch.setattr("otus_ebpf.control.task.open_capture", FakeOpener(batches=[sip_frames(3)]))
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
     assert agent.run_attach(options(tmp_path)) == 0
     assert {s: signal.getsignal(s) for s in before} == before
@@ -202,7 +202,7 @@ def test_attach_gives_back_the_signal_handlers_it_took(tmp_path: Path,
 
 @pytest.mark.usefixtures("as_root")
 def test_per_worker_files_with_records_on_stdout_are_refused_before_anything_starts(tmp_path: Path) -> None:
-    from otus_ebpf.loader import KernelSettings  # noqa: PLC0415
+    from otus_ebpf.kernel.settings import KernelSettings  # noqa: PLC0415
 
     task = Task("t", options(tmp_path, out="-", per_worker_files=True, mode=CaptureMode.AUTO,
                              kernel=KernelSettings(shards=2)), lambda _m: None)

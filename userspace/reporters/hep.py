@@ -14,7 +14,7 @@ Call-ID as correlation id, which is how Homer joins them to the call. Call
 summaries have no HEP form and are left out (counted).
 
 This module only encodes; the sink that carries packets to collectors over
-UDP or TCP is handed in (otus_ebpf.hep).
+UDP or TCP is handed in (otus_ebpf.outputs.hep_transport).
 """
 
 from __future__ import annotations

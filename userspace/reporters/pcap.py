@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from userspace.event import Direction
+from userspace.records import Frame
 from userspace.reporters import RotatingSink, Rotation, RotationTracker
 
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -41,18 +42,6 @@ _EPB_HEAD = struct.Struct("=IIIIIII")
 class PcapFormat(Enum):
     PCAP = "pcap"
     PCAPNG = "pcapng"
-
-
-@dataclass(slots=True)
-class Frame:
-    """One captured frame and what the capture knows about it."""
-
-    ts_ns: int              # wall clock
-    data: bytes             # as captured (up to the snaplen)
-    orig_len: int
-    interface: str
-    direction: int  # a Direction
-    call_id: str | None = None  # set once a SIP message or a learned media flow ties it to a call
 
 
 def global_header() -> bytes:

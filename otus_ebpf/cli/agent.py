@@ -1,0 +1,82 @@
+"""`otus-ebpf attach`: one task (otus_ebpf.control.task) in the foreground until
+SIGINT, SIGTERM or SIGHUP (an ssh session that hangs up); the signal
+handlers it installs are restored when it ends, however it ends.
+
+Exit status: 0, or EXIT_TASK_FAILED when the capture failed while running,
+or EXIT_RECORDS_LOST when an output lost records (the last line says how
+many and where); setup errors are the CLI's (1)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from types import FrameType
+
+from otus_ebpf.cli.tui import Dashboard, LiveView
+from otus_ebpf.control.metrics import MetricsServer
+from otus_ebpf.control.task import Task, TaskStartError, TaskState, require_root, resolve_interface
+from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.signals import SignalFlag
+
+__all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
+
+
+
+def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None,
+               live_view: bool = False) -> int:
+    """``metrics_listen``: HOST:PORT for /metrics, None for none. ``live_view``:
+    draw the rich dashboard on the terminal instead of printing stats lines."""
+    with contextlib.ExitStack() as stack:
+        stop = install_stop_signals(stack)
+        task = Task(name, options, log)
+        try:
+            task.start(through="init")  # checked, resolved, outputs open; nothing attached yet
+            if metrics_listen is not None:
+                try:
+                    metrics = MetricsServer(metrics_listen, lambda: [task])
+                except SetupError:
+                    task.abandon()
+                    raise
+                stack.callback(metrics.close)  # after the task has stopped: the last scrape sees the end
+                log(f"metrics on http://{metrics.address}/metrics")
+            task.start()
+        except TaskStartError as failed:
+            # One task in the foreground: the cause is the message, as the operator expects it.
+            raise SetupError(str(failed.__cause__)) from None
+        stack.callback(task.stop)
+        if live_view:
+            task.keep_recent(64)
+            task.periodic_stats = False
+            view = LiveView(Dashboard(lambda: [task]))
+            stack.callback(view.close)  # before the task stops: its final figures print plainly
+        task.run(stop)
+        if task.state is not TaskState.FAILED:
+            log("stopping: detaching, draining, flushing outputs")
+    if task.state is TaskState.FAILED:
+        log(f"otus-ebpf: the capture failed: {task.failure}")
+        return EXIT_TASK_FAILED
+    lost = task.records_lost()
+    if lost:
+        log(f"otus-ebpf: {lost} records were lost (see the records: line above)")
+        return EXIT_RECORDS_LOST
+    return 0
+
+
+def install_stop_signals(stack: contextlib.ExitStack) -> SignalFlag:
+    """SIGINT/SIGTERM/SIGHUP set a flag the poll loop checks; old handlers come back on exit.
+    A hang-up is a stop like the others: detach, drain, flush, exit."""
+    stop = SignalFlag()  # set in a signal handler: no lock (otus_ebpf.signals)
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous = signal.signal(signum, request_stop)
+        stack.callback(signal.signal, signum, previous)
+    return stop
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

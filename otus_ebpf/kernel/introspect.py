@@ -1,0 +1,180 @@
+"""Find our programs on an interface and open their maps by id.
+
+The kernel knows which program sits on which hook and which maps it uses,
+so `otus-ebpf stats` and `otus-ebpf filter` reach a running agent's maps
+without pinning them or talking to the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel.abi import (
+    CONFIG,
+    FLOW_KEY,
+    FLOW_VALUE,
+    LPM_V4,
+    LPM_V6,
+    ConfigFlag,
+    Network,
+    pack_lpm_key,
+)
+from otus_ebpf.kernel.attach import xdp_program
+from otus_ebpf.kernel.bpfsys import (
+    AttachType,
+    MapInfo,
+    map_delete,
+    map_is_empty,
+    map_keys,
+    map_lookup,
+    map_update,
+    open_map,
+    possible_cpus,
+    program_info,
+    query_program_ids,
+)
+from otus_ebpf.kernel.counters import COUNTERS, KernelCounts
+from otus_ebpf.kernel.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
+from otus_ebpf.kernel.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
+from userspace.event import Counter, Direction, Kind
+
+_U32 = struct.Struct("=I")
+
+
+def attached_program_ids(ifindex: int) -> list[int]:
+    """Our programs on this interface: XDP (any attach kind) and TCX egress."""
+    candidates = [xdp_program(ifindex)[0]]
+    with contextlib.suppress(OSError):  # no TCX on this kernel
+        candidates += query_program_ids(ifindex, AttachType.TCX_EGRESS)
+    return [pid for pid in candidates
+            if pid and program_info(pid).name in (XDP_FUNCTION, TC_FUNCTION)]
+
+
+@dataclass(frozen=True)
+class FilterState:
+    sip_ports: tuple[int, ...]
+    signature: bool
+    paused: bool
+    include: tuple[Network, ...]
+    exclude: tuple[Network, ...]
+    sip_snaplen: int
+    media_snaplen: int
+
+    def lines(self) -> list[str]:
+        def networks(found: tuple[Network, ...]) -> str:
+            return " ".join(map(str, found)) or "-"
+
+        return [f"sip ports  {' '.join(map(str, self.sip_ports)) or '-'}",
+                f"signature  {'on' if self.signature else 'off'}",
+                f"include    {networks(self.include)}",
+                f"exclude    {networks(self.exclude)}",
+                f"snaplen    sip {self.sip_snaplen}, media {self.media_snaplen}",
+                f"capture    {'paused' if self.paused else 'running'}"]
+
+
+@dataclass
+class LiveMaps:
+    """Open fds of one attached agent's maps, by map name."""
+
+    fds: dict[str, tuple[int, MapInfo]]
+
+    def _map(self, name: str) -> tuple[int, MapInfo]:
+        if name not in self.fds:
+            raise SetupError(f"the attached program has no map {name!r} (an older otus-ebpf?)")
+        return self.fds[name]
+
+    def per_cpu_sum(self, name: str, index: int) -> int:
+        fd, info = self._map(name)
+        slot = (info.value_size + 7) // 8 * 8
+        raw = map_lookup(fd, _U32.pack(index), slot * possible_cpus()) or b""
+        return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), slot))
+
+    def counters(self) -> KernelCounts:
+        return {(d, c): self.per_cpu_sum(COUNTERS_MAP, d * Counter.MAX + c)
+                for d in Direction for c in COUNTERS}
+
+    def shard_failures(self) -> list[int]:
+        _fd, info = self._map(SHARD_FAILURES_MAP)
+        return [self.per_cpu_sum(SHARD_FAILURES_MAP, i) for i in range(info.max_entries)]
+
+    def flows(self) -> list[tuple[str, int, int, Kind, int]]:
+        """Learned media endpoints: (address, port, L4 protocol, kind, shard)."""
+        fd, info = self._map(FLOWS_MAP)
+        learned = []
+        for key in map_keys(fd, info.key_size):
+            value = map_lookup(fd, key, info.value_size)
+            if value is None:
+                continue  # forgotten while we walked
+            raw, port, l4_proto, family = FLOW_KEY.unpack(key)
+            kind, shard, *_rest = FLOW_VALUE.unpack(value)
+            address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
+            learned.append((str(address), port, l4_proto, Kind(kind), shard))
+        return sorted(learned)
+
+    def filters(self) -> FilterState:
+        """What the attached programs filter on now, read from their maps."""
+        fd, info = self._map(SIP_PORTS_MAP)
+        ports = tuple(port for port in range(info.max_entries)
+                      if (map_lookup(fd, _U32.pack(port), info.value_size) or b"\0")[0])
+        fd, info = self._map(CONFIG_MAP)
+        raw = map_lookup(fd, _U32.pack(0), info.value_size)
+        assert raw is not None  # an array map always has index 0
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        networks: dict[str, list[Network]] = {"include": [], "exclude": []}
+        for which, version in TRIE_FLAGS:
+            fd, info = self._map(f"{which}_v{version}")
+            layout = LPM_V4 if version == 4 else LPM_V6
+            for key in map_keys(fd, info.key_size):
+                prefixlen, address = layout.unpack(key)
+                networks[which].append(ipaddress.ip_network((address, prefixlen)))
+        return FilterState(ports, bool(flags & ConfigFlag.SIGNATURE), bool(flags & ConfigFlag.PAUSED),
+                           tuple(sorted(networks["include"], key=str)),
+                           tuple(sorted(networks["exclude"], key=str)), sip_snaplen, media_snaplen)
+
+    def set_sip_port(self, port: int, enabled: bool) -> None:
+        fd, info = self._map(SIP_PORTS_MAP)
+        map_update(fd, _U32.pack(port), bytes([1 if enabled else 0]).ljust(info.value_size, b"\0"))
+
+    def set_signature(self, enabled: bool) -> None:
+        self._update_config_flags(ConfigFlag.SIGNATURE, enabled)
+
+    def change_network(self, which: str, network: Network, add: bool) -> None:
+        name = f"{which}_v{network.version}"
+        fd, info = self._map(name)
+        key = pack_lpm_key(network)
+        if add:
+            map_update(fd, key, b"\1".ljust(info.value_size, b"\0"))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                map_delete(fd, key)
+        self._update_config_flags(TRIE_FLAGS[which, network.version], not map_is_empty(fd))
+
+    def _update_config_flags(self, flag: ConfigFlag, enabled: bool) -> None:
+        fd, info = self._map(CONFIG_MAP)
+        raw = map_lookup(fd, _U32.pack(0), info.value_size)
+        assert raw is not None  # an array map always has index 0
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        flags = (flags | flag) if enabled else (flags & ~flag)
+        map_update(fd, _U32.pack(0), CONFIG.pack(flags, sip_snaplen, media_snaplen))
+
+
+@contextlib.contextmanager
+def live_maps(ifindex: int, ifname: str) -> Iterator[LiveMaps]:
+    program_ids = attached_program_ids(ifindex)
+    if not program_ids:
+        raise SetupError(f"no otus-ebpf program is attached to {ifname}")
+    fds: dict[str, tuple[int, MapInfo]] = {}
+    try:
+        for map_id in program_info(program_ids[0]).map_ids:
+            fd, info = open_map(map_id)
+            fds[info.name] = (fd, info)
+        yield LiveMaps(fds)
+    finally:
+        for fd, _info in fds.values():
+            os.close(fd)

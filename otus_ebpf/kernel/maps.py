@@ -1,0 +1,154 @@
+"""Typed writes to the kernel program's maps: how filters and learned flows
+change at run time, with no recompile and no detach."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+from collections.abc import Iterable
+from typing import Any
+
+from otus_ebpf.kernel.abi import (
+    CONFIG,
+    ConfigFlag,
+    Network,
+    pack_config,
+    pack_flow_key,
+    pack_flow_value,
+    pack_lpm_key,
+)
+from otus_ebpf.kernel.bpfsys import UpdateFlag, map_delete, map_is_empty, map_update
+from otus_ebpf.kernel.flows import FlowTableFull
+from otus_ebpf.kernel.settings import KernelSettings
+from userspace.endpoints import Endpoint
+from userspace.event import Kind
+from userspace.kernel_streams import Clocks
+
+# What a hash map update says when it is at max_entries (prealloc: E2BIG;
+# without prealloc also ENOMEM when the kernel cannot allocate an element).
+_TABLE_FULL = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
+CONFIG_MAP = "config"
+SIP_PORTS_MAP = "sip_ports"
+FLOWS_MAP = "flows"
+FLOW_PORTS_MAP = "flow_ports"
+_TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
+          ("exclude", 4): "exclude_v4", ("exclude", 6): "exclude_v6"}
+
+
+def table(bpf: Any, name: str) -> Any:
+    """A bcc table by name (bcc wants bytes)."""
+    return bpf[name.encode()]
+TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
+               ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
+
+
+def _key(bcc_table: Any, raw: bytes) -> Any:
+    return bcc_table.Key.from_buffer_copy(raw)
+
+
+def _leaf(bcc_table: Any, raw: bytes) -> Any:
+    return bcc_table.Leaf.from_buffer_copy(raw)
+
+
+class KernelMaps:
+    """Writes the filter state. The maps are the truth, not a copy kept here:
+    `otus-ebpf filter` changes them from outside, and a pause, a resume or a
+    reload must not undo what an operator did. So a flag is changed by
+    reading the config, changing that bit and writing it back, and a network
+    trie's flag follows whether the trie holds anything."""
+
+    def __init__(self, bpf: Any) -> None:
+        self._bpf = bpf
+
+    def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int,
+                  media_packets: bool = False) -> None:
+        flags, _sip, _media = self._read_config()
+        for flag, on in ((ConfigFlag.SIGNATURE, signature), (ConfigFlag.MEDIA_PACKETS, media_packets)):
+            flags = (flags | flag) if on else (flags & ~flag)
+        self._write_config(flags, sip_snaplen, media_snaplen)
+
+    def _read_config(self) -> tuple[ConfigFlag, int, int]:
+        config = table(self._bpf, CONFIG_MAP)
+        raw = bytes(config[ctypes.c_int(0)])
+        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        return ConfigFlag(flags), sip_snaplen, media_snaplen
+
+    def _write_config(self, flags: ConfigFlag, sip_snaplen: int, media_snaplen: int) -> None:
+        config = table(self._bpf, CONFIG_MAP)
+        config[ctypes.c_int(0)] = _leaf(config, pack_config(flags, sip_snaplen, media_snaplen))
+
+    def _set_flag(self, flag: ConfigFlag, on: bool) -> None:
+        flags, sip_snaplen, media_snaplen = self._read_config()
+        self._write_config((flags | flag) if on else (flags & ~flag), sip_snaplen, media_snaplen)
+
+    def apply_filters(self, before: KernelSettings, after: KernelSettings) -> None:
+        """Move the running filters from ``before`` to ``after``: ports, the
+        signature flag, include/exclude networks (snaplens need a reload).
+        Only what differs is written: an operator's own changes stay."""
+        self.set_sip_ports(set(before.sip_ports) - set(after.sip_ports), enabled=False)
+        self.set_sip_ports(set(after.sip_ports) - set(before.sip_ports))
+        for which in ("include", "exclude"):
+            old, new = set(getattr(before, which)), set(getattr(after, which))
+            for network in new - old:
+                self.add_network(which, network)
+            for network in old - new:
+                self.remove_network(which, network)
+        if before.signature != after.signature:
+            self._set_flag(ConfigFlag.SIGNATURE, after.signature)
+
+    def set_paused(self, paused: bool) -> None:
+        """Paused, the programs count every packet as filtered and send nothing up;
+        nothing is detached, and learned flows and filters stay as they are."""
+        self._set_flag(ConfigFlag.PAUSED, paused)
+
+    def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
+        ports_map = table(self._bpf, SIP_PORTS_MAP)
+        for port in ports:
+            ports_map[ctypes.c_uint32(port)] = ctypes.c_uint8(1 if enabled else 0)
+
+    def add_network(self, which: str, network: Network) -> None:
+        """which: "include" or "exclude"."""
+        slot = (which, network.version)
+        trie = table(self._bpf, _TRIES[slot])
+        trie[_key(trie, pack_lpm_key(network))] = ctypes.c_uint8(1)
+        self._set_flag(TRIE_FLAGS[slot], True)
+
+    def remove_network(self, which: str, network: Network) -> None:
+        slot = (which, network.version)
+        trie = table(self._bpf, _TRIES[slot])
+        with contextlib.suppress(KeyError):  # an operator removed it already
+            del trie[_key(trie, pack_lpm_key(network))]
+        self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
+
+    def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
+                   clocks: Clocks = ()) -> None:
+        """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.
+        ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED); ``owner``
+        and ``clocks``: what the kernel's stream statistics need (FlowEvent)."""
+        fd = table(self._bpf, FLOWS_MAP).map_fd
+        key = pack_flow_key(*endpoint)
+        value = pack_flow_value(kind, shard, shared, owner, clocks)
+        try:
+            map_update(fd, key, value, UpdateFlag.NOEXIST)
+        except FileExistsError:
+            map_update(fd, key, value, UpdateFlag.EXIST)  # a new owner for a known endpoint
+            return
+        except OSError as exc:
+            if exc.errno in _TABLE_FULL:
+                raise FlowTableFull(f"flow map full ({exc.strerror})") from None
+            raise
+        self._adjust_port_users(endpoint[1], +1)
+
+    def forget_flow(self, endpoint: Endpoint) -> None:
+        fd = table(self._bpf, FLOWS_MAP).map_fd
+        try:
+            map_delete(fd, pack_flow_key(*endpoint))
+        except FileNotFoundError:
+            return  # never learned (the map was full then) or already gone
+        self._adjust_port_users(endpoint[1], -1)
+
+    def _adjust_port_users(self, port: int, delta: int) -> None:
+        users = table(self._bpf, FLOW_PORTS_MAP)
+        index = ctypes.c_uint32(port)
+        users[index] = ctypes.c_uint32(max(0, users[index].value + delta))

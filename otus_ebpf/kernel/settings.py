@@ -1,0 +1,85 @@
+"""What the kernel programs are asked to do, and the limits of their maps:
+the settings loader.py loads them with and maps.py writes into them."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from enum import Enum
+
+from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel.abi import Network
+from userspace.calls import CallLimits
+
+DEFAULT_SIP_PORTS = (5060, 5061)
+DEFAULT_SNAPLEN = 2048
+# Bounds: the sample lives in a per-CPU map value (32 KiB limit) and a frame
+# above a jumbo MTU cannot arrive in one piece anyway.
+MIN_SNAPLEN, MAX_SNAPLEN = 64, 9216
+# RTP needs its 12-byte header (plus CSRCs and an extension, RFC 3550 §5.1);
+# RTCP reports fit in a few hundred bytes.
+DEFAULT_MEDIA_SNAPLEN = 64
+# A ring's memory per shard, MiB: at 20,000 SIP messages/s of ~700 bytes, about
+# five seconds of a burst the parser is not keeping up with (docs/CONFIG.md).
+DEFAULT_RING_MB = 64
+PAGE_SIZE = resource.getpagesize()
+MIN_PERF_PAGES = 8  # per CPU: below this a perf buffer holds too few records to batch
+MAX_SHARDS = 8  # rings declared in bpf/otus.c
+
+
+class Delivery(Enum):
+    AUTO = "auto"        # ring buffers where the kernel has them (>= 5.8), else perf
+    RINGBUF = "ringbuf"
+    PERF = "perf"
+
+
+class MediaMode(Enum):
+    STATS = "stats"      # the kernel keeps each RTP stream's statistics; RTP is not copied up
+    PACKETS = "packets"  # every RTP packet goes up (media in pcap outputs)
+    OFF = "off"          # no media is learned or measured
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSettings:
+    sip_ports: tuple[int, ...] = DEFAULT_SIP_PORTS
+    signature: bool = False
+    include: tuple[Network, ...] = ()
+    exclude: tuple[Network, ...] = ()
+    snaplen: int = DEFAULT_SNAPLEN
+    media_snaplen: int = DEFAULT_MEDIA_SNAPLEN
+    ring_mb: int = DEFAULT_RING_MB  # per shard, a power of two
+    shards: int = 1
+    # SIP routed by Call-ID (docs/SHARDING.md): set for worker processes, the only
+    # readers that use it; the scan costs 250-380 ns a SIP datagram in the kernel.
+    route_by_call_id: bool = False
+    delivery: Delivery = Delivery.AUTO
+    # Learned media endpoints the kernel holds: derived from the call limit
+    # (AttachOptions.capture), never set on its own.
+    max_flows: int = CallLimits().flow_map_entries
+    max_streams: int = CallLimits().stream_table_entries  # likewise: RTP streams the kernel measures
+    # None: STATS, unless a pcap output wants the media (AttachOptions.capture decides)
+    media: MediaMode | None = None
+    extra_cflags: tuple[str, ...] = field(default=())
+
+    @property
+    def ring_pages(self) -> int:
+        """A ring buffer's size in pages (one ring per shard)."""
+        return max(1, (self.ring_mb << 20) // PAGE_SIZE)
+
+    def perf_pages(self, cpus: int) -> int:
+        """Perf buffers are per CPU: the shard's budget split over the CPUs, as a power of two."""
+        share = max(MIN_PERF_PAGES, self.ring_pages // max(1, cpus))
+        return 1 << (share.bit_length() - 1)
+
+    def validate(self) -> None:
+        if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
+            raise SetupError(f"snaplen {self.snaplen} is outside {MIN_SNAPLEN}..{MAX_SNAPLEN}")
+        if not 0 <= self.media_snaplen <= self.snaplen:
+            raise SetupError(f"media snaplen {self.media_snaplen} is outside 0..{self.snaplen}")
+        if self.ring_mb <= 0 or self.ring_mb & (self.ring_mb - 1):
+            raise SetupError(f"a ring of {self.ring_mb} MiB: not a power of two")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise SetupError(f"workers must be 1..{MAX_SHARDS}, got {self.shards}")
+        bad = [p for p in self.sip_ports if not 0 < p < 65536]
+        if bad or not self.sip_ports:
+            raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
