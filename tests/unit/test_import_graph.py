@@ -13,8 +13,9 @@ from tests.support.paths import REPO
 
 Graph = Mapping[str, Iterable[str]]
 
-# Modules every layer may use: errors, reading files and secrets, a signal flag.
-BASE = {"otus_ebpf", "otus_ebpf.errors", "otus_ebpf.files", "otus_ebpf.secret", "otus_ebpf.signals"}
+# Modules every layer may use: errors, logging, reading files and secrets, a signal flag.
+BASE = {"otus_ebpf", "otus_ebpf.errors", "otus_ebpf.files", "otus_ebpf.logs", "otus_ebpf.secret",
+        "otus_ebpf.signals"}
 # The layer of each module prefix, and the layers it may import. ``options``
 # is the task's settings: the shared type the capture and the outputs are
 # built from, so it may name their types but not the control plane's.
