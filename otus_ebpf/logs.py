@@ -22,8 +22,9 @@ ROOT = "otus_ebpf"
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is when a record comes (a redirect, a
-    test's capture), not to the one there was when logging was configured."""
+    """Writes to whatever ``sys.stderr`` is when a record comes, not to the one
+    there was when logging was configured: the live view redirects it to print
+    lines above the dashboard (otus_ebpf.cli.tui), and tests capture it."""
 
     def __init__(self) -> None:
         logging.Handler.__init__(self)
