@@ -1,7 +1,14 @@
 """Logging for the whole program: the standard logging module, one handler on
 stderr, messages as the operator has always read them (no timestamps: the
 journal and the terminal add their own), a level chosen with --log-level or
-the config's ``log.level``. Never called per packet."""
+the config's ``log.level``. Never called per packet.
+
+Each module logs through ``_log = logs.get(__name__)``. Whatever imports the
+program first gets the default level without asking: ``get`` configures it
+if nobody has yet, so an entry point that never calls ``configure`` (a test,
+a bench script) still prints the info lines. ``configure`` again replaces
+that handler; a worker process calls it with its parent's level and its
+``[wN]`` prefix (otus_ebpf.capture.worker)."""
 
 from __future__ import annotations
 
@@ -14,20 +21,42 @@ DEFAULT_LEVEL = "info"
 ROOT = "otus_ebpf"
 
 
-def configure(level: str = DEFAULT_LEVEL, stream: TextIO | None = None) -> None:
-    """Send the program's records at ``level`` and above to stderr (or ``stream``)."""
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes, not to the one
+    there was when logging was configured: the live view redirects it to print
+    lines above the dashboard (otus_ebpf.cli.tui), and tests capture it."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
+def configure(level: str = DEFAULT_LEVEL, stream: TextIO | None = None, prefix: str = "") -> None:
+    """Send the program's records at ``level`` and above to stderr (or ``stream``),
+    each line after ``prefix``."""
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = _Stderr() if stream is None else logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level.upper())
+    # Ours alone: a library that configures the root logger must not print each line twice.
     logger.propagate = False
+
+
+def level() -> str:
+    """The level the program logs at now (what a worker process is told)."""
+    return logging.getLevelName(logging.getLogger(ROOT).getEffectiveLevel()).lower()
 
 
 def get(name: str) -> logging.Logger:
     """The logger of module ``name`` (pass ``__name__``)."""
+    if not logging.getLogger(ROOT).handlers:
+        configure()
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")

@@ -10,6 +10,7 @@ proved nothing.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from otus_ebpf import logs
 from tests.support.broker import Broker, start_broker
 from tests.support.lab import Lab, lab_down, lab_up
 
@@ -83,3 +85,16 @@ def uas_broker(lab: Lab, tmp_path: Path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.process.stop()
+
+
+@pytest.fixture
+def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """pytest's caplog, seeing the program's log records at the default level: the
+    program's logger keeps them from the root logger caplog listens on (otus_ebpf.logs)."""
+    program = logging.getLogger(logs.ROOT)
+    program.addHandler(caplog.handler)
+    caplog.set_level(logs.DEFAULT_LEVEL.upper(), logs.ROOT)
+    try:
+        yield caplog
+    finally:
+        program.removeHandler(caplog.handler)

@@ -1,5 +1,5 @@
 """The kernel's classification, in Python, for frames that did not come
-through the eBPF programs (the AF_PACKET fallback and replay).
+through the eBPF programs (AF_PACKET capture, chosen or fallen back to, and replay).
 
 Mirrors ``classify()`` in bpf/otus.c: the same parse (userspace.frame.walk),
 the same verdict order (fragments, SIP ports, learned media endpoints, SIP

@@ -1,11 +1,14 @@
-"""Ring records in, records out: the per-packet path of a worker.
+"""Captured events in, records out: the per-packet path of whatever captures
+(a task, each of its worker processes, replay).
 
-Decodes each event, reassembles IP fragments, frames SIP messages and
-builds records; feeds RTP and RTCP on learned flows to their calls' streams,
-which give periodic ``rtp`` reports and ``rtcp`` records. Bad input is
-counted by layer and skipped. Any other exception is a bug: the failure
-boundary around each event counts it by stage and type and goes on with the
-next event (or re-raises, strict).
+An event is a ring record from the kernel, decoded here, or one the frame
+parser built in user space (userspace.classify: AF_PACKET and replay).
+Reassembles IP fragments, frames SIP messages and builds records; feeds
+RTP and RTCP on learned flows to their calls' streams, which give periodic
+``rtp`` reports and ``rtcp`` records. Bad input is counted by layer and
+skipped. Any other exception is a bug: the failure boundary around each
+event counts it by stage and type and goes on with the next event (or
+re-raises, strict).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ _MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
 @dataclass(slots=True)
 class PipelineStats:
     events: int = 0
-    media: int = 0  # RTP/RTCP: quality measurement arrives with the SIP issue
+    media: int = 0  # RTP/RTCP events on learned flows (measured per stream: userspace.media)
     event_errors: int = 0
     decode_errors: int = 0
     empty_payloads: int = 0
@@ -49,7 +52,8 @@ class PipelineStats:
 
 
 class Pipeline:
-    """Decodes ring records into ``SipRecord``s.
+    """Turns captured events into records: SIP messages, call summaries, RTP
+    stream reports and RTCP.
 
     ``clock_offset_ns`` turns the kernel's monotonic timestamps into wall
     clock time; the caller measures it, since this package reads no clock.

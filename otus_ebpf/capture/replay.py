@@ -15,6 +15,7 @@ as fast as it can.
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from otus_ebpf import logs
 from otus_ebpf.capture.runner import strict_mode
 from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.kernel.flows import FlowStats, apply_each
@@ -29,7 +31,6 @@ from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs.fanout import QueuedReporter
 from otus_ebpf.outputs.wiring import (
     FrameOutputs,
-    Log,
     account_outputs,
     accounts_line,
     flush_reporters,
@@ -50,6 +51,7 @@ EXPIRY_STEP_NS = 100_000_000  # capture time between expiry passes: as often as 
 JUMP_NS = 60_000_000_000      # a frame stamped further ahead than this waits for the next to agree
 UDP = 17
 MAX_PAUSE_S = 60.0  # a gap in the file longer than this is replayed as this
+_log = logs.get(__name__)
 PCAP_MAGICS = {0xA1B2C3D4: 1_000, 0xA1B23C4D: 1}  # magic -> nanoseconds per timestamp fraction unit
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER = 0x1A2B3C4D
@@ -232,10 +234,11 @@ def _enhanced_packet(body: bytes, order: str, interfaces: list[tuple[str, int]],
     return CapturedFrame(ts_ns, data, original, name, direction)
 
 
-def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log) -> int:
+def run_replay(path: Path, options: AttachOptions, speed: float | None, _unused: object = None) -> int:
     """Replay ``path`` into the outputs of ``options``; ``speed`` None: as fast as possible.
     Returns 0, or EXIT_RECORDS_LOST when an output lost records; a file broken
-    part way raises CaptureFileError once what came before it is written."""
+    part way raises CaptureFileError once what came before it is written.
+    ``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
     try:
         stream = path.open("rb")
     except OSError as exc:
@@ -244,9 +247,9 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
     with contextlib.ExitStack() as stack:
         stack.enter_context(stream)
         frames = read_frames(stream, path.stem)  # not a capture file: said before any output exists
-        reporters, kafka = open_reporters(stack, options, path.stem, log)
-        frame_outputs = open_frame_outputs(stack, options, log)
-        replayer = _Replayer(options, frame_outputs.wanted, log)
+        reporters, kafka = open_reporters(stack, options, path.stem)
+        frame_outputs = open_frame_outputs(stack, options)
+        replayer = _Replayer(options, frame_outputs.wanted)
         try:
             _replay_frames(frames, replayer, reporters, frame_outputs, speed)
         except CaptureFileError as exc:
@@ -256,7 +259,7 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
             reporter.write(last)
         if frame_outputs.wanted:
             frame_outputs.write(replayer.pipeline.take_frames(), last)
-        flush_reporters(reporters, log)
+        flush_reporters(reporters)
         p = replayer.pipeline.stats
         errors = p.event_errors + p.decode_errors + p.sip_errors
         produced = replayer.records + len(last)
@@ -264,13 +267,14 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None, log: Log
         odd_times = (f", stamped_back={clock.stamped_back} stamped_ahead={clock.stamped_ahead}"
                      if clock.stamped_back or clock.stamped_ahead else "")
         internal = replayer.pipeline.boundary.total
-        log(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
-            f"{produced} records, errors={errors}, internal_errors={internal}{odd_times}")
+        _log.info(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
+                  f"{produced} records, errors={errors}, internal_errors={internal}{odd_times}")
     accounts = account_outputs(reporters, kafka, frame_outputs)
-    log(accounts_line(produced, accounts))
+    lost = any(a.lost for a in accounts)
+    _log.log(logging.WARNING if lost else logging.INFO, accounts_line(produced, accounts))
     if broken is not None:
         raise broken
-    return EXIT_RECORDS_LOST if any(a.lost for a in accounts) else 0
+    return EXIT_RECORDS_LOST if lost else 0
 
 
 def _replay_frames(frames: Iterator[CapturedFrame], replayer: _Replayer, reporters: list[QueuedReporter],
@@ -340,10 +344,9 @@ class ExpiryClock:
 class _Replayer:
     """Frames to records: the kernel's classification, then the pipeline."""
 
-    def __init__(self, options: AttachOptions, keep_frames: bool, log: Log) -> None:
+    def __init__(self, options: AttachOptions, keep_frames: bool) -> None:
         self.interfaces: dict[str, int] = {}
         self._names: dict[int, str] = {}  # the pipeline reads interface names from here
-        self._log = log
         boundary = Boundary(self._report_bug, strict_mode())
         self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary)
         self.pipeline.keep_frames = keep_frames
@@ -424,6 +427,7 @@ class _Replayer:
 
     def _report_bug(self, stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
         shown = f"; input: {example[:200]!r}" if example is not None else ""
-        self._log(f"replay: internal error in {stage}: {kind}: {exc} (counted; replay goes on){shown}")
+        _log.error(f"replay: internal error in {stage}: {kind}: {exc} (counted; replay goes on){shown}",
+                   exc_info=exc if _log.isEnabledFor(logging.DEBUG) else None)
 
 

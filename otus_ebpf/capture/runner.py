@@ -16,11 +16,11 @@ import gc
 import os
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.capture.sampling import StatsLine, TaskSample, add_boundary, add_runner_figures
 from otus_ebpf.capture.sources import Capture
 from otus_ebpf.kernel.flows import FlowStats
@@ -31,7 +31,6 @@ from otus_ebpf.outputs.fanout import QueuedReporter
 from otus_ebpf.outputs.joined import Forward
 from otus_ebpf.outputs.wiring import (
     FrameOutputs,
-    Log,
     account_outputs,
     accounts_line,
     flush_reporters,
@@ -49,6 +48,7 @@ POLL_TIMEOUT_MS = 100  # how soon a stop request is noticed
 MIN_STREAM_SYNC_NS = 1_000_000_000  # the kernel's stream statistics are read at most this often
 _EXAMPLE_SHOWN = 200  # bytes of the input that hit a bug, in its log line
 HandOffSink = Callable[[list[tuple[int, bytes]]], None]
+_log = logs.get(__name__)
 
 
 def strict_mode() -> bool:
@@ -73,13 +73,13 @@ def tune_runtime() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def bug_reporter(name: str, log: Log) -> Callable[[str, str, BaseException, bytes | None], None]:
+def bug_reporter(name: str) -> Callable[[str, str, BaseException, bytes | None], None]:
     """What a Boundary calls with the first of each kind of internal error: a log line
     with the traceback and the input that hit it."""
     def report(stage: str, kind: str, exc: BaseException, example: bytes | None) -> None:
         shown = f"; input: {example[:_EXAMPLE_SHOWN]!r}" if example is not None else ""
-        log(f"task {name}: internal error in {stage}: {kind}: {exc} (counted in "
-            f"otus_internal_errors_total; capture goes on){shown}\n{format_traceback(exc)}")
+        _log.error(f"task {name}: internal error in {stage}: {kind}: {exc} (counted in "
+                   f"otus_internal_errors_total; capture goes on){shown}", exc_info=exc)
     return report
 
 
@@ -88,21 +88,16 @@ def clock_offset() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def format_traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
 class Runner:
     owns_outputs = True  # its outputs can be swapped while it runs
 
-    def __init__(self, interfaces: dict[int, str], options: AttachOptions, boundary: Boundary, log: Log,
+    def __init__(self, interfaces: dict[int, str], options: AttachOptions, boundary: Boundary,
                  route: Route | None = None, hand_off: HandOffSink | None = None,
                  forward: Forward | None = None, clock_offset_ns: int | None = None) -> None:
         """``route`` and ``hand_off``: SIP is sharded by Call-ID over workers; messages
         another worker owns go to ``hand_off``. ``forward``: the file outputs are the
         parent's (otus_ebpf.outputs.joined); this runner's records go there, encoded.
         ``clock_offset_ns``: the task's, so that every worker stamps a frame alike."""
-        self._log = log
         self._hand_off = hand_off
         self._forward = forward
         self.label = ",".join(options.interfaces)
@@ -138,8 +133,8 @@ class Runner:
                                                               KafkaReporter | None, FrameOutputs]:
         """A set of outputs on a stack of their own, so that they can be swapped while running."""
         with contextlib.ExitStack() as stack:
-            reporters, kafka = open_reporters(stack, options, self.label, self._log, self._forward)
-            frames = open_frame_outputs(stack, options, self._log, self._forward)
+            reporters, kafka = open_reporters(stack, options, self.label, self._forward)
+            frames = open_frame_outputs(stack, options, self._forward)
             return stack.pop_all(), reporters, kafka, frames
 
     def swap_outputs(self, options: AttachOptions) -> None:
@@ -148,7 +143,7 @@ class Runner:
             old_stack, old_reporters = self._outputs_stack, self.reporters
             self._outputs_stack, self.reporters, self.kafka, self.frames = fresh
             self.pipeline.keep_frames = self.frames.wanted
-        flush_reporters(old_reporters, self._log)
+        flush_reporters(old_reporters)
         old_stack.close()
 
     # -- the loop ---------------------------------------------------------------
@@ -198,8 +193,8 @@ class Runner:
             if self.frames.wanted:
                 self._guarded("frames", self.frames.write, self.pipeline.take_frames(), stopped)
         self._apply_flows()
-        self._guarded("output", flush_reporters, self.reporters, self._log)
-        self._guarded("stats", lambda: self._log(self.stats_line()))  # the final figures
+        self._guarded("output", flush_reporters, self.reporters)
+        self._guarded("stats", lambda: _log.info(self.stats_line()))  # the final figures
 
     def _apply_flows(self) -> None:
         events = self.pipeline.take_flow_events()

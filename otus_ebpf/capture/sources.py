@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from otus_ebpf import logs
 from otus_ebpf.capture.afpacket import AfPacketCapture
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
@@ -84,6 +85,7 @@ class Capture(Protocol):
 
 OnStop = Callable[[Sequence[Captured]], None]
 UDP = 17  # media runs over UDP
+_log = logs.get(__name__)
 
 
 def preflight(options: CaptureOptions, interfaces: dict[int, str]) -> None:
@@ -102,7 +104,7 @@ def preflight(options: CaptureOptions, interfaces: dict[int, str]) -> None:
 
 
 def open_capture(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
-                 clock_offset_ns: int, on_stop: OnStop, log: Callable[[str], None]) -> Capture:
+                 clock_offset_ns: int, on_stop: OnStop) -> Capture:
     if options.mode is not CaptureMode.AFPACKET:
         try:
             with contextlib.ExitStack() as attempt:
@@ -112,7 +114,7 @@ def open_capture(stack: contextlib.ExitStack, options: CaptureOptions, interface
         except SetupError as exc:
             if options.mode is CaptureMode.XDP:
                 raise
-            log(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
+            _log.warning(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
     return _open_afpacket(stack, options, interfaces, clock_offset_ns, on_stop)
 
 

@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.capture.runner import POLL_TIMEOUT_MS, clock_offset
 from otus_ebpf.capture.sampling import (
     StatsLine,
@@ -69,6 +70,7 @@ from userspace.reporters.kafka import KafkaStats
 HANDOFF_QUEUE_BYTES = 64 << 20  # hand-offs waiting for one worker's pipe before more are dropped (counted)
 WORKER_START_S = 60.0  # for a worker to open its outputs (a Kafka broker check may take a while)
 JOINED_DRAIN_S = 10.0  # at stop, how long the files may take to write what the workers handed in
+_log = logs.get(__name__)
 # Where the kernel's flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
 
@@ -123,11 +125,10 @@ class Supervisor:
     owns_outputs = False  # the workers write to Kafka and HEP: a change of outputs restarts the task
 
     def __init__(self, stack: contextlib.ExitStack, task_options: AttachOptions, task_name: str,
-                 interfaces: dict[int, str], log: Callable[[str], None],
+                 interfaces: dict[int, str],
                  attach: Callable[[contextlib.ExitStack, LoadedPrograms], list[str]],
                  joined: JoinedOutputs | None, boundary: Boundary) -> None:
         """``joined``: the files this process writes for the workers (None: per-worker files)."""
-        self._log = log
         self._joined = joined
         self._boundary = boundary
         count = task_options.kernel.shards
@@ -179,11 +180,12 @@ class Supervisor:
             options = worker_options(options, index, self._label)
         spec = WorkerSpec(index, options.kernel.shards, self._task_name, options, self._interfaces,
                           self._programs, self._dispatching, joined=self._joined is not None,
-                          clock_offset_ns=self._clock_offset_ns)
+                          clock_offset_ns=self._clock_offset_ns, log_level=logs.level())
         process = self._context.Process(target=worker_main, name=f"otus-worker-{index}",
                                         args=(spec, control_there, reports_there, events_there, inherited,
                                               os.getpid()))
         process.start()
+        _log.debug(f"worker {index} started (pid {process.pid})")
         for end in (control_there, reports_there, events_there):
             end.close()
         return _Worker(index, process, control_here, reports_here, events_here, started=time.monotonic())
@@ -296,13 +298,13 @@ class Supervisor:
             worker.latest = None
         if self._stopping or self._starting:
             when = "stopping" if self._stopping else "starting"
-            self._log(f"worker {worker.index} failed while {when}: {why}")
+            _log.error(f"worker {worker.index} failed while {when}: {why}")
             return
         healthy = time.monotonic() - worker.started >= HEALTHY_AFTER_S
         worker.deaths = 1 if healthy else worker.deaths + 1
         delay = RESTART_BACKOFF_S[min(worker.deaths, len(RESTART_BACKOFF_S)) - 1]
         worker.restart_at = time.monotonic() + delay
-        self._log(f"worker {worker.index} failed: {why}; restarting it in {delay:.0f} s")
+        _log.warning(f"worker {worker.index} failed: {why}; restarting it in {delay:.0f} s")
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -314,7 +316,7 @@ class Supervisor:
             fresh.deaths = worker.deaths
             self._workers[position] = fresh
             self.restarts += 1
-            self._log(f"worker {worker.index} restarted (pid {fresh.process.pid})")
+            _log.info(f"worker {worker.index} restarted (pid {fresh.process.pid})")
 
     def _release(self, worker: _Worker) -> None:
         if worker.process.is_alive():
@@ -368,7 +370,7 @@ class Supervisor:
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
-                self._log(f"worker {worker.index} did not finish in {STOP_GRACE_S:.0f} s; killing it")
+                _log.warning(f"worker {worker.index} did not finish in {STOP_GRACE_S:.0f} s; killing it")
                 worker.process.kill()
                 worker.process.join()
             for connection in worker.connections():
@@ -378,7 +380,7 @@ class Supervisor:
         if self._joined is not None:
             self._joined.drain(JOINED_DRAIN_S)
         try:
-            self._log(self.stats_line())  # the final figures, once every worker is done
+            _log.info(self.stats_line())  # the final figures, once every worker is done
         except Exception as exc:
             self._boundary.failed("stats", exc)
 

@@ -19,7 +19,6 @@ import errno
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.capture.runner import Runner, bug_reporter, strict_mode
 from otus_ebpf.capture.sampling import TaskSample, sample_to_json
 from otus_ebpf.capture.sources import OnStop
@@ -49,6 +49,7 @@ STOP_GRACE_S = 30.0
 ORPHAN_CHECK_S = 0.5
 ORPHAN_GRACE_S = 5.0  # for an orphaned worker's Kafka and HEP outputs to flush
 SendFlows = Callable[[list[FlowEvent]], None]
+_log = logs.get(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class WorkerSpec:
     dispatched: bool   # events come from the parent's reader, not from a shard of its own
     joined: bool       # the file outputs are the parent's
     clock_offset_ns: int  # the task's: a message framed by one worker and recorded by another keeps its time
+    log_level: str = logs.DEFAULT_LEVEL  # the task's, told rather than inherited through the fork
 
 
 class _WorkerCapture:
@@ -158,14 +160,11 @@ def worker_main(spec: WorkerSpec, control: Connection, reports: Connection, even
     """The body of a worker process (forked: it shares the loaded programs)."""
     stop = _become_worker(inherited, parent)
     index = spec.index
-
-    def log(message: str) -> None:
-        print(f"[w{index}] {message}", file=sys.stderr, flush=True)
-
+    logs.configure(spec.log_level, prefix=f"[w{index}] ")  # every line this process says is this worker's
     outbox = Outbox(reports, index)
     status = 0
     try:
-        _serve(spec, control, events, outbox, stop, log)
+        _serve(spec, control, events, outbox, stop)
     except BaseException as exc:  # a worker reports why it died, then dies
         with contextlib.suppress(Exception):
             outbox.send("failed", f"{type(exc).__name__}: {exc}")
@@ -177,11 +176,11 @@ def worker_main(spec: WorkerSpec, control: Connection, reports: Connection, even
         os._exit(status)  # not the parent's exit handlers: they belong to the parent
 
 
-def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Outbox, stop: SignalFlag,
-           log: Callable[[str], None]) -> None:
+def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Outbox,
+           stop: SignalFlag) -> None:
     index = spec.index
-    boundary = Boundary(bug_reporter(f"{spec.task_name}/w{index}", log), strict_mode())
-    runner = Runner(spec.interfaces, spec.options, boundary, log,
+    boundary = Boundary(bug_reporter(f"{spec.task_name}/w{index}"), strict_mode())
+    runner = Runner(spec.interfaces, spec.options, boundary,
                     route=(index, spec.workers) if spec.workers > 1 else None,
                     hand_off=lambda handoffs: outbox.send("handoff", handoffs),
                     forward=outbox.forward if spec.joined else None, clock_offset_ns=spec.clock_offset_ns)
@@ -218,7 +217,7 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
             runner.capture = _ShardCapture(stack, spec.programs, index, events, runner.on_capture_stop,
                                            send_flows)
         runner.measure_in_kernel(runner.capture.stream_source(), index)
-        log(f"reading: {runner.capture.description}")
+        _log.info(f"reading: {runner.capture.description}")
         outbox.send("ready", None)
         threading.Thread(target=listen, daemon=True).start()
         looping = threading.Thread(target=loop, name="otus-runner", daemon=True)
@@ -273,8 +272,7 @@ class Outbox:
                 self._break()
                 return
             except BaseException as exc:  # cannot pickle, no memory: nothing more reaches the parent
-                print(f"[w{self._index}] outbox: {type(exc).__name__}: {exc}; exiting", file=sys.stderr,
-                      flush=True)
+                _log.error(f"outbox: {type(exc).__name__}: {exc}; exiting")
                 self._break()
                 os._exit(1)  # the supervisor says so and starts the worker again
             if size:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from types import FrameType
 
+from otus_ebpf import logs
 from otus_ebpf.cli.tui import Dashboard, LiveView
 from otus_ebpf.control.metrics import MetricsServer
 from otus_ebpf.control.task import Task, TaskStartError, TaskState, require_root, resolve_interface
@@ -22,6 +22,7 @@ from otus_ebpf.signals import SignalFlag
 
 __all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
 
+_log = logs.get(__name__)
 
 
 def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str | None = None,
@@ -30,7 +31,7 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
     draw the rich dashboard on the terminal instead of printing stats lines."""
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
-        task = Task(name, options, log)
+        task = Task(name, options)
         try:
             task.start(through="init")  # checked, resolved, outputs open; nothing attached yet
             if metrics_listen is not None:
@@ -40,7 +41,7 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
                     task.abandon()
                     raise
                 stack.callback(metrics.close)  # after the task has stopped: the last scrape sees the end
-                log(f"metrics on http://{metrics.address}/metrics")
+                _log.info(f"metrics on http://{metrics.address}/metrics")
             task.start()
         except TaskStartError as failed:
             # One task in the foreground: the cause is the message, as the operator expects it.
@@ -53,13 +54,13 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
             stack.callback(view.close)  # before the task stops: its final figures print plainly
         task.run(stop)
         if task.state is not TaskState.FAILED:
-            log("stopping: detaching, draining, flushing outputs")
+            _log.info("stopping: detaching, draining, flushing outputs")
     if task.state is TaskState.FAILED:
-        log(f"otus-ebpf: the capture failed: {task.failure}")
+        _log.error(f"otus-ebpf: the capture failed: {task.failure}")
         return EXIT_TASK_FAILED
     lost = task.records_lost()
     if lost:
-        log(f"otus-ebpf: {lost} records were lost (see the records: line above)")
+        _log.error(f"otus-ebpf: {lost} records were lost (see the records: line above)")
         return EXIT_RECORDS_LOST
     return 0
 
@@ -79,4 +80,5 @@ def install_stop_signals(stack: contextlib.ExitStack) -> SignalFlag:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """An info line, for otus_ebpf.cli.main, which says what it did through this."""
+    _log.info(message)

@@ -40,9 +40,10 @@ def add_commands(commands: Any) -> None:
                             help=f"control socket ($OTUS_CONTROL_SOCKET, else {DEFAULT_CONTROL_SOCKET})")
 
 
-def run(args: argparse.Namespace, log: Any) -> int:
+def run(args: argparse.Namespace, _unused: object = None) -> int:
+    """``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
     if args.command == "daemon":
-        return run_daemon(args.config, log)
+        return run_daemon(args.config)
     path = args.socket or default_socket()
     if args.command == "reload":
         answer = request(path, {"cmd": "reload"})

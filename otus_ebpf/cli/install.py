@@ -9,10 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 
 UNIT_FILE = "otus-ebpf.service"
@@ -27,7 +27,7 @@ DOC_FILES = ("CONFIG.md", "RECORDS.md", "METRICS.md", "HEP.md", "BENCHMARKS.md",
 # inside them would fail to start (status 203/EXEC), so installing from there is refused.
 HIDDEN_FROM_SERVICE = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
 
-Log = Callable[[str], None]
+_log = logs.get(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def _first_existing(paths: list[Path]) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
-def install(sources: Sources, log: Log) -> None:
+def install(sources: Sources, _unused: object = None) -> None:
+    """``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
     hidden = next((d for d in HIDDEN_FROM_SERVICE if sources.command.resolve().is_relative_to(d)), None)
     if hidden is not None:
         raise SetupError(f"{sources.command} is under {hidden}, which the unit (ProtectHome=, PrivateTmp=) "
@@ -67,53 +68,54 @@ def install(sources: Sources, log: Log) -> None:
         raise SetupError(f"{sources.docs} lacks {', '.join(missing)}; reinstall otus-ebpf")
     if COMMAND.exists() and not COMMAND.is_symlink():  # checked before anything is written
         raise SetupError(f"{COMMAND} exists and is not a link otus-ebpf made; move it away first")
-    _write(UNIT, sources.unit.read_bytes(), log)
-    _link(COMMAND, sources.command, log)
+    _write(UNIT, sources.unit.read_bytes())
+    _link(COMMAND, sources.command)
     DOCS.mkdir(parents=True, exist_ok=True)
     for name in DOC_FILES:
-        _write(DOCS / name, (sources.docs / name).read_bytes(), log)
-    _daemon_reload(log)
-    log(f"next: write {CONFIG} (example: {DOCS / 'otus-ebpf.example.yaml'}), check it with "
+        _write(DOCS / name, (sources.docs / name).read_bytes())
+    _daemon_reload()
+    _log.info(f"next: write {CONFIG} (example: {DOCS / 'otus-ebpf.example.yaml'}), check it with "
         f"`otus-ebpf validate {CONFIG}`, then `systemctl enable --now otus-ebpf`")
 
 
-def remove(log: Log) -> None:
-    """Undo ``install``; the config file and what the service wrote stay."""
+def remove(_unused: object = None) -> None:
+    """Undo ``install``; the config file and what the service wrote stay. ``_unused``: as
+    for ``install``."""
     if UNIT.exists():
         UNIT.unlink()
-        log(f"removed {UNIT}")
+        _log.info(f"removed {UNIT}")
     if COMMAND.is_symlink() and Path(os.readlink(COMMAND)).name == "otus-ebpf":
         COMMAND.unlink()
-        log(f"removed {COMMAND}")
+        _log.info(f"removed {COMMAND}")
     elif COMMAND.exists():  # install refused to touch it, and so does remove
-        log(f"left {COMMAND}: not a link otus-ebpf made")
+        _log.warning(f"left {COMMAND}: not a link otus-ebpf made")
     if DOCS.exists():
         shutil.rmtree(DOCS)
-        log(f"removed {DOCS}")
-    _daemon_reload(log)
+        _log.info(f"removed {DOCS}")
+    _daemon_reload()
 
 
-def _write(path: Path, data: bytes, log: Log) -> None:
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.new")
     temporary.write_bytes(data)
     temporary.chmod(0o644)
     temporary.replace(path)  # never a half-written unit
-    log(f"installed {path}")
+    _log.info(f"installed {path}")
 
 
-def _link(path: Path, target: Path, log: Log) -> None:
+def _link(path: Path, target: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.new")
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(target)
     temporary.replace(path)
-    log(f"installed {path} -> {target}")
+    _log.info(f"installed {path} -> {target}")
 
 
-def _daemon_reload(log: Log) -> None:
+def _daemon_reload() -> None:
     if not Path("/run/systemd/system").is_dir():
-        log("systemd is not running here: run `systemctl daemon-reload` where it is")
+        _log.warning("systemd is not running here: run `systemctl daemon-reload` where it is")
         return
     result = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True, check=False)
     if result.returncode != 0:

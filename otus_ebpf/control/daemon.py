@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.capture.sampling import sample_to_json
 from otus_ebpf.control.config import Config, ConfigInvalid, TaskConfig
 from otus_ebpf.control.config import load as load_config
@@ -21,17 +22,16 @@ from otus_ebpf.control.metrics import MetricsServer
 from otus_ebpf.control.server import ControlServer
 from otus_ebpf.control.task import CaptureOpener, Task
 from otus_ebpf.errors import EXIT_INVALID, SetupError
-from otus_ebpf.outputs.wiring import Log
 from otus_ebpf.signals import SignalFlag
 
 RECENT_KEPT = 64
+_log = logs.get(__name__)
 
 
 class Daemon:
-    def __init__(self, config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> None:
+    def __init__(self, config_path: Path, capture_opener: CaptureOpener | None = None) -> None:
         self.config_path = config_path
-        self._log = log
-        self.manager = TaskManager(log, capture_opener)
+        self.manager = TaskManager(capture_opener)
         self.stop_requested = SignalFlag()  # set by signal handlers: no lock (otus_ebpf.signals)
         self.reload_requested = SignalFlag()
         self._reload_lock = threading.Lock()
@@ -43,13 +43,13 @@ class Daemon:
                 config = load_config(self.config_path)
             except ConfigInvalid as invalid:
                 for problem in invalid.problems:
-                    self._log(f"reload refused: {problem}")
+                    _log.warning(f"reload refused: {problem}")
                 raise SetupError(f"{self.config_path} is invalid ({len(invalid.problems)} problem(s)); "
                                  "nothing changed") from None
             result = self.apply(config)
-        self._log(f"reloaded {self.config_path}: started {result.started}, "
-                  f"reconfigured {result.reconfigured}, restarted {result.restarted}, "
-                  f"stopped {result.stopped}, unchanged {result.unchanged}, failed {list(result.failed)}")
+        _log.info(f"reloaded {self.config_path}: started {result.started}, "
+                 f"reconfigured {result.reconfigured}, restarted {result.restarted}, "
+                 f"stopped {result.stopped}, unchanged {result.unchanged}, failed {list(result.failed)}")
         return result
 
     def apply(self, config: Config) -> ApplyResult:
@@ -137,44 +137,44 @@ class Daemon:
 
 
 
-def run_daemon(config_path: Path, log: Log, capture_opener: CaptureOpener | None = None) -> int:
+def run_daemon(config_path: Path, capture_opener: CaptureOpener | None = None) -> int:
     try:
         config = load_config(config_path)
     except ConfigInvalid as invalid:
         for problem in invalid.problems:
-            log(str(problem))
+            _log.error(str(problem))
         return EXIT_INVALID
-    daemon = Daemon(config_path, log, capture_opener)
+    daemon = Daemon(config_path, capture_opener)
     with contextlib.ExitStack() as stack:
         _install_signals(stack, daemon)
         if config.metrics_listen is not None:
             metrics = MetricsServer(config.metrics_listen, daemon.manager.tasks)
             stack.callback(metrics.close)
-            log(f"metrics on http://{metrics.address}/metrics")
-        control = ControlServer(config.control_socket, daemon.handlers(), log)
+            _log.info(f"metrics on http://{metrics.address}/metrics")
+        control = ControlServer(config.control_socket, daemon.handlers())
         stack.callback(control.close)
-        log(f"control socket {config.control_socket}")
+        _log.info(f"control socket {config.control_socket}")
         stack.callback(daemon.manager.stop_all)  # first on the way out: tasks, newest first
         result = daemon.apply(config)
         if result.failed and not daemon.manager.tasks():
             raise SetupError(f"no task could start: {'; '.join(result.failed.values())}")
-        log(f"daemon: {len(daemon.manager.tasks())} task(s) running")
+        _log.info(f"daemon: {len(daemon.manager.tasks())} task(s) running")
         while not daemon.stop_requested.is_set():
             if daemon.reload_requested.wait(0.2):
                 daemon.reload_requested.clear()
-                _reload_safely(daemon, log)
-        log("daemon: stopping")
+                _reload_safely(daemon)
+        _log.info("daemon: stopping")
     return 0
 
 
-def _reload_safely(daemon: Daemon, log: Log) -> None:
+def _reload_safely(daemon: Daemon) -> None:
     """SIGHUP: a reload that fails in any way leaves the daemon up and says why."""
     try:
         daemon.reload()
     except SetupError:
         return  # an invalid file: logged, nothing changed
     except Exception as exc:
-        log(f"reload failed: {type(exc).__name__}: {exc}; the tasks that were running still run")
+        _log.error(f"reload failed: {type(exc).__name__}: {exc}; the tasks that were running still run")
 
 
 def _install_signals(stack: contextlib.ExitStack, daemon: Daemon) -> None:

@@ -16,9 +16,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from otus_ebpf import logs
 from otus_ebpf.control.config import Config, TaskConfig
 from otus_ebpf.control.task import CaptureOpener, Task, TaskStartError, TaskState
-from otus_ebpf.outputs.wiring import Log
+
+_log = logs.get(__name__)
 
 
 @dataclass(slots=True)
@@ -39,9 +41,8 @@ class _Running:
 
 
 class TaskManager:
-    def __init__(self, log: Log, capture_opener: CaptureOpener | None = None,
+    def __init__(self, capture_opener: CaptureOpener | None = None,
                  task_factory: Callable[..., Task] = Task) -> None:
-        self._log = log
         self._opener = capture_opener
         self._factory = task_factory
         self._running: dict[str, _Running] = {}
@@ -61,12 +62,12 @@ class TaskManager:
         with self._lock:
             if config.name in self._running:
                 raise ValueError(f"task {config.name!r} exists")
-            task = self._factory(config.name, config.options, self._log, self._opener)
+            task = self._factory(config.name, config.options, self._opener)
             task.start()
             running = _Running(config, task)
             self._running[config.name] = running
             running.thread.start()
-            self._log(f"task {config.name}: running")
+            _log.info(f"task {config.name}: running")
 
     def delete(self, name: str) -> bool:
         with self._lock:
@@ -75,7 +76,7 @@ class TaskManager:
             return False
         running.task.stop()
         running.thread.join()
-        self._log(f"task {name}: stopped")
+        _log.info(f"task {name}: stopped")
         return True
 
     def apply(self, config: Config) -> ApplyResult:
@@ -92,7 +93,7 @@ class TaskManager:
                     result.unchanged.append(name)
                     continue
                 if failed and current is not None:
-                    self._log(f"task {name}: failed earlier ({current.task.failure}); starting it again")
+                    _log.warning(f"task {name}: failed earlier ({current.task.failure}); starting it again")
                 if current is not None and not failed and current.config.dispatch == task_config.dispatch \
                         and current.task.can_reconfigure(task_config.options):
                     current.task.reconfigure(task_config.options)
@@ -105,7 +106,7 @@ class TaskManager:
                     self.create(task_config)
                 except TaskStartError as exc:
                     result.failed[name] = str(exc)
-                    self._log(str(exc))
+                    _log.error(str(exc))
                     continue
                 (result.restarted if current is not None else result.started).append(name)
         return result

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import socketserver
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 
 MAX_REQUEST = 64 << 10
@@ -38,7 +40,7 @@ CLIENT_TIMEOUT_S = 30.0
 CONNECTION_TIMEOUT_S = 10.0  # to send the request line; a handler may take longer to answer
 MAX_CONNECTIONS = 16
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
-Log = Callable[[str], None]
+_log = logs.get(__name__)
 
 
 def _error(text: str) -> dict[str, Any]:
@@ -78,10 +80,9 @@ class _Connection(socketserver.BaseRequestHandler):
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, handlers: dict[str, Handler], log: Log | None = None) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
         self.path = Path(path)
         self._handlers = handlers
-        self._log = log
         self._active = 0
         self._active_lock = threading.Lock()
         self.refused = 0  # connections over MAX_CONNECTIONS
@@ -112,11 +113,12 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         except (ValueError, SetupError, KeyError) as exc:
             return _error(str(exc) or type(exc).__name__)
         except Exception as exc:  # a bug in a handler: answered and logged, the daemon goes on
-            if self._log is not None:
-                self._log(f"control: {request.get('cmd')!r} failed: {type(exc).__name__}: {exc}")
+            _log.error(f"control: {request.get('cmd')!r} failed: {type(exc).__name__}: {exc}",
+                       exc_info=_log.isEnabledFor(logging.DEBUG))
             return _error(f"internal error: {type(exc).__name__}: {exc}")
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        _log.debug(f"control: {request['cmd']!r}")
         handler = self._handlers.get(request["cmd"])
         if handler is None:
             known = ", ".join(sorted(self._handlers))

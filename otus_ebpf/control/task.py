@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -28,7 +29,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
-from otus_ebpf.capture.runner import Runner, bug_reporter, format_traceback, strict_mode
+from otus_ebpf import logs
+from otus_ebpf.capture.runner import Runner, bug_reporter, strict_mode
 from otus_ebpf.capture.sampling import TaskSample
 from otus_ebpf.capture.sources import Capture, CaptureMode, attach_hooks, open_capture, preflight
 from otus_ebpf.capture.supervisor import Supervisor, WorkerStartError
@@ -37,12 +39,13 @@ from otus_ebpf.kernel.loader import LoadedPrograms
 from otus_ebpf.kernel.settings import KernelSettings, MediaMode
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs.joined import JoinedOutputs
-from otus_ebpf.outputs.wiring import Log, check_outputs, open_output
+from otus_ebpf.outputs.wiring import check_outputs, open_output
 from userspace.boundary import Boundary
 
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 
 CaptureOpener = Callable[..., Capture]
+_log = logs.get(__name__)
 
 
 class StopFlag(Protocol):
@@ -129,14 +132,13 @@ def require_root(what: str = "loading and attaching BPF programs") -> None:
 class Task:
     PHASES = ("validate", "resolve", "construct", "init", "assemble", "start")
 
-    def __init__(self, name: str, options: AttachOptions, log: Log,
+    def __init__(self, name: str, options: AttachOptions,
                  capture_opener: CaptureOpener | None = None) -> None:
         """``capture_opener``: open_capture unless given; tests hand in a stand-in for the kernel side."""
         self.name = name
         self.options = options
         self.state = TaskState.NEW
         self.phase: str | None = None
-        self._log = log
         self._open_capture = capture_opener
         self._stack = contextlib.ExitStack()
         self._state_lock = threading.Lock()
@@ -149,7 +151,7 @@ class Task:
         self._next_phase = 0
         self._partial = False
         self.interfaces: dict[int, str] = {}
-        self.boundary = Boundary(bug_reporter(name, log), strict_mode())
+        self.boundary = Boundary(bug_reporter(name), strict_mode())
         self.runner: Runner | None = None  # when this process captures itself
         self.engine: Engine | None = None
         self._joined: JoinedOutputs | None = None
@@ -207,10 +209,10 @@ class Task:
 
     def _construct(self) -> None:
         if self.options.kernel.media is None and self.options.media is MediaMode.PACKETS:
-            self._log("media: every RTP packet goes up, for the pcap output (--media stats keeps RTP "
-                      "statistics in the kernel, and the pcap without RTP)")
+            _log.info("media: every RTP packet goes up, for the pcap output (--media stats keeps RTP "
+                     "statistics in the kernel, and the pcap without RTP)")
         if not self._worker_processes():
-            self.runner = Runner(self.interfaces, self.options, self.boundary, self._log)
+            self.runner = Runner(self.interfaces, self.options, self.boundary)
             self._keep_recent()
 
     def _init(self) -> None:
@@ -220,17 +222,17 @@ class Task:
             return
         if self.options.per_worker_files and self.options.out == "-":
             raise SetupError("per-worker files need a file for the records, not stdout (--out -)")
-        check_outputs(self.options, self._log)  # what each worker will open on its own
+        check_outputs(self.options)  # what each worker will open on its own
         if not self.options.per_worker_files:
             label = ",".join(self.options.interfaces)
-            self._joined = JoinedOutputs(open_output(self.options.out, label, self._log), self.options,
-                                         self._log)
+            self._joined = JoinedOutputs(open_output(self.options.out, label), self.options)
             self._stack.callback(self._joined.close)
 
     def _log_accounts(self) -> None:
         """Where every record went: written, in the fallback, or lost (the operator's last line)."""
         if self.engine is not None:
-            self._log(self.engine.accounts_line())
+            lost = self.engine.records_lost()  # then the line must show at --log-level warning too
+            _log.log(logging.WARNING if lost else logging.INFO, self.engine.accounts_line())
 
     def records_lost(self) -> int:
         """Records an output could take neither in itself nor in the fallback, and frames
@@ -251,11 +253,11 @@ class Task:
             except SetupError as exc:
                 if self.options.mode is CaptureMode.XDP:
                     raise
-                self._log(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
+                _log.warning(f"eBPF capture unavailable ({exc}); falling back to AF_PACKET")
                 self.options = dataclasses.replace(self.options, mode=CaptureMode.AFPACKET)
                 self._capture_here()
             else:
-                self._log(f"capturing: {self.engine.description}")
+                _log.info(f"capturing: {self.engine.description}")
             return
         self._capture_here()
 
@@ -268,7 +270,7 @@ class Task:
             return attach_hooks(stack, programs, options, interfaces)
 
         with contextlib.ExitStack() as started:
-            supervisor = Supervisor(started, self.options, self.name, interfaces, self._log, attach,
+            supervisor = Supervisor(started, self.options, self.name, interfaces, attach,
                                     self._joined, self.boundary)
             self._stack.enter_context(started.pop_all())
         return supervisor
@@ -280,16 +282,16 @@ class Task:
             if self._joined is not None:
                 self._joined.close()
                 self._joined = None
-            self.runner = Runner(self.interfaces, self.options, self.boundary, self._log)
+            self.runner = Runner(self.interfaces, self.options, self.boundary)
             self._keep_recent()
             self.runner.open_outputs(self._stack, self.options)
         runner: Runner = self.runner
         opener = self._open_capture or open_capture
         runner.capture = opener(self._stack, self.options.capture, self.interfaces,
-                                runner.clock_offset_ns, runner.on_capture_stop, self._log)
+                                runner.clock_offset_ns, runner.on_capture_stop)
         runner.measure_in_kernel(runner.capture.stream_source(), None)
         self.engine = runner
-        self._log(f"capturing: {runner.capture.description}")
+        _log.info(f"capturing: {runner.capture.description}")
 
     def _start(self) -> None:
         self._next_stats = time.monotonic() + self.options.stats_interval_s
@@ -317,11 +319,11 @@ class Task:
                 return  # a stop under way: it releases everything
             self.state = TaskState.FAILED
         self.failure = f"{type(exc).__name__}: {exc}"
-        self._log(f"task {self.name}: FAILED: {self.failure}\n{format_traceback(exc)}")
+        _log.error(f"task {self.name}: FAILED: {self.failure}", exc_info=exc)
         try:
             self._stack.close()  # detach, drain, flush what can be
         except Exception as cleanup:
-            self._log(f"task {self.name}: releasing after the failure: {type(cleanup).__name__}: {cleanup}")
+            _log.error(f"task {self.name}: releasing after the failure: {type(cleanup).__name__}: {cleanup}")
         finally:
             self._stopped.set()
 
@@ -333,7 +335,7 @@ class Task:
             self._next_stats += self.options.stats_interval_s
             if self.periodic_stats:
                 try:
-                    self._log(self.stats_line())
+                    _log.info(self.stats_line())
                 except Exception as exc:
                     self.boundary.failed("stats", exc)
 
@@ -380,7 +382,7 @@ class Task:
             assert self.engine is not None
             self.engine.set_paused(paused)
             self.state = after
-        self._log(f"task {self.name}: {'paused' if paused else 'resumed'}")
+        _log.info(f"task {self.name}: {'paused' if paused else 'resumed'}")
 
     def can_reconfigure(self, options: AttachOptions) -> bool:
         """Filters change live in any task; outputs in a task that writes them itself
@@ -401,7 +403,7 @@ class Task:
         if any(getattr(options, name) != getattr(before, name) for name in _OUTPUT_FIELDS):
             self.engine.swap_outputs(options)
         self.options = options
-        self._log(f"task {self.name}: reconfigured live")
+        _log.info(f"task {self.name}: reconfigured live")
 
     # -- stop -----------------------------------------------------------------
 

@@ -22,11 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from otus_ebpf import logs
 from userspace.records import Record
 from userspace.reporters import Reporter
 
 IDLE_TICK_S = 0.1
 DEFAULT_QUEUE_RECORDS = 200_000
+_log = logs.get(__name__)
 
 
 @dataclass(slots=True)
@@ -73,9 +75,8 @@ class Fallback:
     shared by every worker (hence the lock). ``take`` says whether it could:
     a fallback on a full disk fails too, and that is counted, not raised."""
 
-    def __init__(self, reporter: LineWriter, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, reporter: LineWriter) -> None:
         self._reporter = reporter
-        self._on_error = on_error
         self._lock = threading.Lock()
         self.records = 0
         self.lost = 0
@@ -94,8 +95,8 @@ class Fallback:
             except Exception as exc:  # a full disk, a bad encoding: these records are lost, counted
                 self.lost += count
                 error = f"fallback: {type(exc).__name__}: {exc}"
-                if error != self._last_error and self._on_error is not None:
-                    self._on_error(error)  # once per kind of failure
+                if error != self._last_error:
+                    _log.error(error)  # once per kind of failure: these records are lost
                 self._last_error = error
                 return False
             self.records += count
@@ -106,22 +107,19 @@ class Fallback:
             try:
                 self._reporter.close()
             except OSError as exc:
-                if self._on_error is not None:
-                    self._on_error(f"fallback: closing: {exc}")
+                _log.error(f"fallback: closing: {exc}")
 
 
 class QueuedReporter:
     """One reporter on its own thread behind a queue of at most ``max_records``."""
 
     def __init__(self, name: str, reporter: Reporter, fallback: Fallback | None = None,
-                 max_records: int = DEFAULT_QUEUE_RECORDS,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 max_records: int = DEFAULT_QUEUE_RECORDS) -> None:
         self.name = name
         self.reporter = reporter
         self.stats = QueueStats()
         self._fallback = fallback
         self._max_records = max_records
-        self._on_error = on_error
         self._batches: deque[tuple[float, Sequence[Record]]] = deque()  # (when queued, records)
         self._wakeup = threading.Condition()
         self._busy = False
@@ -179,7 +177,7 @@ class QueuedReporter:
             error = f"{type(exc).__name__}: {exc}"
             self._to_fallback(batch)
             if error != self.stats.last_error:
-                self._report(f"{self.name}: {error}")  # once per kind of failure, not per batch
+                _log.warning(f"{self.name}: {error}")  # once per kind of failure, not per batch
             self.stats.last_error = error
         else:
             self.stats.written += len(batch)
@@ -210,12 +208,8 @@ class QueuedReporter:
             try:
                 return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
             except OSError as exc:
-                self._report(f"{self.name}: flush: {exc}")
+                _log.warning(f"{self.name}: flush: {exc}")
                 return left_here
-
-    def _report(self, message: str) -> None:
-        if self._on_error is not None:
-            self._on_error(message)
 
     def summary(self) -> str:
         s = self.stats
@@ -232,4 +226,4 @@ class QueuedReporter:
         try:
             self.reporter.close()
         except OSError as exc:  # the last sync of a full disk: said, and the rest still closes
-            self._report(f"{self.name}: closing: {exc}")
+            _log.warning(f"{self.name}: closing: {exc}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs.fanout import OutputAccount
 from otus_ebpf.outputs.sinks import RotatingFile
@@ -38,6 +39,7 @@ from userspace.reporters.pcap import PcapReporter
 JSONL, FALLBACK, PCAP = "jsonl", "fallback", "pcap"
 JOINED_QUEUE_BYTES = 64 << 20  # per file, waiting in the parent for its writer thread
 _IDLE_TICK_S = 0.1
+_log = logs.get(__name__)
 
 # (output, payload, records, bytes, wait): a worker's encoded records on their way
 # to the parent; raises OSError when the parent has not taken the earlier ones in
@@ -115,7 +117,7 @@ class BlockWriter:
     ``put`` never blocks: it is called by the supervisor's loop."""
 
     def __init__(self, name: str, write: Callable[[Any], None], idle: Callable[[], None],
-                 on_failed: Callable[[Any, int, int], bool] | None, log: Callable[[str], None],
+                 on_failed: Callable[[Any, int, int], bool] | None,
                  max_bytes: int = JOINED_QUEUE_BYTES) -> None:
         """``idle``: called every tick without blocks (a file rotates by age then);
         ``on_failed(payload, records, bytes)``: where a block the file refused goes
@@ -124,7 +126,6 @@ class BlockWriter:
         self._write = write
         self._idle = idle
         self._on_failed = on_failed
-        self._log = log
         self._max_bytes = max_bytes
         self.stats = JoinedStats()
         self._blocks: deque[tuple[Any, int, int]] = deque()
@@ -203,7 +204,7 @@ class BlockWriter:
 
     def _said(self, error: str) -> None:
         if error != self.stats.last_error:
-            self._log(error)  # once per kind of failure
+            _log.warning(error)  # once per kind of failure
         self.stats.last_error = error
 
     def drain(self, timeout: float) -> bool:
@@ -227,17 +228,16 @@ class BlockWriter:
 class JoinedOutputs:
     """The files a task with worker processes writes in its own process."""
 
-    def __init__(self, sink: RotatingSink, options: AttachOptions, log: Callable[[str], None]) -> None:
+    def __init__(self, sink: RotatingSink, options: AttachOptions) -> None:
         """``sink``: the JSON-lines sink (a file, or stdout); ``options``: rotation,
         fsync, fallback and pcap paths. If opening any of them fails, none stays open."""
         self._closed = False
         with contextlib.ExitStack() as stack:
             stack.callback(sink.close)  # whatever fails next (closing twice is harmless)
-            self._open(stack, sink, options, log)
+            self._open(stack, sink, options)
             self._stack = stack.pop_all()
 
-    def _open(self, stack: contextlib.ExitStack, sink: RotatingSink, options: AttachOptions,
-              log: Callable[[str], None]) -> None:
+    def _open(self, stack: contextlib.ExitStack, sink: RotatingSink, options: AttachOptions) -> None:
         self.writers: dict[str, BlockWriter] = {}
         self.unknown = 0  # records for an output this task does not have (a bug, counted)
         fallback = None
@@ -246,25 +246,23 @@ class JoinedOutputs:
                                       time.monotonic, options.out_fsync)
             stack.callback(lines.close)
             fallback = self._writer(stack, FALLBACK, _lines_into(lines),
-                                    lambda: lines.write_block(b"", 0), None, log)
-            log(f"records no output could take go to {options.fallback}")
+                                    lambda: lines.write_block(b"", 0), None)
+            _log.info(f"records no output could take go to {options.fallback}")
         records = JsonLinesReporter(sink, options.out_rotation, time.monotonic, options.out_fsync)
         stack.callback(records.close)
         to_fallback = fallback.write_now if fallback is not None else None
-        self._writer(stack, JSONL, _lines_into(records), lambda: records.write_block(b"", 0), to_fallback,
-                     log)
+        self._writer(stack, JSONL, _lines_into(records), lambda: records.write_block(b"", 0), to_fallback)
         if options.pcap is not None:
             pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
                                 options.pcap_format)
             stack.callback(pcap.close)
             self._writer(stack, PCAP, lambda payload: pcap.write_frames(frames_of(payload)),
-                         lambda: pcap.write_frames([]), None, log)
-            log(f"writing captured frames to {options.pcap}")
+                         lambda: pcap.write_frames([]), None)
+            _log.info(f"writing captured frames to {options.pcap}")
 
     def _writer(self, stack: contextlib.ExitStack, name: str, write: Callable[[Any], None],
-                idle: Callable[[], None], on_failed: Callable[[Any, int, int], bool] | None,
-                log: Callable[[str], None]) -> BlockWriter:
-        writer = BlockWriter(name, write, idle, on_failed, log)
+                idle: Callable[[], None], on_failed: Callable[[Any, int, int], bool] | None) -> BlockWriter:
+        writer = BlockWriter(name, write, idle, on_failed)
         stack.callback(writer.close)  # before its file closes (callbacks run in reverse)
         self.writers[name] = writer
         return writer

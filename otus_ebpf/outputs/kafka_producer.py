@@ -10,13 +10,18 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 from userspace.reporters.kafka import BacklogLimits, KafkaReporter, KafkaRouting
 
 BROKER_CHECK_TIMEOUT_S = 5.0
 STATISTICS_INTERVAL_MS = 5_000
 COMPRESSIONS = ("lz4", "zstd", "snappy", "gzip", "none")
-_log = logging.getLogger("otus_ebpf.outputs.kafka_producer")
+_log = logs.get(__name__)
+# librdkafka's own lines. Its notices arrive as INFO: shown only at debug, as the
+# operator saw only its warnings and errors before the program had log levels.
+_librdkafka = logs.get(f"{__name__}.librdkafka")
+_librdkafka.addFilter(lambda record: record.levelno >= logging.WARNING or _log.isEnabledFor(logging.DEBUG))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,7 @@ def make_producer(settings: KafkaSettings, on_statistics: Callable[[str], None] 
         "acks": settings.acks,
         "queue.buffering.max.kbytes": settings.queue_kbytes,
         "message.timeout.ms": settings.message_timeout_ms,
-        "logger": _log,
+        "logger": _librdkafka,
         **settings.security.client_config(),
     }
     if on_statistics is not None:

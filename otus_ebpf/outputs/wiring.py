@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs.fanout import Fallback, OutputAccount, QueuedReporter
@@ -29,10 +29,10 @@ from userspace.reporters.pcap import PcapReporter
 
 DEFAULT_OUT_DIR = Path("otus-out")
 FLUSH_TIMEOUT_S = 10.0
-Log = Callable[[str], None]
+_log = logs.get(__name__)
 
 
-def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str, log: Log,
+def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: str,
                    forward: Forward | None = None) -> tuple[list[QueuedReporter], KafkaReporter | None]:
     """Open every output before touching the kernel, so a bad output fails first;
     the Kafka broker is checked before any file is created, so an unreachable
@@ -47,41 +47,42 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     with contextlib.ExitStack() as until_queued:
         if kafka is not None:
             until_queued.callback(kafka.close)  # if a later output fails; then its worker closes it
-        fallback = _open_fallback(stack, options, log, forward)
+        fallback = _open_fallback(stack, options, forward)
         reporters: list[QueuedReporter] = []
 
         def queued(name: str, reporter: Reporter) -> None:
-            worker = QueuedReporter(name, reporter, fallback, options.queue_records, on_error=log)
+            worker = QueuedReporter(name, reporter, fallback, options.queue_records)
             stack.callback(worker.close)
             reporters.append(worker)
 
         if forward is not None:
             queued(f"{JSONL}-forward", ForwardedLines(JSONL, forward, may_wait=True))
         else:
-            queued(JSONL, JsonLinesReporter(open_output(options.out, label, log), options.out_rotation,
+            queued(JSONL, JsonLinesReporter(open_output(options.out, label), options.out_rotation,
                                             time.monotonic, options.out_fsync))
         if kafka is not None and options.kafka is not None:
             if fallback is not None:
                 kafka.spill_to(fallback.take_encoded)
             queued("kafka", kafka)
             until_queued.pop_all()
-            log(f"sending records to Kafka at {options.kafka.brokers}, {options.kafka_routing.describe()}")
+            _log.info(f"sending records to Kafka at {options.kafka.brokers}, "
+                      f"{options.kafka_routing.describe()}")
     if options.hep:
         queued("hep", HepReporter(HepSender(options.hep, time.monotonic), options.hep_identity))
-        log(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
+        _log.info(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
     return reporters, kafka
 
 
-def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions, log: Log,
+def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions,
                    forward: Forward | None) -> Fallback | None:
     if options.fallback is None:
         return None
     if forward is not None:
-        fallback = Fallback(ForwardedLines(FALLBACK, forward, may_wait=False), on_error=log)
+        fallback = Fallback(ForwardedLines(FALLBACK, forward, may_wait=False))
     else:
         fallback = Fallback(JsonLinesReporter(RotatingFile(Path(options.fallback)), options.out_rotation,
-                                              time.monotonic, options.out_fsync), on_error=log)
-        log(f"records no output could take go to {options.fallback}")
+                                              time.monotonic, options.out_fsync))
+        _log.info(f"records no output could take go to {options.fallback}")
     stack.callback(fallback.close)  # after every worker that may hand it records
     return fallback
 
@@ -95,7 +96,6 @@ class FrameOutputs:
     pcap: PcapReporter | ForwardedFrames | None = None
     per_call: PerCallPcap | None = None
     pcap_failed: int = 0
-    log: Log | None = None
     _last_error: str = ""
 
     @property
@@ -114,8 +114,8 @@ class FrameOutputs:
             self.per_call.calls_ended(r.call_id for r in records if isinstance(r, CallSummary))
 
     def _said(self, error: str) -> None:
-        if error != self._last_error and self.log is not None:
-            self.log(error)  # once per kind of failure, not per batch
+        if error != self._last_error:
+            _log.warning(error)  # once per kind of failure, not per batch
         self._last_error = error
 
     def failures(self) -> dict[str, int]:
@@ -128,22 +128,22 @@ class FrameOutputs:
         return found
 
 
-def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions, log: Log,
+def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions,
                        forward: Forward | None = None) -> FrameOutputs:
     """With ``forward`` (a worker process), the pcap is the parent's to write; a
     file per call is each worker's own (a call lives in one worker)."""
-    outputs = FrameOutputs(log=log)
+    outputs = FrameOutputs()
     if options.pcap is not None and forward is not None:
         outputs.pcap = ForwardedFrames(forward)
     elif options.pcap is not None:
         outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
                                     options.pcap_format)
         stack.callback(outputs.pcap.close)
-        log(f"writing captured frames to {options.pcap}")
+        _log.info(f"writing captured frames to {options.pcap}")
     if options.pcap_per_call is not None:
         outputs.per_call = PerCallPcap(Path(options.pcap_per_call), options.pcap_format)
         stack.callback(outputs.per_call.close)
-        log(f"writing one capture file per call to {options.pcap_per_call}/")
+        _log.info(f"writing one capture file per call to {options.pcap_per_call}/")
     return outputs
 
 
@@ -152,21 +152,21 @@ def default_records_path(label: str) -> Path:
     return DEFAULT_OUT_DIR / f"sip-{label.replace(',', '+')}.jsonl"
 
 
-def open_output(out: str | None, label: str, log: Log) -> RotatingSink:
+def open_output(out: str | None, label: str) -> RotatingSink:
     """The JSON-lines sink; the reporter closes it."""
     if out == "-":
         return StreamSink(sys.stdout.buffer)
     path = Path(out) if out else default_records_path(label)
     sink = RotatingFile(path)
-    log(f"writing records to {path}")
+    _log.info(f"writing records to {path}")
     return sink
 
 
-def flush_reporters(reporters: list[QueuedReporter], log: Log) -> None:
+def flush_reporters(reporters: list[QueuedReporter]) -> None:
     for reporter in reporters:
         undelivered = reporter.flush(FLUSH_TIMEOUT_S, time.monotonic)
         if undelivered:
-            log(f"{reporter.name}: {undelivered} records undelivered at exit")
+            _log.warning(f"{reporter.name}: {undelivered} records undelivered at exit")
 
 
 def account_outputs(reporters: list[QueuedReporter], kafka: KafkaReporter | None,
@@ -192,7 +192,7 @@ def accounts_line(records: int, accounts: list[OutputAccount]) -> str:
 
 
 
-def check_outputs(options: AttachOptions, log: Log) -> None:
+def check_outputs(options: AttachOptions) -> None:
     """What worker processes will open, opened once and closed here, so that an
     unreachable broker, an unknown collector or (with per-worker files) a bad path
     fails before anything is attached (the workers open their own after the fork)."""
@@ -200,7 +200,8 @@ def check_outputs(options: AttachOptions, log: Log) -> None:
         if options.kafka is not None:
             producer = make_producer(options.kafka)
             trial.callback(producer.close)
-            log(f"sending records to Kafka at {options.kafka.brokers}, {options.kafka_routing.describe()}")
+            _log.info(f"sending records to Kafka at {options.kafka.brokers}, "
+                      f"{options.kafka_routing.describe()}")
         if options.hep:
             trial.callback(HepSender(options.hep, time.monotonic).close)
         paths = [options.pcap_per_call and str(Path(options.pcap_per_call) / "check")]

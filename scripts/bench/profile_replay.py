@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from otus_ebpf import logs
 from otus_ebpf.capture.replay import run_replay
 from otus_ebpf.capture.runner import tune_runtime
 from otus_ebpf.options import AttachOptions
@@ -94,6 +95,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=70_000)
     parser.add_argument("--top", type=int, default=0)
     args = parser.parse_args()
+    logs.configure("warning")  # the figures only, not the replay's own lines
     tune_runtime()  # as the agent's command line does
     with tempfile.TemporaryDirectory() as tmp:
         pcap, out = Path(tmp) / "varied.pcap", Path(tmp) / "records.jsonl"
@@ -101,7 +103,7 @@ def main() -> int:
         options = AttachOptions(("replay",), out=str(out))
         started = time.perf_counter()
         with AllThreads() as profiled:
-            status = run_replay(pcap, options, None, lambda _line: None)
+            status = run_replay(pcap, options, None)
         wall = time.perf_counter() - started
         assert status == 0, f"replay exited {status}"
     raw: dict[Any, Any] = profiled.stats().stats  # type: ignore[attr-defined]

@@ -89,7 +89,7 @@ def all_frames(calls: int) -> Iterator[CapturedFrame]:
 def run(calls: int) -> tuple[float, int, int]:
     """(microseconds per frame, frames, calls summarised)."""
     options = AttachOptions(("bench",), calls=CallLimits(max_calls=max(calls, 100_000)))
-    replayer = _Replayer(options, False, lambda _m: None)
+    replayer = _Replayer(options, False)
     frames = summaries = 0
     batch: list[CapturedFrame] = []
     elapsed = 0.0

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from otus_ebpf import logs
 from otus_ebpf.capture.sources import CaptureDirection
 from otus_ebpf.capture.supervisor import Supervisor
 from otus_ebpf.control.task import Task
@@ -67,7 +68,7 @@ def run(workers: int, per_worker_files: bool, ring_mb: int, interface: str, ns: 
     frames = [ethernet(ipv4(udp(INVITE.replace(b"a84b4c76e66710@", f"a84b4c76e66710-{n}-{c}@".encode())),
                             src=f"10.9.0.{10 + n}", dst="10.9.0.2")) for n in range(pairs) for c in range(8)]
     with netns.inside(ns):
-        task = Task(f"bench-{workers}", options, lambda _m: None)
+        task = Task(f"bench-{workers}", options)
         task.start()
     supervisor = task.engine if isinstance(task.engine, Supervisor) else None
     pids = [w.process.pid for w in supervisor._workers] if supervisor else []
@@ -118,6 +119,7 @@ def main() -> int:
                         help="per shard, a power of two: big enough that a drain lasts seconds")
     parser.add_argument("--pairs", type=int, default=8, help="address pairs the load comes from")
     args = parser.parse_args()
+    logs.configure("warning")  # the figures only, not each task's own lines
     lab = lab_up(f"otus-w{os.getpid() % 100000}")
     rates = {}
     try:

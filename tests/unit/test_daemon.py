@@ -56,7 +56,7 @@ tasks:
 @pytest.mark.usefixtures("as_root")
 def test_apply_leaves_unchanged_tasks_alone_and_a_failed_start_changes_nothing(tmp_path: Path) -> None:
     path = write_config(tmp_path / "otus.yaml", tmp_path)
-    manager = TaskManager(lambda _m: None, FakeOpener(batches=[sip_frames(4)]))
+    manager = TaskManager(FakeOpener(batches=[sip_frames(4)]))
     try:
         first = manager.apply(load(path, {}))
         assert sorted(first.started) == ["one", "two"]
@@ -125,7 +125,7 @@ def test_the_daemon_answers_on_its_socket_reloads_on_sighup_and_gives_back_its_h
 
     thread = threading.Thread(target=client)
     thread.start()
-    assert run_daemon(path, lambda _m: None, FakeOpener()) == 0
+    assert run_daemon(path, FakeOpener()) == 0
     thread.join()
     assert not failures, failures
     assert seen["mode"] == 0o600
@@ -136,12 +136,12 @@ def test_the_daemon_answers_on_its_socket_reloads_on_sighup_and_gives_back_its_h
     assert not Path(socket_path).exists()
 
 
-def test_an_invalid_config_stops_the_daemon_before_anything_starts(tmp_path: Path) -> None:
+def test_an_invalid_config_stops_the_daemon_before_anything_starts(tmp_path: Path,
+                                                                    logged: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("tasks:\n  - name: a\n    interfaces: [lo]\n    workers: 0\n")
-    said: list[str] = []
-    assert run_daemon(path, said.append) == 2
-    assert said == [f"{path}:4: tasks[0].workers: must be between 1 and 8, not 0"]
+    assert run_daemon(path) == 2
+    assert logged.messages == [f"{path}:4: tasks[0].workers: must be between 1 and 8, not 0"]
 
 
 @pytest.mark.usefixtures("as_root")
@@ -156,7 +156,7 @@ def test_outputs_change_live_and_dialogs_survive_the_change(tmp_path: Path) -> N
     bye = ring_record(ethernet(ipv4(udp(message("BYE sip:b@y SIP/2.0", "2 BYE", to_tag=";tag=t")))),
                       ts_ns=now + 2_000_000)
     opener = FakeOpener(batches=[[invite, ok]])
-    manager = TaskManager(lambda _m: None, opener)
+    manager = TaskManager(opener)
     try:
         manager.apply(load(path, {}))
         one = manager.get("one")

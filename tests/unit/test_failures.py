@@ -10,6 +10,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -67,15 +68,16 @@ class BrokenOpener(FakeOpener):
 
 
 @pytest.mark.usefixtures("as_root", "lenient")
-def test_a_task_whose_loop_dies_is_failed_not_running(tmp_path: Path) -> None:
-    said: list[str] = []
+def test_a_task_whose_loop_dies_is_failed_not_running(tmp_path: Path,
+                                                      logged: pytest.LogCaptureFixture) -> None:
     opener = BrokenOpener(batches=[sip_frames(3)])
-    task = Task("t", options(tmp_path), said.append, opener)
+    task = Task("t", options(tmp_path), opener)
     task.start()
     task.run()  # returns: the capture broke
     assert task.state is TaskState.FAILED
     assert task.failure == "OSError: [Errno 9] ring gone"
-    assert any("task t: FAILED: OSError" in line for line in said)
+    (failed,) = [r for r in logged.records if "task t: FAILED: OSError" in r.getMessage()]
+    assert failed.levelname == "ERROR" and failed.exc_info is not None, "said once, with its traceback"
     assert task.metrics_sample().state == "failed"
     (capture,) = opener.captures
     assert capture.closes == 1, "it released what it held (detach, drain, flush)"
@@ -109,7 +111,7 @@ def test_each_step_of_the_task_loop_has_a_boundary(step: str, tmp_path: Path,
     invites = [ring_record(ethernet(ipv4(udp(INVITE.replace(b"a84b4c76e66710", f"c{n}".encode())))))
                for n in range(2)]
     opener = FakeOpener(batches=[invites, invites])
-    task = Task("t", options(tmp_path, pcap=str(tmp_path / "x.pcap")), lambda _m: None, opener)
+    task = Task("t", options(tmp_path, pcap=str(tmp_path / "x.pcap")), opener)
     task.start()
 
     def broken(*_args: object) -> None:
@@ -151,13 +153,13 @@ def lines_of(sink: ListSink) -> list[dict[str, Any]]:
     return [json.loads(line) for f in sink.files for line in bytes(f).splitlines()]
 
 
-def test_a_full_disk_under_output_and_fallback_loses_no_thread_and_no_count() -> None:
+def test_a_full_disk_under_output_and_fallback_loses_no_thread_and_no_count(
+        logged: pytest.LogCaptureFixture) -> None:
     """Regression: the reporter thread died inside its except block (the fallback raised too),
     then the capture thread raised from the overflow path."""
-    said: list[str] = []
     out, spare = FullDisk(room=40_000), FullDisk(room=30_000)  # ~100 and ~75 records of ~390 bytes
-    fallback = Fallback(JsonLinesReporter(spare), on_error=said.append)
-    reporter = QueuedReporter("jsonl", JsonLinesReporter(out), fallback, max_records=50, on_error=said.append)
+    fallback = Fallback(JsonLinesReporter(spare))
+    reporter = QueuedReporter("jsonl", JsonLinesReporter(out), fallback, max_records=50)
     records = numbered_sip_records(400, calls=40)
     for n in range(0, 400, 10):
         reporter.write(records[n:n + 10])  # the capture thread: never raises, never blocks
@@ -170,7 +172,7 @@ def test_a_full_disk_under_output_and_fallback_loses_no_thread_and_no_count() ->
     assert s.written > 0 and s.to_fallback > 0 and s.lost > 0
     cseqs = [r["cseq"] for r in in_output + in_fallback]
     assert len(cseqs) == len(set(cseqs)), "no record is in two places"
-    assert any("No space" in line for line in said)
+    assert any("No space" in line for line in logged.messages)
     assert s.failed + s.overflow == s.to_fallback + s.lost
     assert fallback.lost == s.lost and fallback.records == s.to_fallback
 
@@ -213,8 +215,11 @@ def control(tmp_path: Path) -> Any:
         time.sleep(0.5)
         return {"slept": True}
 
-    server = ControlServer(str(tmp_path / "c.sock"), {"boom": boom, "slow": slow, "ok": lambda _r: {}},
-                           log=lambda _m: None)
+    def crash(_request: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("not a request's fault")
+
+    server = ControlServer(str(tmp_path / "c.sock"),
+                           {"boom": boom, "slow": slow, "crash": crash, "ok": lambda _r: {}})
     yield server
     server.close()
 
@@ -228,6 +233,15 @@ def test_every_request_gets_an_answer_even_when_its_handler_has_a_bug(control: C
         answer = json.loads(raw.makefile().readline())
         assert answer == {"ok": False, "error": "a request is one line of JSON"}
     assert request(str(control.path), {"cmd": "ok"}) == {"ok": True}
+
+
+def test_a_handler_that_crashes_is_answered_and_logged_as_an_error(control: ControlServer,
+                                                                  logged: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SetupError, match="internal error: RuntimeError"):
+        request(str(control.path), {"cmd": "crash"})
+    assert logged.record_tuples == [("otus_ebpf.control.server", logging.ERROR,
+                                     "control: 'crash' failed: RuntimeError: not a request's fault")]
+    assert request(str(control.path), {"cmd": "ok"}) == {"ok": True}, "and the daemon goes on"
 
 
 def test_an_idle_connection_is_closed_and_connections_are_bounded(control: ControlServer,
@@ -268,7 +282,7 @@ def test_creating_a_task_from_an_invalid_file_is_answered(tmp_path: Path) -> Non
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  - name: a\n    interfaces: [lo]\n    workers: 0\n")
-    daemon = Daemon(bad, lambda _m: None, FakeOpener())
+    daemon = Daemon(bad, FakeOpener())
     server = ControlServer(str(tmp_path / "c.sock"), daemon.handlers())
     try:
         with pytest.raises(SetupError, match=r"bad.yaml:4: tasks\[0\].workers: must be between 1 and 8"):
@@ -338,13 +352,13 @@ def test_a_broken_file_still_writes_what_came_before_it(tmp_path: Path) -> None:
     capture.write_bytes(written(PcapFormat.PCAPNG) + b"\x06\x00\x00\x00\xff\xff\xff\x7f")
     out = tmp_path / "out.jsonl"
     with pytest.raises(CaptureFileError):
-        run_replay(capture, options(tmp_path, out=str(out)), None, lambda _m: None)
+        run_replay(capture, options(tmp_path, out=str(out)), None)
     kinds = [json.loads(line)["kind"] for line in out.read_text().splitlines()]
     assert kinds == ["sip", "sip", "call"], "and the call in progress is summarised at the end"
 
 
-def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             logged: pytest.LogCaptureFixture) -> None:
     capture = tmp_path / "c.pcapng"
     capture.write_bytes(written(PcapFormat.PCAPNG))
 
@@ -352,12 +366,13 @@ def test_replay_exits_non_zero_when_an_output_lost_records(tmp_path: Path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(JsonLinesReporter, "write", no_space)
-    said: list[str] = []
-    assert run_replay(capture, options(tmp_path), None, said.append) == EXIT_RECORDS_LOST
-    assert said[-1] == "records: 3 produced; jsonl written=0 to_fallback=0 lost=3"
+    assert run_replay(capture, options(tmp_path), None) == EXIT_RECORDS_LOST
+    assert logged.record_tuples[-1] == ("otus_ebpf.capture.replay", logging.WARNING,
+                                        "records: 3 produced; jsonl written=0 to_fallback=0 lost=3")
 
 
-def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None:
+def test_every_trigger_replays_without_an_internal_error(tmp_path: Path,
+                                                         logged: pytest.LogCaptureFixture) -> None:
     from tests.support.frames import ethernet, ipv4, udp  # noqa: PLC0415
     from userspace.event import Direction  # noqa: PLC0415
     from userspace.reporters.pcap import PcapReporter  # noqa: PLC0415
@@ -370,9 +385,8 @@ def test_every_trigger_replays_without_an_internal_error(tmp_path: Path) -> None
     PcapReporter(sink).write_frames(frames)
     capture = tmp_path / "t.pcap"
     capture.write_bytes(bytes(sink.files[0]))
-    said: list[str] = []
-    assert run_replay(capture, options(tmp_path, out=str(tmp_path / "o.jsonl")), None, said.append) == 0
-    assert "internal_errors=0" in said[-2]
+    assert run_replay(capture, options(tmp_path, out=str(tmp_path / "o.jsonl")), None) == 0
+    assert "internal_errors=0" in logged.messages[-2]
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert kinds.count("sip") == len(TRIGGERS) - 1
 

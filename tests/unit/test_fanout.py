@@ -4,9 +4,12 @@ outputs, and whatever an output cannot take reaches the fallback or a counter.""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
+
+import pytest
 
 from otus_ebpf.outputs.fanout import Fallback, QueuedReporter
 from tests.support.records import numbered_sip_records
@@ -93,10 +96,9 @@ def test_a_full_queue_hands_its_oldest_batches_to_the_fallback() -> None:
     assert sorted(cseqs_in(sink) + written) == list(range(50))
 
 
-def test_a_failing_output_loses_nothing_and_says_so_once() -> None:
+def test_a_failing_output_loses_nothing_and_says_so_once(logged: pytest.LogCaptureFixture) -> None:
     spare, sink = fallback()
-    errors: list[str] = []
-    output = QueuedReporter("disk", FailingReporter(0), spare, on_error=errors.append)
+    output = QueuedReporter("disk", FailingReporter(0), spare)
     records = numbered_sip_records(20, 5)
     try:
         for i in range(0, 20, 5):
@@ -106,7 +108,8 @@ def test_a_failing_output_loses_nothing_and_says_so_once() -> None:
         output.close()
     assert (output.stats.failed, output.stats.to_fallback, output.stats.written) == (20, 20, 0)
     assert cseqs_in(sink) == list(range(20))
-    assert errors == ["disk: OSError: [Errno 28] No space left on device"]
+    assert logged.record_tuples == [("otus_ebpf.outputs.fanout", logging.WARNING,
+                                     "disk: OSError: [Errno 28] No space left on device")]
 
 
 def test_records_kafka_drops_go_to_the_fallback_as_json() -> None:

@@ -3,6 +3,7 @@ and that --remove takes only what it made."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(install, "COMMAND", tmp_path / "usr/local/bin/otus-ebpf")
     monkeypatch.setattr(install, "UNIT", tmp_path / "etc/systemd/system/otus-ebpf.service")
     monkeypatch.setattr(install, "DOCS", tmp_path / "usr/share/doc/otus-ebpf")
-    monkeypatch.setattr(install, "_daemon_reload", lambda _log: None)
+    monkeypatch.setattr(install, "_daemon_reload", lambda: None)
     return tmp_path
 
 
@@ -27,26 +28,26 @@ def sources(command: Path) -> install.Sources:
 
 def test_a_command_the_service_cannot_see_is_refused(root: Path) -> None:
     with pytest.raises(SetupError, match="under /home, which the unit"):
-        install.install(sources(Path("/home/op/otus-ebpf/.venv/bin/otus-ebpf")), lambda _m: None)
+        install.install(sources(Path("/home/op/otus-ebpf/.venv/bin/otus-ebpf")))
     assert not install.UNIT.exists()
 
 
-def test_a_foreign_command_is_neither_replaced_nor_removed(root: Path) -> None:
+def test_a_foreign_command_is_neither_replaced_nor_removed(root: Path,
+                                                           logged: pytest.LogCaptureFixture) -> None:
     install.COMMAND.parent.mkdir(parents=True)
     install.COMMAND.write_text("#!/bin/sh\n# installed by something else\n")
     with pytest.raises(SetupError, match="not a link otus-ebpf made"):
-        install.install(sources(Path("/opt/otus-ebpf/.venv/bin/otus-ebpf")), lambda _m: None)
-    said: list[str] = []
-    install.remove(said.append)
+        install.install(sources(Path("/opt/otus-ebpf/.venv/bin/otus-ebpf")))
+    install.remove()
     assert install.COMMAND.read_text().startswith("#!/bin/sh"), "remove leaves what install refused to touch"
-    assert said == [f"left {install.COMMAND}: not a link otus-ebpf made"]
+    assert logged.record_tuples == [("otus_ebpf.cli.install", logging.WARNING,
+                                     f"left {install.COMMAND}: not a link otus-ebpf made")]
 
 
 def test_install_then_remove(root: Path) -> None:
-    said: list[str] = []
-    install.install(sources(Path("/opt/otus-ebpf/.venv/bin/otus-ebpf")), said.append)
+    install.install(sources(Path("/opt/otus-ebpf/.venv/bin/otus-ebpf")))
     assert install.COMMAND.is_symlink() and sorted(p.name for p in install.DOCS.iterdir()) == \
         sorted(install.DOC_FILES)
     assert install.UNIT.read_bytes() == (REPO / "packaging" / install.UNIT_FILE).read_bytes()
-    install.remove(said.append)
+    install.remove()
     assert not install.COMMAND.is_symlink() and not install.UNIT.exists() and not install.DOCS.exists()

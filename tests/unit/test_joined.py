@@ -48,7 +48,7 @@ def test_forwarded_frames_keep_what_the_pcap_needs() -> None:
 def joined(tmp_path: Path, **changes: Any) -> JoinedOutputs:
     base = AttachOptions(("lo",), out=str(tmp_path / "out.jsonl"))
     options = AttachOptions(**({f: getattr(base, f) for f in base.__dataclass_fields__} | changes))
-    return JoinedOutputs(RotatingFile(tmp_path / "out.jsonl"), options, lambda _m: None)
+    return JoinedOutputs(RotatingFile(tmp_path / "out.jsonl"), options)
 
 
 def test_blocks_of_several_workers_land_in_one_file_each_once(tmp_path: Path) -> None:
@@ -83,12 +83,12 @@ def test_a_file_that_fails_hands_its_block_to_the_fallback_or_counts_it() -> Non
         taken.append(block)
         return True
 
-    failing = BlockWriter("jsonl", full, lambda: None, fallback, lambda _m: None)
+    failing = BlockWriter("jsonl", full, lambda: None, fallback)
     failing.put(b"x\n", 1, 2)
     failing.close()
     assert (failing.stats.failed, failing.stats.to_fallback, failing.stats.lost) == (1, 1, 0)
     assert taken == [b"x\n"]
-    alone = BlockWriter("pcap", full, lambda: None, None, lambda _m: None)
+    alone = BlockWriter("pcap", full, lambda: None, None)
     alone.put([], 4, 10)
     alone.close()
     assert (alone.stats.failed, alone.stats.lost) == (4, 4)
@@ -99,7 +99,7 @@ def test_a_queue_over_its_bytes_gives_up_counted_and_never_blocks() -> None:
     def slow(_block: bytes) -> None:
         release.wait(5)
 
-    writer = BlockWriter("jsonl", slow, lambda: None, None, lambda _m: None, max_bytes=100)
+    writer = BlockWriter("jsonl", slow, lambda: None, None, max_bytes=100)
     assert writer.put(b"a" * 60, 1, 60)   # taken by the thread, which now waits
     time.sleep(0.05)
     assert writer.put(b"b" * 60, 1, 60)   # queued: 60 of 100 bytes
@@ -113,8 +113,7 @@ def test_a_queue_over_its_bytes_gives_up_counted_and_never_blocks() -> None:
 
 def test_a_huge_single_block_still_goes_through() -> None:
     written: list[int] = []
-    writer = BlockWriter("jsonl", lambda b: written.append(len(b)), lambda: None, None, lambda _m: None,
-                         max_bytes=10)
+    writer = BlockWriter("jsonl", lambda b: written.append(len(b)), lambda: None, None, max_bytes=10)
     assert writer.put(b"z" * 1000, 1, 1000)  # alone in the queue: never refused for its size
     writer.close()
     assert written == [1000]

@@ -44,7 +44,7 @@ def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.mark.usefixtures("as_root")
 def test_the_metrics_page_shows_the_tasks_own_numbers(tmp_path: Path) -> None:
-    task = Task("edge", options(tmp_path), lambda _message: None, FakeOpener(batches=[sip_frames(12)]))
+    task = Task("edge", options(tmp_path), FakeOpener(batches=[sip_frames(12)]))
     task.start()
     server = MetricsServer("127.0.0.1:0", lambda: [task])
     try:

@@ -61,15 +61,16 @@ def test_anything_else_is_refused_in_one_line(tmp_path: Path) -> None:
         run_replay(tmp_path / "missing.pcap", AttachOptions(("x",)), None, lambda _m: None)
 
 
-def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path) -> None:
+def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path,
+                                                       logged: pytest.LogCaptureFixture) -> None:
     capture = tmp_path / "c.pcapng"
     capture.write_bytes(written(PcapFormat.PCAPNG))
     out = tmp_path / "out.jsonl"
-    said: list[str] = []
-    assert run_replay(capture, AttachOptions(("c",), out=str(out)), None, said.append) == 0
+    assert run_replay(capture, AttachOptions(("c",), out=str(out)), None) == 0
     lines = out.read_text().splitlines()
     assert '"direction":"egress"' in lines[1] and '"interface":"eth1"' in lines[1]
     assert '"end_cause":"capture-stopped"' in lines[2], "the call still going at the end, summarised"
+    said = logged.messages
     assert said[-2] == f"replayed {capture}: 2 frames, 2 captured, 3 records, errors=0, internal_errors=0"
     assert said[-1] == "records: 3 produced; jsonl written=3 to_fallback=0 lost=0"
 
@@ -128,7 +129,7 @@ def test_a_call_times_out_at_the_frame_it_would_live_however_frames_are_batched(
     options = AttachOptions(("x",), calls=CallLimits(ttl_s=10))
 
     def replayed(batches: list[list[CapturedFrame]]) -> list[tuple[str, str]]:
-        replayer = _Replayer(options, False, lambda _line: None)
+        replayer = _Replayer(options, False)
         records = [r for batch in batches for r in replayer.process(batch)] + replayer.pipeline.finish()
         return [(r.kind, r.end_cause if isinstance(r, CallSummary) else "") for r in records]
 

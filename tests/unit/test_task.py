@@ -84,7 +84,7 @@ class FakeOpener:
         self._leftover = leftover or []
 
     def __call__(self, stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
-                 clock_offset_ns: int, on_stop: OnStop, log: object) -> FakeCapture:
+                 clock_offset_ns: int, on_stop: OnStop) -> FakeCapture:
         capture = FakeCapture(stack, on_stop, self._batches, self._leftover)
         self.captures.append(capture)
         return capture
@@ -143,7 +143,7 @@ def test_start_failure_in_the_third_reporter_releases_the_first_two(tmp_path: Pa
         kafka=KafkaSettings("127.0.0.1:1", start_anyway=True),  # a real client: threads and sockets
         hep=(HepCollector(HepTransport.UDP, "127.0.0.1", 9),
              HepCollector(HepTransport.TCP, "no-such-host.invalid", 9)),
-    ), lambda _message: None, opener)
+    ), opener)
     with pytest.raises(TaskStartError) as failed:
         task.start()
     assert failed.value.phase == "init" and "no-such-host.invalid" in str(failed.value)
@@ -159,7 +159,7 @@ def test_start_failure_in_the_third_reporter_releases_the_first_two(tmp_path: Pa
 @pytest.mark.usefixtures("as_root")
 def test_concurrent_stop_from_several_threads_stops_once(tmp_path: Path) -> None:
     opener = FakeOpener(batches=[sip_frames(10)], leftover=sip_frames(5))
-    task = Task("t", options(tmp_path), lambda _message: None, opener)
+    task = Task("t", options(tmp_path), opener)
     task.start()
     runner = threading.Thread(target=task.run)
     runner.start()
@@ -180,7 +180,7 @@ def test_concurrent_stop_from_several_threads_stops_once(tmp_path: Path) -> None
 def test_stop_while_the_reporter_is_draining_loses_nothing(tmp_path: Path) -> None:
     count = 20_000
     opener = FakeOpener(leftover=sip_frames(count))
-    task = Task("t", options(tmp_path, queue_records=10 * count), lambda _message: None, opener)
+    task = Task("t", options(tmp_path, queue_records=10 * count), opener)
     task.start()
     task.stop()  # the rings' leftovers are parsed, queued and written before the files close
     assert lines(tmp_path / "out.jsonl") == count
@@ -205,7 +205,7 @@ def test_per_worker_files_with_records_on_stdout_are_refused_before_anything_sta
     from otus_ebpf.kernel.settings import KernelSettings  # noqa: PLC0415
 
     task = Task("t", options(tmp_path, out="-", per_worker_files=True, mode=CaptureMode.AUTO,
-                             kernel=KernelSettings(shards=2)), lambda _m: None)
+                             kernel=KernelSettings(shards=2)))
     with pytest.raises(TaskStartError, match=r"init: per-worker files need a file for the records"):
         task.start()
     assert task.state is TaskState.FAILED
