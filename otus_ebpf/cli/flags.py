@@ -46,11 +46,11 @@ def _add_flag(group: Any, setting: Setting, text: str) -> None:
 
 
 def _help(setting: Setting) -> str:
-    text = setting.help
-    if setting.repeatable:
-        text += " (repeatable)"
-    if not isinstance(setting.kind, Switch):
-        text += f" (default: {setting.describe_default().replace('`', '')})"
+    notes = ["repeatable"] if setting.repeatable else []
+    default = setting.describe_default().replace("`", "")
+    if not isinstance(setting.kind, Switch) and default not in ("—", "[]"):
+        notes.append(f"default: {default}")
+    text = f"{setting.help} ({'; '.join(notes)})" if notes else setting.help
     return text.replace("%", "%%")
 
 

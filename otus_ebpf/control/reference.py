@@ -39,8 +39,9 @@ def _cells(setting: Setting) -> list[str]:
     if setting.flag is not None and setting.repeatable:
         flag += ", repeatable"
     values = setting.kind.describe()
+    meaning = f"{setting.help} (required when its section is given)" if setting.required else setting.help
     return [f"`{setting.key}`", flag, f"list of {values}" if setting.repeatable else values,
-            setting.describe_default(), setting.help]
+            setting.describe_default(), meaning]
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

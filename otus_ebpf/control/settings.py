@@ -166,7 +166,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- a task ---------------------------------------------------------------
     Setting("name", "name", Text("unique string"), None, "the task's name (required)", Group.CAPTURE,
             shown_default="required"),
-    Setting("interfaces", "interfaces", Text("interface name", "IFACE"), (),
+    Setting("interfaces", "interfaces", Text("interface names", "IFACE"), (),
             "interfaces to capture on (required; on the command line: IFACE...)", Group.CAPTURE,
             repeatable=True, shown_default="required"),
     Setting("mode", "mode", Choice.of(CaptureMode), _default(AttachOptions, "mode"),
@@ -193,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
             "read every shard in this process instead of one worker process per shard", Group.WORKERS,
             "--in-process"),
     Setting("sip_ports", "filter.sip_ports", Whole(1, 65_535, metavar="PORT"), DEFAULT_SIP_PORTS,
-            "SIP ports", Group.FILTERS, "--sip-port", repeatable=True, replay=True),
+            "the ports SIP is captured on", Group.FILTERS, "--sip-port", repeatable=True, replay=True),
     Setting("signature", "filter.signature", Switch(), False,
             "also match UDP payloads that start like SIP, on any port", Group.FILTERS, "--signature",
             replay=True),
@@ -215,34 +215,9 @@ SETTINGS: tuple[Setting, ...] = (
             "stats: the kernel measures RTP, only RTCP and each stream's first packet are copied up; "
             "packets: every RTP packet is; off: media is not followed", Group.FILTERS, "--media",
             shown_default="`stats`, or `packets` with a pcap output"),
-    *_limits(ReassemblyLimits, "reassembly", {
-        "timeout_v4_s": "seconds an IPv4 datagram's fragments wait for the rest",
-        "timeout_v6_s": "seconds an IPv6 datagram's fragments wait for the rest",
-        "max_fragments": "fragments of one datagram",
-        "max_per_source": "datagrams in reassembly from one address",
-        "max_datagrams": "datagrams in reassembly in all",
-        "max_bytes": "payload bytes buffered for reassembly",
-    }),
-    *_limits(TcpLimits, "tcp", {
-        "window": "bytes held past a hole in a stream",
-        "max_message": "bytes of one SIP message framed from a stream",
-        "max_streams": "TCP streams followed at once",
-        "max_bytes": "bytes held by all the streams together",
-        "idle_timeout_s": "seconds after which a silent stream is forgotten",
-        "reorder_segments": "later segments a hole may wait for before it is given up as lost",
-    }),
-    *_limits(CallLimits, "calls", {
-        "ttl_s": "seconds without signalling after which a call is over",
-        "max_calls": "live calls held; also sizes the kernel's flow map and the table of RTP streams "
-                     "measured at once (two per call: past it a new stream is counted, a live one never "
-                     "evicted)",
-        "max_streams": "media descriptions and measured RTP streams per call; the excess is counted",
-        "rtp_report_interval_s": "an rtp record per stream every this many seconds of its packets, and "
-                                 "one at its call's end",
-    }, flags={"rtp_report_interval_s": ("--rtp-report-interval", Group.OUTPUTS)}),
     Setting("out", "outputs.jsonl.path", Text("path", "FILE|-"), None, "JSON-lines output; - for stdout",
             Group.OUTPUTS, "--out", replay=True,
-            shown_default="`otus-out/sip-IFACE.jsonl` (replay: `otus-out/sip-NAME.jsonl` for NAME.pcap)"),
+            shown_default="`otus-out/sip-IFACE.jsonl`"),
     Setting("out_max_mb", "outputs.jsonl.max_mb", _ROTATE_MB, None, "rotate the JSON-lines file at this size",
             Group.OUTPUTS, "--out-max-mb", replay=True),
     Setting("out_max_age_s", "outputs.jsonl.max_age_s", _ROTATE_AGE_S, None, "rotate it at this age",
@@ -262,10 +237,11 @@ SETTINGS: tuple[Setting, ...] = (
             "also write one capture file per call (its SIP and media) into this directory", Group.OUTPUTS,
             "--pcap-per-call", replay=True),
     Setting("kafka_brokers", "outputs.kafka.brokers", Text("brokers", "BROKERS"), None,
-            "also send records to these Kafka brokers (required in a kafka section)", Group.KAFKA, "--kafka",
+            "also send records to these Kafka brokers", Group.KAFKA, "--kafka",
             replay=True, required=True),
     Setting("kafka_topic", "outputs.kafka.topic", Text("topic", "TOPIC"), _default(KafkaRouting, "topic"),
-            "topic for every record, or the prefix with topic_per_kind", Group.KAFKA, "--topic", replay=True),
+            "topic for every record, or the prefix of the per-kind topics", Group.KAFKA, "--topic",
+            replay=True),
     Setting("kafka_topic_per_kind", "outputs.kafka.topic_per_kind", Switch(), False,
             "one topic per record kind: TOPIC.sip, TOPIC.call, TOPIC.rtp, TOPIC.rtcp", Group.KAFKA,
             "--kafka-topic-per-kind", replay=True),
@@ -325,7 +301,7 @@ SETTINGS: tuple[Setting, ...] = (
             Text("path", "FILE"), None, "file holding the client key's password", Group.KAFKA,
             "--kafka-ssl-key-password-file", replay=True, secret_file=True),
     Setting("hep", "outputs.hep.collectors", Collectors(), (),
-            "also send SIP and RTP stream reports as HEPv3 to these collectors (required in a hep section)",
+            "also send SIP and RTP stream reports as HEPv3 to these collectors",
             Group.HEP, "--hep", repeatable=True, replay=True, required=True),
     # a 32-bit chunk
     Setting("hep_capture_id", "outputs.hep.capture_id", Whole(0, (1 << 32) - 1, metavar="ID"),
@@ -345,6 +321,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("per_worker_files", "outputs.per_worker_files", Switch(), False,
             "each worker process writes its own NAME.wN.EXT files instead of handing its records to the one "
             "writer of each file", Group.WORKERS, "--per-worker-files"),
+    *_limits(ReassemblyLimits, "reassembly", {
+        "timeout_v4_s": "seconds an IPv4 datagram's fragments wait for the rest",
+        "timeout_v6_s": "seconds an IPv6 datagram's fragments wait for the rest",
+        "max_fragments": "fragments of one datagram",
+        "max_per_source": "datagrams in reassembly from one address",
+        "max_datagrams": "datagrams in reassembly in all",
+        "max_bytes": "payload bytes buffered for reassembly",
+    }),
+    *_limits(TcpLimits, "tcp", {
+        "window": "bytes held past a hole in a stream",
+        "max_message": "bytes of one SIP message framed from a stream",
+        "max_streams": "TCP streams followed at once",
+        "max_bytes": "bytes held by all the streams together",
+        "idle_timeout_s": "seconds after which a silent stream is forgotten",
+        "reorder_segments": "later segments a hole may wait for before it is given up as lost",
+    }),
+    *_limits(CallLimits, "calls", {
+        "ttl_s": "seconds without signalling after which a call is over",
+        "max_calls": "live calls held; also sizes the kernel's flow map and the table of RTP streams "
+                     "measured at once (two per call: past it a new stream is counted, a live one never "
+                     "evicted)",
+        "max_streams": "media descriptions and measured RTP streams per call; the excess is counted",
+        "rtp_report_interval_s": "an rtp record per stream every this many seconds of its packets, and "
+                                 "one at its call's end",
+    }, flags={"rtp_report_interval_s": ("--rtp-report-interval", Group.OUTPUTS)}),
     Setting("stats_interval_s", "stats_interval_s", Number(0.1, 86_400, metavar="SECONDS"),
             _default(AttachOptions, "stats_interval_s"), "seconds between stats lines", Group.OBSERVABILITY,
             "--stats-interval"),
