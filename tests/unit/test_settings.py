@@ -21,7 +21,7 @@ from otus_ebpf.cli.flags import given
 from otus_ebpf.control.config import Config, ConfigInvalid, load, parse
 from otus_ebpf.control.kinds import Choice, Collectors, Listen, Networks, Number, Switch, Text, Whole, Workers
 from otus_ebpf.control.reference import generated_part, markdown
-from otus_ebpf.control.settings import SETTINGS, Scope, Setting
+from otus_ebpf.control.settings import SETTINGS, Scope, Setting, build_options, defaults
 from otus_ebpf.options import AttachOptions
 from tests.support.paths import REPO
 
@@ -114,6 +114,12 @@ def sample(setting: Setting, secret: Path) -> str:
     return special.get(type(kind), f"{setting.name}-sample")
 
 
+def parsed(setting: Setting, text: str) -> Any:
+    """The value ``text`` gives ``setting`` (a list of one for a list)."""
+    value = setting.kind.parse(text)
+    return (value,) if setting.repeatable else value
+
+
 def file_of(settings: list[Setting] | tuple[Setting, ...], text: dict[str, str]) -> Config:
     """A config file giving ``settings`` as ``text`` says, parsed."""
     chosen = [s for s in settings if s.scope is Scope.FILE]
@@ -127,8 +133,7 @@ def test_one_value_given_as_a_flag_or_as_a_key_arrives_as_the_same_thing(tmp_pat
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     chosen = {s.name: sample(s, secret) for s in SETTINGS}
-    expected = {s.name: s.kind.parse(chosen[s.name]) for s in SETTINGS}
-    expected = {name: (value,) if BY[name].repeatable else value for name, value in expected.items()}
+    expected = {s.name: parsed(s, chosen[s.name]) for s in SETTINGS}
     for setting in SETTINGS:
         assert expected[setting.name] != setting.default_value(), f"{setting.name}: the sample is its default"
     config = file_of(SETTINGS, chosen)
@@ -145,6 +150,20 @@ def test_one_value_given_as_a_flag_or_as_a_key_arrives_as_the_same_thing(tmp_pat
     # The same task from the flags as from a file giving the same settings.
     (task,) = file_of([s for s in SETTINGS if s.flag or s.name in ("name", "interfaces")], chosen).tasks
     assert cli._attach_options(args) == task.options
+
+
+def test_every_task_setting_reaches_the_options(tmp_path: Path) -> None:
+    """build_options is shared by both surfaces: a value it drops or puts in the wrong field would
+    agree with itself above. Each setting changed alone must change the AttachOptions."""
+    base = defaults() | {"kafka_brokers": "k:9092"}  # Kafka's settings matter only with a broker
+
+    def options(values: dict[str, Any]) -> AttachOptions:
+        return build_options(values, ("eth0",), "a", lambda _setting, path: f"secret in {path}")
+
+    changing = [s for s in SETTINGS if s.scope is Scope.TASK and s.name not in ("name", "interfaces")]
+    unchanged = [s.key for s in changing
+                 if options(base | {s.name: parsed(s, sample(s, tmp_path))}) == options(base)]
+    assert unchanged == []
 
 
 def test_defaults_are_the_same_from_attach_a_config_file_and_replay(monkeypatch: pytest.MonkeyPatch) -> None:
