@@ -234,11 +234,10 @@ def _enhanced_packet(body: bytes, order: str, interfaces: list[tuple[str, int]],
     return CapturedFrame(ts_ns, data, original, name, direction)
 
 
-def run_replay(path: Path, options: AttachOptions, speed: float | None, _unused: object = None) -> int:
+def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
     """Replay ``path`` into the outputs of ``options``; ``speed`` None: as fast as possible.
     Returns 0, or EXIT_RECORDS_LOST when an output lost records; a file broken
-    part way raises CaptureFileError once what came before it is written.
-    ``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
+    part way raises CaptureFileError once what came before it is written."""
     try:
         stream = path.open("rb")
     except OSError as exc:

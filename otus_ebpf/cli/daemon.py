@@ -40,8 +40,7 @@ def add_commands(commands: Any) -> None:
                             help=f"control socket ($OTUS_CONTROL_SOCKET, else {DEFAULT_CONTROL_SOCKET})")
 
 
-def run(args: argparse.Namespace, _unused: object = None) -> int:
-    """``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
+def run(args: argparse.Namespace) -> int:
     if args.command == "daemon":
         return run_daemon(args.config)
     path = args.socket or default_socket()

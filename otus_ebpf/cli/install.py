@@ -57,8 +57,7 @@ def _first_existing(paths: list[Path]) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
-def install(sources: Sources, _unused: object = None) -> None:
-    """``_unused``: what otus_ebpf.cli.main still passes (its old log function)."""
+def install(sources: Sources) -> None:
     hidden = next((d for d in HIDDEN_FROM_SERVICE if sources.command.resolve().is_relative_to(d)), None)
     if hidden is not None:
         raise SetupError(f"{sources.command} is under {hidden}, which the unit (ProtectHome=, PrivateTmp=) "
@@ -78,9 +77,8 @@ def install(sources: Sources, _unused: object = None) -> None:
         f"`otus-ebpf validate {CONFIG}`, then `systemctl enable --now otus-ebpf`")
 
 
-def remove(_unused: object = None) -> None:
-    """Undo ``install``; the config file and what the service wrote stay. ``_unused``: as
-    for ``install``."""
+def remove() -> None:
+    """Undo ``install``; the config file and what the service wrote stay."""
     if UNIT.exists():
         UNIT.unlink()
         _log.info(f"removed {UNIT}")

@@ -143,12 +143,12 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
     if args.command == "install-service":
         require_root("installing the service")
         if args.remove:
-            install.remove(log)
+            install.remove()
         else:
-            install.install(install.find_sources(), log)
+            install.install(install.find_sources())
         return 0
     if args.command in ("daemon", "task", "reload", "top"):
-        return cli_daemon.run(args, log)
+        return cli_daemon.run(args)
     if args.command == "stats" and args.interface is None:
         return cli_daemon.daemon_stats(args.socket)
     ifindex = resolve_interface(args.interface)
@@ -299,4 +299,4 @@ def _replay(args: argparse.Namespace) -> int:
             speed = parse_float(args.speed, REPLAY_SPEED)
         except ValueError as exc:
             raise SetupError(f"--speed {args.speed!r}: {exc} (times as fast as captured), or max") from None
-    return run_replay(args.file, options, speed, log)
+    return run_replay(args.file, options, speed)

@@ -58,7 +58,7 @@ def test_anything_else_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="not a pcap or pcapng file"):
         list(read_frames(io.BytesIO(b"GIF89a......"), "x"))
     with pytest.raises(SetupError, match="cannot read"):
-        run_replay(tmp_path / "missing.pcap", AttachOptions(("x",)), None, lambda _m: None)
+        run_replay(tmp_path / "missing.pcap", AttachOptions(("x",)), None)
 
 
 def test_a_replay_writes_the_records_of_the_sip_frames(tmp_path: Path,
@@ -80,14 +80,14 @@ def test_speed_paces_by_capture_time(tmp_path: Path) -> None:
     capture.write_bytes(written(PcapFormat.PCAPNG))  # two frames 100 ms apart
     options = AttachOptions(("c",), out=str(tmp_path / "out.jsonl"))
     started = time.monotonic()
-    run_replay(capture, options, 1.0, lambda _m: None)
+    run_replay(capture, options, 1.0)
     paced = time.monotonic() - started
     started = time.monotonic()
-    run_replay(capture, options, None, lambda _m: None)
+    run_replay(capture, options, None)
     fast = time.monotonic() - started
     assert paced >= 0.1 > fast - 0.05, (paced, fast)
     started = time.monotonic()
-    run_replay(capture, options, 10.0, lambda _m: None)
+    run_replay(capture, options, 10.0)
     assert time.monotonic() - started < 0.1 + fast, "ten times faster than captured"
 
 

@@ -171,7 +171,7 @@ def test_defaults_are_the_same_from_attach_a_config_file_and_replay(monkeypatch:
     (task,) = parse("tasks: [{name: capture, interfaces: [eth0]}]\n", "x.yaml", {}).tasks
     replayed: list[AttachOptions] = []
 
-    def replay(_file: Path, options: AttachOptions, _speed: float | None, _log: object) -> int:
+    def replay(_file: Path, options: AttachOptions, _speed: float | None) -> int:
         replayed.append(options)
         return 0
 
