@@ -7,7 +7,7 @@
  * every packet is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS, OTUS_PERF,
+ * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS,
  * OTUS_CALLID_ROUTING: only with worker processes, where it is used); everything that
  * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
  * include/exclude tries), never in this text.
@@ -51,9 +51,6 @@
 #if OTUS_SHARDS < 1 || OTUS_SHARDS > OTUS_MAX_SHARDS
 #error "OTUS_SHARDS must be 1..8"
 #endif
-/* Perf buffers: a wakeup per event costs ~6 us, so user space opens them
- * with batched wakeups; this side only has to pick the right array. */
-
 /* Bytes of an egress skb we need linear to parse L2-L4 headers. */
 #define OTUS_PULL_LEN 256
 #define OTUS_VLAN_DEPTH 2
@@ -125,30 +122,6 @@ BPF_RINGBUF_OUTPUT(ring6, OTUS_RING_PAGES);
 #endif
 #if OTUS_SHARDS > 7
 BPF_RINGBUF_OUTPUT(ring7, OTUS_RING_PAGES);
-#endif
-#ifdef OTUS_PERF
-BPF_PERF_OUTPUT(perf0);
-#if OTUS_SHARDS > 1
-BPF_PERF_OUTPUT(perf1);
-#endif
-#if OTUS_SHARDS > 2
-BPF_PERF_OUTPUT(perf2);
-#endif
-#if OTUS_SHARDS > 3
-BPF_PERF_OUTPUT(perf3);
-#endif
-#if OTUS_SHARDS > 4
-BPF_PERF_OUTPUT(perf4);
-#endif
-#if OTUS_SHARDS > 5
-BPF_PERF_OUTPUT(perf5);
-#endif
-#if OTUS_SHARDS > 6
-BPF_PERF_OUTPUT(perf6);
-#endif
-#if OTUS_SHARDS > 7
-BPF_PERF_OUTPUT(perf7);
-#endif
 #endif
 
 BPF_PERCPU_ARRAY(counters, __u64, 2 * OTUS_CTR_MAX);
@@ -940,33 +913,9 @@ static __always_inline void fill_header(struct otus_sample *s, struct otus_parse
 }
 
 /* One case per ring: bcc cannot expand map calls inside macros. */
-static __always_inline long output(void *ctx, struct otus_sample *s, __u64 size, __u32 shard)
+static __always_inline long output(struct otus_sample *s, __u64 size, __u32 shard)
 {
 	switch (shard) {
-#ifdef OTUS_PERF
-#if OTUS_SHARDS > 7
-	case 7: return perf7.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 6
-	case 6: return perf6.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 5
-	case 5: return perf5.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 4
-	case 4: return perf4.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 3
-	case 3: return perf3.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 2
-	case 2: return perf2.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 1
-	case 1: return perf1.perf_submit(ctx, s, size);
-#endif
-	default: return perf0.perf_submit(ctx, s, size);
-#else
 #if OTUS_SHARDS > 7
 	case 7: return ring7.ringbuf_output(s, size, 0);
 #endif
@@ -989,18 +938,17 @@ static __always_inline long output(void *ctx, struct otus_sample *s, __u64 size,
 	case 1: return ring1.ringbuf_output(s, size, 0);
 #endif
 	default: return ring0.ringbuf_output(s, size, 0);
-#endif
 	}
 }
 
-static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u32 direction,
+static __always_inline void submit_sample(struct otus_sample *s, __u32 direction,
 					  __u64 cap_len, __u32 shard)
 {
 	__u64 size = sizeof(struct otus_event) + cap_len;
 
 	if (size > sizeof(*s))
 		size = sizeof(*s);
-	if (output(ctx, s, size, shard) == 0) {
+	if (output(s, size, shard) == 0) {
 		count(direction, OTUS_CTR_SUBMITTED);
 		return;
 	}
@@ -1037,7 +985,7 @@ static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *
 		route_by_call_id(s, p, m, cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
-	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m->shard);
+	submit_sample(s, OTUS_DIR_INGRESS, cap_len, m->shard);
 }
 
 static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed *p, struct otus_match *m,
@@ -1058,7 +1006,7 @@ static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed
 		route_by_call_id(s, p, m, cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
-	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m->shard);
+	submit_sample(s, OTUS_DIR_EGRESS, cap_len, m->shard);
 }
 
 int xdp_ingress(struct xdp_md *ctx)
