@@ -25,7 +25,6 @@ from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
 COUNTERS_MAP = "counters"
-SHARD_FAILURES_MAP = "shard_failures"
 _BPF_MAP_TYPE_RINGBUF = 27
 _BPF_PROG_TYPE_XDP = 6
 _BPF_FUNC_XDP_LOAD_BYTES = 189

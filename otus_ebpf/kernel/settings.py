@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel import abi
 from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
 
@@ -22,8 +23,8 @@ DEFAULT_MEDIA_SNAPLEN = 64
 # A ring's memory per shard, MiB: at 20,000 SIP messages/s of ~700 bytes, about
 # five seconds of a burst the parser is not keeping up with (docs/CONFIG.md).
 DEFAULT_RING_MB = 64
+MAX_SHARDS = abi.MAX_SHARDS  # worker processes, each with its ring (OTUS_MAX_SHARDS)
 PAGE_SIZE = resource.getpagesize()
-MAX_SHARDS = 8  # rings declared in bpf/otus.c
 
 
 class MediaMode(Enum):
