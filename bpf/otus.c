@@ -7,7 +7,7 @@
  * every packet is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS,
+ * (OTUS_SNAPLEN, OTUS_SHARDS, OTUS_MAX_FLOWS,
  * OTUS_CALLID_ROUTING: only with worker processes, where it is used); everything that
  * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
  * include/exclude tries), never in this text.
@@ -30,9 +30,6 @@
 #endif
 #if OTUS_DATA_LEN < OTUS_SNAPLEN || (OTUS_DATA_LEN & (OTUS_DATA_LEN - 1))
 #error "OTUS_DATA_LEN must be a power of two >= OTUS_SNAPLEN"
-#endif
-#ifndef OTUS_RING_PAGES
-#define OTUS_RING_PAGES 1024
 #endif
 #ifndef OTUS_SHARDS
 #define OTUS_SHARDS 1
@@ -107,28 +104,13 @@ struct otus_ipv6_frag {
 	__be32 identification;
 };
 
-BPF_RINGBUF_OUTPUT(ring0, OTUS_RING_PAGES);
-#if OTUS_SHARDS > 1
-BPF_RINGBUF_OUTPUT(ring1, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 2
-BPF_RINGBUF_OUTPUT(ring2, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 3
-BPF_RINGBUF_OUTPUT(ring3, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 4
-BPF_RINGBUF_OUTPUT(ring4, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 5
-BPF_RINGBUF_OUTPUT(ring5, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 6
-BPF_RINGBUF_OUTPUT(ring6, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 7
-BPF_RINGBUF_OUTPUT(ring7, OTUS_RING_PAGES);
-#endif
+/* The rings, one BPF ring buffer per shard, in an array of maps: user space
+ * creates each ring (filter.ring_mb) and sets it at its shard's index
+ * (otus_ebpf/kernel/loader.py create_rings), and reads it with libbpf's
+ * ring_buffer API. bcc's BPF_ARRAY_OF_MAPS takes its inner map's type from
+ * a map declared here by name: ring_template, one page, never written. */
+BPF_RINGBUF_OUTPUT(ring_template, 1);
+BPF_ARRAY_OF_MAPS(rings, "ring_template", OTUS_SHARDS);
 
 BPF_PERCPU_ARRAY(counters, struct otus_counters, 2);
 BPF_PERCPU_ARRAY(scratch, struct otus_sample, 1);
@@ -915,33 +897,13 @@ static __always_inline void fill_header(struct otus_sample *s, struct otus_parse
 	s->hdr.owner = m->owner;
 }
 
-/* One case per ring: bcc cannot expand map calls inside macros. */
 static __always_inline long output(struct otus_sample *s, __u64 size, __u32 shard)
 {
-	switch (shard) {
-#if OTUS_SHARDS > 7
-	case 7: return ring7.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 6
-	case 6: return ring6.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 5
-	case 5: return ring5.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 4
-	case 4: return ring4.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 3
-	case 3: return ring3.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 2
-	case 2: return ring2.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 1
-	case 1: return ring1.ringbuf_output(s, size, 0);
-#endif
-	default: return ring0.ringbuf_output(s, size, 0);
-	}
+	void *ring = rings.lookup(&shard);
+
+	if (!ring)
+		return -1; /* no ring set at this index: a failed submit, counted */
+	return bpf_ringbuf_output(ring, s, size, 0);
 }
 
 static __always_inline void submit_sample(struct otus_counters *c, struct otus_sample *s,

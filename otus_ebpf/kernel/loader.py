@@ -1,7 +1,8 @@
 """Compile and load the kernel programs with bcc; write their initial maps.
 
-Straight-line, as in libbpf-bootstrap: open → configure → load. Attaching is
-``otus_ebpf.kernel.attach``'s job; draining the rings is ``otus_ebpf.kernel.rings``'s.
+Straight-line, as in libbpf-bootstrap: open → configure → load → create the
+rings. Attaching is ``otus_ebpf.kernel.attach``'s job; draining the rings is
+``otus_ebpf.kernel.rings``'s.
 """
 
 from __future__ import annotations
@@ -11,24 +12,26 @@ import ipaddress
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
-from otus_ebpf.kernel.bpfsys import map_create, prog_load
-from otus_ebpf.kernel.maps import KernelMaps
+from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
+from otus_ebpf.kernel.maps import KernelMaps, table
 from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
 from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
 COUNTERS_MAP = "counters"
+RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
 _BPF_PROG_TYPE_XDP = 6
 _BPF_FUNC_XDP_LOAD_BYTES = 189
 _XDP_PASS = 2
+_U32 = struct.Struct("=I")
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -54,10 +57,23 @@ class LoadedPrograms:
     xdp_fd: int
     tc_fd: int
     maps: KernelMaps
-    shards: int
+    ring_fds: tuple[int, ...]  # each shard's ring buffer, by shard
+    _releases: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def shards(self) -> int:
+        return len(self.ring_fds)
+
+    def on_close(self, release: Callable[[], None]) -> None:
+        """Run ``release`` (a ring reader's) before the rings go."""
+        self._releases.append(release)
 
     def close(self) -> None:
+        while self._releases:
+            self._releases.pop()()
         self.bpf.cleanup()
+        for fd in self.ring_fds:
+            os.close(fd)
 
 
 def import_bcc() -> ModuleType:
@@ -95,7 +111,6 @@ def cflags_for(settings: KernelSettings) -> list[str]:
         f"-DOTUS_SNAPLEN={settings.snaplen}",
         # the sample's buffer, a power of two so that a mask bounds every read for the verifier
         f"-DOTUS_DATA_LEN={1 << (settings.snaplen - 1).bit_length()}",
-        f"-DOTUS_RING_PAGES={settings.ring_pages}",
         f"-DOTUS_SHARDS={settings.shards}",
         f"-DOTUS_MAX_FLOWS={settings.max_flows}",
         f"-DOTUS_MAX_STREAMS={settings.max_streams}",
@@ -126,7 +141,28 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     except Exception as exc:  # verifier rejections arrive as bare Exception too
         loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
-    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, settings.shards)
+    try:
+        ring_fds = create_rings(table(loaded, RINGS_MAP).map_fd, settings.shards, settings.ring_bytes)
+    except SetupError:
+        loaded.cleanup()
+        raise
+    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, ring_fds)
+
+
+def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
+    """A ring buffer of ``size`` bytes per shard, each set at its shard's index of
+    the programs' array of rings (bpf/otus.c). Returns their fds, by shard."""
+    fds: list[int] = []
+    try:
+        for shard in range(shards):
+            fds.append(map_create(_BPF_MAP_TYPE_RINGBUF, 0, 0, size))
+            map_update(rings_fd, _U32.pack(shard), _U32.pack(fds[-1]))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise SetupError(f"cannot create the {size >> 20} MiB ring of shard {len(fds)}: {exc.strerror} "
+                         "(filter.ring_mb sizes it)") from None
+    return tuple(fds)
 
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:

@@ -1,19 +1,25 @@
 """Drain the kernel's per-shard ring buffers in batches.
 
-bcc calls back once per record; the callback only copies the bytes into a
-list, and the whole batch goes to the pipeline after each poll. A ring
-wakes the poller per batch of records, not per record. A record the kernel
-could not write (a full ring) is counted in the kernel (shard_failures).
+The rings are maps loader.py created; libbpf's ring_buffer API (through
+bcc's libbcc) polls them. It calls back once per record; the callback only
+copies the bytes into a list, and the whole batch goes to the pipeline after
+each poll. A ring wakes the poller per batch of records, not per record. A
+record the kernel could not write (a full ring) is counted in the kernel
+(otus_counters.shard_failures).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.loader import LoadedPrograms
-from otus_ebpf.kernel.maps import table
+
+# ring_buffer_sample_fn: (ctx, data, size) -> 0 to go on
+_RecordCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 
 class Reader(Protocol):
@@ -23,11 +29,22 @@ class Reader(Protocol):
 
 
 class RingReader:
-    def __init__(self, bpf: Any, shards: Iterable[int]) -> None:
-        self._bpf = bpf
+    def __init__(self, ring_fds: Iterable[int]) -> None:
+        self._lib: Any = importlib.import_module("bcc.libbcc").lib
         self._batch: list[bytes] = []
-        for shard in shards:
-            table(bpf, f"ring{shard}").open_ring_buffer(self._on_record)
+        self._callback = _RecordCallback(self._on_record)  # kept alive: libbpf holds a pointer to it
+        self._manager: int | None = None
+        for fd in ring_fds:
+            self._add(fd)
+
+    def _add(self, fd: int) -> None:
+        if self._manager is None:
+            self._manager = self._lib.bpf_new_ringbuf(fd, self._callback, None)
+            added = bool(self._manager)
+        else:
+            added = self._lib.bpf_add_ringbuf(self._manager, fd, self._callback, None) == 0
+        if not added:
+            raise SetupError(f"cannot map a ring buffer (fd {fd}) for reading")
 
     def _on_record(self, _ctx: Any, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))
@@ -35,13 +52,18 @@ class RingReader:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to ``timeout_ms`` for records; return all that are ready."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
         return self._take()
 
     def drain(self) -> list[bytes]:
         """Take what is left without waiting (after detach, before exit)."""
-        self._bpf.ring_buffer_consume()
+        self._lib.bpf_consume_ringbuf(self._manager)
         return self._take()
+
+    def close(self) -> None:
+        if self._manager:
+            self._lib.bpf_free_ringbuf(self._manager)
+            self._manager = None
 
     def _take(self) -> list[bytes]:
         batch, self._batch = self._batch, []
@@ -50,4 +72,7 @@ class RingReader:
 
 def open_reader(programs: LoadedPrograms, only: Iterable[int] | None = None) -> Reader:
     """A reader of every shard's ring, or ``only`` of these (a worker process's own)."""
-    return RingReader(programs.bpf, range(programs.shards) if only is None else only)
+    which = range(programs.shards) if only is None else only
+    reader = RingReader(programs.ring_fds[shard] for shard in which)
+    programs.on_close(reader.close)
+    return reader

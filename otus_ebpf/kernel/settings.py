@@ -55,9 +55,9 @@ class KernelSettings:
     extra_cflags: tuple[str, ...] = field(default=())
 
     @property
-    def ring_pages(self) -> int:
-        """A ring buffer's size in pages (one ring per shard)."""
-        return max(1, (self.ring_mb << 20) // PAGE_SIZE)
+    def ring_bytes(self) -> int:
+        """A shard's ring buffer: a power of two and whole pages, as the kernel wants."""
+        return self.ring_mb << 20
 
     def validate(self) -> None:
         if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:
