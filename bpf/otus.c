@@ -7,7 +7,7 @@
  * every packet is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
- * (OTUS_SNAPLEN, OTUS_RING_PAGES, OTUS_SHARDS, OTUS_MAX_FLOWS, OTUS_PERF,
+ * (OTUS_SNAPLEN, OTUS_SHARDS, OTUS_MAX_FLOWS,
  * OTUS_CALLID_ROUTING: only with worker processes, where it is used); everything that
  * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
  * include/exclude tries), never in this text.
@@ -31,13 +31,9 @@
 #if OTUS_DATA_LEN < OTUS_SNAPLEN || (OTUS_DATA_LEN & (OTUS_DATA_LEN - 1))
 #error "OTUS_DATA_LEN must be a power of two >= OTUS_SNAPLEN"
 #endif
-#ifndef OTUS_RING_PAGES
-#define OTUS_RING_PAGES 1024
-#endif
 #ifndef OTUS_SHARDS
 #define OTUS_SHARDS 1
 #endif
-#define OTUS_MAX_SHARDS 8
 /* Learned media endpoints; user space derives it from its call limit
  * (CallLimits.flow_map_entries: four per call). */
 #ifndef OTUS_MAX_FLOWS
@@ -49,11 +45,15 @@
 #define OTUS_MAX_STREAMS 200000
 #endif
 #if OTUS_SHARDS < 1 || OTUS_SHARDS > OTUS_MAX_SHARDS
-#error "OTUS_SHARDS must be 1..8"
+#error "OTUS_SHARDS must be 1..OTUS_MAX_SHARDS"
 #endif
-/* Perf buffers: a wakeup per event costs ~6 us, so user space opens them
- * with batched wakeups; this side only has to pick the right array. */
-
+#if OTUS_MAX_SHARDS & (OTUS_MAX_SHARDS - 1)
+#error "OTUS_MAX_SHARDS must be a power of two: a mask bounds the shard index for the verifier"
+#endif
+_Static_assert(sizeof(((struct otus_counters *)0)->counts) == OTUS_CTR_MAX * sizeof(__u64),
+	       "otus_counters.counts must hold OTUS_CTR_MAX counters");
+_Static_assert(sizeof(((struct otus_counters *)0)->shard_failures) == OTUS_MAX_SHARDS * sizeof(__u64),
+	       "otus_counters.shard_failures must hold OTUS_MAX_SHARDS shards");
 /* Bytes of an egress skb we need linear to parse L2-L4 headers. */
 #define OTUS_PULL_LEN 256
 #define OTUS_VLAN_DEPTH 2
@@ -104,55 +104,15 @@ struct otus_ipv6_frag {
 	__be32 identification;
 };
 
-BPF_RINGBUF_OUTPUT(ring0, OTUS_RING_PAGES);
-#if OTUS_SHARDS > 1
-BPF_RINGBUF_OUTPUT(ring1, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 2
-BPF_RINGBUF_OUTPUT(ring2, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 3
-BPF_RINGBUF_OUTPUT(ring3, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 4
-BPF_RINGBUF_OUTPUT(ring4, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 5
-BPF_RINGBUF_OUTPUT(ring5, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 6
-BPF_RINGBUF_OUTPUT(ring6, OTUS_RING_PAGES);
-#endif
-#if OTUS_SHARDS > 7
-BPF_RINGBUF_OUTPUT(ring7, OTUS_RING_PAGES);
-#endif
-#ifdef OTUS_PERF
-BPF_PERF_OUTPUT(perf0);
-#if OTUS_SHARDS > 1
-BPF_PERF_OUTPUT(perf1);
-#endif
-#if OTUS_SHARDS > 2
-BPF_PERF_OUTPUT(perf2);
-#endif
-#if OTUS_SHARDS > 3
-BPF_PERF_OUTPUT(perf3);
-#endif
-#if OTUS_SHARDS > 4
-BPF_PERF_OUTPUT(perf4);
-#endif
-#if OTUS_SHARDS > 5
-BPF_PERF_OUTPUT(perf5);
-#endif
-#if OTUS_SHARDS > 6
-BPF_PERF_OUTPUT(perf6);
-#endif
-#if OTUS_SHARDS > 7
-BPF_PERF_OUTPUT(perf7);
-#endif
-#endif
+/* The rings, one BPF ring buffer per shard, in an array of maps: user space
+ * creates each ring (filter.ring_mb) and sets it at its shard's index
+ * (otus_ebpf/kernel/loader.py create_rings), and reads it with libbpf's
+ * ring_buffer API. bcc's BPF_ARRAY_OF_MAPS takes its inner map's type from
+ * a map declared here by name: ring_template, one page, never written. */
+BPF_RINGBUF_OUTPUT(ring_template, 1);
+BPF_ARRAY_OF_MAPS(rings, "ring_template", OTUS_SHARDS);
 
-BPF_PERCPU_ARRAY(counters, __u64, 2 * OTUS_CTR_MAX);
-BPF_PERCPU_ARRAY(shard_failures, __u64, OTUS_MAX_SHARDS);
+BPF_PERCPU_ARRAY(counters, struct otus_counters, 2);
 BPF_PERCPU_ARRAY(scratch, struct otus_sample, 1);
 BPF_ARRAY(config, struct otus_config, 1);
 BPF_ARRAY(sip_ports, __u8, 65536);
@@ -170,13 +130,11 @@ BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
 
-static __always_inline void count(__u32 direction, __u32 counter)
+/* ``c``: the packet's direction's counters, looked up once by the hook. */
+static __always_inline void count(struct otus_counters *c, __u32 counter)
 {
-	__u32 index = direction * OTUS_CTR_MAX + counter;
-	__u64 *value = counters.lookup(&index);
-
-	if (value)
-		*value += 1;
+	if (counter < OTUS_CTR_MAX)
+		c->counts[counter] += 1;
 }
 
 /* murmur3 finaliser: spreads an XOR-folded tuple over all 32 bits. */
@@ -619,7 +577,7 @@ static __always_inline void stream_update(struct otus_stream *st, __u16 seq, __u
  * packet of a new stream the full map cannot hold (STREAMS_FULL: user space
  * measures it packet by packet); else 0, counted as MEDIA_COUNTED. */
 static __always_inline int media_stats(void *data, void *data_end, struct otus_parsed *p,
-				       struct otus_flow_value *flow, __u64 frame_len, __u32 direction)
+				       struct otus_flow_value *flow, __u64 frame_len, struct otus_counters *c)
 {
 	struct otus_rtp_header *rtp = data + p->payload_offset;
 
@@ -652,7 +610,7 @@ static __always_inline int media_stats(void *data, void *data_end, struct otus_p
 		if (!st) {
 			/* the map is full: the packet goes up as without statistics
 			 * here, and user space measures its stream (counted) */
-			count(direction, OTUS_CTR_STREAMS_FULL);
+			count(c, OTUS_CTR_STREAMS_FULL);
 			return 1;
 		}
 	}
@@ -664,7 +622,7 @@ static __always_inline int media_stats(void *data, void *data_end, struct otus_p
 		p->flags |= OTUS_FLAG_STREAM;
 		return 1;
 	}
-	count(direction, OTUS_CTR_MEDIA_COUNTED);
+	count(c, OTUS_CTR_MEDIA_COUNTED);
 	return 0;
 }
 
@@ -684,7 +642,7 @@ struct otus_match {
  * kept here, where the flow's addresses are at hand: called from the hooks,
  * they kept the addresses live through the whole program, and the path of
  * packets that match nothing paid for the spills (scripts/bench/kernel_path.py). */
-static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, __u32 direction,
+static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
 				      struct otus_parsed *p, struct otus_match *m)
 {
 	__u32 zero = 0;
@@ -745,7 +703,7 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 			m->snaplen = cfg->sip_snaplen;
 		} else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP) {
 			m->stream = 1; /* not Call-ID routed: the copy's path skips the scan */
-			if (!media_stats(data, data_end, p, flow, frame_len, direction))
+			if (!media_stats(data, data_end, p, flow, frame_len, c))
 				m->kind = 0;
 			else if (m->snaplen < p->payload_offset + OTUS_RTP_HEADER)
 				m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
@@ -939,76 +897,28 @@ static __always_inline void fill_header(struct otus_sample *s, struct otus_parse
 	s->hdr.owner = m->owner;
 }
 
-/* One case per ring: bcc cannot expand map calls inside macros. */
-static __always_inline long output(void *ctx, struct otus_sample *s, __u64 size, __u32 shard)
+static __always_inline long output(struct otus_sample *s, __u64 size, __u32 shard)
 {
-	switch (shard) {
-#ifdef OTUS_PERF
-#if OTUS_SHARDS > 7
-	case 7: return perf7.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 6
-	case 6: return perf6.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 5
-	case 5: return perf5.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 4
-	case 4: return perf4.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 3
-	case 3: return perf3.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 2
-	case 2: return perf2.perf_submit(ctx, s, size);
-#endif
-#if OTUS_SHARDS > 1
-	case 1: return perf1.perf_submit(ctx, s, size);
-#endif
-	default: return perf0.perf_submit(ctx, s, size);
-#else
-#if OTUS_SHARDS > 7
-	case 7: return ring7.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 6
-	case 6: return ring6.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 5
-	case 5: return ring5.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 4
-	case 4: return ring4.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 3
-	case 3: return ring3.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 2
-	case 2: return ring2.ringbuf_output(s, size, 0);
-#endif
-#if OTUS_SHARDS > 1
-	case 1: return ring1.ringbuf_output(s, size, 0);
-#endif
-	default: return ring0.ringbuf_output(s, size, 0);
-#endif
-	}
+	void *ring = rings.lookup(&shard);
+
+	if (!ring)
+		return -1; /* no ring set at this index: a failed submit, counted */
+	return bpf_ringbuf_output(ring, s, size, 0);
 }
 
-static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u32 direction,
+static __always_inline void submit_sample(struct otus_counters *c, struct otus_sample *s,
 					  __u64 cap_len, __u32 shard)
 {
 	__u64 size = sizeof(struct otus_event) + cap_len;
 
 	if (size > sizeof(*s))
 		size = sizeof(*s);
-	if (output(ctx, s, size, shard) == 0) {
-		count(direction, OTUS_CTR_SUBMITTED);
+	if (output(s, size, shard) == 0) {
+		count(c, OTUS_CTR_SUBMITTED);
 		return;
 	}
-	count(direction, OTUS_CTR_SUBMIT_FAILED);
-	__u32 index = shard;
-	__u64 *failures = shard_failures.lookup(&index);
-	if (failures)
-		*failures += 1;
+	count(c, OTUS_CTR_SUBMIT_FAILED);
+	c->shard_failures[shard & (OTUS_MAX_SHARDS - 1)] += 1;
 }
 
 /* Copies the frame into the sample and sends it up. ``route``: a constant
@@ -1016,8 +926,8 @@ static __always_inline void submit_sample(void *ctx, struct otus_sample *s, __u3
  * takes a copy without the scan: the verifier, walking the scan after the
  * statistics too, went past its limit. Without it one copy is compiled: two
  * cost the path of packets that match nothing ~3 ns (kernel_path.py). */
-static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *p, struct otus_match *m,
-					const int route)
+static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_counters *c, struct otus_parsed *p,
+					struct otus_match *m, const int route)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -1029,7 +939,7 @@ static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *
 	__u64 frame_len = data_end - data;
 	__u64 cap_len = capture_length(frame_len, m->snaplen);
 	if (cap_len < 1 || bpf_xdp_load_bytes(ctx, 0, s->data, cap_len) < 0) {
-		count(OTUS_DIR_INGRESS, OTUS_CTR_LOAD_FAILED);
+		count(c, OTUS_CTR_LOAD_FAILED);
 		return;
 	}
 #ifdef OTUS_CALLID_ROUTING
@@ -1037,11 +947,11 @@ static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_parsed *
 		route_by_call_id(s, p, m, cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
-	submit_sample(ctx, s, OTUS_DIR_INGRESS, cap_len, m->shard);
+	submit_sample(c, s, cap_len, m->shard);
 }
 
-static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed *p, struct otus_match *m,
-				       const int route)
+static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_counters *c, struct otus_parsed *p,
+				       struct otus_match *m, const int route)
 {
 	__u32 zero = 0;
 	struct otus_sample *s = scratch.lookup(&zero);
@@ -1050,7 +960,7 @@ static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed
 		return;
 	__u64 cap_len = capture_length(skb->len, m->snaplen);
 	if (cap_len < 1 || bpf_skb_load_bytes(skb, 0, s->data, cap_len) < 0) {
-		count(OTUS_DIR_EGRESS, OTUS_CTR_LOAD_FAILED);
+		count(c, OTUS_CTR_LOAD_FAILED);
 		return;
 	}
 #ifdef OTUS_CALLID_ROUTING
@@ -1058,7 +968,14 @@ static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_parsed
 		route_by_call_id(s, p, m, cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
-	submit_sample(skb, s, OTUS_DIR_EGRESS, cap_len, m->shard);
+	submit_sample(c, s, cap_len, m->shard);
+}
+
+/* The direction's counters, one lookup a packet. NULL never happens (the
+ * array holds both directions) but the verifier wants the check. */
+static __always_inline struct otus_counters *counters_of(__u32 direction)
+{
+	return counters.lookup(&direction);
 }
 
 int xdp_ingress(struct xdp_md *ctx)
@@ -1067,18 +984,21 @@ int xdp_ingress(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct otus_parsed p = {};
 	struct otus_match m = {};
+	struct otus_counters *c = counters_of(OTUS_DIR_INGRESS);
 
-	count(OTUS_DIR_INGRESS, OTUS_CTR_SEEN);
-	__u32 verdict = classify(data, data_end, data_end - data, OTUS_DIR_INGRESS, &p, &m);
-	count(OTUS_DIR_INGRESS, verdict);
+	if (!c)
+		return XDP_PASS;
+	count(c, OTUS_CTR_SEEN);
+	__u32 verdict = classify(data, data_end, data_end - data, c, &p, &m);
+	count(c, verdict);
 	if (m.kind == 0)
 		return XDP_PASS;
 #ifdef OTUS_CALLID_ROUTING
 	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
-		copy_up_xdp(ctx, &p, &m, 0);
+		copy_up_xdp(ctx, c, &p, &m, 0);
 	else
 #endif
-		copy_up_xdp(ctx, &p, &m, 1);
+		copy_up_xdp(ctx, c, &p, &m, 1);
 	return XDP_PASS;
 }
 
@@ -1086,8 +1006,11 @@ int tc_egress(struct __sk_buff *skb)
 {
 	struct otus_parsed p = {};
 	struct otus_match m = {};
+	struct otus_counters *c = counters_of(OTUS_DIR_EGRESS);
 
-	count(OTUS_DIR_EGRESS, OTUS_CTR_SEEN);
+	if (!c)
+		return TC_ACT_UNSPEC;
+	count(c, OTUS_CTR_SEEN);
 	/* Locally built skbs may keep headers outside the linear area; pulling
 	 * them in changes the skb's layout, never its bytes. */
 	if (skb->data_end - skb->data < OTUS_PULL_LEN && skb->len > skb->data_end - skb->data)
@@ -1095,15 +1018,15 @@ int tc_egress(struct __sk_buff *skb)
 
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u32 verdict = classify(data, data_end, skb->len, OTUS_DIR_EGRESS, &p, &m);
-	count(OTUS_DIR_EGRESS, verdict);
+	__u32 verdict = classify(data, data_end, skb->len, c, &p, &m);
+	count(c, verdict);
 	if (m.kind == 0)
 		return TC_ACT_UNSPEC;
 #ifdef OTUS_CALLID_ROUTING
 	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
-		copy_up_tc(skb, &p, &m, 0);
+		copy_up_tc(skb, c, &p, &m, 0);
 	else
 #endif
-		copy_up_tc(skb, &p, &m, 1);
+		copy_up_tc(skb, c, &p, &m, 1);
 	return TC_ACT_UNSPEC;
 }

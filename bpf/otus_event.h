@@ -37,7 +37,7 @@
  * user space learns the stream from it; its later packets stay in the map */
 #define OTUS_FLAG_STREAM 32
 
-/* enum otus_counter: per-CPU array index = direction * OTUS_CTR_MAX + counter.
+/* enum otus_counter: the index into otus_counters.counts.
  * Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
  * the verdicts add up to SEEN; the delivery counters follow the matches. */
 #define OTUS_CTR_SEEN 0
@@ -60,6 +60,17 @@
 /* learned RTP of a new stream the full streams map could not hold: copied up */
 #define OTUS_CTR_STREAMS_FULL 16
 #define OTUS_CTR_MAX 17
+
+/* Ring shards: worker processes, at most. */
+#define OTUS_MAX_SHARDS 8
+
+/* The per-CPU "counters" array: one entry per direction (OTUS_DIR_*), so a
+ * packet finds every counter it moves with one lookup. The array lengths
+ * are OTUS_CTR_MAX and OTUS_MAX_SHARDS (otus.c asserts it). */
+struct otus_counters {
+	__u64 counts[17];     /* by OTUS_CTR_* */
+	__u64 shard_failures[8]; /* ring submits that failed, by shard */
+};
 
 /* enum otus_config_flag: bits of otus_config.flags */
 #define OTUS_CFG_SIGNATURE 1

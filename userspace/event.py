@@ -37,7 +37,7 @@ class Flag(IntFlag):
 
 
 class Counter(IntEnum):
-    """Per-CPU counter slots; the array index is ``direction * MAX + counter``.
+    """The kernel's counters: indexes into ``struct otus_counters.counts``, one per direction.
 
     Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
     the verdicts add up to SEEN.

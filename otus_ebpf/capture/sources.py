@@ -142,8 +142,7 @@ class _EbpfCapture:
         self._reader = open_reader(programs)
         stack.callback(lambda: on_stop(self._reader.drain()))
         hooks = attach_hooks(stack, programs, options, interfaces)
-        self.description = (f"{'; '.join(hooks)}; {programs.shards} shard(s), "
-                            f"{programs.delivery.value} delivery")
+        self.description = f"{'; '.join(hooks)}; {programs.shards} shard(s)"
 
     def poll(self, timeout_ms: int) -> Sequence[Captured]:
         return self._reader.poll(timeout_ms)
@@ -160,10 +159,7 @@ class _EbpfCapture:
                    stats, boundary)
 
     def stats_sections(self) -> list[str]:
-        sections = format_kernel_counts(read_kernel_counters(self._programs.bpf))
-        if self._reader.lost:
-            sections.append(f"perf_lost={self._reader.lost}")
-        return sections
+        return format_kernel_counts(read_kernel_counters(self._programs.bpf))
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._programs.maps.apply_filters(before, after)
@@ -174,7 +170,6 @@ class _EbpfCapture:
     def counters(self) -> dict[str, dict[str, int]]:
         bpf = self._programs.bpf
         kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
-        kernel["perf_lost"] = self._reader.lost
         shards = read_shard_failures(bpf, self._programs.shards)
         return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
 

@@ -167,7 +167,7 @@ class Supervisor:
         how = (f"1 ring dispatched ({strategy}) to {count} worker process(es)" if dispatching
                else f"{count} worker process(es)")
         files = "each with its own files" if joined is None else "one writer per file"
-        self.description = f"{'; '.join(hooks)}; {how}, {files}, {programs.delivery.value} delivery"
+        self.description = f"{'; '.join(hooks)}; {how}, {files}"
 
     def _spawn(self, index: int) -> _Worker:
         control_here, control_there = self._context.Pipe()

@@ -78,7 +78,6 @@ class _WorkerCapture:
         self._shard = shard
         self._send_flows = send_flows
         self._programs = programs  # forked: the parent's maps, this process's own fds
-        self.lost = 0
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         raise NotImplementedError
@@ -88,7 +87,7 @@ class _WorkerCapture:
             self._send_flows([dataclasses.replace(e, shard=self._shard) for e in events])
 
     def stats_sections(self) -> list[str]:
-        return [f"perf_lost={self.lost}"] if self.lost else []
+        return []  # the kernel's counters are the parent's to report
 
     def counters(self) -> dict[str, dict[str, int]]:
         return {}  # the kernel's counters are the parent's to report
@@ -116,9 +115,7 @@ class _ShardCapture(_WorkerCapture):
         stack.callback(lambda: on_stop(self._reader.drain() + _take_all(handoffs)))
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        batch = self._reader.poll(min(timeout_ms, HANDOFF_WAIT_MS)) + _take_all(self._handoffs)
-        self.lost = self._reader.lost
-        return batch
+        return self._reader.poll(min(timeout_ms, HANDOFF_WAIT_MS)) + _take_all(self._handoffs)
 
 
 def _take_all(connection: Connection) -> list[bytes]:

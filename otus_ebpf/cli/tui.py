@@ -120,7 +120,6 @@ class Dashboard:
     def _drops(self, sample: TaskSample) -> RenderableType:
         stages = [
             ("ring full", _capture(sample, "submit_failed") // 2),  # counted per direction and per shard
-            ("perf lost", _capture(sample, "perf_lost")),
             ("socket drops", _capture(sample, "drops")),
             ("decode errors", _total(sample, "otus_decode_errors_total")),
             ("fragments given up", sum(_total(sample, "otus_reassembly_total", outcome=o)

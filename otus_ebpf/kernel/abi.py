@@ -11,7 +11,7 @@ import ipaddress
 import struct
 from enum import IntFlag
 
-from userspace.event import Kind, StructFields, struct_format
+from userspace.event import Counter, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
 
 
@@ -25,6 +25,13 @@ class ConfigFlag(IntFlag):
     MEDIA_PACKETS = 64  # every learned RTP packet goes up; else the kernel measures RTP itself
 
 
+MAX_SHARDS = 8  # OTUS_MAX_SHARDS: ring shards, worker processes
+
+# One entry of the per-CPU "counters" array, per direction; user space sums the CPUs.
+COUNTERS_FIELDS: StructFields = (
+    ("counts", "__u64", Counter.MAX),
+    ("shard_failures", "__u64", MAX_SHARDS),
+)
 CONFIG_FIELDS: StructFields = (
     ("flags", "__u32", 0),
     ("sip_snaplen", "__u32", 0),
@@ -49,6 +56,7 @@ FLOW_VALUE_FIELDS: StructFields = (
 LPM_V4_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 4))
 LPM_V6_FIELDS: StructFields = (("prefixlen", "__u32", 0), ("addr", "__u8", 16))
 
+COUNTERS_VALUE = struct.Struct(struct_format(COUNTERS_FIELDS))
 CONFIG = struct.Struct(struct_format(CONFIG_FIELDS))
 FLOW_KEY = struct.Struct(struct_format(FLOW_KEY_FIELDS))
 FLOW_VALUE = struct.Struct(struct_format(FLOW_VALUE_FIELDS))
@@ -57,6 +65,7 @@ LPM_V6 = struct.Struct(struct_format(LPM_V6_FIELDS))
 
 # Every struct above, by its C name, for the contract test.
 MAP_STRUCTS: dict[str, StructFields] = {
+    "otus_counters": COUNTERS_FIELDS,
     "otus_config": CONFIG_FIELDS,
     "otus_flow_key": FLOW_KEY_FIELDS,
     "otus_flow_value": FLOW_VALUE_FIELDS,

@@ -27,6 +27,7 @@ class BpfCmd(IntEnum):
     MAP_UPDATE_ELEM = 2
     MAP_DELETE_ELEM = 3
     MAP_GET_NEXT_KEY = 4
+    PROG_LOAD = 5
     PROG_TEST_RUN = 10
     PROG_GET_FD_BY_ID = 13
     MAP_GET_FD_BY_ID = 14
@@ -59,6 +60,23 @@ def bpf(cmd: BpfCmd, attr: ctypes.Array[ctypes.c_char]) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return result
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
+    """BPF_MAP_CREATE; returns the map fd (the caller closes it)."""
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IIII", attr, 0, map_type, key_size, value_size, max_entries)
+    return bpf(BpfCmd.MAP_CREATE, attr)
+
+
+def prog_load(prog_type: int, instructions: bytes, license: bytes = b"GPL") -> int:
+    """BPF_PROG_LOAD of raw instructions; returns the program fd (the caller closes it)."""
+    insns = ctypes.create_string_buffer(instructions, len(instructions))
+    licence = ctypes.create_string_buffer(license)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IIQQ", attr, 0, prog_type, len(instructions) // 8, ctypes.addressof(insns),
+                     ctypes.addressof(licence))
+    return bpf(BpfCmd.PROG_LOAD, attr)
 
 
 def link_create(prog_fd: int, ifindex: int, attach_type: AttachType, flags: int = 0) -> int:

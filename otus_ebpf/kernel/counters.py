@@ -1,11 +1,17 @@
-"""Read the kernel's per-CPU counters and format the plain stats line."""
+"""Read the kernel's per-CPU counters and format the plain stats line.
+
+The "counters" map holds one ``struct otus_counters`` per direction; a
+lookup of a per-CPU map hands over one copy per possible CPU, summed here.
+"""
 
 from __future__ import annotations
 
-import ctypes
+import struct
 from typing import Any
 
-from otus_ebpf.kernel.loader import COUNTERS_MAP, SHARD_FAILURES_MAP
+from otus_ebpf.kernel.abi import COUNTERS_VALUE, MAX_SHARDS
+from otus_ebpf.kernel.bpfsys import map_lookup, possible_cpus
+from otus_ebpf.kernel.loader import COUNTERS_MAP
 from otus_ebpf.kernel.maps import table
 from userspace.event import Counter, Direction
 
@@ -13,21 +19,38 @@ KernelCounts = dict[tuple[Direction, Counter], int]
 COUNTERS = tuple(c for c in Counter if c is not Counter.MAX)
 MATCHES = (Counter.MATCHED_SIP_PORT, Counter.MATCHED_SIP_SIGNATURE, Counter.MATCHED_RTP,
            Counter.MATCHED_RTCP, Counter.MATCHED_FRAGMENT)
+_U32 = struct.Struct("=I")
+
+
+def sum_over_cpus(raw: bytes, cpus: int) -> tuple[int, ...]:
+    """Every field of a per-CPU ``otus_counters`` value, summed over its CPUs' copies
+    (each 8-byte aligned: the struct's size already is)."""
+    copies = (COUNTERS_VALUE.unpack_from(raw, cpu * COUNTERS_VALUE.size) for cpu in range(cpus))
+    return tuple(sum(field) for field in zip(*copies, strict=True))
+
+
+def read_counters(fd: int) -> tuple[KernelCounts, list[int]]:
+    """The counters map behind ``fd``: each direction's counters, and the failed ring
+    submits of every shard (OTUS_MAX_SHARDS of them), both directions together."""
+    cpus = possible_cpus()
+    counts: KernelCounts = {}
+    failures = [0] * MAX_SHARDS
+    for direction in Direction:
+        raw = map_lookup(fd, _U32.pack(direction), COUNTERS_VALUE.size * cpus)
+        fields = sum_over_cpus(raw or bytes(COUNTERS_VALUE.size * cpus), cpus)
+        for counter in COUNTERS:
+            counts[direction, counter] = fields[counter]
+        for shard in range(MAX_SHARDS):
+            failures[shard] += fields[Counter.MAX + shard]
+    return counts, failures
 
 
 def read_kernel_counters(bpf: Any) -> KernelCounts:
-    counters = table(bpf, COUNTERS_MAP)
-    counts: KernelCounts = {}
-    for direction in Direction:
-        for counter in COUNTERS:
-            index = direction * Counter.MAX + counter
-            counts[direction, counter] = int(counters.sum(ctypes.c_int(index)).value)
-    return counts
+    return read_counters(table(bpf, COUNTERS_MAP).map_fd)[0]
 
 
 def read_shard_failures(bpf: Any, shards: int) -> list[int]:
-    failures = table(bpf, SHARD_FAILURES_MAP)
-    return [int(failures.sum(ctypes.c_int(shard)).value) for shard in range(shards)]
+    return read_counters(table(bpf, COUNTERS_MAP).map_fd)[1][:shards]
 
 
 def matched(counts: KernelCounts, direction: Direction) -> int:

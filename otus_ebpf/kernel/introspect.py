@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import (
     CONFIG,
+    COUNTERS_VALUE,
     FLOW_KEY,
     FLOW_VALUE,
     LPM_V4,
@@ -35,14 +36,13 @@ from otus_ebpf.kernel.bpfsys import (
     map_lookup,
     map_update,
     open_map,
-    possible_cpus,
     program_info,
     query_program_ids,
 )
-from otus_ebpf.kernel.counters import COUNTERS, KernelCounts
-from otus_ebpf.kernel.loader import COUNTERS_MAP, SHARD_FAILURES_MAP, TC_FUNCTION, XDP_FUNCTION
+from otus_ebpf.kernel.counters import KernelCounts, read_counters
+from otus_ebpf.kernel.loader import COUNTERS_MAP, TC_FUNCTION, XDP_FUNCTION
 from otus_ebpf.kernel.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
-from userspace.event import Counter, Direction, Kind
+from userspace.event import Kind
 
 _U32 = struct.Struct("=I")
 
@@ -89,19 +89,18 @@ class LiveMaps:
             raise SetupError(f"the attached program has no map {name!r} (an older otus-ebpf?)")
         return self.fds[name]
 
-    def per_cpu_sum(self, name: str, index: int) -> int:
-        fd, info = self._map(name)
-        slot = (info.value_size + 7) // 8 * 8
-        raw = map_lookup(fd, _U32.pack(index), slot * possible_cpus()) or b""
-        return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), slot))
+    def _read_counters(self) -> tuple[KernelCounts, list[int]]:
+        fd, info = self._map(COUNTERS_MAP)
+        if info.value_size != COUNTERS_VALUE.size:
+            raise SetupError("the attached program's counters have another layout (an older otus-ebpf?)")
+        return read_counters(fd)
 
     def counters(self) -> KernelCounts:
-        return {(d, c): self.per_cpu_sum(COUNTERS_MAP, d * Counter.MAX + c)
-                for d in Direction for c in COUNTERS}
+        return self._read_counters()[0]
 
     def shard_failures(self) -> list[int]:
-        _fd, info = self._map(SHARD_FAILURES_MAP)
-        return [self.per_cpu_sum(SHARD_FAILURES_MAP, i) for i in range(info.max_entries)]
+        """Failed ring submits of every shard the programs can have (OTUS_MAX_SHARDS)."""
+        return self._read_counters()[1]
 
     def flows(self) -> list[tuple[str, int, int, Kind, int]]:
         """Learned media endpoints: (address, port, L4 protocol, kind, shard)."""

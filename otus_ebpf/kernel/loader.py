@@ -1,32 +1,55 @@
 """Compile and load the kernel programs with bcc; write their initial maps.
 
-Straight-line, as in libbpf-bootstrap: open → configure → load. Attaching is
-``otus_ebpf.kernel.attach``'s job; draining the rings is ``otus_ebpf.kernel.rings``'s.
+Straight-line, as in libbpf-bootstrap: open → configure → load → create the
+rings. Attaching is ``otus_ebpf.kernel.attach``'s job; draining the rings is
+``otus_ebpf.kernel.rings``'s.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import ipaddress
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
-from otus_ebpf.kernel.bpfsys import BpfCmd, bpf
-from otus_ebpf.kernel.maps import KernelMaps
-from otus_ebpf.kernel.settings import Delivery, KernelSettings, MediaMode
+from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
+from otus_ebpf.kernel.maps import KernelMaps, table
+from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
 from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
 COUNTERS_MAP = "counters"
-SHARD_FAILURES_MAP = "shard_failures"
+RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
+_BPF_PROG_TYPE_XDP = 6
+_BPF_FUNC_XDP_LOAD_BYTES = 189
+_XDP_PASS = 2
+_U32 = struct.Struct("=I")
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """One eBPF instruction (struct bpf_insn: the registers share a byte, dst low)."""
+    return struct.pack("<BBhi", code, src << 4 | dst, off, imm)
+
+
+# bpf_xdp_load_bytes(ctx, 0, the stack's last 8 bytes, 8); return XDP_PASS
+_XDP_LOAD_BYTES_PROBE = b"".join((
+    _insn(0xB7, dst=2, imm=0),                          # r2 = 0
+    _insn(0xBF, dst=3, src=10),                         # r3 = r10
+    _insn(0x07, dst=3, imm=-8),                         # r3 += -8
+    _insn(0xB7, dst=4, imm=8),                          # r4 = 8
+    _insn(0x85, imm=_BPF_FUNC_XDP_LOAD_BYTES),          # call
+    _insn(0xB7, dst=0, imm=_XDP_PASS),                  # r0 = XDP_PASS
+    _insn(0x95),                                        # exit
+))
+
 
 @dataclass(slots=True)
 class LoadedPrograms:
@@ -34,12 +57,23 @@ class LoadedPrograms:
     xdp_fd: int
     tc_fd: int
     maps: KernelMaps
-    shards: int
-    delivery: Delivery
-    perf_pages: int  # per CPU and shard, with perf delivery
+    ring_fds: tuple[int, ...]  # each shard's ring buffer, by shard
+    _releases: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def shards(self) -> int:
+        return len(self.ring_fds)
+
+    def on_close(self, release: Callable[[], None]) -> None:
+        """Run ``release`` (a ring reader's) before the rings go."""
+        self._releases.append(release)
 
     def close(self) -> None:
+        while self._releases:
+            self._releases.pop()()
         self.bpf.cleanup()
+        for fd in self.ring_fds:
+            os.close(fd)
 
 
 def import_bcc() -> ModuleType:
@@ -51,38 +85,37 @@ def import_bcc() -> ModuleType:
         ) from None
 
 
-def kernel_has_ringbuf() -> bool:
-    attr = ctypes.create_string_buffer(struct.pack("=IIII", _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096), 72)
+def require_kernel_support() -> None:
+    """Ask the kernel for what the programs cannot do without, so that an older
+    one gets a line naming it (and ``--mode auto`` falls back to AF_PACKET)
+    instead of a compiler or verifier dump."""
+    _probe(lambda: map_create(_BPF_MAP_TYPE_RINGBUF, 0, 0, PAGE_SIZE),
+           "BPF ring buffers (BPF_MAP_TYPE_RINGBUF, Linux 5.8)")
+    _probe(lambda: prog_load(_BPF_PROG_TYPE_XDP, _XDP_LOAD_BYTES_PROBE),
+           "the bpf_xdp_load_bytes helper (Linux 5.18)")
+
+
+def _probe(create: Callable[[], int], feature: str) -> None:
     try:
-        fd = bpf(BpfCmd.MAP_CREATE, attr)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+        os.close(create())
+    except PermissionError:
+        raise SetupError("not allowed to create BPF maps and programs: run as root") from None
+    except OSError as exc:
+        raise SetupError(f"this kernel lacks {feature}, which eBPF capture needs ({exc.strerror}); "
+                         "--mode afpacket captures without it") from None
 
 
-def resolve_delivery(wanted: Delivery) -> Delivery:
-    if wanted is Delivery.AUTO:
-        return Delivery.RINGBUF if kernel_has_ringbuf() else Delivery.PERF
-    if wanted is Delivery.RINGBUF and not kernel_has_ringbuf():
-        raise SetupError("this kernel has no BPF ring buffer (needs 5.8+); use --delivery perf")
-    return wanted
-
-
-def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
+def cflags_for(settings: KernelSettings) -> list[str]:
     flags = [
         f"-I{bpf_source_dir()}",
         f"-DOTUS_SNAPLEN={settings.snaplen}",
         # the sample's buffer, a power of two so that a mask bounds every read for the verifier
         f"-DOTUS_DATA_LEN={1 << (settings.snaplen - 1).bit_length()}",
-        f"-DOTUS_RING_PAGES={settings.ring_pages}",
         f"-DOTUS_SHARDS={settings.shards}",
         f"-DOTUS_MAX_FLOWS={settings.max_flows}",
         f"-DOTUS_MAX_STREAMS={settings.max_streams}",
         *settings.extra_cflags,
     ]
-    if delivery is Delivery.PERF:
-        flags.append("-DOTUS_PERF")
     if settings.route_by_call_id:
         flags.append("-DOTUS_CALLID_ROUTING")
     return flags
@@ -90,11 +123,11 @@ def cflags_for(settings: KernelSettings, delivery: Delivery) -> list[str]:
 
 def load_programs(settings: KernelSettings) -> LoadedPrograms:
     settings.validate()
+    require_kernel_support()
     bcc = import_bcc()
-    delivery = resolve_delivery(settings.delivery)
     source = bpf_source_dir() / PROGRAM_FILE
     try:
-        loaded = bcc.BPF(src_file=str(source).encode(), cflags=cflags_for(settings, delivery))
+        loaded = bcc.BPF(src_file=str(source).encode(), cflags=cflags_for(settings))
     except Exception as exc:  # bcc raises bare Exception for compile failures
         raise SetupError(
             f"cannot compile {PROGRAM_FILE}: {str(exc).splitlines()[0]} "
@@ -108,8 +141,28 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     except Exception as exc:  # verifier rejections arrive as bare Exception too
         loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
-    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, settings.shards, delivery,
-                          settings.perf_pages(os.cpu_count() or 1))
+    try:
+        ring_fds = create_rings(table(loaded, RINGS_MAP).map_fd, settings.shards, settings.ring_bytes)
+    except SetupError:
+        loaded.cleanup()
+        raise
+    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, ring_fds)
+
+
+def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
+    """A ring buffer of ``size`` bytes per shard, each set at its shard's index of
+    the programs' array of rings (bpf/otus.c). Returns their fds, by shard."""
+    fds: list[int] = []
+    try:
+        for shard in range(shards):
+            fds.append(map_create(_BPF_MAP_TYPE_RINGBUF, 0, 0, size))
+            map_update(rings_fd, _U32.pack(shard), _U32.pack(fds[-1]))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise SetupError(f"cannot create the {size >> 20} MiB ring of shard {len(fds)}: {exc.strerror} "
+                         "(filter.ring_mb sizes it)") from None
+    return tuple(fds)
 
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:

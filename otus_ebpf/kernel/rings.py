@@ -1,40 +1,50 @@
-"""Drain the kernel's per-shard rings in batches.
+"""Drain the kernel's per-shard ring buffers in batches.
 
-bcc calls back once per record; the callback only copies the bytes into a
-list, and the whole batch goes to the pipeline after each poll. Ring
-buffers wake the poller per record batch; perf buffers are opened with
-batched wakeups (a wakeup per event costs ~6 us in the kernel) and drained
-on every poll timeout, so quiet periods still deliver promptly.
+The rings are maps loader.py created; libbpf's ring_buffer API (through
+bcc's libbcc) polls them. It calls back once per record; the callback only
+copies the bytes into a list, and the whole batch goes to the pipeline after
+each poll. A ring wakes the poller per batch of records, not per record. A
+record the kernel could not write (a full ring) is counted in the kernel
+(otus_counters.shard_failures).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.loader import LoadedPrograms
-from otus_ebpf.kernel.maps import table
-from otus_ebpf.kernel.settings import Delivery
 
-PERF_WAKEUP_EVENTS = 64
+# ring_buffer_sample_fn: (ctx, data, size) -> 0 to go on
+_RecordCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 
 class Reader(Protocol):
-    lost: int
-
     def poll(self, timeout_ms: int) -> list[bytes]: ...
 
     def drain(self) -> list[bytes]: ...
 
 
 class RingReader:
-    def __init__(self, bpf: Any, shards: Iterable[int]) -> None:
-        self._bpf = bpf
+    def __init__(self, ring_fds: Iterable[int]) -> None:
+        self._lib: Any = importlib.import_module("bcc.libbcc").lib
         self._batch: list[bytes] = []
-        self.lost = 0  # the kernel counts ring failures itself (shard_failures)
-        for shard in shards:
-            table(bpf, f"ring{shard}").open_ring_buffer(self._on_record)
+        self._callback = _RecordCallback(self._on_record)  # kept alive: libbpf holds a pointer to it
+        self._manager: int | None = None
+        for fd in ring_fds:
+            self._add(fd)
+
+    def _add(self, fd: int) -> None:
+        if self._manager is None:
+            self._manager = self._lib.bpf_new_ringbuf(fd, self._callback, None)
+            added = bool(self._manager)
+        else:
+            added = self._lib.bpf_add_ringbuf(self._manager, fd, self._callback, None) == 0
+        if not added:
+            raise SetupError(f"cannot map a ring buffer (fd {fd}) for reading")
 
     def _on_record(self, _ctx: Any, data: int, size: int) -> int:
         self._batch.append(ctypes.string_at(data, size))
@@ -42,42 +52,20 @@ class RingReader:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to ``timeout_ms`` for records; return all that are ready."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
         return self._take()
 
     def drain(self) -> list[bytes]:
         """Take what is left without waiting (after detach, before exit)."""
-        self._bpf.ring_buffer_consume()
+        self._lib.bpf_consume_ringbuf(self._manager)
         return self._take()
 
+    def close(self) -> None:
+        if self._manager:
+            self._lib.bpf_free_ringbuf(self._manager)
+            self._manager = None
+
     def _take(self) -> list[bytes]:
-        batch, self._batch = self._batch, []
-        return batch
-
-
-class PerfReader:
-    def __init__(self, bpf: Any, shards: Iterable[int], pages: int) -> None:
-        """``pages``: per CPU and shard (the shard's ring budget split over the CPUs)."""
-        self._bpf = bpf
-        self._batch: list[bytes] = []
-        self.lost = 0
-        for shard in shards:
-            table(bpf, f"perf{shard}").open_perf_buffer(self._on_record, page_cnt=pages,
-                                                 lost_cb=self._on_lost,
-                                                 wakeup_events=PERF_WAKEUP_EVENTS)
-
-    def _on_record(self, _cpu: int, data: int, size: int) -> None:
-        self._batch.append(ctypes.string_at(data, size))
-
-    def _on_lost(self, count: int) -> None:
-        self.lost += count
-
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        self._bpf.perf_buffer_poll(timeout_ms)
-        return self.drain()
-
-    def drain(self) -> list[bytes]:
-        self._bpf.perf_buffer_consume()
         batch, self._batch = self._batch, []
         return batch
 
@@ -85,6 +73,6 @@ class PerfReader:
 def open_reader(programs: LoadedPrograms, only: Iterable[int] | None = None) -> Reader:
     """A reader of every shard's ring, or ``only`` of these (a worker process's own)."""
     which = range(programs.shards) if only is None else only
-    if programs.delivery is Delivery.PERF:
-        return PerfReader(programs.bpf, which, programs.perf_pages)
-    return RingReader(programs.bpf, which)
+    reader = RingReader(programs.ring_fds[shard] for shard in which)
+    programs.on_close(reader.close)
+    return reader

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel import abi
 from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
 
@@ -22,15 +23,8 @@ DEFAULT_MEDIA_SNAPLEN = 64
 # A ring's memory per shard, MiB: at 20,000 SIP messages/s of ~700 bytes, about
 # five seconds of a burst the parser is not keeping up with (docs/CONFIG.md).
 DEFAULT_RING_MB = 64
+MAX_SHARDS = abi.MAX_SHARDS  # worker processes, each with its ring (OTUS_MAX_SHARDS)
 PAGE_SIZE = resource.getpagesize()
-MIN_PERF_PAGES = 8  # per CPU: below this a perf buffer holds too few records to batch
-MAX_SHARDS = 8  # rings declared in bpf/otus.c
-
-
-class Delivery(Enum):
-    AUTO = "auto"        # ring buffers where the kernel has them (>= 5.8), else perf
-    RINGBUF = "ringbuf"
-    PERF = "perf"
 
 
 class MediaMode(Enum):
@@ -52,7 +46,6 @@ class KernelSettings:
     # SIP routed by Call-ID (docs/SHARDING.md): set for worker processes, the only
     # readers that use it; the scan costs 250-380 ns a SIP datagram in the kernel.
     route_by_call_id: bool = False
-    delivery: Delivery = Delivery.AUTO
     # Learned media endpoints the kernel holds: derived from the call limit
     # (AttachOptions.capture), never set on its own.
     max_flows: int = CallLimits().flow_map_entries
@@ -62,14 +55,9 @@ class KernelSettings:
     extra_cflags: tuple[str, ...] = field(default=())
 
     @property
-    def ring_pages(self) -> int:
-        """A ring buffer's size in pages (one ring per shard)."""
-        return max(1, (self.ring_mb << 20) // PAGE_SIZE)
-
-    def perf_pages(self, cpus: int) -> int:
-        """Perf buffers are per CPU: the shard's budget split over the CPUs, as a power of two."""
-        share = max(MIN_PERF_PAGES, self.ring_pages // max(1, cpus))
-        return 1 << (share.bit_length() - 1)
+    def ring_bytes(self) -> int:
+        """A shard's ring buffer: a power of two and whole pages, as the kernel wants."""
+        return self.ring_mb << 20
 
     def validate(self) -> None:
         if not MIN_SNAPLEN <= self.snaplen <= MAX_SNAPLEN:

@@ -28,10 +28,10 @@ BLAST = Path(__file__).with_name("blast.py")
 DRAIN_GRACE_S = 120.0
 
 
-def run_once(lab: Lab, workdir: Path, workers: int, seconds: float, delivery: str) -> dict[str, int]:
+def run_once(lab: Lab, workdir: Path, workers: int, seconds: float) -> dict[str, int]:
     agent = start_agent(lab.uas_ns, lab.uas_if, workdir / f"out-{workers}.jsonl",
                         workdir / f"agent-{workers}.log",
-                        ["--workers", str(workers), "--delivery", delivery, "--direction", "ingress",
+                        ["--workers", str(workers), "--direction", "ingress",
                          "--stats-interval", "60"])
     try:
         blast = subprocess.run(["ip", "netns", "exec", lab.uac_ns, sys.executable, str(BLAST), lab.uas_v4,
@@ -48,7 +48,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--delivery", default="ringbuf", choices=["ringbuf", "perf"])
     args = parser.parse_args()
 
     lab = lab_up(f"otus-b{os.getpid() % 100000}")
@@ -59,7 +58,7 @@ def main() -> int:
             print(f"{'workers':>7} {'sent':>10} {'sent/s':>9} {'matched':>10} {'received':>10} "
                   f"{'failed':>8} {'unaccounted':>11} {'received/sent':>13}")
             for workers in args.workers:
-                s = run_once(lab, Path(tmp), workers, args.seconds, args.delivery)
+                s = run_once(lab, Path(tmp), workers, args.seconds)
                 matched, received = s["ingress_matched"], s["events"]
                 failed = s["ingress_submit_failed"]
                 unaccounted = matched - received - failed

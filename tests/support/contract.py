@@ -8,7 +8,7 @@ import re
 import struct
 from enum import IntEnum, IntFlag
 
-from otus_ebpf.kernel.abi import MAP_STRUCTS, ConfigFlag
+from otus_ebpf.kernel.abi import MAP_STRUCTS, MAX_SHARDS, ConfigFlag
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
 from userspace.rtp import DEFAULT_CLOCK_RATE
@@ -21,7 +21,8 @@ ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "OTUS_CFG_": ConfigFlag, "OTUS_STREAM_": StreamState,
 }
 # Single constants the Python side mirrors.
-CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE}
+CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE,
+             "OTUS_MAX_SHARDS": MAX_SHARDS}
 PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, **MAP_STRUCTS}
 
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import pytest
+
 from otus_ebpf.capture.sampling import StatsLine
+from otus_ebpf.kernel import counters
+from otus_ebpf.kernel.abi import COUNTERS_VALUE, MAX_SHARDS
 from otus_ebpf.kernel.counters import (
     KernelCounts,
     format_kernel_counts,
@@ -23,3 +27,21 @@ def test_stats_line_shows_kernel_pipeline_and_kafka_figures() -> None:
     assert "kafka produced=7 delivered=5 failed=2 queue_full=0 backlog=0 dropped=0" in line
     assert "in_flight=0 retried=0" in line
     assert "kafka" not in StatsLine("eth0", [], PipelineStats()).format()
+
+
+def test_each_directions_counters_are_summed_over_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per CPU, the kernel hands over one struct otus_counters per possible CPU."""
+    def value(direction: int, cpu: int) -> bytes:
+        counts = [(cpu + 1) * (10 * direction + c) for c in range(Counter.MAX)]
+        failures = [(cpu + 1) * (100 + 10 * direction + shard) for shard in range(MAX_SHARDS)]
+        return COUNTERS_VALUE.pack(*counts, *failures)
+
+    cpus = 3
+    monkeypatch.setattr(counters, "possible_cpus", lambda: cpus)
+    monkeypatch.setattr(counters, "map_lookup", lambda _fd, key, size: b"".join(
+        value(int.from_bytes(key, "little"), cpu) for cpu in range(cpus)))
+    counts, failures = counters.read_counters(-1)
+    assert counts[Direction.INGRESS, Counter.SEEN] == 0
+    assert counts[Direction.EGRESS, Counter.NOT_IP] == 6 * 11  # 1 + 2 + 3 CPUs' shares
+    assert counts[Direction.EGRESS, Counter.STREAMS_FULL] == 6 * 26
+    assert failures == [6 * (100 + shard + 110 + shard) for shard in range(MAX_SHARDS)]  # both directions
