@@ -1,17 +1,25 @@
 """The frames of a pcap or pcapng file, for replay.
 
-dpkt decodes every header and block (dpkt.pcap's file and record headers,
-dpkt.pcapng's section, interface and packet blocks with their options);
-this module walks the file: what a block may claim, sections, interfaces,
-timestamp resolutions, and it turns every complaint, dpkt's included, into
-one CaptureFileError saying where the file breaks and why.
+pcap: dpkt decodes the file and record headers (dpkt.pcap.FileHdr and the
+record header its magic calls for): a whole replay of a pcap 1.03x as
+slow as with the hand-written reader as pure Python, 0.97x with set-up's
+mypyc build. dpkt.pcap.Reader itself is not used: it yields neither a
+frame's original length (records count media bytes by it) nor exact
+nanoseconds (floats and Decimals).
 
-dpkt's Reader classes are not used: neither yields a frame's original length
-(records count media bytes by it); dpkt.pcapng.Reader applies the first
-interface's timestamp resolution to every frame, gives no interface or
+pcapng is read here by hand: with dpkt's block classes (an object per block
+and per option) a whole replay of a pcapng was 1.23x as slow as pure Python
+and 1.29x with the mypyc build (+11.7 and +13.9 us a frame; the median of 9
+paired runs of 35,000 frames; the reader alone 2.8-3.0x:
+scripts/bench/pcap_io.py, docs/BENCHMARKS.md), past the 10 % a replay may
+lose to it. dpkt.pcapng.Reader could not have served anyway: it applies the
+first interface's timestamp resolution to every frame, gives no interface or
 direction, does not start again at a new section, and reads a block length
-under 8 as "the rest of the file"; both give times as floats (a nanosecond
-time of 2026 as a float is off by up to ~120 ns).
+under 8 as "the rest of the file".
+
+Either way this module walks the file: what a record or block may claim,
+sections, interfaces and their timestamp resolutions, and every complaint
+is one CaptureFileError saying where the file breaks and why.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import dpkt
 
@@ -38,30 +46,16 @@ _NANO_MAGICS = frozenset((dpkt.pcap.TCPDUMP_MAGIC_NANO, dpkt.pcap.PMUDPCT_MAGIC_
 _LITTLE_ENDIAN_MAGICS = frozenset((dpkt.pcap.PMUDPCT_MAGIC, dpkt.pcap.PMUDPCT_MAGIC_NANO,
                                    dpkt.pcap.PACPDOM_MAGIC))
 _LINKTYPE_MASK = 0x0FFFFFFF  # the upper bits of a pcap link type carry FCS flags
-_PCAPNG_SHB = struct.pack("<I", dpkt.pcapng.PCAPNG_BT_SHB)  # a palindrome: either byte order
-_BYTE_ORDERS = {struct.pack("<I", dpkt.pcapng.BYTE_ORDER_MAGIC): "<",
-                struct.pack(">I", dpkt.pcapng.BYTE_ORDER_MAGIC): ">"}
-_BLOCK_START = 8    # type and total length
+
+# pcapng (draft-ietf-opsawg-pcapng): block types, option codes, flag bits.
+_SHB, _IDB, _PB, _SPB, _EPB = 0x0A0D0D0A, 1, 2, 3, 6
+_SHB_RAW = struct.pack("<I", _SHB)  # a palindrome: either byte order
+_BYTE_ORDERS = {struct.pack("<I", 0x1A2B3C4D): "<", struct.pack(">I", 0x1A2B3C4D): ">"}
+_OPT_END, _IF_NAME, _IF_TSRESOL, _IF_TSOFFSET, _EPB_FLAGS = 0, 2, 9, 14, 2
+_FLAG_DIRECTION_MASK, _FLAG_OUTBOUND = 0b11, 0b10
 _BLOCK_FRAME = 12   # type, total length, and the total length again at the end
 _SHB_MIN = 28
-EPB_FLAGS = 2  # epb_flags (pcapng §4.3.1); dpkt has no name for it
-_FLAG_DIRECTION_MASK = 0b11
-_FLAG_OUTBOUND = 0b10
-_UNPARSABLE = (dpkt.UnpackError, struct.error, ValueError)  # what dpkt raises on bad bytes
-# Each byte order's block classes; the packet blocks with their fixed part's size.
-_BLOCKS: dict[str, dict[int, Any]] = {
-    "<": {dpkt.pcapng.PCAPNG_BT_SHB: dpkt.pcapng.SectionHeaderBlockLE,
-          dpkt.pcapng.PCAPNG_BT_IDB: dpkt.pcapng.InterfaceDescriptionBlockLE,
-          dpkt.pcapng.PCAPNG_BT_EPB: dpkt.pcapng.EnhancedPacketBlockLE,
-          dpkt.pcapng.PCAPNG_BT_PB: dpkt.pcapng.PacketBlockLE},
-    ">": {dpkt.pcapng.PCAPNG_BT_SHB: dpkt.pcapng.SectionHeaderBlock,
-          dpkt.pcapng.PCAPNG_BT_IDB: dpkt.pcapng.InterfaceDescriptionBlock,
-          dpkt.pcapng.PCAPNG_BT_EPB: dpkt.pcapng.EnhancedPacketBlock,
-          dpkt.pcapng.PCAPNG_BT_PB: dpkt.pcapng.PacketBlock},
-}
-_PACKET_BLOCKS = {dpkt.pcapng.PCAPNG_BT_EPB: "enhanced packet block",
-                  dpkt.pcapng.PCAPNG_BT_PB: "packet block"}  # the obsolete one, as dpkt reads it
-_PACKET_HEAD = 32  # a packet block's fields before its data, both trailing lengths counted
+_EPB_FIXED = 20     # interface, timestamp high and low, captured and original length
 
 
 class CaptureFileError(SetupError):
@@ -124,8 +118,8 @@ class CaptureFile:
     raises SetupError here, before a frame is asked for (so nothing is opened
     for it); a broken file raises CaptureFileError from ``frames`` where it
     breaks, after the frames before it. Packets replay cannot place (of an
-    interface no block described, simple packet blocks, which name none) or
-    whose options dpkt cannot read are counted in ``skipped``."""
+    interface no block described; simple and obsolete packet blocks) are
+    counted in ``skipped``."""
 
     def __init__(self, stream: BinaryIO, default_interface: str) -> None:
         self._stream = _Counted(stream)
@@ -134,7 +128,7 @@ class CaptureFile:
         self._head = self._stream.read(4)
         if len(self._head) < 4:
             raise SetupError("empty file: neither pcap nor pcapng")
-        if self._head == _PCAPNG_SHB:
+        if self._head == _SHB_RAW:
             return
         magic = struct.unpack(">I", self._head)[0]
         if magic not in dpkt.pcap.MAGIC_TO_PKT_HDR:
@@ -147,7 +141,7 @@ class CaptureFile:
         self._unit_ns = 1 if magic in _NANO_MAGICS else 1_000
 
     def frames(self) -> Iterator[CapturedFrame]:
-        if self._head == _PCAPNG_SHB:
+        if self._head == _SHB_RAW:
             return self._pcapng()
         return self._pcap()
 
@@ -173,35 +167,30 @@ class CaptureFile:
     def _pcapng(self) -> Iterator[CapturedFrame]:
         stream = self._stream
         interfaces: list[_Interface] = []
-        order, block_type, at = "<", dpkt.pcapng.PCAPNG_BT_SHB, 0
+        order, block_type, at = "<", _SHB, 0
         while True:
             length_raw = stream.exactly(4, f"the block at offset {at}")
-            if block_type == dpkt.pcapng.PCAPNG_BT_SHB:
+            if block_type == _SHB:
                 magic = stream.exactly(4, "a section header")
                 if magic not in _BYTE_ORDERS:
                     raise CaptureFileError(at, f"section header with byte-order magic {magic.hex()}")
                 order = _BYTE_ORDERS[magic]
                 length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0], _SHB_MIN)
-                rest = stream.exactly(length - _BLOCK_FRAME, "a section header")
-                block = _PCAPNG_SHB + length_raw + magic + rest
-                _parsed(_BLOCKS[order][block_type], block, at, "section header")
+                stream.exactly(length - _BLOCK_FRAME, "a section header")
                 interfaces = []  # a new section names its interfaces again
             else:
                 length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0])
-                block = (struct.pack(f"{order}I", block_type) + length_raw
-                         + stream.exactly(length - _BLOCK_START, f"the block at offset {at}"))
-                if block[-4:] != length_raw:
+                body = stream.exactly(length - _BLOCK_FRAME, f"the block at offset {at}")
+                if stream.exactly(4, f"the block at offset {at}") != length_raw:
                     raise CaptureFileError(at, "block lengths at its start and end differ")
-                if block_type == dpkt.pcapng.PCAPNG_BT_IDB:
-                    idb = _parsed(_BLOCKS[order][block_type], block, at,
-                                  f"interface description of {length - _BLOCK_FRAME} bytes")
-                    interfaces.append(_interface(idb, len(interfaces), order))
-                elif block_type in _PACKET_BLOCKS:
-                    frame = self._packet(block_type, block, order, interfaces, at)
+                if block_type == _IDB:
+                    interfaces.append(_interface(body, order, len(interfaces), at))
+                elif block_type == _EPB:
+                    frame = self._enhanced_packet(body, order, interfaces, at)
                     if frame is not None:
                         yield frame
-                elif block_type == dpkt.pcapng.PCAPNG_BT_SPB:
-                    self.skipped += 1
+                elif block_type in (_PB, _SPB):
+                    self.skipped += 1  # obsolete, or no interface or time to replay it by
             at = stream.offset
             raw = stream.read(4)
             if not raw:
@@ -210,32 +199,29 @@ class CaptureFile:
                 raise CaptureFileError(at, "the file ends inside a block type")
             block_type = struct.unpack(f"{order}I", raw)[0]
 
-    def _packet(self, block_type: int, block: bytes, order: str, interfaces: list[_Interface],
-                at: int) -> CapturedFrame | None:
-        what = _PACKET_BLOCKS[block_type]
-        if len(block) < _PACKET_HEAD:
-            raise CaptureFileError(at, f"{what} of {len(block) - _BLOCK_FRAME} bytes")
-        try:
-            packet = _BLOCKS[order][block_type](block)
-        except _UNPARSABLE:  # its options (the framing is checked): e.g. a comment that is not UTF-8
+    def _enhanced_packet(self, body: bytes, order: str, interfaces: list[_Interface],
+                         at: int) -> CapturedFrame | None:
+        if len(body) < _EPB_FIXED:
+            raise CaptureFileError(at, f"enhanced packet block of {len(body)} bytes")
+        interface_id, high, low, captured, original = struct.unpack_from(f"{order}IIIII", body)
+        if _EPB_FIXED + captured > len(body) or captured > MAX_FRAME:
+            raise CaptureFileError(at, f"enhanced packet claims {captured} bytes in a block of "
+                                       f"{len(body) + _BLOCK_FRAME}")
+        if interface_id >= len(interfaces):
             self.skipped += 1
             return None
-        if _PACKET_HEAD + packet.caplen > len(block) or packet.caplen > MAX_FRAME:
-            raise CaptureFileError(at, f"{what} claims {packet.caplen} bytes in a block of {len(block)}")
-        if packet.iface_id >= len(interfaces):
-            self.skipped += 1
-            return None
-        interface = interfaces[packet.iface_id]
-        units = (packet.ts_high << 32) | packet.ts_low
+        interface = interfaces[interface_id]
+        units = (high << 32) | low
         ts_ns = interface.ts_ns(units)
         if not 0 <= ts_ns <= MAX_TS_NS:
             raise CaptureFileError(at, f"timestamp {units} units is before 1970 or past the year 2262")
         direction = Direction.INGRESS
-        for option in packet.opts:
-            if (option.code == EPB_FLAGS and len(option.data) == 4
-                    and struct.unpack(f"{order}I", option.data)[0] & _FLAG_DIRECTION_MASK == _FLAG_OUTBOUND):
+        for code, value in _options(body[_EPB_FIXED + captured + (-captured % 4):], order):
+            if (code == _EPB_FLAGS and len(value) == 4
+                    and struct.unpack(f"{order}I", value)[0] & _FLAG_DIRECTION_MASK == _FLAG_OUTBOUND):
                 direction = Direction.EGRESS
-        return CapturedFrame(ts_ns, packet.pkt_data, packet.pkt_len, interface.name, direction)
+        data = body[_EPB_FIXED:_EPB_FIXED + captured]
+        return CapturedFrame(ts_ns, data, original, interface.name, direction)
 
 
 def read_frames(stream: BinaryIO, default_interface: str) -> Iterator[CapturedFrame]:
@@ -249,21 +235,26 @@ def _block_length(at: int, length: int, minimum: int = _BLOCK_FRAME) -> int:
     return length
 
 
-def _parsed(block_class: Any, block: bytes, at: int, what: str) -> Any:
-    try:
-        return block_class(block)
-    except _UNPARSABLE as exc:
-        raise CaptureFileError(at, f"{what}: {exc or type(exc).__name__}") from None
+def _options(data: bytes, order: str) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    while offset + 4 <= len(data):
+        code, size = struct.unpack_from(f"{order}HH", data, offset)
+        if code == _OPT_END:
+            return
+        yield code, data[offset + 4:offset + 4 + size]
+        offset += 4 + size + (-size % 4)
 
 
-def _interface(idb: Any, index: int, order: str) -> _Interface:
+def _interface(body: bytes, order: str, index: int, at: int) -> _Interface:
+    if len(body) < 8:
+        raise CaptureFileError(at, f"interface description of {len(body)} bytes")
     interface = _Interface(f"if{index}")
-    for option in idb.opts:
-        if option.code == dpkt.pcapng.PCAPNG_OPT_IF_NAME:
-            interface.name = option.data.decode("utf-8", "replace")
-        elif option.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and option.data:
-            interface.decimal = not option.data[0] & 0x80
-            interface.exponent = option.data[0] & 0x7F
-        elif option.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(option.data) == 8:
-            interface.offset_s = struct.unpack(f"{order}q", option.data)[0]
+    for code, value in _options(body[8:], order):
+        if code == _IF_NAME:
+            interface.name = value.decode("utf-8", "replace")
+        elif code == _IF_TSRESOL and value:
+            interface.decimal = not value[0] & 0x80
+            interface.exponent = value[0] & 0x7F
+        elif code == _IF_TSOFFSET and len(value) == 8:
+            interface.offset_s = struct.unpack(f"{order}q", value)[0]
     return interface
