@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from otus_ebpf import logs
+from otus_ebpf.capture.capture_file import CapturedFrame, CaptureFile, CaptureFileError, read_frames
 from otus_ebpf.capture.runner import strict_mode
 from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.kernel.flows import FlowStats, apply_each
@@ -40,9 +38,13 @@ from otus_ebpf.outputs.wiring import (
 from userspace.boundary import Boundary
 from userspace.classify import Rules, classify_frame
 from userspace.endpoints import FlowEvent
-from userspace.event import Direction, Event, Flag, Kind
+from userspace.event import Event, Flag, Kind
 from userspace.pipeline import Pipeline
 from userspace.records import Record
+from userspace.reporters.pcap import PcapReporter
+
+# The reader's names stay importable from here, as before it had a module of its own.
+__all__ = ["CaptureFileError", "CapturedFrame", "read_frames", "run_replay"]
 
 BATCH = 512
 _MEDIA = frozenset((Kind.RTP, Kind.RTCP))
@@ -52,186 +54,6 @@ JUMP_NS = 60_000_000_000      # a frame stamped further ahead than this waits fo
 UDP = 17
 MAX_PAUSE_S = 60.0  # a gap in the file longer than this is replayed as this
 _log = logs.get(__name__)
-PCAP_MAGICS = {0xA1B2C3D4: 1_000, 0xA1B23C4D: 1}  # magic -> nanoseconds per timestamp fraction unit
-PCAPNG_SHB = 0x0A0D0D0A
-PCAPNG_BYTE_ORDER = 0x1A2B3C4D
-_EPB, _IDB, _SPB = 6, 1, 3
-_FLAG_DIRECTION_MASK = 0b11
-# Bounds on what a file may claim: no frame is larger than the largest
-# snaplen any capture tool writes, no block larger than a few frames, and
-# a timestamp must fit the 64-bit nanoseconds every record carries.
-MAX_FRAME = 262_144
-MAX_BLOCK = 16 << 20
-MAX_TS_NS = (1 << 63) - 1
-
-
-class CaptureFileError(SetupError):
-    """A capture file broken at ``offset``; the frames before it were replayed."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(f"malformed capture file at offset {offset}: {reason}")
-        self.offset = offset
-
-
-@dataclass(slots=True)
-class CapturedFrame:
-    ts_ns: int
-    data: bytes
-    orig_len: int
-    interface: str
-    direction: Direction
-
-
-class _Counted:
-    """A file read with its offset kept, so every error can say where."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.offset = 0
-
-    def read(self, size: int) -> bytes:
-        data = self._stream.read(size)
-        self.offset += len(data)
-        return data
-
-    def exactly(self, size: int, what: str) -> bytes:
-        at = self.offset
-        data = self.read(size)
-        if len(data) < size:
-            raise CaptureFileError(at, f"the file ends inside {what} ({len(data)} of {size} bytes)")
-        return data
-
-
-def read_frames(stream: BinaryIO, default_interface: str) -> Iterator[CapturedFrame]:
-    """The frames of a pcap (µs or ns) or pcapng file, in file order. What is not
-    a capture file at all raises SetupError here, before a frame is asked for (so
-    nothing is opened for it); a broken file raises CaptureFileError where it
-    breaks, after the frames before it."""
-    counted = _Counted(stream)
-    head = counted.read(4)
-    if len(head) < 4:
-        raise SetupError("empty file: neither pcap nor pcapng")
-    magic = struct.unpack("<I", head)[0]
-    if magic == PCAPNG_SHB:
-        return _pcapng(counted)
-    if magic in PCAP_MAGICS or struct.unpack(">I", head)[0] in PCAP_MAGICS:
-        return _pcap(counted, head, default_interface)
-    raise SetupError(f"not a pcap or pcapng file (magic {head.hex()})")
-
-
-def _pcap(stream: _Counted, head: bytes, interface: str) -> Iterator[CapturedFrame]:
-    """The file header is read here, the frames as they are asked for."""
-    order = "<" if struct.unpack("<I", head)[0] in PCAP_MAGICS else ">"
-    unit = PCAP_MAGICS[struct.unpack(f"{order}I", head)[0]]
-    rest = stream.exactly(20, "the pcap file header")
-    if struct.unpack(f"{order}I", rest[16:20])[0] & 0x0FFFFFFF != 1:
-        raise SetupError("pcap link type is not Ethernet")
-    return _pcap_records(stream, struct.Struct(f"{order}IIII"), unit, interface)
-
-
-def _pcap_records(stream: _Counted, record: struct.Struct, unit: int,
-                  interface: str) -> Iterator[CapturedFrame]:
-    limit = 1_000_000_000 // unit  # fractions of a second
-    while True:
-        at = stream.offset
-        header = stream.read(record.size)
-        if not header:
-            return
-        if len(header) < record.size:
-            raise CaptureFileError(at, f"the file ends inside a record header ({len(header)} bytes)")
-        seconds, fraction, captured, original = record.unpack(header)
-        if captured > MAX_FRAME or fraction >= limit:
-            raise CaptureFileError(at, f"record claims {captured} bytes captured, timestamp fraction "
-                                       f"{fraction}")
-        data = stream.exactly(captured, f"the frame of the record at offset {at}")
-        yield CapturedFrame(seconds * 1_000_000_000 + fraction * unit, data, original, interface,
-                            Direction.INGRESS)
-
-
-def _pcapng(stream: _Counted) -> Iterator[CapturedFrame]:
-    interfaces: list[tuple[str, int]] = []  # (name, ns per timestamp unit)
-    order = "<"
-    block_type = PCAPNG_SHB
-    at = 0
-    while True:
-        length_raw = stream.exactly(4, f"the block at offset {at}")
-        if block_type == PCAPNG_SHB:
-            magic = stream.exactly(4, "a section header")
-            order = "<" if magic == struct.pack("<I", PCAPNG_BYTE_ORDER) else ">"
-            if magic != struct.pack(f"{order}I", PCAPNG_BYTE_ORDER):
-                raise CaptureFileError(at, f"section header with byte-order magic {magic.hex()}")
-            length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0], minimum=28)
-            stream.exactly(length - 12, "a section header")
-            interfaces = []  # a new section names its interfaces again
-        else:
-            length = _block_length(at, struct.unpack(f"{order}I", length_raw)[0])
-            body = stream.exactly(length - 12, f"the block at offset {at}")
-            trailer = stream.exactly(4, f"the block at offset {at}")
-            if struct.unpack(f"{order}I", trailer)[0] != length:
-                raise CaptureFileError(at, "block lengths at its start and end differ")
-            if block_type == _IDB:
-                interfaces.append(_interface(body, order, len(interfaces), at))
-            elif block_type == _EPB:
-                frame = _enhanced_packet(body, order, interfaces, at)
-                if frame is not None:
-                    yield frame
-        at = stream.offset
-        raw = stream.read(4)
-        if not raw:
-            return
-        if len(raw) < 4:
-            raise CaptureFileError(at, "the file ends inside a block type")
-        block_type = struct.unpack(f"{order}I", raw)[0]
-
-
-def _block_length(at: int, length: int, minimum: int = 12) -> int:
-    if length < minimum or length % 4 or length > MAX_BLOCK:
-        raise CaptureFileError(at, f"block length {length}")
-    return length
-
-
-def _options(data: bytes, order: str) -> Iterator[tuple[int, bytes]]:
-    offset = 0
-    while offset + 4 <= len(data):
-        code, size = struct.unpack_from(f"{order}HH", data, offset)
-        if code == 0:
-            return
-        yield code, data[offset + 4:offset + 4 + size]
-        offset += 4 + size + (-size % 4)
-
-
-def _interface(body: bytes, order: str, index: int, at: int) -> tuple[str, int]:
-    if len(body) < 8:
-        raise CaptureFileError(at, f"interface description of {len(body)} bytes")
-    name, unit = f"if{index}", 1_000  # the default resolution is microseconds
-    for code, value in _options(body[8:], order):
-        if code == 2:
-            name = value.decode("utf-8", "replace")
-        elif code == 9 and value:
-            resolution = value[0]
-            unit = 10 ** (9 - resolution) if not resolution & 0x80 and resolution <= 9 else 1
-    return name, unit
-
-
-def _enhanced_packet(body: bytes, order: str, interfaces: list[tuple[str, int]],
-                     at: int) -> CapturedFrame | None:
-    if len(body) < 20:
-        raise CaptureFileError(at, f"enhanced packet block of {len(body)} bytes")
-    interface_id, high, low, captured, original = struct.unpack_from(f"{order}IIIII", body)
-    if 20 + captured > len(body) or captured > MAX_FRAME:
-        raise CaptureFileError(at, f"enhanced packet claims {captured} bytes in a block of {len(body) + 12}")
-    if interface_id >= len(interfaces):
-        return None
-    name, unit = interfaces[interface_id]
-    ts_ns = ((high << 32) | low) * unit
-    if ts_ns > MAX_TS_NS:
-        raise CaptureFileError(at, f"timestamp {(high << 32) | low} units is past the year 2262")
-    data = body[20:20 + captured]
-    direction = Direction.INGRESS
-    for code, value in _options(body[20 + captured + (-captured % 4):], order):
-        if code == 2 and len(value) == 4 and struct.unpack(f"{order}I", value)[0] & _FLAG_DIRECTION_MASK == 2:
-            direction = Direction.EGRESS
-    return CapturedFrame(ts_ns, data, original, name, direction)
 
 
 def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
@@ -245,14 +67,17 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
     broken: CaptureFileError | None = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(stream)
-        frames = read_frames(stream, path.stem)  # not a capture file: said before any output exists
+        try:
+            capture = CaptureFile(stream, path.stem)  # not a capture file: said before any output exists
+        except SetupError as exc:
+            raise SetupError(f"{path}: {exc}") from None
         reporters, kafka = open_reporters(stack, options, path.stem)
         frame_outputs = open_frame_outputs(stack, options)
         replayer = _Replayer(options, frame_outputs.wanted)
         try:
-            _replay_frames(frames, replayer, reporters, frame_outputs, speed)
+            _replay_frames(capture.frames(), replayer, reporters, frame_outputs, speed)
         except CaptureFileError as exc:
-            broken = exc  # what came before is delivered below, then the error is said
+            broken = CaptureFileError(exc.offset, exc.reason, str(path))  # said once what came before is out
         last = replayer.pipeline.finish()  # calls still going at the end of the file
         for reporter in reporters:
             reporter.write(last)
@@ -265,6 +90,9 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
         clock = replayer.clock
         odd_times = (f", stamped_back={clock.stamped_back} stamped_ahead={clock.stamped_ahead}"
                      if clock.stamped_back or clock.stamped_ahead else "")
+        odd_times += f", skipped_packets={capture.skipped}" if capture.skipped else ""
+        unwritable = _unwritable(frame_outputs)
+        odd_times += f", frames_the_pcap_cannot_hold={unwritable}" if unwritable else ""
         internal = replayer.pipeline.boundary.total
         _log.info(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
                   f"{produced} records, errors={errors}, internal_errors={internal}{odd_times}")
@@ -274,6 +102,12 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
     if broken is not None:
         raise broken
     return EXIT_RECORDS_LOST if lost else 0
+
+
+def _unwritable(frame_outputs: FrameOutputs) -> int:
+    """Frames stamped where a pcap output has no room (a capture file may say any time)."""
+    pcap = frame_outputs.pcap.stats.unwritable if isinstance(frame_outputs.pcap, PcapReporter) else 0
+    return pcap + (frame_outputs.per_call.stats.unwritable if frame_outputs.per_call else 0)
 
 
 def _replay_frames(frames: Iterator[CapturedFrame], replayer: _Replayer, reporters: list[QueuedReporter],

@@ -33,6 +33,7 @@ class PerCallStats:
     without_call: int = 0
     files: int = 0
     write_errors: int = 0
+    unwritable: int = 0  # stamped where the format has no room (pcap: after 2106)
 
 
 def file_name(call_id: str, file_format: PcapFormat) -> str:
@@ -81,7 +82,9 @@ class PerCallPcap:
                 self.stats.write_errors += len(call_frames)
                 self._close(call_id)
             else:
-                self.stats.frames += len(call_frames)
+                unwritable = call_file.encoder.unwritable(call_frames)
+                self.stats.unwritable += unwritable
+                self.stats.frames += len(call_frames) - unwritable
 
     def calls_ended(self, call_ids: Iterable[str]) -> None:
         for call_id in call_ids:

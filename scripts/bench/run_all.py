@@ -1,7 +1,7 @@
 """Run every benchmark of the project and print one table: each row a
 figure, its in-run baseline and the ratio, and whether its target holds.
 
-    sudo scripts/bench/run            (about 8 minutes on 2 vCPUs; root for the kernel and lab ones)
+    sudo scripts/bench/run            (about 10 minutes on 2 vCPUs; root for the kernel and lab ones)
 
 Each benchmark is its own script (scripts/bench/*.py, documented in
 docs/BENCHMARKS.md); this driver runs them one after another, keeps their
@@ -168,6 +168,16 @@ def replay_rows(out: str) -> list[Row]:
              f"{trunk[1]}x", "-")]
 
 
+def pcap_io_rows(out: str) -> list[Row]:
+    rows = []
+    for m in re.finditer(r"replay: (read|write) (pcapng|pcap)\s+([\d.]+)s\s+([\d.]+)s\s+([\d.]+)x", out):
+        ratio = float(m[5])
+        rows.append((f"replay, {m[1]} {m[2]}: dpkt, CPU s", m[4], f"{m[3]} (hand-written)", f"{m[5]}x",
+                     f"<= 1.10x: {'dpkt' if ratio <= 1.10 else 'hand code kept'}"))
+    assert len(rows) == 4, out[-500:]
+    return rows
+
+
 def memory_rows(out: str) -> list[Row]:
     base = re.search(r"baseline \(empty pipeline\) :\s+([\d.]+) MB", out)
     peak = re.search(r"with the dialogs\s+:\s+([\d.]+) MB", out)
@@ -194,6 +204,7 @@ def benches() -> list[Bench]:
         Bench("kafka", [python, str(BENCH / "kafka.py")], kafka_rows),
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),
+        Bench("pcap_io", [python, str(BENCH / "pcap_io.py"), "--rounds", "5"], pcap_io_rows),
         Bench("memory", [python, str(BENCH / "memory.py")], memory_rows),
     ]
 

@@ -113,7 +113,7 @@ def test_a_file_that_is_not_a_capture_is_refused_before_any_output_exists(
     out = tmp_path / "out" / "records.jsonl"
     assert main(["replay", str(not_a_pcap), "--out", str(out)]) == 1
     (line,) = error_lines(capsys)
-    assert line == "otus-ebpf: error: not a pcap or pcapng file (magic 23206f74)"
+    assert line == f"otus-ebpf: error: {not_a_pcap}: not a pcap or pcapng file (magic 23206f74)"
     assert not out.parent.exists()
 
 
