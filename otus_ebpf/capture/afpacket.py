@@ -81,7 +81,6 @@ class AfPacketCapture:
         self._clock_offset_ns = clock_offset_ns
         self._snaplen = settings.snaplen
         self.stats = PacketStats()
-        self.lost = 0
         self.filter_failures = 0  # socket filter swaps that failed (counted; the old filter stays)
         self._members: list[_Member] = []
         program = compile_filter(filter_expression(settings), settings.snaplen)

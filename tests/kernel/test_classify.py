@@ -18,8 +18,11 @@ from tests.support.frames import (
     HOP_BY_HOP,
     ICMP,
     ROUTING,
+    RTP_PAYLOAD,
     TCP,
     UDP,
+    V6,
+    conversation_shard,
     ethernet,
     ipv4,
     ipv6,
@@ -32,12 +35,9 @@ from tests.support.frames import (
 )
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE, OK_200
-from userspace.classify import mix32
 from userspace.event import Counter, Flag, Kind
 from userspace.sharding import call_id_hash
 
-V6 = 0x86DD
-RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
 # An SR with one report block (52 bytes) and the SDES CNAME RFC 3550 asks to follow it.
 RTCP_COMPOUND = (bytes([0x81, 200, 0, 12]) + bytes(48)
                  + bytes([0x81, 202, 0, 6]) + bytes(4) + bytes([1, 16]) + b"otus@10.4.0.1.xx" + bytes(2))
@@ -59,15 +59,6 @@ def run(kernel: KernelHarness, frame: bytes, hook: Hook) -> Run:
 def verdicts(result: Run) -> set[Counter]:
     return {c for c in result.moved if Counter.NOT_IP <= c <= Counter.MATCHED_FRAGMENT}
 
-
-def expected_shard(src: str, dst: str) -> int:
-    """The kernel XOR-folds the raw addresses read as host-order words."""
-    fold = 0
-    for address in (src, dst):
-        raw = ipaddress.ip_address(address).packed.ljust(16, b"\0")
-        for i in range(0, 16, 4):
-            fold ^= int.from_bytes(raw[i:i + 4], "little")
-    return mix32(fold) % SHARDS
 
 
 def test_sip_on_its_port_is_copied_whole(kernel: KernelHarness, hook: Hook) -> None:
@@ -111,7 +102,7 @@ def test_sip_without_a_call_id_goes_by_its_conversation(kernel: KernelHarness, h
     for host in range(1, 40):
         frame = ethernet(ipv4(udp(no_call_id), src=f"10.2.0.{host}", dst="10.9.9.9"))
         event = run(kernel, frame, hook).event
-        assert event.shard == expected_shard(f"10.2.0.{host}", "10.9.9.9")
+        assert event.shard == conversation_shard(f"10.2.0.{host}", "10.9.9.9", SHARDS)
         shards.add(event.shard)
     assert shards == set(range(SHARDS))
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 
-from userspace.classify import Rules, classify_frame
+from userspace.classify import Rules, classify_frame, mix32
 from userspace.event import EVENT_HEADER, Direction, Kind
 
 UDP, TCP = 17, 6
+V6 = 0x86DD  # the IPv6 ethertype
+RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
 
@@ -92,3 +95,14 @@ def ipv6_chain(payload: bytes, first_header: int, src: str = "fd00::1", dst: str
 def raw(address: str) -> bytes:
     """The raw form of an IP literal, as the pipeline carries addresses."""
     return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def conversation_shard(src: str, dst: str, shards: int) -> int:
+    """The shard of a conversation without a Call-ID: the kernel XOR-folds the raw
+    addresses read as host-order words, then mixes (userspace.classify mirrors it)."""
+    fold = 0
+    for address in (src, dst):
+        raw = ipaddress.ip_address(address).packed.ljust(16, b"\0")
+        for i in range(0, 16, 4):
+            fold ^= int.from_bytes(raw[i:i + 4], "little")
+    return mix32(fold) % shards

@@ -17,8 +17,11 @@ from tests.support.frames import (
     HOP_BY_HOP,
     ICMP,
     ROUTING,
+    RTP_PAYLOAD,
     TCP,
     UDP,
+    V6,
+    conversation_shard,
     ethernet,
     ipv4,
     ipv6,
@@ -34,11 +37,9 @@ from userspace.classify import Rules, classify_frame, mix32
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.sharding import call_id_hash
 
-V6 = 0x86DD
 SHARDS = 2
 SIP_PORTS = frozenset((5060, 5061))
 RULES = Rules(SIP_PORTS, shards=SHARDS)
-RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
 
 
 def classified(frame: bytes, rules: Rules = RULES) -> Event:
@@ -46,15 +47,6 @@ def classified(frame: bytes, rules: Rules = RULES) -> Event:
     assert event is not None, "the kernel would send this frame up"
     return event
 
-
-def expected_shard(src: str, dst: str, shards: int = SHARDS) -> int:
-    """The kernel XOR-folds the raw addresses read as host-order words."""
-    fold = 0
-    for address in (src, dst):
-        raw = ipaddress.ip_address(address).packed.ljust(16, b"\0")
-        for i in range(0, 16, 4):
-            fold ^= int.from_bytes(raw[i:i + 4], "little")
-    return mix32(fold) % shards
 
 
 def test_mix32_is_murmur3s_finaliser() -> None:
@@ -105,7 +97,7 @@ def test_sip_without_a_call_id_goes_by_its_conversation() -> None:
     shards = set()
     for host in range(1, 40):
         event = classified(ethernet(ipv4(udp(no_call_id), src=f"10.2.0.{host}", dst="10.9.9.9")))
-        assert event.shard == expected_shard(f"10.2.0.{host}", "10.9.9.9")
+        assert event.shard == conversation_shard(f"10.2.0.{host}", "10.9.9.9", SHARDS)
         assert not event.flags & Flag.OWNED
         shards.add(event.shard)
     assert shards == set(range(SHARDS))
@@ -123,7 +115,7 @@ def test_sip_over_tcp_both_ports_goes_by_its_conversation() -> None:
         event = classified(ethernet(ipv4(tcp(INVITE, sport, dport), proto=TCP)))
         assert (event.kind, event.l4_proto, event.payload_offset) == (Kind.SIP, TCP, 54)
         assert not event.flags & Flag.OWNED, "a TCP segment is not routed by a Call-ID"
-        assert event.shard == expected_shard("10.0.0.1", "10.0.0.2")
+        assert event.shard == conversation_shard("10.0.0.1", "10.0.0.2", SHARDS)
 
 
 @pytest.mark.parametrize("vlans", [(10,), (100, 200)], ids=["802.1Q", "QinQ"])
