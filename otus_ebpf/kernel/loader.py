@@ -69,11 +69,13 @@ class LoadedPrograms:
         self._releases.append(release)
 
     def close(self) -> None:
-        while self._releases:
-            self._releases.pop()()
-        self.bpf.cleanup()
-        for fd in self.ring_fds:
-            os.close(fd)
+        try:
+            while self._releases:
+                self._releases.pop()()
+            self.bpf.cleanup()
+        finally:  # the rings are ours, not bcc's: closed whatever bcc did
+            for fd in self.ring_fds:
+                os.close(fd)
 
 
 def import_bcc() -> ModuleType:

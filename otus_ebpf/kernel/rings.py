@@ -34,8 +34,12 @@ class RingReader:
         self._batch: list[bytes] = []
         self._callback = _RecordCallback(self._on_record)  # kept alive: libbpf holds a pointer to it
         self._manager: int | None = None
-        for fd in ring_fds:
-            self._add(fd)
+        try:
+            for fd in ring_fds:
+                self._add(fd)
+        except SetupError:
+            self.close()  # the rings added so far are mapped: unmap them
+            raise
 
     def _add(self, fd: int) -> None:
         if self._manager is None:
@@ -52,18 +56,24 @@ class RingReader:
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to ``timeout_ms`` for records; return all that are ready."""
-        self._lib.bpf_poll_ringbuf(self._manager, timeout_ms)
+        self._lib.bpf_poll_ringbuf(self._open(), timeout_ms)
         return self._take()
 
     def drain(self) -> list[bytes]:
         """Take what is left without waiting (after detach, before exit)."""
-        self._lib.bpf_consume_ringbuf(self._manager)
+        self._lib.bpf_consume_ringbuf(self._open())
         return self._take()
 
     def close(self) -> None:
         if self._manager:
             self._lib.bpf_free_ringbuf(self._manager)
             self._manager = None
+
+    def _open(self) -> int:
+        """The ring manager; libbpf would dereference a freed (NULL) one."""
+        if not self._manager:
+            raise SetupError("ring reader used after it was closed")
+        return self._manager
 
     def _take(self) -> list[bytes]:
         batch, self._batch = self._batch, []
