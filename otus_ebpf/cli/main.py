@@ -183,17 +183,18 @@ def _config_of(args: argparse.Namespace) -> Config | None:
 def _attach_options(args: argparse.Namespace, config: Config | None = None) -> AttachOptions:
     """The flags given, over the config file's task (with -c), over the defaults;
     the interfaces are always the command line's."""
-    values, task = defaults(), CLI_TASK_NAME
+    values, task, node = defaults(), CLI_TASK_NAME, None
     if config is not None:
         chosen = _pick_task(config, args)
-        values, task = dict(chosen.values), chosen.name
-    return _options(values | given(args, "attach"), tuple(args.interfaces), task)
+        values, task, node = dict(chosen.values), chosen.name, config.node_name
+    return _options(values | given(args, "attach"), tuple(args.interfaces), task, node)
 
 
-def _options(values: dict[str, Any], interfaces: tuple[str, ...], task: str) -> AttachOptions:
+def _options(values: dict[str, Any], interfaces: tuple[str, ...], task: str,
+             node: str | None = None) -> AttachOptions:
     for name, message in cross_problems(values):
         raise SetupError(f"{BY_NAME[name].flag}: {message}")
-    return build_options(values, interfaces, task, _secret_from)
+    return build_options(values, interfaces, task, _secret_from, node)
 
 
 def _secret_from(setting: Setting, path: str) -> str:

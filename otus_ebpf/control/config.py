@@ -173,6 +173,8 @@ class _Checker:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[Problem] = []
+        self.defaults_lines = (0, -1)  # the file's defaults section, when it has one
+        self.node_name: str | None = None  # node.name: the tasks' default HEP node and Kafka header
 
     def problem(self, node: yaml.Node | None, path: str, message: str) -> None:
         mark = node.start_mark if node is not None else None
@@ -237,7 +239,7 @@ class _Checker:
             items = [self.one(setting, item, f"{path}[{i}]")
                      for i, item in enumerate(self.sequence(node, path))]
             return _INVALID if any(item is _INVALID for item in items) else tuple(items)
-        if _is_null(node) and setting.default is None:
+        if _is_null(node) and setting.default is None and not _needs_a_value(setting):
             return None
         return self.one(setting, node, path)
 
@@ -253,6 +255,10 @@ class _Checker:
 
     # -- the file and its tasks -------------------------------------------------
 
+    def _in_defaults(self, node: yaml.Node) -> bool:
+        first, last = self.defaults_lines
+        return first <= node.start_mark.line + 1 <= last
+
     def config(self, root: yaml.Node | None, environ: Mapping[str, str]) -> Config:
         found: dict[str, Any] = {}
         top = self.section(root, "", FILE_TREE, found, {}, extra=("defaults", "tasks"))
@@ -264,10 +270,12 @@ class _Checker:
                 if value is not _INVALID:
                     found[setting.name] = value
         values = defaults(Scope.FILE) | found
+        self.node_name = values["node_name"]
         defaults_node = top.get("defaults")
         if isinstance(defaults_node, yaml.MappingNode):
             self.task(defaults_node, "defaults", partial=True)  # its problems, said once, under its own name
             in_defaults = len(self.problems)
+            self.defaults_lines = (defaults_node.start_mark.line + 1, defaults_node.end_mark.line + 1)
             tasks = tuple(self.tasks(top.get("tasks"), defaults_node))
             first, last = defaults_node.start_mark.line + 1, defaults_node.end_mark.line + 1
             self.problems[in_defaults:] = [p for p in self.problems[in_defaults:]
@@ -311,7 +319,10 @@ class _Checker:
                          "at least one interface is needed")
         values = defaults() | found
         for name, message in cross_problems(values):
-            self.problem(nodes.get(name, node), _join(path, BY_NAME[name].key), message)
+            where = nodes.get(name, node)
+            if not partial and self._in_defaults(where):
+                where = node  # the defaults' value is wrong only with this task's: said at the task
+            self.problem(where, _join(path, BY_NAME[name].key), message)
             values[name] = defaults()[name]
         task_name = values["name"] or f"task-{path}"
 
@@ -322,8 +333,15 @@ class _Checker:
                 self.problem(nodes.get(setting.name, node), _join(path, setting.key), str(exc))
                 return None
 
-        options = build_options(values, values["interfaces"], task_name, secret)
+        if "hep_node_name" not in found and self.node_name is not None:
+            values["hep_node_name"] = self.node_name
+        options = build_options(values, values["interfaces"], task_name, secret, self.node_name)
         return TaskConfig(task_name, options, options.dispatch, values)
+
+
+def _needs_a_value(setting: Setting) -> bool:
+    """A key that must name something when given: an empty value (``~``) is refused, not unset."""
+    return setting.required or setting.name == "name"
 
 
 def _shape_problem(root: yaml.Node | None) -> tuple[yaml.Node, str] | None:

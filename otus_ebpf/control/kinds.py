@@ -125,6 +125,9 @@ class Text:
     def parse(self, text: str) -> str:
         if not text.strip():
             raise ValueError("must not be empty")
+        bad = next((c for c in text if c < " " or c == "\x7f"), None)
+        if bad is not None:  # a NUL ends a path in the kernel; the rest garble names and logs
+            raise ValueError(f"must not contain control characters (found {bad!r})")
         return text
 
     def describe(self) -> str:

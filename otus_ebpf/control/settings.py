@@ -153,7 +153,9 @@ def _limits(cls: type, section: str, about: Mapping[str, str],
 
 SETTINGS: tuple[Setting, ...] = (
     # -- the file ---------------------------------------------------------------
-    Setting("node_name", "node.name", Text("name"), _HOST_NAME, "this capture node's name", Group.NODE,
+    Setting("node_name", "node.name", Text("name"), _HOST_NAME,
+            "this capture node's name: the node in Kafka records' headers, and the tasks' HEP node "
+            "name unless they give one", Group.NODE,
             scope=Scope.FILE, env="OTUS_NODE_NAME"),
     Setting("metrics_listen", "metrics.listen", Listen(), DEFAULT_METRICS_LISTEN,
             "Prometheus /metrics endpoint", Group.OBSERVABILITY, "--metrics", scope=Scope.FILE,
@@ -225,7 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("out_fsync", "outputs.jsonl.fsync", Choice.of(FsyncPolicy), _default(AttachOptions, "out_fsync"),
             "fsync after every batch, at rotation, or never", Group.OUTPUTS, "--out-fsync", replay=True),
     Setting("pcap", "outputs.pcap.path", Text("path", "FILE"), None,
-            "also write every captured frame to this capture file", Group.OUTPUTS, "--pcap", replay=True),
+            "also write every captured frame to this capture file (one already there is first kept "
+            "under a time-stamped name, as at rotation)", Group.OUTPUTS, "--pcap", replay=True),
     Setting("pcap_format", "outputs.pcap.format", Choice.of(PcapFormat),
             _default(AttachOptions, "pcap_format"),
             "pcapng adds interface names and packet directions", Group.OUTPUTS, "--pcap-format", replay=True),
@@ -308,7 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
             _default(HepIdentity, "capture_id"), "HEP capture agent id", Group.HEP, "--hep-capture-id",
             replay=True),
     Setting("hep_node_name", "outputs.hep.node_name", Text("name", "NAME"), _HOST_NAME, "HEP node name",
-            Group.HEP, "--hep-node-name", replay=True),
+            Group.HEP, "--hep-node-name", replay=True, shown_default="node.name, else the host name"),
     Setting("hep_auth_key_file", "outputs.hep.auth_key_file", Text("path", "FILE"), None,
             "file holding the HEP authentication key", Group.HEP, "--hep-auth-key-file", replay=True,
             secret_file=True),
@@ -374,9 +377,10 @@ SecretReader = Callable[[Setting, str], "str | None"]
 
 
 def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: str,
-                  secret: SecretReader) -> AttachOptions:
+                  secret: SecretReader, node: str | None = None) -> AttachOptions:
     """The one place a task's AttachOptions is made, from resolved values;
-    ``secret`` reads a secret file (the caller decides how a failure is said)."""
+    ``secret`` reads a secret file (the caller decides how a failure is said);
+    ``node``: the config file's node.name (the host name without a file)."""
     v = values
 
     def secret_of(name: str) -> str | None:
@@ -399,7 +403,8 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         xdp_mode=v["xdp_mode"], method=v["method"], force=v["force"], out=v["out"], kafka=kafka,
         kafka_backlog=BacklogLimits(max_bytes=v["kafka_backlog_mb"] << 20, policy=v["kafka_overflow"]),
         kafka_routing=KafkaRouting(v["kafka_topic"], v["kafka_topic_per_kind"], v["kafka_key"],
-                                   v["kafka_headers"], socket.gethostname(), v["kafka_task"] or task),
+                                   v["kafka_headers"], node or socket.gethostname(),
+                                   v["kafka_task"] or task),
         hep=tuple(v["hep"]), fallback=v["fallback"], queue_records=v["queue_records"],
         hep_identity=HepIdentity(v["hep_capture_id"], secret_of("hep_auth_key_file"), v["hep_node_name"]),
         out_rotation=_rotation(v["out_max_mb"], v["out_max_age_s"]), out_fsync=v["out_fsync"],

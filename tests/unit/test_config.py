@@ -73,6 +73,17 @@ EXPECTED = {
     "unknown_top_key": [
         "1: taks: unknown key (expected one of: node, metrics, control, log, defaults, tasks)"],
     "workers_negative": ["4: tasks[0].workers: must be between 1 and 8, not -3"],
+    # A NUL passed validation, then failed with a traceback when the file was opened.
+    "name_with_nul": ["2: tasks[0].name: must not contain control characters (found '\\x00')"],
+    "path_with_nul": [
+        "6: tasks[0].outputs.jsonl.path: must not contain control characters (found '\\x00')"],
+    # ~ where a value is needed is not "unset": a task with no name, Kafka with no brokers.
+    "task_null_name": ["2: tasks[0].name: must not be empty"],
+    "kafka_null_brokers": ["6: tasks[0].outputs.kafka.brokers: must not be empty"],
+    # The defaults' value is wrong only with this task's: said at the task, not dropped.
+    "defaults_clash_with_task": [
+        "5: tasks[0].filter.media_snaplen: must be between 0 and 100 (snaplen), not 200"],
+
     "workers_not_number": ["4: tasks[0].workers: must be a whole number, not 'many'"],
     "workers_zero": ["4: tasks[0].workers: must be between 1 and 8, not 0"],
 }
@@ -174,3 +185,16 @@ def test_media_is_measured_in_the_kernel_unless_a_pcap_wants_the_packets_or_a_fl
     text = "tasks:\n  - name: a\n    interfaces: [eth0]\n    filter: {media: packets}\n"
     (task,) = parse(text, "x", {}).tasks
     assert task.options.media is MediaMode.PACKETS
+
+
+def test_the_node_name_names_the_node_in_kafka_headers_and_hep_unless_a_task_says() -> None:
+    config = parse("node: {name: edge-7}\n"
+                   "tasks:\n"
+                   "  - {name: a, interfaces: [eth0],\n"
+                   "     outputs: {kafka: {brokers: k:9092}, hep: {collectors: [h:9060]}}}\n"
+                   "  - {name: b, interfaces: [eth1],\n"
+                   "     outputs: {hep: {collectors: [h:9060], node_name: own}}}\n",
+                   "f.yaml", {})
+    a, b = (task.options for task in config.tasks)
+    assert (a.kafka_routing.node, a.hep_identity.node_name) == ("edge-7", "edge-7")
+    assert b.hep_identity.node_name == "own"
