@@ -253,8 +253,8 @@ class JoinedOutputs:
         to_fallback = fallback.write_now if fallback is not None else None
         self._writer(stack, JSONL, _lines_into(records), lambda: records.write_block(b"", 0), to_fallback)
         if options.pcap is not None:
-            pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
-                                options.pcap_format)
+            pcap = PcapReporter(RotatingFile(Path(options.pcap), fresh=True), options.pcap_rotation,
+                                time.monotonic, options.pcap_format)
             stack.callback(pcap.close)
             self._writer(stack, PCAP, lambda payload: pcap.write_frames(frames_of(payload)),
                          lambda: pcap.write_frames([]), None)

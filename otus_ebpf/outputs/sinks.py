@@ -65,15 +65,20 @@ class AppendFile:
 
 class RotatingFile:
     """Appends to ``path``; ``rotate`` renames it to ``<stem>-<UTC time><suffix>``
-    and starts a fresh ``path``, so the current file always has the same name."""
+    and starts a fresh ``path``, so the current file always has the same name.
+    ``fresh``: a file already at ``path`` is set aside the same way first — for
+    formats whose file header may come only once (pcap), where appending to
+    an earlier run's file would leave it unreadable."""
 
-    def __init__(self, path: Path, mode: int = OUT_FILE_MODE) -> None:
+    def __init__(self, path: Path, mode: int = OUT_FILE_MODE, fresh: bool = False) -> None:
         self.path = path
         self._mode = mode
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if fresh and path.is_file() and path.stat().st_size:
+                self._set_aside()
         except OSError as exc:
-            raise SetupError(f"cannot create {path.parent}: {exc.strerror}") from None
+            raise SetupError(f"cannot set up {path}: {exc.strerror}") from None
         self._file: AppendFile | None = AppendFile(path, mode)
 
     def _current(self) -> AppendFile:
@@ -101,6 +106,10 @@ class RotatingFile:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._set_aside()
+        self._current()
+
+    def _set_aside(self) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
         serial = 1
@@ -109,7 +118,6 @@ class RotatingFile:
             serial += 1
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.path, target)
-        self._current()
 
     def close(self) -> None:
         if self._file is not None:

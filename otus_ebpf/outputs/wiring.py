@@ -136,8 +136,8 @@ def open_frame_outputs(stack: contextlib.ExitStack, options: AttachOptions,
     if options.pcap is not None and forward is not None:
         outputs.pcap = ForwardedFrames(forward)
     elif options.pcap is not None:
-        outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap)), options.pcap_rotation, time.monotonic,
-                                    options.pcap_format)
+        outputs.pcap = PcapReporter(RotatingFile(Path(options.pcap), fresh=True), options.pcap_rotation,
+                                    time.monotonic, options.pcap_format)
         stack.callback(outputs.pcap.close)
         _log.info(f"writing captured frames to {options.pcap}")
     if options.pcap_per_call is not None:

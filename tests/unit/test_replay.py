@@ -286,3 +286,19 @@ def test_a_damaged_file_gives_frames_or_one_capture_file_error(file_format: Pcap
         except SetupError:
             outcomes.add("refused")
     assert {"broken", "refused"} <= outcomes and len(outcomes) > 3, outcomes
+
+
+def test_a_pcap_output_already_there_is_kept_aside_not_appended_to(tmp_path: Path) -> None:
+    """Regression: a second run appended a second pcap file header mid-file, and the file
+    no longer read back."""
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(written(PcapFormat.PCAPNG))
+    out = tmp_path / "frames.pcap"
+    for _run in range(2):
+        options = AttachOptions(("c",), out=str(tmp_path / "o.jsonl"), pcap=str(out))
+        assert run_replay(capture, options, None) == 0
+    earlier = list(tmp_path.glob("frames-*.pcap"))
+    assert len(earlier) == 1
+    for path in (out, earlier[0]):
+        frames = list(read_frames(io.BytesIO(path.read_bytes()), path.name))
+        assert len(frames) == len(FRAMES), path
