@@ -216,8 +216,7 @@ def _detach(ifindex: int, interface: str) -> int:
 
 def _stats(ifindex: int, interface: str) -> int:
     with live_maps(ifindex, interface) as maps:
-        counts = maps.counters()
-        failures = maps.shard_failures()
+        counts, failures = maps.counters_and_failures()
     width = max(len(c.name) for c in COUNTERS)
     print(f"{'counter':{width}}  {'ingress':>12}  {'egress':>12}")
     for counter in COUNTERS:

@@ -29,12 +29,18 @@ def shown(value: float) -> str:
 REPLAY_SPEED = Bound(0.001, 1_000_000)
 
 
+MAX_DIGITS = 20  # more than any bound has (2**64 has 20)
+
+
 def parse_int(text: str, bound: Bound) -> int:
     """A whole number in ``bound``; ValueError with the reason otherwise."""
     value = text.strip().removeprefix("-")
     if not is_ascii_digits(value):
         raise ValueError(f"must be a whole number, not {text!r}")
-    number = int(text.strip())
+    significant = value.lstrip("0") or "0"
+    if len(significant) > MAX_DIGITS:  # past any bound; and int() refuses 4,300 digits in words of its own
+        raise ValueError(f"must be {bound.describe()}, not a {len(significant)}-digit number")
+    number = -int(significant) if text.strip().startswith("-") else int(significant)
     if not bound.low <= number <= bound.high:
         raise ValueError(f"must be {bound.describe()}, not {number}")
     return number

@@ -98,6 +98,10 @@ class LiveMaps:
     def counters(self) -> KernelCounts:
         return self._read_counters()[0]
 
+    def counters_and_failures(self) -> tuple[KernelCounts, list[int]]:
+        """Both from one read of the map: the same moment."""
+        return self._read_counters()
+
     def shard_failures(self) -> list[int]:
         """Failed ring submits of every shard the programs can have (OTUS_MAX_SHARDS)."""
         return self._read_counters()[1]

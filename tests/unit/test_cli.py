@@ -56,6 +56,9 @@ def test_bcc_missing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     ("--queue-records", "0", "must be between 1 and 10000000, not 0"),
     # Was a setup error (exit 1) from the kernel settings: now the ring size's own parser, as in the file.
     ("--ring-mb", "100", "must be a power of two, not 100"),
+    # int() refuses 4,300 digits with advice about sys.set_int_max_str_digits; leading zeros are fine.
+    ("--snaplen", "1" + "0" * 5000, "must be between 64 and 9216, not a 5001-digit number"),
+    ("--snaplen", "0" * 5000 + "10", "must be between 64 and 9216, not 10"),
 ])
 def test_numbers_out_of_range_are_usage_errors_naming_the_flag(flag: str, value: str, said: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
