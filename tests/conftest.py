@@ -54,6 +54,16 @@ def missing_requirements() -> list[str]:
     return missing
 
 
+def require_tool(name: str) -> None:
+    """A tool set-up installs (scripts/setup.sh): skipped without it on a developer's
+    machine, a failure under CI=true, where a missing tool must not pass unseen."""
+    if shutil.which(name) is None:
+        message = f"needs {name} (scripts/setup.sh installs it)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: nothing may skip)")
+        pytest.skip(message)
+
+
 @pytest.fixture(autouse=True)
 def _integration_requirements(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("integration") is None:

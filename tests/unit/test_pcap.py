@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import dpkt
 import pytest
 
+from tests.conftest import require_tool
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sinks import ListSink
 from tests.support.sip_samples import INVITE, OK_200
@@ -133,10 +133,10 @@ def test_a_frame_cut_at_the_snaplen_keeps_its_original_length_in_both_formats() 
     assert [(o.code, o.data) for o in epb.opts] == [(2, b"\x02\0\0\0"), (1, b"egress"), (0, b"")]
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
 @pytest.mark.parametrize("file_format", list(PcapFormat))
 def test_tshark_reads_times_lengths_interfaces_and_directions(tmp_path: Path,
                                                               file_format: PcapFormat) -> None:
+    require_tool("tshark")
     sink = ListSink()
     PcapReporter(sink, file_format=file_format).write_frames([*FRAMES, CUT])
     capture = tmp_path / f"frames.{file_format.value}"
