@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from userspace.early import EarlyMessages, EndedCalls, may_precede_invite
 from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
 from userspace.errors import DecodeError
 from userspace.event import Kind
@@ -120,66 +121,6 @@ class _Call:
 
 
 _TAG_WRAP = (1 << 32) - 1  # tags 1 .. 2**32-1: a live call's tag recurs only after 4 billion calls
-_Parked = tuple[SipRecord, int, int, int]  # (record, now_ns, shard, bytes held)
-EARLY_WINDOW_NS = 2 * NS       # how long a response may wait for its INVITE
-EARLY_MAX = 4_096              # responses waiting at once, over all Call-IDs
-EARLY_MAX_BYTES = 8 << 20      # and the bytes they hold (a 183 may carry a large body)
-
-
-class _EarlyResponses:
-    """INVITE responses seen before their INVITE. With workers, an INVITE that came
-    in fragments or over TCP is framed by another worker and handed over, and its
-    100/180/200, sent as single datagrams straight to this worker, can be read
-    first; they wait here a moment for the INVITE of their CSeq. Bounded in
-    number, bytes and age (oldest first out, counted in ``dropped``), so
-    unanswered traffic cannot grow it."""
-
-    def __init__(self) -> None:
-        self._waiting: OrderedDict[str, list[_Parked]] = OrderedDict()
-        self._count = 0
-        self._bytes = 0
-        self.dropped = 0
-
-    def park(self, record: SipRecord, now_ns: int, shard: int) -> None:
-        self.expire(now_ns)
-        m = record.message
-        held = max(m.size, len(m.source))
-        while self._waiting and (self._count >= EARLY_MAX or self._bytes + held > EARLY_MAX_BYTES):
-            self._drop_oldest()
-        if held > EARLY_MAX_BYTES:
-            self.dropped += 1
-            return
-        self._waiting.setdefault(m.call_id, []).append((record, now_ns, shard, held))
-        self._count += 1
-        self._bytes += held
-
-    def take(self, call_id: str, cseq: int) -> list[_Parked]:
-        """The responses waiting for this INVITE (its CSeq); any others of the Call-ID,
-        answers to an earlier INVITE, are dropped."""
-        if not self._waiting:
-            return []
-        parked = self._forget(self._waiting.pop(call_id, []))
-        matching = [p for p in parked if p[0].message.cseq == cseq]
-        self.dropped += len(parked) - len(matching)
-        return matching
-
-    def expire(self, now_ns: int) -> None:
-        while self._waiting:
-            oldest = next(iter(self._waiting.values()))
-            if now_ns - oldest[0][1] <= EARLY_WINDOW_NS:
-                return
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        _call_id, parked = self._waiting.popitem(last=False)
-        self.dropped += len(self._forget(parked))
-
-    def _forget(self, parked: list[_Parked]) -> list[_Parked]:
-        self._count -= len(parked)
-        self._bytes -= sum(p[3] for p in parked)
-        return parked
-
-
 class CallTracker:
     def __init__(self, limits: CallLimits | None = None, media: MediaTracker | None = None) -> None:
         self.limits = limits or CallLimits()
@@ -189,7 +130,9 @@ class CallTracker:
                                            report_interval_ns=int(self.limits.rtp_report_interval_s * NS))
         self.endpoints = EndpointRegistry()
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        self._early = _EarlyResponses()
+        self._early = EarlyMessages()  # a dialog's messages read ahead of its INVITE
+        self._ended = EndedCalls()  # whose late messages must not wait for an INVITE
+        self._now_ns = 0  # the latest now_ns given: when a call ends
         self._tags = 0
 
     def media_owner(self, destination: Endpoint, source: Endpoint) -> tuple[str | None, Formats]:
@@ -223,12 +166,14 @@ class CallTracker:
         flows: list[FlowEvent] = []
         summaries: list[CallRecord] = []
         m = record.message
+        self._now_ns = now_ns
         call = self._calls.get(m.call_id)
         if call is None:
             if not (m.is_request and m.method == "INVITE"):
-                if m.cseq_method == "INVITE" and not m.is_request:
+                if may_precede_invite(record) and m.call_id not in self._ended:
                     self._early.park(record, now_ns, shard)
-                return flows, summaries  # mid-call pickup, or a response ahead of its INVITE
+                return flows, summaries  # ahead of its INVITE, after its call, or a mid-call pickup
+            self._ended.discard(m.call_id)  # the same Call-ID again (an INVITE after a 407)
             call = self._start(record, now_ns, shard, flows, summaries)
             self._follow(call, record, now_ns, flows, summaries)
             self._replay_early(call, flows, summaries)
@@ -238,18 +183,23 @@ class CallTracker:
         return flows, summaries
 
     def _replay_early(self, call: _Call, flows: list[FlowEvent], summaries: list[CallRecord]) -> None:
-        """The responses that came ahead of this INVITE, now that it is tracked (its SDP
-        learned first), in the order they came; none once one of them ended the call."""
+        """The messages that came ahead of this INVITE, now that it is tracked (its SDP
+        learned first), in the order they came, until one of them ends the call: the
+        rest came after its end, as they would be ignored in order."""
         for early, early_ns, _shard, _held in self._early.take(call.call_id, call.invite_cseq):
             if self._calls.get(call.call_id) is not call:
-                self._early.dropped += 1
-                continue
+                break
             self._follow(call, early, max(call.last_seen, early_ns), flows, summaries)
 
     @property
     def early_dropped(self) -> int:
-        """INVITE responses that waited for an INVITE that never came (or not theirs)."""
+        """Messages that waited for an INVITE that never came (or not theirs)."""
         return self._early.dropped
+
+    @property
+    def early_replayed(self) -> int:
+        """Messages that waited for their INVITE and were applied when it came."""
+        return self._early.replayed
 
     def _follow(self, call: _Call, record: SipRecord, now_ns: int, flows: list[FlowEvent],
                 summaries: list[CallRecord]) -> None:
@@ -272,7 +222,9 @@ class CallTracker:
     def expire(self, now_ns: int) -> tuple[list[FlowEvent], list[CallRecord]]:
         flows: list[FlowEvent] = []
         summaries: list[CallRecord] = []
+        self._now_ns = now_ns
         self._early.expire(now_ns)
+        self._ended.expire(now_ns)
         deadline = now_ns - int(self.limits.ttl_s * NS)
         while self._calls:
             call = next(iter(self._calls.values()))
@@ -375,6 +327,7 @@ class CallTracker:
              flows: list[FlowEvent]) -> list[CallRecord]:
         """The call's summary, and the final report of each of its RTP streams."""
         del self._calls[call.call_id]
+        self._ended.add(call.call_id, self._now_ns)
         self.stats.ended += 1
         wall_ns = end_ns if end_ns is not None else call.last_wall_ns
         finals = [StreamReport(wall_ns, call.call_id, stream.report(), final=True)

@@ -115,7 +115,8 @@ def _pipeline(sample: TaskSample, runner: RunnerParts) -> None:
     calls = pipeline.calls
     for outcome in ("calls", "ended", "expired", "evicted"):
         sample.count("otus_calls_total", getattr(calls.stats, outcome), outcome=outcome)
-    sample.count("otus_early_responses_dropped_total", calls.early_dropped)
+    sample.count("otus_early_messages_total", calls.early_replayed, outcome="replayed")
+    sample.count("otus_early_messages_total", calls.early_dropped, outcome="dropped")
     for problem in ("sdp_errors", "sdp_unlearnable", "sdp_bad_ports", "sdp_bad_clock", "media_over_cap"):
         sample.count("otus_sdp_problems_total", getattr(calls.stats, problem), problem=problem)
     media = calls.media.stats

@@ -71,7 +71,7 @@ HELP = {
     "otus_tcp_total": "SIP-over-TCP stream outcomes",
     "otus_dialogs_active": "Calls being tracked",
     "otus_calls_total": "Calls by outcome",
-    "otus_early_responses_dropped_total": "INVITE responses that waited for their INVITE in vain",
+    "otus_early_messages_total": "Messages of a dialog read ahead of its INVITE: replayed, or dropped",
     "otus_flows_active": "Media endpoints the live calls hold (per worker), learned into the kernel",
     "otus_rtp_streams_active": "RTP streams being measured",
     "otus_rtp_mos": "Mean MOS estimate in the active RTP streams' latest reports",

@@ -1,5 +1,5 @@
 """Call-ID routing in user space: the owner of a message, the hand-off between
-workers, and INVITE responses that arrive ahead of their INVITE."""
+workers (what is read ahead of a handed-over INVITE: test_early)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from collections.abc import Iterator
 
 from otus_ebpf.capture.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
 from tests.support.frames import ethernet, ipv4, raw, ring_record, tcp
-from tests.support.sip_samples import INVITE, OK_200, sip_message
-from userspace.calls import EARLY_MAX, EARLY_MAX_BYTES, EARLY_WINDOW_NS, CallTracker
-from userspace.endpoints import FlowAction
+from tests.support.sip_samples import INVITE, OK_200
 from userspace.event import EVENT_HEADER, Direction
 from userspace.frame import IPProto
 from userspace.pipeline import Pipeline
-from userspace.records import CallSummary, SipRecord
+from userspace.records import SipRecord
 from userspace.sharding import (
     CALL_ID_SCAN,
     HandOff,
@@ -96,77 +94,6 @@ def test_a_message_framed_by_the_wrong_worker_is_handed_to_its_owner() -> None:
     assert sip[0].message.call_id == parse_message(INVITE).call_id
     assert len(receiver.calls) == 1
 
-
-
-def test_responses_ahead_of_their_invite_wait_for_it() -> None:
-    tracker = CallTracker()
-    records = [_record(OK_200.replace(b"200 OK", b"180 Ringing"), 2), _record(OK_200, 3)]
-    for record in records:
-        assert tracker.observe(record, record.ts_ns, 0) == ([], [])
-    tracker.observe(_record(INVITE, 1), 1, 0)
-    bye = _record(INVITE.replace(b"INVITE sip", b"BYE sip").replace(b"CSeq: 314159 INVITE",
-                                                                      b"CSeq: 314160 BYE"), 4)
-    _flows, ended = tracker.observe(bye, 4, 0)
-    summary = next(r for r in ended if isinstance(r, CallSummary))
-    assert (summary.invite_ns, summary.ringing_ns, summary.answer_ns) == (1, 2, 3)
-
-
-def test_the_early_queue_is_bounded() -> None:
-    tracker = CallTracker()
-    for n in range(EARLY_MAX + 100):
-        record = _record(OK_200.replace(b"a84b4c76e66710", f"orphan-{n}".encode()), n)
-        tracker.observe(record, n, 0)
-    assert tracker._early._count == EARLY_MAX
-    assert tracker._early.dropped == 100
-
-
-def _record(message: bytes, ts: int) -> SipRecord:
-    return SipRecord(ts, "eth0", Direction.INGRESS, IPProto.UDP, raw("10.0.0.1"), 5060, raw("10.0.0.2"), 5060,
-                     parse_message(message))
-
-
-def test_an_early_final_response_ends_the_call_after_its_invite_was_tracked() -> None:
-    """The INVITE's SDP is learned before the waiting 486 ends the call, so its end
-    releases what it learned: nothing is left held."""
-    tracker = CallTracker()
-    busy = OK_200.replace(b"200 OK", b"486 Busy Here")
-    tracker.observe(_record(busy, 2), 2, 0)
-    flows, ended = tracker.observe(_record(INVITE, 1), 3, 0)
-    summary = next(r for r in ended if isinstance(r, CallSummary))
-    assert (summary.end_cause, summary.final_status) == ("rejected", 486)
-    assert summary.media, "the INVITE's SDP is in the summary"
-    assert len(tracker) == 0 and tracker.flows_active == 0
-    learned = {(f.address, f.port) for f in flows if f.action is FlowAction.LEARN}
-    forgotten = {(f.address, f.port) for f in flows if f.action is FlowAction.FORGET}
-    assert learned and learned == forgotten
-
-
-def test_a_waiting_response_to_an_earlier_invite_is_not_replayed_into_a_new_one() -> None:
-    """INVITE, 407, a retransmitted 407 arrives after the call ended; the authenticated
-    INVITE (CSeq + 1) must not be ended by it."""
-    tracker = CallTracker()
-    challenge = OK_200.replace(b"200 OK", b"407 Proxy Authentication Required")
-    tracker.observe(_record(INVITE, 1), 1, 0)
-    tracker.observe(_record(challenge, 2), 2, 0)
-    tracker.observe(_record(challenge, 3), 3, 0)  # the retransmission: its call is over, it waits
-    again = INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314160 INVITE")
-    _flows, ended = tracker.observe(_record(again, 4), 4, 0)
-    assert ended == [] and len(tracker) == 1
-    assert tracker.early_dropped == 1
-
-
-def test_waiting_responses_are_bounded_in_bytes_and_expire() -> None:
-    tracker = CallTracker()
-    big = sip_message("SIP/2.0 183 Session Progress", [
-        "Call-ID: big-{n}", "CSeq: 1 INVITE", "From: <sip:a@x>;tag=1", "To: <sip:b@x>;tag=2"],
-        b"x" * 60_000)
-    for n in range(400):
-        tracker.observe(_record(big.replace(b"{n}", str(n).encode()), n), n, 0)
-    early = tracker._early
-    assert early._bytes <= EARLY_MAX_BYTES and early._count < 400
-    assert tracker.early_dropped == 400 - early._count
-    tracker.expire(10 * EARLY_WINDOW_NS)
-    assert (early._count, early._bytes, tracker.early_dropped) == (0, 0, 400)
 
 
 def test_a_call_id_past_the_kernels_scan_still_finds_its_owner() -> None:
