@@ -65,6 +65,13 @@ def require_tool(name: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons a test starts keep their task store in the test's own directory, never in
+    /var/lib/otus-ebpf: a task one test stores must not come back in another's daemon."""
+    monkeypatch.setenv("OTUS_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(autouse=True)
 def _integration_requirements(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("integration") is None:
         return

@@ -13,6 +13,7 @@ documented in docs/CONFIG.md.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from otus_ebpf.control.settings import (
     BY_NAME,
     DEFAULT_CONTROL_SOCKET,
     DEFAULT_METRICS_LISTEN,
+    DEFAULT_STATE_DIR,
     Scope,
     Setting,
     build_options,
@@ -33,6 +35,7 @@ from otus_ebpf.control.settings import (
     of_scope,
 )
 from otus_ebpf.files import NotRegularFile, read_bounded
+from otus_ebpf.fleet.settings import FleetSettings, read_key
 from otus_ebpf.logs import DEFAULT_LEVEL
 from otus_ebpf.options import AttachOptions, Dispatch
 from otus_ebpf.secret import read_secret
@@ -80,7 +83,7 @@ SECURITY_KEYS = tuple(TASK_TREE.at("outputs.kafka.security").children)
 # The only environment the config reads: variable -> key path it overrides.
 ENV_OVERRIDES = {s.env: s.key for s in of_scope(Scope.FILE) if s.env}
 __all__ = ["DEFAULT_CONTROL_SOCKET", "DEFAULT_METRICS_LISTEN", "Config", "ConfigInvalid", "Problem",
-           "TaskConfig", "load", "parse"]
+           "TaskConfig", "load", "parse", "runtime_task", "task_definition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,12 @@ class Config:
     tasks: tuple[TaskConfig, ...] = ()
     source: str = "<built-in defaults>"
     log_level: str = DEFAULT_LEVEL
+    state_dir: str = DEFAULT_STATE_DIR
+    fleet: FleetSettings | None = None  # control.kafka: None without it
+    # The file's defaults section as plain data: laid under the tasks created at run time.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Every file setting's value (the key file by path), by setting name.
+    values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -145,6 +154,41 @@ def read_text(path: Path) -> str:
         raise ConfigInvalid([Problem(str(path), line, "(file)",
                                      f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")]
                             ) from None
+
+
+def runtime_task(definition: Mapping[str, Any], config: Config, label: str) -> TaskConfig:
+    """A task created at run time — its definition as plain data, keyed as a file's
+    task — checked over the daemon file's ``defaults`` (the node's base for every
+    task), as if the file held it. ConfigInvalid with each problem as
+    ``LABEL: key.path: what is wrong``."""
+    document = {"node": {"name": config.node_name}, "defaults": dict(config.defaults),
+                "tasks": [dict(definition)]}
+    try:
+        text = json.dumps(document, allow_nan=False, indent=1)  # lines apart: the defaults' are told apart
+    except (TypeError, ValueError) as exc:
+        raise ConfigInvalid([Problem(label, 0, "(definition)", f"not plain JSON data: {exc}")]) from None
+    try:
+        parsed = parse(text, label, {})
+    except ConfigInvalid as invalid:
+        raise ConfigInvalid([Problem(label, 0, p.path.removeprefix("tasks[0]."), p.message)
+                             for p in invalid.problems]) from None
+    return parsed.tasks[0]
+
+
+def task_definition(path: Path, name: str) -> dict[str, Any]:
+    """The task ``name`` of a config file as plain data, its file's defaults merged
+    in: what a task created from a file is stored as. The file is checked whole
+    first (ConfigInvalid); KeyError when it has no such task."""
+    load(path)
+    root = yaml.compose(read_text(path), Loader=yaml.SafeLoader)
+    top = {str(k.value): v for k, v in root.value} if isinstance(root, yaml.MappingNode) else {}
+    tasks = top.get("tasks")
+    for node in tasks.value if isinstance(tasks, yaml.SequenceNode) else []:
+        if isinstance(node, yaml.MappingNode):
+            definition = _plain(_merge(top.get("defaults"), node))
+            if definition.get("name") == name:
+                return definition
+    raise KeyError(f"{path}: no task named {name!r}")
 
 
 def parse(text: str, file: str, environ: Mapping[str, str]) -> Config:
@@ -261,7 +305,8 @@ class _Checker:
 
     def config(self, root: yaml.Node | None, environ: Mapping[str, str]) -> Config:
         found: dict[str, Any] = {}
-        top = self.section(root, "", FILE_TREE, found, {}, extra=("defaults", "tasks"))
+        nodes: dict[str, yaml.Node] = {}
+        top = self.section(root, "", FILE_TREE, found, nodes, extra=("defaults", "tasks"))
         for setting in of_scope(Scope.FILE):
             if setting.env is not None and setting.env in environ:
                 mark = yaml.Mark(f"${setting.env}", 0, -1, 0, None, 0)
@@ -286,7 +331,23 @@ class _Checker:
             tasks = tuple(self.tasks(top.get("tasks"), None))
         return Config(node_name=values["node_name"], metrics_listen=values["metrics_listen"],
                       control_socket=values["control_socket"], tasks=tasks, source=self.file,
-                      log_level=values["log_level"])
+                      log_level=values["log_level"], state_dir=values["state_dir"],
+                      fleet=self.fleet(values, nodes.get("fleet_key_file", root)),
+                      defaults=_plain(defaults_node), values=values)
+
+    def fleet(self, values: Mapping[str, Any], key_node: yaml.Node | None) -> FleetSettings | None:
+        if values["fleet_brokers"] is None or values["fleet_key_file"] is None:
+            return None  # without control.kafka; or a key missing, said by section()
+        try:
+            key = read_key(values["fleet_key_file"])
+        except ValueError as exc:
+            self.problem(key_node, "control.kafka.key_file", str(exc))
+            return None
+        return FleetSettings(values["fleet_brokers"], values["node_name"], key,
+                             tuple(values["fleet_groups"]), values["fleet_command_topic"],
+                             values["fleet_response_topic"], values["fleet_status_topic"],
+                             values["fleet_read_only"], values["fleet_max_age_s"],
+                             values["fleet_heartbeat_s"])
 
     def tasks(self, node: yaml.Node | None, defaults_node: yaml.Node | None) -> list[TaskConfig]:
         tasks, names = [], set()
@@ -372,6 +433,21 @@ def _shape_problem(root: yaml.Node | None) -> tuple[yaml.Node, str] | None:
         stack.append((node, True))
         stack.extend((child, False) for child in children)
     return None
+
+
+def _plain(node: yaml.Node | None) -> dict[str, Any]:
+    """A checked mapping as plain data, every value as its text (``on``, ``0x10``
+    or a date stay what the checker read), null as None."""
+    value = _data(node) if node is not None else None
+    return value if isinstance(value, dict) else {}
+
+
+def _data(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return {str(_data(k)): _data(v) for k, v in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [_data(item) for item in node.value]
+    return None if _is_null(node) else str(node.value)
 
 
 def _is_null(node: yaml.Node) -> bool:

@@ -1,11 +1,13 @@
-"""`otus-ebpf daemon -c FILE`: every task of the file, a control socket, the
-metrics endpoint; SIGHUP re-reads the file and applies the differences,
+"""`otus-ebpf daemon -c FILE`: every task of the file and of the task store, a
+control socket, the metrics endpoint, and with ``control.kafka`` the fleet's
+command channel and heartbeats; SIGHUP re-reads the file and applies the differences,
 SIGINT/SIGTERM stop everything in order (tasks newest first, then the
 control socket and metrics), and the signal handlers are given back."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 from collections.abc import Callable
@@ -15,13 +17,16 @@ from typing import Any
 
 from otus_ebpf import logs
 from otus_ebpf.capture.sampling import sample_to_json
-from otus_ebpf.control.config import Config, ConfigInvalid, TaskConfig
+from otus_ebpf.control.commands import SOCKET, Commands, Handler
+from otus_ebpf.control.config import Config, ConfigInvalid, TaskConfig, runtime_task, task_definition
 from otus_ebpf.control.config import load as load_config
 from otus_ebpf.control.manager import ApplyResult, TaskManager
 from otus_ebpf.control.metrics import MetricsServer
 from otus_ebpf.control.server import ControlServer
+from otus_ebpf.control.store import StoredTask, TaskStore
 from otus_ebpf.control.task import CaptureOpener, Task
 from otus_ebpf.errors import EXIT_INVALID, SetupError
+from otus_ebpf.fleet.channel import FleetChannel
 from otus_ebpf.signals import SignalFlag
 
 RECENT_KEPT = 64
@@ -29,15 +34,25 @@ _log = logs.get(__name__)
 
 
 class Daemon:
-    def __init__(self, config_path: Path, capture_opener: CaptureOpener | None = None) -> None:
+    """The tasks of the config file and those created at run time (kept in the
+    task store, so a restart or a reload brings them back), and the verbs that
+    drive them (``commands``: the control socket's and the fleet's)."""
+
+    def __init__(self, config_path: Path, capture_opener: CaptureOpener | None = None,
+                 config: Config | None = None) -> None:
         self.config_path = config_path
+        self.config = config if config is not None else Config(node_name="", metrics_listen=None,
+                                                               control_socket="")
         self.manager = TaskManager(capture_opener)
+        self.store: TaskStore | None = None  # opened by run_daemon (tests may run without one)
         self.stop_requested = SignalFlag()  # set by signal handlers: no lock (otus_ebpf.signals)
         self.reload_requested = SignalFlag()
         self._reload_lock = threading.Lock()
+        self._runtime: dict[str, StoredTask] = {}  # the stored tasks now wanted, by name
+        self.commands = Commands(self.handlers())
 
     def reload(self) -> ApplyResult:
-        """Read the file again and apply it; an invalid file changes nothing."""
+        """Read the file again and apply it with the stored tasks; an invalid file changes nothing."""
         with self._reload_lock:
             try:
                 config = load_config(self.config_path)
@@ -53,21 +68,57 @@ class Daemon:
         return result
 
     def apply(self, config: Config) -> ApplyResult:
-        result = self.manager.apply(config)
+        """The file's tasks and the stored ones, run as one set: the file wins a name
+        both hold (the stored entry is set aside, and said)."""
+        self.config = config
+        stored = self._restore(config)
+        result = self.manager.apply(dataclasses.replace(config, tasks=(*config.tasks, *stored)))
         for task in self.manager.tasks():
             task.keep_recent(RECENT_KEPT)
+            entry = self._runtime.get(task.name)
+            if entry is not None and entry.paused and task.name in result.started:
+                with contextlib.suppress(ValueError):
+                    task.pause()
         return result
 
-    # -- control socket handlers ----------------------------------------------
+    def _restore(self, config: Config) -> list[TaskConfig]:
+        self._runtime = {}
+        if self.store is None:
+            return []
+        entries, problems = self.store.load()
+        for problem in problems:
+            _log.error(f"task store: {problem}; skipped")
+        in_file = {task.name for task in config.tasks}
+        restored = []
+        for entry in entries:
+            if entry.name in in_file:
+                moved = self.store.set_aside(entry.name, f"{config.source} defines a task {entry.name!r}")
+                _log.warning(f"task store: {entry.name!r} is also defined in {config.source}; the file's "
+                             f"runs, the stored one was moved to {moved}")
+                continue
+            try:
+                restored.append(runtime_task(entry.definition, config, f"stored task {entry.name!r}"))
+            except ConfigInvalid as invalid:
+                _log.error(f"task store: {invalid.problems[0]}; skipped")
+                continue
+            self._runtime[entry.name] = entry
+        return restored
 
-    def handlers(self) -> dict[str, Any]:
+    def fleet_state(self) -> dict[str, Any]:
+        """What a heartbeat says of this node's tasks."""
+        return {"tasks": [_task_state(task, task.name in self._runtime) for task in self.manager.tasks()]}
+
+    # -- the verbs ---------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Handler]:
         return {"list": self._list, "status": self._status, "stats": self._stats, "samples": self._samples,
                 "create": self._create, "delete": self._delete, "reload": self._reload,
                 "pause": self._pause, "resume": self._resume}
 
-    def _list(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def _list(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces),
-                           "failure": t.failure} for t in self.manager.tasks()]}
+                           "failure": t.failure, "stored": t.name in self._runtime}
+                          for t in self.manager.tasks()]}
 
     def _task(self, request: dict[str, Any]) -> Task:
         task = self.manager.get(str(request.get("task")))
@@ -75,31 +126,62 @@ class Daemon:
             raise SetupError(f"no task named {request.get('task')!r}")
         return task
 
-    def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _status(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
         task = self._task(request)
         return {"task": {"name": task.name, "state": task.state.value, "phase": task.phase,
                          "interfaces": list(task.options.interfaces), "stats": task.stats_line(),
                          "failure": task.failure}}
 
-    def _stats(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def _stats(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return {"stats": {t.name: t.stats_line() for t in self.manager.tasks()}}
 
-    def _samples(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def _samples(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return {"tasks": [{"name": t.name, "sample": sample_to_json(t.metrics_sample()),
                            "recent": t.recent_rows()} for t in self.manager.tasks()]}
 
-    def _create(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
+        """A task from a config file (socket only: a remote command names no local
+        file) or given whole; stored before it starts, unstored if it cannot."""
+        name = request.get("task")
+        if not isinstance(name, str) or not name:
+            raise SetupError('create: "task" names the task')
+        definition = self._definition(request, name, origin)
         try:
-            config = load_config(Path(str(request.get("config"))))
+            task_config = runtime_task(definition, self.config, f"task {name!r}")
         except ConfigInvalid as invalid:
             more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
             raise SetupError(f"{invalid.problems[0]}{more}") from None
-        wanted = str(request.get("task"))
-        task_config = next((t for t in config.tasks if t.name == wanted), None)
-        if task_config is None:
-            raise SetupError(f"{request.get('config')}: no task named {wanted!r}")
-        self._create_task(task_config)
-        return {"created": wanted}
+        if self.manager.get(name) is not None:
+            raise SetupError(f"task {name!r} exists")
+        with self._reload_lock:
+            if self.store is not None:
+                self.store.save(name, definition, origin)
+            try:
+                self._create_task(task_config)
+            except Exception:
+                if self.store is not None:
+                    self.store.remove(name)
+                raise
+            self._runtime[name] = StoredTask(name, definition, origin, False, 0)
+        return {"created": name}
+
+    def _definition(self, request: dict[str, Any], name: str, origin: str) -> dict[str, Any]:
+        given = request.get("definition")
+        if given is not None:
+            if not isinstance(given, dict):
+                raise SetupError('create: "definition" is an object, keyed as a task of a config file')
+            if given.get("name", name) != name:
+                raise SetupError(f"create: the definition names {given.get('name')!r}, not {name!r}")
+            return {**given, "name": name}
+        if origin != SOCKET:
+            raise SetupError('create: over Kafka, a task is sent whole ("definition"), not as a file path')
+        if not isinstance(request.get("config"), str):
+            raise SetupError('create: "config" names a config file, or "definition" gives the task')
+        try:
+            return task_definition(Path(request["config"]), name)
+        except ConfigInvalid as invalid:
+            more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
+            raise SetupError(f"{invalid.problems[0]}{more}") from None
 
     def _create_task(self, config: TaskConfig) -> None:
         try:
@@ -110,31 +192,53 @@ class Daemon:
         if task is not None:
             task.keep_recent(RECENT_KEPT)
 
-    def _pause(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _pause(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return self._pause_or_resume(request, Task.pause, "paused")
 
-    def _resume(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _resume(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return self._pause_or_resume(request, Task.resume, "resumed")
 
     def _pause_or_resume(self, request: dict[str, Any], action: Callable[[Task], None],
                          done: str) -> dict[str, Any]:
+        task = self._task(request)
         try:
-            action(self._task(request))
+            action(task)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
-        return {done: request.get("task")}
+        entry = self._runtime.get(task.name)
+        if entry is not None and self.store is not None:  # a stored task comes back as it was left
+            paused = done == "paused"
+            self.store.save(entry.name, entry.definition, entry.origin, paused=paused)
+            self._runtime[entry.name] = dataclasses.replace(entry, paused=paused)
+        return {done: task.name}
 
-    def _delete(self, request: dict[str, Any]) -> dict[str, Any]:
-        if not self.manager.delete(str(request.get("task"))):
+    def _delete(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
+        name = str(request.get("task"))
+        if not self.manager.delete(name):
             raise SetupError(f"no task named {request.get('task')!r}")
-        return {"deleted": request.get("task")}
+        if self._runtime.pop(name, None) is not None and self.store is not None:
+            self.store.remove(name)
+        return {"deleted": name}
 
-    def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
+    def _reload(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         result = self.reload()
         return {"started": result.started, "reconfigured": result.reconfigured, "restarted": result.restarted,
                 "stopped": result.stopped,
                 "unchanged": result.unchanged, "failed": result.failed}
 
+
+def _task_state(task: Task, stored: bool) -> dict[str, Any]:
+    """A task in a heartbeat: its state, how it captures, and its key counters."""
+    sample = task.metrics_sample()
+
+    def total(name: str) -> int:
+        return int(sum(sample.counters.get(name, {}).values()))
+
+    return {"name": task.name, "state": task.state.value, "mode": task.options.mode.value,
+            "interfaces": list(task.options.interfaces), "stored": stored, "failure": task.failure,
+            "records": total("otus_records_total"), "sip_messages": total("otus_sip_messages_total"),
+            "calls": int(sample.counters.get("otus_calls_total", {}).get((("outcome", "calls"),), 0)),
+            "records_lost": task.records_lost()}
 
 
 def run_daemon(config_path: Path, capture_opener: CaptureOpener | None = None) -> int:
@@ -144,20 +248,27 @@ def run_daemon(config_path: Path, capture_opener: CaptureOpener | None = None) -
         for problem in invalid.problems:
             _log.error(str(problem))
         return EXIT_INVALID
-    daemon = Daemon(config_path, capture_opener)
+    daemon = Daemon(config_path, capture_opener, config)
     with contextlib.ExitStack() as stack:
         _install_signals(stack, daemon)
+        daemon.store = TaskStore(Path(config.state_dir))
+        fleet = None if config.fleet is None else FleetChannel(config.fleet, daemon.commands.answer,
+                                                                daemon.fleet_state)
         if config.metrics_listen is not None:
-            metrics = MetricsServer(config.metrics_listen, daemon.manager.tasks)
+            metrics = MetricsServer(config.metrics_listen, daemon.manager.tasks,
+                                    fleet.figures if fleet is not None else None)
             stack.callback(metrics.close)
             _log.info(f"metrics on http://{metrics.address}/metrics")
-        control = ControlServer(config.control_socket, daemon.handlers())
+        control = ControlServer(config.control_socket, daemon.commands.answer)
         stack.callback(control.close)
         _log.info(f"control socket {config.control_socket}")
         stack.callback(daemon.manager.stop_all)  # first on the way out: tasks, newest first
         result = daemon.apply(config)
-        if result.failed and not daemon.manager.tasks():
+        if result.failed and not daemon.manager.tasks() and fleet is None:
             raise SetupError(f"no task could start: {'; '.join(result.failed.values())}")
+        if fleet is not None:  # after the tasks: a command never races the start; closed before them
+            fleet.start()
+            stack.callback(fleet.close)
         _log.info(f"daemon: {len(daemon.manager.tasks())} task(s) running")
         while not daemon.stop_requested.is_set():
             if daemon.reload_requested.wait(0.2):

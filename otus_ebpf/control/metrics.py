@@ -71,6 +71,8 @@ HELP = {
     "otus_tcp_total": "SIP-over-TCP stream outcomes",
     "otus_dialogs_active": "Calls being tracked",
     "otus_calls_total": "Calls by outcome",
+    "otus_fleet_commands_total": "Fleet commands read from Kafka, by what this node made of them",
+    "otus_fleet_sent_total": "Fleet answers and heartbeats: queued, delivered, failed, overflow",
     "otus_early_messages_total": "Messages of a dialog read ahead of its INVITE: replayed, or dropped",
     "otus_flows_active": "Media endpoints the live calls hold (per worker), learned into the kernel",
     "otus_rtp_streams_active": "RTP streams being measured",
@@ -151,13 +153,34 @@ class OtusCollector(Collector):
         yield from families.values()
 
 
+FleetFigures = Callable[[], dict[str, dict[str, int]]]  # otus_ebpf.fleet.channel.FleetChannel.figures
+
+
+class FleetCollector(Collector):
+    """The fleet channel's commands by verdict and its messages sent by outcome."""
+
+    def __init__(self, figures: FleetFigures) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._figures()
+        for metric, part in (("otus_fleet_commands_total", "commands"), ("otus_fleet_sent_total", "sent")):
+            family = CounterMetricFamily(metric.removesuffix("_total"), HELP[metric], labels=["outcome"])
+            for outcome, value in sorted(figures.get(part, {}).items()):
+                family.add_metric([outcome], value)
+            yield family
+
+
 class MetricsServer:
     """The /metrics endpoint on its own thread; ``close`` stops it and frees the port."""
 
-    def __init__(self, listen: str, tasks: Callable[[], Iterable[TaskView]]) -> None:
+    def __init__(self, listen: str, tasks: Callable[[], Iterable[TaskView]],
+                 fleet: FleetFigures | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(OtusCollector(tasks))
+        if fleet is not None:
+            self.registry.register(FleetCollector(fleet))
         try:
             server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
         except OSError as exc:

@@ -5,13 +5,15 @@ request per connection, one JSON answer.
     {"cmd": "status", "task": NAME}                  one task in detail
     {"cmd": "stats"}                                 every task's stats line
     {"cmd": "samples"}                               figures and latest SIP for `otus-ebpf top`
-    {"cmd": "create", "config": FILE, "task": NAME}  start a task defined in FILE
+    {"cmd": "create", "config": FILE, "task": NAME}  start (and store) a task defined in FILE
+    {"cmd": "create", "definition": {...}, "task": NAME}  ... or given whole, as a file's task
     {"cmd": "delete", "task": NAME}                  stop and remove a task
     {"cmd": "pause"|"resume", "task": NAME}          stop or restart taking packets, nothing detached
     {"cmd": "reload"}                                re-read the daemon's file (as SIGHUP)
 
 Answers are {"ok": true, ...} or {"ok": false, "error": "one line"}: every
-request is answered, whatever goes wrong in its handler. A connection that
+request is answered, whatever goes wrong in its handler (the verbs are
+otus_ebpf.control.commands', shared with the fleet's Kafka channel). A connection that
 sends nothing for ``CONNECTION_TIMEOUT_S`` is closed; at most
 ``MAX_CONNECTIONS`` are served at once, and the excess is refused (with an
 answer saying so) and counted.
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import socketserver
@@ -32,19 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otus_ebpf import logs
+from otus_ebpf.control.commands import error as _error
 from otus_ebpf.errors import SetupError
 
 MAX_REQUEST = 64 << 10
 CLIENT_TIMEOUT_S = 30.0
 CONNECTION_TIMEOUT_S = 10.0  # to send the request line; a handler may take longer to answer
 MAX_CONNECTIONS = 16
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-_log = logs.get(__name__)
-
-
-def _error(text: str) -> dict[str, Any]:
-    return {"ok": False, "error": text.splitlines()[0] if text.strip() else "error"}
+Answerer = Callable[[dict[str, Any]], dict[str, Any]]  # otus_ebpf.control.commands: the verbs
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -80,9 +76,9 @@ class _Connection(socketserver.BaseRequestHandler):
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: str, answer: Answerer) -> None:
         self.path = Path(path)
-        self._handlers = handlers
+        self._answer = answer
         self._active = 0
         self._active_lock = threading.Lock()
         self.refused = 0  # connections over MAX_CONNECTIONS
@@ -106,24 +102,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             request = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: nested ten thousand deep
             return _error("a request is one line of JSON")
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        if not isinstance(request, dict):
             return _error('a request is a JSON object with a "cmd"')
-        try:
-            return self.dispatch(request)
-        except (ValueError, SetupError, KeyError) as exc:
-            return _error(str(exc) or type(exc).__name__)
-        except Exception as exc:  # a bug in a handler: answered and logged, the daemon goes on
-            _log.error(f"control: {request.get('cmd')!r} failed: {type(exc).__name__}: {exc}",
-                       exc_info=_log.isEnabledFor(logging.DEBUG))
-            return _error(f"internal error: {type(exc).__name__}: {exc}")
-
-    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
-        _log.debug(f"control: {request['cmd']!r}")
-        handler = self._handlers.get(request["cmd"])
-        if handler is None:
-            known = ", ".join(sorted(self._handlers))
-            raise ValueError(f"unknown command {request['cmd']!r} (known: {known})")
-        return {"ok": True, **handler(request)}
+        return self._answer(request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """One thread per connection, at most MAX_CONNECTIONS at once."""

@@ -31,6 +31,7 @@ from otus_ebpf.control.kinds import (
     Workers,
     default_workers,
 )
+from otus_ebpf.fleet.settings import COMMAND_TOPIC, RESPONSE_TOPIC, STATUS_TOPIC, FleetSettings
 from otus_ebpf.kernel.attach import AttachMethod, XdpMode
 from otus_ebpf.kernel.settings import (
     DEFAULT_MEDIA_SNAPLEN,
@@ -57,6 +58,7 @@ from userspace.tcp import TcpLimits
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"
 DEFAULT_CONTROL_SOCKET = "/run/otus-ebpf/control.sock"
+DEFAULT_STATE_DIR = "/var/lib/otus-ebpf"
 CLI_TASK_NAME = "capture"  # what `attach` and `replay` without a file call their task
 
 
@@ -64,6 +66,7 @@ class Group(Enum):
     """Where a setting is shown: `attach --help`'s sections, docs/CONFIG.md's tables, in this order."""
 
     NODE = "node"
+    FLEET = "fleet"
     CAPTURE = "capture"
     FILTERS = "filters"
     OUTPUTS = "outputs"
@@ -98,7 +101,7 @@ class Setting:
     group: Group
     flag: str | None = None     # None: config only
     repeatable: bool = False    # a list in the file, a flag given once per item
-    secret_file: bool = False   # names a file holding a secret, read when the task is built
+    secret_file: bool = False   # names a file holding a secret, read when the task (or the file) is built
     replay: bool = False        # `replay` takes the flag too
     scope: Scope = Scope.TASK
     env: str | None = None      # an OTUS_ variable that overrides the file's value
@@ -162,6 +165,33 @@ SETTINGS: tuple[Setting, ...] = (
             env="OTUS_METRICS_LISTEN"),
     Setting("control_socket", "control.socket", Text("path"), DEFAULT_CONTROL_SOCKET,
             "the daemon's control socket", Group.NODE, scope=Scope.FILE, env="OTUS_CONTROL_SOCKET"),
+    Setting("state_dir", "state.dir", Text("path"), DEFAULT_STATE_DIR,
+            "where the daemon keeps the tasks created at run time (0700), restored at its start",
+            Group.NODE, scope=Scope.FILE, env="OTUS_STATE_DIR"),
+    Setting("fleet_brokers", "control.kafka.brokers", Text("brokers"), None,
+            "take commands from, answer on and send heartbeats to these Kafka brokers (docs/FLEET.md)",
+            Group.FLEET, scope=Scope.FILE, required=True),
+    Setting("fleet_key_file", "control.kafka.key_file", Text("path"), None,
+            "file holding the fleet's shared HMAC key (mode 0600, at least 16 bytes)", Group.FLEET,
+            scope=Scope.FILE, required=True, secret_file=True),
+    Setting("fleet_groups", "control.kafka.groups", Text("names"), (),
+            "groups this node answers for, besides its node.name", Group.FLEET, scope=Scope.FILE,
+            repeatable=True),
+    Setting("fleet_command_topic", "control.kafka.command_topic", Text("topic"), COMMAND_TOPIC,
+            "where commands are read", Group.FLEET, scope=Scope.FILE),
+    Setting("fleet_response_topic", "control.kafka.response_topic", Text("topic"), RESPONSE_TOPIC,
+            "where answers go, keyed by request id", Group.FLEET, scope=Scope.FILE),
+    Setting("fleet_status_topic", "control.kafka.status_topic", Text("topic"), STATUS_TOPIC,
+            "where heartbeats go, keyed by node", Group.FLEET, scope=Scope.FILE),
+    Setting("fleet_read_only", "control.kafka.read_only", Switch(), False,
+            "take only list, status, stats and samples over Kafka", Group.FLEET, scope=Scope.FILE),
+    Setting("fleet_max_age_s", "control.kafka.max_age_s", Number(1, 86_400, metavar="SECONDS"),
+            _default(FleetSettings, "max_age_s"),
+            "commands sent longer ago than this (or as far ahead, by this node's clock) are refused",
+            Group.FLEET, scope=Scope.FILE),
+    Setting("fleet_heartbeat_s", "control.kafka.heartbeat_s", Number(0.2, 3_600, metavar="SECONDS"),
+            _default(FleetSettings, "heartbeat_s"), "seconds between heartbeats", Group.FLEET,
+            scope=Scope.FILE),
     Setting("log_level", "log.level", Choice(LEVELS), DEFAULT_LEVEL,
             "the least severe messages logged (read when the program starts)", Group.OBSERVABILITY,
             "--log-level", scope=Scope.FILE, commands=("attach", "replay", "daemon")),

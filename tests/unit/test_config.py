@@ -71,7 +71,7 @@ EXPECTED = {
         "(expected one of: ttl_s, max_calls, max_streams, rtp_report_interval_s)"],
     # The top level gained log (log.level): the list of expected keys says so.
     "unknown_top_key": [
-        "1: taks: unknown key (expected one of: node, metrics, control, log, defaults, tasks)"],
+        "1: taks: unknown key (expected one of: node, metrics, control, state, log, defaults, tasks)"],
     "workers_negative": ["4: tasks[0].workers: must be between 1 and 8, not -3"],
     # A NUL passed validation, then failed with a traceback when the file was opened.
     "name_with_nul": ["2: tasks[0].name: must not contain control characters (found '\\x00')"],

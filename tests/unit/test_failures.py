@@ -28,6 +28,7 @@ from otus_ebpf.capture.replay import CaptureFileError, read_frames, run_replay
 from otus_ebpf.capture.sampling import TaskSample
 from otus_ebpf.cli import agent
 from otus_ebpf.cli.tui import Dashboard, printable
+from otus_ebpf.control.commands import Commands
 from otus_ebpf.control.server import MAX_CONNECTIONS, ControlServer, request
 from otus_ebpf.control.task import Task, TaskState
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
@@ -208,18 +209,18 @@ def test_a_file_write_the_disk_cannot_take_whole_is_undone(tmp_path: Path) -> No
 
 @pytest.fixture
 def control(tmp_path: Path) -> Any:
-    def boom(_request: dict[str, Any]) -> dict[str, Any]:
+    def boom(_request: dict[str, Any], _origin: str) -> dict[str, Any]:
         raise KeyError("a bug in a handler")
 
-    def slow(_request: dict[str, Any]) -> dict[str, Any]:
+    def slow(_request: dict[str, Any], _origin: str) -> dict[str, Any]:
         time.sleep(0.5)
         return {"slept": True}
 
-    def crash(_request: dict[str, Any]) -> dict[str, Any]:
+    def crash(_request: dict[str, Any], _origin: str) -> dict[str, Any]:
         raise RuntimeError("not a request's fault")
 
-    server = ControlServer(str(tmp_path / "c.sock"),
-                           {"boom": boom, "slow": slow, "crash": crash, "ok": lambda _r: {}})
+    commands = Commands({"boom": boom, "slow": slow, "crash": crash, "ok": lambda _r, _o: {}})
+    server = ControlServer(str(tmp_path / "c.sock"), commands.answer)
     yield server
     server.close()
 
@@ -239,8 +240,8 @@ def test_a_handler_that_crashes_is_answered_and_logged_as_an_error(control: Cont
                                                                   logged: pytest.LogCaptureFixture) -> None:
     with pytest.raises(SetupError, match="internal error: RuntimeError"):
         request(str(control.path), {"cmd": "crash"})
-    assert logged.record_tuples == [("otus_ebpf.control.server", logging.ERROR,
-                                     "control: 'crash' failed: RuntimeError: not a request's fault")]
+    assert logged.record_tuples == [("otus_ebpf.control.commands", logging.ERROR,
+                                     "socket: 'crash' failed: RuntimeError: not a request's fault")]
     assert request(str(control.path), {"cmd": "ok"}) == {"ok": True}, "and the daemon goes on"
 
 
@@ -283,7 +284,7 @@ def test_creating_a_task_from_an_invalid_file_is_answered(tmp_path: Path) -> Non
     bad = tmp_path / "bad.yaml"
     bad.write_text("tasks:\n  - name: a\n    interfaces: [lo]\n    workers: 0\n")
     daemon = Daemon(bad, FakeOpener())
-    server = ControlServer(str(tmp_path / "c.sock"), daemon.handlers())
+    server = ControlServer(str(tmp_path / "c.sock"), daemon.commands.answer)
     try:
         with pytest.raises(SetupError, match=r"bad.yaml:4: tasks\[0\].workers: must be between 1 and 8"):
             request(str(server.path), {"cmd": "create", "config": str(bad), "task": "a"})

@@ -28,10 +28,12 @@ MAY_IMPORT = {
                           "otus_ebpf.capture"},
     "otus_ebpf.capture": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
                           "otus_ebpf.options", "otus_ebpf.capture"},
+    "otus_ebpf.fleet": {"otus_ebpf.fleet"},
     "otus_ebpf.control": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                          "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.control"},
+                          "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control"},
     "otus_ebpf.cli": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                      "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.control", "otus_ebpf.cli"},
+                      "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control",
+                      "otus_ebpf.cli"},
     "otus_ebpf.__main__": {"otus_ebpf.cli"},
 }
 

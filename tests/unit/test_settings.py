@@ -131,7 +131,8 @@ def file_of(settings: list[Setting] | tuple[Setting, ...], text: dict[str, str])
 
 def test_one_value_given_as_a_flag_or_as_a_key_arrives_as_the_same_thing(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
+    secret.write_text("s3cret-long-enough-for-a-fleet-key\n")
+    secret.chmod(0o600)
     chosen = {s.name: sample(s, secret) for s in SETTINGS}
     expected = {s.name: parsed(s, chosen[s.name]) for s in SETTINGS}
     for setting in SETTINGS:
@@ -139,7 +140,7 @@ def test_one_value_given_as_a_flag_or_as_a_key_arrives_as_the_same_thing(tmp_pat
     config = file_of(SETTINGS, chosen)
     (task,) = config.tasks
     for setting in SETTINGS:
-        in_file = task.values[setting.name] if setting.scope is Scope.TASK else getattr(config, setting.name)
+        in_file = (task.values if setting.scope is Scope.TASK else config.values)[setting.name]
         assert in_file == expected[setting.name], setting.key
     argv = ["attach", *expected["interfaces"]]
     for setting in (s for s in SETTINGS if "attach" in s.takes):

@@ -1,0 +1,1 @@
+"""Fleet operation over Kafka: signed commands, answers and heartbeats (docs/FLEET.md)."""
