@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up otus-ebpf on a Debian 12 machine, as root. Idempotent: a second run
 # checks, changes nothing and takes about a second.
-#   Debian packages (bcc, kernel headers, iproute2, sipp, tshark, tcpdump, tmux, vagrant),
+#   Debian packages (bcc, kernel headers, iproute2, sipp, tshark, tcpdump, tmux, vagrant, openssl),
 #   the /lib/modules link bcc needs when the running kernel has no headers,
 #   .venv importing Debian's bcc, and `pip install -e .[dev]`.
 set -euo pipefail
@@ -36,7 +36,7 @@ apt_install() {
 
 install_packages() {
     apt_install python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc \
-        iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates \
+        iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates openssl \
         gcc libc6-dev python3-dev  # mypyc's C extensions (scripts/build_native.py)
 }
 
