@@ -151,9 +151,9 @@ class Daemon:
         except ConfigInvalid as invalid:
             more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
             raise SetupError(f"{invalid.problems[0]}{more}") from None
-        if self.manager.get(name) is not None:
-            raise SetupError(f"task {name!r} exists")
-        with self._reload_lock:
+        with self._reload_lock:  # one change at a time: socket, Kafka and reload never interleave
+            if self.manager.get(name) is not None:
+                raise SetupError(f"task {name!r} exists")
             if self.store is not None:
                 self.store.save(name, definition, origin)
             try:
@@ -200,24 +200,27 @@ class Daemon:
 
     def _pause_or_resume(self, request: dict[str, Any], action: Callable[[Task], None],
                          done: str) -> dict[str, Any]:
-        task = self._task(request)
-        try:
-            action(task)
-        except ValueError as exc:
-            raise SetupError(str(exc)) from None
-        entry = self._runtime.get(task.name)
-        if entry is not None and self.store is not None:  # a stored task comes back as it was left
-            paused = done == "paused"
-            self.store.save(entry.name, entry.definition, entry.origin, paused=paused)
-            self._runtime[entry.name] = dataclasses.replace(entry, paused=paused)
+        with self._reload_lock:
+            task = self._task(request)
+            try:
+                action(task)
+            except ValueError as exc:
+                raise SetupError(str(exc)) from None
+            entry = self._runtime.get(task.name)
+            if entry is not None and self.store is not None:  # a stored task comes back as it was left
+                paused = done == "paused"
+                self.store.save(entry.name, entry.definition, entry.origin, paused=paused)
+                self._runtime[entry.name] = dataclasses.replace(entry, paused=paused)
         return {done: task.name}
 
     def _delete(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
         name = str(request.get("task"))
-        if not self.manager.delete(name):
-            raise SetupError(f"no task named {request.get('task')!r}")
-        if self._runtime.pop(name, None) is not None and self.store is not None:
-            self.store.remove(name)
+        with self._reload_lock:
+            if self.manager.get(name) is None:
+                raise SetupError(f"no task named {request.get('task')!r}")
+            if self._runtime.pop(name, None) is not None and self.store is not None:
+                self.store.remove(name)  # first: a task deleted never comes back, even if stopping fails
+            self.manager.delete(name)
         return {"deleted": name}
 
     def _reload(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:

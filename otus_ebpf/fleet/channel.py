@@ -175,8 +175,13 @@ class FleetChannel:
             self._consumer.commit(message=message, asynchronous=False)
 
     def _respond(self, command: Command, body: dict[str, Any]) -> None:
-        signed = envelope.answer(command, self.settings.node, self._clock(), body, self.settings.key)
-        self._send(self.settings.response_topic, command.id, signed)
+        s = self.settings
+        try:
+            signed = envelope.answer(command, s.node, self._clock(), body, s.key)
+        except ValueError:  # a NaN among the figures: JSON cannot carry it, nor can a signature cover it
+            refusal = {"ok": False, "error": "the answer holds a value JSON cannot carry"}
+            signed = envelope.answer(command, s.node, self._clock(), refusal, s.key)
+        self._send(s.response_topic, command.id, signed)
 
     # -- heartbeats -----------------------------------------------------------------
 
