@@ -61,6 +61,7 @@ class CaptureOptions:
 
 class Capture(Protocol):
     description: str
+    mode: CaptureMode  # how it captures: XDP/TC programs or AF_PACKET sockets (never AUTO)
 
     def poll(self, timeout_ms: int) -> Sequence[Captured]: ...
 
@@ -134,6 +135,8 @@ def attach_hooks(stack: contextlib.ExitStack, programs: LoadedPrograms, options:
 
 
 class _EbpfCapture:
+    mode = CaptureMode.XDP
+
     def __init__(self, stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
                  on_stop: OnStop) -> None:
         programs = load_programs(options.kernel)
@@ -175,6 +178,8 @@ class _EbpfCapture:
 
 
 class _AfPacket:
+    mode = CaptureMode.AFPACKET
+
     def __init__(self, capture: AfPacketCapture, description: str) -> None:
         self._capture = capture
         self.description = description

@@ -29,7 +29,7 @@ from typing import Any
 from otus_ebpf import logs
 from otus_ebpf.capture.runner import Runner, bug_reporter, strict_mode
 from otus_ebpf.capture.sampling import TaskSample, sample_to_json
-from otus_ebpf.capture.sources import OnStop
+from otus_ebpf.capture.sources import CaptureMode, OnStop
 from otus_ebpf.kernel.flows import FlowStats
 from otus_ebpf.kernel.loader import LoadedPrograms
 from otus_ebpf.kernel.rings import open_reader
@@ -73,6 +73,7 @@ class _WorkerCapture:
     the parent, the one writer of the flow map (otus_ebpf.kernel.flows.SharedFlows)."""
 
     description = "events"
+    mode = CaptureMode.XDP  # workers read the programs' rings
 
     def __init__(self, shard: int, send_flows: SendFlows, programs: LoadedPrograms) -> None:
         self._shard = shard

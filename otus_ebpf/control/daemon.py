@@ -237,7 +237,7 @@ def _task_state(task: Task, stored: bool) -> dict[str, Any]:
     def total(name: str) -> int:
         return int(sum(sample.counters.get(name, {}).values()))
 
-    return {"name": task.name, "state": task.state.value, "mode": task.options.mode.value,
+    return {"name": task.name, "state": task.state.value, "mode": task.capture_mode,
             "interfaces": list(task.options.interfaces), "stored": stored, "failure": task.failure,
             "records": total("otus_records_total"), "sip_messages": total("otus_sip_messages_total"),
             "calls": int(sample.counters.get("otus_calls_total", {}).get((("outcome", "calls"),), 0)),

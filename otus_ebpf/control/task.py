@@ -353,6 +353,15 @@ class Task:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""
         return self.engine.recent_rows() if self.engine is not None else []
 
+    @property
+    def capture_mode(self) -> str:
+        """How it captures once started, ``auto`` resolved: xdp or afpacket."""
+        if isinstance(self.engine, Supervisor):
+            return CaptureMode.XDP.value
+        if self.runner is not None and self.runner.capture is not None:
+            return self.runner.capture.mode.value
+        return self.options.mode.value
+
     def stats_line(self) -> str:
         if self.engine is None:
             return f"otus-ebpf: {','.join(self.options.interfaces)} {self.state.value}"

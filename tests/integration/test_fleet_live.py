@@ -222,7 +222,8 @@ def test_two_daemons_driven_by_signed_commands(lab: Lab, tmp_path: Path) -> None
 
         table = _cli(lab, broker, "status").stdout
         assert _nodes(table) == {"a": "running", "b": "running"}, table
-        assert "t2" in table and "a-calls" in table and "b-calls" in table and "afpacket" in table, table
+        assert "t2" in table and "a-calls" in table and "b-calls" in table, table
+        assert " xdp " in table and " afpacket " in table, table
 
         assert daemons["a"].stop(signal.SIGTERM) == 0, daemons["a"].output()
         daemons["b"].stop(signal.SIGKILL)

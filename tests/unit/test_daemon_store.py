@@ -184,3 +184,11 @@ def test_a_task_that_cannot_start_is_not_stored(node: Node) -> None:
     answer = node.ask(cmd="create", task="t2", definition=broken)
     assert not answer["ok"] and "nonexistent0" in answer["error"], answer
     assert node.daemon.store is not None and node.daemon.store.load() == ([], [])
+
+
+def test_a_heartbeat_says_how_each_task_captures_and_which_are_stored(node: Node) -> None:
+    node.ask(cmd="create", task="t2", definition={**definition(node.tmp), "mode": "auto"})
+    tasks = {t["name"]: t for t in node.daemon.fleet_state()["tasks"]}
+    assert {name: (t["state"], t["mode"], t["stored"]) for name, t in tasks.items()} == {
+        "file-task": ("running", "afpacket", False), "t2": ("running", "afpacket", True)}
+    assert set(tasks["t2"]) >= {"records", "sip_messages", "calls", "records_lost", "interfaces"}

@@ -42,6 +42,7 @@ class FakeCapture:
     def __init__(self, stack: contextlib.ExitStack, on_stop: OnStop, batches: list[list[bytes]],
                  leftover: list[bytes]) -> None:
         self.description = "fake"
+        self.mode = CaptureMode.AFPACKET
         self.batches = batches
         self.closes = 0
         self._leftover = leftover
