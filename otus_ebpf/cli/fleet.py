@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otus_ebpf.control.config import ConfigInvalid, task_definition
+from otus_ebpf.control.bounds import Bound, parse_float
+from otus_ebpf.control.config import ConfigInvalid, load, task_definition
 from otus_ebpf.errors import SetupError
 from otus_ebpf.fleet.client import Answer, NodeStatus, fleet_status, send
 from otus_ebpf.fleet.envelope import Target, target_of
@@ -25,8 +29,8 @@ def add_commands(commands: Any) -> None:
     fleet = commands.add_parser("fleet", help=about, description=about)
     actions = fleet.add_subparsers(dest="fleet_action", required=True)
     status = actions.add_parser("status", help="every node's latest heartbeat: state, age, tasks")
-    status.add_argument("--status-topic", default=STATUS_TOPIC)
-    status.add_argument("--since", type=float, default=DEFAULT_SINCE_S, metavar="SECONDS",
+    status.add_argument("--status-topic", help=f"default {STATUS_TOPIC}")
+    status.add_argument("--since", type=_seconds, default=DEFAULT_SINCE_S, metavar="SECONDS",
                         help=f"nodes heard from in this long (default {DEFAULT_SINCE_S:g})")
     status.add_argument("--key-file", help="check the heartbeats' signatures with the fleet's key")
     sender = actions.add_parser("send", help="sign a command, send it, print the answers")
@@ -38,23 +42,66 @@ def add_commands(commands: Any) -> None:
     to.add_argument("--all", action="store_true", help="every node")
     sender.add_argument("-c", "--config", type=Path, metavar="FILE",
                         help="create: the file holding the task (read here, sent whole)")
-    sender.add_argument("--key-file", required=True, help="the fleet's shared key (mode 0600)")
-    sender.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    sender.add_argument("--key-file", help="the fleet's shared key (mode 0600)")
+    sender.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"how long to wait for answers (default {DEFAULT_TIMEOUT_S:g})")
-    sender.add_argument("--command-topic", default=COMMAND_TOPIC)
-    sender.add_argument("--response-topic", default=RESPONSE_TOPIC)
+    sender.add_argument("--command-topic", help=f"default {COMMAND_TOPIC}")
+    sender.add_argument("--response-topic", help=f"default {RESPONSE_TOPIC}")
     for parser in (status, sender):
-        parser.add_argument("--kafka", required=True, metavar="BROKERS", help="the fleet's Kafka brokers")
+        parser.add_argument("--kafka", metavar="BROKERS", help="the fleet's Kafka brokers")
+        parser.add_argument("--daemon-config", type=Path, metavar="FILE",
+                            help="take the brokers, key, topics and TLS/SASL from this daemon file's "
+                                 "control.kafka (the flags given override them)")
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
+def _seconds(text: str) -> float:
+    try:
+        return parse_float(text, Bound(0.1, 86_400 * 366))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    link = _link(args)
     if args.fleet_action == "status":
-        key = _key(args.key_file) if args.key_file else None
-        nodes = fleet_status(args.kafka, args.status_topic, key, args.since)
+        nodes = fleet_status(link.brokers, args.status_topic or link.status_topic, link.key, args.since,
+                             link.security)
         print("\n".join(json.dumps(_as_json(n)) for n in nodes) if args.json else _status_table(nodes))
         return 0
-    return _send(args)
+    return _send(args, link)
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """How to reach the fleet: from the flags, over a daemon file's control.kafka."""
+
+    brokers: str
+    key: bytes | None = field(default=None, repr=False)
+    command_topic: str = COMMAND_TOPIC
+    response_topic: str = RESPONSE_TOPIC
+    status_topic: str = STATUS_TOPIC
+    security: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def _link(args: argparse.Namespace) -> _Link:
+    link = _Link("")
+    if args.daemon_config is not None:
+        try:
+            fleet = load(args.daemon_config).fleet
+        except ConfigInvalid as invalid:
+            raise SetupError(str(invalid.problems[0])) from None
+        if fleet is None:
+            raise SetupError(f"{args.daemon_config} has no control.kafka")
+        link = _Link(fleet.brokers, fleet.key, fleet.command_topic, fleet.response_topic, fleet.status_topic,
+                     fleet.security)
+    if args.kafka:
+        link = dataclasses.replace(link, brokers=args.kafka)
+    if args.key_file:
+        link = dataclasses.replace(link, key=_key(args.key_file))
+    if not link.brokers:
+        raise SetupError("which broker? --kafka BROKERS, or --daemon-config FILE")
+    return link
 
 
 def _key(path: str) -> bytes:
@@ -64,16 +111,20 @@ def _key(path: str) -> bytes:
         raise SetupError(f"--key-file: {exc}") from None
 
 
-def _send(args: argparse.Namespace) -> int:
-    target = target_of({"node": args.node} if args.node else {"group": args.group} if args.group
-                       else {"all": True})
+def _send(args: argparse.Namespace, link: _Link) -> int:
+    # An empty --node "$NODE" must be refused, never taken for --all.
+    target = target_of({"node": args.node} if args.node is not None else
+                       {"group": args.group} if args.group is not None else {"all": True})
     if target is None:
-        raise SetupError("--node/--group: a printable name of at most 256 characters")
+        raise SetupError("--node/--group: a printable name of 1 to 256 characters")
+    if link.key is None:
+        raise SetupError("a command is signed: --key-file FILE, or --daemon-config FILE")
     arguments = _arguments(args)
-    answers = send(args.kafka, _key(args.key_file), target, args.verb, arguments, args.timeout,
-                   args.command_topic, args.response_topic, expect=1 if target.node else None)
+    answers = send(link.brokers, link.key, target, args.verb, arguments, args.timeout,
+                   args.command_topic or link.command_topic, args.response_topic or link.response_topic,
+                   expect=1 if target.node else None, security=link.security)
     for answer in answers:
-        print(json.dumps(answer.body) if args.json else _answer_line(answer))
+        print(json.dumps({**answer.body, "verified": answer.verified}) if args.json else _answer_line(answer))
     if not answers:
         raise SetupError(f"no answer within {args.timeout:g} s from {_who(target)}")
     return 0 if all(a.verified and a.body.get("ok") for a in answers) else 1
@@ -106,13 +157,13 @@ def _answer_line(answer: Answer) -> str:
     body = {k: v for k, v in answer.body.items() if k not in ("v", "id", "node", "ts_ms", "cmd", "ok", "sig")}
     unsigned = "" if answer.verified else "  (UNVERIFIED: not signed with this key)"
     if not answer.body.get("ok"):
-        return f"{_clean(answer.node)}: error: {_clean(answer.body.get('error'))}{unsigned}"
+        return f"{_clean(answer.node)}: error: {_clean(answer.body.get('error'), 1_000)}{unsigned}"
     return f"{_clean(answer.node)}: ok {json.dumps(body)}{unsigned}"
 
 
-def _clean(value: Any) -> str:
-    """A heartbeat's text for a terminal: anyone who can write the topic wrote it."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))[:80]
+def _clean(value: Any, limit: int = 80) -> str:
+    """A heartbeat's or an answer's text for a terminal: anyone who can write the topic wrote it."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
 
 
 def _status_table(nodes: list[NodeStatus]) -> str:
@@ -123,7 +174,8 @@ def _status_table(nodes: list[NodeStatus]) -> str:
         beat = n.beat
         checked = "" if n.verified is None else "" if n.verified else "  UNVERIFIED"
         groups = beat["groups"] if isinstance(beat.get("groups"), list) else []
-        lines.append(f"{_clean(n.node):16} {n.state:8} {_ago(n.age_s):>10} {_span(beat.get('uptime_s')):>9} "
+        lines.append(f"{_clean(n.node):16} {_clean(n.state):8} {_ago(n.age_s):>10} "
+                     f"{_span(beat.get('uptime_ms')):>9} "
                      f"{_clean(beat.get('version', '?')):8} {_clean(','.join(map(str, groups))) or '-'}"
                      f"{checked}")
         for task in beat.get("tasks", []) if isinstance(beat.get("tasks"), list) else []:
@@ -144,10 +196,10 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
-def _span(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
+def _span(ms: Any) -> str:
+    if not isinstance(ms, int | float) or not 0 <= ms < 1e15 or not math.isfinite(ms):
         return "?"
-    whole = int(seconds)
+    whole = int(ms) // 1000
     if whole >= 3600:
         return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
     return f"{whole // 60}m{whole % 60:02d}s"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,15 @@ from otus_ebpf.control.settings import (
     of_scope,
 )
 from otus_ebpf.files import NotRegularFile, read_bounded
-from otus_ebpf.fleet.settings import FleetSettings, read_key
+from otus_ebpf.fleet.settings import TAKEN_FILE, FleetSettings, read_key
 from otus_ebpf.logs import DEFAULT_LEVEL
 from otus_ebpf.options import AttachOptions, Dispatch
+from otus_ebpf.outputs.kafka_producer import KafkaSecurity
 from otus_ebpf.secret import read_secret
 
 MAX_CONFIG_BYTES = 16 << 20
 MAX_CONFIG_NODES = 100_000  # values in the file once aliases are expanded
+MAX_TASK_NAME = 128  # a name is shown in tables, logs, heartbeats and metric labels
 _STR_TAG = "tag:yaml.org,2002:str"
 _INVALID = object()  # a value refused (its problem recorded): the default stands
 
@@ -129,9 +131,10 @@ class Config:
     values: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and check the file; raises ConfigInvalid with every problem found."""
-    return parse(read_text(path), str(path), os.environ if environ is None else environ)
+def load(path: Path, environ: Mapping[str, str] | None = None, secrets: bool = True) -> Config:
+    """Read and check the file; raises ConfigInvalid with every problem found.
+    ``secrets=False``: the secret files are named, not read (another host reads them)."""
+    return parse(read_text(path), str(path), os.environ if environ is None else environ, secrets)
 
 
 def read_text(path: Path) -> str:
@@ -164,22 +167,28 @@ def runtime_task(definition: Mapping[str, Any], config: Config, label: str) -> T
     document = {"node": {"name": config.node_name}, "defaults": dict(config.defaults),
                 "tasks": [dict(definition)]}
     try:
-        text = json.dumps(document, allow_nan=False, indent=1)  # lines apart: the defaults' are told apart
-    except (TypeError, ValueError) as exc:
+        # Lines apart, so the defaults' problems are told apart; UTF-8 as is, since YAML
+        # would read a \\u escaped pair of surrogates as two broken characters.
+        text = json.dumps(document, allow_nan=False, indent=1, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigInvalid([Problem(label, 0, "(definition)", f"not plain JSON data: {exc}")]) from None
     try:
         parsed = parse(text, label, {})
     except ConfigInvalid as invalid:
         raise ConfigInvalid([Problem(label, 0, p.path.removeprefix("tasks[0]."), p.message)
                              for p in invalid.problems]) from None
-    return parsed.tasks[0]
+    task = parsed.tasks[0]
+    if task.name != definition.get("name"):  # the name is what delete and status find it by
+        raise ConfigInvalid([Problem(label, 0, "name", "must be text as JSON carries it")])
+    return task
 
 
 def task_definition(path: Path, name: str) -> dict[str, Any]:
     """The task ``name`` of a config file as plain data, its file's defaults merged
     in: what a task created from a file is stored as. The file is checked whole
-    first (ConfigInvalid); KeyError when it has no such task."""
-    load(path)
+    first (ConfigInvalid), its secret files named, not read: they are the nodes'
+    to read; KeyError when it has no such task."""
+    load(path, secrets=False)
     root = yaml.compose(read_text(path), Loader=yaml.SafeLoader)
     top = {str(k.value): v for k, v in root.value} if isinstance(root, yaml.MappingNode) else {}
     tasks = top.get("tasks")
@@ -191,10 +200,12 @@ def task_definition(path: Path, name: str) -> dict[str, Any]:
     raise KeyError(f"{path}: no task named {name!r}")
 
 
-def parse(text: str, file: str, environ: Mapping[str, str]) -> Config:
-    checker = _Checker(file)
+def parse(text: str, file: str, environ: Mapping[str, str], secrets: bool = True) -> Config:
+    checker = _Checker(file, secrets)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # nested thousands deep: no config
+        raise ConfigInvalid([Problem(file, 0, "(syntax)", "nested too deep")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -214,8 +225,9 @@ class _Checker:
     """Walks the composed YAML along the settings; each step records a problem
     and leaves the default in place instead of raising, so one pass finds everything."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, secrets: bool = True) -> None:
         self.file = file
+        self.secrets = secrets  # read the secret files (False: only their names are checked)
         self.problems: list[Problem] = []
         self.defaults_lines = (0, -1)  # the file's defaults section, when it has one
         self.node_name: str | None = None  # node.name: the tasks' default HEP node and Kafka header
@@ -332,22 +344,36 @@ class _Checker:
         return Config(node_name=values["node_name"], metrics_listen=values["metrics_listen"],
                       control_socket=values["control_socket"], tasks=tasks, source=self.file,
                       log_level=values["log_level"], state_dir=values["state_dir"],
-                      fleet=self.fleet(values, nodes.get("fleet_key_file", root)),
+                      fleet=self.fleet(values, nodes, root),
                       defaults=_plain(defaults_node), values=values)
 
-    def fleet(self, values: Mapping[str, Any], key_node: yaml.Node | None) -> FleetSettings | None:
-        if values["fleet_brokers"] is None or values["fleet_key_file"] is None:
+    def fleet(self, values: Mapping[str, Any], nodes: Mapping[str, yaml.Node],
+              root: yaml.Node | None) -> FleetSettings | None:
+        if values["fleet_brokers"] is None or values["fleet_key_file"] is None or not self.secrets:
             return None  # without control.kafka; or a key missing, said by section()
-        try:
-            key = read_key(values["fleet_key_file"])
-        except ValueError as exc:
-            self.problem(key_node, "control.kafka.key_file", str(exc))
+
+        def secret(name: str, read: Callable[[str], Any]) -> Any:
+            try:
+                return None if values[name] is None else read(values[name])
+            except ValueError as exc:
+                self.problem(nodes.get(name, root), BY_NAME[name].key, str(exc))
+                return None
+
+        key = secret("fleet_key_file", read_key)
+        security = KafkaSecurity(
+            protocol=values["fleet_security_protocol"], sasl_mechanism=values["fleet_sasl_mechanism"],
+            sasl_username=values["fleet_sasl_username"],
+            sasl_password=secret("fleet_sasl_password_file", read_secret), ssl_ca=values["fleet_ssl_ca"],
+            ssl_cert=values["fleet_ssl_cert"], ssl_key=values["fleet_ssl_key"],
+            ssl_key_password=secret("fleet_ssl_key_password_file", read_secret))
+        if key is None:
             return None
         return FleetSettings(values["fleet_brokers"], values["node_name"], key,
                              tuple(values["fleet_groups"]), values["fleet_command_topic"],
                              values["fleet_response_topic"], values["fleet_status_topic"],
                              values["fleet_read_only"], values["fleet_max_age_s"],
-                             values["fleet_heartbeat_s"])
+                             values["fleet_heartbeat_s"], str(Path(values["state_dir"]) / TAKEN_FILE),
+                             security.client_config())
 
     def tasks(self, node: yaml.Node | None, defaults_node: yaml.Node | None) -> list[TaskConfig]:
         tasks, names = [], set()
@@ -385,11 +411,14 @@ class _Checker:
                 where = node  # the defaults' value is wrong only with this task's: said at the task
             self.problem(where, _join(path, BY_NAME[name].key), message)
             values[name] = defaults()[name]
+        if values["name"] is not None and len(values["name"]) > MAX_TASK_NAME:
+            self.problem(nodes.get("name", node), _join(path, "name"),
+                         f"{len(values['name'])} characters: a task name has at most {MAX_TASK_NAME}")
         task_name = values["name"] or f"task-{path}"
 
         def secret(setting: Setting, file: str) -> str | None:
             try:
-                return read_secret(file)
+                return read_secret(file) if self.secrets else None
             except ValueError as exc:
                 self.problem(nodes.get(setting.name, node), _join(path, setting.key), str(exc))
                 return None

@@ -23,6 +23,7 @@ from otus_ebpf.control.config import load as load_config
 from otus_ebpf.control.manager import ApplyResult, TaskManager
 from otus_ebpf.control.metrics import MetricsServer
 from otus_ebpf.control.server import ControlServer
+from otus_ebpf.control.settings import SETTINGS, Scope
 from otus_ebpf.control.store import StoredTask, TaskStore
 from otus_ebpf.control.task import CaptureOpener, Task
 from otus_ebpf.errors import EXIT_INVALID, SetupError
@@ -47,7 +48,9 @@ class Daemon:
         self.store: TaskStore | None = None  # opened by run_daemon (tests may run without one)
         self.stop_requested = SignalFlag()  # set by signal handlers: no lock (otus_ebpf.signals)
         self.reload_requested = SignalFlag()
-        self._reload_lock = threading.Lock()
+        # One change at a time — a reload, a create, a delete, a pause — from the socket,
+        # Kafka and SIGHUP alike; reentrant: a reload applies under it.
+        self._reload_lock = threading.RLock()
         self._runtime: dict[str, StoredTask] = {}  # the stored tasks now wanted, by name
         self.commands = Commands(self.handlers())
 
@@ -61,6 +64,8 @@ class Daemon:
                     _log.warning(f"reload refused: {problem}")
                 raise SetupError(f"{self.config_path} is invalid ({len(invalid.problems)} problem(s)); "
                                  "nothing changed") from None
+            if config.fleet != self.config.fleet:
+                _log.warning("reload: control.kafka changed; the fleet channel takes it at the next restart")
             result = self.apply(config)
         _log.info(f"reloaded {self.config_path}: started {result.started}, "
                  f"reconfigured {result.reconfigured}, restarted {result.restarted}, "
@@ -70,39 +75,51 @@ class Daemon:
     def apply(self, config: Config) -> ApplyResult:
         """The file's tasks and the stored ones, run as one set: the file wins a name
         both hold (the stored entry is set aside, and said)."""
-        self.config = config
-        stored = self._restore(config)
-        result = self.manager.apply(dataclasses.replace(config, tasks=(*config.tasks, *stored)))
-        for task in self.manager.tasks():
-            task.keep_recent(RECENT_KEPT)
-            entry = self._runtime.get(task.name)
-            if entry is not None and entry.paused and task.name in result.started:
-                with contextlib.suppress(ValueError):
-                    task.pause()
+        with self._reload_lock:
+            self.config = config
+            stored, self._runtime = self._restore(config)
+            result = self.manager.apply(dataclasses.replace(config, tasks=(*config.tasks, *stored)))
+            for task in self.manager.tasks():
+                task.keep_recent(RECENT_KEPT)
+                entry = self._runtime.get(task.name)
+                fresh = task.name in result.started or task.name in result.restarted
+                if entry is not None and entry.paused and fresh:  # a stored task comes back as it was left
+                    with contextlib.suppress(ValueError):
+                        task.pause()
         return result
 
-    def _restore(self, config: Config) -> list[TaskConfig]:
-        self._runtime = {}
+    def _restore(self, config: Config) -> tuple[list[TaskConfig], dict[str, StoredTask]]:
+        """The stored tasks to run with the file's, and their entries by name. Nothing the
+        store holds stops the file's tasks: what cannot be read or moved is said and skipped."""
         if self.store is None:
-            return []
+            return [], {}
         entries, problems = self.store.load()
         for problem in problems:
             _log.error(f"task store: {problem}; skipped")
         in_file = {task.name for task in config.tasks}
-        restored = []
+        restored, runtime = [], {}
         for entry in entries:
             if entry.name in in_file:
-                moved = self.store.set_aside(entry.name, f"{config.source} defines a task {entry.name!r}")
-                _log.warning(f"task store: {entry.name!r} is also defined in {config.source}; the file's "
-                             f"runs, the stored one was moved to {moved}")
+                self._set_aside(entry.name, config.source)
                 continue
             try:
                 restored.append(runtime_task(entry.definition, config, f"stored task {entry.name!r}"))
             except ConfigInvalid as invalid:
                 _log.error(f"task store: {invalid.problems[0]}; skipped")
                 continue
-            self._runtime[entry.name] = entry
-        return restored
+            runtime[entry.name] = entry
+        return restored, runtime
+
+    def _set_aside(self, name: str, source: str) -> None:
+        assert self.store is not None
+        try:
+            moved = self.store.set_aside(name, f"{source} defines a task {name!r}")
+        except SetupError as exc:
+            _log.error(f"task store: {name!r} is also defined in {source}; the file's runs, and the stored "
+                       f"one could not be moved aside ({exc})")
+            return
+        _log.warning(f"task store: {name!r} is also defined in {source}; the file's runs, the stored one "
+                     f"was moved to {moved}")
 
     def fleet_state(self) -> dict[str, Any]:
         """What a heartbeat says of this node's tasks."""
@@ -121,7 +138,7 @@ class Daemon:
                           for t in self.manager.tasks()]}
 
     def _task(self, request: dict[str, Any]) -> Task:
-        task = self.manager.get(str(request.get("task")))
+        task = self.manager.get(_task_name(request))
         if task is None:
             raise SetupError(f"no task named {request.get('task')!r}")
         return task
@@ -142,15 +159,12 @@ class Daemon:
     def _create(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
         """A task from a config file (socket only: a remote command names no local
         file) or given whole; stored before it starts, unstored if it cannot."""
-        name = request.get("task")
-        if not isinstance(name, str) or not name:
-            raise SetupError('create: "task" names the task')
+        name = _task_name(request)
         definition = self._definition(request, name, origin)
         try:
             task_config = runtime_task(definition, self.config, f"task {name!r}")
         except ConfigInvalid as invalid:
-            more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
-            raise SetupError(f"{invalid.problems[0]}{more}") from None
+            raise SetupError(_first(invalid)) from None
         with self._reload_lock:  # one change at a time: socket, Kafka and reload never interleave
             if self.manager.get(name) is not None:
                 raise SetupError(f"task {name!r} exists")
@@ -172,6 +186,8 @@ class Daemon:
                 raise SetupError('create: "definition" is an object, keyed as a task of a config file')
             if given.get("name", name) != name:
                 raise SetupError(f"create: the definition names {given.get('name')!r}, not {name!r}")
+            if origin != SOCKET:
+                _refuse_secret_files(given)
             return {**given, "name": name}
         if origin != SOCKET:
             raise SetupError('create: over Kafka, a task is sent whole ("definition"), not as a file path')
@@ -180,8 +196,7 @@ class Daemon:
         try:
             return task_definition(Path(request["config"]), name)
         except ConfigInvalid as invalid:
-            more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
-            raise SetupError(f"{invalid.problems[0]}{more}") from None
+            raise SetupError(_first(invalid)) from None
 
     def _create_task(self, config: TaskConfig) -> None:
         try:
@@ -214,7 +229,7 @@ class Daemon:
         return {done: task.name}
 
     def _delete(self, request: dict[str, Any], _origin: str) -> dict[str, Any]:
-        name = str(request.get("task"))
+        name = _task_name(request)
         with self._reload_lock:
             if self.manager.get(name) is None:
                 raise SetupError(f"no task named {request.get('task')!r}")
@@ -228,6 +243,32 @@ class Daemon:
         return {"started": result.started, "reconfigured": result.reconfigured, "restarted": result.restarted,
                 "stopped": result.stopped,
                 "unchanged": result.unchanged, "failed": result.failed}
+
+
+def _first(invalid: ConfigInvalid) -> str:
+    """The first problem, and how many more: an answer is one line."""
+    more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
+    return f"{invalid.problems[0]}{more}"
+
+
+def _task_name(request: dict[str, Any]) -> str:
+    name = request.get("task")
+    if not isinstance(name, str) or not name:
+        raise SetupError(f'{request.get("cmd")}: "task" names the task')
+    return name
+
+
+def _refuse_secret_files(definition: dict[str, Any]) -> None:
+    """A remote command does not choose which of the node's files are read as secrets
+    (and sent to a broker it names): those come from the node's own defaults."""
+    for setting in SETTINGS:
+        if not setting.secret_file or setting.scope is not Scope.TASK:
+            continue
+        found: Any = definition
+        for part in setting.key.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        if found is not None:
+            raise SetupError(f"create: {setting.key} is not taken over Kafka; set it in the node's defaults")
 
 
 def _task_state(task: Task, stored: bool) -> dict[str, Any]:

@@ -154,6 +154,33 @@ def _limits(cls: type, section: str, about: Mapping[str, str],
     return made
 
 
+
+def _kafka_security(name: str, key: str, group: Group, scope: Scope) -> list[Setting]:
+    """librdkafka's security settings under ``key``: the outputs' (with flags) and the
+    fleet channel's (control.kafka.security, config only) are the same settings."""
+    flags = scope is Scope.TASK
+
+    def one(field: str, key_field: str, kind: Kind, default: Any, about: str,
+            secret: bool = False) -> Setting:
+        return Setting(f"{name}_{field}", f"{key}.{key_field}", kind, default, about, group,
+                       f"--{name}-{field.replace('_', '-')}" if flags else None, replay=flags, scope=scope,
+                       secret_file=secret)
+
+    return [
+        one("security_protocol", "protocol", Choice(("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")),
+            _default(KafkaSecurity, "protocol"), "librdkafka's security.protocol"),
+        one("sasl_mechanism", "sasl_mechanism", Choice(("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")), None,
+            "SASL mechanism"),
+        one("sasl_username", "sasl_username", Text("name", "NAME"), None, "SASL user name"),
+        one("sasl_password_file", "sasl_password_file", Text("path", "FILE"), None,
+            "file holding the SASL password (kept off the command line)", secret=True),
+        one("ssl_ca", "ssl_ca", Text("path", "FILE"), None, "CA certificate file"),
+        one("ssl_cert", "ssl_cert", Text("path", "FILE"), None, "client certificate file"),
+        one("ssl_key", "ssl_key", Text("path", "FILE"), None, "client key file"),
+        one("ssl_key_password_file", "ssl_key_password_file", Text("path", "FILE"), None,
+            "file holding the client key's password", secret=True),
+    ]
+
 SETTINGS: tuple[Setting, ...] = (
     # -- the file ---------------------------------------------------------------
     Setting("node_name", "node.name", Text("name"), _HOST_NAME,
@@ -192,6 +219,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fleet_heartbeat_s", "control.kafka.heartbeat_s", Number(0.2, 3_600, metavar="SECONDS"),
             _default(FleetSettings, "heartbeat_s"), "seconds between heartbeats", Group.FLEET,
             scope=Scope.FILE),
+    *_kafka_security("fleet", "control.kafka.security", Group.FLEET, Scope.FILE),
     Setting("log_level", "log.level", Choice(LEVELS), DEFAULT_LEVEL,
             "the least severe messages logged (read when the program starts)", Group.OBSERVABILITY,
             "--log-level", scope=Scope.FILE, commands=("attach", "replay", "daemon")),
@@ -312,27 +340,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_start_anyway", "outputs.kafka.start_anyway", Switch(), False,
             "if the broker is unreachable at start, capture anyway and queue records", Group.KAFKA,
             "--kafka-start-anyway", replay=True),
-    Setting("kafka_security_protocol", "outputs.kafka.security.protocol",
-            Choice(("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")), _default(KafkaSecurity, "protocol"),
-            "librdkafka's security.protocol", Group.KAFKA, "--kafka-security-protocol", replay=True),
-    Setting("kafka_sasl_mechanism", "outputs.kafka.security.sasl_mechanism",
-            Choice(("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")), None, "SASL mechanism", Group.KAFKA,
-            "--kafka-sasl-mechanism", replay=True),
-    Setting("kafka_sasl_username", "outputs.kafka.security.sasl_username", Text("name", "NAME"), None,
-            "SASL user name", Group.KAFKA, "--kafka-sasl-username", replay=True),
-    Setting("kafka_sasl_password_file", "outputs.kafka.security.sasl_password_file",
-            Text("path", "FILE"), None,
-            "file holding the SASL password (kept off the command line)", Group.KAFKA,
-            "--kafka-sasl-password-file", replay=True, secret_file=True),
-    Setting("kafka_ssl_ca", "outputs.kafka.security.ssl_ca", Text("path", "FILE"), None,
-            "CA certificate file", Group.KAFKA, "--kafka-ssl-ca", replay=True),
-    Setting("kafka_ssl_cert", "outputs.kafka.security.ssl_cert", Text("path", "FILE"), None,
-            "client certificate file", Group.KAFKA, "--kafka-ssl-cert", replay=True),
-    Setting("kafka_ssl_key", "outputs.kafka.security.ssl_key", Text("path", "FILE"), None,
-            "client key file", Group.KAFKA, "--kafka-ssl-key", replay=True),
-    Setting("kafka_ssl_key_password_file", "outputs.kafka.security.ssl_key_password_file",
-            Text("path", "FILE"), None, "file holding the client key's password", Group.KAFKA,
-            "--kafka-ssl-key-password-file", replay=True, secret_file=True),
+    *_kafka_security("kafka", "outputs.kafka.security", Group.KAFKA, Scope.TASK),
     Setting("hep", "outputs.hep.collectors", Collectors(), (),
             "also send SIP and RTP stream reports as HEPv3 to these collectors",
             Group.HEP, "--hep", repeatable=True, replay=True, required=True),

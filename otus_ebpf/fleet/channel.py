@@ -5,7 +5,9 @@ Each node reads every partition of the command topic itself (assigned, not
 subscribed: no group rebalance can stall a node or hand its partitions to
 another), with its offsets kept in a group of its own, ``otus-ebpf.NODE``,
 committed after each command: a restarted node goes on where it stopped, a
-new one reads the topic from its start and finds the old commands stale.
+new one starts ``max_age`` back (older commands would be stale anyway). The
+request ids taken are kept in the state directory too, so a command run
+just before a crash is not run again when its offset was not yet committed.
 A broker outage only delays: librdkafka reconnects, the partitions are
 looked up again every few seconds, and answers and heartbeats wait in the
 producer's queue (bounded; what overflows is counted).
@@ -14,10 +16,13 @@ producer's queue (bounded; what overflows is counted).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -37,13 +42,41 @@ PARTITIONS_EVERY_S = 5.0     # how often the command topic's partitions are look
 QUEUE_MESSAGES = 10_000      # answers and heartbeats waiting for the broker
 MESSAGE_TIMEOUT_MS = 300_000  # after which librdkafka gives one up (counted)
 CLOSE_FLUSH_S = 5.0
+JOIN_S = 10.0                # a thread stuck in librdkafka must not hold the daemon's stop
+CONSUMER_QUEUE_KB = 16 << 10  # commands fetched ahead: a flood of 1 MiB messages stays bounded
+LOG_EVERY_S = 30.0           # the same complaint (a broker away, a refused command) at most this often
 STOPPED = "stopped"
 
 Answerer = Callable[[dict[str, Any], str], dict[str, Any]]  # (request, origin) -> {"ok": ...}
 StateReader = Callable[[], dict[str, Any]]
+
+
+class _Throttle(logging.Filter):
+    """One line per kind of complaint every LOG_EVERY_S: a broker away for an hour, or a
+    flood of refused commands, must not fill the journal (the counters count them all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, int], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return _log.isEnabledFor(logging.DEBUG)
+        kind = (" ".join(record.getMessage().split()[:2]), record.levelno)  # e.g. "fleet: unsigned:"
+        now = time.monotonic()
+        if now - self._last.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
+            return False
+        if len(self._last) > 1_000:
+            self._last.clear()
+        self._last[kind] = now
+        return True
+
+
 _log = logs.get(__name__)
+_refusals = logs.get(f"{__name__}.refused")
+_refusals.addFilter(_Throttle())
 _librdkafka = logs.get(f"{__name__}.librdkafka")
-_librdkafka.addFilter(lambda record: record.levelno >= logging.WARNING or _log.isEnabledFor(logging.DEBUG))
+_librdkafka.addFilter(_Throttle())
 
 
 def _now_ms() -> int:
@@ -61,33 +94,37 @@ class FleetChannel:
         self._state = state
         self._clock = clock
         self._judge = Judge(settings.node, settings.groups, settings.key, int(settings.max_age_s * 1000),
-                            settings.read_only, READ_ONLY_VERBS)
+                            settings.read_only, READ_ONLY_VERBS, _read_taken(settings.taken_file))
         self._stop = threading.Event()
         self._counts_lock = threading.Lock()
         self.commands: Counter[str] = Counter()   # by Verdict value
         self.sent: Counter[str] = Counter()       # answers/heartbeats: queued, delivered, failed, overflow
         self.started_ms = clock()
+        self.instance = uuid.uuid4().hex  # tells two daemons calling themselves one node apart
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._threads: list[threading.Thread] = []
         self._assigned: list[TopicPartition] = []
+        self._started = False
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
         base = {"bootstrap.servers": s.brokers, "client.id": f"otus-ebpf@{socket.gethostname()}",
-                "logger": _librdkafka}
+                "logger": _librdkafka, **s.security}
         try:
             self._producer = Producer({**base, "queue.buffering.max.messages": QUEUE_MESSAGES,
                                        "message.timeout.ms": MESSAGE_TIMEOUT_MS, "linger.ms": 5})
             self._consumer = Consumer({**base, "group.id": f"otus-ebpf.{s.node}",
                                        "auto.offset.reset": "earliest", "enable.auto.commit": False,
                                        "fetch.max.bytes": 4 * envelope.MAX_COMMAND_BYTES,
+                                       "queued.max.messages.kbytes": CONSUMER_QUEUE_KB,
                                        "topic.metadata.refresh.interval.ms": int(PARTITIONS_EVERY_S * 1000)})
         except KafkaException as exc:
             self._close_clients()
             raise SetupError(f"control.kafka: settings rejected: {exc}") from None
+        self._started = True
         for target, name in ((self._take_commands, "fleet-commands"), (self._beat, "fleet-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -96,12 +133,16 @@ class FleetChannel:
                   f"{' (read-only)' if s.read_only else ''}")
 
     def close(self) -> None:
+        """Stop taking commands, say "stopped", give the queue a few seconds; safe to
+        call more than once, and after a start that failed."""
         self._stop.set()
         for thread in self._threads:
-            thread.join()
-        if self._producer is not None:
-            self._heartbeat(STOPPED)
+            thread.join(JOIN_S)
+        if self._started and self._producer is not None:
+            with contextlib.suppress(Exception):  # the last heartbeat is a courtesy, the stop is not
+                self._heartbeat(STOPPED)
             self._producer.flush(CLOSE_FLUSH_S)
+        self._started = False
         self._close_clients()
 
     def _close_clients(self) -> None:
@@ -109,6 +150,7 @@ class FleetChannel:
             with contextlib.suppress(KafkaException, RuntimeError):
                 self._consumer.close()
             self._consumer = None
+        self._producer = None  # librdkafka's threads end with the last reference
 
     def figures(self) -> dict[str, dict[str, int]]:
         with self._counts_lock:
@@ -147,10 +189,15 @@ class FleetChannel:
         wanted = [TopicPartition(topic, p) for p in partitions]
         try:
             committed = consumer.committed(wanted, timeout=2 * POLL_S)
+            since = self._clock() - int(self.settings.max_age_s * 1000)
+            fresh = consumer.offsets_for_times([TopicPartition(topic, p, since) for p in partitions],
+                                               timeout=2 * POLL_S)
         except KafkaException:
             return
-        consumer.assign(committed)
-        self._assigned = committed
+        # A partition with no committed offset (a new node, a broker that lost them) starts max_age back.
+        starts = [c if c.offset >= 0 else f for c, f in zip(committed, fresh, strict=True)]
+        consumer.assign(starts)
+        self._assigned = starts
         _log.debug(f"fleet: reading {topic} partitions {partitions}")
 
     def _take(self, message: Message) -> None:
@@ -159,20 +206,39 @@ class FleetChannel:
             if error.code() != KafkaError._PARTITION_EOF:
                 _log.debug(f"fleet: consumer: {error}")
             return
-        judged = self._judge.judge(message.value(), self._clock())
+        try:
+            self._judged(message.value())
+        finally:  # whatever happened to it, a command is read once
+            with contextlib.suppress(KafkaException, RuntimeError):
+                assert self._consumer is not None
+                self._consumer.commit(message=message, asynchronous=True)
+
+    def _judged(self, value: bytes | None) -> None:
+        judged = self._judge.judge(value, self._clock())
         with self._counts_lock:
             self.commands[judged.verdict.value] += 1
         command = judged.command
+        if judged.verdict in (Verdict.ACCEPTED, Verdict.READ_ONLY):
+            self._keep_taken()
         if judged.verdict is Verdict.ACCEPTED:
             assert command is not None
             _log.info(f"fleet: {command.cmd} from request {command.id}")
             self._respond(command, self._answer({**command.args, "cmd": command.cmd}, f"kafka {command.id}"))
-        elif judged.verdict not in (Verdict.OTHERS, Verdict.REPLAYED) and command is not None:
-            _log.warning(f"fleet: request {command.id} refused: {judged.why}")
-            self._respond(command, {"ok": False, "error": judged.why})
-        with contextlib.suppress(KafkaException):
-            assert self._consumer is not None
-            self._consumer.commit(message=message, asynchronous=False)
+        elif judged.verdict not in (Verdict.OTHERS, Verdict.REPLAYED):
+            _refusals.warning(f"fleet: {judged.verdict.value}: a command refused ({judged.why}); "
+                              "otus_fleet_commands_total counts them all")
+            if command is not None:
+                self._respond(command, {"ok": False, "error": judged.why})
+
+    def _keep_taken(self) -> None:
+        path = self.settings.taken_file
+        if path is None:
+            return
+        try:
+            _write_atomically(path, json.dumps(self._judge.taken()).encode())
+        except OSError as exc:
+            _log.warning(f"fleet: cannot keep the request ids taken in {path}: {exc.strerror}; "
+                         "a restart may run a just-taken command again")
 
     def _respond(self, command: Command, body: dict[str, Any]) -> None:
         s = self.settings
@@ -197,8 +263,9 @@ class FleetChannel:
         s = self.settings
         now = self._clock()
         beat = {"v": envelope.FORMAT, "kind": "heartbeat", "node": s.node, "groups": list(s.groups),
+                "instance": self.instance, "host": socket.gethostname(),
                 "version": __version__, "ts_ms": now, "started_ms": self.started_ms,
-                "uptime_s": round((now - self.started_ms) / 1000, 1), "interval_s": s.heartbeat_s,
+                "uptime_ms": now - self.started_ms, "interval_ms": round(s.heartbeat_s * 1000),
                 "state": state, "read_only": s.read_only, "fleet": self.figures(),
                 **({} if state == STOPPED else self._state())}
         self._send(s.status_topic, s.node, envelope.sign(beat, s.key))
@@ -222,3 +289,28 @@ class FleetChannel:
     def _delivered(self, error: KafkaError | None, _message: Message) -> None:
         with self._counts_lock:
             self.sent["failed" if error is not None else "delivered"] += 1
+
+
+def _read_taken(path: str | None) -> dict[str, int]:
+    """The request ids a previous run took; none when there is no such file or it is damaged."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as file:
+            data = json.loads(file.read(4 * envelope.MAX_SEEN * (envelope.MAX_ID_LENGTH + 24)))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    temporary = f"{path}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)

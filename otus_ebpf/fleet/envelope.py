@@ -26,6 +26,7 @@ MAX_ID_LENGTH = 128              # a UUID is 32-36; room for an operator's own s
 MIN_KEY_BYTES = 16               # HMAC-SHA256 keys shorter than this are guessable
 MAX_SEEN = 65_536                # request ids remembered (commands are rare: minutes of a flood)
 _ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}")
+_VERB = re.compile(r"[a-z_]{1,32}")  # echoed in answers: nothing a sender could make large or odd
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # a node or group: printable, bounded
 
 
@@ -34,7 +35,7 @@ class Verdict(Enum):
 
     ACCEPTED = "accepted"
     OTHERS = "for_others"          # addressed to other nodes: not ours to judge
-    MALFORMED = "malformed"        # not a command (answered if its target could be read and matches)
+    MALFORMED = "malformed"        # not a command (answered when addressed to this node by name)
     UNSIGNED = "unsigned"
     FORGED = "bad_signature"
     STALE = "stale"                # older (or further in the future) than max_age
@@ -97,13 +98,27 @@ def signed_by(message: dict[str, Any], key: bytes) -> bool:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    """The wire form: ASCII (``\\u`` escapes), so that any text encodes; the signature
+    covers the canonical form, which the reader makes again from what it decodes."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
 def command(request_id: str, ts_ms: int, target: Target, cmd: str, args: dict[str, Any],
             key: bytes) -> dict[str, Any]:
-    return sign({"v": FORMAT, "id": request_id, "ts_ms": ts_ms, "target": target.to_json(), "cmd": cmd,
-                 "args": args}, key)
+    return sign({"v": FORMAT, "kind": "command", "id": request_id, "ts_ms": ts_ms,
+                 "target": target.to_json(), "cmd": cmd, "args": args}, key)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One value per key: with two, a reader could act on one while another checked the other."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key given twice")
+    return found
 
 
 def decode(raw: bytes | None) -> dict[str, Any] | str:
@@ -113,9 +128,9 @@ def decode(raw: bytes | None) -> dict[str, Any] | str:
     if len(raw) > MAX_COMMAND_BYTES:
         return f"larger than {MAX_COMMAND_BYTES} bytes"
     try:
-        message = json.loads(raw)
+        message = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep
-        return "not JSON"
+        return "not JSON (or a key given twice, or NaN)"
     return message if isinstance(message, dict) else "not a JSON object"
 
 
@@ -132,14 +147,14 @@ def target_of(value: Any) -> Target | None:
 
 def _shape(message: dict[str, Any], target: Target) -> Command | str:
     request_id, ts_ms, cmd, args = (message.get(k) for k in ("id", "ts_ms", "cmd", "args"))
-    if message.get("v") != FORMAT:
-        return f"format {message.get('v')!r}, this node reads {FORMAT}"
+    if message.get("v") != FORMAT or message.get("kind") != "command":
+        return f"not a command of format {FORMAT}"
     if not isinstance(request_id, str) or not _ID.fullmatch(request_id):
         return f"id: 1 to {MAX_ID_LENGTH} of letters, digits and . _ : -"
     if not isinstance(ts_ms, int) or isinstance(ts_ms, bool) or not 0 <= ts_ms < 1 << 53:
         return "ts_ms: milliseconds since the epoch"
-    if not isinstance(cmd, str) or not cmd:
-        return "cmd: a verb"
+    if not isinstance(cmd, str) or not _VERB.fullmatch(cmd):
+        return "cmd: a verb (1 to 32 of a-z and _)"
     if not isinstance(args, dict):
         return "args: an object"
     return Command(request_id, ts_ms, target, cmd, args)
@@ -151,12 +166,18 @@ class Judge:
     replay possible)."""
 
     def __init__(self, node: str, groups: tuple[str, ...], key: bytes, max_age_ms: int,
-                 read_only: bool, read_only_verbs: frozenset[str]) -> None:
+                 read_only: bool, read_only_verbs: frozenset[str],
+                 taken: dict[str, int] | None = None) -> None:
         self._node, self._groups, self._key = node, groups, key
         self._max_age_ms = max_age_ms
         self._read_only = read_only
         self._read_only_verbs = read_only_verbs
-        self._seen: OrderedDict[str, int] = OrderedDict()  # request id -> when taken (ms)
+        # request id -> when taken (ms); ``taken`` carries them over a restart
+        self._seen: OrderedDict[str, int] = OrderedDict(sorted((taken or {}).items(), key=lambda kv: kv[1]))
+
+    def taken(self) -> dict[str, int]:
+        """The request ids remembered now, to be kept over a restart."""
+        return dict(self._seen)
 
     def judge(self, raw: bytes | None, now_ms: int) -> Judged:
         message = decode(raw)
@@ -167,16 +188,22 @@ class Judge:
             return Judged(Verdict.MALFORMED, why='target: {"node": N}, {"group": G} or {"all": true}')
         if not target.matches(self._node, self._groups):
             return Judged(Verdict.OTHERS)
+        # Refusals of what is not signed are answered only to commands naming this node:
+        # one unsigned message to all must not make every node publish an answer.
+        named = target.node == self._node
         shaped = _shape(message, target)
         if isinstance(shaped, str):
-            return Judged(Verdict.MALFORMED, _answerable(message, target), shaped)
+            return Judged(Verdict.MALFORMED, _answerable(message, target) if named else None, shaped)
         if "sig" not in message:
-            return Judged(Verdict.UNSIGNED, shaped, "unsigned command refused")
+            return Judged(Verdict.UNSIGNED, shaped if named else None, "unsigned command refused")
         if not signed_by(message, self._key):
-            return Judged(Verdict.FORGED, shaped, "signature does not match this fleet's key")
-        if abs(now_ms - shaped.ts_ms) > self._max_age_ms:
-            return Judged(Verdict.STALE, shaped, f"sent {(now_ms - shaped.ts_ms) / 1000:.0f} s from now, "
-                                                 f"past the {self._max_age_ms / 1000:.0f} s bound")
+            return Judged(Verdict.FORGED, shaped if named else None,
+                          "signature does not match this fleet's key")
+        age_s = (now_ms - shaped.ts_ms) / 1000
+        if abs(age_s) * 1000 > self._max_age_ms:
+            when = f"{age_s:.0f} s ago" if age_s > 0 else f"{-age_s:.0f} s ahead of this node's clock"
+            bound = f"{self._max_age_ms / 1000:.0f} s"
+            return Judged(Verdict.STALE, shaped, f"sent {when}, past the {bound} bound")
         self._forget_old(now_ms)
         if shaped.id in self._seen:
             return Judged(Verdict.REPLAYED, shaped)
@@ -197,13 +224,15 @@ class Judge:
 
 def _answerable(message: dict[str, Any], target: Target) -> Command | None:
     """A malformed command is answered when its id can carry the answer."""
-    request_id = message.get("id")
+    request_id, cmd = message.get("id"), message.get("cmd")
     if isinstance(request_id, str) and _ID.fullmatch(request_id):
-        return Command(request_id, 0, target, str(message.get("cmd", ""))[:64], {})
+        verb = cmd if isinstance(cmd, str) and _VERB.fullmatch(cmd) else ""
+        return Command(request_id, 0, target, verb, {})
     return None
 
 
 def answer(command: Command, node: str, ts_ms: int, body: dict[str, Any], key: bytes) -> dict[str, Any]:
     """A node's signed answer to a command: the control socket's answer, with who and what."""
-    fixed = {"v": FORMAT, "id": command.id, "node": node, "ts_ms": ts_ms, "cmd": command.cmd}
+    fixed = {"v": FORMAT, "kind": "answer", "id": command.id, "node": node, "ts_ms": ts_ms,
+             "cmd": command.cmd}
     return sign({**body, **fixed}, key)

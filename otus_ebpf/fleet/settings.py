@@ -14,6 +14,7 @@ from otus_ebpf.secret import read_secret
 COMMAND_TOPIC = "otus-commands"
 RESPONSE_TOPIC = "otus-responses"
 STATUS_TOPIC = "otus-status"
+TAKEN_FILE = "fleet-taken.json"  # in state.dir: the request ids taken, kept over a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,10 @@ class FleetSettings:
     read_only: bool = False
     max_age_s: float = 120.0
     heartbeat_s: float = 10.0
+    # Where the request ids taken are kept over a restart (state.dir/fleet-taken.json); None: memory only.
+    taken_file: str | None = None
+    # librdkafka's security settings for this broker (security.protocol, sasl.*, ssl.*).
+    security: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def read_key(path: str) -> bytes:

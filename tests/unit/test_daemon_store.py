@@ -192,3 +192,34 @@ def test_a_heartbeat_says_how_each_task_captures_and_which_are_stored(node: Node
     assert {name: (t["state"], t["mode"], t["stored"]) for name, t in tasks.items()} == {
         "file-task": ("running", "afpacket", False), "t2": ("running", "afpacket", True)}
     assert set(tasks["t2"]) >= {"records", "sip_messages", "calls", "records_lost", "interfaces"}
+
+
+def test_a_paused_stored_task_stays_paused_when_a_reload_restarts_it(node: Node) -> None:
+    node.ask(cmd="create", task="t2", definition=definition(node.tmp))
+    node.ask(cmd="pause", task="t2")
+    node.path.write_text(node.path.read_text().replace("tasks:", "defaults: {xdp_mode: native}\ntasks:"))
+    reloaded = node.ask(cmd="reload")
+    assert "t2" in reloaded["restarted"], reloaded
+    assert node.tasks()["t2"] == "paused"
+
+
+def test_a_remote_command_does_not_choose_the_nodes_secret_files(node: Node) -> None:
+    sneaky = {**definition(node.tmp), "outputs": {"kafka": {"brokers": "evil:9092", "security": {
+        "protocol": "sasl_plaintext", "sasl_password_file": "/etc/shadow"}}}}
+    answer = node.ask("kafka r-9", cmd="create", task="t2", definition=sneaky)
+    assert not answer["ok"] and "outputs.kafka.security.sasl_password_file is not taken over Kafka" in \
+        answer["error"]
+    assert node.ask(cmd="create", task="t2", definition=definition(node.tmp))["ok"], "the socket may"
+
+
+def test_a_store_that_cannot_set_aside_does_not_stop_the_daemon(node: Node) -> None:
+    node.ask(cmd="create", task="t2", definition=definition(node.tmp))
+    node.stop()
+    node.path.write_text(FILE.format(tmp=node.tmp) + "  - {name: t2, interfaces: [lo], mode: afpacket, "
+                         "workers: 1, outputs: {jsonl: {path: /dev/null}}}\n")
+    (node.tmp / "state" / "conflicts").write_text("a file where a directory should be")
+    again = Node(node.tmp)
+    try:
+        assert again.tasks() == {"file-task": "running", "t2": "running"}
+    finally:
+        again.stop()

@@ -6,6 +6,7 @@ tests/integration/test_fleet_live.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from otus_ebpf.fleet import envelope
@@ -107,3 +108,24 @@ def test_heartbeats_carry_the_tasks_and_the_last_one_says_stopped() -> None:
     assert (stopped["state"], "tasks" in stopped) == ("stopped", False)
     assert all(envelope.signed_by(beat, KEY) for beat in (running, stopped))
     assert "k" * 32 not in json.dumps(running), "the key is never sent"
+
+
+def test_the_request_ids_taken_are_kept_over_a_restart(tmp_path: Path) -> None:
+    """Run, then killed before the offset was committed: the command comes again and is not run."""
+    taken = str(tmp_path / "fleet-taken.json")
+    runs: list[str] = []
+
+    def answer(request: dict[str, Any], origin: str) -> dict[str, Any]:
+        runs.append(origin)
+        return {"ok": True}
+
+    for _restart in range(2):
+        settings = FleetSettings("unused:9092", "b", KEY, taken_file=taken)
+        made = FleetChannel(settings, answer, dict, clock=lambda: NOW)
+        made._producer, made._consumer = FakeProducer(), FakeConsumer()  # type: ignore[assignment]
+        made._take(command("delete", "r7", task="t"))  # type: ignore[arg-type]
+    assert runs == ["kafka r7"]
+    assert made.figures()["commands"] == {"replayed": 1}
+    (tmp_path / "fleet-taken.json").write_text("{damaged")
+    fresh = FleetChannel(FleetSettings("unused:9092", "b", KEY, taken_file=taken), answer, dict)
+    assert fresh._judge.taken() == {}, "a damaged file is no reason not to start"

@@ -60,7 +60,7 @@ def test_the_numbers_the_doc_gives_are_the_codes() -> None:
 
 
 def test_fleet_status_shows_states_and_tasks_and_cleans_what_it_prints() -> None:
-    beat = {"node": "edge\x1b[2J", "uptime_s": 11520.0, "version": "0.1.0", "groups": ["eu"],
+    beat = {"node": "edge\x1b[2J", "uptime_ms": 11_520_000, "version": "0.1.0", "groups": ["eu"],
             "tasks": [{"name": "t2\x07", "state": "running", "mode": "xdp", "records": 5, "sip_messages": 5,
                        "records_lost": 0}]}
     table = cli_fleet._status_table([NodeStatus("edge\x1b[2J", 2.0, "running", beat, True),

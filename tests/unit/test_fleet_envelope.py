@@ -103,9 +103,39 @@ def test_no_value_is_malformed() -> None:
     assert judge().judge(None, NOW).verdict is Verdict.MALFORMED
 
 
-def test_a_nan_in_a_command_is_refused_not_raised() -> None:
+def test_a_nan_or_a_key_given_twice_is_malformed() -> None:
+    """json.loads takes NaN and keeps the last of two keys: neither may reach the signature check."""
     text = json.dumps({**cmd(), "args": {"x": float("nan")}}).encode()
-    assert judge().judge(text, NOW).verdict is Verdict.FORGED
+    assert judge().judge(text, NOW).verdict is Verdict.MALFORMED
+    body = raw(cmd())
+    twice = body[:-1] + b',"target":{"node":"a"}}'
+    assert judge().judge(twice, NOW).verdict is Verdict.MALFORMED
+
+
+def test_refusals_of_unsigned_commands_to_many_nodes_are_not_answered() -> None:
+    """One unsigned message to all must not make every node publish an answer."""
+    unsigned = {k: v for k, v in cmd(Target(everyone=True)).items() if k != "sig"}
+    judged = judge().judge(raw(unsigned), NOW)
+    assert (judged.verdict, judged.command) == (Verdict.UNSIGNED, None)
+    forged = judge().judge(raw(cmd(Target(group="eu"), key=b"x" * 32)), NOW)
+    assert (forged.verdict, forged.command) == (Verdict.FORGED, None)
+    named = judge().judge(raw({k: v for k, v in cmd().items() if k != "sig"}), NOW)
+    assert named.command is not None, "to this node by name: answered"
+
+
+def test_a_verb_is_short_and_plain_so_a_refusal_never_echoes_a_megabyte() -> None:
+    for verb in ("x" * 33, "\ud800", "DELETE", "a b"):
+        message = {**cmd(), "cmd": verb}
+        judged = judge().judge(raw(message), NOW)
+        assert judged.verdict is Verdict.MALFORMED and judged.command is not None and judged.command.cmd == ""
+
+
+def test_an_answer_or_a_heartbeat_is_not_a_command() -> None:
+    """Every message is signed with the one key: its kind is signed too."""
+    judged = judge().judge(raw(cmd()), NOW)
+    assert judged.command is not None
+    answer = envelope.answer(judged.command, "b", NOW, {"ok": True, "target": {"node": "b"}, "args": {}}, KEY)
+    assert judge().judge(raw(answer), NOW).verdict is Verdict.MALFORMED
 
 
 def test_the_seen_ids_are_bounded() -> None:
