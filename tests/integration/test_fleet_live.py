@@ -241,10 +241,11 @@ def test_two_daemons_driven_by_signed_commands(lab: Lab, tmp_path: Path) -> None
 def test_a_broker_away_20_s_stops_neither_capture_nor_commands(lab: Lab, tmp_path: Path) -> None:
     _key_file(tmp_path)
     broker = _broker(tmp_path, lab)
-    loop = _file_task("loop", "lo", "afpacket", tmp_path / "loop.jsonl").replace(
-        "workers: 1", "workers: 1\n    direction: ingress")
-    _config(tmp_path, "b", broker, loop)
-    daemon = _start(tmp_path, "b", lab)
+    for node in ("a", "b"):  # each an AF_PACKET task on lo: both see every datagram
+        loop = _file_task(f"{node}-loop", "lo", "afpacket", tmp_path / f"{node}-loop.jsonl").replace(
+            "workers: 1", "workers: 1\n    direction: ingress")
+        _config(tmp_path, node, broker, loop)
+    daemons = {node: _start(tmp_path, node, lab) for node in ("a", "b")}
     try:
         broker.process.stop()
         _send_sip(lab, "outage", 10, 5060)
@@ -253,12 +254,16 @@ def test_a_broker_away_20_s_stops_neither_capture_nor_commands(lab: Lab, tmp_pat
         broker = _broker(tmp_path, lab, broker.port)  # memory storage: the topics are made again
         created = _send(lab, broker, tmp_path, "create", "t2", "--node", "b", "-c", str(_task_file(tmp_path)))
         assert [(a["node"], a["ok"]) for a in created] == [("b", True)]
+        listed = _send(lab, broker, tmp_path, "list", "--all")
+        assert sorted(a["node"] for a in listed) == ["a", "b"]
         time.sleep(3.0)  # the command topic read again and again: nothing runs twice
-        assert _local(lab, tmp_path, "b") == ["loop", "t2"]
-        assert daemon.output().count("fleet: create from request") == 1, daemon.output()
-        assert _metrics(tmp_path, "b", lab).get("accepted") == 1
+        assert _local(lab, tmp_path, "b") == ["b-loop", "t2"] and _local(lab, tmp_path, "a") == ["a-loop"]
+        assert daemons["b"].output().count("fleet: create from request") == 1, daemons["b"].output()
+        assert _metrics(tmp_path, "b", lab).get("accepted") == 2
     finally:
-        daemon.stop(signal.SIGTERM)
+        for daemon in daemons.values():
+            daemon.stop(signal.SIGTERM)
         broker.process.stop()
-    ids = {r["call_id"] for r in read_records(tmp_path / "loop.jsonl") if r["kind"] == "sip"}
-    assert {f"outage-{n}" for n in range(10)} | {f"late-outage-{n}" for n in range(10)} <= ids
+    for node in ("a", "b"):
+        ids = {r["call_id"] for r in read_records(tmp_path / f"{node}-loop.jsonl") if r["kind"] == "sip"}
+        assert {f"outage-{n}" for n in range(10)} | {f"late-outage-{n}" for n in range(10)} <= ids, node
