@@ -14,6 +14,7 @@ from otus_ebpf.outputs.fanout import DEFAULT_QUEUE_RECORDS
 from otus_ebpf.outputs.hep_transport import HepCollector
 from otus_ebpf.outputs.kafka_producer import KafkaSettings
 from userspace.calls import CallLimits
+from userspace.processors.build import ProcessorSpec
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
@@ -68,6 +69,9 @@ class AttachOptions:
     per_worker_files: bool = False
     dispatch: Dispatch = Dispatch.BINDING
     strategy: Strategy = Strategy.FLOW_HASH
+    # What happens to records between the pipeline and the outputs, in order
+    # (userspace.processors): the file's list, then the flags' shortcuts.
+    processors: tuple[ProcessorSpec, ...] = ()
 
     @property
     def media(self) -> MediaMode:

@@ -53,6 +53,7 @@ class SipRecord:
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
     vlans: tuple[int, ...] = ()  # 802.1Q ids in the frame, outer first
     encap: str | None = None     # the tunnel it came in: None until tunnels are decapsulated
+    labels: dict[str, str] | None = None  # set by the label processor (userspace.processors)
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "sip"
 
@@ -99,6 +100,7 @@ class SipRecord:
             "size": m.size,
             "content_length": m.content_length,
             "fragments": self.fragments,
+            **_labels(self.labels),
         }
 
 
@@ -158,6 +160,7 @@ class CallSummary:
     streams: tuple[dict[str, object], ...] = ()  # final RTP stream reports
     parties: Parties | None = None  # who, from the INVITE
     origin: Origin | None = None    # where the INVITE was captured
+    labels: dict[str, str] | None = None
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "call"
 
@@ -196,6 +199,7 @@ class CallSummary:
             "end_cause": self.end_cause,
             "media": list(self.media),
             "streams": list(self.streams),
+            **_labels(self.labels),
         }
 
 
@@ -208,6 +212,7 @@ class StreamReport:
     call_id: str | None
     report: dict[str, object]
     final: bool = False
+    labels: dict[str, str] | None = None
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "rtp"
 
@@ -222,7 +227,7 @@ class StreamReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtp", "ts_ns": self.ts_ns,
-                "call_id": self.call_id, "final": self.final, **self.report}
+                "call_id": self.call_id, "final": self.final, **self.report, **_labels(self.labels)}
 
 
 @dataclass(slots=True)
@@ -235,6 +240,7 @@ class RtcpRecord:
     origin: Origin
     flow: FlowKey                    # raw src, sport, raw dst, dport
     report: dict[str, object]        # userspace.rtcp.RtcpReport.homer_json()
+    labels: dict[str, str] | None = None
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "rtcp"
 
@@ -252,11 +258,16 @@ class RtcpRecord:
         return {"schema": RECORD_SCHEMA_VERSION, "kind": "rtcp", "ts_ns": self.ts_ns, **self.origin.fields(),
                 "call_id": self.call_id, "src": address_text(src), "sport": sport, "dst": address_text(dst),
                 "dport": dport,
-                **self.report}
+                **self.report, **_labels(self.labels)}
 
 
 Record = SipRecord | CallSummary | StreamReport | RtcpRecord
 RECORD_KINDS = (SipRecord.kind, CallSummary.kind, StreamReport.kind, RtcpRecord.kind)
+
+
+def _labels(labels: dict[str, str] | None) -> dict[str, object]:
+    """``labels`` only on the records that have some: no key for the rest."""
+    return {"labels": labels} if labels else {}
 
 
 def _flow_key(src: str, sport: object, dst: str, dport: object) -> bytes:

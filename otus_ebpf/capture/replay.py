@@ -22,6 +22,7 @@ from pathlib import Path
 
 from otus_ebpf import logs
 from otus_ebpf.capture.capture_file import CapturedFrame, CaptureFile, CaptureFileError, read_frames
+from otus_ebpf.capture.processing import open_chain
 from otus_ebpf.capture.runner import strict_mode
 from otus_ebpf.errors import EXIT_RECORDS_LOST, SetupError
 from otus_ebpf.kernel.flows import FlowStats, apply_each
@@ -79,8 +80,9 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
         except CaptureFileError as exc:
             broken = CaptureFileError(exc.offset, exc.reason, str(path))  # said once what came before is out
         last = replayer.pipeline.finish()  # calls still going at the end of the file
+        processed = replayer.chain.process(last)
         for reporter in reporters:
-            reporter.write(last)
+            reporter.write(processed)
         if frame_outputs.wanted:
             frame_outputs.write(replayer.pipeline.take_frames(), last)
         flush_reporters(reporters)
@@ -136,8 +138,9 @@ def _deliver(replayer: _Replayer, batch: list[CapturedFrame], reporters: list[Qu
     if not batch:
         return
     records = replayer.process(batch)
+    processed = replayer.chain.process(records)
     for reporter in reporters:
-        reporter.write(records)
+        reporter.write(processed)
     if frame_outputs.wanted:
         frame_outputs.write(replayer.pipeline.take_frames(), records)
 
@@ -183,6 +186,7 @@ class _Replayer:
         boundary = Boundary(self._report_bug, strict_mode())
         self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary)
         self.pipeline.keep_frames = keep_frames
+        self.chain = open_chain(options, boundary)
         kernel = options.kernel
         # Learned endpoints, as the kernel's flow map would hold them; the rules see the
         # same dict, so learning is one assignment, not a copy of every endpoint.

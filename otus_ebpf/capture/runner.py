@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otus_ebpf import logs
+from otus_ebpf.capture.processing import open_chain
 from otus_ebpf.capture.sampling import StatsLine, TaskSample, add_boundary, add_runner_figures
 from otus_ebpf.capture.sources import Capture
 from otus_ebpf.kernel.flows import FlowStats
@@ -115,6 +116,7 @@ class Runner:
         self.frames = FrameOutputs()
         self.flow_stats = FlowStats()
         self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
+        self.chain = open_chain(options, boundary)  # the records' processors, before every output
         self._outputs_stack = contextlib.ExitStack()
         self._outputs_lock = threading.RLock()
 
@@ -204,6 +206,8 @@ class Runner:
             self._guarded("flow_learning", self.capture.apply_flows, events, self.flow_stats, self.boundary)
 
     def _write(self, records: list[Record]) -> None:
+        if self.chain:
+            records = self.chain.process(records)
         for reporter in self.reporters:
             self._guarded("output", reporter.write, records)
         if self.recent is not None:

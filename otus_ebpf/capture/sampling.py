@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from userspace.boundary import Boundary
 from userspace.pipeline import PipelineStats
+from userspace.processors.chain import ProcessorChain
 from userspace.reassembly import ReassemblyStats
 from userspace.reporters.hep import HepReporter
 from userspace.reporters.kafka import KafkaStats
@@ -75,13 +76,17 @@ class RunnerParts(Protocol):
     reporters: list[QueuedReporter]
     kafka: KafkaReporter | None
     frames: FrameOutputs
+    chain: ProcessorChain
 
 
 def add_runner_figures(sample: TaskSample, runner: RunnerParts) -> None:
-    """A runner's pipeline and outputs (the task's own, or one worker's)."""
+    """A runner's pipeline, processors and outputs (the task's own, or one worker's)."""
     for outcome, value in fields(runner.flow_stats):
         sample.count("otus_flow_updates_total", value, outcome=outcome)
     _pipeline(sample, runner)
+    for processor, verdicts in runner.chain.counts().items():
+        for verdict, value in verdicts.items():
+            sample.count("otus_processor_records_total", value, processor=processor, verdict=verdict)
     _outputs(sample, runner)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from otus_ebpf.control.kinds import ProcessorList
 from otus_ebpf.control.settings import (
     BY_NAME,
     DEFAULT_CONTROL_SOCKET,
@@ -291,6 +292,12 @@ class _Checker:
     # -- values -------------------------------------------------------------
 
     def value(self, setting: Setting, node: yaml.Node, path: str) -> Any:
+        if isinstance(setting.kind, ProcessorList):  # a structure, checked whole
+            try:
+                return setting.kind.parse_data(yaml.safe_load(yaml.serialize(node)))
+            except ValueError as exc:
+                self.problem(node, path, str(exc))
+                return _INVALID
         if setting.repeatable:
             items = [self.one(setting, item, f"{path}[{i}]")
                      for i, item in enumerate(self.sequence(node, path))]

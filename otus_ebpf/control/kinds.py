@@ -17,7 +17,10 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
 from otus_ebpf.kernel.settings import MAX_SHARDS
 from otus_ebpf.outputs.hep_transport import HepCollector, parse_collector
+from otus_ebpf.plugins import processor_factories
+from otus_ebpf.secret import read_secret
 from userspace.numbers import ascii_int
+from userspace.processors.build import ProcessorSpec, build, parse_specs
 
 
 class Kind(Protocol):
@@ -135,6 +138,47 @@ class Text:
 
     def show(self, value: Any) -> str:
         return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """``KEY=VALUE`` (a label, or a label and the header it is copied from)."""
+
+    metavar: str = "KEY=VALUE"
+
+    def parse(self, text: str) -> tuple[str, str]:
+        key, sep, value = Text().parse(text).partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"must be {self.metavar}, not {text!r}")
+        return key, value
+
+    def describe(self) -> str:
+        return f"`{self.metavar}`"
+
+    def show(self, value: Any) -> str:
+        return "=".join(value) if isinstance(value, tuple) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorList:
+    """A task's ``processors``: a YAML list, not a single value (docs/PROCESSORS.md).
+    Checked whole where it is read, its key files and plugins included."""
+
+    metavar: str = "LIST"
+
+    def parse(self, text: str) -> tuple[ProcessorSpec, ...]:
+        raise ValueError("a list of processors, each {KIND: OPTIONS} (docs/PROCESSORS.md)")
+
+    def parse_data(self, data: Any) -> tuple[ProcessorSpec, ...]:
+        specs = parse_specs(data)
+        build(specs, read_secret, processor_factories())  # every problem now, not at the task's start
+        return specs
+
+    def describe(self) -> str:
+        return "a list of `{KIND: OPTIONS}` (docs/PROCESSORS.md)"
+
+    def show(self, value: Any) -> str:
+        return "[]" if not value else f"{len(value)} processors"
 
 
 @dataclass(frozen=True, slots=True)

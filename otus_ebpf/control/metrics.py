@@ -71,6 +71,7 @@ HELP = {
     "otus_tcp_total": "SIP-over-TCP stream outcomes",
     "otus_dialogs_active": "Calls being tracked",
     "otus_calls_total": "Calls by outcome",
+    "otus_processor_records_total": "What each processor did with the records (kept, dropped, labelled...)",
     "otus_fleet_commands_total": "Fleet commands read from Kafka, by what this node made of them",
     "otus_fleet_sent_total": "Fleet answers and heartbeats: queued, delivered, failed, overflow",
     "otus_early_messages_total": "Messages of a dialog read ahead of its INVITE: replayed, or dropped",

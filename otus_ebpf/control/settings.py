@@ -21,10 +21,12 @@ from otus_ebpf.capture.sources import CaptureDirection, CaptureMode
 from otus_ebpf.control.kinds import (
     Choice,
     Collectors,
+    KeyValue,
     Kind,
     Listen,
     Networks,
     Number,
+    ProcessorList,
     Switch,
     Text,
     Whole,
@@ -48,6 +50,7 @@ from otus_ebpf.options import AttachOptions, Dispatch, Strategy
 from otus_ebpf.outputs.fanout import DEFAULT_QUEUE_RECORDS
 from otus_ebpf.outputs.kafka_producer import COMPRESSIONS, KafkaSecurity, KafkaSettings
 from userspace.calls import CallLimits
+from userspace.processors.build import ProcessorSpec
 from userspace.reassembly import ReassemblyLimits
 from userspace.reporters import Rotation
 from userspace.reporters.hep import HepIdentity
@@ -74,6 +77,7 @@ class Group(Enum):
     HEP = "HEP"
     WORKERS = "workers"
     KERNEL = "kernel sizes"
+    PROCESSORS = "processors"
     OBSERVABILITY = "observability"
     LIMITS = "limits"
 
@@ -362,6 +366,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("per_worker_files", "outputs.per_worker_files", Switch(), False,
             "each worker process writes its own NAME.wN.EXT files instead of handing its records to the one "
             "writer of each file", Group.WORKERS, "--per-worker-files"),
+    Setting("processors", "processors", ProcessorList(), (),
+            "what happens to records before the outputs, in order: filter, label, redact, sample, plugin "
+            "(docs/PROCESSORS.md)", Group.PROCESSORS),
+    Setting("keep_numbers", "select.keep_numbers", Text("number prefixes", "PREFIX"), (),
+            "keep only SIP messages whose From, To or Request-URI user starts so (after `processors`)",
+            Group.PROCESSORS, "--keep-number", repeatable=True, replay=True),
+    Setting("labels", "select.labels", KeyValue(), (), "add this label to every record", Group.PROCESSORS,
+            "--label", repeatable=True, replay=True),
+    Setting("label_headers", "select.label_headers", KeyValue("KEY=HEADER"), (),
+            "label a call's records with this header's value (X-Customer, say)", Group.PROCESSORS,
+            "--label-header", repeatable=True, replay=True),
+    Setting("redact", "select.redact", Choice(("hash", "mask")), None,
+            "replace the parties' numbers and names in records and HEP (pcap files stay as captured)",
+            Group.PROCESSORS, "--redact", replay=True),
+    Setting("redact_key_file", "select.redact_key_file", Text("path", "FILE"), None,
+            "file holding the key of --redact hash", Group.PROCESSORS, "--redact-key-file", replay=True,
+            secret_file=True),
+    Setting("sample_one_in", "select.sample_one_in", Whole(1, 1_000_000), None,
+            "keep one call in N, whole (by a hash of its Call-ID)", Group.PROCESSORS, "--sample",
+            replay=True),
     *_limits(ReassemblyLimits, "reassembly", {
         "timeout_v4_s": "seconds an IPv4 datagram's fragments wait for the rest",
         "timeout_v6_s": "seconds an IPv6 datagram's fragments wait for the rest",
@@ -452,7 +476,24 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         calls=_limits_of(CallLimits, "calls", v), stats_interval_s=v["stats_interval_s"],
         worker_processes=not v["in_process"], per_worker_files=v["per_worker_files"],
         dispatch=v["dispatch"], strategy=v["strategy"],
+        processors=(*v["processors"], *_shortcuts(v)),
     )
+
+
+def _shortcuts(v: Mapping[str, Any]) -> tuple[ProcessorSpec, ...]:
+    """The flags' processors, after the file's list: keep, label, redact, then sample."""
+    specs = []
+    if v["keep_numbers"]:
+        specs.append(ProcessorSpec.of("filter", {"keep": {"number": {"prefix": list(v["keep_numbers"])}}}))
+    if v["labels"] or v["label_headers"]:
+        specs.append(ProcessorSpec.of("label", {"static": dict(v["labels"]),
+                                                "from_header": dict(v["label_headers"])}))
+    if v["redact"] is not None:
+        key = {"key_file": v["redact_key_file"]} if v["redact_key_file"] is not None else {}
+        specs.append(ProcessorSpec.of("redact", {"mode": v["redact"], **key}))
+    if v["sample_one_in"] is not None:
+        specs.append(ProcessorSpec.of("sample", {"one_in": v["sample_one_in"]}))
+    return tuple(specs)
 
 
 def _rotation(max_mb: float | None, max_age_s: float | None) -> Rotation:

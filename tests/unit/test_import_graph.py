@@ -19,21 +19,20 @@ BASE = {"otus_ebpf", "otus_ebpf.errors", "otus_ebpf.files", "otus_ebpf.logs", "o
 # The layer of each module prefix, and the layers it may import. ``options``
 # is the task's settings: the shared type the capture and the outputs are
 # built from, so it may name their types but not the control plane's.
+_DATA = {"userspace", "userspace.reporters"}
+_BELOW_CAPTURE = _DATA | {"otus_ebpf.kernel", "otus_ebpf.outputs", "otus_ebpf.options", "otus_ebpf.plugins"}
 MAY_IMPORT = {
     "userspace": {"userspace"},
-    "userspace.reporters": {"userspace", "userspace.reporters"},
+    "userspace.reporters": _DATA,
     "otus_ebpf.kernel": {"userspace", "otus_ebpf.kernel"},
-    "otus_ebpf.outputs": {"userspace", "userspace.reporters", "otus_ebpf.options", "otus_ebpf.outputs"},
-    "otus_ebpf.options": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                          "otus_ebpf.capture"},
-    "otus_ebpf.capture": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                          "otus_ebpf.options", "otus_ebpf.capture"},
+    "otus_ebpf.plugins": _DATA | {"otus_ebpf.plugins"},
+    "otus_ebpf.outputs": _DATA | {"otus_ebpf.plugins", "otus_ebpf.options", "otus_ebpf.outputs"},
+    "otus_ebpf.options": _BELOW_CAPTURE | {"otus_ebpf.capture"},
+    "otus_ebpf.capture": _BELOW_CAPTURE | {"otus_ebpf.capture"},
     "otus_ebpf.fleet": {"otus_ebpf.fleet"},
-    "otus_ebpf.control": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                          "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control"},
-    "otus_ebpf.cli": {"userspace", "userspace.reporters", "otus_ebpf.kernel", "otus_ebpf.outputs",
-                      "otus_ebpf.options", "otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control",
-                      "otus_ebpf.cli"},
+    "otus_ebpf.control": _BELOW_CAPTURE | {"otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control"},
+    "otus_ebpf.cli": _BELOW_CAPTURE | {"otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control",
+                                       "otus_ebpf.cli"},
     "otus_ebpf.__main__": {"otus_ebpf.cli"},
 }
 

@@ -19,7 +19,19 @@ import yaml
 from otus_ebpf.cli import main as cli
 from otus_ebpf.cli.flags import given
 from otus_ebpf.control.config import Config, ConfigInvalid, load, parse
-from otus_ebpf.control.kinds import Choice, Collectors, Listen, Networks, Number, Switch, Text, Whole, Workers
+from otus_ebpf.control.kinds import (
+    Choice,
+    Collectors,
+    KeyValue,
+    Listen,
+    Networks,
+    Number,
+    ProcessorList,
+    Switch,
+    Text,
+    Whole,
+    Workers,
+)
 from otus_ebpf.control.reference import generated_part, markdown
 from otus_ebpf.control.settings import SETTINGS, Scope, Setting, build_options, defaults
 from otus_ebpf.options import AttachOptions
@@ -27,6 +39,8 @@ from tests.support.paths import REPO
 
 CONFIG_DOC = REPO / "docs" / "CONFIG.md"
 BY = {s.name: s for s in SETTINGS}
+# Settings of one value each (a flag's, a key's); ``processors`` is a list of structures (test_processors).
+SCALAR = tuple(s for s in SETTINGS if not isinstance(s.kind, ProcessorList))
 # Options of the commands themselves, not settings (as the usage line shows them: -c for -c/--config).
 COMMAND_OPTIONS = {
     "attach": {"-h", "-c", "--task", "--no-tui"},
@@ -109,7 +123,8 @@ def sample(setting: Setting, secret: Path) -> str:
         return str(kind.low) if low != (default[0] if setting.repeatable else default) else str(kind.high)
     if isinstance(kind, Workers):
         return "2" if default == 1 else "1"
-    special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999"}
+    special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999",
+               KeyValue: "site=fra1"}
     assert isinstance(kind, Text) or type(kind) in special, f"no sample for {setting.name}"
     return special.get(type(kind), f"{setting.name}-sample")
 
@@ -133,35 +148,36 @@ def test_one_value_given_as_a_flag_or_as_a_key_arrives_as_the_same_thing(tmp_pat
     secret = tmp_path / "secret"
     secret.write_text("s3cret-long-enough-for-a-fleet-key\n")
     secret.chmod(0o600)
-    chosen = {s.name: sample(s, secret) for s in SETTINGS}
-    expected = {s.name: parsed(s, chosen[s.name]) for s in SETTINGS}
-    for setting in SETTINGS:
+    chosen = {s.name: sample(s, secret) for s in SCALAR}
+    expected = {s.name: parsed(s, chosen[s.name]) for s in SCALAR}
+    for setting in SCALAR:
         assert expected[setting.name] != setting.default_value(), f"{setting.name}: the sample is its default"
-    config = file_of(SETTINGS, chosen)
+    config = file_of(SCALAR, chosen)
     (task,) = config.tasks
-    for setting in SETTINGS:
+    for setting in SCALAR:
         in_file = (task.values if setting.scope is Scope.TASK else config.values)[setting.name]
         assert in_file == expected[setting.name], setting.key
     argv = ["attach", *expected["interfaces"]]
-    for setting in (s for s in SETTINGS if "attach" in s.takes):
+    for setting in (s for s in SCALAR if "attach" in s.takes):
         argv += [setting.flag] if isinstance(setting.kind, Switch) else [setting.flag, chosen[setting.name]]
     args = cli.build_parser().parse_args(argv)
     from_flags = given(args, "attach") | given(args, "attach", Scope.FILE)
     assert from_flags == {name: expected[name] for name in from_flags}
     # The same task from the flags as from a file giving the same settings.
-    (task,) = file_of([s for s in SETTINGS if s.flag or s.name in ("name", "interfaces")], chosen).tasks
+    (task,) = file_of([s for s in SCALAR if s.flag or s.name in ("name", "interfaces")], chosen).tasks
     assert cli._attach_options(args) == task.options
 
 
 def test_every_task_setting_reaches_the_options(tmp_path: Path) -> None:
     """build_options is shared by both surfaces: a value it drops or puts in the wrong field would
     agree with itself above. Each setting changed alone must change the AttachOptions."""
-    base = defaults() | {"kafka_brokers": "k:9092"}  # Kafka's settings matter only with a broker
+    # Kafka's settings matter only with a broker, the redaction key only with a hash
+    base = defaults() | {"kafka_brokers": "k:9092", "redact": "hash"}
 
     def options(values: dict[str, Any]) -> AttachOptions:
         return build_options(values, ("eth0",), "a", lambda _setting, path: f"secret in {path}")
 
-    changing = [s for s in SETTINGS if s.scope is Scope.TASK and s.name not in ("name", "interfaces")]
+    changing = [s for s in SCALAR if s.scope is Scope.TASK and s.name not in ("name", "interfaces")]
     unchanged = [s.key for s in changing
                  if options(base | {s.name: parsed(s, sample(s, tmp_path))}) == options(base)]
     assert unchanged == []

@@ -1,0 +1,103 @@
+"""Processors from their specs: ``(kind, options)`` pairs, as a task's
+``processors`` list in the config file gives them (one-key mappings) or the
+flags make them. Plugins' factories come from the caller (entry points are
+I/O: otus_ebpf.plugins finds them). ValueError names the spec's key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from userspace.processors.api import Processor
+from userspace.processors.filter import Filter
+from userspace.processors.label import Label
+from userspace.processors.redact import Redact
+from userspace.processors.sample import Sample
+
+MAX_PROCESSORS = 32
+PLUGIN_PREFIX = "plugin:"  # a plugin processor's name: never a built-in's
+KINDS = ("filter", "label", "redact", "sample", "plugin")
+ReadSecret = Callable[[str], str]       # a key file's text
+PluginFactory = Callable[[Mapping[str, Any]], Processor]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSpec:
+    """One processor as configured: comparable, so a reload sees a change."""
+
+    kind: str
+    options_json: str = field(compare=True)  # canonical JSON of its options
+
+    @property
+    def options(self) -> Any:
+        return json.loads(self.options_json)
+
+    @classmethod
+    def of(cls, kind: str, options: Any) -> ProcessorSpec:
+        return cls(kind, json.dumps(options, sort_keys=True))
+
+
+def build(specs: Sequence[ProcessorSpec], read_secret: ReadSecret,
+          plugins: Mapping[str, PluginFactory]) -> list[Processor]:
+    if len(specs) > MAX_PROCESSORS:
+        raise ValueError(f"processors: at most {MAX_PROCESSORS}")
+    made = [_one(spec, f"processors[{i}].{spec.kind}", read_secret, plugins) for i, spec in enumerate(specs)]
+    _name_apart(made)
+    return made
+
+
+def _one(spec: ProcessorSpec, where: str, read_secret: ReadSecret,
+         plugins: Mapping[str, PluginFactory]) -> Processor:
+    options = spec.options
+    if spec.kind == "filter":
+        return Filter.from_spec(options, where)
+    if spec.kind == "label":
+        return Label.from_spec(options, where)
+    if spec.kind == "sample":
+        return Sample.from_spec(options, where)
+    if spec.kind == "redact":
+        key_file = options.get("key_file") if isinstance(options, dict) else None
+        key = read_secret(key_file).encode() if isinstance(key_file, str) else None
+        return Redact.from_spec(options, where, key)
+    if spec.kind == "plugin":
+        return _plugin(options, where, plugins)
+    raise ValueError(f"{where}: unknown processor (expected one of: {', '.join(KINDS)})")
+
+
+def _plugin(options: Any, where: str, plugins: Mapping[str, PluginFactory]) -> Processor:
+    if not isinstance(options, dict) or not isinstance(options.get("name"), str) or set(options) - {
+            "name", "options"}:
+        raise ValueError(f"{where}: {{name: PLUGIN, options: {{...}}}}")
+    factory = plugins.get(options["name"])
+    if factory is None:
+        known = ", ".join(sorted(plugins)) or "none installed"
+        raise ValueError(f"{where}.name: no processor plugin {options['name']!r} ({known})")
+    made = factory(options.get("options") or {})
+    made.name = f"{PLUGIN_PREFIX}{options['name']}"
+    return made
+
+
+def _name_apart(processors: list[Processor]) -> None:
+    """filter, filter#2, ...: each processor's counters under a name of its own."""
+    seen: dict[str, int] = {}
+    for processor in processors:
+        n = seen[processor.name] = seen.get(processor.name, 0) + 1
+        if n > 1:
+            processor.name = f"{processor.name}#{n}"
+
+
+def parse_specs(value: Any, where: str = "processors") -> tuple[ProcessorSpec, ...]:
+    """The config file's list: each item a one-key mapping {KIND: OPTIONS}."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: a list of processors, each {{KIND: OPTIONS}}")
+    specs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError(f"{where}[{i}]: one of {', '.join(KINDS)} with its options")
+        (kind, options), = item.items()
+        if kind not in KINDS:
+            raise ValueError(f"{where}[{i}].{kind}: unknown processor (expected one of: {', '.join(KINDS)})")
+        specs.append(ProcessorSpec.of(kind, options))
+    return tuple(specs)

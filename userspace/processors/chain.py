@@ -1,0 +1,61 @@
+"""A task's processors, in order, each behind a failure boundary: a built-in
+processor's bug is counted like any other (and fails the strict test
+suite); a plugin's is always counted and never raised — the task goes on.
+A failing processor that must not let records through unchanged
+(``fail_closed``: redaction) drops its batch, counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from userspace.boundary import Boundary
+from userspace.processors.api import Processor
+from userspace.records import Record
+
+
+class ProcessorChain:
+    def __init__(self, processors: Sequence[Processor], boundary: Boundary,
+                 plugins: frozenset[str] = frozenset()) -> None:
+        self.processors = list(processors)
+        self._boundary = boundary
+        self._plugins = plugins  # names of the processors that came from plugins
+        self.failures: Counter[str] = Counter()       # batches a processor raised on, by name
+        self.failed_records: Counter[str] = Counter()  # records dropped with them (fail_closed)
+
+    def __bool__(self) -> bool:
+        return bool(self.processors)
+
+    def process(self, records: list[Record]) -> list[Record]:
+        for processor in self.processors:
+            if not records:
+                break
+            try:
+                records = processor.process(records)
+            except Exception as exc:  # a processor's bug stops here; the task goes on
+                self.failures[processor.name] += 1
+                if processor.name not in self._plugins:
+                    self._boundary.failed(f"processor:{processor.name}", exc)
+                if processor.fail_closed:
+                    self.failed_records[processor.name] += len(records)
+                    records = []
+        return records
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Each processor's verdicts, with ``failed`` batches and ``failed_records``."""
+        found: dict[str, dict[str, int]] = {}
+        for processor in self.processors:
+            counts = dict(processor.counts()) if _safe(processor) else {}
+            failed, dropped = self.failures.get(processor.name, 0), self.failed_records.get(processor.name, 0)
+            found[processor.name] = counts | ({"failed": failed} if failed else {}) | (
+                {"failed_records": dropped} if dropped else {})
+        return found
+
+
+def _safe(processor: Processor) -> bool:
+    """A plugin's counts() may raise too: its figures are left out, not the scrape."""
+    try:
+        processor.counts()
+    except Exception:
+        return False
+    return True
