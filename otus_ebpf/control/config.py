@@ -294,7 +294,10 @@ class _Checker:
     def value(self, setting: Setting, node: yaml.Node, path: str) -> Any:
         if isinstance(setting.kind, ProcessorList):  # a structure, checked whole
             try:
-                return setting.kind.parse_data(yaml.safe_load(yaml.serialize(node)))
+                return setting.kind.parse_data(yaml.safe_load(yaml.serialize(node)), self.secrets)
+            except yaml.YAMLError:
+                self.problem(node, path, "plain YAML only (no tags such as !!python or !foo)")
+                return _INVALID
             except ValueError as exc:
                 self.problem(node, path, str(exc))
                 return _INVALID
@@ -433,6 +436,12 @@ class _Checker:
         if "hep_node_name" not in found and self.node_name is not None:
             values["hep_node_name"] = self.node_name
         options = build_options(values, values["interfaces"], task_name, secret, self.node_name)
+        shortcuts = options.processors[len(values["processors"]):]
+        if shortcuts and not partial:  # select.*: built now, as the processors list was
+            try:
+                ProcessorList().parse_data([{s.kind: s.options} for s in shortcuts], self.secrets)
+            except ValueError as exc:
+                self.problem(keys.get("select", node), _join(path, "select"), str(exc))
         return TaskConfig(task_name, options, options.dispatch, values)
 
 

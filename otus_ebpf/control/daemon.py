@@ -269,6 +269,12 @@ def _refuse_secret_files(definition: dict[str, Any]) -> None:
             found = found.get(part) if isinstance(found, dict) else None
         if found is not None:
             raise SetupError(f"create: {setting.key} is not taken over Kafka; set it in the node's defaults")
+    processors = definition.get("processors")
+    for item in processors if isinstance(processors, list) else []:
+        if isinstance(item, dict) and ("plugin" in item or (isinstance(item.get("redact"), dict)
+                                       and "key_file" in item["redact"])):
+            raise SetupError("create: a redact key_file or a plugin is not taken over Kafka; use "
+                             "select.redact_key_file and plugins in the node's own file")
 
 
 def _task_state(task: Task, stored: bool) -> dict[str, Any]:

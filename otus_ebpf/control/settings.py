@@ -484,7 +484,9 @@ def _shortcuts(v: Mapping[str, Any]) -> tuple[ProcessorSpec, ...]:
     """The flags' processors, after the file's list: keep, label, redact, then sample."""
     specs = []
     if v["keep_numbers"]:
-        specs.append(ProcessorSpec.of("filter", {"keep": {"number": {"prefix": list(v["keep_numbers"])}}}))
+        # Only those calls: the others' summaries and media reports (their parties) go too.
+        specs.append(ProcessorSpec.of("filter", {"keep": {"number": {"prefix": list(v["keep_numbers"])}},
+                                                 "calls": True}))
     if v["labels"] or v["label_headers"]:
         specs.append(ProcessorSpec.of("label", {"static": dict(v["labels"]),
                                                 "from_header": dict(v["label_headers"])}))

@@ -165,6 +165,10 @@ def test_a_stored_definition_no_longer_valid_is_reported_and_skipped(
 
 @pytest.mark.parametrize(("origin", "request_", "error"), [
     ("kafka r-2", {"task": "t2", "config": "/etc/passwd"}, "over Kafka, a task is sent whole"),
+    ("kafka r-3", {"task": "t2", "definition": {"interfaces": ["lo"], "processors": [
+        {"redact": {"mode": "hash", "key_file": "/etc/shadow"}}]}}, "a redact key_file or a plugin"),
+    ("kafka r-4", {"task": "t2", "definition": {"interfaces": ["lo"], "processors": [
+        {"plugin": {"name": "x"}}]}}, "a redact key_file or a plugin"),
     ("socket", {"task": "t2", "definition": {"name": "other"}}, "the definition names 'other', not 't2'"),
     ("socket", {"task": "t2", "definition": ["x"]}, '"definition" is an object'),
     ("socket", {"definition": {}}, '"task" names the task'),

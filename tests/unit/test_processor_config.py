@@ -55,3 +55,15 @@ def test_the_flags_add_their_processors_after_the_files() -> None:
 def test_a_label_flag_without_a_value_is_refused() -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["attach", "eth0", "--label", "site"])
+
+
+@pytest.mark.parametrize(("task", "said"), [
+    ("    processors:\n      - label: {static: {day: !!timestamp 2026-12-01}}\n", "must be plain text"),
+    ("    processors:\n      - label: !foo {static: {a: b}}\n", "plain YAML only"),
+    ("    select: {redact: hash}\n", "a hash needs a key"),
+    ("    select: {redact: hash, redact_key_file: /nonexistent/k}\n", "cannot read /nonexistent/k"),
+])
+def test_odd_yaml_and_unbuildable_shortcuts_are_problems(task: str, said: str) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        parse("tasks:\n  - name: t\n    interfaces: [lo]\n" + task, "f.yaml", {})
+    assert any(said in str(p) for p in caught.value.problems), caught.value.problems

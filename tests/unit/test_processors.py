@@ -78,9 +78,9 @@ def test_a_dropped_invite_takes_its_calls_records_only_when_asked() -> None:
     summary = CallSummary("c1", raw("10.0.0.1"), raw("10.0.0.2"), "a1", None, 1, None, None, 2, 486, "Busy",
                           "rejected")
     report = StreamReport(3, "c1", {"ssrc": 1})
-    for calls, kinds in ((False, ["call", "rtp"]), (True, [])):
+    for calls, kinds in ((False, ["rtp", "call"]), (True, [])):
         c = chain([{"filter": {"drop": {"number": NUMBER}, "calls": calls}}])
-        assert [r.kind for r in c.process([message(), summary, report])] == kinds
+        assert [r.kind for r in c.process([message(), report, summary])] == kinds
 
 
 def test_labels_static_and_from_a_header_reach_the_calls_other_records() -> None:
@@ -95,7 +95,7 @@ def test_labels_static_and_from_a_header_reach_the_calls_other_records() -> None
 
 
 def test_redaction_hashes_every_party_in_fields_and_raw_text_keeping_lengths() -> None:
-    c = chain([{"redact": {"mode": "hash", "key_file": "/k"}}], {"/k": "a-secret-key"})
+    c = chain([{"redact": {"mode": "hash", "key_file": "/k"}}], {"/k": "a-secret-key-of-some-length"})
     original = message(extra=(f"P-Asserted-Identity: <tel:{NUMBER}>", "Diversion: <sip:+4940777666@x>"))
     (redacted,) = c.process([original])
     assert isinstance(redacted, SipRecord)
@@ -188,3 +188,115 @@ def test_specs_compare_by_content() -> None:
     a = parse_specs([{"sample": {"one_in": 2}}])
     assert a == parse_specs([{"sample": {"one_in": 2}}]) != parse_specs([{"sample": {"one_in": 3}}])
     assert a[0] == ProcessorSpec.of("sample", {"one_in": 2})
+
+
+def record_of(text: bytes) -> SipRecord:
+    return SipRecord(1, "eth0", Direction.INGRESS, IPProto.UDP, raw("10.0.0.1"), 5060, raw("10.0.0.2"), 5060,
+                     parse_message(text))
+
+
+def redacted_raw(text: bytes, spec: dict[str, Any] | None = None) -> tuple[SipRecord, SipRecord]:
+    record = record_of(text)
+    (out,) = chain([{"redact": spec or {"mode": "mask"}}]).process([record])
+    assert isinstance(out, SipRecord)
+    return record, out
+
+
+@pytest.mark.parametrize("start, headers", [
+    ("SIP/2.0 200 OK", ["To: <sip:200@pbx>;tag=2", "From: <sip:125@pbx>;tag=1",
+                        "Contact: <sip:5060@10.0.0.1:5060>"]),
+    ("INVITE sip:sip@pbx SIP/2.0", ['From: "Call-ID" <sip:sip@pbx>;tag=1', "To: <sip:sip@pbx>"]),
+    ("INVITE sip:125@pbx SIP/2.0", ["From: <sip:125@pbx>;tag=125", "To: <sip:200@pbx>"]),
+])
+def test_redaction_touches_only_the_parties_spans(start: str, headers: list[str]) -> None:
+    """Extensions equal to a status code, a port, a tag or a Content-Length; a user
+    named sip; a display name Call-ID: the message stays the message."""
+    text = sip_message(start, ["Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK125", *headers,
+                               "Call-ID: 125-200", "CSeq: 125 INVITE"], b"v=0\r\n" + b"x" * 120)
+    before, after = redacted_raw(text)
+    b, a = before.message, after.message
+    assert (a.status, a.method, a.call_id, a.cseq, a.from_tag, a.via_branch, a.content_length) == \
+        (b.status, b.method, b.call_id, b.cseq, b.from_tag, b.via_branch, b.content_length)
+    assert a.body == b.body and len(a.raw) == len(b.raw)
+    assert a.from_user != b.from_user and set(a.from_user or "") == {"*"}
+
+
+def test_every_identity_header_and_number_parameter_and_both_display_names() -> None:
+    text = sip_message(f"INVITE sip:{NUMBER};rn=+4930999000;npdi@gw SIP/2.0", [
+        "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", 'f: "Jürgen Ü" <sip:+4930111@x>;tag=1',
+        "t: Bob Callee <sip:+4940222@x>", "Call-ID: c1", "CSeq: 1 INVITE",
+        "History-Info: <sip:+4930333@x?Reason=SIP%3Bcause%3D302>;index=1",
+        "P-Called-Party-ID: <tel:+4930444>",
+        'P-Asserted-Identity: "O\'Brien \\"Sean\\"" <tel:+49-30-555>', "m: <sip:+4930666@10.0.0.1:5060>",
+        "Diversion: <sip:+4930777@x>;reason=unconditional;counter=1"])
+    before, after = redacted_raw(text)
+    raw_after = after.message.raw
+    for secret in (NUMBER.encode(), b"+4930999000", b"+4930111", "Jürgen".encode(), b"Bob Callee",
+                   b"+4940222", b"+4930333", b"+4930444", b"O'Brien", b"+49-30-555", b"+4930666",
+                   b"+4930777"):
+        assert secret not in raw_after and secret not in encode_json(after), secret
+    assert len(raw_after) == len(before.message.raw), "byte lengths kept, non-ASCII included"
+    assert b"index=1" in raw_after and b"10.0.0.1:5060" in raw_after, "protocol values stay"
+
+
+def test_a_label_copied_from_a_party_header_is_redacted_too() -> None:
+    c = chain([{"label": {"from_header": {"caller": "P-Asserted-Identity"}}}, {"redact": {"mode": "mask"}}])
+    (out,) = c.process([message(extra=(f"P-Asserted-Identity: <sip:{NUMBER}@x>",))])
+    assert out.labels is not None and NUMBER not in out.labels["caller"] and "*" in out.labels["caller"]
+
+
+def test_a_message_that_does_not_parse_after_redaction_is_dropped_not_passed() -> None:
+    c = chain([{"redact": {"mode": "mask"}}])
+    spans = "".join(f"Contact: <sip:{n:04d}@x>\r\n" for n in range(300))
+    record = record_of(sip_message("INVITE sip:1234@x SIP/2.0", [
+        "From: <sip:1@x>;tag=1", "To: <sip:2@x>", "Call-ID: h", "CSeq: 1 INVITE", spans.rstrip()]))
+    assert c.process([record]) == []
+    assert c.counts()["redact"] == {"dropped_too_many_parties": 1}
+
+
+def test_a_short_hash_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="a key needs at least 16"):
+        chain([{"redact": {"mode": "hash", "key_file": "/k"}}], {"/k": "short"})
+
+
+def test_a_mask_keeps_at_most_half() -> None:
+    c = chain([{"redact": {"mode": "mask", "keep": 16}}])
+    (out,) = c.process([message()])
+    assert isinstance(out, SipRecord) and out.message.from_user == NUMBER[:6] + "*" * 7
+
+
+def test_with_calls_a_dropped_invite_takes_the_calls_later_messages_too() -> None:
+    c = chain([{"filter": {"drop": {"header": {"name": "User-Agent", "regex": "^friendly-scanner"}},
+                           "calls": True}}])
+    invite = message(extra=("User-Agent: friendly-scanner",))
+    assert c.process([invite, message(status=200), message("BYE")]) == []
+
+
+def test_the_first_header_value_labels_the_call() -> None:
+    c = chain([{"label": {"from_header": {"customer": "X-Customer"}}}])
+    out = c.process([message(extra=("X-Customer: acme",)), message(status=200, extra=("X-Customer: evil",))])
+    assert [r.labels for r in out] == [{"customer": "acme"}] * 2
+
+
+def test_a_regex_reads_at_most_a_kilobyte_of_a_value() -> None:
+    c = chain([{"filter": {"keep": {"header": {"name": "X-Long", "regex": "x$"}}}}])
+    assert c.process([message(extra=("X-Long: " + "a" * 2_000 + "x",))]) == []
+    assert len(c.process([message(extra=("X-Long: " + "a" * 100 + "x",))])) == 1
+
+
+class ReturnsNothing:
+    name = "lazy"
+    fail_closed = False
+
+    def process(self, records: list[Record]) -> list[Record]:
+        return None  # type: ignore[return-value]
+
+    def counts(self) -> Mapping[str, int]:
+        return {"x" * 100: 1, "odd": "many"}  # type: ignore[dict-item]
+
+
+def test_a_plugin_that_returns_no_list_is_counted_and_its_odd_counts_trimmed() -> None:
+    c = ProcessorChain([ReturnsNothing()], Boundary(strict=True), plugins=frozenset({"lazy"}))
+    records: list[Record] = [message()]
+    assert c.process(records) == records
+    assert c.counts() == {"lazy": {"x" * 64: 1, "failed": 1}}

@@ -74,8 +74,13 @@ def _plugin(options: Any, where: str, plugins: Mapping[str, PluginFactory]) -> P
     if factory is None:
         known = ", ".join(sorted(plugins)) or "none installed"
         raise ValueError(f"{where}.name: no processor plugin {options['name']!r} ({known})")
-    made = factory(options.get("options") or {})
-    made.name = f"{PLUGIN_PREFIX}{options['name']}"
+    try:
+        made = factory(options.get("options") or {})
+        made.name = f"{PLUGIN_PREFIX}{options['name']}"
+    except ValueError:
+        raise
+    except Exception as exc:  # a plugin's own bug: a problem with its name, not a traceback
+        raise ValueError(f"{where}: plugin {options['name']!r} failed: {type(exc).__name__}: {exc}") from None
     return made
 
 
@@ -99,5 +104,9 @@ def parse_specs(value: Any, where: str = "processors") -> tuple[ProcessorSpec, .
         (kind, options), = item.items()
         if kind not in KINDS:
             raise ValueError(f"{where}[{i}].{kind}: unknown processor (expected one of: {', '.join(KINDS)})")
-        specs.append(ProcessorSpec.of(kind, options))
+        try:
+            specs.append(ProcessorSpec.of(kind, options))
+        except (TypeError, ValueError, RecursionError):  # dates, sets, mixed keys, NaN: not plain data
+            raise ValueError(f"{where}[{i}].{kind}: options must be plain text, numbers, lists and "
+                             "mappings with text keys") from None
     return tuple(specs)

@@ -31,12 +31,15 @@ class ProcessorChain:
             if not records:
                 break
             try:
-                records = processor.process(records)
+                result = processor.process(records)
+                if not isinstance(result, list):
+                    raise TypeError(f"process() gave a {type(result).__name__}, not a list of records")
+                records = result
             except Exception as exc:  # a processor's bug stops here; the task goes on
                 self.failures[processor.name] += 1
                 if processor.name not in self._plugins:
                     self._boundary.failed(f"processor:{processor.name}", exc)
-                if processor.fail_closed:
+                if getattr(processor, "fail_closed", True):  # a plugin that does not say: closed
                     self.failed_records[processor.name] += len(records)
                     records = []
         return records
@@ -45,17 +48,19 @@ class ProcessorChain:
         """Each processor's verdicts, with ``failed`` batches and ``failed_records``."""
         found: dict[str, dict[str, int]] = {}
         for processor in self.processors:
-            counts = dict(processor.counts()) if _safe(processor) else {}
+            counts = _counts_of(processor)
             failed, dropped = self.failures.get(processor.name, 0), self.failed_records.get(processor.name, 0)
             found[processor.name] = counts | ({"failed": failed} if failed else {}) | (
                 {"failed_records": dropped} if dropped else {})
         return found
 
 
-def _safe(processor: Processor) -> bool:
-    """A plugin's counts() may raise too: its figures are left out, not the scrape."""
+def _counts_of(processor: Processor) -> dict[str, int]:
+    """A plugin's counts() may raise or give odd values: its figures are left out, not the scrape."""
     try:
-        processor.counts()
+        counts = dict(processor.counts())
     except Exception:
-        return False
-    return True
+        return {}
+    # At most 64 verdicts of 64 characters: they become metric labels.
+    return {str(k)[:64]: v for k, v in list(counts.items())[:64]
+            if isinstance(v, int) and not isinstance(v, bool)}

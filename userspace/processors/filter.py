@@ -11,7 +11,7 @@ from typing import Any
 
 from userspace.processors.api import Verdicts
 from userspace.processors.match import Condition, conditions
-from userspace.records import Record, SipRecord
+from userspace.records import CallSummary, Record, SipRecord
 
 MAX_CALLS = 200_000  # Call-IDs whose verdict is remembered (calls: true), least recent out
 
@@ -25,7 +25,7 @@ class Filter:
         self._when = when
         self._calls = calls
         self._verdicts = Verdicts()
-        self._dropped_calls: OrderedDict[str, None] = OrderedDict()
+        self._dropped_calls: OrderedDict[int, None] = OrderedDict()  # by hash(Call-ID): 8 bytes a call
 
     @classmethod
     def from_spec(cls, spec: Any, where: str) -> Filter:
@@ -49,21 +49,27 @@ class Filter:
 
     def _passes(self, record: Record) -> bool:
         if isinstance(record, SipRecord):
-            matched = all(condition(record) for condition in self._when)
-            passes = matched == self._keep
-            if self._calls and record.message.method == "INVITE" and record.message.to_tag is None:
-                self._remember(record.message.call_id, passes)
+            m = record.message
+            initial = m.method == "INVITE" and m.to_tag is None
+            if self._calls and not initial and hash(m.call_id) in self._dropped_calls:
+                return False  # a later message of a call whose INVITE this filter dropped
+            passes = all(condition(record) for condition in self._when) == self._keep
+            if self._calls and initial:
+                self._remember(hash(m.call_id), passes)
             return passes
-        if not self._calls:
+        if not self._calls or not record.call_id:
             return True
-        return record.call_id not in self._dropped_calls if record.call_id else True
+        dropped = hash(record.call_id) in self._dropped_calls
+        if isinstance(record, CallSummary):
+            self._dropped_calls.pop(hash(record.call_id), None)  # the call is over
+        return not dropped
 
-    def _remember(self, call_id: str, passes: bool) -> None:
+    def _remember(self, call: int, passes: bool) -> None:
         if passes:
-            self._dropped_calls.pop(call_id, None)
+            self._dropped_calls.pop(call, None)
             return
-        self._dropped_calls[call_id] = None
-        self._dropped_calls.move_to_end(call_id)
+        self._dropped_calls[call] = None
+        self._dropped_calls.move_to_end(call)
         if len(self._dropped_calls) > MAX_CALLS:
             self._dropped_calls.popitem(last=False)
 

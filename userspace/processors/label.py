@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from userspace.processors.api import Verdicts
-from userspace.records import Record, SipRecord
+from userspace.records import CallSummary, Record, SipRecord
 
 MAX_CALLS = 200_000   # calls whose header labels are remembered, least recent out
 MAX_VALUE = 256       # characters of a label value copied from a header
@@ -27,7 +27,7 @@ class Label:
         self.name = name
         self._static = dict(static)
         self._from_headers = dict(from_headers)  # label -> header name
-        self._calls: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._calls: OrderedDict[int, dict[str, str]] = OrderedDict()  # by hash(Call-ID)
         self._verdicts = Verdicts()
 
     @classmethod
@@ -59,14 +59,20 @@ class Label:
             seen = {label: value[:MAX_VALUE] for label, header in self._from_headers.items()
                     if (value := record.message.header(header)) is not None}
             if seen:
-                known = self._calls.setdefault(record.message.call_id, {})
-                known.update(seen)
-                self._calls.move_to_end(record.message.call_id)
+                known = self._calls.setdefault(hash(record.message.call_id), {})
+                for label, value in seen.items():
+                    known.setdefault(label, value)  # the first value stands: an answer cannot relabel a call
+                self._calls.move_to_end(hash(record.message.call_id))
                 if len(self._calls) > MAX_CALLS:
                     self._calls.popitem(last=False)
         else:
             call_id = record.call_id
-        return dict(self._calls.get(call_id, {})) if call_id else {}
+        if not call_id:
+            return {}
+        found = self._calls.get(hash(call_id), {})
+        if isinstance(record, CallSummary):
+            self._calls.pop(hash(call_id), None)  # the call is over: its summary is its last record
+        return dict(found)
 
     def counts(self) -> Mapping[str, int]:
         return self._verdicts.snapshot()

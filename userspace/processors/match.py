@@ -15,6 +15,9 @@ from userspace.records import SipRecord
 
 MAX_VALUES = 1_000      # exact values or prefixes in one condition
 MAX_PATTERN = 1_000     # characters of one regular expression
+# Characters of a value a regular expression reads: a backtracking pattern (an operator's)
+# against a hostile header (a sender's) costs at most this much per message.
+MAX_MATCHED = 1_024
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,7 @@ class TextMatch:
         if value is None:
             return False
         return value in self.exact or value.startswith(self.prefixes) or \
-            (self.pattern is not None and self.pattern.search(value) is not None)
+            (self.pattern is not None and self.pattern.search(value, 0, MAX_MATCHED) is not None)
 
 
 def text_match(spec: Any, where: str) -> TextMatch:
@@ -59,8 +62,8 @@ def _listed(value: Any) -> list[Any]:
 
 def _strings(values: list[Any], where: str) -> list[str]:
     plain = all(isinstance(v, str | int) and not isinstance(v, bool) for v in values)
-    if len(values) > MAX_VALUES or not plain:
-        raise ValueError(f"{where}: at most {MAX_VALUES} values, each text or a number")
+    if len(values) > MAX_VALUES or not plain or any(str(v) == "" for v in values):
+        raise ValueError(f"{where}: 1 to {MAX_VALUES} values, each text (not empty) or a number")
     return [str(v) for v in values]
 
 
@@ -84,7 +87,8 @@ def _status(spec: Any, where: str) -> Condition:
     """Codes (486) or classes (4xx)."""
     match = text_match(spec, where)
     return lambda r: r.message.status is not None and (
-        match(str(r.message.status)) or match(f"{r.message.status // 100}xx"))
+        match(str(r.message.status)) or match(f"{r.message.status // 100}xx")
+        or match(f"{r.message.status // 100}XX"))
 
 
 def _number(spec: Any, where: str) -> Condition:
@@ -94,21 +98,26 @@ def _number(spec: Any, where: str) -> Condition:
 
 
 def _header(spec: Any, where: str) -> Condition:
-    if not isinstance(spec, dict) or set(spec) != {"name", "regex"} or not isinstance(spec["name"], str):
+    if not isinstance(spec, dict) or set(spec) != {"name", "regex"} or not isinstance(spec["name"], str) \
+            or not spec["name"]:
         raise ValueError(f"{where}: {{name: HEADER, regex: PATTERN}}")
     name, pattern = spec["name"], compile_pattern(spec["regex"], f"{where}.regex")
-    return lambda r: any(pattern.search(v) for v in r.message.values(name))
+    return lambda r: any(pattern.search(v, 0, MAX_MATCHED) for v in r.message.values(name)[:MAX_VALUES])
 
 
 def _address(spec: Any, where: str) -> Condition:
+    listed = _listed(spec)
+    if not 0 < len(listed) <= MAX_VALUES:
+        raise ValueError(f"{where}: 1 to {MAX_VALUES} networks")
     try:
-        networks = [ipaddress.ip_network(str(n), strict=False) for n in _listed(spec)][:MAX_VALUES]
+        networks = [ipaddress.ip_network(str(n), strict=False) for n in listed]
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
 
     def inside(raw: bytes) -> bool:
         address = ipaddress.ip_address(raw)
-        return any(address in network for network in networks)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:a.b.c.d is a.b.c.d
+        return any(address in network or (mapped is not None and mapped in network) for network in networks)
     return lambda r: inside(r.src) or inside(r.dst)
 
 

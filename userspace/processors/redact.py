@@ -1,27 +1,50 @@
-"""Subscriber numbers and user names out of records before they leave the
-host: the parties of every SIP message and call summary (From, To,
-Request-URI, P-Asserted-Identity, Contact users and From's display name)
-are replaced by a keyed hash or masked — in the record's fields and
-wherever they occur in the message's raw text, which HEP sends. Tokens keep
-the length of what they replace, so Content-Length stays true, and the same
-value always gives the same token (calls stay comparable). Capture files
-(pcap) hold the packets as they were: not redacted (said at start)."""
+"""Subscriber numbers and names out of records before they leave the host.
+
+In each SIP message the parties are found where SIP puts them — the
+Request-URI, and the From, To, Contact and identity headers (P-Asserted-
+and P-Preferred-Identity, Remote-Party-ID, Diversion, History-Info,
+P-Called-Party-ID, P-Served-User, Referred-By, Refer-To; compact forms too)
+— and there only, their spans replaced in the raw bytes: URI user parts,
+display names (quoted or not), and URI parameter values that are numbers
+(`;rn=+4930…`). The redacted message is parsed again, and the record is
+made from that parse, so its fields, its raw text (what HEP sends) and its
+labels agree. Tokens have the byte length of what they replace, so
+Content-Length stays true; the same value always gives the same token.
+Call summaries' parties, and labels that repeat a redacted value, are
+replaced too. Fails closed: a message that does not parse again is dropped
+and counted, never passed on. Not redacted: Call-IDs (the key every output
+joins calls on), bodies, other headers (docs/PROCESSORS.md)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from userspace.errors import DecodeError
 from userspace.processors.api import Verdicts
 from userspace.records import CallSummary, Parties, Record, SipRecord
-from userspace.sip import SipMessage
-from userspace.uri import party
+from userspace.sip import parse_message
 
-MIN_VALUE = 3   # shorter user parts ("a", "10") are not worth replacing everywhere in a message
-_MASK = "*"
+MIN_KEY_BYTES = 16   # a shorter HMAC key is guessable
+MAX_SPANS = 256      # parties' spans in one message: past it the message is dropped (a hostile one)
+_MASK = b"*"
+IDENTITY_HEADERS = frozenset({
+    b"from", b"f", b"to", b"t", b"contact", b"m", b"p-asserted-identity", b"p-preferred-identity",
+    b"remote-party-id", b"diversion", b"history-info", b"p-called-party-id", b"p-served-user",
+    b"referred-by", b"b", b"refer-to", b"r"})
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
+_SIP_USER = re.compile(rb"(?i)sips?:([^@>,\s?\"]+)@")  # user parameters (;rn=..., ;isub=...) with it
+_TEL_USER = re.compile(rb"(?i)tel:([^;>,\s?\"]+)")
+# A URI or header parameter whose value is a number (;rn=+4930..., ;isub=...), not the
+# dialog's own identifiers (tag, branch) nor protocol values (expires, q, rport...).
+_NUMBER_PARAM = re.compile(rb";[ \t]*([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*(\+?[0-9][0-9\-. ()]{2,}[0-9])")
+_PROTOCOL_PARAMS = frozenset({b"tag", b"branch", b"rport", b"received", b"maddr", b"ttl", b"expires", b"q",
+                              b"cause", b"index", b"reg-id", b"+sip.instance", b"transport", b"lr"})
+_BARE_DISPLAY = re.compile(rb"(?:^|,)[ \t]*([^\s\",<;:][^\",<;]*?)[ \t]*<")
 
 
 class Redact:
@@ -30,90 +53,143 @@ class Redact:
     def __init__(self, key: bytes | None, keep: int = 0, name: str = "redact") -> None:
         self.name = name
         self._key = key       # None: mask instead of hash
-        self._keep = keep     # mask: characters kept at the start
+        self._keep = keep     # mask: characters kept at the start (at most half of a value)
         self._verdicts = Verdicts()
 
     @classmethod
     def from_spec(cls, spec: Any, where: str, key: bytes | None) -> Redact:
-        """{mode: hash} (with key_file: FILE, read by the caller) or {mode: mask, keep: N}."""
+        """{mode: hash, key_file: FILE} (the key read by the caller) or {mode: mask, keep: N}."""
         if not isinstance(spec, dict) or spec.get("mode") not in ("hash", "mask") or set(spec) - {
                 "mode", "keep", "key_file"}:
             raise ValueError(f"{where}: {{mode: hash, key_file: FILE}} or {{mode: mask, keep: N}}")
         keep = spec.get("keep", 0)
         if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= 16:
             raise ValueError(f"{where}.keep: characters kept at the start, 0 to 16")
-        if spec["mode"] == "hash" and key is None:
+        if spec["mode"] == "mask":
+            return cls(None, keep)
+        if key is None:
             raise ValueError(f"{where}.key_file: a hash needs a key (an unkeyed hash of a number is "
                              "reversed by trying every number)")
-        return cls(key if spec["mode"] == "hash" else None, keep)
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"{where}.key_file: holds {len(key)} bytes, a key needs at least "
+                             f"{MIN_KEY_BYTES}")
+        return cls(key, keep)
 
     def process(self, records: list[Record]) -> list[Record]:
-        return [self._redacted(r) for r in records]
+        out = []
+        for record in records:
+            redacted = self._redacted(record)
+            if redacted is not None:
+                out.append(redacted)
+        return out
 
-    def _redacted(self, record: Record) -> Record:
+    def _redacted(self, record: Record) -> Record | None:
         if isinstance(record, SipRecord):
-            self._verdicts.add("messages")
-            return dataclasses.replace(record, message=self._message(record.message), encoded=None)
+            return self._sip(record)
         if isinstance(record, CallSummary) and record.parties is not None:
             self._verdicts.add("calls")
-            return dataclasses.replace(record, parties=self._parties(record.parties), encoded=None)
+            return dataclasses.replace(record, parties=self._parties(record.parties), encoded=None,
+                                       labels=self._labels(record.labels, _named(record.parties)))
         return record
 
-    def token(self, value: str) -> str:
-        """The same length as ``value``: a keyed hash in hex, or a mask."""
+    def _sip(self, record: SipRecord) -> SipRecord | None:
+        raw = record.message.raw
+        spans = list(_party_spans(raw))
+        if len(spans) > MAX_SPANS:
+            self._verdicts.add("dropped_too_many_parties")
+            return None
+        redacted = self._replace(raw, spans)
+        try:
+            message = parse_message(redacted)
+        except DecodeError:
+            self._verdicts.add("dropped_unparseable")
+            return None
+        if message.call_id != record.message.call_id or message.cseq != record.message.cseq:
+            self._verdicts.add("dropped_unparseable")
+            return None
+        self._verdicts.add("messages")
+        values = {raw[a:b].decode("utf-8", "replace") for a, b in spans}
+        labels = self._labels(record.labels, values)
+        return dataclasses.replace(record, message=message, encoded=None, labels=labels)
+
+    def _replace(self, raw: bytes, spans: list[tuple[int, int]]) -> bytes:
+        out, at = bytearray(), 0
+        for start, end in sorted(spans):
+            if start < at:
+                continue  # overlapping: the first one stands
+            out += raw[at:start] + self.token(raw[start:end])
+            at = end
+        return bytes(out + raw[at:])
+
+    def token(self, value: bytes) -> bytes:
+        """As many bytes as ``value``: a keyed hash in hex, or a mask keeping at most half."""
         if self._key is None:
-            return value[:self._keep] + _MASK * max(0, len(value) - self._keep)
-        digest = hmac.new(self._key, value.encode(errors="surrogateescape"), hashlib.sha256).hexdigest()
+            keep = min(self._keep, len(value) // 2)
+            return value[:keep] + _MASK * (len(value) - keep)
+        digest = hmac.new(self._key, value, hashlib.sha256).hexdigest().encode()
         return (digest * (len(value) // len(digest) + 1))[:len(value)]
 
-    def _message(self, m: SipMessage) -> SipMessage:
-        users = _users(m)
-        text = m.raw.decode("utf-8", "surrogateescape")
-        for value in sorted(users, key=len, reverse=True):  # "+4930123" before "4930123"
-            text = text.replace(value, self.token(value))
-        raw = text.encode("utf-8", "surrogateescape")
-        return dataclasses.replace(
-            m, request_uri=self._text(m.request_uri, users), from_user=self._text(m.from_user, users),
-            to_user=self._text(m.to_user, users), ruri_user=self._text(m.ruri_user, users),
-            from_display=self._text(m.from_display, users), head=self._text(m.head, users) or "",
-            body=raw[len(raw) - len(m.body):] if m.body else m.body, source=raw, size=len(raw), _lazy=None)
-
-    def _text(self, value: str | None, users: set[str]) -> str | None:
-        if value is None:
-            return None
-        for user in sorted(users, key=len, reverse=True):
-            value = value.replace(user, self.token(user))
-        return value
+    def _text(self, value: str | None) -> str | None:
+        return None if value is None else self.token(value.encode("utf-8", "surrogateescape")).decode()
 
     def _parties(self, p: Parties) -> Parties:
-        named = (p.from_user, p.to_user, p.ruri_user, p.from_display)
-        users = {v for v in named if v and len(v) >= MIN_VALUE}
-        for value in list(users):
-            users |= _variants(value)
         text = self._text
-        return dataclasses.replace(p, from_user=text(p.from_user, users), to_user=text(p.to_user, users),
-                                   ruri_user=text(p.ruri_user, users),
-                                   from_display=text(p.from_display, users))
+        return dataclasses.replace(p, from_user=text(p.from_user), to_user=text(p.to_user),
+                                   ruri_user=text(p.ruri_user), from_display=text(p.from_display))
+
+    def _labels(self, labels: dict[str, str] | None, values: set[str]) -> dict[str, str] | None:
+        """A label copied from a header before redaction holds what was redacted: replaced too."""
+        if not labels:
+            return labels
+        ordered = sorted((v for v in values if v), key=len, reverse=True)
+        out = {}
+        for name, text in labels.items():
+            for value in ordered:
+                if value in text:
+                    text = text.replace(value, self._text(value) or "")  # noqa: PLW2901
+            out[name] = text
+        return out
 
     def counts(self) -> Mapping[str, int]:
         return self._verdicts.snapshot()
 
 
-def _users(m: SipMessage) -> set[str]:
-    """Every party's user part and display name the message names, and their other spellings."""
-    found = {m.from_user, m.to_user, m.ruri_user, m.from_display}
-    for name in ("p-asserted-identity", "p-preferred-identity", "remote-party-id", "diversion", "contact",
-                 "referred-by", "refer-to"):
-        for value in m.values(name):
-            found |= set(party(value))  # (display name, user)
-    users = {u for u in found if u and len(u) >= MIN_VALUE}
-    for value in list(users):
-        users |= _variants(value)
-    return users
+def _named(p: Parties) -> set[str]:
+    return {v for v in (p.from_user, p.to_user, p.ruri_user, p.from_display) if v}
 
 
-def _variants(value: str) -> set[str]:
-    """A number also written without its + or its tel:/country prefix's punctuation."""
-    digits = "".join(c for c in value if c.isdigit())
-    return {digits} if len(digits) >= MIN_VALUE and digits != value and value.lstrip("+").replace(
-        "-", "").replace(" ", "").replace(".", "").isdigit() else set()
+def _party_spans(raw: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of every user part, display name and number parameter in the
+    Request-URI and the identity headers' lines (a folded line is its header's)."""
+    head_end = raw.find(b"\r\n\r\n")
+    head_end = len(raw) if head_end < 0 else head_end
+    at, first, header = 0, True, b""
+    while at < head_end:
+        line_end = raw.find(b"\n", at, head_end)
+        line_end = head_end if line_end < 0 else line_end
+        line = raw[at:line_end]
+        if first:
+            if not line.startswith(b"SIP/"):  # a request: its Request-URI
+                uri_start = line.find(b" ") + 1
+                uri_end = line.rfind(b" ")
+                if 0 < uri_start < uri_end:
+                    yield from _spans_in(raw, at + uri_start, at + uri_end, displays=False)
+            first = False
+        else:
+            if line[:1] not in (b" ", b"\t"):
+                header = line.split(b":", 1)[0].strip().lower()
+            if header in IDENTITY_HEADERS:
+                colon = line.find(b":") + 1 if line[:1] not in (b" ", b"\t") else 0
+                yield from _spans_in(raw, at + colon, line_end, displays=True)
+        at = line_end + 1
+
+
+def _spans_in(raw: bytes, start: int, end: int, displays: bool) -> Iterator[tuple[int, int]]:
+    text = raw[start:end]
+    for pattern in (_SIP_USER, _TEL_USER, *((_QUOTED, _BARE_DISPLAY) if displays else ())):
+        for match in pattern.finditer(text):
+            if match.end(1) > match.start(1):
+                yield start + match.start(1), start + match.end(1)
+    for match in _NUMBER_PARAM.finditer(text):
+        if match.group(1).lower() not in _PROTOCOL_PARAMS:
+            yield start + match.start(2), start + match.end(2)
