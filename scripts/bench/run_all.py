@@ -178,6 +178,14 @@ def pcap_io_rows(out: str) -> list[Row]:
     return rows
 
 
+def processors_rows(out: str) -> list[Row]:
+    rows = [(f"replay with {m[1].strip()}, CPU s", m[3], f"{m[2]} (no processors)", f"{m[4]}x",
+             f"{m[5]} us a message")
+            for m in re.finditer(r"^(\S.{33}) +([\d.]+)s +([\d.]+)s +([\d.]+)x +([+-][\d.]+) us", out, re.M)]
+    assert len(rows) == 7, out[-500:]
+    return rows
+
+
 def memory_rows(out: str) -> list[Row]:
     base = re.search(r"baseline \(empty pipeline\) :\s+([\d.]+) MB", out)
     peak = re.search(r"with the dialogs\s+:\s+([\d.]+) MB", out)
@@ -205,6 +213,7 @@ def benches() -> list[Bench]:
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),
         Bench("pcap_io", [python, str(BENCH / "pcap_io.py"), "--rounds", "5"], pcap_io_rows),
+        Bench("processors", [python, str(BENCH / "processors.py")], processors_rows),
         Bench("memory", [python, str(BENCH / "memory.py")], memory_rows),
     ]
 

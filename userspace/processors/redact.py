@@ -36,6 +36,10 @@ IDENTITY_HEADERS = frozenset({
     b"from", b"f", b"to", b"t", b"contact", b"m", b"p-asserted-identity", b"p-preferred-identity",
     b"remote-party-id", b"diversion", b"history-info", b"p-called-party-id", b"p-served-user",
     b"referred-by", b"b", b"refer-to", b"r"})
+# An identity header's value, its folded continuation lines with it (one pass over the head).
+_IDENTITY_LINE = re.compile(
+    rb"(?im)^(?:" + b"|".join(re.escape(h) for h in sorted(IDENTITY_HEADERS, key=len, reverse=True))
+    + rb")[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)")
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
 _SIP_USER = re.compile(rb"(?i)sips?:([^@>,\s?\"]+)@")  # user parameters (;rn=..., ;isub=...) with it
 _TEL_USER = re.compile(rb"(?i)tel:([^;>,\s?\"]+)")
@@ -160,28 +164,17 @@ def _named(p: Parties) -> set[str]:
 
 def _party_spans(raw: bytes) -> Iterator[tuple[int, int]]:
     """(start, end) of every user part, display name and number parameter in the
-    Request-URI and the identity headers' lines (a folded line is its header's)."""
+    Request-URI and the identity headers' values (folded lines included)."""
     head_end = raw.find(b"\r\n\r\n")
     head_end = len(raw) if head_end < 0 else head_end
-    at, first, header = 0, True, b""
-    while at < head_end:
-        line_end = raw.find(b"\n", at, head_end)
-        line_end = head_end if line_end < 0 else line_end
-        line = raw[at:line_end]
-        if first:
-            if not line.startswith(b"SIP/"):  # a request: its Request-URI
-                uri_start = line.find(b" ") + 1
-                uri_end = line.rfind(b" ")
-                if 0 < uri_start < uri_end:
-                    yield from _spans_in(raw, at + uri_start, at + uri_end, displays=False)
-            first = False
-        else:
-            if line[:1] not in (b" ", b"\t"):
-                header = line.split(b":", 1)[0].strip().lower()
-            if header in IDENTITY_HEADERS:
-                colon = line.find(b":") + 1 if line[:1] not in (b" ", b"\t") else 0
-                yield from _spans_in(raw, at + colon, line_end, displays=True)
-        at = line_end + 1
+    line_end = raw.find(b"\r\n", 0, head_end)
+    line_end = head_end if line_end < 0 else line_end
+    if not raw.startswith(b"SIP/"):  # a request: its Request-URI
+        uri_start, uri_end = raw.find(b" ", 0, line_end) + 1, raw.rfind(b" ", 0, line_end)
+        if 0 < uri_start < uri_end:
+            yield from _spans_in(raw, uri_start, uri_end, displays=False)
+    for match in _IDENTITY_LINE.finditer(raw, line_end, head_end):
+        yield from _spans_in(raw, match.start(1), match.end(1), displays=True)
 
 
 def _spans_in(raw: bytes, start: int, end: int, displays: bool) -> Iterator[tuple[int, int]]:
