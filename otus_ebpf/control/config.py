@@ -298,6 +298,9 @@ class _Checker:
             except ValueError as exc:
                 self.problem(node, path, str(exc))
                 return _INVALID
+            except yaml.MarkedYAMLError as exc:  # a key that is itself a list or a mapping
+                self.problem(node, path, f"not plain data: {exc.problem}")
+                return _INVALID
         if setting.repeatable:
             items = [self.one(setting, item, f"{path}[{i}]")
                      for i, item in enumerate(self.sequence(node, path))]

@@ -34,12 +34,22 @@ def test_the_files_list_becomes_the_tasks_processors_in_order(tmp_path: Path) ->
     ("- shout: {}", "unknown processor"),
     ("- plugin: {name: not-installed}", "no processor plugin 'not-installed'"),
     ("- filter: {keep: {header: {name: X, regex: '(('}}}", "not a regular expression"),
+    # YAML says more than JSON, in which options travel: once a traceback, now a problem
+    ("- label: {static: {day: 2024-01-01}}", "processors[0].label: options must be text, numbers"),
+    ("- sample: {one_in: .nan}", "processors[0].sample: options must be text, numbers"),
+    ("- label: {static: {? [a, b] : c}}", "not plain data: found unhashable key"),
 ])
 def test_a_wrong_processor_is_a_problem_at_its_line(item: str, said: str) -> None:
     with pytest.raises(ConfigInvalid) as caught:
         parse(TASK + f"      {item}\n", "f.yaml", {})
     (problem,) = caught.value.problems
     assert str(problem).startswith("f.yaml:5: tasks[0].processors: ") and said in str(problem), problem
+
+
+def test_a_number_as_a_key_arrives_as_its_text_beside_text_keys() -> None:
+    """A port as a key beside a word (JSON keys are text; sorting the two kinds together raised)."""
+    spec = ProcessorSpec.of("plugin", {"name": "p", "options": {5060: "public", "label": "trunk", True: 1}})
+    assert spec.options["options"] == {"5060": "public", "label": "trunk", "true": 1}
 
 
 def test_the_flags_add_their_processors_after_the_files() -> None:

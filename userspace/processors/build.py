@@ -35,8 +35,28 @@ class ProcessorSpec:
         return json.loads(self.options_json)
 
     @classmethod
-    def of(cls, kind: str, options: Any) -> ProcessorSpec:
-        return cls(kind, json.dumps(options, sort_keys=True))
+    def of(cls, kind: str, options: Any, where: str = "processors") -> ProcessorSpec:
+        return cls(kind, options_json(options, where))
+
+
+def options_json(options: Any, where: str) -> str:
+    """Options as canonical JSON: what a processor (or a plugin) is handed, and what a
+    reload compares. YAML says more than JSON: a key that is a number (a port) becomes
+    its text, as JSON would make it; a date or a timestamp is refused (quote it)."""
+    try:
+        return json.dumps(_text_keys(options), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: options must be text, numbers, true/false, null, lists and mappings "
+                         f"(quote a date or a time): {exc}") from None
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else json.dumps(key): _text_keys(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(item) for item in value]
+    return value
 
 
 def build(specs: Sequence[ProcessorSpec], read_secret: ReadSecret,
@@ -99,5 +119,5 @@ def parse_specs(value: Any, where: str = "processors") -> tuple[ProcessorSpec, .
         (kind, options), = item.items()
         if kind not in KINDS:
             raise ValueError(f"{where}[{i}].{kind}: unknown processor (expected one of: {', '.join(KINDS)})")
-        specs.append(ProcessorSpec.of(kind, options))
+        specs.append(ProcessorSpec.of(kind, options, f"{where}[{i}].{kind}"))
     return tuple(specs)
