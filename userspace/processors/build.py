@@ -21,6 +21,7 @@ PLUGIN_PREFIX = "plugin:"  # a plugin processor's name: never a built-in's
 KINDS = ("filter", "label", "redact", "sample", "plugin")
 ReadSecret = Callable[[str], str]       # a key file's text
 PluginFactory = Callable[[Mapping[str, Any]], Processor]
+PROCESSOR_ATTRIBUTES = ("process", "counts", "fail_closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +91,33 @@ def _plugin(options: Any, where: str, plugins: Mapping[str, PluginFactory]) -> P
     if not isinstance(options, dict) or not isinstance(options.get("name"), str) or set(options) - {
             "name", "options"}:
         raise ValueError(f"{where}: {{name: PLUGIN, options: {{...}}}}")
-    factory = plugins.get(options["name"])
+    name = options["name"]
+    factory = plugins.get(name)
     if factory is None:
         known = ", ".join(sorted(plugins)) or "none installed"
-        raise ValueError(f"{where}.name: no processor plugin {options['name']!r} ({known})")
-    made = factory(options.get("options") or {})
-    made.name = f"{PLUGIN_PREFIX}{options['name']}"
+        raise ValueError(f"{where}.name: no processor plugin {name!r} ({known})")
+    made: Processor = call_factory(factory, options.get("options") or {}, f"{where}: plugin {name!r}")
+    missing = [attr for attr in PROCESSOR_ATTRIBUTES if not hasattr(made, attr)]
+    if missing:
+        raise ValueError(f"{where}: plugin {name!r} made no processor (it has no {', '.join(missing)})")
+    try:
+        made.name = f"{PLUGIN_PREFIX}{name}"
+    except AttributeError:
+        raise ValueError(f"{where}: plugin {name!r} made a processor whose name cannot be set") from None
     return made
+
+
+def call_factory(factory: Callable[[Mapping[str, Any]], Any], options: Any, where: str) -> Any:
+    """A plugin's factory on its options: the ValueError it raises for bad options, and
+    any other exception (its bug), become a ValueError naming where it is configured."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: options must be a mapping")
+    try:
+        return factory(options)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    except Exception as exc:  # a plugin's bug: said where it is used, never a traceback at config time
+        raise ValueError(f"{where} failed: {type(exc).__name__}: {exc}") from None
 
 
 def _name_apart(processors: list[Processor]) -> None:
