@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from otus_ebpf.control.kinds import ProcessorList
+from otus_ebpf.control.kinds import STRUCTURED
 from otus_ebpf.control.settings import (
     BY_NAME,
     DEFAULT_CONTROL_SOCKET,
@@ -292,7 +292,7 @@ class _Checker:
     # -- values -------------------------------------------------------------
 
     def value(self, setting: Setting, node: yaml.Node, path: str) -> Any:
-        if isinstance(setting.kind, ProcessorList):  # a structure, checked whole
+        if isinstance(setting.kind, STRUCTURED):  # a structure, checked whole
             try:
                 return setting.kind.parse_data(yaml.safe_load(yaml.serialize(node)))
             except ValueError as exc:
