@@ -1,4 +1,4 @@
-"""Command line: `otus-ebpf attach|replay|validate|detach|stats|filter|flows|daemon|task|fleet|...`.
+"""Command line: `otus-ebpf attach|replay|validate|detach|stats|filter|flows|daemon|task|fleet|plugins|...`.
 The flags of a task's settings are made from otus_ebpf.control.settings
 (otus_ebpf.cli.flags); the commands' own options are here."""
 
@@ -16,6 +16,7 @@ from otus_ebpf.capture.runner import tune_runtime
 from otus_ebpf.cli import daemon as cli_daemon
 from otus_ebpf.cli import fleet as cli_fleet
 from otus_ebpf.cli import install
+from otus_ebpf.cli import plugins as cli_plugins
 from otus_ebpf.cli.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.cli.flags import add_settings, argument_type, given
 from otus_ebpf.control.bounds import REPLAY_SPEED, parse_float
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_argument("interface")
     cli_daemon.add_commands(commands)
     cli_fleet.add_commands(commands)
+    cli_plugins.add_command(commands)
     add_settings(commands.choices["daemon"], "daemon")
     return parser
 
@@ -153,6 +155,8 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         return cli_daemon.run(args)
     if args.command == "fleet":
         return cli_fleet.run(args)
+    if args.command == "plugins":
+        return cli_plugins.run(args)
     if args.command == "stats" and args.interface is None:
         return cli_daemon.daemon_stats(args.socket)
     ifindex = resolve_interface(args.interface)

@@ -1,16 +1,19 @@
 """Plugins found through entry points (otus_ebpf.plugins), from packages faked
 on disk: a broken one, one built for another API version and a name two
 packages install are each said once, by name, and left out, never fatal to
-the rest; a config that names one gets a problem saying why."""
+the rest; a config that names one gets a problem saying why, and
+`otus-ebpf plugins` lists each with its state."""
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib.metadata import EntryPoints
 
 import pytest
 
 from otus_ebpf import plugins
+from otus_ebpf.cli.main import main
 from otus_ebpf.control.config import ConfigInvalid, parse
 from tests.support.plugin_dists import PROCESSORS, REPORTERS, FakeSite
 
@@ -176,3 +179,36 @@ def test_the_entry_points_are_read_once_per_process(fake_site: FakeSite,
     plugins.reporter_factories()
     plugins.installed()
     assert reads == [PROCESSORS, REPORTERS]
+
+
+def test_the_plugins_command_lists_each_with_its_package_target_api_and_state(
+        fake_site: FakeSite, capsys: pytest.CaptureFixture[str]) -> None:
+    install(fake_site, "otus-passing", "passing")
+    install(fake_site, "otus-passing-csv", "passing.csv", version="1.2", group=REPORTERS)
+    install(fake_site, "otus-old", "old", version=2)
+    fake_site.install("otus-broken", "0.3", {REPORTERS: {"broken": "otus_broken:make"}},
+                      {"otus_broken": "raise RuntimeError('no config for me')\n"})
+    assert main(["plugins"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "GROUP      NAME         PACKAGE               TARGET                 API  STATE",
+        "processor  old          otus-old 1.0          otus_old:make          2    "
+        "refused: built for plugin API 2, this otus-ebpf has 1",
+        "processor  passing      otus-passing 1.0      otus_passing:make      1    ok",
+        "reporter   broken       otus-broken 0.3       otus_broken:make       -    "
+        "cannot load: RuntimeError: no config for me",
+        "reporter   passing.csv  otus-passing-csv 1.0  otus_passing_csv:make  1.2  ok"]
+    assert main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["api_version"] == 1
+    assert listed["plugins"][2] == {
+        "group": "reporter", "entry_point_group": "otus_ebpf.reporters", "name": "broken",
+        "distribution": "otus-broken", "version": "0.3", "target": "otus_broken:make", "api_version": None,
+        "usable": False, "problem": "cannot load: RuntimeError: no config for me"}
+    assert [p["usable"] for p in listed["plugins"]] == [False, True, False, True]
+
+
+def test_the_plugins_command_says_when_there_are_none(fake_site: FakeSite,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    assert capsys.readouterr().out == ("no plugins installed (entry point groups otus_ebpf.processors, "
+                                       "otus_ebpf.reporters)\n")
