@@ -45,7 +45,7 @@ SCALAR = tuple(s for s in SETTINGS if not isinstance(s.kind, STRUCTURED))
 # Options of the commands themselves, not settings (as the usage line shows them: -c for -c/--config).
 COMMAND_OPTIONS = {
     "attach": {"-h", "-c", "--task", "--no-tui"},
-    "replay": {"-h", "--speed"},
+    "replay": {"-h", "--speed", "-c", "--task"},
     "daemon": {"-h", "-c"},
 }
 
