@@ -1,0 +1,86 @@
+"""``example.csv``: one CSV line per SIP record — time (UTC), Call-ID, method
+or status, labels (``k=v;k=v``) — appended to a file.
+
+    outputs:
+      plugins:
+        - name: example.csv
+          options: {path: /var/log/otus/sip.csv}
+
+The factory runs when the config is checked too, so it only judges the
+options; the file is opened (for appending, created 0640) by the first write
+that has a SIP record, with a header line if it is empty. Each batch is one
+write of whole lines to a file opened with O_APPEND: with worker processes,
+each has a reporter of its own, and their lines interleave whole. otus-ebpf
+calls write on this reporter's own thread, never two calls at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from userspace.records import Record, SipRecord
+from userspace.reporters import Reporter
+
+OTUS_API_VERSION = 1  # the plugin API this was written for (see otus_example_plugin.trunk)
+HEADER = ("ts", "call_id", "method_or_status", "labels")
+FILE_MODE = 0o640
+OPTIONS = ("path",)
+
+
+class CsvReporter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def write(self, records: Sequence[Record]) -> None:
+        rows = [row(r) for r in records if isinstance(r, SipRecord)]
+        if not rows:
+            return  # otus-ebpf also calls write([]) when idle: nothing to do here
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            if os.fstat(self._fd).st_size == 0:
+                rows.insert(0, list(HEADER))
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        _write_all(self._fd, text.getvalue().encode())
+
+    def flush(self, timeout: float) -> int:
+        return 0  # each batch is in the file when write returns: nothing held here
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def row(record: SipRecord) -> list[str]:
+    m = record.message
+    seconds, ns = divmod(record.ts_ns, 1_000_000_000)
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
+    labels = ";".join(f"{key}={value}" for key, value in sorted((record.labels or {}).items()))
+    return [ts, m.call_id, m.method or str(m.status), labels]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def csv_reporter(options: Mapping[str, Any]) -> Reporter:
+    """The entry point: judges the options (ValueError says what is wrong), opens nothing."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(unknown)} (expected: {', '.join(OPTIONS)})")
+    path = options.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError("path: the CSV file to append to")
+    if not Path(path).parent.is_dir():
+        raise ValueError(f"path: {Path(path).parent} is not a directory")
+    return CsvReporter(Path(path))
