@@ -239,13 +239,16 @@ class QueuedReporter:
             self._reporter_lock.release()
 
     def _leave_behind(self) -> None:
-        """The reporter has not returned in ``stuck_after``: what it holds is counted lost,
-        what is queued goes to the fallback (or is lost), and it is not closed (it is
-        still inside a call); its thread, a daemon, ends with it or with the process."""
+        """The reporter has not returned in ``stuck_after``: all it was given and has not
+        taken counts as failed; what it holds is lost, what is queued goes to the fallback
+        (or is lost); it is not closed (it is still inside a call). Its thread, a daemon,
+        ends when the call returns, or with the process."""
         with self._wakeup:
             self._abandoned = True
             in_hand, batches = self._in_hand, list(self._batches)
             self._batches.clear()
+            # Failed, as a write that raised: failed + overflow = to_fallback + lost still holds.
+            self.stats.failed += in_hand + sum(len(batch) for _, batch in batches)
             self.stats.lost += in_hand
             for _, batch in batches:
                 self.stats.queued -= len(batch)

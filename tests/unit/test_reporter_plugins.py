@@ -212,14 +212,14 @@ def test_a_reporter_that_never_returns_is_left_behind_and_its_records_counted(
     queue.close()
     assert time.monotonic() - started < 2, "neither the flush nor the close waits for it"
     s = queue.stats
-    assert (s.written, s.lost, s.to_fallback, s.queued) == (0, 4, 6, 0)
+    assert (s.written, s.failed, s.lost, s.to_fallback, s.queued) == (0, 10, 4, 6, 0)
     assert len(sink.files[0].splitlines()) == 6
     assert not stuck.closed, "not closed under a call it is still inside"
     assert "plugin:stuck: its reporter has not returned in 0.2 s: left behind, 10 records not written by it" \
         in logged.messages
     stuck.release.set()
     time.sleep(0.3)
-    assert (s.written, s.failed, s.lost) == (0, 0, 4), "what it returns later counts no more"
+    assert (s.written, s.failed, s.lost) == (0, 10, 4), "what it returns later counts no more"
 
 
 def test_a_built_in_reporter_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
