@@ -10,6 +10,7 @@ import ast
 import csv
 import dataclasses
 import json
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import pytest
 
 from otus_ebpf import plugins
 from tests.support.example_plugin import EXAMPLE_DIR, EXAMPLE_PLUGINS, require_example
+from tests.support.paths import REPO
 from tests.unit.test_processors import message
+from userspace.processors.api import API_VERSION
 from userspace.records import Record, SipRecord, StreamReport, encode_json
 
 require_example()
@@ -143,3 +146,16 @@ def test_set_up_installed_both_where_otus_ebpf_finds_them() -> None:
     for name in EXAMPLE_PLUGINS.values():
         plugin = listed["processor" if name == "example.trunk_tag" else "reporter", name]
         assert (plugin.distribution, plugin.api_version, plugin.problem) == ("otus-example-plugin", "1", "")
+
+
+def test_the_plugins_doc_shows_the_examples_own_entry_points_and_api_version() -> None:
+    doc = (REPO / "docs" / "PLUGINS.md").read_text()
+    pyproject = (EXAMPLE_DIR / "pyproject.toml").read_text()
+    declared = re.findall(r'^"(example\.\w+)" = "([\w.:]+)"$', pyproject, re.MULTILINE)
+    assert len(declared) == 2
+    for name, target in declared:
+        assert f'"{name}" = "{target}"' in doc and target in doc
+    assert f"now `{API_VERSION}`" in doc
+    for module in ("trunk", "csv_reporter"):
+        source = (EXAMPLE_DIR / "otus_example_plugin" / f"{module}.py").read_text()
+        assert f"OTUS_API_VERSION = {API_VERSION}" in source
