@@ -3,18 +3,24 @@
 of a trunk capture with its processor and reporter configured writes a CSV
 line per SIP message, labelled by trunk, as the JSON lines are; with the
 processor failing on every other batch the replay ends all the same, the
-failures counted and every record still written."""
+failures counted and every record still written. Live, with two worker
+processes, each has its own processor and reporter, and their lines share
+the one CSV file whole."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.integration.test_workers_live import PER_HOST, send_from
+from tests.support.agent import start_agent
 from tests.support.example_plugin import require_example
+from tests.support.lab import Lab
 from tests.support.paths import AGENT
 from tests.support.trunk import MAC_A, MAC_B, PcapWriter, Wire, trunk_messages, write_udp_messages
 
@@ -108,3 +114,38 @@ def test_a_processor_failing_on_every_other_batch_neither_stops_the_replay_nor_l
     assert sum(1 for row in rows if not row[3]) == len(unlabelled), "those batches passed on as they came"
     assert "lost=0" in said.splitlines()[-1]
     assert said.count("plugin:example.trunk_tag: RuntimeError: batch 2: fails as configured") == 1, said
+
+
+def test_live_with_two_workers_each_has_its_plugins_and_the_csv_stays_whole(lab: Lab, tmp_path: Path) -> None:
+    hosts = [f"10.77.0.{n}" for n in range(20, 28)]
+    lab.add_uac_addresses(hosts)
+    path = tmp_path / "live.yaml"
+    path.write_text(f"""tasks:
+  - name: live
+    interfaces: [{lab.uas_if}]
+    processors:
+      - plugin: {{name: example.trunk_tag, options: {{ports: {{5060: public}}}}}}
+    outputs:
+      plugins:
+        - {{name: example.csv, options: {{path: {tmp_path / "live.csv"}}}}}
+""")
+    out = tmp_path / "live.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--workers", "2", "-c", str(path)])
+    assert "2 worker process(es)" in agent.output()
+    try:
+        send_from(lab, hosts)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    rows = list(csv.reader((tmp_path / "live.csv").read_text().splitlines()))
+    assert rows[0] == ["ts", "call_id", "method_or_status", "labels"]
+    assert sorted(r[1] for r in rows[1:]) == sorted(f"{h}-{n}" for h in hosts for n in range(PER_HOST)), \
+        "every message once, one header, no line cut or mixed"
+    assert {tuple(r[2:]) for r in rows[1:]} == {("OPTIONS", "trunk=public")}
+    assert all('"labels":{"trunk":"public"}' in line for line in out.read_text().splitlines())
+    said = agent.output()
+    assert said.count("handing records to the reporter plugin example.csv") == 2, said
+    last = [line for line in said.splitlines() if line.startswith("otus-ebpf: ")][-1]
+    written = re.findall(r"w\d-plugin:example\.csv written=(\d+) queued=0 overflow=0 failed=0 to_fallback=0 "
+                         r"lost=0", last)
+    assert len(written) == 2 and sum(map(int, written)) == len(hosts) * PER_HOST, last

@@ -10,6 +10,7 @@ import ast
 import csv
 import dataclasses
 import json
+import os
 import re
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -111,6 +112,27 @@ def test_the_reporter_appends_a_line_per_sip_record_with_a_header_once(tmp_path:
                           ["1970-01-01T00:00:00.000000Z", "c1", "180", "trunk=public"],
                           ["2023-11-14T22:13:20.123456Z", "c1", "BYE", "site=fra1;trunk=public"]]
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_reporters_of_several_processes_make_the_file_with_one_header(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' reporters opening the file at once: the second to link its new file finds
+    the first's there, header and all, and appends to it."""
+    path = tmp_path / "sip.csv"
+    first, second = csv_reporter({"path": str(path)}), csv_reporter({"path": str(path)})
+    link = os.link
+
+    def second_first(src: str, dst: str) -> None:
+        monkeypatch.setattr(os, "link", link)
+        second.write([to_port(5060, call_id="second")])  # it makes the file while the first is linking
+        link(src, dst)
+
+    monkeypatch.setattr(os, "link", second_first)
+    first.write([to_port(5060, call_id="first")])
+    first.close()
+    second.close()
+    assert [r[1] for r in rows(path)] == ["call_id", "second", "first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sip.csv"], "nothing left aside"
 
 
 @pytest.mark.parametrize(("options", "said"), [

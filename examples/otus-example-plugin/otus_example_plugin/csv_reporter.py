@@ -7,11 +7,13 @@ or status, labels (``k=v;k=v``) — appended to a file.
           options: {path: /var/log/otus/sip.csv}
 
 The factory runs when the config is checked too, so it only judges the
-options; the file is opened (for appending, created 0640) by the first write
-that has a SIP record, with a header line if it is empty. Each batch is one
-write of whole lines to a file opened with O_APPEND: with worker processes,
-each has a reporter of its own, and their lines interleave whole. otus-ebpf
-calls write on this reporter's own thread, never two calls at once.
+options; the first write that has a SIP record opens the file for appending,
+creating it (0640) with its header line if it is not there. With worker
+processes each worker has a reporter of its own, all on the one file: the
+file appears with its header already in it (made aside, then linked into
+place, which only one of them can do), and each batch is one write of whole
+lines with O_APPEND, so their lines interleave whole. otus-ebpf calls write
+on this reporter's own thread, never two calls at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +33,7 @@ from userspace.reporters import Reporter
 OTUS_API_VERSION = 1  # the plugin API this was written for (see otus_example_plugin.trunk)
 HEADER = ("ts", "call_id", "method_or_status", "labels")
 FILE_MODE = 0o640
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 OPTIONS = ("path",)
 
 
@@ -43,12 +47,25 @@ class CsvReporter:
         if not rows:
             return  # otus-ebpf also calls write([]) when idle: nothing to do here
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            if os.fstat(self._fd).st_size == 0:
-                rows.insert(0, list(HEADER))
-        text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerows(rows)
-        _write_all(self._fd, text.getvalue().encode())
+            self._fd = self._open()
+        _write_all(self._fd, lines(rows))
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, _APPEND)
+        except FileNotFoundError:
+            pass
+        fd, aside = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            _write_all(fd, lines([list(HEADER)]))
+            os.fchmod(fd, FILE_MODE)
+            os.link(aside, self.path)  # atomic, and refused if another process was first
+        except FileExistsError:
+            pass  # made by another reporter, header and all
+        finally:
+            os.close(fd)
+            os.unlink(aside)
+        return os.open(self.path, _APPEND)
 
     def flush(self, timeout: float) -> int:
         return 0  # each batch is in the file when write returns: nothing held here
@@ -65,6 +82,12 @@ def row(record: SipRecord) -> list[str]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
     labels = ";".join(f"{key}={value}" for key, value in sorted((record.labels or {}).items()))
     return [ts, m.call_id, m.method or str(m.status), labels]
+
+
+def lines(rows: list[list[str]]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode()
 
 
 def _write_all(fd: int, data: bytes) -> None:
