@@ -13,6 +13,7 @@ from otus_ebpf.kernel.settings import KernelSettings, MediaMode
 from otus_ebpf.outputs.fanout import DEFAULT_QUEUE_RECORDS
 from otus_ebpf.outputs.hep_transport import HepCollector
 from otus_ebpf.outputs.kafka_producer import KafkaSettings
+from otus_ebpf.outputs.plugin_reporters import ReporterSpec
 from userspace.calls import CallLimits
 from userspace.processors.build import ProcessorSpec
 from userspace.reassembly import ReassemblyLimits
@@ -47,6 +48,8 @@ class AttachOptions:
     kafka_backlog: BacklogLimits = field(default_factory=BacklogLimits)
     kafka_routing: KafkaRouting = field(default_factory=KafkaRouting)
     hep: tuple[HepCollector, ...] = ()
+    # Reporters other packages provide (outputs.plugins), in the task's process or each worker's.
+    reporter_plugins: tuple[ReporterSpec, ...] = ()
     fallback: str | None = None  # JSON-lines file for what an output could not take
     queue_records: int = DEFAULT_QUEUE_RECORDS  # per output, between capture and its thread
     hep_identity: HepIdentity = field(default_factory=HepIdentity)

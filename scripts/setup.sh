@@ -3,11 +3,12 @@
 # checks, changes nothing and takes about a second.
 #   Debian packages (bcc, kernel headers, iproute2, sipp, tshark, tcpdump, tmux, vagrant, openssl),
 #   the /lib/modules link bcc needs when the running kernel has no headers,
-#   .venv importing Debian's bcc, and `pip install -e .[dev]`.
+#   .venv importing Debian's bcc, `pip install -e .[dev]` and the example plugin package.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 VENV="$ROOT/.venv"
+EXAMPLE="$ROOT/examples/otus-example-plugin"
 say() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
@@ -101,6 +102,16 @@ setup_venv() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing otus-ebpf and its Python dependencies into $VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" || die "pip install -e .[dev] failed"
+        echo "$want" > "$stamp"
+    fi
+    # The example plugin package (docs/PLUGINS.md): what `otus-ebpf plugins` lists and the plugin
+    # tests run. --no-deps: its one dependency, otus-ebpf, is this checkout, installed above.
+    stamp="$VENV/.otus-example-installed"
+    want=$(sha256sum "$EXAMPLE/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing the example plugin package into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$EXAMPLE" \
+            || die "pip install -e examples/otus-example-plugin failed"
         echo "$want" > "$stamp"
     fi
     # The per-message modules as C extensions (same source); pure Python if that fails.

@@ -13,14 +13,16 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from otus_ebpf import logs
+from otus_ebpf import logs, plugins
 from tests.support.broker import Broker, start_broker
 from tests.support.lab import Lab, lab_down, lab_up
+from tests.support.plugin_dists import FakeSite
 
 IN_CI = os.environ.get("CI") == "true"
 # Strict: a bug that a failure boundary would count in production raises
@@ -115,3 +117,21 @@ def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixtur
         yield caplog
     finally:
         program.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def fake_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSite]:
+    """Plugins read from a fresh directory only; its modules forgotten afterwards."""
+    site = FakeSite(tmp_path / "site")
+    site.root.mkdir()
+    monkeypatch.syspath_prepend(str(site.root))
+    monkeypatch.setattr(plugins, "entry_points", site.entry_points)
+    plugins.clear_cache()
+    before = set(sys.modules)
+    try:
+        yield site
+    finally:
+        plugins.clear_cache()
+        for name in set(sys.modules) - before:
+            if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(site.root)):
+                del sys.modules[name]

@@ -25,4 +25,11 @@ def open_chain(options: AttachOptions, boundary: Boundary) -> ProcessorChain:
         raise SetupError(str(exc)) from None
     if (options.pcap or options.pcap_per_call) and any(spec.kind == "redact" for spec in options.processors):
         _log.warning("redaction applies to records and HEP; the capture files hold the packets as captured")
-    return ProcessorChain(made, boundary, frozenset(p.name for p in made if p.name.startswith(PLUGIN_PREFIX)))
+    plugins = {p.name: p for p in made if p.name.startswith(PLUGIN_PREFIX)}
+
+    def said(name: str, exc: BaseException) -> None:
+        outcome = "dropped" if plugins[name].fail_closed else "passed on unchanged"
+        _log.warning(f"{name}: {type(exc).__name__}: {exc} (its batch {outcome}; every failure counted, "
+                     "this kind said once)")
+
+    return ProcessorChain(made, boundary, frozenset(plugins), said)

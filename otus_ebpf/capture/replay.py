@@ -41,6 +41,7 @@ from userspace.classify import Rules, classify_frame
 from userspace.endpoints import FlowEvent
 from userspace.event import Event, Flag, Kind
 from userspace.pipeline import Pipeline
+from userspace.processors.chain import ProcessorChain
 from userspace.records import Record
 from userspace.reporters.pcap import PcapReporter
 
@@ -96,6 +97,9 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
         unwritable = _unwritable(frame_outputs)
         odd_times += f", frames_the_pcap_cannot_hold={unwritable}" if unwritable else ""
         internal = replayer.pipeline.boundary.total
+        if replayer.chain:
+            said = processors_line(replayer.chain)
+            _log.log(logging.WARNING if " failed=" in said else logging.INFO, said)
         _log.info(f"replayed {path}: {replayer.frames} frames, {replayer.events} captured, "
                   f"{produced} records, errors={errors}, internal_errors={internal}{odd_times}")
     accounts = account_outputs(reporters, kafka, frame_outputs)
@@ -104,6 +108,13 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
     if broken is not None:
         raise broken
     return EXIT_RECORDS_LOST if lost else 0
+
+
+def processors_line(chain: ProcessorChain) -> str:
+    """What each processor did: ``processors: NAME VERDICT=N ...; ...`` (``failed``: batches it raised on)."""
+    return "processors: " + "; ".join(
+        " ".join([name, *(f"{verdict}={n}" for verdict, n in sorted(counts.items()))])
+        for name, counts in chain.counts().items())
 
 
 def _unwritable(frame_outputs: FrameOutputs) -> int:

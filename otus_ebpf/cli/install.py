@@ -21,7 +21,7 @@ COMMAND = Path("/usr/local/bin/otus-ebpf")
 UNIT = Path("/etc/systemd/system") / UNIT_FILE
 DOCS = Path("/usr/share/doc/otus-ebpf")
 CONFIG = Path("/etc/otus-ebpf.yaml")
-DOC_FILES = ("CONFIG.md", "RECORDS.md", "METRICS.md", "HEP.md", "BENCHMARKS.md",
+DOC_FILES = ("CONFIG.md", "RECORDS.md", "METRICS.md", "HEP.md", "BENCHMARKS.md", "PLUGINS.md",
              "otus-ebpf.example.yaml", "grafana-dashboard.json")
 # The unit's ProtectHome= and PrivateTmp= hide these from the service: a command
 # inside them would fail to start (status 203/EXEC), so installing from there is refused.

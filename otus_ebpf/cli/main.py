@@ -1,4 +1,4 @@
-"""Command line: `otus-ebpf attach|replay|validate|detach|stats|filter|flows|daemon|task|fleet|...`.
+"""Command line: `otus-ebpf attach|replay|validate|detach|stats|filter|flows|daemon|task|fleet|plugins|...`.
 The flags of a task's settings are made from otus_ebpf.control.settings
 (otus_ebpf.cli.flags); the commands' own options are here."""
 
@@ -16,6 +16,7 @@ from otus_ebpf.capture.runner import tune_runtime
 from otus_ebpf.cli import daemon as cli_daemon
 from otus_ebpf.cli import fleet as cli_fleet
 from otus_ebpf.cli import install
+from otus_ebpf.cli import plugins as cli_plugins
 from otus_ebpf.cli.agent import AttachOptions, log, require_root, resolve_interface, run_attach
 from otus_ebpf.cli.flags import add_settings, argument_type, given
 from otus_ebpf.control.bounds import REPLAY_SPEED, parse_float
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path)
     replay.add_argument("--speed", default="max", metavar="N|max",
                         help="pace frames N times faster than captured, or as fast as possible (default)")
+    replay.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help="take a task's processors and outputs (and the rest) from this YAML file; "
+                             "flags given override it")
+    replay.add_argument("--task", metavar="NAME", help="the file's task to take (default: the first)")
     add_settings(replay, "replay", {"out": REPLAY_OUT_HELP})
     validate = commands.add_parser("validate", help="check a config file; every problem, exit 2 on any")
     validate.add_argument("file", type=Path)
@@ -86,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_argument("interface")
     cli_daemon.add_commands(commands)
     cli_fleet.add_commands(commands)
+    cli_plugins.add_command(commands)
     add_settings(commands.choices["daemon"], "daemon")
     return parser
 
@@ -136,7 +142,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
     if args.command == "validate":
         return _validate(args.file)
     if args.command == "replay":
-        return _replay(args)
+        return _replay(args, config)
     if args.command == "attach":
         options = _attach_options(args, config)
         metrics = getattr(args, "metrics_listen", config.metrics_listen if config else DEFAULT_METRICS_LISTEN)
@@ -153,6 +159,8 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
         return cli_daemon.run(args)
     if args.command == "fleet":
         return cli_fleet.run(args)
+    if args.command == "plugins":
+        return cli_plugins.run(args)
     if args.command == "stats" and args.interface is None:
         return cli_daemon.daemon_stats(args.socket)
     ifindex = resolve_interface(args.interface)
@@ -169,7 +177,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
 def _config_of(args: argparse.Namespace) -> Config | None:
     """The file `attach -c` takes its task from (refused whole if invalid), or the one
     the daemon will run (read here only for its log level: the daemon reports its problems)."""
-    if args.command == "attach" and args.config is not None:
+    if args.command in ("attach", "replay") and args.config is not None:
         try:
             return load_config(args.config)
         except ConfigInvalid as invalid:
@@ -286,16 +294,20 @@ def _pick_task(config: Config, args: argparse.Namespace) -> TaskConfig:
         raise SetupError(f"{args.config}: no task named {args.task!r} "
                          f"(tasks: {', '.join(t.name for t in config.tasks)})")
     for task in config.tasks:
-        if set(args.interfaces) & set(task.options.interfaces):
+        if set(getattr(args, "interfaces", ())) & set(task.options.interfaces):
             return task
     return config.tasks[0]
 
 
-def _replay(args: argparse.Namespace) -> int:
-    """Replay with the flags of attach it takes (outputs, SIP ports, the RTP report interval);
-    the rest of the task's settings keep their defaults."""
-    values = defaults() | given(args, "replay")
-    options = _options(values, (args.file.stem,), CLI_TASK_NAME)
+def _replay(args: argparse.Namespace, config: Config | None = None) -> int:
+    """Replay with the flags of attach it takes (outputs, SIP ports, the RTP report interval),
+    over a file's task with -c (its processors and outputs.plugins have no flags); the rest
+    keep their defaults. The frames' interfaces are the capture file's, never the task's."""
+    values, task, node = defaults(), CLI_TASK_NAME, None
+    if config is not None:
+        chosen = _pick_task(config, args)
+        values, task, node = dict(chosen.values), chosen.name, config.node_name
+    options = _options(values | given(args, "replay"), (args.file.stem,), task, node)
     if args.speed == "max":
         speed = None
     else:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from otus_ebpf.control.kinds import ProcessorList
+from otus_ebpf.control.kinds import STRUCTURED, ProcessorList
 from otus_ebpf.control.settings import (
     BY_NAME,
     DEFAULT_CONTROL_SOCKET,
@@ -292,11 +292,12 @@ class _Checker:
     # -- values -------------------------------------------------------------
 
     def value(self, setting: Setting, node: yaml.Node, path: str) -> Any:
-        if isinstance(setting.kind, ProcessorList):  # a structure, checked whole
+        if isinstance(setting.kind, STRUCTURED):  # a structure, checked whole
             try:
                 return setting.kind.parse_data(yaml.safe_load(yaml.serialize(node)), self.secrets)
-            except yaml.YAMLError:
-                self.problem(node, path, "plain YAML only (no tags such as !!python or !foo)")
+            except yaml.YAMLError as exc:  # a tag (!foo, !!python/...), a key that is a list
+                problem = getattr(exc, "problem", None) or "tags such as !foo are not read"
+                self.problem(node, path, f"not plain YAML data: {problem}")
                 return _INVALID
             except ValueError as exc:
                 self.problem(node, path, str(exc))

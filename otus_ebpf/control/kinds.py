@@ -16,8 +16,10 @@ from otus_ebpf.control.bounds import Bound, parse_float, parse_int, shown
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
 from otus_ebpf.kernel.settings import MAX_SHARDS
+from otus_ebpf.outputs import plugin_reporters
 from otus_ebpf.outputs.hep_transport import HepCollector, parse_collector
-from otus_ebpf.plugins import processor_factories
+from otus_ebpf.outputs.plugin_reporters import ReporterSpec
+from otus_ebpf.plugins import processor_factories, reporter_factories
 from otus_ebpf.secret import read_secret
 from userspace.numbers import ascii_int
 from userspace.processors.build import ProcessorSpec, build, parse_specs
@@ -184,6 +186,34 @@ class ProcessorList:
 
     def show(self, value: Any) -> str:
         return "[]" if not value else f"{len(value)} processors"
+
+
+@dataclass(frozen=True, slots=True)
+class ReporterPlugins:
+    """A task's ``outputs.plugins``: a YAML list of ``{name: PLUGIN, options: {...}}``
+    (docs/PLUGINS.md), checked whole where it is read: each plugin's factory judges its options."""
+
+    metavar: str = "LIST"
+
+    def parse(self, text: str) -> tuple[ReporterSpec, ...]:
+        raise ValueError("a list of reporter plugins, each {name: PLUGIN, options: {...}} (docs/PLUGINS.md)")
+
+    def parse_data(self, data: Any, secrets: bool = True) -> tuple[ReporterSpec, ...]:
+        """``secrets`` False: plugins are not looked up (not this host's to run)."""
+        specs = plugin_reporters.parse_specs(data)
+        if secrets:
+            plugin_reporters.check(specs, reporter_factories())
+        return specs
+
+    def describe(self) -> str:
+        return "a list of `{name: PLUGIN, options: {...}}` (docs/PLUGINS.md)"
+
+    def show(self, value: Any) -> str:
+        return "[]" if not value else f"{len(value)} reporter plugins"
+
+
+# The kinds whose value is a structure (a YAML list of mappings), not one text: read as data.
+STRUCTURED = (ProcessorList, ReporterPlugins)
 
 
 @dataclass(frozen=True, slots=True)

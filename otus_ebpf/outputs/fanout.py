@@ -10,7 +10,10 @@ capture thread or ends a worker thread. Every record given to an output
 ends in exactly one place: written, in the fallback, or counted lost.
 An idle worker calls ``write([])`` every tick, which is how the Kafka
 reporter drains its backlog and the file reporters rotate by age while
-traffic is quiet.
+traffic is quiet. A reporter that may never return from a call (a plugin's:
+``stuck_after``) is waited for that long at most by a flush or the close;
+then it is left behind, and the records it holds and those still queued are
+counted (lost, or given to the fallback), so a stop always ends.
 """
 
 from __future__ import annotations
@@ -114,16 +117,19 @@ class QueuedReporter:
     """One reporter on its own thread behind a queue of at most ``max_records``."""
 
     def __init__(self, name: str, reporter: Reporter, fallback: Fallback | None = None,
-                 max_records: int = DEFAULT_QUEUE_RECORDS) -> None:
+                 max_records: int = DEFAULT_QUEUE_RECORDS, stuck_after: float | None = None) -> None:
         self.name = name
         self.reporter = reporter
         self.stats = QueueStats()
         self._fallback = fallback
         self._max_records = max_records
+        self._stuck_after = stuck_after  # None: wait for the reporter however long it takes
         self._batches: deque[tuple[float, Sequence[Record]]] = deque()  # (when queued, records)
         self._wakeup = threading.Condition()
         self._busy = False
+        self._in_hand = 0         # records of the batch the reporter is writing
         self._stopping = False
+        self._abandoned = False   # left behind inside a call: whatever it returns counts no more
         # The worker writes, the main thread flushes: reporters are not thread-safe.
         self._reporter_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"reporter-{name}", daemon=True)
@@ -161,11 +167,13 @@ class QueuedReporter:
                 queued_at, batch = self._batches.popleft() if self._batches else (0.0, ())
                 self.stats.queued -= len(batch)
                 self._busy = True
+                self._in_hand = len(batch)
             try:
                 self._deliver(batch, queued_at)
             finally:
                 with self._wakeup:
                     self._busy = False
+                    self._in_hand = 0
                     self._wakeup.notify_all()
 
     def _deliver(self, batch: Sequence[Record], queued_at: float) -> None:
@@ -173,6 +181,8 @@ class QueuedReporter:
             with self._reporter_lock:
                 self.reporter.write(batch)
         except Exception as exc:  # any reporter failure: keep the records, keep running
+            if not self._take_back(batch):
+                return
             self.stats.failed += len(batch)
             error = f"{type(exc).__name__}: {exc}"
             self._to_fallback(batch)
@@ -180,12 +190,22 @@ class QueuedReporter:
                 _log.warning(f"{self.name}: {error}")  # once per kind of failure, not per batch
             self.stats.last_error = error
         else:
+            if not self._take_back(batch):
+                return
             self.stats.written += len(batch)
             if batch:
                 latency = time.monotonic() - queued_at
                 self.stats.batches += 1
                 self.stats.latency_s += latency
                 self.stats.latency_max_s = max(self.stats.latency_max_s, latency)
+
+    def _take_back(self, batch: Sequence[Record]) -> bool:
+        """The batch is this thread's to count again, unless it was left behind (then counted lost)."""
+        with self._wakeup:
+            if self._abandoned:
+                return False
+            self._in_hand = 0
+            return True
 
     def drain(self, timeout: float, clock: Callable[[], float]) -> bool:
         """Wait until the worker has written everything queued; False at the deadline."""
@@ -204,12 +224,37 @@ class QueuedReporter:
         self.drain(timeout, clock)
         with self._wakeup:
             left_here = self.stats.queued
-        with self._reporter_lock:
-            try:
-                return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
-            except OSError as exc:
-                _log.warning(f"{self.name}: flush: {exc}")
-                return left_here
+        wait = -1.0 if self._stuck_after is None else max(0.0, timeout - (clock() - started))
+        if not self._reporter_lock.acquire(timeout=wait):
+            with self._wakeup:
+                in_hand = self._in_hand
+            _log.warning(f"{self.name}: still inside a call after {timeout:g} s; not flushed")
+            return left_here + in_hand
+        try:
+            return left_here + self.reporter.flush(max(0.0, timeout - (clock() - started)))
+        except OSError as exc:
+            _log.warning(f"{self.name}: flush: {exc}")
+            return left_here
+        finally:
+            self._reporter_lock.release()
+
+    def _leave_behind(self) -> None:
+        """The reporter has not returned in ``stuck_after``: all it was given and has not
+        taken counts as failed; what it holds is lost, what is queued goes to the fallback
+        (or is lost); it is not closed (it is still inside a call). Its thread, a daemon,
+        ends when the call returns, or with the process."""
+        with self._wakeup:
+            self._abandoned = True
+            in_hand, batches = self._in_hand, list(self._batches)
+            self._batches.clear()
+            # Failed, as a write that raised: failed + overflow = to_fallback + lost still holds.
+            self.stats.failed += in_hand + sum(len(batch) for _, batch in batches)
+            self.stats.lost += in_hand
+            for _, batch in batches:
+                self.stats.queued -= len(batch)
+                self._to_fallback(batch)
+        _log.warning(f"{self.name}: its reporter has not returned in {self._stuck_after:g} s: left behind, "
+                     f"{in_hand + sum(len(b) for _, b in batches)} records not written by it")
 
     def summary(self) -> str:
         s = self.stats
@@ -222,7 +267,10 @@ class QueuedReporter:
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify_all()
-        self._thread.join()
+        self._thread.join(self._stuck_after)
+        if self._thread.is_alive():
+            self._leave_behind()
+            return
         try:
             self.reporter.close()
         except OSError as exc:  # the last sync of a full disk: said, and the rest still closes

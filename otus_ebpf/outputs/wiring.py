@@ -19,7 +19,10 @@ from otus_ebpf.outputs.hep_transport import HepSender
 from otus_ebpf.outputs.joined import FALLBACK, JSONL, Forward, ForwardedFrames, ForwardedLines
 from otus_ebpf.outputs.kafka_producer import make_producer, open_kafka_reporter
 from otus_ebpf.outputs.percall import PerCallPcap
+from otus_ebpf.outputs.plugin_reporters import STUCK_S, Guarded, make, queue_names
 from otus_ebpf.outputs.sinks import RotatingFile, StreamSink
+from otus_ebpf.plugins import reporter_factories
+from userspace.processors.build import PLUGIN_PREFIX
 from userspace.records import CallSummary, Frame, Record
 from userspace.reporters import Reporter, RotatingSink
 from userspace.reporters.hep import HepReporter
@@ -40,6 +43,7 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     (otus_ebpf.outputs.fanout); closing stops the workers after they have written what
     is queued. With ``forward`` (a worker process), the JSON lines and the
     fallback are encoded here and written by the parent (otus_ebpf.outputs.joined)."""
+    plugged = _make_plugin_reporters(options)  # no I/O: their problems before any file exists
     kafka = None
     if options.kafka is not None:
         kafka = open_kafka_reporter(options.kafka, options.kafka_routing, options.kafka_backlog,
@@ -50,8 +54,8 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
         fallback = _open_fallback(stack, options, forward)
         reporters: list[QueuedReporter] = []
 
-        def queued(name: str, reporter: Reporter) -> None:
-            worker = QueuedReporter(name, reporter, fallback, options.queue_records)
+        def queued(name: str, reporter: Reporter, stuck_after: float | None = None) -> None:
+            worker = QueuedReporter(name, reporter, fallback, options.queue_records, stuck_after)
             stack.callback(worker.close)
             reporters.append(worker)
 
@@ -70,7 +74,24 @@ def open_reporters(stack: contextlib.ExitStack, options: AttachOptions, label: s
     if options.hep:
         queued("hep", HepReporter(HepSender(options.hep, time.monotonic), options.hep_identity))
         _log.info(f"sending HEPv3 to {', '.join(map(str, options.hep))}")
+    for name, reporter in plugged:
+        queued(name, reporter, STUCK_S)
+        _log.info(f"handing records to the reporter plugin {name.removeprefix(PLUGIN_PREFIX)}")
     return reporters, kafka
+
+
+def _make_plugin_reporters(options: AttachOptions) -> list[tuple[str, Guarded]]:
+    """Checked with the config already: a problem here is something that changed since."""
+    made = []
+    names = queue_names(options.reporter_plugins)
+    for i, (spec, name) in enumerate(zip(options.reporter_plugins, names, strict=True)):
+        try:
+            made.append((name, Guarded(name, make(spec, f"outputs.plugins[{i}]", reporter_factories()))))
+        except ValueError as exc:
+            for _, reporter in made:
+                reporter.close()
+            raise SetupError(str(exc)) from None
+    return made
 
 
 def _open_fallback(stack: contextlib.ExitStack, options: AttachOptions,

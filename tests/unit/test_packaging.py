@@ -1,4 +1,5 @@
-"""The BPF C sources are found from a checkout and from an installed wheel."""
+"""The BPF C sources are found from a checkout and from an installed wheel, which holds
+every package of the checkout."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def test_installed_wheel_ships_and_finds_the_sources(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert f"otus_ebpf/bpf/{PROGRAM_FILE}" in names
     assert f"otus_ebpf/bpf/{EVENT_HEADER_FILE}" in names
+    # Every package of the checkout, so that an installed wheel imports what a checkout does.
+    packages = sorted(str(init.relative_to(REPO)) for top in ("otus_ebpf", "userspace")
+                      for init in (REPO / top).rglob("__init__.py"))
+    assert [init for init in packages if init not in names] == []
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),

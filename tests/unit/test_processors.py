@@ -176,6 +176,16 @@ def test_a_plugin_that_raises_is_counted_and_the_records_go_on() -> None:
     assert c.counts() == {"boom": {"failed": 1}}
 
 
+def test_a_plugins_first_failure_of_each_kind_is_said() -> None:
+    said: list[tuple[str, str]] = []
+    c = ProcessorChain([Exploding()], Boundary(strict=True), plugins=frozenset({"boom"}),
+                       on_plugin_failure=lambda name, exc: said.append((name, str(exc))))
+    for _ in range(3):
+        c.process([message()])
+    assert said == [("boom", "a plugin's bug")]
+    assert c.counts() == {"boom": {"failed": 3}}
+
+
 def test_a_failing_redaction_lets_nothing_through() -> None:
     redact = build(parse_specs([{"redact": {"mode": "mask"}}]), lambda _p: "", {})[0]
     broken = dataclasses.replace(message(), message=None)  # type: ignore[arg-type]

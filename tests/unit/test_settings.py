@@ -20,13 +20,13 @@ from otus_ebpf.cli import main as cli
 from otus_ebpf.cli.flags import given
 from otus_ebpf.control.config import Config, ConfigInvalid, load, parse
 from otus_ebpf.control.kinds import (
+    STRUCTURED,
     Choice,
     Collectors,
     KeyValue,
     Listen,
     Networks,
     Number,
-    ProcessorList,
     Switch,
     Text,
     Whole,
@@ -39,12 +39,13 @@ from tests.support.paths import REPO
 
 CONFIG_DOC = REPO / "docs" / "CONFIG.md"
 BY = {s.name: s for s in SETTINGS}
-# Settings of one value each (a flag's, a key's); ``processors`` is a list of structures (test_processors).
-SCALAR = tuple(s for s in SETTINGS if not isinstance(s.kind, ProcessorList))
+# Settings of one value each (a flag's, a key's); ``processors`` and ``outputs.plugins`` are lists of
+# structures (test_processor_config, test_reporter_plugins).
+SCALAR = tuple(s for s in SETTINGS if not isinstance(s.kind, STRUCTURED))
 # Options of the commands themselves, not settings (as the usage line shows them: -c for -c/--config).
 COMMAND_OPTIONS = {
     "attach": {"-h", "-c", "--task", "--no-tui"},
-    "replay": {"-h", "--speed"},
+    "replay": {"-h", "--speed", "-c", "--task"},
     "daemon": {"-h", "-c"},
 }
 

@@ -16,7 +16,13 @@ from typing import Protocol
 
 from userspace.records import Record
 
-API_VERSION = 1  # raised when the interface changes in a way a plugin would notice
+# The plugin API's major version: the records, this Processor protocol and
+# userspace.reporters.Reporter. Raised only by a change an existing plugin would
+# notice (a field gone or changed, a method it must now have); additions keep
+# it. A plugin declares the version it was built for as OTUS_API_VERSION (an
+# int, or "MAJOR.MINOR") on its factory or its factory's module; one built for
+# another major version is refused at load (docs/PLUGINS.md).
+API_VERSION = 1
 
 
 class Processor(Protocol):

@@ -21,6 +21,7 @@ PLUGIN_PREFIX = "plugin:"  # a plugin processor's name: never a built-in's
 KINDS = ("filter", "label", "redact", "sample", "plugin")
 ReadSecret = Callable[[str], str]       # a key file's text
 PluginFactory = Callable[[Mapping[str, Any]], Processor]
+PROCESSOR_ATTRIBUTES = ("process", "counts", "fail_closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +36,28 @@ class ProcessorSpec:
         return json.loads(self.options_json)
 
     @classmethod
-    def of(cls, kind: str, options: Any) -> ProcessorSpec:
-        return cls(kind, json.dumps(options, sort_keys=True))
+    def of(cls, kind: str, options: Any, where: str = "processors") -> ProcessorSpec:
+        return cls(kind, options_json(options, where))
+
+
+def options_json(options: Any, where: str) -> str:
+    """Options as canonical JSON: what a processor (or a plugin) is handed, and what a
+    reload compares. YAML says more than JSON: a key that is a number (a port) becomes
+    its text, as JSON would make it; a date or a timestamp is refused (quote it)."""
+    try:
+        return json.dumps(_text_keys(options), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{where}: options must be text, numbers, true/false, null, lists and mappings "
+                         f"(quote a date or a time): {exc}") from None
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else json.dumps(key): _text_keys(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(item) for item in value]
+    return value
 
 
 def build(specs: Sequence[ProcessorSpec], read_secret: ReadSecret,
@@ -70,18 +91,33 @@ def _plugin(options: Any, where: str, plugins: Mapping[str, PluginFactory]) -> P
     if not isinstance(options, dict) or not isinstance(options.get("name"), str) or set(options) - {
             "name", "options"}:
         raise ValueError(f"{where}: {{name: PLUGIN, options: {{...}}}}")
-    factory = plugins.get(options["name"])
+    name = options["name"]
+    factory = plugins.get(name)
     if factory is None:
         known = ", ".join(sorted(plugins)) or "none installed"
-        raise ValueError(f"{where}.name: no processor plugin {options['name']!r} ({known})")
+        raise ValueError(f"{where}.name: no processor plugin {name!r} ({known})")
+    made: Processor = call_factory(factory, options.get("options") or {}, f"{where}: plugin {name!r}")
+    missing = [attr for attr in PROCESSOR_ATTRIBUTES if not hasattr(made, attr)]
+    if missing:
+        raise ValueError(f"{where}: plugin {name!r} made no processor (it has no {', '.join(missing)})")
     try:
-        made = factory(options.get("options") or {})
-        made.name = f"{PLUGIN_PREFIX}{options['name']}"
-    except ValueError:
-        raise
-    except Exception as exc:  # a plugin's own bug: a problem with its name, not a traceback
-        raise ValueError(f"{where}: plugin {options['name']!r} failed: {type(exc).__name__}: {exc}") from None
+        made.name = f"{PLUGIN_PREFIX}{name}"
+    except AttributeError:
+        raise ValueError(f"{where}: plugin {name!r} made a processor whose name cannot be set") from None
     return made
+
+
+def call_factory(factory: Callable[[Mapping[str, Any]], Any], options: Any, where: str) -> Any:
+    """A plugin's factory on its options: the ValueError it raises for bad options, and
+    any other exception (its bug), become a ValueError naming where it is configured."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: options must be a mapping")
+    try:
+        return factory(options)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    except Exception as exc:  # a plugin's bug: said where it is used, never a traceback at config time
+        raise ValueError(f"{where} failed: {type(exc).__name__}: {exc}") from None
 
 
 def _name_apart(processors: list[Processor]) -> None:
@@ -104,9 +140,5 @@ def parse_specs(value: Any, where: str = "processors") -> tuple[ProcessorSpec, .
         (kind, options), = item.items()
         if kind not in KINDS:
             raise ValueError(f"{where}[{i}].{kind}: unknown processor (expected one of: {', '.join(KINDS)})")
-        try:
-            specs.append(ProcessorSpec.of(kind, options))
-        except (TypeError, ValueError, RecursionError):  # dates, sets, mixed keys, NaN: not plain data
-            raise ValueError(f"{where}[{i}].{kind}: options must be plain text, numbers, lists and "
-                             "mappings with text keys") from None
+        specs.append(ProcessorSpec.of(kind, options, f"{where}[{i}].{kind}"))
     return tuple(specs)
