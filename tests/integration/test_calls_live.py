@@ -19,13 +19,13 @@ CALLS = 50
 HOLD_MS = 2000
 MESSAGES_PER_CALL = 7  # INVITE 100 180 200 ACK BYE 200
 SIPP_MEDIA_PORT = 6000  # sipp's default -mp, announced by both sides
+SIPP_CLOCK_SLACK_MS = 5
 
 
 def learned_flows(lab: Lab) -> set[tuple[str, str, int]]:
     out = lab.run(lab.uas_ns, str(AGENT), "flows", lab.uas_if).stdout
     rows = (line.split() for line in out.splitlines())
     return {(kind, address, int(port)) for kind, address, port, *_rest in rows}
-
 
 @pytest.mark.parametrize("transport", ["u1", "t1"], ids=["udp", "tcp"])
 def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_path: Path,
@@ -59,7 +59,9 @@ def test_media_flows_follow_the_calls_and_calls_are_summarised(lab: Lab, tmp_pat
     for call in calls:
         assert (call["end_cause"], call["final_status"], call["caller"]) == ("bye", 200, lab.uac_v4)
         assert 0 <= call["setup_ms"] <= call["answer_ms"] < 1000
-        assert HOLD_MS <= call["duration_ms"] < HOLD_MS + 1000
+        # sipp times its pause on its own millisecond clock, read once per event loop: on a
+        # loaded machine the BYE leaves up to a few ms before the hold has passed on ours.
+        assert HOLD_MS - SIPP_CLOCK_SLACK_MS <= call["duration_ms"] < HOLD_MS + 1000
 
 
 def rtp_packets(ssrc: int, count: int, drop_every: int = 0) -> list[bytes]:
