@@ -149,6 +149,7 @@ def test_sampling_keeps_whole_calls_about_one_in_n() -> None:
     ({"label": {"static": {"bad key!": "x"}}}, "a label name"),
     ({"label": {"static": {"k": "x" * 300}}}, "text of 1 to 256"),
     ({"sample": {"one_in": 0}}, "N from 1 to"),
+    ({"sample": {"one_in": "²"}}, "N from 1 to"),
     ({"redact": {"mode": "scramble"}}, "mode: hash"),
     ({"teleport": {}}, "unknown processor"),
     ({"plugin": {"name": "nope"}}, "no processor plugin 'nope'"),

@@ -25,7 +25,7 @@ class Sample:
     def from_spec(cls, spec: Any, where: str) -> Sample:
         """{one_in: N}"""
         one_in = spec.get("one_in") if isinstance(spec, dict) and set(spec) == {"one_in"} else None
-        if isinstance(one_in, str) and one_in.isdigit():
+        if isinstance(one_in, str) and one_in.isascii() and one_in.isdigit():  # not '²', which int() refuses
             one_in = int(one_in)
         if not isinstance(one_in, int) or isinstance(one_in, bool) or not 1 <= one_in <= MAX_ONE_IN:
             raise ValueError(f"{where}: {{one_in: N}}, N from 1 to {MAX_ONE_IN}")
