@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from userspace.processors.api import Processor
@@ -29,7 +29,7 @@ class ProcessorSpec:
     """One processor as configured: comparable, so a reload sees a change."""
 
     kind: str
-    options_json: str = field(compare=True)  # canonical JSON of its options
+    options_json: str  # canonical JSON of its options
 
     @property
     def options(self) -> Any:
