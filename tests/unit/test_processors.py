@@ -311,3 +311,10 @@ def test_a_plugin_that_returns_no_list_is_counted_and_its_odd_counts_trimmed() -
     records: list[Record] = [message()]
     assert c.process(records) == records
     assert c.counts() == {"lazy": {"x" * 64: 1, "failed": 1}}
+
+
+def test_a_mask_never_keeps_half_a_character() -> None:
+    c = chain([{"redact": {"mode": "mask", "keep": 3}}])  # byte 3 is inside the second ü
+    (out,) = c.process([message(from_user="üüüü")])
+    assert isinstance(out, SipRecord) and out.message.from_user == "ü" + "*" * 6
+    assert c.counts()["redact"] == {"messages": 1}

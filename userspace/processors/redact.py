@@ -129,6 +129,8 @@ class Redact:
         """As many bytes as ``value``: a keyed hash in hex, or a mask keeping at most half."""
         if self._key is None:
             keep = min(self._keep, len(value) // 2)
+            while 0 < keep < len(value) and value[keep] & 0xC0 == 0x80:
+                keep -= 1  # never half a UTF-8 character: the token must decode
             return value[:keep] + _MASK * (len(value) - keep)
         digest = hmac.new(self._key, value, hashlib.sha256).hexdigest().encode()
         return (digest * (len(value) // len(digest) + 1))[:len(value)]
