@@ -108,6 +108,12 @@ def _add_filter(filt: argparse.ArgumentParser) -> None:
     filt.add_argument("--add-sip-port", type=port, action="append", default=[], metavar="PORT")
     filt.add_argument("--remove-sip-port", type=port, action="append", default=[], metavar="PORT")
     filt.add_argument("--signature", choices=["on", "off"])
+    method = argument_type(BY_NAME["drop_methods"].kind.parse)
+    filt.add_argument("--add-drop-method", type=method, action="append", default=[], metavar="METHOD")
+    filt.add_argument("--remove-drop-method", type=method, action="append", default=[], metavar="METHOD")
+    filt.add_argument("--dedup", choices=["on", "off"])
+    window = argument_type(BY_NAME["dedup_window_ms"].kind.parse)
+    filt.add_argument("--dedup-window-ms", type=window, metavar="MS")
     for which in ("include", "exclude"):
         filt.add_argument(f"--add-{which}", action="append", default=[], metavar="CIDR")
         filt.add_argument(f"--remove-{which}", action="append", default=[], metavar="CIDR")
@@ -241,7 +247,8 @@ def _flows(ifindex: int, interface: str) -> int:
 
 def _filter(ifindex: int, args: argparse.Namespace) -> int:
     changes = [args.add_sip_port, args.remove_sip_port, args.signature, args.add_include,
-               args.remove_include, args.add_exclude, args.remove_exclude]
+               args.remove_include, args.add_exclude, args.remove_exclude, args.add_drop_method,
+               args.remove_drop_method, args.dedup, args.dedup_window_ms]
     if not any(changes):  # nothing to change: say what is in force
         with live_maps(ifindex, args.interface) as maps:
             print("\n".join(maps.filters().lines()))
@@ -253,6 +260,13 @@ def _filter(ifindex: int, args: argparse.Namespace) -> int:
             maps.set_sip_port(port, False)
         if args.signature:
             maps.set_signature(args.signature == "on")
+        for token in args.remove_drop_method:
+            maps.change_drop_method(token, add=False)
+        for token in args.add_drop_method:
+            maps.change_drop_method(token, add=True)
+        if args.dedup or args.dedup_window_ms is not None:
+            on = args.dedup == "on" if args.dedup else maps.filters().dedup_window_ms is not None
+            maps.set_dedup(on, args.dedup_window_ms)
         for which in ("include", "exclude"):
             for cidr in getattr(args, f"add_{which}"):
                 maps.change_network(which, parse_network(cidr), add=True)

@@ -17,6 +17,7 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
 from otus_ebpf.kernel.settings import MAX_SHARDS
 from otus_ebpf.outputs.hep_transport import HepCollector, parse_collector
+from userspace.droplist import token_problem
 from userspace.numbers import ascii_int
 
 
@@ -132,6 +133,25 @@ class Text:
 
     def describe(self) -> str:
         return self.what
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A SIP request method or a 3-digit status code, as the drop list holds it."""
+
+    metavar: str = "METHOD"
+
+    def parse(self, text: str) -> str:
+        problem = token_problem(text)
+        if problem is not None:
+            raise ValueError(problem)
+        return text
+
+    def describe(self) -> str:
+        return "SIP methods in upper case (`OPTIONS`), 3-digit status codes (`100`)"
 
     def show(self, value: Any) -> str:
         return str(value)

@@ -19,7 +19,18 @@ import yaml
 from otus_ebpf.cli import main as cli
 from otus_ebpf.cli.flags import given
 from otus_ebpf.control.config import Config, ConfigInvalid, load, parse
-from otus_ebpf.control.kinds import Choice, Collectors, Listen, Networks, Number, Switch, Text, Whole, Workers
+from otus_ebpf.control.kinds import (
+    Choice,
+    Collectors,
+    Listen,
+    Method,
+    Networks,
+    Number,
+    Switch,
+    Text,
+    Whole,
+    Workers,
+)
 from otus_ebpf.control.reference import generated_part, markdown
 from otus_ebpf.control.settings import SETTINGS, Scope, Setting, build_options, defaults
 from otus_ebpf.options import AttachOptions
@@ -109,7 +120,8 @@ def sample(setting: Setting, secret: Path) -> str:
         return str(kind.low) if low != (default[0] if setting.repeatable else default) else str(kind.high)
     if isinstance(kind, Workers):
         return "2" if default == 1 else "1"
-    special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999"}
+    special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999",
+               Method: "OPTIONS"}
     assert isinstance(kind, Text) or type(kind) in special, f"no sample for {setting.name}"
     return special.get(type(kind), f"{setting.name}-sample")
 
