@@ -22,7 +22,8 @@ def test_stats_line_shows_kernel_pipeline_and_kafka_figures() -> None:
     line = StatsLine("eth0", format_kernel_counts(kernel), pipeline,
                      KafkaStats(produced=7, delivered=5, failed=2)).format()
     assert "ingress seen=10" in line
-    assert "egress seen=0 matched=0 filtered=0 dropped_method=0 duplicate=0 submitted=0 submit_failed=3" in line
+    assert ("egress seen=0 matched=0 filtered=0 dropped_method=0 duplicate=0 submitted=0 submit_failed=3"
+            in line)
     assert "records=7" in line and "errors=2" in line
     assert "kafka produced=7 delivered=5 failed=2 queue_full=0 backlog=0 dropped=0" in line
     assert "in_flight=0 retried=0" in line
