@@ -43,7 +43,7 @@ from otus_ebpf.kernel.bpfsys import (
     query_program_ids,
 )
 from otus_ebpf.kernel.counters import KernelCounts, read_counters
-from otus_ebpf.kernel.loader import COUNTERS_MAP, TC_FUNCTION, XDP_FUNCTION
+from otus_ebpf.kernel.loader import COUNTERS_MAP, SCREENS, TC_FUNCTION, XDP_FUNCTION
 from otus_ebpf.kernel.maps import CONFIG_MAP, DROP_METHODS_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
 from userspace.event import Kind
 
@@ -209,15 +209,29 @@ class LiveMaps:
 
 @contextlib.contextmanager
 def live_maps(ifindex: int, ifname: str) -> Iterator[LiveMaps]:
+    """The maps of the attached programs, and of the screen programs they tail-call
+    (the drop list and the duplicates' map are only theirs)."""
     program_ids = attached_program_ids(ifindex)
     if not program_ids:
         raise SetupError(f"no otus-ebpf program is attached to {ifname}")
     fds: dict[str, tuple[int, MapInfo]] = {}
     try:
-        for map_id in program_info(program_ids[0]).map_ids:
-            fd, info = open_map(map_id)
-            fds[info.name] = (fd, info)
+        _open_maps(program_info(program_ids[0]).map_ids, fds)
+        for _function, array in SCREENS:
+            if array in fds:
+                fd, _info = fds[array]
+                raw = map_lookup(fd, _U32.pack(0), _U32.size)  # a program array answers with the id
+                if raw is not None:
+                    _open_maps(program_info(_U32.unpack(raw)[0]).map_ids, fds)
         yield LiveMaps(fds)
     finally:
         for fd, _info in fds.values():
             os.close(fd)
+
+
+def _open_maps(map_ids: tuple[int, ...], fds: dict[str, tuple[int, MapInfo]]) -> None:
+    opened = {info.id for _fd, info in fds.values()}
+    for map_id in map_ids:
+        if map_id not in opened:
+            fd, info = open_map(map_id)
+            fds[info.name] = (fd, info)

@@ -17,8 +17,10 @@ import pytest
 
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.lab import Lab
-from tests.support.paths import SIPP_SCENARIOS
+from tests.support.paths import AGENT, SIPP_SCENARIOS
 from tests.support.procs import Background
+from tests.support.send import send_udp
+from tests.support.sip_samples import request
 from tests.support.sipp import finish_calls, start_calls
 
 CALLS = 20
@@ -118,3 +120,24 @@ def test_the_af_packet_capture_drops_them_alike(lab: Lab, tmp_path: Path, mode: 
     assert options_records(run.records) == []
     assert run.stats["afpacket_dropped_method"] == 2 * PINGS, run.stats  # both directions on one socket
     assert run.stats["afpacket_duplicate"] == 0
+
+
+def test_otus_ebpf_filter_changes_a_running_agents_drop_list(lab: Lab, tmp_path: Path) -> None:
+    """The drop list and the duplicates' map belong to the screen programs: `filter`
+    reaches them through the attached programs' tail-call arrays."""
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--drop-method", "OPTIONS"])
+    try:
+        shown = lab.run(lab.uas_ns, str(AGENT), "filter", lab.uas_if).stdout.splitlines()
+        assert "drop       OPTIONS" in shown and "dedup      off" in shown, shown
+        changed = lab.run(lab.uas_ns, str(AGENT), "filter", lab.uas_if, "--remove-drop-method", "OPTIONS",
+                          "--add-drop-method", "NOTIFY", "--dedup", "on", "--dedup-window-ms", "200")
+        assert "drop       NOTIFY" in changed.stdout.splitlines(), changed.stdout
+        assert "dedup      on, 200 ms" in changed.stdout.splitlines(), changed.stdout
+        send_udp(lab.uac_ns, lab.uac_v4, 5062, lab.uas_v4, 5060, [request("OPTIONS"), request("NOTIFY")])
+        time.sleep(1.5)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    methods = [r["method"] for r in read_records(out) if r["kind"] == "sip"]
+    assert methods == ["OPTIONS"]
+    assert final_stats(agent)["ingress_dropped_method"] == 1
