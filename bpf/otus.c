@@ -139,7 +139,7 @@ BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
 /* Request methods and status codes whose SIP datagrams stay down (OTUS_CFG_DROP_METHODS). */
 BPF_HASH(drop_methods, struct otus_drop_key, __u8, OTUS_MAX_DROP_METHODS);
-/* Recent matches' digests (packet_digest) -> when first seen, bpf_ktime_get_ns().
+/* Recent matches' digests (duplicate()) -> when first seen, bpf_ktime_get_ns().
  * LRU: a full map forgets its least recently used digest, never refuses one.
  * 65,536 entries hold every match of 1.3 M packets/s for the default 50 ms
  * window (6,500/s for the longest, 10 s); a duplicate whose first copy was
@@ -735,7 +735,8 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
  * instructions. So a match that either feature may keep down is handed to a
  * second program per hook, by tail call, with what the parse found; entered
  * in one state, it is walked once. Off, neither costs anything: the hooks go
- * on as before. The hand-off costs a match ~20-40 ns (scripts/bench/kernel_path.py). */
+ * on as before. The hand-off and the tail call cost a match ~70 ns with the
+ * drop list's lookup (scripts/bench/kernel_screen.py). */
 struct otus_handoff {
 	struct otus_parsed p;
 	struct otus_match m;
@@ -1380,12 +1381,13 @@ static __always_inline int digest_l4(void *data, void *data_end, struct otus_par
 	return 1;
 }
 
+#define OTUS_EEXIST 17
+
 /* 1 when this packet's digest was first seen less than the window ago. The
  * first sighting is kept, not refreshed by its copies: a window is counted
  * from the original. A copy on another CPU at the same moment finds the
  * other's insert there (EEXIST) and counts as the duplicate; an insert that
  * fails for any other reason lets the packet go up. */
-#define OTUS_EEXIST 17
 static __always_inline int duplicate(struct otus_config *cfg, void *data, void *data_end, struct otus_parsed *p)
 {
 	__u64 h = (__u64)p->family << 8 | (p->flags & OTUS_FLAG_FRAGMENT);
@@ -1420,7 +1422,6 @@ static __always_inline __u32 screen(struct otus_config *cfg, void *data, void *d
 				    struct otus_match *m)
 {
 	int token = 0;
-
 
 	if ((cfg->flags & OTUS_CFG_DROP_METHODS) && m->kind == OTUS_KIND_SIP && p->l4_proto == IPPROTO_UDP) {
 		struct otus_drop_key key = {};
