@@ -1,16 +1,17 @@
 /* otus.c — XDP (ingress) and TC (egress) classification of VoIP traffic.
  *
  * Both programs share one path: parse_frame (L2-L4), classify (filters,
- * SIP ports, learned media flows, SIP signature, fragments) and
- * submit_sample (copy into the shard's ring). They differ only in how they
- * read their context. Every packet ends in exactly one verdict counter, and
- * every packet is let through: monitoring never changes traffic.
+ * SIP ports, learned media flows, SIP signature, fragments; then the method
+ * drop list and duplicate suppression, for matches only) and submit_sample
+ * (copy into the shard's ring). They differ only in how they read their
+ * context. Every packet ends in exactly one verdict counter, and every packet
+ * is let through: monitoring never changes traffic.
  *
  * Compiled by bcc at attach time. Sizes arrive as cflags defines
  * (OTUS_SNAPLEN, OTUS_SHARDS, OTUS_MAX_FLOWS,
  * OTUS_CALLID_ROUTING: only with worker processes, where it is used); everything that
- * changes at run time lives in maps (config, sip_ports, flows, flow_ports,
- * include/exclude tries), never in this text.
+ * changes at run time lives in maps (config, sip_ports, drop_methods, flows,
+ * flow_ports, include/exclude tries), never in this text.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -66,6 +67,12 @@ _Static_assert(sizeof(((struct otus_counters *)0)->shard_failures) == OTUS_MAX_S
 #define OTUS_IP6_MF 0x0001
 #define OTUS_SIGNATURE_LEN 8
 #define TC_ACT_UNSPEC (-1) /* clsact: default action; TCX: next program */
+/* Bounds a packet offset the verifier cannot bound (one read back from a
+ * map): it tracks a packet read only when the pointer's offset fits 16 bits
+ * with room to spare, and no frame we parse (at most a jumbo one) is longer. */
+#define OTUS_OFFSET_MASK 0x3fff
+/* The config flags that ask for an address lookup (filtered_out). */
+#define OTUS_ADDRESS_FILTERS (OTUS_CFG_INCLUDE_V4 | OTUS_CFG_INCLUDE_V6 | OTUS_CFG_EXCLUDE_V4 | OTUS_CFG_EXCLUDE_V6)
 
 struct otus_sample {
 	struct otus_event hdr;
@@ -85,6 +92,7 @@ struct otus_parsed {
 	__u8 flags;           /* OTUS_FLAG_* */
 	__u8 family;          /* 4 or 6 */
 	__u8 non_first_fragment;
+	__u16 frag_off;       /* a fragment's offset field, raw (IPv6: with its M bit) */
 };
 
 struct otus_vlan_hdr {
@@ -129,6 +137,15 @@ BPF_LPM_TRIE(include_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
+/* Request methods and status codes whose SIP datagrams stay down (OTUS_CFG_DROP_METHODS). */
+BPF_HASH(drop_methods, struct otus_drop_key, __u8, OTUS_MAX_DROP_METHODS);
+/* Recent matches' digests (duplicate()) -> when first seen, bpf_ktime_get_ns().
+ * LRU: a full map forgets its least recently used digest, never refuses one.
+ * 65,536 entries hold every match of 1.3 M packets/s for the default 50 ms
+ * window (6,500/s for the longest, 10 s); a duplicate whose first copy was
+ * already evicted goes up, as without dedup. Preallocated (LRU maps must be):
+ * ~5 MiB of kernel memory, whether dedup is on or not. */
+BPF_F_TABLE("lru_hash", __u64, __u64, dedup, OTUS_DEDUP_ENTRIES, 0);
 
 /* ``c``: the packet's direction's counters, looked up once by the hook. */
 static __always_inline void count(struct otus_counters *c, __u32 counter)
@@ -171,6 +188,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 *off, st
 	if (frag & (OTUS_IP_MF | OTUS_IP_OFFSET_MASK)) {
 		p->flags |= OTUS_FLAG_FRAGMENT;
 		p->frag_id = ip->id;
+		p->frag_off = ip->frag_off;
 		p->non_first_fragment = (frag & OTUS_IP_OFFSET_MASK) != 0;
 	}
 	*off += ip->ihl * 4;
@@ -203,6 +221,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 *off, st
 			__u16 frag_off = bpf_ntohs(frag->frag_off);
 			p->flags |= OTUS_FLAG_FRAGMENT;
 			p->frag_id = frag->identification;
+			p->frag_off = frag->frag_off;
 			p->non_first_fragment = (frag_off & OTUS_IP6_OFFSET_MASK) != 0;
 			next = frag->nexthdr;
 			*off += sizeof(*frag);
@@ -579,7 +598,7 @@ static __always_inline void stream_update(struct otus_stream *st, __u16 seq, __u
 static __always_inline int media_stats(void *data, void *data_end, struct otus_parsed *p,
 				       struct otus_flow_value *flow, __u64 frame_len, struct otus_counters *c)
 {
-	struct otus_rtp_header *rtp = data + p->payload_offset;
+	struct otus_rtp_header *rtp = data + (p->payload_offset & OTUS_OFFSET_MASK);
 
 	if ((void *)(rtp + 1) > data_end || (rtp->vpxcc >> 6) != 2)
 		return 1;
@@ -634,28 +653,20 @@ struct otus_match {
 	__u8 kind;            /* OTUS_KIND_*; 0: nothing goes up */
 	__u8 shard;
 	__u8 stream;          /* the first packet of a stream the kernel measures */
+	__u8 screen;          /* handed to the screen program (the drop list, dedup) */
+	__u8 response;        /* screen: a SIP status line whose code is not dropped: its CSeq is looked at */
+	__u8 pad[3];
 };
 
-/* Decides whether and how the packet goes up. Returns the verdict counter;
- * for matches, fills in kind, snaplen and shard (kind 0: a learned RTP packet
- * the kernel's statistics counted, which does not go up). The statistics are
- * kept here, where the flow's addresses are at hand: called from the hooks,
- * they kept the addresses live through the whole program, and the path of
- * packets that match nothing paid for the spills (scripts/bench/kernel_path.py). */
-static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
-				      struct otus_parsed *p, struct otus_match *m)
+/* Which rule the packet matches and how it goes up. Returns the verdict
+ * counter; for matches, fills in kind, snaplen and shard, and for learned
+ * media its flow (*found), and m->stream where the kernel measures it. */
+static __always_inline __u32 match(void *data, void *data_end, struct otus_config *cfg, struct otus_parsed *p,
+				   struct otus_match *m, struct otus_flow_value **found)
 {
-	__u32 zero = 0;
-	struct otus_config *cfg = config.lookup(&zero);
-	int verdict = parse_frame(data, data_end, p);
-
-	if (verdict)
-		return verdict;
-	if (!cfg)
-		return OTUS_CTR_NO_MATCH;
 	if (cfg->flags & OTUS_CFG_PAUSED)
 		return OTUS_CTR_FILTERED;
-	if (cfg->flags && filtered_out(cfg, p))
+	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p))
 		return OTUS_CTR_FILTERED;
 
 	/* Conversation shard: addresses only, so the fragments of a datagram
@@ -699,15 +710,11 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 		m->snaplen = p->payload_offset + cfg->media_snaplen;
 		/* RTCP is read whole: a report and the SDES that must follow it are
 		 * past any RTP snaplen, and there are a few a second per stream. */
-		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset)) {
+		if (flow->kind == OTUS_KIND_RTCP || rtcp_payload(data, data_end, p->payload_offset))
 			m->snaplen = cfg->sip_snaplen;
-		} else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP) {
+		else if (!(cfg->flags & OTUS_CFG_MEDIA_PACKETS) && p->l4_proto == IPPROTO_UDP)
 			m->stream = 1; /* not Call-ID routed: the copy's path skips the scan */
-			if (!media_stats(data, data_end, p, flow, frame_len, c))
-				m->kind = 0;
-			else if (m->snaplen < p->payload_offset + OTUS_RTP_HEADER)
-				m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
-		}
+		*found = flow;
 		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
 	}
 
@@ -720,6 +727,89 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 	return OTUS_CTR_NO_MATCH;
 }
 
+/* ---- The screen: a match's path when the drop list or dedup is on ----
+ * Both need work per match that the programs above have no room for: the
+ * verifier walks their path once for every state a packet can reach it in
+ * (each VLAN, IP version, extension-header and match combination), and with
+ * the Call-ID scan that already comes close to its limit of a million
+ * instructions. So a match that either feature may keep down is handed to a
+ * second program per hook, by tail call, with what the parse found; entered
+ * in one state, it is walked once. Off, neither costs anything: the hooks go
+ * on as before. The hand-off and the tail call cost a match ~70 ns with the
+ * drop list's lookup (scripts/bench/kernel_screen.py). */
+struct otus_handoff {
+	struct otus_parsed p;
+	struct otus_match m;
+	struct otus_flow_value flow; /* the learned endpoint, for the RTP statistics */
+	__u32 verdict;
+	__u32 pad[2];         /* a whole number of 8-byte words, as bcc wants a per-CPU value */
+};
+
+BPF_PERCPU_ARRAY(handoff, struct otus_handoff, 1);
+/* One program each: xdp_screen and tc_screen, set by user space (loader.py). */
+BPF_PROG_ARRAY(xdp_screens, 1);
+BPF_PROG_ARRAY(tc_screens, 1);
+
+/* Whether the screen may keep this match down: dedup looks at every match,
+ * the drop list at SIP over UDP (a fragment or a TCP segment does not hold a
+ * whole message: only user space frames one). */
+static __always_inline int screened(struct otus_config *cfg, struct otus_parsed *p, struct otus_match *m)
+{
+	if (cfg->flags & OTUS_CFG_DEDUP)
+		return 1;
+	return (cfg->flags & OTUS_CFG_DROP_METHODS) && m->kind == OTUS_KIND_SIP && p->l4_proto == IPPROTO_UDP;
+}
+
+static __always_inline void hand_off(struct otus_parsed *p, struct otus_match *m, struct otus_flow_value *flow,
+				     __u32 verdict)
+{
+	__u32 zero = 0;
+	struct otus_handoff *h = handoff.lookup(&zero);
+
+	if (!h)
+		return;
+	h->p = *p;
+	h->m = *m;
+	if (flow)
+		h->flow = *flow;
+	h->verdict = verdict;
+	m->screen = 1;
+}
+
+/* Decides whether and how the packet goes up. Returns the verdict counter;
+ * for matches, fills in kind, snaplen and shard (kind 0: a learned RTP packet
+ * the kernel's statistics counted, which does not go up), or hands the match
+ * to the screen (m->screen). The statistics are kept here, where the flow's
+ * addresses are at hand: called from the hooks, they kept the addresses live
+ * through the whole program, and the path of packets that match nothing paid
+ * for the spills (scripts/bench/kernel_path.py). */
+static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
+				      struct otus_parsed *p, struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_config *cfg = config.lookup(&zero);
+	struct otus_flow_value *flow = NULL;
+	int verdict = parse_frame(data, data_end, p);
+
+	if (verdict)
+		return verdict;
+	if (!cfg)
+		return OTUS_CTR_NO_MATCH;
+	verdict = match(data, data_end, cfg, p, m, &flow);
+	if (!m->kind)
+		return verdict;
+	if (screened(cfg, p, m)) {
+		hand_off(p, m, flow, verdict); /* the statistics wait: a duplicate must not count */
+		return verdict;
+	}
+	if (m->stream && flow) {
+		if (!media_stats(data, data_end, p, flow, frame_len, c))
+			m->kind = 0;
+		else if (m->snaplen < p->payload_offset + OTUS_RTP_HEADER)
+			m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
+	}
+	return verdict;
+}
 
 #ifdef OTUS_CALLID_ROUTING
 /* Call-ID routing (docs/SHARDING.md): a SIP datagram goes to the shard
@@ -821,8 +911,9 @@ static __always_inline void scan_step(volatile struct otus_scan *sc, __u32 c)
 
 /* 1 and the hash when the datagram names its Call-ID within the bounds; 0
  * when it does not, or when the bounds cut its value (a partial value would
- * hash to the wrong owner). */
-static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u32 end, __u32 *hash)
+ * hash to the wrong owner). ``*end``, the copy's length, is read back from
+ * the scan's state after it, as in cseq_dropped. */
+static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u64 *end, __u32 *hash)
 {
 	__u32 zero = 0;
 	/* volatile: the compiler would otherwise carry the fields in registers */
@@ -834,7 +925,7 @@ static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u3
 	sc->count = 0;
 	sc->hash = 0;
 	sc->start = start;
-	sc->end = end;
+	sc->end = *end;
 #pragma clang loop unroll(disable)
 	for (__u32 k = 0; k < OTUS_CALLID_SCAN; k++) {
 		__u32 i = sc->start + k;
@@ -845,6 +936,9 @@ static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u3
 			continue;
 		scan_step(sc, s->data[i & (OTUS_DATA_LEN - 1)]);
 	}
+	*end = sc->end;
+	if (*end > OTUS_SNAPLEN)
+		*end = OTUS_SNAPLEN; /* never: it was a copy's length */
 	if (sc->state != OTUS_SCAN_FOUND)
 		return 0;
 	*hash = sc->hash;
@@ -854,7 +948,7 @@ static __always_inline int call_id_hash(struct otus_sample *s, __u32 start, __u3
 /* A whole SIP datagram goes to its Call-ID's shard; fragments and TCP stay on
  * their conversation's, and user space hands their messages over. */
 static __always_inline void route_by_call_id(struct otus_sample *s, struct otus_parsed *p,
-					     struct otus_match *m, __u32 cap_len)
+					     struct otus_match *m, __u64 *cap_len)
 {
 	__u32 hash;
 
@@ -867,6 +961,150 @@ static __always_inline void route_by_call_id(struct otus_sample *s, struct otus_
 	p->flags |= OTUS_FLAG_OWNED;
 }
 #endif /* OTUS_CALLID_ROUTING */
+
+/* A response to a dropped method (the 200 OK to an OPTIONS) says which method
+ * it answers only in its CSeq header (RFC 3261 §8.1.1.5, §20.16): "CSeq:"
+ * (any case, no blanks before the colon) at a line's start, at most
+ * OTUS_CSEQ_BLANKS blanks, 1 to OTUS_CSEQ_DIGITS digits, 1 to
+ * OTUS_CSEQ_BLANKS blanks, and the method up to CR, LF, SP or HT, at most
+ * OTUS_DROP_TOKEN_LEN bytes, all within the first OTUS_CSEQ_SCAN payload
+ * bytes and the captured ones. A byte-at-a-time state machine over the copy,
+ * built as the Call-ID scan is (its state in a map value) so that the verifier
+ * prunes it; walked once in the screen, it can break out of its loop at the
+ * CSeq (~4 ns a byte up to it). userspace/droplist.py mirrors it. */
+#define OTUS_CSEQ_BLANKS 8
+#define OTUS_CSEQ_DIGITS 10 /* the number is below 2**31 (§8.1.1.5) */
+/* "cseq:" as a little-endian word, and the bits that fold its letters' case */
+#define OTUS_CSEQ_NAME 0x3a71657363ULL
+#define OTUS_CSEQ_NAME_CASE 0x0020202020ULL
+
+enum {
+	OTUS_CSEQ_LINE,    /* in a header line: waiting for LF */
+	OTUS_CSEQ_START,   /* just after LF: a blank line, or "c" */
+	OTUS_CSEQ_HEADER,  /* count bytes of "cseq:" matched */
+	OTUS_CSEQ_BEFORE,  /* after the colon: count blanks */
+	OTUS_CSEQ_NUMBER,  /* count digits */
+	OTUS_CSEQ_BETWEEN, /* after the number: count blanks */
+	OTUS_CSEQ_METHOD,  /* count method bytes kept */
+	OTUS_CSEQ_FOUND,
+	OTUS_CSEQ_NONE,
+};
+
+struct otus_cseq {
+	__u32 state;
+	__u32 count;
+	__u32 start;
+	__u32 end;
+	__u8 method[16];      /* an otus_drop_key */
+};
+
+BPF_PERCPU_ARRAY(cseq_scan, struct otus_cseq, 1);
+
+static __always_inline int blank(__u32 c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static __always_inline void cseq_step(volatile struct otus_cseq *sc, __u32 c)
+{
+	__u32 state = sc->state;
+
+	if (state == OTUS_CSEQ_LINE) {
+		if (c == '\n')
+			sc->state = OTUS_CSEQ_START;
+	} else if (state == OTUS_CSEQ_START) {
+		if (c == '\r' || c == '\n') {
+			sc->state = OTUS_CSEQ_NONE; /* the blank line: no CSeq in the header */
+		} else if ((c | 0x20) == 'c') {
+			sc->state = OTUS_CSEQ_HEADER;
+			sc->count = 1;
+		} else {
+			sc->state = OTUS_CSEQ_LINE;
+		}
+	} else if (state == OTUS_CSEQ_HEADER) {
+		__u32 n = sc->count & 7;
+
+		if ((c | ((OTUS_CSEQ_NAME_CASE >> (n * 8)) & 0xff)) != ((OTUS_CSEQ_NAME >> (n * 8)) & 0xff)) {
+			sc->state = c == '\n' ? OTUS_CSEQ_START : OTUS_CSEQ_LINE;
+		} else if (n == 4) {
+			sc->state = OTUS_CSEQ_BEFORE;
+			sc->count = 0;
+		} else {
+			sc->count = n + 1;
+		}
+	} else if (state == OTUS_CSEQ_BEFORE || state == OTUS_CSEQ_BETWEEN) {
+		if (blank(c)) {
+			sc->count += 1;
+			if (sc->count > OTUS_CSEQ_BLANKS)
+				sc->state = OTUS_CSEQ_NONE;
+		} else if (state == OTUS_CSEQ_BEFORE && c >= '0' && c <= '9') {
+			sc->state = OTUS_CSEQ_NUMBER;
+			sc->count = 1;
+		} else if (state == OTUS_CSEQ_BETWEEN && c != '\r' && c != '\n') {
+			sc->method[0] = c;
+			sc->state = OTUS_CSEQ_METHOD;
+			sc->count = 1;
+		} else {
+			sc->state = OTUS_CSEQ_NONE;
+		}
+	} else if (state == OTUS_CSEQ_NUMBER) {
+		if (c >= '0' && c <= '9') {
+			sc->count += 1;
+			if (sc->count > OTUS_CSEQ_DIGITS)
+				sc->state = OTUS_CSEQ_NONE;
+		} else if (blank(c)) {
+			sc->state = OTUS_CSEQ_BETWEEN;
+			sc->count = 1;
+		} else {
+			sc->state = OTUS_CSEQ_NONE;
+		}
+	} else if (state == OTUS_CSEQ_METHOD) {
+		if (c == '\r' || c == '\n' || blank(c)) {
+			sc->state = OTUS_CSEQ_FOUND;
+		} else if (sc->count >= OTUS_DROP_TOKEN_LEN) {
+			sc->state = OTUS_CSEQ_NONE;
+		} else {
+			sc->method[sc->count & (OTUS_DROP_TOKEN_LEN - 1)] = c;
+			sc->count += 1;
+		}
+	}
+}
+
+/* 1 when the response in the sample answers a method on the drop list.
+ * ``*end``, the copy's length, is read back from the scan's state after it:
+ * kept in a register across the loop, its range (which differs with how the
+ * copy was bounded) made the verifier walk the loop once per range. */
+static __always_inline int cseq_dropped(struct otus_sample *s, __u32 start, __u64 *end)
+{
+	__u32 zero = 0;
+	/* volatile: the compiler would otherwise carry the fields in registers */
+	volatile struct otus_cseq *sc = cseq_scan.lookup(&zero);
+	struct otus_drop_key key;
+
+	if (!sc)
+		return 0;
+	sc->state = OTUS_CSEQ_LINE;
+	sc->count = 0;
+	sc->start = start;
+	sc->end = *end;
+	*(volatile __u64 *)&sc->method[0] = 0;
+	*(volatile __u64 *)&sc->method[8] = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 k = 0; k < OTUS_CSEQ_SCAN; k++) {
+		__u32 i = sc->start + k;
+
+		if (i >= sc->end || sc->state >= OTUS_CSEQ_FOUND)
+			break;
+		cseq_step(sc, s->data[i & (OTUS_DATA_LEN - 1)]);
+	}
+	*end = sc->end;
+	if (*end > OTUS_SNAPLEN)
+		*end = OTUS_SNAPLEN; /* never: it was a copy's length */
+	if (sc->state != OTUS_CSEQ_FOUND)
+		return 0;
+	__builtin_memcpy(&key, (void *)sc->method, sizeof(key));
+	return drop_methods.lookup(&key) != NULL;
+}
 
 /* Bounds the copy for the verifier (u64 and a constant cap: ENVIRONMENT.md). */
 static __always_inline __u64 capture_length(__u64 frame_len, __u32 snaplen)
@@ -921,13 +1159,15 @@ static __always_inline void submit_sample(struct otus_counters *c, struct otus_s
 	c->shard_failures[shard & (OTUS_MAX_SHARDS - 1)] += 1;
 }
 
-/* Copies the frame into the sample and sends it up. ``route``: a constant
- * at each call. With Call-ID routing compiled in, a stream's first packet
- * takes a copy without the scan: the verifier, walking the scan after the
- * statistics too, went past its limit. Without it one copy is compiled: two
- * cost the path of packets that match nothing ~3 ns (kernel_path.py). */
-static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_counters *c, struct otus_parsed *p,
-					struct otus_match *m, const int route)
+/* Copies the frame into the sample and sends it up. ``route`` and ``cseq``:
+ * constants at each call. With Call-ID routing compiled in, a stream's first
+ * packet takes a copy without the scan: the verifier, walking the scan after
+ * the statistics too, went past its limit. Without it one copy is compiled:
+ * two cost the path of packets that match nothing ~3 ns (kernel_path.py).
+ * With ``cseq`` (the screen's copy), a response whose CSeq names a dropped
+ * method goes no further: returns 1. */
+static __always_inline int copy_up_xdp(struct xdp_md *ctx, struct otus_counters *c, struct otus_parsed *p,
+				       struct otus_match *m, const int route, const int cseq)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -935,40 +1175,287 @@ static __always_inline void copy_up_xdp(struct xdp_md *ctx, struct otus_counters
 	struct otus_sample *s = scratch.lookup(&zero);
 
 	if (!s)
-		return;
+		return 0;
 	__u64 frame_len = data_end - data;
 	__u64 cap_len = capture_length(frame_len, m->snaplen);
 	if (cap_len < 1 || bpf_xdp_load_bytes(ctx, 0, s->data, cap_len) < 0) {
 		count(c, OTUS_CTR_LOAD_FAILED);
-		return;
+		return 0;
 	}
+	if (cseq && m->response && cseq_dropped(s, p->payload_offset, &cap_len))
+		return 1;
 #ifdef OTUS_CALLID_ROUTING
 	if (route)
-		route_by_call_id(s, p, m, cap_len);
+		route_by_call_id(s, p, m, &cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_INGRESS, ctx->ingress_ifindex, frame_len, cap_len);
 	submit_sample(c, s, cap_len, m->shard);
+	return 0;
 }
 
-static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_counters *c, struct otus_parsed *p,
-				       struct otus_match *m, const int route)
+static __always_inline int copy_up_tc(struct __sk_buff *skb, struct otus_counters *c, struct otus_parsed *p,
+				      struct otus_match *m, const int route, const int cseq)
 {
 	__u32 zero = 0;
 	struct otus_sample *s = scratch.lookup(&zero);
 
 	if (!s)
-		return;
+		return 0;
 	__u64 cap_len = capture_length(skb->len, m->snaplen);
 	if (cap_len < 1 || bpf_skb_load_bytes(skb, 0, s->data, cap_len) < 0) {
 		count(c, OTUS_CTR_LOAD_FAILED);
-		return;
+		return 0;
 	}
+	if (cseq && m->response && cseq_dropped(s, p->payload_offset, &cap_len))
+		return 1;
 #ifdef OTUS_CALLID_ROUTING
 	if (route)
-		route_by_call_id(s, p, m, cap_len);
+		route_by_call_id(s, p, m, &cap_len);
 #endif
 	fill_header(s, p, m, OTUS_DIR_EGRESS, skb->ifindex, skb->len, cap_len);
 	submit_sample(c, s, cap_len, m->shard);
+	return 0;
+}
+
+/* ---- The method drop list (drop_methods, OTUS_CFG_DROP_METHODS) ----
+ * userspace/droplist.py is the same in Python (AF_PACKET, replay). */
+
+/* The token a SIP datagram starts with, as a drop_methods key: a status
+ * line's 3-digit code ("SIP/2.0" SP code SP, RFC 3261 §7.2), or a request's
+ * method up to its SP (§7.1), at most OTUS_DROP_TOKEN_LEN bytes. Returns 2
+ * for a status line, 1 for a request, 0 for neither. The list holds only
+ * A-Z and digits, so anything else read here simply matches nothing; a NUL
+ * would read as the key's padding, so it ends the search. */
+static __always_inline int first_token(void *data, void *data_end, __u32 off, struct otus_drop_key *key)
+{
+	__u8 *payload = data + off;
+
+	if ((void *)(payload + OTUS_SIGNATURE_LEN + 4) <= data_end &&
+	    *(__u64 *)payload == OTUS_C8('S', 'I', 'P', '/', '2', '.', '0', ' ')) {
+		if (payload[OTUS_SIGNATURE_LEN + 3] != ' ')
+			return 0;
+		key->token[0] = payload[OTUS_SIGNATURE_LEN];
+		key->token[1] = payload[OTUS_SIGNATURE_LEN + 1];
+		key->token[2] = payload[OTUS_SIGNATURE_LEN + 2];
+		return 2;
+	}
+#pragma unroll
+	for (int i = 0; i <= OTUS_DROP_TOKEN_LEN; i++) {
+		if ((void *)(payload + i + 1) > data_end)
+			return 0;
+		__u8 ch = payload[i];
+		if (ch == ' ')
+			return i > 0;
+		if (ch == 0 || i == OTUS_DROP_TOKEN_LEN)
+			return 0;
+		key->token[i] = ch;
+	}
+	return 0;
+}
+
+/* ---- Duplicate suppression (dedup, OTUS_CFG_DEDUP) ----
+ * userspace/dedup.py keeps the same identity, exactly where this keeps a digest. */
+#define OTUS_DIGEST_MULTIPLIER 0x9E3779B97F4A7C15ULL
+
+/* For a given h, a bijection of w, and for a given w, of h: two packets that
+ * differ in one word of what is digested never share a digest. */
+static __always_inline __u64 digest_step(__u64 h, __u64 w)
+{
+	h = (h ^ w) * OTUS_DIGEST_MULTIPLIER;
+	return h << 31 | h >> 33;
+}
+
+/* murmur3's 64-bit finaliser: every input bit moves every digest bit. */
+static __always_inline __u64 digest_end(__u64 h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/* The L3 part of a packet's identity: what a copy of it one hop later still
+ * has. IPv4: the addresses, id, fragment field, total length and protocol,
+ * not the TOS, TTL, checksum or options. IPv6: the addresses, flow label,
+ * payload length, upper protocol and a fragment header's offset and id, not
+ * the traffic class, hop limit or other extension headers. No L2: VLAN tags
+ * and MACs differ between copies. Sets *ip_end, where the IP length ends. */
+static __always_inline int digest_l3(void *data, void *data_end, struct otus_parsed *p, __u64 *h,
+				     __u32 *ip_end)
+{
+	*h = digest_step(*h, (__u64)p->saddr[0] << 32 | p->daddr[0]);
+	if (p->family == 4) {
+		struct iphdr *ip = data + (p->l3_offset & OTUS_OFFSET_MASK);
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		*h = digest_step(*h, (__u64)ip->id << 48 | (__u64)ip->frag_off << 32 | (__u64)ip->tot_len << 16 |
+				     ip->protocol);
+		*ip_end = p->l3_offset + bpf_ntohs(ip->tot_len);
+		return 1;
+	}
+	struct ipv6hdr *ip6 = data + (p->l3_offset & OTUS_OFFSET_MASK);
+
+	if ((void *)(ip6 + 1) > data_end)
+		return 0;
+	*h = digest_step(*h, (__u64)p->saddr[1] << 32 | p->daddr[1]);
+	*h = digest_step(*h, (__u64)p->saddr[2] << 32 | p->daddr[2]);
+	*h = digest_step(*h, (__u64)p->saddr[3] << 32 | p->daddr[3]);
+	__u32 label = (__u32)(ip6->flow_lbl[0] & 0x0F) << 16 | (__u32)ip6->flow_lbl[1] << 8 | ip6->flow_lbl[2];
+	*h = digest_step(*h, (__u64)label << 32 | (__u64)ip6->payload_len << 16 | p->l4_proto);
+	*h = digest_step(*h, (__u64)p->frag_id << 32 | p->frag_off);
+	*ip_end = p->l3_offset + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	return 1;
+}
+
+/* The digest's work space: what its loop carries lives here, not in
+ * registers, as the Call-ID scan's does, so that every path through a step
+ * ends in the same verifier state (a packet pointer's checked range, or a
+ * length compared with a constant, would otherwise tell each path apart, and
+ * the verifier walk every one to the program's end). */
+struct otus_digest {
+	__u64 h;
+	__u64 tail;
+	__u32 start;
+	__u32 n;
+};
+
+BPF_PERCPU_ARRAY(digest_scan, struct otus_digest, 1);
+
+/* The L4 part: UDP's ports and length, or TCP's ports, sequence and
+ * acknowledgement numbers, offset, flags and window (not the checksums: an
+ * egress skb may hold a partial one); then the first OTUS_DEDUP_PREFIX
+ * payload bytes within the IP length (Ethernet pads short frames). */
+static __always_inline int digest_l4(void *data, void *data_end, struct otus_parsed *p, __u64 *h,
+				     __u32 ip_end)
+{
+	__u32 zero = 0;
+	/* volatile: the compiler would otherwise carry the fields in registers */
+	volatile struct otus_digest *d = digest_scan.lookup(&zero);
+	__u8 *l4 = data + (p->l4_offset & OTUS_OFFSET_MASK);
+
+	if (!d)
+		return 0;
+	if (p->l4_proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > data_end)
+			return 0;
+		*h = digest_step(*h, *(__u64 *)l4 & 0x0000FFFFFFFFFFFFULL);
+	} else {
+		if ((void *)(l4 + 16) > data_end)
+			return 0;
+		*h = digest_step(*h, *(__u64 *)l4);
+		*h = digest_step(*h, *(__u64 *)(l4 + 8));
+	}
+	/* n: the bytes digested, within the IP length, the prefix and the packet */
+	__u32 n = ip_end > p->payload_offset ? ip_end - p->payload_offset : 0;
+	__u64 in_packet = data_end - data > p->payload_offset ? data_end - data - p->payload_offset : 0;
+
+	if (n > OTUS_DEDUP_PREFIX)
+		n = OTUS_DEDUP_PREFIX;
+	if (n > in_packet)
+		n = in_packet;
+	d->h = *h;
+	d->tail = (__u64)(n & 7) << 56; /* the last n % 8 bytes: one word, their count in its top byte */
+	d->start = p->payload_offset;
+	d->n = n;
+#pragma clang loop unroll(disable)
+	for (__u32 k = 0; k < OTUS_DEDUP_PREFIX / 8; k++) {
+		__u8 *word = data + ((d->start + 8 * k) & OTUS_OFFSET_MASK);
+
+		/* Not break: one way out of the loop (see the Call-ID scan). */
+		if (8 * k + 8 > d->n || (void *)(word + 8) > data_end)
+			continue;
+		d->h = digest_step(d->h, *(__u64 *)word);
+	}
+#pragma clang loop unroll(disable)
+	for (__u32 k = 0; k < 7; k++) {
+		__u8 *byte = data + ((d->start + (d->n & ~7U) + k) & OTUS_OFFSET_MASK);
+
+		if (k >= (d->n & 7) || (void *)(byte + 1) > data_end)
+			continue;
+		d->tail |= (__u64)*byte << (8 * k);
+	}
+	*h = digest_step(d->h, d->tail);
+	return 1;
+}
+
+#define OTUS_EEXIST 17
+
+/* 1 when this packet's digest was first seen less than the window ago. The
+ * first sighting is kept, not refreshed by its copies: a window is counted
+ * from the original. A copy on another CPU at the same moment finds the
+ * other's insert there (EEXIST) and counts as the duplicate; an insert that
+ * fails for any other reason lets the packet go up. */
+static __always_inline int duplicate(struct otus_config *cfg, void *data, void *data_end, struct otus_parsed *p)
+{
+	__u64 h = (__u64)p->family << 8 | (p->flags & OTUS_FLAG_FRAGMENT);
+	__u32 ip_end = 0;
+
+	if (!digest_l3(data, data_end, p, &h, &ip_end))
+		return 0;
+	if (!p->non_first_fragment && !digest_l4(data, data_end, p, &h, ip_end))
+		return 0;
+	__u64 digest = digest_end(h);
+	__u64 now = bpf_ktime_get_ns();
+
+	__u64 *first = dedup.lookup(&digest);
+
+	if (first) {
+		if ((__s64)(now - *first) < (__s64)cfg->dedup_window_ms * 1000000)
+			return 1;
+		*first = now; /* past the window: a new original */
+		return 0;
+	}
+	/* Looked up first: an LRU map's update takes a free entry before it finds
+	 * the key there, so an insert that fails costs what one that succeeds does. */
+	return dedup.insert(&digest, &now) == -OTUS_EEXIST;
+}
+
+/* The screen's verdict on a handed-off match, in this order: SIP over UDP
+ * whose method or status code is on the drop list, a duplicate, then the RTP
+ * statistics (so a copied RTP packet never counts as its stream's duplicate).
+ * A response's CSeq is looked at in the copy (m->response). */
+static __always_inline __u32 screen(struct otus_config *cfg, void *data, void *data_end, __u64 frame_len,
+				    struct otus_counters *c, struct otus_handoff *h, struct otus_parsed *p,
+				    struct otus_match *m)
+{
+	int token = 0;
+
+	if ((cfg->flags & OTUS_CFG_DROP_METHODS) && m->kind == OTUS_KIND_SIP && p->l4_proto == IPPROTO_UDP) {
+		struct otus_drop_key key = {};
+
+		token = first_token(data, data_end, p->payload_offset & OTUS_OFFSET_MASK, &key);
+		if (token && drop_methods.lookup(&key)) {
+			m->kind = 0;
+			return OTUS_CTR_DROPPED_METHOD;
+		}
+	}
+	if ((cfg->flags & OTUS_CFG_DEDUP) && duplicate(cfg, data, data_end, p)) {
+		m->kind = 0;
+		return OTUS_CTR_DUPLICATE;
+	}
+	m->response = token == 2;
+	if (m->stream) {
+		if (!media_stats(data, data_end, p, &h->flow, frame_len, c))
+			m->kind = 0;
+		else if (m->snaplen < p->payload_offset + OTUS_RTP_HEADER)
+			m->snaplen = p->payload_offset + OTUS_RTP_HEADER;
+	}
+	return h->verdict;
+}
+
+/* The screen on the handed-off match; its outcome written back to the hand-off. */
+static __always_inline void screen_match(struct otus_config *cfg, void *data, void *data_end, __u64 frame_len,
+					 struct otus_counters *c, struct otus_handoff *h)
+{
+	struct otus_parsed p = h->p;
+	struct otus_match m = h->m;
+
+	h->verdict = screen(cfg, data, data_end, frame_len, c, h, &p, &m);
+	h->p.flags = p.flags;
+	h->m = m;
 }
 
 /* The direction's counters, one lookup a packet. NULL never happens (the
@@ -976,6 +1463,62 @@ static __always_inline void copy_up_tc(struct __sk_buff *skb, struct otus_counte
 static __always_inline struct otus_counters *counters_of(__u32 direction)
 {
 	return counters.lookup(&direction);
+}
+
+int xdp_screen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct otus_handoff *h = handoff.lookup(&zero);
+	struct otus_config *cfg = config.lookup(&zero);
+	struct otus_counters *c = counters_of(OTUS_DIR_INGRESS);
+
+	if (!h || !cfg || !c)
+		return XDP_PASS;
+	screen_match(cfg, data, data_end, data_end - data, c, h);
+	/* The copy starts from what the screen wrote back, read anew: the
+	 * verifier then walks the copy's scans once, not once for every way
+	 * through the screen. */
+	asm volatile("" ::: "memory");
+	struct otus_parsed p = h->p;
+	struct otus_match m = h->m;
+	__u32 verdict = h->verdict;
+
+	if (m.kind && m.stream)
+		copy_up_xdp(ctx, c, &p, &m, 0, 0);
+	else if (m.kind && copy_up_xdp(ctx, c, &p, &m, 1, 1))
+		verdict = OTUS_CTR_DROPPED_METHOD;
+	count(c, verdict);
+	return XDP_PASS;
+}
+
+int tc_screen(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 zero = 0;
+	struct otus_handoff *h = handoff.lookup(&zero);
+	struct otus_config *cfg = config.lookup(&zero);
+	struct otus_counters *c = counters_of(OTUS_DIR_EGRESS);
+
+	if (!h || !cfg || !c)
+		return TC_ACT_UNSPEC;
+	screen_match(cfg, data, data_end, skb->len, c, h);
+	/* The copy starts from what the screen wrote back, read anew: the
+	 * verifier then walks the copy's scans once, not once for every way
+	 * through the screen. */
+	asm volatile("" ::: "memory");
+	struct otus_parsed p = h->p;
+	struct otus_match m = h->m;
+	__u32 verdict = h->verdict;
+
+	if (m.kind && m.stream)
+		copy_up_tc(skb, c, &p, &m, 0, 0);
+	else if (m.kind && copy_up_tc(skb, c, &p, &m, 1, 1))
+		verdict = OTUS_CTR_DROPPED_METHOD;
+	count(c, verdict);
+	return TC_ACT_UNSPEC;
 }
 
 int xdp_ingress(struct xdp_md *ctx)
@@ -990,15 +1533,17 @@ int xdp_ingress(struct xdp_md *ctx)
 		return XDP_PASS;
 	count(c, OTUS_CTR_SEEN);
 	__u32 verdict = classify(data, data_end, data_end - data, c, &p, &m);
+	if (m.screen)
+		xdp_screens.call(ctx, 0); /* returns only without a screen program (never, once loaded) */
 	count(c, verdict);
-	if (m.kind == 0)
+	if (m.kind == 0 || m.screen)
 		return XDP_PASS;
 #ifdef OTUS_CALLID_ROUTING
 	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
-		copy_up_xdp(ctx, c, &p, &m, 0);
+		copy_up_xdp(ctx, c, &p, &m, 0, 0);
 	else
 #endif
-		copy_up_xdp(ctx, c, &p, &m, 1);
+		copy_up_xdp(ctx, c, &p, &m, 1, 0);
 	return XDP_PASS;
 }
 
@@ -1019,14 +1564,16 @@ int tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 verdict = classify(data, data_end, skb->len, c, &p, &m);
+	if (m.screen)
+		tc_screens.call(skb, 0); /* returns only without a screen program (never, once loaded) */
 	count(c, verdict);
-	if (m.kind == 0)
+	if (m.kind == 0 || m.screen)
 		return TC_ACT_UNSPEC;
 #ifdef OTUS_CALLID_ROUTING
 	if (m.stream) /* two copies, so the verifier never walks the scan after the statistics */
-		copy_up_tc(skb, c, &p, &m, 0);
+		copy_up_tc(skb, c, &p, &m, 0, 0);
 	else
 #endif
-		copy_up_tc(skb, c, &p, &m, 1);
+		copy_up_tc(skb, c, &p, &m, 1, 0);
 	return TC_ACT_UNSPEC;
 }

@@ -38,8 +38,8 @@
 #define OTUS_FLAG_STREAM 32
 
 /* enum otus_counter: the index into otus_counters.counts.
- * Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
- * the verdicts add up to SEEN; the delivery counters follow the matches. */
+ * Every packet ends in exactly one verdict (NOT_IP .. DUPLICATE), so the
+ * verdicts add up to SEEN; the delivery counters follow the matches. */
 #define OTUS_CTR_SEEN 0
 #define OTUS_CTR_NOT_IP 1
 #define OTUS_CTR_TRUNCATED 2
@@ -52,14 +52,19 @@
 #define OTUS_CTR_MATCHED_RTP 9
 #define OTUS_CTR_MATCHED_RTCP 10
 #define OTUS_CTR_MATCHED_FRAGMENT 11
-#define OTUS_CTR_SUBMITTED 12
-#define OTUS_CTR_SUBMIT_FAILED 13
-#define OTUS_CTR_LOAD_FAILED 14
+/* SIP over UDP whose request method or status code is in drop_methods, or a
+ * response whose CSeq names such a method: not copied up */
+#define OTUS_CTR_DROPPED_METHOD 12
+/* a match seen within the dedup window already (OTUS_CFG_DEDUP): not copied up */
+#define OTUS_CTR_DUPLICATE 13
+#define OTUS_CTR_SUBMITTED 14
+#define OTUS_CTR_SUBMIT_FAILED 15
+#define OTUS_CTR_LOAD_FAILED 16
 /* learned RTP counted in the kernel's stream statistics, not copied up */
-#define OTUS_CTR_MEDIA_COUNTED 15
+#define OTUS_CTR_MEDIA_COUNTED 17
 /* learned RTP of a new stream the full streams map could not hold: copied up */
-#define OTUS_CTR_STREAMS_FULL 16
-#define OTUS_CTR_MAX 17
+#define OTUS_CTR_STREAMS_FULL 18
+#define OTUS_CTR_MAX 19
 
 /* Ring shards: worker processes, at most. */
 #define OTUS_MAX_SHARDS 8
@@ -68,7 +73,7 @@
  * packet finds every counter it moves with one lookup. The array lengths
  * are OTUS_CTR_MAX and OTUS_MAX_SHARDS (otus.c asserts it). */
 struct otus_counters {
-	__u64 counts[17];     /* by OTUS_CTR_* */
+	__u64 counts[19];     /* by OTUS_CTR_* */
 	__u64 shard_failures[8]; /* ring submits that failed, by shard */
 };
 
@@ -83,6 +88,10 @@ struct otus_counters {
 /* every learned RTP packet goes up (pcap of media, or no stream statistics
  * in the kernel); without it the kernel measures RTP itself */
 #define OTUS_CFG_MEDIA_PACKETS 64
+/* drop_methods holds something: SIP datagrams are checked against it */
+#define OTUS_CFG_DROP_METHODS 128
+/* a match seen within dedup_window_ms is a duplicate (the "dedup" map) */
+#define OTUS_CFG_DEDUP 256
 
 struct otus_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -107,8 +116,26 @@ struct otus_config {
 	__u32 flags;          /* OTUS_CFG_* */
 	__u32 sip_snaplen;    /* bytes of a SIP or fragment frame to copy, <= OTUS_SNAPLEN */
 	__u32 media_snaplen;  /* bytes past the UDP header to copy for RTP/RTCP */
-	__u32 pad;
+	__u32 dedup_window_ms; /* OTUS_CFG_DEDUP: how long a packet's digest stays a duplicate's */
 };
+
+/* "drop_methods" hash map: request methods and 3-digit status codes whose SIP
+ * datagrams are not copied up, each zero-padded. At most OTUS_MAX_DROP_METHODS
+ * tokens of at most OTUS_DROP_TOKEN_LEN bytes (A-Z, 0-9). */
+struct otus_drop_key {
+	__u8 token[16];
+};
+
+#define OTUS_DROP_TOKEN_LEN 16
+#define OTUS_MAX_DROP_METHODS 16
+/* A response's CSeq method is looked for in its first OTUS_CSEQ_SCAN bytes
+ * (userspace/droplist.py mirrors the scan). */
+#define OTUS_CSEQ_SCAN 512
+
+/* Duplicate suppression: the "dedup" LRU map's entries, and the L4 payload
+ * bytes a packet's digest covers (userspace/dedup.py mirrors both). */
+#define OTUS_DEDUP_ENTRIES 65536
+#define OTUS_DEDUP_PREFIX 128
 
 /* "flows" hash map: endpoints announced in SDP. A packet matches when its
  * source or its destination is a key. Addresses are raw; IPv4 uses the first

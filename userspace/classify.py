@@ -5,15 +5,19 @@ Mirrors ``classify()`` in bpf/otus.c: the same parse (userspace.frame.walk),
 the same verdict order (fragments, SIP ports, learned media endpoints, SIP
 signature) and the same symmetric hashes, so the event built here is the
 event the kernel would have written (tests/kernel/test_parity.py holds them
-equal), handed to the pipeline as an object, not as ring bytes.
+equal), handed to the pipeline as an object, not as ring bytes. What the
+kernel then keeps down — the method drop list and duplicates — a ``Screen``
+keeps down, once per frame, after the last classification of it.
 Address filters are left to the caller's socket filter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from userspace.dedup import Dedup, identity
+from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.frame import UDP, Layout, walk
 from userspace.sharding import call_id_hash
@@ -91,3 +95,60 @@ def _sip(frame: bytes, p: Layout, flags: int, shard: int, fold: int, shards: int
         if call_hash is not None:
             return call_hash % shards, flags | _OWNED, call_hash
     return shard, flags, mix32(fold ^ (p.sport ^ p.dport) ^ (p.proto << 16))
+
+
+class Screen:
+    """What the kernel keeps down after a match, for events classified here, in the
+    kernel's order (``classify`` and ``copy_up`` in bpf/otus.c): SIP over UDP whose
+    method or status code is on the drop list; then a duplicate (dedup on); then a
+    response whose CSeq names a dropped method, looked for within the first
+    ``snaplen`` bytes of the frame, as the kernel looks in its copy. Counted as the
+    kernel counts them (DROPPED_METHOD, DUPLICATE). Call ``admit`` once a frame."""
+
+    def __init__(self, drop_methods: Iterable[str] = (), dedup_window_ns: int | None = None,
+                 snaplen: int | None = None) -> None:
+        self.methods: frozenset[bytes] = frozenset()
+        self.dedup: Dedup | None = None
+        self.snaplen = snaplen
+        self.dropped_methods = 0
+        self.change(drop_methods, dedup_window_ns)
+
+    def change(self, drop_methods: Iterable[str], dedup_window_ns: int | None) -> None:
+        """A new drop list and window (None: dedup off); sightings within the window stay."""
+        self.methods = frozenset(method.encode("ascii") for method in drop_methods)
+        if dedup_window_ns is None:
+            self.dedup = None
+        elif self.dedup is None:
+            self.dedup = Dedup(dedup_window_ns)
+        else:
+            self.dedup.window_ns = dedup_window_ns
+
+    @property
+    def active(self) -> bool:
+        return bool(self.methods) or self.dedup is not None
+
+    @property
+    def duplicates(self) -> int:
+        return 0 if self.dedup is None else self.dedup.duplicates
+
+    def admit(self, event: Event) -> bool:
+        """False when the kernel would have kept this event down."""
+        frame, start = event.frame, event.payload_offset
+        response = False
+        if self.methods and event.kind == _SIP and event.l4_proto == UDP:
+            found = first_token(frame[start:start + 20])
+            if found is not None:
+                if found[0] in self.methods:
+                    self.dropped_methods += 1
+                    return False
+                response = found[1]
+        if self.dedup is not None and self.dedup.seen(
+                identity(frame, event.l3_offset, event.l4_offset, start, event.l4_proto, event.flags),
+                event.ts_ns):
+            return False
+        if response:
+            end = len(frame) if self.snaplen is None else self.snaplen
+            if cseq_method(frame[start:end]) in self.methods:
+                self.dropped_methods += 1
+                return False
+        return True

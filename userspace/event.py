@@ -39,8 +39,8 @@ class Flag(IntFlag):
 class Counter(IntEnum):
     """The kernel's counters: indexes into ``struct otus_counters.counts``, one per direction.
 
-    Every packet ends in exactly one verdict (NOT_IP .. MATCHED_FRAGMENT), so
-    the verdicts add up to SEEN.
+    Every packet ends in exactly one verdict (NOT_IP .. DUPLICATE), so the
+    verdicts add up to SEEN.
     """
 
     SEEN = 0
@@ -55,15 +55,17 @@ class Counter(IntEnum):
     MATCHED_RTP = 9
     MATCHED_RTCP = 10
     MATCHED_FRAGMENT = 11
-    SUBMITTED = 12
-    SUBMIT_FAILED = 13
-    LOAD_FAILED = 14
-    MEDIA_COUNTED = 15  # learned RTP counted in the kernel's stream statistics, not copied up
-    STREAMS_FULL = 16   # RTP of a new stream the full streams map could not hold
-    MAX = 17
+    DROPPED_METHOD = 12  # SIP over UDP of a method or status code on the drop list (or answering one)
+    DUPLICATE = 13       # a match seen within the dedup window already
+    SUBMITTED = 14
+    SUBMIT_FAILED = 15
+    LOAD_FAILED = 16
+    MEDIA_COUNTED = 17  # learned RTP counted in the kernel's stream statistics, not copied up
+    STREAMS_FULL = 18   # RTP of a new stream the full streams map could not hold
+    MAX = 19
 
 
-VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.MATCHED_FRAGMENT + 1))
+VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.DUPLICATE + 1))
 
 
 StructFields = tuple[tuple[str, str, int], ...]

@@ -94,6 +94,7 @@ class Layout:
     sport: int = 0
     dport: int = 0
     frag_id: int = 0
+    frag_off: int = 0  # the fragment's offset field as on the wire (IPv6: with its M bit)
     non_first: bool = False
 
 
@@ -136,6 +137,7 @@ def _walk_ipv4(frame: bytes, offset: int, layout: Layout) -> int:
     if frag & (IP_MORE_FRAGMENTS | IP_OFFSET_MASK):
         layout.flags |= _FRAGMENT
         layout.frag_id = frame[offset + 4] | (frame[offset + 5] << 8)  # raw, as the kernel reads it
+        layout.frag_off = frag
         layout.non_first = bool(frag & IP_OFFSET_MASK)
     return offset + (frame[offset] & 0x0F) * 4
 
@@ -152,7 +154,8 @@ def _walk_ipv6(frame: bytes, offset: int, layout: Layout) -> int:
                 return -1
             layout.flags |= _FRAGMENT
             layout.frag_id = int.from_bytes(frame[offset + 4:offset + 8], "little")
-            layout.non_first = bool(((frame[offset + 2] << 8) | frame[offset + 3]) & 0xFFF8)
+            layout.frag_off = (frame[offset + 2] << 8) | frame[offset + 3]
+            layout.non_first = bool(layout.frag_off & 0xFFF8)
             next_header, offset = frame[offset], offset + 8
         elif next_header in IPV6_EXTENSIONS:
             if len(frame) < offset + 2:

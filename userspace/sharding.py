@@ -47,8 +47,7 @@ def call_id_hash(payload: bytes, scan: int | None = CALL_ID_SCAN) -> int | None:
     ``scan=None`` looks through the whole header: the same first line, so the
     same hash wherever the kernel finds one, and a hash where it stopped short."""
     window = payload if scan is None else payload[:scan]
-    header_end = _header_end(window)
-    match = _CALL_ID_LINE.search(window, 0, header_end)
+    match = _CALL_ID_LINE.search(window, 0, header_end(window))
     if match is None:
         return None
     start = match.end()
@@ -67,9 +66,9 @@ def call_id_hash(payload: bytes, scan: int | None = CALL_ID_SCAN) -> int | None:
     return fnv1a(window[value:stop]) if stop > value else None
 
 
-def _header_end(window: bytes) -> int:
-    """Where a Call-ID line can no longer start: the first LF followed by CR or LF.
-    The line match includes that LF, so the search ends just after it."""
+def header_end(window: bytes) -> int:
+    """Where a header line can no longer start, as the kernel's scans stop: the first
+    LF followed by CR or LF. A line match includes that LF, so a search ends just after it."""
     ends = [i for i in (window.find(b"\n\r"), window.find(b"\n\n")) if i >= 0]
     return min(ends) + 1 if ends else len(window)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from otus_ebpf.capture.cbpf import MediaPorts, compile_filter, filter_expression, socket_filter
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.settings import KernelSettings
-from userspace.classify import Rules, classify_frame
+from userspace.classify import Rules, Screen, classify_frame
 from userspace.event import Direction, Event, Kind
 
 ETH_P_ALL = 0x0003
@@ -76,6 +76,8 @@ class AfPacketCapture:
         # dict itself, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        # The drop list and dedup, as the kernel applies them after a match; socket time is the window's.
+        self.screen = Screen(settings.drop_methods, _window_ns(settings), settings.snaplen)
         self._ports = MediaPorts()
         self._ingress, self._egress = capture_ingress, capture_egress
         self._clock_offset_ns = clock_offset_ns
@@ -150,14 +152,17 @@ class AfPacketCapture:
              batch: list[Event]) -> None:
         event = classify_frame(frame, self._rules, direction, wall_ns - self._clock_offset_ns, ifindex,
                                wire_len)
-        if event is not None:  # None: the socket filter is coarser than the kernel's verdicts (VLAN variants)
+        # None: the socket filter is coarser than the kernel's verdicts (VLAN variants)
+        if event is not None and (not self.screen.active or self.screen.admit(event)):
             batch.append(event)
 
     def set_filters(self, settings: KernelSettings) -> None:
-        """New SIP ports, signature and networks: classification and the socket
-        filter both change at once, the rings and learned media stay."""
+        """New SIP ports, signature, networks, drop list and dedup: classification
+        and the socket filter both change at once, the rings, learned media and
+        the packets within the dedup window stay."""
         self._settings = settings
         self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        self.screen.change(settings.drop_methods, _window_ns(settings))
         self._attach_filter()
 
     def set_paused(self, paused: bool) -> None:
@@ -206,3 +211,7 @@ class AfPacketCapture:
             member.ring.close()
             member.sock.close()
         self._members = []
+
+
+def _window_ns(settings: KernelSettings) -> int | None:
+    return settings.dedup_window_ms * 1_000_000 if settings.dedup else None

@@ -37,7 +37,7 @@ from otus_ebpf.outputs.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
-from userspace.classify import Rules, classify_frame
+from userspace.classify import Rules, Screen, classify_frame
 from userspace.endpoints import FlowEvent
 from userspace.event import Event, Flag, Kind
 from userspace.pipeline import Pipeline
@@ -94,6 +94,9 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
         odd_times = (f", stamped_back={clock.stamped_back} stamped_ahead={clock.stamped_ahead}"
                      if clock.stamped_back or clock.stamped_ahead else "")
         odd_times += f", skipped_packets={capture.skipped}" if capture.skipped else ""
+        screen = replayer.screen
+        odd_times += f", dropped_method={screen.dropped_methods}" if screen.dropped_methods else ""
+        odd_times += f", duplicate={screen.duplicates}" if screen.duplicates else ""
         unwritable = _unwritable(frame_outputs)
         odd_times += f", frames_the_pcap_cannot_hold={unwritable}" if unwritable else ""
         internal = replayer.pipeline.boundary.total
@@ -203,6 +206,9 @@ class _Replayer:
         # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, self._media)
+        # The drop list and dedup, as the kernel applies them; the window runs on the frames' own times.
+        window_ns = kernel.dedup_window_ms * 1_000_000 if kernel.dedup else None
+        self.screen = Screen(kernel.drop_methods, window_ns, kernel.snaplen)
         self.frames = self.events = self.records = 0
         self.clock = ExpiryClock()
         self._next_expiry = 0
@@ -232,8 +238,8 @@ class _Replayer:
                 records += self._run(events)
                 events, learning = [], False
                 event = self._classify(frame)
-            if event is None:
-                continue
+            if event is None or (self.screen.active and not self.screen.admit(event)):
+                continue  # admitted once a frame: its last classification is the one
             events.append(event)
             self.clock.see(frame.ts_ns)
             learning = learning or event.kind not in _MEDIA

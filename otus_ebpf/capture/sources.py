@@ -206,8 +206,10 @@ class _AfPacket:
 
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
+        screen = self._capture.screen
         return [f"afpacket packets={stats.packets} drops={stats.drops} "
-                f"filter_failures={self._capture.filter_failures}"]
+                f"filter_failures={self._capture.filter_failures} dropped_method={screen.dropped_methods} "
+                f"duplicate={screen.duplicates}"]
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._capture.set_filters(after)
@@ -217,8 +219,10 @@ class _AfPacket:
 
     def counters(self) -> dict[str, dict[str, int]]:
         stats = self._capture.read_stats()
+        screen = self._capture.screen
         return {"afpacket": {"packets": stats.packets, "drops": stats.drops,
-                             "filter_failures": self._capture.filter_failures}}
+                             "filter_failures": self._capture.filter_failures,
+                             "dropped_method": screen.dropped_methods, "duplicate": screen.duplicates}}
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],

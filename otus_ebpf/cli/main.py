@@ -45,6 +45,7 @@ examples:
   otus-ebpf attach eth0                     # SIP on ports 5060, 5061 to otus-out/sip-eth0.jsonl
   otus-ebpf attach eth0 --sip-port 5080 --signature  # port 5080, and SIP on any UDP port
   otus-ebpf attach eth0 eth1 --exclude 10.99.0.0/16  # two interfaces, without one network
+  otus-ebpf attach eth0 --drop-method OPTIONS --dedup  # no keep-alive pings; a packet seen twice goes up once
   otus-ebpf attach eth0 --pcap calls.pcapng --pcap-format pcapng  # every frame (RTP too) to a file
   otus-ebpf attach eth0 --pcap-per-call calls/       # one capture file per call
   otus-ebpf attach eth0 --kafka k1:9092 --topic otus --kafka-topic-per-kind  # otus.sip, otus.call...
@@ -114,6 +115,12 @@ def _add_filter(filt: argparse.ArgumentParser) -> None:
     filt.add_argument("--add-sip-port", type=port, action="append", default=[], metavar="PORT")
     filt.add_argument("--remove-sip-port", type=port, action="append", default=[], metavar="PORT")
     filt.add_argument("--signature", choices=["on", "off"])
+    method = argument_type(BY_NAME["drop_methods"].kind.parse)
+    filt.add_argument("--add-drop-method", type=method, action="append", default=[], metavar="METHOD")
+    filt.add_argument("--remove-drop-method", type=method, action="append", default=[], metavar="METHOD")
+    filt.add_argument("--dedup", choices=["on", "off"])
+    window = argument_type(BY_NAME["dedup_window_ms"].kind.parse)
+    filt.add_argument("--dedup-window-ms", type=window, metavar="MS")
     for which in ("include", "exclude"):
         filt.add_argument(f"--add-{which}", action="append", default=[], metavar="CIDR")
         filt.add_argument(f"--remove-{which}", action="append", default=[], metavar="CIDR")
@@ -249,7 +256,8 @@ def _flows(ifindex: int, interface: str) -> int:
 
 def _filter(ifindex: int, args: argparse.Namespace) -> int:
     changes = [args.add_sip_port, args.remove_sip_port, args.signature, args.add_include,
-               args.remove_include, args.add_exclude, args.remove_exclude]
+               args.remove_include, args.add_exclude, args.remove_exclude, args.add_drop_method,
+               args.remove_drop_method, args.dedup, args.dedup_window_ms]
     if not any(changes):  # nothing to change: say what is in force
         with live_maps(ifindex, args.interface) as maps:
             print("\n".join(maps.filters().lines()))
@@ -261,6 +269,13 @@ def _filter(ifindex: int, args: argparse.Namespace) -> int:
             maps.set_sip_port(port, False)
         if args.signature:
             maps.set_signature(args.signature == "on")
+        for token in args.remove_drop_method:
+            maps.change_drop_method(token, add=False)
+        for token in args.add_drop_method:
+            maps.change_drop_method(token, add=True)
+        if args.dedup or args.dedup_window_ms is not None:
+            on = args.dedup == "on" if args.dedup else maps.filters().dedup_window_ms is not None
+            maps.set_dedup(on, args.dedup_window_ms)
         for which in ("include", "exclude"):
             for cidr in getattr(args, f"add_{which}"):
                 maps.change_network(which, parse_network(cidr), add=True)

@@ -21,6 +21,7 @@ from otus_ebpf.outputs.hep_transport import HepCollector, parse_collector
 from otus_ebpf.outputs.plugin_reporters import ReporterSpec
 from otus_ebpf.plugins import processor_factories, reporter_factories
 from otus_ebpf.secret import read_secret
+from userspace.droplist import token_problem
 from userspace.numbers import ascii_int
 from userspace.processors.build import ProcessorSpec, build, parse_specs
 
@@ -214,6 +215,25 @@ class ReporterPlugins:
 
 # The kinds whose value is a structure (a YAML list of mappings), not one text: read as data.
 STRUCTURED = (ProcessorList, ReporterPlugins)
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A SIP request method or a 3-digit status code, as the drop list holds it."""
+
+    metavar: str = "METHOD"
+
+    def parse(self, text: str) -> str:
+        problem = token_problem(text)
+        if problem is not None:
+            raise ValueError(problem)
+        return text
+
+    def describe(self) -> str:
+        return "SIP methods in upper case (`OPTIONS`), 3-digit status codes (`100`)"
+
+    def show(self, value: Any) -> str:
+        return str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from otus_ebpf.control.kinds import (
     KeyValue,
     Kind,
     Listen,
+    Method,
     Networks,
     Number,
     ProcessorList,
@@ -37,10 +38,13 @@ from otus_ebpf.control.kinds import (
 from otus_ebpf.fleet.settings import COMMAND_TOPIC, RESPONSE_TOPIC, STATUS_TOPIC, FleetSettings
 from otus_ebpf.kernel.attach import AttachMethod, XdpMode
 from otus_ebpf.kernel.settings import (
+    DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_MEDIA_SNAPLEN,
     DEFAULT_RING_MB,
     DEFAULT_SIP_PORTS,
     DEFAULT_SNAPLEN,
+    MAX_DEDUP_WINDOW_MS,
+    MAX_DROP_METHODS,
     MAX_SNAPLEN,
     MIN_SNAPLEN,
     KernelSettings,
@@ -262,6 +266,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("signature", "filter.signature", Switch(), False,
             "also match UDP payloads that start like SIP, on any port", Group.FILTERS, "--signature",
             replay=True),
+    Setting("drop_methods", "filter.drop_methods", Method(), (),
+            f"SIP over UDP not to capture: requests of these methods, responses with these status codes, and "
+            f"the responses to dropped requests (by their CSeq); decided in the kernel before any copy, at "
+            f"most {MAX_DROP_METHODS}", Group.FILTERS, "--drop-method", repeatable=True,
+            replay=True),
+    Setting("dedup", "filter.dedup", Switch(), False,
+            "capture a packet once when it is seen again within the dedup window (the same IP packet one hop "
+            "later: TTL, checksums, VLAN tags and MACs aside)", Group.FILTERS, "--dedup", replay=True),
+    # SIP retransmits after 500 ms at the soonest (RFC 3261 §17.1.1.1, T1): a window under it keeps them.
+    Setting("dedup_window_ms", "filter.dedup_window_ms", Whole(1, MAX_DEDUP_WINDOW_MS, metavar="MS"),
+            DEFAULT_DEDUP_WINDOW_MS, "how long after a packet its copies count as duplicates; SIP "
+            "retransmissions, 500 ms apart at the soonest, stay when it is shorter", Group.FILTERS,
+            "--dedup-window-ms", replay=True),
     Setting("include", "filter.include", Networks(), (), "capture only traffic to or from these networks",
             Group.FILTERS, "--include", repeatable=True),
     Setting("exclude", "filter.exclude", Networks(), (), "never capture traffic to or from these networks",
@@ -433,10 +450,15 @@ def defaults(scope: Scope = Scope.TASK) -> dict[str, Any]:
 
 def cross_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(setting name, message) for values each fine on its own but not together."""
+    problems = []
     if values["media_snaplen"] > values["snaplen"]:
-        return [("media_snaplen", f"must be between 0 and {values['snaplen']} (snaplen), "
-                                  f"not {values['media_snaplen']}")]
-    return []
+        problems.append(("media_snaplen", f"must be between 0 and {values['snaplen']} (snaplen), "
+                                          f"not {values['media_snaplen']}"))
+    drop = set(values["drop_methods"])
+    if len(drop) > MAX_DROP_METHODS:
+        problems.append(("drop_methods", f"{len(drop)} methods and status codes: the kernel's drop list "
+                                         f"holds at most {MAX_DROP_METHODS}"))
+    return problems
 
 
 SecretReader = Callable[[Setting, str], "str | None"]
@@ -462,7 +484,9 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         queue_kbytes=v["kafka_queue_kb"], security=security, start_anyway=v["kafka_start_anyway"])
     kernel = KernelSettings(
         sip_ports=tuple(v["sip_ports"]) or DEFAULT_SIP_PORTS, signature=v["signature"],
-        include=tuple(v["include"]), exclude=tuple(v["exclude"]), snaplen=v["snaplen"],
+        drop_methods=tuple(dict.fromkeys(v["drop_methods"])), dedup=v["dedup"],
+        dedup_window_ms=v["dedup_window_ms"], include=tuple(v["include"]), exclude=tuple(v["exclude"]),
+        snaplen=v["snaplen"],
         media_snaplen=v["media_snaplen"], ring_mb=v["ring_mb"], media=v["media"], shards=v["workers"])
     return AttachOptions(
         interfaces=tuple(dict.fromkeys(interfaces)), mode=v["mode"], direction=v["direction"],

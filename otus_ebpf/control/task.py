@@ -83,7 +83,8 @@ class Engine(Protocol):
     def accounts_line(self) -> str: ...
 
 
-_LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude")
+_LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude", "drop_methods", "dedup",
+                       "dedup_window_ms")
 # Output settings a running task can swap: new outputs open, the old ones flush and close.
 _OUTPUT_FIELDS = ("out", "out_rotation", "out_fsync", "kafka", "kafka_backlog", "kafka_routing", "hep",
                   "hep_identity", "fallback", "queue_records", "pcap", "pcap_rotation", "pcap_format",

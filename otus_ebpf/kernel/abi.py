@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 from enum import IntFlag
+from typing import NamedTuple
 
+from userspace import droplist
 from userspace.event import Counter, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
 
@@ -23,9 +25,13 @@ class ConfigFlag(IntFlag):
     EXCLUDE_V6 = 16
     PAUSED = 32
     MEDIA_PACKETS = 64  # every learned RTP packet goes up; else the kernel measures RTP itself
+    DROP_METHODS = 128  # drop_methods holds something: SIP datagrams are checked against it
+    DEDUP = 256         # a match seen within dedup_window_ms is a duplicate
 
 
 MAX_SHARDS = 8  # OTUS_MAX_SHARDS: ring shards, worker processes
+DROP_TOKEN_LEN = droplist.TOKEN_LEN      # OTUS_DROP_TOKEN_LEN: a drop_methods key's bytes
+MAX_DROP_METHODS = droplist.MAX_TOKENS   # OTUS_MAX_DROP_METHODS: the drop_methods map's entries
 
 # One entry of the per-CPU "counters" array, per direction; user space sums the CPUs.
 COUNTERS_FIELDS: StructFields = (
@@ -36,8 +42,9 @@ CONFIG_FIELDS: StructFields = (
     ("flags", "__u32", 0),
     ("sip_snaplen", "__u32", 0),
     ("media_snaplen", "__u32", 0),
-    ("pad", "__u32", 0),
+    ("dedup_window_ms", "__u32", 0),
 )
+DROP_KEY_FIELDS: StructFields = (("token", "__u8", DROP_TOKEN_LEN),)
 FLOW_KEY_FIELDS: StructFields = (
     ("addr", "__u8", 16),
     ("port", "__u16", 0),
@@ -62,11 +69,13 @@ FLOW_KEY = struct.Struct(struct_format(FLOW_KEY_FIELDS))
 FLOW_VALUE = struct.Struct(struct_format(FLOW_VALUE_FIELDS))
 LPM_V4 = struct.Struct(struct_format(LPM_V4_FIELDS))
 LPM_V6 = struct.Struct(struct_format(LPM_V6_FIELDS))
+DROP_KEY = struct.Struct(struct_format(DROP_KEY_FIELDS))
 
 # Every struct above, by its C name, for the contract test.
 MAP_STRUCTS: dict[str, StructFields] = {
     "otus_counters": COUNTERS_FIELDS,
     "otus_config": CONFIG_FIELDS,
+    "otus_drop_key": DROP_KEY_FIELDS,
     "otus_flow_key": FLOW_KEY_FIELDS,
     "otus_flow_value": FLOW_VALUE_FIELDS,
     "otus_lpm_v4": LPM_V4_FIELDS,
@@ -79,8 +88,29 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def pack_config(flags: ConfigFlag, sip_snaplen: int, media_snaplen: int) -> bytes:
-    return CONFIG.pack(int(flags), sip_snaplen, media_snaplen)
+class KernelConfig(NamedTuple):
+    """The "config" map's one entry (struct otus_config)."""
+
+    flags: ConfigFlag
+    sip_snaplen: int
+    media_snaplen: int
+    dedup_window_ms: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> KernelConfig:
+        flags, sip_snaplen, media_snaplen, dedup_window_ms = CONFIG.unpack(raw)
+        return cls(ConfigFlag(flags), sip_snaplen, media_snaplen, dedup_window_ms)
+
+    def pack(self) -> bytes:
+        return CONFIG.pack(int(self.flags), self.sip_snaplen, self.media_snaplen, self.dedup_window_ms)
+
+    def with_flag(self, flag: ConfigFlag, on: bool) -> KernelConfig:
+        return self._replace(flags=(self.flags | flag) if on else (self.flags & ~flag))
+
+
+def pack_drop_key(token: str) -> bytes:
+    """A drop_methods key: the method or status code, zero-padded (checked by the settings)."""
+    return DROP_KEY.pack(token.encode("ascii"))
 
 
 def pack_flow_key(address: bytes, port: int, l4_proto: int = 17) -> bytes:

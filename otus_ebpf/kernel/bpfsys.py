@@ -79,6 +79,28 @@ def prog_load(prog_type: int, instructions: bytes, license: bytes = b"GPL") -> i
     return bpf(BpfCmd.PROG_LOAD, attr)
 
 
+_LOG_STATS = 4  # BPF_LOG_STATS: the verifier's totals, not its walk
+
+
+def verifier_statistics(prog_type: int, instructions: bytes) -> tuple[bool, str]:
+    """Whether the verifier takes these instructions, and its last line of statistics
+    ("processed N insns (limit 1000000) ..."): how much of its budget a program uses.
+    The program is closed again."""
+    insns = ctypes.create_string_buffer(instructions, len(instructions))
+    licence = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    struct.pack_into("=IIQQIIQ", attr, 0, prog_type, len(instructions) // 8, ctypes.addressof(insns),
+                     ctypes.addressof(licence), _LOG_STATS, len(log), ctypes.addressof(log))
+    try:
+        os.close(bpf(BpfCmd.PROG_LOAD, attr))
+        loaded = True
+    except OSError:
+        loaded = False
+    lines = [line for line in log.value.decode(errors="replace").splitlines() if line.startswith("processed")]
+    return loaded, lines[-1] if lines else ""
+
+
 def link_create(prog_fd: int, ifindex: int, attach_type: AttachType, flags: int = 0) -> int:
     """BPF_LINK_CREATE; returns the link fd, which owns the attachment."""
     attr = ctypes.create_string_buffer(_ATTR_SIZE)

@@ -64,7 +64,8 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
         k = {c: counts[direction, c] for c in COUNTERS}
         sections.append(
             f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(counts, direction)} "
-            f"filtered={k[Counter.FILTERED]} submitted={k[Counter.SUBMITTED]} "
+            f"filtered={k[Counter.FILTERED]} dropped_method={k[Counter.DROPPED_METHOD]} "
+            f"duplicate={k[Counter.DUPLICATE]} submitted={k[Counter.SUBMITTED]} "
             f"submit_failed={k[Counter.SUBMIT_FAILED]} media_counted={k[Counter.MEDIA_COUNTED]} "
             f"streams_full={k[Counter.STREAMS_FULL]}"
         )

@@ -8,6 +8,7 @@ without pinning them or talking to the agent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import struct
@@ -16,14 +17,16 @@ from dataclasses import dataclass
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import (
-    CONFIG,
     COUNTERS_VALUE,
+    DROP_KEY,
     FLOW_KEY,
     FLOW_VALUE,
     LPM_V4,
     LPM_V6,
     ConfigFlag,
+    KernelConfig,
     Network,
+    pack_drop_key,
     pack_lpm_key,
 )
 from otus_ebpf.kernel.attach import xdp_program
@@ -40,8 +43,8 @@ from otus_ebpf.kernel.bpfsys import (
     query_program_ids,
 )
 from otus_ebpf.kernel.counters import KernelCounts, read_counters
-from otus_ebpf.kernel.loader import COUNTERS_MAP, TC_FUNCTION, XDP_FUNCTION
-from otus_ebpf.kernel.maps import CONFIG_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
+from otus_ebpf.kernel.loader import COUNTERS_MAP, SCREENS, TC_FUNCTION, XDP_FUNCTION
+from otus_ebpf.kernel.maps import CONFIG_MAP, DROP_METHODS_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
 from userspace.event import Kind
 
 _U32 = struct.Struct("=I")
@@ -65,15 +68,20 @@ class FilterState:
     exclude: tuple[Network, ...]
     sip_snaplen: int
     media_snaplen: int
+    drop_methods: tuple[str, ...] = ()
+    dedup_window_ms: int | None = None  # None: dedup off
 
     def lines(self) -> list[str]:
         def networks(found: tuple[Network, ...]) -> str:
             return " ".join(map(str, found)) or "-"
 
+        dedup = "off" if self.dedup_window_ms is None else f"on, {self.dedup_window_ms} ms"
         return [f"sip ports  {' '.join(map(str, self.sip_ports)) or '-'}",
                 f"signature  {'on' if self.signature else 'off'}",
                 f"include    {networks(self.include)}",
                 f"exclude    {networks(self.exclude)}",
+                f"drop       {' '.join(self.drop_methods) or '-'}",
+                f"dedup      {dedup}",
                 f"snaplen    sip {self.sip_snaplen}, media {self.media_snaplen}",
                 f"capture    {'paused' if self.paused else 'running'}"]
 
@@ -125,10 +133,7 @@ class LiveMaps:
         fd, info = self._map(SIP_PORTS_MAP)
         ports = tuple(port for port in range(info.max_entries)
                       if (map_lookup(fd, _U32.pack(port), info.value_size) or b"\0")[0])
-        fd, info = self._map(CONFIG_MAP)
-        raw = map_lookup(fd, _U32.pack(0), info.value_size)
-        assert raw is not None  # an array map always has index 0
-        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
+        config = self._config()
         networks: dict[str, list[Network]] = {"include": [], "exclude": []}
         for which, version in TRIE_FLAGS:
             fd, info = self._map(f"{which}_v{version}")
@@ -136,9 +141,15 @@ class LiveMaps:
             for key in map_keys(fd, info.key_size):
                 prefixlen, address = layout.unpack(key)
                 networks[which].append(ipaddress.ip_network((address, prefixlen)))
+        fd, info = self._map(DROP_METHODS_MAP)
+        drop = tuple(sorted(key.rstrip(b"\0").decode("ascii", "replace")
+                            for key in map_keys(fd, info.key_size)))
+        flags = config.flags
         return FilterState(ports, bool(flags & ConfigFlag.SIGNATURE), bool(flags & ConfigFlag.PAUSED),
                            tuple(sorted(networks["include"], key=str)),
-                           tuple(sorted(networks["exclude"], key=str)), sip_snaplen, media_snaplen)
+                           tuple(sorted(networks["exclude"], key=str)), config.sip_snaplen,
+                           config.media_snaplen, drop,
+                           config.dedup_window_ms if flags & ConfigFlag.DEDUP else None)
 
     def set_sip_port(self, port: int, enabled: bool) -> None:
         fd, info = self._map(SIP_PORTS_MAP)
@@ -146,6 +157,30 @@ class LiveMaps:
 
     def set_signature(self, enabled: bool) -> None:
         self._update_config_flags(ConfigFlag.SIGNATURE, enabled)
+
+    def change_drop_method(self, token: str, add: bool) -> None:
+        """``token`` checked by the caller (userspace.droplist.token_problem)."""
+        fd, info = self._map(DROP_METHODS_MAP)
+        if info.key_size != DROP_KEY.size:
+            raise SetupError("the attached program's drop list has another layout (an older otus-ebpf?)")
+        if add:
+            try:
+                map_update(fd, pack_drop_key(token), b"\1".ljust(info.value_size, b"\0"))
+            except OSError as exc:
+                if exc.errno != errno.E2BIG:
+                    raise
+                raise SetupError(f"the drop list is full ({info.max_entries} methods): "
+                                 f"{token} was not added") from None
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                map_delete(fd, pack_drop_key(token))
+        self._update_config_flags(ConfigFlag.DROP_METHODS, not map_is_empty(fd))
+
+    def set_dedup(self, enabled: bool, window_ms: int | None = None) -> None:
+        config = self._config().with_flag(ConfigFlag.DEDUP, enabled)
+        if window_ms is not None:
+            config = config._replace(dedup_window_ms=window_ms)
+        self._write_config(config)
 
     def change_network(self, which: str, network: Network, add: bool) -> None:
         name = f"{which}_v{network.version}"
@@ -158,26 +193,45 @@ class LiveMaps:
                 map_delete(fd, key)
         self._update_config_flags(TRIE_FLAGS[which, network.version], not map_is_empty(fd))
 
-    def _update_config_flags(self, flag: ConfigFlag, enabled: bool) -> None:
+    def _config(self) -> KernelConfig:
         fd, info = self._map(CONFIG_MAP)
         raw = map_lookup(fd, _U32.pack(0), info.value_size)
         assert raw is not None  # an array map always has index 0
-        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
-        flags = (flags | flag) if enabled else (flags & ~flag)
-        map_update(fd, _U32.pack(0), CONFIG.pack(flags, sip_snaplen, media_snaplen))
+        return KernelConfig.unpack(raw)
+
+    def _write_config(self, config: KernelConfig) -> None:
+        fd, _info = self._map(CONFIG_MAP)
+        map_update(fd, _U32.pack(0), config.pack())
+
+    def _update_config_flags(self, flag: ConfigFlag, enabled: bool) -> None:
+        self._write_config(self._config().with_flag(flag, enabled))
 
 
 @contextlib.contextmanager
 def live_maps(ifindex: int, ifname: str) -> Iterator[LiveMaps]:
+    """The maps of the attached programs, and of the screen programs they tail-call
+    (the drop list and the duplicates' map are only theirs)."""
     program_ids = attached_program_ids(ifindex)
     if not program_ids:
         raise SetupError(f"no otus-ebpf program is attached to {ifname}")
     fds: dict[str, tuple[int, MapInfo]] = {}
     try:
-        for map_id in program_info(program_ids[0]).map_ids:
-            fd, info = open_map(map_id)
-            fds[info.name] = (fd, info)
+        _open_maps(program_info(program_ids[0]).map_ids, fds)
+        for _function, array in SCREENS:
+            if array in fds:
+                fd, _info = fds[array]
+                raw = map_lookup(fd, _U32.pack(0), _U32.size)  # a program array answers with the id
+                if raw is not None:
+                    _open_maps(program_info(_U32.unpack(raw)[0]).map_ids, fds)
         yield LiveMaps(fds)
     finally:
         for fd, _info in fds.values():
             os.close(fd)
+
+
+def _open_maps(map_ids: tuple[int, ...], fds: dict[str, tuple[int, MapInfo]]) -> None:
+    opened = {info.id for _fd, info in fds.values()}
+    for map_id in map_ids:
+        if map_id not in opened:
+            fd, info = open_map(map_id)
+            fds[info.name] = (fd, info)

@@ -7,6 +7,7 @@ rings. Attaching is ``otus_ebpf.kernel.attach``'s job; draining the rings is
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import ipaddress
 import os
@@ -25,6 +26,9 @@ from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
+# What a match goes through when the drop list or dedup is on, entered by tail call
+# from the hooks' programs (bpf/otus.c "The screen"), by way of these one-slot arrays.
+SCREENS = (("xdp_screen", "xdp_screens"), ("tc_screen", "tc_screens"))
 COUNTERS_MAP = "counters"
 RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
@@ -138,6 +142,9 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     try:
         xdp = loaded.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
         tc = loaded.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
+        for (function, array), kind in zip(SCREENS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
+            screen = loaded.load_func(function.encode(), kind)
+            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(screen.fd)
         maps = KernelMaps(loaded)
         configure_maps(maps, settings)
     except Exception as exc:  # verifier rejections arrive as bare Exception too
@@ -169,8 +176,10 @@ def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
     maps.configure(signature=settings.signature, sip_snaplen=settings.snaplen,
-                   media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS)
+                   media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS,
+                   dedup=settings.dedup, dedup_window_ms=settings.dedup_window_ms)
     maps.set_sip_ports(settings.sip_ports)
+    maps.change_drop_methods(add=settings.drop_methods)
     for network in settings.include:
         maps.add_network("include", network)
     for network in settings.exclude:

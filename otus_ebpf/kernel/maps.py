@@ -9,16 +9,19 @@ import errno
 from collections.abc import Iterable
 from typing import Any
 
+from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import (
-    CONFIG,
+    DROP_KEY,
+    MAX_DROP_METHODS,
     ConfigFlag,
+    KernelConfig,
     Network,
-    pack_config,
+    pack_drop_key,
     pack_flow_key,
     pack_flow_value,
     pack_lpm_key,
 )
-from otus_ebpf.kernel.bpfsys import UpdateFlag, map_delete, map_is_empty, map_update
+from otus_ebpf.kernel.bpfsys import UpdateFlag, map_delete, map_is_empty, map_keys, map_update
 from otus_ebpf.kernel.flows import FlowTableFull
 from otus_ebpf.kernel.settings import KernelSettings
 from userspace.endpoints import Endpoint
@@ -30,6 +33,7 @@ from userspace.kernel_streams import Clocks
 _TABLE_FULL = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
 CONFIG_MAP = "config"
 SIP_PORTS_MAP = "sip_ports"
+DROP_METHODS_MAP = "drop_methods"
 FLOWS_MAP = "flows"
 FLOW_PORTS_MAP = "flow_ports"
 _TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
@@ -62,30 +66,30 @@ class KernelMaps:
         self._bpf = bpf
 
     def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int,
-                  media_packets: bool = False) -> None:
-        flags, _sip, _media = self._read_config()
-        for flag, on in ((ConfigFlag.SIGNATURE, signature), (ConfigFlag.MEDIA_PACKETS, media_packets)):
-            flags = (flags | flag) if on else (flags & ~flag)
-        self._write_config(flags, sip_snaplen, media_snaplen)
+                  media_packets: bool = False, dedup: bool = False, dedup_window_ms: int = 0) -> None:
+        config = self._read_config()
+        for flag, on in ((ConfigFlag.SIGNATURE, signature), (ConfigFlag.MEDIA_PACKETS, media_packets),
+                         (ConfigFlag.DEDUP, dedup)):
+            config = config.with_flag(flag, on)
+        self._write_config(config._replace(sip_snaplen=sip_snaplen, media_snaplen=media_snaplen,
+                                           dedup_window_ms=dedup_window_ms))
 
-    def _read_config(self) -> tuple[ConfigFlag, int, int]:
+    def _read_config(self) -> KernelConfig:
         config = table(self._bpf, CONFIG_MAP)
-        raw = bytes(config[ctypes.c_int(0)])
-        flags, sip_snaplen, media_snaplen = CONFIG.unpack(raw)
-        return ConfigFlag(flags), sip_snaplen, media_snaplen
+        return KernelConfig.unpack(bytes(config[ctypes.c_int(0)]))
 
-    def _write_config(self, flags: ConfigFlag, sip_snaplen: int, media_snaplen: int) -> None:
+    def _write_config(self, value: KernelConfig) -> None:
         config = table(self._bpf, CONFIG_MAP)
-        config[ctypes.c_int(0)] = _leaf(config, pack_config(flags, sip_snaplen, media_snaplen))
+        config[ctypes.c_int(0)] = _leaf(config, value.pack())
 
     def _set_flag(self, flag: ConfigFlag, on: bool) -> None:
-        flags, sip_snaplen, media_snaplen = self._read_config()
-        self._write_config((flags | flag) if on else (flags & ~flag), sip_snaplen, media_snaplen)
+        self._write_config(self._read_config().with_flag(flag, on))
 
     def apply_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         """Move the running filters from ``before`` to ``after``: ports, the
-        signature flag, include/exclude networks (snaplens need a reload).
-        Only what differs is written: an operator's own changes stay."""
+        signature flag, include/exclude networks, the drop list, duplicate
+        suppression and its window (snaplens need a reload). Only what differs
+        is written: an operator's own changes stay."""
         self.set_sip_ports(set(before.sip_ports) - set(after.sip_ports), enabled=False)
         self.set_sip_ports(set(after.sip_ports) - set(before.sip_ports))
         for which in ("include", "exclude"):
@@ -96,6 +100,39 @@ class KernelMaps:
                 self.remove_network(which, network)
         if before.signature != after.signature:
             self._set_flag(ConfigFlag.SIGNATURE, after.signature)
+        self.change_drop_methods(add=set(after.drop_methods) - set(before.drop_methods),
+                                 remove=set(before.drop_methods) - set(after.drop_methods))
+        if (before.dedup, before.dedup_window_ms) != (after.dedup, after.dedup_window_ms):
+            self.set_dedup(after.dedup, after.dedup_window_ms)
+
+    def set_dedup(self, on: bool, window_ms: int) -> None:
+        config = self._read_config().with_flag(ConfigFlag.DEDUP, on)
+        self._write_config(config._replace(dedup_window_ms=window_ms))
+
+    def change_drop_methods(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+        """Tokens checked by the settings (userspace.droplist.token_problem); the
+        flag follows whether the map holds any. A full map (an operator's own
+        additions) refuses the addition: SetupError."""
+        drop = table(self._bpf, DROP_METHODS_MAP)
+        fd = drop.map_fd
+        for token in remove:
+            with contextlib.suppress(FileNotFoundError):  # an operator removed it already
+                map_delete(fd, pack_drop_key(token))
+        try:
+            for token in add:
+                map_update(fd, pack_drop_key(token), b"\1")
+        except OSError as exc:
+            if exc.errno not in _TABLE_FULL:
+                raise
+            raise SetupError(f"the kernel's drop list is full ({MAX_DROP_METHODS} methods): "
+                             f"{token} was not added") from None
+        finally:
+            self._set_flag(ConfigFlag.DROP_METHODS, not map_is_empty(fd))
+
+    def drop_methods(self) -> list[str]:
+        drop = table(self._bpf, DROP_METHODS_MAP)
+        keys = map_keys(drop.map_fd, DROP_KEY.size)
+        return sorted(key.rstrip(b"\0").decode("ascii", "replace") for key in keys)
 
     def set_paused(self, paused: bool) -> None:
         """Paused, the programs count every packet as filtered and send nothing up;

@@ -11,6 +11,7 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel import abi
 from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
+from userspace.droplist import token_problem
 
 DEFAULT_SIP_PORTS = (5060, 5061)
 DEFAULT_SNAPLEN = 2048
@@ -24,6 +25,13 @@ DEFAULT_MEDIA_SNAPLEN = 64
 # five seconds of a burst the parser is not keeping up with (docs/CONFIG.md).
 DEFAULT_RING_MB = 64
 MAX_SHARDS = abi.MAX_SHARDS  # worker processes, each with its ring (OTUS_MAX_SHARDS)
+# The method drop list: the kernel's drop_methods map holds this many tokens of at most
+# this many bytes (OTUS_MAX_DROP_METHODS, OTUS_DROP_TOKEN_LEN); userspace.droplist checks them.
+MAX_DROP_METHODS = abi.MAX_DROP_METHODS
+# Duplicate suppression's window: long enough for copies of one packet taken a few hops
+# apart, well under SIP's T1 (500 ms, RFC 3261 §17.1.1.1) so that retransmissions stay.
+DEFAULT_DEDUP_WINDOW_MS = 50
+MAX_DEDUP_WINDOW_MS = 10_000
 PAGE_SIZE = resource.getpagesize()
 
 
@@ -37,6 +45,9 @@ class MediaMode(Enum):
 class KernelSettings:
     sip_ports: tuple[int, ...] = DEFAULT_SIP_PORTS
     signature: bool = False
+    drop_methods: tuple[str, ...] = ()  # request methods and status codes not copied up
+    dedup: bool = False
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
     include: tuple[Network, ...] = ()
     exclude: tuple[Network, ...] = ()
     snaplen: int = DEFAULT_SNAPLEN
@@ -71,3 +82,20 @@ class KernelSettings:
         bad = [p for p in self.sip_ports if not 0 < p < 65536]
         if bad or not self.sip_ports:
             raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
+        problem = drop_list_problem(self.drop_methods)
+        if problem:
+            raise SetupError(f"drop methods: {problem}")
+        if not 1 <= self.dedup_window_ms <= MAX_DEDUP_WINDOW_MS:
+            raise SetupError(f"dedup window {self.dedup_window_ms} ms is outside 1..{MAX_DEDUP_WINDOW_MS}")
+
+
+def drop_list_problem(tokens: tuple[str, ...]) -> str | None:
+    """What is wrong with a drop list as a whole (each token is checked where it is
+    parsed, by userspace.droplist.token_problem), or None."""
+    for token in tokens:
+        problem = token_problem(token)
+        if problem:
+            return problem
+    if len(set(tokens)) > MAX_DROP_METHODS:
+        return f"{len(set(tokens))} methods and status codes: the kernel holds at most {MAX_DROP_METHODS}"
+    return None

@@ -194,7 +194,7 @@ tasks:
     try:
         daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
         cli(lab, "filter", lab.uas_if, "--signature", "on", "--add-exclude", "192.0.2.0/24",
-            "--add-sip-port", "5080")
+            "--add-sip-port", "5080", "--add-drop-method", "NOTIFY")
         cli(lab, "task", "pause", "edge", "--socket", sock)
         cli(lab, "task", "resume", "edge", "--socket", sock)
         write_config("[5060, 5062]")  # the reload changes the ports the file names, and only those
@@ -205,4 +205,5 @@ tasks:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
     assert shown[:4] == ["sip ports  5060 5062 5080", "signature  on", "include    -",
                          "exclude    192.0.2.0/24"], shown
-    assert shown[5] == "capture    running"
+    assert "drop       NOTIFY" in shown
+    assert shown[-1] == "capture    running"

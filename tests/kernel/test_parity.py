@@ -4,9 +4,14 @@ read at the kernel's offsets must be the one read at Python's."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.kernel.conftest import SHARDS
 from tests.support.frames import (
@@ -17,22 +22,25 @@ from tests.support.frames import (
     ROUTING,
     TCP,
     UDP,
+    V6,
     ethernet,
     ipv4,
+    ipv6,
     ipv6_ah,
     ipv6_chain,
     ipv6_ext,
     ipv6_fragment,
+    next_hop,
     tcp,
     udp,
+    with_checksum,
 )
 from tests.support.kernel import Hook, KernelHarness
-from tests.support.sip_samples import INVITE, OK_200
-from userspace.classify import Rules, classify_frame
-from userspace.event import Kind
+from tests.support.sip_samples import INVITE, OK_200, request, response, sip_message
+from userspace.classify import Rules, Screen, classify_frame
+from userspace.event import Counter, Kind
 from userspace.frame import Packet, packet_at, walk
 
-V6 = 0x86DD
 FRAMES = {
     "sip-udp": ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")),
     "sip-udp-back": ethernet(ipv4(udp(OK_200, 5060, 5070), src="10.1.0.2", dst="10.1.0.1")),
@@ -121,3 +129,164 @@ def test_the_kernel_offsets_read_the_packet_the_python_walk_reads(kernel: Kernel
     if isinstance(from_kernel, Packet):
         start = event.payload_offset
         assert from_kernel.payload == sent[start:start + len(from_kernel.payload)]
+
+
+# ---- what the screen keeps down: the drop list and duplicates ----------------------------------------------
+
+DROP = ("OPTIONS", "NOTIFY", "183")
+
+
+def _udp_sip(payload: bytes, **ip: Any) -> bytes:
+    return with_checksum(ethernet(ipv4(udp(payload, 5070, 5060), src="10.1.0.1", dst="10.1.0.2", **ip)))
+
+
+_OPTIONS = _udp_sip(request("OPTIONS"))
+_V6 = ethernet(ipv6(udp(INVITE, 5070, 5060), flow_label=7), ethertype=V6)
+_FRAGMENTS = [ethernet(ipv4(udp(INVITE, 5070, 5060)[:300], frag=0x2000, ident=5)),
+              ethernet(ipv4(udp(INVITE, 5070, 5060)[300:], frag=300 // 8, ident=5))]
+SEQUENCES = {
+    "dropped-requests": [_OPTIONS, _udp_sip(request("NOTIFY")), _udp_sip(request("INFO"))],
+    "dropped-status": [_udp_sip(response("183 Session Progress", "INVITE")),
+                       _udp_sip(response("180 Ringing", "INVITE"))],
+    "answers-by-cseq": [_udp_sip(response("200 OK", "OPTIONS")), _udp_sip(response("200 OK", "INFO")),
+                        _udp_sip(response("200 OK", "OPTIONS", before_cseq=["X-Pad: " + "p" * 460])),
+                        _udp_sip(response("200 OK", "OPTIONS", before_cseq=["X-Pad: " + "p" * 400]))],
+    "copies": [_udp_sip(INVITE), next_hop(_udp_sip(INVITE), vlans=(3,)), _udp_sip(INVITE, ident=9)],
+    "dropped-copies": [_OPTIONS, next_hop(_OPTIONS)],
+    "ipv6-copies": [_V6, next_hop(_V6), ethernet(ipv6(udp(INVITE, 5070, 5060), flow_label=8), ethertype=V6)],
+    "fragment-copies": [*_FRAGMENTS, *(next_hop(f) for f in _FRAGMENTS)],
+    "tcp-copies": [ethernet(ipv4(tcp(request("OPTIONS"), 40000, 5060), proto=TCP)),
+                   next_hop(ethernet(ipv4(tcp(request("OPTIONS"), 40000, 5060), proto=TCP)))],
+    "media-copies": [FRAMES["rtp"], next_hop(FRAMES["rtp"])],
+}
+
+
+@contextlib.contextmanager
+def screening(kernel: KernelHarness) -> Iterator[Screen]:
+    """The kernel with the drop list and a 10 s window, and the Python screen alike."""
+    kernel.maps.change_drop_methods(add=DROP)
+    kernel.maps.set_dedup(True, 10_000)
+    kernel.forget_seen()
+    try:
+        yield Screen(DROP, 10_000 * 1_000_000)
+    finally:
+        kernel.maps.change_drop_methods(remove=DROP)
+        kernel.maps.set_dedup(False, 0)
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+def test_the_python_screen_keeps_down_what_the_kernel_keeps_down(kernel: KernelHarness, name: str) -> None:
+    rules = Rules(frozenset((5060, 5061)), shards=SHARDS, media={(*MEDIA, UDP): (Kind.RTP, 1)})
+    kernel.maps.learn_flow(MEDIA, Kind.RTP, shard=1)
+    try:
+        with screening(kernel) as screen:
+            for n, frame in enumerate(SEQUENCES[name]):
+                run = kernel.run(frame, Hook.XDP)
+                before = (screen.dropped_methods, screen.duplicates)
+                built = classify_frame(frame, rules)
+                assert built is not None, "every frame here matches"
+                up = screen.admit(built)
+                assert up == bool(run.events), f"frame {n}"
+                moved = (run.moved.get(Counter.DROPPED_METHOD, 0), run.moved.get(Counter.DUPLICATE, 0))
+                counted = (screen.dropped_methods - before[0], screen.duplicates - before[1])
+                assert counted == moved, f"frame {n}"
+    finally:
+        kernel.maps.forget_flow(MEDIA)
+
+
+LONG = "ABCDEFGHIJKLMNOP"  # a method as long as the kernel's key holds
+
+
+def _cseq_at(end: int, method: str = "OPTIONS") -> bytes:
+    """A response whose CSeq method ends (its CR) at payload byte ``end``."""
+    bare = response("200 OK", "OPTIONS", cseq_line=f"CSeq: 1 {method}")
+    at = bare.index(f"CSeq: 1 {method}\r".encode()) + len(f"CSeq: 1 {method}")
+    pad = end - at - len("X-Pad: \r\n")
+    assert pad >= 0
+    message = response("200 OK", "OPTIONS", cseq_line=f"CSeq: 1 {method}",
+                       before_cseq=["X-Pad: " + "p" * pad])
+    assert message.index(f"{method}\r".encode()) + len(method) == end
+    return message
+
+
+# The edges of the token and CSeq readers, each on both sides.
+EDGES = {
+    **{f"blanks-before-{n}": response("200 OK", "OPTIONS", cseq_line=f"CSeq:{' ' * n}1 OPTIONS")
+       for n in (0, 1, 8, 9)},
+    **{f"blanks-between-{n}": response("200 OK", "OPTIONS", cseq_line=f"CSeq: 1{chr(9) * n}OPTIONS")
+       for n in (0, 1, 8, 9)},
+    **{f"digits-{n}": response("200 OK", "OPTIONS", cseq_line=f"CSeq: {'7' * n} OPTIONS")
+       for n in (1, 10, 11)},
+    **{f"name-{name}": response("200 OK", "OPTIONS", cseq_line=f"{name} 1 OPTIONS")
+       for name in ("cseq:", "CSEQ:", "CSeq :", "CSeqX:", "Seq:", "CSeq;")},
+    "method-16": response("200 OK", LONG, cseq_line=f"CSeq: 1 {LONG}"),
+    "method-17": response("200 OK", LONG, cseq_line=f"CSeq: 1 {LONG}Q"),
+    "method-then-blank": response("200 OK", "OPTIONS", cseq_line="CSeq: 1 OPTIONS x"),
+    "empty-method": response("200 OK", "OPTIONS", cseq_line="CSeq: 1 "),
+    "in-the-body": sip_message("SIP/2.0 200 OK", ["Call-ID: b"], b"CSeq: 1 OPTIONS\r\n"),
+    "lf-only": b"SIP/2.0 200 OK\nCall-ID: x\nCSeq: 3 NOTIFY\n\n",
+    "at-scan-end": _cseq_at(511),
+    "past-scan-end": _cseq_at(512),
+    "request-16": f"{LONG} sip:x SIP/2.0\r\nCSeq: 1 {LONG}\r\n\r\n".encode(),
+    "request-17": f"{LONG}Q sip:x SIP/2.0\r\n\r\n".encode(),
+    "request-nul": b"OPTIONS\0 sip:x SIP/2.0\r\n\r\n",
+    "request-lower": b"options sip:x SIP/2.0\r\n\r\n",
+    "status-no-blank": b"SIP/2.0 183\r\nCSeq: 1 INVITE\r\n\r\n",
+    "status-short": b"SIP/2.0 18",
+    "status-183": b"SIP/2.0 183 \r\n",
+    "status-1830": b"SIP/2.0 1830 x\r\n",
+}
+
+
+@pytest.mark.parametrize("snaplen", [2048, 300])
+@pytest.mark.parametrize("name", EDGES)
+def test_the_token_and_cseq_readers_and_their_python_mirror_agree(kernel: KernelHarness, name: str,
+                                                                  snaplen: int) -> None:
+    """Every edge of the readers, and a copy cut short by the snaplen."""
+    frame = _udp_sip(EDGES[name])
+    rules = Rules(frozenset((5060,)), shards=SHARDS)
+    kernel.maps.configure(signature=False, sip_snaplen=snaplen, media_snaplen=32, media_packets=True)
+    kernel.maps.change_drop_methods(add=[LONG])
+    try:
+        with screening(kernel):
+            screen = Screen((*DROP, LONG), None, snaplen)
+            run = kernel.run(frame, Hook.XDP)
+            built = classify_frame(frame, rules)
+            assert built is not None
+            assert screen.admit(built) == bool(run.events)
+    finally:
+        kernel.maps.change_drop_methods(remove=[LONG])
+        kernel.maps.configure(signature=False, sip_snaplen=2048, media_snaplen=32, media_packets=True)
+
+
+_CSEQ_FORMS = st.builds(
+    lambda name, colon_blank, blanks, digits, between, method, end: (
+        f"{name}{' ' if colon_blank else ''}:{blanks}{digits}{between}{method}{end}"),
+    st.sampled_from(["CSeq", "cseq", "CSEQ", "CSeqX", "C"]), st.booleans(),
+    st.sampled_from(["", " ", "\t", " " * 8, " " * 9]),
+    st.sampled_from(["", "1", "4294967295", "12345678901"]),
+    st.sampled_from(["", " ", "\t\t", " " * 8, " " * 9]),
+    st.sampled_from(["OPTIONS", "NOTIFY", "INVITE", "", "OPTIONSOPTIONSOP", "OPTIONSOPTIONSOPT", "183"]),
+    st.sampled_from(["", " x", "\tx"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cseq=_CSEQ_FORMS, pad=st.integers(0, 520), status=st.sampled_from(["200 OK", "183 Ringing", "1830 X"]),
+       snaplen=st.sampled_from([2048, 300]))
+def test_the_cseq_scan_and_its_python_mirror_agree(kernel: KernelHarness, cseq: str, pad: int, status: str,
+                                                   snaplen: int) -> None:
+    """Every edge of the scan: the header's forms, the blanks, the number, the method's
+    length, the end of the scan and of the copy."""
+    before = [f"X-Pad: {'p' * (pad - 9)}"] if pad >= 9 else []
+    frame = _udp_sip(response(status, "OPTIONS", cseq_line=cseq, before_cseq=before))
+    rules = Rules(frozenset((5060,)), shards=SHARDS)
+    kernel.maps.configure(signature=False, sip_snaplen=snaplen, media_snaplen=32, media_packets=True)
+    try:
+        with screening(kernel):
+            screen = Screen(DROP, None, snaplen)
+            run = kernel.run(frame, Hook.XDP)
+            built = classify_frame(frame, rules)
+            assert built is not None
+            assert screen.admit(built) == bool(run.events), (cseq, pad, status, snaplen)
+    finally:
+        kernel.maps.configure(signature=False, sip_snaplen=2048, media_snaplen=32, media_packets=True)

@@ -8,7 +8,8 @@ import re
 import struct
 from enum import IntEnum, IntFlag
 
-from otus_ebpf.kernel.abi import MAP_STRUCTS, MAX_SHARDS, ConfigFlag
+from otus_ebpf.kernel.abi import DROP_TOKEN_LEN, MAP_STRUCTS, MAX_DROP_METHODS, MAX_SHARDS, ConfigFlag
+from userspace import dedup, droplist
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
 from userspace.rtp import DEFAULT_CLOCK_RATE
@@ -22,7 +23,9 @@ ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
 }
 # Single constants the Python side mirrors.
 CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE,
-             "OTUS_MAX_SHARDS": MAX_SHARDS}
+             "OTUS_MAX_SHARDS": MAX_SHARDS, "OTUS_DROP_TOKEN_LEN": DROP_TOKEN_LEN,
+             "OTUS_MAX_DROP_METHODS": MAX_DROP_METHODS, "OTUS_CSEQ_SCAN": droplist.CSEQ_SCAN,
+             "OTUS_DEDUP_PREFIX": dedup.DEDUP_PREFIX, "OTUS_DEDUP_ENTRIES": dedup.DEDUP_ENTRIES}
 PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, **MAP_STRUCTS}
 
 

@@ -8,12 +8,15 @@ import struct
 
 from userspace.classify import Rules, classify_frame, mix32
 from userspace.event import EVENT_HEADER, Direction, Kind
+from userspace.frame import walk
 
 UDP, TCP = 17, 6
 V6 = 0x86DD  # the IPv6 ethertype
 RTP_PAYLOAD = bytes(12) + b"\xaa" * 160  # RTP header + 20 ms of G.711
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
+MAC_C = bytes.fromhex("020000000003")  # a router's ports, for a packet's copy one hop later
+MAC_D = bytes.fromhex("020000000004")
 
 
 def udp(payload: bytes, sport: int = 5060, dport: int = 5060) -> bytes:
@@ -28,24 +31,65 @@ def tcp(payload: bytes, sport: int = 5060, dport: int = 5060, seq: int = 1, flag
 
 
 def ipv4(l4: bytes, proto: int = UDP, src: str = "10.0.0.1", dst: str = "10.0.0.2",
-         frag: int = 0, options: bytes = b"") -> bytes:
+         frag: int = 0, options: bytes = b"", ident: int = 1, ttl: int = 64, tos: int = 0) -> bytes:
     ihl = (20 + len(options)) // 4
-    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), 1, frag, 64, proto, 0,
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, ihl * 4 + len(l4), ident, frag, ttl, proto, 0,
                          socket.inet_aton(src), socket.inet_aton(dst))
     return header + options + l4
 
 
-def ipv6(l4: bytes, proto: int = UDP, src: str = "fd00::1", dst: str = "fd00::2") -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64,
+def ipv6(l4: bytes, proto: int = UDP, src: str = "fd00::1", dst: str = "fd00::2", flow_label: int = 0,
+         hop_limit: int = 64, traffic_class: int = 0) -> bytes:
+    first = 6 << 28 | traffic_class << 20 | flow_label
+    return struct.pack("!IHBB16s16s", first, len(l4), proto, hop_limit,
                        socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + l4
 
 
-def ethernet(l3: bytes, ethertype: int = 0x0800, vlans: tuple[int, ...] = ()) -> bytes:
+def ipv4_checksum(header: bytes) -> int:
+    """RFC 791's header checksum: the ones' complement of the ones' complement sum."""
+    total = sum(int(word) for word in struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def next_hop(frame: bytes, vlans: tuple[int, ...] = (), macs: tuple[bytes, bytes] = (MAC_C, MAC_D)) -> bytes:
+    """The same IP packet as a router forwards it: TTL (IPv4, its header checksum
+    recomputed) or hop limit (IPv6) one less, other MACs, ``vlans`` for tags."""
+    layout = walk(frame)
+    assert layout is not None, "an IP frame"
+    packet = bytearray(frame[layout.l3:])
+    if packet[0] >> 4 == 4:
+        packet[8] -= 1
+        ihl = (packet[0] & 0x0F) * 4
+        packet[10:12] = b"\0\0"
+        packet[10:12] = ipv4_checksum(bytes(packet[:ihl])).to_bytes(2, "big")
+        ethertype = 0x0800
+    else:
+        packet[7] -= 1
+        ethertype = V6
+    return ethernet(bytes(packet), ethertype, vlans, macs)
+
+
+def with_checksum(frame: bytes) -> bytes:
+    """An IPv4 frame with its header checksum filled in (the builders leave 0)."""
+    layout = walk(frame)
+    assert layout is not None and frame[layout.l3] >> 4 == 4
+    ihl = (frame[layout.l3] & 0x0F) * 4
+    header = bytearray(frame[layout.l3:layout.l3 + ihl])
+    header[10:12] = b"\0\0"
+    header[10:12] = ipv4_checksum(bytes(header)).to_bytes(2, "big")
+    return frame[:layout.l3] + bytes(header) + frame[layout.l3 + ihl:]
+
+
+def ethernet(l3: bytes, ethertype: int = 0x0800, vlans: tuple[int, ...] = (),
+             macs: tuple[bytes, bytes] = (MAC_B, MAC_A)) -> bytes:
+    """``macs``: (destination, source)."""
     tags = b""
     tpids = [0x88A8] * (len(vlans) - 1) + [0x8100] if vlans else []
     for tpid, vid in zip(tpids, vlans, strict=True):
         tags += struct.pack("!HH", tpid, vid)
-    return MAC_B + MAC_A + tags + struct.pack("!H", ethertype) + l3
+    return macs[0] + macs[1] + tags + struct.pack("!H", ethertype) + l3
 
 
 _EVERY_PORT = Rules(frozenset(range(65536)))

@@ -45,3 +45,30 @@ COMPACT_BYE = (
     b"CSeq: 231 BYE\r\n"
     b"l: 0\r\n\r\n"
 )
+
+
+def request(method: str, n: int = 1, extra: list[str] | None = None) -> bytes:
+    """A request of ``method``, its transaction and call numbered ``n`` (an OPTIONS ping, a NOTIFY)."""
+    return sip_message(f"{method} sip:core@10.1.0.2 SIP/2.0", [
+        f"Via: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bK-{method.lower()}-{n}",
+        "Max-Forwards: 70",
+        "To: <sip:core@10.1.0.2>",
+        f"From: <sip:edge@10.1.0.1>;tag=edge-{n}",
+        f"Call-ID: {method.lower()}-{n}@10.1.0.1",
+        f"CSeq: {n} {method}",
+        *(extra or []),
+    ])
+
+
+def response(status: str, method: str, n: int = 1, cseq_line: str | None = None,
+             before_cseq: list[str] | None = None) -> bytes:
+    """The answer ``status`` ("200 OK") to ``request(method, n)``; ``cseq_line`` replaces its
+    CSeq header, ``before_cseq`` are headers put ahead of it."""
+    return sip_message(f"SIP/2.0 {status}", [
+        f"Via: SIP/2.0/UDP 10.1.0.1:5060;branch=z9hG4bK-{method.lower()}-{n};received=10.1.0.1",
+        "To: <sip:core@10.1.0.2>;tag=core-1",
+        f"From: <sip:edge@10.1.0.1>;tag=edge-{n}",
+        f"Call-ID: {method.lower()}-{n}@10.1.0.1",
+        *(before_cseq or []),
+        cseq_line if cseq_line is not None else f"CSeq: {n} {method}",
+    ])

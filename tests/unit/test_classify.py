@@ -29,11 +29,13 @@ from tests.support.frames import (
     ipv6_chain,
     ipv6_ext,
     ipv6_fragment,
+    next_hop,
     tcp,
     udp,
+    with_checksum,
 )
-from tests.support.sip_samples import INVITE, OK_200
-from userspace.classify import Rules, classify_frame, mix32
+from tests.support.sip_samples import INVITE, OK_200, request, response
+from userspace.classify import Rules, Screen, classify_frame, mix32
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.sharding import call_id_hash
 
@@ -244,3 +246,54 @@ def test_sip_ports_come_before_learned_media() -> None:
     endpoint = (ipaddress.ip_address("10.0.0.2").packed, 5060, UDP)
     event = classified(ethernet(ipv4(udp(INVITE))), Rules(SIP_PORTS, media={endpoint: (Kind.RTP, 0)}))
     assert event.kind == Kind.SIP
+
+
+# ---- the screen: what the kernel keeps down after a match --------------------------------------------
+
+def _screened(screen: Screen, *frames: bytes, ts_ns: int = 0) -> list[bool]:
+    events = [classify_frame(frame, RULES, ts_ns=ts_ns) for frame in frames]
+    assert all(events)
+    return [screen.admit(event) for event in events if event is not None]
+
+
+def test_the_screen_keeps_down_listed_methods_and_status_codes_and_their_answers() -> None:
+    screen = Screen(("OPTIONS", "100"))
+    frames = [ethernet(ipv4(udp(message))) for message in (
+        request("OPTIONS"), response("100 Trying", "INVITE"), response("200 OK", "OPTIONS"), INVITE, OK_200)]
+    assert _screened(screen, *frames) == [False, False, False, True, True]
+    assert (screen.dropped_methods, screen.duplicates) == (3, 0)
+
+
+def test_the_screen_does_not_look_into_tcp_or_fragments() -> None:
+    screen = Screen(("OPTIONS",))
+    over_tcp = ethernet(ipv4(tcp(request("OPTIONS"), 40000, 5060), proto=TCP))
+    fragment = ethernet(ipv4(udp(request("OPTIONS"))[:100], frag=0x2000))
+    assert _screened(screen, over_tcp, fragment) == [True, True]
+
+
+def test_the_cseq_is_looked_for_within_the_snaplen_as_the_kernel_copies() -> None:
+    frame = ethernet(ipv4(udp(response("200 OK", "OPTIONS"))))
+    at = frame.index(b"OPTIONS\r")
+    assert _screened(Screen(("OPTIONS",), snaplen=at + len("OPTIONS") + 1), frame) == [False]
+    assert _screened(Screen(("OPTIONS",), snaplen=at + len("OPTIONS")), frame) == [True]
+
+
+def test_a_dropped_method_is_never_a_duplicate_but_a_dropped_answer_can_be() -> None:
+    """The kernel's order: the method drop list, the window, then the answers' CSeq."""
+    screen = Screen(("OPTIONS",), dedup_window_ns=50_000_000)
+    ping = ethernet(ipv4(udp(request("OPTIONS"))))
+    answer = ethernet(ipv4(udp(response("200 OK", "OPTIONS"))))
+    assert _screened(screen, ping, ping, answer, answer) == [False] * 4
+    assert (screen.dropped_methods, screen.duplicates) == (3, 1)
+
+
+def test_duplicates_are_counted_by_the_packets_own_times_and_the_window_survives_a_change() -> None:
+    screen = Screen(dedup_window_ns=50_000_000)
+    frame = with_checksum(ethernet(ipv4(udp(INVITE))))
+    assert _screened(screen, frame, ts_ns=0) == [True]
+    assert _screened(screen, next_hop(frame), ts_ns=10_000_000) == [False]
+    screen.change(("NOTIFY",), 20_000_000)
+    assert _screened(screen, frame, ts_ns=20_000_000) == [True]   # 20 ms after: the new window's end
+    assert _screened(screen, frame, ts_ns=30_000_000) == [False]
+    screen.change((), None)
+    assert not screen.active and _screened(screen, frame, frame) == [True, True]

@@ -84,6 +84,13 @@ EXPECTED = {
     "defaults_clash_with_task": [
         "5: tasks[0].filter.media_snaplen: must be between 0 and 100 (snaplen), not 200"],
 
+    # The kernel's drop list holds 16 tokens, each an upper-case method or a status code.
+    "drop_methods_too_many": [
+        "5: tasks[0].filter.drop_methods: 17 methods and status codes: the kernel's drop list holds "
+        "at most 16"],
+    "drop_method_lower_case": [
+        "5: tasks[0].filter.drop_methods[1]: 'notify' is not a SIP method in upper case "
+        "(A-Z, 0-9, at most 16) nor a 3-digit status code"],
     "workers_not_number": ["4: tasks[0].workers: must be a whole number, not 'many'"],
     "workers_zero": ["4: tasks[0].workers: must be between 1 and 8, not 0"],
 }

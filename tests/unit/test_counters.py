@@ -22,7 +22,8 @@ def test_stats_line_shows_kernel_pipeline_and_kafka_figures() -> None:
     line = StatsLine("eth0", format_kernel_counts(kernel), pipeline,
                      KafkaStats(produced=7, delivered=5, failed=2)).format()
     assert "ingress seen=10" in line
-    assert "egress seen=0 matched=0 filtered=0 submitted=0 submit_failed=3" in line
+    assert ("egress seen=0 matched=0 filtered=0 dropped_method=0 duplicate=0 submitted=0 submit_failed=3"
+            in line)
     assert "records=7" in line and "errors=2" in line
     assert "kafka produced=7 delivered=5 failed=2 queue_full=0 backlog=0 dropped=0" in line
     assert "in_flight=0 retried=0" in line
@@ -43,5 +44,6 @@ def test_each_directions_counters_are_summed_over_the_cpus(monkeypatch: pytest.M
     counts, failures = counters.read_counters(-1)
     assert counts[Direction.INGRESS, Counter.SEEN] == 0
     assert counts[Direction.EGRESS, Counter.NOT_IP] == 6 * 11  # 1 + 2 + 3 CPUs' shares
-    assert counts[Direction.EGRESS, Counter.STREAMS_FULL] == 6 * 26
+    assert counts[Direction.EGRESS, Counter.DUPLICATE] == 6 * 23
+    assert counts[Direction.EGRESS, Counter.STREAMS_FULL] == 6 * 28
     assert failures == [6 * (100 + shard + 110 + shard) for shard in range(MAX_SHARDS)]  # both directions

@@ -12,7 +12,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -21,20 +21,21 @@ from otus_ebpf.control.daemon import run_daemon
 from otus_ebpf.control.manager import TaskManager
 from otus_ebpf.control.server import request
 from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel.settings import KernelSettings
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.unit.test_sdp_calls import ANSWER, OFFER, message
 from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture
 
 
 def write_config(path: Path, tmp: Path, lo_ports: str = "[5060]", third: bool = False,
-                 snaplen: int = 2048) -> Path:
+                 snaplen: int = 2048, filters: str = "") -> Path:
     tasks = f"""
 tasks:
   - name: one
     interfaces: [lo]
     mode: afpacket
     workers: 1
-    filter: {{sip_ports: {lo_ports}, snaplen: {snaplen}}}
+    filter: {{sip_ports: {lo_ports}, snaplen: {snaplen}{filters}}}
     outputs: {{jsonl: {{path: {tmp}/one.jsonl}}}}
   - name: two
     interfaces: [lo]
@@ -51,6 +52,26 @@ tasks:
 """
     path.write_text(f"metrics: {{listen: 'off'}}\ncontrol: {{socket: {tmp}/control.sock}}\n{tasks}")
     return path
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_changed_drop_list_and_dedup_window_are_made_live_by_a_reload(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "otus.yaml", tmp_path, filters=", drop_methods: [OPTIONS]")
+    opener = FakeOpener(batches=[sip_frames(4)])
+    manager = TaskManager(opener)
+    try:
+        manager.apply(load(path, {}))
+        one = manager.get("one")
+        assert one is not None and one.options.kernel.drop_methods == ("OPTIONS",)
+        changed = ", drop_methods: [NOTIFY, '100'], dedup: true, dedup_window_ms: 20"
+        result = manager.apply(load(write_config(path, tmp_path, filters=changed), {}))
+        assert (result.reconfigured, result.restarted) == (["one"], [])
+        assert manager.get("one") is one, "the same task, its capture told the new filters"
+        before, after = cast(tuple[KernelSettings, KernelSettings], opener.captures[0].filters_changed)
+        assert (before.drop_methods, before.dedup) == (("OPTIONS",), False)
+        assert (after.drop_methods, after.dedup, after.dedup_window_ms) == (("NOTIFY", "100"), True, 20)
+    finally:
+        manager.stop_all()
 
 
 @pytest.mark.usefixtures("as_root")

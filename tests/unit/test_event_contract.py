@@ -26,7 +26,12 @@ def test_header_and_python_definition_agree() -> None:
     ("__u32 media_snaplen;", "__u32 media_snap;"),           # a map value is renamed
     ("__u8 kind;", "__u8 kind;\n\t__u8 extra;"),            # a field is added
     ("#define OTUS_KIND_SIP 1", "#define OTUS_KIND_SIP 2"),  # an enum value changes
-    ("#define OTUS_CTR_MAX 17", "#define OTUS_CTR_MAX 18"),
+    ("#define OTUS_CTR_MAX 19", "#define OTUS_CTR_MAX 20"),
+    ("#define OTUS_CTR_DUPLICATE 13", "#define OTUS_CTR_DUPLICATE 12"),
+    ("__u32 dedup_window_ms;", "__u32 pad;"),                 # the config's new field
+    ("__u8 token[16];", "__u8 token[15];"),                  # the drop list's key
+    ("#define OTUS_DEDUP_PREFIX 128", "#define OTUS_DEDUP_PREFIX 64"),
+    ("#define OTUS_CSEQ_SCAN 512", "#define OTUS_CSEQ_SCAN 384"),
     ("#define OTUS_FLAG_VLAN 8", "#define OTUS_FLAG_VLAN 16"),
     ("#define OTUS_CFG_SIGNATURE 1", "#define OTUS_CFG_SIG 1"),
     ("#define OTUS_STREAM_EVENT 4", "#define OTUS_STREAM_EVENT 8"),

@@ -25,6 +25,7 @@ from otus_ebpf.control.kinds import (
     Collectors,
     KeyValue,
     Listen,
+    Method,
     Networks,
     Number,
     Switch,
@@ -125,7 +126,7 @@ def sample(setting: Setting, secret: Path) -> str:
     if isinstance(kind, Workers):
         return "2" if default == 1 else "1"
     special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999",
-               KeyValue: "site=fra1"}
+               KeyValue: "site=fra1", Method: "OPTIONS"}
     assert isinstance(kind, Text) or type(kind) in special, f"no sample for {setting.name}"
     return special.get(type(kind), f"{setting.name}-sample")
 

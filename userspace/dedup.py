@@ -1,0 +1,99 @@
+"""Duplicate suppression: the same packet captured twice (a mirror port fed
+from both sides of a router, two SPAN sessions, a bond and its member) goes
+up once.
+
+A packet's identity is what a copy of it one hop later still has, from the
+network header on: no L2 (VLAN tags and MACs differ between copies), no TTL,
+hop limit, TOS/traffic class, IPv4 checksum or options, no L4 checksum.
+
+- IPv4: source, destination, id, fragment field, total length, protocol.
+- IPv6: source, destination, flow label, payload length, upper protocol, and a
+  fragment header's id and offset field.
+- Then, unless the packet is a non-first fragment (which has no L4 header):
+  UDP's ports and length, or TCP's ports, sequence and acknowledgement numbers,
+  data offset, flags and window; and the first ``DEDUP_PREFIX`` bytes of the
+  L4 payload within the IP length.
+
+A copy within ``window_ns`` of the first sighting is a duplicate; the first
+sighting is not moved by its copies. ``duplicate()`` in bpf/otus.c keeps the
+same identity as a 64-bit digest in an LRU map of ``DEDUP_ENTRIES``; here it
+is kept exactly, so two different packets never meet (in the kernel, about
+one chance in 2**64 per pair). Time arrives with the packet: capture time in
+replay, the socket's time with AF_PACKET.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from userspace.event import Flag
+from userspace.frame import UDP, walk
+
+DEDUP_PREFIX = 128      # OTUS_DEDUP_PREFIX: L4 payload bytes in a packet's identity
+DEDUP_ENTRIES = 65_536  # OTUS_DEDUP_ENTRIES: identities held at most
+_IPV6, _FRAGMENT = int(Flag.IPV6), int(Flag.FRAGMENT)
+_UDP_KEPT, _TCP_KEPT = 6, 16  # L4 header bytes before the checksum
+
+
+def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: int) -> bytes:
+    """The identity of a packet the kernel's parser has walked (the event's offsets;
+    ``l4`` 0 for a non-first fragment)."""
+    if flags & _IPV6:
+        ip_end = l3 + 40 + ((frame[l3 + 4] << 8) | frame[l3 + 5])
+        head = (frame[l3 + 8:l3 + 40] + bytes((frame[l3 + 1] & 0x0F, proto, flags & (_IPV6 | _FRAGMENT)))
+                + frame[l3 + 2:l3 + 6])
+        if flags & _FRAGMENT:
+            head += _ipv6_fragment(frame)
+    else:
+        ip_end = l3 + ((frame[l3 + 2] << 8) | frame[l3 + 3])
+        # total length, id, fragment field; the protocol (past the TTL); the addresses
+        head = (frame[l3 + 2:l3 + 8] + frame[l3 + 9:l3 + 10] + frame[l3 + 12:l3 + 20]
+                + bytes((flags & _FRAGMENT,)))
+    if not l4:
+        return head
+    kept = _UDP_KEPT if proto == UDP else _TCP_KEPT
+    return head + frame[l4:l4 + kept] + frame[payload:min(len(frame), ip_end, payload + DEDUP_PREFIX)]
+
+
+def _ipv6_fragment(frame: bytes) -> bytes:
+    """The fragment header's offset field and id (rare enough to walk the frame again)."""
+    layout = walk(frame)
+    if layout is None:
+        return b""
+    return layout.frag_off.to_bytes(2, "big") + layout.frag_id.to_bytes(4, "little")
+
+
+class Dedup:
+    """First sightings within the window, oldest first; at most ``max_entries``
+    (the oldest go first, as the kernel's LRU map forgets what it has not met for
+    longest)."""
+
+    def __init__(self, window_ns: int, max_entries: int = DEDUP_ENTRIES) -> None:
+        self.window_ns = window_ns
+        self.duplicates = 0
+        self._max = max_entries
+        self._first: dict[bytes, int] = {}
+        self._order: deque[tuple[int, bytes]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def seen(self, key: bytes, ts_ns: int) -> bool:
+        """True (and counted) when ``key`` was first seen less than the window before ``ts_ns``."""
+        first = self._first.get(key)
+        if first is not None and ts_ns - first < self.window_ns:
+            self.duplicates += 1
+            return True
+        self._forget(ts_ns - self.window_ns)
+        self._first[key] = ts_ns
+        self._order.append((ts_ns, key))
+        return False
+
+    def _forget(self, before: int) -> None:
+        """Sightings at or before ``before`` can no longer make a duplicate; past the
+        limit, the oldest go anyway."""
+        first, order = self._first, self._order
+        while order and (order[0][0] <= before or len(first) >= self._max):
+            ts_ns, key = order.popleft()
+            if first.get(key) == ts_ns:  # not seen again since
+                del first[key]
