@@ -139,13 +139,17 @@ BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
 /* Request methods and status codes whose SIP datagrams stay down (OTUS_CFG_DROP_METHODS). */
 BPF_HASH(drop_methods, struct otus_drop_key, __u8, OTUS_MAX_DROP_METHODS);
-/* Recent matches' digests (duplicate()) -> when first seen, bpf_ktime_get_ns().
- * LRU: a full map forgets its least recently used digest, never refuses one.
- * 65,536 entries hold every match of 1.3 M packets/s for the default 50 ms
- * window (6,500/s for the longest, 10 s); a duplicate whose first copy was
- * already evicted goes up, as without dedup. Preallocated (LRU maps must be):
- * ~5 MiB of kernel memory, whether dedup is on or not. */
-BPF_F_TABLE("lru_hash", __u64, __u64, dedup, OTUS_DEDUP_ENTRIES, 0);
+/* Recent matches (duplicate()): a direct-mapped table, a digest's slot its
+ * low bits, holding the digest and when it was first seen. A slot is taken
+ * over by whichever digest comes next (an LRU hash map's insert cost ~670 ns
+ * a packet, this ~20: scripts/bench/kernel_screen.py), so a copy whose slot
+ * another packet took in between goes up, as without dedup, and the taking
+ * is counted (OTUS_CTR_DEDUP_DISPLACED). 65,536 slots, 1 MiB. */
+struct otus_dedup_slot {
+	__u64 digest;
+	__u64 first_ns;       /* bpf_ktime_get_ns() of the first sighting */
+};
+BPF_ARRAY(dedup, struct otus_dedup_slot, OTUS_DEDUP_ENTRIES);
 
 /* ``c``: the packet's direction's counters, looked up once by the hook. */
 static __always_inline void count(struct otus_counters *c, __u32 counter)
@@ -1381,14 +1385,12 @@ static __always_inline int digest_l4(void *data, void *data_end, struct otus_par
 	return 1;
 }
 
-#define OTUS_EEXIST 17
-
 /* 1 when this packet's digest was first seen less than the window ago. The
  * first sighting is kept, not refreshed by its copies: a window is counted
- * from the original. A copy on another CPU at the same moment finds the
- * other's insert there (EEXIST) and counts as the duplicate; an insert that
- * fails for any other reason lets the packet go up. */
-static __always_inline int duplicate(struct otus_config *cfg, void *data, void *data_end, struct otus_parsed *p)
+ * from the original. Two copies on two CPUs in the same few nanoseconds may
+ * both find the slot without their digest and both go up. */
+static __always_inline int duplicate(struct otus_config *cfg, void *data, void *data_end, struct otus_parsed *p,
+				     struct otus_counters *c)
 {
 	__u64 h = (__u64)p->family << 8 | (p->flags & OTUS_FLAG_FRAGMENT);
 	__u32 ip_end = 0;
@@ -1398,19 +1400,21 @@ static __always_inline int duplicate(struct otus_config *cfg, void *data, void *
 	if (!p->non_first_fragment && !digest_l4(data, data_end, p, &h, ip_end))
 		return 0;
 	__u64 digest = digest_end(h);
-	__u64 now = bpf_ktime_get_ns();
+	__u32 index = digest & (OTUS_DEDUP_ENTRIES - 1);
+	struct otus_dedup_slot *slot = dedup.lookup(&index);
 
-	__u64 *first = dedup.lookup(&digest);
-
-	if (first) {
-		if ((__s64)(now - *first) < (__s64)cfg->dedup_window_ms * 1000000)
-			return 1;
-		*first = now; /* past the window: a new original */
+	if (!slot)
 		return 0;
-	}
-	/* Looked up first: an LRU map's update takes a free entry before it finds
-	 * the key there, so an insert that fails costs what one that succeeds does. */
-	return dedup.insert(&digest, &now) == -OTUS_EEXIST;
+	__u64 now = bpf_ktime_get_ns();
+	int within = (__s64)(now - slot->first_ns) < (__s64)cfg->dedup_window_ms * 1000000;
+
+	if (within && slot->digest == digest)
+		return 1;
+	if (within)
+		count(c, OTUS_CTR_DEDUP_DISPLACED);
+	slot->digest = digest;
+	slot->first_ns = now; /* a new original, in a slot empty, stale or taken over */
+	return 0;
 }
 
 /* The screen's verdict on a handed-off match, in this order: SIP over UDP
@@ -1432,7 +1436,7 @@ static __always_inline __u32 screen(struct otus_config *cfg, void *data, void *d
 			return OTUS_CTR_DROPPED_METHOD;
 		}
 	}
-	if ((cfg->flags & OTUS_CFG_DEDUP) && duplicate(cfg, data, data_end, p)) {
+	if ((cfg->flags & OTUS_CFG_DEDUP) && duplicate(cfg, data, data_end, p, c)) {
 		m->kind = 0;
 		return OTUS_CTR_DUPLICATE;
 	}

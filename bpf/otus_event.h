@@ -64,7 +64,10 @@
 #define OTUS_CTR_MEDIA_COUNTED 17
 /* learned RTP of a new stream the full streams map could not hold: copied up */
 #define OTUS_CTR_STREAMS_FULL 18
-#define OTUS_CTR_MAX 19
+/* a match that took over a dedup slot whose packet was still within its
+ * window: a copy of that packet arriving later goes up (OTUS_CFG_DEDUP) */
+#define OTUS_CTR_DEDUP_DISPLACED 19
+#define OTUS_CTR_MAX 20
 
 /* Ring shards: worker processes, at most. */
 #define OTUS_MAX_SHARDS 8
@@ -73,7 +76,7 @@
  * packet finds every counter it moves with one lookup. The array lengths
  * are OTUS_CTR_MAX and OTUS_MAX_SHARDS (otus.c asserts it). */
 struct otus_counters {
-	__u64 counts[19];     /* by OTUS_CTR_* */
+	__u64 counts[20];     /* by OTUS_CTR_* */
 	__u64 shard_failures[8]; /* ring submits that failed, by shard */
 };
 
@@ -132,8 +135,9 @@ struct otus_drop_key {
  * (userspace/droplist.py mirrors the scan). */
 #define OTUS_CSEQ_SCAN 512
 
-/* Duplicate suppression: the "dedup" LRU map's entries, and the L4 payload
- * bytes a packet's digest covers (userspace/dedup.py mirrors both). */
+/* Duplicate suppression: the "dedup" table's slots (a power of two), and the
+ * L4 payload bytes a packet's digest covers (userspace/dedup.py mirrors the
+ * second). */
 #define OTUS_DEDUP_ENTRIES 65536
 #define OTUS_DEDUP_PREFIX 128
 

@@ -16,10 +16,14 @@ hop limit, TOS/traffic class, IPv4 checksum or options, no L4 checksum.
 
 A copy within ``window_ns`` of the first sighting is a duplicate; the first
 sighting is not moved by its copies. ``duplicate()`` in bpf/otus.c keeps the
-same identity as a 64-bit digest in an LRU map of ``DEDUP_ENTRIES``; here it
-is kept exactly, so two different packets never meet (in the kernel, about
-one chance in 2**64 per pair). Time arrives with the packet: capture time in
-replay, the socket's time with AF_PACKET.
+same identity as a 64-bit digest in a direct-mapped table of ``DEDUP_ENTRIES``
+slots, where a later packet can take a slot before its holder's copy arrives
+(counted there as DEDUP_DISPLACED; that copy then goes up). Here identities are
+kept exactly, so two different packets never meet (in the kernel, about one
+chance in 2**64 per pair) and none is displaced before ``DEDUP_ENTRIES`` are
+held: where the two differ, the kernel sends up a copy this would drop. Time
+arrives with the packet: capture time in replay, the socket's time with
+AF_PACKET.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from userspace.event import Flag
 from userspace.frame import UDP, walk
 
 DEDUP_PREFIX = 128      # OTUS_DEDUP_PREFIX: L4 payload bytes in a packet's identity
-DEDUP_ENTRIES = 65_536  # OTUS_DEDUP_ENTRIES: identities held at most
+DEDUP_ENTRIES = 65_536  # OTUS_DEDUP_ENTRIES: the kernel's slots; identities held here at most
 _IPV6, _FRAGMENT = int(Flag.IPV6), int(Flag.FRAGMENT)
 _UDP_KEPT, _TCP_KEPT = 6, 16  # L4 header bytes before the checksum
 
@@ -65,8 +69,7 @@ def _ipv6_fragment(frame: bytes) -> bytes:
 
 class Dedup:
     """First sightings within the window, oldest first; at most ``max_entries``
-    (the oldest go first, as the kernel's LRU map forgets what it has not met for
-    longest)."""
+    (past that the oldest go first)."""
 
     def __init__(self, window_ns: int, max_entries: int = DEDUP_ENTRIES) -> None:
         self.window_ns = window_ns

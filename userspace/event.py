@@ -62,7 +62,8 @@ class Counter(IntEnum):
     LOAD_FAILED = 16
     MEDIA_COUNTED = 17  # learned RTP counted in the kernel's stream statistics, not copied up
     STREAMS_FULL = 18   # RTP of a new stream the full streams map could not hold
-    MAX = 19
+    DEDUP_DISPLACED = 19  # a dedup slot taken over while its packet was within the window
+    MAX = 20
 
 
 VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.DUPLICATE + 1))

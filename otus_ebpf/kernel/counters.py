@@ -67,6 +67,6 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
             f"filtered={k[Counter.FILTERED]} dropped_method={k[Counter.DROPPED_METHOD]} "
             f"duplicate={k[Counter.DUPLICATE]} submitted={k[Counter.SUBMITTED]} "
             f"submit_failed={k[Counter.SUBMIT_FAILED]} media_counted={k[Counter.MEDIA_COUNTED]} "
-            f"streams_full={k[Counter.STREAMS_FULL]}"
+            f"streams_full={k[Counter.STREAMS_FULL]} dedup_displaced={k[Counter.DEDUP_DISPLACED]}"
         )
     return sections

@@ -105,6 +105,13 @@ class KernelMaps:
         if (before.dedup, before.dedup_window_ms) != (after.dedup, after.dedup_window_ms):
             self.set_dedup(after.dedup, after.dedup_window_ms)
 
+    def forget_seen(self) -> None:
+        """Empty the dedup table: no packet seen yet. One batched write (bcc's clear()
+        of an array writes its 65,536 slots a system call each)."""
+        dedup = table(self._bpf, "dedup")
+        slots = len(dedup)
+        dedup.items_update_batch((dedup.Key * slots)(*map(dedup.Key, range(slots))), (dedup.Leaf * slots)())
+
     def set_dedup(self, on: bool, window_ms: int) -> None:
         config = self._read_config().with_flag(ConfigFlag.DEDUP, on)
         self._write_config(config._replace(dedup_window_ms=window_ms))

@@ -334,3 +334,44 @@ def test_otus_ebpf_filter_shows_and_changes_the_drop_list_and_dedup(kernel: Kern
         live.change_drop_method("ONE_MORE"[:3], add=True)
     for n in range(16):
         live.change_drop_method(f"M{n}", add=False)
+
+
+# ---- the dedup table: direct-mapped, a slot taken over by the next digest ------------------------------
+
+def _slots(kernel: KernelHarness) -> dict[int, tuple[int, int]]:
+    """The dedup table's slots in use: index -> (digest, first sighting)."""
+    return {k.value: (v.digest, v.first_ns) for k, v in table(kernel.programs.bpf, "dedup").items()
+            if v.first_ns}
+
+
+def test_a_copy_whose_slot_another_packet_took_goes_up_and_the_taking_is_counted(
+        kernel: KernelHarness, hook: Hook) -> None:
+    """Each digest has one slot; a packet whose digest lands in a slot held by
+    another one still inside its window takes it (counted), and a later copy of
+    the one it displaced is no longer recognised: it goes up, as without dedup."""
+    frame = sip(request("INFO", 21))
+    assert verdict(kernel, frame, hook)[0] == Counter.MATCHED_SIP_PORT
+    ((index, (digest, _first)),) = _slots(kernel).items()
+    dedup = table(kernel.programs.bpf, "dedup")
+    slot = dedup[dedup.Key(index)]
+    slot.digest, slot.first_ns = digest ^ 1, time.monotonic_ns()  # another packet, just now, same slot
+    dedup[dedup.Key(index)] = slot
+    ended, run = verdict(kernel, next_hop(frame), hook)
+    assert ended == Counter.MATCHED_SIP_PORT and len(run.events) == 1
+    assert run.moved.get(Counter.DEDUP_DISPLACED) == 1
+    assert _slots(kernel)[index][0] == digest  # the copy holds the slot now: its own copies are duplicates
+    ended, run = verdict(kernel, next_hop(next_hop(frame)), hook)
+    assert ended == Counter.DUPLICATE and Counter.DEDUP_DISPLACED not in run.moved
+
+
+def test_a_stale_slot_is_taken_without_counting(kernel: KernelHarness, hook: Hook) -> None:
+    """A slot whose packet's window has passed is free: taking it displaces nothing."""
+    frame = sip(request("INFO", 22))
+    assert verdict(kernel, frame, hook)[0] == Counter.MATCHED_SIP_PORT
+    ((index, (digest, _first)),) = _slots(kernel).items()
+    dedup = table(kernel.programs.bpf, "dedup")
+    slot = dedup[dedup.Key(index)]
+    slot.digest, slot.first_ns = digest ^ 1, time.monotonic_ns() - (LONG_WINDOW_MS + 1000) * 1_000_000
+    dedup[dedup.Key(index)] = slot
+    ended, run = verdict(kernel, next_hop(frame), hook)
+    assert ended == Counter.MATCHED_SIP_PORT and Counter.DEDUP_DISPLACED not in run.moved

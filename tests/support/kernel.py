@@ -12,7 +12,7 @@ from enum import Enum
 from otus_ebpf.kernel.bpfsys import prog_test_run
 from otus_ebpf.kernel.counters import KernelCounts, read_kernel_counters
 from otus_ebpf.kernel.loader import LoadedPrograms, load_programs
-from otus_ebpf.kernel.maps import KernelMaps, table
+from otus_ebpf.kernel.maps import KernelMaps
 from otus_ebpf.kernel.rings import Reader, open_reader
 from otus_ebpf.kernel.settings import KernelSettings
 from userspace.event import Counter, Direction, Event, decode_event
@@ -56,8 +56,8 @@ class KernelHarness:
         return self.programs.maps
 
     def forget_seen(self) -> None:
-        """Empty the duplicate window (the "dedup" map): no packet seen yet."""
-        table(self.programs.bpf, "dedup").clear()
+        """Empty the duplicate window: no packet seen yet."""
+        self.maps.forget_seen()
 
     def counters(self) -> KernelCounts:
         return read_kernel_counters(self.programs.bpf)
