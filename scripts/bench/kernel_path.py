@@ -115,14 +115,21 @@ def one_run_each(fd: int, frames: list[bytes]) -> float:
     return sum(prog_test_run(fd, frame)[1] for frame in frames) / len(frames)
 
 
-def print_components(bcc: Any, bare_fd: int, repeats: int) -> None:
-    components = bcc.BPF(text=COMPONENTS)
+def print_parts(parts: Any, bcc: Any, names: dict[str, str], bare_fd: int, repeats: int, title: str) -> None:
+    """Each of ``names``' programs in ``parts`` (a compiled BPF object) on a 74-byte frame, warm."""
     frame = padded_udp(74, 4000, 4001)
     baseline = measure(bare_fd, frame, repeats, None)
-    print("\nthe statistics path's parts, each in a program of its own (ns/packet, bare program included):")
-    for name, what in COMPONENT_NAMES.items():
-        cost = measure(components.load_func(name.encode(), bcc.BPF.XDP).fd, frame, repeats, None)
-        print(f"  {what:26} {cost:>8.1f}   (+{cost - baseline:.1f} over bare {baseline:.1f})")
+    width = max(map(len, names.values()))
+    print(f"\n{title} (ns/packet, bare program included):")
+    for name, what in names.items():
+        cost = measure(parts.load_func(name.encode(), bcc.BPF.XDP).fd, frame, repeats, None)
+        print(f"  {what:{width}} {cost:>8.1f}   (+{cost - baseline:.1f} over bare {baseline:.1f})")
+
+
+def print_components(bcc: Any, bare_fd: int, repeats: int) -> None:
+    components = bcc.BPF(text=COMPONENTS)
+    print_parts(components, bcc, COMPONENT_NAMES, bare_fd, repeats,
+                "the statistics path's parts, each in a program of its own")
     components.cleanup()
 
 

@@ -39,7 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from otus_ebpf.kernel.loader import cflags_for, import_bcc, load_programs
 from otus_ebpf.kernel.rings import open_reader
 from otus_ebpf.kernel.settings import KernelSettings
-from scripts.bench.kernel_path import BARE_XDP, RING_BYTES, RING_MB, measure, one_run_each, padded_udp
+from scripts.bench.kernel_path import (
+    BARE_XDP,
+    RING_BYTES,
+    RING_MB,
+    measure,
+    one_run_each,
+    padded_udp,
+    print_parts,
+)
 from tests.support.calls import rtp
 from tests.support.frames import ethernet, ipv4, udp
 from tests.support.sip_samples import INVITE, request, response
@@ -185,16 +193,12 @@ def rtp_in_order(bare_fd: int, programs: Any, settings: KernelSettings,
     return costs[0], costs[1]
 
 
-def print_parts(bcc: Any, bare_fd: int, repeats: int) -> None:
+def print_screen_parts(bcc: Any, bare_fd: int, repeats: int) -> None:
     parts = bcc.BPF(text=PARTS)
     called = parts.load_func(b"called", bcc.BPF.XDP)
     parts[b"next"][ctypes.c_int(0)] = ctypes.c_int(called.fd)
-    frame = padded_udp(74, 4000, 4001)
-    baseline = measure(bare_fd, frame, repeats, None)
-    print("\nthe screen's parts, each in a program of its own, warm (ns/packet, bare program included):")
-    for name, what in PART_NAMES.items():
-        cost = measure(parts.load_func(name.encode(), bcc.BPF.XDP).fd, frame, repeats, None)
-        print(f"  {what:36} {cost:>8.1f}   (+{cost - baseline:.1f} over bare {baseline:.1f})")
+    print_parts(parts, bcc, PART_NAMES, bare_fd, repeats,
+                "the screen's parts, each in a program of its own, warm")
     parts.cleanup()
 
 
@@ -212,7 +216,7 @@ def main() -> int:
     try:
         compare_revisions(bcc, bare_fd, programs, settings, args.against, args.rounds, args.repeats)
         matched_costs(bare_fd, programs, settings, args.repeats)
-        print_parts(bcc, bare_fd, args.repeats)
+        print_screen_parts(bcc, bare_fd, args.repeats)
     finally:
         programs.close()
         bare.cleanup()
