@@ -141,8 +141,9 @@ BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_HASH(drop_methods, struct otus_drop_key, __u8, OTUS_MAX_DROP_METHODS);
 /* Recent matches (duplicate()): a direct-mapped table, a digest's slot its
  * low bits, holding the digest and when it was first seen. A slot is taken
- * over by whichever digest comes next (an LRU hash map's insert cost ~670 ns
- * a packet, this ~20: scripts/bench/kernel_screen.py), so a copy whose slot
+ * over by whichever digest comes next (an LRU hash map's lookup and insert
+ * cost 560-720 ns a packet, this 45-55 with the clock read:
+ * scripts/bench/kernel_screen.py), so a copy whose slot
  * another packet took in between goes up, as without dedup, and the taking
  * is counted (OTUS_CTR_DEDUP_DISPLACED). 65,536 slots, 1 MiB. */
 struct otus_dedup_slot {
@@ -1333,10 +1334,15 @@ struct otus_digest {
 
 BPF_PERCPU_ARRAY(digest_scan, struct otus_digest, 1);
 
-/* The L4 part: UDP's ports and length, or TCP's ports, sequence and
- * acknowledgement numbers, offset, flags and window (not the checksums: an
- * egress skb may hold a partial one); then the first OTUS_DEDUP_PREFIX
- * payload bytes within the IP length (Ethernet pads short frames). */
+/* The L4 part: UDP's header, or TCP's ports, sequence and acknowledgement
+ * numbers, offset, flags, window and checksum; then the first
+ * OTUS_DEDUP_PREFIX payload bytes within the IP length (Ethernet pads short
+ * frames). The checksum stands for the bytes past the prefix: a packet
+ * sharing a genuine one's first bytes with another tail (a decoy sent first,
+ * to have the genuine one taken for its copy) must also carry its checksum,
+ * so it is the same datagram to the receiver too, or is discarded by both.
+ * An egress skb with a partial checksum holds the pseudo-header's sum, the
+ * same for each of its copies on egress. */
 static __always_inline int digest_l4(void *data, void *data_end, struct otus_parsed *p, __u64 *h,
 				     __u32 ip_end)
 {
@@ -1350,12 +1356,13 @@ static __always_inline int digest_l4(void *data, void *data_end, struct otus_par
 	if (p->l4_proto == IPPROTO_UDP) {
 		if ((void *)(l4 + 8) > data_end)
 			return 0;
-		*h = digest_step(*h, *(__u64 *)l4 & 0x0000FFFFFFFFFFFFULL);
+		*h = digest_step(*h, *(__u64 *)l4);
 	} else {
-		if ((void *)(l4 + 16) > data_end)
+		if ((void *)(l4 + 18) > data_end)
 			return 0;
 		*h = digest_step(*h, *(__u64 *)l4);
 		*h = digest_step(*h, *(__u64 *)(l4 + 8));
+		*h = digest_step(*h, *(__u16 *)(l4 + 16));
 	}
 	/* n: the bytes digested, within the IP length, the prefix and the packet */
 	__u32 n = ip_end > p->payload_offset ? ip_end - p->payload_offset : 0;
@@ -1397,7 +1404,9 @@ static __always_inline int digest_l4(void *data, void *data_end, struct otus_par
 static __always_inline int duplicate(struct otus_config *cfg, void *data, void *data_end, struct otus_parsed *p,
 				     struct otus_counters *c)
 {
-	__u64 h = (__u64)p->family << 8 | (p->flags & OTUS_FLAG_FRAGMENT);
+	/* Keyed: a sender who cannot read the seed cannot forge another packet's
+	 * digest (every step of it can be undone) or aim at its slot. */
+	__u64 h = cfg->dedup_seed ^ ((__u64)p->family << 8 | (p->flags & OTUS_FLAG_FRAGMENT));
 	__u32 ip_end = 0;
 
 	if (!digest_l3(data, data_end, p, &h, &ip_end))
@@ -1543,7 +1552,7 @@ int xdp_ingress(struct xdp_md *ctx)
 	count(c, OTUS_CTR_SEEN);
 	__u32 verdict = classify(data, data_end, data_end - data, c, &p, &m);
 	if (m.screen)
-		xdp_screens.call(ctx, 0); /* returns only without a screen program (never, once loaded) */
+		xdp_screens.call(ctx, 0); /* returns only without a screen program: never, as the features are refused without one */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return XDP_PASS;
@@ -1574,7 +1583,7 @@ int tc_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 verdict = classify(data, data_end, skb->len, c, &p, &m);
 	if (m.screen)
-		tc_screens.call(skb, 0); /* returns only without a screen program (never, once loaded) */
+		tc_screens.call(skb, 0); /* returns only without a screen program: never, as the features are refused without one */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return TC_ACT_UNSPEC;

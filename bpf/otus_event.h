@@ -120,6 +120,7 @@ struct otus_config {
 	__u32 sip_snaplen;    /* bytes of a SIP or fragment frame to copy, <= OTUS_SNAPLEN */
 	__u32 media_snaplen;  /* bytes past the UDP header to copy for RTP/RTCP */
 	__u32 dedup_window_ms; /* OTUS_CFG_DEDUP: how long a packet's digest stays a duplicate's */
+	__u64 dedup_seed;     /* the digest's key, random, set once at load */
 };
 
 /* "drop_methods" hash map: request methods and 3-digit status codes whose SIP

@@ -4,15 +4,17 @@ up once.
 
 A packet's identity is what a copy of it one hop later still has, from the
 network header on: no L2 (VLAN tags and MACs differ between copies), no TTL,
-hop limit, TOS/traffic class, IPv4 checksum or options, no L4 checksum.
+hop limit, TOS/traffic class, IPv4 checksum or options.
 
 - IPv4: source, destination, id, fragment field, total length, protocol.
 - IPv6: source, destination, flow label, payload length, upper protocol, and a
   fragment header's id and offset field.
 - Then, unless the packet is a non-first fragment (which has no L4 header):
-  UDP's ports and length, or TCP's ports, sequence and acknowledgement numbers,
-  data offset, flags and window; and the first ``DEDUP_PREFIX`` bytes of the
-  L4 payload within the IP length.
+  UDP's header, or TCP's ports, sequence and acknowledgement numbers, data
+  offset, flags, window and checksum; and the first ``DEDUP_PREFIX`` bytes of
+  the L4 payload within the IP length. The L4 checksum stands for the bytes
+  past the prefix (a decoy with a genuine packet's first bytes and another
+  tail is another packet, unless the receiver would take it for the same).
 
 A copy within ``window_ns`` of the first sighting is a duplicate; the first
 sighting is not moved by its copies. ``duplicate()`` in bpf/otus.c keeps the
@@ -36,7 +38,7 @@ from userspace.frame import UDP, walk
 DEDUP_PREFIX = 128      # OTUS_DEDUP_PREFIX: L4 payload bytes in a packet's identity
 DEDUP_ENTRIES = 65_536  # OTUS_DEDUP_ENTRIES: the kernel's slots; identities held here at most
 _IPV6, _FRAGMENT = int(Flag.IPV6), int(Flag.FRAGMENT)
-_UDP_KEPT, _TCP_KEPT = 6, 16  # L4 header bytes before the checksum
+_UDP_KEPT, _TCP_KEPT = 8, 18  # L4 header bytes, the checksum included
 
 
 def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: int) -> bytes:

@@ -43,6 +43,7 @@ CONFIG_FIELDS: StructFields = (
     ("sip_snaplen", "__u32", 0),
     ("media_snaplen", "__u32", 0),
     ("dedup_window_ms", "__u32", 0),
+    ("dedup_seed", "__u64", 0),
 )
 DROP_KEY_FIELDS: StructFields = (("token", "__u8", DROP_TOKEN_LEN),)
 FLOW_KEY_FIELDS: StructFields = (
@@ -95,14 +96,16 @@ class KernelConfig(NamedTuple):
     sip_snaplen: int
     media_snaplen: int
     dedup_window_ms: int
+    dedup_seed: int = 0
 
     @classmethod
     def unpack(cls, raw: bytes) -> KernelConfig:
-        flags, sip_snaplen, media_snaplen, dedup_window_ms = CONFIG.unpack(raw)
-        return cls(ConfigFlag(flags), sip_snaplen, media_snaplen, dedup_window_ms)
+        flags, sip_snaplen, media_snaplen, dedup_window_ms, dedup_seed = CONFIG.unpack(raw)
+        return cls(ConfigFlag(flags), sip_snaplen, media_snaplen, dedup_window_ms, dedup_seed)
 
     def pack(self) -> bytes:
-        return CONFIG.pack(int(self.flags), self.sip_snaplen, self.media_snaplen, self.dedup_window_ms)
+        return CONFIG.pack(int(self.flags), self.sip_snaplen, self.media_snaplen, self.dedup_window_ms,
+                           self.dedup_seed)
 
     def with_flag(self, flag: ConfigFlag, on: bool) -> KernelConfig:
         return self._replace(flags=(self.flags | flag) if on else (self.flags & ~flag))

@@ -44,7 +44,14 @@ from otus_ebpf.kernel.bpfsys import (
 )
 from otus_ebpf.kernel.counters import KernelCounts, read_counters
 from otus_ebpf.kernel.loader import COUNTERS_MAP, SCREENS, TC_FUNCTION, XDP_FUNCTION
-from otus_ebpf.kernel.maps import CONFIG_MAP, DROP_METHODS_MAP, FLOWS_MAP, SIP_PORTS_MAP, TRIE_FLAGS
+from otus_ebpf.kernel.maps import (
+    CONFIG_MAP,
+    DEDUP_MAP,
+    DROP_METHODS_MAP,
+    FLOWS_MAP,
+    SIP_PORTS_MAP,
+    TRIE_FLAGS,
+)
 from userspace.event import Kind
 
 _U32 = struct.Struct("=I")
@@ -177,6 +184,9 @@ class LiveMaps:
         self._update_config_flags(ConfigFlag.DROP_METHODS, not map_is_empty(fd))
 
     def set_dedup(self, enabled: bool, window_ms: int | None = None) -> None:
+        if enabled and DEDUP_MAP not in self.fds:  # only the screens have it: not loaded
+            raise SetupError("dedup needs the screen programs, which are not loaded in the attached "
+                             "agent (its kernel refused them, or an older otus-ebpf)")
         config = self._config().with_flag(ConfigFlag.DEDUP, enabled)
         if window_ms is not None:
             config = config._replace(dedup_window_ms=window_ms)

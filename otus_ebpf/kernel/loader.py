@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network
 from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
@@ -24,6 +25,7 @@ from otus_ebpf.kernel.maps import KernelMaps, table
 from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
 from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
 
+_log = logs.get(__name__)
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
 # What a match goes through when the drop list or dedup is on, entered by tail call
@@ -142,20 +144,41 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     try:
         xdp = loaded.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
         tc = loaded.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
-        for (function, array), kind in zip(SCREENS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
-            screen = loaded.load_func(function.encode(), kind)
-            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(screen.fd)
-        maps = KernelMaps(loaded)
-        configure_maps(maps, settings)
     except Exception as exc:  # verifier rejections arrive as bare Exception too
         loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
+    try:
+        maps = KernelMaps(loaded, load_screens(bcc, loaded, settings))
+        configure_maps(maps, settings)
+    except BaseException:
+        loaded.cleanup()
+        raise
     try:
         ring_fds = create_rings(table(loaded, RINGS_MAP).map_fd, settings.shards, settings.ring_bytes)
     except SetupError:
         loaded.cleanup()
         raise
     return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, ring_fds)
+
+
+def load_screens(bcc: Any, loaded: Any, settings: KernelSettings) -> bool:
+    """Load the screen programs into the hooks' tail-call arrays. False when the
+    kernel refuses them and neither feature is asked for: capture goes on without
+    them (the hooks' tail call then finds no program and the match goes up), and
+    turning a feature on later is refused in one line (KernelMaps)."""
+    try:
+        for (function, array), kind in zip(SCREENS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
+            screen = loaded.load_func(function.encode(), kind)
+            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(screen.fd)
+    except Exception as exc:  # verifier rejections arrive as bare Exception
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if settings.dedup or settings.drop_methods:
+            raise SetupError(f"kernel refused the screen programs (for --dedup / --drop-method): "
+                             f"{reason}") from None
+        _log.warning("kernel refused the screen programs: %s; --dedup and --drop-method are unavailable",
+                    reason)
+        return False
+    return True
 
 
 def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
@@ -175,6 +198,7 @@ def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
 
 
 def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
+    maps.seed_dedup(int.from_bytes(os.urandom(8), "little"))
     maps.configure(signature=settings.signature, sip_snaplen=settings.snaplen,
                    media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS,
                    dedup=settings.dedup, dedup_window_ms=settings.dedup_window_ms)

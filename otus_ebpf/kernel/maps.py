@@ -23,7 +23,7 @@ from otus_ebpf.kernel.abi import (
 )
 from otus_ebpf.kernel.bpfsys import UpdateFlag, map_delete, map_is_empty, map_keys, map_update
 from otus_ebpf.kernel.flows import FlowTableFull
-from otus_ebpf.kernel.settings import KernelSettings
+from otus_ebpf.kernel.settings import DEFAULT_DEDUP_WINDOW_MS, KernelSettings
 from userspace.endpoints import Endpoint
 from userspace.event import Kind
 from userspace.kernel_streams import Clocks
@@ -34,6 +34,7 @@ _TABLE_FULL = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
 CONFIG_MAP = "config"
 SIP_PORTS_MAP = "sip_ports"
 DROP_METHODS_MAP = "drop_methods"
+DEDUP_MAP = "dedup"
 FLOWS_MAP = "flows"
 FLOW_PORTS_MAP = "flow_ports"
 _TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
@@ -62,11 +63,20 @@ class KernelMaps:
     reading the config, changing that bit and writing it back, and a network
     trie's flag follows whether the trie holds anything."""
 
-    def __init__(self, bpf: Any) -> None:
+    def __init__(self, bpf: Any, screens: bool = True) -> None:
         self._bpf = bpf
+        self._screens = screens  # False: the kernel refused the screen programs
+
+    def _need_screens(self, feature: str) -> None:
+        if not self._screens:
+            raise SetupError(f"{feature} needs the screen programs, which this kernel's verifier refused "
+                             "at load (the log said why)")
 
     def configure(self, *, signature: bool, sip_snaplen: int, media_snaplen: int,
-                  media_packets: bool = False, dedup: bool = False, dedup_window_ms: int = 0) -> None:
+                  media_packets: bool = False, dedup: bool = False,
+                  dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS) -> None:
+        if dedup:
+            self._need_screens("dedup")
         config = self._read_config()
         for flag, on in ((ConfigFlag.SIGNATURE, signature), (ConfigFlag.MEDIA_PACKETS, media_packets),
                          (ConfigFlag.DEDUP, dedup)):
@@ -105,14 +115,20 @@ class KernelMaps:
         if (before.dedup, before.dedup_window_ms) != (after.dedup, after.dedup_window_ms):
             self.set_dedup(after.dedup, after.dedup_window_ms)
 
+    def seed_dedup(self, seed: int) -> None:
+        """The dedup digest's key (64 bits): set once, before the first packet."""
+        self._write_config(self._read_config()._replace(dedup_seed=seed))
+
     def forget_seen(self) -> None:
         """Empty the dedup table: no packet seen yet. One batched write (bcc's clear()
         of an array writes its 65,536 slots a system call each)."""
-        dedup = table(self._bpf, "dedup")
+        dedup = table(self._bpf, DEDUP_MAP)
         slots = len(dedup)
         dedup.items_update_batch((dedup.Key * slots)(*map(dedup.Key, range(slots))), (dedup.Leaf * slots)())
 
     def set_dedup(self, on: bool, window_ms: int) -> None:
+        if on:
+            self._need_screens("dedup")
         config = self._read_config().with_flag(ConfigFlag.DEDUP, on)
         self._write_config(config._replace(dedup_window_ms=window_ms))
 
@@ -120,6 +136,9 @@ class KernelMaps:
         """Tokens checked by the settings (userspace.droplist.token_problem); the
         flag follows whether the map holds any. A full map (an operator's own
         additions) refuses the addition: SetupError."""
+        add = list(add)
+        if add:
+            self._need_screens("the method drop list")
         drop = table(self._bpf, DROP_METHODS_MAP)
         fd = drop.map_fd
         for token in remove:

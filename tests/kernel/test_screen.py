@@ -14,6 +14,7 @@ import pytest
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.bpfsys import map_info_by_fd
 from otus_ebpf.kernel.introspect import LiveMaps
+from otus_ebpf.kernel.loader import import_bcc
 from otus_ebpf.kernel.maps import table
 from otus_ebpf.kernel.settings import KernelSettings
 from otus_ebpf.kernel.streams import KernelStreams
@@ -307,11 +308,15 @@ def test_a_copied_rtp_packet_never_counts_as_its_streams_duplicate(kernel: Kerne
 
 # ---- `otus-ebpf filter` on a running agent's maps ---------------------------------------------------------
 
+def _live(kernel: KernelHarness, names: list[str]) -> LiveMaps:
+    """The maps `otus-ebpf filter` would find, by name (the screens' only when they load)."""
+    fds = {name: table(kernel.programs.bpf, name).map_fd for name in names}
+    return LiveMaps({name: (fd, map_info_by_fd(fd)) for name, fd in fds.items()})
+
+
 def test_otus_ebpf_filter_shows_and_changes_the_drop_list_and_dedup(kernel: KernelHarness) -> None:
     tries = [f"{which}_v{version}" for which in ("include", "exclude") for version in (4, 6)]
-    names = ["config", "sip_ports", "drop_methods", *tries]
-    fds = {name: table(kernel.programs.bpf, name).map_fd for name in names}
-    live = LiveMaps({name: (fd, map_info_by_fd(fd)) for name, fd in fds.items()})
+    live = _live(kernel, ["config", "sip_ports", "drop_methods", "dedup", *tries])
     state = live.filters()
     assert (sorted(state.drop_methods), state.dedup_window_ms) == (sorted(DROPPED), LONG_WINDOW_MS)
     assert "drop       100 NOTIFY OPTIONS" in state.lines() and "dedup      on, 10000 ms" in state.lines()
@@ -375,3 +380,76 @@ def test_a_stale_slot_is_taken_without_counting(kernel: KernelHarness, hook: Hoo
     dedup[dedup.Key(index)] = slot
     ended, run = verdict(kernel, next_hop(frame), hook)
     assert ended == Counter.MATCHED_SIP_PORT and Counter.DEDUP_DISPLACED not in run.moved
+
+
+def _udp_checksum(frame: bytes, value: int) -> bytes:
+    """``frame`` (IPv4 UDP, no options) with its UDP checksum field set to ``value``."""
+    at = 14 + 20 + 6
+    return frame[:at] + value.to_bytes(2, "big") + frame[at + 2:]
+
+
+def test_a_decoy_with_the_same_first_bytes_and_another_tail_does_not_hide_the_genuine_packet(
+        kernel: KernelHarness, hook: Hook) -> None:
+    """The L4 checksum stands for what lies past the digested prefix: a decoy sent
+    first with another tail (and so another checksum) is another packet."""
+    genuine = _udp_checksum(sip(INVITE), 0x1234)
+    decoy = _udp_checksum(sip(INVITE.replace(b"tag=1928301774", b"tag=1928301775")), 0x4321)
+    assert verdict(kernel, decoy, hook)[0] == Counter.MATCHED_SIP_PORT
+    ended, run = verdict(kernel, genuine, hook)
+    assert ended == Counter.MATCHED_SIP_PORT and len(run.events) == 1
+
+
+def test_the_digest_is_keyed_by_the_seed_set_at_load(kernel: KernelHarness, hook: Hook) -> None:
+    """The same packet under two seeds lands as two digests: a sender who cannot
+    read the seed can neither forge a packet's digest nor aim at its slot."""
+    frame = sip(request("INFO", 23))
+    digests = []
+    for seed in (1, 2):
+        kernel.forget_seen()
+        kernel.maps.seed_dedup(seed)
+        assert verdict(kernel, frame, hook)[0] == Counter.MATCHED_SIP_PORT
+        ((_index, (digest, _first)),) = _slots(kernel).items()
+        digests.append(digest)
+    assert digests[0] != digests[1]
+
+
+# ---- a kernel that refuses the screens ------------------------------------------------------------------
+
+@pytest.fixture
+def screens_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcc's load_func raising for the screens, as a verifier rejection arrives."""
+    bcc = import_bcc()
+    real = bcc.BPF.load_func
+
+    def refusing(self: Any, name: bytes, *args: Any, **kwargs: Any) -> Any:
+        if name.endswith(b"_screen"):
+            raise Exception(f"Failed to load BPF program {name!r}: Permission denied")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(bcc.BPF, "load_func", refusing)
+
+
+@pytest.mark.usefixtures("screens_refused")
+def test_without_the_screens_capture_goes_on_and_the_features_are_refused_in_one_line(
+        logged: pytest.LogCaptureFixture) -> None:
+    harness = KernelHarness(KernelSettings())
+    try:
+        assert "kernel refused the screen programs" in logged.text
+        assert verdict(harness, sip(INVITE), Hook.XDP)[0] == Counter.MATCHED_SIP_PORT
+        with pytest.raises(SetupError, match="dedup needs the screen programs"):
+            harness.maps.set_dedup(True, 50)
+        with pytest.raises(SetupError, match="the method drop list needs the screen programs"):
+            harness.maps.change_drop_methods(add=["OPTIONS"])
+        assert harness.maps.drop_methods() == []
+        with pytest.raises(SetupError, match="dedup needs the screen programs"):
+            _live(harness, ["config"]).set_dedup(True, 50)  # `otus-ebpf filter`: no screen, no dedup map
+        ended, run = verdict(harness, sip(request("OPTIONS")), Hook.XDP)
+        assert ended == Counter.MATCHED_SIP_PORT and len(run.events) == 1
+    finally:
+        harness.close()
+
+
+@pytest.mark.usefixtures("screens_refused")
+def test_asked_for_without_the_screens_the_load_fails_saying_why() -> None:
+    with pytest.raises(SetupError, match=r"kernel refused the screen programs \(for --dedup"):
+        KernelHarness(KernelSettings(dedup=True))

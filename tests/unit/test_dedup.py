@@ -141,3 +141,12 @@ def test_lengths_shorter_than_the_headers_give_an_identity_not_an_error() -> Non
     frame = bytearray(sip(b"abc"))
     frame[16:18] = (20).to_bytes(2, "big")
     assert key(bytes(frame)) != key(sip(b"abc"))
+
+
+def test_a_decoy_with_the_same_first_bytes_and_another_tail_is_another_packet() -> None:
+    """Its UDP checksum (another tail, another sum) tells it apart, as in the kernel."""
+    def checksum(frame: bytes, value: int) -> bytes:
+        return frame[:40] + value.to_bytes(2, "big") + frame[42:]
+    genuine = checksum(sip(INVITE), 0x1234)
+    decoy = checksum(sip(INVITE.replace(b"tag=1928301774", b"tag=1928301775")), 0x4321)
+    assert key(genuine) != key(decoy)
