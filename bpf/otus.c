@@ -1111,7 +1111,9 @@ static __always_inline int cseq_dropped(struct otus_sample *s, __u32 start, __u6
 	return drop_methods.lookup(&key) != NULL;
 }
 
-/* Bounds the copy for the verifier (u64 and a constant cap: ENVIRONMENT.md). */
+/* Bounds the copy for the verifier: bpf_xdp_load_bytes wants its length a u64
+ * with a constant cap, or the verifier rejects the program ("R4 min value is
+ * negative"). */
 static __always_inline __u64 capture_length(__u64 frame_len, __u32 snaplen)
 {
 	__u64 cap = frame_len < snaplen ? frame_len : snaplen;
