@@ -8,7 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 from enum import IntEnum
+
+from tests.support.sip_samples import INVITE, OK_200
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
@@ -86,12 +89,45 @@ def client_frame(payload: bytes, opcode: int = Opcode.TEXT, fin: bool = True) ->
     return frame(payload, opcode, fin, mask=os.urandom(4))
 
 
-def fragments(payload: bytes, pieces: int, mask: bool, opcode: int = Opcode.TEXT) -> bytes:
-    """One message in ``pieces`` frames: the first of ``opcode``, then continuations."""
+def fragments(payload: bytes, pieces: int, mask: bool, opcode: int = Opcode.TEXT,
+              rng: random.Random | None = None) -> bytes:
+    """One message in ``pieces`` frames: the first of ``opcode``, then continuations;
+    masking keys from ``rng`` when given (a reproducible stream), else random."""
     size = -(-len(payload) // pieces)
     chunks = [payload[i:i + size] for i in range(0, len(payload), size)]
     out = b""
     for i, chunk in enumerate(chunks):
         out += frame(chunk, opcode if i == 0 else Opcode.CONTINUATION, i == len(chunks) - 1,
-                     os.urandom(4) if mask else None)
+                     (rng.randbytes(4) if rng else os.urandom(4)) if mask else None)
     return out
+
+
+def mutated_stream(rng: random.Random, sips: tuple[bytes, ...] = (INVITE, OK_200)) -> bytes:
+    """A WebSocket direction (its handshake, frames of SIP messages, hostile frames), then
+    bytes flipped, cut out or repeated."""
+    parts = [upgrade_request() if rng.random() < 0.5 else upgrade_response()]
+    for _ in range(rng.randint(1, 12)):
+        payload = rng.choice((*sips, b"", b"\r\n", bytes(rng.randbytes(rng.randint(0, 300)))))
+        kind = rng.random()
+        if kind < 0.4:
+            parts.append(frame(payload, mask=rng.randbytes(4) if rng.random() < 0.5 else None))
+        elif kind < 0.6:
+            parts.append(fragments(payload or b"x", rng.randint(1, 5), rng.random() < 0.5, rng=rng))
+        else:
+            parts.append(frame(payload, opcode=rng.randrange(16), fin=rng.random() < 0.7,
+                               rsv=rng.choice((0, 0, 0x10, 0x20, 0x40)),
+                               length=rng.choice((None, None, 0, 125, 126, 65536, 1 << 40, -1)),
+                               mask=rng.randbytes(4) if rng.random() < 0.5 else None))
+    data = bytearray(b"".join(parts))
+    for _ in range(rng.randint(0, 4)):
+        if not data:
+            break
+        at = rng.randrange(len(data))
+        choice = rng.random()
+        if choice < 0.4:
+            data[at] = rng.randrange(256)
+        elif choice < 0.7:
+            del data[at:at + rng.randint(1, 40)]
+        else:
+            data[at:at] = data[at:at + rng.randint(1, 40)]
+    return bytes(data)

@@ -4,6 +4,7 @@ reassembly, and the records it gives (transport "ws")."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +16,7 @@ from tests.support.websocket import (
     client_frame,
     fragments,
     frame,
+    mutated_stream,
     upgrade_request,
     upgrade_response,
 )
@@ -179,36 +181,6 @@ def test_fuzzed_frames_give_messages_or_counts_nothing_else(rng: random.Random) 
     assert len(f) <= 4096 + 14 + 8192
 
 
-def mutated_stream(rng: random.Random) -> bytes:
-    """A WebSocket direction, its frames then bytes flipped, cut out or repeated."""
-    parts = [upgrade_request() if rng.random() < 0.5 else upgrade_response()]
-    for _ in range(rng.randint(1, 12)):
-        payload = rng.choice((INVITE, OK_200, BYE, b"", b"\r\n", bytes(rng.randbytes(rng.randint(0, 300)))))
-        kind = rng.random()
-        if kind < 0.4:
-            parts.append(frame(payload, mask=rng.randbytes(4) if rng.random() < 0.5 else None))
-        elif kind < 0.6:
-            parts.append(fragments(payload or b"x", rng.randint(1, 5), rng.random() < 0.5))
-        else:
-            parts.append(frame(payload, opcode=rng.randrange(16), fin=rng.random() < 0.7,
-                               rsv=rng.choice((0, 0, 0x10, 0x20, 0x40)),
-                               length=rng.choice((None, None, 0, 125, 126, 65536, 1 << 40, -1)),
-                               mask=rng.randbytes(4) if rng.random() < 0.5 else None))
-    data = bytearray(b"".join(parts))
-    for _ in range(rng.randint(0, 4)):
-        if not data:
-            break
-        at = rng.randrange(len(data))
-        choice = rng.random()
-        if choice < 0.4:
-            data[at] = rng.randrange(256)
-        elif choice < 0.7:
-            del data[at:at + rng.randint(1, 40)]
-        else:
-            data[at:at] = data[at:at + rng.randint(1, 40)]
-    return bytes(data)
-
-
 # -- in TCP stream reassembly ---------------------------------------------------------
 
 
@@ -283,3 +255,47 @@ def test_plain_sip_over_tcp_on_a_websocket_port_is_still_framed_as_sip() -> None
     assert out == [INVITE] and streams.framed_transport == IPProto.TCP
     assert streams.websocket.not_websocket == 0
 
+
+# -- settings and capture -------------------------------------------------------------------
+
+
+def test_ws_port_flag_reaches_the_kernel_ports_the_socket_filter_and_replay_rules() -> None:
+    from otus_ebpf.capture.cbpf import filter_expression  # noqa: PLC0415
+    from otus_ebpf.cli import main as cli  # noqa: PLC0415
+
+    options = cli._attach_options(cli.build_parser().parse_args(
+        ["attach", "eth0", "--ws-port", "8080", "--ws-port", "5060", "--ws-port", "8080"]))
+    kernel = options.kernel
+    assert kernel.ws_ports == (8080, 5060) and kernel.sip_ports == (5060, 5061)
+    assert kernel.capture_ports == (5060, 5061, 8080)
+    assert "port 8080" in filter_expression(kernel)
+    default = cli._attach_options(cli.build_parser().parse_args(["attach", "eth0"]))
+    assert default.kernel.ws_ports == () and "port 8080" not in filter_expression(default.kernel)
+
+
+def test_replay_takes_ws_port_and_records_every_message_as_ws(tmp_path: Path) -> None:
+    """Offline, as live: the port goes into replay's rules (8080 is no SIP port)."""
+    import dpkt  # noqa: PLC0415
+
+    from otus_ebpf.cli.main import main  # noqa: PLC0415
+
+    client = upgrade_request() + client_frame(INVITE) + fragments(BYE, 3, mask=True)
+    server = upgrade_response() + frame(OK_200)
+    segments = [(40000, WS_PORT, 100, 0x02, b""), (WS_PORT, 40000, 500, 0x12, b""),
+                (40000, WS_PORT, 101, 0x18, client), (WS_PORT, 40000, 501, 0x18, server)]
+    capture = tmp_path / "ws.pcap"
+    with capture.open("wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for n, (sport, dport, seq, flags, data) in enumerate(segments):
+            src, dst = ("10.0.0.1", "10.0.0.2") if sport == 40000 else ("10.0.0.2", "10.0.0.1")
+            writer.writepkt(ethernet(ipv4(tcp(data, sport, dport, seq, flags), proto=TCP, src=src, dst=dst)),
+                            ts=1_700_000_000 + n / 1000)
+    cases: list[tuple[list[str], list[object]]] = [([], []),
+                                                   (["--ws-port", str(WS_PORT)], ["INVITE", "BYE", 200])]
+    for extra, expected in cases:
+        out = tmp_path / f"out{len(extra)}.jsonl"
+        assert main(["replay", str(capture), "--out", str(out), *extra]) == 0
+        sip = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+        sip = [r for r in sip if r["kind"] == "sip"]
+        assert [r["method"] or r["status"] for r in sip] == expected
+        assert all(r["transport"] == "ws" for r in sip)
