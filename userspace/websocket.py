@@ -142,8 +142,8 @@ class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
 
-    __slots__ = ("_discard", "_dropping", "_parts", "_scan", "_size", "buffer", "cut", "phase", "resync",
-                 "role", "stats", "ws")
+    __slots__ = ("_discard", "_dropping", "_header", "_parts", "_scan", "_size", "buffer", "cut", "phase",
+                 "resync", "role", "stats", "ws")
 
     def __init__(self, stats: object, ws: WebSocketStats, resync: bool = False,
                  role: Role = Role.UNKNOWN) -> None:
@@ -161,6 +161,8 @@ class WebSocketFramer:
         self._parts: list[bytes] | None = None  # the message being joined
         self._size = 0             # its bytes so far
         self._scan = 0             # where the search (handshake end, resync) resumes
+        # the header of the frame at the front, parsed once while its payload comes in
+        self._header: FrameHeader | None = None
 
     def __len__(self) -> int:
         """Bytes held: the buffer and the message being joined (what its stream is charged)."""
@@ -170,6 +172,7 @@ class WebSocketFramer:
         """Everything held thrown away (the caller counts it)."""
         self.buffer.clear()
         self._parts, self._size, self._dropping, self._discard = None, 0, False, 0
+        self._header = None
 
     @property
     def partial(self) -> bool:
@@ -270,9 +273,12 @@ class WebSocketFramer:
     def _frame_at(self, start: int, max_message: int, messages: list[bytes]) -> int | None:
         """Past the frame at ``start``, its message (if it ends one) in ``messages``;
         None while the frame is not all in."""
-        header = parse_header(self.buffer, start)
+        header = self._header if start == 0 else None
         if header is None:
-            return None
+            header = parse_header(self.buffer, start)
+            if header is None:
+                return None
+        self._header = None
         ws = self.ws
         if header.length < 0:
             ws.bad_lengths += 1
@@ -283,6 +289,7 @@ class WebSocketFramer:
         opcode = header.opcode
         end = start + header.size + header.length
         if len(self.buffer) < end and self._kept(header, max_message):
+            self._header = header  # at the front once frame() trims what came before
             return None  # nothing is counted until the frame is all in
         ws.frames += 1
         self._check_mask(header)
@@ -295,6 +302,11 @@ class WebSocketFramer:
         if opcode != Opcode.CONTINUATION and opcode not in _DATA:
             ws.bad_opcodes += 1
             return self._skip_frame(start, header)
+        return self._data_frame(start, header, max_message, messages)
+
+    def _data_frame(self, start: int, header: FrameHeader, max_message: int, messages: list[bytes]) -> int:
+        """Past a text, binary or continuation frame, all in unless it is skipped."""
+        ws, opcode = self.ws, header.opcode
         if header.rsv & _RSV23 or (header.rsv and opcode == Opcode.CONTINUATION):
             ws.reserved_bits += 1
             return self._drop_message(start, header)
@@ -316,6 +328,7 @@ class WebSocketFramer:
         if self._size + header.length > max_message:
             ws.too_large += 1
             return self._drop_message(start, header)
+        end = start + header.size + header.length
         payload = bytes(self.buffer[start + header.size:end])
         if header.mask is not None:
             payload = unmask(payload, header.mask)
