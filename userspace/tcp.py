@@ -170,6 +170,11 @@ class _Framer:
     def __len__(self) -> int:
         return len(self.buffer)
 
+    @property
+    def charge(self) -> int:
+        """Memory held for its stream."""
+        return len(self.buffer)
+
     def clear(self) -> None:
         self.buffer.clear()
 
@@ -287,7 +292,7 @@ class _Stream:
 
     @property
     def charge(self) -> int:
-        return len(self.main) + self.held_bytes
+        return self.main.charge + self.held_bytes
 
 
 class TcpStreams:

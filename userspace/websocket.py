@@ -6,7 +6,8 @@ order, to ``buffer`` and calls ``frame``, which returns the SIP messages the
 bytes completed. A direction goes through an HTTP handshake (the client's
 ``GET ... Upgrade: websocket``, the server's ``101``; RFC 6455 §4), then
 frames (§5.2): unmasked (§5.3), continuation frames joined (§5.4), control
-frames skipped (§5.5). Each data message is one SIP message (RFC 7118 §5.2).
+frames skipped (§5.5), a message deflated by permessage-deflate inflated
+(RFC 7692). Each data message is one SIP message (RFC 7118 §5.2).
 
 Hostile or broken input is counted, never fatal: a frame with a bad opcode,
 reserved bits, a control frame fragmented or over 125 bytes is skipped by its
@@ -20,6 +21,7 @@ joins a connection after its handshake.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -32,6 +34,11 @@ WS = 255
 MAX_HANDSHAKE = 8192
 MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5
 MAX_HEADER = 14            # 2 + 8 (64-bit length) + 4 (mask)
+# What a direction's inflater costs while it lives (permessage-deflate, RFC 7692): zlib's
+# 32 KiB window and its state, rounded up; charged to its stream like held bytes.
+INFLATER_CHARGE = 48 << 10
+# The tail RFC 7692 §7.2.1 takes off each compressed message, put back to inflate it (§7.2.2).
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
 # Bytes of a SIP start line a frame must show to be believed when framing is found again.
 _START_PEEK = 10  # "SUBSCRIBE " is the longest; "SIP/2.0 2" needs 9
 _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7F
@@ -81,7 +88,8 @@ class WebSocketStats:
     keepalives: int = 0          # empty or blank data messages
     bad_opcodes: int = 0
     reserved_bits: int = 0       # RSV2/RSV3 set (no extension defines them for SIP)
-    compressed: int = 0          # RSV1 (permessage-deflate): skipped, not inflated
+    compressed: int = 0          # messages with RSV1 (permessage-deflate, RFC 7692): inflated
+    inflate_errors: int = 0      # of them, not inflatable (a gap lost the window; corrupt): skipped
     bad_control: int = 0         # a control frame without FIN or over 125 bytes
     masked_from_server: int = 0  # legal to see, against §5.1
     unmasked_from_client: int = 0
@@ -142,8 +150,8 @@ class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
 
-    __slots__ = ("_discard", "_dropping", "_header", "_parts", "_scan", "_size", "buffer", "cut", "phase",
-                 "resync", "role", "stats", "ws")
+    __slots__ = ("_compressed", "_discard", "_dropping", "_header", "_inflater", "_parts", "_scan", "_size",
+                 "buffer", "cut", "phase", "resync", "role", "stats", "ws")
 
     def __init__(self, stats: object, ws: WebSocketStats, resync: bool = False,
                  role: Role = Role.UNKNOWN) -> None:
@@ -163,16 +171,24 @@ class WebSocketFramer:
         self._scan = 0             # where the search (handshake end, resync) resumes
         # the header of the frame at the front, parsed once while its payload comes in
         self._header: FrameHeader | None = None
+        self._compressed = False   # the message being joined is deflated
+        # permessage-deflate: one per direction, its window kept across messages (context takeover)
+        self._inflater: zlib._Decompress | None = None
 
     def __len__(self) -> int:
         """Bytes held: the buffer and the message being joined (what its stream is charged)."""
         return len(self.buffer) + self._size
 
+    @property
+    def charge(self) -> int:
+        """Memory held for its stream: bytes, and an inflater while there is one."""
+        return len(self) + (INFLATER_CHARGE if self._inflater is not None else 0)
+
     def clear(self) -> None:
         """Everything held thrown away (the caller counts it)."""
         self.buffer.clear()
         self._parts, self._size, self._dropping, self._discard = None, 0, False, 0
-        self._header = None
+        self._header, self._inflater = None, None
 
     @property
     def partial(self) -> bool:
@@ -321,10 +337,8 @@ class WebSocketFramer:
             if self._parts is not None:
                 ws.interrupted += 1
             self._lose_message()
-            if header.rsv:  # RSV1 on the first frame: compressed (RFC 7692)
-                ws.compressed += 1
-                return self._drop_message(start, header)
             self._parts, self._size = [], 0
+            self._compressed = bool(header.rsv)  # RSV1 on the first frame: deflated (RFC 7692 §6)
         if self._size + header.length > max_message:
             ws.too_large += 1
             return self._drop_message(start, header)
@@ -337,29 +351,55 @@ class WebSocketFramer:
         parts.append(payload)
         self._size += header.length
         if header.fin:
-            self._deliver(parts, messages)
+            self._deliver(parts, messages, max_message)
         return end
 
     def _kept(self, header: FrameHeader, max_message: int) -> bool:
         """The frame's payload is to be held (else it is skipped as it passes)."""
         opcode = header.opcode
-        if header.rsv:
+        if header.rsv & _RSV23:
             return False
         if opcode == Opcode.CONTINUATION:
-            return self._parts is not None and self._size + header.length <= max_message
+            return not header.rsv and self._parts is not None and self._size + header.length <= max_message
         return opcode in _DATA and header.length <= max_message
 
-    def _deliver(self, parts: list[bytes], messages: list[bytes]) -> None:
+    def _deliver(self, parts: list[bytes], messages: list[bytes], max_message: int) -> None:
         ws = self.ws
         message = parts[0] if len(parts) == 1 else b"".join(parts)
         if len(parts) > 1:
             ws.continued += 1
         self._parts, self._size = None, 0
+        if self._compressed:
+            self._compressed = False
+            ws.compressed += 1
+            inflated = self._inflate(message, max_message)
+            if inflated is None:
+                return
+            message = inflated
         if message.strip():
             ws.messages += 1
             messages.append(message)
         else:
             ws.keepalives += 1
+
+    def _inflate(self, message: bytes, max_message: int) -> bytes | None:
+        """A deflated message inflated, at most ``max_message`` bytes of it; None when it
+        cannot be (counted). The window lives on across messages: most peers keep it
+        (context takeover), and one that resets it never refers back past a message."""
+        inflater = self._inflater
+        if inflater is None:
+            inflater = self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(message + _DEFLATE_TAIL, max_message)
+        except zlib.error:
+            self.ws.inflate_errors += 1
+            self._inflater = None  # the window is lost: a fresh one for the next message
+            return None
+        if inflater.unconsumed_tail:  # past the limit: a bomb, or just too big
+            self.ws.too_large += 1
+            self._inflater = None
+            return None
+        return inflated
 
     def _check_mask(self, header: FrameHeader) -> None:
         if header.mask is not None:
@@ -374,11 +414,18 @@ class WebSocketFramer:
 
     def _drop_message(self, start: int, header: FrameHeader) -> int:
         """Skip this frame and the rest of its message."""
+        if header.rsv & _RSV1:
+            self._compressed = True
         self._lose_message()
         self._dropping = not header.fin
         return self._skip_frame(start, header)
 
     def _lose_message(self) -> None:
+        if self._compressed:
+            # The inflater's window misses this message: a fresh one, where a reference back
+            # into it fails (zlib: "invalid distance too far back", counted), never misreads.
+            self._inflater = None
+            self._compressed = False
         if self._parts is not None:
             self.ws.skipped_bytes += self._size
         self._parts, self._size, self._dropping = None, 0, False

@@ -30,9 +30,9 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
     return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def parse_header(buffer: bytes | bytearray) -> tuple[bool, int, bytes | None, int, int] | None:
-    """(fin, opcode, mask, payload length, header size) of the frame at the front; None
-    while it is not all in."""
+def parse_header(buffer: bytes | bytearray) -> tuple[bool, int, bytes | None, int, int, bool] | None:
+    """(fin, opcode, mask, payload length, header size, RSV1) of the frame at the front;
+    None while it is not all in."""
     if len(buffer) < 2:
         return None
     n, size = buffer[1] & 0x7F, 2
@@ -46,12 +46,15 @@ def parse_header(buffer: bytes | bytearray) -> tuple[bool, int, bytes | None, in
         if len(buffer) < size + 4:
             return None
         mask, size = bytes(buffer[size:size + 4]), size + 4
-    return bool(buffer[0] & 0x80), buffer[0] & 0x0F, mask, n, size
+    return bool(buffer[0] & 0x80), buffer[0] & 0x0F, mask, n, size, bool(buffer[0] & 0x40)
 
 
-def upgrade_request(key: bytes = b"dGhlIHNhbXBsZSBub25jZQ==", host: str = "sip.example.com") -> bytes:
+def upgrade_request(key: bytes = b"dGhlIHNhbXBsZSBub25jZQ==", host: str = "sip.example.com",
+                    deflate: bool = False) -> bytes:
+    """``deflate``: offer permessage-deflate (RFC 7692), as browsers do."""
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     return (f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Protocol: sip\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Protocol: sip\r\n{offer}"
             f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
 

@@ -1,14 +1,17 @@
 """A SIP-over-WebSocket client and server (RFC 7118) on plain sockets, for the lab.
 
     python -m tests.support.ws_peer server ADDRESS PORT [PORT...]
-    python -m tests.support.ws_peer client ADDRESS PORT CALLS
+    python -m tests.support.ws_peer client ADDRESS PORT CALLS [deflate]
 
 The server answers every upgrade with ``101`` (Sec-WebSocket-Protocol: sip),
 then each INVITE with 100, 180 and 200 (the 200 split over three frames, a
 pong between them) and each BYE with 200; it skips ACKs. The client masks
 every frame (RFC 6455 §5.3), sends a ping first, then per call an INVITE (every
 other one split over continuation frames), reads its three responses, an
-ACK, a BYE and reads its 200. One connection carries all the calls.
+ACK, a BYE and reads its 200. One connection carries all the calls. With
+``deflate`` the client offers permessage-deflate (RFC 7692), the server takes
+it, and both sides deflate every message, each keeping its window across
+messages (context takeover), as browsers and most servers do.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import re
 import socket
 import sys
 import threading
+import zlib
 
 from tests.support.websocket import (
     Opcode,
     accept_key,
-    fragments,
     frame,
     parse_header,
     unmask,
@@ -30,6 +33,38 @@ from tests.support.websocket import (
 )
 
 _KEY = re.compile(rb"^sec-websocket-key:[ \t]*(\S+)", re.I | re.M)
+_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1
+
+
+class Codec:
+    """One side's messages as frames: deflated when permessage-deflate was agreed."""
+
+    def __init__(self, deflate: bool, masked: bool) -> None:
+        self.deflate, self.masked = deflate, masked
+        self._compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+
+    def frames(self, message: bytes, opcode: int = Opcode.TEXT, pieces: int = 1, pong: bool = False) -> bytes:
+        """The message in ``pieces`` frames (a pong after the first when ``pong``)."""
+        rsv = 0
+        if self.deflate:
+            data = self._compressor.compress(message) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+            message, rsv = data[:-len(_TAIL)], 0x40
+        size = -(-len(message) // pieces)
+        chunks = [message[i:i + size] for i in range(0, len(message), size)] or [b""]
+        out = b""
+        for i, chunk in enumerate(chunks):
+            out += frame(chunk, opcode if i == 0 else Opcode.CONTINUATION, i == len(chunks) - 1,
+                         os.urandom(4) if self.masked else None, rsv if i == 0 else 0)
+            if i == 0 and pong:
+                out += frame(b"", Opcode.PONG, mask=os.urandom(4) if self.masked else None)
+        return out
+
+    def read(self, sock: socket.socket, pending: bytearray) -> bytes | None:
+        message = read_message(sock, pending)
+        if message is None or not message[1]:
+            return None if message is None else message[0]
+        return self._inflater.decompress(message[0] + _TAIL)
 
 
 def read_head(sock: socket.socket, pending: bytearray) -> bytes:
@@ -44,22 +79,25 @@ def read_head(sock: socket.socket, pending: bytearray) -> bytes:
     return head
 
 
-def read_message(sock: socket.socket, pending: bytearray) -> bytes | None:
-    """The next data message, control frames skipped; None at the end of the stream."""
+def read_message(sock: socket.socket, pending: bytearray) -> tuple[bytes, bool] | None:
+    """The next data message and whether it is deflated (RSV1 on its first frame),
+    control frames skipped; None at the end of the stream."""
     parts: list[bytes] = []
+    deflated = False
     while True:
         header = parse_header(pending)
         if header is not None and len(pending) >= header[4] + header[3]:
-            fin, opcode, mask, length, size = header
+            fin, opcode, mask, length, size, rsv1 = header
             payload = bytes(pending[size:size + length])
             del pending[:size + length]
             if mask is not None:
                 payload = unmask(payload, mask)
             if opcode >= Opcode.CLOSE:
                 continue
+            deflated = deflated or (rsv1 and not parts)
             parts.append(payload)
             if fin:
-                return b"".join(parts)
+                return b"".join(parts), deflated
             continue
         chunk = sock.recv(65536)
         if not chunk:
@@ -99,20 +137,20 @@ def serve_connection(conn: socket.socket) -> None:
         head = read_head(conn, pending)
         key = _KEY.search(head)
         assert key is not None, head
+        deflate = b"permessage-deflate" in head
+        codec = Codec(deflate, masked=False)
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Accept: " + accept_key(key.group(1)) + b"\r\n"
-                     b"Sec-WebSocket-Protocol: sip\r\n\r\n")
-        while (message := read_message(conn, pending)) is not None:
+                     + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"")
+                     + b"Sec-WebSocket-Protocol: sip\r\n\r\n")
+        while (message := codec.read(conn, pending)) is not None:
             method = message.split(b" ", 1)[0]
             if method == b"INVITE":
-                ok = response(message, "200 OK")
-                third = len(ok) // 3
-                conn.sendall(frame(response(message, "100 Trying")) + frame(response(message, "180 Ringing"))
-                             + frame(ok[:third], fin=False) + frame(b"", Opcode.PONG)
-                             + frame(ok[third:2 * third], Opcode.CONTINUATION, fin=False)
-                             + frame(ok[2 * third:], Opcode.CONTINUATION))
+                conn.sendall(codec.frames(response(message, "100 Trying"))
+                             + codec.frames(response(message, "180 Ringing"))
+                             + codec.frames(response(message, "200 OK"), pieces=3, pong=True))
             elif method == b"BYE":
-                conn.sendall(frame(response(message, "200 OK"), Opcode.BINARY))
+                conn.sendall(codec.frames(response(message, "200 OK"), Opcode.BINARY))
 
 
 def server(address: str, ports: list[int]) -> None:
@@ -137,27 +175,22 @@ def server(address: str, ports: list[int]) -> None:
         thread.join()
 
 
-def client(address: str, port: int, calls: int) -> None:
+def client(address: str, port: int, calls: int, deflate: bool) -> None:
     with socket.create_connection((address, port), timeout=10) as sock:
         pending = bytearray()
-        sock.sendall(upgrade_request(host=address))
+        sock.sendall(upgrade_request(host=address, deflate=deflate))
         head = read_head(sock, pending)
         assert head.startswith(b"HTTP/1.1 101"), head
-
-        def send(message: bytes, split: bool = False) -> None:
-            if split:
-                sock.sendall(fragments(message, 3, mask=True))
-            else:
-                sock.sendall(frame(message, mask=os.urandom(4)))
-
+        codec = Codec(b"permessage-deflate" in head, masked=True)
         sock.sendall(frame(b"hello", Opcode.PING, mask=os.urandom(4)))
         for call in range(calls):
-            send(request("INVITE", call, 1, address, port), split=call % 2 == 1)
-            answers = [read_message(sock, pending) for _ in range(3)]
+            invite = request("INVITE", call, 1, address, port)
+            sock.sendall(codec.frames(invite, pieces=3 if call % 2 else 1))
+            answers = [codec.read(sock, pending) for _ in range(3)]
             assert all(a is not None and a.startswith(b"SIP/2.0 ") for a in answers), answers
-            send(request("ACK", call, 1, address, port, "ws-server"))
-            send(request("BYE", call, 2, address, port, "ws-server"))
-            ok = read_message(sock, pending)
+            sock.sendall(codec.frames(request("ACK", call, 1, address, port, "ws-server"))
+                         + codec.frames(request("BYE", call, 2, address, port, "ws-server")))
+            ok = codec.read(sock, pending)
             assert ok is not None and ok.startswith(b"SIP/2.0 200"), ok
         sock.sendall(frame(b"\x03\xe8", Opcode.CLOSE, mask=os.urandom(4)))
     print(f"done {calls} calls", flush=True)
@@ -168,4 +201,4 @@ if __name__ == "__main__":
     if role == "server":
         server(host, [int(p) for p in sys.argv[3:]])
     else:
-        client(host, int(sys.argv[3]), int(sys.argv[4]))
+        client(host, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["deflate"])

@@ -4,6 +4,7 @@ reassembly, and the records it gives (transport "ws")."""
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 
 import orjson
@@ -27,7 +28,16 @@ from userspace.records import SipRecord, encode_json
 from userspace.reporters.hep import HepEncoder, HepIdentity
 from userspace.sharding import HandOff, decode_handoff, encode_handoff
 from userspace.tcp import SYN, TcpLimits, TcpStreams
-from userspace.websocket import WS, Opcode, Role, WebSocketFramer, WebSocketStats, parse_header, unmask
+from userspace.websocket import (
+    INFLATER_CHARGE,
+    WS,
+    Opcode,
+    Role,
+    WebSocketFramer,
+    WebSocketStats,
+    parse_header,
+    unmask,
+)
 
 MAX = 65_535 + 8192
 WS_PORT = 8080
@@ -299,3 +309,56 @@ def test_replay_takes_ws_port_and_records_every_message_as_ws(tmp_path: Path) ->
         sip = [r for r in sip if r["kind"] == "sip"]
         assert [r["method"] or r["status"] for r in sip] == expected
         assert all(r["transport"] == "ws" for r in sip)
+
+
+# -- permessage-deflate (RFC 7692) ----------------------------------------------------------
+
+
+def deflated(messages: list[bytes], takeover: bool = True) -> list[bytes]:
+    """Each message as permessage-deflate sends it: a sync flush, its 00 00 ff ff cut off."""
+    out, compressor = [], zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for message in messages:
+        if not takeover:
+            compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        data = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(b"\x00\x00\xff\xff")
+        out.append(data[:-4])
+    return out
+
+
+def test_deflated_messages_are_inflated_with_the_window_kept_across_messages() -> None:
+    first, second, third = deflated([INVITE, INVITE, OK_200])  # the second refers back into the first
+    data = (upgrade_request() + frame(first, rsv=0x40, mask=b"abcd")
+            + frame(second[:20], rsv=0x40, fin=False, mask=b"efgh")
+            + frame(second[20:], Opcode.CONTINUATION, mask=b"ijkl") + frame(third, rsv=0x40, mask=b"mnop")
+            + client_frame(BYE))
+    for step in (None, 1):
+        f = framer()
+        assert feed_all(f, data, step) == [INVITE, INVITE, OK_200, BYE]
+        assert (f.ws.compressed, f.ws.inflate_errors) == (3, 0)
+
+
+def test_a_deflated_message_missed_fails_the_ones_that_refer_back_counted_never_misread() -> None:
+    _first, second = deflated([INVITE, INVITE])  # the first never captured
+    (alone,) = deflated([OK_200], takeover=False)
+    f = framer()
+    data = upgrade_response() + frame(second, rsv=0x40) + frame(alone, rsv=0x40)
+    assert feed_all(f, data) == [OK_200]
+    assert (f.ws.compressed, f.ws.inflate_errors) == (2, 1)
+
+
+def test_a_deflate_bomb_is_cut_at_the_message_limit_and_the_window_let_go() -> None:
+    (bomb,) = deflated([b"A" * (4 << 20)])  # 4 MiB of one byte: about 4 KiB deflated
+    f = framer()
+    assert feed_all(f, upgrade_response() + frame(bomb, rsv=0x40) + frame(OK_200)) == [OK_200]
+    assert f.ws.too_large == 1 and f.charge == 0
+
+
+def test_an_inflater_is_charged_to_its_stream() -> None:
+    streams = TcpStreams(websocket_ports=frozenset({WS_PORT}))
+    streams.feed(SERVER, 500, SYN, b"", 0)
+    (ok,) = deflated([OK_200])
+    assert streams.feed(SERVER, 501, 0, upgrade_response() + frame(ok, rsv=0x40), 1) == [OK_200]
+    assert streams.buffered_bytes == INFLATER_CHARGE
+    streams.feed(SERVER, 0, 0x01, b"", 2)  # FIN at a sequence number already seen: the stream ends
+    assert streams.buffered_bytes == 0
