@@ -43,9 +43,10 @@ def message_key(record: dict[str, Any]) -> tuple[str, str, int, str]:
     return record["call_id"], kind, record["cseq"], record["cseq_method"]
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "2-workers"])
+@pytest.mark.parametrize(("mode", "workers"), [("xdp", 1), ("xdp", 2), ("afpacket", 1)],
+                         ids=["one-worker", "2-workers", "afpacket"])
 def test_sip_over_websocket_is_recorded_message_for_message_as_tshark_decodes_it(
-    lab: Lab, tmp_path: Path, workers: int
+    lab: Lab, tmp_path: Path, mode: str, workers: int
 ) -> None:
     require_tool("tshark")
     require_tool("tcpdump")
@@ -58,7 +59,7 @@ def test_sip_over_websocket_is_recorded_message_for_message_as_tshark_decodes_it
         capture = start_capture(lab.uac_ns, lab.uac_if, pcap, tmp_path / "tcpdump.log",
                                 f"tcp port {WS_PORT} or tcp port {UPGRADED_SIP_PORT}")
         agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
-                            ["--ws-port", str(WS_PORT), "--workers", str(workers)])
+                            ["--ws-port", str(WS_PORT), "--workers", str(workers), "--mode", mode])
         for port in (WS_PORT, UPGRADED_SIP_PORT):
             argv = netns_argv(lab.uac_ns, [*PEER, "client", lab.uas_v4, str(port), str(CALLS)])
             done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)

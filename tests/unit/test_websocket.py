@@ -362,3 +362,18 @@ def test_an_inflater_is_charged_to_its_stream() -> None:
     assert streams.buffered_bytes == INFLATER_CHARGE
     streams.feed(SERVER, 0, 0x01, b"", 2)  # FIN at a sequence number already seen: the stream ends
     assert streams.buffered_bytes == 0
+
+
+def test_a_websocket_message_handed_to_its_call_ids_worker_stays_ws() -> None:
+    from userspace.sharding import owner_of  # noqa: PLC0415
+
+    owner = owner_of(INVITE, 2)
+    assert owner is not None
+    framer = Pipeline({2: "eth0"}, 0, route=(1 - owner, 2), websocket_ports=frozenset({WS_PORT}))
+    receiver = Pipeline({2: "eth0"}, 0, route=(owner, 2), websocket_ports=frozenset({WS_PORT}))
+    segments = [tcp(b"", 40000, WS_PORT, seq=100, flags=0x02),
+                tcp(upgrade_request() + client_frame(INVITE), 40000, WS_PORT, seq=101)]
+    assert framer.process([ring_record(ethernet(ipv4(s, proto=TCP))) for s in segments]) == []
+    (handoff,) = framer.take_handoffs()
+    (record,) = [r for r in receiver.process([handoff[1]]) if isinstance(r, SipRecord)]
+    assert record.transport == WS and record.message.method == "INVITE"
