@@ -44,6 +44,7 @@ _START_PEEK = 10  # "SUBSCRIBE " is the longest; "SIP/2.0 2" needs 9
 _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7F
 
 _UPGRADE = re.compile(rb"^upgrade[ \t]*:[^\r\n]*websocket", re.I | re.M)
+_PROTOCOL = re.compile(rb"^sec-websocket-protocol[ \t]*:([^\r\n]*)", re.I | re.M)
 # A frame that may begin a data message (text or binary, FIN or not): where framing resumes.
 _DATA_START = re.compile(rb"[\x01\x02\x81\x82]")
 _KNOWN_START = re.compile(
@@ -81,6 +82,7 @@ class Phase(IntEnum):
 class WebSocketStats:
     handshakes: int = 0          # upgrade requests and 101 responses followed
     not_websocket: int = 0       # a direction whose first bytes were no upgrade: given up
+    other_protocols: int = 0     # a handshake for a subprotocol other than sip: given up
     frames: int = 0
     messages: int = 0            # data messages handed on as SIP
     continued: int = 0           # of them, joined from continuation frames
@@ -244,6 +246,10 @@ class WebSocketFramer:
         else:
             return self._not_websocket(start)
         self.ws.handshakes += 1
+        if not _offers_sip(head):
+            self.ws.other_protocols += 1
+            self.phase = Phase.GIVEN_UP
+            return head_end + 4
         self.phase = Phase.FRAMES
         return head_end + 4
 
@@ -429,6 +435,13 @@ class WebSocketFramer:
         if self._parts is not None:
             self.ws.skipped_bytes += self._size
         self._parts, self._size, self._dropping = None, 0, False
+
+
+def _offers_sip(head: bytes) -> bool:
+    """The handshake names sip among its subprotocols (RFC 7118 §4: both sides must),
+    or names none (a peer that leaves it out is still given the benefit of the doubt)."""
+    named = [token.strip().lower() for m in _PROTOCOL.finditer(head) for token in m.group(1).split(b",")]
+    return not named or b"sip" in named
 
 
 def _could_begin(buffer: bytearray, start: int, prefix: bytes) -> bool:

@@ -377,3 +377,15 @@ def test_a_websocket_message_handed_to_its_call_ids_worker_stays_ws() -> None:
     (handoff,) = framer.take_handoffs()
     (record,) = [r for r in receiver.process([handoff[1]]) if isinstance(r, SipRecord)]
     assert record.transport == WS and record.message.method == "INVITE"
+
+
+def test_an_upgrade_to_another_subprotocol_is_not_read_as_sip() -> None:
+    chat = upgrade_request().replace(b"Sec-WebSocket-Protocol: sip", b"Sec-WebSocket-Protocol: chat, mqtt")
+    f = framer()
+    assert feed_all(f, chat + client_frame(INVITE)) == []
+    assert (f.ws.handshakes, f.ws.other_protocols) == (1, 1)
+    offered = upgrade_request().replace(b"Sec-WebSocket-Protocol: sip", b"Sec-WebSocket-Protocol: chat, SIP")
+    unnamed = upgrade_response().replace(b"Sec-WebSocket-Protocol: sip\r\n", b"")
+    for head, payload in ((offered, client_frame(INVITE)), (unnamed, frame(INVITE))):
+        f = framer()
+        assert feed_all(f, head + payload) == [INVITE]
