@@ -5,8 +5,9 @@ then a fuzz of the frame parser.
 
 The same SIP messages (the benchmark's call mix, distinct CSeqs) go through
 TcpStreams as one stream: as SIP over TCP (the baseline), as WebSocket
-server frames (unmasked), as client frames (masked), and as client frames
-split over three continuation frames each; in 1,400-byte segments, and the
+server frames (unmasked), as client frames (masked), as client frames
+split over three continuation frames each, and as client frames deflated
+(permessage-deflate, the window kept across messages); in 1,400-byte segments, and the
 client frames once more one byte a segment. Each case prints messages/s and
 its cost per message against the baseline. Then ``--fuzz`` mutated
 directions (tests/support/websocket.py: hostile frames, bytes flipped, cut
@@ -22,6 +23,7 @@ import argparse
 import random
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +42,15 @@ SEGMENT = 1400
 def messages(count: int) -> list[bytes]:
     mix = (INVITE, OK_200, request("BYE", 2), request("ACK", 1))
     return [mix[n % len(mix)].replace(b"CSeq: ", f"CSeq: {n}".encode() + b"0", 1) for n in range(count)]
+
+
+def deflated(messages: list[bytes], rng: random.Random) -> bytes:
+    """Masked client frames of the messages deflated as permessage-deflate sends them."""
+    compressor, out = zlib.compressobj(wbits=-zlib.MAX_WBITS), []
+    for message in messages:
+        data = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        out.append(frame(data[:-4], rsv=0x40, mask=rng.randbytes(4)))
+    return b"".join(out)
 
 
 def run(data: bytes, segment: int, websocket: bool) -> tuple[float, int]:
@@ -96,11 +107,13 @@ def main() -> int:
     server = upgrade_response() + b"".join(frame(m) for m in sips)
     client = upgrade_request() + b"".join(frame(m, mask=mask_rng.randbytes(4)) for m in sips)
     split = upgrade_request() + b"".join(fragments(m, 3, mask=True, rng=mask_rng) for m in sips)
+    deflate = upgrade_request(deflate=True) + deflated(sips, mask_rng)
     cases: list[tuple[str, Callable[[], tuple[float, int]]]] = [
         ("SIP over TCP, 1400-byte segments (baseline)", lambda: best_of(3, tcp, SEGMENT, False)),
         ("WebSocket server frames, 1400-byte segments", lambda: best_of(3, server, SEGMENT, True)),
         ("WebSocket client frames (masked)", lambda: best_of(3, client, SEGMENT, True)),
         ("client frames, 3 continuations a message", lambda: best_of(3, split, SEGMENT, True)),
+        ("client frames, deflated", lambda: best_of(3, deflate, SEGMENT, True)),
         ("client frames, 1-byte segments", lambda: best_of(1, client[:len(client) // 20], 1, True)),
     ]
     print(f"{args.messages:,} SIP messages, {len(tcp):,} bytes as SIP over TCP")
