@@ -30,7 +30,7 @@ STAMP = PACKAGE / "_native.json"
 # by pickle, which a compiled frozen dataclass refuses; not reporters/: their cost is I/O.
 MODULES = ("boundary", "calls", "classify", "dedup", "droplist", "early", "errors", "event", "frame",
            "kernel_streams", "media", "numbers", "pipeline", "reassembly", "rtcp", "rtp", "sdp", "sharding",
-           "sip", "tcp", "uri")
+           "sip", "tcp", "uri", "websocket")
 
 
 def source_hashes() -> dict[str, str]:

@@ -65,16 +65,17 @@ class Pipeline:
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
                  reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None,
                  calls: CallLimits | None = None, boundary: Boundary | None = None,
-                 route: Route | None = None) -> None:
+                 route: Route | None = None, websocket_ports: frozenset[int] = frozenset()) -> None:
         """``boundary``: where bugs are counted; strict (they raise) unless given.
         ``route``: (this worker, workers) when SIP is sharded by Call-ID over worker
-        processes: a message another worker owns is handed over (take_handoffs)."""
+        processes: a message another worker owns is handed over (take_handoffs).
+        ``websocket_ports``: TCP streams to or from them carry SIP over WebSocket."""
         self._interface_names = interface_names
         self.boundary = boundary or Boundary()
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
         self.reassembler = Reassembler(reassembly)
-        self.tcp = TcpStreams(tcp)
+        self.tcp = TcpStreams(tcp, websocket_ports)
         self.calls = CallTracker(calls)
         self._flow_events: list[FlowEvent] = []
         self.keep_frames = False  # for a pcap output: every event's frame, as captured
@@ -134,12 +135,14 @@ class Pipeline:
             return
         if packet.transport == TCP:
             key = (packet.src, packet.sport, packet.dst, packet.dport)
-            for message in self.tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload, event.ts_ns):
-                self._record(event, packet, fragments, message, records)
+            tcp = self.tcp
+            messages = tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload, event.ts_ns)
+            for message in messages:  # framed as SIP over TCP, or over WebSocket
+                self._record(event, packet, fragments, message, records, tcp.framed_transport)
         elif not packet.payload:
             stats.empty_payloads += 1
         elif looks_like_sip(packet.payload):
-            self._record(event, packet, fragments, packet.payload, records)
+            self._record(event, packet, fragments, packet.payload, records, UDP)
         else:
             stats.not_sip += 1
         if frame is not None and len(records) > first_record:
@@ -269,18 +272,18 @@ class Pipeline:
         return origin
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
-                records: list[Record]) -> None:
+                records: list[Record], transport: int) -> None:
         vlans = _vlans(event.frame)
         route = self._route
         if route is not None and not event.flags & Flag.OWNED:  # the kernel could not route it
             owner = owner_of(data, route[1])
             if owner is not None and owner != route[0]:
                 self._handoffs.append((owner, handoff_record(HandOff(
-                    event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+                    event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
                     packet.dst, packet.dport, fragments, vlans, data))))
                 self.stats.handed_off += 1
                 return
-        self._sip(event.ts_ns, event.ifindex, event.direction, packet.transport, packet.src, packet.sport,
+        self._sip(event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
                   packet.dst, packet.dport, fragments, event.shard, vlans, data, records)
 
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:

@@ -17,9 +17,10 @@ import orjson
 from userspace.event import Direction
 from userspace.frame import FlowKey, IPProto, address_text
 from userspace.sip import SipMessage
+from userspace.websocket import WS
 
 RECORD_SCHEMA_VERSION = 2
-_TRANSPORT_NAMES: dict[int, str] = {IPProto.UDP: "udp", IPProto.TCP: "tcp"}
+_TRANSPORT_NAMES: dict[int, str] = {IPProto.UDP: "udp", IPProto.TCP: "tcp", WS: "ws"}
 _DIRECTION_NAMES: dict[int, str] = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
 
@@ -43,7 +44,7 @@ class SipRecord:
     ts_ns: int  # wall clock, nanoseconds since the epoch
     interface: str
     direction: int  # a Direction
-    transport: int  # an IPProto
+    transport: int  # an IPProto, or WS (SIP over WebSocket, userspace.websocket)
     src: bytes  # raw addresses, printed when the record is encoded
     sport: int
     dst: bytes

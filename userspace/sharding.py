@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from userspace.errors import Malformed, Truncated
 from userspace.event import EVENT_HEADER, Direction, Kind
 from userspace.frame import IPProto
+from userspace.websocket import WS
 
 CALL_ID_SCAN = 384      # payload bytes the kernel looks through (OTUS_CALLID_SCAN)
 CALL_ID_HASHED = 128    # value bytes hashed at most (OTUS_CALLID_HASHED)
@@ -90,7 +91,7 @@ class HandOff:
     ts_ns: int
     ifindex: int
     direction: int  # a Direction
-    transport: int  # an IPProto
+    transport: int  # an IPProto, or WS
     src: bytes  # raw addresses
     sport: int
     dst: bytes
@@ -141,5 +142,5 @@ def decode_handoff(raw: bytes) -> HandOff:
                    fragments, vlans, raw[at:])
 
 
-_TRANSPORTS = frozenset(IPProto)
+_TRANSPORTS = frozenset((*IPProto, WS))
 _ADDRESS_SIZES = (4, 16)

@@ -26,6 +26,10 @@ a message arriving one byte a segment is scanned once. Memory is charged as
 held — payload plus a per-segment overhead — per stream (the window) and in
 total; idle streams expire. Bytes thrown away (not SIP, at a gap, FIN, RST,
 idle expiry, eviction) are counted, with the messages they held.
+
+A stream may carry SIP over WebSocket (RFC 7118) instead: one on a WebSocket
+port, or one whose first bytes are an HTTP request or response (the upgrade
+handshake), is framed by userspace.websocket instead, in the same places.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from userspace.frame import FlowKey
+from userspace.frame import TCP, FlowKey
+from userspace.websocket import WS, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
 
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
@@ -63,6 +68,8 @@ FAR_BEHIND_RESTART = 3
 # Holes given up that a stream remembers, so their data is known as late when it comes.
 LOST_RANGES_KEPT = 64
 
+# Bytes of a stream's start that tell a WebSocket handshake from SIP ("GET ", "HTTP/1.").
+_SNIFF_BYTES = 5
 StreamKey = FlowKey  # one direction of a connection
 Held = tuple[int, bytes]  # (stream offset, payload)
 
@@ -164,6 +171,14 @@ class _Framer:
         return len(self.buffer)
 
     @property
+    def charge(self) -> int:
+        """Memory held for its stream."""
+        return len(self.buffer)
+
+    def clear(self) -> None:
+        self.buffer.clear()
+
+    @property
     def partial(self) -> bool:
         """Holds the beginning of a message (throwing it away loses one)."""
         return not self.resync and bool(self.buffer.strip(b"\r\n"))
@@ -256,9 +271,15 @@ class _Framer:
         self._start_scan = self._header_scan = len(self.buffer)
 
 
+Framer = _Framer | WebSocketFramer
+
+
 @dataclass(slots=True)
 class _Stream:
-    main: _Framer
+    main: Framer
+    websocket: bool = False      # framed as WebSocket
+    websocket_port: bool = False  # on a WebSocket port: framed so from its first byte
+    sniff: bool = True           # its first bytes are still to be looked at for a handshake
     next_seq: int | None = None  # sequence number of the next byte in order
     next_off: int = 0            # its stream offset (64-bit: no wrap)
     held: list[Held] = field(default_factory=list)  # heap: past a hole, by stream offset
@@ -271,13 +292,20 @@ class _Stream:
 
     @property
     def charge(self) -> int:
-        return len(self.main) + self.held_bytes
+        return self.main.charge + self.held_bytes
 
 
 class TcpStreams:
-    def __init__(self, limits: TcpLimits | None = None) -> None:
+    def __init__(self, limits: TcpLimits | None = None,
+                 websocket_ports: frozenset[int] = frozenset()) -> None:
+        """``websocket_ports``: a stream to or from one carries SIP over WebSocket."""
         self.limits = limits or TcpLimits()
         self.stats = TcpStats()
+        self.websocket = WebSocketStats()
+        self._websocket_ports = websocket_ports
+        # How the messages the last ``feed`` returned came: TCP, or WS (userspace.websocket).
+        # One feed is one stream, so one transport for all of them.
+        self.framed_transport = TCP
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # least recently used first
         self._bytes = 0  # charged, all streams
 
@@ -299,6 +327,8 @@ class TcpStreams:
         charged = stream.charge
         if flags & SYN:
             self._discard(stream)
+            stream.websocket, stream.sniff = stream.websocket_port, True
+            stream.main = self._framer(stream, resync=False)
             seq = (seq + 1) % SEQ_MOD  # the SYN takes one sequence number; data (TFO) follows it
             stream.next_seq, stream.next_off = seq, 0
             stream.lost.clear()
@@ -309,6 +339,7 @@ class TcpStreams:
         if flags & FIN:
             return self._end(key)
         out, stream.ready = stream.ready, []
+        self.framed_transport = WS if stream.websocket else TCP
         self._enforce_total()
         return out
 
@@ -326,7 +357,7 @@ class TcpStreams:
     def _place(self, stream: _Stream, seq: int, payload: bytes) -> None:
         if stream.next_seq is None:  # joined mid-stream: frame from the next start line
             stream.next_seq = seq
-            stream.main = self._framer(resync=True)
+            stream.main = self._framer(stream, resync=True)
         offset = stream.next_off + _distance(seq, stream.next_seq)
         limits = self.limits
         while True:
@@ -407,7 +438,7 @@ class TcpStreams:
         stream.lost.append(lost)
         stream.next_seq = ((stream.next_seq or 0) + (target - stream.next_off)) % SEQ_MOD
         stream.next_off = target
-        stream.main = self._framer(resync=True)
+        stream.main = self._framer(stream, resync=True)
         if not head_counted:  # else its tail is the message just counted by its head
             stream.main.cut = lost
         self._advance(stream)
@@ -416,12 +447,16 @@ class TcpStreams:
         """Go on where the stream really is: everything held is given up, counted."""
         self.stats.restarts += 1
         self._discard(stream)
-        stream.main = self._framer(resync=True)
+        stream.main = self._framer(stream, resync=True)
         stream.next_seq, stream.next_off, stream.far_behind = seq, offset, 0
         stream.lost.clear()
         self._append(stream, payload)
 
     def _frame(self, stream: _Stream) -> None:
+        if stream.sniff:
+            if len(stream.main) < _SNIFF_BYTES:
+                return  # no SIP message is shorter: nothing is framed before the look
+            self._sniff(stream)
         messages = stream.main.frame(self.limits.max_message)
         self.stats.messages += len(messages)
         stream.ready += messages
@@ -437,20 +472,38 @@ class TcpStreams:
             self._give_up_hole(stream, stream.held[0][0])
             self._frame(stream)
         out = stream.ready
+        self.framed_transport = WS if stream.websocket else TCP
         self._bytes += stream.charge - charged
         self._drop(key)
         return out
 
+    def _sniff(self, stream: _Stream) -> None:
+        """A stream seen from its start is WebSocket when its first bytes are an HTTP
+        request or response (the upgrade, or given up as not SIP), on any port; on a
+        WebSocket port, one that starts otherwise is SIP over TCP."""
+        stream.sniff = False
+        main = stream.main
+        websocket = looks_like_upgrade(main.buffer)
+        if websocket != stream.websocket and not main.resync:
+            stream.websocket = websocket
+            framer = self._framer(stream, resync=False)
+            framer.buffer = main.buffer
+            stream.main = framer
+
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _framer(self, resync: bool) -> _Framer:
-        return _Framer(self.stats, resync)
+    def _framer(self, stream: _Stream, resync: bool) -> Framer:
+        if not stream.websocket:
+            return _Framer(self.stats, resync)
+        # past a gap, a direction keeps its role (which side masks its frames)
+        role = stream.main.role if isinstance(stream.main, WebSocketFramer) and resync else Role.UNKNOWN
+        return WebSocketFramer(self.stats, self.websocket, resync, role)
 
-    def _lose(self, framer: _Framer) -> None:
+    def _lose(self, framer: Framer) -> None:
         if framer.partial:
             self.stats.lost_messages += 1
         self.stats.skipped_bytes += len(framer)
-        framer.buffer.clear()
+        framer.clear()
 
     def _discard(self, stream: _Stream) -> None:
         """Throw away everything the stream holds, counted."""
@@ -467,7 +520,11 @@ class TcpStreams:
             if len(self._streams) >= self.limits.max_streams:
                 self._drop(next(iter(self._streams)))
                 self.stats.evicted_streams += 1
-            stream = self._streams[key] = _Stream(self._framer(resync=False))
+            on_port = key[1] in self._websocket_ports or key[3] in self._websocket_ports
+            stream = _Stream(_Framer(self.stats), on_port, on_port)
+            if on_port:
+                stream.main = self._framer(stream, resync=False)
+            self._streams[key] = stream
         else:
             self._streams.move_to_end(key)
         stream.last_seen = now_ns

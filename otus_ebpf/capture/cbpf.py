@@ -41,7 +41,7 @@ def filter_expression(settings: KernelSettings, media_ranges: Iterable[tuple[int
     """The socket filter for these settings. ``media_ranges`` cover the ports of
     learned RTP/RTCP endpoints (MediaPorts); matching on port ranges keeps the
     program short, and user space checks the exact endpoint (userspace.classify)."""
-    ports = " or ".join(f"port {p}" for p in settings.sip_ports)
+    ports = " or ".join(f"port {p}" for p in settings.capture_ports)
     alternatives = [f"((udp or tcp) and ({ports}))",
                     "(ip and ip[6:2] & 0x3fff != 0)",  # IPv4 fragment: MF set or offset > 0
                     "(ip6 and ip6[6] == 44)"]           # IPv6 fragment header first

@@ -117,6 +117,8 @@ def _pipeline(sample: TaskSample, runner: RunnerParts) -> None:
         sample.count("otus_reassembly_total", value, outcome=outcome)
     for outcome, value in fields(pipeline.tcp.stats):
         sample.count("otus_tcp_total", value, outcome=outcome)
+    for outcome, value in fields(pipeline.tcp.websocket):
+        sample.count("otus_websocket_total", value, outcome=outcome)
     calls = pipeline.calls
     for outcome in ("calls", "ended", "expired", "evicted"):
         sample.count("otus_calls_total", getattr(calls.stats, outcome), outcome=outcome)

@@ -45,6 +45,7 @@ examples:
   otus-ebpf attach eth0                     # SIP on ports 5060, 5061 to otus-out/sip-eth0.jsonl
   otus-ebpf attach eth0 --sip-port 5080 --signature  # port 5080, and SIP on any UDP port
   otus-ebpf attach eth0 eth1 --exclude 10.99.0.0/16  # two interfaces, without one network
+  otus-ebpf attach eth0 --ws-port 8080               # and SIP over WebSocket (RFC 7118) on port 8080
   otus-ebpf attach eth0 --drop-method OPTIONS --dedup  # no keep-alive pings; a packet seen twice goes up once
   otus-ebpf attach eth0 --pcap calls.pcapng --pcap-format pcapng  # every frame (RTP too) to a file
   otus-ebpf attach eth0 --pcap-per-call calls/       # one capture file per call

@@ -69,6 +69,7 @@ HELP = {
     "otus_sip_defects_total": "SIP messages parsed with a counted defect",
     "otus_reassembly_total": "IP fragment reassembly outcomes",
     "otus_tcp_total": "SIP-over-TCP stream outcomes",
+    "otus_websocket_total": "SIP-over-WebSocket framing outcomes (handshakes, messages, hostile frames...)",
     "otus_dialogs_active": "Calls being tracked",
     "otus_calls_total": "Calls by outcome",
     "otus_processor_records_total": "What each processor did with the records (kept, dropped, labelled...)",

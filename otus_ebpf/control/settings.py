@@ -263,6 +263,11 @@ SETTINGS: tuple[Setting, ...] = (
             "--in-process"),
     Setting("sip_ports", "filter.sip_ports", Whole(1, 65_535, metavar="PORT"), DEFAULT_SIP_PORTS,
             "the ports SIP is captured on", Group.FILTERS, "--sip-port", repeatable=True, replay=True),
+    # RFC 7118 names no port: none unless the operator says (docs/WEBSOCKET.md).
+    Setting("ws_ports", "filter.ws_ports", Whole(1, 65_535, metavar="PORT"), (),
+            "TCP ports SIP over WebSocket (RFC 7118) is captured on; a connection seen from its start is "
+            "recognised by its upgrade handshake on any captured port", Group.FILTERS, "--ws-port",
+            repeatable=True, replay=True),
     Setting("signature", "filter.signature", Switch(), False,
             "also match UDP payloads that start like SIP, on any port", Group.FILTERS, "--signature",
             replay=True),
@@ -483,7 +488,8 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         v["kafka_brokers"], v["kafka_linger_ms"], v["kafka_batch"], v["kafka_compression"], v["kafka_acks"],
         queue_kbytes=v["kafka_queue_kb"], security=security, start_anyway=v["kafka_start_anyway"])
     kernel = KernelSettings(
-        sip_ports=tuple(v["sip_ports"]) or DEFAULT_SIP_PORTS, signature=v["signature"],
+        sip_ports=tuple(v["sip_ports"]) or DEFAULT_SIP_PORTS, ws_ports=tuple(dict.fromkeys(v["ws_ports"])),
+        signature=v["signature"],
         drop_methods=tuple(dict.fromkeys(v["drop_methods"])), dedup=v["dedup"],
         dedup_window_ms=v["dedup_window_ms"], include=tuple(v["include"]), exclude=tuple(v["exclude"]),
         snaplen=v["snaplen"],

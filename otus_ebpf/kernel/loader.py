@@ -202,7 +202,7 @@ def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
     maps.configure(signature=settings.signature, sip_snaplen=settings.snaplen,
                    media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS,
                    dedup=settings.dedup, dedup_window_ms=settings.dedup_window_ms)
-    maps.set_sip_ports(settings.sip_ports)
+    maps.set_sip_ports(settings.capture_ports)
     maps.change_drop_methods(add=settings.drop_methods)
     for network in settings.include:
         maps.add_network("include", network)

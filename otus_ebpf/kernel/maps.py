@@ -100,8 +100,8 @@ class KernelMaps:
         signature flag, include/exclude networks, the drop list, duplicate
         suppression and its window (snaplens need a reload). Only what differs
         is written: an operator's own changes stay."""
-        self.set_sip_ports(set(before.sip_ports) - set(after.sip_ports), enabled=False)
-        self.set_sip_ports(set(after.sip_ports) - set(before.sip_ports))
+        self.set_sip_ports(set(before.capture_ports) - set(after.capture_ports), enabled=False)
+        self.set_sip_ports(set(after.capture_ports) - set(before.capture_ports))
         for which in ("include", "exclude"):
             old, new = set(getattr(before, which)), set(getattr(after, which))
             for network in new - old:

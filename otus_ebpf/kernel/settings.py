@@ -44,6 +44,9 @@ class MediaMode(Enum):
 @dataclass(frozen=True, slots=True)
 class KernelSettings:
     sip_ports: tuple[int, ...] = DEFAULT_SIP_PORTS
+    # TCP ports SIP over WebSocket (RFC 7118) is carried on: copied up as SIP ports are,
+    # and their streams framed as WebSocket (userspace.websocket). RFC 7118 names no port.
+    ws_ports: tuple[int, ...] = ()
     signature: bool = False
     drop_methods: tuple[str, ...] = ()  # request methods and status codes not copied up
     dedup: bool = False
@@ -66,6 +69,11 @@ class KernelSettings:
     extra_cflags: tuple[str, ...] = field(default=())
 
     @property
+    def capture_ports(self) -> tuple[int, ...]:
+        """The ports the kernel's sip_ports map holds: SIP's and WebSocket's."""
+        return tuple(dict.fromkeys((*self.sip_ports, *self.ws_ports)))
+
+    @property
     def ring_bytes(self) -> int:
         """A shard's ring buffer: a power of two and whole pages, as the kernel wants."""
         return self.ring_mb << 20
@@ -82,6 +90,8 @@ class KernelSettings:
         bad = [p for p in self.sip_ports if not 0 < p < 65536]
         if bad or not self.sip_ports:
             raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
+        if any(not 0 < p < 65536 for p in self.ws_ports):
+            raise SetupError(f"WebSocket ports must be 1..65535, got {list(self.ws_ports)}")
         problem = drop_list_problem(self.drop_methods)
         if problem:
             raise SetupError(f"drop methods: {problem}")

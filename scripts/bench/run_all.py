@@ -112,6 +112,18 @@ def tcp_rows(out: str) -> list[Row]:
     return rows
 
 
+def websocket_rows(out: str) -> list[Row]:
+    rate = r"\s+[\d,]+ messages\s+[\d.]+ s\s+([\d,]+) msgs/s"
+    base = re.search(r"SIP over TCP, 1400-byte segments \(baseline\)" + rate, out)
+    client = re.search(r"WebSocket client frames \(masked\)" + rate + r"\s+([\d.]+)x baseline", out)
+    fuzz = re.search(r"fuzz: ([\d,]+) directions in [\d.]+ s, [\d,]+/s; (\d+) raised", out)
+    assert base and client and fuzz, out[-500:]
+    return [("WebSocket framing (masked), msgs/s", client[1], f"{base[1]} (SIP over TCP)",
+             f"{client[2]}x cost", "-"),
+            ("fuzz: WebSocket frame parser", f"{fuzz[1]} directions", "-", "-",
+             f"raised {fuzz[2]}: {_verdict(fuzz[2] == '0')}")]
+
+
 def fuzz_pipeline_rows(out: str) -> list[Row]:
     m = re.search(r"([\d,]+) events \(([\d,]+) calls\) in ([\d.]+) s: ([\d,]+) events/s", out)
     bad = re.search(r"internal errors (\d+), flow events refused (\d+)", out)
@@ -209,6 +221,7 @@ def benches() -> list[Bench]:
         Bench("fuzz_pipeline", [python, str(BENCH / "fuzz_pipeline.py"), "--events", "1000000"],
               fuzz_pipeline_rows),
         Bench("tcp", [python, str(BENCH / "tcp.py")], tcp_rows),
+        Bench("websocket", [python, str(BENCH / "websocket.py")], websocket_rows),
         Bench("kafka", [python, str(BENCH / "kafka.py")], kafka_rows),
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),

@@ -5,6 +5,7 @@ dumpcap did not guarantee on SIGTERM), tshark dissects the file."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.procs import Background
@@ -12,18 +13,21 @@ from tests.support.procs import Background
 CAPTURE_START_TIMEOUT_S = 15.0
 
 
-def start_capture(netns: str, interface: str, pcap: Path, log: Path) -> Background:
+def start_capture(netns: str, interface: str, pcap: Path, log: Path,
+                  expression: str = "port 5060") -> Background:
     argv = ["tcpdump", "-i", interface, "-U", "--immediate-mode", "-n", "-s", "0", "-w", str(pcap),
-            "port 5060"]
+            expression]
     capture = Background(argv, log, netns=netns)
     capture.wait_for_output("listening on", CAPTURE_START_TIMEOUT_S)
     return capture
 
 
-def sip_messages(pcap: Path) -> list[tuple[str, str, int, str]]:
-    """(Call-ID, method or status code, CSeq number, CSeq method) per SIP message."""
+def sip_messages(pcap: Path, decode_as: Sequence[str] = ()) -> list[tuple[str, str, int, str]]:
+    """(Call-ID, method or status code, CSeq number, CSeq method) per SIP message;
+    ``decode_as``: tshark's -d rules (``tcp.port==8080,http``)."""
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-Y", "sip", "-T", "fields", "-E", "separator=|",
+        ["tshark", "-r", str(pcap), *(arg for rule in decode_as for arg in ("-d", rule)),
+         "-Y", "sip", "-T", "fields", "-E", "separator=|",
          "-E", "occurrence=a", "-E", "aggregator=;",
          "-e", "sip.Call-ID", "-e", "sip.Method", "-e", "sip.Status-Code",
          "-e", "sip.CSeq.seq", "-e", "sip.CSeq.method"],

@@ -122,7 +122,8 @@ def sample(setting: Setting, secret: Path) -> str:
         return next(w for w in reversed(kind.words) if kind.parse(w) != default)
     if isinstance(kind, (Whole, Number)):
         low = kind.parse(str(kind.low))
-        return str(kind.low) if low != (default[0] if setting.repeatable else default) else str(kind.high)
+        first = (default[0] if default else None) if setting.repeatable else default  # a list may be empty
+        return str(kind.low) if low != first else str(kind.high)
     if isinstance(kind, Workers):
         return "2" if default == 1 else "1"
     special = {Networks: "10.1.0.0/16", Collectors: "tcp:127.0.0.1:9061", Listen: "127.0.0.1:9999",

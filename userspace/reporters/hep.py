@@ -30,6 +30,7 @@ import orjson
 
 from userspace.records import CallSummary, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.sdp import packed_literal
+from userspace.websocket import WS
 
 HEP_ID = b"HEP3"
 MAX_PACKET = 65_535  # the 16-bit total length
@@ -72,6 +73,10 @@ class PayloadType(IntEnum):
 FAMILY_IPV4 = 2   # AF_INET
 FAMILY_IPV6 = 10  # AF_INET6 on Linux, which is what HEP uses
 PROTO_UDP = 17
+PROTO_TCP = 6
+# Chunk 0x0002 is the IP protocol the message came in: SIP over WebSocket came in TCP,
+# and heplify sends it so; Homer tells WS apart by the message's own Via (SIP/2.0/WS).
+_HEP_PROTOCOL = {WS: PROTO_TCP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,8 @@ class HepEncoder:
 
     def sip(self, record: SipRecord) -> bytes | None:
         message = record.message
-        return self._encode(record.src, record.sport, record.dst, record.dport, int(record.transport),
+        protocol = _HEP_PROTOCOL.get(record.transport, record.transport)
+        return self._encode(record.src, record.sport, record.dst, record.dport, protocol,
                             record.ts_ns, PayloadType.SIP, message.raw, message.call_id, record.vlans)
 
     def stream_report(self, record: StreamReport) -> bytes | None:
