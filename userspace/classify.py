@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from userspace.dedup import Dedup, identity
 from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
-from userspace.frame import UDP, Layout, walk
+from userspace.frame import DEFAULT_TUNNELS, UDP, Layout, walk
 from userspace.sharding import call_id_hash
+from userspace.tunnel import Tunnels
 
 # First bytes of a SIP status line or request (RFC 3261 §7), as the kernel checks them.
 SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS ", b"REGISTER",
@@ -36,6 +37,7 @@ class Rules:
     signature: bool = False
     shards: int = 1
     media: Mapping[MediaKey, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
+    tunnels: Tunnels = DEFAULT_TUNNELS  # opened one level, as the kernel's --decap
 
 
 _FRAGMENT, _OWNED, _SIGNATURE = int(Flag.FRAGMENT), int(Flag.OWNED), int(Flag.SIGNATURE)
@@ -62,7 +64,7 @@ def _fold(address: bytes) -> int:
 def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRESS, ts_ns: int = 0,
                    ifindex: int = 0, orig_len: int | None = None) -> Event | None:
     """The event the kernel would send up for this frame, or None when it would not."""
-    p = walk(frame)
+    p = walk(frame, rules.tunnels)
     if p is None:
         return None
     fold = _fold(p.src) ^ _fold(p.dst)

@@ -27,6 +27,24 @@ class ConfigFlag(IntFlag):
     MEDIA_PACKETS = 64  # every learned RTP packet goes up; else the kernel measures RTP itself
     DROP_METHODS = 128  # drop_methods holds something: SIP datagrams are checked against it
     DEDUP = 256         # a match seen within dedup_window_ms is a duplicate
+    DECAP_VXLAN = 512   # one level of decapsulation, by kind (bpf/otus.c "Tunnels")
+    DECAP_GENEVE = 1024
+    DECAP_GRE = 2048
+    DECAP_ERSPAN = 4096
+    DECAP_IPIP = 8192
+
+
+# The config flag of each tunnel kind (userspace.tunnel.TunnelKind's values).
+DECAP_FLAGS = {"vxlan": ConfigFlag.DECAP_VXLAN, "geneve": ConfigFlag.DECAP_GENEVE,
+               "gre": ConfigFlag.DECAP_GRE, "erspan": ConfigFlag.DECAP_ERSPAN, "ipip": ConfigFlag.DECAP_IPIP}
+
+
+class PortBit(IntFlag):
+    """What a UDP port is for: the bits of a "sip_ports" value (OTUS_PORT_*)."""
+
+    SIP = 1
+    VXLAN = 2
+    GENEVE = 4
 
 
 MAX_SHARDS = 8  # OTUS_MAX_SHARDS: ring shards, worker processes

@@ -18,17 +18,20 @@ from types import ModuleType
 from typing import Any
 
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kernel.abi import Network
+from otus_ebpf.kernel.abi import Network, PortBit
 from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
 from otus_ebpf.kernel.maps import KernelMaps, table
 from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
 from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
+from userspace.tunnel import GENEVE_PORT
 
 XDP_FUNCTION = "xdp_ingress"
 TC_FUNCTION = "tc_egress"
 # What a match goes through when the drop list or dedup is on, entered by tail call
 # from the hooks' programs (bpf/otus.c "The screen"), by way of these one-slot arrays.
 SCREENS = (("xdp_screen", "xdp_screens"), ("tc_screen", "tc_screens"))
+# What a tunnel's inner packet goes through (bpf/otus.c "Tunnels"), likewise by tail call.
+DECAPS = (("xdp_decap", "xdp_decaps"), ("tc_decap", "tc_decaps"))
 COUNTERS_MAP = "counters"
 RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
@@ -142,9 +145,10 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     try:
         xdp = loaded.load_func(XDP_FUNCTION.encode(), bcc.BPF.XDP)
         tc = loaded.load_func(TC_FUNCTION.encode(), bcc.BPF.SCHED_CLS)
-        for (function, array), kind in zip(SCREENS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
-            screen = loaded.load_func(function.encode(), kind)
-            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(screen.fd)
+        hooks = (bcc.BPF.XDP, bcc.BPF.SCHED_CLS) * 2
+        for (function, array), kind in zip(SCREENS + DECAPS, hooks, strict=True):
+            second = loaded.load_func(function.encode(), kind)
+            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(second.fd)
         maps = KernelMaps(loaded)
         configure_maps(maps, settings)
     except Exception as exc:  # verifier rejections arrive as bare Exception too
@@ -179,6 +183,9 @@ def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
                    media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS,
                    dedup=settings.dedup, dedup_window_ms=settings.dedup_window_ms)
     maps.set_sip_ports(settings.sip_ports)
+    maps.set_tunnel_ports(settings.vxlan_ports, PortBit.VXLAN)
+    maps.set_tunnel_ports((GENEVE_PORT,), PortBit.GENEVE)
+    maps.set_decap(settings.decap)
     maps.change_drop_methods(add=settings.drop_methods)
     for network in settings.include:
         maps.add_network("include", network)

@@ -8,7 +8,14 @@ import re
 import struct
 from enum import IntEnum, IntFlag
 
-from otus_ebpf.kernel.abi import DROP_TOKEN_LEN, MAP_STRUCTS, MAX_DROP_METHODS, MAX_SHARDS, ConfigFlag
+from otus_ebpf.kernel.abi import (
+    DROP_TOKEN_LEN,
+    MAP_STRUCTS,
+    MAX_DROP_METHODS,
+    MAX_SHARDS,
+    ConfigFlag,
+    PortBit,
+)
 from userspace import dedup, droplist
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
@@ -19,7 +26,7 @@ _DEFINE = re.compile(r"^#define\s+(OTUS_\w+)\s+(\d+)\s*$", re.MULTILINE)
 # C macro prefix → the Python enum that mirrors it.
 ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "OTUS_DIR_": Direction, "OTUS_KIND_": Kind, "OTUS_FLAG_": Flag, "OTUS_CTR_": Counter,
-    "OTUS_CFG_": ConfigFlag, "OTUS_STREAM_": StreamState,
+    "OTUS_CFG_": ConfigFlag, "OTUS_STREAM_": StreamState, "OTUS_PORT_": PortBit,
 }
 # Single constants the Python side mirrors.
 CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE,
