@@ -75,7 +75,8 @@ class AfPacketCapture:
         # Learned endpoints, as the kernel's flow map would hold them; the rules see this
         # dict itself, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
-        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media,
+                            settings.tunnels)
         # The drop list and dedup, as the kernel applies them after a match; socket time is the window's.
         self.screen = Screen(settings.drop_methods, _window_ns(settings), settings.snaplen)
         self._ports = MediaPorts()
@@ -161,7 +162,8 @@ class AfPacketCapture:
         and the socket filter both change at once, the rings, learned media and
         the packets within the dedup window stay."""
         self._settings = settings
-        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media)
+        self._rules = Rules(frozenset(settings.sip_ports), settings.signature, settings.shards, self._media,
+                            settings.tunnels)
         self.screen.change(settings.drop_methods, _window_ns(settings))
         self._attach_filter()
 

@@ -198,14 +198,15 @@ class _Replayer:
         self.interfaces: dict[str, int] = {}
         self._names: dict[int, str] = {}  # the pipeline reads interface names from here
         boundary = Boundary(self._report_bug, strict_mode())
-        self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary)
+        self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary,
+                                 tunnels=options.kernel.tunnels)
         self.pipeline.keep_frames = keep_frames
         self.chain = open_chain(options, boundary)
         kernel = options.kernel
         # Learned endpoints, as the kernel's flow map would hold them; the rules see the
         # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
-        self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, self._media)
+        self._rules = Rules(frozenset(kernel.sip_ports), kernel.signature, 1, self._media, kernel.tunnels)
         # The drop list and dedup, as the kernel applies them; the window runs on the frames' own times.
         window_ns = kernel.dedup_window_ms * 1_000_000 if kernel.dedup else None
         self.screen = Screen(kernel.drop_methods, window_ns, kernel.snaplen)
