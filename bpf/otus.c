@@ -382,6 +382,24 @@ static __always_inline struct otus_flow_value *learned_endpoint(struct otus_pars
 	return flows.lookup(&key);
 }
 
+/* A UDP tunnel port's bits that open it: the kinds on (OTUS_CFG_DECAP_VXLAN
+ * and _GENEVE are the port bits << 8). Inside a tunnel, any tunnel port is a
+ * nested tunnel: counted, not opened. */
+static __always_inline __u8 tunnel_bits(struct otus_config *cfg, __u8 bits, const int inner)
+{
+	return bits & (inner ? OTUS_PORT_TUNNELS : (cfg->flags >> 8) & OTUS_PORT_TUNNELS);
+}
+
+/* Whether a packet is a UDP tunnel match() opens (the filtered path's check). */
+static __always_inline int tunnel_port(struct otus_config *cfg, struct otus_parsed *p, const int inner)
+{
+	__u32 dport = p->dport;
+	__u8 *bits = sip_ports.lookup(&dport);
+
+	return bits && p->l4_proto == IPPROTO_UDP && !(p->flags & OTUS_FLAG_FRAGMENT) &&
+	       tunnel_bits(cfg, *bits, inner);
+}
+
 #define OTUS_C8(a, b, c, d, e, f, g, h)                                                         \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
 	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
@@ -690,22 +708,9 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 {
 	if (cfg->flags & OTUS_CFG_PAUSED)
 		return OTUS_CTR_FILTERED;
-	__u32 sport = p->sport, dport = p->dport;
-	__u8 *dport_is_sip = sip_ports.lookup(&dport);
-	/* A tunnel's UDP port, before the address filters: they are for the
-	 * inner addresses, not the mirror's. Looked up once, for both uses. */
-	if (dport_is_sip && (*dport_is_sip & OTUS_PORT_TUNNELS) && p->l4_proto == IPPROTO_UDP &&
-	    !(p->flags & OTUS_FLAG_FRAGMENT)) {
-		/* the kinds on: OTUS_CFG_DECAP_VXLAN and _GENEVE are the port bits << 8.
-		 * Inside a tunnel, any tunnel port is a nested tunnel (counted, not opened). */
-		__u8 tunnel = *dport_is_sip & (inner ? OTUS_PORT_TUNNELS : (cfg->flags >> 8) & OTUS_PORT_TUNNELS);
-
-		if (tunnel) {
-			m->decap = tunnel;
-			return OTUS_CTR_NO_MATCH;
-		}
-	}
-	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p))
+	/* The address filters are for the inner addresses, not a mirror's: a tunnel
+	 * goes on whatever its own (looked for only here, on the filtered path). */
+	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p) && !tunnel_port(cfg, p, inner))
 		return OTUS_CTR_FILTERED;
 
 	/* Conversation shard: addresses only, so the fragments of a datagram
@@ -720,7 +725,17 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 	}
 	m->flow_hash = mix32(fold ^ (p->sport ^ p->dport) ^ ((__u32)p->l4_proto << 16));
 
+	__u32 sport = p->sport, dport = p->dport;
 	__u8 *sport_is_sip = sip_ports.lookup(&sport);
+	__u8 *dport_is_sip = sip_ports.lookup(&dport);
+	if (dport_is_sip && (*dport_is_sip & OTUS_PORT_TUNNELS) && p->l4_proto == IPPROTO_UDP) {
+		__u8 tunnel = tunnel_bits(cfg, *dport_is_sip, inner);
+
+		if (tunnel) {
+			m->decap = tunnel;
+			return OTUS_CTR_NO_MATCH;
+		}
+	}
 	if ((sport_is_sip && (*sport_is_sip & OTUS_PORT_SIP)) || (dport_is_sip && (*dport_is_sip & OTUS_PORT_SIP))) {
 		m->kind = OTUS_KIND_SIP;
 		return OTUS_CTR_MATCHED_SIP_PORT;

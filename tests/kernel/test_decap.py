@@ -6,6 +6,7 @@ hostile tunnel header a counted verdict. Verdicts always sum to SEEN."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
@@ -163,3 +164,15 @@ def test_ipv6_inner_with_an_ethertype_the_tunnel_names(kernel: KernelHarness, ho
     result = run(kernel, gre(ethernet(INNER_V6, ethertype=V6), TEB), hook)
     assert verdict(result) == Counter.MATCHED_SIP_PORT
     assert result.event.flags & Flag.IPV6 and result.event.flags & Flag.INNER
+
+
+def test_the_address_filters_judge_the_inner_addresses_not_the_mirrors(kernel: KernelHarness,
+                                                                        hook: Hook) -> None:
+    inner_net, other_net = ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("10.9.0.0/16")
+    for network, expected in ((inner_net, Counter.MATCHED_SIP_PORT), (other_net, Counter.FILTERED)):
+        kernel.maps.add_network("include", network)
+        try:
+            for frame in (vxlan(inner_sip()), gre(INNER_V4, 0x0800)):
+                assert verdict(run(kernel, frame, hook)) == expected
+        finally:
+            kernel.maps.remove_network("include", network)
