@@ -694,7 +694,7 @@ struct otus_match {
 	__u8 kind;            /* OTUS_KIND_*; 0: nothing goes up */
 	__u8 shard;
 	__u8 stream;          /* the first packet of a stream the kernel measures */
-	__u8 screen;          /* handed to the screen program (the drop list, dedup) */
+	__u8 screen;          /* handed to the screen program (the drop list, dedup), or with decap to the decap program */
 	__u8 response;        /* screen: a SIP status line whose code is not dropped: its CSeq is looked at */
 	__u8 decap;           /* a tunnel: handed to the decap program (OTUS_PORT_* bits, or 1 for GRE, IP-in-IP) */
 	__u8 pad[2];
@@ -728,17 +728,22 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 	__u32 sport = p->sport, dport = p->dport;
 	__u8 *sport_is_sip = sip_ports.lookup(&sport);
 	__u8 *dport_is_sip = sip_ports.lookup(&dport);
-	if (dport_is_sip && (*dport_is_sip & OTUS_PORT_TUNNELS) && p->l4_proto == IPPROTO_UDP) {
-		__u8 tunnel = tunnel_bits(cfg, *dport_is_sip, inner);
+	__u8 sbits = sport_is_sip ? *sport_is_sip : 0;
+	__u8 dbits = dport_is_sip ? *dport_is_sip : 0;
+	/* One test for any port of ours: packets that match nothing pay no more
+	 * for the tunnel ports than they did for the SIP ports alone. */
+	if (sbits | dbits) {
+		__u8 tunnel = p->l4_proto == IPPROTO_UDP ? tunnel_bits(cfg, dbits, inner) : 0;
 
 		if (tunnel) {
 			m->decap = tunnel;
+			m->screen = 1; /* the hooks' one test for a tail call (below) */
 			return OTUS_CTR_NO_MATCH;
 		}
-	}
-	if ((sport_is_sip && (*sport_is_sip & OTUS_PORT_SIP)) || (dport_is_sip && (*dport_is_sip & OTUS_PORT_SIP))) {
-		m->kind = OTUS_KIND_SIP;
-		return OTUS_CTR_MATCHED_SIP_PORT;
+		if ((sbits | dbits) & OTUS_PORT_SIP) {
+			m->kind = OTUS_KIND_SIP;
+			return OTUS_CTR_MATCHED_SIP_PORT;
+		}
 	}
 
 	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
@@ -881,6 +886,7 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 
 	if (verdict == OTUS_CTR_OTHER_L4 && cfg && ip_tunnel(cfg, p)) {
 		m->decap = 1;
+		m->screen = 1;
 		return verdict;
 	}
 	if (verdict)
@@ -1817,6 +1823,7 @@ static __always_inline __u32 classify_inner(void *data, void *data_end, __u64 fr
 	if (m->decap) {
 		count(c, OTUS_CTR_DECAP_NESTED);
 		m->decap = 0;
+		m->screen = 0;
 	}
 	return verdict;
 }
@@ -1883,12 +1890,16 @@ int xdp_ingress(struct xdp_md *ctx)
 		return XDP_PASS;
 	count(c, OTUS_CTR_SEEN);
 	__u32 verdict = classify(data, data_end, data_end - data, c, &p, &m);
-	if (m.decap) {
-		hand_to_decap(&p, &m);
-		xdp_decaps.call(ctx, 0); /* returns only without a decap program (never, once loaded) */
+	/* One test on the path of packets that match nothing, for either tail call.
+	 * Each returns only without its program (never, once loaded). */
+	if (m.screen) {
+		if (m.decap) {
+			hand_to_decap(&p, &m);
+			xdp_decaps.call(ctx, 0);
+		} else {
+			xdp_screens.call(ctx, 0);
+		}
 	}
-	if (m.screen)
-		xdp_screens.call(ctx, 0); /* returns only without a screen program (never, once loaded) */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return XDP_PASS;
@@ -1918,12 +1929,14 @@ int tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 verdict = classify(data, data_end, skb->len, c, &p, &m);
-	if (m.decap) {
-		hand_to_decap(&p, &m);
-		tc_decaps.call(skb, 0); /* returns only without a decap program (never, once loaded) */
+	if (m.screen) { /* one test for either tail call, as in xdp_ingress */
+		if (m.decap) {
+			hand_to_decap(&p, &m);
+			tc_decaps.call(skb, 0);
+		} else {
+			tc_screens.call(skb, 0);
+		}
 	}
-	if (m.screen)
-		tc_screens.call(skb, 0); /* returns only without a screen program (never, once loaded) */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return TC_ACT_UNSPEC;
