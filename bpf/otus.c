@@ -1125,7 +1125,7 @@ static __always_inline void cseq_step(volatile struct otus_cseq *sc, __u32 c)
 		} else if (state == OTUS_CSEQ_BEFORE && c >= '0' && c <= '9') {
 			sc->state = OTUS_CSEQ_NUMBER;
 			sc->count = 1;
-		} else if (state == OTUS_CSEQ_BETWEEN && c != '\r' && c != '\n') {
+		} else if (state == OTUS_CSEQ_BETWEEN && c != '\r' && c != '\n' && c != 0) {
 			sc->method[0] = c;
 			sc->state = OTUS_CSEQ_METHOD;
 			sc->count = 1;
@@ -1146,8 +1146,8 @@ static __always_inline void cseq_step(volatile struct otus_cseq *sc, __u32 c)
 	} else if (state == OTUS_CSEQ_METHOD) {
 		if (c == '\r' || c == '\n' || blank(c)) {
 			sc->state = OTUS_CSEQ_FOUND;
-		} else if (sc->count >= OTUS_DROP_TOKEN_LEN) {
-			sc->state = OTUS_CSEQ_NONE;
+		} else if (sc->count >= OTUS_DROP_TOKEN_LEN || c == 0) {
+			sc->state = OTUS_CSEQ_NONE; /* too long, or a NUL the key would read as padding */
 		} else {
 			sc->method[sc->count & (OTUS_DROP_TOKEN_LEN - 1)] = c;
 			sc->count += 1;
@@ -1306,7 +1306,7 @@ static __always_inline int copy_up_tc(struct __sk_buff *skb, struct otus_counter
  * userspace/droplist.py is the same in Python (AF_PACKET, replay). */
 
 /* The token a SIP datagram starts with, as a drop_methods key: a status
- * line's 3-digit code ("SIP/2.0" SP code SP, RFC 3261 §7.2), or a request's
+ * line's 3-digit code ("SIP/2.0" SP 3DIGIT SP, RFC 3261 §7.2), or a request's
  * method up to its SP (§7.1), at most OTUS_DROP_TOKEN_LEN bytes. Returns 2
  * for a status line, 1 for a request, 0 for neither. The list holds only
  * A-Z and digits, so anything else read here simply matches nothing; a NUL
@@ -1319,9 +1319,14 @@ static __always_inline int first_token(void *data, void *data_end, __u32 off, st
 	    *(__u64 *)payload == OTUS_C8('S', 'I', 'P', '/', '2', '.', '0', ' ')) {
 		if (payload[OTUS_SIGNATURE_LEN + 3] != ' ')
 			return 0;
-		key->token[0] = payload[OTUS_SIGNATURE_LEN];
-		key->token[1] = payload[OTUS_SIGNATURE_LEN + 1];
-		key->token[2] = payload[OTUS_SIGNATURE_LEN + 2];
+#pragma unroll
+		for (int i = 0; i < 3; i++) {
+			__u8 digit = payload[OTUS_SIGNATURE_LEN + i];
+
+			if (digit < '0' || digit > '9')
+				return 0; /* a status code is 3 digits (§7.2); a NUL would read as padding */
+			key->token[i] = digit;
+		}
 		return 2;
 	}
 #pragma unroll

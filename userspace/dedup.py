@@ -56,7 +56,10 @@ def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: in
     if not l4:
         return head
     kept = _UDP_KEPT if proto == UDP else _TCP_KEPT
-    return head + frame[l4:l4 + kept] + frame[payload:min(len(frame), ip_end, payload + DEDUP_PREFIX)]
+    # Never an end before the start (an IP length shorter than its headers): mypyc's
+    # compiled bytes slice raises SystemError there where Python gives b"".
+    end = max(payload, min(len(frame), ip_end, payload + DEDUP_PREFIX))
+    return head + frame[l4:l4 + kept] + frame[payload:end]
 
 
 def _ipv6_fragment(frame: bytes) -> bytes:
@@ -94,9 +97,11 @@ class Dedup:
 
     def _forget(self, before: int) -> None:
         """Sightings at or before ``before`` can no longer make a duplicate; past the
-        limit, the oldest go anyway."""
+        limit, the oldest go anyway. The limit holds the queue, not only the map: a
+        frame stamped in the future (time going back in a merged capture) stops the
+        expiry at the front while keys seen again keep adding to the back."""
         first, order = self._first, self._order
-        while order and (order[0][0] <= before or len(first) >= self._max):
+        while order and (order[0][0] <= before or len(order) >= self._max):
             ts_ns, key = order.popleft()
             if first.get(key) == ts_ns:  # not seen again since
                 del first[key]

@@ -26,7 +26,7 @@ _TOKEN = re.compile(r"[A-Z0-9]{1,16}")
 # A header line named CSeq (any case), its colon right after the name: the kernel's form.
 _CSEQ_LINE = re.compile(rb"\ncseq:", re.IGNORECASE)
 _BLANK = frozenset(b" \t")
-_METHOD_END = re.compile(rb"[\r\n \t]")
+_METHOD_END = re.compile(rb"[\r\n \t\0]")
 
 
 def token_problem(token: str) -> str | None:
@@ -43,10 +43,11 @@ def token_problem(token: str) -> str | None:
 def first_token(payload: bytes) -> tuple[bytes, bool] | None:
     """The token the kernel reads at the start of a SIP payload, and whether it is a
     status line's code: the 3 digits of "SIP/2.0 NNN " (§7.2), else the bytes before
-    the first SP within 17 (§7.1). None when neither is there, or when a NUL is in
-    the token (the kernel's key would read it as padding)."""
+    the first SP within 17 (§7.1). None when neither is there, when the code is not
+    3 digits, or when a NUL is in the token (the kernel's key would read it as padding)."""
     if len(payload) >= _STATUS_LINE_LEN and payload.startswith(_STATUS_LINE):
-        return (payload[8:11], True) if payload[11] == 0x20 else None
+        code = payload[8:11]
+        return (code, True) if payload[11] == 0x20 and code.isdigit() else None
     space = payload.find(b" ", 0, TOKEN_LEN + 1)
     if space <= 0:
         return None
@@ -58,7 +59,7 @@ def cseq_method(payload: bytes, scan: int = CSEQ_SCAN) -> bytes | None:
     """The method a response's CSeq names, found as the kernel's scan finds it: the
     first header line "CSeq:" before the blank line, at most 8 blanks, 1 to 10
     digits, 1 to 8 blanks, and the method up to CR, LF, SP or HT, at most 16
-    bytes, all within the first ``scan`` bytes. None otherwise."""
+    bytes with no NUL, all within the first ``scan`` bytes. None otherwise."""
     window = payload[:scan]
     match = _CSEQ_LINE.search(window, 0, header_end(window))
     if match is None:
@@ -75,8 +76,8 @@ def cseq_method(payload: bytes, scan: int = CSEQ_SCAN) -> bytes | None:
     if not 0 < method - at <= CSEQ_BLANKS:
         return None
     end = _METHOD_END.search(window, method)
-    if end is None or not 0 < end.start() - method <= TOKEN_LEN:
-        return None  # cut by the scan, an empty method, or longer than the kernel keeps
+    if end is None or window[end.start()] == 0 or not 0 < end.start() - method <= TOKEN_LEN:
+        return None  # cut by the scan, a NUL (padding to the kernel), empty, or longer than it keeps
     return window[method:end.start()]
 
 

@@ -272,7 +272,14 @@ EDGES = {
     "status-short": b"SIP/2.0 18",
     "status-183": b"SIP/2.0 183 \r\n",
     "status-1830": b"SIP/2.0 1830 x\r\n",
+    # A NUL reads as the key's padding: "PR\0" would be "PR" to the kernel.
+    "status-nul": b"SIP/2.0 PR\0 x\r\nCSeq: 1 INVITE\r\n\r\n",
+    "status-letters": b"SIP/2.0 PRX x\r\n\r\n",
+    "cseq-method-nul": response("200 OK", "OPTIONS", cseq_line="CSeq: 1 OPTIONS\0"),
+    "cseq-method-nul-inside": response("200 OK", "OPTIONS", cseq_line="CSeq: 1 PR\0X"),
+    "cseq-method-nul-first": response("200 OK", "OPTIONS", cseq_line="CSeq: 1 \0OPTIONS"),
 }
+NUL_BAIT = "PR"  # listed only for the NUL edges
 
 
 @pytest.mark.parametrize("snaplen", [2048, 300])
@@ -283,16 +290,16 @@ def test_the_token_and_cseq_readers_and_their_python_mirror_agree(kernel: Kernel
     frame = _udp_sip(EDGES[name])
     rules = Rules(frozenset((5060,)), shards=SHARDS)
     kernel.maps.configure(signature=False, sip_snaplen=snaplen, media_snaplen=32, media_packets=True)
-    kernel.maps.change_drop_methods(add=[LONG])
+    kernel.maps.change_drop_methods(add=[LONG, NUL_BAIT])
     try:
         with screening(kernel):
-            screen = Screen((*DROP, LONG), None, snaplen)
+            screen = Screen((*DROP, LONG, NUL_BAIT), None, snaplen)
             run = kernel.run(frame, Hook.XDP)
             built = classify_frame(frame, rules)
             assert built is not None
             assert screen.admit(built) == bool(run.events)
     finally:
-        kernel.maps.change_drop_methods(remove=[LONG])
+        kernel.maps.change_drop_methods(remove=[LONG, NUL_BAIT])
         kernel.maps.configure(signature=False, sip_snaplen=2048, media_snaplen=32, media_packets=True)
 
 
@@ -304,7 +311,7 @@ _CSEQ_FORMS = st.builds(
     st.sampled_from(["", "1", "4294967295", "12345678901"]),
     st.sampled_from(["", " ", "\t\t", " " * 8, " " * 9]),
     st.sampled_from(["OPTIONS", "NOTIFY", "INVITE", "", "OPTIONSOPTIONSOP", "OPTIONSOPTIONSOPT", "183"]),
-    st.sampled_from(["", " x", "\tx"]))
+    st.sampled_from(["", " x", "\tx", "\0", "\0x"]))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -278,6 +278,13 @@ def test_the_cseq_is_looked_for_within_the_snaplen_as_the_kernel_copies() -> Non
     assert _screened(Screen(("OPTIONS",), snaplen=at + len("OPTIONS")), frame) == [True]
 
 
+def test_a_snaplen_before_the_payload_reads_no_cseq_and_raises_nothing() -> None:
+    """A snaplen shorter than the headers (64 bytes, a VLAN-tagged IPv6 answer): compiled
+    with mypyc, a bytes slice whose end is before its start raised SystemError."""
+    frame = ethernet(ipv6(udp(response("200 OK", "OPTIONS"))), ethertype=V6, vlans=(7,))
+    assert _screened(Screen(("OPTIONS",), snaplen=64), frame) == [True]
+
+
 def test_a_dropped_method_is_never_a_duplicate_but_a_dropped_answer_can_be() -> None:
     """The kernel's order: the method drop list, the window, then the answers' CSeq."""
     screen = Screen(("OPTIONS",), dedup_window_ns=50_000_000)

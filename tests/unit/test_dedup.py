@@ -123,3 +123,21 @@ def test_what_the_window_cannot_hold_is_forgotten_oldest_first() -> None:
     assert not dedup.seen(b"\0", 10) and dedup.seen(bytes([4]), 10)
     dedup.seen(b"late", 60 * MS)
     assert len(dedup) == 1  # sightings past the window are dropped as time moves on
+
+
+def test_time_going_back_does_not_grow_the_queue_past_the_limit() -> None:
+    """A frame stamped far ahead sits at the queue's front; a key seen again and again
+    past its window keeps appending behind it: the limit still holds."""
+    dedup = Dedup(50 * MS, max_entries=100)
+    dedup.seen(b"future", 10**15)
+    for n in range(10_000):
+        dedup.seen(b"keepalive", n * 60 * MS)  # each past the last one's window: a new original
+    assert len(dedup._order) <= 100 and len(dedup) <= 100
+
+
+def test_lengths_shorter_than_the_headers_give_an_identity_not_an_error() -> None:
+    """An IPv4 total length of 20 (the header alone) puts the IP end before the payload:
+    compiled with mypyc, a bytes slice whose end is before its start raised SystemError."""
+    frame = bytearray(sip(b"abc"))
+    frame[16:18] = (20).to_bytes(2, "big")
+    assert key(bytes(frame)) != key(sip(b"abc"))
