@@ -73,7 +73,7 @@ def load_before(bcc: Any, rev: str, directory: Path) -> int:
 
 def row(name: str, cost: float, bare: float, before: float | None = None) -> None:
     against = "" if before is None else f"{cost / before:>7.2f}x"
-    print(f"{name:34} {cost:>9.1f} {bare:>8.1f} {cost / bare:>6.1f}x {against:>9}")
+    print(f"{name:40} {cost:>9.1f} {bare:>8.1f} {cost / bare:>6.1f}x {against:>9}")
 
 
 def main() -> int:
@@ -88,7 +88,7 @@ def main() -> int:
     reader = open_reader(programs)
     with tempfile.TemporaryDirectory() as tmp:
         before_fd = load_before(bcc, args.against, Path(tmp))
-        print(f"{'case (ns/packet)':34} {'this':>9} {'bare':>8} {'ratio':>7} {'vs ' + args.against:>9}")
+        print(f"{'case (ns/packet)':40} {'this':>9} {'bare':>8} {'ratio':>7} {'vs ' + args.against:>9}")
         for name, frame in PLAIN.items():
             # alternated, the best of ROUNDS each: neither program always runs first
             bare_ns = min(measure(bare_fd, frame, args.repeats, None) for _ in range(ROUNDS))
