@@ -5,8 +5,12 @@ with its ``encap``, its fragments reassembled per tunnel."""
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.frames import V6, ethernet, ipv4, ipv6, raw, udp
 from tests.support.sip_samples import INVITE
@@ -23,6 +27,7 @@ from tests.support.tunnels import (
     vxlan,
 )
 from userspace.classify import Rules, classify_frame
+from userspace.errors import DecodeError
 from userspace.event import Flag
 from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
 from userspace.pipeline import Pipeline
@@ -137,3 +142,19 @@ def test_ipv6_inside_gre_over_ipv6() -> None:
     layout = walk(frame)
     assert layout is not None and layout.flags & Flag.IPV6 and layout.encap is not None
     assert layout.encap.src == raw("2001:db8::1")
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(["vxlan", "geneve", "gre", "ipip", "ipv6-in-ip"]), body=st.binary(max_size=120))
+def test_any_bytes_behind_a_tunnel_header_are_a_layout_or_nothing(kind: str, body: bytes) -> None:
+    """Hostile tunnels: whatever follows the outer headers, the walk ends in a layout
+    whose packet reads or fails with a DecodeError, or in None; never another exception."""
+    frame = {"vxlan": lambda: vxlan(b"") + body, "geneve": lambda: geneve(b"") + body,
+             "gre": lambda: gre(b"", 0) + body, "ipip": lambda: ipip(body),
+             "ipv6-in-ip": lambda: ipip(body, inner_v6=True)}[kind]()
+    for cut in (frame, frame[:-3]):
+        layout = walk(cut)
+        if layout is None:
+            continue
+        with contextlib.suppress(DecodeError):
+            packet_at(cut, layout.l3, layout.l4, layout.flags, layout.proto)
