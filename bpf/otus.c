@@ -73,6 +73,8 @@ _Static_assert(sizeof(((struct otus_counters *)0)->shard_failures) == OTUS_MAX_S
 #define OTUS_OFFSET_MASK 0x3fff
 /* The config flags that ask for an address lookup (filtered_out). */
 #define OTUS_PORT_TUNNELS (OTUS_PORT_VXLAN | OTUS_PORT_GENEVE)
+_Static_assert(OTUS_CTR_DECAP_IPIP - OTUS_CTR_DECAP_VXLAN == OTUS_TUNNEL_IPIP - OTUS_TUNNEL_VXLAN,
+	       "a tunnel's code follows its counter (classify_inner)");
 _Static_assert(OTUS_CFG_DECAP_VXLAN >> 8 == OTUS_PORT_VXLAN && OTUS_CFG_DECAP_GENEVE >> 8 == OTUS_PORT_GENEVE,
 	       "match() reads a UDP tunnel kind's config flag as its port bit << 8");
 #define OTUS_ADDRESS_FILTERS (OTUS_CFG_INCLUDE_V4 | OTUS_CFG_INCLUDE_V6 | OTUS_CFG_EXCLUDE_V4 | OTUS_CFG_EXCLUDE_V6)
@@ -96,6 +98,8 @@ struct otus_parsed {
 	__u8 family;          /* 4 or 6 */
 	__u8 non_first_fragment;
 	__u16 frag_off;       /* a fragment's offset field, raw (IPv6: with its M bit) */
+	__u8 tunnel;          /* OTUS_TUNNEL_* of the tunnel it came in, 0 for none */
+	__u8 pad;
 };
 
 struct otus_vlan_hdr {
@@ -378,7 +382,8 @@ static __always_inline struct otus_flow_value *learned_endpoint(struct otus_pars
 	__builtin_memcpy(key.addr, addr, 16);
 	key.port = port;
 	key.l4_proto = p->l4_proto;
-	key.family = p->family;
+	/* media announced inside a tunnel is matched inside that kind of tunnel only */
+	key.family = p->family | p->tunnel << OTUS_FLOW_TUNNEL_SHIFT;
 	return flows.lookup(&key);
 }
 
@@ -799,8 +804,9 @@ struct otus_handoff {
 	struct otus_match m;
 	struct otus_flow_value flow; /* the learned endpoint, for the RTP statistics */
 	__u32 verdict;
-	__u32 pad[2];         /* a whole number of 8-byte words, as bcc wants a per-CPU value */
+	__u32 pad[1];
 };
+_Static_assert(sizeof(struct otus_handoff) % 8 == 0, "a whole number of 8-byte words, as bcc wants a per-CPU value");
 
 BPF_PERCPU_ARRAY(handoff, struct otus_handoff, 1);
 /* One program each: xdp_screen and tc_screen, set by user space (loader.py). */
@@ -1786,8 +1792,9 @@ static __always_inline __u32 classify_inner(void *data, void *data_end, __u64 fr
 
 	if (!cfg || !d)
 		return OTUS_CTR_NO_MATCH;
-	struct otus_parsed outer = d->outer;
-	int verdict = open_tunnel(data, data_end, cfg, &outer, d->ports, &t);
+	/* the outer parse read where it lies, not copied: the stack has no room for it */
+	struct otus_decap *handed = (struct otus_decap *)d;
+	int verdict = open_tunnel(data, data_end, cfg, &handed->outer, handed->ports, &t);
 
 	if (verdict) {
 		if (verdict != OTUS_CTR_OTHER_L4)
@@ -1807,6 +1814,7 @@ static __always_inline __u32 classify_inner(void *data, void *data_end, __u64 fr
 		return OTUS_CTR_TRUNCATED;
 	}
 	p->flags = OTUS_FLAG_INNER;
+	p->tunnel = t.kind - OTUS_CTR_DECAP_VXLAN + OTUS_TUNNEL_VXLAN;
 	if (proto == OTUS_ETH_P_TEB) {
 		struct ethhdr *eth = data + off;
 

@@ -178,8 +178,17 @@ struct otus_flow_key {
 	__u8 addr[16];
 	__u16 port;
 	__u8 l4_proto;
-	__u8 family;          /* 4 or 6 */
+	__u8 family;          /* 4 or 6; learned inside a tunnel: | its OTUS_TUNNEL_* << OTUS_FLOW_TUNNEL_SHIFT */
 };
+
+/* enum otus_tunnel: the kind of tunnel a flow was announced in (otus_flow_key.family's
+ * high bits), in the order of the OTUS_CTR_DECAP_* counters */
+#define OTUS_TUNNEL_VXLAN 1
+#define OTUS_TUNNEL_GENEVE 2
+#define OTUS_TUNNEL_GRE 3
+#define OTUS_TUNNEL_ERSPAN 4
+#define OTUS_TUNNEL_IPIP 5
+#define OTUS_FLOW_TUNNEL_SHIFT 4
 
 struct otus_flow_value {
 	__u8 kind;            /* OTUS_KIND_RTP or OTUS_KIND_RTCP */

@@ -21,14 +21,15 @@ from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.frame import DEFAULT_TUNNELS, UDP, Layout, walk
 from userspace.sharding import call_id_hash
-from userspace.tunnel import Tunnels
+from userspace.tunnel import Tunnels, media_protocol
 
 # First bytes of a SIP status line or request (RFC 3261 §7), as the kernel checks them.
 SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS ", b"REGISTER",
               b"PRACK ", b"SUBSCRIB", b"NOTIFY ", b"PUBLISH ", b"INFO ", b"REFER ", b"MESSAGE ",
               b"UPDATE ")
 
-MediaKey = tuple[bytes, int, int]  # (raw address, port, L4 protocol): the kernel's flow-map key
+# (raw address, port, L4 protocol | the TunnelCode it was announced in << 8): the kernel's flow-map key
+MediaKey = tuple[bytes, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRES
     elif p.sport in rules.sip_ports or p.dport in rules.sip_ports:
         shard, flags, flow_hash = _sip(frame, p, flags, shard, fold, rules.shards)
     else:
-        media = rules.media.get((p.dst, p.dport, p.proto)) or rules.media.get((p.src, p.sport, p.proto))
+        proto = p.proto if p.encap is None else media_protocol(p.proto, p.encap.code)  # its tunnel's only
+        media = rules.media.get((p.dst, p.dport, proto)) or rules.media.get((p.src, p.sport, proto))
         if media is not None:  # the owner, the worker that learned it, in flow_hash
             kind, flow_hash = media
             shard, flags = (flow_hash if flow_hash < rules.shards else 0), flags | _OWNED

@@ -17,7 +17,7 @@ record.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 ETH_P_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame inside
@@ -44,6 +44,30 @@ class TunnelKind(Enum):
 
 
 ALL_KINDS = frozenset(TunnelKind)
+
+
+class TunnelCode(IntEnum):
+    """A tunnel kind as the kernel's flow key holds it (OTUS_TUNNEL_*): media announced
+    inside a tunnel is matched inside that kind of tunnel only."""
+
+    VXLAN = 1
+    GENEVE = 2
+    GRE = 3
+    ERSPAN = 4
+    IPIP = 5
+
+
+# The flow key's family byte holds the code above the family (OTUS_FLOW_TUNNEL_SHIFT).
+FLOW_TUNNEL_SHIFT = 4
+# The Python media key's protocol holds it above the 8-bit protocol number (userspace.classify).
+MEDIA_TUNNEL_SHIFT = 8
+CODES = {kind: TunnelCode[kind.name] for kind in TunnelKind}
+
+
+def media_protocol(proto: int, tunnel: int) -> int:
+    """The protocol part of a learned endpoint's key (userspace.classify.MediaKey): the
+    L4 protocol, and above it the TunnelCode it was announced in (0: none)."""
+    return proto | tunnel << MEDIA_TUNNEL_SHIFT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +97,11 @@ class Encap:
     dst: bytes
     inner: int = field(default=0, compare=False)
     proto: int = field(default=0, compare=False)
+
+    @property
+    def code(self) -> int:
+        """The kind as flow keys carry it (TunnelCode)."""
+        return int(CODES[self.kind])
 
     @property
     def tag(self) -> bytes:

@@ -44,6 +44,7 @@ from userspace.pipeline import Pipeline
 from userspace.processors.chain import ProcessorChain
 from userspace.records import Record
 from userspace.reporters.pcap import PcapReporter
+from userspace.tunnel import media_protocol
 
 # The reader's names stay importable from here, as before it had a module of its own.
 __all__ = ["CaptureFileError", "CapturedFrame", "read_frames", "run_replay"]
@@ -273,10 +274,10 @@ class _Replayer:
         media = self._media
 
         def learn(event: FlowEvent) -> None:
-            media[event.address, event.port, UDP] = (event.kind, 0)
+            media[event.address, event.port, media_protocol(UDP, event.tunnel)] = (event.kind, 0)
 
         def forget(event: FlowEvent) -> None:
-            media.pop((event.address, event.port, UDP), None)
+            media.pop((event.address, event.port, media_protocol(UDP, event.tunnel)), None)
 
         apply_each(flow_events, learn, forget, self.flow_stats, self.pipeline.boundary)
 

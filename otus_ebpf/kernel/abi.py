@@ -15,6 +15,7 @@ from typing import NamedTuple
 from userspace import droplist
 from userspace.event import Counter, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
+from userspace.tunnel import FLOW_TUNNEL_SHIFT
 
 
 class ConfigFlag(IntFlag):
@@ -131,9 +132,11 @@ def pack_drop_key(token: str) -> bytes:
     return DROP_KEY.pack(token.encode("ascii"))
 
 
-def pack_flow_key(address: bytes, port: int, l4_proto: int = 17) -> bytes:
-    """The flow map's key of a raw address (4 or 16 bytes); media runs over UDP."""
-    return FLOW_KEY.pack(address.ljust(16, b"\0"), port, l4_proto, 4 if len(address) == 4 else 6)
+def pack_flow_key(address: bytes, port: int, l4_proto: int = 17, tunnel: int = 0) -> bytes:
+    """The flow map's key of a raw address (4 or 16 bytes); media runs over UDP. ``tunnel``:
+    the TunnelCode of the tunnel it was announced in, 0 for none (in the family's high bits)."""
+    family = (4 if len(address) == 4 else 6) | tunnel << FLOW_TUNNEL_SHIFT
+    return FLOW_KEY.pack(address.ljust(16, b"\0"), port, l4_proto, family)
 
 
 FLOW_SHARED = 1  # OTUS_FLOW_SHARED

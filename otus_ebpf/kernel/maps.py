@@ -192,12 +192,12 @@ class KernelMaps:
         self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
-                   clocks: Clocks = ()) -> None:
+                   clocks: Clocks = (), tunnel: int = 0) -> None:
         """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.
         ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED); ``owner``
         and ``clocks``: what the kernel's stream statistics need (FlowEvent)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
-        key = pack_flow_key(*endpoint)
+        key = pack_flow_key(*endpoint, tunnel=tunnel)
         value = pack_flow_value(kind, shard, shared, owner, clocks)
         try:
             map_update(fd, key, value, UpdateFlag.NOEXIST)
@@ -210,10 +210,11 @@ class KernelMaps:
             raise
         self._adjust_port_users(endpoint[1], +1)
 
-    def forget_flow(self, endpoint: Endpoint) -> None:
+    def forget_flow(self, endpoint: Endpoint, tunnel: int = 0) -> None:
+        """``tunnel``: the TunnelCode it was learned with (learn_flow)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
         try:
-            map_delete(fd, pack_flow_key(*endpoint))
+            map_delete(fd, pack_flow_key(*endpoint, tunnel=tunnel))
         except FileNotFoundError:
             return  # never learned (the map was full then) or already gone
         self._adjust_port_users(endpoint[1], -1)

@@ -16,9 +16,10 @@ from tests.support.frames import V6, ethernet, ipv4, ipv6, udp
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE
 from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, inner_sip, ipip, vxlan
+from userspace.classify import Rules, classify_frame
 from userspace.event import VERDICTS, Counter, Flag, Kind
-from userspace.frame import encapsulation, packet_at
-from userspace.tunnel import TunnelKind
+from userspace.frame import UDP, encapsulation, packet_at
+from userspace.tunnel import TunnelCode, TunnelKind, media_protocol
 
 INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
 INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
@@ -176,3 +177,22 @@ def test_the_address_filters_judge_the_inner_addresses_not_the_mirrors(kernel: K
                 assert verdict(run(kernel, frame, hook)) == expected
         finally:
             kernel.maps.remove_network("include", network)
+
+
+def test_media_learned_inside_a_tunnel_is_matched_inside_that_kind_only(kernel: KernelHarness,
+                                                                        hook: Hook) -> None:
+    endpoint = (ipaddress.ip_address("10.4.0.2").packed, 40000)
+    rtp = ethernet(ipv4(udp(bytes([0x80, 0]) + bytes(170), 30000, 40000), src="10.4.0.1", dst="10.4.0.2"))
+    kernel.maps.learn_flow(endpoint, Kind.RTP, shard=1, tunnel=TunnelCode.VXLAN)
+    try:
+        result = run(kernel, vxlan(rtp), hook)
+        assert verdict(result) == Counter.MATCHED_RTP and result.event.flags & Flag.INNER
+        for elsewhere in (rtp, gre(rtp, TEB), geneve(rtp)):
+            assert verdict(run(kernel, elsewhere, hook)) == Counter.NO_MATCH
+        rules = Rules(frozenset({5060}), shards=2,
+                      media={(*endpoint, media_protocol(UDP, TunnelCode.VXLAN)): (Kind.RTP, 1)})
+        assert classify_frame(vxlan(rtp), rules) is not None
+        assert classify_frame(rtp, rules) is None and classify_frame(gre(rtp, TEB), rules) is None
+    finally:
+        kernel.maps.forget_flow(endpoint, tunnel=TunnelCode.VXLAN)
+    assert verdict(run(kernel, vxlan(rtp), hook)) == Counter.NO_MATCH, "forgotten with its tunnel"
