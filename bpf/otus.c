@@ -72,6 +72,11 @@ _Static_assert(sizeof(((struct otus_counters *)0)->shard_failures) == OTUS_MAX_S
  * with room to spare, and no frame we parse (at most a jumbo one) is longer. */
 #define OTUS_OFFSET_MASK 0x3fff
 /* The config flags that ask for an address lookup (filtered_out). */
+#define OTUS_PORT_TUNNELS (OTUS_PORT_VXLAN | OTUS_PORT_GENEVE)
+_Static_assert(OTUS_CTR_DECAP_IPIP - OTUS_CTR_DECAP_VXLAN == OTUS_TUNNEL_IPIP - OTUS_TUNNEL_VXLAN,
+	       "a tunnel's code follows its counter (classify_inner)");
+_Static_assert(OTUS_CFG_DECAP_VXLAN >> 8 == OTUS_PORT_VXLAN && OTUS_CFG_DECAP_GENEVE >> 8 == OTUS_PORT_GENEVE,
+	       "match() reads a UDP tunnel kind's config flag as its port bit << 8");
 #define OTUS_ADDRESS_FILTERS (OTUS_CFG_INCLUDE_V4 | OTUS_CFG_INCLUDE_V6 | OTUS_CFG_EXCLUDE_V4 | OTUS_CFG_EXCLUDE_V6)
 
 struct otus_sample {
@@ -93,6 +98,8 @@ struct otus_parsed {
 	__u8 family;          /* 4 or 6 */
 	__u8 non_first_fragment;
 	__u16 frag_off;       /* a fragment's offset field, raw (IPv6: with its M bit) */
+	__u8 tunnel;          /* OTUS_TUNNEL_* of the tunnel it came in, 0 for none */
+	__u8 pad;
 };
 
 struct otus_vlan_hdr {
@@ -273,29 +280,29 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 *off, stru
 	return OTUS_CTR_OTHER_L4;
 }
 
-/* Parses L2 to L4. Returns 0, or the verdict counter that ends the packet.
- * A non-first fragment stops after L3: it carries no ports. */
-static __always_inline int parse_frame(void *data, void *data_end, struct otus_parsed *p)
+/* Walks 802.1Q/QinQ tags from *off, where an Ethernet type field ends. */
+static __always_inline int parse_vlans(void *data, void *data_end, __u32 *off, __u16 *proto, struct otus_parsed *p)
 {
-	struct ethhdr *eth = data;
-	__u32 off = sizeof(*eth);
-	int verdict;
-
-	if ((void *)(eth + 1) > data_end)
-		return OTUS_CTR_TRUNCATED;
-	__u16 proto = bpf_ntohs(eth->h_proto);
-
 #pragma unroll
 	for (int i = 0; i < OTUS_VLAN_DEPTH; i++) {
-		if (proto != OTUS_ETH_P_8021Q && proto != OTUS_ETH_P_8021AD)
+		if (*proto != OTUS_ETH_P_8021Q && *proto != OTUS_ETH_P_8021AD)
 			break;
-		struct otus_vlan_hdr *vlan = data + off;
+		struct otus_vlan_hdr *vlan = data + *off;
 		if ((void *)(vlan + 1) > data_end)
 			return OTUS_CTR_TRUNCATED;
 		p->flags |= OTUS_FLAG_VLAN;
-		proto = bpf_ntohs(vlan->encapsulated_proto);
-		off += sizeof(*vlan);
+		*proto = bpf_ntohs(vlan->encapsulated_proto);
+		*off += sizeof(*vlan);
 	}
+	return 0;
+}
+
+/* Parses L3 (Ethernet type ``proto``, at ``off``) to L4. Returns 0, or the
+ * verdict counter that ends the packet. A non-first fragment stops after
+ * L3: it carries no ports. */
+static __always_inline int parse_l3_l4(void *data, void *data_end, __u32 off, __u16 proto, struct otus_parsed *p)
+{
+	int verdict;
 
 	p->l3_offset = off;
 	if (proto == ETH_P_IP)
@@ -313,6 +320,22 @@ static __always_inline int parse_frame(void *data, void *data_end, struct otus_p
 		return verdict;
 	p->payload_offset = off;
 	return 0;
+}
+
+/* Parses L2 to L4 (parse_l3_l4's returns). */
+static __always_inline int parse_frame(void *data, void *data_end, struct otus_parsed *p)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	int verdict = parse_vlans(data, data_end, &off, &proto, p);
+
+	if (verdict)
+		return verdict;
+	return parse_l3_l4(data, data_end, off, proto, p);
 }
 
 static __always_inline int filtered_out_v4(struct otus_config *cfg, struct otus_parsed *p)
@@ -360,8 +383,27 @@ static __always_inline struct otus_flow_value *learned_endpoint(struct otus_pars
 	__builtin_memcpy(key.addr, addr, 16);
 	key.port = port;
 	key.l4_proto = p->l4_proto;
-	key.family = p->family;
+	/* media announced inside a tunnel is matched inside that kind of tunnel only */
+	key.family = p->family | p->tunnel << OTUS_FLOW_TUNNEL_SHIFT;
 	return flows.lookup(&key);
+}
+
+/* A UDP tunnel port's bits that open it: the kinds on (OTUS_CFG_DECAP_VXLAN
+ * and _GENEVE are the port bits << 8). Inside a tunnel, any tunnel port is a
+ * nested tunnel: counted, not opened. */
+static __always_inline __u8 tunnel_bits(struct otus_config *cfg, __u8 bits, const int inner)
+{
+	return bits & (inner ? OTUS_PORT_TUNNELS : (cfg->flags >> 8) & OTUS_PORT_TUNNELS);
+}
+
+/* Whether a packet is a UDP tunnel match() opens (the filtered path's check). */
+static __always_inline int tunnel_port(struct otus_config *cfg, struct otus_parsed *p, const int inner)
+{
+	__u32 dport = p->dport;
+	__u8 *bits = sip_ports.lookup(&dport);
+
+	return bits && p->l4_proto == IPPROTO_UDP && !(p->flags & OTUS_FLAG_FRAGMENT) &&
+	       tunnel_bits(cfg, *bits, inner);
 }
 
 #define OTUS_C8(a, b, c, d, e, f, g, h)                                                         \
@@ -658,20 +700,23 @@ struct otus_match {
 	__u8 kind;            /* OTUS_KIND_*; 0: nothing goes up */
 	__u8 shard;
 	__u8 stream;          /* the first packet of a stream the kernel measures */
-	__u8 screen;          /* handed to the screen program (the drop list, dedup) */
+	__u8 screen;          /* handed to the screen program (the drop list, dedup), or with decap to the decap program */
 	__u8 response;        /* screen: a SIP status line whose code is not dropped: its CSeq is looked at */
-	__u8 pad[3];
+	__u8 decap;           /* a tunnel: handed to the decap program (OTUS_PORT_* bits, or 1 for GRE, IP-in-IP) */
+	__u8 pad[2];
 };
 
 /* Which rule the packet matches and how it goes up. Returns the verdict
  * counter; for matches, fills in kind, snaplen and shard, and for learned
  * media its flow (*found), and m->stream where the kernel measures it. */
 static __always_inline __u32 match(void *data, void *data_end, struct otus_config *cfg, struct otus_parsed *p,
-				   struct otus_match *m, struct otus_flow_value **found)
+				   struct otus_match *m, struct otus_flow_value **found, const int inner)
 {
 	if (cfg->flags & OTUS_CFG_PAUSED)
 		return OTUS_CTR_FILTERED;
-	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p))
+	/* The address filters are for the inner addresses, not a mirror's: a tunnel
+	 * goes on whatever its own (looked for only here, on the filtered path). */
+	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p) && !tunnel_port(cfg, p, inner))
 		return OTUS_CTR_FILTERED;
 
 	/* Conversation shard: addresses only, so the fragments of a datagram
@@ -689,9 +734,22 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 	__u32 sport = p->sport, dport = p->dport;
 	__u8 *sport_is_sip = sip_ports.lookup(&sport);
 	__u8 *dport_is_sip = sip_ports.lookup(&dport);
-	if ((sport_is_sip && *sport_is_sip) || (dport_is_sip && *dport_is_sip)) {
-		m->kind = OTUS_KIND_SIP;
-		return OTUS_CTR_MATCHED_SIP_PORT;
+	__u8 sbits = sport_is_sip ? *sport_is_sip : 0;
+	__u8 dbits = dport_is_sip ? *dport_is_sip : 0;
+	/* One test for any port of ours: packets that match nothing pay no more
+	 * for the tunnel ports than they did for the SIP ports alone. */
+	if (sbits | dbits) {
+		__u8 tunnel = p->l4_proto == IPPROTO_UDP ? tunnel_bits(cfg, dbits, inner) : 0;
+
+		if (tunnel) {
+			m->decap = tunnel;
+			m->screen = 1; /* the hooks' one test for a tail call (below) */
+			return OTUS_CTR_NO_MATCH;
+		}
+		if ((sbits | dbits) & OTUS_PORT_SIP) {
+			m->kind = OTUS_KIND_SIP;
+			return OTUS_CTR_MATCHED_SIP_PORT;
+		}
 	}
 
 	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
@@ -747,8 +805,9 @@ struct otus_handoff {
 	struct otus_match m;
 	struct otus_flow_value flow; /* the learned endpoint, for the RTP statistics */
 	__u32 verdict;
-	__u32 pad[2];         /* a whole number of 8-byte words, as bcc wants a per-CPU value */
+	__u32 pad[1];
 };
+_Static_assert(sizeof(struct otus_handoff) % 8 == 0, "a whole number of 8-byte words, as bcc wants a per-CPU value");
 
 BPF_PERCPU_ARRAY(handoff, struct otus_handoff, 1);
 /* One program each: xdp_screen and tc_screen, set by user space (loader.py). */
@@ -781,26 +840,16 @@ static __always_inline void hand_off(struct otus_parsed *p, struct otus_match *m
 	m->screen = 1;
 }
 
-/* Decides whether and how the packet goes up. Returns the verdict counter;
- * for matches, fills in kind, snaplen and shard (kind 0: a learned RTP packet
- * the kernel's statistics counted, which does not go up), or hands the match
- * to the screen (m->screen). The statistics are kept here, where the flow's
- * addresses are at hand: called from the hooks, they kept the addresses live
- * through the whole program, and the path of packets that match nothing paid
- * for the spills (scripts/bench/kernel_path.py). */
-static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
-				      struct otus_parsed *p, struct otus_match *m)
+/* What is decided once a packet is parsed: ``match``, then the screen's
+ * hand-off or the RTP statistics. ``inner``: a constant, 1 in the decap
+ * programs (a tunnel port there is a nested tunnel, not opened). */
+static __always_inline __u32 decide(void *data, void *data_end, __u64 frame_len, struct otus_config *cfg,
+				    struct otus_counters *c, struct otus_parsed *p, struct otus_match *m,
+				    const int inner)
 {
-	__u32 zero = 0;
-	struct otus_config *cfg = config.lookup(&zero);
 	struct otus_flow_value *flow = NULL;
-	int verdict = parse_frame(data, data_end, p);
+	__u32 verdict = match(data, data_end, cfg, p, m, &flow, inner);
 
-	if (verdict)
-		return verdict;
-	if (!cfg)
-		return OTUS_CTR_NO_MATCH;
-	verdict = match(data, data_end, cfg, p, m, &flow);
 	if (!m->kind)
 		return verdict;
 	if (screened(cfg, p, m)) {
@@ -814,6 +863,44 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 			m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
 	}
 	return verdict;
+}
+
+/* GRE (47) and IP-in-IP (4: IPv4, 41: IPv6 inside) whose kind is on: the
+ * only packets of another L4 protocol the decap program opens. */
+static __always_inline int ip_tunnel(struct otus_config *cfg, struct otus_parsed *p)
+{
+	if (p->l4_proto == IPPROTO_GRE)
+		return (cfg->flags & (OTUS_CFG_DECAP_GRE | OTUS_CFG_DECAP_ERSPAN)) != 0;
+	if (p->l4_proto == IPPROTO_IPIP || p->l4_proto == IPPROTO_IPV6)
+		return (cfg->flags & OTUS_CFG_DECAP_IPIP) != 0;
+	return 0;
+}
+
+/* Decides whether and how the packet goes up. Returns the verdict counter;
+ * for matches, fills in kind, snaplen and shard (kind 0: a learned RTP packet
+ * the kernel's statistics counted, which does not go up), or hands the match
+ * to the screen (m->screen), or a tunnel to the decap program (m->decap).
+ * The statistics are kept here, where the flow's addresses are at hand:
+ * called from the hooks, they kept the addresses live through the whole
+ * program, and the path of packets that match nothing paid for the spills
+ * (scripts/bench/kernel_path.py). */
+static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
+				      struct otus_parsed *p, struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_config *cfg = config.lookup(&zero);
+	int verdict = parse_frame(data, data_end, p);
+
+	if (verdict == OTUS_CTR_OTHER_L4 && cfg && ip_tunnel(cfg, p)) {
+		m->decap = 1;
+		m->screen = 1;
+		return verdict;
+	}
+	if (verdict)
+		return verdict;
+	if (!cfg)
+		return OTUS_CTR_NO_MATCH;
+	return decide(data, data_end, frame_len, cfg, c, p, m, 0);
 }
 
 #ifdef OTUS_CALLID_ROUTING
@@ -1541,6 +1628,280 @@ int tc_screen(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
+/* ---- Tunnels: one level of decapsulation ----
+ * Mirrored traffic often arrives wrapped: VXLAN (RFC 7348) or Geneve
+ * (RFC 8926) over UDP, GRE (RFC 2784, with RFC 2890's key and sequence)
+ * carrying IPv4, IPv6 or Ethernet (transparent Ethernet bridging), ERSPAN
+ * type II and III inside GRE, IPv4 and IPv6 inside IPv4 or IPv6. The hooks'
+ * own parse recognises a tunnel only where it already stops (a UDP port
+ * marked in sip_ports, IP protocol 47, 4 or 41) and only a kind that is on,
+ * and hands the outer parse to a third program per hook, entered by tail
+ * call: the hooks have no verifier budget for a second parse, and the
+ * packets that are not tunnels pay nothing more than that check. The decap
+ * program opens the tunnel header, parses the inner packet from there as
+ * the hooks parse a frame, and decides, screens and copies it as they do;
+ * the copy starts at the outer frame's first byte, the offsets point into
+ * the inner packet (OTUS_FLAG_INNER). userspace/tunnel.py mirrors it. */
+#define OTUS_ETH_P_TEB 0x6558     /* transparent Ethernet bridging: Ethernet inside */
+#define OTUS_ETH_P_ERSPAN2 0x88BE /* ERSPAN type II (and I, which has no header: not opened) */
+#define OTUS_ETH_P_ERSPAN3 0x22EB
+#define OTUS_GRE_C 0x8000         /* checksum present */
+#define OTUS_GRE_R 0x4000         /* routing present: RFC 1701, not RFC 2784 (refused) */
+#define OTUS_GRE_K 0x2000         /* key present (RFC 2890) */
+#define OTUS_GRE_S 0x1000         /* sequence number present (RFC 2890) */
+#define OTUS_GRE_VERSION 0x0007   /* 0; 1 is PPTP's enhanced GRE (refused) */
+#define OTUS_VXLAN_I 0x08         /* the VNI is valid (RFC 7348 §5): without it, refused */
+/* The inner frame starts within this many bytes of the outer one: the outer
+ * Ethernet, tags, IP with extension headers and tunnel header fit easily;
+ * past it the tunnel is refused (counted), as userspace/tunnel.py refuses it. */
+#define OTUS_INNER_MAX 1024
+
+struct otus_tunnel {
+	__u32 inner;          /* where the inner packet starts */
+	__u16 proto;          /* its Ethernet type; OTUS_ETH_P_TEB: it starts with an Ethernet header */
+	__u8 kind;            /* OTUS_CTR_DECAP_* */
+	__u8 pad;
+};
+
+static __always_inline __u16 be16_at(__u8 *b)
+{
+	return (__u16)b[0] << 8 | b[1];
+}
+
+/* VXLAN or Geneve at the outer UDP payload. ``ports``: the port's bits. */
+static __always_inline int open_udp_tunnel(void *data, void *data_end, struct otus_parsed *outer, __u8 ports,
+					   struct otus_tunnel *t)
+{
+	__u32 start = outer->payload_offset & OTUS_OFFSET_MASK;
+	__u8 *h = data + start;
+
+	if ((void *)(h + 8) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	if (ports & OTUS_PORT_GENEVE) {
+		/* RFC 8926 §3.4: version 0; options in 4-byte words, at most 63 */
+		if (h[0] >> 6)
+			return OTUS_CTR_MALFORMED;
+		t->kind = OTUS_CTR_DECAP_GENEVE;
+		t->proto = be16_at(h + 2);
+		t->inner = start + 8 + (h[0] & 0x3f) * 4;
+		return 0;
+	}
+	if (!(h[0] & OTUS_VXLAN_I))
+		return OTUS_CTR_MALFORMED;
+	t->kind = OTUS_CTR_DECAP_VXLAN;
+	t->proto = OTUS_ETH_P_TEB;
+	t->inner = start + 8;
+	return 0;
+}
+
+/* ERSPAN's own header after GRE's (type II: 8 bytes, version 1; type III:
+ * 12, version 2, and 8 more with its O bit). Only Ethernet frames inside
+ * (type III's frame type 0). */
+static __always_inline int open_erspan(void *data, void *data_end, __u32 start, __u16 type, struct otus_tunnel *t)
+{
+	__u8 *e = data + (start & OTUS_OFFSET_MASK);
+
+	if ((void *)(e + 12) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	t->kind = OTUS_CTR_DECAP_ERSPAN;
+	t->proto = OTUS_ETH_P_TEB;
+	if (type == OTUS_ETH_P_ERSPAN2) {
+		if (e[0] >> 4 != 1)
+			return OTUS_CTR_MALFORMED;
+		t->inner = start + 8;
+		return 0;
+	}
+	/* bytes 10-11: P(1) FT(5) HW ID(6) D(1) Gra(2) O(1) */
+	if (e[0] >> 4 != 2 || (e[10] >> 2) & 0x1f)
+		return OTUS_CTR_MALFORMED;
+	t->inner = start + 12 + (e[11] & 1) * 8;
+	return 0;
+}
+
+/* GRE at the outer L4 offset: RFC 2784 with RFC 2890's key and sequence. */
+static __always_inline int open_gre(void *data, void *data_end, struct otus_config *cfg, struct otus_parsed *outer,
+				    struct otus_tunnel *t)
+{
+	__u32 start = outer->l4_offset & OTUS_OFFSET_MASK;
+	__u8 *g = data + start;
+
+	if ((void *)(g + 4) > data_end)
+		return OTUS_CTR_TRUNCATED;
+	__u16 flags = be16_at(g);
+	__u16 type = be16_at(g + 2);
+
+	if (flags & (OTUS_GRE_R | OTUS_GRE_VERSION))
+		return OTUS_CTR_MALFORMED;
+	start += 4 + (flags & OTUS_GRE_C ? 4 : 0) + (flags & OTUS_GRE_K ? 4 : 0) + (flags & OTUS_GRE_S ? 4 : 0);
+	if (type == OTUS_ETH_P_ERSPAN2 || type == OTUS_ETH_P_ERSPAN3) {
+		if (!(cfg->flags & OTUS_CFG_DECAP_ERSPAN))
+			return OTUS_CTR_OTHER_L4;
+		return open_erspan(data, data_end, start, type, t);
+	}
+	if (!(cfg->flags & OTUS_CFG_DECAP_GRE))
+		return OTUS_CTR_OTHER_L4;
+	t->kind = OTUS_CTR_DECAP_GRE;
+	t->proto = type; /* IPv4, IPv6, Ethernet; anything else ends as NOT_IP */
+	t->inner = start;
+	return 0;
+}
+
+/* The tunnel the hook handed over: 0 and *t, or the verdict that ends the
+ * packet (MALFORMED, TRUNCATED: a refused header; OTHER_L4: a kind that is off). */
+static __always_inline int open_tunnel(void *data, void *data_end, struct otus_config *cfg, struct otus_parsed *outer,
+				       __u8 ports, struct otus_tunnel *t)
+{
+	if (outer->l4_proto == IPPROTO_UDP)
+		return open_udp_tunnel(data, data_end, outer, ports, t);
+	if (outer->l4_proto == IPPROTO_GRE)
+		return open_gre(data, data_end, cfg, outer, t);
+	t->kind = OTUS_CTR_DECAP_IPIP;
+	t->proto = outer->l4_proto == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6;
+	t->inner = outer->l4_offset;
+	return 0;
+}
+
+/* The work space between the hook and its decap program: the outer parse
+ * and, once the tunnel is open, where its inner packet starts. */
+struct otus_decap {
+	struct otus_parsed outer;
+	__u32 inner;
+	__u16 proto;
+	__u8 ports;           /* the hook's m->decap: a UDP port's bits, 1 for an IP tunnel */
+	__u8 pad;
+};
+
+BPF_PERCPU_ARRAY(decap_scratch, struct otus_decap, 1);
+/* One program each: xdp_decap and tc_decap, set by user space (loader.py). */
+BPF_PROG_ARRAY(xdp_decaps, 1);
+BPF_PROG_ARRAY(tc_decaps, 1);
+
+static __always_inline void hand_to_decap(struct otus_parsed *p, struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_decap *d = decap_scratch.lookup(&zero);
+
+	if (d) {
+		d->outer = *p;
+		d->ports = m->decap;
+	}
+}
+
+/* The inner packet of the handed-over tunnel, parsed, decided and (for the
+ * screen) handed off as the hooks do theirs. Returns the verdict; counts the
+ * tunnel's kind, a refused header (DECAP_BAD) and a tunnel inside it
+ * (DECAP_NESTED, which ends as NO_MATCH or OTHER_L4). */
+static __always_inline __u32 classify_inner(void *data, void *data_end, __u64 frame_len, struct otus_counters *c,
+					    struct otus_parsed *p, struct otus_match *m)
+{
+	__u32 zero = 0;
+	struct otus_config *cfg = config.lookup(&zero);
+	/* volatile: the inner offset is read back from memory, so that the
+	 * verifier walks the inner parse once, from one state, for every kind */
+	volatile struct otus_decap *d = decap_scratch.lookup(&zero);
+	struct otus_tunnel t = {};
+
+	if (!cfg || !d)
+		return OTUS_CTR_NO_MATCH;
+	/* the outer parse read where it lies, not copied: the stack has no room for it */
+	struct otus_decap *handed = (struct otus_decap *)d;
+	int verdict = open_tunnel(data, data_end, cfg, &handed->outer, handed->ports, &t);
+
+	if (verdict) {
+		if (verdict != OTUS_CTR_OTHER_L4)
+			count(c, OTUS_CTR_DECAP_BAD);
+		return verdict;
+	}
+	count(c, t.kind);
+	d->inner = t.inner;
+	d->proto = t.proto;
+	asm volatile("" ::: "memory");
+	__u32 off = d->inner;
+	__u16 proto = d->proto;
+
+	/* a start past the frame: a Geneve option length, say, longer than the packet */
+	if (off > OTUS_INNER_MAX || data + off >= data_end) {
+		count(c, OTUS_CTR_DECAP_BAD);
+		return OTUS_CTR_TRUNCATED;
+	}
+	p->flags = OTUS_FLAG_INNER;
+	p->tunnel = t.kind - OTUS_CTR_DECAP_VXLAN + OTUS_TUNNEL_VXLAN;
+	if (proto == OTUS_ETH_P_TEB) {
+		struct ethhdr *eth = data + off;
+
+		if ((void *)(eth + 1) > data_end)
+			return OTUS_CTR_TRUNCATED;
+		proto = bpf_ntohs(eth->h_proto);
+		off += sizeof(*eth);
+		verdict = parse_vlans(data, data_end, &off, &proto, p);
+		if (verdict)
+			return verdict;
+	}
+	verdict = parse_l3_l4(data, data_end, off, proto, p);
+	if (verdict == OTUS_CTR_OTHER_L4 &&
+	    (p->l4_proto == IPPROTO_GRE || p->l4_proto == IPPROTO_IPIP || p->l4_proto == IPPROTO_IPV6))
+		count(c, OTUS_CTR_DECAP_NESTED);
+	if (verdict)
+		return verdict;
+	verdict = decide(data, data_end, frame_len, cfg, c, p, m, 1);
+	if (m->decap) {
+		count(c, OTUS_CTR_DECAP_NESTED);
+		m->decap = 0;
+		m->screen = 0;
+	}
+	return verdict;
+}
+
+int xdp_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct otus_parsed p = {};
+	struct otus_match m = {};
+	struct otus_counters *c = counters_of(OTUS_DIR_INGRESS);
+
+	if (!c)
+		return XDP_PASS;
+	__u32 verdict = classify_inner(data, data_end, data_end - data, c, &p, &m);
+	if (m.screen)
+		xdp_screens.call(ctx, 0); /* returns only without a screen program (never, once loaded) */
+	count(c, verdict);
+	if (m.kind == 0 || m.screen)
+		return XDP_PASS;
+#ifdef OTUS_CALLID_ROUTING
+	if (m.stream)
+		copy_up_xdp(ctx, c, &p, &m, 0, 0);
+	else
+#endif
+		copy_up_xdp(ctx, c, &p, &m, 1, 0);
+	return XDP_PASS;
+}
+
+int tc_decap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct otus_parsed p = {};
+	struct otus_match m = {};
+	struct otus_counters *c = counters_of(OTUS_DIR_EGRESS);
+
+	if (!c)
+		return TC_ACT_UNSPEC;
+	__u32 verdict = classify_inner(data, data_end, skb->len, c, &p, &m);
+	if (m.screen)
+		tc_screens.call(skb, 0); /* returns only without a screen program (never, once loaded) */
+	count(c, verdict);
+	if (m.kind == 0 || m.screen)
+		return TC_ACT_UNSPEC;
+#ifdef OTUS_CALLID_ROUTING
+	if (m.stream)
+		copy_up_tc(skb, c, &p, &m, 0, 0);
+	else
+#endif
+		copy_up_tc(skb, c, &p, &m, 1, 0);
+	return TC_ACT_UNSPEC;
+}
+
 int xdp_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1553,8 +1914,17 @@ int xdp_ingress(struct xdp_md *ctx)
 		return XDP_PASS;
 	count(c, OTUS_CTR_SEEN);
 	__u32 verdict = classify(data, data_end, data_end - data, c, &p, &m);
-	if (m.screen)
-		xdp_screens.call(ctx, 0); /* returns only without a screen program: never, as the features are refused without one */
+	/* One test on the path of packets that match nothing, for either tail call.
+	 * Each returns only without its program: never, as what needs one is refused
+	 * without it (KernelMaps). */
+	if (m.screen) {
+		if (m.decap) {
+			hand_to_decap(&p, &m);
+			xdp_decaps.call(ctx, 0);
+		} else {
+			xdp_screens.call(ctx, 0);
+		}
+	}
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return XDP_PASS;
@@ -1584,8 +1954,14 @@ int tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 verdict = classify(data, data_end, skb->len, c, &p, &m);
-	if (m.screen)
-		tc_screens.call(skb, 0); /* returns only without a screen program: never, as the features are refused without one */
+	if (m.screen) { /* one test for either tail call, as in xdp_ingress */
+		if (m.decap) {
+			hand_to_decap(&p, &m);
+			tc_decaps.call(skb, 0);
+		} else {
+			tc_screens.call(skb, 0);
+		}
+	}
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return TC_ACT_UNSPEC;

@@ -36,6 +36,11 @@
 /* the first packet of a stream the kernel measures (struct otus_stream):
  * user space learns the stream from it; its later packets stay in the map */
 #define OTUS_FLAG_STREAM 32
+/* the packet came inside a tunnel (one level of VXLAN, Geneve, GRE, ERSPAN
+ * II/III or IP-in-IP): the offsets point into the inner packet, the copy
+ * still starts at the outer frame's first byte, and user space walks the
+ * outer headers again for the tunnel's kind, id and addresses */
+#define OTUS_FLAG_INNER 64
 
 /* enum otus_counter: the index into otus_counters.counts.
  * Every packet ends in exactly one verdict (NOT_IP .. DUPLICATE), so the
@@ -67,7 +72,20 @@
 /* a match that took over a dedup slot whose packet was still within its
  * window: a copy of that packet arriving later goes up (OTUS_CFG_DEDUP) */
 #define OTUS_CTR_DEDUP_DISPLACED 19
-#define OTUS_CTR_MAX 20
+/* tunnels decapsulated (one level), by kind; the inner packet then ends in
+ * one verdict as any other packet does */
+#define OTUS_CTR_DECAP_VXLAN 20
+#define OTUS_CTR_DECAP_GENEVE 21
+#define OTUS_CTR_DECAP_GRE 22
+#define OTUS_CTR_DECAP_ERSPAN 23
+#define OTUS_CTR_DECAP_IPIP 24
+/* a tunnel header the decapsulation refuses (VXLAN without its I flag, GRE
+ * with routing or a version, an ERSPAN version or Geneve version it does not
+ * know, a header cut short): the packet's verdict is MALFORMED or TRUNCATED */
+#define OTUS_CTR_DECAP_BAD 25
+/* a tunnel inside a tunnel: counted, not opened (one level only) */
+#define OTUS_CTR_DECAP_NESTED 26
+#define OTUS_CTR_MAX 27
 
 /* Ring shards: worker processes, at most. */
 #define OTUS_MAX_SHARDS 8
@@ -76,7 +94,7 @@
  * packet finds every counter it moves with one lookup. The array lengths
  * are OTUS_CTR_MAX and OTUS_MAX_SHARDS (otus.c asserts it). */
 struct otus_counters {
-	__u64 counts[20];     /* by OTUS_CTR_* */
+	__u64 counts[27];     /* by OTUS_CTR_* */
 	__u64 shard_failures[8]; /* ring submits that failed, by shard */
 };
 
@@ -95,6 +113,18 @@ struct otus_counters {
 #define OTUS_CFG_DROP_METHODS 128
 /* a match seen within dedup_window_ms is a duplicate (the "dedup" map) */
 #define OTUS_CFG_DEDUP 256
+/* one level of decapsulation, by kind (bpf/otus.c "Tunnels"); VXLAN and
+ * Geneve also need their UDP ports marked in sip_ports (OTUS_PORT_*) */
+#define OTUS_CFG_DECAP_VXLAN 512
+#define OTUS_CFG_DECAP_GENEVE 1024
+#define OTUS_CFG_DECAP_GRE 2048
+#define OTUS_CFG_DECAP_ERSPAN 4096
+#define OTUS_CFG_DECAP_IPIP 8192
+
+/* bits of a "sip_ports" value: what a UDP port is for */
+#define OTUS_PORT_SIP 1
+#define OTUS_PORT_VXLAN 2
+#define OTUS_PORT_GENEVE 4
 
 struct otus_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -149,8 +179,17 @@ struct otus_flow_key {
 	__u8 addr[16];
 	__u16 port;
 	__u8 l4_proto;
-	__u8 family;          /* 4 or 6 */
+	__u8 family;          /* 4 or 6; learned inside a tunnel: | its OTUS_TUNNEL_* << OTUS_FLOW_TUNNEL_SHIFT */
 };
+
+/* enum otus_tunnel: the kind of tunnel a flow was announced in (otus_flow_key.family's
+ * high bits), in the order of the OTUS_CTR_DECAP_* counters */
+#define OTUS_TUNNEL_VXLAN 1
+#define OTUS_TUNNEL_GENEVE 2
+#define OTUS_TUNNEL_GRE 3
+#define OTUS_TUNNEL_ERSPAN 4
+#define OTUS_TUNNEL_IPIP 5
+#define OTUS_FLOW_TUNNEL_SHIFT 4
 
 struct otus_flow_value {
 	__u8 kind;            /* OTUS_KIND_RTP or OTUS_KIND_RTCP */

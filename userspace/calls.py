@@ -311,13 +311,15 @@ class CallTracker:
                 call.caller_formats = formats
             else:
                 call.callee_formats = formats
+        encap = call.origin.encap  # media inside a tunnel is matched inside that kind of tunnel only
+        tunnel = 0 if encap is None else encap.code
         for endpoint, kind in wanted:
             if endpoint not in call.endpoints and len(call.endpoints) >= 2 * self.limits.max_streams:
                 self.stats.media_over_cap += 1  # re-INVITEs moving RTCP about: still bounded
                 continue
             call.endpoints[endpoint] = kind
             hold = Hold(call.call_id, kind, call.shard, formats, caller_side, call.tag,
-                        clocks if kind is Kind.RTP else ())
+                        clocks if kind is Kind.RTP else (), tunnel)
             event = self.endpoints.take(endpoint, hold)
             if event is not None:
                 self.stats.flows_learned += 1

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from userspace.dedup import Dedup, identity
 from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
-from userspace.frame import UDP, Layout, walk
+from userspace.frame import DEFAULT_TUNNELS, UDP, Layout, walk
 from userspace.sharding import call_id_hash
+from userspace.tunnel import Tunnels, media_protocol
 
 # First bytes of a SIP status line or request (RFC 3261 §7), as the kernel checks them.
 SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS ", b"REGISTER",
               b"PRACK ", b"SUBSCRIB", b"NOTIFY ", b"PUBLISH ", b"INFO ", b"REFER ", b"MESSAGE ",
               b"UPDATE ")
 
-MediaKey = tuple[bytes, int, int]  # (raw address, port, L4 protocol): the kernel's flow-map key
+# (raw address, port, L4 protocol | the TunnelCode it was announced in << 8): the kernel's flow-map key
+MediaKey = tuple[bytes, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class Rules:
     signature: bool = False
     shards: int = 1
     media: Mapping[MediaKey, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
+    tunnels: Tunnels = DEFAULT_TUNNELS  # opened one level, as the kernel's --decap
 
 
 _FRAGMENT, _OWNED, _SIGNATURE = int(Flag.FRAGMENT), int(Flag.OWNED), int(Flag.SIGNATURE)
@@ -62,7 +65,7 @@ def _fold(address: bytes) -> int:
 def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRESS, ts_ns: int = 0,
                    ifindex: int = 0, orig_len: int | None = None) -> Event | None:
     """The event the kernel would send up for this frame, or None when it would not."""
-    p = walk(frame)
+    p = walk(frame, rules.tunnels)
     if p is None:
         return None
     fold = _fold(p.src) ^ _fold(p.dst)
@@ -73,7 +76,8 @@ def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRES
     elif p.sport in rules.sip_ports or p.dport in rules.sip_ports:
         shard, flags, flow_hash = _sip(frame, p, flags, shard, fold, rules.shards)
     else:
-        media = rules.media.get((p.dst, p.dport, p.proto)) or rules.media.get((p.src, p.sport, p.proto))
+        proto = p.proto if p.encap is None else media_protocol(p.proto, p.encap.code)  # its tunnel's only
+        media = rules.media.get((p.dst, p.dport, proto)) or rules.media.get((p.src, p.sport, proto))
         if media is not None:  # the owner, the worker that learned it, in flow_hash
             kind, flow_hash = media
             shard, flags = (flow_hash if flow_hash < rules.shards else 0), flags | _OWNED

@@ -36,6 +36,7 @@ class FlowEvent:
     shard: int
     owner: int = 0        # the call's tag: the kernel keys the endpoint's streams by it
     clocks: Clocks = ()   # payload types whose clock the kernel must know (kernel_streams.clock_table)
+    tunnel: int = 0       # the TunnelCode of the tunnel it was announced in: matched inside that kind only
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Hold:
     caller_side: bool = True  # announced by the caller's side of the call, or the callee's
     owner: int = 0            # what the kernel's entry carries for it (FlowEvent)
     clocks: Clocks = ()
+    tunnel: int = 0           # the TunnelCode its SDP came in (FlowEvent)
 
     @property
     def entry(self) -> tuple[Kind, int, int, Clocks]:
@@ -57,7 +59,7 @@ class Hold:
 
     def event(self, action: FlowAction, endpoint: Endpoint) -> FlowEvent:
         return FlowEvent(action, endpoint[0], endpoint[1], self.kind, self.call_id, self.shard, self.owner,
-                         self.clocks)
+                         self.clocks, self.tunnel)
 
 
 class _Shared:

@@ -34,6 +34,7 @@ class Flag(IntFlag):
     VLAN = 8
     OWNED = 16  # flow_hash names the owner: Call-ID hash (SIP) or learning worker (media)
     STREAM = 32  # the first packet of a stream the kernel measures (userspace.kernel_streams)
+    INNER = 64  # inside a tunnel: offsets point into the inner packet (userspace.tunnel)
 
 
 class Counter(IntEnum):
@@ -63,7 +64,14 @@ class Counter(IntEnum):
     MEDIA_COUNTED = 17  # learned RTP counted in the kernel's stream statistics, not copied up
     STREAMS_FULL = 18   # RTP of a new stream the full streams map could not hold
     DEDUP_DISPLACED = 19  # a dedup slot taken over while its packet was within the window
-    MAX = 20
+    DECAP_VXLAN = 20    # tunnels opened, by kind (one level); the inner packet has its own verdict
+    DECAP_GENEVE = 21
+    DECAP_GRE = 22
+    DECAP_ERSPAN = 23
+    DECAP_IPIP = 24
+    DECAP_BAD = 25      # a tunnel header refused (cut short, flags or version not followed)
+    DECAP_NESTED = 26   # a tunnel inside a tunnel: counted, not opened
+    MAX = 27
 
 
 VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.DUPLICATE + 1))

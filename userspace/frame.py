@@ -25,6 +25,7 @@ from enum import IntEnum
 from userspace.errors import Malformed, Truncated
 from userspace.event import Flag
 from userspace.reassembly import Datagram, Fragment
+from userspace.tunnel import ETH_P_TEB, INNER_MAX, Encap, Tunnels, ip_tunnel, open_ip, open_udp, udp_tunnel
 
 
 class IPProto(IntEnum):
@@ -51,7 +52,10 @@ IP_MORE_FRAGMENTS = 0x2000
 IP_OFFSET_MASK = 0x1FFF
 UDP, TCP = int(IPProto.UDP), int(IPProto.TCP)
 # Flags as plain ints: IntFlag arithmetic builds an enum object per operation.
-_FRAGMENT, _IPV6, _VLAN = int(Flag.FRAGMENT), int(Flag.IPV6), int(Flag.VLAN)
+_FRAGMENT, _IPV6, _VLAN, _INNER = int(Flag.FRAGMENT), int(Flag.IPV6), int(Flag.VLAN), int(Flag.INNER)
+_IP_TUNNELS = frozenset((4, 41, 47))  # IP-in-IP, IPv6-in-IP, GRE (userspace.tunnel)
+# Every kind opened, on the IANA ports: the kernel's default (--decap).
+DEFAULT_TUNNELS = Tunnels()
 
 _U16 = struct.Struct("!H")
 _PORTS = struct.Struct("!HH")
@@ -96,36 +100,81 @@ class Layout:
     frag_id: int = 0
     frag_off: int = 0  # the fragment's offset field as on the wire (IPv6: with its M bit)
     non_first: bool = False
+    encap: Encap | None = None  # the tunnel it came in (flags has INNER), or None
 
 
-def walk(frame: bytes) -> Layout | None:
+def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS) -> Layout | None:
     """The layers of a frame, or None where the kernel would pass it by (not IP,
-    cut short, or not UDP/TCP); every fragment is kept, as in the kernel."""
-    if len(frame) < ETH_HEADER_LEN:
-        return None
+    cut short, or not UDP/TCP); every fragment is kept, as in the kernel. A tunnel
+    whose kind is on is opened, one level (bpf/otus.c "Tunnels"): the layout is
+    then the inner packet's, flagged INNER, with its ``encap``."""
     layout = Layout()
-    ethertype = (frame[12] << 8) | frame[13]
-    offset = ETH_HEADER_LEN
-    for _ in range(MAX_VLAN_TAGS):
-        if ethertype not in VLAN_TPIDS:
-            break
-        if len(frame) < offset + VLAN_TAG_LEN:
-            return None
-        layout.flags |= _VLAN
-        ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
-        offset += VLAN_TAG_LEN
-    layout.l3 = offset
-    if ethertype == 0x0800:
-        offset = _walk_ipv4(frame, offset, layout)
-    elif ethertype == 0x86DD:
-        offset = _walk_ipv6(frame, offset, layout)
-    else:
-        return None
+    offset = _walk_ethernet(frame, 0, layout)
     if offset < 0:
         return None
     if layout.non_first:
         return layout
-    return _walk_l4(frame, offset, layout)
+    if layout.proto in _IP_TUNNELS:  # the kernel's parse stops here (OTHER_L4), even in a first fragment
+        if not ip_tunnel(layout.proto, tunnels):
+            return None
+        encap = open_ip(frame, offset, layout.proto, tunnels, layout.src, layout.dst)
+        return _walk_inner(frame, encap, tunnels)
+    if _walk_l4(frame, offset, layout) is None:
+        return None
+    if layout.proto == UDP and not layout.flags & _FRAGMENT:
+        kind = udp_tunnel(layout.dport, tunnels)
+        if kind is not None:
+            return _walk_inner(frame, open_udp(frame, layout.payload, kind, layout.src, layout.dst), tunnels)
+    return layout
+
+
+def _walk_inner(frame: bytes, encap: Encap | None, tunnels: Tunnels) -> Layout | None:
+    """The inner packet of an opened tunnel, walked as a frame is; a tunnel in it
+    is not opened (one level: the kernel counts it, DECAP_NESTED)."""
+    if encap is None or encap.inner > INNER_MAX or encap.inner >= len(frame):
+        return None
+    layout = Layout(flags=_INNER, encap=encap)
+    offset = encap.inner
+    if encap.proto == ETH_P_TEB:
+        offset = _walk_ethernet(frame, offset, layout)
+    else:
+        offset = _walk_ip(frame, offset, encap.proto, layout)
+    if offset < 0:
+        return None
+    if layout.non_first:
+        return layout
+    if _walk_l4(frame, offset, layout) is None:
+        return None
+    if layout.proto == UDP and not layout.flags & _FRAGMENT and layout.dport in tunnels.ports:
+        return None  # nested
+    return layout
+
+
+def _walk_ethernet(frame: bytes, offset: int, layout: Layout) -> int:
+    """An Ethernet header at ``offset``, its tags and its IP header: where L4 starts, or -1."""
+    if len(frame) < offset + ETH_HEADER_LEN:
+        return -1
+    ethertype = (frame[offset + 12] << 8) | frame[offset + 13]
+    offset += ETH_HEADER_LEN
+    for _ in range(MAX_VLAN_TAGS):
+        if ethertype not in VLAN_TPIDS:
+            break
+        if len(frame) < offset + VLAN_TAG_LEN:
+            return -1
+        layout.flags |= _VLAN
+        ethertype = (frame[offset + 2] << 8) | frame[offset + 3]
+        offset += VLAN_TAG_LEN
+    return _walk_ip(frame, offset, ethertype, layout)
+
+
+def _walk_ip(frame: bytes, offset: int, ethertype: int, layout: Layout) -> int:
+    """The IP header (Ethernet type ``ethertype``) at ``offset``: where L4 starts, or -1."""
+    layout.l3 = offset
+    if ethertype == 0x0800:
+        return _walk_ipv4(frame, offset, layout)
+    if ethertype == 0x86DD:
+        return _walk_ipv6(frame, offset, layout)
+    return -1
 
 
 def _walk_ipv4(frame: bytes, offset: int, layout: Layout) -> int:
@@ -173,6 +222,13 @@ def _walk_ipv6(frame: bytes, offset: int, layout: Layout) -> int:
 def _extension_length(next_header: int, units: int) -> int:
     """RFC 4302 counts AH in 4-byte units less two; the others in 8-byte units less one."""
     return (units + 2) * 4 if next_header == IPV6_AH else (units + 1) * 8
+
+
+def encapsulation(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS) -> Encap | None:
+    """The tunnel of a frame the kernel flagged INNER, its outer headers walked again
+    (rare: only tunnelled records need it)."""
+    layout = walk(frame, tunnels)
+    return None if layout is None else layout.encap
 
 
 def _walk_l4(frame: bytes, offset: int, layout: Layout) -> Layout | None:

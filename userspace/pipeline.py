@@ -13,6 +13,7 @@ re-raises, strict).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,7 +22,16 @@ from userspace.calls import CallLimits, CallTracker
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
 from userspace.event import Captured, Event, Flag, Kind, decode_event
-from userspace.frame import TCP, UDP, Packet, decode_datagram, packet_at, vlan_ids
+from userspace.frame import (
+    DEFAULT_TUNNELS,
+    TCP,
+    UDP,
+    Packet,
+    decode_datagram,
+    encapsulation,
+    packet_at,
+    vlan_ids,
+)
 from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
 from userspace.records import Frame, Origin, Record, RtcpRecord, SipRecord, StreamReport
@@ -29,6 +39,7 @@ from userspace.rtcp import is_rtcp
 from userspace.sharding import HandOff, decode_handoff, handoff_record, owner_of
 from userspace.sip import looks_like_sip, parse_message
 from userspace.tcp import TcpLimits, TcpStreams
+from userspace.tunnel import Encap, Tunnels
 
 _MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
 
@@ -65,12 +76,14 @@ class Pipeline:
     def __init__(self, interface_names: Mapping[int, str], clock_offset_ns: int,
                  reassembly: ReassemblyLimits | None = None, tcp: TcpLimits | None = None,
                  calls: CallLimits | None = None, boundary: Boundary | None = None,
-                 route: Route | None = None, websocket_ports: frozenset[int] = frozenset()) -> None:
+                 route: Route | None = None, websocket_ports: frozenset[int] = frozenset(),
+                 tunnels: Tunnels = DEFAULT_TUNNELS) -> None:
         """``boundary``: where bugs are counted; strict (they raise) unless given.
         ``route``: (this worker, workers) when SIP is sharded by Call-ID over worker
         processes: a message another worker owns is handed over (take_handoffs).
         ``websocket_ports``: TCP streams to or from them carry SIP over WebSocket."""
         self._interface_names = interface_names
+        self._tunnels = tunnels  # to walk a tunnelled event's outer headers again (Flag.INNER)
         self.boundary = boundary or Boundary()
         self._clock_offset_ns = clock_offset_ns
         self.stats = PipelineStats()
@@ -218,6 +231,9 @@ class Pipeline:
             decoded = packet_at(event.frame, event.l3_offset, event.l4_offset, event.flags, event.l4_proto)
             if not isinstance(decoded, Fragment):
                 return decoded, 1
+            if event.flags & Flag.INNER:  # fragments of one tunnel's packets only meet each other
+                encap = encapsulation(event.frame, self._tunnels)
+                decoded = dataclasses.replace(decoded, tunnel=b"?" if encap is None else encap.tag)
             datagram = self.reassembler.feed(decoded, event.ts_ns)
             if datagram is None:
                 return None, 0
@@ -283,8 +299,9 @@ class Pipeline:
                     packet.dst, packet.dport, fragments, vlans, data))))
                 self.stats.handed_off += 1
                 return
+        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
         self._sip(event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
-                  packet.dst, packet.dport, fragments, event.shard, vlans, data, records)
+                  packet.dst, packet.dport, fragments, event.shard, vlans, data, records, encap)
 
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
@@ -299,7 +316,7 @@ class Pipeline:
 
     def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: bytes, sport: int,
              dst: bytes, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
-             records: list[Record]) -> None:
+             records: list[Record], encap: Encap | None = None) -> None:
         try:
             message = parse_message(data)
         except DecodeError:
@@ -312,7 +329,8 @@ class Pipeline:
         if message.defects:
             self.stats.sip_defects += 1
         record = SipRecord(ts_ns + self._clock_offset_ns, self._interface_names.get(ifindex, str(ifindex)),
-                           direction, transport, src, sport, dst, dport, message, fragments, shard, vlans)
+                           direction, transport, src, sport, dst, dport, message, fragments, shard, vlans,
+                           encap)
         records.append(record)
         try:
             flows, summaries = self.calls.observe(record, ts_ns, shard)

@@ -27,7 +27,7 @@ MAX_DATAGRAM = 65_535
 FRAGMENT_UNIT = 8
 NS = 1_000_000_000
 
-Key = tuple[int, bytes, bytes, int, int]  # version, src, dst, protocol (0 for v6), id
+Key = tuple[int, bytes, bytes, int, int, bytes]  # version, src, dst, protocol (0 for v6), id, tunnel
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,9 @@ class Fragment:
     offset: int
     more: bool
     payload: bytes
+    # The tunnel it came in (userspace.tunnel.Encap.tag), b"" for none: the same
+    # addresses and id in two tunnels are two datagrams.
+    tunnel: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,7 @@ class Reassembler:
             stats.atomic += 1
             return Datagram(fragment.version, fragment.src, fragment.dst, fragment.protocol, payload, 1)
         key: Key = (fragment.version, fragment.src, fragment.dst,
-                    fragment.protocol if fragment.version == 4 else 0, fragment.ident)
+                    fragment.protocol if fragment.version == 4 else 0, fragment.ident, fragment.tunnel)
         if end > MAX_DATAGRAM:
             stats.too_big += 1
             self._poison(key, now_ns, fragment.version)

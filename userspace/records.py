@@ -17,6 +17,7 @@ import orjson
 from userspace.event import Direction
 from userspace.frame import FlowKey, IPProto, address_text
 from userspace.sip import SipMessage
+from userspace.tunnel import Encap
 from userspace.websocket import WS
 
 RECORD_SCHEMA_VERSION = 2
@@ -53,7 +54,7 @@ class SipRecord:
     fragments: int = 1  # IP fragments the message was reassembled from
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
     vlans: tuple[int, ...] = ()  # 802.1Q ids in the frame, outer first
-    encap: str | None = None     # the tunnel it came in: None until tunnels are decapsulated
+    encap: Encap | None = None   # the tunnel it came in (one level), None for none
     labels: dict[str, str] | None = None  # set by the label processor (userspace.processors)
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "sip"
@@ -76,7 +77,7 @@ class SipRecord:
             "ts_ns": self.ts_ns,
             "interface": self.interface,
             "vlan": list(self.vlans),
-            "encap": self.encap,
+            "encap": None if self.encap is None else _encap_fields(self.encap),
             "direction": _DIRECTION_NAMES[self.direction],
             "transport": _TRANSPORT_NAMES[self.transport],
             "src": address_text(self.src),
@@ -111,10 +112,11 @@ class Origin:
 
     interface: str
     vlans: tuple[int, ...] = ()
-    encap: str | None = None
+    encap: Encap | None = None
 
     def fields(self) -> dict[str, object]:
-        return {"interface": self.interface, "vlan": list(self.vlans), "encap": self.encap}
+        return {"interface": self.interface, "vlan": list(self.vlans),
+                "encap": None if self.encap is None else _encap_fields(self.encap)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,13 @@ RECORD_KINDS = (SipRecord.kind, CallSummary.kind, StreamReport.kind, RtcpRecord.
 def _labels(labels: dict[str, str] | None) -> dict[str, object]:
     """``labels`` only on the records that have some: no key for the rest."""
     return {"labels": labels} if labels else {}
+
+
+def _encap_fields(encap: Encap) -> dict[str, object]:
+    """A tunnel as records show it: its kind, its id (VNI, GRE key, ERSPAN session; null
+    without one) and the outer addresses."""
+    return {"kind": encap.kind.value, "id": encap.id, "src": address_text(encap.src),
+            "dst": address_text(encap.dst)}
 
 
 def _flow_key(src: str, sport: object, dst: str, dport: object) -> bytes:

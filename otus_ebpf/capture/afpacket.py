@@ -76,7 +76,7 @@ class AfPacketCapture:
         # dict itself, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media)
+                            self._media, settings.tunnels)
         # The drop list and dedup, as the kernel applies them after a match; socket time is the window's.
         self.screen = Screen(settings.drop_methods, _window_ns(settings), settings.snaplen)
         self._ports = MediaPorts()
@@ -163,7 +163,7 @@ class AfPacketCapture:
         the packets within the dedup window stay."""
         self._settings = settings
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media)
+                            self._media, settings.tunnels)
         self.screen.change(settings.drop_methods, _window_ns(settings))
         self._attach_filter()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.settings import KernelSettings
+from userspace.tunnel import GRE, IPIP, IPV6_IN_IP, TunnelKind, Tunnels
 
 DLT_EN10MB = 1
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
@@ -57,8 +58,24 @@ def filter_expression(settings: KernelSettings, media_ranges: Iterable[tuple[int
         expression += " and (" + " or ".join(f"net {n}" for n in settings.include) + ")"
     if settings.exclude:
         expression += " and not (" + " or ".join(f"net {n}" for n in settings.exclude) + ")"
+    tunnels = tunnel_alternatives(settings.tunnels)
+    if tunnels:  # the address filters are for the inner packet: user space applies none to it yet
+        expression = "(" + " or ".join([expression, *tunnels]) + ")"
     # Tags still in the frame (no rx VLAN offload) shift every offset.
     return f"({expression}) or (vlan and ({expression})) or (vlan and vlan and ({expression}))"
+
+
+def tunnel_alternatives(tunnels: Tunnels) -> list[str]:
+    """What lets the tunnels whose kind is on through (userspace.tunnel opens them)."""
+    found = []
+    ports = sorted((tunnels.vxlan_ports if TunnelKind.VXLAN in tunnels.kinds else frozenset())
+                   | (tunnels.geneve_ports if TunnelKind.GENEVE in tunnels.kinds else frozenset()))
+    if ports:
+        found.append("(udp and (" + " or ".join(f"dst port {p}" for p in ports) + "))")
+    protos = ([GRE] if tunnels.kinds & {TunnelKind.GRE, TunnelKind.ERSPAN} else []) \
+        + ([IPIP, IPV6_IN_IP] if TunnelKind.IPIP in tunnels.kinds else [])
+    found += [f"(ip proto {p} or ip6 proto {p})" for p in protos]
+    return found
 
 
 # Learned media ports go into the socket filter as at most this many ranges, so

@@ -44,6 +44,7 @@ from userspace.pipeline import Pipeline
 from userspace.processors.chain import ProcessorChain
 from userspace.records import Record
 from userspace.reporters.pcap import PcapReporter
+from userspace.tunnel import media_protocol
 
 # The reader's names stay importable from here, as before it had a module of its own.
 __all__ = ["CaptureFileError", "CapturedFrame", "read_frames", "run_replay"]
@@ -199,14 +200,15 @@ class _Replayer:
         self._names: dict[int, str] = {}  # the pipeline reads interface names from here
         boundary = Boundary(self._report_bug, strict_mode())
         self.pipeline = Pipeline(self._names, 0, options.reassembly, options.tcp, options.calls, boundary,
-                                 websocket_ports=frozenset(options.kernel.ws_ports))
+                                 websocket_ports=frozenset(options.kernel.ws_ports),
+                                 tunnels=options.kernel.tunnels)
         self.pipeline.keep_frames = keep_frames
         self.chain = open_chain(options, boundary)
         kernel = options.kernel
         # Learned endpoints, as the kernel's flow map would hold them; the rules see the
         # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
-        self._rules = Rules(frozenset(kernel.capture_ports), kernel.signature, 1, self._media)
+        self._rules = Rules(frozenset(kernel.capture_ports), kernel.signature, 1, self._media, kernel.tunnels)
         # The drop list and dedup, as the kernel applies them; the window runs on the frames' own times.
         window_ns = kernel.dedup_window_ms * 1_000_000 if kernel.dedup else None
         self.screen = Screen(kernel.drop_methods, window_ns, kernel.snaplen)
@@ -273,10 +275,10 @@ class _Replayer:
         media = self._media
 
         def learn(event: FlowEvent) -> None:
-            media[event.address, event.port, UDP] = (event.kind, 0)
+            media[event.address, event.port, media_protocol(UDP, event.tunnel)] = (event.kind, 0)
 
         def forget(event: FlowEvent) -> None:
-            media.pop((event.address, event.port, UDP), None)
+            media.pop((event.address, event.port, media_protocol(UDP, event.tunnel)), None)
 
         apply_each(flow_events, learn, forget, self.flow_stats, self.pipeline.boundary)
 

@@ -105,7 +105,8 @@ class Runner:
         self.boundary = boundary
         self.clock_offset_ns = clock_offset() if clock_offset_ns is None else clock_offset_ns
         self.pipeline = Pipeline(interfaces, self.clock_offset_ns, options.reassembly, options.tcp,
-                                 options.calls, boundary, route, frozenset(options.kernel.ws_ports))
+                                 options.calls, boundary, route, frozenset(options.kernel.ws_ports),
+                                 options.kernel.tunnels)
         self.capture: Capture | None = None
         self.media = options.media
         self.streams: KernelStreams | None = None  # the kernel measures RTP (measure_in_kernel)

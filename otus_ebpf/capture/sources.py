@@ -27,6 +27,7 @@ from otus_ebpf.kernel.streams import KernelStreams
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 from userspace.event import Captured, Kind
+from userspace.tunnel import media_protocol
 
 
 class CaptureMode(Enum):
@@ -156,9 +157,9 @@ class _EbpfCapture:
     def apply_flows(self, events: list[FlowEvent], stats: FlowStats, boundary: Boundary) -> None:
         maps, shards = self._programs.maps, self._programs.shards
         apply_each(events,
-                   lambda e: maps.learn_flow((e.address, e.port), e.kind,
-                                             e.shard % shards, owner=e.owner, clocks=e.clocks),
-                   lambda e: maps.forget_flow((e.address, e.port)),
+                   lambda e: maps.learn_flow((e.address, e.port), e.kind, e.shard % shards,
+                                             owner=e.owner, clocks=e.clocks, tunnel=e.tunnel),
+                   lambda e: maps.forget_flow((e.address, e.port), e.tunnel),
                    stats, boundary)
 
     def stats_sections(self) -> list[str]:
@@ -193,8 +194,9 @@ class _AfPacket:
         learn: list[tuple[bytes, int, int, Kind, int]] = []
         forget: list[tuple[bytes, int, int]] = []
         apply_each(events,
-                   lambda e: learn.append((e.address, e.port, UDP, e.kind, e.shard)),
-                   lambda e: forget.append((e.address, e.port, UDP)),
+                   lambda e: learn.append((e.address, e.port, media_protocol(UDP, e.tunnel), e.kind,
+                                           e.shard)),
+                   lambda e: forget.append((e.address, e.port, media_protocol(UDP, e.tunnel))),
                    stats, boundary)
         try:
             self._capture.set_media(learn, forget)  # one socket filter for the whole batch

@@ -63,10 +63,12 @@ from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 from userspace.reporters.pcap import PcapFormat
 from userspace.tcp import TcpLimits
+from userspace.tunnel import VXLAN_PORT, TunnelKind
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"
 DEFAULT_CONTROL_SOCKET = "/run/otus-ebpf/control.sock"
 DEFAULT_STATE_DIR = "/var/lib/otus-ebpf"
+DECAP_WORDS = tuple(kind.value for kind in TunnelKind)  # --decap's default: every kind
 CLI_TASK_NAME = "capture"  # what `attach` and `replay` without a file call their task
 
 
@@ -284,6 +286,14 @@ SETTINGS: tuple[Setting, ...] = (
             DEFAULT_DEDUP_WINDOW_MS, "how long after a packet its copies count as duplicates; SIP "
             "retransmissions, 500 ms apart at the soonest, stay when it is shorter", Group.FILTERS,
             "--dedup-window-ms", replay=True),
+    Setting("decap", "filter.decap", Choice((*DECAP_WORDS, "none")), DECAP_WORDS,
+            "tunnels opened, one level, to capture the traffic inside (a mirror's copies): VXLAN and Geneve "
+            "by UDP port, GRE (with its key), ERSPAN II/III, IPv4/IPv6 in IPv4/IPv6; none: no tunnel. The "
+            "address filters apply to the inner packet; changed by reload", Group.FILTERS, "--decap",
+            repeatable=True, replay=True),
+    Setting("vxlan_ports", "filter.vxlan_ports", Whole(1, 65_535, metavar="PORT"), (VXLAN_PORT,),
+            "UDP ports VXLAN arrives on (Geneve: 6081)", Group.FILTERS, "--vxlan-port", repeatable=True,
+            replay=True),
     Setting("include", "filter.include", Networks(), (), "capture only traffic to or from these networks",
             Group.FILTERS, "--include", repeatable=True),
     Setting("exclude", "filter.exclude", Networks(), (), "never capture traffic to or from these networks",
@@ -459,6 +469,8 @@ def cross_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     if values["media_snaplen"] > values["snaplen"]:
         problems.append(("media_snaplen", f"must be between 0 and {values['snaplen']} (snaplen), "
                                           f"not {values['media_snaplen']}"))
+    if "none" in values["decap"] and len(set(values["decap"])) > 1:
+        problems.append(("decap", "none turns every tunnel off: it cannot stand beside a kind"))
     drop = set(values["drop_methods"])
     if len(drop) > MAX_DROP_METHODS:
         problems.append(("drop_methods", f"{len(drop)} methods and status codes: the kernel's drop list "
@@ -492,7 +504,8 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         signature=v["signature"],
         drop_methods=tuple(dict.fromkeys(v["drop_methods"])), dedup=v["dedup"],
         dedup_window_ms=v["dedup_window_ms"], include=tuple(v["include"]), exclude=tuple(v["exclude"]),
-        snaplen=v["snaplen"],
+        snaplen=v["snaplen"], decap=frozenset(TunnelKind(word) for word in v["decap"] if word != "none"),
+        vxlan_ports=tuple(dict.fromkeys(v["vxlan_ports"])) or (VXLAN_PORT,),
         media_snaplen=v["media_snaplen"], ring_mb=v["ring_mb"], media=v["media"], shards=v["workers"])
     return AttachOptions(
         interfaces=tuple(dict.fromkeys(interfaces)), mode=v["mode"], direction=v["direction"],

@@ -84,7 +84,7 @@ class Engine(Protocol):
 
 
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude", "drop_methods", "dedup",
-                       "dedup_window_ms")
+                       "dedup_window_ms", "decap", "vxlan_ports")
 # Output settings a running task can swap: new outputs open, the old ones flush and close.
 _OUTPUT_FIELDS = ("out", "out_rotation", "out_fsync", "kafka", "kafka_backlog", "kafka_routing", "hep",
                   "hep_identity", "fallback", "queue_records", "pcap", "pcap_rotation", "pcap_format",

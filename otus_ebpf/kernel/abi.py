@@ -15,6 +15,7 @@ from typing import NamedTuple
 from userspace import droplist
 from userspace.event import Counter, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
+from userspace.tunnel import FLOW_TUNNEL_SHIFT
 
 
 class ConfigFlag(IntFlag):
@@ -27,6 +28,24 @@ class ConfigFlag(IntFlag):
     MEDIA_PACKETS = 64  # every learned RTP packet goes up; else the kernel measures RTP itself
     DROP_METHODS = 128  # drop_methods holds something: SIP datagrams are checked against it
     DEDUP = 256         # a match seen within dedup_window_ms is a duplicate
+    DECAP_VXLAN = 512   # one level of decapsulation, by kind (bpf/otus.c "Tunnels")
+    DECAP_GENEVE = 1024
+    DECAP_GRE = 2048
+    DECAP_ERSPAN = 4096
+    DECAP_IPIP = 8192
+
+
+# The config flag of each tunnel kind (userspace.tunnel.TunnelKind's values).
+DECAP_FLAGS = {"vxlan": ConfigFlag.DECAP_VXLAN, "geneve": ConfigFlag.DECAP_GENEVE,
+               "gre": ConfigFlag.DECAP_GRE, "erspan": ConfigFlag.DECAP_ERSPAN, "ipip": ConfigFlag.DECAP_IPIP}
+
+
+class PortBit(IntFlag):
+    """What a UDP port is for: the bits of a "sip_ports" value (OTUS_PORT_*)."""
+
+    SIP = 1
+    VXLAN = 2
+    GENEVE = 4
 
 
 MAX_SHARDS = 8  # OTUS_MAX_SHARDS: ring shards, worker processes
@@ -116,9 +135,11 @@ def pack_drop_key(token: str) -> bytes:
     return DROP_KEY.pack(token.encode("ascii"))
 
 
-def pack_flow_key(address: bytes, port: int, l4_proto: int = 17) -> bytes:
-    """The flow map's key of a raw address (4 or 16 bytes); media runs over UDP."""
-    return FLOW_KEY.pack(address.ljust(16, b"\0"), port, l4_proto, 4 if len(address) == 4 else 6)
+def pack_flow_key(address: bytes, port: int, l4_proto: int = 17, tunnel: int = 0) -> bytes:
+    """The flow map's key of a raw address (4 or 16 bytes); media runs over UDP. ``tunnel``:
+    the TunnelCode of the tunnel it was announced in, 0 for none (in the family's high bits)."""
+    family = (4 if len(address) == 4 else 6) | tunnel << FLOW_TUNNEL_SHIFT
+    return FLOW_KEY.pack(address.ljust(16, b"\0"), port, l4_proto, family)
 
 
 FLOW_SHARED = 1  # OTUS_FLOW_SHARED

@@ -53,6 +53,11 @@ def read_shard_failures(bpf: Any, shards: int) -> list[int]:
     return read_counters(table(bpf, COUNTERS_MAP).map_fd)[1][:shards]
 
 
+# Tunnels opened, every kind (bpf/otus.c "Tunnels")
+DECAPSULATED = (Counter.DECAP_VXLAN, Counter.DECAP_GENEVE, Counter.DECAP_GRE, Counter.DECAP_ERSPAN,
+                Counter.DECAP_IPIP)
+
+
 def matched(counts: KernelCounts, direction: Direction) -> int:
     return sum(counts[direction, c] for c in MATCHES)
 
@@ -62,11 +67,14 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
     sections = []
     for direction in Direction:
         k = {c: counts[direction, c] for c in COUNTERS}
+        opened = sum(counts[direction, c] for c in DECAPSULATED)
         sections.append(
             f"{direction.name.lower()} seen={k[Counter.SEEN]} matched={matched(counts, direction)} "
             f"filtered={k[Counter.FILTERED]} dropped_method={k[Counter.DROPPED_METHOD]} "
             f"duplicate={k[Counter.DUPLICATE]} submitted={k[Counter.SUBMITTED]} "
             f"submit_failed={k[Counter.SUBMIT_FAILED]} media_counted={k[Counter.MEDIA_COUNTED]} "
-            f"streams_full={k[Counter.STREAMS_FULL]} dedup_displaced={k[Counter.DEDUP_DISPLACED]}"
+            f"streams_full={k[Counter.STREAMS_FULL]} dedup_displaced={k[Counter.DEDUP_DISPLACED]} "
+            f"decapsulated={opened} decap_bad={k[Counter.DECAP_BAD]} "
+            f"decap_nested={k[Counter.DECAP_NESTED]}"
         )
     return sections

@@ -74,7 +74,8 @@ class SharedFlows:
             if event.action is FlowAction.LEARN:
                 held.add(endpoint)
                 change = self._registry.take(endpoint, Hold(str(worker), event.kind, event.shard, {},
-                                                            owner=event.owner, clocks=event.clocks))
+                                                            owner=event.owner, clocks=event.clocks,
+                                                            tunnel=event.tunnel))
             else:
                 held.discard(endpoint)
                 change = self._registry.release(endpoint, str(worker))
@@ -111,9 +112,9 @@ class FlowMap(Protocol):
     """What the one writer needs of the kernel's maps (otus_ebpf.kernel.maps.KernelMaps)."""
 
     def learn_flow(self, endpoint: Any, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
-                   clocks: Clocks = ()) -> None: ...
+                   clocks: Clocks = (), tunnel: int = 0) -> None: ...
 
-    def forget_flow(self, endpoint: Any) -> None: ...
+    def forget_flow(self, endpoint: Any, tunnel: int = 0) -> None: ...
 
 
 _WRITE_CHUNK = 256  # map writes between two looks at whether the writer was abandoned
@@ -167,8 +168,8 @@ class FlowMapWriter:
                 return
             apply_each(events[start:start + _WRITE_CHUNK],
                        lambda e: maps.learn_flow((e.address, e.port), e.kind, e.shard, shared[id(e)],
-                                                 e.owner, e.clocks),
-                       lambda e: maps.forget_flow((e.address, e.port)),
+                                                 e.owner, e.clocks, e.tunnel),
+                       lambda e: maps.forget_flow((e.address, e.port), e.tunnel),
                        self.stats, boundary)
 
     def start(self, boundary: Boundary) -> None:

@@ -26,6 +26,7 @@ from otus_ebpf.kernel.abi import (
     ConfigFlag,
     KernelConfig,
     Network,
+    PortBit,
     pack_drop_key,
     pack_lpm_key,
 )
@@ -131,7 +132,7 @@ class LiveMaps:
                 continue  # forgotten while we walked
             raw, port, l4_proto, family = FLOW_KEY.unpack(key)
             kind, shard, *_rest = FLOW_VALUE.unpack(value)
-            address = ipaddress.ip_address(raw[:4] if family == 4 else raw)
+            address = ipaddress.ip_address(raw[:4] if family & 0x0F == 4 else raw)  # high bits: a tunnel
             learned.append((str(address), port, l4_proto, Kind(kind), shard))
         return sorted(learned)
 
@@ -139,7 +140,7 @@ class LiveMaps:
         """What the attached programs filter on now, read from their maps."""
         fd, info = self._map(SIP_PORTS_MAP)
         ports = tuple(port for port in range(info.max_entries)
-                      if (map_lookup(fd, _U32.pack(port), info.value_size) or b"\0")[0])
+                      if (map_lookup(fd, _U32.pack(port), info.value_size) or b"\0")[0] & PortBit.SIP)
         config = self._config()
         networks: dict[str, list[Network]] = {"include": [], "exclude": []}
         for which, version in TRIE_FLAGS:

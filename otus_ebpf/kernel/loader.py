@@ -19,11 +19,12 @@ from typing import Any
 
 from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kernel.abi import Network
+from otus_ebpf.kernel.abi import Network, PortBit
 from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
 from otus_ebpf.kernel.maps import KernelMaps, table
 from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
 from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
+from userspace.tunnel import GENEVE_PORT
 
 _log = logs.get(__name__)
 XDP_FUNCTION = "xdp_ingress"
@@ -31,6 +32,8 @@ TC_FUNCTION = "tc_egress"
 # What a match goes through when the drop list or dedup is on, entered by tail call
 # from the hooks' programs (bpf/otus.c "The screen"), by way of these one-slot arrays.
 SCREENS = (("xdp_screen", "xdp_screens"), ("tc_screen", "tc_screens"))
+# What a tunnel's inner packet goes through (bpf/otus.c "Tunnels"), likewise by tail call.
+DECAPS = (("xdp_decap", "xdp_decaps"), ("tc_decap", "tc_decaps"))
 COUNTERS_MAP = "counters"
 RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
@@ -148,7 +151,7 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
         loaded.cleanup()
         raise SetupError(f"kernel refused the programs: {str(exc).splitlines()[0]}") from None
     try:
-        maps = KernelMaps(loaded, load_screens(bcc, loaded, settings))
+        maps = KernelMaps(loaded, load_screens(bcc, loaded, settings), load_decaps(bcc, loaded))
         configure_maps(maps, settings)
     except BaseException:
         loaded.cleanup()
@@ -181,6 +184,21 @@ def load_screens(bcc: Any, loaded: Any, settings: KernelSettings) -> bool:
     return True
 
 
+def load_decaps(bcc: Any, loaded: Any) -> bool:
+    """Load the tunnel programs into the hooks' tail-call arrays. False when the
+    kernel refuses them: capture goes on with no tunnel opened (said once here;
+    KernelMaps keeps every kind off)."""
+    try:
+        for (function, array), kind in zip(DECAPS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
+            program = loaded.load_func(function.encode(), kind)
+            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(program.fd)
+    except Exception as exc:  # verifier rejections arrive as bare Exception
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _log.warning("kernel refused the tunnel programs: %s; no tunnel is opened (--decap)", reason)
+        return False
+    return True
+
+
 def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
     """A ring buffer of ``size`` bytes per shard, each set at its shard's index of
     the programs' array of rings (bpf/otus.c). Returns their fds, by shard."""
@@ -203,6 +221,9 @@ def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
                    media_snaplen=settings.media_snaplen, media_packets=settings.media is MediaMode.PACKETS,
                    dedup=settings.dedup, dedup_window_ms=settings.dedup_window_ms)
     maps.set_sip_ports(settings.capture_ports)
+    maps.set_tunnel_ports(settings.vxlan_ports, PortBit.VXLAN)
+    maps.set_tunnel_ports((GENEVE_PORT,), PortBit.GENEVE)
+    maps.set_decap(settings.decap)
     maps.change_drop_methods(add=settings.drop_methods)
     for network in settings.include:
         maps.add_network("include", network)

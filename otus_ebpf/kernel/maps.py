@@ -11,11 +11,13 @@ from typing import Any
 
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import (
+    DECAP_FLAGS,
     DROP_KEY,
     MAX_DROP_METHODS,
     ConfigFlag,
     KernelConfig,
     Network,
+    PortBit,
     pack_drop_key,
     pack_flow_key,
     pack_flow_value,
@@ -27,6 +29,7 @@ from otus_ebpf.kernel.settings import DEFAULT_DEDUP_WINDOW_MS, KernelSettings
 from userspace.endpoints import Endpoint
 from userspace.event import Kind
 from userspace.kernel_streams import Clocks
+from userspace.tunnel import TunnelKind
 
 # What a hash map update says when it is at max_entries (prealloc: E2BIG;
 # without prealloc also ENOMEM when the kernel cannot allocate an element).
@@ -63,9 +66,10 @@ class KernelMaps:
     reading the config, changing that bit and writing it back, and a network
     trie's flag follows whether the trie holds anything."""
 
-    def __init__(self, bpf: Any, screens: bool = True) -> None:
+    def __init__(self, bpf: Any, screens: bool = True, decaps: bool = True) -> None:
         self._bpf = bpf
         self._screens = screens  # False: the kernel refused the screen programs
+        self._decaps = decaps    # False: it refused the tunnel programs (no kind is opened)
 
     def _need_screens(self, feature: str) -> None:
         if not self._screens:
@@ -114,6 +118,10 @@ class KernelMaps:
                                  remove=set(before.drop_methods) - set(after.drop_methods))
         if (before.dedup, before.dedup_window_ms) != (after.dedup, after.dedup_window_ms):
             self.set_dedup(after.dedup, after.dedup_window_ms)
+        self.set_tunnel_ports(set(before.vxlan_ports) - set(after.vxlan_ports), PortBit.VXLAN, enabled=False)
+        self.set_tunnel_ports(set(after.vxlan_ports) - set(before.vxlan_ports), PortBit.VXLAN)
+        if before.decap != after.decap:
+            self.set_decap(after.decap)
 
     def seed_dedup(self, seed: int) -> None:
         """The dedup digest's key (64 bits): set once, before the first packet."""
@@ -166,9 +174,28 @@ class KernelMaps:
         self._set_flag(ConfigFlag.PAUSED, paused)
 
     def set_sip_ports(self, ports: Iterable[int], enabled: bool = True) -> None:
+        self._set_port_bit(ports, PortBit.SIP, enabled)
+
+    def set_tunnel_ports(self, ports: Iterable[int], bit: PortBit, enabled: bool = True) -> None:
+        """UDP ports of VXLAN or Geneve (``bit``): whether their kind is opened is the
+        config's DECAP_* flag, so a reload that turns a kind off or on writes no port."""
+        self._set_port_bit(ports, bit, enabled)
+
+    def _set_port_bit(self, ports: Iterable[int], bit: PortBit, enabled: bool) -> None:
+        """A port's value holds a bit per use (OTUS_PORT_*): one changes, the others stay."""
         ports_map = table(self._bpf, SIP_PORTS_MAP)
         for port in ports:
-            ports_map[ctypes.c_uint32(port)] = ctypes.c_uint8(1 if enabled else 0)
+            index = ctypes.c_uint32(port)
+            value = ports_map[index].value
+            ports_map[index] = ctypes.c_uint8((value | bit) if enabled else (value & ~bit & 0xFF))
+
+    def set_decap(self, kinds: Iterable[TunnelKind]) -> None:
+        """The tunnel kinds opened; the others are not. A config flag each: reloads change it."""
+        config = self._read_config()
+        on = {kind.value for kind in kinds} if self._decaps else set()
+        for name, flag in DECAP_FLAGS.items():
+            config = config.with_flag(flag, name in on)
+        self._write_config(config)
 
     def add_network(self, which: str, network: Network) -> None:
         """which: "include" or "exclude"."""
@@ -185,12 +212,12 @@ class KernelMaps:
         self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
-                   clocks: Clocks = ()) -> None:
+                   clocks: Clocks = (), tunnel: int = 0) -> None:
         """Add or update an endpoint; raises FlowTableFull when the map holds its maximum.
         ``shared``: calls in more than one worker hold it (OTUS_FLOW_SHARED); ``owner``
         and ``clocks``: what the kernel's stream statistics need (FlowEvent)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
-        key = pack_flow_key(*endpoint)
+        key = pack_flow_key(*endpoint, tunnel=tunnel)
         value = pack_flow_value(kind, shard, shared, owner, clocks)
         try:
             map_update(fd, key, value, UpdateFlag.NOEXIST)
@@ -203,10 +230,11 @@ class KernelMaps:
             raise
         self._adjust_port_users(endpoint[1], +1)
 
-    def forget_flow(self, endpoint: Endpoint) -> None:
+    def forget_flow(self, endpoint: Endpoint, tunnel: int = 0) -> None:
+        """``tunnel``: the TunnelCode it was learned with (learn_flow)."""
         fd = table(self._bpf, FLOWS_MAP).map_fd
         try:
-            map_delete(fd, pack_flow_key(*endpoint))
+            map_delete(fd, pack_flow_key(*endpoint, tunnel=tunnel))
         except FileNotFoundError:
             return  # never learned (the map was full then) or already gone
         self._adjust_port_users(endpoint[1], -1)

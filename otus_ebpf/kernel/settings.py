@@ -12,6 +12,7 @@ from otus_ebpf.kernel import abi
 from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
 from userspace.droplist import token_problem
+from userspace.tunnel import ALL_KINDS, GENEVE_PORT, VXLAN_PORT, TunnelKind, Tunnels
 
 DEFAULT_SIP_PORTS = (5060, 5061)
 DEFAULT_SNAPLEN = 2048
@@ -67,6 +68,14 @@ class KernelSettings:
     # None: STATS, unless a pcap output wants the media (AttachOptions.capture decides)
     media: MediaMode | None = None
     extra_cflags: tuple[str, ...] = field(default=())
+    # Tunnels opened, one level (bpf/otus.c "Tunnels"), and VXLAN's UDP ports
+    decap: frozenset[TunnelKind] = ALL_KINDS
+    vxlan_ports: tuple[int, ...] = (VXLAN_PORT,)
+
+    @property
+    def tunnels(self) -> Tunnels:
+        """The same choice for user space's own walk (AF_PACKET, replay, records)."""
+        return Tunnels(self.decap, frozenset(self.vxlan_ports), frozenset((GENEVE_PORT,)))
 
     @property
     def capture_ports(self) -> tuple[int, ...]:
@@ -92,6 +101,9 @@ class KernelSettings:
             raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
         if any(not 0 < p < 65536 for p in self.ws_ports):
             raise SetupError(f"WebSocket ports must be 1..65535, got {list(self.ws_ports)}")
+        bad = [p for p in self.vxlan_ports if not 0 < p < 65536]
+        if bad:
+            raise SetupError(f"VXLAN ports must be 1..65535, got {bad}")
         problem = drop_list_problem(self.drop_methods)
         if problem:
             raise SetupError(f"drop methods: {problem}")

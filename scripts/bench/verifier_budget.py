@@ -29,7 +29,8 @@ from otus_ebpf.kernel.sources import bpf_source_dir
 
 REPO = Path(__file__).resolve().parents[2]
 XDP, SCHED_CLS = 6, 3  # BPF_PROG_TYPE_*
-PROGRAMS = {"xdp_ingress": XDP, "tc_egress": SCHED_CLS, "xdp_screen": XDP, "tc_screen": SCHED_CLS}
+PROGRAMS = {"xdp_ingress": XDP, "tc_egress": SCHED_CLS, "xdp_screen": XDP, "tc_screen": SCHED_CLS,
+            "xdp_decap": XDP, "tc_decap": SCHED_CLS}
 BUILDS = {"1 shard": KernelSettings(shards=1),
           "8 shards, routed": KernelSettings(shards=8, route_by_call_id=True)}
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kernel.conftest import SHARDS
+from tests.support import tunnels
 from tests.support.frames import (
     AH,
     DEST_OPTS,
@@ -81,6 +82,39 @@ FRAMES |= {
     "callid-only-in-body": _sip_with(b"X-No: 1", body=b"\r\nCall-ID: inbody\r\n"),
     "callid-lf-only": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\nI:lf@x\n\n", 5070, 5060))),
     "callid-at-end-of-frame": ethernet(ipv4(udp(b"BYE sip:x SIP/2.0\r\ni: end", 5070, 5060))),
+}
+_INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
+_INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
+_DATAGRAM = udp(INVITE, 5070, 5060)
+_INNER_FIRST = ethernet(ipv4(_DATAGRAM[:256], src="10.3.0.1", dst="10.3.0.2", frag=0x2000), vlans=(5,))
+_INNER_LAST = ethernet(ipv4(_DATAGRAM[256:], src="10.3.0.1", dst="10.3.0.2", frag=32), vlans=(5,))
+# Every tunnel the kernel opens, with an inner 802.1Q tag and an inner fragmented INVITE,
+# and the ones it refuses or does not open (userspace.tunnel mirrors bpf/otus.c "Tunnels").
+FRAMES |= {
+    "vxlan": tunnels.vxlan(tunnels.inner_sip()),
+    "vxlan-inner-vlan": tunnels.vxlan(tunnels.inner_sip(vlans=(300,))),
+    "vxlan-inner-first-fragment": tunnels.vxlan(_INNER_FIRST),
+    "vxlan-inner-last-fragment": tunnels.vxlan(_INNER_LAST),
+    "vxlan-no-i-flag": tunnels.vxlan(tunnels.inner_sip(), flags=0),
+    "vxlan-rtp": tunnels.vxlan(ethernet(ipv4(udp(bytes(172), 30000, 40000), src="10.4.0.1", dst="10.4.0.2"))),
+    "geneve": tunnels.geneve(tunnels.inner_sip(), options=bytes(8)),
+    "geneve-inner-vlan": tunnels.geneve(tunnels.inner_sip(vlans=(7,))),
+    "geneve-version-1": tunnels.geneve(tunnels.inner_sip(), version=1),
+    "gre-ipv4": tunnels.gre(_INNER_V4, 0x0800),
+    "gre-ipv6-key-seq": tunnels.gre(_INNER_V6, 0x86DD, key=9, seq=1, csum=True),
+    "gre-ethernet-inner-vlan": tunnels.gre(tunnels.inner_sip(vlans=(12,)), tunnels.TEB, key=3),
+    "gre-inner-fragment": tunnels.gre(_INNER_FIRST, tunnels.TEB),
+    "gre-routing": tunnels.gre(_INNER_V4, 0x0800, extra_flags=0x4000),
+    "erspan2": tunnels.erspan2(tunnels.inner_sip()),
+    "erspan2-inner-qinq": tunnels.erspan2(tunnels.inner_sip(vlans=(10, 20))),
+    "erspan3": tunnels.erspan3(tunnels.inner_sip(vlans=(8,)), platform=True),
+    "erspan3-inner-fragment": tunnels.erspan3(_INNER_LAST),
+    "erspan-version-3": tunnels.erspan2(tunnels.inner_sip(), version=3),
+    "ipip": tunnels.ipip(_INNER_V4),
+    "ipv6-in-ipv6": tunnels.ipip(_INNER_V6, inner_v6=True, v6=True),
+    "ipip-inner-fragment": tunnels.ipip(_INNER_FIRST[18:]),
+    "nested-vxlan": tunnels.vxlan(ethernet(ipv4(udp(bytes((8, 0, 0, 0, 0, 0, 1, 0)) + tunnels.inner_sip(),
+                                                    49152, 4789)))),
 }
 MEDIA = (ipaddress.ip_address("10.4.0.2").packed, 40000)
 
@@ -158,6 +192,9 @@ SEQUENCES = {
     "tcp-copies": [ethernet(ipv4(tcp(request("OPTIONS"), 40000, 5060), proto=TCP)),
                    next_hop(ethernet(ipv4(tcp(request("OPTIONS"), 40000, 5060), proto=TCP)))],
     "media-copies": [FRAMES["rtp"], next_hop(FRAMES["rtp"])],
+    # the same INVITE mirrored twice, by VXLAN and by ERSPAN: one goes up; a dropped method inside one
+    "tunnelled-copies": [tunnels.vxlan(_udp_sip(INVITE)), tunnels.erspan2(next_hop(_udp_sip(INVITE))),
+                         tunnels.gre(_OPTIONS, tunnels.TEB)],
 }
 
 

@@ -3,6 +3,7 @@ endpoints learned: their ports go in as a bounded number of ranges."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 from otus_ebpf.capture.cbpf import (
@@ -13,6 +14,7 @@ from otus_ebpf.capture.cbpf import (
     port_ranges,
 )
 from otus_ebpf.kernel.settings import KernelSettings
+from userspace.tunnel import TunnelKind
 
 BPF_MAXINSNS = 4096  # the kernel's limit for a classic BPF program
 
@@ -58,3 +60,14 @@ def test_learning_widens_ranges_without_sorting_everything_and_forgetting_tighte
     for port in (20_000, 30_000):
         media.forget(port)
     assert media.update() and media.ranges == []
+
+
+def test_the_tunnels_on_pass_the_filter_beside_the_address_filters_and_none_leaves_it_as_it_was() -> None:
+    networks = (ipaddress.ip_network("10.1.0.0/16"),)
+    every = filter_expression(KernelSettings(include=networks, vxlan_ports=(4789, 8472)))
+    tunnels = "(udp and (dst port 4789 or dst port 6081 or dst port 8472)) or (ip proto 47 or ip6 proto 47)"
+    assert f"{tunnels} or (ip proto 4 or ip6 proto 4) or (ip proto 41 or ip6 proto 41))" in every
+    assert every.index("net 10.1.0.0/16") < every.index("dst port 4789"), "include judges inner packets"
+    assert len(compile_filter(every, 2048)) < BPF_MAXINSNS
+    assert "proto 47" not in filter_expression(KernelSettings(decap=frozenset({TunnelKind.VXLAN})))
+    assert filter_expression(KernelSettings(decap=frozenset())).count("port 4789") == 0

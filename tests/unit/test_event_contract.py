@@ -26,7 +26,11 @@ def test_header_and_python_definition_agree() -> None:
     ("__u32 media_snaplen;", "__u32 media_snap;"),           # a map value is renamed
     ("__u8 kind;", "__u8 kind;\n\t__u8 extra;"),            # a field is added
     ("#define OTUS_KIND_SIP 1", "#define OTUS_KIND_SIP 2"),  # an enum value changes
-    ("#define OTUS_CTR_MAX 20", "#define OTUS_CTR_MAX 21"),
+    ("#define OTUS_CTR_MAX 27", "#define OTUS_CTR_MAX 28"),
+    ("#define OTUS_CTR_DECAP_NESTED 26", "#define OTUS_CTR_DECAP_NESTED 25"),
+    ("#define OTUS_FLAG_INNER 64", "#define OTUS_FLAG_INNER 128"),
+    ("#define OTUS_PORT_GENEVE 4", "#define OTUS_PORT_GENEVE 8"),
+    ("#define OTUS_CFG_DECAP_IPIP 8192", "#define OTUS_CFG_DECAP_IPIP 16384"),
     ("#define OTUS_CTR_DUPLICATE 13", "#define OTUS_CTR_DUPLICATE 12"),
     ("__u32 dedup_window_ms;", "__u32 pad;"),                 # the config's new field
     ("__u8 token[16];", "__u8 token[15];"),                  # the drop list's key

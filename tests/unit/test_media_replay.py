@@ -8,6 +8,7 @@ exact loss, and count the digits as events, not audio."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from otus_ebpf.capture.replay import run_replay
 from otus_ebpf.options import AttachOptions
 from tests.support import calls
 from tests.support.calls import OFFERED, PCMA, PTIME_NS, TELEPHONE_EVENT, Datagram, Dialog, Party, Stream
+from tests.support.frames import ethernet, ipv4, udp
+from tests.support.tunnels import vxlan
 from userspace.calls import CallLimits
 
 T0 = 1_800_000_000 * 1_000_000_000  # capture time of the INVITE
@@ -133,3 +136,24 @@ def test_media_to_an_address_no_sdp_gave_reads_its_payload_types_from_the_other_
     assert (stream["dst"], stream["codec"], stream["dtmf_events"]) == ("203.0.113.5", "PCMA/8000", 1)
     assert {t["payload_type"]: t["codec"] for t in stream["payload_types"]} == \
         {PCMA: "PCMA/8000", 96: "telephone-event/8000"}
+
+
+def test_a_call_mirrored_inside_vxlan_has_its_media_followed_and_its_tunnel_named(tmp_path: Path) -> None:
+    """SIP, SDP and RTP all inside one VXLAN: the media the SDP announced is
+    matched on the inner addresses, counted as on the wire; records name the tunnel."""
+    pcap = tmp_path / "vxlan.pcap"
+    with pcap.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", calls.NANOSECOND_PCAP_MAGIC, 2, 4, 0, 0, 65535,
+                            calls.LINKTYPE_ETHERNET))
+        for d in sorted(timeline(), key=lambda d: d.ts_ns):
+            frame = vxlan(ethernet(ipv4(udp(d.payload, d.sport, d.dport), src=d.src, dst=d.dst)), vni=77)
+            seconds, nanos = divmod(d.ts_ns, SECOND)
+            f.write(struct.pack("<IIII", seconds, nanos, len(frame), len(frame)) + frame)
+    out = tmp_path / "records.jsonl"
+    assert run_replay(pcap, AttachOptions(("mirror",), out=str(out)), None) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    (call,) = [r for r in records if r["kind"] == "call"]
+    streams = {s["ssrc"]: s for s in call["streams"]}
+    assert (streams[UP.ssrc]["packets"], streams[DOWN.ssrc]["packets"]) == (UP.sent, DOWN.sent)
+    assert call["encap"] == {"kind": "vxlan", "id": 77, "src": "192.0.2.1", "dst": "192.0.2.2"}
+    assert {r["encap"]["id"] for r in records if r["kind"] == "sip"} == {77}

@@ -1,0 +1,110 @@
+"""Live: a dialog mirrored inside each kind of tunnel (VXLAN, Geneve, GRE with
+IPv4 and with Ethernet inside, ERSPAN II and III, IP-in-IP, and VXLAN with an
+inner 802.1Q tag), crafted frames replayed onto the lab's veth towards the
+agent. Every SIP message inside is recorded, with its tunnel's kind and id,
+and the records say what tshark's dissection of the same capture says
+(Call-ID, method or status, CSeq): by the kernel programs and by the AF_PACKET
+capture alike."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.support.agent import final_stats, read_records, start_agent
+from tests.support.calls import LINKTYPE_ETHERNET, NANOSECOND_PCAP_MAGIC
+from tests.support.frames import ethernet, ipv4, udp
+from tests.support.lab import Lab, tcpreplay
+from tests.support.sip_samples import sip_message
+from tests.support.tshark import sip_messages
+from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, ipip, vxlan
+
+PPS = 200
+# A dialog's messages: start line, CSeq, and whether the caller sends it
+DIALOG = (("INVITE sip:bob@10.1.0.2 SIP/2.0", "1 INVITE", True), ("SIP/2.0 100 Trying", "1 INVITE", False),
+          ("SIP/2.0 180 Ringing", "1 INVITE", False), ("SIP/2.0 200 OK", "1 INVITE", False),
+          ("ACK sip:bob@10.1.0.2 SIP/2.0", "1 ACK", True), ("BYE sip:bob@10.1.0.2 SIP/2.0", "2 BYE", True),
+          ("SIP/2.0 200 OK", "2 BYE", False))
+CALLER, CALLEE = "10.1.0.1", "10.1.0.2"
+
+
+def dialog(call_id: str) -> list[bytes]:
+    """The dialog's SIP datagrams as IP packets (UDP 5060 both ways)."""
+    packets = []
+    for start, cseq, from_caller in DIALOG:
+        message = sip_message(start, [f"Via: SIP/2.0/UDP {CALLER}:5060;branch=z9hG4bK-{cseq.split()[0]}",
+                                      f"From: <sip:alice@{CALLER}>;tag=a1", f"To: <sip:bob@{CALLEE}>",
+                                      f"Call-ID: {call_id}", f"CSeq: {cseq}", "Max-Forwards: 70"])
+        src, dst = (CALLER, CALLEE) if from_caller else (CALLEE, CALLER)
+        packets.append(ipv4(udp(message, 5060, 5060), src=src, dst=dst))
+    return packets
+
+
+WRAPS: dict[str, Callable[[bytes], bytes]] = {  # kind -> how one inner IP packet goes into the tunnel
+    "vxlan": lambda ip: vxlan(ethernet(ip), vni=5001),
+    "vxlan-vlan": lambda ip: vxlan(ethernet(ip, vlans=(300,)), vni=5002),
+    "geneve": lambda ip: geneve(ethernet(ip), vni=6001),
+    "gre-ipv4": lambda ip: gre(ip, 0x0800, key=7001),
+    "gre-ethernet": lambda ip: gre(ethernet(ip), TEB, key=7002),
+    "erspan2": lambda ip: erspan2(ethernet(ip), session=101),
+    "erspan3": lambda ip: erspan3(ethernet(ip), session=102),
+    "ipip": ipip,
+}
+EXPECTED = {"vxlan": ("vxlan", 5001), "vxlan-vlan": ("vxlan", 5002), "geneve": ("geneve", 6001),
+            "gre-ipv4": ("gre", 7001), "gre-ethernet": ("gre", 7002), "erspan2": ("erspan", 101),
+            "erspan3": ("erspan", 102), "ipip": ("ipip", None)}
+
+
+def write_pcap(path: Path, frames: list[bytes]) -> None:
+    """A nanosecond pcap, a millisecond between frames (tests.support.calls writes them so)."""
+    with path.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", NANOSECOND_PCAP_MAGIC, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        for n, frame in enumerate(frames):
+            f.write(struct.pack("<IIII", 1, n * 1_000_000, len(frame), len(frame)) + frame)
+
+
+def mirrored_frames() -> list[bytes]:
+    return [wrap(packet) for name, wrap in WRAPS.items() for packet in dialog(f"{name}@mirror")]
+
+
+def comparable(records: list[dict[str, Any]]) -> Counter[tuple[str, str, int, str]]:
+    """tshark's fields of each SIP record: Call-ID, method or status code, CSeq."""
+    return Counter((r["call_id"], r["method"] or str(r["status"]), r["cseq"], r["cseq_method"])
+                   for r in records if r["kind"] == "sip")
+
+
+@pytest.mark.parametrize("mode", ["xdp", "afpacket"])
+def test_sip_in_every_tunnel_is_recorded_as_tshark_reads_it(lab: Lab, tmp_path: Path, mode: str) -> None:
+    require_tool("tshark")
+    require_tool("tcpreplay")
+    pcap = tmp_path / "mirrored.pcap"
+    write_pcap(pcap, mirrored_frames())
+    tshark = Counter(sip_messages(pcap))
+    assert sum(tshark.values()) == len(WRAPS) * len(DIALOG), "tshark must read every message too"
+
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--mode", mode])
+    try:
+        tcpreplay(lab, pcap, PPS)
+        time.sleep(1.5)  # a stats line after the last packet
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    records = read_records(out)
+    assert comparable(records) == tshark
+    for record in (r for r in records if r["kind"] == "sip"):
+        name = record["call_id"].split("@")[0]
+        kind, tunnel_id = EXPECTED[name]
+        assert record["encap"]["kind"] == kind and record["encap"]["id"] == tunnel_id, record
+        assert record["encap"]["src"] == "192.0.2.1" and record["encap"]["dst"] == "192.0.2.2"
+    if mode == "xdp":
+        stats = final_stats(agent)
+        assert stats["ingress_decapsulated"] == len(WRAPS) * len(DIALOG), stats
+        assert stats["ingress_decap_bad"] == stats["ingress_decap_nested"] == 0, stats

@@ -1,0 +1,160 @@
+"""One level of decapsulation in Python (userspace.tunnel, userspace.frame.walk):
+each kind opened with its id and outer addresses, each refusal the kernel makes
+made here, cut-short frames never an exception, and tunnelled SIP recorded
+with its ``encap``, its fragments reassembled per tunnel."""
+
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.frames import V6, ethernet, ipv4, ipv6, raw, udp
+from tests.support.sip_samples import INVITE
+from tests.support.tunnels import (
+    OUTER_DST,
+    OUTER_SRC,
+    TEB,
+    erspan2,
+    erspan3,
+    geneve,
+    gre,
+    inner_sip,
+    ipip,
+    vxlan,
+)
+from userspace.classify import Rules, classify_frame
+from userspace.errors import DecodeError
+from userspace.event import Flag
+from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
+from userspace.pipeline import Pipeline
+from userspace.records import SipRecord
+from userspace.tunnel import Encap, TunnelKind, Tunnels
+
+INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
+INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
+OUTER = (raw(OUTER_SRC), raw(OUTER_DST))
+
+OPENED = {
+    "vxlan": (vxlan(inner_sip(), vni=0xABCDEF), TunnelKind.VXLAN, 0xABCDEF),
+    "geneve": (geneve(inner_sip(), options=bytes(8)), TunnelKind.GENEVE, 200),
+    "geneve-ipv6": (geneve(INNER_V6, proto=0x86DD), TunnelKind.GENEVE, 200),
+    "gre-ipv4": (gre(INNER_V4, 0x0800), TunnelKind.GRE, None),
+    "gre-key-seq-csum": (gre(INNER_V6, 0x86DD, key=77, seq=3, csum=True), TunnelKind.GRE, 77),
+    "gre-ethernet": (gre(inner_sip(vlans=(4,)), TEB), TunnelKind.GRE, None),
+    "erspan2": (erspan2(inner_sip(), session=1023), TunnelKind.ERSPAN, 1023),
+    "erspan3": (erspan3(inner_sip(), session=5), TunnelKind.ERSPAN, 5),
+    "erspan3-platform": (erspan3(inner_sip(vlans=(1, 2)), session=5, platform=True), TunnelKind.ERSPAN, 5),
+    "ipip": (ipip(INNER_V4), TunnelKind.IPIP, None),
+    "ipv6-in-ipv4": (ipip(INNER_V6, inner_v6=True), TunnelKind.IPIP, None),
+}
+
+REFUSED = {
+    "vxlan-without-i": vxlan(inner_sip(), flags=0),
+    "geneve-version": geneve(inner_sip(), version=2),
+    "geneve-options-past-the-end": geneve(inner_sip()[:40], opt_words=63),
+    "gre-routing": gre(INNER_V4, 0x0800, extra_flags=0x4000),
+    "gre-version": gre(INNER_V4, 0x0800, extra_flags=1),
+    "gre-ppp": gre(INNER_V4, 0x880B),
+    "erspan-version": erspan2(inner_sip(), version=0),
+    "erspan3-frame-type": erspan3(inner_sip(), frame_type=2),
+    "nested-ipip": gre(ipv4(INNER_V4, proto=4), 0x0800),
+    "nested-vxlan": vxlan(ethernet(ipv4(udp(bytes((8, 0, 0, 0, 0, 0, 1, 0)) + inner_sip(), 1, 4789)))),
+}
+
+
+@pytest.mark.parametrize("name", OPENED)
+def test_each_kind_is_opened_to_its_inner_sip(name: str) -> None:
+    frame, kind, tunnel_id = OPENED[name]
+    layout = walk(frame)
+    assert layout is not None and layout.flags & Flag.INNER
+    packet = packet_at(frame, layout.l3, layout.l4, layout.flags, layout.proto)
+    assert isinstance(packet, Packet) and packet.payload == INVITE and packet.dport == 5060
+    assert layout.encap == Encap(kind, tunnel_id, *OUTER)
+    assert encapsulation(frame) == layout.encap
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_what_the_kernel_refuses_is_refused(name: str) -> None:
+    assert walk(REFUSED[name]) is None
+
+
+def test_a_kind_turned_off_is_walked_as_the_outer_packet_it_is() -> None:
+    none = Tunnels(frozenset())
+    assert walk(gre(INNER_V4, 0x0800), none) is None
+    outer = walk(vxlan(inner_sip()), none)
+    assert outer is not None and not outer.flags & Flag.INNER and outer.dport == 4789
+    only_erspan = Tunnels(frozenset({TunnelKind.ERSPAN}))
+    assert walk(gre(INNER_V4, 0x0800), only_erspan) is None
+    assert walk(erspan2(inner_sip()), only_erspan) is not None
+
+
+def test_an_extra_vxlan_port() -> None:
+    frame = vxlan(inner_sip(), port=8472)
+    assert walk(frame) is not None and not walk(frame).flags & Flag.INNER  # type: ignore[union-attr]
+    layout = walk(frame, Tunnels(vxlan_ports=frozenset({4789, 8472})))
+    assert layout is not None and layout.encap is not None and layout.encap.kind is TunnelKind.VXLAN
+
+
+@pytest.mark.parametrize("name", [*OPENED, *REFUSED])
+def test_every_cut_of_a_tunnelled_frame_walks_without_an_exception(name: str) -> None:
+    frame = OPENED[name][0] if name in OPENED else REFUSED[name]
+    for end in range(len(frame)):
+        walk(frame[:end])
+
+
+def test_classification_uses_the_inner_packet() -> None:
+    event = classify_frame(erspan2(inner_sip(vlans=(9,))), Rules(frozenset({5060})))
+    assert event is not None and event.flags & Flag.INNER and event.flags & Flag.VLAN
+    no_tunnels = Rules(frozenset({5060}), tunnels=Tunnels(frozenset()))
+    assert classify_frame(gre(INNER_V4, 0x0800), no_tunnels) is None
+
+
+def _records(frames: list[bytes]) -> list[SipRecord]:
+    pipeline = Pipeline({0: "mirror0"}, 0)
+    rules = Rules(frozenset({5060}))
+    events = [classify_frame(frame, rules, ts_ns=i * 1_000) for i, frame in enumerate(frames)]
+    return [r for r in pipeline.process([e for e in events if e is not None]) if isinstance(r, SipRecord)]
+
+
+def test_a_tunnelled_sip_record_carries_its_encap_and_an_untunnelled_one_none() -> None:
+    tunnelled, plain = _records([vxlan(inner_sip(), vni=4242), inner_sip()])
+    encap = orjson.loads(orjson.dumps(tunnelled.to_dict()))["encap"]
+    assert encap == {"kind": "vxlan", "id": 4242, "src": OUTER_SRC, "dst": OUTER_DST}
+    assert plain.to_dict()["encap"] is None
+    assert tunnelled.message.call_id == plain.message.call_id and tunnelled.transport == UDP
+
+
+def test_fragments_of_two_tunnels_with_one_ip_id_are_never_mixed() -> None:
+    datagram = udp(INVITE, 5070, 5060)
+    first = ethernet(ipv4(datagram[:256], src="10.3.0.1", dst="10.3.0.2", frag=0x2000, ident=77))
+    last = ethernet(ipv4(datagram[256:], src="10.3.0.1", dst="10.3.0.2", frag=32, ident=77))
+    records = _records([vxlan(first, vni=1), vxlan(last, vni=2), vxlan(last, vni=1)])
+    assert len(records) == 1
+    assert records[0].fragments == 2 and records[0].encap is not None and records[0].encap.id == 1
+
+
+def test_ipv6_inside_gre_over_ipv6() -> None:
+    frame = gre(ethernet(INNER_V6, ethertype=V6), TEB, v6=True)
+    layout = walk(frame)
+    assert layout is not None and layout.flags & Flag.IPV6 and layout.encap is not None
+    assert layout.encap.src == raw("2001:db8::1")
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(["vxlan", "geneve", "gre", "ipip", "ipv6-in-ip"]), body=st.binary(max_size=120))
+def test_any_bytes_behind_a_tunnel_header_are_a_layout_or_nothing(kind: str, body: bytes) -> None:
+    """Hostile tunnels: whatever follows the outer headers, the walk ends in a layout
+    whose packet reads or fails with a DecodeError, or in None; never another exception."""
+    frame = {"vxlan": lambda: vxlan(b"") + body, "geneve": lambda: geneve(b"") + body,
+             "gre": lambda: gre(b"", 0) + body, "ipip": lambda: ipip(body),
+             "ipv6-in-ip": lambda: ipip(body, inner_v6=True)}[kind]()
+    for cut in (frame, frame[:-3]):
+        layout = walk(cut)
+        if layout is None:
+            continue
+        with contextlib.suppress(DecodeError):
+            packet_at(cut, layout.l3, layout.l4, layout.flags, layout.proto)
