@@ -737,19 +737,18 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 	__u8 sbits = sport_is_sip ? *sport_is_sip : 0;
 	__u8 dbits = dport_is_sip ? *dport_is_sip : 0;
 	/* One test for any port of ours: packets that match nothing pay no more
-	 * for the tunnel ports than they did for the SIP ports alone. */
-	if (sbits | dbits) {
-		__u8 tunnel = p->l4_proto == IPPROTO_UDP ? tunnel_bits(cfg, dbits, inner) : 0;
+	 * for the tunnel ports than they did for the SIP ports alone. SIP and
+	 * learned media come before a tunnel: a UA or a media port that happens to
+	 * be 4789 or 6081 is not taken for one, and a party cannot hide its own
+	 * media by announcing a tunnel's port. */
+	__u8 tunnel = 0;
 
-		if (tunnel) {
-			m->decap = tunnel;
-			m->screen = 1; /* the hooks' one test for a tail call (below) */
-			return OTUS_CTR_NO_MATCH;
-		}
+	if (sbits | dbits) {
 		if ((sbits | dbits) & OTUS_PORT_SIP) {
 			m->kind = OTUS_KIND_SIP;
 			return OTUS_CTR_MATCHED_SIP_PORT;
 		}
+		tunnel = p->l4_proto == IPPROTO_UDP ? tunnel_bits(cfg, dbits, inner) : 0;
 	}
 
 	struct otus_flow_value *flow = learned_endpoint(p, p->daddr, p->dport);
@@ -779,6 +778,11 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 			m->stream = 1; /* not Call-ID routed: the copy's path skips the scan */
 		*found = flow;
 		return flow->kind == OTUS_KIND_RTCP ? OTUS_CTR_MATCHED_RTCP : OTUS_CTR_MATCHED_RTP;
+	}
+	if (tunnel) {
+		m->decap = tunnel;
+		m->screen = 1; /* the hooks' one test for a tail call (below) */
+		return OTUS_CTR_NO_MATCH;
 	}
 
 	if ((cfg->flags & OTUS_CFG_SIGNATURE) && p->l4_proto == IPPROTO_UDP &&

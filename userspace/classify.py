@@ -65,7 +65,7 @@ def _fold(address: bytes) -> int:
 def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRESS, ts_ns: int = 0,
                    ifindex: int = 0, orig_len: int | None = None) -> Event | None:
     """The event the kernel would send up for this frame, or None when it would not."""
-    p = walk(frame, rules.tunnels)
+    p = walk(frame, rules.tunnels, rules.sip_ports, rules.media)
     if p is None:
         return None
     fold = _fold(p.src) ^ _fold(p.dst)

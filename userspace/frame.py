@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -103,11 +104,14 @@ class Layout:
     encap: Encap | None = None  # the tunnel it came in (flags has INNER), or None
 
 
-def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS) -> Layout | None:
+def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[int] = frozenset(),
+         media: Mapping[tuple[bytes, int, int], object] | None = None) -> Layout | None:
     """The layers of a frame, or None where the kernel would pass it by (not IP,
     cut short, or not UDP/TCP); every fragment is kept, as in the kernel. A tunnel
     whose kind is on is opened, one level (bpf/otus.c "Tunnels"): the layout is
-    then the inner packet's, flagged INNER, with its ``encap``."""
+    then the inner packet's, flagged INNER, with its ``encap``. A UDP datagram on a
+    ``sip_ports`` port or to or from a learned ``media`` endpoint is not a tunnel,
+    whatever its port: the kernel's match takes SIP and media first."""
     layout = Layout()
     offset = _walk_ethernet(frame, 0, layout)
     if offset < 0:
@@ -123,9 +127,18 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS) -> Layout | None:
         return None
     if layout.proto == UDP and not layout.flags & _FRAGMENT:
         kind = udp_tunnel(layout.dport, tunnels)
-        if kind is not None:
+        if kind is not None and not _ours(layout, sip_ports, media):
             return _walk_inner(frame, open_udp(frame, layout.payload, kind, layout.src, layout.dst), tunnels)
     return layout
+
+
+def _ours(layout: Layout, sip_ports: frozenset[int],
+          media: Mapping[tuple[bytes, int, int], object] | None) -> bool:
+    """SIP by its ports, or learned media (a non-tunnelled flow's key: protocol alone)."""
+    if layout.sport in sip_ports or layout.dport in sip_ports:
+        return True
+    return media is not None and ((layout.dst, layout.dport, UDP) in media
+                                  or (layout.src, layout.sport, UDP) in media)
 
 
 def _walk_inner(frame: bytes, encap: Encap | None, tunnels: Tunnels) -> Layout | None:

@@ -63,7 +63,7 @@ from userspace.reporters.jsonl import FsyncPolicy
 from userspace.reporters.kafka import BacklogLimits, KafkaRouting, KeyChoice, OverflowPolicy
 from userspace.reporters.pcap import PcapFormat
 from userspace.tcp import TcpLimits
-from userspace.tunnel import VXLAN_PORT, TunnelKind
+from userspace.tunnel import GENEVE_PORT, VXLAN_PORT, TunnelKind
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9091"
 DEFAULT_CONTROL_SOCKET = "/run/otus-ebpf/control.sock"
@@ -289,10 +289,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decap", "filter.decap", Choice((*DECAP_WORDS, "none")), DECAP_WORDS,
             "tunnels opened, one level, to capture the traffic inside (a mirror's copies): VXLAN and Geneve "
             "by UDP port, GRE (with its key), ERSPAN II/III, IPv4/IPv6 in IPv4/IPv6; none: no tunnel. The "
-            "address filters apply to the inner packet; changed by reload", Group.FILTERS, "--decap",
-            repeatable=True, replay=True),
+            "address filters apply to the inner packet; a reload that changes it restarts the task",
+            Group.FILTERS, "--decap", repeatable=True, replay=True),
     Setting("vxlan_ports", "filter.vxlan_ports", Whole(1, 65_535, metavar="PORT"), (VXLAN_PORT,),
-            "UDP ports VXLAN arrives on (Geneve: 6081)", Group.FILTERS, "--vxlan-port", repeatable=True,
+            "UDP ports VXLAN arrives on (Geneve: 6081), none of them a SIP or WebSocket port; a reload that "
+            "changes them restarts the task", Group.FILTERS, "--vxlan-port", repeatable=True,
             replay=True),
     Setting("include", "filter.include", Networks(), (), "capture only traffic to or from these networks",
             Group.FILTERS, "--include", repeatable=True),
@@ -471,6 +472,11 @@ def cross_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
                                           f"not {values['media_snaplen']}"))
     if "none" in values["decap"] and len(set(values["decap"])) > 1:
         problems.append(("decap", "none turns every tunnel off: it cannot stand beside a kind"))
+    taken = {*(values["sip_ports"] or DEFAULT_SIP_PORTS), *values["ws_ports"], GENEVE_PORT}
+    clash = sorted(taken.intersection(values["vxlan_ports"]))
+    if clash:
+        problems.append(("vxlan_ports", f"{', '.join(map(str, clash))} is already a SIP, WebSocket or "
+                                        f"Geneve ({GENEVE_PORT}) port"))
     drop = set(values["drop_methods"])
     if len(drop) > MAX_DROP_METHODS:
         problems.append(("drop_methods", f"{len(drop)} methods and status codes: the kernel's drop list "

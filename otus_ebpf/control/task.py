@@ -83,8 +83,10 @@ class Engine(Protocol):
     def accounts_line(self) -> str: ...
 
 
+# Not the tunnels (decap, vxlan_ports): each runner's pipeline (in every worker) reads a
+# tunnelled record's outer headers with them, so a change restarts the task.
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude", "drop_methods", "dedup",
-                       "dedup_window_ms", "decap", "vxlan_ports")
+                       "dedup_window_ms")
 # Output settings a running task can swap: new outputs open, the old ones flush and close.
 _OUTPUT_FIELDS = ("out", "out_rotation", "out_fsync", "kafka", "kafka_backlog", "kafka_routing", "hep",
                   "hep_identity", "fallback", "queue_records", "pcap", "pcap_rotation", "pcap_format",

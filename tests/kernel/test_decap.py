@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from otus_ebpf.kernel.abi import PortBit
+from tests.kernel.conftest import SHARDS
 from tests.support.frames import V6, ethernet, ipv4, ipv6, udp
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE
@@ -196,3 +197,26 @@ def test_media_learned_inside_a_tunnel_is_matched_inside_that_kind_only(kernel: 
     finally:
         kernel.maps.forget_flow(endpoint, tunnel=TunnelCode.VXLAN)
     assert verdict(run(kernel, vxlan(rtp), hook)) == Counter.NO_MATCH, "forgotten with its tunnel"
+
+
+def test_sip_and_learned_media_on_a_tunnels_port_are_not_taken_for_a_tunnel(kernel: KernelHarness,
+                                                                           hook: Hook) -> None:
+    """SIP and learned media come first: a UA behind NAT on port 4789, or media a
+    party announced at 4789 (to hide it, or by chance), is matched as itself, in
+    the kernel and in its Python mirror alike."""
+    sip_to_4789 = ethernet(ipv4(udp(INVITE, 5060, 4789), src="10.1.0.1", dst="10.1.0.2"))
+    assert verdict(run(kernel, sip_to_4789, hook)) == Counter.MATCHED_SIP_PORT
+    rules = Rules(frozenset({5060}), shards=SHARDS)
+    event = classify_frame(sip_to_4789, rules)
+    assert event is not None and event.kind == Kind.SIP and not event.flags & Flag.INNER
+    endpoint = (ipaddress.ip_address("10.4.0.2").packed, 4789)
+    rtp = ethernet(ipv4(udp(bytes([0x80, 0]) + bytes(170), 30000, 4789), src="10.4.0.1", dst="10.4.0.2"))
+    kernel.maps.learn_flow(endpoint, Kind.RTP, shard=1)
+    try:
+        assert verdict(run(kernel, rtp, hook)) == Counter.MATCHED_RTP
+        media_rules = Rules(frozenset({5060}), shards=SHARDS, media={(*endpoint, UDP): (Kind.RTP, 1)})
+        event = classify_frame(rtp, media_rules)
+        assert event is not None and event.kind == Kind.RTP and not event.flags & Flag.INNER
+    finally:
+        kernel.maps.forget_flow(endpoint)
+    assert verdict(run(kernel, rtp, hook)) != Counter.MATCHED_RTP  # unlearned: taken for VXLAN again

@@ -88,6 +88,9 @@ EXPECTED = {
     "drop_methods_too_many": [
         "5: tasks[0].filter.drop_methods: 17 methods and status codes: the kernel's drop list holds "
         "at most 16"],
+    # A VXLAN port that is SIP's would take SIP for tunnels.
+    "vxlan_port_on_sip": [
+        "5: tasks[0].filter.vxlan_ports: 5060 is already a SIP, WebSocket or Geneve (6081) port"],
     "drop_method_lower_case": [
         "5: tasks[0].filter.drop_methods[1]: 'notify' is not a SIP method in upper case "
         "(A-Z, 0-9, at most 16) nor a 3-digit status code"],

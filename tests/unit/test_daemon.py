@@ -5,6 +5,7 @@ the daemon gives its signal handlers back. The kernel side is a stand-in."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import signal
@@ -20,11 +21,14 @@ from otus_ebpf.control.config import load
 from otus_ebpf.control.daemon import run_daemon
 from otus_ebpf.control.manager import TaskManager
 from otus_ebpf.control.server import request
+from otus_ebpf.control.task import live_changeable
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.settings import KernelSettings
+from otus_ebpf.options import AttachOptions
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.unit.test_sdp_calls import ANSWER, OFFER, message
 from tests.unit.test_task import FakeOpener, as_root, sip_frames  # noqa: F401 - as_root: a fixture
+from userspace.tunnel import TunnelKind
 
 
 def write_config(path: Path, tmp: Path, lo_ports: str = "[5060]", third: bool = False,
@@ -203,3 +207,14 @@ def test_outputs_change_live_and_dialogs_survive_the_change(tmp_path: Path) -> N
     assert [r["kind"] for r in old] == ["sip", "sip"]
     assert [r["kind"] for r in new] == ["sip", "call"]
     assert new[1]["end_cause"] == "bye" and new[1]["answer_ms"] is not None, "it began before the change"
+
+
+def test_a_reload_that_changes_the_tunnels_restarts_the_task_and_one_of_the_filters_does_not() -> None:
+    """Every worker's pipeline reads a tunnelled record's outer headers with the tunnel
+    settings: changing them live would leave those stale."""
+    before = AttachOptions(("lo",))
+    for changed in ({"decap": frozenset({TunnelKind.GRE})}, {"vxlan_ports": (8472,)}):
+        after = dataclasses.replace(before, kernel=dataclasses.replace(before.kernel, **changed))
+        assert not live_changeable(before, after), changed
+    exclude = dataclasses.replace(before.kernel, exclude=(ipaddress.ip_network("10.9.0.0/16"),))
+    assert live_changeable(before, dataclasses.replace(before, kernel=exclude))

@@ -111,6 +111,9 @@ def test_the_checker_takes_exactly_the_declared_keys_in_every_section() -> None:
     assert listed == expected
 
 
+_PORTS_APART = {"ws_ports": "8080", "vxlan_ports": "8472"}
+
+
 def sample(setting: Setting, secret: Path) -> str:
     """A valid value unlike the default, as an operator types it."""
     kind, default = setting.kind, setting.default_value()
@@ -120,6 +123,8 @@ def sample(setting: Setting, secret: Path) -> str:
         return "true"
     if isinstance(kind, Choice):
         return next(w for w in reversed(kind.words) if kind.parse(w) != default)
+    if setting.name in _PORTS_APART:  # ports of one kind may not be another kind's
+        return _PORTS_APART[setting.name]
     if isinstance(kind, (Whole, Number)):
         low = kind.parse(str(kind.low))
         first = (default[0] if default else None) if setting.repeatable else default  # a list may be empty
