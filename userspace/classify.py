@@ -8,11 +8,14 @@ event the kernel would have written (tests/kernel/test_parity.py holds them
 equal), handed to the pipeline as an object, not as ring bytes. What the
 kernel then keeps down — the method drop list and duplicates — a ``Screen``
 keeps down, once per frame, after the last classification of it.
-Address filters are left to the caller's socket filter.
+Address filters (``Networks``) judge a tunnelled frame's inner addresses here,
+as the kernel does; a frame outside any tunnel is left to the caller's socket
+filter, unless the caller has none (replay).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +35,60 @@ SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS "
 MediaKey = tuple[bytes, int, int]
 
 
+# (first, last) addresses as integers, by address length (4 or 16 bytes)
+Ranges = dict[int, tuple[tuple[int, int], ...]]
+
+
+class Networks:
+    """The address filters (--include, --exclude) as the kernel applies them
+    (filtered_out in bpf/otus.c): a packet goes when either address is excluded, or
+    when an include list of its family is set and neither address is in it. Judged
+    here for tunnelled frames only (the inner addresses: the socket filter lets every
+    tunnel through), or for every frame with ``plain`` (no socket filter judged them).
+    ``filtered`` counts what they kept out (the kernel's FILTERED)."""
+
+    __slots__ = ("exclude", "filtered", "include", "plain")
+
+    def __init__(self, include: Iterable[object], exclude: Iterable[object], plain: bool = False) -> None:
+        self.include = _ranges(include)
+        self.exclude = _ranges(exclude)
+        self.plain = plain
+        self.filtered = 0
+
+    @staticmethod
+    def of(include: Iterable[object], exclude: Iterable[object], plain: bool = False) -> Networks | None:
+        """The filters, or None when there are none."""
+        include, exclude = tuple(include), tuple(exclude)
+        return Networks(include, exclude, plain) if include or exclude else None
+
+    def out(self, src: bytes, dst: bytes) -> bool:
+        """Whether the addresses are filtered out (and counted)."""
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        excluded = self.exclude.get(len(src))
+        if excluded is not None and (_within(s, excluded) or _within(d, excluded)):
+            self.filtered += 1
+            return True
+        included = self.include.get(len(src))
+        if included is not None and not _within(s, included) and not _within(d, included):
+            self.filtered += 1
+            return True
+        return False
+
+
+def _ranges(networks: Iterable[object]) -> Ranges:
+    """ipaddress networks (or what ipaddress.ip_network takes) as integer ranges by address length."""
+    found: dict[int, list[tuple[int, int]]] = {}
+    for given in networks:
+        network = ipaddress.ip_network(str(given))
+        first, last = network.network_address, network.broadcast_address
+        found.setdefault(len(first.packed), []).append((int(first), int(last)))
+    return {size: tuple(sorted(ranges)) for size, ranges in found.items()}
+
+
+def _within(address: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(first <= address <= last for first, last in ranges)
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     sip_ports: frozenset[int]
@@ -39,6 +96,7 @@ class Rules:
     shards: int = 1
     media: Mapping[MediaKey, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
     tunnels: Tunnels = DEFAULT_TUNNELS  # opened one level, as the kernel's --decap
+    networks: Networks | None = None  # address filters judged here (Networks), None: none
 
 
 _FRAGMENT, _OWNED, _SIGNATURE = int(Flag.FRAGMENT), int(Flag.OWNED), int(Flag.SIGNATURE)
@@ -67,6 +125,9 @@ def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRES
     """The event the kernel would send up for this frame, or None when it would not."""
     p = walk(frame, rules.tunnels, rules.sip_ports, rules.media)
     if p is None:
+        return None
+    networks = rules.networks
+    if networks is not None and (p.encap is not None or networks.plain) and networks.out(p.src, p.dst):
         return None
     fold = _fold(p.src) ^ _fold(p.dst)
     shard = mix32(fold) % rules.shards

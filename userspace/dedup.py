@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 
 from userspace.event import Flag
-from userspace.frame import UDP, walk
+from userspace.frame import IPV6_AH, IPV6_EXTENSIONS, IPV6_FRAGMENT, MAX_IPV6_EXTENSIONS, UDP
 
 DEDUP_PREFIX = 128      # OTUS_DEDUP_PREFIX: L4 payload bytes in a packet's identity
 DEDUP_ENTRIES = 65_536  # OTUS_DEDUP_ENTRIES: the kernel's slots; identities held here at most
@@ -49,7 +49,7 @@ def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: in
         head = (frame[l3 + 8:l3 + 40] + bytes((frame[l3 + 1] & 0x0F, proto, flags & (_IPV6 | _FRAGMENT)))
                 + frame[l3 + 2:l3 + 6])
         if flags & _FRAGMENT:
-            head += _ipv6_fragment(frame)
+            head += _ipv6_fragment(frame, l3)
     else:
         ip_end = l3 + ((frame[l3 + 2] << 8) | frame[l3 + 3])
         # total length, id, fragment field; the protocol (past the TTL); the addresses
@@ -64,12 +64,23 @@ def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: in
     return head + frame[l4:l4 + kept] + frame[payload:end]
 
 
-def _ipv6_fragment(frame: bytes) -> bytes:
-    """The fragment header's offset field and id (rare enough to walk the frame again)."""
-    layout = walk(frame)
-    if layout is None:
-        return b""
-    return layout.frag_off.to_bytes(2, "big") + layout.frag_id.to_bytes(4, "little")
+def _ipv6_fragment(frame: bytes, l3: int) -> bytes:
+    """The fragment header's offset field and id, found from the event's network offset
+    (rare enough to walk the extension headers again). From ``l3``, not from the frame's
+    start: walking the frame again would need the tunnels the capture opens (a fragment
+    inside VXLAN on a port not the default one read as none, and two datagrams shared
+    an identity)."""
+    next_header, offset = frame[l3 + 6], l3 + 40
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        if next_header == IPV6_FRAGMENT:
+            # as on the wire: the offset field (big-endian), then the id
+            return frame[offset + 2:offset + 8] if len(frame) >= offset + 8 else b""
+        if next_header not in IPV6_EXTENSIONS or len(frame) < offset + 2:
+            return b""
+        units = frame[offset + 1]
+        length = (units + 2) * 4 if next_header == IPV6_AH else (units + 1) * 8  # AH: 4-byte units
+        next_header, offset = frame[offset], offset + length
+    return b""
 
 
 class Dedup:

@@ -7,11 +7,19 @@ attributed to that call, with that call's SDP formats, unless the other end
 of the flow is an older holder's own — and it is forgotten only when its
 last holder ends. ``take`` and ``release`` return the change
 the kernel's flow map must make, if any (``FlowEvent``), and cost O(1).
+
+The kernel's flow key holds the tunnel kind the endpoint was announced in
+(``Hold.tunnel``): one address:port announced plain by one call and inside a
+VXLAN by another is two kernel entries. So the registry keeps the holds twice:
+by endpoint, for which call a media packet belongs to, and by kernel key
+(``Holders`` keyed by ``FlowKey``), for the entries' learns and forgets — each
+kernel entry is forgotten when the last call that announced the endpoint in
+that kind of tunnel ends, whatever the other kinds' holders do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from userspace.event import Kind
@@ -19,6 +27,8 @@ from userspace.kernel_streams import Clocks
 from userspace.rtp import Formats
 
 Endpoint = tuple[bytes, int]  # raw address (4 or 16 bytes), port: the one endpoint type
+FlowKey = tuple[bytes, int, int]  # an endpoint and the TunnelCode it was announced in: a kernel entry
+Key = Endpoint | FlowKey
 
 
 class FlowAction(Enum):
@@ -57,7 +67,7 @@ class Hold:
         """What the kernel's flow entry holds for this hold: a change of any is a write."""
         return self.kind, self.shard, self.owner, self.clocks
 
-    def event(self, action: FlowAction, endpoint: Endpoint) -> FlowEvent:
+    def event(self, action: FlowAction, endpoint: Key) -> FlowEvent:
         return FlowEvent(action, endpoint[0], endpoint[1], self.kind, self.call_id, self.shard, self.owner,
                          self.clocks, self.tunnel)
 
@@ -116,19 +126,30 @@ def _owner(held: _Held) -> Hold:
     return held if isinstance(held, Hold) else held.owner()
 
 
-class EndpointRegistry:
+class Holders:
+    """The holds of each key: an endpoint (who owns it), or a kernel entry (FlowKey)."""
+
     def __init__(self) -> None:
-        self._holders: dict[Endpoint, _Held] = {}
+        self._holders: dict[Key, _Held] = {}
 
     def __len__(self) -> int:
-        """Endpoints held by at least one call: what the flow map should hold."""
+        """Keys held by at least one holder."""
         return len(self._holders)
 
-    def owner(self, endpoint: Endpoint) -> Hold | None:
+    def get(self, endpoint: Key, call_id: str) -> Hold | None:
+        """``call_id``'s hold on ``endpoint``, if any."""
+        held = self._holders.get(endpoint)
+        if held is None:
+            return None
+        if isinstance(held, Hold):
+            return held if held.call_id == call_id else None
+        return held.get(call_id)
+
+    def owner(self, endpoint: Key) -> Hold | None:
         held = self._holders.get(endpoint)
         return None if held is None else _owner(held)
 
-    def holders(self, endpoint: Endpoint) -> int:
+    def holders(self, endpoint: Key) -> int:
         held = self._holders.get(endpoint)
         return 0 if held is None else 1 if isinstance(held, Hold) else len(held.holds)
 
@@ -148,7 +169,7 @@ class EndpointRegistry:
                 return (to.get(source_owner) or owner), True
         return owner, True
 
-    def take(self, endpoint: Endpoint, hold: Hold) -> FlowEvent | None:
+    def take(self, endpoint: Key, hold: Hold) -> FlowEvent | None:
         """``hold.call_id`` announces ``endpoint``; it owns it from now on."""
         held = self._holders.get(endpoint)
         if held is None:
@@ -167,7 +188,7 @@ class EndpointRegistry:
             return None  # the kernel's entry stays as it is
         return hold.event(FlowAction.LEARN, endpoint)
 
-    def release(self, endpoint: Endpoint, call_id: str) -> FlowEvent | None:
+    def release(self, endpoint: Key, call_id: str) -> FlowEvent | None:
         """``call_id`` ended: the endpoint goes to the newest remaining holder, or is forgotten."""
         held = self._holders.get(endpoint)
         if held is None:
@@ -188,3 +209,45 @@ class EndpointRegistry:
         if was_owner and owner.entry != gone.entry:
             return owner.event(FlowAction.LEARN, endpoint)
         return None
+
+
+class EndpointRegistry:
+    """The calls' holds by endpoint (media attribution) and by kernel entry (FlowKey:
+    the endpoint and its tunnel kind), taken and released together."""
+
+    def __init__(self) -> None:
+        self._endpoints = Holders()
+        self._entries = Holders()
+
+    def __len__(self) -> int:
+        """Kernel entries held by at least one call: what the flow map should hold."""
+        return len(self._entries)
+
+    def owner(self, endpoint: Endpoint) -> Hold | None:
+        return self._endpoints.owner(endpoint)
+
+    def holders(self, endpoint: Endpoint) -> int:
+        return self._endpoints.holders(endpoint)
+
+    def flow_owner(self, destination: Endpoint, source: Endpoint) -> tuple[Hold | None, bool]:
+        return self._endpoints.flow_owner(destination, source)
+
+    def take(self, endpoint: Endpoint, hold: Hold) -> FlowEvent | None:
+        """``hold.call_id`` announces ``endpoint`` (in ``hold.tunnel``); it owns it from now on.
+        A call's holds keep the tunnel it first announced the endpoint in (a call's SDP comes
+        in one place: CallTracker takes the kind from the call's origin), so that its release
+        finds the entry it took."""
+        before = self._endpoints.get(endpoint, hold.call_id)
+        if before is not None and before.tunnel != hold.tunnel:
+            hold = replace(hold, tunnel=before.tunnel)
+        self._endpoints.take(endpoint, hold)
+        return self._entries.take((endpoint[0], endpoint[1], hold.tunnel), hold)
+
+    def release(self, endpoint: Endpoint, call_id: str) -> FlowEvent | None:
+        """``call_id`` ended: the endpoint's entry goes to the newest remaining holder in its
+        tunnel kind, or is forgotten."""
+        hold = self._endpoints.get(endpoint, call_id)
+        if hold is None:
+            return None
+        self._endpoints.release(endpoint, call_id)
+        return self._entries.release((endpoint[0], endpoint[1], hold.tunnel), call_id)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from otus_ebpf.capture.cbpf import MediaPorts, compile_filter, filter_expression, socket_filter
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.settings import KernelSettings
-from userspace.classify import Rules, Screen, classify_frame
+from userspace.classify import Networks, Rules, Screen, classify_frame
 from userspace.event import Direction, Event, Kind
 
 ETH_P_ALL = 0x0003
@@ -75,8 +75,11 @@ class AfPacketCapture:
         # Learned endpoints, as the kernel's flow map would hold them; the rules see this
         # dict itself, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
+        # Tunnelled frames' inner addresses judged here (the socket filter lets tunnels through)
+        self._networks = Networks.of(settings.include, settings.exclude)
+        self._filtered_before = 0  # by the address filters replaced since (set_filters)
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media, settings.tunnels)
+                            self._media, settings.tunnels, self._networks)
         # The drop list and dedup, as the kernel applies them after a match; socket time is the window's.
         self.screen = Screen(settings.drop_methods, _window_ns(settings), settings.snaplen)
         self._ports = MediaPorts()
@@ -162,10 +165,17 @@ class AfPacketCapture:
         and the socket filter both change at once, the rings, learned media and
         the packets within the dedup window stay."""
         self._settings = settings
+        self._filtered_before = self.filtered
+        self._networks = Networks.of(settings.include, settings.exclude)
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media, settings.tunnels)
+                            self._media, settings.tunnels, self._networks)
         self.screen.change(settings.drop_methods, _window_ns(settings))
         self._attach_filter()
+
+    @property
+    def filtered(self) -> int:
+        """Tunnelled frames the address filters kept out here (the kernel's FILTERED)."""
+        return self._filtered_before + (0 if self._networks is None else self._networks.filtered)
 
     def set_paused(self, paused: bool) -> None:
         """Paused, the sockets take nothing (a filter that accepts no packet); resumed,

@@ -59,7 +59,7 @@ def filter_expression(settings: KernelSettings, media_ranges: Iterable[tuple[int
     if settings.exclude:
         expression += " and not (" + " or ".join(f"net {n}" for n in settings.exclude) + ")"
     tunnels = tunnel_alternatives(settings.tunnels)
-    if tunnels:  # the address filters are for the inner packet: user space applies none to it yet
+    if tunnels:  # the address filters are for the inner packet: user space judges it (classify.Networks)
         expression = "(" + " or ".join([expression, *tunnels]) + ")"
     # Tags still in the frame (no rx VLAN offload) shift every offset.
     return f"({expression}) or (vlan and ({expression})) or (vlan and vlan and ({expression}))"

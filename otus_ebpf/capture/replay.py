@@ -37,7 +37,7 @@ from otus_ebpf.outputs.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
-from userspace.classify import Rules, Screen, classify_frame
+from userspace.classify import Networks, Rules, Screen, classify_frame
 from userspace.endpoints import FlowEvent
 from userspace.event import Event, Flag, Kind
 from userspace.pipeline import Pipeline
@@ -96,6 +96,7 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
                      if clock.stamped_back or clock.stamped_ahead else "")
         odd_times += f", skipped_packets={capture.skipped}" if capture.skipped else ""
         screen = replayer.screen
+        odd_times += f", filtered={replayer.filtered}" if replayer.filtered else ""
         odd_times += f", dropped_method={screen.dropped_methods}" if screen.dropped_methods else ""
         odd_times += f", duplicate={screen.duplicates}" if screen.duplicates else ""
         unwritable = _unwritable(frame_outputs)
@@ -208,7 +209,10 @@ class _Replayer:
         # Learned endpoints, as the kernel's flow map would hold them; the rules see the
         # same dict, so learning is one assignment, not a copy of every endpoint.
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
-        self._rules = Rules(frozenset(kernel.capture_ports), kernel.signature, 1, self._media, kernel.tunnels)
+        # No socket filter here: the address filters judge every frame (a tunnel's by its inner addresses)
+        self.networks = Networks.of(kernel.include, kernel.exclude, plain=True)
+        self._rules = Rules(frozenset(kernel.capture_ports), kernel.signature, 1, self._media, kernel.tunnels,
+                            self.networks)
         # The drop list and dedup, as the kernel applies them; the window runs on the frames' own times.
         window_ns = kernel.dedup_window_ms * 1_000_000 if kernel.dedup else None
         self.screen = Screen(kernel.drop_methods, window_ns, kernel.snaplen)
@@ -236,8 +240,10 @@ class _Replayer:
         learning = False  # events holds a message that may learn or forget media
         for frame in batch:
             self.frames += 1
+            filtered = self.filtered
             event = self._classify(frame)
-            if learning and (event is None or event.kind in _MEDIA or event.flags & _SIGNATURE):
+            if learning and self.filtered == filtered and (
+                    event is None or event.kind in _MEDIA or event.flags & _SIGNATURE):
                 records += self._run(events)
                 events, learning = [], False
                 event = self._classify(frame)
@@ -251,6 +257,12 @@ class _Replayer:
                 events, learning = [], False
         records += self._run(events)
         return records
+
+    @property
+    def filtered(self) -> int:
+        """Frames the address filters kept out (the kernel's FILTERED); a frame they keep
+        out is not classified again once media is learned."""
+        return 0 if self.networks is None else self.networks.filtered
 
     def _classify(self, frame: CapturedFrame) -> Event | None:
         return classify_frame(frame.data, self._rules, frame.direction, frame.ts_ns,

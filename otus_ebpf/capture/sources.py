@@ -210,7 +210,8 @@ class _AfPacket:
         stats = self._capture.read_stats()
         screen = self._capture.screen
         return [f"afpacket packets={stats.packets} drops={stats.drops} "
-                f"filter_failures={self._capture.filter_failures} dropped_method={screen.dropped_methods} "
+                f"filter_failures={self._capture.filter_failures} filtered={self._capture.filtered} "
+                f"dropped_method={screen.dropped_methods} "
                 f"duplicate={screen.duplicates}"]
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
@@ -224,6 +225,7 @@ class _AfPacket:
         screen = self._capture.screen
         return {"afpacket": {"packets": stats.packets, "drops": stats.drops,
                              "filter_failures": self._capture.filter_failures,
+                             "filtered": self._capture.filtered,
                              "dropped_method": screen.dropped_methods, "duplicate": screen.duplicates}}
 
 

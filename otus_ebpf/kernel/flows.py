@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from userspace.boundary import Boundary
-from userspace.endpoints import Endpoint, EndpointRegistry, FlowAction, FlowEvent, Hold
+from userspace.endpoints import FlowAction, FlowEvent, FlowKey, Hold, Holders
 from userspace.event import Kind
 from userspace.kernel_streams import Clocks
 
@@ -58,18 +58,20 @@ class SharedFlows:
     between calls, with workers for calls. (Written by the workers themselves,
     one worker's call ending removed the entry another's still needed, and the
     per-port use counts raced.) A worker that dies releases all it held.
+    Held by kernel entry: the endpoint and the tunnel kind it was announced in
+    (one worker may hold an endpoint plain and inside a tunnel, two entries).
     """
 
     def __init__(self) -> None:
-        self._registry = EndpointRegistry()
-        self._held: dict[int, set[Endpoint]] = {}
+        self._registry = Holders()
+        self._held: dict[int, set[FlowKey]] = {}
 
     def apply(self, worker: int, events: list[FlowEvent]) -> list[FlowEvent]:
         """A worker's changes in; the kernel writes they come to out."""
         writes: list[FlowEvent] = []
         held = self._held.setdefault(worker, set())
         for event in events:
-            endpoint = (event.address, event.port)
+            endpoint = (event.address, event.port, event.tunnel)
             was_shared = self.shared(endpoint)
             if event.action is FlowAction.LEARN:
                 held.add(endpoint)
@@ -90,11 +92,11 @@ class SharedFlows:
             self._write(writes, endpoint, self._registry.release(endpoint, str(worker)), was_shared)
         return writes
 
-    def shared(self, endpoint: Endpoint) -> bool:
+    def shared(self, endpoint: FlowKey) -> bool:
         """More than one worker holds it: its kernel entry says so (OTUS_FLOW_SHARED)."""
         return self._registry.holders(endpoint) > 1
 
-    def _write(self, writes: list[FlowEvent], endpoint: Endpoint, change: FlowEvent | None,
+    def _write(self, writes: list[FlowEvent], endpoint: FlowKey, change: FlowEvent | None,
                was_shared: bool) -> None:
         owner = self._registry.owner(endpoint)
         if change is None and owner is not None and self.shared(endpoint) != was_shared:
@@ -147,7 +149,7 @@ class FlowMapWriter:
         self._queue(self._shared.drop(worker))
 
     def _queue(self, writes: list[FlowEvent]) -> None:
-        marked = [(e, self._shared.shared((e.address, e.port))) for e in writes]
+        marked = [(e, self._shared.shared((e.address, e.port, e.tunnel))) for e in writes]
         with self._lock:
             self._pending += marked
         self._wakeup.set()

@@ -36,14 +36,14 @@ DIALOG = (("INVITE sip:bob@10.1.0.2 SIP/2.0", "1 INVITE", True), ("SIP/2.0 100 T
 CALLER, CALLEE = "10.1.0.1", "10.1.0.2"
 
 
-def dialog(call_id: str) -> list[bytes]:
+def dialog(call_id: str, caller: str = CALLER, callee: str = CALLEE) -> list[bytes]:
     """The dialog's SIP datagrams as IP packets (UDP 5060 both ways)."""
     packets = []
     for start, cseq, from_caller in DIALOG:
-        message = sip_message(start, [f"Via: SIP/2.0/UDP {CALLER}:5060;branch=z9hG4bK-{cseq.split()[0]}",
-                                      f"From: <sip:alice@{CALLER}>;tag=a1", f"To: <sip:bob@{CALLEE}>",
+        message = sip_message(start, [f"Via: SIP/2.0/UDP {caller}:5060;branch=z9hG4bK-{cseq.split()[0]}",
+                                      f"From: <sip:alice@{caller}>;tag=a1", f"To: <sip:bob@{callee}>",
                                       f"Call-ID: {call_id}", f"CSeq: {cseq}", "Max-Forwards: 70"])
-        src, dst = (CALLER, CALLEE) if from_caller else (CALLEE, CALLER)
+        src, dst = (caller, callee) if from_caller else (callee, caller)
         packets.append(ipv4(udp(message, 5060, 5060), src=src, dst=dst))
     return packets
 
@@ -108,3 +108,26 @@ def test_sip_in_every_tunnel_is_recorded_as_tshark_reads_it(lab: Lab, tmp_path: 
         stats = final_stats(agent)
         assert stats["ingress_decapsulated"] == len(WRAPS) * len(DIALOG), stats
         assert stats["ingress_decap_bad"] == stats["ingress_decap_nested"] == 0, stats
+
+
+@pytest.mark.parametrize("mode", ["xdp", "afpacket"])
+def test_the_address_filters_judge_a_tunnelled_dialog_by_its_inner_addresses(lab: Lab, tmp_path: Path,
+                                                                             mode: str) -> None:
+    """--exclude names a network inside the tunnels: its dialog is not recorded, whatever the
+    mirror's outer addresses, by the kernel programs and by the AF_PACKET capture alike (whose
+    socket filter lets every tunnel through)."""
+    require_tool("tcpreplay")
+    kept = [vxlan(ethernet(ip), vni=5001) for ip in dialog("kept@mirror")]
+    excluded = [vxlan(ethernet(ip), vni=5001) for ip in dialog("excluded@mirror", "10.9.0.1", "10.9.0.2")]
+    pcap = tmp_path / "mirrored.pcap"
+    write_pcap(pcap, [frame for pair in zip(kept, excluded, strict=True) for frame in pair])
+    out = tmp_path / "sip.jsonl"
+    agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                        ["--mode", mode, "--exclude", "10.9.0.0/24"])
+    try:
+        tcpreplay(lab, pcap, PPS)
+        time.sleep(1.5)
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    call_ids = Counter(r["call_id"] for r in read_records(out) if r["kind"] == "sip")
+    assert call_ids == {"kept@mirror": len(DIALOG)}, call_ids

@@ -106,3 +106,43 @@ def port_users(kernel: KernelHarness, port: int) -> int:
 def entries_on(kernel: KernelHarness, port: int) -> list[bytes]:
     flows = table(kernel.programs.bpf, FLOWS_MAP)
     return [bytes(key) for key in flows if FLOW_KEY.unpack(bytes(key))[1] == port]
+
+
+def test_one_endpoint_announced_plain_and_inside_vxlan_leaves_no_entry_when_both_calls_end(
+        kernel: KernelHarness) -> None:
+    """Regression: the endpoint registry counted holders by address and port, the kernel's
+    key carries the tunnel kind: a plain call and a VXLAN call announcing one endpoint
+    learned two entries and forgot one, which stayed in the map and in flow_ports."""
+    from tests.support.kernel import Hook  # noqa: PLC0415
+    from tests.support.sip_samples import sip_message  # noqa: PLC0415
+    from tests.support.tunnels import vxlan  # noqa: PLC0415
+    from userspace.pipeline import Pipeline  # noqa: PLC0415
+
+    plain_call, tunnelled_call = "a84b4c76e66710@pc33.atlanta.example.com", "tunnelled@mirror"
+
+    def bye(call_id: str) -> bytes:
+        return sip_message("BYE sip:bob@biloxi.example.com SIP/2.0",
+                           ["Via: SIP/2.0/UDP a;branch=z9hG4bKx", "To: <sip:bob@b>;tag=1",
+                            "From: <sip:a@a>;tag=2", f"Call-ID: {call_id}", "CSeq: 2 BYE"])
+
+    def plain(message: bytes) -> bytes:
+        return ethernet(ipv4(udp(message, 5070, 5060), src="10.1.0.1", dst="10.1.0.2"))
+
+    def tunnelled(message: bytes) -> bytes:
+        return vxlan(plain(message))
+
+    pipeline, writer = Pipeline({}, 0), FlowMapWriter(kernel.maps)
+    invite_b = INVITE.replace(plain_call.encode(), tunnelled_call.encode())
+    steps = (plain(INVITE), tunnelled(invite_b), tunnelled(bye(tunnelled_call)), plain(bye(plain_call)))
+    tunnels_seen = set()
+    for n, frame in enumerate(steps):
+        pipeline.process(kernel.run(frame, Hook.XDP).events)
+        changes = pipeline.take_flow_events()
+        tunnels_seen |= {c.tunnel for c in changes}
+        writer.take(0, changes)
+        writer.write(Boundary())
+        if n == 1:
+            assert len(entries_on(kernel, 49172)) == 2, "one entry per tunnel kind"
+    assert tunnels_seen == {0, 1} and len(pipeline.calls) == 0
+    assert entries_on(kernel, 49172) == [] and port_users(kernel, 49172) == 0
+    assert writer.stats.failed == writer.stats.flows_map_full == 0

@@ -304,3 +304,30 @@ def test_duplicates_are_counted_by_the_packets_own_times_and_the_window_survives
     assert _screened(screen, frame, ts_ns=30_000_000) == [False]
     screen.change((), None)
     assert not screen.active and _screened(screen, frame, frame) == [True, True]
+
+
+def test_a_tunnelled_frame_is_judged_by_its_inner_addresses_and_counted() -> None:
+    """The socket filter lets every tunnel through (its outer addresses are a mirror's):
+    the kernel judges the inner addresses, and so must AF_PACKET and replay."""
+    from tests.support.tunnels import inner_sip, vxlan  # noqa: PLC0415
+    from userspace.classify import Networks  # noqa: PLC0415
+
+    def verdict(frame: bytes, networks: Networks) -> bool:
+        return classify_frame(frame, Rules(frozenset((5060,)), networks=networks)) is not None
+
+    excluded = Networks([], [ipaddress.ip_network("10.1.0.0/24")])
+    assert not verdict(vxlan(inner_sip(src="10.1.0.1", dst="10.2.0.2")), excluded)
+    assert not verdict(vxlan(inner_sip(src="10.2.0.1", dst="10.1.0.9")), excluded), "either address"
+    assert verdict(vxlan(inner_sip(src="10.2.0.1", dst="10.2.0.2")), excluded)
+    plain_excluded = ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.2.0.2"))
+    assert verdict(plain_excluded, excluded), "outside a tunnel: the socket filter's to judge"
+    assert excluded.filtered == 2
+    assert not verdict(plain_excluded, Networks([], ["10.1.0.0/24"], plain=True)), "replay: no socket filter"
+
+    included = Networks(["10.1.0.0/24"], [])
+    assert verdict(vxlan(inner_sip(src="10.3.0.1", dst="10.1.0.2")), included)
+    assert not verdict(vxlan(inner_sip(src="10.3.0.1", dst="10.3.0.2")), included)
+    inner_v6 = ethernet(ipv6(udp(INVITE, 5070, 5060), src="fd00::1", dst="fd00::2"), ethertype=V6)
+    assert verdict(vxlan(inner_v6), included), "an include list of the other family only: as the kernel"
+    assert not verdict(vxlan(inner_v6), Networks(["fd00::/64"], ["fd00::2/128"])), "exclude first"
+    assert included.filtered == 1

@@ -150,3 +150,23 @@ def test_a_decoy_with_the_same_first_bytes_and_another_tail_is_another_packet() 
     genuine = checksum(sip(INVITE), 0x1234)
     decoy = checksum(sip(INVITE.replace(b"tag=1928301774", b"tag=1928301775")), 0x4321)
     assert key(genuine) != key(decoy)
+
+
+def test_ipv6_fragments_inside_a_tunnel_on_a_configured_port_keep_their_ids() -> None:
+    """The fragment header was read by walking the frame again with the default tunnels:
+    inside VXLAN on --vxlan-port 8472 it read as none, two datagrams shared one identity
+    and the second was dropped as a copy of the first."""
+    from tests.support.tunnels import vxlan  # noqa: PLC0415
+    from userspace.classify import Rules, Screen, classify_frame  # noqa: PLC0415
+    from userspace.tunnel import ALL_KINDS, Tunnels  # noqa: PLC0415
+
+    rules = Rules(frozenset((5060,)), tunnels=Tunnels(ALL_KINDS, frozenset((8472,))))
+    screen = Screen(dedup_window_ns=50 * MS)
+    admitted = []
+    for ident in (1111, 2222, 1111):  # two datagrams, then a copy of the first
+        inner = ipv6(ipv6_fragment(UDP, 1448, False, ident) + b"A" * 100, proto=FRAGMENT,
+                     src="fd00::a", dst="fd00::b")
+        event = classify_frame(vxlan(ethernet(inner, ethertype=V6), port=8472), rules, ts_ns=MS)
+        assert event is not None
+        admitted.append(screen.admit(event))
+    assert admitted == [True, True, False]

@@ -4,6 +4,8 @@ when what it must hold changes; media goes to the call that owns it then."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.support import calls
 from tests.support.calls import OFFERED, PCMA, PCMU, Datagram, Dialog, Party, Stream
 from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
@@ -13,6 +15,7 @@ from userspace.pipeline import Pipeline
 from userspace.records import CallSummary
 
 SERVER = (raw("10.9.0.1"), 30000)
+ENTRY = (*SERVER, 0)  # its kernel entry, announced outside any tunnel
 RTP = Kind.RTP
 
 
@@ -114,9 +117,9 @@ def test_overlapping_calls_on_one_endpoint_each_get_their_own_media_and_gauges_r
 def test_thousands_of_holders_ending_in_any_order_keep_the_owner_at_hand() -> None:
     """Releasing 40,000 holders of one endpoint newest-first made each later lookup walk
     the popped slots of a dict (35 us a packet): the owner must stay O(1) to find."""
-    from userspace.endpoints import _Shared  # noqa: PLC0415 - the structure under test
+    from userspace.endpoints import Holders, _Shared  # noqa: PLC0415 - the structure under test
 
-    registry = EndpointRegistry()
+    registry = Holders()
     calls = [f"c{n}" for n in range(2_000)]
     for call in calls:
         registry.take(SERVER, hold(call))
@@ -150,13 +153,55 @@ def test_workers_sharing_an_endpoint_have_one_writer_of_the_kernel_entry() -> No
         return [(c.action, c.shard) for c in changes]
 
     assert writes(flows.apply(0, [event(FlowAction.LEARN, 0)])) == [(FlowAction.LEARN, 0)]
-    assert not flows.shared(SERVER)
+    assert not flows.shared(ENTRY)
     assert writes(flows.apply(1, [event(FlowAction.LEARN, 1)])) == [(FlowAction.LEARN, 1)]
-    assert flows.shared(SERVER), "the kernel entry is marked: its packets go by their other end"
+    assert flows.shared(ENTRY), "the kernel entry is marked: its packets go by their other end"
     assert writes(flows.apply(1, [event(FlowAction.FORGET, 1)])) == [(FlowAction.LEARN, 0)], \
         "worker 0's call still holds it: back to worker 0, not forgotten"
-    assert not flows.shared(SERVER)
+    assert not flows.shared(ENTRY)
     flows.apply(1, [event(FlowAction.LEARN, 1)])
     assert writes(flows.drop(0)) == [(FlowAction.LEARN, 1)], "same owner; the shared mark goes"
-    assert not flows.shared(SERVER)
+    assert not flows.shared(ENTRY)
     assert writes(flows.drop(1)) == [(FlowAction.FORGET, 1)] and len(flows) == 0
+
+
+VXLAN = 1  # TunnelCode.VXLAN
+
+
+def _kernel_after(events: list[FlowEvent | None]) -> set[tuple[bytes, int, int]]:
+    """The flow map's keys (address, port, tunnel kind) after these writes, in order."""
+    entries: set[tuple[bytes, int, int]] = set()
+    for e in events:
+        if e is not None:
+            key = (e.address, e.port, e.tunnel)
+            (entries.add if e.action is FlowAction.LEARN else entries.discard)(key)
+    return entries
+
+
+def test_an_endpoint_announced_plain_and_inside_a_tunnel_leaves_no_kernel_entry_behind() -> None:
+    # The kernel's flow key holds the tunnel kind: a plain call and a VXLAN call announcing
+    # one address:port are two entries, each forgotten with the last call of its kind.
+    for order in (("a", "b"), ("b", "a")):
+        registry = EndpointRegistry()
+        plain = Hold("a", RTP, 0, {}, owner=1)
+        tunnelled = Hold("b", RTP, 0, {}, owner=2, tunnel=VXLAN)
+        events = [registry.take(SERVER, plain), registry.take(SERVER, tunnelled)]
+        assert _kernel_after(events) == {(*SERVER, 0), (*SERVER, VXLAN)} and len(registry) == 2
+        events += [registry.release(SERVER, call) for call in order]
+        assert _kernel_after(events) == set(), f"calls ending {order}"
+        assert len(registry) == 0 and registry.owner(SERVER) is None
+
+
+def test_workers_holding_an_endpoint_plain_and_inside_a_tunnel_forget_both_entries() -> None:
+    from otus_ebpf.kernel.flows import SharedFlows  # noqa: PLC0415
+
+    for same_worker in (True, False):
+        flows = SharedFlows()
+        second = 0 if same_worker else 1
+        learn_plain = FlowEvent(FlowAction.LEARN, *SERVER, RTP, "a", 0, owner=1)
+        learn_vxlan = FlowEvent(FlowAction.LEARN, *SERVER, RTP, "b", 0, owner=2, tunnel=VXLAN)
+        writes = flows.apply(0, [learn_plain]) + flows.apply(second, [learn_vxlan])
+        assert _kernel_after(list(writes)) == {(*SERVER, 0), (*SERVER, VXLAN)}
+        writes += flows.apply(second, [replace(learn_vxlan, action=FlowAction.FORGET)])
+        writes += flows.apply(0, [replace(learn_plain, action=FlowAction.FORGET)])
+        assert _kernel_after(list(writes)) == set() and len(flows) == 0, f"same worker: {same_worker}"

@@ -302,3 +302,22 @@ def test_a_pcap_output_already_there_is_kept_aside_not_appended_to(tmp_path: Pat
     for path in (out, earlier[0]):
         frames = list(read_frames(io.BytesIO(path.read_bytes()), path.name))
         assert len(frames) == len(FRAMES), path
+
+
+def test_replay_applies_the_address_filters_inside_and_outside_tunnels() -> None:
+    """No socket filter judges a capture file's frames: the address filters do, on a
+    tunnelled frame's inner addresses, counted as the kernel's FILTERED."""
+    import ipaddress  # noqa: PLC0415
+
+    from otus_ebpf.kernel.settings import KernelSettings  # noqa: PLC0415
+    from tests.support.sip_samples import INVITE  # noqa: PLC0415
+    from tests.support.tunnels import inner_sip, vxlan  # noqa: PLC0415
+
+    kernel = KernelSettings(exclude=(ipaddress.ip_network("10.1.0.0/24"),))
+    replayer = _Replayer(AttachOptions(("x",), kernel=kernel), False)
+    frames = [ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.2.0.2")),
+              vxlan(inner_sip(src="10.1.0.1", dst="10.2.0.2")),
+              vxlan(inner_sip(src="10.3.0.1", dst="10.2.0.2"))]
+    replayer.process([CapturedFrame(n * SECOND, f, len(f), "x", Direction.INGRESS)
+                      for n, f in enumerate(frames, 1)])
+    assert replayer.events == 1 and replayer.filtered == 2
