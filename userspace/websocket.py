@@ -39,6 +39,10 @@ MAX_HEADER = 14            # 2 + 8 (64-bit length) + 4 (mask)
 INFLATER_CHARGE = 48 << 10
 # The tail RFC 7692 §7.2.1 takes off each compressed message, put back to inflate it (§7.2.2).
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+# Frames one message may be split into. Each costs parsing however short it is, and an
+# empty continuation adds no byte for the size limit to see: without a count a peer
+# streams them forever into one message. Real stacks split a message into a few frames.
+MAX_MESSAGE_FRAMES = 1024
 # Bytes of a SIP start line a frame must show to be believed when framing is found again.
 _START_PEEK = 10  # "SUBSCRIBE " is the longest; "SIP/2.0 2" needs 9
 _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7F
@@ -152,7 +156,8 @@ class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
 
-    __slots__ = ("_compressed", "_discard", "_dropping", "_header", "_inflater", "_parts", "_scan", "_size",
+    __slots__ = ("_compressed", "_discard", "_dropping", "_frames", "_header", "_inflater", "_parts", "_scan",
+                 "_size",
                  "buffer", "cut", "phase", "resync", "role", "stats", "ws")
 
     def __init__(self, stats: object, ws: WebSocketStats, resync: bool = False,
@@ -168,8 +173,11 @@ class WebSocketFramer:
         self.phase = Phase.RESYNC if resync else Phase.HANDSHAKE
         self._discard = 0          # bytes of a skipped frame still to come
         self._dropping = False     # continuations of a skipped message still to come
-        self._parts: list[bytes] | None = None  # the message being joined
+        # the message being joined, one bytearray: a list of parts would hold ~40 bytes of
+        # object per frame that its size never counts (an empty frame adds only that)
+        self._parts: bytearray | None = None
         self._size = 0             # its bytes so far
+        self._frames = 0           # its frames so far (MAX_MESSAGE_FRAMES)
         self._scan = 0             # where the search (handshake end, resync) resumes
         # the header of the frame at the front, parsed once while its payload comes in
         self._header: FrameHeader | None = None
@@ -189,7 +197,7 @@ class WebSocketFramer:
     def clear(self) -> None:
         """Everything held thrown away (the caller counts it)."""
         self.buffer.clear()
-        self._parts, self._size, self._dropping, self._discard = None, 0, False, 0
+        self._parts, self._size, self._frames, self._dropping, self._discard = None, 0, 0, False, 0
         self._header, self._inflater = None, None
 
     @property
@@ -343,9 +351,10 @@ class WebSocketFramer:
             if self._parts is not None:
                 ws.interrupted += 1
             self._lose_message()
-            self._parts, self._size = [], 0
+            self._parts, self._size, self._frames = bytearray(), 0, 0
             self._compressed = bool(header.rsv)  # RSV1 on the first frame: deflated (RFC 7692 §6)
-        if self._size + header.length > max_message:
+        self._frames += 1
+        if self._size + header.length > max_message or self._frames > MAX_MESSAGE_FRAMES:
             ws.too_large += 1
             return self._drop_message(start, header)
         end = start + header.size + header.length
@@ -354,10 +363,13 @@ class WebSocketFramer:
             payload = unmask(payload, header.mask)
         parts = self._parts
         assert parts is not None
-        parts.append(payload)
         self._size += header.length
-        if header.fin:
-            self._deliver(parts, messages, max_message)
+        if header.fin and self._frames == 1:
+            self._deliver(payload, messages, max_message)  # one frame: no copy into parts
+        else:
+            parts += payload
+            if header.fin:
+                self._deliver(bytes(parts), messages, max_message)
         return end
 
     def _kept(self, header: FrameHeader, max_message: int) -> bool:
@@ -369,12 +381,11 @@ class WebSocketFramer:
             return not header.rsv and self._parts is not None and self._size + header.length <= max_message
         return opcode in _DATA and header.length <= max_message
 
-    def _deliver(self, parts: list[bytes], messages: list[bytes], max_message: int) -> None:
+    def _deliver(self, message: bytes, messages: list[bytes], max_message: int) -> None:
         ws = self.ws
-        message = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(parts) > 1:
+        if self._frames > 1:
             ws.continued += 1
-        self._parts, self._size = None, 0
+        self._parts, self._size, self._frames = None, 0, 0
         if self._compressed:
             self._compressed = False
             ws.compressed += 1
@@ -405,6 +416,10 @@ class WebSocketFramer:
             self.ws.too_large += 1
             self._inflater = None
             return None
+        if inflater.eof:
+            # The message ended its deflate stream (BFINAL, RFC 7692 §7.2.3.3 allows it):
+            # the inflater takes nothing more, so the next message needs a fresh one.
+            self._inflater = None
         return inflated
 
     def _check_mask(self, header: FrameHeader) -> None:
@@ -434,7 +449,7 @@ class WebSocketFramer:
             self._compressed = False
         if self._parts is not None:
             self.ws.skipped_bytes += self._size
-        self._parts, self._size, self._dropping = None, 0, False
+        self._parts, self._size, self._frames, self._dropping = None, 0, 0, False
 
 
 def _offers_sip(head: bytes) -> bool:

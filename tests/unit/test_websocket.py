@@ -30,6 +30,7 @@ from userspace.sharding import HandOff, decode_handoff, encode_handoff
 from userspace.tcp import SYN, TcpLimits, TcpStreams
 from userspace.websocket import (
     INFLATER_CHARGE,
+    MAX_MESSAGE_FRAMES,
     WS,
     Opcode,
     Role,
@@ -389,3 +390,34 @@ def test_an_upgrade_to_another_subprotocol_is_not_read_as_sip() -> None:
     for head, payload in ((offered, client_frame(INVITE)), (unnamed, frame(INVITE))):
         f = framer()
         assert feed_all(f, head + payload) == [INVITE]
+
+
+# -- review findings ---------------------------------------------------------------------
+
+
+def test_empty_continuation_frames_are_capped_per_message_and_hold_no_per_frame_memory() -> None:
+    f = framer()
+    f.buffer += upgrade_request() + frame(INVITE[:30], fin=False, mask=b"abcd")
+    f.frame(MAX)
+    f.buffer += frame(b"", Opcode.CONTINUATION, fin=False, mask=b"abcd") * (MAX_MESSAGE_FRAMES + 10)
+    assert f.frame(MAX) == []
+    # an empty frame adds no byte the size limit sees: the frame count bounds the message
+    assert f.ws.too_large == 1 and f._parts is None and len(f) == 0
+    f.buffer += frame(b"", Opcode.CONTINUATION, fin=True) + client_frame(BYE)
+    assert f.frame(MAX) == [BYE]  # the dropped message's continuations end; framing goes on
+    g = framer()  # under the cap a message in many short frames is still joined, in one bytearray
+    g.buffer += upgrade_request() + frame(INVITE[:1], fin=False) + b"".join(
+        frame(INVITE[i:i + 1], Opcode.CONTINUATION, fin=i == len(INVITE) - 1) for i in range(1, len(INVITE)))
+    assert len(INVITE) < MAX_MESSAGE_FRAMES and g.frame(MAX) == [INVITE] and g.ws.continued == 1
+
+
+def test_a_deflated_message_that_ends_its_deflate_stream_does_not_silence_the_next() -> None:
+    def final_block(message: bytes) -> bytes:  # BFINAL set: a whole raw deflate stream (RFC 7692 §7.2.3.3)
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(message) + c.flush(zlib.Z_FINISH)
+    f = framer()
+    f.buffer += upgrade_request(deflate=True)
+    for message in (INVITE, OK_200, BYE):
+        f.buffer += frame(final_block(message), mask=b"abcd", rsv=0x40)
+    assert f.frame(MAX) == [INVITE, OK_200, BYE]
+    assert (f.ws.compressed, f.ws.keepalives, f.ws.inflate_errors) == (3, 0, 0)
