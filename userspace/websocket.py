@@ -49,8 +49,12 @@ _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7
 
 _UPGRADE = re.compile(rb"^upgrade[ \t]*:[^\r\n]*websocket", re.I | re.M)
 _PROTOCOL = re.compile(rb"^sec-websocket-protocol[ \t]*:([^\r\n]*)", re.I | re.M)
-# A frame that may begin a data message (text or binary, FIN or not): where framing resumes.
-_DATA_START = re.compile(rb"[\x01\x02\x81\x82]")
+# A frame that may begin a data message (text or binary, FIN or not, RSV1 of permessage-deflate
+# or not): where framing resumes.
+_DATA_START = re.compile(rb"[\x01\x02\x81\x82\x41\x42\xc1\xc2]")
+# zlib's word for a deflated message that refers back into a window it never saw.
+_FAR_BACK = "too far back"
+_BEGINS_SIP, _REFERS_BACK = 1, 2  # what a resync candidate's payload shows
 _KNOWN_START = re.compile(
     rb"(?:SIP/2\.0 [1-6]|(?:INVITE|ACK|BYE|CANCEL|OPTIONS|REGISTER|PRACK|SUBSCRIBE|NOTIFY|PUBLISH"
     rb"|INFO|REFER|MESSAGE|UPDATE) )")
@@ -222,7 +226,7 @@ class WebSocketFramer:
             elif phase == Phase.HANDSHAKE:
                 end = self._handshake(start)
             elif phase == Phase.RESYNC:
-                end = self._resynchronise(start)
+                end = self._resynchronise(start, max_message)
             else:
                 self.ws.skipped_bytes += len(buffer) - start
                 end = len(buffer)
@@ -267,7 +271,7 @@ class WebSocketFramer:
         self.ws.skipped_bytes += len(self.buffer) - start
         return len(self.buffer)
 
-    def _resynchronise(self, start: int) -> int | None:
+    def _resynchronise(self, start: int, max_message: int) -> int | None:
         """Past bytes that cannot begin a frame holding a SIP message's start; None
         while the next candidate is not all in."""
         buffer = self.buffer
@@ -277,21 +281,57 @@ class WebSocketFramer:
             if header is None or len(buffer) - at < header.size + _START_PEEK:
                 self._scan = at
                 return self._skipped(start, at)  # wait for more there
-            if header.length < _START_PEEK or header.rsv:
+            # A length over the limit is never a frame to lock onto: a fake 2^46 one in a
+            # message body would otherwise skip the direction's next 64 TiB.
+            if header.length < _START_PEEK or header.length > max_message or header.rsv & _RSV23:
                 continue
-            peek = bytes(buffer[at + header.size:at + header.size + _START_PEEK])
-            if header.mask is not None:
-                peek = unmask(peek, header.mask)
-            if _KNOWN_START.match(peek):
+            verdict = self._begins_sip(header, at)
+            after = at + header.size + header.length
+            if verdict == _REFERS_BACK and len(buffer) < after + 2:
+                verdict = None  # random bytes refer back too: only a next frame header tells
+            if verdict is None:
+                self._scan = at
+                return self._skipped(start, at)  # a deflated payload needs more bytes to tell
+            if verdict and _next_plausible(buffer, after, header, max_message):
                 self.ws.resyncs += 1
                 self.phase = Phase.FRAMES
                 self.resync = False
                 self._scan = 0
+                self._inflater = None  # a deflated direction starts a fresh window here
                 self._skipped(start, at)
                 return at
         keep = max(start, len(buffer) - MAX_HEADER - _START_PEEK)
         self._scan = keep
         return self._skipped(start, keep)
+
+    def _begins_sip(self, header: FrameHeader, at: int) -> int | None:
+        """_BEGINS_SIP when the frame at ``at`` begins a SIP message, _REFERS_BACK when it is
+        deflated and refers back into a window never seen, else 0; None while a deflated
+        one has not inflated far enough to tell."""
+        buffer = self.buffer
+        first = at + header.size
+        end = first + header.length
+        if not header.rsv:
+            peek = bytes(buffer[first:first + _START_PEEK])
+            if header.mask is not None:
+                peek = unmask(peek, header.mask)
+            return _BEGINS_SIP if _KNOWN_START.match(peek) else 0
+        # permessage-deflate: a fresh inflater over what is in of its payload. A peer that
+        # resets its window per message (no context takeover) inflates here; one that keeps
+        # it refers back into messages the capture missed, and zlib says so at once: the
+        # frame is still a message's start, and its inflate error is counted when it ends.
+        whole = len(buffer) >= end
+        payload = bytes(buffer[first:min(end, len(buffer))])
+        if header.mask is not None:
+            payload = unmask(payload, header.mask)
+        try:
+            peek = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
+                payload + _DEFLATE_TAIL if whole else payload, _START_PEEK)
+        except zlib.error as error:
+            return _REFERS_BACK if _FAR_BACK in str(error) else 0
+        if len(peek) >= _START_PEEK:
+            return _BEGINS_SIP if _KNOWN_START.match(peek) else 0
+        return 0 if whole else None
 
     def _skipped(self, start: int, end: int) -> int | None:
         """Bytes up to ``end`` thrown away; None when there were none."""
@@ -450,6 +490,25 @@ class WebSocketFramer:
         if self._parts is not None:
             self.ws.skipped_bytes += self._size
         self._parts, self._size, self._frames, self._dropping = None, 0, 0, False
+
+
+def _next_plausible(buffer: bytearray, at: int, header: FrameHeader, max_message: int) -> bool:
+    """What follows a candidate frame found by resync could be the next frame of the
+    same direction (or is not in yet): no reserved bits, a known opcode, a length it may
+    have, masked as the candidate is. A frame header inside a message body rarely is."""
+    if at + 2 > len(buffer):
+        return True
+    after = parse_header(buffer, at)
+    if after is None:
+        return True
+    if after.rsv & _RSV23 or (after.mask is None) != (header.mask is None) or after.length < 0:
+        return False
+    if after.opcode in _CONTROL:
+        return after.fin and after.length <= MAX_CONTROL_PAYLOAD
+    if after.length > max_message:
+        return False
+    # a message's last frame is followed by a new message, any other by its continuation
+    return after.opcode in _DATA if header.fin else after.opcode == Opcode.CONTINUATION
 
 
 def _offers_sip(head: bytes) -> bool:

@@ -421,3 +421,31 @@ def test_a_deflated_message_that_ends_its_deflate_stream_does_not_silence_the_ne
         f.buffer += frame(final_block(message), mask=b"abcd", rsv=0x40)
     assert f.frame(MAX) == [INVITE, OK_200, BYE]
     assert (f.ws.compressed, f.ws.keepalives, f.ws.inflate_errors) == (3, 0, 0)
+
+
+def test_a_deflated_direction_joined_or_past_a_gap_finds_its_frames_again() -> None:
+    no_takeover = deflated([INVITE, OK_200, BYE], takeover=False)
+    cut = frame(no_takeover[0], rsv=0x40, mask=b"abcd")[9:]  # joined inside the first message
+    f = framer(resync=True)
+    rest = b"".join(frame(m, rsv=0x40, mask=b"efgh") for m in no_takeover[1:])
+    assert feed_all(f, cut + rest, 7) == [OK_200, BYE]  # a fresh inflater confirms the start
+    assert (f.ws.resyncs, f.ws.inflate_errors) == (1, 0)
+    # Context takeover: each message refers back into ones never seen. Framing is found all
+    # the same, and each message that cannot inflate is counted, until the peer resets.
+    takeover = deflated([INVITE, INVITE, INVITE, INVITE])
+    f = framer(resync=True)
+    data = frame(takeover[0], rsv=0x40)[5:] + b"".join(frame(m, rsv=0x40) for m in takeover[1:])
+    assert feed_all(f, data) == []
+    assert f.ws.resyncs == 1 and f.ws.inflate_errors == 3
+
+
+def test_resync_does_not_lock_onto_a_frame_header_inside_a_message_body() -> None:
+    huge = b"\x81\x7f" + (1 << 46).to_bytes(8, "big") + b"INVITE sip:x SIP/2.0\r\n"
+    small = frame(INVITE)
+    for fake in (huge, small):
+        body = b"hello " + fake + b" bye"
+        message = (b"MESSAGE sip:victim@x SIP/2.0\r\nCall-ID: real\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+        f = framer(resync=True)
+        assert feed_all(f, frame(message)[20:] + frame(OK_200) * 3, 1400) == [OK_200] * 3
+        assert f.ws.resyncs == 1 and f.ws.too_large == 0
