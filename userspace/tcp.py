@@ -40,7 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from userspace.frame import TCP, FlowKey
-from userspace.websocket import WS, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
+from userspace.websocket import WS, Phase, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
 
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
@@ -447,6 +447,8 @@ class TcpStreams:
         """Go on where the stream really is: everything held is given up, counted."""
         self.stats.restarts += 1
         self._discard(stream)
+        # Framed again as the port says: a forged SYN's "GET " must not keep the stream WebSocket.
+        stream.websocket = stream.websocket_port
         stream.main = self._framer(stream, resync=True)
         stream.next_seq, stream.next_off, stream.far_behind = seq, offset, 0
         stream.lost.clear()
@@ -458,6 +460,15 @@ class TcpStreams:
                 return  # no SIP message is shorter: nothing is framed before the look
             self._sniff(stream)
         messages = stream.main.frame(self.limits.max_message)
+        main = stream.main
+        if isinstance(main, WebSocketFramer) and main.phase == Phase.NOT_WEBSOCKET:
+            # Taken for WebSocket by its first bytes, and no upgrade came: SIP over TCP again,
+            # from the next start line in what it held.
+            stream.websocket = False
+            framer = _Framer(self.stats, resync=True)
+            framer.buffer = main.buffer
+            stream.main = framer
+            messages += framer.frame(self.limits.max_message)
         self.stats.messages += len(messages)
         stream.ready += messages
 
@@ -497,7 +508,7 @@ class TcpStreams:
             return _Framer(self.stats, resync)
         # past a gap, a direction keeps its role (which side masks its frames)
         role = stream.main.role if isinstance(stream.main, WebSocketFramer) and resync else Role.UNKNOWN
-        return WebSocketFramer(self.stats, self.websocket, resync, role)
+        return WebSocketFramer(self.stats, self.websocket, resync, role, fallback=not stream.websocket_port)
 
     def _lose(self, framer: Framer) -> None:
         if framer.partial:

@@ -48,6 +48,7 @@ _START_PEEK = 10  # "SUBSCRIBE " is the longest; "SIP/2.0 2" needs 9
 _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7F
 
 _UPGRADE = re.compile(rb"^upgrade[ \t]*:[^\r\n]*websocket", re.I | re.M)
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,9})", re.I | re.M)
 _PROTOCOL = re.compile(rb"^sec-websocket-protocol[ \t]*:([^\r\n]*)", re.I | re.M)
 # A frame that may begin a data message (text or binary, FIN or not, RSV1 of permessage-deflate
 # or not): where framing resumes.
@@ -84,6 +85,7 @@ class Phase(IntEnum):
     FRAMES = 1
     RESYNC = 2     # the frame boundary is lost: look for a frame that begins a SIP message
     GIVEN_UP = 3   # not WebSocket: everything is skipped
+    NOT_WEBSOCKET = 4  # found by its first bytes only, and no upgrade: the owner frames it as SIP
 
 
 @dataclass(slots=True)
@@ -160,14 +162,20 @@ class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
 
-    __slots__ = ("_compressed", "_discard", "_dropping", "_frames", "_header", "_inflater", "_parts", "_scan",
-                 "_size",
-                 "buffer", "cut", "phase", "resync", "role", "stats", "ws")
+    __slots__ = ("_compressed", "_discard", "_dropping", "_framed", "_frames", "_head_bytes", "_header",
+                 "_inflater", "_parts", "_scan", "_size", "buffer", "cut", "fallback", "phase", "resync",
+                 "role", "stats", "ws")
 
     def __init__(self, stats: object, ws: WebSocketStats, resync: bool = False,
-                 role: Role = Role.UNKNOWN) -> None:
+                 role: Role = Role.UNKNOWN, fallback: bool = False) -> None:
         """``stats``: the stream's TcpStats (only held, for the interface); ``resync``: the
-        data does not begin at the connection's start (a join, past a gap)."""
+        data does not begin at the connection's start (a join, past a gap); ``fallback``:
+        taken for WebSocket by its first bytes alone (not a WebSocket port), so a direction
+        that turns out to be no upgrade stops at NOT_WEBSOCKET, its bytes kept, for its
+        owner to frame as SIP — never skipped to its end."""
+        self.fallback = fallback
+        self._head_bytes = 0       # HTTP heads (and bodies) followed so far: MAX_HANDSHAKE in all
+        self._framed = False       # a frame seen since the last handshake head
         self.buffer = bytearray()
         self.stats = stats
         self.ws = ws
@@ -230,7 +238,7 @@ class WebSocketFramer:
             else:
                 self.ws.skipped_bytes += len(buffer) - start
                 end = len(buffer)
-            if end is None:
+            if end is None or self.phase == Phase.NOT_WEBSOCKET:
                 break
             start = end
         if start:
@@ -241,23 +249,31 @@ class WebSocketFramer:
     # -- phases --------------------------------------------------------------------
 
     def _handshake(self, start: int) -> int | None:
-        """Past the upgrade request or its 101 response; None while its head is not all in."""
+        """Past the upgrade request or its 101 response; None while its head is not all in.
+        A response other than 101 (a 401 asking for credentials, then the retried upgrade's
+        101) is followed past, MAX_HANDSHAKE bytes of heads in all."""
         buffer = self.buffer
         head_end = buffer.find(b"\r\n\r\n", max(start, self._scan))
         if head_end < 0:
             self._scan = max(start, len(buffer) - 3)  # "\r\n\r" may end it
-            if len(buffer) - start <= MAX_HANDSHAKE and (
+            if self._head_bytes + len(buffer) - start <= MAX_HANDSHAKE and (
                     _could_begin(buffer, start, b"GET ") or _could_begin(buffer, start, b"HTTP/1.")):
                 return None
             return self._not_websocket(start)
         head = bytes(buffer[start:head_end])
+        self._head_bytes += head_end + 4 - start
+        if self._head_bytes > MAX_HANDSHAKE:
+            return self._not_websocket(start)
         if head.startswith(b"GET ") and _UPGRADE.search(head):
             self.role = Role.CLIENT
         elif head.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
             self.role = Role.SERVER
+        elif head.startswith(b"HTTP/1.") and self.role != Role.CLIENT:
+            return self._other_response(start, head, head_end + 4)
         else:
             return self._not_websocket(start)
         self.ws.handshakes += 1
+        self._framed = False
         if not _offers_sip(head):
             self.ws.other_protocols += 1
             self.phase = Phase.GIVEN_UP
@@ -265,8 +281,26 @@ class WebSocketFramer:
         self.phase = Phase.FRAMES
         return head_end + 4
 
-    def _not_websocket(self, start: int) -> int:
+    def _other_response(self, start: int, head: bytes, end: int) -> int | None:
+        """Past a response that is no 101 and its body: the next may be (RFC 6455 §4.1 lets
+        a client retry with credentials on the same connection)."""
+        length = _CONTENT_LENGTH.search(head)
+        body = int(length.group(1)) if length else 0
+        self._head_bytes += body
+        if self._head_bytes > MAX_HANDSHAKE:
+            return self._not_websocket(start)
+        self._discard = body
+        self._scan = 0
+        self.ws.skipped_bytes += end - start
+        return end
+
+    def _not_websocket(self, start: int) -> int | None:
         self.ws.not_websocket += 1
+        if self.fallback:
+            # Found by its first bytes alone on a SIP port: a sender's own plain HTTP, or
+            # a forged SYN's, must not hide the SIP that follows. Its owner frames it as SIP.
+            self.phase = Phase.NOT_WEBSOCKET
+            return None
         self.phase = Phase.GIVEN_UP
         self.ws.skipped_bytes += len(self.buffer) - start
         return len(self.buffer)
@@ -343,6 +377,12 @@ class WebSocketFramer:
     def _frame_at(self, start: int, max_message: int, messages: list[bytes]) -> int | None:
         """Past the frame at ``start``, its message (if it ends one) in ``messages``;
         None while the frame is not all in."""
+        # the client's next upgrade, when its first was answered other than 101
+        if not self._framed and self.role == Role.CLIENT and _could_begin(self.buffer, start, b"GET "):
+            if len(self.buffer) - start < 4:
+                return None
+            self.phase = Phase.HANDSHAKE
+            return start
         header = self._header if start == 0 else None
         if header is None:
             header = parse_header(self.buffer, start)
@@ -362,6 +402,7 @@ class WebSocketFramer:
             self._header = header  # at the front once frame() trims what came before
             return None  # nothing is counted until the frame is all in
         ws.frames += 1
+        self._framed = True
         self._check_mask(header)
         if opcode in _CONTROL:
             if not header.fin or header.length > MAX_CONTROL_PAYLOAD:

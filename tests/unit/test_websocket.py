@@ -449,3 +449,45 @@ def test_resync_does_not_lock_onto_a_frame_header_inside_a_message_body() -> Non
         f = framer(resync=True)
         assert feed_all(f, frame(message)[20:] + frame(OK_200) * 3, 1400) == [OK_200] * 3
         assert f.ws.resyncs == 1 and f.ws.too_large == 0
+
+
+SIP_PORT_CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060)
+
+
+def feed_segments(streams: TcpStreams, key: tuple[bytes, int, bytes, int], seq: int,
+                  segments: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for data in segments:
+        out += streams.feed(key, seq, 0, data, 1)
+        seq += len(data)
+    return out
+
+
+def test_http_with_no_upgrade_on_a_sip_port_falls_back_to_sip_over_tcp() -> None:
+    t = TcpStreams(TcpLimits())
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    out = feed_segments(t, SIP_PORT_CLIENT, 2, [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", INVITE, BYE])
+    assert out == [INVITE, BYE] and t.framed_transport == IPProto.TCP and t.websocket.not_websocket == 1
+
+
+def test_a_forged_syn_with_an_http_payload_does_not_turn_a_sip_stream_into_websocket() -> None:
+    t = TcpStreams(TcpLimits())
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    seq = 2
+    assert feed_segments(t, SIP_PORT_CLIENT, seq, [INVITE]) == [INVITE]
+    seq += len(INVITE)
+    t.feed(SIP_PORT_CLIENT, 0x70000000, SYN, b"GET / HTTP/1.1\r\n", 2)
+    out = feed_segments(t, SIP_PORT_CLIENT, seq, [INVITE] * 10)
+    # the far-behind segments put the stream back where it is, framed as its port says
+    assert t.stats.restarts == 1 and len(out) >= 8 and t.framed_transport == IPProto.TCP
+
+
+def test_an_upgrade_answered_401_then_101_is_followed_both_ways() -> None:
+    unauthorized = (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=x\r\n"
+                    b"Content-Length: 4\r\n\r\nnope")
+    f = framer()
+    assert feed_all(f, unauthorized + upgrade_response() + frame(OK_200) + frame(BYE), 5) == [OK_200, BYE]
+    assert f.role == Role.SERVER and f.ws.not_websocket == 0
+    c = framer()
+    assert feed_all(c, upgrade_request() + upgrade_request() + client_frame(INVITE), 3) == [INVITE]
+    assert c.ws.handshakes == 2 and c.ws.bad_opcodes == 0
