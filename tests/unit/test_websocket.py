@@ -491,3 +491,18 @@ def test_an_upgrade_answered_401_then_101_is_followed_both_ways() -> None:
     c = framer()
     assert feed_all(c, upgrade_request() + upgrade_request() + client_frame(INVITE), 3) == [INVITE]
     assert c.ws.handshakes == 2 and c.ws.bad_opcodes == 0
+
+
+def test_a_websocket_stream_found_by_its_handshake_stays_websocket_past_idle_expiry() -> None:
+    server = (SIP_PORT_CLIENT[2], 5060, SIP_PORT_CLIENT[0], 40000)
+    t = TcpStreams(TcpLimits(idle_timeout_s=10.0))
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    t.feed(server, 1, SYN, b"", 0)
+    c_seq = 2 + len(upgrade_request())
+    s_seq = 2 + len(upgrade_response())
+    t.feed(SIP_PORT_CLIENT, 2, 0, upgrade_request(), 1)
+    t.feed(server, 2, 0, upgrade_response(), 1)
+    late = 60 * 1_000_000_000  # both streams expired by now
+    assert t.feed(SIP_PORT_CLIENT, c_seq, 0, frame(INVITE, mask=b"abcd"), late) == [INVITE]
+    assert t.framed_transport == WS and t.stats.expired_streams == 2
+    assert t.feed(server, s_seq, 0, frame(OK_200), late) == [OK_200] and t.framed_transport == WS
