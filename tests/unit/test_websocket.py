@@ -275,10 +275,10 @@ def test_ws_port_flag_reaches_the_kernel_ports_the_socket_filter_and_replay_rule
     from otus_ebpf.cli import main as cli  # noqa: PLC0415
 
     options = cli._attach_options(cli.build_parser().parse_args(
-        ["attach", "eth0", "--ws-port", "8080", "--ws-port", "5060", "--ws-port", "8080"]))
+        ["attach", "eth0", "--ws-port", "8080", "--ws-port", "5062", "--ws-port", "8080"]))
     kernel = options.kernel
-    assert kernel.ws_ports == (8080, 5060) and kernel.sip_ports == (5060, 5061)
-    assert kernel.capture_ports == (5060, 5061, 8080)
+    assert kernel.ws_ports == (8080, 5062) and kernel.sip_ports == (5060, 5061)
+    assert kernel.capture_ports == (5060, 5061, 8080, 5062)
     assert "port 8080" in filter_expression(kernel)
     default = cli._attach_options(cli.build_parser().parse_args(["attach", "eth0"]))
     assert default.kernel.ws_ports == () and "port 8080" not in filter_expression(default.kernel)
@@ -506,3 +506,16 @@ def test_a_websocket_stream_found_by_its_handshake_stays_websocket_past_idle_exp
     assert t.feed(SIP_PORT_CLIENT, c_seq, 0, frame(INVITE, mask=b"abcd"), late) == [INVITE]
     assert t.framed_transport == WS and t.stats.expired_streams == 2
     assert t.feed(server, s_seq, 0, frame(OK_200), late) == [OK_200] and t.framed_transport == WS
+
+
+def test_a_port_cannot_be_both_a_sip_port_and_a_websocket_port() -> None:
+    from otus_ebpf.cli import main as cli  # noqa: PLC0415
+    from otus_ebpf.errors import SetupError  # noqa: PLC0415
+
+    options = cli._attach_options(cli.build_parser().parse_args(["attach", "eth0", "--ws-port", "5060"]))
+    try:
+        options.kernel.validate()
+    except SetupError as error:
+        assert "5060" in str(error)
+    else:
+        raise AssertionError("a WebSocket port that is a SIP port was accepted")
