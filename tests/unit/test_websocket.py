@@ -519,3 +519,18 @@ def test_a_port_cannot_be_both_a_sip_port_and_a_websocket_port() -> None:
         assert "5060" in str(error)
     else:
         raise AssertionError("a WebSocket port that is a SIP port was accepted")
+
+
+def test_runs_of_control_frames_take_the_fast_path_counted_as_the_slow_one_counts() -> None:
+    pings = frame(b"", Opcode.PING) * 50 + frame(b"hi", Opcode.PONG, mask=b"abcd") * 50
+    run = framer()
+    run.buffer += pings + frame(b"x", Opcode.PING)[:1]
+    assert run._control_run(0) == len(pings)  # whole frames only: the split one waits
+    f = framer()
+    assert feed_all(f, upgrade_request() + pings + frame(b"x", Opcode.PING)[:1]) == []
+    assert feed_all(f, frame(b"x", Opcode.PING)[1:] + client_frame(INVITE)) == [INVITE]
+    assert (f.ws.frames, f.ws.control_frames, f.ws.unmasked_from_client) == (102, 101, 51)
+    slow = framer()  # one byte at a time: each frame completes alone, counted the same
+    data = upgrade_request() + pings + frame(b"x", Opcode.PING) + client_frame(INVITE)
+    assert feed_all(slow, data, 1) == [INVITE]
+    assert (slow.ws.frames, slow.ws.control_frames, slow.ws.unmasked_from_client) == (102, 101, 51)
