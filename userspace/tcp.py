@@ -380,7 +380,9 @@ class TcpStreams:
                 self._append(stream, payload[-ahead:] if ahead else payload)
                 self._advance(stream)
                 return
-            if end > limits.window or stream.charge + len(payload) > limits.window:
+            # Bytes held, not a WebSocket inflater's fixed charge (max_bytes counts that): a
+            # window smaller than it would turn every reordered segment into a gap.
+            if end > limits.window or len(stream.main) + stream.held_bytes + len(payload) > limits.window:
                 self.stats.window_overflows += 1
                 self._give_up_hole(stream, offset)
                 self._frame(stream)  # what the give-up let through, before any further one

@@ -534,3 +534,20 @@ def test_runs_of_control_frames_take_the_fast_path_counted_as_the_slow_one_count
     data = upgrade_request() + pings + frame(b"x", Opcode.PING) + client_frame(INVITE)
     assert feed_all(slow, data, 1) == [INVITE]
     assert (slow.ws.frames, slow.ws.control_frames, slow.ws.unmasked_from_client) == (102, 101, 51)
+
+
+def test_an_inflater_does_not_count_against_the_reorder_window() -> None:
+    t = TcpStreams(TcpLimits(window=4096), frozenset({WS_PORT}))
+    t.feed(CLIENT, 1, SYN, b"", 0)
+    seq = 2
+    first, second, third = deflated([INVITE, OK_200, BYE])
+    segments = [upgrade_request(deflate=True), frame(first, rsv=0x40, mask=b"abcd"),
+                frame(second, rsv=0x40, mask=b"efgh"), frame(third, rsv=0x40, mask=b"ijkl")]
+    starts = []
+    for data in segments:
+        starts.append(seq)
+        seq += len(data)
+    out = t.feed(CLIENT, starts[0], 0, segments[0], 1) + t.feed(CLIENT, starts[1], 0, segments[1], 1)
+    assert out == [INVITE] and t.buffered_bytes >= INFLATER_CHARGE  # an inflater lives
+    out = t.feed(CLIENT, starts[3], 0, segments[3], 1) + t.feed(CLIENT, starts[2], 0, segments[2], 1)
+    assert out == [OK_200, BYE] and t.stats.window_overflows == 0 and t.stats.gaps == 0
