@@ -40,7 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from userspace.frame import TCP, FlowKey
-from userspace.websocket import WS, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
+from userspace.websocket import WS, Phase, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
 
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
@@ -68,6 +68,10 @@ FAR_BEHIND_RESTART = 3
 # Holes given up that a stream remembers, so their data is known as late when it comes.
 LOST_RANGES_KEPT = 64
 
+# Directions found WebSocket by their handshake (off a WebSocket port) remembered past their
+# stream's idle expiry or eviction, so that their next segments, a join, are framed as
+# WebSocket still rather than as SIP over TCP (which would never find a start line in them).
+WEBSOCKET_KEYS_KEPT = 4096
 # Bytes of a stream's start that tell a WebSocket handshake from SIP ("GET ", "HTTP/1.").
 _SNIFF_BYTES = 5
 StreamKey = FlowKey  # one direction of a connection
@@ -307,6 +311,8 @@ class TcpStreams:
         # One feed is one stream, so one transport for all of them.
         self.framed_transport = TCP
         self._streams: OrderedDict[StreamKey, _Stream] = OrderedDict()  # least recently used first
+        # WEBSOCKET_KEYS_KEPT, least recently forgotten first
+        self._websocket_keys: OrderedDict[StreamKey, None] = OrderedDict()
         self._bytes = 0  # charged, all streams
 
     @property
@@ -349,6 +355,7 @@ class TcpStreams:
             key, stream = next(iter(self._streams.items()))
             if stream.last_seen > deadline:
                 break
+            self._remember(key)
             self._drop(key)
             self.stats.expired_streams += 1
 
@@ -373,7 +380,9 @@ class TcpStreams:
                 self._append(stream, payload[-ahead:] if ahead else payload)
                 self._advance(stream)
                 return
-            if end > limits.window or stream.charge + len(payload) > limits.window:
+            # Bytes held, not a WebSocket inflater's fixed charge (max_bytes counts that): a
+            # window smaller than it would turn every reordered segment into a gap.
+            if end > limits.window or len(stream.main) + stream.held_bytes + len(payload) > limits.window:
                 self.stats.window_overflows += 1
                 self._give_up_hole(stream, offset)
                 self._frame(stream)  # what the give-up let through, before any further one
@@ -447,6 +456,8 @@ class TcpStreams:
         """Go on where the stream really is: everything held is given up, counted."""
         self.stats.restarts += 1
         self._discard(stream)
+        # Framed again as the port says: a forged SYN's "GET " must not keep the stream WebSocket.
+        stream.websocket = stream.websocket_port
         stream.main = self._framer(stream, resync=True)
         stream.next_seq, stream.next_off, stream.far_behind = seq, offset, 0
         stream.lost.clear()
@@ -458,6 +469,15 @@ class TcpStreams:
                 return  # no SIP message is shorter: nothing is framed before the look
             self._sniff(stream)
         messages = stream.main.frame(self.limits.max_message)
+        main = stream.main
+        if isinstance(main, WebSocketFramer) and main.phase == Phase.NOT_WEBSOCKET:
+            # Taken for WebSocket by its first bytes, and no upgrade came: SIP over TCP again,
+            # from the next start line in what it held.
+            stream.websocket = False
+            framer = _Framer(self.stats, resync=True)
+            framer.buffer = main.buffer
+            stream.main = framer
+            messages += framer.frame(self.limits.max_message)
         self.stats.messages += len(messages)
         stream.ready += messages
 
@@ -497,7 +517,7 @@ class TcpStreams:
             return _Framer(self.stats, resync)
         # past a gap, a direction keeps its role (which side masks its frames)
         role = stream.main.role if isinstance(stream.main, WebSocketFramer) and resync else Role.UNKNOWN
-        return WebSocketFramer(self.stats, self.websocket, resync, role)
+        return WebSocketFramer(self.stats, self.websocket, resync, role, fallback=not stream.websocket_port)
 
     def _lose(self, framer: Framer) -> None:
         if framer.partial:
@@ -518,11 +538,13 @@ class TcpStreams:
         stream = self._streams.get(key)
         if stream is None:
             if len(self._streams) >= self.limits.max_streams:
-                self._drop(next(iter(self._streams)))
-                self.stats.evicted_streams += 1
+                self._evict()
             on_port = key[1] in self._websocket_ports or key[3] in self._websocket_ports
-            stream = _Stream(_Framer(self.stats), on_port, on_port)
-            if on_port:
+            known = key in self._websocket_keys
+            if known:
+                del self._websocket_keys[key]
+            stream = _Stream(_Framer(self.stats), on_port or known, on_port)
+            if stream.websocket:
                 stream.main = self._framer(stream, resync=False)
             self._streams[key] = stream
         else:
@@ -532,8 +554,22 @@ class TcpStreams:
 
     def _enforce_total(self) -> None:
         while self._bytes > self.limits.max_bytes and self._streams:
-            self._drop(next(iter(self._streams)))
-            self.stats.evicted_streams += 1
+            self._evict()
+
+    def _evict(self) -> None:
+        key = next(iter(self._streams))
+        self._remember(key)
+        self._drop(key)
+        self.stats.evicted_streams += 1
+
+    def _remember(self, key: StreamKey) -> None:
+        """A stream dropped while it may go on (idle, evicted): if its handshake made it
+        WebSocket, its next segments are framed so."""
+        stream = self._streams[key]
+        if stream.websocket and not stream.websocket_port:
+            self._websocket_keys[key] = None
+            if len(self._websocket_keys) > WEBSOCKET_KEYS_KEPT:
+                self._websocket_keys.popitem(last=False)
 
     def _drop(self, key: StreamKey) -> None:
         stream = self._streams.pop(key, None)

@@ -39,14 +39,23 @@ MAX_HEADER = 14            # 2 + 8 (64-bit length) + 4 (mask)
 INFLATER_CHARGE = 48 << 10
 # The tail RFC 7692 §7.2.1 takes off each compressed message, put back to inflate it (§7.2.2).
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+# Frames one message may be split into. Each costs parsing however short it is, and an
+# empty continuation adds no byte for the size limit to see: without a count a peer
+# streams them forever into one message. Real stacks split a message into a few frames.
+MAX_MESSAGE_FRAMES = 1024
 # Bytes of a SIP start line a frame must show to be believed when framing is found again.
 _START_PEEK = 10  # "SUBSCRIBE " is the longest; "SIP/2.0 2" needs 9
 _FIN, _RSV1, _RSV23, _OPCODE, _MASKED, _LEN7 = 0x80, 0x40, 0x30, 0x0F, 0x80, 0x7F
 
 _UPGRADE = re.compile(rb"^upgrade[ \t]*:[^\r\n]*websocket", re.I | re.M)
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,9})", re.I | re.M)
 _PROTOCOL = re.compile(rb"^sec-websocket-protocol[ \t]*:([^\r\n]*)", re.I | re.M)
-# A frame that may begin a data message (text or binary, FIN or not): where framing resumes.
-_DATA_START = re.compile(rb"[\x01\x02\x81\x82]")
+# A frame that may begin a data message (text or binary, FIN or not, RSV1 of permessage-deflate
+# or not): where framing resumes.
+_DATA_START = re.compile(rb"[\x01\x02\x81\x82\x41\x42\xc1\xc2]")
+# zlib's word for a deflated message that refers back into a window it never saw.
+_FAR_BACK = "too far back"
+_BEGINS_SIP, _REFERS_BACK = 1, 2  # what a resync candidate's payload shows
 _KNOWN_START = re.compile(
     rb"(?:SIP/2\.0 [1-6]|(?:INVITE|ACK|BYE|CANCEL|OPTIONS|REGISTER|PRACK|SUBSCRIBE|NOTIFY|PUBLISH"
     rb"|INFO|REFER|MESSAGE|UPDATE) )")
@@ -63,6 +72,8 @@ class Opcode(IntEnum):
 
 _DATA = frozenset((Opcode.TEXT, Opcode.BINARY))
 _CONTROL = frozenset((Opcode.CLOSE, Opcode.PING, Opcode.PONG))
+# First bytes of a control frame with FIN and no reserved bits: _control_run's fast path.
+_FAST_CONTROL = frozenset(_FIN | opcode for opcode in _CONTROL)
 
 
 class Role(IntEnum):
@@ -76,6 +87,7 @@ class Phase(IntEnum):
     FRAMES = 1
     RESYNC = 2     # the frame boundary is lost: look for a frame that begins a SIP message
     GIVEN_UP = 3   # not WebSocket: everything is skipped
+    NOT_WEBSOCKET = 4  # found by its first bytes only, and no upgrade: the owner frames it as SIP
 
 
 @dataclass(slots=True)
@@ -152,13 +164,20 @@ class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
 
-    __slots__ = ("_compressed", "_discard", "_dropping", "_header", "_inflater", "_parts", "_scan", "_size",
-                 "buffer", "cut", "phase", "resync", "role", "stats", "ws")
+    __slots__ = ("_compressed", "_discard", "_dropping", "_framed", "_frames", "_head_bytes", "_header",
+                 "_inflater", "_parts", "_scan", "_size", "buffer", "cut", "fallback", "phase", "resync",
+                 "role", "stats", "ws")
 
     def __init__(self, stats: object, ws: WebSocketStats, resync: bool = False,
-                 role: Role = Role.UNKNOWN) -> None:
+                 role: Role = Role.UNKNOWN, fallback: bool = False) -> None:
         """``stats``: the stream's TcpStats (only held, for the interface); ``resync``: the
-        data does not begin at the connection's start (a join, past a gap)."""
+        data does not begin at the connection's start (a join, past a gap); ``fallback``:
+        taken for WebSocket by its first bytes alone (not a WebSocket port), so a direction
+        that turns out to be no upgrade stops at NOT_WEBSOCKET, its bytes kept, for its
+        owner to frame as SIP — never skipped to its end."""
+        self.fallback = fallback
+        self._head_bytes = 0       # HTTP heads (and bodies) followed so far: MAX_HANDSHAKE in all
+        self._framed = False       # a frame seen since the last handshake head
         self.buffer = bytearray()
         self.stats = stats
         self.ws = ws
@@ -168,8 +187,11 @@ class WebSocketFramer:
         self.phase = Phase.RESYNC if resync else Phase.HANDSHAKE
         self._discard = 0          # bytes of a skipped frame still to come
         self._dropping = False     # continuations of a skipped message still to come
-        self._parts: list[bytes] | None = None  # the message being joined
+        # the message being joined, one bytearray: a list of parts would hold ~40 bytes of
+        # object per frame that its size never counts (an empty frame adds only that)
+        self._parts: bytearray | None = None
         self._size = 0             # its bytes so far
+        self._frames = 0           # its frames so far (MAX_MESSAGE_FRAMES)
         self._scan = 0             # where the search (handshake end, resync) resumes
         # the header of the frame at the front, parsed once while its payload comes in
         self._header: FrameHeader | None = None
@@ -189,7 +211,7 @@ class WebSocketFramer:
     def clear(self) -> None:
         """Everything held thrown away (the caller counts it)."""
         self.buffer.clear()
-        self._parts, self._size, self._dropping, self._discard = None, 0, False, 0
+        self._parts, self._size, self._frames, self._dropping, self._discard = None, 0, 0, False, 0
         self._header, self._inflater = None, None
 
     @property
@@ -209,16 +231,19 @@ class WebSocketFramer:
                 start += n
                 continue
             phase = self.phase
+            end: int | None
             if phase == Phase.FRAMES:
-                end = self._frame_at(start, max_message, messages)
+                end = self._control_run(start)
+                if end == start:
+                    end = self._frame_at(start, max_message, messages)
             elif phase == Phase.HANDSHAKE:
                 end = self._handshake(start)
             elif phase == Phase.RESYNC:
-                end = self._resynchronise(start)
+                end = self._resynchronise(start, max_message)
             else:
                 self.ws.skipped_bytes += len(buffer) - start
                 end = len(buffer)
-            if end is None:
+            if end is None or self.phase == Phase.NOT_WEBSOCKET:
                 break
             start = end
         if start:
@@ -229,23 +254,31 @@ class WebSocketFramer:
     # -- phases --------------------------------------------------------------------
 
     def _handshake(self, start: int) -> int | None:
-        """Past the upgrade request or its 101 response; None while its head is not all in."""
+        """Past the upgrade request or its 101 response; None while its head is not all in.
+        A response other than 101 (a 401 asking for credentials, then the retried upgrade's
+        101) is followed past, MAX_HANDSHAKE bytes of heads in all."""
         buffer = self.buffer
         head_end = buffer.find(b"\r\n\r\n", max(start, self._scan))
         if head_end < 0:
             self._scan = max(start, len(buffer) - 3)  # "\r\n\r" may end it
-            if len(buffer) - start <= MAX_HANDSHAKE and (
+            if self._head_bytes + len(buffer) - start <= MAX_HANDSHAKE and (
                     _could_begin(buffer, start, b"GET ") or _could_begin(buffer, start, b"HTTP/1.")):
                 return None
             return self._not_websocket(start)
         head = bytes(buffer[start:head_end])
+        self._head_bytes += head_end + 4 - start
+        if self._head_bytes > MAX_HANDSHAKE:
+            return self._not_websocket(start)
         if head.startswith(b"GET ") and _UPGRADE.search(head):
             self.role = Role.CLIENT
         elif head.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
             self.role = Role.SERVER
+        elif head.startswith(b"HTTP/1.") and self.role != Role.CLIENT:
+            return self._other_response(start, head, head_end + 4)
         else:
             return self._not_websocket(start)
         self.ws.handshakes += 1
+        self._framed = False
         if not _offers_sip(head):
             self.ws.other_protocols += 1
             self.phase = Phase.GIVEN_UP
@@ -253,13 +286,31 @@ class WebSocketFramer:
         self.phase = Phase.FRAMES
         return head_end + 4
 
-    def _not_websocket(self, start: int) -> int:
+    def _other_response(self, start: int, head: bytes, end: int) -> int | None:
+        """Past a response that is no 101 and its body: the next may be (RFC 6455 §4.1 lets
+        a client retry with credentials on the same connection)."""
+        length = _CONTENT_LENGTH.search(head)
+        body = int(length.group(1)) if length else 0
+        self._head_bytes += body
+        if self._head_bytes > MAX_HANDSHAKE:
+            return self._not_websocket(start)
+        self._discard = body
+        self._scan = 0
+        self.ws.skipped_bytes += end - start
+        return end
+
+    def _not_websocket(self, start: int) -> int | None:
         self.ws.not_websocket += 1
+        if self.fallback:
+            # Found by its first bytes alone on a SIP port: a sender's own plain HTTP, or
+            # a forged SYN's, must not hide the SIP that follows. Its owner frames it as SIP.
+            self.phase = Phase.NOT_WEBSOCKET
+            return None
         self.phase = Phase.GIVEN_UP
         self.ws.skipped_bytes += len(self.buffer) - start
         return len(self.buffer)
 
-    def _resynchronise(self, start: int) -> int | None:
+    def _resynchronise(self, start: int, max_message: int) -> int | None:
         """Past bytes that cannot begin a frame holding a SIP message's start; None
         while the next candidate is not all in."""
         buffer = self.buffer
@@ -269,21 +320,57 @@ class WebSocketFramer:
             if header is None or len(buffer) - at < header.size + _START_PEEK:
                 self._scan = at
                 return self._skipped(start, at)  # wait for more there
-            if header.length < _START_PEEK or header.rsv:
+            # A length over the limit is never a frame to lock onto: a fake 2^46 one in a
+            # message body would otherwise skip the direction's next 64 TiB.
+            if header.length < _START_PEEK or header.length > max_message or header.rsv & _RSV23:
                 continue
-            peek = bytes(buffer[at + header.size:at + header.size + _START_PEEK])
-            if header.mask is not None:
-                peek = unmask(peek, header.mask)
-            if _KNOWN_START.match(peek):
+            verdict = self._begins_sip(header, at)
+            after = at + header.size + header.length
+            if verdict == _REFERS_BACK and len(buffer) < after + 2:
+                verdict = None  # random bytes refer back too: only a next frame header tells
+            if verdict is None:
+                self._scan = at
+                return self._skipped(start, at)  # a deflated payload needs more bytes to tell
+            if verdict and _next_plausible(buffer, after, header, max_message):
                 self.ws.resyncs += 1
                 self.phase = Phase.FRAMES
                 self.resync = False
                 self._scan = 0
+                self._inflater = None  # a deflated direction starts a fresh window here
                 self._skipped(start, at)
                 return at
         keep = max(start, len(buffer) - MAX_HEADER - _START_PEEK)
         self._scan = keep
         return self._skipped(start, keep)
+
+    def _begins_sip(self, header: FrameHeader, at: int) -> int | None:
+        """_BEGINS_SIP when the frame at ``at`` begins a SIP message, _REFERS_BACK when it is
+        deflated and refers back into a window never seen, else 0; None while a deflated
+        one has not inflated far enough to tell."""
+        buffer = self.buffer
+        first = at + header.size
+        end = first + header.length
+        if not header.rsv:
+            peek = bytes(buffer[first:first + _START_PEEK])
+            if header.mask is not None:
+                peek = unmask(peek, header.mask)
+            return _BEGINS_SIP if _KNOWN_START.match(peek) else 0
+        # permessage-deflate: a fresh inflater over what is in of its payload. A peer that
+        # resets its window per message (no context takeover) inflates here; one that keeps
+        # it refers back into messages the capture missed, and zlib says so at once: the
+        # frame is still a message's start, and its inflate error is counted when it ends.
+        whole = len(buffer) >= end
+        payload = bytes(buffer[first:min(end, len(buffer))])
+        if header.mask is not None:
+            payload = unmask(payload, header.mask)
+        try:
+            peek = zlib.decompressobj(-zlib.MAX_WBITS).decompress(
+                payload + _DEFLATE_TAIL if whole else payload, _START_PEEK)
+        except zlib.error as error:
+            return _REFERS_BACK if _FAR_BACK in str(error) else 0
+        if len(peek) >= _START_PEEK:
+            return _BEGINS_SIP if _KNOWN_START.match(peek) else 0
+        return 0 if whole else None
 
     def _skipped(self, start: int, end: int) -> int | None:
         """Bytes up to ``end`` thrown away; None when there were none."""
@@ -292,9 +379,43 @@ class WebSocketFramer:
         self.ws.skipped_bytes += end - start
         return end
 
+    def _control_run(self, start: int) -> int:
+        """Past a run of whole, well-formed control frames (ping, pong, close) at ``start``,
+        counted as _frame_at counts them. Segments full of 2-byte pings cost a FrameHeader
+        and a pass through the frame loop each otherwise: ~30x SIP over TCP per byte."""
+        buffer, ws, role = self.buffer, self.ws, self.role
+        end, at = len(buffer), start
+        while at + 2 <= end:
+            b0, b1 = buffer[at], buffer[at + 1]
+            length = b1 & _LEN7
+            if b0 not in _FAST_CONTROL or length > MAX_CONTROL_PAYLOAD:
+                break
+            masked = b1 & _MASKED
+            after = at + 2 + length + (4 if masked else 0)
+            if after > end:
+                break
+            ws.frames += 1
+            ws.control_frames += 1
+            if masked:
+                if role == Role.SERVER:
+                    ws.masked_from_server += 1
+            elif role == Role.CLIENT:
+                ws.unmasked_from_client += 1
+            at = after
+        if at != start:
+            self._framed = True
+            self._header = None  # a cached header was of the frame just passed
+        return at
+
     def _frame_at(self, start: int, max_message: int, messages: list[bytes]) -> int | None:
         """Past the frame at ``start``, its message (if it ends one) in ``messages``;
         None while the frame is not all in."""
+        # the client's next upgrade, when its first was answered other than 101
+        if not self._framed and self.role == Role.CLIENT and _could_begin(self.buffer, start, b"GET "):
+            if len(self.buffer) - start < 4:
+                return None
+            self.phase = Phase.HANDSHAKE
+            return start
         header = self._header if start == 0 else None
         if header is None:
             header = parse_header(self.buffer, start)
@@ -314,6 +435,7 @@ class WebSocketFramer:
             self._header = header  # at the front once frame() trims what came before
             return None  # nothing is counted until the frame is all in
         ws.frames += 1
+        self._framed = True
         self._check_mask(header)
         if opcode in _CONTROL:
             if not header.fin or header.length > MAX_CONTROL_PAYLOAD:
@@ -343,9 +465,10 @@ class WebSocketFramer:
             if self._parts is not None:
                 ws.interrupted += 1
             self._lose_message()
-            self._parts, self._size = [], 0
+            self._parts, self._size, self._frames = bytearray(), 0, 0
             self._compressed = bool(header.rsv)  # RSV1 on the first frame: deflated (RFC 7692 §6)
-        if self._size + header.length > max_message:
+        self._frames += 1
+        if self._size + header.length > max_message or self._frames > MAX_MESSAGE_FRAMES:
             ws.too_large += 1
             return self._drop_message(start, header)
         end = start + header.size + header.length
@@ -354,10 +477,13 @@ class WebSocketFramer:
             payload = unmask(payload, header.mask)
         parts = self._parts
         assert parts is not None
-        parts.append(payload)
         self._size += header.length
-        if header.fin:
-            self._deliver(parts, messages, max_message)
+        if header.fin and self._frames == 1:
+            self._deliver(payload, messages, max_message)  # one frame: no copy into parts
+        else:
+            parts += payload
+            if header.fin:
+                self._deliver(bytes(parts), messages, max_message)
         return end
 
     def _kept(self, header: FrameHeader, max_message: int) -> bool:
@@ -369,12 +495,11 @@ class WebSocketFramer:
             return not header.rsv and self._parts is not None and self._size + header.length <= max_message
         return opcode in _DATA and header.length <= max_message
 
-    def _deliver(self, parts: list[bytes], messages: list[bytes], max_message: int) -> None:
+    def _deliver(self, message: bytes, messages: list[bytes], max_message: int) -> None:
         ws = self.ws
-        message = parts[0] if len(parts) == 1 else b"".join(parts)
-        if len(parts) > 1:
+        if self._frames > 1:
             ws.continued += 1
-        self._parts, self._size = None, 0
+        self._parts, self._size, self._frames = None, 0, 0
         if self._compressed:
             self._compressed = False
             ws.compressed += 1
@@ -405,6 +530,10 @@ class WebSocketFramer:
             self.ws.too_large += 1
             self._inflater = None
             return None
+        if inflater.eof:
+            # The message ended its deflate stream (BFINAL, RFC 7692 §7.2.3.3 allows it):
+            # the inflater takes nothing more, so the next message needs a fresh one.
+            self._inflater = None
         return inflated
 
     def _check_mask(self, header: FrameHeader) -> None:
@@ -434,7 +563,26 @@ class WebSocketFramer:
             self._compressed = False
         if self._parts is not None:
             self.ws.skipped_bytes += self._size
-        self._parts, self._size, self._dropping = None, 0, False
+        self._parts, self._size, self._frames, self._dropping = None, 0, 0, False
+
+
+def _next_plausible(buffer: bytearray, at: int, header: FrameHeader, max_message: int) -> bool:
+    """What follows a candidate frame found by resync could be the next frame of the
+    same direction (or is not in yet): no reserved bits, a known opcode, a length it may
+    have, masked as the candidate is. A frame header inside a message body rarely is."""
+    if at + 2 > len(buffer):
+        return True
+    after = parse_header(buffer, at)
+    if after is None:
+        return True
+    if after.rsv & _RSV23 or (after.mask is None) != (header.mask is None) or after.length < 0:
+        return False
+    if after.opcode in _CONTROL:
+        return after.fin and after.length <= MAX_CONTROL_PAYLOAD
+    if after.length > max_message:
+        return False
+    # a message's last frame is followed by a new message, any other by its continuation
+    return after.opcode in _DATA if header.fin else after.opcode == Opcode.CONTINUATION
 
 
 def _offers_sip(head: bytes) -> bool:

@@ -101,6 +101,10 @@ class KernelSettings:
             raise SetupError(f"SIP ports must be 1..65535, got {list(self.sip_ports)}")
         if any(not 0 < p < 65536 for p in self.ws_ports):
             raise SetupError(f"WebSocket ports must be 1..65535, got {list(self.ws_ports)}")
+        # Every stream on a WebSocket port is framed as WebSocket, so a SIP-over-TCP connection
+        # joined mid-way there would never be read: a port is one or the other.
+        if both := sorted(set(self.ws_ports) & set(self.sip_ports)):
+            raise SetupError(f"ports {both} are both SIP and WebSocket ports: give each to one only")
         bad = [p for p in self.vxlan_ports if not 0 < p < 65536]
         if bad:
             raise SetupError(f"VXLAN ports must be 1..65535, got {bad}")

@@ -30,6 +30,7 @@ from userspace.sharding import HandOff, decode_handoff, encode_handoff
 from userspace.tcp import SYN, TcpLimits, TcpStreams
 from userspace.websocket import (
     INFLATER_CHARGE,
+    MAX_MESSAGE_FRAMES,
     WS,
     Opcode,
     Role,
@@ -274,10 +275,10 @@ def test_ws_port_flag_reaches_the_kernel_ports_the_socket_filter_and_replay_rule
     from otus_ebpf.cli import main as cli  # noqa: PLC0415
 
     options = cli._attach_options(cli.build_parser().parse_args(
-        ["attach", "eth0", "--ws-port", "8080", "--ws-port", "5060", "--ws-port", "8080"]))
+        ["attach", "eth0", "--ws-port", "8080", "--ws-port", "5062", "--ws-port", "8080"]))
     kernel = options.kernel
-    assert kernel.ws_ports == (8080, 5060) and kernel.sip_ports == (5060, 5061)
-    assert kernel.capture_ports == (5060, 5061, 8080)
+    assert kernel.ws_ports == (8080, 5062) and kernel.sip_ports == (5060, 5061)
+    assert kernel.capture_ports == (5060, 5061, 8080, 5062)
     assert "port 8080" in filter_expression(kernel)
     default = cli._attach_options(cli.build_parser().parse_args(["attach", "eth0"]))
     assert default.kernel.ws_ports == () and "port 8080" not in filter_expression(default.kernel)
@@ -389,3 +390,164 @@ def test_an_upgrade_to_another_subprotocol_is_not_read_as_sip() -> None:
     for head, payload in ((offered, client_frame(INVITE)), (unnamed, frame(INVITE))):
         f = framer()
         assert feed_all(f, head + payload) == [INVITE]
+
+
+# -- review findings ---------------------------------------------------------------------
+
+
+def test_empty_continuation_frames_are_capped_per_message_and_hold_no_per_frame_memory() -> None:
+    f = framer()
+    f.buffer += upgrade_request() + frame(INVITE[:30], fin=False, mask=b"abcd")
+    f.frame(MAX)
+    f.buffer += frame(b"", Opcode.CONTINUATION, fin=False, mask=b"abcd") * (MAX_MESSAGE_FRAMES + 10)
+    assert f.frame(MAX) == []
+    # an empty frame adds no byte the size limit sees: the frame count bounds the message
+    assert f.ws.too_large == 1 and f._parts is None and len(f) == 0
+    f.buffer += frame(b"", Opcode.CONTINUATION, fin=True) + client_frame(BYE)
+    assert f.frame(MAX) == [BYE]  # the dropped message's continuations end; framing goes on
+    g = framer()  # under the cap a message in many short frames is still joined, in one bytearray
+    g.buffer += upgrade_request() + frame(INVITE[:1], fin=False) + b"".join(
+        frame(INVITE[i:i + 1], Opcode.CONTINUATION, fin=i == len(INVITE) - 1) for i in range(1, len(INVITE)))
+    assert len(INVITE) < MAX_MESSAGE_FRAMES and g.frame(MAX) == [INVITE] and g.ws.continued == 1
+
+
+def test_a_deflated_message_that_ends_its_deflate_stream_does_not_silence_the_next() -> None:
+    def final_block(message: bytes) -> bytes:  # BFINAL set: a whole raw deflate stream (RFC 7692 §7.2.3.3)
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(message) + c.flush(zlib.Z_FINISH)
+    f = framer()
+    f.buffer += upgrade_request(deflate=True)
+    for message in (INVITE, OK_200, BYE):
+        f.buffer += frame(final_block(message), mask=b"abcd", rsv=0x40)
+    assert f.frame(MAX) == [INVITE, OK_200, BYE]
+    assert (f.ws.compressed, f.ws.keepalives, f.ws.inflate_errors) == (3, 0, 0)
+
+
+def test_a_deflated_direction_joined_or_past_a_gap_finds_its_frames_again() -> None:
+    no_takeover = deflated([INVITE, OK_200, BYE], takeover=False)
+    cut = frame(no_takeover[0], rsv=0x40, mask=b"abcd")[9:]  # joined inside the first message
+    f = framer(resync=True)
+    rest = b"".join(frame(m, rsv=0x40, mask=b"efgh") for m in no_takeover[1:])
+    assert feed_all(f, cut + rest, 7) == [OK_200, BYE]  # a fresh inflater confirms the start
+    assert (f.ws.resyncs, f.ws.inflate_errors) == (1, 0)
+    # Context takeover: each message refers back into ones never seen. Framing is found all
+    # the same, and each message that cannot inflate is counted, until the peer resets.
+    takeover = deflated([INVITE, INVITE, INVITE, INVITE])
+    f = framer(resync=True)
+    data = frame(takeover[0], rsv=0x40)[5:] + b"".join(frame(m, rsv=0x40) for m in takeover[1:])
+    assert feed_all(f, data) == []
+    assert f.ws.resyncs == 1 and f.ws.inflate_errors == 3
+
+
+def test_resync_does_not_lock_onto_a_frame_header_inside_a_message_body() -> None:
+    huge = b"\x81\x7f" + (1 << 46).to_bytes(8, "big") + b"INVITE sip:x SIP/2.0\r\n"
+    small = frame(INVITE)
+    for fake in (huge, small):
+        body = b"hello " + fake + b" bye"
+        message = (b"MESSAGE sip:victim@x SIP/2.0\r\nCall-ID: real\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+        f = framer(resync=True)
+        assert feed_all(f, frame(message)[20:] + frame(OK_200) * 3, 1400) == [OK_200] * 3
+        assert f.ws.resyncs == 1 and f.ws.too_large == 0
+
+
+SIP_PORT_CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060)
+
+
+def feed_segments(streams: TcpStreams, key: tuple[bytes, int, bytes, int], seq: int,
+                  segments: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for data in segments:
+        out += streams.feed(key, seq, 0, data, 1)
+        seq += len(data)
+    return out
+
+
+def test_http_with_no_upgrade_on_a_sip_port_falls_back_to_sip_over_tcp() -> None:
+    t = TcpStreams(TcpLimits())
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    out = feed_segments(t, SIP_PORT_CLIENT, 2, [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", INVITE, BYE])
+    assert out == [INVITE, BYE] and t.framed_transport == IPProto.TCP and t.websocket.not_websocket == 1
+
+
+def test_a_forged_syn_with_an_http_payload_does_not_turn_a_sip_stream_into_websocket() -> None:
+    t = TcpStreams(TcpLimits())
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    seq = 2
+    assert feed_segments(t, SIP_PORT_CLIENT, seq, [INVITE]) == [INVITE]
+    seq += len(INVITE)
+    t.feed(SIP_PORT_CLIENT, 0x70000000, SYN, b"GET / HTTP/1.1\r\n", 2)
+    out = feed_segments(t, SIP_PORT_CLIENT, seq, [INVITE] * 10)
+    # the far-behind segments put the stream back where it is, framed as its port says
+    assert t.stats.restarts == 1 and len(out) >= 8 and t.framed_transport == IPProto.TCP
+
+
+def test_an_upgrade_answered_401_then_101_is_followed_both_ways() -> None:
+    unauthorized = (b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=x\r\n"
+                    b"Content-Length: 4\r\n\r\nnope")
+    f = framer()
+    assert feed_all(f, unauthorized + upgrade_response() + frame(OK_200) + frame(BYE), 5) == [OK_200, BYE]
+    assert f.role == Role.SERVER and f.ws.not_websocket == 0
+    c = framer()
+    assert feed_all(c, upgrade_request() + upgrade_request() + client_frame(INVITE), 3) == [INVITE]
+    assert c.ws.handshakes == 2 and c.ws.bad_opcodes == 0
+
+
+def test_a_websocket_stream_found_by_its_handshake_stays_websocket_past_idle_expiry() -> None:
+    server = (SIP_PORT_CLIENT[2], 5060, SIP_PORT_CLIENT[0], 40000)
+    t = TcpStreams(TcpLimits(idle_timeout_s=10.0))
+    t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
+    t.feed(server, 1, SYN, b"", 0)
+    c_seq = 2 + len(upgrade_request())
+    s_seq = 2 + len(upgrade_response())
+    t.feed(SIP_PORT_CLIENT, 2, 0, upgrade_request(), 1)
+    t.feed(server, 2, 0, upgrade_response(), 1)
+    late = 60 * 1_000_000_000  # both streams expired by now
+    assert t.feed(SIP_PORT_CLIENT, c_seq, 0, frame(INVITE, mask=b"abcd"), late) == [INVITE]
+    assert t.framed_transport == WS and t.stats.expired_streams == 2
+    assert t.feed(server, s_seq, 0, frame(OK_200), late) == [OK_200] and t.framed_transport == WS
+
+
+def test_a_port_cannot_be_both_a_sip_port_and_a_websocket_port() -> None:
+    from otus_ebpf.cli import main as cli  # noqa: PLC0415
+    from otus_ebpf.errors import SetupError  # noqa: PLC0415
+
+    options = cli._attach_options(cli.build_parser().parse_args(["attach", "eth0", "--ws-port", "5060"]))
+    try:
+        options.kernel.validate()
+    except SetupError as error:
+        assert "5060" in str(error)
+    else:
+        raise AssertionError("a WebSocket port that is a SIP port was accepted")
+
+
+def test_runs_of_control_frames_take_the_fast_path_counted_as_the_slow_one_counts() -> None:
+    pings = frame(b"", Opcode.PING) * 50 + frame(b"hi", Opcode.PONG, mask=b"abcd") * 50
+    run = framer()
+    run.buffer += pings + frame(b"x", Opcode.PING)[:1]
+    assert run._control_run(0) == len(pings)  # whole frames only: the split one waits
+    f = framer()
+    assert feed_all(f, upgrade_request() + pings + frame(b"x", Opcode.PING)[:1]) == []
+    assert feed_all(f, frame(b"x", Opcode.PING)[1:] + client_frame(INVITE)) == [INVITE]
+    assert (f.ws.frames, f.ws.control_frames, f.ws.unmasked_from_client) == (102, 101, 51)
+    slow = framer()  # one byte at a time: each frame completes alone, counted the same
+    data = upgrade_request() + pings + frame(b"x", Opcode.PING) + client_frame(INVITE)
+    assert feed_all(slow, data, 1) == [INVITE]
+    assert (slow.ws.frames, slow.ws.control_frames, slow.ws.unmasked_from_client) == (102, 101, 51)
+
+
+def test_an_inflater_does_not_count_against_the_reorder_window() -> None:
+    t = TcpStreams(TcpLimits(window=4096), frozenset({WS_PORT}))
+    t.feed(CLIENT, 1, SYN, b"", 0)
+    seq = 2
+    first, second, third = deflated([INVITE, OK_200, BYE])
+    segments = [upgrade_request(deflate=True), frame(first, rsv=0x40, mask=b"abcd"),
+                frame(second, rsv=0x40, mask=b"efgh"), frame(third, rsv=0x40, mask=b"ijkl")]
+    starts = []
+    for data in segments:
+        starts.append(seq)
+        seq += len(data)
+    out = t.feed(CLIENT, starts[0], 0, segments[0], 1) + t.feed(CLIENT, starts[1], 0, segments[1], 1)
+    assert out == [INVITE] and t.buffered_bytes >= INFLATER_CHARGE  # an inflater lives
+    out = t.feed(CLIENT, starts[3], 0, segments[3], 1) + t.feed(CLIENT, starts[2], 0, segments[2], 1)
+    assert out == [OK_200, BYE] and t.stats.window_overflows == 0 and t.stats.gaps == 0
