@@ -72,11 +72,15 @@ def test_sip_over_websocket_is_recorded_message_for_message_as_tshark_decodes_it
         server.stop(signal.SIGTERM)
     assert agent is not None and agent_status == 0, agent.output() if agent else ""
 
-    wire = sip_messages(pcap, [f"tcp.port=={WS_PORT},http", f"tcp.port=={UPGRADED_SIP_PORT},http"])
-    assert len(wire) == 2 * CALLS * MESSAGES_PER_CALL, "tshark decodes every message"
-    assert Counter(wire) == conversation(WS_PORT, CALLS) + conversation(UPGRADED_SIP_PORT, CALLS)
+    expected = conversation(WS_PORT, CALLS) + conversation(UPGRADED_SIP_PORT, CALLS)
+    assert expected.total() == 2 * CALLS * MESSAGES_PER_CALL
     records = [r for r in read_records(out) if r["kind"] == "sip"]
-    assert Counter(map(message_key, records)) == Counter(wire)
+    assert Counter(map(message_key, records)) == expected, "every message the peers exchanged"
+    # tshark on a tcpdump capture of the same traffic: what it decodes, the agent recorded
+    # alike. Its own count is not held exact: on a loaded machine tcpdump beside the peers
+    # has been seen short of the conversation (147 of 168 once), which is the capture's loss.
+    wire = Counter(sip_messages(pcap, [f"tcp.port=={WS_PORT},http", f"tcp.port=={UPGRADED_SIP_PORT},http"]))
+    assert wire <= expected and wire.total() >= 0.8 * expected.total(), (wire.total(), expected.total())
     assert {r["transport"] for r in records} == {"ws"}
     for record in records:
         from_client = record["method"] is not None
