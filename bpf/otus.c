@@ -1868,7 +1868,7 @@ int xdp_decap(struct xdp_md *ctx)
 		return XDP_PASS;
 	__u32 verdict = classify_inner(data, data_end, data_end - data, c, &p, &m);
 	if (m.screen)
-		xdp_screens.call(ctx, 0); /* returns only without a screen program (never, once loaded) */
+		xdp_screens.call(ctx, 0); /* returns only without a screen program: never, as the features are refused without one */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return XDP_PASS;
@@ -1893,7 +1893,7 @@ int tc_decap(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	__u32 verdict = classify_inner(data, data_end, skb->len, c, &p, &m);
 	if (m.screen)
-		tc_screens.call(skb, 0); /* returns only without a screen program (never, once loaded) */
+		tc_screens.call(skb, 0); /* returns only without a screen program: never, as the features are refused without one */
 	count(c, verdict);
 	if (m.kind == 0 || m.screen)
 		return TC_ACT_UNSPEC;

@@ -35,7 +35,7 @@ def token_problem(token: str) -> str | None:
     if not _TOKEN.fullmatch(token):
         return (f"{token!r} is not a SIP method in upper case (A-Z, 0-9, at most {TOKEN_LEN}) "
                 "nor a 3-digit status code")
-    if token.isdigit() and not (len(token) == 3 and 100 <= int(token) <= 699):
+    if token.isascii() and token.isdigit() and not (len(token) == 3 and 100 <= int(token) <= 699):
         return f"{token!r}: a status code has 3 digits, 100..699"
     return None
 

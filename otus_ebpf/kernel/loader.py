@@ -165,38 +165,38 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
 
 
 def load_screens(bcc: Any, loaded: Any, settings: KernelSettings) -> bool:
-    """Load the screen programs into the hooks' tail-call arrays. False when the
-    kernel refuses them and neither feature is asked for: capture goes on without
-    them (the hooks' tail call then finds no program and the match goes up), and
-    turning a feature on later is refused in one line (KernelMaps)."""
-    try:
-        for (function, array), kind in zip(SCREENS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
-            screen = loaded.load_func(function.encode(), kind)
-            table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(screen.fd)
-    except Exception as exc:  # verifier rejections arrive as bare Exception
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if settings.dedup or settings.drop_methods:
-            raise SetupError(f"kernel refused the screen programs (for --dedup / --drop-method): "
-                             f"{reason}") from None
-        _log.warning("kernel refused the screen programs: %s; --dedup and --drop-method are unavailable",
-                    reason)
-        return False
-    return True
+    """Load the screen programs. False when the kernel refuses them and neither
+    feature is asked for: capture goes on without them (the hooks' tail call then
+    finds no program and the match goes up), and turning a feature on later is
+    refused in one line (KernelMaps)."""
+    refused = _load_second_programs(bcc, loaded, SCREENS)
+    if refused is None:
+        return True
+    if settings.dedup or settings.drop_methods:
+        raise SetupError(f"kernel refused the screen programs (for --dedup / --drop-method): {refused}")
+    _log.warning("kernel refused the screen programs: %s; --dedup and --drop-method are unavailable", refused)
+    return False
 
 
 def load_decaps(bcc: Any, loaded: Any) -> bool:
-    """Load the tunnel programs into the hooks' tail-call arrays. False when the
-    kernel refuses them: capture goes on with no tunnel opened (said once here;
-    KernelMaps keeps every kind off)."""
+    """Load the tunnel programs. False when the kernel refuses them: capture goes on
+    with no tunnel opened (said once here; KernelMaps keeps every kind off)."""
+    refused = _load_second_programs(bcc, loaded, DECAPS)
+    if refused is not None:
+        _log.warning("kernel refused the tunnel programs: %s; no tunnel is opened (--decap)", refused)
+    return refused is None
+
+
+def _load_second_programs(bcc: Any, loaded: Any, programs: tuple[tuple[str, str], ...]) -> str | None:
+    """Load an (XDP, TC) pair of tail-called programs into the hooks' one-slot
+    arrays; the verifier's reason when the kernel refuses one, else None."""
     try:
-        for (function, array), kind in zip(DECAPS, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
+        for (function, array), kind in zip(programs, (bcc.BPF.XDP, bcc.BPF.SCHED_CLS), strict=True):
             program = loaded.load_func(function.encode(), kind)
             table(loaded, array)[ctypes.c_int(0)] = ctypes.c_int(program.fd)
     except Exception as exc:  # verifier rejections arrive as bare Exception
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _log.warning("kernel refused the tunnel programs: %s; no tunnel is opened (--decap)", reason)
-        return False
-    return True
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
 
 
 def create_rings(rings_fd: int, shards: int, size: int) -> tuple[int, ...]:
