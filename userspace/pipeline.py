@@ -290,16 +290,16 @@ class Pipeline:
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record], transport: int) -> None:
         vlans = _vlans(event.frame)
+        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
         route = self._route
         if route is not None and not event.flags & Flag.OWNED:  # the kernel could not route it
             owner = owner_of(data, route[1])
             if owner is not None and owner != route[0]:
                 self._handoffs.append((owner, handoff_record(HandOff(
                     event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
-                    packet.dst, packet.dport, fragments, vlans, data))))
+                    packet.dst, packet.dport, fragments, vlans, data, encap))))
                 self.stats.handed_off += 1
                 return
-        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
         self._sip(event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
                   packet.dst, packet.dport, fragments, event.shard, vlans, data, records, encap)
 
@@ -312,7 +312,7 @@ class Pipeline:
         self.stats.handed_in += 1
         shard = self._route[0] if self._route is not None else 0
         self._sip(h.ts_ns, h.ifindex, h.direction, h.transport, h.src, h.sport, h.dst, h.dport, h.fragments,
-                  shard, h.vlans, h.message, records)
+                  shard, h.vlans, h.message, records, h.encap)
 
     def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: bytes, sport: int,
              dst: bytes, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from userspace.errors import Malformed, Truncated
 from userspace.event import EVENT_HEADER, Direction, Kind
 from userspace.frame import IPProto
+from userspace.tunnel import CODES, Encap
 from userspace.websocket import WS
 
 CALL_ID_SCAN = 384      # payload bytes the kernel looks through (OTUS_CALLID_SCAN)
@@ -99,17 +100,26 @@ class HandOff:
     fragments: int
     vlans: tuple[int, ...]
     message: bytes
+    encap: Encap | None = None  # the tunnel it came in
 
 
-_HANDOFF = struct.Struct("=QIBBHHHBBB")  # ts, ifindex, direction, transport, ports, fragments, lengths
+# ts, ifindex, direction, transport, ports, fragments, address and VLAN counts; then
+# the tunnel: its TunnelCode (0: none), whether it has an id, the id, its outer address size
+_HANDOFF = struct.Struct("=QIBBHHHBBBBBIB")
+_KINDS = {int(code): kind for kind, code in CODES.items()}
 
 
 def encode_handoff(h: HandOff) -> bytes:
-    src, dst = h.src, h.dst
+    src, dst, encap = h.src, h.dst, h.encap
     vlans = struct.pack(f"={len(h.vlans)}H", *h.vlans)
+    if encap is None:
+        tunnel, outer = (0, 0, 0, 0), b""
+    else:
+        tunnel = (encap.code, encap.id is not None, encap.id or 0, len(encap.src))
+        outer = encap.src + encap.dst
     return _HANDOFF.pack(h.ts_ns, h.ifindex, h.direction, h.transport, h.sport, h.dport,
-                         min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans)) \
-        + src + dst + vlans + h.message
+                         min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans), *tunnel) \
+        + src + dst + vlans + outer + h.message
 
 
 def handoff_record(h: HandOff) -> bytes:
@@ -123,23 +133,30 @@ def handoff_record(h: HandOff) -> bytes:
 def decode_handoff(raw: bytes) -> HandOff:
     if len(raw) < _HANDOFF.size:
         raise Truncated("handoff", 0, f"{len(raw)} bytes")
-    ts_ns, ifindex, direction, transport, sport, dport, fragments, n_src, n_dst, n_vlans = \
-        _HANDOFF.unpack_from(raw)
+    ts_ns, ifindex, direction, transport, sport, dport, fragments, n_src, n_dst, n_vlans, \
+        tunnel, has_id, tunnel_id, n_outer = _HANDOFF.unpack_from(raw)
     at = _HANDOFF.size
-    if len(raw) < at + n_src + n_dst + 2 * n_vlans:
+    if len(raw) < at + n_src + n_dst + 2 * n_vlans + 2 * n_outer:
         raise Truncated("handoff", at, "addresses")
     if n_src not in _ADDRESS_SIZES or n_dst != n_src:
         raise Malformed("handoff", 13, f"address sizes {n_src}, {n_dst}")
+    if (tunnel not in _KINDS and (tunnel or n_outer)) or (tunnel and n_outer not in _ADDRESS_SIZES):
+        raise Malformed("handoff", 23, f"tunnel {tunnel}, outer address size {n_outer}")
     src = raw[at:at + n_src]
     at += n_src
     dst = raw[at:at + n_dst]
     at += n_dst
     vlans = struct.unpack_from(f"={n_vlans}H", raw, at)
     at += 2 * n_vlans
+    encap = None
+    if tunnel:
+        encap = Encap(_KINDS[tunnel], tunnel_id if has_id else None, raw[at:at + n_outer],
+                      raw[at + n_outer:at + 2 * n_outer])
+        at += 2 * n_outer
     if direction > Direction.EGRESS or transport not in _TRANSPORTS:
         raise Malformed("handoff", 12, f"direction {direction}, transport {transport}")
     return HandOff(ts_ns, ifindex, direction, transport, src, sport, dst, dport,
-                   fragments, vlans, raw[at:])
+                   fragments, vlans, raw[at:], encap)
 
 
 _TRANSPORTS = frozenset((*IPProto, WS))

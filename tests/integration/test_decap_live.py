@@ -1,10 +1,11 @@
 """Live: a dialog mirrored inside each kind of tunnel (VXLAN, Geneve, GRE with
-IPv4 and with Ethernet inside, ERSPAN II and III, IP-in-IP, and VXLAN with an
-inner 802.1Q tag), crafted frames replayed onto the lab's veth towards the
-agent. Every SIP message inside is recorded, with its tunnel's kind and id,
-and the records say what tshark's dissection of the same capture says
-(Call-ID, method or status, CSeq): by the kernel programs and by the AF_PACKET
-capture alike."""
+IPv4 and with Ethernet inside, ERSPAN II and III, IP-in-IP), each kind three
+times: plain, with an inner 802.1Q tag (QinQ for VXLAN; the kinds that carry
+Ethernet), and with its INVITE in two inner IPv4 fragments. Crafted frames are
+replayed onto the lab's veth towards the agent. Every SIP message inside is
+recorded once, with its tunnel's kind and id, and the records say what
+tshark's dissection of the same capture says (Call-ID, method or status, CSeq):
+by the kernel programs and by the AF_PACKET capture alike."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ import pytest
 from tests.conftest import require_tool
 from tests.support.agent import final_stats, read_records, start_agent
 from tests.support.calls import LINKTYPE_ETHERNET, NANOSECOND_PCAP_MAGIC
-from tests.support.frames import ethernet, ipv4, udp
+from tests.support.frames import UDP, ethernet, ipv4, udp
 from tests.support.lab import Lab, tcpreplay
-from tests.support.sip_samples import sip_message
+from tests.support.sip_samples import SDP, sip_message
 from tests.support.tshark import sip_messages
 from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, ipip, vxlan
 
@@ -34,33 +35,60 @@ DIALOG = (("INVITE sip:bob@10.1.0.2 SIP/2.0", "1 INVITE", True), ("SIP/2.0 100 T
           ("ACK sip:bob@10.1.0.2 SIP/2.0", "1 ACK", True), ("BYE sip:bob@10.1.0.2 SIP/2.0", "2 BYE", True),
           ("SIP/2.0 200 OK", "2 BYE", False))
 CALLER, CALLEE = "10.1.0.1", "10.1.0.2"
+FIRST_FRAGMENT_BYTES = 256  # of the INVITE's UDP datagram: header, start line and some headers
 
 
-def dialog(call_id: str, caller: str = CALLER, callee: str = CALLEE) -> list[bytes]:
-    """The dialog's SIP datagrams as IP packets (UDP 5060 both ways)."""
+def dialog(call_id: str, caller: str = CALLER, callee: str = CALLEE, fragmented: bool = False,
+           ident: int = 1) -> list[bytes]:
+    """The dialog's SIP datagrams as IP packets (UDP 5060 both ways), the INVITE with SDP;
+    ``fragmented``: the INVITE in two IPv4 fragments of datagram ``ident``."""
     packets = []
     for start, cseq, from_caller in DIALOG:
+        invite = cseq == "1 INVITE" and from_caller
         message = sip_message(start, [f"Via: SIP/2.0/UDP {caller}:5060;branch=z9hG4bK-{cseq.split()[0]}",
                                       f"From: <sip:alice@{caller}>;tag=a1", f"To: <sip:bob@{callee}>",
-                                      f"Call-ID: {call_id}", f"CSeq: {cseq}", "Max-Forwards: 70"])
+                                      f"Call-ID: {call_id}", f"CSeq: {cseq}", "Max-Forwards: 70",
+                                      *(["Content-Type: application/sdp"] if invite else [])],
+                              SDP if invite else b"")
         src, dst = (caller, callee) if from_caller else (callee, caller)
-        packets.append(ipv4(udp(message, 5060, 5060), src=src, dst=dst))
+        datagram = udp(message, 5060, 5060)
+        if invite and fragmented:
+            head, tail = datagram[:FIRST_FRAGMENT_BYTES], datagram[FIRST_FRAGMENT_BYTES:]
+            packets.append(ipv4(head, src=src, dst=dst, ident=ident, frag=0x2000))  # more fragments
+            packets.append(ipv4(tail, proto=UDP, src=src, dst=dst, ident=ident,
+                                frag=FIRST_FRAGMENT_BYTES // 8))
+        else:
+            packets.append(ipv4(datagram, src=src, dst=dst))
     return packets
 
 
-WRAPS: dict[str, Callable[[bytes], bytes]] = {  # kind -> how one inner IP packet goes into the tunnel
-    "vxlan": lambda ip: vxlan(ethernet(ip), vni=5001),
-    "vxlan-vlan": lambda ip: vxlan(ethernet(ip, vlans=(300,)), vni=5002),
-    "geneve": lambda ip: geneve(ethernet(ip), vni=6001),
-    "gre-ipv4": lambda ip: gre(ip, 0x0800, key=7001),
-    "gre-ethernet": lambda ip: gre(ethernet(ip), TEB, key=7002),
-    "erspan2": lambda ip: erspan2(ethernet(ip), session=101),
-    "erspan3": lambda ip: erspan3(ethernet(ip), session=102),
-    "ipip": ipip,
+# kind -> (how one inner IP packet goes into the tunnel, given the inner frame's 802.1Q tags;
+#          the kind and id its records must carry)
+Wrap = Callable[[bytes, tuple[int, ...]], bytes]
+KINDS: dict[str, tuple[Wrap, tuple[str, int | None]]] = {
+    "vxlan": (lambda ip, tags: vxlan(ethernet(ip, vlans=tags), vni=5001), ("vxlan", 5001)),
+    "geneve": (lambda ip, tags: geneve(ethernet(ip, vlans=tags), vni=6001), ("geneve", 6001)),
+    "gre-ipv4": (lambda ip, _tags: gre(ip, 0x0800, key=7001), ("gre", 7001)),
+    "gre-ethernet": (lambda ip, tags: gre(ethernet(ip, vlans=tags), TEB, key=7002), ("gre", 7002)),
+    "erspan2": (lambda ip, tags: erspan2(ethernet(ip, vlans=tags), session=101), ("erspan", 101)),
+    "erspan3": (lambda ip, tags: erspan3(ethernet(ip, vlans=tags), session=102), ("erspan", 102)),
+    "ipip": (lambda ip, _tags: ipip(ip), ("ipip", None)),
 }
-EXPECTED = {"vxlan": ("vxlan", 5001), "vxlan-vlan": ("vxlan", 5002), "geneve": ("geneve", 6001),
-            "gre-ipv4": ("gre", 7001), "gre-ethernet": ("gre", 7002), "erspan2": ("erspan", 101),
-            "erspan3": ("erspan", 102), "ipip": ("ipip", None)}
+CARRIES_ETHERNET = {"vxlan", "geneve", "gre-ethernet", "erspan2", "erspan3"}
+
+
+def variants() -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """Call-ID's user part -> (kind, inner tags, INVITE fragmented)."""
+    cases: dict[str, tuple[str, tuple[int, ...], bool]] = {}
+    for kind in KINDS:
+        cases[kind] = (kind, (), False)
+        if kind in CARRIES_ETHERNET:
+            cases[f"{kind}-tagged"] = (kind, (100, 300) if kind == "vxlan" else (300,), False)
+        cases[f"{kind}-fragmented"] = (kind, (), True)
+    return cases
+
+
+VARIANTS = variants()
 
 
 def write_pcap(path: Path, frames: list[bytes]) -> None:
@@ -72,7 +100,12 @@ def write_pcap(path: Path, frames: list[bytes]) -> None:
 
 
 def mirrored_frames() -> list[bytes]:
-    return [wrap(packet) for name, wrap in WRAPS.items() for packet in dialog(f"{name}@mirror")]
+    frames = []
+    for ident, (name, (kind, tags, fragmented)) in enumerate(VARIANTS.items(), start=100):
+        wrap = KINDS[kind][0]
+        packets = dialog(f"{name}@mirror", fragmented=fragmented, ident=ident)
+        frames += [wrap(packet, tags) for packet in packets]
+    return frames
 
 
 def comparable(records: list[dict[str, Any]]) -> Counter[tuple[str, str, int, str]]:
@@ -88,7 +121,7 @@ def test_sip_in_every_tunnel_is_recorded_as_tshark_reads_it(lab: Lab, tmp_path: 
     pcap = tmp_path / "mirrored.pcap"
     write_pcap(pcap, mirrored_frames())
     tshark = Counter(sip_messages(pcap))
-    assert sum(tshark.values()) == len(WRAPS) * len(DIALOG), "tshark must read every message too"
+    assert sum(tshark.values()) == len(VARIANTS) * len(DIALOG), "tshark must read every message too"
 
     out = tmp_path / "sip.jsonl"
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log", ["--mode", mode])
@@ -100,13 +133,14 @@ def test_sip_in_every_tunnel_is_recorded_as_tshark_reads_it(lab: Lab, tmp_path: 
     records = read_records(out)
     assert comparable(records) == tshark
     for record in (r for r in records if r["kind"] == "sip"):
-        name = record["call_id"].split("@")[0]
-        kind, tunnel_id = EXPECTED[name]
-        assert record["encap"]["kind"] == kind and record["encap"]["id"] == tunnel_id, record
+        kind, tunnel_id = KINDS[VARIANTS[record["call_id"].split("@")[0]][0]][1]
+        assert (record["encap"] or {}).get("kind") == kind and record["encap"]["id"] == tunnel_id, \
+            (record["call_id"], record["method"], record["status"], record["encap"])
         assert record["encap"]["src"] == "192.0.2.1" and record["encap"]["dst"] == "192.0.2.2"
     if mode == "xdp":
         stats = final_stats(agent)
-        assert stats["ingress_decapsulated"] == len(WRAPS) * len(DIALOG), stats
+        fragments = sum(fragmented for _kind, _tags, fragmented in VARIANTS.values())
+        assert stats["ingress_decapsulated"] == len(VARIANTS) * len(DIALOG) + fragments, stats
         assert stats["ingress_decap_bad"] == stats["ingress_decap_nested"] == 0, stats
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import pytest
+
 from otus_ebpf.capture.supervisor import HANDOFF_QUEUE_BYTES, _HandOffs
-from tests.support.frames import ethernet, ipv4, raw, ring_record, tcp
+from tests.support.frames import ethernet, ipv4, raw, ring_record, tcp, udp
 from tests.support.sip_samples import INVITE, OK_200
-from userspace.event import EVENT_HEADER, Direction
+from tests.support.tunnels import OUTER_DST, OUTER_SRC, gre
+from userspace.event import EVENT_HEADER, Direction, Kind
 from userspace.frame import IPProto
 from userspace.pipeline import Pipeline
 from userspace.records import SipRecord
@@ -24,6 +27,7 @@ from userspace.sharding import (
     owner_of,
 )
 from userspace.sip import parse_message
+from userspace.tunnel import Encap, TunnelKind
 
 TCP_PROTO = 6
 
@@ -48,9 +52,12 @@ def test_a_dialogs_messages_have_one_owner_and_dialogs_spread() -> None:
     assert 70 <= owners.count(0) <= 130, owners.count(0)
 
 
-def test_a_handoff_round_trips() -> None:
+@pytest.mark.parametrize("encap", [None, Encap(TunnelKind.GRE, 7001, raw("2001:db8::1"), raw("2001:db8::2")),
+                                   Encap(TunnelKind.VXLAN, 0, raw("192.0.2.1"), raw("192.0.2.2")),
+                                   Encap(TunnelKind.IPIP, None, raw("192.0.2.1"), raw("192.0.2.2"))])
+def test_a_handoff_round_trips(encap: Encap | None) -> None:
     h = HandOff(123, 4, Direction.EGRESS, IPProto.TCP, raw("fd00::1"), 5060, raw("fd00::2"), 40000, 3,
-                (100, 200), INVITE)
+                (100, 200), INVITE, encap)
     assert decode_handoff(encode_handoff(h)) == h
 
 
@@ -65,6 +72,9 @@ def test_a_damaged_handoff_is_counted_not_raised() -> None:
     damaged = [damage(12, b"\x07"),            # direction 7
                damage(13, b"\x63"),            # transport 99
                damage(20, b"\x05"),            # a source address of 5 bytes
+               damage(23, b"\x09"),            # tunnel code 9
+               damage(23, b"\x01"),            # a VXLAN without outer addresses
+               damage(29, b"\x04"),            # outer addresses without a tunnel
                good[:header + 10]]             # cut inside its header
     pipeline = Pipeline({2: "eth0"}, 0, route=(0, 2))
     assert pipeline.process(damaged) == []
@@ -94,6 +104,23 @@ def test_a_message_framed_by_the_wrong_worker_is_handed_to_its_owner() -> None:
     assert sip[0].message.call_id == parse_message(INVITE).call_id
     assert len(receiver.calls) == 1
 
+
+
+def test_a_reassembled_message_from_a_tunnel_keeps_its_tunnel_on_the_way_to_its_owner() -> None:
+    """An INVITE in two inner fragments inside GRE: the worker that reassembles it is not
+    the Call-ID's owner, and the owner's record still says which tunnel it came in."""
+    owner = owner_of(INVITE, 2)
+    assert owner is not None
+    datagram = udp(INVITE, 5070, 5060)
+    inner = [ipv4(datagram[:256], src="10.3.0.1", dst="10.3.0.2", frag=0x2000),
+             ipv4(datagram[256:], src="10.3.0.1", dst="10.3.0.2", frag=32)]
+    framer = Pipeline({2: "eth0"}, 0, route=(1 - owner, 2))
+    assert framer.process([ring_record(gre(packet, 0x0800, key=7001), kind=Kind.FRAGMENT)
+                           for packet in inner]) == []
+    receiver = Pipeline({2: "eth0"}, 0, route=(owner, 2))
+    [record] = receiver.process([raw for _owner, raw in framer.take_handoffs()])
+    assert isinstance(record, SipRecord) and record.fragments == 2
+    assert record.encap == Encap(TunnelKind.GRE, 7001, raw(OUTER_SRC), raw(OUTER_DST))
 
 
 def test_a_call_id_past_the_kernels_scan_still_finds_its_owner() -> None:
