@@ -93,7 +93,7 @@ class Pipeline:
         self._flow_events: list[FlowEvent] = []
         self.keep_frames = False  # for a pcap output: every event's frame, as captured
         self._frames: list[Frame] = []
-        self._origins: dict[tuple[int, tuple[int, ...]], Origin] = {}
+        self._origins: dict[tuple[int, tuple[int, ...], Encap | None], Origin] = {}
         self._route = route
         self._handoffs: list[tuple[int, bytes]] = []
 
@@ -143,19 +143,24 @@ class Pipeline:
                 frame.call_id = call_id
             return
         first_record = len(records)
-        packet, fragments = self._packet(event)
+        # the tunnel it came in: fragments and TCP streams are keyed by it, records carry it
+        encap, tunnel = None, b""
+        if event.flags & Flag.INNER:
+            encap = encapsulation(event.frame, self._tunnels)
+            tunnel = b"?" if encap is None else encap.tag  # the kernel saw a tunnel this walk did not
+        packet, fragments = self._packet(event, tunnel)
         if packet is None:
             return
         if packet.transport == TCP:
-            key = (packet.src, packet.sport, packet.dst, packet.dport)
+            key = (packet.src, packet.sport, packet.dst, packet.dport, tunnel)
             tcp = self.tcp
             messages = tcp.feed(key, packet.tcp_seq, packet.tcp_flags, packet.payload, event.ts_ns)
             for message in messages:  # framed as SIP over TCP, or over WebSocket
-                self._record(event, packet, fragments, message, records, tcp.framed_transport)
+                self._record(event, packet, fragments, message, records, tcp.framed_transport, encap)
         elif not packet.payload:
             stats.empty_payloads += 1
         elif looks_like_sip(packet.payload):
-            self._record(event, packet, fragments, packet.payload, records, UDP)
+            self._record(event, packet, fragments, packet.payload, records, UDP, encap)
         else:
             stats.not_sip += 1
         if frame is not None and len(records) > first_record:
@@ -224,16 +229,16 @@ class Pipeline:
         events, self._flow_events = self._flow_events, []
         return events
 
-    def _packet(self, event: Event) -> tuple[Packet | None, int]:
+    def _packet(self, event: Event, tunnel: bytes) -> tuple[Packet | None, int]:
         """The event's packet and how many fragments it took; None while a
-        datagram is incomplete or when the frame is bad (counted)."""
+        datagram is incomplete or when the frame is bad (counted). ``tunnel``:
+        the Encap.tag of the tunnel it came in (b"": none)."""
         try:
             decoded = packet_at(event.frame, event.l3_offset, event.l4_offset, event.flags, event.l4_proto)
             if not isinstance(decoded, Fragment):
                 return decoded, 1
-            if event.flags & Flag.INNER:  # fragments of one tunnel's packets only meet each other
-                encap = encapsulation(event.frame, self._tunnels)
-                decoded = dataclasses.replace(decoded, tunnel=b"?" if encap is None else encap.tag)
+            if tunnel:  # fragments of one tunnel's packets only meet each other
+                decoded = dataclasses.replace(decoded, tunnel=tunnel)
             datagram = self.reassembler.feed(decoded, event.ts_ns)
             if datagram is None:
                 return None, 0
@@ -277,20 +282,20 @@ class Pipeline:
         return call_id
 
     def _origin(self, event: Event) -> Origin:
-        """Where the event was captured; one shared value per interface and VLAN
-        stack, as every media packet asks."""
-        key = (event.ifindex, _vlans(event.frame))
+        """Where the event was captured; one shared value per interface, VLAN
+        stack and tunnel, as every media packet asks."""
+        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
+        key = (event.ifindex, _vlans(event.frame), encap)
         origin = self._origins.get(key)
         if origin is None:
-            origin = Origin(self._interface_names.get(event.ifindex, str(event.ifindex)), key[1])
-            if len(self._origins) < _MAX_ORIGINS:  # VLAN ids come off the wire: bounded
+            origin = Origin(self._interface_names.get(event.ifindex, str(event.ifindex)), key[1], encap)
+            if len(self._origins) < _MAX_ORIGINS:  # VLAN ids and tunnels come off the wire: bounded
                 self._origins[key] = origin
         return origin
 
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
-                records: list[Record], transport: int) -> None:
+                records: list[Record], transport: int, encap: Encap | None) -> None:
         vlans = _vlans(event.frame)
-        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
         route = self._route
         if route is not None and not event.flags & Flag.OWNED:  # the kernel could not route it
             owner = owner_of(data, route[1])

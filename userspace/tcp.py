@@ -39,7 +39,7 @@ import re
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from userspace.frame import TCP, FlowKey
+from userspace.frame import TCP
 from userspace.websocket import WS, Phase, Role, WebSocketFramer, WebSocketStats, looks_like_upgrade
 
 SEQ_MOD = 1 << 32
@@ -74,7 +74,10 @@ LOST_RANGES_KEPT = 64
 WEBSOCKET_KEYS_KEPT = 4096
 # Bytes of a stream's start that tell a WebSocket handshake from SIP ("GET ", "HTTP/1.").
 _SNIFF_BYTES = 5
-StreamKey = FlowKey  # one direction of a connection
+# One direction of a connection: raw source, source port, raw destination, destination port,
+# and the tunnel it came in (userspace.tunnel.Encap.tag; b"": none), so that one inner
+# connection seen in two tunnels is two streams, never one stream fed twice.
+StreamKey = tuple[bytes, int, bytes, int, bytes]
 Held = tuple[int, bytes]  # (stream offset, payload)
 
 

@@ -12,7 +12,7 @@ from userspace import tcp
 from userspace.sip import parse_message
 from userspace.tcp import FIN, RST, SEGMENT_OVERHEAD, SEQ_MOD, SYN, TcpLimits, TcpStreams
 
-KEY = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060)
+KEY = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060, b"")
 ISN = 1000
 
 
@@ -99,7 +99,7 @@ def test_fin_closes_and_idle_streams_expire() -> None:
     streams = opened()
     streams.feed(KEY, ISN + 1, FIN, INVITE, 1)
     assert len(streams) == 0
-    other = (bytes([10, 0, 0, 9]), 1, bytes([10, 0, 0, 2]), 5060)
+    other = (bytes([10, 0, 0, 9]), 1, bytes([10, 0, 0, 2]), 5060, b"")
     streams.feed(other, 5, 0, INVITE[:10], 0)
     streams.expire(301 * 10**9)
     assert len(streams) == 0 and streams.stats.expired_streams == 1 and streams.buffered_bytes == 0
@@ -108,7 +108,7 @@ def test_fin_closes_and_idle_streams_expire() -> None:
 def test_stream_cap_evicts_the_least_recently_used() -> None:
     streams = TcpStreams(TcpLimits(max_streams=2))
     for port in (1, 2, 3):
-        streams.feed((bytes([10, 0, 0, 1]), port, bytes([10, 0, 0, 2]), 5060), 1, SYN, b"", port)
+        streams.feed((bytes([10, 0, 0, 1]), port, bytes([10, 0, 0, 2]), 5060, b""), 1, SYN, b"", port)
     assert len(streams) == 2 and streams.stats.evicted_streams == 1
 
 
@@ -261,7 +261,7 @@ def test_data_thrown_away_at_the_end_of_a_stream_is_counted(end: str) -> None:
     elif end == "idle":
         streams.expire(10**15)
     else:
-        streams.feed((bytes([10, 9, 9, 9]), 1, bytes([10, 0, 0, 2]), 5060), 1, SYN, b"", 3)
+        streams.feed((bytes([10, 9, 9, 9]), 1, bytes([10, 0, 0, 2]), 5060, b""), 1, SYN, b"", 3)
     assert len(streams) == (1 if end == "evicted" else 0)
     assert streams.stats.skipped_bytes >= 150
     assert streams.stats.lost_messages == 2, "the message cut by the hole and the one cut by the end"

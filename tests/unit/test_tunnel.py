@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.frames import V6, ethernet, ipv4, ipv6, raw, udp
-from tests.support.sip_samples import INVITE
+from tests.support.frames import TCP, V6, ethernet, ipv4, ipv6, raw, tcp, udp
+from tests.support.sip_samples import INVITE, OK_200
 from tests.support.tunnels import (
     OUTER_DST,
     OUTER_SRC,
@@ -28,11 +28,11 @@ from tests.support.tunnels import (
 )
 from userspace.classify import Rules, classify_frame
 from userspace.errors import DecodeError
-from userspace.event import Flag
+from userspace.event import Flag, Kind
 from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
 from userspace.pipeline import Pipeline
-from userspace.records import SipRecord
-from userspace.tunnel import Encap, TunnelKind, Tunnels
+from userspace.records import RtcpRecord, SipRecord, StreamReport
+from userspace.tunnel import Encap, TunnelCode, TunnelKind, Tunnels, media_protocol
 
 INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
 INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
@@ -135,6 +135,45 @@ def test_fragments_of_two_tunnels_with_one_ip_id_are_never_mixed() -> None:
     records = _records([vxlan(first, vni=1), vxlan(last, vni=2), vxlan(last, vni=1)])
     assert len(records) == 1
     assert records[0].fragments == 2 and records[0].encap is not None and records[0].encap.id == 1
+
+
+def test_one_tcp_connection_mirrored_in_two_tunnels_is_two_streams() -> None:
+    """The same inner 4-tuple and sequence numbers inside two GRE keys (two mirrored
+    sites reusing private addresses): each tunnel's segments make its own message."""
+    def segment(key: int, payload: bytes, seq: int, flags: int = 0x18) -> bytes:
+        return gre(ipv4(tcp(payload, 40000, 5060, seq=seq, flags=flags), proto=TCP, src="10.1.0.1",
+                        dst="10.1.0.2"), 0x0800, key=key)
+    frames = [segment(1, b"", 0, flags=0x02), segment(2, b"", 0, flags=0x02)]
+    for key, message in ((1, INVITE), (2, OK_200)):
+        frames.append(segment(key, message[:100], 1))
+    for key, message in ((1, INVITE), (2, OK_200)):
+        frames.append(segment(key, message[100:], 101))
+    records = _records(frames)
+    assert [(r.message.status or r.message.method, r.encap and r.encap.id) for r in records] == \
+        [("INVITE", 1), (200, 2)]
+
+
+def test_media_inside_a_tunnel_is_reported_with_its_tunnel() -> None:
+    """RTP and RTCP mirrored inside GRE to the endpoint the INVITE's SDP announced
+    (192.0.2.1:49172): the stream's report and the RTCP record say which tunnel."""
+    media_ip = raw("192.0.2.1")
+    tunnel = media_protocol(UDP, TunnelCode.GRE)
+    rules = Rules(frozenset({5060}), media={(media_ip, 49172, tunnel): (Kind.RTP, 0),
+                                            (media_ip, 49173, tunnel): (Kind.RTCP, 0)})
+    def tunnelled(payload: bytes, port: int) -> bytes:
+        return gre(ipv4(udp(payload, 30000, port), src="10.1.0.2", dst="192.0.2.1"), 0x0800, key=9)
+    rtp = [tunnelled(bytes((0x80, 0)) + seq.to_bytes(2) + (seq * 160).to_bytes(4) + b"SSRC" + bytes(160),
+                     49172) for seq in range(1, 4)]
+    rtcp = tunnelled(bytes((0x80, 200, 0, 6)) + b"SSRC" + bytes(20), 49173)
+    frames = [gre(INNER_V4, 0x0800, key=9), *rtp, rtcp]
+    events = [classify_frame(frame, rules, ts_ns=i * 20_000_000) for i, frame in enumerate(frames)]
+    pipeline = Pipeline({0: "mirror0"}, 0)
+    records = pipeline.process([e for e in events if e is not None])
+    records += pipeline.finish()
+    media = [r for r in records if isinstance(r, (StreamReport, RtcpRecord))]
+    assert {type(r) for r in media} == {StreamReport, RtcpRecord}, records
+    for record in media:
+        assert record.to_dict()["encap"] == {"kind": "gre", "id": 9, "src": OUTER_SRC, "dst": OUTER_DST}
 
 
 def test_ipv6_inside_gre_over_ipv6() -> None:

@@ -27,7 +27,7 @@ from userspace.pipeline import Pipeline
 from userspace.records import SipRecord, encode_json
 from userspace.reporters.hep import HepEncoder, HepIdentity
 from userspace.sharding import HandOff, decode_handoff, encode_handoff
-from userspace.tcp import SYN, TcpLimits, TcpStreams
+from userspace.tcp import SYN, StreamKey, TcpLimits, TcpStreams
 from userspace.websocket import (
     INFLATER_CHARGE,
     MAX_MESSAGE_FRAMES,
@@ -42,8 +42,8 @@ from userspace.websocket import (
 
 MAX = 65_535 + 8192
 WS_PORT = 8080
-CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), WS_PORT)
-SERVER = (bytes([10, 0, 0, 2]), WS_PORT, bytes([10, 0, 0, 1]), 40000)
+CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), WS_PORT, b"")
+SERVER = (bytes([10, 0, 0, 2]), WS_PORT, bytes([10, 0, 0, 1]), 40000, b"")
 BYE = request("BYE", 2)
 
 
@@ -206,12 +206,12 @@ def test_a_stream_on_a_websocket_port_is_framed_as_websocket_both_ways() -> None
 
 def test_a_stream_elsewhere_is_recognised_by_its_upgrade_and_sip_is_left_alone() -> None:
     streams = TcpStreams()
-    key = (CLIENT[0], 40000, CLIENT[2], 5060)
+    key = (CLIENT[0], 40000, CLIENT[2], 5060, b"")
     streams.feed(key, 100, SYN, b"", 0)
     data = CLIENT_BYTES
     out = [m for i in range(0, len(data), 3) for m in streams.feed(key, 101 + i, 0, data[i:i + 3], 1)]
     assert out == [INVITE, BYE] and streams.framed_transport == WS
-    plain = (CLIENT[0], 40001, CLIENT[2], 5060)
+    plain = (CLIENT[0], 40001, CLIENT[2], 5060, b"")
     streams.feed(plain, 100, SYN, b"", 0)
     assert streams.feed(plain, 101, 0, INVITE + OK_200, 2) == [INVITE, OK_200]
     assert streams.framed_transport == IPProto.TCP and streams.websocket.handshakes == 1
@@ -451,10 +451,10 @@ def test_resync_does_not_lock_onto_a_frame_header_inside_a_message_body() -> Non
         assert f.ws.resyncs == 1 and f.ws.too_large == 0
 
 
-SIP_PORT_CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060)
+SIP_PORT_CLIENT = (bytes([10, 0, 0, 1]), 40000, bytes([10, 0, 0, 2]), 5060, b"")
 
 
-def feed_segments(streams: TcpStreams, key: tuple[bytes, int, bytes, int], seq: int,
+def feed_segments(streams: TcpStreams, key: StreamKey, seq: int,
                   segments: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for data in segments:
@@ -494,7 +494,7 @@ def test_an_upgrade_answered_401_then_101_is_followed_both_ways() -> None:
 
 
 def test_a_websocket_stream_found_by_its_handshake_stays_websocket_past_idle_expiry() -> None:
-    server = (SIP_PORT_CLIENT[2], 5060, SIP_PORT_CLIENT[0], 40000)
+    server = (SIP_PORT_CLIENT[2], 5060, SIP_PORT_CLIENT[0], 40000, b"")
     t = TcpStreams(TcpLimits(idle_timeout_s=10.0))
     t.feed(SIP_PORT_CLIENT, 1, SYN, b"", 0)
     t.feed(server, 1, SYN, b"", 0)
