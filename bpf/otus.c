@@ -896,9 +896,16 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 	int verdict = parse_frame(data, data_end, p);
 
 	if (verdict == OTUS_CTR_OTHER_L4 && cfg && ip_tunnel(cfg, p)) {
-		m->decap = 1;
-		m->screen = 1;
-		return verdict;
+		if (!(p->flags & OTUS_FLAG_FRAGMENT)) {
+			m->decap = 1;
+			m->screen = 1;
+			return verdict;
+		}
+		/* The first fragment of a tunnel (an underlay that fragments): it
+		 * goes up as the rest of its datagram does, and user space opens the
+		 * tunnel once the datagram is whole. */
+		p->payload_offset = p->l4_offset;
+		verdict = 0;
 	}
 	if (verdict)
 		return verdict;

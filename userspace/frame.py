@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
-from userspace.errors import Malformed, Truncated
+from userspace.errors import DecodeError, Malformed, Truncated
 from userspace.event import Flag
 from userspace.reassembly import Datagram, Fragment
 from userspace.tunnel import ETH_P_TEB, INNER_MAX, Encap, Tunnels, ip_tunnel, open_ip, open_udp, udp_tunnel
@@ -118,9 +118,12 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[
         return None
     if layout.non_first:
         return layout
-    if layout.proto in _IP_TUNNELS:  # the kernel's parse stops here (OTHER_L4), even in a first fragment
+    if layout.proto in _IP_TUNNELS:  # the kernel's parse stops here (OTHER_L4)
         if not ip_tunnel(layout.proto, tunnels):
             return None
+        if layout.flags & _FRAGMENT:  # a first fragment: opened once its datagram is whole
+            layout.l4 = layout.payload = offset
+            return layout
         encap = open_ip(frame, offset, layout.proto, tunnels, layout.src, layout.dst)
         return _walk_inner(frame, encap, tunnels)
     if _walk_l4(frame, offset, layout) is None:
@@ -327,6 +330,38 @@ def decode_datagram(datagram: Datagram) -> Packet:
         if protocol == IPV6_FRAGMENT:
             raise Malformed("ipv6", offset, "fragment header inside a reassembled datagram")
     return _l4(payload, offset, len(payload), protocol, datagram.src, datagram.dst)
+
+
+def tunnel_frame(datagram: Datagram, tunnels: Tunnels) -> bytes | None:
+    """A reassembled datagram that is a tunnel whose kind is on, as a frame of its own
+    for ``walk`` to open: an Ethernet header, an unfragmented IP header with the
+    datagram's addresses, and its payload. None for any other datagram. The kernel
+    sends a tunnel carried in fragments up unopened (an underlay that fragments)."""
+    payload, protocol = datagram.payload, datagram.protocol
+    first, at = protocol, 0
+    if datagram.version == 6:
+        try:
+            first, at = _skip_extensions(payload, 0, len(payload), protocol)
+        except DecodeError:
+            return None
+    if first == UDP:
+        if len(payload) < at + UDP_HEADER_LEN:
+            return None
+        if udp_tunnel(_U16.unpack_from(payload, at + 2)[0], tunnels) is None:
+            return None
+    elif first not in _IP_TUNNELS or not ip_tunnel(first, tunnels):
+        return None
+    if datagram.version == 4:
+        length = min(IPV4_MIN_HEADER_LEN + len(payload), 0xFFFF)
+        header = _IPV4_HEADER.pack(0x45, 0, length, 0, 0, 64, protocol, 0, datagram.src, datagram.dst)
+        return _ETHERNET_IPV4 + header + payload
+    header = _IPV6_HEADER.pack(6 << 28, min(len(payload), 0xFFFF), protocol, 64, datagram.src, datagram.dst)
+    return _ETHERNET_IPV6 + header + payload
+
+
+_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")
+_ETHERNET_IPV4, _ETHERNET_IPV6 = bytes(12) + b"\x08\x00", bytes(12) + b"\x86\xdd"
 
 
 def _l4(buf: bytes, offset: int, end: int, proto: int, src: bytes, dst: bytes) -> Packet:

@@ -30,7 +30,9 @@ from userspace.frame import (
     decode_datagram,
     encapsulation,
     packet_at,
+    tunnel_frame,
     vlan_ids,
+    walk,
 )
 from userspace.kernel_streams import StreamSource, stream_key
 from userspace.reassembly import Fragment, Reassembler, ReassemblyLimits
@@ -57,6 +59,7 @@ class PipelineStats:
     records: int = 0
     handed_off: int = 0   # messages framed here whose Call-ID another worker owns
     handed_in: int = 0    # messages another worker framed for a Call-ID this one owns
+    tunnels_reassembled: int = 0  # tunnels carried in fragmented datagrams, opened once whole
     # SIP messages by method (known ones, else "other") or status class ("2xx"):
     # bounded, so hostile methods cannot grow it (or a metric's label set).
     sip_messages: dict[str, int] = field(default_factory=dict)
@@ -143,6 +146,14 @@ class Pipeline:
                 frame.call_id = call_id
             return
         first_record = len(records)
+        self._signalling(event, records)
+        if frame is not None and len(records) > first_record:
+            frame.call_id = _call_of(records[first_record])
+
+    def _signalling(self, event: Event, records: list[Record], outer_fragments: int = 0) -> None:
+        """A SIP, fragment or TCP event's records. ``outer_fragments``: the event is the
+        inner packet of a tunnel that came in that many fragments (``_packet``)."""
+        stats = self.stats
         # the tunnel it came in: fragments and TCP streams are keyed by it, records carry it
         encap, tunnel = None, b""
         if event.flags & Flag.INNER:
@@ -151,6 +162,11 @@ class Pipeline:
         packet, fragments = self._packet(event, tunnel)
         if packet is None:
             return
+        if isinstance(packet, Event):  # a tunnel carried in fragments, whole now: its inner packet
+            self._signalling(packet, records, fragments)
+            return
+        if fragments == 1 and outer_fragments:
+            fragments = outer_fragments
         if packet.transport == TCP:
             key = (packet.src, packet.sport, packet.dst, packet.dport, tunnel)
             tcp = self.tcp
@@ -163,8 +179,6 @@ class Pipeline:
             self._record(event, packet, fragments, packet.payload, records, UDP, encap)
         else:
             stats.not_sip += 1
-        if frame is not None and len(records) > first_record:
-            frame.call_id = _call_of(records[first_record])
 
     def expire(self, now_ns: int) -> list[Record]:
         """Let time pass when no packets arrive (monotonic ns, as in events);
@@ -229,10 +243,12 @@ class Pipeline:
         events, self._flow_events = self._flow_events, []
         return events
 
-    def _packet(self, event: Event, tunnel: bytes) -> tuple[Packet | None, int]:
+    def _packet(self, event: Event, tunnel: bytes) -> tuple[Packet | Event | None, int]:
         """The event's packet and how many fragments it took; None while a
         datagram is incomplete or when the frame is bad (counted). ``tunnel``:
-        the Encap.tag of the tunnel it came in (b"": none)."""
+        the Encap.tag of the tunnel it came in (b"": none). A tunnel carried in
+        fragments (the kernel sends them up unopened) is opened once whole: the
+        event of its inner packet instead."""
         try:
             decoded = packet_at(event.frame, event.l3_offset, event.l4_offset, event.flags, event.l4_proto)
             if not isinstance(decoded, Fragment):
@@ -242,10 +258,26 @@ class Pipeline:
             datagram = self.reassembler.feed(decoded, event.ts_ns)
             if datagram is None:
                 return None, 0
+            if not tunnel:  # one level: a tunnel inside a tunnel is not opened
+                whole = tunnel_frame(datagram, self._tunnels)
+                if whole is not None:
+                    return self._opened(event, whole), datagram.fragments
             return decode_datagram(datagram), datagram.fragments
         except DecodeError:
             self.stats.decode_errors += 1
             return None, 0
+
+    def _opened(self, event: Event, frame: bytes) -> Event | None:
+        """The event of the inner packet of ``frame``, a reassembled tunnel (``tunnel_frame``),
+        arriving as its last fragment did; None when the tunnel is refused (counted not SIP)."""
+        layout = walk(frame, self._tunnels)
+        if layout is None or layout.encap is None:
+            self.stats.not_sip += 1
+            return None
+        self.stats.tunnels_reassembled += 1
+        kind = Kind.FRAGMENT if layout.flags & Flag.FRAGMENT else Kind.SIP
+        return Event(event.ts_ns, event.ifindex, len(frame), len(frame), 0, layout.l3, layout.l4,
+                     layout.payload, event.direction, kind, layout.proto, layout.flags, event.shard, frame)
 
     def _media(self, event: Event, records: list[Record]) -> str | None:
         """Feed an RTP/RTCP packet to its call's stream; returns the call its flow belongs to

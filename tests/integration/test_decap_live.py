@@ -1,7 +1,9 @@
 """Live: a dialog mirrored inside each kind of tunnel (VXLAN, Geneve, GRE with
-IPv4 and with Ethernet inside, ERSPAN II and III, IP-in-IP), each kind three
+IPv4 and with Ethernet inside, ERSPAN II and III, IP-in-IP), each kind four
 times: plain, with an inner 802.1Q tag (QinQ for VXLAN; the kinds that carry
-Ethernet), and with its INVITE in two inner IPv4 fragments. Crafted frames are
+Ethernet), with its INVITE in two inner IPv4 fragments, and with the tunnel
+packet carrying its INVITE in two outer fragments (an underlay that
+fragments). Crafted frames are
 replayed onto the lab's veth towards the agent. Every SIP message inside is
 recorded once, with its tunnel's kind and id, and the records say what
 tshark's dissection of the same capture says (Call-ID, method or status, CSeq):
@@ -15,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -26,7 +28,7 @@ from tests.support.frames import UDP, ethernet, ipv4, udp
 from tests.support.lab import Lab, tcpreplay
 from tests.support.sip_samples import SDP, sip_message
 from tests.support.tshark import sip_messages
-from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, ipip, vxlan
+from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, ipip, underlay_fragments, vxlan
 
 PPS = 200
 # A dialog's messages: start line, CSeq, and whether the caller sends it
@@ -77,14 +79,22 @@ KINDS: dict[str, tuple[Wrap, tuple[str, int | None]]] = {
 CARRIES_ETHERNET = {"vxlan", "geneve", "gre-ethernet", "erspan2", "erspan3"}
 
 
-def variants() -> dict[str, tuple[str, tuple[int, ...], bool]]:
-    """Call-ID's user part -> (kind, inner tags, INVITE fragmented)."""
-    cases: dict[str, tuple[str, tuple[int, ...], bool]] = {}
+class Variant(NamedTuple):
+    kind: str
+    tags: tuple[int, ...] = ()  # the inner frame's 802.1Q tags
+    fragmented: bool = False    # the INVITE in two inner fragments
+    underlay: bool = False      # the tunnel packet carrying the INVITE in two outer fragments
+
+
+def variants() -> dict[str, Variant]:
+    """Call-ID's user part -> how its dialog is mirrored."""
+    cases: dict[str, Variant] = {}
     for kind in KINDS:
-        cases[kind] = (kind, (), False)
+        cases[kind] = Variant(kind)
         if kind in CARRIES_ETHERNET:
-            cases[f"{kind}-tagged"] = (kind, (100, 300) if kind == "vxlan" else (300,), False)
-        cases[f"{kind}-fragmented"] = (kind, (), True)
+            cases[f"{kind}-tagged"] = Variant(kind, (100, 300) if kind == "vxlan" else (300,))
+        cases[f"{kind}-fragmented"] = Variant(kind, fragmented=True)
+        cases[f"{kind}-underlay"] = Variant(kind, underlay=True)
     return cases
 
 
@@ -101,10 +111,11 @@ def write_pcap(path: Path, frames: list[bytes]) -> None:
 
 def mirrored_frames() -> list[bytes]:
     frames = []
-    for ident, (name, (kind, tags, fragmented)) in enumerate(VARIANTS.items(), start=100):
-        wrap = KINDS[kind][0]
-        packets = dialog(f"{name}@mirror", fragmented=fragmented, ident=ident)
-        frames += [wrap(packet, tags) for packet in packets]
+    for ident, (name, variant) in enumerate(VARIANTS.items(), start=100):
+        wrap = KINDS[variant.kind][0]
+        for n, packet in enumerate(dialog(f"{name}@mirror", fragmented=variant.fragmented, ident=ident)):
+            frame = wrap(packet, variant.tags)
+            frames += underlay_fragments(frame, ident=ident) if variant.underlay and n == 0 else [frame]
     return frames
 
 
@@ -133,14 +144,16 @@ def test_sip_in_every_tunnel_is_recorded_as_tshark_reads_it(lab: Lab, tmp_path: 
     records = read_records(out)
     assert comparable(records) == tshark
     for record in (r for r in records if r["kind"] == "sip"):
-        kind, tunnel_id = KINDS[VARIANTS[record["call_id"].split("@")[0]][0]][1]
+        kind, tunnel_id = KINDS[VARIANTS[record["call_id"].split("@")[0]].kind][1]
         assert (record["encap"] or {}).get("kind") == kind and record["encap"]["id"] == tunnel_id, \
             (record["call_id"], record["method"], record["status"], record["encap"])
         assert record["encap"]["src"] == "192.0.2.1" and record["encap"]["dst"] == "192.0.2.2"
     if mode == "xdp":
         stats = final_stats(agent)
-        fragments = sum(fragmented for _kind, _tags, fragmented in VARIANTS.values())
-        assert stats["ingress_decapsulated"] == len(VARIANTS) * len(DIALOG) + fragments, stats
+        fragments = sum(v.fragmented for v in VARIANTS.values())  # each goes up opened
+        underlay = sum(v.underlay for v in VARIANTS.values())  # opened by user space
+        assert stats["ingress_decapsulated"] == len(VARIANTS) * len(DIALOG) + fragments - underlay, stats
+        assert stats["tunnels_reassembled"] == underlay, stats
         assert stats["ingress_decap_bad"] == stats["ingress_decap_nested"] == 0, stats
 
 

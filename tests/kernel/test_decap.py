@@ -16,7 +16,17 @@ from tests.kernel.conftest import SHARDS
 from tests.support.frames import V6, ethernet, ipv4, ipv6, udp
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE
-from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, inner_sip, ipip, vxlan
+from tests.support.tunnels import (
+    TEB,
+    erspan2,
+    erspan3,
+    geneve,
+    gre,
+    inner_sip,
+    ipip,
+    underlay_fragments,
+    vxlan,
+)
 from userspace.classify import Rules, classify_frame
 from userspace.event import VERDICTS, Counter, Flag, Kind
 from userspace.frame import UDP, encapsulation, packet_at
@@ -137,6 +147,18 @@ def test_an_inner_fragmented_invite_goes_up_as_fragments(kernel: KernelHarness, 
         assert verdict(result) == Counter.MATCHED_FRAGMENT
         event = result.event
         assert event.kind == Kind.FRAGMENT and event.flags & Flag.INNER and event.flags & Flag.FRAGMENT
+
+
+def test_a_tunnel_the_underlay_fragmented_goes_up_as_fragments_unopened(kernel: KernelHarness,
+                                                                          hook: Hook) -> None:
+    """A GRE datagram in two fragments: the first is not opened cut short; both go up as
+    fragments of the outer datagram (user space opens the tunnel once it is whole)."""
+    for fragment in underlay_fragments(gre(INNER_V4, 0x0800, key=5)):
+        result = run(kernel, fragment, hook)
+        assert verdict(result) == Counter.MATCHED_FRAGMENT
+        assert Counter.DECAP_GRE not in result.moved and Counter.DECAP_BAD not in result.moved
+        event = result.event
+        assert event.kind == Kind.FRAGMENT and not event.flags & Flag.INNER and event.l4_proto == 47
 
 
 def test_a_kind_turned_off_is_not_opened(every_kind: KernelHarness, hook: Hook) -> None:

@@ -116,6 +116,15 @@ FRAMES |= {
     "nested-vxlan": tunnels.vxlan(ethernet(ipv4(udp(bytes((8, 0, 0, 0, 0, 0, 1, 0)) + tunnels.inner_sip(),
                                                     49152, 4789)))),
 }
+# Tunnels the underlay fragmented: up as fragments, the first not opened cut short
+for _name, _frame in {"vxlan": tunnels.vxlan(tunnels.inner_sip()),
+                      "gre": tunnels.gre(_INNER_V4, 0x0800, key=4),
+                      "erspan3": tunnels.erspan3(tunnels.inner_sip()),
+                      "ipip": tunnels.ipip(_INNER_V4),
+                      "gre-over-ipv6": tunnels.gre(tunnels.inner_sip(), tunnels.TEB, v6=True)}.items():
+    _first, _last = tunnels.underlay_fragments(_frame)
+    FRAMES[f"underlay-fragmented-{_name}-first"] = _first
+    FRAMES[f"underlay-fragmented-{_name}-last"] = _last
 MEDIA = (ipaddress.ip_address("10.4.0.2").packed, 40000)
 
 

@@ -3,9 +3,10 @@ each around an inner frame or packet built with tests.support.frames."""
 
 from __future__ import annotations
 
+import socket
 import struct
 
-from tests.support.frames import MAC_C, MAC_D, UDP, V6, ethernet, ipv4, ipv6, udp
+from tests.support.frames import FRAGMENT, MAC_C, MAC_D, UDP, V6, ethernet, ipv4, ipv6, ipv6_fragment, udp
 from tests.support.sip_samples import INVITE
 
 GRE_PROTO, IPIP_PROTO, IPV6_IN_IP_PROTO = 47, 4, 41
@@ -75,3 +76,21 @@ def erspan3(inner: bytes, session: int = 9, platform: bool = False, frame_type: 
 def ipip(inner_packet: bytes, inner_v6: bool = False, v6: bool = False) -> bytes:
     """An IP packet inside IPv4 or IPv6 (protocol 4 for IPv4 inside, 41 for IPv6)."""
     return outer(inner_packet, IPV6_IN_IP_PROTO if inner_v6 else IPIP_PROTO, v6=v6)
+
+
+def underlay_fragments(frame: bytes, at: int = 96, ident: int = 4242) -> list[bytes]:
+    """A tunnel frame (outer IPv4 or IPv6, as ``outer`` builds it) as the underlay's two
+    fragments when it does not fit the path: the outer datagram's payload split at
+    ``at`` bytes (a multiple of 8)."""
+    macs, body = (frame[:6], frame[6:12]), frame[14:]
+    if body[0] >> 4 == 4:
+        proto, l4 = body[9], body[20:]
+        src, dst = (socket.inet_ntoa(body[12:16]), socket.inet_ntoa(body[16:20]))
+        return [ethernet(ipv4(l4[:at], proto=proto, src=src, dst=dst, ident=ident, frag=0x2000), macs=macs),
+                ethernet(ipv4(l4[at:], proto=proto, src=src, dst=dst, ident=ident, frag=at // 8), macs=macs)]
+    proto, l4 = body[6], body[40:]
+    src, dst = socket.inet_ntop(socket.AF_INET6, body[8:24]), socket.inet_ntop(socket.AF_INET6, body[24:40])
+    return [ethernet(ipv6(ipv6_fragment(proto, 0, True, ident) + l4[:at], proto=FRAGMENT, src=src, dst=dst),
+                     ethertype=V6, macs=macs),
+            ethernet(ipv6(ipv6_fragment(proto, at, False, ident) + l4[at:], proto=FRAGMENT, src=src, dst=dst),
+                     ethertype=V6, macs=macs)]

@@ -24,6 +24,7 @@ from tests.support.tunnels import (
     gre,
     inner_sip,
     ipip,
+    underlay_fragments,
     vxlan,
 )
 from userspace.classify import Rules, classify_frame
@@ -32,6 +33,7 @@ from userspace.event import Flag, Kind
 from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
 from userspace.pipeline import Pipeline
 from userspace.records import RtcpRecord, SipRecord, StreamReport
+from userspace.sip import parse_message
 from userspace.tunnel import Encap, TunnelCode, TunnelKind, Tunnels, media_protocol
 
 INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
@@ -174,6 +176,48 @@ def test_media_inside_a_tunnel_is_reported_with_its_tunnel() -> None:
     assert {type(r) for r in media} == {StreamReport, RtcpRecord}, records
     for record in media:
         assert record.to_dict()["encap"] == {"kind": "gre", "id": 9, "src": OUTER_SRC, "dst": OUTER_DST}
+
+
+UNDERLAY_FRAGMENTED: dict[str, tuple[bytes, TunnelKind, int | None]] = {
+    "vxlan": (vxlan(inner_sip(), vni=5), TunnelKind.VXLAN, 5),
+    "vxlan-ipv6": (vxlan(inner_sip(), vni=6, v6=True), TunnelKind.VXLAN, 6),
+    "geneve": (geneve(inner_sip(), vni=7), TunnelKind.GENEVE, 7),
+    "gre": (gre(INNER_V4, 0x0800, key=8), TunnelKind.GRE, 8),
+    "gre-ipv6": (gre(inner_sip(), TEB, key=9, v6=True), TunnelKind.GRE, 9),
+    "erspan2": (erspan2(inner_sip(), session=10), TunnelKind.ERSPAN, 10),
+    "erspan3": (erspan3(inner_sip(), session=11), TunnelKind.ERSPAN, 11),
+    "ipip": (ipip(INNER_V4), TunnelKind.IPIP, None),
+}
+
+
+@pytest.mark.parametrize("name", UNDERLAY_FRAGMENTED)
+def test_a_tunnel_the_underlay_fragmented_is_opened_once_whole(name: str) -> None:
+    """The first fragment is not opened cut short (the kernel sends it up as a fragment);
+    the reassembled datagram is opened, and its SIP recorded with its tunnel."""
+    frame, kind, tunnel_id = UNDERLAY_FRAGMENTED[name]
+    first, last = underlay_fragments(frame)
+    layout = walk(first)
+    assert layout is not None and layout.flags & Flag.FRAGMENT and layout.encap is None
+    pipeline = Pipeline({0: "mirror0"}, 0)
+    rules = Rules(frozenset({5060}))
+    events = [classify_frame(frame, rules, ts_ns=1_000) for frame in (first, last)]
+    assert all(e is not None and e.kind == Kind.FRAGMENT for e in events)
+    [record] = pipeline.process([e for e in events if e is not None])
+    assert isinstance(record, SipRecord) and record.message.call_id == parse_message(INVITE).call_id
+    assert record.encap is not None and (record.encap.kind, record.encap.id) == (kind, tunnel_id)
+    assert record.fragments == 2 and pipeline.stats.tunnels_reassembled == 1
+
+
+def test_a_reassembled_datagram_that_is_no_tunnel_or_a_refused_one_is_not_opened() -> None:
+    pipeline = Pipeline({0: "mirror0"}, 0, tunnels=Tunnels(frozenset({TunnelKind.GRE})))
+    rules = Rules(frozenset({5060}), tunnels=Tunnels(frozenset(TunnelKind)))
+    frames = [*underlay_fragments(vxlan(inner_sip()), ident=1),      # a kind the pipeline has off
+              *underlay_fragments(gre(INNER_V4, 0x0800, extra_flags=1), ident=2),  # GRE version 1
+              *underlay_fragments(gre(ipv4(INNER_V4, proto=4), 0x0800), ident=3)]  # IP-in-IP inside: nested
+    events = [classify_frame(frame, rules) for frame in frames]
+    assert pipeline.process([e for e in events if e is not None]) == []
+    stats = pipeline.stats  # the VXLAN datagram, SIP text deep inside, is a SIP error
+    assert stats.tunnels_reassembled == 0 and stats.not_sip == 2 and stats.sip_errors == 1
 
 
 def test_ipv6_inside_gre_over_ipv6() -> None:
