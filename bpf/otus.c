@@ -896,6 +896,8 @@ static __always_inline __u32 classify(void *data, void *data_end, __u64 frame_le
 	int verdict = parse_frame(data, data_end, p);
 
 	if (verdict == OTUS_CTR_OTHER_L4 && cfg && ip_tunnel(cfg, p)) {
+		if (cfg->flags & OTUS_CFG_PAUSED)
+			return OTUS_CTR_FILTERED; /* as match() says of a UDP tunnel: nothing opened */
 		if (!(p->flags & OTUS_FLAG_FRAGMENT)) {
 			m->decap = 1;
 			m->screen = 1;

@@ -35,6 +35,7 @@ from tests.support.frames import (
 )
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE, OK_200
+from tests.support.tunnels import gre, vxlan
 from userspace.event import Counter, Flag, Kind
 from userspace.sharding import call_id_hash
 
@@ -356,6 +357,10 @@ def test_paused_capture_sends_nothing_up_and_resumes(kernel: KernelHarness, hook
     try:
         paused = run(kernel, frame, hook)
         assert verdicts(paused) == {Counter.FILTERED} and paused.events == []
+        for tunnel in (gre(ipv4(udp(INVITE)), 0x0800), vxlan(ethernet(ipv4(udp(INVITE))))):
+            paused = run(kernel, tunnel, hook)  # no tunnel is opened (nor counted) while paused
+            assert verdicts(paused) == {Counter.FILTERED} and paused.events == [], paused.moved
+            assert not [c for c in paused.moved if c.name.startswith("DECAP")], paused.moved
     finally:
         kernel.maps.set_paused(False)
     resumed = run(kernel, frame, hook)
