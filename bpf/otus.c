@@ -406,6 +406,17 @@ static __always_inline int tunnel_port(struct otus_config *cfg, struct otus_pars
 	       tunnel_bits(cfg, *bits, inner);
 }
 
+/* GRE (47) and IP-in-IP (4: IPv4, 41: IPv6 inside) whose kind is on: the
+ * only packets of another L4 protocol the decap program opens. */
+static __always_inline int ip_tunnel(struct otus_config *cfg, struct otus_parsed *p)
+{
+	if (p->l4_proto == IPPROTO_GRE)
+		return (cfg->flags & (OTUS_CFG_DECAP_GRE | OTUS_CFG_DECAP_ERSPAN)) != 0;
+	if (p->l4_proto == IPPROTO_IPIP || p->l4_proto == IPPROTO_IPV6)
+		return (cfg->flags & OTUS_CFG_DECAP_IPIP) != 0;
+	return 0;
+}
+
 #define OTUS_C8(a, b, c, d, e, f, g, h)                                                         \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
 	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
@@ -715,8 +726,11 @@ static __always_inline __u32 match(void *data, void *data_end, struct otus_confi
 	if (cfg->flags & OTUS_CFG_PAUSED)
 		return OTUS_CTR_FILTERED;
 	/* The address filters are for the inner addresses, not a mirror's: a tunnel
-	 * goes on whatever its own (looked for only here, on the filtered path). */
-	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p) && !tunnel_port(cfg, p, inner))
+	 * goes on whatever its own (looked for only here, on the filtered path), and
+	 * so do the fragments of an IP tunnel, which user space opens and judges
+	 * once whole (a UDP tunnel's later fragments carry no port to know it by). */
+	if ((cfg->flags & OTUS_ADDRESS_FILTERS) && filtered_out(cfg, p) && !tunnel_port(cfg, p, inner) &&
+	    !(!inner && (p->flags & OTUS_FLAG_FRAGMENT) && ip_tunnel(cfg, p)))
 		return OTUS_CTR_FILTERED;
 
 	/* Conversation shard: addresses only, so the fragments of a datagram
@@ -867,17 +881,6 @@ static __always_inline __u32 decide(void *data, void *data_end, __u64 frame_len,
 			m->snaplen = p->payload_offset + OTUS_RTP_HEADER; /* the SSRC names the stream */
 	}
 	return verdict;
-}
-
-/* GRE (47) and IP-in-IP (4: IPv4, 41: IPv6 inside) whose kind is on: the
- * only packets of another L4 protocol the decap program opens. */
-static __always_inline int ip_tunnel(struct otus_config *cfg, struct otus_parsed *p)
-{
-	if (p->l4_proto == IPPROTO_GRE)
-		return (cfg->flags & (OTUS_CFG_DECAP_GRE | OTUS_CFG_DECAP_ERSPAN)) != 0;
-	if (p->l4_proto == IPPROTO_IPIP || p->l4_proto == IPPROTO_IPV6)
-		return (cfg->flags & OTUS_CFG_DECAP_IPIP) != 0;
-	return 0;
 }
 
 /* Decides whether and how the packet goes up. Returns the verdict counter;

@@ -24,7 +24,7 @@ from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.frame import DEFAULT_TUNNELS, UDP, Layout, walk
 from userspace.sharding import call_id_hash
-from userspace.tunnel import Tunnels, media_protocol
+from userspace.tunnel import Tunnels, ip_tunnel, media_protocol
 
 # First bytes of a SIP status line or request (RFC 3261 §7), as the kernel checks them.
 SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS ", b"REGISTER",
@@ -127,7 +127,8 @@ def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRES
     if p is None:
         return None
     networks = rules.networks
-    if networks is not None and (p.encap is not None or networks.plain) and networks.out(p.src, p.dst):
+    if networks is not None and (p.encap is not None or networks.plain) \
+            and not _ip_tunnel_fragment(p, rules) and networks.out(p.src, p.dst):
         return None
     fold = _fold(p.src) ^ _fold(p.dst)
     shard = mix32(fold) % rules.shards
@@ -148,6 +149,12 @@ def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRES
             return None
     return Event(ts_ns, ifindex, len(frame) if orig_len is None else orig_len, len(frame), flow_hash,
                  p.l3, p.l4, p.payload, direction, kind, p.proto, flags, shard, frame)
+
+
+def _ip_tunnel_fragment(p: Layout, rules: Rules) -> bool:
+    """A fragment of an IP tunnel (every fragment names its protocol): the filters judge
+    its inner addresses once user space has the datagram whole (Pipeline.opened_rules)."""
+    return p.encap is None and bool(p.flags & _FRAGMENT) and ip_tunnel(p.proto, rules.tunnels)
 
 
 def _sip(frame: bytes, p: Layout, flags: int, shard: int, fold: int, shards: int) -> tuple[int, int, int]:
@@ -207,10 +214,10 @@ class Screen:
                     self.dropped_methods += 1
                     return False
                 response = found[1]
-        if self.dedup is not None and self.dedup.seen(
-                identity(frame, event.l3_offset, event.l4_offset, start, event.l4_proto, event.flags),
-                event.ts_ns):
-            return False
+        if self.dedup is not None:
+            key = identity(frame, event.l3_offset, event.l4_offset, start, event.l4_proto, event.flags)
+            if key is not None and self.dedup.seen(key, event.ts_ns):
+                return False
         if response:
             end = len(frame) if self.snaplen is None else max(start, self.snaplen)  # see dedup.identity
             if cseq_method(frame[start:end]) in self.methods:

@@ -41,9 +41,11 @@ _IPV6, _FRAGMENT = int(Flag.IPV6), int(Flag.FRAGMENT)
 _UDP_KEPT, _TCP_KEPT = 8, 18  # L4 header bytes, the checksum included
 
 
-def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: int) -> bytes:
+def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: int) -> bytes | None:
     """The identity of a packet the kernel's parser has walked (the event's offsets;
-    ``l4`` 0 for a non-first fragment)."""
+    ``l4`` 0 for a non-first fragment); None when the frame ends inside the L4 bytes
+    it would keep (the first fragment of a tunnel can): never a duplicate, as in the
+    kernel's digest_l4."""
     if flags & _IPV6:
         ip_end = l3 + 40 + ((frame[l3 + 4] << 8) | frame[l3 + 5])
         head = (frame[l3 + 8:l3 + 40] + bytes((frame[l3 + 1] & 0x0F, proto, flags & (_IPV6 | _FRAGMENT)))
@@ -58,6 +60,8 @@ def identity(frame: bytes, l3: int, l4: int, payload: int, proto: int, flags: in
     if not l4:
         return head
     kept = _UDP_KEPT if proto == UDP else _TCP_KEPT
+    if len(frame) < l4 + kept:
+        return None
     # Never an end before the start (an IP length shorter than its headers): mypyc's
     # compiled bytes slice raises SystemError there where Python gives b"".
     end = max(payload, min(len(frame), ip_end, payload + DEDUP_PREFIX))

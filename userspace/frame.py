@@ -332,11 +332,13 @@ def decode_datagram(datagram: Datagram) -> Packet:
     return _l4(payload, offset, len(payload), protocol, datagram.src, datagram.dst)
 
 
-def tunnel_frame(datagram: Datagram, tunnels: Tunnels) -> bytes | None:
+def tunnel_frame(datagram: Datagram, tunnels: Tunnels, sip_ports: frozenset[int], l2: bytes) -> bytes | None:
     """A reassembled datagram that is a tunnel whose kind is on, as a frame of its own
-    for ``walk`` to open: an Ethernet header, an unfragmented IP header with the
-    datagram's addresses, and its payload. None for any other datagram. The kernel
-    sends a tunnel carried in fragments up unopened (an underlay that fragments)."""
+    for ``walk`` to open: ``l2`` (its last fragment's Ethernet header and tags), an
+    unfragmented IP header with the datagram's addresses, and its payload. None for
+    any other datagram; a UDP one from or to ``sip_ports`` is SIP, whatever its other
+    port (as the kernel's match() decides). The kernel sends a tunnel carried in
+    fragments up unopened (an underlay that fragments)."""
     payload, protocol = datagram.payload, datagram.protocol
     first, at = protocol, 0
     if datagram.version == 6:
@@ -347,21 +349,21 @@ def tunnel_frame(datagram: Datagram, tunnels: Tunnels) -> bytes | None:
     if first == UDP:
         if len(payload) < at + UDP_HEADER_LEN:
             return None
-        if udp_tunnel(_U16.unpack_from(payload, at + 2)[0], tunnels) is None:
+        sport, dport = _PORTS.unpack_from(payload, at)
+        if sport in sip_ports or dport in sip_ports or udp_tunnel(dport, tunnels) is None:
             return None
     elif first not in _IP_TUNNELS or not ip_tunnel(first, tunnels):
         return None
     if datagram.version == 4:
         length = min(IPV4_MIN_HEADER_LEN + len(payload), 0xFFFF)
         header = _IPV4_HEADER.pack(0x45, 0, length, 0, 0, 64, protocol, 0, datagram.src, datagram.dst)
-        return _ETHERNET_IPV4 + header + payload
+        return l2 + header + payload
     header = _IPV6_HEADER.pack(6 << 28, min(len(payload), 0xFFFF), protocol, 64, datagram.src, datagram.dst)
-    return _ETHERNET_IPV6 + header + payload
+    return l2 + header + payload
 
 
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")
-_ETHERNET_IPV4, _ETHERNET_IPV6 = bytes(12) + b"\x08\x00", bytes(12) + b"\x86\xdd"
 
 
 def _l4(buf: bytes, offset: int, end: int, proto: int, src: bytes, dst: bytes) -> Packet:

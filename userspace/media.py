@@ -26,6 +26,7 @@ and re-create streams without end.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from userspace.errors import DecodeError
@@ -83,9 +84,11 @@ class MediaTracker:
         self._source, self._worker = source, worker
 
     def rtp(self, flow: FlowKey, payload: bytes, arrival_ns: int, size: int, call_id: str | None,
-            formats: Formats, origin: Origin, kernel_key: KernelKey | None = None) -> RtpStream | None:
+            formats: Formats, origin: Origin | Callable[[], Origin],
+            kernel_key: KernelKey | None = None) -> RtpStream | None:
         """An RTP packet of ``call_id`` (None: no live call owns the endpoint). Returns its
-        stream when that stream's periodic report is due. ``kernel_key``: the first packet
+        stream when that stream's periodic report is due. ``origin``: where it was captured,
+        or how to find out (asked only for a new stream). ``kernel_key``: the first packet
         of a stream the kernel measures from now on."""
         if len(payload) < _RTP.size or payload[0] >> 6 != RTP_VERSION:
             self.stats.not_rtp += 1
@@ -97,7 +100,8 @@ class MediaTracker:
         key = (flow, ssrc, call_id, kernel_key)
         stream = self.streams.get(key)
         if stream is None:
-            stream = self._new_stream(key, formats, arrival_ns, origin)
+            found = origin if isinstance(origin, Origin) else origin()
+            stream = self._new_stream(key, formats, arrival_ns, found)
             if stream is None:
                 return None
         stream.update(seq, timestamp, marker_pt & 0x7F, arrival_ns, size)

@@ -14,11 +14,12 @@ re-raises, strict).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from userspace.boundary import Boundary
 from userspace.calls import CallLimits, CallTracker
+from userspace.classify import SIGNATURES, Rules
 from userspace.endpoints import FlowEvent
 from userspace.errors import DecodeError
 from userspace.event import Captured, Event, Flag, Kind, decode_event
@@ -26,6 +27,7 @@ from userspace.frame import (
     DEFAULT_TUNNELS,
     TCP,
     UDP,
+    Layout,
     Packet,
     decode_datagram,
     encapsulation,
@@ -44,6 +46,9 @@ from userspace.tcp import TcpLimits, TcpStreams
 from userspace.tunnel import Encap, Tunnels
 
 _MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
+# Flags and kinds as plain ints: ``int & IntFlag`` builds an enum object per event (~2 µs compiled).
+_INNER, _STREAM, _OWNED, _FRAGMENT = int(Flag.INNER), int(Flag.STREAM), int(Flag.OWNED), int(Flag.FRAGMENT)
+_SIP_KIND, _FRAGMENT_KIND, _RTP_KIND = int(Kind.SIP), int(Kind.FRAGMENT), int(Kind.RTP)
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class PipelineStats:
     handed_off: int = 0   # messages framed here whose Call-ID another worker owns
     handed_in: int = 0    # messages another worker framed for a Call-ID this one owns
     tunnels_reassembled: int = 0  # tunnels carried in fragmented datagrams, opened once whole
+    tunnels_filtered: int = 0     # of them, inner addresses the address filters keep out
     # SIP messages by method (known ones, else "other") or status class ("2xx"):
     # bounded, so hostile methods cannot grow it (or a metric's label set).
     sip_messages: dict[str, int] = field(default_factory=dict)
@@ -99,6 +105,11 @@ class Pipeline:
         self._origins: dict[tuple[int, tuple[int, ...], Encap | None], Origin] = {}
         self._route = route
         self._handoffs: list[tuple[int, bytes]] = []
+        # What the inner packet of a tunnel opened here (its outer datagram reassembled: the
+        # kernel cannot open one in fragments) must match to go on, as the kernel's match()
+        # would have: SIP ports, signature, address filters (learned media: the calls');
+        # None: any UDP or TCP inside. Set by the capture from its settings.
+        self.opened_rules: Rules | None = None
 
     def process(self, captured: Iterable[Captured]) -> list[Record]:
         """Ring records, or events built in user space, in capture order."""
@@ -156,17 +167,20 @@ class Pipeline:
         stats = self.stats
         # the tunnel it came in: fragments and TCP streams are keyed by it, records carry it
         encap, tunnel = None, b""
-        if event.flags & Flag.INNER:
+        if event.flags & _INNER:
             encap = encapsulation(event.frame, self._tunnels)
             tunnel = b"?" if encap is None else encap.tag  # the kernel saw a tunnel this walk did not
         packet, fragments = self._packet(event, tunnel)
         if packet is None:
             return
         if isinstance(packet, Event):  # a tunnel carried in fragments, whole now: its inner packet
-            self._signalling(packet, records, fragments)
+            if packet.kind == _RTP_KIND:
+                stats.media += 1
+                self._media(packet, records)
+            else:
+                self._signalling(packet, records, fragments)
             return
-        if fragments == 1 and outer_fragments:
-            fragments = outer_fragments
+        fragments = max(fragments, outer_fragments)  # at least: the inner's, or its tunnel's
         if packet.transport == TCP:
             key = (packet.src, packet.sport, packet.dst, packet.dport, tunnel)
             tcp = self.tcp
@@ -259,23 +273,36 @@ class Pipeline:
             if datagram is None:
                 return None, 0
             if not tunnel:  # one level: a tunnel inside a tunnel is not opened
-                whole = tunnel_frame(datagram, self._tunnels)
-                if whole is not None:
-                    return self._opened(event, whole), datagram.fragments
+                sip_ports = frozenset() if self.opened_rules is None else self.opened_rules.sip_ports
+                whole = tunnel_frame(datagram, self._tunnels, sip_ports, event.frame[:event.l3_offset])
+                layout = None if whole is None else walk(whole, self._tunnels)
+                if whole is not None and layout is not None and layout.encap is not None:
+                    return self._opened(event, whole, layout), datagram.fragments
+                # else no tunnel it opens (a refused header): decoded as the datagram it is
             return decode_datagram(datagram), datagram.fragments
         except DecodeError:
             self.stats.decode_errors += 1
             return None, 0
 
-    def _opened(self, event: Event, frame: bytes) -> Event | None:
-        """The event of the inner packet of ``frame``, a reassembled tunnel (``tunnel_frame``),
-        arriving as its last fragment did; None when the tunnel is refused (counted not SIP)."""
-        layout = walk(frame, self._tunnels)
-        if layout is None or layout.encap is None:
-            self.stats.not_sip += 1
-            return None
+    def _opened(self, event: Event, frame: bytes, layout: Layout) -> Event | None:
+        """The event of the inner packet of ``frame``, a reassembled tunnel (``tunnel_frame``)
+        whose ``layout`` was walked, arriving as its last fragment did; None when it matches
+        none of ``opened_rules`` (counted not SIP) or the address filters keep it out."""
         self.stats.tunnels_reassembled += 1
-        kind = Kind.FRAGMENT if layout.flags & Flag.FRAGMENT else Kind.SIP
+        rules, kind = self.opened_rules, _SIP_KIND
+        if rules is not None and rules.networks is not None and rules.networks.out(layout.src, layout.dst):
+            self.stats.tunnels_filtered += 1
+            return None
+        if layout.flags & _FRAGMENT:
+            kind = _FRAGMENT_KIND
+        elif rules is not None and not (layout.sport in rules.sip_ports or layout.dport in rules.sip_ports):
+            if layout.proto == UDP and self.calls.media_owner((layout.dst, layout.dport),
+                                                              (layout.src, layout.sport))[0] is not None:
+                kind = _RTP_KIND
+            elif not (rules.signature and layout.proto == UDP
+                      and frame[layout.payload:layout.payload + 8].startswith(SIGNATURES)):
+                self.stats.not_sip += 1
+                return None
         return Event(event.ts_ns, event.ifindex, len(frame), len(frame), 0, layout.l3, layout.l4,
                      layout.payload, event.direction, kind, layout.proto, layout.flags, event.shard, frame)
 
@@ -303,12 +330,15 @@ class Pipeline:
                             for report in reports]
             return call_id
         kernel_key = None
-        if event.flags & Flag.STREAM and len(decoded.payload) >= _RTP_HEADER:
+        if event.flags & _STREAM and len(decoded.payload) >= _RTP_HEADER:
             # the first packet of a stream the kernel measures; its owner is the flow's (event.owner)
             kernel_key = stream_key(src, decoded.sport, dst, decoded.dport,
                                     int.from_bytes(decoded.payload[8:12]), event.owner, event.flow_hash)
+        # a tunnelled packet's origin walks its outer headers again: only for a new stream
+        where: Origin | Callable[[], Origin] = \
+            (lambda: self._origin(event)) if event.flags & _INNER else self._origin(event)
         stream = calls.media.rtp(flow, decoded.payload, event.ts_ns, event.orig_len - event.payload_offset,
-                                 call_id, formats, self._origin(event), kernel_key)
+                                 call_id, formats, where, kernel_key)
         if stream is not None:  # its periodic report is due
             records.append(StreamReport(wall_ns, stream.call_id, calls.media.report(stream)))
         return call_id
@@ -316,7 +346,7 @@ class Pipeline:
     def _origin(self, event: Event) -> Origin:
         """Where the event was captured; one shared value per interface, VLAN
         stack and tunnel, as every media packet asks."""
-        encap = encapsulation(event.frame, self._tunnels) if event.flags & Flag.INNER else None
+        encap = encapsulation(event.frame, self._tunnels) if event.flags & _INNER else None
         key = (event.ifindex, _vlans(event.frame), encap)
         origin = self._origins.get(key)
         if origin is None:
@@ -329,7 +359,7 @@ class Pipeline:
                 records: list[Record], transport: int, encap: Encap | None) -> None:
         vlans = _vlans(event.frame)
         route = self._route
-        if route is not None and not event.flags & Flag.OWNED:  # the kernel could not route it
+        if route is not None and not event.flags & _OWNED:  # the kernel could not route it
             owner = owner_of(data, route[1])
             if owner is not None and owner != route[0]:
                 self._handoffs.append((owner, handoff_record(HandOff(

@@ -24,6 +24,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, Protocol
 
 # The record's transport for SIP over WebSocket: a byte (it crosses worker processes
 # in the hand-off record), and 255, IANA's reserved IP protocol number, is never a
@@ -160,6 +161,13 @@ def parse_header(buffer: bytes | bytearray, start: int) -> FrameHeader | None:
     return FrameHeader(bool(b0 & _FIN), b0 & (_RSV1 | _RSV23), b0 & _OPCODE, mask, length, size)
 
 
+class LostTail(Protocol):
+    """A gap the stream gave up (userspace.tcp): the message running out of it is
+    counted lost once, by its tail."""
+
+    def count_tail(self, stats: Any) -> None: ...
+
+
 class WebSocketFramer:
     """Bytes of one direction in order → SIP messages. The interface userspace.tcp's
     stream reassembly uses: ``buffer``, ``frame``, ``partial``, ``resync``, ``cut``."""
@@ -181,7 +189,7 @@ class WebSocketFramer:
         self.buffer = bytearray()
         self.stats = stats
         self.ws = ws
-        self.cut: object = None
+        self.cut: LostTail | None = None  # begins past this gap, inside a message not yet counted
         self.resync = resync
         self.role = role
         self.phase = Phase.RESYNC if resync else Phase.HANDSHAKE
@@ -338,6 +346,7 @@ class WebSocketFramer:
                 self._scan = 0
                 self._inflater = None  # a deflated direction starts a fresh window here
                 self._skipped(start, at)
+                self.cut = None  # framing resumed at a message's start: the gap took it whole
                 return at
         keep = max(start, len(buffer) - MAX_HEADER - _START_PEEK)
         self._scan = keep
@@ -373,10 +382,14 @@ class WebSocketFramer:
         return 0 if whole else None
 
     def _skipped(self, start: int, end: int) -> int | None:
-        """Bytes up to ``end`` thrown away; None when there were none."""
+        """Bytes up to ``end`` thrown away; None when there were none. Past a gap (``cut``),
+        the first are the tail of the message whose head the gap took: counted lost."""
         if end <= start:
             return None
         self.ws.skipped_bytes += end - start
+        if self.cut is not None:
+            self.cut.count_tail(self.stats)
+            self.cut = None
         return end
 
     def _control_run(self, start: int) -> int:

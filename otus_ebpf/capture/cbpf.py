@@ -74,7 +74,8 @@ def tunnel_alternatives(tunnels: Tunnels) -> list[str]:
         found.append("(udp and (" + " or ".join(f"dst port {p}" for p in ports) + "))")
     protos = ([GRE] if tunnels.kinds & {TunnelKind.GRE, TunnelKind.ERSPAN} else []) \
         + ([IPIP, IPV6_IN_IP] if TunnelKind.IPIP in tunnels.kinds else [])
-    found += [f"(ip proto {p} or ip6 proto {p})" for p in protos]
+    # ip6 proto reads the first next header only: an IPv6 fragment of one names it after its own
+    found += [f"(ip proto {p} or ip6 proto {p} or (ip6 and ip6[6] == 44 and ip6[40] == {p}))" for p in protos]
     return found
 
 

@@ -204,6 +204,7 @@ class _Replayer:
                                  websocket_ports=frozenset(options.kernel.ws_ports),
                                  tunnels=options.kernel.tunnels)
         self.pipeline.keep_frames = keep_frames
+        self.pipeline.opened_rules = options.kernel.opened_rules()
         self.chain = open_chain(options, boundary)
         kernel = options.kernel
         # Learned endpoints, as the kernel's flow map would hold them; the rules see the

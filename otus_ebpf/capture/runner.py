@@ -107,6 +107,7 @@ class Runner:
         self.pipeline = Pipeline(interfaces, self.clock_offset_ns, options.reassembly, options.tcp,
                                  options.calls, boundary, route, frozenset(options.kernel.ws_ports),
                                  options.kernel.tunnels)
+        self.pipeline.opened_rules = options.kernel.opened_rules()
         self.capture: Capture | None = None
         self.media = options.media
         self.streams: KernelStreams | None = None  # the kernel measures RTP (measure_in_kernel)
@@ -233,6 +234,7 @@ class Runner:
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         assert self.capture is not None
         self.capture.set_filters(before, after)
+        self.pipeline.opened_rules = after.opened_rules()
 
     # -- figures ------------------------------------------------------------------
 

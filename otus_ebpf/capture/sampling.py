@@ -190,7 +190,8 @@ class StatsLine:
         if self.reassembly is not None:
             r = self.reassembly
             parts.append(f"fragments={r.fragments} reassembled={r.datagrams} "
-                         f"fragment_drops={fragment_drops(r)} tunnels_reassembled={p.tunnels_reassembled}")
+                         f"fragment_drops={fragment_drops(r)} tunnels_reassembled={p.tunnels_reassembled} "
+                         f"tunnels_filtered={p.tunnels_filtered}")
         if self.kafka is not None:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "

@@ -11,6 +11,7 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel import abi
 from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
+from userspace.classify import Networks, Rules
 from userspace.droplist import token_problem
 from userspace.tunnel import ALL_KINDS, GENEVE_PORT, VXLAN_PORT, TunnelKind, Tunnels
 
@@ -81,6 +82,12 @@ class KernelSettings:
     def capture_ports(self) -> tuple[int, ...]:
         """The ports the kernel's sip_ports map holds: SIP's and WebSocket's."""
         return tuple(dict.fromkeys((*self.sip_ports, *self.ws_ports)))
+
+    def opened_rules(self) -> Rules:
+        """What the inner packet of a tunnel user space opens (one the underlay fragmented)
+        must match, as the kernel's match() would decide it (Pipeline.opened_rules)."""
+        return Rules(frozenset(self.capture_ports), self.signature, tunnels=self.tunnels,
+                     networks=Networks.of(self.include, self.exclude, plain=True))
 
     @property
     def ring_bytes(self) -> int:

@@ -27,7 +27,7 @@ from tests.support.tunnels import (
     underlay_fragments,
     vxlan,
 )
-from userspace.classify import Rules, classify_frame
+from userspace.classify import Networks, Rules, classify_frame
 from userspace.event import VERDICTS, Counter, Flag, Kind
 from userspace.frame import UDP, encapsulation, packet_at
 from userspace.tunnel import TunnelCode, TunnelKind, media_protocol
@@ -200,6 +200,27 @@ def test_the_address_filters_judge_the_inner_addresses_not_the_mirrors(kernel: K
                 assert verdict(run(kernel, frame, hook)) == expected
         finally:
             kernel.maps.remove_network("include", network)
+
+
+def test_an_ip_tunnels_fragments_pass_the_address_filters_to_be_judged_whole(kernel: KernelHarness,
+                                                                             hook: Hook) -> None:
+    """An include list that does not cover the mirror: a GRE tunnel's fragments still go up
+    (user space judges the inner addresses once the datagram is whole), as Python's
+    classification decides; a plain fragment from the mirror does not."""
+    network = ipaddress.ip_network("10.1.0.0/16")
+    rules = Rules(frozenset({5060}), shards=SHARDS, networks=Networks.of([network], [], plain=True))
+    kernel.maps.add_network("include", network)
+    try:
+        for v6 in (False, True):
+            for fragment in underlay_fragments(gre(inner_sip(), TEB, key=2, v6=v6)):
+                assert verdict(run(kernel, fragment, hook)) == Counter.MATCHED_FRAGMENT
+                assert classify_frame(fragment, rules) is not None
+        plain = underlay_fragments(ethernet(ipv4(udp(INVITE, 5070, 5060), src="192.0.2.1", dst="192.0.2.2")))
+        for fragment in plain:
+            assert verdict(run(kernel, fragment, hook)) == Counter.FILTERED
+            assert classify_frame(fragment, rules) is None
+    finally:
+        kernel.maps.remove_network("include", network)
 
 
 def test_media_learned_inside_a_tunnel_is_matched_inside_that_kind_only(kernel: KernelHarness,

@@ -187,6 +187,10 @@ _OPTIONS = _udp_sip(request("OPTIONS"))
 _V6 = ethernet(ipv6(udp(INVITE, 5070, 5060), flow_label=7), ethertype=V6)
 _FRAGMENTS = [ethernet(ipv4(udp(INVITE, 5070, 5060)[:300], frag=0x2000, ident=5)),
               ethernet(ipv4(udp(INVITE, 5070, 5060)[300:], frag=300 // 8, ident=5))]
+def _gre_first_fragment(size: int) -> bytes:
+    return tunnels.underlay_fragments(tunnels.gre(_INNER_V4, 0x0800), at=size)[0]
+
+
 SEQUENCES = {
     "dropped-requests": [_OPTIONS, _udp_sip(request("NOTIFY")), _udp_sip(request("INFO"))],
     "dropped-status": [_udp_sip(response("183 Session Progress", "INVITE")),
@@ -204,6 +208,9 @@ SEQUENCES = {
     # the same INVITE mirrored twice, by VXLAN and by ERSPAN: one goes up; a dropped method inside one
     "tunnelled-copies": [tunnels.vxlan(_udp_sip(INVITE)), tunnels.erspan2(next_hop(_udp_sip(INVITE))),
                          tunnels.gre(_OPTIONS, tunnels.TEB)],
+    # the first fragment of a tunnel the underlay fragmented, 8 bytes of GRE in it: too short to
+    # identify, so never a duplicate (both copies go up); its longer sibling is deduplicated
+    "short-tunnel-fragment-copies": [*[_gre_first_fragment(8)] * 2, *[_gre_first_fragment(64)] * 2],
 }
 
 

@@ -32,7 +32,9 @@ MS = 1_000_000
 def key(frame: bytes) -> bytes:
     layout = walk(frame)
     assert layout is not None
-    return identity(frame, layout.l3, layout.l4, layout.payload, layout.proto, layout.flags)
+    found = identity(frame, layout.l3, layout.l4, layout.payload, layout.proto, layout.flags)
+    assert found is not None
+    return found
 
 
 def sip(payload: bytes = INVITE, sport: int = 5070, **ip: Any) -> bytes:

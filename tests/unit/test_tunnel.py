@@ -27,12 +27,12 @@ from tests.support.tunnels import (
     underlay_fragments,
     vxlan,
 )
-from userspace.classify import Rules, classify_frame
+from userspace.classify import Networks, Rules, classify_frame
 from userspace.errors import DecodeError
 from userspace.event import Flag, Kind
 from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
 from userspace.pipeline import Pipeline
-from userspace.records import RtcpRecord, SipRecord, StreamReport
+from userspace.records import Record, RtcpRecord, SipRecord, StreamReport
 from userspace.sip import parse_message
 from userspace.tunnel import Encap, TunnelCode, TunnelKind, Tunnels, media_protocol
 
@@ -216,8 +216,78 @@ def test_a_reassembled_datagram_that_is_no_tunnel_or_a_refused_one_is_not_opened
               *underlay_fragments(gre(ipv4(INNER_V4, proto=4), 0x0800), ident=3)]  # IP-in-IP inside: nested
     events = [classify_frame(frame, rules) for frame in frames]
     assert pipeline.process([e for e in events if e is not None]) == []
-    stats = pipeline.stats  # the VXLAN datagram, SIP text deep inside, is a SIP error
-    assert stats.tunnels_reassembled == 0 and stats.not_sip == 2 and stats.sip_errors == 1
+    # decoded as the datagrams they are: GRE is no UDP or TCP, and the VXLAN one (SIP text deep
+    # inside) a SIP error
+    stats = pipeline.stats
+    assert stats.tunnels_reassembled == 0 and stats.decode_errors == 2 and stats.sip_errors == 1
+
+
+def opened_rules() -> Rules:
+    """SIP on 5060, 10.9.0.0/24 excluded (its own filtered count)."""
+    return Rules(frozenset({5060}), networks=Networks.of([], ["10.9.0.0/24"], plain=True))
+
+
+def _opened(frames: list[bytes], rules: Rules | None = None) -> tuple[Pipeline, list[Record]]:
+    """Frames through the classification and a pipeline with ``opened_rules``, ended."""
+    pipeline = Pipeline({0: "mirror0"}, 0)
+    pipeline.opened_rules = rules or opened_rules()
+    events = [classify_frame(frame, Rules(frozenset({5060})), ts_ns=i * 20_000_000)
+              for i, frame in enumerate(frames)]
+    records = pipeline.process([e for e in events if e is not None])
+    return pipeline, records + pipeline.finish()
+
+
+def _in_fragmented_gre(packet: bytes, ident: int) -> list[bytes]:
+    return underlay_fragments(gre(packet, 0x0800, key=3), at=64, ident=ident)
+
+
+def test_an_opened_tunnels_inner_packet_meets_the_rules_the_kernel_would_apply() -> None:
+    """Once whole, the inner packet is judged as the kernel's match() judges an unfragmented
+    one: an address the filters exclude, a port that is not SIP's (TCP to 443 too: no stream
+    is kept for it) are not recorded; SIP is."""
+    excluded = ipv4(udp(INVITE, 5070, 5060), src="10.9.0.1", dst="10.1.0.2")
+    other_port = ipv4(udp(INVITE, 5070, 5080), src="10.1.0.1", dst="10.1.0.2")
+    https = ipv4(tcp(bytes(600), 40000, 443), proto=TCP, src="10.1.0.1", dst="10.1.0.2")
+    frames = [*_in_fragmented_gre(excluded, 1), *_in_fragmented_gre(other_port, 2),
+              *_in_fragmented_gre(https, 3), *_in_fragmented_gre(INNER_V4, 4)]
+    rules = opened_rules()
+    pipeline, records = _opened(frames, rules)
+    assert [(r.src, r.dport) for r in records if isinstance(r, SipRecord)] == [(raw("10.1.0.1"), 5060)]
+    assert pipeline.stats.tunnels_reassembled == 4 and pipeline.stats.not_sip == 2
+    assert pipeline.stats.tunnels_filtered == 1
+    assert pipeline.tcp.stats.segments == 0
+
+
+def test_media_in_a_tunnel_the_underlay_fragmented_is_measured() -> None:
+    """A large RTP packet (video, say) inside GRE in two fragments, to the endpoint the
+    tunnelled INVITE's SDP announced: measured, its report saying which tunnel."""
+    rtp = [ipv4(udp(bytes((0x80, 96)) + seq.to_bytes(2) + (seq * 3000).to_bytes(4) + b"SSRC" + bytes(1200),
+                    30000, 49172), src="10.1.0.2", dst="192.0.2.1") for seq in range(1, 4)]
+    frames = [gre(INNER_V4, 0x0800, key=3)]
+    for n, packet in enumerate(rtp):
+        frames += _in_fragmented_gre(packet, 10 + n)
+    pipeline, records = _opened(frames)
+    reports = [r for r in records if isinstance(r, StreamReport)]
+    assert pipeline.stats.media == 3 and len(reports) == 1, pipeline.stats
+    assert reports[0].to_dict()["encap"] == {"kind": "gre", "id": 3, "src": OUTER_SRC, "dst": OUTER_DST}
+
+
+def test_sip_to_a_ua_on_a_tunnel_port_in_fragments_is_sip() -> None:
+    """A fragmented SIP datagram from 5060 to a UA behind NAT on 4789: SIP, as the kernel's
+    match() takes SIP's port before a tunnel's, not a VXLAN header."""
+    packet = ipv4(udp(INVITE, 5060, 4789), src="10.0.0.1", dst="10.0.0.2")
+    fragments = [ethernet(ipv4(packet[20:][:96], src="10.0.0.1", dst="10.0.0.2", frag=0x2000, ident=7)),
+                 ethernet(ipv4(packet[20:][96:], src="10.0.0.1", dst="10.0.0.2", frag=12, ident=7))]
+    _pipeline, records = _opened(fragments)
+    [record] = [r for r in records if isinstance(r, SipRecord)]
+    assert record.dport == 4789 and record.encap is None
+
+
+def test_a_reassembled_tunnels_records_keep_the_outer_vlan_tags() -> None:
+    tagged = [frame[:12] + b"\x81\x00\x01\x2c" + frame[12:] for frame in _in_fragmented_gre(INNER_V4, 5)]
+    _pipeline, records = _opened(tagged)
+    [record] = [r for r in records if isinstance(r, SipRecord)]
+    assert record.vlans == (300,) and record.encap is not None
 
 
 def test_ipv6_inside_gre_over_ipv6() -> None:

@@ -229,6 +229,7 @@ def test_a_websocket_stream_joined_midway_and_past_a_gap_finds_its_frames_again(
     out = streams.feed(SERVER, seq + 200, 0, nxt[200:], 2)
     assert out == [OK_200, BYE]
     assert streams.stats.gaps == 1 and streams.websocket.resyncs == 2
+    assert streams.stats.lost_messages == 1  # the INVITE whose head the gap took
 
 
 def test_memory_charged_includes_a_message_being_joined() -> None:
