@@ -24,7 +24,7 @@ from userspace.droplist import cseq_method, first_token
 from userspace.event import Direction, Event, Flag, Kind
 from userspace.frame import DEFAULT_TUNNELS, UDP, Layout, walk
 from userspace.sharding import call_id_hash
-from userspace.tunnel import Tunnels, ip_tunnel, media_protocol
+from userspace.tunnel import TunnelCounts, Tunnels, ip_tunnel, media_protocol
 
 # First bytes of a SIP status line or request (RFC 3261 §7), as the kernel checks them.
 SIGNATURES = (b"SIP/2.0 ", b"INVITE ", b"ACK ", b"BYE ", b"CANCEL ", b"OPTIONS ", b"REGISTER",
@@ -97,6 +97,7 @@ class Rules:
     media: Mapping[MediaKey, tuple[Kind, int]] = field(default_factory=dict)  # → (kind, shard)
     tunnels: Tunnels = DEFAULT_TUNNELS  # opened one level, as the kernel's --decap
     networks: Networks | None = None  # address filters judged here (Networks), None: none
+    counts: TunnelCounts | None = None  # tunnels opened and refused here, as the kernel counts them
 
 
 _FRAGMENT, _OWNED, _SIGNATURE = int(Flag.FRAGMENT), int(Flag.OWNED), int(Flag.SIGNATURE)
@@ -123,7 +124,7 @@ def _fold(address: bytes) -> int:
 def classify_frame(frame: bytes, rules: Rules, direction: int = Direction.INGRESS, ts_ns: int = 0,
                    ifindex: int = 0, orig_len: int | None = None) -> Event | None:
     """The event the kernel would send up for this frame, or None when it would not."""
-    p = walk(frame, rules.tunnels, rules.sip_ports, rules.media)
+    p = walk(frame, rules.tunnels, rules.sip_ports, rules.media, rules.counts)
     if p is None:
         return None
     networks = rules.networks

@@ -26,7 +26,17 @@ from enum import IntEnum
 from userspace.errors import DecodeError, Malformed, Truncated
 from userspace.event import Flag
 from userspace.reassembly import Datagram, Fragment
-from userspace.tunnel import ETH_P_TEB, INNER_MAX, Encap, Tunnels, ip_tunnel, open_ip, open_udp, udp_tunnel
+from userspace.tunnel import (
+    ETH_P_TEB,
+    INNER_MAX,
+    Encap,
+    TunnelCounts,
+    Tunnels,
+    ip_tunnel,
+    open_ip,
+    open_udp,
+    udp_tunnel,
+)
 
 
 class IPProto(IntEnum):
@@ -105,13 +115,15 @@ class Layout:
 
 
 def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[int] = frozenset(),
-         media: Mapping[tuple[bytes, int, int], object] | None = None) -> Layout | None:
+         media: Mapping[tuple[bytes, int, int], object] | None = None,
+         counts: TunnelCounts | None = None) -> Layout | None:
     """The layers of a frame, or None where the kernel would pass it by (not IP,
     cut short, or not UDP/TCP); every fragment is kept, as in the kernel. A tunnel
     whose kind is on is opened, one level (bpf/otus.c "Tunnels"): the layout is
     then the inner packet's, flagged INNER, with its ``encap``. A UDP datagram on a
     ``sip_ports`` port or to or from a learned ``media`` endpoint is not a tunnel,
-    whatever its port: the kernel's match takes SIP and media first."""
+    whatever its port: the kernel's match takes SIP and media first. ``counts``: the
+    tunnels opened and refused, counted as the kernel counts them (DECAP_*)."""
     layout = Layout()
     offset = _walk_ethernet(frame, 0, layout)
     if offset < 0:
@@ -124,14 +136,15 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[
         if layout.flags & _FRAGMENT:  # a first fragment: opened once its datagram is whole
             layout.l4 = layout.payload = offset
             return layout
-        encap = open_ip(frame, offset, layout.proto, tunnels, layout.src, layout.dst)
-        return _walk_inner(frame, encap, tunnels)
+        encap = open_ip(frame, offset, layout.proto, tunnels, layout.src, layout.dst, counts)
+        return _walk_inner(frame, encap, tunnels, counts)
     if _walk_l4(frame, offset, layout) is None:
         return None
     if layout.proto == UDP and not layout.flags & _FRAGMENT:
         kind = udp_tunnel(layout.dport, tunnels)
         if kind is not None and not _ours(layout, sip_ports, media):
-            return _walk_inner(frame, open_udp(frame, layout.payload, kind, layout.src, layout.dst), tunnels)
+            encap = open_udp(frame, layout.payload, kind, layout.src, layout.dst, counts)
+            return _walk_inner(frame, encap, tunnels, counts)
     return layout
 
 
@@ -144,10 +157,15 @@ def _ours(layout: Layout, sip_ports: frozenset[int],
                                   or (layout.src, layout.sport, UDP) in media)
 
 
-def _walk_inner(frame: bytes, encap: Encap | None, tunnels: Tunnels) -> Layout | None:
+def _walk_inner(frame: bytes, encap: Encap | None, tunnels: Tunnels,
+                counts: TunnelCounts | None) -> Layout | None:
     """The inner packet of an opened tunnel, walked as a frame is; a tunnel in it
-    is not opened (one level: the kernel counts it, DECAP_NESTED)."""
-    if encap is None or encap.inner > INNER_MAX or encap.inner >= len(frame):
+    is not opened (one level: counted, as the kernel's DECAP_NESTED)."""
+    if encap is None:
+        return None
+    if encap.inner > INNER_MAX or encap.inner >= len(frame):
+        if counts is not None:
+            counts.bad += 1
         return None
     layout = Layout(flags=_INNER, encap=encap)
     offset = encap.inner
@@ -160,9 +178,13 @@ def _walk_inner(frame: bytes, encap: Encap | None, tunnels: Tunnels) -> Layout |
     if layout.non_first:
         return layout
     if _walk_l4(frame, offset, layout) is None:
+        if counts is not None and layout.proto in _IP_TUNNELS:
+            counts.nested += 1
         return None
     if layout.proto == UDP and not layout.flags & _FRAGMENT and layout.dport in tunnels.ports:
-        return None  # nested
+        if counts is not None:
+            counts.nested += 1
+        return None
     return layout
 
 

@@ -125,8 +125,35 @@ def ip_tunnel(proto: int, tunnels: Tunnels) -> bool:
     return proto in (IPIP, IPV6_IN_IP) and TunnelKind.IPIP in tunnels.kinds
 
 
-def open_udp(frame: bytes, start: int, kind: TunnelKind, src: bytes, dst: bytes) -> Encap | None:
-    """VXLAN or Geneve whose header starts at ``start`` (the outer UDP payload)."""
+@dataclass(slots=True)
+class TunnelCounts:
+    """Tunnels the Python walk opened, by kind, and refused: the kernel's DECAP_* counters
+    for the captures that classify in user space (AF_PACKET, replay)."""
+
+    opened: dict[str, int] = field(default_factory=lambda: dict.fromkeys((k.value for k in TunnelKind), 0))
+    bad: int = 0     # a tunnel header that cannot be followed (DECAP_BAD)
+    nested: int = 0  # a tunnel inside a tunnel, not opened (DECAP_NESTED)
+
+    def counters(self) -> dict[str, int]:
+        """As the kernel's counters are named (decap_vxlan .. decap_ipip, decap_bad, decap_nested)."""
+        return {**{f"decap_{kind}": n for kind, n in self.opened.items()}, "decap_bad": self.bad,
+                "decap_nested": self.nested}
+
+
+def open_udp(frame: bytes, start: int, kind: TunnelKind, src: bytes, dst: bytes,
+             counts: TunnelCounts | None = None) -> Encap | None:
+    """VXLAN or Geneve whose header starts at ``start`` (the outer UDP payload);
+    None for a header refused (counted in ``counts``, as the kernel counts it)."""
+    encap = _open_udp(frame, start, kind, src, dst)
+    if counts is not None:
+        if encap is None:
+            counts.bad += 1
+        else:
+            counts.opened[kind.value] += 1
+    return encap
+
+
+def _open_udp(frame: bytes, start: int, kind: TunnelKind, src: bytes, dst: bytes) -> Encap | None:
     if len(frame) < start + 8:
         return None
     vni = int.from_bytes(frame[start + 4:start + 7], "big")
@@ -140,8 +167,23 @@ def open_udp(frame: bytes, start: int, kind: TunnelKind, src: bytes, dst: bytes)
     return Encap(kind, vni, src, dst, start + 8, ETH_P_TEB)
 
 
-def open_ip(frame: bytes, start: int, proto: int, tunnels: Tunnels, src: bytes, dst: bytes) -> Encap | None:
-    """GRE, ERSPAN or IP-in-IP whose header (or inner packet) starts at ``start``."""
+def open_ip(frame: bytes, start: int, proto: int, tunnels: Tunnels, src: bytes, dst: bytes,
+            counts: TunnelCounts | None = None) -> Encap | None:
+    """GRE, ERSPAN or IP-in-IP whose header (or inner packet) starts at ``start``; None for
+    a kind that is off, or a header refused (counted in ``counts``, as the kernel counts it)."""
+    encap = _open_ip(frame, start, proto, tunnels, src, dst)
+    if encap is _KIND_OFF:
+        return None
+    if counts is not None:
+        if encap is None:
+            counts.bad += 1
+        else:
+            counts.opened[encap.kind.value] += 1
+    return encap
+
+
+def _open_ip(frame: bytes, start: int, proto: int, tunnels: Tunnels, src: bytes, dst: bytes) -> Encap | None:
+    """open_ip's work; _KIND_OFF for GRE carrying a kind that is off."""
     if proto == IPIP:
         return Encap(TunnelKind.IPIP, None, src, dst, start, ETH_P_IP)
     if proto == IPV6_IN_IP:
@@ -155,14 +197,18 @@ def open_ip(frame: bytes, start: int, proto: int, tunnels: Tunnels, src: bytes, 
     end = key_at + (4 if flags & GRE_K else 0) + (4 if flags & GRE_S else 0)
     if ethertype in (ETH_P_ERSPAN2, ETH_P_ERSPAN3):
         if TunnelKind.ERSPAN not in tunnels.kinds:
-            return None
+            return _KIND_OFF
         return _open_erspan(frame, end, ethertype, src, dst)
     if TunnelKind.GRE not in tunnels.kinds:
-        return None
+        return _KIND_OFF
     key = None
     if flags & GRE_K and len(frame) >= key_at + 4:
         key = int.from_bytes(frame[key_at:key_at + 4], "big")
     return Encap(TunnelKind.GRE, key, src, dst, end, ethertype)
+
+
+# A GRE packet whose kind (GRE's own, or ERSPAN's) is off: not a tunnel, not refused.
+_KIND_OFF = Encap(TunnelKind.GRE, None, b"", b"")
 
 
 def _open_erspan(frame: bytes, start: int, ethertype: int, src: bytes, dst: bytes) -> Encap | None:

@@ -23,6 +23,7 @@ from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.settings import KernelSettings
 from userspace.classify import Networks, Rules, Screen, classify_frame
 from userspace.event import Direction, Event, Kind
+from userspace.tunnel import TunnelCounts
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -78,8 +79,9 @@ class AfPacketCapture:
         # Tunnelled frames' inner addresses judged here (the socket filter lets tunnels through)
         self._networks = Networks.of(settings.include, settings.exclude)
         self._filtered_before = 0  # by the address filters replaced since (set_filters)
+        self.tunnel_counts = TunnelCounts()  # the kernel's DECAP_* counters, counted here
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media, settings.tunnels, self._networks)
+                            self._media, settings.tunnels, self._networks, self.tunnel_counts)
         # The drop list and dedup, as the kernel applies them after a match; socket time is the window's.
         self.screen = Screen(settings.drop_methods, _window_ns(settings), settings.snaplen)
         self._ports = MediaPorts()
@@ -168,7 +170,7 @@ class AfPacketCapture:
         self._filtered_before = self.filtered
         self._networks = Networks.of(settings.include, settings.exclude)
         self._rules = Rules(frozenset(settings.capture_ports), settings.signature, settings.shards,
-                            self._media, settings.tunnels, self._networks)
+                            self._media, settings.tunnels, self._networks, self.tunnel_counts)
         self.screen.change(settings.drop_methods, _window_ns(settings))
         self._attach_filter()
 

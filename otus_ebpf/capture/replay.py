@@ -44,7 +44,7 @@ from userspace.pipeline import Pipeline
 from userspace.processors.chain import ProcessorChain
 from userspace.records import Record
 from userspace.reporters.pcap import PcapReporter
-from userspace.tunnel import media_protocol
+from userspace.tunnel import TunnelCounts, media_protocol
 
 # The reader's names stay importable from here, as before it had a module of its own.
 __all__ = ["CaptureFileError", "CapturedFrame", "read_frames", "run_replay"]
@@ -99,6 +99,7 @@ def run_replay(path: Path, options: AttachOptions, speed: float | None) -> int:
         odd_times += f", filtered={replayer.filtered}" if replayer.filtered else ""
         odd_times += f", dropped_method={screen.dropped_methods}" if screen.dropped_methods else ""
         odd_times += f", duplicate={screen.duplicates}" if screen.duplicates else ""
+        odd_times += "".join(f", {name}={n}" for name, n in replayer.tunnel_counts.counters().items() if n)
         unwritable = _unwritable(frame_outputs)
         odd_times += f", frames_the_pcap_cannot_hold={unwritable}" if unwritable else ""
         internal = replayer.pipeline.boundary.total
@@ -212,8 +213,9 @@ class _Replayer:
         self._media: dict[tuple[bytes, int, int], tuple[Kind, int]] = {}
         # No socket filter here: the address filters judge every frame (a tunnel's by its inner addresses)
         self.networks = Networks.of(kernel.include, kernel.exclude, plain=True)
+        self.tunnel_counts = TunnelCounts()  # the kernel's DECAP_* counters, counted here
         self._rules = Rules(frozenset(kernel.capture_ports), kernel.signature, 1, self._media, kernel.tunnels,
-                            self.networks)
+                            self.networks, self.tunnel_counts)
         # The drop list and dedup, as the kernel applies them; the window runs on the frames' own times.
         window_ns = kernel.dedup_window_ms * 1_000_000 if kernel.dedup else None
         self.screen = Screen(kernel.drop_methods, window_ns, kernel.snaplen)

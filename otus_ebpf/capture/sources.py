@@ -209,10 +209,12 @@ class _AfPacket:
     def stats_sections(self) -> list[str]:
         stats = self._capture.read_stats()
         screen = self._capture.screen
+        tunnels = self._capture.tunnel_counts
         return [f"afpacket packets={stats.packets} drops={stats.drops} "
                 f"filter_failures={self._capture.filter_failures} filtered={self._capture.filtered} "
                 f"dropped_method={screen.dropped_methods} "
-                f"duplicate={screen.duplicates}"]
+                f"duplicate={screen.duplicates} decapsulated={sum(tunnels.opened.values())} "
+                f"decap_bad={tunnels.bad} decap_nested={tunnels.nested}"]
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._capture.set_filters(after)
@@ -226,7 +228,8 @@ class _AfPacket:
         return {"afpacket": {"packets": stats.packets, "drops": stats.drops,
                              "filter_failures": self._capture.filter_failures,
                              "filtered": self._capture.filtered,
-                             "dropped_method": screen.dropped_methods, "duplicate": screen.duplicates}}
+                             "dropped_method": screen.dropped_methods, "duplicate": screen.duplicates,
+                             **self._capture.tunnel_counts.counters()}}
 
 
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],

@@ -2,7 +2,10 @@
 
     .venv/bin/python scripts/bench/versus.py REV [--rounds 3]
 
-REV is checked out in a temporary git worktree (removed at the end). The
+REV is checked out in a temporary git worktree (removed at the end) and this
+tree's tracked files are copied beside it: both run as pure Python (compiling
+REV with mypyc here would replace this tree's shared mypyc runtime in the venv,
+which both trees' modules are named alike for). The
 inputs are built once, here, and both trees take the same bytes: SIP calls
 (the mix of scripts/bench/sip.py) as ring events, RTP on learned flows, and
 a pcap for replay. Each figure is the best of --rounds, the two trees
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -27,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.bench.replay import write_pcap
+from scripts.bench.replay import VARIED_CALL, varied_calls, write_pcap
 from scripts.bench.sip import call_messages
 from tests.support.frames import ethernet, ipv4, ring_record, udp
 from tests.support.sip_samples import sip_message
@@ -70,8 +74,10 @@ out = {"parse+record": best(parse_and_build, len(data["messages"])),
        "rtp pipeline": best(lambda: rtp.process(data["rtp_ring"]), len(data["rtp_ring"]))}
 agent = f"import sys; sys.path.insert(0, {tree!r}); from otus_ebpf.cli.main import main; sys.exit(main())"
 t = time.perf_counter()
-subprocess.run([sys.executable, "-c", agent, "replay", pcap, "--out", pcap + ".jsonl"], check=True,
-               capture_output=True)
+done = subprocess.run([sys.executable, "-c", agent, "replay", pcap, "--out", pcap + ".jsonl"],
+                      capture_output=True, text=True)
+if done.returncode:
+    sys.exit("replay: " + done.stderr[-2000:])
 out["replay"] = data["replay_messages"] / (time.perf_counter() - t)
 print(json.dumps(out))
 """
@@ -115,9 +121,21 @@ def build_inputs(path: Path, pcap: Path) -> None:
     sip_ring = [ring_record(frame(m, hosts[not up], hosts[up]), ts_ns=i * 1000)
                 for i, (m, up) in enumerate(pairs)]
     setup, media = rtp_inputs()
+    replay_messages = write_pcap(pcap, varied_calls(REPLAY_CALLS * VARIED_CALL))
     with path.open("wb") as f:
         pickle.dump({"messages": [m for m, _ in pairs], "sip_ring": sip_ring, "rtp_setup": setup,
-                     "rtp_ring": media, "replay_messages": write_pcap(pcap, REPLAY_CALLS)}, f)
+                     "rtp_ring": media, "replay_messages": replay_messages}, f)
+
+
+def copy_tracked(repo: Path, into: Path) -> None:
+    """The files git tracks in ``repo``, as they are in the work tree."""
+    names = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        source = repo / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
 
 
 def main() -> int:
@@ -130,14 +148,18 @@ def main() -> int:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(old), args.rev],
                        check=True)
         try:
+            new = Path(tmp) / "new"  # this tree's files as they are, without its compiled modules
+            copy_tracked(REPO, new)
             pcap, inputs = Path(tmp) / "calls.pcap", Path(tmp) / "inputs.pickle"
             build_inputs(inputs, pcap)
             results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
             for _ in range(args.rounds):
-                for name, tree in (("old", old), ("new", REPO)):
-                    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(inputs), str(pcap)],
-                                         check=True, capture_output=True, text=True, cwd=tree).stdout
-                    results[name].append(json.loads(out))
+                for name, tree in (("old", old), ("new", new)):
+                    child = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(inputs), str(pcap)],
+                                           check=False, capture_output=True, text=True, cwd=tree)
+                    if child.returncode:
+                        raise SystemExit(f"versus: the {name} tree failed:\n{child.stderr}")
+                    results[name].append(json.loads(child.stdout))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False)
     print(f"this tree against {args.rev}, best of {args.rounds} rounds, alternating:")

@@ -41,6 +41,7 @@ from tests.support.sip_samples import INVITE, OK_200, request, response, sip_mes
 from userspace.classify import Rules, Screen, classify_frame
 from userspace.event import Counter, Kind
 from userspace.frame import Packet, packet_at, walk
+from userspace.tunnel import TunnelCounts
 
 FRAMES = {
     "sip-udp": ethernet(ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")),
@@ -149,6 +150,17 @@ def test_python_classification_matches_the_kernel(kernel: KernelHarness, name: s
     expected = classify_frame(frame[:event.cap_len], rules, event.direction, event.ts_ns, event.ifindex,
                               event.orig_len)
     assert expected == event
+
+
+@pytest.mark.parametrize("name", FRAMES)
+def test_python_counts_the_tunnels_the_kernel_counts(kernel: KernelHarness, name: str) -> None:
+    """Opened by kind, refused, nested: AF_PACKET and replay report what the kernel would."""
+    counts = TunnelCounts()
+    classify_frame(FRAMES[name], Rules(frozenset((5060, 5061)), shards=SHARDS, counts=counts))
+    moved = kernel.run(FRAMES[name], Hook.XDP).moved
+    kernel_counts = {f"decap_{c.name.lower().removeprefix('decap_')}": moved.get(c, 0)
+                     for c in Counter if c.name.startswith("DECAP_")}
+    assert counts.counters() == kernel_counts
 
 
 @pytest.mark.parametrize("name", FRAMES)
