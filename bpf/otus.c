@@ -144,6 +144,10 @@ BPF_LPM_TRIE(include_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(exclude_v4, struct otus_lpm_v4, __u8, 4096);
 BPF_LPM_TRIE(include_v6, struct otus_lpm_v6, __u8, 4096);
 BPF_LPM_TRIE(exclude_v6, struct otus_lpm_v6, __u8, 4096);
+/* The sources tunnels are opened from (OTUS_CFG_MIRRORS_*): switches, taps and
+ * cloud mirrors; with none set, any source. */
+BPF_LPM_TRIE(mirrors_v4, struct otus_lpm_v4, __u8, 1024);
+BPF_LPM_TRIE(mirrors_v6, struct otus_lpm_v6, __u8, 1024);
 /* Request methods and status codes whose SIP datagrams stay down (OTUS_CFG_DROP_METHODS). */
 BPF_HASH(drop_methods, struct otus_drop_key, __u8, OTUS_MAX_DROP_METHODS);
 /* Recent matches (duplicate()): a direct-mapped table, a digest's slot its
@@ -1762,6 +1766,25 @@ static __always_inline int open_gre(void *data, void *data_end, struct otus_conf
 	return 0;
 }
 
+/* Whether the outer source may send tunnels: in the mirrors of its family, or
+ * any source when no mirror is set. A list for the other family only trusts
+ * none of this one. */
+static __always_inline int trusted_mirror(struct otus_config *cfg, struct otus_parsed *outer)
+{
+	if (!(cfg->flags & (OTUS_CFG_MIRRORS_V4 | OTUS_CFG_MIRRORS_V6)))
+		return 1;
+	if (outer->family == 4) {
+		struct otus_lpm_v4 key = {.prefixlen = 32};
+
+		__builtin_memcpy(key.addr, outer->saddr, 4);
+		return (cfg->flags & OTUS_CFG_MIRRORS_V4) && mirrors_v4.lookup(&key);
+	}
+	struct otus_lpm_v6 key = {.prefixlen = 128};
+
+	__builtin_memcpy(key.addr, outer->saddr, 16);
+	return (cfg->flags & OTUS_CFG_MIRRORS_V6) && mirrors_v6.lookup(&key);
+}
+
 /* The tunnel the hook handed over: 0 and *t, or the verdict that ends the
  * packet (MALFORMED, TRUNCATED: a refused header; OTHER_L4: a kind that is off). */
 static __always_inline int open_tunnel(void *data, void *data_end, struct otus_config *cfg, struct otus_parsed *outer,
@@ -1821,6 +1844,11 @@ static __always_inline __u32 classify_inner(void *data, void *data_end, __u64 fr
 		return OTUS_CTR_NO_MATCH;
 	/* the outer parse read where it lies, not copied: the stack has no room for it */
 	struct otus_decap *handed = (struct otus_decap *)d;
+
+	if (!trusted_mirror(cfg, &handed->outer)) {
+		count(c, OTUS_CTR_DECAP_UNTRUSTED);
+		return handed->outer.l4_proto == IPPROTO_UDP ? OTUS_CTR_NO_MATCH : OTUS_CTR_OTHER_L4;
+	}
 	int verdict = open_tunnel(data, data_end, cfg, &handed->outer, handed->ports, &t);
 
 	if (verdict) {

@@ -85,7 +85,10 @@
 #define OTUS_CTR_DECAP_BAD 25
 /* a tunnel inside a tunnel: counted, not opened (one level only) */
 #define OTUS_CTR_DECAP_NESTED 26
-#define OTUS_CTR_MAX 27
+/* a tunnel from a source outside the trusted mirrors (OTUS_CFG_MIRRORS_*):
+ * not opened; the packet ends as NO_MATCH (UDP) or OTHER_L4 */
+#define OTUS_CTR_DECAP_UNTRUSTED 27
+#define OTUS_CTR_MAX 28
 
 /* Ring shards: worker processes, at most. */
 #define OTUS_MAX_SHARDS 8
@@ -94,7 +97,7 @@
  * packet finds every counter it moves with one lookup. The array lengths
  * are OTUS_CTR_MAX and OTUS_MAX_SHARDS (otus.c asserts it). */
 struct otus_counters {
-	__u64 counts[27];     /* by OTUS_CTR_* */
+	__u64 counts[28];     /* by OTUS_CTR_* */
 	__u64 shard_failures[8]; /* ring submits that failed, by shard */
 };
 
@@ -120,6 +123,9 @@ struct otus_counters {
 #define OTUS_CFG_DECAP_GRE 2048
 #define OTUS_CFG_DECAP_ERSPAN 4096
 #define OTUS_CFG_DECAP_IPIP 8192
+/* tunnels are opened only from sources in mirrors_v4 / mirrors_v6 */
+#define OTUS_CFG_MIRRORS_V4 16384
+#define OTUS_CFG_MIRRORS_V6 32768
 
 /* bits of a "sip_ports" value: what a UDP port is for */
 #define OTUS_PORT_SIP 1

@@ -71,7 +71,8 @@ class Counter(IntEnum):
     DECAP_IPIP = 24
     DECAP_BAD = 25      # a tunnel header refused (cut short, flags or version not followed)
     DECAP_NESTED = 26   # a tunnel inside a tunnel: counted, not opened
-    MAX = 27
+    DECAP_UNTRUSTED = 27  # a tunnel from a source outside the trusted mirrors: not opened
+    MAX = 28
 
 
 VERDICTS = tuple(Counter(c) for c in range(Counter.NOT_IP, Counter.DUPLICATE + 1))

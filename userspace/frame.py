@@ -136,16 +136,27 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[
         if layout.flags & _FRAGMENT:  # a first fragment: opened once its datagram is whole
             layout.l4 = layout.payload = offset
             return layout
+        if not _trusted(layout.src, tunnels, counts):
+            return None
         encap = open_ip(frame, offset, layout.proto, tunnels, layout.src, layout.dst, counts)
         return _walk_inner(frame, encap, tunnels, counts)
     if _walk_l4(frame, offset, layout) is None:
         return None
     if layout.proto == UDP and not layout.flags & _FRAGMENT:
         kind = udp_tunnel(layout.dport, tunnels)
-        if kind is not None and not _ours(layout, sip_ports, media):
+        if kind is not None and not _ours(layout, sip_ports, media) and _trusted(layout.src, tunnels, counts):
             encap = open_udp(frame, layout.payload, kind, layout.src, layout.dst, counts)
             return _walk_inner(frame, encap, tunnels, counts)
     return layout
+
+
+def _trusted(src: bytes, tunnels: Tunnels, counts: TunnelCounts | None) -> bool:
+    """Whether a tunnel from ``src`` is opened (Tunnels.mirrors); if not, counted."""
+    if not tunnels.mirrors or tunnels.trusted(src):
+        return True
+    if counts is not None:
+        counts.untrusted += 1
+    return False
 
 
 def _ours(layout: Layout, sip_ports: frozenset[int],
@@ -375,6 +386,8 @@ def tunnel_frame(datagram: Datagram, tunnels: Tunnels, sip_ports: frozenset[int]
         if sport in sip_ports or dport in sip_ports or udp_tunnel(dport, tunnels) is None:
             return None
     elif first not in _IP_TUNNELS or not ip_tunnel(first, tunnels):
+        return None
+    if not tunnels.trusted(datagram.src):
         return None
     if datagram.version == 4:
         length = min(IPV4_MIN_HEADER_LEN + len(payload), 0xFFFF)

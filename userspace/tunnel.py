@@ -16,6 +16,8 @@ record.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
@@ -77,11 +79,31 @@ class Tunnels:
     kinds: frozenset[TunnelKind] = ALL_KINDS
     vxlan_ports: frozenset[int] = frozenset((VXLAN_PORT,))
     geneve_ports: frozenset[int] = frozenset((GENEVE_PORT,))
+    # The sources tunnels are opened from, as (address size, first, last) integer ranges
+    # (mirror_ranges); empty: any source. As the kernel's mirrors_v4 / mirrors_v6.
+    mirrors: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def ports(self) -> frozenset[int]:
         """Every tunnel port: inside a tunnel, any of them is a tunnel not opened."""
         return self.vxlan_ports | self.geneve_ports
+
+    def trusted(self, src: bytes) -> bool:
+        """Whether a tunnel from this outer source (raw address) is opened."""
+        if not self.mirrors:
+            return True
+        size, address = len(src), int.from_bytes(src, "big")
+        return any(size == s and first <= address <= last for s, first, last in self.mirrors)
+
+
+def mirror_ranges(networks: Iterable[object]) -> tuple[tuple[int, int, int], ...]:
+    """Networks (ipaddress ones, or what ipaddress.ip_network takes) as Tunnels.mirrors."""
+    found = []
+    for given in networks:
+        network = ipaddress.ip_network(str(given))
+        first = network.network_address
+        found.append((len(first.packed), int(first), int(network.broadcast_address)))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +155,12 @@ class TunnelCounts:
     opened: dict[str, int] = field(default_factory=lambda: dict.fromkeys((k.value for k in TunnelKind), 0))
     bad: int = 0     # a tunnel header that cannot be followed (DECAP_BAD)
     nested: int = 0  # a tunnel inside a tunnel, not opened (DECAP_NESTED)
+    untrusted: int = 0  # a tunnel from a source outside the mirrors, not opened (DECAP_UNTRUSTED)
 
     def counters(self) -> dict[str, int]:
-        """As the kernel's counters are named (decap_vxlan .. decap_ipip, decap_bad, decap_nested)."""
+        """As the kernel's counters are named (decap_vxlan .. decap_ipip, decap_bad, ...)."""
         return {**{f"decap_{kind}": n for kind, n in self.opened.items()}, "decap_bad": self.bad,
-                "decap_nested": self.nested}
+                "decap_nested": self.nested, "decap_untrusted": self.untrusted}
 
 
 def open_udp(frame: bytes, start: int, kind: TunnelKind, src: bytes, dst: bytes,

@@ -214,7 +214,7 @@ class _AfPacket:
                 f"filter_failures={self._capture.filter_failures} filtered={self._capture.filtered} "
                 f"dropped_method={screen.dropped_methods} "
                 f"duplicate={screen.duplicates} decapsulated={sum(tunnels.opened.values())} "
-                f"decap_bad={tunnels.bad} decap_nested={tunnels.nested}"]
+                f"decap_bad={tunnels.bad} decap_nested={tunnels.nested} decap_untrusted={tunnels.untrusted}"]
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._capture.set_filters(after)

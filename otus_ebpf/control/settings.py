@@ -295,6 +295,11 @@ SETTINGS: tuple[Setting, ...] = (
             "UDP ports VXLAN arrives on (Geneve: 6081), none of them a SIP or WebSocket port; a reload that "
             "changes them restarts the task", Group.FILTERS, "--vxlan-port", repeatable=True,
             replay=True),
+    Setting("mirrors", "filter.mirrors", Networks(), (),
+            "open tunnels only from these sources (the switches, taps and cloud mirrors that send copies); "
+            "none: from any source, so any host that reaches the link can send a tunnel that is captured. "
+            "A reload that changes them restarts the task", Group.FILTERS, "--mirror", repeatable=True,
+            replay=True),
     Setting("include", "filter.include", Networks(), (), "capture only traffic to or from these networks",
             Group.FILTERS, "--include", repeatable=True),
     Setting("exclude", "filter.exclude", Networks(), (), "never capture traffic to or from these networks",
@@ -510,6 +515,7 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         signature=v["signature"],
         drop_methods=tuple(dict.fromkeys(v["drop_methods"])), dedup=v["dedup"],
         dedup_window_ms=v["dedup_window_ms"], include=tuple(v["include"]), exclude=tuple(v["exclude"]),
+        mirrors=tuple(v["mirrors"]),
         snaplen=v["snaplen"], decap=frozenset(TunnelKind(word) for word in v["decap"] if word != "none"),
         vxlan_ports=tuple(dict.fromkeys(v["vxlan_ports"])) or (VXLAN_PORT,),
         media_snaplen=v["media_snaplen"], ring_mb=v["ring_mb"], media=v["media"], shards=v["workers"])

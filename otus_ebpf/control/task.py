@@ -83,7 +83,7 @@ class Engine(Protocol):
     def accounts_line(self) -> str: ...
 
 
-# Not the tunnels (decap, vxlan_ports): each runner's pipeline (in every worker) reads a
+# Not the tunnels (decap, vxlan_ports, mirrors): each runner's pipeline (in every worker) reads a
 # tunnelled record's outer headers with them, so a change restarts the task.
 _LIVE_FILTER_FIELDS = ("sip_ports", "signature", "include", "exclude", "drop_methods", "dedup",
                        "dedup_window_ms")

@@ -33,6 +33,8 @@ class ConfigFlag(IntFlag):
     DECAP_GRE = 2048
     DECAP_ERSPAN = 4096
     DECAP_IPIP = 8192
+    MIRRORS_V4 = 16384  # tunnels opened only from the sources in mirrors_v4 / mirrors_v6
+    MIRRORS_V6 = 32768
 
 
 # The config flag of each tunnel kind (userspace.tunnel.TunnelKind's values).

@@ -75,6 +75,6 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
             f"submit_failed={k[Counter.SUBMIT_FAILED]} media_counted={k[Counter.MEDIA_COUNTED]} "
             f"streams_full={k[Counter.STREAMS_FULL]} dedup_displaced={k[Counter.DEDUP_DISPLACED]} "
             f"decapsulated={opened} decap_bad={k[Counter.DECAP_BAD]} "
-            f"decap_nested={k[Counter.DECAP_NESTED]}"
+            f"decap_nested={k[Counter.DECAP_NESTED]} decap_untrusted={k[Counter.DECAP_UNTRUSTED]}"
         )
     return sections

@@ -229,6 +229,8 @@ def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
         maps.add_network("include", network)
     for network in settings.exclude:
         maps.add_network("exclude", network)
+    for network in settings.mirrors:
+        maps.add_network("mirrors", network)
 
 
 def parse_network(text: str) -> Network:

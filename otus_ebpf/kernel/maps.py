@@ -41,7 +41,8 @@ DEDUP_MAP = "dedup"
 FLOWS_MAP = "flows"
 FLOW_PORTS_MAP = "flow_ports"
 _TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
-          ("exclude", 4): "exclude_v4", ("exclude", 6): "exclude_v6"}
+          ("exclude", 4): "exclude_v4", ("exclude", 6): "exclude_v6",
+          ("mirrors", 4): "mirrors_v4", ("mirrors", 6): "mirrors_v6"}
 
 
 def table(bpf: Any, name: str) -> Any:
@@ -49,6 +50,12 @@ def table(bpf: Any, name: str) -> Any:
     return bpf[name.encode()]
 TRIE_FLAGS = {("include", 4): ConfigFlag.INCLUDE_V4, ("include", 6): ConfigFlag.INCLUDE_V6,
                ("exclude", 4): ConfigFlag.EXCLUDE_V4, ("exclude", 6): ConfigFlag.EXCLUDE_V6}
+MIRROR_FLAGS = {4: ConfigFlag.MIRRORS_V4, 6: ConfigFlag.MIRRORS_V6}
+
+
+def _trie_flag(slot: tuple[str, int]) -> ConfigFlag:
+    """The config flag saying a trie holds something."""
+    return MIRROR_FLAGS[slot[1]] if slot[0] == "mirrors" else TRIE_FLAGS[slot]
 
 
 def _key(bcc_table: Any, raw: bytes) -> Any:
@@ -198,18 +205,18 @@ class KernelMaps:
         self._write_config(config)
 
     def add_network(self, which: str, network: Network) -> None:
-        """which: "include" or "exclude"."""
+        """which: "include", "exclude" or "mirrors"."""
         slot = (which, network.version)
         trie = table(self._bpf, _TRIES[slot])
         trie[_key(trie, pack_lpm_key(network))] = ctypes.c_uint8(1)
-        self._set_flag(TRIE_FLAGS[slot], True)
+        self._set_flag(_trie_flag(slot), True)
 
     def remove_network(self, which: str, network: Network) -> None:
         slot = (which, network.version)
         trie = table(self._bpf, _TRIES[slot])
         with contextlib.suppress(KeyError):  # an operator removed it already
             del trie[_key(trie, pack_lpm_key(network))]
-        self._set_flag(TRIE_FLAGS[slot], not map_is_empty(trie.map_fd))
+        self._set_flag(_trie_flag(slot), not map_is_empty(trie.map_fd))
 
     def learn_flow(self, endpoint: Endpoint, kind: Kind, shard: int, shared: bool = False, owner: int = 0,
                    clocks: Clocks = (), tunnel: int = 0) -> None:

@@ -13,7 +13,7 @@ from otus_ebpf.kernel.abi import Network
 from userspace.calls import CallLimits
 from userspace.classify import Networks, Rules
 from userspace.droplist import token_problem
-from userspace.tunnel import ALL_KINDS, GENEVE_PORT, VXLAN_PORT, TunnelKind, Tunnels
+from userspace.tunnel import ALL_KINDS, GENEVE_PORT, VXLAN_PORT, TunnelKind, Tunnels, mirror_ranges
 
 DEFAULT_SIP_PORTS = (5060, 5061)
 DEFAULT_SNAPLEN = 2048
@@ -72,11 +72,13 @@ class KernelSettings:
     # Tunnels opened, one level (bpf/otus.c "Tunnels"), and VXLAN's UDP ports
     decap: frozenset[TunnelKind] = ALL_KINDS
     vxlan_ports: tuple[int, ...] = (VXLAN_PORT,)
+    mirrors: tuple[Network, ...] = ()  # the sources tunnels are opened from; none: any
 
     @property
     def tunnels(self) -> Tunnels:
         """The same choice for user space's own walk (AF_PACKET, replay, records)."""
-        return Tunnels(self.decap, frozenset(self.vxlan_ports), frozenset((GENEVE_PORT,)))
+        return Tunnels(self.decap, frozenset(self.vxlan_ports), frozenset((GENEVE_PORT,)),
+                       mirror_ranges(self.mirrors))
 
     @property
     def capture_ports(self) -> tuple[int, ...]:

@@ -28,7 +28,17 @@ from tests.support.frames import UDP, ethernet, ipv4, udp
 from tests.support.lab import Lab, tcpreplay
 from tests.support.sip_samples import SDP, sip_message
 from tests.support.tshark import sip_messages
-from tests.support.tunnels import TEB, erspan2, erspan3, geneve, gre, ipip, underlay_fragments, vxlan
+from tests.support.tunnels import (
+    TEB,
+    erspan2,
+    erspan3,
+    from_source,
+    geneve,
+    gre,
+    ipip,
+    underlay_fragments,
+    vxlan,
+)
 
 PPS = 200
 # A dialog's messages: start line, CSeq, and whether the caller sends it
@@ -167,7 +177,8 @@ def test_the_address_filters_judge_a_tunnelled_dialog_by_its_inner_addresses(lab
     """--exclude names a network inside the tunnels: its dialog is not recorded, whatever the
     mirror's outer addresses, by the kernel programs and by the AF_PACKET capture alike (whose
     socket filter lets every tunnel through); also when the underlay fragmented the tunnel
-    packet carrying its INVITE (judged once user space has it whole)."""
+    packet carrying its INVITE (judged once user space has it whole). A tunnel from a host
+    that is not the trusted mirror (--mirror) is not opened, and counted."""
     require_tool("tcpreplay")
     kept = [vxlan(ethernet(ip), vni=5001) for ip in dialog("kept@mirror")]
     excluded = [vxlan(ethernet(ip), vni=5001) for ip in dialog("excluded@mirror", "10.9.0.1", "10.9.0.2")]
@@ -177,11 +188,13 @@ def test_the_address_filters_judge_a_tunnelled_dialog_by_its_inner_addresses(lab
                 *(gre(packet, 0x0800, key=9) for packet in packets[1:])]
     kept += in_fragmenting_gre(dialog("kept-underlay@mirror"), 1)
     excluded += in_fragmenting_gre(dialog("excluded-underlay@mirror", "10.9.0.1", "10.9.0.2"), 2)
+    # another host on the link sends a tunnel of its own: --mirror trusts only the mirror
+    spoofed = [from_source(vxlan(ethernet(ip), vni=5001), "192.0.2.9") for ip in dialog("spoofed@mirror")]
     pcap = tmp_path / "mirrored.pcap"
-    write_pcap(pcap, [frame for pair in zip(kept, excluded, strict=True) for frame in pair])
+    write_pcap(pcap, [frame for pair in zip(kept, excluded, strict=True) for frame in pair] + spoofed)
     out = tmp_path / "sip.jsonl"
     agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
-                        ["--mode", mode, "--exclude", "10.9.0.0/24"])
+                        ["--mode", mode, "--exclude", "10.9.0.0/24", "--mirror", "192.0.2.1/32"])
     try:
         tcpreplay(lab, pcap, PPS)
         time.sleep(1.5)
@@ -189,3 +202,5 @@ def test_the_address_filters_judge_a_tunnelled_dialog_by_its_inner_addresses(lab
         assert agent.stop(signal.SIGTERM) == 0, agent.output()
     call_ids = Counter(r["call_id"] for r in read_records(out) if r["kind"] == "sip")
     assert call_ids == {"kept@mirror": len(DIALOG), "kept-underlay@mirror": len(DIALOG)}, call_ids
+    untrusted = final_stats(agent)["ingress_decap_untrusted" if mode == "xdp" else "afpacket_decap_untrusted"]
+    assert untrusted == len(DIALOG)

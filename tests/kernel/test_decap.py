@@ -20,6 +20,7 @@ from tests.support.tunnels import (
     TEB,
     erspan2,
     erspan3,
+    from_source,
     geneve,
     gre,
     inner_sip,
@@ -30,7 +31,7 @@ from tests.support.tunnels import (
 from userspace.classify import Networks, Rules, classify_frame
 from userspace.event import VERDICTS, Counter, Flag, Kind
 from userspace.frame import UDP, encapsulation, packet_at
-from userspace.tunnel import TunnelCode, TunnelKind, media_protocol
+from userspace.tunnel import TunnelCode, TunnelCounts, TunnelKind, Tunnels, media_protocol, mirror_ranges
 
 INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
 INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
@@ -221,6 +222,36 @@ def test_an_ip_tunnels_fragments_pass_the_address_filters_to_be_judged_whole(ker
             assert classify_frame(fragment, rules) is None
     finally:
         kernel.maps.remove_network("include", network)
+
+
+def test_tunnels_open_only_from_the_trusted_mirrors(kernel: KernelHarness, hook: Hook) -> None:
+    """--mirror 192.0.2.1/32: a tunnel from the mirror opens; the same from another host is
+    not opened (counted DECAP_UNTRUSTED, NO_MATCH for UDP, OTHER_L4 for GRE), nor one over
+    IPv6 (no IPv6 mirror set); Python's walk decides and counts alike."""
+    mirror = ipaddress.ip_network("192.0.2.1/32")
+    tunnels = Tunnels(mirrors=mirror_ranges([mirror]))
+    frames = {"vxlan": vxlan(inner_sip()), "gre": gre(INNER_V4, 0x0800)}
+    kernel.maps.add_network("mirrors", mirror)
+    try:
+        for name, frame in frames.items():
+            for source, untrusted in ((frame, False), (from_source(frame, "192.0.2.9"), True)):
+                result = run(kernel, source, hook)
+                counts = TunnelCounts()
+                built = classify_frame(source, Rules(frozenset({5060}), shards=SHARDS, tunnels=tunnels,
+                                                     counts=counts))
+                if untrusted:
+                    expected = Counter.NO_MATCH if name == "vxlan" else Counter.OTHER_L4
+                    assert verdict(result) == expected and result.moved[Counter.DECAP_UNTRUSTED] == 1
+                    assert built is None and counts.untrusted == 1
+                else:
+                    assert verdict(result) == Counter.MATCHED_SIP_PORT
+                    assert Counter.DECAP_UNTRUSTED not in result.moved
+                    assert built is not None and counts.untrusted == 0
+        over_ipv6 = run(kernel, gre(inner_sip(), TEB, v6=True), hook)
+        assert verdict(over_ipv6) == Counter.OTHER_L4 and over_ipv6.moved[Counter.DECAP_UNTRUSTED] == 1
+    finally:
+        kernel.maps.remove_network("mirrors", mirror)
+    assert verdict(run(kernel, from_source(frames["gre"], "192.0.2.9"), hook)) == Counter.MATCHED_SIP_PORT
 
 
 def test_media_learned_inside_a_tunnel_is_matched_inside_that_kind_only(kernel: KernelHarness,

@@ -94,3 +94,8 @@ def underlay_fragments(frame: bytes, at: int = 96, ident: int = 4242) -> list[by
                      ethertype=V6, macs=macs),
             ethernet(ipv6(ipv6_fragment(proto, at, False, ident) + l4[at:], proto=FRAGMENT, src=src, dst=dst),
                      ethertype=V6, macs=macs)]
+
+
+def from_source(frame: bytes, src: str) -> bytes:
+    """A tunnel frame (outer IPv4, checksums zero) sent by another host than the mirror."""
+    return frame[:26] + socket.inet_aton(src) + frame[30:]
