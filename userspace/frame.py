@@ -144,7 +144,9 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[
         return None
     if layout.proto == UDP and not layout.flags & _FRAGMENT:
         kind = udp_tunnel(layout.dport, tunnels)
-        if kind is not None and not _ours(layout, sip_ports, media) and _trusted(layout.src, tunnels, counts):
+        if kind is not None and not _ours(layout, sip_ports, media):
+            if not _trusted(layout.src, tunnels, counts):
+                return None  # the kernel's verdict: no match, before any signature test
             encap = open_udp(frame, layout.payload, kind, layout.src, layout.dst, counts)
             return _walk_inner(frame, encap, tunnels, counts)
     return layout
@@ -386,8 +388,6 @@ def tunnel_frame(datagram: Datagram, tunnels: Tunnels, sip_ports: frozenset[int]
         if sport in sip_ports or dport in sip_ports or udp_tunnel(dport, tunnels) is None:
             return None
     elif first not in _IP_TUNNELS or not ip_tunnel(first, tunnels):
-        return None
-    if not tunnels.trusted(datagram.src):
         return None
     if datagram.version == 4:
         length = min(IPV4_MIN_HEADER_LEN + len(payload), 0xFFFF)

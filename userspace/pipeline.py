@@ -66,6 +66,7 @@ class PipelineStats:
     handed_in: int = 0    # messages another worker framed for a Call-ID this one owns
     tunnels_reassembled: int = 0  # tunnels carried in fragmented datagrams, opened once whole
     tunnels_filtered: int = 0     # of them, inner addresses the address filters keep out
+    tunnels_untrusted: int = 0    # tunnels in fragments from a source outside the trusted mirrors
     # SIP messages by method (known ones, else "other") or status class ("2xx"):
     # bounded, so hostile methods cannot grow it (or a metric's label set).
     sip_messages: dict[str, int] = field(default_factory=dict)
@@ -275,6 +276,9 @@ class Pipeline:
             if not tunnel:  # one level: a tunnel inside a tunnel is not opened
                 sip_ports = frozenset() if self.opened_rules is None else self.opened_rules.sip_ports
                 whole = tunnel_frame(datagram, self._tunnels, sip_ports, event.frame[:event.l3_offset])
+                if whole is not None and not self._tunnels.trusted(datagram.src):
+                    self.stats.tunnels_untrusted += 1  # as the kernel's DECAP_UNTRUSTED: not opened
+                    return None, 0
                 layout = None if whole is None else walk(whole, self._tunnels)
                 if whole is not None and layout is not None and layout.encap is not None:
                     return self._opened(event, whole, layout), datagram.fragments

@@ -72,6 +72,11 @@ def media_protocol(proto: int, tunnel: int) -> int:
     return proto | tunnel << MEDIA_TUNNEL_SHIFT
 
 
+# One prefix length of the trusted mirrors: (address size, prefix length, the prefixes'
+# leading bits as integers). A /0 keeps the empty prefix, 0, which every address has.
+MirrorPrefixes = tuple[int, int, frozenset[int]]
+
+
 @dataclass(frozen=True, slots=True)
 class Tunnels:
     """What is opened: the kinds on, and the UDP ports of VXLAN and Geneve."""
@@ -79,9 +84,9 @@ class Tunnels:
     kinds: frozenset[TunnelKind] = ALL_KINDS
     vxlan_ports: frozenset[int] = frozenset((VXLAN_PORT,))
     geneve_ports: frozenset[int] = frozenset((GENEVE_PORT,))
-    # The sources tunnels are opened from, as (address size, first, last) integer ranges
-    # (mirror_ranges); empty: any source. As the kernel's mirrors_v4 / mirrors_v6.
-    mirrors: tuple[tuple[int, int, int], ...] = ()
+    # The sources tunnels are opened from, by prefix length (mirror_ranges); empty: any
+    # source. As the kernel's mirrors_v4 / mirrors_v6 tries.
+    mirrors: tuple[MirrorPrefixes, ...] = ()
 
     @property
     def ports(self) -> frozenset[int]:
@@ -89,21 +94,27 @@ class Tunnels:
         return self.vxlan_ports | self.geneve_ports
 
     def trusted(self, src: bytes) -> bool:
-        """Whether a tunnel from this outer source (raw address) is opened."""
+        """Whether a tunnel from this outer source (raw address) is opened: one set
+        lookup per prefix length in use, whatever the number of mirrors."""
         if not self.mirrors:
             return True
         size, address = len(src), int.from_bytes(src, "big")
-        return any(size == s and first <= address <= last for s, first, last in self.mirrors)
+        bits = 8 * size
+        return any(s == size and address >> (bits - length) in prefixes
+                   for s, length, prefixes in self.mirrors)
 
 
-def mirror_ranges(networks: Iterable[object]) -> tuple[tuple[int, int, int], ...]:
-    """Networks (ipaddress ones, or what ipaddress.ip_network takes) as Tunnels.mirrors."""
-    found = []
+def mirror_ranges(networks: Iterable[object]) -> tuple[MirrorPrefixes, ...]:
+    """Networks (ipaddress ones, or what ipaddress.ip_network takes) as Tunnels.mirrors,
+    grouped by address size and prefix length, longest first."""
+    by_length: dict[tuple[int, int], set[int]] = {}
     for given in networks:
-        network = ipaddress.ip_network(str(given))
-        first = network.network_address
-        found.append((len(first.packed), int(first), int(network.broadcast_address)))
-    return tuple(found)
+        network = ipaddress.ip_network(str(given), strict=False)
+        size, length = len(network.network_address.packed), network.prefixlen
+        by_length.setdefault((size, length), set()).add(
+            int(network.network_address) >> (8 * size - length))
+    return tuple((size, length, frozenset(prefixes))
+                 for (size, length), prefixes in sorted(by_length.items(), key=lambda item: -item[0][1]))
 
 
 @dataclass(frozen=True, slots=True)

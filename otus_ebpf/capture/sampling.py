@@ -191,7 +191,7 @@ class StatsLine:
             r = self.reassembly
             parts.append(f"fragments={r.fragments} reassembled={r.datagrams} "
                          f"fragment_drops={fragment_drops(r)} tunnels_reassembled={p.tunnels_reassembled} "
-                         f"tunnels_filtered={p.tunnels_filtered}")
+                         f"tunnels_filtered={p.tunnels_filtered} tunnels_untrusted={p.tunnels_untrusted}")
         if self.kafka is not None:
             kafka = self.kafka
             parts.append(f"kafka produced={kafka.produced} delivered={kafka.delivered} "

@@ -35,6 +35,10 @@ MAX_DROP_METHODS = abi.MAX_DROP_METHODS
 DEFAULT_DEDUP_WINDOW_MS = 50
 MAX_DEDUP_WINDOW_MS = 10_000
 PAGE_SIZE = resource.getpagesize()
+# Networks the kernel's LPM tries hold per address family (bpf/otus.c): include and
+# exclude each, and the trusted mirrors.
+MAX_NETWORKS = 4096
+MAX_MIRRORS = 1024
 
 
 class MediaMode(Enum):
@@ -120,6 +124,12 @@ class KernelSettings:
         problem = drop_list_problem(self.drop_methods)
         if problem:
             raise SetupError(f"drop methods: {problem}")
+        for name, networks, most in (("include", self.include, MAX_NETWORKS),
+                                     ("exclude", self.exclude, MAX_NETWORKS),
+                                     ("mirrors", self.mirrors, MAX_MIRRORS)):
+            for version in (4, 6):
+                if (held := sum(1 for n in networks if n.version == version)) > most:
+                    raise SetupError(f"{name}: {held} IPv{version} networks, the kernel holds at most {most}")
         if not 1 <= self.dedup_window_ms <= MAX_DEDUP_WINDOW_MS:
             raise SetupError(f"dedup window {self.dedup_window_ms} ms is outside 1..{MAX_DEDUP_WINDOW_MS}")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from otus_ebpf.kernel.abi import PortBit
-from tests.kernel.conftest import SHARDS
+from tests.kernel.conftest import MEDIA_SNAPLEN, SHARDS
 from tests.support.frames import V6, ethernet, ipv4, ipv6, udp
 from tests.support.kernel import Hook, KernelHarness, Run
 from tests.support.sip_samples import INVITE
@@ -249,7 +249,16 @@ def test_tunnels_open_only_from_the_trusted_mirrors(kernel: KernelHarness, hook:
                     assert built is not None and counts.untrusted == 0
         over_ipv6 = run(kernel, gre(inner_sip(), TEB, v6=True), hook)
         assert verdict(over_ipv6) == Counter.OTHER_L4 and over_ipv6.moved[Counter.DECAP_UNTRUSTED] == 1
+        # with --signature, SIP-looking bytes in a refused VXLAN datagram are still no match
+        kernel.maps.configure(signature=True, sip_snaplen=2048, media_snaplen=MEDIA_SNAPLEN,
+                              media_packets=True)
+        spoofed = from_source(vxlan(inner_sip()), "192.0.2.9")
+        by_signature = run(kernel, spoofed, hook)
+        assert verdict(by_signature) == Counter.NO_MATCH, "the tunnel port decides before the signature"
+        assert classify_frame(spoofed, Rules(frozenset({5060}), True, shards=SHARDS, tunnels=tunnels)) is None
     finally:
+        kernel.maps.configure(signature=False, sip_snaplen=2048, media_snaplen=MEDIA_SNAPLEN,
+                              media_packets=True)  # as the module's harness set it
         kernel.maps.remove_network("mirrors", mirror)
     assert verdict(run(kernel, from_source(frames["gre"], "192.0.2.9"), hook)) == Counter.MATCHED_SIP_PORT
 

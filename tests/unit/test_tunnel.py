@@ -6,12 +6,15 @@ with its ``encap``, its fragments reassembled per tunnel."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otus_ebpf.errors import SetupError
+from otus_ebpf.kernel.settings import KernelSettings
 from tests.support.frames import TCP, V6, ethernet, ipv4, ipv6, raw, tcp, udp
 from tests.support.sip_samples import INVITE, OK_200
 from tests.support.tunnels import (
@@ -20,6 +23,7 @@ from tests.support.tunnels import (
     TEB,
     erspan2,
     erspan3,
+    from_source,
     geneve,
     gre,
     inner_sip,
@@ -34,7 +38,7 @@ from userspace.frame import UDP, Packet, encapsulation, packet_at, walk
 from userspace.pipeline import Pipeline
 from userspace.records import Record, RtcpRecord, SipRecord, StreamReport
 from userspace.sip import parse_message
-from userspace.tunnel import Encap, TunnelCode, TunnelKind, Tunnels, media_protocol
+from userspace.tunnel import Encap, TunnelCode, TunnelKind, Tunnels, media_protocol, mirror_ranges
 
 INNER_V4 = ipv4(udp(INVITE, 5070, 5060), src="10.1.0.1", dst="10.1.0.2")
 INNER_V6 = ipv6(udp(INVITE, 5070, 5060), src="fd00::a", dst="fd00::b")
@@ -311,3 +315,45 @@ def test_any_bytes_behind_a_tunnel_header_are_a_layout_or_nothing(kind: str, bod
             continue
         with contextlib.suppress(DecodeError):
             packet_at(cut, layout.l3, layout.l4, layout.flags, layout.proto)
+
+
+def test_a_fragmented_tunnel_from_a_source_outside_the_mirrors_is_counted_not_opened() -> None:
+    """Fragments go up unopened (the kernel cannot judge them); once whole, a tunnel whose
+    outer source is no trusted mirror is counted and dropped, never decoded as SIP."""
+    tunnels = Tunnels(mirrors=mirror_ranges(["192.0.2.1/32"]))
+    pipeline = Pipeline({0: "mirror0"}, 0, tunnels=tunnels)
+    rules = Rules(frozenset({5060}), tunnels=tunnels)
+    frames = [*underlay_fragments(from_source(vxlan(inner_sip()), "192.0.2.9"), ident=1),
+              *underlay_fragments(from_source(gre(INNER_V4, 0x0800), "192.0.2.9"), ident=2),
+              *underlay_fragments(vxlan(inner_sip()), ident=3)]  # from the mirror: opened
+    events = [classify_frame(frame, rules) for frame in frames]
+    records = pipeline.process([e for e in events if e is not None])
+    stats = pipeline.stats
+    assert [r.encap is not None for r in records if isinstance(r, SipRecord)] == [True]
+    assert stats.tunnels_untrusted == 2 and stats.tunnels_reassembled == 1
+    assert stats.sip_errors == stats.decode_errors == 0
+
+
+@pytest.mark.parametrize(("networks", "trusted", "refused"), [
+    (["192.0.2.0/24", "198.51.100.7/32"], ["192.0.2.200", "198.51.100.7"], ["198.51.100.8", "2001:db8::1"]),
+    (["0.0.0.0/0"], ["203.0.113.5", "10.0.0.1"], ["2001:db8::1"]),
+    (["2001:db8::/32", "192.0.2.1/32"], ["2001:db8:ffff::1", "192.0.2.1"], ["2001:db9::1", "192.0.2.2"]),
+    ([f"10.{n >> 8}.{n & 255}.0/24" for n in range(3000)], ["10.11.183.9"], ["10.12.0.1"]),
+])
+def test_trusted_mirrors_are_found_by_prefix(networks: list[str], trusted: list[str],
+                                             refused: list[str]) -> None:
+    """Host bits ignored (as the kernel's trie), any number of networks, each family its own."""
+    tunnels = Tunnels(mirrors=mirror_ranges(networks))
+    assert all(tunnels.trusted(raw(a)) for a in trusted)
+    assert not any(tunnels.trusted(raw(a)) for a in refused)
+    assert len(tunnels.mirrors) <= 2, "one set per prefix length, not one entry per network"
+
+
+@pytest.mark.parametrize(("setting", "count", "most"), [("mirrors", 1025, 1024), ("exclude", 4097, 4096)])
+def test_more_networks_than_the_kernel_holds_is_refused_at_start(setting: str, count: int, most: int) -> None:
+    """The same limit whatever the capture mode, said before anything loads."""
+    networks = tuple(ipaddress.ip_network(f"10.{n >> 8 & 255}.{n & 255}.0/24") for n in range(count))
+    said = rf"{setting}: {count} IPv4 networks, the kernel holds at most {most}"
+    with pytest.raises(SetupError, match=said):
+        KernelSettings(**{setting: networks}).validate()  # type: ignore[arg-type]
+    KernelSettings(**{setting: networks[:most]}).validate()  # type: ignore[arg-type]
