@@ -55,6 +55,11 @@ _START_LINE = re.compile(
 _KNOWN_START = re.compile(
     rb"(?:SIP/2\.0 [1-6]\d\d|(?:INVITE|ACK|BYE|CANCEL|OPTIONS|REGISTER|PRACK|SUBSCRIBE|NOTIFY|PUBLISH"
     rb"|INFO|REFER|MESSAGE|UPDATE) )")
+# A start line right where a message should begin (the stream's first byte, or the end of
+# the message before): anything else there is not SIP (TLS on a SIP port, say) and is
+# skipped to the next start line, never framed by a blank line it happens to hold.
+_START_LINE_HERE = re.compile(
+    rb"(?:SIP/2\.0 [1-6]\d\d[^\r\n]*|[A-Za-z0-9\-.!%*_+`'~]+ \S+ SIP/2\.0)\r?\n")
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d{1,7})[ \t]*\r?$", re.I | re.M)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # Longest start line worth keeping while searching for one in garbage.
@@ -162,7 +167,8 @@ class _Framer:
     """Bytes in order → whole SIP messages, incrementally: each search resumes
     where the last one stopped, and a message's size is worked out once."""
 
-    __slots__ = ("_header_scan", "_size", "_start_scan", "buffer", "cut", "mid_line", "resync", "stats")
+    __slots__ = ("_begun", "_header_scan", "_line_scan", "_size", "_start_scan", "buffer", "cut", "mid_line",
+                 "resync", "stats")
 
     def __init__(self, stats: TcpStats, resync: bool = False) -> None:
         self.buffer = bytearray()
@@ -173,6 +179,8 @@ class _Framer:
         self._header_scan = 0     # where the search for the end of the headers resumes
         self._start_scan = 0      # where the search for a start line resumes
         self._size: int | None = None  # the size of the message at the front, once known
+        self._line_scan = 0       # where the search for the end of its start line resumes
+        self._begun = -1          # where a start line is known to begin
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -206,6 +214,12 @@ class _Framer:
                     start += 2
                     stats.keepalives += 1
                     continue
+                begins = self._begins_message(start)
+                if begins is None:
+                    break
+                if not begins:
+                    self.resync = True  # not SIP here: on to the next start line
+                    continue
                 size = self._measure(start, max_message)
                 if size is None:
                     break
@@ -223,7 +237,23 @@ class _Framer:
             del buffer[:start]
             self._header_scan = max(0, self._header_scan - start)
             self._start_scan = max(0, self._start_scan - start)
+            self._line_scan = max(0, self._line_scan - start)
+            self._begun = self._begun - start if self._begun >= start else -1
         return messages
+
+    def _begins_message(self, start: int) -> bool | None:
+        """Whether a start line begins at ``start``; None while its line is not all in.
+        Incremental, as the other searches: a line arriving a byte at a time is read once."""
+        if self._begun == start:
+            return True
+        buffer = self.buffer
+        if buffer.find(b"\n", max(start, self._line_scan), start + MAX_START_LINE) < 0:
+            self._line_scan = len(buffer)
+            return None if len(buffer) - start < MAX_START_LINE else False
+        if _START_LINE_HERE.match(buffer, start) is None:
+            return False
+        self._begun = start
+        return True
 
     def _measure(self, start: int, max_message: int) -> int | None:
         """The size of the message at ``start``: None while its headers are not all

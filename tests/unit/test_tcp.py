@@ -318,3 +318,26 @@ def test_past_the_window_the_earliest_hole_is_given_up_and_counted() -> None:
     assert streams.stats.window_overflows >= 1 and streams.stats.gaps >= 1
     assert streams.stats.messages + streams.stats.lost_messages == len(messages)
     assert streams.buffered_bytes == 0
+
+
+def test_a_stream_that_does_not_begin_with_sip_is_skipped_not_framed_by_its_blank_lines() -> None:
+    """TLS on a SIP port (5061 is one by default): the stream's first bytes are no start
+    line, and a blank line inside them must not frame a 'message' without Content-Length
+    (a SIP error per connection, found live); skipped to the first start line instead."""
+    streams = TcpStreams()
+    key = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 5061, b"")
+    record = b"\x16\x03\x03\x00z\x02\x00\x00v\x03\x03\xc9<\x13\n\n\xea" + bytes(range(256)) + b"\r\n\r\n"
+    sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 0\r\n\r\n"
+    assert streams.feed(key, 99, SYN, b"", 0) == []
+    assert streams.feed(key, 100, 0, record, 1) == []
+    assert streams.feed(key, 100 + len(record), 0, sip, 2) == [sip]
+    assert streams.stats.missing_content_length == 0 and streams.stats.skipped_bytes == len(record)
+
+
+def test_a_start_line_arriving_a_byte_at_a_time_is_still_framed() -> None:
+    streams = TcpStreams()
+    key = (b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 5060, b"")
+    sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 2\r\n\r\nhi"
+    streams.feed(key, 0, SYN, b"", 0)
+    out = [m for i in range(len(sip)) for m in streams.feed(key, 1 + i, 0, sip[i:i + 1], i)]
+    assert out == [sip] and streams.stats.skipped_bytes == 0
