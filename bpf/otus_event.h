@@ -24,6 +24,10 @@
 /* never from the kernel: a SIP message one worker framed (TCP, fragments)
  * and handed to the worker that owns its Call-ID (userspace.sharding) */
 #define OTUS_KIND_HANDOFF 5
+/* plaintext a local process wrote to or read from its TLS library (bpf/otus_tls.c):
+ * the record's bytes are a struct otus_tls, then the plaintext; payload_offset
+ * is where the plaintext starts, orig_len how much the call moved */
+#define OTUS_KIND_TLS 6
 
 /* enum otus_flag: bits of otus_event.flags */
 #define OTUS_FLAG_FRAGMENT 1
@@ -126,6 +130,8 @@ struct otus_counters {
 /* tunnels are opened only from sources in mirrors_v4 / mirrors_v6 */
 #define OTUS_CFG_MIRRORS_V4 16384
 #define OTUS_CFG_MIRRORS_V6 32768
+/* TLS plaintext only from processes whose comm is in "tls_comms" (bpf/otus_tls.c) */
+#define OTUS_CFG_TLS_COMMS 65536
 
 /* bits of a "sip_ports" value: what a UDP port is for */
 #define OTUS_PORT_SIP 1
@@ -286,6 +292,55 @@ struct otus_lpm_v4 {
 struct otus_lpm_v6 {
 	__u32 prefixlen;
 	__u8 addr[16];
+};
+
+/* TLS plaintext (bpf/otus_tls.c, compiled with OTUS_TLS): after the struct
+ * otus_event of kind OTUS_KIND_TLS. One per TLS library call that moved data
+ * on a connection to or from a TLS SIP port ("tls_ports"). Addresses are the
+ * connection's as its socket holds them (an IPv6 socket's IPv4 peer is
+ * IPv4-mapped); src is the sender's: the process for OTUS_DIR_EGRESS (a write),
+ * the peer for OTUS_DIR_INGRESS (a read). */
+struct otus_tls {
+	__u64 offset;         /* bytes this process moved that way on the connection before */
+	__u32 pid;            /* the process (tgid) */
+	__u32 tid;
+	__u8 comm[16];
+	__u8 saddr[16];       /* raw; IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;          /* 4 or 6 */
+	__u8 call;            /* OTUS_TLS_CALL_* */
+	__u8 pad[2];
+};
+
+/* enum otus_tls_call: the library function that moved the bytes */
+#define OTUS_TLS_CALL_WRITE 1
+#define OTUS_TLS_CALL_READ 2
+#define OTUS_TLS_CALL_WRITE_EX 3
+#define OTUS_TLS_CALL_READ_EX 4
+
+/* Plaintext bytes copied from one call at most: a TLS record's (RFC 8446 §5.1) */
+#define OTUS_TLS_DATA 16384
+
+/* enum otus_tls_counter: the index into otus_tls_counters.counts:
+ * CALLS: library calls that moved plaintext; SUBMITTED: chunks sent up;
+ * SUBMIT_FAILED: a full ring, the chunk lost (a gap in its stream); CUT: more
+ * than OTUS_TLS_DATA in one call, the rest not copied; READ_FAILED: the
+ * process's buffer could not be read; UNPAIRED: no TCP connection known for
+ * the session yet; OTHER_PORT: a connection on no TLS SIP port, not sent up */
+#define OTUS_TLS_CTR_CALLS 0
+#define OTUS_TLS_CTR_SUBMITTED 1
+#define OTUS_TLS_CTR_SUBMIT_FAILED 2
+#define OTUS_TLS_CTR_CUT 3
+#define OTUS_TLS_CTR_READ_FAILED 4
+#define OTUS_TLS_CTR_UNPAIRED 5
+#define OTUS_TLS_CTR_OTHER_PORT 6
+#define OTUS_TLS_CTR_MAX 7
+
+/* The per-CPU "tls_counters" array's single entry. */
+struct otus_tls_counters {
+	__u64 counts[7];      /* by OTUS_TLS_CTR_* */
 };
 
 #endif /* OTUS_EVENT_H */

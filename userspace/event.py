@@ -25,6 +25,7 @@ class Kind(IntEnum):
     RTCP = 3
     FRAGMENT = 4
     HANDOFF = 5  # user space only: a framed SIP message for its Call-ID's owner
+    TLS = 6  # plaintext read at a local process's TLS library (userspace.tls)
 
 
 class Flag(IntFlag):

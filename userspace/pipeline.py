@@ -42,13 +42,17 @@ from userspace.records import Frame, Origin, Record, RtcpRecord, SipRecord, Stre
 from userspace.rtcp import is_rtcp
 from userspace.sharding import HandOff, decode_handoff, handoff_record, owner_of
 from userspace.sip import looks_like_sip, parse_message
-from userspace.tcp import TcpLimits, TcpStreams
+from userspace.tcp import SEQ_MOD, SYN, TcpLimits, TcpStreams
+from userspace.tls import TLS, WSS, Process, decode_chunk
 from userspace.tunnel import Encap, Tunnels
+from userspace.websocket import WS
 
 _MEDIA_KINDS = frozenset((Kind.RTP, Kind.RTCP))
 # Flags and kinds as plain ints: ``int & IntFlag`` builds an enum object per event (~2 µs compiled).
 _INNER, _STREAM, _OWNED, _FRAGMENT = int(Flag.INNER), int(Flag.STREAM), int(Flag.OWNED), int(Flag.FRAGMENT)
 _SIP_KIND, _FRAGMENT_KIND, _RTP_KIND = int(Kind.SIP), int(Kind.FRAGMENT), int(Kind.RTP)
+_TLS_KIND = int(Kind.TLS)
+TLS_INTERFACE = "tls"  # the interface of records read as TLS plaintext (they come from no interface)
 
 
 @dataclass(slots=True)
@@ -67,6 +71,7 @@ class PipelineStats:
     tunnels_reassembled: int = 0  # tunnels carried in fragmented datagrams, opened once whole
     tunnels_filtered: int = 0     # of them, inner addresses the address filters keep out
     tunnels_untrusted: int = 0    # tunnels in fragments from a source outside the trusted mirrors
+    tls_chunks: int = 0           # TLS plaintext chunks (userspace.tls), framed as SIP over TCP is
     # SIP messages by method (known ones, else "other") or status class ("2xx"):
     # bounded, so hostile methods cannot grow it (or a metric's label set).
     sip_messages: dict[str, int] = field(default_factory=dict)
@@ -145,6 +150,9 @@ class Pipeline:
         stats = self.stats
         if event.kind == Kind.HANDOFF:  # a message, not a frame: its frames stay where it was framed
             self._handed_in(event.frame, records)
+            return
+        if event.kind == _TLS_KIND:  # plaintext, not a frame: never in a pcap output
+            self._tls(event, records)
             return
         frame = None
         if self.keep_frames:
@@ -374,6 +382,34 @@ class Pipeline:
         self._sip(event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
                   packet.dst, packet.dport, fragments, event.shard, vlans, data, records, encap)
 
+    def _tls(self, event: Event, records: list[Record]) -> None:
+        """A chunk of TLS plaintext: its direction's stream, at its offset (a lost chunk is a
+        gap there), framed as SIP over TCP or over WebSocket; records say tls or wss."""
+        try:
+            chunk = decode_chunk(event.frame, event.payload_offset, event.orig_len)
+        except DecodeError:
+            self.stats.event_errors += 1
+            return
+        self.stats.tls_chunks += 1
+        seq, flags = chunk.offset % SEQ_MOD, 0
+        if chunk.offset == 0:  # the connection's first byte: framed from it, as after a SYN
+            seq, flags = SEQ_MOD - 1, SYN
+        tcp = self.tcp
+        key = (chunk.src, chunk.sport, chunk.dst, chunk.dport, chunk.stream_tag)
+        for message in tcp.feed(key, seq, flags, chunk.data, event.ts_ns):
+            transport = WSS if tcp.framed_transport == WS else TLS
+            route = self._route
+            if route is not None:  # chunks go to a shard by connection, never by Call-ID
+                owner = owner_of(message, route[1])
+                if owner is not None and owner != route[0]:
+                    self._handoffs.append((owner, handoff_record(HandOff(
+                        event.ts_ns, 0, event.direction, transport, chunk.src, chunk.sport, chunk.dst,
+                        chunk.dport, 1, (), message, None, chunk.process))))
+                    self.stats.handed_off += 1
+                    continue
+            self._sip(event.ts_ns, 0, event.direction, transport, chunk.src, chunk.sport, chunk.dst,
+                      chunk.dport, 1, event.shard, (), message, records, None, chunk.process)
+
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
             h = decode_handoff(raw)
@@ -383,11 +419,11 @@ class Pipeline:
         self.stats.handed_in += 1
         shard = self._route[0] if self._route is not None else 0
         self._sip(h.ts_ns, h.ifindex, h.direction, h.transport, h.src, h.sport, h.dst, h.dport, h.fragments,
-                  shard, h.vlans, h.message, records, h.encap)
+                  shard, h.vlans, h.message, records, h.encap, h.process)
 
     def _sip(self, ts_ns: int, ifindex: int, direction: int, transport: int, src: bytes, sport: int,
              dst: bytes, dport: int, fragments: int, shard: int, vlans: tuple[int, ...], data: bytes,
-             records: list[Record], encap: Encap | None = None) -> None:
+             records: list[Record], encap: Encap | None = None, process: Process | None = None) -> None:
         try:
             message = parse_message(data)
         except DecodeError:
@@ -399,9 +435,9 @@ class Pipeline:
         by_kind[kind] = by_kind.get(kind, 0) + 1
         if message.defects:
             self.stats.sip_defects += 1
-        record = SipRecord(ts_ns + self._clock_offset_ns, self._interface_names.get(ifindex, str(ifindex)),
-                           direction, transport, src, sport, dst, dport, message, fragments, shard, vlans,
-                           encap)
+        interface = TLS_INTERFACE if process is not None else self._interface_names.get(ifindex, str(ifindex))
+        record = SipRecord(ts_ns + self._clock_offset_ns, interface, direction, transport, src, sport, dst,
+                           dport, message, fragments, shard, vlans, encap, process)
         records.append(record)
         try:
             flows, summaries = self.calls.observe(record, ts_ns, shard)

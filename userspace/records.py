@@ -17,11 +17,12 @@ import orjson
 from userspace.event import Direction
 from userspace.frame import FlowKey, IPProto, address_text
 from userspace.sip import SipMessage
+from userspace.tls import TLS, WSS, Process
 from userspace.tunnel import Encap
 from userspace.websocket import WS
 
 RECORD_SCHEMA_VERSION = 2
-_TRANSPORT_NAMES: dict[int, str] = {IPProto.UDP: "udp", IPProto.TCP: "tcp", WS: "ws"}
+_TRANSPORT_NAMES: dict[int, str] = {IPProto.UDP: "udp", IPProto.TCP: "tcp", WS: "ws", TLS: "tls", WSS: "wss"}
 _DIRECTION_NAMES: dict[int, str] = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
 
@@ -45,7 +46,7 @@ class SipRecord:
     ts_ns: int  # wall clock, nanoseconds since the epoch
     interface: str
     direction: int  # a Direction
-    transport: int  # an IPProto, or WS (SIP over WebSocket, userspace.websocket)
+    transport: int  # an IPProto, WS (SIP over WebSocket), or TLS / WSS (read in TLS: userspace.tls)
     src: bytes  # raw addresses, printed when the record is encoded
     sport: int
     dst: bytes
@@ -55,6 +56,7 @@ class SipRecord:
     shard: int = 0  # the ring it came from: the worker that owns its dialog (not serialised)
     vlans: tuple[int, ...] = ()  # 802.1Q ids in the frame, outer first
     encap: Encap | None = None   # the tunnel it came in (one level), None for none
+    process: Process | None = None  # read as TLS plaintext at this local process (userspace.tls)
     labels: dict[str, str] | None = None  # set by the label processor (userspace.processors)
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # its JSON, once (encode_json)
     kind: ClassVar[str] = "sip"
@@ -78,6 +80,7 @@ class SipRecord:
             "interface": self.interface,
             "vlan": list(self.vlans),
             "encap": None if self.encap is None else _encap_fields(self.encap),
+            "process": None if self.process is None else {"pid": self.process.pid, "comm": self.process.comm},
             "direction": _DIRECTION_NAMES[self.direction],
             "transport": _TRANSPORT_NAMES[self.transport],
             "src": address_text(self.src),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from userspace.errors import Malformed, Truncated
 from userspace.event import EVENT_HEADER, Direction, Kind
 from userspace.frame import IPProto
+from userspace.tls import TLS, WSS, Process
 from userspace.tunnel import CODES, Encap
 from userspace.websocket import WS
 
@@ -101,11 +102,13 @@ class HandOff:
     vlans: tuple[int, ...]
     message: bytes
     encap: Encap | None = None  # the tunnel it came in
+    process: Process | None = None  # the local process it was read at, as TLS plaintext
 
 
 # ts, ifindex, direction, transport, ports, fragments, address and VLAN counts; then
-# the tunnel: its TunnelCode (0: none), whether it has an id, the id, its outer address size
-_HANDOFF = struct.Struct("=QIBBHHHBBBBBIB")
+# the tunnel: its TunnelCode (0: none), whether it has an id, the id, its outer address size;
+# then the process (TLS): its pid (0: none) and the length of its name
+_HANDOFF = struct.Struct("=QIBBHHHBBBBBIBIB")
 _KINDS = {int(code): kind for kind, code in CODES.items()}
 
 
@@ -117,9 +120,11 @@ def encode_handoff(h: HandOff) -> bytes:
     else:
         tunnel = (encap.code, encap.id is not None, encap.id or 0, len(encap.src))
         outer = encap.src + encap.dst
+    comm = b"" if h.process is None else h.process.comm.encode()[:_MAX_COMM]
+    pid = 0 if h.process is None else h.process.pid
     return _HANDOFF.pack(h.ts_ns, h.ifindex, h.direction, h.transport, h.sport, h.dport,
-                         min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans), *tunnel) \
-        + src + dst + vlans + outer + h.message
+                         min(h.fragments, 0xFFFF), len(src), len(dst), len(h.vlans), *tunnel, pid,
+                         len(comm)) + src + dst + vlans + outer + comm + h.message
 
 
 def handoff_record(h: HandOff) -> bytes:
@@ -134,10 +139,12 @@ def decode_handoff(raw: bytes) -> HandOff:
     if len(raw) < _HANDOFF.size:
         raise Truncated("handoff", 0, f"{len(raw)} bytes")
     ts_ns, ifindex, direction, transport, sport, dport, fragments, n_src, n_dst, n_vlans, \
-        tunnel, has_id, tunnel_id, n_outer = _HANDOFF.unpack_from(raw)
+        tunnel, has_id, tunnel_id, n_outer, pid, n_comm = _HANDOFF.unpack_from(raw)
     at = _HANDOFF.size
-    if len(raw) < at + n_src + n_dst + 2 * n_vlans + 2 * n_outer:
+    if len(raw) < at + n_src + n_dst + 2 * n_vlans + 2 * n_outer + n_comm:
         raise Truncated("handoff", at, "addresses")
+    if n_comm > _MAX_COMM or (n_comm and not pid):
+        raise Malformed("handoff", 28, f"process {pid} with a name of {n_comm} bytes")
     if n_src not in _ADDRESS_SIZES or n_dst != n_src:
         raise Malformed("handoff", 13, f"address sizes {n_src}, {n_dst}")
     if (tunnel not in _KINDS and (tunnel or n_outer)) or (tunnel and n_outer not in _ADDRESS_SIZES):
@@ -153,11 +160,16 @@ def decode_handoff(raw: bytes) -> HandOff:
         encap = Encap(_KINDS[tunnel], tunnel_id if has_id else None, raw[at:at + n_outer],
                       raw[at + n_outer:at + 2 * n_outer])
         at += 2 * n_outer
+    process = None
+    if pid:
+        process = Process(pid, raw[at:at + n_comm].decode("utf-8", "replace"))
+        at += n_comm
     if direction > Direction.EGRESS or transport not in _TRANSPORTS:
         raise Malformed("handoff", 12, f"direction {direction}, transport {transport}")
     return HandOff(ts_ns, ifindex, direction, transport, src, sport, dst, dport,
-                   fragments, vlans, raw[at:], encap)
+                   fragments, vlans, raw[at:], encap, process)
 
 
-_TRANSPORTS = frozenset((*IPProto, WS))
+_TRANSPORTS = frozenset((*IPProto, WS, TLS, WSS))
+_MAX_COMM = 16  # bytes of a process name: the kernel's comm (TASK_COMM_LEN)
 _ADDRESS_SIZES = (4, 16)

@@ -18,12 +18,13 @@ from otus_ebpf import logs
 from otus_ebpf.capture.afpacket import AfPacketCapture
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.attach import AttachMethod, XdpMode, attach_tc_egress, attach_xdp, refuse_foreign_xdp
-from otus_ebpf.kernel.counters import format_kernel_counts, read_kernel_counters, read_shard_failures
+from otus_ebpf.kernel.counters import program_counters, program_sections
 from otus_ebpf.kernel.flows import FlowStats, apply_each
 from otus_ebpf.kernel.loader import LoadedPrograms, import_bcc, load_programs
 from otus_ebpf.kernel.rings import open_reader
 from otus_ebpf.kernel.settings import KernelSettings
 from otus_ebpf.kernel.streams import KernelStreams
+from otus_ebpf.kernel.tls import attach_tls
 from userspace.boundary import Boundary
 from userspace.endpoints import FlowEvent
 from userspace.event import Captured, Kind
@@ -132,6 +133,8 @@ def attach_hooks(stack: contextlib.ExitStack, programs: LoadedPrograms, options:
         if options.direction.egress:
             how = attach_tc_egress(stack, programs.tc_fd, ifindex, name, options.method)
             hooks.append(f"{name} egress TC ({how})")
+    if options.kernel.tls is not None:
+        hooks.append(attach_tls(stack, programs, options.kernel.tls))
     return hooks
 
 
@@ -163,7 +166,7 @@ class _EbpfCapture:
                    stats, boundary)
 
     def stats_sections(self) -> list[str]:
-        return format_kernel_counts(read_kernel_counters(self._programs.bpf))
+        return program_sections(self._programs)
 
     def set_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         self._programs.maps.apply_filters(before, after)
@@ -172,10 +175,7 @@ class _EbpfCapture:
         self._programs.maps.set_paused(paused)
 
     def counters(self) -> dict[str, dict[str, int]]:
-        bpf = self._programs.bpf
-        kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
-        shards = read_shard_failures(bpf, self._programs.shards)
-        return {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+        return program_counters(self._programs)
 
 
 class _AfPacket:
@@ -235,6 +235,9 @@ class _AfPacket:
 def _open_afpacket(stack: contextlib.ExitStack, options: CaptureOptions, interfaces: dict[int, str],
                    clock_offset_ns: int, on_stop: OnStop) -> Capture:
     options.kernel.validate()
+    if options.kernel.tls is not None:
+        raise SetupError("--tls reads TLS plaintext with eBPF uprobes, which AF_PACKET capture has not: "
+                         "use --mode xdp (or auto on a kernel that loads the programs)")
     capture = AfPacketCapture(interfaces, options.kernel, options.direction.ingress,
                               options.direction.egress, clock_offset_ns)
     stack.callback(capture.close)

@@ -48,11 +48,7 @@ from otus_ebpf.capture.sampling import (
 )
 from otus_ebpf.capture.worker import STOP_GRACE_S, WorkerSpec, worker_main
 from otus_ebpf.errors import SetupError
-from otus_ebpf.kernel.counters import (
-    format_kernel_counts,
-    read_kernel_counters,
-    read_shard_failures,
-)
+from otus_ebpf.kernel.counters import program_counters, program_sections
 from otus_ebpf.kernel.flows import FlowMapWriter
 from otus_ebpf.kernel.loader import LoadedPrograms, load_programs
 from otus_ebpf.kernel.rings import Reader, open_reader
@@ -334,13 +330,10 @@ class Supervisor:
             self._joined.take(*payload)
 
     def stats_sections(self) -> list[str]:
-        return format_kernel_counts(read_kernel_counters(self._programs.bpf))
+        return program_sections(self._programs)
 
     def counters(self) -> dict[str, dict[str, int]]:
-        bpf = self._programs.bpf
-        kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
-        shards = read_shard_failures(bpf, self._programs.shards)
-        found = {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+        found = program_counters(self._programs)
         if self._reader is not None:
             found["dispatch"] = {"dropped": self.dispatch_dropped}
         found["handoff"] = {"forwarded": self._handoffs.forwarded, "dropped": self._handoffs.dropped}

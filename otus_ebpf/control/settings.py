@@ -43,12 +43,15 @@ from otus_ebpf.kernel.settings import (
     DEFAULT_RING_MB,
     DEFAULT_SIP_PORTS,
     DEFAULT_SNAPLEN,
+    DEFAULT_TLS_PORTS,
+    MAX_COMM,
     MAX_DEDUP_WINDOW_MS,
     MAX_DROP_METHODS,
     MAX_SNAPLEN,
     MIN_SNAPLEN,
     KernelSettings,
     MediaMode,
+    TlsSettings,
 )
 from otus_ebpf.logs import DEFAULT_LEVEL, LEVELS
 from otus_ebpf.options import AttachOptions, Dispatch, Strategy
@@ -79,6 +82,7 @@ class Group(Enum):
     FLEET = "fleet"
     CAPTURE = "capture"
     FILTERS = "filters"
+    TLS = "TLS plaintext"
     OUTPUTS = "outputs"
     KAFKA = "Kafka"
     HEP = "HEP"
@@ -300,6 +304,23 @@ SETTINGS: tuple[Setting, ...] = (
             "none: from any source, so any host that reaches the link can send a tunnel that is captured. "
             "A reload that changes them restarts the task", Group.FILTERS, "--mirror", repeatable=True,
             replay=True),
+    Setting("tls", "tls.enabled", Switch(), False,
+            "also capture SIP over TLS as plaintext, read where local processes hand it to OpenSSL 3 "
+            "(uprobes on SSL_read/SSL_write; no keys; docs/TLS.md); needs the eBPF programs",
+            Group.TLS, "--tls"),
+    Setting("tls_library", "tls.library", Text("path", "FILE"), None,
+            "the TLS library to probe", Group.TLS, "--tls-library",
+            shown_default="the system's libssl.so.3"),
+    Setting("tls_pids", "tls.pids", Whole(1, 4_194_304, metavar="PID"), (),
+            "probe only these processes (none: every process using the library)", Group.TLS, "--tls-pid",
+            repeatable=True),
+    Setting("tls_comms", "tls.comms", Text("name", "NAME"), (),
+            f"take plaintext only from processes of these names (their comm, at most {MAX_COMM} bytes, "
+            f"e.g. kamailio); none: every probed process", Group.TLS, "--tls-comm", repeatable=True),
+    Setting("tls_ports", "tls.ports", Whole(1, 65_535, metavar="PORT"), DEFAULT_TLS_PORTS,
+            "TCP ports of SIP over TLS: plaintext of connections to or from them goes up, the rest "
+            "(HTTPS and the like) is counted and never leaves the kernel", Group.TLS, "--tls-port",
+            repeatable=True),
     Setting("include", "filter.include", Networks(), (), "capture only traffic to or from these networks",
             Group.FILTERS, "--include", repeatable=True),
     Setting("exclude", "filter.exclude", Networks(), (), "never capture traffic to or from these networks",
@@ -516,6 +537,10 @@ def build_options(values: Mapping[str, Any], interfaces: tuple[str, ...], task: 
         drop_methods=tuple(dict.fromkeys(v["drop_methods"])), dedup=v["dedup"],
         dedup_window_ms=v["dedup_window_ms"], include=tuple(v["include"]), exclude=tuple(v["exclude"]),
         mirrors=tuple(v["mirrors"]),
+        tls=TlsSettings(library=v["tls_library"], pids=tuple(dict.fromkeys(v["tls_pids"])),
+                        comms=tuple(dict.fromkeys(v["tls_comms"])),
+                        ports=tuple(dict.fromkeys(v["tls_ports"])) or DEFAULT_TLS_PORTS)
+        if v["tls"] else None,
         snaplen=v["snaplen"], decap=frozenset(TunnelKind(word) for word in v["decap"] if word != "none"),
         vxlan_ports=tuple(dict.fromkeys(v["vxlan_ports"])) or (VXLAN_PORT,),
         media_snaplen=v["media_snaplen"], ring_mb=v["ring_mb"], media=v["media"], shards=v["workers"])

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from userspace import droplist
 from userspace.event import Counter, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, STREAM_FIELDS, STREAM_KEY_FIELDS, Clocks
+from userspace.tls import TLS_COUNTERS_FIELDS
 from userspace.tunnel import FLOW_TUNNEL_SHIFT
 
 
@@ -35,6 +36,7 @@ class ConfigFlag(IntFlag):
     DECAP_IPIP = 8192
     MIRRORS_V4 = 16384  # tunnels opened only from the sources in mirrors_v4 / mirrors_v6
     MIRRORS_V6 = 32768
+    TLS_COMMS = 65536   # TLS plaintext only from the processes named in tls_comms (bpf/otus_tls.c)
 
 
 # The config flag of each tunnel kind (userspace.tunnel.TunnelKind's values).
@@ -104,6 +106,7 @@ MAP_STRUCTS: dict[str, StructFields] = {
     "otus_lpm_v6": LPM_V6_FIELDS,
     "otus_stream_key": STREAM_KEY_FIELDS,
     "otus_stream": STREAM_FIELDS,
+    "otus_tls_counters": TLS_COUNTERS_FIELDS,
 }
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -11,8 +11,9 @@ from typing import Any
 
 from otus_ebpf.kernel.abi import COUNTERS_VALUE, MAX_SHARDS
 from otus_ebpf.kernel.bpfsys import map_lookup, possible_cpus
-from otus_ebpf.kernel.loader import COUNTERS_MAP
+from otus_ebpf.kernel.loader import COUNTERS_MAP, LoadedPrograms
 from otus_ebpf.kernel.maps import table
+from otus_ebpf.kernel.tls import format_tls_counts, read_tls_counters
 from userspace.event import Counter, Direction
 
 KernelCounts = dict[tuple[Direction, Counter], int]
@@ -78,3 +79,24 @@ def format_kernel_counts(counts: KernelCounts) -> list[str]:
             f"decap_nested={k[Counter.DECAP_NESTED]} decap_untrusted={k[Counter.DECAP_UNTRUSTED]}"
         )
     return sections
+
+
+def program_sections(programs: LoadedPrograms) -> list[str]:
+    """The stats line's sections for the loaded programs: each direction's counters,
+    and TLS's when it is loaded."""
+    sections = format_kernel_counts(read_kernel_counters(programs.bpf))
+    if programs.tls:
+        sections.append(format_tls_counts(read_tls_counters(programs.bpf)))
+    return sections
+
+
+def program_counters(programs: LoadedPrograms) -> dict[str, dict[str, int]]:
+    """The loaded programs' cumulative counters, per capturer: the hooks, each ring
+    shard, and TLS's probes when loaded."""
+    bpf = programs.bpf
+    kernel = {f"{d.name.lower()}_{c.name.lower()}": v for (d, c), v in read_kernel_counters(bpf).items()}
+    shards = read_shard_failures(bpf, programs.shards)
+    found = {"kernel": kernel, **{f"shard{n}": {"submit_failed": f} for n, f in enumerate(shards)}}
+    if programs.tls:
+        found["tls"] = read_tls_counters(bpf)
+    return found

@@ -21,9 +21,10 @@ from otus_ebpf import logs
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.abi import Network, PortBit
 from otus_ebpf.kernel.bpfsys import map_create, map_update, prog_load
+from otus_ebpf.kernel.btf import kernel_offsets
 from otus_ebpf.kernel.maps import KernelMaps, table
 from otus_ebpf.kernel.settings import PAGE_SIZE, KernelSettings, MediaMode
-from otus_ebpf.kernel.sources import PROGRAM_FILE, bpf_source_dir
+from otus_ebpf.kernel.sources import PROGRAM_FILE, TLS_PROGRAM_FILE, bpf_source_dir
 from userspace.tunnel import GENEVE_PORT
 
 _log = logs.get(__name__)
@@ -35,6 +36,26 @@ SCREENS = (("xdp_screen", "xdp_screens"), ("tc_screen", "tc_screens"))
 # What a tunnel's inner packet goes through (bpf/otus.c "Tunnels"), likewise by tail call.
 DECAPS = (("xdp_decap", "xdp_decaps"), ("tc_decap", "tc_decaps"))
 COUNTERS_MAP = "counters"
+# What bpf/otus_tls.c reads in kernel structs: define → (struct, member path), read from BTF.
+TLS_MEMBERS = {
+    "OTUS_OFF_TASK_FILES": ("task_struct", "files"),
+    "OTUS_OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OTUS_OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "OTUS_OFF_FDT_FD": ("fdtable", "fd"),
+    "OTUS_OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
+    "OTUS_OFF_SOCKET_FILE": ("socket", "file"),
+    "OTUS_OFF_SOCKET_SK": ("socket", "sk"),
+    "OTUS_OFF_SK_TYPE": ("sock", "sk_type"),
+    "OTUS_OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+    "OTUS_OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OTUS_OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "OTUS_OFF_SK_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OTUS_OFF_SK_NUM": ("sock", "__sk_common.skc_num"),
+    "OTUS_OFF_SK_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OTUS_OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OTUS_OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OTUS_OFF_PT_REGS_DI": ("pt_regs", "di"),  # the first system call argument (x86_64)
+}
 RINGS_MAP = "rings"
 _BPF_MAP_TYPE_RINGBUF = 27
 _BPF_PROG_TYPE_XDP = 6
@@ -67,6 +88,7 @@ class LoadedPrograms:
     tc_fd: int
     maps: KernelMaps
     ring_fds: tuple[int, ...]  # each shard's ring buffer, by shard
+    tls: bool = False  # bpf/otus_tls.c is loaded (--tls)
     _releases: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -129,16 +151,26 @@ def cflags_for(settings: KernelSettings) -> list[str]:
     ]
     if settings.route_by_call_id:
         flags.append("-DOTUS_CALLID_ROUTING")
+    if settings.tls is not None:  # bpf/otus_tls.c follows kernel pointers: the running kernel's offsets
+        flags += [f"-D{name}={offset}" for name, offset in kernel_offsets(TLS_MEMBERS).items()]
     return flags
+
+
+def program_text(settings: KernelSettings) -> str:
+    """otus.c, and after it otus_tls.c when TLS is asked for: one text, since bcc makes
+    programs of the main file's functions only."""
+    text = (bpf_source_dir() / PROGRAM_FILE).read_text()
+    if settings.tls is not None:
+        text += "\n" + (bpf_source_dir() / TLS_PROGRAM_FILE).read_text()
+    return text
 
 
 def load_programs(settings: KernelSettings) -> LoadedPrograms:
     settings.validate()
     require_kernel_support()
     bcc = import_bcc()
-    source = bpf_source_dir() / PROGRAM_FILE
     try:
-        loaded = bcc.BPF(src_file=str(source).encode(), cflags=cflags_for(settings))
+        loaded = bcc.BPF(text=program_text(settings).encode(), cflags=cflags_for(settings))
     except Exception as exc:  # bcc raises bare Exception for compile failures
         raise SetupError(
             f"cannot compile {PROGRAM_FILE}: {str(exc).splitlines()[0]} "
@@ -161,7 +193,7 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     except SetupError:
         loaded.cleanup()
         raise
-    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, ring_fds)
+    return LoadedPrograms(loaded, xdp.fd, tc.fd, maps, ring_fds, tls=settings.tls is not None)
 
 
 def load_screens(bcc: Any, loaded: Any, settings: KernelSettings) -> bool:
@@ -231,6 +263,8 @@ def configure_maps(maps: KernelMaps, settings: KernelSettings) -> None:
         maps.add_network("exclude", network)
     for network in settings.mirrors:
         maps.add_network("mirrors", network)
+    if settings.tls is not None:
+        maps.configure_tls(settings.tls.ports, settings.tls.comms)
 
 
 def parse_network(text: str) -> Network:

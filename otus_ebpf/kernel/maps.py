@@ -40,6 +40,9 @@ DROP_METHODS_MAP = "drop_methods"
 DEDUP_MAP = "dedup"
 FLOWS_MAP = "flows"
 FLOW_PORTS_MAP = "flow_ports"
+TLS_PORTS_MAP = "tls_ports"
+TLS_COMMS_MAP = "tls_comms"
+TLS_COMM_LEN = 16  # struct otus_comm: a comm with its NUL
 _TRIES = {("include", 4): "include_v4", ("include", 6): "include_v6",
           ("exclude", 4): "exclude_v4", ("exclude", 6): "exclude_v6",
           ("mirrors", 4): "mirrors_v4", ("mirrors", 6): "mirrors_v6"}
@@ -105,6 +108,17 @@ class KernelMaps:
 
     def _set_flag(self, flag: ConfigFlag, on: bool) -> None:
         self._write_config(self._read_config().with_flag(flag, on))
+
+    def configure_tls(self, ports: Iterable[int], comms: Iterable[str]) -> None:
+        """The TLS SIP ports whose plaintext goes up, and the process names it is taken
+        from (none: every probed process); bpf/otus_tls.c."""
+        ports_map, comms_map = table(self._bpf, TLS_PORTS_MAP), table(self._bpf, TLS_COMMS_MAP)
+        for port in ports:
+            ports_map[ctypes.c_int(port)] = ctypes.c_uint8(1)
+        names = [comm.encode() for comm in comms]
+        for name in names:
+            comms_map[_key(comms_map, name.ljust(TLS_COMM_LEN, b"\0"))] = ctypes.c_uint8(1)
+        self._set_flag(ConfigFlag.TLS_COMMS, bool(names))
 
     def apply_filters(self, before: KernelSettings, after: KernelSettings) -> None:
         """Move the running filters from ``before`` to ``after``: ports, the

@@ -41,6 +41,28 @@ MAX_NETWORKS = 4096
 MAX_MIRRORS = 1024
 
 
+# SIP over TLS: RFC 3261 §19.1.2's port for sips. WebRTC edges (wss) add theirs.
+DEFAULT_TLS_PORTS = (5061,)
+MAX_COMM = 15  # a process name as the kernel keeps it: 16 bytes with its NUL (TASK_COMM_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """SIP over TLS read as plaintext at local processes' TLS library (bpf/otus_tls.c)."""
+
+    library: str | None = None  # None: the system's libssl.so.3
+    pids: tuple[int, ...] = ()  # probed processes; none: every process using the library
+    comms: tuple[str, ...] = ()  # process names whose plaintext goes up; none: every one
+    ports: tuple[int, ...] = DEFAULT_TLS_PORTS
+
+    def validate(self) -> None:
+        long = [c for c in self.comms if len(c.encode()) > MAX_COMM]
+        if long:
+            raise SetupError(f"TLS process names longer than the kernel keeps ({MAX_COMM} bytes): {long}")
+        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
+            raise SetupError(f"TLS ports must be 1..65535, got {list(self.ports)}")
+
+
 class MediaMode(Enum):
     STATS = "stats"      # the kernel keeps each RTP stream's statistics; RTP is not copied up
     PACKETS = "packets"  # every RTP packet goes up (media in pcap outputs)
@@ -77,6 +99,7 @@ class KernelSettings:
     decap: frozenset[TunnelKind] = ALL_KINDS
     vxlan_ports: tuple[int, ...] = (VXLAN_PORT,)
     mirrors: tuple[Network, ...] = ()  # the sources tunnels are opened from; none: any
+    tls: TlsSettings | None = None  # plaintext of SIP over TLS (bpf/otus_tls.c); None: off
 
     @property
     def tunnels(self) -> Tunnels:
@@ -130,6 +153,8 @@ class KernelSettings:
             for version in (4, 6):
                 if (held := sum(1 for n in networks if n.version == version)) > most:
                     raise SetupError(f"{name}: {held} IPv{version} networks, the kernel holds at most {most}")
+        if self.tls is not None:
+            self.tls.validate()
         if not 1 <= self.dedup_window_ms <= MAX_DEDUP_WINDOW_MS:
             raise SetupError(f"dedup window {self.dedup_window_ms} ms is outside 1..{MAX_DEDUP_WINDOW_MS}")
 

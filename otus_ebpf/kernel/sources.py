@@ -7,6 +7,7 @@ from pathlib import Path
 from otus_ebpf.errors import SetupError
 
 PROGRAM_FILE = "otus.c"
+TLS_PROGRAM_FILE = "otus_tls.c"  # with --tls, compiled after PROGRAM_FILE
 EVENT_HEADER_FILE = "otus_event.h"
 
 

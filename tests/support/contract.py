@@ -20,6 +20,7 @@ from userspace import dedup, droplist
 from userspace.event import C_SIZES, EVENT_FIELDS, Counter, Direction, Flag, Kind, StructFields, struct_format
 from userspace.kernel_streams import MAX_CLOCKS, NO_TYPE, StreamState
 from userspace.rtp import DEFAULT_CLOCK_RATE
+from userspace.tls import TLS_DATA, TLS_FIELDS, TlsCall, TlsCounter
 from userspace.tunnel import FLOW_TUNNEL_SHIFT, TunnelCode
 
 _FIELD = re.compile(r"^(__u8|__u16|__u32|__u64|struct bpf_spin_lock)\s+(\w+)(?:\[(\d+)\])?;$")
@@ -28,14 +29,15 @@ _DEFINE = re.compile(r"^#define\s+(OTUS_\w+)\s+(\d+)\s*$", re.MULTILINE)
 ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
     "OTUS_DIR_": Direction, "OTUS_KIND_": Kind, "OTUS_FLAG_": Flag, "OTUS_CTR_": Counter,
     "OTUS_CFG_": ConfigFlag, "OTUS_STREAM_": StreamState, "OTUS_PORT_": PortBit, "OTUS_TUNNEL_": TunnelCode,
+    "OTUS_TLS_CALL_": TlsCall, "OTUS_TLS_CTR_": TlsCounter,
 }
 # Single constants the Python side mirrors.
 CONSTANTS = {"OTUS_MAX_CLOCKS": MAX_CLOCKS, "OTUS_DEFAULT_CLOCK": DEFAULT_CLOCK_RATE, "OTUS_NO_TYPE": NO_TYPE,
              "OTUS_MAX_SHARDS": MAX_SHARDS, "OTUS_DROP_TOKEN_LEN": DROP_TOKEN_LEN,
              "OTUS_MAX_DROP_METHODS": MAX_DROP_METHODS, "OTUS_CSEQ_SCAN": droplist.CSEQ_SCAN,
              "OTUS_DEDUP_PREFIX": dedup.DEDUP_PREFIX, "OTUS_DEDUP_ENTRIES": dedup.DEDUP_ENTRIES,
-             "OTUS_FLOW_TUNNEL_SHIFT": FLOW_TUNNEL_SHIFT}
-PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, **MAP_STRUCTS}
+             "OTUS_FLOW_TUNNEL_SHIFT": FLOW_TUNNEL_SHIFT, "OTUS_TLS_DATA": TLS_DATA}
+PYTHON_STRUCTS: dict[str, StructFields] = {"otus_event": EVENT_FIELDS, "otus_tls": TLS_FIELDS, **MAP_STRUCTS}
 
 
 def parse_struct(text: str, name: str) -> list[tuple[str, str, int]]:

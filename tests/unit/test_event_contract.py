@@ -40,6 +40,11 @@ def test_header_and_python_definition_agree() -> None:
     ("#define OTUS_CFG_SIGNATURE 1", "#define OTUS_CFG_SIG 1"),
     ("#define OTUS_STREAM_EVENT 4", "#define OTUS_STREAM_EVENT 8"),
     ("#define OTUS_DEFAULT_CLOCK 8000", "#define OTUS_DEFAULT_CLOCK 16000"),
+    ("__u64 offset;", "__u32 offset;"),                      # the TLS chunk's header
+    ("#define OTUS_TLS_CALL_READ_EX 4", "#define OTUS_TLS_CALL_READ_EX 5"),
+    ("#define OTUS_TLS_CTR_OTHER_PORT 6", "#define OTUS_TLS_CTR_OTHER_PORT 7"),
+    ("#define OTUS_TLS_DATA 16384", "#define OTUS_TLS_DATA 8192"),
+    ("#define OTUS_CFG_TLS_COMMS 65536", "#define OTUS_CFG_TLS_COMMS 1"),
 ])
 def test_any_change_to_one_side_is_caught(before: str, after: str) -> None:
     assert before in HEADER

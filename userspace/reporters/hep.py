@@ -30,6 +30,7 @@ import orjson
 
 from userspace.records import CallSummary, Record, RtcpRecord, SipRecord, StreamReport
 from userspace.sdp import packed_literal
+from userspace.tls import TLS, WSS
 from userspace.websocket import WS
 
 HEP_ID = b"HEP3"
@@ -76,7 +77,7 @@ PROTO_UDP = 17
 PROTO_TCP = 6
 # Chunk 0x0002 is the IP protocol the message came in: SIP over WebSocket came in TCP,
 # and heplify sends it so; Homer tells WS apart by the message's own Via (SIP/2.0/WS).
-_HEP_PROTOCOL = {WS: PROTO_TCP}
+_HEP_PROTOCOL = {WS: PROTO_TCP, TLS: PROTO_TCP, WSS: PROTO_TCP}
 
 
 @dataclass(frozen=True, slots=True)
