@@ -328,7 +328,9 @@ struct otus_tls {
  * SUBMIT_FAILED: a full ring, the chunk lost (a gap in its stream); CUT: more
  * than OTUS_TLS_DATA in one call, the rest not copied; READ_FAILED: the
  * process's buffer could not be read; UNPAIRED: no TCP connection known for
- * the session yet; OTHER_PORT: a connection on no TLS SIP port, not sent up */
+ * the session yet; OTHER_PORT: a connection on no TLS SIP port, not sent up;
+ * UNTRACKED: a call's return found no entry (the full tls_calls LRU gave it to
+ * another thread), its bytes missing from its stream */
 #define OTUS_TLS_CTR_CALLS 0
 #define OTUS_TLS_CTR_SUBMITTED 1
 #define OTUS_TLS_CTR_SUBMIT_FAILED 2
@@ -336,11 +338,12 @@ struct otus_tls {
 #define OTUS_TLS_CTR_READ_FAILED 4
 #define OTUS_TLS_CTR_UNPAIRED 5
 #define OTUS_TLS_CTR_OTHER_PORT 6
-#define OTUS_TLS_CTR_MAX 7
+#define OTUS_TLS_CTR_UNTRACKED 7
+#define OTUS_TLS_CTR_MAX 8
 
 /* The per-CPU "tls_counters" array's single entry. */
 struct otus_tls_counters {
-	__u64 counts[7];      /* by OTUS_TLS_CTR_* */
+	__u64 counts[8];      /* by OTUS_TLS_CTR_* */
 };
 
 #endif /* OTUS_EVENT_H */

@@ -21,7 +21,7 @@
 #define OTUS_AF_INET 2
 #define OTUS_AF_INET6 10
 #define OTUS_SOCK_STREAM 1
-#define OTUS_TLS_CALLS 16384       /* threads inside a TLS call at once */
+#define OTUS_TLS_CALLS 65536       /* threads inside a TLS call at once */
 #define OTUS_TLS_SESSIONS 65536    /* sessions whose connection is known */
 
 struct otus_tls_call {
@@ -59,7 +59,9 @@ struct otus_comm {
 	char comm[16];
 };
 
-BPF_HASH(tls_calls, __u64, struct otus_tls_call, OTUS_TLS_CALLS);
+/* LRU: a thread that dies inside a TLS call never runs the return probe; its entry
+ * must not hold a slot for ever (a full plain hash would stop every new call) */
+BPF_TABLE("lru_hash", __u64, struct otus_tls_call, tls_calls, OTUS_TLS_CALLS);
 BPF_TABLE("lru_hash", struct otus_tls_session, struct otus_tls_conn, tls_conns, OTUS_TLS_SESSIONS);
 BPF_HASH(tls_comms, struct otus_comm, __u8, 64);
 BPF_ARRAY(tls_ports, __u8, 65536);
@@ -109,6 +111,14 @@ int otus_tls_read(struct pt_regs *ctx) { return tls_enter(ctx, OTUS_TLS_CALL_REA
 int otus_tls_write_ex(struct pt_regs *ctx) { return tls_enter(ctx, OTUS_TLS_CALL_WRITE_EX); }
 int otus_tls_read_ex(struct pt_regs *ctx) { return tls_enter(ctx, OTUS_TLS_CALL_READ_EX); }
 
+static __always_inline int tls_port(__u32 lport, __u32 rport)
+{
+	__u8 *lbits = tls_ports.lookup(&lport);
+	__u8 *rbits = tls_ports.lookup(&rport);
+
+	return (lbits && *lbits) || (rbits && *rbits);
+}
+
 static __always_inline int same_conn(struct otus_tls_conn *a, struct otus_tls_conn *b)
 {
 	__u64 *al = (__u64 *)a->laddr, *bl = (__u64 *)b->laddr;
@@ -151,6 +161,8 @@ static __always_inline void tls_pair(struct otus_tls_call *call, __u64 id, void 
 
 	if (known && same_conn(known, &conn))
 		return; /* the connection it had: its offsets go on */
+	if (known && tls_port(known->lport, known->rport) && !tls_port(conn.lport, conn.rport))
+		return; /* a session on a TLS SIP port is not taken over by another socket's I/O */
 	tls_conns.update(&session, &conn);
 }
 
@@ -165,10 +177,19 @@ static __always_inline void tls_pair(struct otus_tls_call *call, __u64 id, void 
 #define OTUS_SYS_SENDMSG 46
 #define OTUS_SYS_RECVMSG 47
 
+/* 1: a socket write, 2: a socket read, 0: neither */
 static __always_inline int socket_io(long nr)
 {
-	return nr == OTUS_SYS_READ || nr == OTUS_SYS_WRITE || nr == OTUS_SYS_READV || nr == OTUS_SYS_WRITEV ||
-	       (nr >= OTUS_SYS_SENDTO && nr <= OTUS_SYS_RECVMSG);
+	if (nr == OTUS_SYS_WRITE || nr == OTUS_SYS_WRITEV || nr == OTUS_SYS_SENDTO || nr == OTUS_SYS_SENDMSG)
+		return 1;
+	if (nr == OTUS_SYS_READ || nr == OTUS_SYS_READV || nr == OTUS_SYS_RECVFROM || nr == OTUS_SYS_RECVMSG)
+		return 2;
+	return 0;
+}
+
+static __always_inline int writes(__u32 call)
+{
+	return call == OTUS_TLS_CALL_WRITE || call == OTUS_TLS_CALL_WRITE_EX;
 }
 
 /* Kernel struct members are read at the running kernel's offsets, which loader.py
@@ -217,13 +238,15 @@ static __always_inline void *fd_socket(__u64 fd)
  * tracepoint needs neither tracefs nor kprobes. */
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
-	long nr = ctx->args[1];
+	int io = socket_io(ctx->args[1]);
 
-	if (!socket_io(nr))
+	if (!io)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct otus_tls_call *call = tls_calls.lookup(&id);
-	if (!call)
+	/* a write pairs a write call, a read a read call: other I/O the thread does inside
+	 * the call (a message callback logging to a socket) is not the session's */
+	if (!call || (io == 1) != writes(call->call))
 		return 0;
 	__u64 fd = 0;
 
@@ -263,8 +286,12 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct otus_tls_call *found = tls_calls.lookup(&id);
 
-	if (!found)
+	if (!found) {
+		/* a call whose entry the full LRU gave to another thread: its bytes are missing */
+		if (tls_process_wanted())
+			tls_count(OTUS_TLS_CTR_UNTRACKED);
 		return 0;
+	}
 	struct otus_tls_call call = *found;
 
 	tls_calls.delete(&id);
@@ -278,16 +305,13 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 		tls_count(OTUS_TLS_CTR_UNPAIRED);
 		return 0;
 	}
-	int write = call.call == OTUS_TLS_CALL_WRITE || call.call == OTUS_TLS_CALL_WRITE_EX;
+	int write = writes(call.call);
 	__u64 offset = write ? conn->written : conn->read;
 	if (write)
 		conn->written += moved;
 	else
 		conn->read += moved;
-	__u32 lport = conn->lport, rport = conn->rport;
-	__u8 *lbits = tls_ports.lookup(&lport);
-	__u8 *rbits = tls_ports.lookup(&rport);
-	if (!(lbits && *lbits) && !(rbits && *rbits)) {
+	if (!tls_port(conn->lport, conn->rport)) {
 		tls_count(OTUS_TLS_CTR_OTHER_PORT);
 		return 0;
 	}

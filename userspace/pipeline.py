@@ -396,7 +396,7 @@ class Pipeline:
             seq, flags = SEQ_MOD - 1, SYN
         tcp = self.tcp
         key = (chunk.src, chunk.sport, chunk.dst, chunk.dport, chunk.stream_tag)
-        for message in tcp.feed(key, seq, flags, chunk.data, event.ts_ns):
+        for message in tcp.feed(key, seq, flags, chunk.data, event.ts_ns, ordered=True):
             transport = WSS if tcp.framed_transport == WS else TLS
             route = self._route
             if route is not None:  # chunks go to a shard by connection, never by Call-ID

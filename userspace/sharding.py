@@ -171,5 +171,5 @@ def decode_handoff(raw: bytes) -> HandOff:
 
 
 _TRANSPORTS = frozenset((*IPProto, WS, TLS, WSS))
-_MAX_COMM = 16  # bytes of a process name: the kernel's comm (TASK_COMM_LEN)
+_MAX_COMM = 64  # bytes of a process name: 15 of the kernel's comm, each \xNN when not UTF-8
 _ADDRESS_SIZES = (4, 16)

@@ -356,7 +356,10 @@ class TcpStreams:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def feed(self, key: StreamKey, seq: int, flags: int, payload: bytes, now_ns: int) -> list[bytes]:
+    def feed(self, key: StreamKey, seq: int, flags: int, payload: bytes, now_ns: int,
+             ordered: bool = False) -> list[bytes]:
+        """``ordered``: the stream's data arrives in order (TLS plaintext chunks), so a hole
+        is data that will never come, given up at once rather than after reordering."""
         self.stats.segments += 1
         self.expire(now_ns)
         if flags & RST:
@@ -372,7 +375,7 @@ class TcpStreams:
             stream.next_seq, stream.next_off = seq, 0
             stream.lost.clear()
         if payload:
-            self._place(stream, seq, payload)
+            self._place(stream, seq, payload, ordered)
         self._frame(stream)
         self._bytes += stream.charge - charged
         if flags & FIN:
@@ -394,7 +397,7 @@ class TcpStreams:
 
     # -- placing segments ------------------------------------------------------
 
-    def _place(self, stream: _Stream, seq: int, payload: bytes) -> None:
+    def _place(self, stream: _Stream, seq: int, payload: bytes, ordered: bool = False) -> None:
         if stream.next_seq is None:  # joined mid-stream: frame from the next start line
             stream.next_seq = seq
             stream.main = self._framer(stream, resync=True)
@@ -424,7 +427,7 @@ class TcpStreams:
             heapq.heappush(stream.held, (offset, payload))
             stream.held_bytes += len(payload) + SEGMENT_OVERHEAD
             stream.waited += 1
-            if stream.waited >= limits.reorder_segments:
+            if ordered or stream.waited >= limits.reorder_segments:
                 self._give_up_hole(stream, offset)
             return
 

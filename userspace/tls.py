@@ -47,7 +47,8 @@ class TlsCounter(IntEnum):
     READ_FAILED = 4    # the process's buffer could not be read
     UNPAIRED = 5       # no TCP connection known for the session yet
     OTHER_PORT = 6     # a connection on no TLS SIP port: not sent up
-    MAX = 7
+    UNTRACKED = 7      # a call's entry lost to a full map: its bytes missing from its stream
+    MAX = 8
 
 
 # (name, C type, array length or 0) in struct order: struct otus_tls.
@@ -116,5 +117,5 @@ def decode_chunk(record: bytes, payload_offset: int, moved: int) -> Chunk:
         src, dst = saddr[12:], daddr[12:]  # an IPv6 socket's IPv4 peer: IPv4 on the wire
     else:
         src, dst = saddr, daddr
-    name = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+    name = comm.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")  # the same name every time
     return Chunk(offset, moved, Process(pid, name), src, sport, dst, dport, data)

@@ -169,8 +169,9 @@ def load_programs(settings: KernelSettings) -> LoadedPrograms:
     settings.validate()
     require_kernel_support()
     bcc = import_bcc()
+    cflags = cflags_for(settings)  # reads the kernel's BTF with --tls: its own one-line error
     try:
-        loaded = bcc.BPF(text=program_text(settings).encode(), cflags=cflags_for(settings))
+        loaded = bcc.BPF(text=program_text(settings).encode(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception for compile failures
         raise SetupError(
             f"cannot compile {PROGRAM_FILE}: {str(exc).splitlines()[0]} "

@@ -44,6 +44,7 @@ MAX_MIRRORS = 1024
 # SIP over TLS: RFC 3261 §19.1.2's port for sips. WebRTC edges (wss) add theirs.
 DEFAULT_TLS_PORTS = (5061,)
 MAX_COMM = 15  # a process name as the kernel keeps it: 16 bytes with its NUL (TASK_COMM_LEN)
+MAX_COMMS = 64  # process names the kernel's tls_comms map holds (bpf/otus_tls.c)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class TlsSettings:
     ports: tuple[int, ...] = DEFAULT_TLS_PORTS
 
     def validate(self) -> None:
+        if (names := len(set(self.comms))) > MAX_COMMS:
+            raise SetupError(f"{names} TLS process names: the kernel holds at most {MAX_COMMS}")
         long = [c for c in self.comms if len(c.encode()) > MAX_COMM]
         if long:
             raise SetupError(f"TLS process names longer than the kernel keeps ({MAX_COMM} bytes): {long}")

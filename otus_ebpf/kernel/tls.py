@@ -56,6 +56,8 @@ def attach_tls(stack: contextlib.ExitStack, programs: LoadedPrograms, settings: 
     library = find_library(settings.library)
     stack.callback(detach_tls, bpf)
     for pid in settings.pids or (-1,):
+        if pid != -1 and not Path(f"/proc/{pid}").is_dir():
+            raise SetupError(f"--tls-pid {pid}: no such process")
         for symbol, program in DATA_CALLS:
             _uprobe(bpf, library, symbol, program, pid, returning=False)
             _uprobe(bpf, library, symbol, RETURN_PROGRAM, pid, returning=True)

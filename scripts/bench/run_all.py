@@ -124,6 +124,16 @@ def websocket_rows(out: str) -> list[Row]:
              f"raised {fuzz[2]}: {_verdict(fuzz[2] == '0')}")]
 
 
+def tls_rows(out: str) -> list[Row]:
+    echo = re.search(r"port 5061 \(plaintext up the ring\): ([\d,]+) -> ([\d,]+) requests/s, ratio ([\d.]+); "
+                     r"[\d.]+ TLS calls a request \(both ends\), \+([\d.]+) us a call", out)
+    floor = re.search(r"floor: a uprobe \+ uretprobe doing nothing add ([\d.]+) us", out)
+    assert echo and floor, out[-500:]
+    return [("TLS echo with the --tls probes, requests/s", echo[2], f"{echo[1]} (no probes)", f"{echo[3]}x",
+             "-"),
+            ("  added a TLS call", f"{echo[4]} us", f"{floor[1]} us (an empty uprobe pair)", "-", "-")]
+
+
 def fuzz_pipeline_rows(out: str) -> list[Row]:
     m = re.search(r"([\d,]+) events \(([\d,]+) calls\) in ([\d.]+) s: ([\d,]+) events/s", out)
     bad = re.search(r"internal errors (\d+), flow events refused (\d+)", out)
@@ -222,6 +232,7 @@ def benches() -> list[Bench]:
               fuzz_pipeline_rows),
         Bench("tcp", [python, str(BENCH / "tcp.py")], tcp_rows),
         Bench("websocket", [python, str(BENCH / "websocket.py")], websocket_rows),
+        Bench("tls", [python, str(BENCH / "tls.py")], tls_rows),
         Bench("kafka", [python, str(BENCH / "kafka.py")], kafka_rows),
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),
