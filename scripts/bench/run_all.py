@@ -126,12 +126,13 @@ def websocket_rows(out: str) -> list[Row]:
 
 def tls_rows(out: str) -> list[Row]:
     echo = re.search(r"port 5061 \(plaintext up the ring\): ([\d,]+) -> ([\d,]+) requests/s, ratio ([\d.]+); "
-                     r"[\d.]+ TLS calls a request \(both ends\), \+([\d.]+) us a call", out)
+                     r"CPU a request (\d+) -> (\d+) us, [\d.]+ TLS calls a request \(both ends\), "
+                     r"\+(-?[\d.]+) us CPU a call", out)
     floor = re.search(r"floor: a uprobe \+ uretprobe doing nothing add ([\d.]+) us", out)
     assert echo and floor, out[-500:]
-    return [("TLS echo with the --tls probes, requests/s", echo[2], f"{echo[1]} (no probes)", f"{echo[3]}x",
-             "-"),
-            ("  added a TLS call", f"{echo[4]} us", f"{floor[1]} us (an empty uprobe pair)", "-", "-")]
+    return [("TLS echo with the --tls probes, CPU a request", f"{echo[5]} us", f"{echo[4]} us (no probes)",
+             f"{int(echo[5]) / max(int(echo[4]), 1):.2f}x", "-"),
+            ("  added a TLS call (CPU)", f"{echo[6]} us", f"{floor[1]} us (an empty uprobe pair)", "-", "-")]
 
 
 def fuzz_pipeline_rows(out: str) -> list[Row]:

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import resource
 import socket
 import ssl
 import statistics
@@ -80,10 +81,23 @@ def echo_client(port: int, seconds: float) -> None:
     print(f"{done / seconds:.0f}", flush=True)
 
 
-def requests_per_second(port: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (its threads' too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def requests_per_second(port: int, seconds: float, server: int) -> tuple[float, float]:
+    """Requests/s of one client run, and the CPU (client and server) each request took, in µs:
+    on a shared host, the CPU a request costs moves less with the neighbours than the rate."""
+    served = cpu_seconds(server)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, __file__, "--client", str(port), str(seconds)],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = float(out.stdout.strip())
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) + cpu_seconds(server) - served
+    return rate, cpu / (rate * seconds) * 1e6
 
 
 def ns_per_call(call: Callable[[], object], count: int = 300_000) -> float:
@@ -150,16 +164,18 @@ def main() -> None:
         try:
             for server in servers:
                 assert server.stdout is not None and server.stdout.readline().strip() == "listening"
-            measure(args.seconds, args.rounds)
+            measure(args.seconds, args.rounds, {SIP_PORT: servers[0].pid, OTHER_PORT: servers[1].pid})
         finally:
             for server in servers:
                 server.terminate()
                 server.wait(timeout=10)
 
 
-def measure(seconds: float, rounds: int) -> None:
-    figures: dict[str, list[float]] = {}
+def measure(seconds: float, rounds: int, servers: dict[int, int]) -> None:
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     calls: dict[int, list[float]] = {}  # TLS calls a request, probed
+    figures: dict[str, list[float]] = {}
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         for _ in range(rounds):
@@ -167,8 +183,9 @@ def measure(seconds: float, rounds: int) -> None:
                 with probes() if with_probes else contextlib.nullcontext((None, [0])) as (programs, drained):
                     for port in (SIP_PORT, OTHER_PORT):
                         before = read_tls_counters(programs.bpf)["tls_calls"] if programs else 0
-                        rate = requests_per_second(port, seconds)
-                        figures.setdefault(f"{port} {with_probes}", []).append(rate)
+                        rate, used = requests_per_second(port, seconds, servers[port])
+                        rates.setdefault(f"{port} {with_probes}", []).append(rate)
+                        cpu.setdefault(f"{port} {with_probes}", []).append(used)
                         if programs is not None:
                             moved = read_tls_counters(programs.bpf)["tls_calls"] - before
                             calls.setdefault(port, []).append(moved / (rate * seconds))
@@ -179,12 +196,13 @@ def measure(seconds: float, rounds: int) -> None:
                         counts = read_tls_counters(programs.bpf)
         print(f"TLS echo, {seconds:.0f} s a round, {rounds} rounds alternating (median):")
         for port, what in ((SIP_PORT, "plaintext up the ring"), (OTHER_PORT, "counted, kept in the kernel")):
-            base, probed = (statistics.median(figures[f"{port} {p}"]) for p in (False, True))
-            per_call = (1e6 / probed - 1e6 / base) / statistics.median(calls[port])
+            base, probed = (statistics.median(rates[f"{port} {p}"]) for p in (False, True))
+            base_cpu, probed_cpu = (statistics.median(cpu[f"{port} {p}"]) for p in (False, True))
+            per_call = (probed_cpu - base_cpu) / statistics.median(calls[port])
             print(f"  port {port} ({what}): {base:,.0f} -> {probed:,.0f} requests/s, "
-                  f"ratio {probed / base:.2f}; "
+                  f"ratio {probed / base:.2f}; CPU a request {base_cpu:.0f} -> {probed_cpu:.0f} us, "
                   f"{statistics.median(calls[port]):.1f} TLS calls a request (both ends), "
-                  f"+{per_call:.1f} us a call")
+                  f"+{per_call:.1f} us CPU a call")
         for call in ("getppid", "write"):
             base, probed = (statistics.median(figures[f"{call} {p}"]) for p in (False, True))
             print(f"  {call}() from Python: {base:.0f} -> {probed:.0f} ns a call (+{probed - base:.0f} ns)")
