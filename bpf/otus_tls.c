@@ -64,6 +64,10 @@ struct otus_comm {
 BPF_TABLE("lru_hash", __u64, struct otus_tls_call, tls_calls, OTUS_TLS_CALLS);
 BPF_TABLE("lru_hash", struct otus_tls_session, struct otus_tls_conn, tls_conns, OTUS_TLS_SESSIONS);
 BPF_HASH(tls_comms, struct otus_comm, __u8, 64);
+/* processes that make TLS calls, and the TLS-port socket each of their threads read
+ * last (its 4-tuple; ``read`` holds when): how memory-BIO servers are paired */
+BPF_TABLE("lru_hash", __u32, __u8, tls_procs, 4096);
+BPF_TABLE("lru_hash", __u64, struct otus_tls_conn, tls_last_read, OTUS_TLS_CALLS);
 BPF_ARRAY(tls_ports, __u8, 65536);
 BPF_PERCPU_ARRAY(tls_counters, struct otus_tls_counters, 1);
 BPF_PERCPU_ARRAY(tls_scratch, struct otus_tls_sample, 1);
@@ -94,6 +98,11 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u32 call)
 {
 	if (!tls_process_wanted())
 		return 0;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u8 one = 1;
+
+	if (!tls_procs.lookup(&pid))
+		tls_procs.update(&pid, &one);
 	struct otus_tls_call entry = {
 		.ssl = PT_REGS_PARM1(ctx),
 		.buf = PT_REGS_PARM2(ctx),
@@ -128,34 +137,42 @@ static __always_inline int same_conn(struct otus_tls_conn *a, struct otus_tls_co
 	       al[0] == bl[0] && al[1] == bl[1] && ar[0] == br[0] && ar[1] == br[1];
 }
 
-/* A socket read or write on a thread inside a TLS call: the session's TCP socket. */
-static __always_inline void tls_pair(struct otus_tls_call *call, __u64 id, void *sk)
+/* A TCP socket's 4-tuple into ``conn``; 0 for any other socket. */
+static __always_inline int tcp_conn(void *sk, struct otus_tls_conn *conn)
 {
-	struct otus_tls_conn conn = {};
 	__u16 family = 0, type = 0, protocol = 0;
 
 	bpf_probe_read_kernel(&type, sizeof(type), sk + OTUS_OFF_SK_TYPE);
 	bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OTUS_OFF_SK_PROTOCOL);
 	if (type != OTUS_SOCK_STREAM || protocol != IPPROTO_TCP)
-		return;
+		return 0;
 	bpf_probe_read_kernel(&family, sizeof(family), sk + OTUS_OFF_SK_FAMILY);
 	if (family == OTUS_AF_INET) {
-		conn.family = 4;
-		bpf_probe_read_kernel(conn.laddr, 4, sk + OTUS_OFF_SK_RCV_SADDR);
-		bpf_probe_read_kernel(conn.raddr, 4, sk + OTUS_OFF_SK_DADDR);
+		conn->family = 4;
+		bpf_probe_read_kernel(conn->laddr, 4, sk + OTUS_OFF_SK_RCV_SADDR);
+		bpf_probe_read_kernel(conn->raddr, 4, sk + OTUS_OFF_SK_DADDR);
 	} else if (family == OTUS_AF_INET6) {
-		conn.family = 6;
-		bpf_probe_read_kernel(conn.laddr, 16, sk + OTUS_OFF_SK_V6_RCV_SADDR);
-		bpf_probe_read_kernel(conn.raddr, 16, sk + OTUS_OFF_SK_V6_DADDR);
+		conn->family = 6;
+		bpf_probe_read_kernel(conn->laddr, 16, sk + OTUS_OFF_SK_V6_RCV_SADDR);
+		bpf_probe_read_kernel(conn->raddr, 16, sk + OTUS_OFF_SK_V6_DADDR);
 	} else {
-		return;
+		return 0;
 	}
 	__be16 rport = 0;
 
-	bpf_probe_read_kernel(&conn.lport, sizeof(conn.lport), sk + OTUS_OFF_SK_NUM);
+	bpf_probe_read_kernel(&conn->lport, sizeof(conn->lport), sk + OTUS_OFF_SK_NUM);
 	bpf_probe_read_kernel(&rport, sizeof(rport), sk + OTUS_OFF_SK_DPORT);
-	conn.rport = bpf_ntohs(rport);
+	conn->rport = bpf_ntohs(rport);
+	return 1;
+}
 
+/* A socket read or write on a thread inside a TLS call: the session's TCP socket. */
+static __always_inline void tls_pair(struct otus_tls_call *call, __u64 id, void *sk)
+{
+	struct otus_tls_conn conn = {};
+
+	if (!tcp_conn(sk, &conn))
+		return;
 	struct otus_tls_session session = {.ssl = call->ssl, .pid = id >> 32};
 	struct otus_tls_conn *known = tls_conns.lookup(&session);
 
@@ -244,16 +261,32 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct otus_tls_call *call = tls_calls.lookup(&id);
+	__u32 pid = id >> 32;
+	/* outside a TLS call, only a read by a process that makes TLS calls is looked at */
+	if (!call && (io != 2 || !tls_procs.lookup(&pid)))
+		return 0;
 	/* a write pairs a write call, a read a read call: other I/O the thread does inside
 	 * the call (a message callback logging to a socket) is not the session's */
-	if (!call || (io == 1) != writes(call->call))
+	if (call && (io == 1) != writes(call->call))
 		return 0;
 	__u64 fd = 0;
 
 	bpf_probe_read_kernel(&fd, sizeof(fd), (void *)ctx->args[0] + OTUS_OFF_PT_REGS_DI);
 	void *sk = fd_socket(fd);
-	if (sk)
+	if (!sk)
+		return 0;
+	if (call) {
 		tls_pair(call, id, sk);
+		return 0;
+	}
+	/* A server that feeds its TLS library through a memory BIO (Kamailio) reads the
+	 * ciphertext itself, then calls SSL_read: the socket its thread read last, on a TLS
+	 * SIP port, is the one the next SSL_read of a session not yet paired decrypts. */
+	struct otus_tls_conn conn = {};
+	if (tcp_conn(sk, &conn) && tls_port(conn.lport, conn.rport)) {
+		conn.read = bpf_ktime_get_ns(); /* when: a pairing this old is not believed */
+		tls_last_read.update(&id, &conn);
+	}
 	return 0;
 }
 
@@ -270,15 +303,35 @@ int otus_tls_free(struct pt_regs *ctx)
  * (which return 1 on success) the length the library wrote for the caller. */
 static __always_inline __u64 tls_moved(struct pt_regs *ctx, struct otus_tls_call *call)
 {
-	long rc = PT_REGS_RC(ctx);
+	/* the functions return int: the register's upper half is not part of it (a -1 with
+	 * garbage above it must not read as a huge length) */
+	int rc = (int)PT_REGS_RC(ctx);
 
 	if (call->call < OTUS_TLS_CALL_WRITE_EX)
-		return rc > 0 ? (__u64)(int)rc : 0;
+		return rc > 0 ? (__u64)rc : 0;
 	__u64 moved = 0;
 
-	if ((int)rc != 1 || bpf_probe_read_user(&moved, sizeof(moved), (void *)call->done) < 0)
+	if (rc != 1 || bpf_probe_read_user(&moved, sizeof(moved), (void *)call->done) < 0)
 		return 0;
 	return moved;
+}
+
+#define OTUS_TLS_LAST_READ_NS 1000000000ULL /* a memory BIO's read and its SSL_read: same second */
+
+/* A read call with no socket I/O of its own: the session is the socket the thread read
+ * last (memory-BIO servers), when that was recent; its offsets start there. */
+static __always_inline struct otus_tls_conn *pair_last_read(__u64 id, struct otus_tls_session *session)
+{
+	struct otus_tls_conn *last = tls_last_read.lookup(&id);
+
+	if (!last || bpf_ktime_get_ns() - last->read > OTUS_TLS_LAST_READ_NS)
+		return NULL;
+	struct otus_tls_conn conn = *last;
+
+	conn.read = 0;
+	conn.written = 0;
+	tls_conns.update(session, &conn);
+	return tls_conns.lookup(session);
 }
 
 static __always_inline int tls_return(struct pt_regs *ctx)
@@ -301,6 +354,8 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	tls_count(OTUS_TLS_CTR_CALLS);
 	struct otus_tls_session session = {.ssl = call.ssl, .pid = id >> 32};
 	struct otus_tls_conn *conn = tls_conns.lookup(&session);
+	if (!conn && !writes(call.call))
+		conn = pair_last_read(id, &session);
 	if (!conn) {
 		tls_count(OTUS_TLS_CTR_UNPAIRED);
 		return 0;

@@ -38,7 +38,8 @@ apt_install() {
 install_packages() {
     apt_install python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc \
         iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates openssl \
-        gcc libc6-dev python3-dev  # mypyc's C extensions (scripts/build_native.py)
+        kamailio kamailio-tls-modules \
+        gcc libc6-dev python3-dev  # mypyc's C extensions (scripts/build_native.py); Kamailio: the TLS lab
 }
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}.

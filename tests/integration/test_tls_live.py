@@ -133,3 +133,78 @@ def check_records(lab: Lab, out: Path, server_pid: int, only_server: bool) -> No
     streams = [r for r in read_records(out) if r["kind"] == "rtp" and r["dst"] == lab.uas_v4]
     assert {r["call_id"] for r in streams} == {f"tls-{call}@client.invalid" for call in range(CALLS)}
     assert all(r["packets"] == RTP_PACKETS for r in streams if r["final"]), streams
+
+
+KAMAILIO_CONFIG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+tcp_children=1
+enable_tls=yes
+listen=tls:{address}:{port}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tls.so"
+loadmodule "sl.so"
+modparam("tls", "config", "{tls_config}")
+request_route {{
+    if (method == "ACK") exit;
+    if (method == "INVITE") {{
+        sl_send_reply("100", "Trying");
+        sl_send_reply("180", "Ringing");
+    }}
+    sl_send_reply("200", "OK");
+    exit;
+}}
+"""
+KAMAILIO_TLS = """[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+private_key = {key}
+certificate = {cert}
+"""
+
+
+def test_kamailio_over_tls_is_recorded_as_its_plaintext(lab: Lab, tmp_path: Path) -> None:
+    """Kamailio's tls module feeds OpenSSL through memory BIOs and does the socket I/O
+    itself, outside the TLS calls: its sessions are paired by the socket its process
+    read just before SSL_read. Kamailio answers statelessly (its 200 has no SDP): the
+    media is learned from the decrypted offer. --tls-comm kamailio: the client's own
+    plaintext (python) stays out."""
+    require_tool("kamailio")
+    cert, key = certificate(tmp_path)
+    tls_config = tmp_path / "tls.cfg"
+    tls_config.write_text(KAMAILIO_TLS.format(cert=cert, key=key))
+    config = tmp_path / "kamailio.cfg"
+    config.write_text(KAMAILIO_CONFIG.format(address=lab.uas_v4, port=TLS_PORT, tls_config=tls_config))
+    out = tmp_path / "sip.jsonl"
+    server = Background(["kamailio", "-DD", "-E", "-f", str(config)], tmp_path / "kamailio.log",
+                        netns=lab.uas_ns)
+    agent = None
+    try:
+        server.wait_for_output("Listening on", START_TIMEOUT_S)
+        time.sleep(1.0)  # its TCP workers up
+        agent = start_agent(lab.uas_ns, lab.uas_if, out, tmp_path / "agent.log",
+                            ["--tls", "--tls-comm", "kamailio", "--mode", "xdp"])
+        argv = netns_argv(lab.uac_ns, [*PEER, "client", lab.uas_v4, str(TLS_PORT), str(CALLS),
+                                       str(RTP_PACKETS)])
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and f"done {CALLS} calls" in done.stdout, done.stdout + done.stderr
+        time.sleep(1.5)
+    finally:
+        agent_status = agent.stop(signal.SIGTERM) if agent is not None else None
+        server.stop(signal.SIGTERM)
+    assert agent is not None and agent_status == 0, agent.output() if agent else ""
+    sip = [r for r in read_records(out) if r["kind"] == "sip"]
+    assert Counter(map(message_key, sip)) == conversation(CALLS), "every message, as Kamailio moved it"
+    for record in sip:
+        assert record["transport"] == "tls" and record["process"]["comm"] == "kamailio", record
+        from_client = record["method"] is not None
+        assert record["direction"] == ("ingress" if from_client else "egress"), record
+        ends = (record["src"], record["dst"]) if from_client else (record["dst"], record["src"])
+        assert ends == (lab.uac_v4, lab.uas_v4), record
+    streams = [r for r in read_records(out) if r["kind"] == "rtp" and r["src"] == lab.uac_v4]
+    assert {r["call_id"] for r in streams} == {f"tls-{call}@client.invalid" for call in range(CALLS)}
+    stats = final_stats(agent)
+    assert stats["tls_unpaired"] == 0 and stats["tls_submit_failed"] == 0, stats

@@ -10,8 +10,9 @@ split over three TLS writes, so over three records), reads the server's
 100, 180 and 200 — which the server writes in one call, so in one record —
 sends an ACK and an in-dialog INFO (one write with the ACK: two messages in
 one record), reads the INFO's 200, sends RTP to the media address the 200's
-SDP announced (from 0.3 s after the answer, every 5 ms), then a BYE, and reads
-its 200. One connection carries all of
+SDP announced (from 0.3 s after the answer, every 5 ms, from the port its own
+offer announced; to MEDIA_BASE_PORT + 2 * call when the answer has no SDP, as
+a stateless server's has not), then a BYE, and reads its 200. One connection carries all of
 it. The HTTPS pair exchanges a request and a response holding MARKER: TLS
 traffic that is not SIP.
 """
@@ -109,7 +110,6 @@ def client(address: str, port: int, calls: int, rtp_packets: int) -> None:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the lab's certificate is made for the test
     local = socket.create_connection((address, port))
-    media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with context.wrap_socket(local) as conn:
         me = conn.getsockname()[0]
         pending = bytearray()
@@ -129,16 +129,19 @@ def client(address: str, port: int, calls: int, rtp_packets: int) -> None:
             answers = [read_message(conn, pending) for _ in range(3)]
             ok = answers[-1]
             assert ok is not None and ok.startswith(b"SIP/2.0 200"), answers
-            media_port = int(re.search(rb"m=audio (\d+)", ok).group(1))  # type: ignore[union-attr]
+            announced = re.search(rb"m=audio (\d+)", ok)  # a stateless server answers without SDP
+            media_port = int(announced.group(1)) if announced else MEDIA_BASE_PORT + 2 * call
             conn.sendall(headers(f"ACK sips:bob@{address} SIP/2.0", call_id, "1 ACK", me, to_tag=";tag=b1")
                          + headers(f"INFO sips:bob@{address} SIP/2.0", call_id, "2 INFO", me,
                                    to_tag=";tag=b1"))  # two messages in one write
             assert read_message(conn, pending) is not None
             time.sleep(MEDIA_START_S)  # as a phone starts its media once answered, not in the same ms
-            for seq in range(rtp_packets):
-                header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x1000 + call)
-                media.sendto(header + bytes(160), (address, media_port))
-                time.sleep(0.005)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as media:
+                media.bind((me, 40000 + 2 * call))  # from the endpoint its offer announced
+                for seq in range(rtp_packets):
+                    header = struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x1000 + call)
+                    media.sendto(header + bytes(160), (address, media_port))
+                    time.sleep(0.005)
             conn.sendall(headers(f"BYE sips:bob@{address} SIP/2.0", call_id, "3 BYE", me, to_tag=";tag=b1"))
             assert read_message(conn, pending) is not None
     print(f"done {calls} calls", flush=True)
