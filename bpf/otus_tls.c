@@ -44,7 +44,8 @@ struct otus_tls_conn {
 	__u16 lport;
 	__u16 rport;
 	__u8 family;
-	__u8 pad[3];
+	__u8 by_last_read;    /* paired by the socket read before an SSL_read (memory BIO) */
+	__u8 pad[2];
 	__u64 written;        /* stream offsets: bytes written and read so far */
 	__u64 read;
 };
@@ -319,17 +320,25 @@ static __always_inline __u64 tls_moved(struct pt_regs *ctx, struct otus_tls_call
 #define OTUS_TLS_LAST_READ_NS 1000000000ULL /* a memory BIO's read and its SSL_read: same second */
 
 /* A read call with no socket I/O of its own: the session is the socket the thread read
- * last (memory-BIO servers), when that was recent; its offsets start there. */
-static __always_inline struct otus_tls_conn *pair_last_read(__u64 id, struct otus_tls_session *session)
+ * last (memory-BIO servers), when that read began within the last second. Taken on every
+ * such read, so a session paired wrongly (a thread pool; an SSL * freed by another
+ * process and reused for a new connection) is put right by its next read; a new socket
+ * starts the offsets again. A read pairs one call: the next session needs its own. */
+static __always_inline struct otus_tls_conn *pair_last_read(__u64 id, struct otus_tls_session *session,
+							    struct otus_tls_conn *known)
 {
 	struct otus_tls_conn *last = tls_last_read.lookup(&id);
 
 	if (!last || bpf_ktime_get_ns() - last->read > OTUS_TLS_LAST_READ_NS)
-		return NULL;
+		return known;
 	struct otus_tls_conn conn = *last;
 
+	tls_last_read.delete(&id);
+	if (known && same_conn(known, &conn))
+		return known;
 	conn.read = 0;
 	conn.written = 0;
+	conn.by_last_read = 1;
 	tls_conns.update(session, &conn);
 	return tls_conns.lookup(session);
 }
@@ -354,8 +363,8 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	tls_count(OTUS_TLS_CTR_CALLS);
 	struct otus_tls_session session = {.ssl = call.ssl, .pid = id >> 32};
 	struct otus_tls_conn *conn = tls_conns.lookup(&session);
-	if (!conn && !writes(call.call))
-		conn = pair_last_read(id, &session);
+	if (!writes(call.call) && (!conn || conn->by_last_read))
+		conn = pair_last_read(id, &session, conn);
 	if (!conn) {
 		tls_count(OTUS_TLS_CTR_UNPAIRED);
 		return 0;

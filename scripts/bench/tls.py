@@ -12,7 +12,9 @@ the agent would. Twice: on port 5061, whose plaintext goes up the ring, and on
 port 8443, which the kernel counts and keeps (an HTTPS server beside the SIP
 server). Rounds alternate without and with, so a noisy machine moves both.
 Then the raw tracepoint's cost to a system call that is not socket I/O
-(getppid), and to a write() outside any TLS call (to /dev/null), in ns a call.
+(getppid), to a write() outside any TLS call (to /dev/null), and to a read()
+by a process that makes TLS calls (followed to its file: the memory-BIO
+pairing), in ns a call.
 Last, the floor: what a uprobe and uretprobe that do nothing, on libc's
 getppid, add to a call on this machine (the mechanism's own cost, which the
 TLS probes pay twice a call before doing anything).
@@ -87,6 +89,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tls_process_reads(port: int) -> None:
+    """As a process that makes TLS calls (the agent follows such a process's reads to
+    their sockets): ns a read() of /dev/zero, outside any TLS call."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as conn:
+        conn.sendall(INVITE)
+        conn.recv(65536)
+        zero = os.open("/dev/zero", os.O_RDONLY)
+        try:
+            print(f"{min(ns_per_call(lambda: os.read(zero, 1), 100_000) for _ in range(3)):.0f}", flush=True)
+        finally:
+            os.close(zero)
+
+
+def read_ns(port: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--reader", str(port)], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip())
+
+
 def requests_per_second(port: int, seconds: float, server: int) -> tuple[float, float]:
     """Requests/s of one client run, and the CPU (client and server) each request took, in µs:
     on a shared host, the CPU a request costs moves less with the neighbours than the rate."""
@@ -150,7 +173,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--server", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--reader", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reader:
+        tls_process_reads(args.reader)
+        return
     if args.client:
         echo_client(int(args.client[0]), float(args.client[1]))
         return
@@ -192,6 +219,7 @@ def measure(seconds: float, rounds: int, servers: dict[int, int]) -> None:
                     figures.setdefault(f"getppid {with_probes}", []).append(ns_per_call(os.getppid))
                     figures.setdefault(f"write {with_probes}", []).append(
                         ns_per_call(lambda: os.write(devnull, b"x")))
+                    figures.setdefault(f"read {with_probes}", []).append(read_ns(SIP_PORT))
                     if programs is not None:
                         counts = read_tls_counters(programs.bpf)
         print(f"TLS echo, {seconds:.0f} s a round, {rounds} rounds alternating (median):")
@@ -203,9 +231,11 @@ def measure(seconds: float, rounds: int, servers: dict[int, int]) -> None:
                   f"ratio {probed / base:.2f}; CPU a request {base_cpu:.0f} -> {probed_cpu:.0f} us, "
                   f"{statistics.median(calls[port]):.1f} TLS calls a request (both ends), "
                   f"+{per_call:.1f} us CPU a call")
-        for call in ("getppid", "write"):
+        for call, who in (("getppid", "any process"), ("write", "any process, outside a TLS call"),
+                          ("read", "a process that makes TLS calls, of /dev/zero")):
             base, probed = (statistics.median(figures[f"{call} {p}"]) for p in (False, True))
-            print(f"  {call}() from Python: {base:.0f} -> {probed:.0f} ns a call (+{probed - base:.0f} ns)")
+            print(f"  {call}() from Python ({who}): {base:.0f} -> {probed:.0f} ns a call "
+                  f"(+{probed - base:.0f} ns)")
         print(f"  last probed round's TLS counters: {counts}; chunks drained: {drained[0]}")
         floor = empty_uprobe_pair_ns()
         print(f"  floor: a uprobe + uretprobe doing nothing add {floor / 1000:.1f} us to a call here")
