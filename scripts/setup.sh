@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up otus-ebpf on a Debian 12 machine, as root. Idempotent: a second run
 # checks, changes nothing and takes about a second.
-#   Debian packages (bcc, kernel headers, iproute2, sipp, tshark, tcpdump, tmux, vagrant, openssl),
+#   Debian packages (bcc, kernel headers, iproute2, sipp, tshark, tcpdump, tmux, vagrant, openssl,
+#   kamailio with its TLS module for the TLS lab test),
 #   the /lib/modules link bcc needs when the running kernel has no headers,
 #   .venv importing Debian's bcc, `pip install -e .[dev]` and the example plugin package.
 set -euo pipefail
@@ -40,6 +41,14 @@ install_packages() {
         iproute2 sip-tester tshark tcpdump tcpreplay tmux vagrant ca-certificates openssl \
         kamailio kamailio-tls-modules \
         gcc libc6-dev python3-dev  # mypyc's C extensions (scripts/build_native.py); Kamailio: the TLS lab
+    # The TLS lab test runs Kamailio itself, in a namespace; the package's own service
+    # (listening on 5060 on every interface) is not wanted on the host.
+    if command -v systemctl >/dev/null && systemctl is-enabled --quiet kamailio 2>/dev/null; then
+        systemctl disable --quiet kamailio 2>/dev/null || say "could not disable the kamailio service"
+        if systemctl is-active --quiet kamailio 2>/dev/null; then
+            systemctl stop kamailio || say "could not stop the kamailio service"
+        fi
+    fi
 }
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}.
