@@ -154,7 +154,7 @@ def walk(frame: bytes, tunnels: Tunnels = DEFAULT_TUNNELS, sip_ports: frozenset[
 
 def _trusted(src: bytes, tunnels: Tunnels, counts: TunnelCounts | None) -> bool:
     """Whether a tunnel from ``src`` is opened (Tunnels.mirrors); if not, counted."""
-    if not tunnels.mirrors or tunnels.trusted(src):
+    if tunnels.trusted(src):  # no mirrors set: any source
         return True
     if counts is not None:
         counts.untrusted += 1

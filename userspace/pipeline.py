@@ -281,16 +281,18 @@ class Pipeline:
             datagram = self.reassembler.feed(decoded, event.ts_ns)
             if datagram is None:
                 return None, 0
-            if not tunnel:  # one level: a tunnel inside a tunnel is not opened
-                sip_ports = frozenset() if self.opened_rules is None else self.opened_rules.sip_ports
-                whole = tunnel_frame(datagram, self._tunnels, sip_ports, event.frame[:event.l3_offset])
-                if whole is not None and not self._tunnels.trusted(datagram.src):
+            sip_ports = frozenset() if self.opened_rules is None else self.opened_rules.sip_ports
+            # one level: a tunnel inside a tunnel is not opened
+            whole = None if tunnel else tunnel_frame(datagram, self._tunnels, sip_ports,
+                                                     event.frame[:event.l3_offset])
+            if whole is not None:
+                if not self._tunnels.trusted(datagram.src):
                     self.stats.tunnels_untrusted += 1  # as the kernel's DECAP_UNTRUSTED: not opened
                     return None, 0
-                layout = None if whole is None else walk(whole, self._tunnels)
-                if whole is not None and layout is not None and layout.encap is not None:
+                layout = walk(whole, self._tunnels)
+                if layout is not None and layout.encap is not None:
                     return self._opened(event, whole, layout), datagram.fragments
-                # else no tunnel it opens (a refused header): decoded as the datagram it is
+                # else a header it refuses: decoded as the datagram it is
             return decode_datagram(datagram), datagram.fragments
         except DecodeError:
             self.stats.decode_errors += 1
@@ -370,15 +372,12 @@ class Pipeline:
     def _record(self, event: Event, packet: Packet, fragments: int, data: bytes,
                 records: list[Record], transport: int, encap: Encap | None) -> None:
         vlans = _vlans(event.frame)
-        route = self._route
-        if route is not None and not event.flags & _OWNED:  # the kernel could not route it
-            owner = owner_of(data, route[1])
-            if owner is not None and owner != route[0]:
-                self._handoffs.append((owner, handoff_record(HandOff(
-                    event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
-                    packet.dst, packet.dport, fragments, vlans, data, encap))))
-                self.stats.handed_off += 1
-                return
+        owner = None if event.flags & _OWNED else self._elsewhere(data)  # the kernel could not route it
+        if owner is not None:
+            self._hand_off(owner, HandOff(event.ts_ns, event.ifindex, event.direction, transport,
+                                          packet.src, packet.sport, packet.dst, packet.dport, fragments,
+                                          vlans, data, encap))
+            return
         self._sip(event.ts_ns, event.ifindex, event.direction, transport, packet.src, packet.sport,
                   packet.dst, packet.dport, fragments, event.shard, vlans, data, records, encap)
 
@@ -398,17 +397,27 @@ class Pipeline:
         key = (chunk.src, chunk.sport, chunk.dst, chunk.dport, chunk.stream_tag)
         for message in tcp.feed(key, seq, flags, chunk.data, event.ts_ns, ordered=True):
             transport = WSS if tcp.framed_transport == WS else TLS
-            route = self._route
-            if route is not None:  # chunks go to a shard by connection, never by Call-ID
-                owner = owner_of(message, route[1])
-                if owner is not None and owner != route[0]:
-                    self._handoffs.append((owner, handoff_record(HandOff(
-                        event.ts_ns, 0, event.direction, transport, chunk.src, chunk.sport, chunk.dst,
-                        chunk.dport, 1, (), message, None, chunk.process))))
-                    self.stats.handed_off += 1
-                    continue
+            owner = self._elsewhere(message)  # chunks go to a shard by connection, never by Call-ID
+            if owner is not None:
+                self._hand_off(owner, HandOff(event.ts_ns, 0, event.direction, transport, chunk.src,
+                                              chunk.sport, chunk.dst, chunk.dport, 1, (), message, None,
+                                              chunk.process))
+                continue
             self._sip(event.ts_ns, 0, event.direction, transport, chunk.src, chunk.sport, chunk.dst,
                       chunk.dport, 1, event.shard, (), message, records, None, chunk.process)
+
+    def _elsewhere(self, message: bytes) -> int | None:
+        """The worker that owns ``message``'s Call-ID when SIP is sharded over workers and
+        it is another one; else None."""
+        route = self._route
+        if route is None:
+            return None
+        owner = owner_of(message, route[1])
+        return owner if owner is not None and owner != route[0] else None
+
+    def _hand_off(self, owner: int, handoff: HandOff) -> None:
+        self._handoffs.append((owner, handoff_record(handoff)))
+        self.stats.handed_off += 1
 
     def _handed_in(self, raw: bytes, records: list[Record]) -> None:
         try:
