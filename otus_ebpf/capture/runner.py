@@ -39,6 +39,7 @@ from otus_ebpf.outputs.wiring import (
     open_reporters,
 )
 from userspace.boundary import Boundary
+from userspace.callbook import CallBook, CallDetail, CallRow
 from userspace.event import Captured, Direction
 from userspace.frame import address_text
 from userspace.pipeline import Pipeline, Route
@@ -118,6 +119,7 @@ class Runner:
         self.frames = FrameOutputs()
         self.flow_stats = FlowStats()
         self.recent: deque[SipRecord] | None = None  # the last SIP records, kept for a live view
+        self.book: CallBook | None = None  # the calls an interactive view shows (watch_calls)
         self.chain = open_chain(options, boundary)  # the records' processors, before every output
         self._outputs_stack = contextlib.ExitStack()
         self._outputs_lock = threading.RLock()
@@ -214,6 +216,8 @@ class Runner:
             self._guarded("output", reporter.write, records)
         if self.recent is not None:
             self.recent.extend(r for r in records if isinstance(r, SipRecord))
+        if self.book is not None:
+            self._guarded("view", self.book.take, records)
 
     def _guarded(self, stage: str, step: Callable[..., Any], *args: Any) -> Any:
         """One step behind a failure boundary: a bug is counted, the loop goes on."""
@@ -271,6 +275,16 @@ class Runner:
     def keep_recent(self, count: int) -> None:
         if self.recent is None or self.recent.maxlen != count:
             self.recent = deque(self.recent or (), maxlen=count)
+
+    def watch_calls(self) -> None:
+        if self.book is None:
+            self.book = CallBook()
+
+    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]:
+        return self.book.rows(query, sort, limit) if self.book is not None else []
+
+    def call_detail(self, call_id: str) -> CallDetail | None:
+        return self.book.detail(call_id) if self.book is not None else None
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""

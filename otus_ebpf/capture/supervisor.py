@@ -46,7 +46,7 @@ from otus_ebpf.capture.sampling import (
     fields,
     sample_from_json,
 )
-from otus_ebpf.capture.worker import STOP_GRACE_S, WorkerSpec, worker_main
+from otus_ebpf.capture.worker import STOP_GRACE_S, ViewRequest, WorkerSpec, worker_main
 from otus_ebpf.errors import SetupError
 from otus_ebpf.kernel.counters import program_counters, program_sections
 from otus_ebpf.kernel.flows import FlowMapWriter
@@ -58,6 +58,7 @@ from otus_ebpf.outputs.fanout import OutputAccount
 from otus_ebpf.outputs.joined import JoinedOutputs
 from otus_ebpf.outputs.wiring import default_records_path
 from userspace.boundary import Boundary
+from userspace.callbook import CallDetail, CallRow, detail_of, filter_rows, order_rows, row_of
 from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
@@ -148,6 +149,8 @@ class Supervisor:
         self._stopping = False
         self._starting = True  # until every worker is ready: one that dies fails the start
         self._retired: list[dict[str, Any]] = []
+        self._view: ViewRequest | None = None  # what a live view asks the workers for, when one is open
+        self._control_lock = threading.Lock()  # the view's and the stop path's words to the workers
         self.restarts = 0
         self.dispatch_dropped = 0  # events for a worker that was down, or whose pipe refused them
         # The workers' endpoints: this process is the one writer of the flow map.
@@ -278,6 +281,8 @@ class Supervisor:
                         self._take_records(payload)
                     elif kind == "ready":
                         worker.ready = True
+                        if self._view is not None:  # a worker started again is asked again
+                            self._tell(worker, self._view)
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -355,8 +360,7 @@ class Supervisor:
         if self._reader is not None:
             self._dispatch(self._reader.drain())  # detached: what is left goes out before the word to stop
         for worker in self._workers:
-            with contextlib.suppress(OSError, ValueError):
-                worker.control.send("stop")
+            self._tell(worker, "stop")
         deadline = time.monotonic() + STOP_GRACE_S
         while any(not w.final and w.failed is None for w in self._workers) and time.monotonic() < deadline:
             self._collect(0.2)
@@ -401,6 +405,38 @@ class Supervisor:
 
     def keep_recent(self, count: int) -> None:
         return None  # each worker keeps its last messages; recent_rows merges them
+
+    # -- a live view: each worker keeps its calls; their reports carry what the view asked
+
+    def watch_calls(self) -> None:
+        if self._view is None:
+            self._ask(ViewRequest("", "start", None))
+
+    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]:
+        """The workers' rows for ``query`` as of their last reports (half a second)."""
+        self._ask(ViewRequest(query, sort, self._view.follow if self._view else None))
+        rows = [row_of(r) for p in self.worker_payloads() for r in p.get("calls", ())]
+        return order_rows(filter_rows(rows, query), sort)[:limit]
+
+    def call_detail(self, call_id: str) -> CallDetail | None:
+        """The call from the worker that has it, once it has reported since it was asked."""
+        view = self._view or ViewRequest("", "start", None)
+        self._ask(view._replace(follow=call_id))
+        for payload in self.worker_payloads():
+            followed = payload.get("followed")
+            if followed is not None and followed["row"][0] == call_id:
+                return detail_of(followed)
+        return None
+
+    def _ask(self, view: ViewRequest) -> None:
+        if view != self._view:
+            self._view = view
+            for worker in self._workers:
+                self._tell(worker, view)
+
+    def _tell(self, worker: _Worker, word: object) -> None:
+        with self._control_lock, contextlib.suppress(OSError, ValueError):
+            worker.control.send(word)
 
     def recent_rows(self) -> list[list[str]]:
         return sorted(row for p in self.worker_payloads() for row in p["recent"])[-16:]

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from otus_ebpf import logs
 from otus_ebpf.capture.runner import Runner, bug_reporter, strict_mode
@@ -37,6 +37,7 @@ from otus_ebpf.kernel.streams import KernelStreams
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.signals import SignalFlag
 from userspace.boundary import Boundary
+from userspace.callbook import ROWS_SHOWN, detail_json
 from userspace.endpoints import FlowEvent
 
 REPORT_INTERVAL_S = 0.5
@@ -50,6 +51,14 @@ ORPHAN_CHECK_S = 0.5
 ORPHAN_GRACE_S = 5.0  # for an orphaned worker's Kafka and HEP outputs to flush
 SendFlows = Callable[[list[FlowEvent]], None]
 _log = logs.get(__name__)
+
+
+class ViewRequest(NamedTuple):
+    """What a live view wants in a worker's reports: the rows for a query, and one call whole."""
+
+    query: str
+    sort: str
+    follow: str | None  # a Call-ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +196,19 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
     def send_flows(changes: list[FlowEvent]) -> None:
         outbox.send("flows", changes)
 
+    view: list[ViewRequest] = []  # the latest a live view asked for, none until one opens
+
     def report(kind: str) -> None:
         sample = runner.sample(TaskSample("running"), capturing=True)
         outbox.send(kind, {"sample": sample_to_json(sample), "figures": runner.figures(),
-                           "recent": runner.recent_rows(), "worker": index})
+                           "recent": runner.recent_rows(), "worker": index, **view_report(runner, view)})
 
     def listen() -> None:
         with contextlib.suppress(EOFError, OSError):
-            control.recv()  # "stop", or the parent went away
+            while (word := control.recv()) != "stop":  # or the parent went away
+                if isinstance(word, ViewRequest):
+                    runner.watch_calls()
+                    view[:] = [word]
         stop.set()
 
     failure: list[BaseException] = []
@@ -226,6 +240,16 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
         if failure:
             raise failure[0]
     report("final")  # after the drain, the last batch and the flush
+
+
+def view_report(runner: Runner, view: list[ViewRequest]) -> dict[str, Any]:
+    """The rows and the followed call a live view asked for, as plain data."""
+    if not view:
+        return {}
+    query, sort, follow = view[0]
+    rows = [list(row) for row in runner.calls(query, sort, ROWS_SHOWN)]
+    detail = runner.call_detail(follow) if follow is not None else None
+    return {"calls": rows, "followed": detail_json(detail) if detail is not None else None}
 
 
 class Outbox:

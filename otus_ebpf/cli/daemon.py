@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from otus_ebpf.capture.sampling import TaskSample, sample_from_json
-from otus_ebpf.cli.tui import Dashboard, LiveView
 from otus_ebpf.control.config import DEFAULT_CONTROL_SOCKET
 from otus_ebpf.control.daemon import run_daemon
 from otus_ebpf.control.server import request
 from otus_ebpf.errors import SetupError
+from otus_ebpf.view.app import LiveApp
+from otus_ebpf.view.sources import RemoteSource
 
-TOP_REFRESH_S = 1.0
 TASK_ACTIONS = ("list", "status", "create", "delete", "pause", "resume")
 
 
@@ -90,30 +87,8 @@ def _task(path: str, args: argparse.Namespace) -> int:
     return 0
 
 
-class _RemoteTask:
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.name = str(data["name"])
-        self._sample = sample_from_json(data["sample"])
-        self._recent = [list(map(str, row)) for row in data["recent"]]
-
-    def metrics_sample(self) -> TaskSample:
-        return self._sample
-
-    def recent_rows(self) -> list[list[str]]:
-        return self._recent
-
-
 def _top(path: str) -> int:
-    def tasks() -> list[_RemoteTask]:
-        return [_RemoteTask(t) for t in request(path, {"cmd": "samples"})["tasks"]]
-
-    tasks()  # no daemon: one line and exit 1, before the screen is taken
-    view = LiveView(Dashboard(tasks))
-    try:
-        while True:
-            time.sleep(TOP_REFRESH_S)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        view.close()
-        print(file=sys.stderr)
+    source = RemoteSource(path)
+    source.remote_tasks()  # no daemon: one line and exit 1, before the screen is taken
+    LiveApp(source).run()
+    return 0

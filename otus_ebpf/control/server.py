@@ -5,6 +5,8 @@ request per connection, one JSON answer.
     {"cmd": "status", "task": NAME}                  one task in detail
     {"cmd": "stats"}                                 every task's stats line
     {"cmd": "samples"}                               figures and latest SIP for `otus-ebpf top`
+    {"cmd": "calls", "query": Q, "sort": S, "limit": N}  `top`'s call list, every task (socket only)
+    {"cmd": "call", "task": NAME, "call_id": ID}     one call's messages and media (socket only)
     {"cmd": "create", "config": FILE, "task": NAME}  start (and store) a task defined in FILE
     {"cmd": "create", "definition": {...}, "task": NAME}  ... or given whole, as a file's task
     {"cmd": "delete", "task": NAME}                  stop and remove a task

@@ -41,6 +41,7 @@ from otus_ebpf.options import AttachOptions
 from otus_ebpf.outputs.joined import JoinedOutputs
 from otus_ebpf.outputs.wiring import check_outputs, open_output
 from userspace.boundary import Boundary
+from userspace.callbook import ROWS_SHOWN, CallDetail, CallRow
 
 STOP_WAIT_S = 30.0  # how long a stop waits for the poll loop to notice
 
@@ -77,6 +78,12 @@ class Engine(Protocol):
     def keep_recent(self, count: int) -> None: ...
 
     def recent_rows(self) -> list[list[str]]: ...
+
+    def watch_calls(self) -> None: ...
+
+    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]: ...
+
+    def call_detail(self, call_id: str) -> CallDetail | None: ...
 
     def records_lost(self) -> int: ...
 
@@ -159,6 +166,7 @@ class Task:
         self.engine: Engine | None = None
         self._joined: JoinedOutputs | None = None
         self._recent: int | None = None
+        self._watching = False  # a live view reads its calls (calls, call_detail)
         self.failure: str | None = None  # why a running task failed
         self.periodic_stats = True  # a live view shows them instead
 
@@ -216,7 +224,7 @@ class Task:
                      "statistics in the kernel, and the pcap without RTP)")
         if not self._worker_processes():
             self.runner = Runner(self.interfaces, self.options, self.boundary)
-            self._keep_recent()
+            self._keep_for_views()
 
     def _init(self) -> None:
         self._stack.callback(self._log_accounts)  # the very last word, once the outputs are closed
@@ -260,6 +268,7 @@ class Task:
                 self.options = dataclasses.replace(self.options, mode=CaptureMode.AFPACKET)
                 self._capture_here()
             else:
+                self._keep_for_views()
                 _log.info(f"capturing: {self.engine.description}")
             return
         self._capture_here()
@@ -286,7 +295,7 @@ class Task:
                 self._joined.close()
                 self._joined = None
             self.runner = Runner(self.interfaces, self.options, self.boundary)
-            self._keep_recent()
+            self._keep_for_views()
             self.runner.open_outputs(self._stack, self.options)
         runner: Runner = self.runner
         opener = self._open_capture or open_capture
@@ -345,12 +354,32 @@ class Task:
     def keep_recent(self, count: int) -> None:
         """Keep the last ``count`` SIP messages for a live view (recent_rows)."""
         self._recent = count
-        self._keep_recent()
+        self._keep_for_views()
 
-    def _keep_recent(self) -> None:
+    def watch_calls(self) -> None:
+        """Keep the calls a live view shows from now on, also across a restart."""
+        self._watching = True
+        self._keep_for_views()
+
+    def _keep_for_views(self) -> None:
         engine = self.engine or self.runner  # a runner exists before it becomes the engine
-        if self._recent is not None and engine is not None:
+        if engine is None:
+            return
+        if self._recent is not None:
             engine.keep_recent(self._recent)
+        if self._watching:
+            engine.watch_calls()
+
+    def calls(self, query: str = "", sort: str = "start", limit: int = ROWS_SHOWN) -> list[CallRow]:
+        """The call list of a live view (watch_calls first), each row naming this task."""
+        engine = self.engine
+        if engine is None:
+            return []
+        return [row._replace(task=self.name) for row in engine.calls(query, sort, limit)]
+
+    def call_detail(self, call_id: str) -> CallDetail | None:
+        engine = self.engine
+        return engine.call_detail(call_id) if engine is not None else None
 
     def recent_rows(self) -> list[list[str]]:
         """The latest SIP messages as table rows: time, direction, from, to, message, Call-ID."""

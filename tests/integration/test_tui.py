@@ -1,6 +1,8 @@
-"""The live view: `otus-ebpf attach` in a real terminal (tmux, with its own
-server socket) while sipp calls run across the lab; the screen must show
-non-zero rates and the calls."""
+"""The interactive live view in a real terminal (tmux, with its own server
+socket): `otus-ebpf attach` while sipp calls run across the lab, and `otus-ebpf
+top` against a daemon. The call list must show the calls, a call's ladder its
+messages in order, a message its text; each screen is printed into the test's
+output and kept beside its records."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,41 +62,89 @@ def rate(screen: str, label: str) -> float:
     return float(match.group(1).replace(",", "")) if match else 0.0
 
 
-def test_the_live_view_shows_rates_and_calls_under_traffic(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
-    out = tmp_path / "sip.jsonl"
-    command = f"ip netns exec {lab.uas_ns} {AGENT} attach {lab.uas_if} --out {out} --metrics off"
-    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", command)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "packets/s" not in tmux.screen():
-        assert time.monotonic() < deadline and tmux.alive(), f"no live view:\n{tmux.screen()}"
+LADDER = ["INVITE", "100 Trying", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"]
+_LABEL = re.compile(r"^(INVITE|ACK|BYE|CANCEL|\d{3} [A-Za-z ]+?)( \(retransmission\))?$")
+
+
+def ladder_labels(screen: str) -> list[str]:
+    """The messages of a ladder on the screen, top to bottom (retransmissions left out)."""
+    labels = []
+    for line in screen.splitlines():
+        label = re.sub(r"[│├┤▶◀─\s]+", " ", line).strip()
+        match = _LABEL.match(label)
+        if match is not None and match.group(2) is None:
+            labels.append(match.group(1))
+    return labels
+
+
+def wait_for(tmux: Tmux, ready: Callable[[str], bool], what: str, timeout: float = START_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = tmux.screen()
+        if ready(screen):
+            return screen
+        assert time.monotonic() < deadline and tmux.alive(), f"{what}:\n{screen}"
+        time.sleep(0.25)
+
+
+def keep(tmp_path: Path, name: str, screen: str) -> None:
+    (tmp_path / f"{name}.txt").write_text(screen)
+    print(f"--- {name} ---\n{screen}")
+
+
+def ended_rows(screen: str) -> int:
+    return sum(1 for line in screen.splitlines() if re.search(r"\bINVITE\b.*\bended\b.*\b200\b", line))
+
+
+def walk_a_call(tmux: Tmux, tmp_path: Path, calls: int) -> None:
+    """List (every call ended) -> ladder of the highlighted call -> its INVITE -> back to the list."""
+    listed = wait_for(tmux, lambda s: ended_rows(s) >= calls, f"the list does not show {calls} ended calls")
+    keep(tmp_path, "list", listed)
+    tmux.run("send-keys", "-t", tmux.session, "Enter")
+    ladder = wait_for(tmux, lambda s: ladder_labels(s) == LADDER, "no ladder of the call")
+    keep(tmp_path, "ladder", ladder)
+    tmux.run("send-keys", "-t", tmux.session, "Enter")
+    message = wait_for(tmux, lambda s: "Call-ID:" in s and "INVITE sip:" in s, "no message text")
+    keep(tmp_path, "message", message)
+    tmux.run("send-keys", "-t", tmux.session, "Escape")
+    wait_for(tmux, lambda s: ladder_labels(s) == LADDER, "not back on the ladder")
+    tmux.run("send-keys", "-t", tmux.session, "Escape")
+    wait_for(tmux, lambda s: ended_rows(s) >= calls, "not back on the list")
+
+
+def stopped(tmux: Tmux, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while tmux.alive():
+        assert time.monotonic() < deadline, f"the view did not end:\n{tmux.screen()}"
         time.sleep(0.2)
 
-    calls = threading.Thread(target=run_calls, args=(lab, CALLS, "u1", tmp_path), kwargs={"rate": 5})
-    calls.start()
+
+def test_attach_view_lists_the_calls_and_draws_a_ladder(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
+    out = tmp_path / "sip.jsonl"
+    command = f"ip netns exec {lab.uas_ns} {AGENT} attach {lab.uas_if} --out {out} --metrics off"
+    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path), command)
+    wait_for(tmux, lambda s: "packets/s" in s and "Call-ID" in s, "no live view")
+
+    sipp = threading.Thread(target=run_calls, args=(lab, CALLS, "u1", tmp_path), kwargs={"rate": 5})
+    sipp.start()
     busiest = ""
-    while calls.is_alive():
+    while sipp.is_alive():
         screen = tmux.screen()
         if rate(screen, "SIP msg/s") > rate(busiest, "SIP msg/s"):
             busiest = screen
         time.sleep(0.25)
-    calls.join()
-    time.sleep(1.5)
-    final = tmux.screen()
-    (tmp_path / "screen.txt").write_text(final)
-
+    sipp.join()
     assert rate(busiest, "SIP msg/s") > 0 and rate(busiest, "packets/s") > 0, busiest
-    assert rate(final, "calls ended") == CALLS, final
+    walk_a_call(tmux, tmp_path, CALLS)
+    final = wait_for(tmux, lambda s: rate(s, "calls ended") == CALLS, "the dashboard's count")
     assert rate(final, "SIP messages") == len([r for r in read_records(out) if r["kind"] == "sip"]), final
-    assert ("latest SIP" in final and "BYE" in final) or "200 OK" in final, final
 
-    tmux.run("send-keys", "-t", tmux.session, "C-c")
-    deadline = time.monotonic() + 20
-    while tmux.alive():
-        assert time.monotonic() < deadline, "the agent did not stop on ^C"
-        time.sleep(0.2)
+    tmux.run("send-keys", "-t", tmux.session, "q")  # the view's quit stops the capture too
+    stopped(tmux)
+    assert sum(1 for r in read_records(out) if r["kind"] == "call") == CALLS, "stopped cleanly, flushed"
 
 
-def test_top_shows_a_running_daemon(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
+def test_top_lists_a_daemons_calls_and_draws_a_ladder(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
     config = tmp_path / "otus.yaml"
     sock = tmp_path / "control.sock"
     config.write_text(f"metrics: {{listen: 'off'}}\ncontrol: {{socket: {sock}}}\ntasks:\n"
@@ -103,15 +153,14 @@ def test_top_shows_a_running_daemon(lab: Lab, tmux: Tmux, tmp_path: Path) -> Non
     daemon = Background([str(AGENT), "daemon", "-c", str(config)], tmp_path / "daemon.log", netns=lab.uas_ns)
     try:
         daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
-        run_calls(lab, CALLS, "u1", tmp_path)
-        tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50",
+        tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path),
                  f"{AGENT} top --socket {sock}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while rate(tmux.screen(), "calls ended") < CALLS:
-            assert time.monotonic() < deadline and tmux.alive(), f"top shows no calls:\n{tmux.screen()}"
-            time.sleep(0.2)
-        screen = tmux.screen()
-        assert "edge running" in screen and rate(screen, "SIP messages") == CALLS * 7, screen
-        tmux.run("send-keys", "-t", tmux.session, "C-c")
+        wait_for(tmux, lambda s: "edge running" in s, "top shows no task")
+        run_calls(lab, CALLS, "u1", tmp_path)  # calls from the view's first look on are kept
+        walk_a_call(tmux, tmp_path, CALLS)
+        screen = wait_for(tmux, lambda s: rate(s, "calls ended") == CALLS, "the dashboard's count")
+        assert rate(screen, "SIP messages") == CALLS * 7 and "edge" in screen, screen
+        tmux.run("send-keys", "-t", tmux.session, "q")
+        stopped(tmux)
     finally:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.output()

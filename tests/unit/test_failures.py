@@ -27,13 +27,13 @@ from rich.console import Console
 from otus_ebpf.capture.replay import CaptureFileError, read_frames, run_replay
 from otus_ebpf.capture.sampling import TaskSample
 from otus_ebpf.cli import agent
-from otus_ebpf.cli.tui import Dashboard, printable
 from otus_ebpf.control.commands import Commands
 from otus_ebpf.control.server import MAX_CONNECTIONS, ControlServer, request
 from otus_ebpf.control.task import Task, TaskState
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
 from otus_ebpf.outputs.fanout import Fallback, QueuedReporter
 from otus_ebpf.outputs.wiring import FrameOutputs
+from otus_ebpf.view.dashboard import Dashboard, printable
 from tests.support.frames import ethernet, ipv4, raw, ring_record, udp
 from tests.support.hostile import TRIGGERS
 from tests.support.records import numbered_sip_records

@@ -31,8 +31,9 @@ MAY_IMPORT = {
     "otus_ebpf.capture": _BELOW_CAPTURE | {"otus_ebpf.capture"},
     "otus_ebpf.fleet": {"otus_ebpf.fleet"},
     "otus_ebpf.control": _BELOW_CAPTURE | {"otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control"},
+    "otus_ebpf.view": _BELOW_CAPTURE | {"otus_ebpf.capture", "otus_ebpf.control", "otus_ebpf.view"},
     "otus_ebpf.cli": _BELOW_CAPTURE | {"otus_ebpf.capture", "otus_ebpf.fleet", "otus_ebpf.control",
-                                       "otus_ebpf.cli"},
+                                       "otus_ebpf.view", "otus_ebpf.cli"},
     "otus_ebpf.__main__": {"otus_ebpf.cli"},
 }
 

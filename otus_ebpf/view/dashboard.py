@@ -1,31 +1,24 @@
-"""The live view of `otus-ebpf attach` in a terminal, drawn with rich.
-
-A thread of its own samples the tasks twice a second (the same samples the
-metrics use, so nothing is counted twice on the packet path) and redraws:
-rates, drops at every stage (red when not zero), calls, the latest SIP
-messages, each output's health, RTP quality. Log lines still appear, above
-the view. Without a terminal, or with --no-tui, the agent prints plain stats
-lines instead.
+"""The dashboard at the top of the live view (otus_ebpf.view.app), drawn with rich:
+rates, drops at every stage (red when not zero), calls, each output's health,
+RTP quality, and optionally the latest SIP messages. It reads the same samples
+the metrics use, so nothing is counted twice on the packet path.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from otus_ebpf.capture.sampling import TaskSample
 
-REFRESH_S = 0.5
 RECENT_SHOWN = 8
 # Characters a terminal acts on instead of showing: C0/C1 controls (ESC
 # starts CSI/OSC sequences), DEL, and the bidirectional and zero-width
@@ -82,6 +75,7 @@ class _Previous:
 class Dashboard:
     tasks: Callable[[], Sequence[ViewedTask]]
     clock: Callable[[], float] = time.monotonic
+    recent: bool = True  # the latest SIP messages under the figures
     _previous: dict[str, _Previous] = field(default_factory=dict)
 
     def render(self) -> RenderableType:
@@ -114,8 +108,10 @@ class Dashboard:
                      f"calls ended [b]{_total(sample, 'otus_calls_total', outcome='ended'):,}[/]",
                      f"RTP streams [b]{_gauge(sample, 'otus_rtp_streams_active'):,.0f}[/]",
                      f"MOS [b]{_gauge(sample, 'otus_rtp_mos'):.2f}[/]")
-        return Panel(Group(head, self._drops(sample), self._outputs(sample), self._recent(task)),
-                     title="otus-ebpf", border_style="blue")
+        parts = [head, self._drops(sample), self._outputs(sample)]
+        if self.recent:
+            parts.append(self._recent(task))
+        return Panel(Group(*parts), title="otus-ebpf", border_style="blue")
 
     def _drops(self, sample: TaskSample) -> RenderableType:
         stages = [
@@ -153,33 +149,3 @@ class Dashboard:
         for row in task.recent_rows()[-RECENT_SHOWN:]:
             table.add_row(*(plain(cell, 60) for cell in row[:5]), plain(row[5], 40))
         return table
-
-
-class LiveView:
-    """The dashboard redrawn on its own thread until ``close``."""
-
-    def __init__(self, dashboard: Dashboard, console: Console | None = None) -> None:
-        self._dashboard = dashboard
-        self._live = Live(dashboard.render(), console=console, refresh_per_second=4, redirect_stderr=True,
-                          redirect_stdout=False)
-        self._stop = threading.Event()
-        self._live.start()
-        self._thread = threading.Thread(target=self._run, name="tui", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        said = ""
-        while not self._stop.wait(REFRESH_S):
-            try:
-                self._live.update(self._dashboard.render())
-            except Exception as exc:  # a view that cannot draw must not take the capture down
-                error = f"live view: cannot draw: {type(exc).__name__}: {exc}"
-                if error != said:  # once per kind; the next redraw tries again
-                    self._live.console.print(Text(printable(error)))
-                said = error
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._live.update(self._dashboard.render())
-        self._live.stop()

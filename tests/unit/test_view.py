@@ -1,0 +1,284 @@
+"""The interactive live view, headless: the call book it reads, the ladder, saving
+a call, and the app driven key by key with Textual's pilot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import dpkt
+import pytest
+from rich.console import Console, RenderableType
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, OptionList, Static
+
+from otus_ebpf.view.app import CallList, Ladder, LiveApp, MessageView
+from otus_ebpf.view.ladder import ladder_text
+from otus_ebpf.view.save import save_json, save_pcap
+from tests.support.records import numbered_sip_records
+from tests.support.view import scripted_records
+from userspace import callbook as book_module
+from userspace.callbook import CallBook, CallDetail, CallRow, detail_json, detail_of
+from userspace.records import Record, SipRecord
+
+ANSWERED = ["INVITE", "INVITE (retransmission)", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"]
+
+
+def fed(records: Sequence[Record] | None = None) -> CallBook:
+    book = CallBook()
+    book.take(records if records is not None else scripted_records())
+    return book
+
+
+def labels(detail: CallDetail) -> list[str]:
+    return [m.label + (" (retransmission)" if m.retransmission else "") for m in detail.messages]
+
+
+# -- the book ---------------------------------------------------------------------------
+
+
+def test_book_follows_each_call_state_status_media_and_retransmission() -> None:
+    rows = {r.call_id: r for r in fed().rows()}
+    assert set(rows) == {"view-0@test", "view-1@test", "view-2@test", "view-3@test", "options-7@10.1.0.1"}
+    assert [(r.state, r.status, r.messages) for r in (rows["view-1@test"], rows["view-3@test"])] == [
+        ("ended", 200, 7), ("rejected", 486, 3)]
+    assert (rows["options-7@10.1.0.1"].method, rows["options-7@10.1.0.1"].state) == ("OPTIONS", "done")
+    one = rows["view-1@test"]
+    assert one.lost == 5 and 0 < one.mos_ab < one.mos_ba, "the caller's stream lost 5: worse that way"
+    assert rows["view-0@test"].mos_ab == rows["view-0@test"].mos_ba > 4
+    assert (rows["view-1@test"].from_user, rows["view-1@test"].to_user) == ("alice1", "bob1")
+    detail = fed().detail("view-1@test")
+    assert detail is not None and labels(detail) == ANSWERED
+    assert [s.lost for s in detail.streams] == [5, 0]
+    invite = detail.messages[0].text
+    assert invite.startswith("INVITE sip:bob1@") and "Call-ID: view-1@test" in invite
+
+
+def test_filter_and_sort_rows() -> None:
+    book = fed()
+    assert [r.call_id for r in book.rows("BOB2")] == ["view-2@test"], "case-blind, any column"
+    assert [r.call_id for r in book.rows("486")] == ["view-3@test"]
+    assert [r.call_id for r in book.rows("nobody")] == []
+    assert book.rows(sort="start")[0].call_id == "view-3@test", "newest first"
+    assert book.rows(sort="lost")[0].call_id == "view-2@test"
+    assert book.rows(sort="mos")[0].call_id == "view-2@test", "worst MOS first"
+    assert [r.from_user for r in book.rows(sort="from")][:2] == ["alice0", "alice1"]
+    assert len(book.rows(limit=2)) == 2
+
+
+def test_book_is_bounded_in_calls_messages_and_bytes_and_counts_what_it_lets_go() -> None:
+    book = CallBook(max_calls=100)
+    book.take(numbered_sip_records(1_000, 1_000))
+    assert len(book) == 100 and book.stats.calls_evicted == 900
+    kept = {r.call_id for r in book.rows(limit=500)}
+    assert kept == {f"call-{n}" for n in range(900, 1000)}, "oldest go first"
+    one = CallBook()
+    one.take(numbered_sip_records(book_module.MAX_MESSAGES + 10, 1))
+    detail = one.detail("call-0")
+    assert detail is not None and len(detail.messages) == book_module.MAX_MESSAGES and detail.not_kept == 10
+    assert detail.row.messages == book_module.MAX_MESSAGES + 10
+    small = CallBook(bytes_kept=10_000)
+    small.take(numbered_sip_records(200, 200))
+    assert 0 < len(small) < 200 and small.stats.calls_evicted == 200 - len(small)
+
+
+def test_calls_idle_long_age_out_by_capture_time() -> None:
+    records = numbered_sip_records(3, 3)
+    late = numbered_sip_records(1, 1)[0]
+    late = dataclasses.replace(late, ts_ns=records[0].ts_ns + book_module.IDLE_KEPT_NS + 10)
+    late.message.call_id = "late"
+    book = fed([*records, late])
+    assert [r.call_id for r in book.rows()] == ["late"] and book.stats.calls_aged == 3
+
+
+def test_a_huge_message_is_kept_cut_and_hostile_text_cannot_drive_the_terminal() -> None:
+    (record,) = numbered_sip_records(1, 1)
+    message = dataclasses.replace(record.message, call_id="evil\x1b[2J\x1b]0;pwn\x07",
+                                  source=b"SIP/2.0 200 \x1b[31mOK\r\n" + b"X" * 100_000)
+    message.size = len(message.source)
+    book = fed([dataclasses.replace(record, message=message)])
+    (row,) = book.rows()
+    detail = book.detail(row.call_id)
+    assert detail is not None and len(detail.messages[0].text) == book_module.TEXT_KEPT
+    drawn = _plain(ladder_text(detail)) + _plain(Text(row.call_id))
+    console = Console(width=200, record=True, force_terminal=True, color_system=None)
+    console.print(ladder_text(detail))
+    assert "\x1b" not in console.export_text(styles=False)
+    assert "\x1b[2J" in drawn  # as the row's own text; only what is drawn is escaped
+
+
+def _plain(text: Text) -> str:
+    return text.plain
+
+
+def test_detail_crosses_json_and_back_the_same() -> None:
+    detail = fed().detail("view-2@test")
+    assert detail is not None
+    assert detail_of(json.loads(json.dumps(detail_json(detail)))) == detail
+    with pytest.raises(ValueError):
+        book_module.row_of(["only", "three", 3])
+
+
+def test_saved_json_and_pcap_hold_the_call(tmp_path: Path) -> None:
+    detail = fed().detail("view-1@test")
+    assert detail is not None
+    saved = json.loads(save_json(detail, tmp_path).read_text())
+    assert [m["label"] for m in saved["messages"]] == [m.label for m in detail.messages]
+    assert saved["call"]["call_id"] == "view-1@test" and len(saved["streams"]) == 2
+    pcap = save_pcap(detail, tmp_path)
+    with pcap.open("rb") as f:
+        frames = [dpkt.ethernet.Ethernet(buf) for _ts, buf in dpkt.pcap.Reader(f)]
+    payloads = [bytes(frame.data.data.data).decode() for frame in frames]
+    assert payloads == [m.text for m in detail.messages]
+    assert save_json(detail, tmp_path) != save_json(detail, tmp_path), "a second save keeps the first"
+
+
+def test_a_call_id_from_the_wire_makes_a_safe_file_name(tmp_path: Path) -> None:
+    detail = fed().detail("view-0@test")
+    assert detail is not None
+    hostile = detail._replace(row=detail.row._replace(call_id="../../etc/passwd\x00\n"))
+    path = save_json(hostile, tmp_path)
+    assert path.parent == tmp_path and "/" not in path.name[len("call-"):] and "\x00" not in path.name
+
+
+# -- the app, driven by its keys ----------------------------------------------------------
+
+
+class BookSource:
+    """A CallSource over a book this test feeds (what LocalSource does for a task)."""
+
+    def __init__(self, book: CallBook) -> None:
+        self.book = book
+        self.asked = 0
+
+    def dashboard(self) -> RenderableType:
+        return Text("dashboard")
+
+    def rows(self, query: str, sort: str) -> list[CallRow]:
+        self.asked += 1
+        return self.book.rows(query, sort, 200)
+
+    def detail(self, row: CallRow) -> CallDetail | None:
+        return self.book.detail(row.call_id)
+
+    def finished(self) -> bool:
+        return False
+
+
+Steps = Callable[[LiveApp, Pilot[None]], Awaitable[None]]
+
+
+def drive(source: BookSource, steps: Steps, tmp_path: Path) -> None:
+    async def run() -> None:
+        app = LiveApp(source, save_dir=tmp_path)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.pause()
+            await steps(app, pilot)
+
+    asyncio.run(run())
+
+
+def table_ids(app: LiveApp) -> list[str]:
+    table = app.screen.query_one("#calls", DataTable)
+    return [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
+
+
+def test_keys_list_filter_ladder_message_and_back(tmp_path: Path) -> None:
+    source = BookSource(fed())
+
+    async def steps(app: LiveApp, pilot: Pilot[None]) -> None:
+        p = pilot
+        assert isinstance(app.screen, CallList)
+        assert len(table_ids(app)) == 5 and table_ids(app)[0] == "view-3@test"
+        await p.press("slash")
+        assert isinstance(app.focused, Input)
+        await p.press(*"bob1")
+        await p.pause()
+        assert table_ids(app) == ["view-1@test"]
+        await p.press("enter", "enter")  # leave the filter, open the call
+        await p.pause()
+        assert isinstance(app.screen, Ladder)
+        ladder = app.screen.query_one("#ladder", OptionList)
+        lines = [str(ladder.get_option_at_index(i).prompt) for i in range(ladder.option_count)]
+        assert [line.split("\n")[0].replace("│", " ").strip() for line in lines] == ANSWERED
+        assert "+1.065s" in lines[-1]
+        assert "10.1.0.2:5060" in str(app.screen.query_one("#endpoints", Static).content)
+        await p.press("down", "down", "enter")
+        await p.pause()
+        assert isinstance(app.screen, MessageView) and app.screen.message.label == "180 Ringing"
+        assert "SIP/2.0 180 Ringing" in _plain(app.screen.query_one("#text", Static).content)
+        await p.press("j")
+        await p.press("escape")
+        assert isinstance(app.screen, Ladder)
+        await p.press("c", "escape")
+        await p.pause()
+        assert isinstance(app.screen, CallList) and table_ids(app) == ["view-1@test"]
+        await p.press("slash", *["backspace"] * 4, "escape")
+        await p.pause()
+        assert len(table_ids(app)) == 5
+        await p.press("s")
+        await p.pause()
+        assert isinstance(app.screen, CallList) and app.screen.sort == "duration"
+
+    drive(source, steps, tmp_path)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".pcap"]
+
+
+def test_pause_holds_the_list_while_calls_come(tmp_path: Path) -> None:
+    source = BookSource(fed(scripted_records(answered_calls=1, rejected_calls=0)))
+    newer = numbered_sip_records(3, 3)
+
+    async def steps(app: LiveApp, pilot: Pilot[None]) -> None:
+        before = table_ids(app)
+        await pilot.press("p")
+        source.book.take(newer)
+        assert isinstance(app.screen, CallList)
+        app.screen.refresh_view()
+        await pilot.pause()
+        assert table_ids(app) == before and "PAUSED" in str(app.screen.query_one("#status", Static).content)
+        await pilot.press("p")
+        await pilot.pause()
+        assert set(table_ids(app)) == {*before, "call-0", "call-1", "call-2"}
+
+    drive(source, steps, tmp_path)
+
+
+def test_a_call_that_is_gone_shows_waiting_and_the_view_keeps_going(tmp_path: Path) -> None:
+    book = fed()
+    source = BookSource(book)
+
+    async def steps(app: LiveApp, pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, Ladder)
+        book._calls.clear()  # evicted while open
+        app.screen.refresh_view()
+        await pilot.press("escape")
+        assert isinstance(app.screen, CallList)
+        app.screen.refresh_view()
+        await pilot.pause()
+        assert table_ids(app) == []
+
+    drive(source, steps, tmp_path)
+
+
+def test_rows_a_refresh_asks_for_are_bounded_whatever_the_calls(tmp_path: Path) -> None:
+    book = CallBook()
+    book.take(numbered_sip_records(1_500, 1_500))
+    source = BookSource(book)
+
+    async def steps(app: LiveApp, pilot: Pilot[None]) -> None:
+        assert len(table_ids(app)) == 200
+
+    drive(source, steps, tmp_path)
+
+
+def test_book_take_ignores_records_it_does_not_show() -> None:
+    records = scripted_records()
+    sip_only = [r for r in records if isinstance(r, SipRecord)]
+    with_all, only_sip = fed(records), fed(sip_only)
+    assert [r.call_id for r in with_all.rows()] == [r.call_id for r in only_sip.rows()]
