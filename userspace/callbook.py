@@ -2,10 +2,10 @@
 the outputs get.
 
 The capture loop hands it each batch once (``take``, one lock a batch); per
-message it does a dict lookup, a few comparisons and keeps a short tuple with
-the message's text cut at TEXT_KEPT. Everything a view draws (rows, the
+message it does a dict lookup, a few comparisons and keeps the record itself
+(no copy). Everything a view draws (rows, the
 ladder) is made when the view asks, from what is kept. Bounded: MAX_CALLS
-calls, MAX_MESSAGES each, BYTES_KEPT of message text in all; the call idle
+calls, MAX_MESSAGES each, BYTES_KEPT held in all; the call idle
 longest goes first, and calls idle for IDLE_KEPT_NS of capture time go too.
 """
 
@@ -25,8 +25,9 @@ from userspace.websocket import WS
 
 MAX_CALLS = 2_000
 MAX_MESSAGES = 64        # a call's messages kept for its ladder; later ones are counted only
-TEXT_KEPT = 4_096        # bytes of a message's text kept
-BYTES_KEPT = 24 << 20    # message text kept in all
+TEXT_KEPT = 4_096        # bytes of a message's text a ladder shows
+BYTES_KEPT = 32 << 20    # what the kept messages hold in all, by RECORD_OVERHEAD + their size
+RECORD_OVERHEAD = 1_500  # a kept record's parsed fields and its encoded JSON, besides its text
 IDLE_KEPT_NS = 15 * 60 * 10**9
 ROWS_SHOWN = 500         # rows a list asks for at most: what a screen can page through
 
@@ -87,22 +88,6 @@ class CallDetail(NamedTuple):
 
 
 @dataclass(slots=True)
-class _Seen:
-    ts_ns: int
-    src: bytes
-    sport: int
-    dst: bytes
-    dport: int
-    transport: int
-    method: str | None
-    status: int | None
-    reason: str | None
-    cseq: int
-    via_branch: str | None
-    text: bytes
-
-
-@dataclass(slots=True)
 class _Call:
     call_id: str
     start_ns: int
@@ -114,7 +99,7 @@ class _Call:
     status: int = 0
     answer_ns: int = 0
     end_ns: int = 0
-    seen: list[_Seen] = field(default_factory=list)
+    seen: list[SipRecord] = field(default_factory=list)  # held as they are: no copy per message
     not_kept: int = 0
     text_bytes: int = 0
     streams: dict[tuple[str, int, str, int, int], dict[str, Any]] = field(default_factory=dict)
@@ -158,19 +143,19 @@ class CallBook:
     def _message(self, record: SipRecord) -> None:
         m = record.message
         ts = record.ts_ns
-        call = self._calls.get(m.call_id)
+        calls = self._calls
+        call = calls.get(m.call_id)
         if call is None:
-            call = self._calls[m.call_id] = _Call(m.call_id, ts, ts)
+            call = calls[m.call_id] = _Call(m.call_id, ts, ts)
         else:
-            self._calls.move_to_end(m.call_id)
+            calls.move_to_end(m.call_id)
             call.last_ns = max(call.last_ns, ts)
         self._newest_ns = max(self._newest_ns, ts)
         if len(call.seen) < MAX_MESSAGES:
-            text = m.source[:min(m.size, TEXT_KEPT)]
-            call.seen.append(_Seen(ts, record.src, record.sport, record.dst, record.dport, record.transport,
-                                   m.method, m.status, m.reason, m.cseq, m.via_branch, text))
-            call.text_bytes += len(text)
-            self._bytes += len(text)
+            call.seen.append(record)
+            held = RECORD_OVERHEAD + m.size  # its text, its parse and its JSON, roughly
+            call.text_bytes += held
+            self._bytes += held
         else:
             call.not_kept += 1
             self.stats.messages_not_kept += 1
@@ -308,24 +293,27 @@ def _media_figures(call: _Call) -> tuple[float, float, int]:
 
 def _offered_media(call: _Call) -> tuple[str, int] | None:
     for seen in call.seen:
-        if seen.method == "INVITE":
-            address = _SDP_ADDRESS.search(seen.text)
-            port = _SDP_PORT.search(seen.text)
+        m = seen.message
+        if m.method == "INVITE":
+            text = m.source[:m.size]
+            address = _SDP_ADDRESS.search(text)
+            port = _SDP_PORT.search(text)
             if address and port:
                 return address.group(1).decode("ascii", "replace"), int(port.group(1))
             return None
     return None
 
 
-def _ladder_lines(seen: list[_Seen]) -> list[MessageLine]:
+def _ladder_lines(seen: list[SipRecord]) -> list[MessageLine]:
     lines = []
     earlier: set[tuple[object, ...]] = set()
     for s in seen:
-        identity = (s.src, s.sport, s.method, s.status, s.cseq, s.via_branch)
-        label = s.method if s.method is not None else f"{s.status} {s.reason or ''}".strip()
-        lines.append(MessageLine(s.ts_ns, f"{_endpoint(s.src, s.sport)}", f"{_endpoint(s.dst, s.dport)}",
-                                 label, _TRANSPORTS.get(s.transport, str(s.transport)), identity in earlier,
-                                 s.text.decode("utf-8", "replace")))
+        m = s.message
+        identity = (s.src, s.sport, m.method, m.status, m.cseq, m.via_branch)
+        label = m.method if m.method is not None else f"{m.status} {m.reason or ''}".strip()
+        text = m.source[:min(m.size, TEXT_KEPT)].decode("utf-8", "replace")
+        lines.append(MessageLine(s.ts_ns, _endpoint(s.src, s.sport), _endpoint(s.dst, s.dport), label,
+                                 _TRANSPORTS.get(s.transport, str(s.transport)), identity in earlier, text))
         earlier.add(identity)
     return lines
 

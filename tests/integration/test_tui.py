@@ -33,8 +33,10 @@ class Tmux:
         self.session = "agent"
 
     def run(self, *args: str, check: bool = True) -> str:
+        # Without COLUMNS/LINES: a program in the pane must read the pane's own size.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         return subprocess.run(["tmux", "-L", self.socket, *args], check=check, capture_output=True,
-                              text=True).stdout
+                              text=True, env=env).stdout
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", self.session)
@@ -70,7 +72,7 @@ def ladder_labels(screen: str) -> list[str]:
     """The messages of a ladder on the screen, top to bottom (retransmissions left out)."""
     labels = []
     for line in screen.splitlines():
-        label = re.sub(r"[│├┤▶◀─\s]+", " ", line).strip()
+        label = re.sub(r"[│├┤▶◀─▊▎\s]+", " ", line).strip()  # the ladder's lines and its border
         match = _LABEL.match(label)
         if match is not None and match.group(2) is None:
             labels.append(match.group(1))
@@ -122,7 +124,8 @@ def stopped(tmux: Tmux, timeout: float = 20.0) -> None:
 def test_attach_view_lists_the_calls_and_draws_a_ladder(lab: Lab, tmux: Tmux, tmp_path: Path) -> None:
     out = tmp_path / "sip.jsonl"
     command = f"ip netns exec {lab.uas_ns} {AGENT} attach {lab.uas_if} --out {out} --metrics off"
-    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path), command)
+    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path),
+             f"env -u COLUMNS -u LINES {command}")
     wait_for(tmux, lambda s: "packets/s" in s and "Call-ID" in s, "no live view")
 
     sipp = threading.Thread(target=run_calls, args=(lab, CALLS, "u1", tmp_path), kwargs={"rate": 5})
@@ -154,7 +157,7 @@ def test_top_lists_a_daemons_calls_and_draws_a_ladder(lab: Lab, tmux: Tmux, tmp_
     try:
         daemon.wait_for_output("1 task(s) running", START_TIMEOUT_S)
         tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path),
-                 f"{AGENT} top --socket {sock}")
+                 f"env -u COLUMNS -u LINES {AGENT} top --socket {sock}")
         wait_for(tmux, lambda s: "edge running" in s, "top shows no task")
         run_calls(lab, CALLS, "u1", tmp_path)  # calls from the view's first look on are kept
         walk_a_call(tmux, tmp_path, CALLS)

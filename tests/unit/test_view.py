@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import dpkt
 import pytest
 from rich.console import Console, RenderableType
 from rich.text import Text
+from textual.binding import Binding
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 
-from otus_ebpf.view.app import CallList, Ladder, LiveApp, MessageView
+from otus_ebpf.view.app import CallList, CallTable, Ladder, LiveApp, MessageView
 from otus_ebpf.view.ladder import ladder_text
 from otus_ebpf.view.save import save_json, save_pcap
+from tests.support.paths import REPO
 from tests.support.records import numbered_sip_records
 from tests.support.view import scripted_records
 from userspace import callbook as book_module
@@ -183,8 +186,11 @@ def drive(source: BookSource, steps: Steps, tmp_path: Path) -> None:
 
 
 def table_ids(app: LiveApp) -> list[str]:
-    table = app.screen.query_one("#calls", DataTable)
-    return [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
+    """The Call-IDs the list shows on the screen, top to bottom (it draws what fits)."""
+    table = app.screen.query_one("#calls", CallTable)
+    shown = [line.split()[-1] for line in str(table.render()).splitlines()[1:]]
+    assert len(shown) == min(len(table.rows), table.size.height - 1)
+    return shown
 
 
 def test_keys_list_filter_ladder_message_and_back(tmp_path: Path) -> None:
@@ -272,7 +278,10 @@ def test_rows_a_refresh_asks_for_are_bounded_whatever_the_calls(tmp_path: Path) 
     source = BookSource(book)
 
     async def steps(app: LiveApp, pilot: Pilot[None]) -> None:
-        assert len(table_ids(app)) == 200
+        table = app.screen.query_one("#calls", CallTable)
+        assert len(table.rows) == 200 and len(table_ids(app)) == table.size.height - 1 < 50
+        await pilot.press("end")
+        assert table_ids(app)[-1] == table.rows[-1].call_id, "the list scrolls to its last row"
 
     drive(source, steps, tmp_path)
 
@@ -282,3 +291,13 @@ def test_book_take_ignores_records_it_does_not_show() -> None:
     sip_only = [r for r in records if isinstance(r, SipRecord)]
     with_all, only_sip = fed(records), fed(sip_only)
     assert [r.call_id for r in with_all.rows()] == [r.call_id for r in only_sip.rows()]
+
+
+def test_the_readme_key_table_is_the_apps_bindings() -> None:
+    readme = (REPO / "README.md").read_text().split("### The live view", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    bound = {key for screen in (CallList, Ladder, MessageView, CallTable)
+             for binding in screen.BINDINGS if isinstance(binding, Binding) and binding.show is not False
+             for key in binding.key.split(",")}
+    names = {"slash": "/", "backspace": "escape"}
+    assert {names.get(k, k) for k in bound} | {"enter"} == documented

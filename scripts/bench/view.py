@@ -1,0 +1,143 @@
+"""The capture path's throughput with the interactive live view open, against
+the same path without it, in alternating rounds of one run.
+
+    .venv/bin/python scripts/bench/view.py [--calls 20000] [--rounds 3]
+
+A round runs a fresh Runner (pipeline, processors, a JSON-lines output, what
+`attach` runs per batch) over whole calls from distinct hosts (INVITE, 180,
+200, ACK, BYE, 200) in batches, and times it until the output has written
+every record. With the view, the runner feeds its call book and the Textual
+app runs headless on another thread of the same process (so it competes for
+the GIL, as in `attach`), redrawing the dashboard and the call list every
+second from LocalSource; its figures at the end say it drew. The target: the
+view costs at most 5 % (ratio >= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from otus_ebpf.capture.runner import Runner, bug_reporter
+from otus_ebpf.capture.sampling import TaskSample
+from otus_ebpf.options import AttachOptions
+from otus_ebpf.outputs.wiring import flush_reporters
+from otus_ebpf.view.app import LiveApp
+from otus_ebpf.view.sources import LocalSource
+from tests.support import calls
+from tests.support.calls import OFFERED, PCMA, Dialog, Party
+from tests.support.frames import ethernet, ipv4, ring_record, udp
+from userspace.boundary import Boundary
+from userspace.callbook import CallDetail, CallRow
+
+BATCH = 256
+TARGET = 0.95
+MS = 1_000_000
+
+
+def events(count: int) -> list[bytes]:
+    out = []
+    for n in range(count):
+        caller = Party(f"10.{1 + n // 60000}.{n // 250 % 240}.{n % 250 + 1}", 40_000, f"user{n}")
+        callee = Party(f"10.200.{n // 250 % 240}.{n % 250 + 1}", 50_000, f"dest{n}")
+        dialog = Dialog(f"bench-{n}@view", caller, callee, OFFERED, {PCMA: "PCMA/8000"})
+        t = 1_000_000 * MS + n * MS
+        for d in calls.signalling(dialog, [(t, "invite"), (t + 10, "ringing"), (t + 20, "ok"),
+                                           (t + 30, "ack"), (t + 40, "bye"), (t + 50, "bye_ok")]):
+            out.append(ring_record(ethernet(ipv4(udp(d.payload, d.sport, d.dport), src=d.src, dst=d.dst)),
+                                   ts_ns=d.ts_ns))
+    return out
+
+
+class RunnerTask:
+    """What the view reads of a task, over a bare Runner."""
+
+    name = "bench"
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def metrics_sample(self) -> TaskSample:
+        return self.runner.sample(TaskSample("running"), capturing=False)
+
+    def recent_rows(self) -> list[list[str]]:
+        return []
+
+    def watch_calls(self) -> None:
+        self.runner.watch_calls()
+
+    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]:
+        return self.runner.calls(query, sort, limit)
+
+    def call_detail(self, call_id: str) -> CallDetail | None:
+        return self.runner.call_detail(call_id)
+
+
+def one_round(frames: list[bytes], workdir: Path, view: bool) -> tuple[float, int]:
+    """Messages a second through the runner, and how often the view redrew its list."""
+    options = AttachOptions(("bench",), out=str(workdir / f"records-{view}.jsonl"))
+    runner = Runner({2: "eth0"}, options, Boundary(bug_reporter("bench"), strict=False))
+    done = threading.Event()
+    asked = [0]
+    with contextlib.ExitStack() as stack:
+        runner.open_outputs(stack, options)
+        app_thread = None
+        if view:
+            source = LocalSource(lambda: [RunnerTask(runner)], done.is_set)
+            rows = source.rows
+
+            def counted(query: str, sort: str) -> list[CallRow]:
+                asked[0] += 1
+                return rows(query, sort)
+
+            source.rows = counted  # type: ignore[method-assign]
+            app = LiveApp(source)
+            app_thread = threading.Thread(target=lambda: app.run(headless=True, size=(200, 50)), daemon=True)
+            app_thread.start()
+            time.sleep(1.0)  # the app is up and drawing before the clock starts
+        started = time.perf_counter()
+        for i in range(0, len(frames), BATCH):
+            runner.deliver(frames[i:i + BATCH])
+        flush_reporters(runner.reporters)
+        elapsed = time.perf_counter() - started
+        done.set()
+        if app_thread is not None:
+            app_thread.join(10)
+    return len(frames) / elapsed, asked[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    frames = events(args.calls)
+    print(f"{len(frames):,} SIP messages ({args.calls:,} calls), {args.rounds} rounds each, alternating")
+    without: list[float] = []
+    with_view: list[float] = []
+    redraws = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            without.append(one_round(frames, Path(tmp), view=False)[0])
+            rate, asked = one_round(frames, Path(tmp), view=True)
+            with_view.append(rate)
+            redraws += asked
+    base, viewed = statistics.median(without), statistics.median(with_view)
+    for label, rate, rounds in (("without the view", base, without), ("with the view   ", viewed, with_view)):
+        print(f"  {label} {rate:>10,.0f} messages/s   (rounds: {', '.join(f'{r:,.0f}' for r in rounds)})")
+    print(f"  the view redrew its call list {redraws} times")
+    ratio = viewed / base
+    print(f"with/without = {ratio:.3f} (target >= {TARGET}): {'met' if ratio >= TARGET else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
