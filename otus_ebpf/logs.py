@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections import deque
 from typing import TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -60,3 +62,34 @@ def get(name: str) -> logging.Logger:
     if not logging.getLogger(ROOT).handlers:
         configure()
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
+
+
+class HeldLines:
+    """What the program says while another process (the live view) holds the
+    terminal: the last ``keep`` lines, numbered, to be read by that view and
+    printed when the terminal is given back. Set as ``sys.stderr`` (see _Stderr)."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self._lines: deque[tuple[int, str]] = deque(maxlen=keep)
+        self._partial = ""
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *whole, self._partial = (self._partial + text).split("\n")
+            for line in whole:
+                self._count += 1
+                self._lines.append((self._count, line))
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def after(self, number: int) -> tuple[int, list[str]]:
+        """The number of the last line, and the lines after ``number`` still held."""
+        with self._lock:
+            return self._count, [line for n, line in self._lines if n > number]
+
+    def lines(self) -> list[str]:
+        return self.after(0)[1]

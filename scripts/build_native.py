@@ -28,9 +28,9 @@ STAMP = PACKAGE / "_native.json"
 # The per-message path. Not records.py: mypyc makes a ClassVar of a slots dataclass
 # read-only on instances; not endpoints.py: its FlowEvents cross from worker processes
 # by pickle, which a compiled frozen dataclass refuses; not reporters/: their cost is I/O.
-MODULES = ("boundary", "calls", "classify", "dedup", "droplist", "early", "errors", "event", "frame",
-           "kernel_streams", "media", "numbers", "pipeline", "reassembly", "rtcp", "rtp", "sdp", "sharding",
-           "sip", "tcp", "uri", "websocket")
+MODULES = ("boundary", "callbook", "calls", "classify", "dedup", "droplist", "early", "errors", "event",
+           "frame", "kernel_streams", "media", "numbers", "pipeline", "reassembly", "rtcp", "rtp", "sdp",
+           "sharding", "sip", "tcp", "uri", "websocket")
 
 
 def source_hashes() -> dict[str, str]:

@@ -11,21 +11,28 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import tempfile
+import termios
 import threading
 from types import FrameType
+from typing import Any
 
 from otus_ebpf import logs
+from otus_ebpf.control.commands import Commands
 from otus_ebpf.control.metrics import MetricsServer
+from otus_ebpf.control.server import ControlServer
 from otus_ebpf.control.task import Task, TaskStartError, TaskState, require_root, resolve_interface
+from otus_ebpf.control.viewing import ViewVerbs
 from otus_ebpf.errors import EXIT_RECORDS_LOST, EXIT_TASK_FAILED, SetupError
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.signals import SignalFlag
-from otus_ebpf.view.app import LiveApp
-from otus_ebpf.view.sources import LocalSource
 
 __all__ = ["AttachOptions", "install_stop_signals", "log", "require_root", "resolve_interface", "run_attach"]
 
 VIEW_CLOSE_GRACE_S = 5.0  # for the live view to give the terminal back once the capture ends
+LEAVE_FULL_SCREEN = "\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1003l\x1b[?1006l"  # screen, cursor, mouse
 _log = logs.get(__name__)
 
 
@@ -73,31 +80,63 @@ def exit_status(task: Task) -> int:
 
 
 def run_viewed(task: Task, stop: SignalFlag) -> None:
-    """The capture loop on a thread of its own, the interactive view on this one until
-    q, a signal or the capture's end. A view whose terminal is gone (a hang-up) may never
-    return from restoring it: then the capture thread stops the task itself (detach,
-    drain, flush) and ends the process, so nothing stays attached."""
-    view_closed, capture_ended = threading.Event(), threading.Event()
+    """The capture runs here as without a view; the view is a process of its own
+    (otus_ebpf.view) reading this one over a private control socket, so drawing never
+    takes the capture's interpreter lock, and a view that dies or hangs cannot hold the
+    capture up. q in the view stops the capture; a stop here closes the view. While the
+    view holds the terminal, this process's log lines go to it, and are printed after."""
+    closing = threading.Event()
+    held = logs.HeldLines()
+    with contextlib.ExitStack() as stack:
+        private = stack.enter_context(tempfile.TemporaryDirectory(prefix="otus-view-"))  # 0700
+        verbs = ViewVerbs(lambda: [task], held.after, stopping=lambda: closing.is_set() or stop.is_set())
+        server = ControlServer(os.path.join(private, "view.sock"), Commands(verbs.handlers()).answer)
+        stack.callback(server.close)
+        stack.callback(_give_back_stderr, sys.stderr, held)
+        terminal = _terminal_state()
+        sys.stderr = held  # a text stream, as far as logging goes
+        view = subprocess.Popen([sys.executable, "-m", "otus_ebpf.view", str(server.path)])
+        stack.callback(_close_view, view, closing, terminal)
+        watch = threading.Thread(target=_stop_when_gone, args=(view, stop), name="view-watch", daemon=True)
+        watch.start()
+        task.run(stop)
 
-    def capture() -> None:
-        try:
-            task.run(stop)
-        finally:
-            capture_ended.set()
-            if not view_closed.wait(VIEW_CLOSE_GRACE_S):
-                task.stop()
-                _log.error("otus-ebpf: the live view did not close (its terminal gone?); "
-                           "the capture stopped and flushed its outputs")
-                os._exit(exit_status(task))
 
-    loop = threading.Thread(target=capture, name="otus-capture")
-    loop.start()
+def _stop_when_gone(view: subprocess.Popen[bytes], stop: SignalFlag) -> None:
+    view.wait()
+    stop.set()  # q in the view (or a view that died): the capture stops too
+
+
+def _terminal_state() -> list[Any] | None:
     try:
-        LiveApp(LocalSource(lambda: [task], lambda: stop.is_set() or capture_ended.is_set())).run()
-    finally:
-        view_closed.set()
-        stop.set()
-        loop.join()
+        return termios.tcgetattr(sys.stdin.fileno())
+    except (termios.error, OSError, ValueError):
+        return None
+
+
+def _close_view(view: subprocess.Popen[bytes], closing: threading.Event, terminal: list[Any] | None) -> None:
+    """The view sees the stop within a quarter second and gives the terminal back; one
+    that does not is ended, and the terminal put back as it was before it."""
+    closing.set()
+    try:
+        view.wait(VIEW_CLOSE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        view.kill()
+        view.wait()
+        if terminal is not None:
+            with contextlib.suppress(termios.error, OSError, ValueError):
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, terminal)
+                sys.__stdout__.write(LEAVE_FULL_SCREEN)  # type: ignore[union-attr]
+                sys.__stdout__.flush()  # type: ignore[union-attr]
+        _log.error("otus-ebpf: the live view did not close; it was ended")
+    if view.returncode not in (0, None, -signal.SIGKILL):
+        _log.warning(f"otus-ebpf: the live view ended with status {view.returncode}")
+
+
+def _give_back_stderr(stderr: Any, held: logs.HeldLines) -> None:
+    sys.stderr = stderr
+    for line in held.lines():
+        print(line, file=sys.stderr)
 
 
 def install_stop_signals(stack: contextlib.ExitStack) -> SignalFlag:

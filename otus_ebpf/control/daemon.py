@@ -16,7 +16,6 @@ from types import FrameType
 from typing import Any
 
 from otus_ebpf import logs
-from otus_ebpf.capture.sampling import sample_to_json
 from otus_ebpf.control.commands import SOCKET, Commands, Handler
 from otus_ebpf.control.config import Config, ConfigInvalid, TaskConfig, runtime_task, task_definition
 from otus_ebpf.control.config import load as load_config
@@ -26,13 +25,12 @@ from otus_ebpf.control.server import ControlServer
 from otus_ebpf.control.settings import SETTINGS, Scope
 from otus_ebpf.control.store import StoredTask, TaskStore
 from otus_ebpf.control.task import CaptureOpener, Task
+from otus_ebpf.control.viewing import ViewVerbs
 from otus_ebpf.errors import EXIT_INVALID, SetupError
 from otus_ebpf.fleet.channel import FleetChannel
 from otus_ebpf.signals import SignalFlag
-from userspace.callbook import ROWS_SHOWN, SORTS, detail_json, order_rows
 
 RECENT_KEPT = 64
-MAX_QUERY = 200  # characters of a call list's filter
 _log = logs.get(__name__)
 
 
@@ -130,9 +128,9 @@ class Daemon:
     # -- the verbs ---------------------------------------------------------------
 
     def handlers(self) -> dict[str, Handler]:
-        return {"list": self._list, "status": self._status, "stats": self._stats, "samples": self._samples,
-                "calls": self._calls, "call": self._call, "create": self._create, "delete": self._delete,
-                "reload": self._reload, "pause": self._pause, "resume": self._resume}
+        return {**ViewVerbs(self.manager.tasks).handlers(), "list": self._list, "status": self._status,
+                "stats": self._stats, "create": self._create, "delete": self._delete, "reload": self._reload,
+                "pause": self._pause, "resume": self._resume}
 
     def _list(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return {"tasks": [{"name": t.name, "state": t.state.value, "interfaces": list(t.options.interfaces),
@@ -153,36 +151,6 @@ class Daemon:
 
     def _stats(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
         return {"stats": {t.name: t.stats_line() for t in self.manager.tasks()}}
-
-    def _samples(self, _request: dict[str, Any], _origin: str) -> dict[str, Any]:
-        return {"tasks": [{"name": t.name, "sample": sample_to_json(t.metrics_sample()),
-                           "recent": t.recent_rows()} for t in self.manager.tasks()]}
-
-    def _calls(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
-        """The call list of `otus-ebpf top` over every task; asking starts keeping calls."""
-        _socket_only(request, origin)
-        query, sort = request.get("query", ""), request.get("sort", "start")
-        limit = request.get("limit", ROWS_SHOWN)
-        if not isinstance(query, str) or len(query) > MAX_QUERY:
-            raise SetupError(f'calls: "query" is a text of at most {MAX_QUERY} characters')
-        if sort not in SORTS:
-            raise SetupError(f'calls: "sort" is one of {", ".join(SORTS)}')
-        if type(limit) is not int or not 0 < limit <= ROWS_SHOWN:
-            raise SetupError(f'calls: "limit" is a whole number from 1 to {ROWS_SHOWN}')
-        rows = []
-        for task in self.manager.tasks():
-            task.watch_calls()
-            rows += task.calls(query, sort, limit)
-        return {"calls": [list(row) for row in order_rows(rows, sort)[:limit]]}
-
-    def _call(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
-        """One call of a task whole: its messages and media, or null when not kept."""
-        _socket_only(request, origin)
-        call_id = request.get("call_id")
-        if not isinstance(call_id, str):
-            raise SetupError('call: "call_id" names the call')
-        detail = self._task(request).call_detail(call_id)
-        return {"call": detail_json(detail) if detail is not None else None}
 
     def _create(self, request: dict[str, Any], origin: str) -> dict[str, Any]:
         """A task from a config file (socket only: a remote command names no local
@@ -277,11 +245,6 @@ def _first(invalid: ConfigInvalid) -> str:
     """The first problem, and how many more: an answer is one line."""
     more = f" (and {len(invalid.problems) - 1} more)" if len(invalid.problems) > 1 else ""
     return f"{invalid.problems[0]}{more}"
-
-
-def _socket_only(request: dict[str, Any], origin: str) -> None:
-    if origin != SOCKET:  # a call's messages are for the node's own operator, not the fleet
-        raise SetupError(f"{request.get('cmd')}: only over the control socket")
 
 
 def _task_name(request: dict[str, Any]) -> str:

@@ -3,9 +3,12 @@ a message's text. Built on Textual (rich's authors; it renders through rich,
 which the dashboard already uses), because it brings keys, screens, scrolling
 tables and a headless pilot to test them with.
 
-It only reads: a CallSource (this process's tasks for `attach`, a daemon's for
-`top`) is asked for at most ROWS_ASKED rows a refresh and for one call at a
-time, so what it costs does not grow with the calls the agent follows.
+It only reads: a CallSource (an agent's private socket for `attach`, a
+daemon's control socket for `top`; this process's tasks in tests) is asked
+for at most ROWS_ASKED rows a refresh and for one call at a time, so what it
+costs does not grow with the calls the agent follows. For `attach` it runs in
+a process of its own (python -m otus_ebpf.view): drawing never takes the
+capture's interpreter lock.
 
 Keys: / filter, s sort, p pause, enter open, escape back, j save JSON,
 c save pcap, q quit.
@@ -33,7 +36,7 @@ from otus_ebpf.view.save import save_json, save_pcap
 from otus_ebpf.view.sources import CallSource
 from userspace.callbook import SORTS, CallDetail, CallRow, MessageLine
 
-REFRESH_S = 2.0  # a redraw costs ~30 ms of the capture's GIL: every 2 s keeps the view under 5 %
+REFRESH_S = 1.0
 FINISHED_CHECK_S = 0.25
 COLUMNS = ("start", "task", "method", "from", "to", "state", "dur s", "status", "MOS a→b", "MOS b→a",
            "lost", "msgs", "Call-ID")
@@ -215,7 +218,11 @@ class CallList(Screen[None]):
 
     def on_print(self, event: events.Print) -> None:
         if event.text.strip():
-            self.query_one("#log", Log).write_line(printable(event.text.rstrip("\n")))
+            self.say(event.text.rstrip("\n"))
+
+    def say(self, line: str) -> None:
+        """A log line of the agent, in the panel under the list."""
+        self.query_one("#log", Log).write_line(printable(line))
 
 
 class Ladder(Screen[None]):
@@ -361,5 +368,8 @@ class LiveApp(App[None]):
         self.set_interval(FINISHED_CHECK_S, self._check_finished)
 
     def _check_finished(self) -> None:
-        if self.source.finished():
+        finished = self.source.finished()
+        for line in self.source.log_lines():
+            self.calls.say(line)
+        if finished:
             self.exit()

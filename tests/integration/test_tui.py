@@ -6,6 +6,7 @@ output and kept beside its records."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -55,7 +56,8 @@ def tmux() -> Iterator[Tmux]:
         if terminal.alive():
             pid = terminal.run("display-message", "-p", "-t", terminal.session, "#{pane_pid}", check=False)
             if pid.strip().isdigit():
-                os.kill(int(pid), signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # a pane kept after its command ended
+                    os.kill(int(pid), signal.SIGTERM)
         terminal.run("kill-server", check=False)
 
 
@@ -167,3 +169,58 @@ def test_top_lists_a_daemons_calls_and_draws_a_ladder(lab: Lab, tmux: Tmux, tmp_
         stopped(tmux)
     finally:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.output()
+
+
+def agent_pid(marker: str, timeout: float = START_TIMEOUT_S) -> int:
+    """The agent whose command line holds ``marker`` (its output file)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pattern = rf"^\S*python\S* \S*otus-ebpf attach .*{marker}"  # not its shell
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
+                               check=False).stdout.split()
+        if found:
+            return int(found[0])
+        assert time.monotonic() < deadline, f"no agent with {marker}"
+        time.sleep(0.2)
+
+
+def gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "hang-up"])
+def test_attach_with_its_view_stops_cleanly_on_a_signal_and_on_a_hang_up(lab: Lab, tmux: Tmux, tmp_path: Path,
+                                                                         how: str) -> None:
+    """The view is a process of its own: a signal to the agent closes it and gives the
+    terminal back (the agent's held lines printed after); a terminal that hangs up
+    leaves nothing running and nothing attached."""
+    out = tmp_path / f"stop-{how}.jsonl"
+    command = f"env -u COLUMNS -u LINES ip netns exec {lab.uas_ns} {AGENT} attach {lab.uas_if} --out {out}"
+    tmux.run("new-session", "-d", "-s", tmux.session, "-x", "200", "-y", "50", "-c", str(tmp_path),
+             f"{command} --metrics off")
+    tmux.run("set-option", "-t", tmux.session, "remain-on-exit", "on")
+    wait_for(tmux, lambda s: "packets/s" in s and "Call-ID" in s, "no live view")
+    pid = agent_pid(str(out))
+    views = subprocess.run(["pgrep", "-P", str(pid), "-f", "otus_ebpf.view"], capture_output=True, text=True,
+                           check=False).stdout.split()
+    assert len(views) == 1, "the view runs as the agent's child process"
+    if how == "SIGINT":
+        os.kill(pid, signal.SIGINT)
+        assert gone(pid), f"the agent did not stop on SIGINT:\n{tmux.screen()}"
+        screen = wait_for(tmux, lambda s: "records: " in s, "the agent's last lines, after the view")
+        keep(tmp_path, "after-sigint", screen)
+        assert "capturing:" in screen and "stopping: detaching" in screen, screen
+        assert "Call-ID" not in screen, "the view gave the terminal back"
+    else:
+        tmux.run("kill-server")
+        assert gone(pid), "the agent did not stop when its terminal hung up"
+    assert gone(int(views[0]), 5.0), "the view is gone too"
+    links = subprocess.run(["ip", "-n", lab.uas_ns, "link", "show", lab.uas_if], capture_output=True,
+                           text=True, check=True).stdout
+    assert "xdp" not in links, links
+    assert out.exists(), "the outputs were opened and closed"

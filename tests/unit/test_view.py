@@ -18,6 +18,10 @@ from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
+from otus_ebpf.capture.sampling import TaskSample
+from otus_ebpf.control.commands import Commands
+from otus_ebpf.control.viewing import ViewVerbs
+from otus_ebpf.logs import HeldLines
 from otus_ebpf.view.app import CallList, CallTable, Ladder, LiveApp, MessageView
 from otus_ebpf.view.ladder import ladder_text
 from otus_ebpf.view.save import save_json, save_pcap
@@ -171,6 +175,9 @@ class BookSource:
     def finished(self) -> bool:
         return False
 
+    def log_lines(self) -> list[str]:
+        return []
+
 
 Steps = Callable[[LiveApp, Pilot[None]], Awaitable[None]]
 
@@ -301,3 +308,56 @@ def test_the_readme_key_table_is_the_apps_bindings() -> None:
              for key in binding.key.split(",")}
     names = {"slash": "/", "backspace": "escape"}
     assert {names.get(k, k) for k in bound} | {"enter"} == documented
+
+
+# -- the verbs a view reads through (a daemon's socket, attach's private one) -------------------
+
+
+class BookTask:
+    name = "edge"
+
+    def __init__(self, book: CallBook) -> None:
+        self.book = book
+        self.watched = False
+
+    def metrics_sample(self) -> TaskSample:
+        return TaskSample("running")
+
+    def recent_rows(self) -> list[list[str]]:
+        return []
+
+    def watch_calls(self) -> None:
+        self.watched = True
+
+    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]:
+        return [row._replace(task=self.name) for row in self.book.rows(query, sort, limit)]
+
+    def call_detail(self, call_id: str) -> CallDetail | None:
+        return self.book.detail(call_id)
+
+
+def test_view_verbs_answer_rows_and_a_call_and_refuse_bad_requests_in_one_line() -> None:
+    task = BookTask(fed())
+    held = HeldLines(keep=3)
+    commands = Commands(ViewVerbs(lambda: [task], held.after, stopping=lambda: True).handlers())
+    answer = commands.answer({"cmd": "calls", "query": "bob1", "sort": "lost", "limit": 10})
+    assert task.watched and [row[0] for row in answer["calls"]] == ["view-1@test"]
+    call = commands.answer({"cmd": "call", "task": "edge", "call_id": "view-1@test"})
+    assert labels(detail_of(call["call"])) == ANSWERED
+    assert commands.answer({"cmd": "call", "task": "edge", "call_id": "nobody"})["call"] is None
+    assert commands.answer({"cmd": "samples"})["stopping"] is True
+    for bad, said in (({"cmd": "calls", "sort": "size"}, '"sort" is one of'),
+                      ({"cmd": "calls", "limit": 10**9}, '"limit" is a whole number'),
+                      ({"cmd": "calls", "limit": True}, '"limit" is a whole number'),
+                      ({"cmd": "calls", "query": "x" * 1000}, '"query" is a text'),
+                      ({"cmd": "call", "task": "edge"}, '"call_id" names the call'),
+                      ({"cmd": "call", "task": "other", "call_id": "x"}, "no task named"),
+                      ({"cmd": "log", "after": -1}, '"after" is a line number')):
+        refused = commands.answer(bad)
+        assert refused["ok"] is False and said in refused["error"] and "\n" not in refused["error"], bad
+    fleet = commands.answer({"cmd": "calls"}, origin="fleet")
+    assert fleet["ok"] is False and "only over the control socket" in fleet["error"]
+    for n in range(5):
+        held.write(f"line {n}\npartial" if n == 4 else f"line {n}\n")
+    assert commands.answer({"cmd": "log", "after": 0})["lines"] == ["line 2", "line 3", "line 4"], "last 3"
+    assert commands.answer({"cmd": "log", "after": 4}) == {"ok": True, "last": 5, "lines": ["line 4"]}
