@@ -12,7 +12,7 @@ from otus_ebpf.control.config import DEFAULT_CONTROL_SOCKET
 from otus_ebpf.control.daemon import run_daemon
 from otus_ebpf.control.server import request
 from otus_ebpf.errors import SetupError
-from otus_ebpf.view.app import LiveApp
+from otus_ebpf.view.app import LiveApp, yield_to_capture
 from otus_ebpf.view.sources import RemoteSource
 
 TASK_ACTIONS = ("list", "status", "create", "delete", "pause", "resume")
@@ -90,5 +90,6 @@ def _task(path: str, args: argparse.Namespace) -> int:
 def _top(path: str) -> int:
     source = RemoteSource(path)
     source.remote_tasks()  # no daemon: one line and exit 1, before the screen is taken
+    yield_to_capture()
     LiveApp(source).run()
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from otus_ebpf.view.app import LiveApp
+from otus_ebpf.view.app import LiveApp, yield_to_capture
 from otus_ebpf.view.sources import RemoteSource
 
 
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("socket", help="the agent's private socket")
     parser.add_argument("--headless", action="store_true", help="draw nowhere (benchmarks)")
     args = parser.parse_args(argv)
+    yield_to_capture()
     LiveApp(RemoteSource(args.socket, agent=True)).run(headless=args.headless, size=(200, 50) if args.headless
                                                        else None)
     return 0

@@ -16,6 +16,8 @@ c save pcap, q quit.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,11 +35,12 @@ from textual.widgets import Footer, Input, Log, OptionList, Static
 from otus_ebpf.view.dashboard import printable
 from otus_ebpf.view.ladder import endpoints, header, message_line, streams_table
 from otus_ebpf.view.save import save_json, save_pcap
-from otus_ebpf.view.sources import CallSource
+from otus_ebpf.view.sources import ROWS_ASKED, CallSource
 from userspace.callbook import SORTS, CallDetail, CallRow, MessageLine
 
 REFRESH_S = 1.0
-FINISHED_CHECK_S = 0.25
+FINISHED_CHECK_S = 0.5
+ROWS_FIRST = 60  # rows asked for while the cursor is near the top
 COLUMNS = ("start", "task", "method", "from", "to", "state", "dur s", "status", "MOS a→b", "MOS b→a",
            "lost", "msgs", "Call-ID")
 
@@ -86,6 +89,9 @@ class CallTable(Widget, can_focus=True):
         Binding("enter", "choose", "open", show=False),
     ]
 
+    class NearEnd(Message):
+        """The cursor came near the last row asked for."""
+
     class Chosen(Message):
         def __init__(self, row: CallRow) -> None:
             super().__init__()
@@ -113,6 +119,8 @@ class CallTable(Widget, can_focus=True):
     def action_move(self, by: int) -> None:
         self.cursor = max(0, min(self.cursor + by, len(self.rows) - 1))
         self.refresh()
+        if self.cursor + self.size.height >= len(self.rows):  # near the end: more rows at the next refresh
+            self.post_message(self.NearEnd())
 
     def action_choose(self) -> None:
         row = self.chosen()
@@ -176,8 +184,13 @@ class CallList(Screen[None]):
     def refresh_view(self) -> None:
         self.query_one("#dashboard", Static).update(self.source.dashboard())
         if not self.paused:
-            self._fill(self.source.rows(self.query_text, self.sort))
+            self._fill(self.source.rows(self.query_text, self.sort, self._wanted()))
         self._say_status()
+
+    def _wanted(self) -> int:
+        """Rows worth asking for: what fits twice over, and the rows down to the cursor."""
+        table = self.table
+        return min(ROWS_ASKED, max(ROWS_FIRST, table.cursor + 2 * table.size.height))
 
     def _fill(self, rows: list[CallRow]) -> None:
         if rows != self._shown:  # nothing changed: no redraw
@@ -192,11 +205,15 @@ class CallList(Screen[None]):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.query_text = event.value
-        self._fill(self.source.rows(self.query_text, self.sort))
+        self._fill(self.source.rows(self.query_text, self.sort, self._wanted()))
         self._say_status()
 
     def on_input_submitted(self, _event: Input.Submitted) -> None:
         self.table.focus()
+
+    def on_call_table_near_end(self, _event: CallTable.NearEnd) -> None:
+        if not self.paused:
+            self._fill(self.source.rows(self.query_text, self.sort, self._wanted()))
 
     def on_call_table_chosen(self, event: CallTable.Chosen) -> None:
         self.app.push_screen(Ladder(self.source, event.row))
@@ -209,7 +226,7 @@ class CallList(Screen[None]):
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
-        self._fill(self.source.rows(self.query_text, self.sort))
+        self._fill(self.source.rows(self.query_text, self.sort, self._wanted()))
         self._say_status()
 
     def action_pause(self) -> None:
@@ -336,6 +353,16 @@ def _save(app: App[None], detail: CallDetail | None, kind: str) -> None:
         app.notify(f"cannot save: {printable(exc)}", severity="error")
         return
     app.notify(f"saved {path}")
+
+
+VIEW_NICENESS = 10  # the view yields the CPUs to the capture when both want them
+
+
+def yield_to_capture() -> None:
+    """Lower this process's priority: on a busy machine the capture goes first, and
+    the view draws with what is left (it stays responsive on an idle one)."""
+    with contextlib.suppress(OSError):
+        os.nice(VIEW_NICENESS)
 
 
 class LiveApp(App[None]):

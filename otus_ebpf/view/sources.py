@@ -4,7 +4,6 @@ through its control socket (`top`). One protocol, so the app cannot tell."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from rich.console import RenderableType
@@ -14,7 +13,7 @@ from otus_ebpf.capture.sampling import TaskSample, sample_from_json
 from otus_ebpf.control.server import request
 from otus_ebpf.errors import SetupError
 from otus_ebpf.view.dashboard import Dashboard, printable
-from userspace.callbook import CallDetail, CallRow, detail_of, order_rows, row_of
+from userspace.callbook import CallDetail, CallRow, detail_of, row_of
 
 ROWS_ASKED = 200  # the list's rows: what a terminal can page through, whatever the calls live
 FOLLOW_TIMEOUT_S = 2.0  # an agent that does not answer its view's poll for this long is taken as gone
@@ -23,59 +22,13 @@ FOLLOW_TIMEOUT_S = 2.0  # an agent that does not answer its view's poll for this
 class CallSource(Protocol):
     def dashboard(self) -> RenderableType: ...
 
-    def rows(self, query: str, sort: str) -> list[CallRow]: ...
+    def rows(self, query: str, sort: str, limit: int) -> list[CallRow]: ...
 
     def detail(self, row: CallRow) -> CallDetail | None: ...
 
     def finished(self) -> bool: ...
 
     def log_lines(self) -> list[str]: ...
-
-
-class WatchedTask(Protocol):
-    """What the view reads of a task (otus_ebpf.control.task.Task)."""
-
-    name: str
-
-    def metrics_sample(self) -> TaskSample: ...
-
-    def recent_rows(self) -> list[list[str]]: ...
-
-    def watch_calls(self) -> None: ...
-
-    def calls(self, query: str, sort: str, limit: int) -> list[CallRow]: ...
-
-    def call_detail(self, call_id: str) -> CallDetail | None: ...
-
-
-class LocalSource:
-    """The tasks of this process; ``finished`` says when the capture is over."""
-
-    def __init__(self, tasks: Callable[[], Sequence[WatchedTask]], finished: Callable[[], bool]) -> None:
-        self._tasks = tasks
-        self._finished = finished
-        self._dashboard = Dashboard(tasks, recent=False)
-        for task in tasks():
-            task.watch_calls()
-
-    def dashboard(self) -> RenderableType:
-        return self._dashboard.render()
-
-    def rows(self, query: str, sort: str) -> list[CallRow]:
-        rows = [row for task in self._tasks() for row in task.calls(query, sort, ROWS_ASKED)]
-        return order_rows(rows, sort)[:ROWS_ASKED]
-
-    def detail(self, row: CallRow) -> CallDetail | None:
-        for task in self._tasks():
-            if task.name == row.task or not row.task:
-                return task.call_detail(row.call_id)
-        return None
-
-    def finished(self) -> bool:
-        return self._finished()
-
-    def log_lines(self) -> list[str]:
-        return []  # this process's lines reach the view as prints (LiveApp captures stderr)
 
 
 class _RemoteTask:
@@ -117,9 +70,9 @@ class RemoteSource:
         except SetupError as exc:
             return Text(f"not answering: {printable(exc)}", style="bold red")
 
-    def rows(self, query: str, sort: str) -> list[CallRow]:
+    def rows(self, query: str, sort: str, limit: int) -> list[CallRow]:
         with contextlib.suppress(SetupError):  # said on the dashboard; the last rows stay
-            answer = request(self._path, {"cmd": "calls", "query": query, "sort": sort, "limit": ROWS_ASKED})
+            answer = request(self._path, {"cmd": "calls", "query": query, "sort": sort, "limit": limit})
             self._rows = [row_of(row) for row in answer["calls"]]
         return self._rows
 
@@ -131,7 +84,7 @@ class RemoteSource:
         return detail_of(answer["call"]) if answer.get("call") is not None else None
 
     def finished(self) -> bool:
-        """For an agent's view: the agent stops, or is gone. Asked four times a second,
+        """For an agent's view: the agent stops, or is gone. Asked twice a second,
         with its new log lines (a daemon's view ends by q only)."""
         if not self._agent:
             return False

@@ -135,6 +135,16 @@ def tls_rows(out: str) -> list[Row]:
             ("  added a TLS call (CPU)", f"{echo[6]} us", f"{floor[1]} us (an empty uprobe pair)", "-", "-")]
 
 
+def view_rows(out: str) -> list[Row]:
+    without = re.search(r"without the view\s+([\d,]+) messages/s", out)
+    viewed = re.search(r"with the view\s+([\d,]+) messages/s", out)
+    ratio = re.search(r"wall clock ([\d.]+) .*?CPU ([\d.]+)", out)
+    assert without and viewed and ratio, out[-500:]
+    met = "met" if float(ratio[2]) >= 0.95 else "MISSED"
+    return [("capture path with the live view open", f"{viewed[1]} msgs/s", f"{without[1]} msgs/s (no view)",
+             f"{ratio[1]}x wall, {ratio[2]}x CPU", f">= 0.95x: {met}")]
+
+
 def fuzz_pipeline_rows(out: str) -> list[Row]:
     m = re.search(r"([\d,]+) events \(([\d,]+) calls\) in ([\d.]+) s: ([\d,]+) events/s", out)
     bad = re.search(r"internal errors (\d+), flow events refused (\d+)", out)
@@ -234,6 +244,7 @@ def benches() -> list[Bench]:
         Bench("tcp", [python, str(BENCH / "tcp.py")], tcp_rows),
         Bench("websocket", [python, str(BENCH / "websocket.py")], websocket_rows),
         Bench("tls", [python, str(BENCH / "tls.py")], tls_rows),
+        Bench("view", [python, str(BENCH / "view.py"), "--calls", "10000", "--rounds", "10"], view_rows),
         Bench("kafka", [python, str(BENCH / "kafka.py")], kafka_rows),
         Bench("workers", [python, str(BENCH / "workers.py")], workers_rows),
         Bench("replay", [python, str(BENCH / "replay.py")], replay_rows),
