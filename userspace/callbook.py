@@ -26,8 +26,11 @@ from userspace.websocket import WS
 MAX_CALLS = 2_000
 MAX_MESSAGES = 64        # a call's messages kept for its ladder; later ones are counted only
 TEXT_KEPT = 4_096        # bytes of a message's text a ladder shows
-BYTES_KEPT = 32 << 20    # what the kept messages hold in all, by RECORD_OVERHEAD + their size
-RECORD_OVERHEAD = 1_500  # a kept record's parsed fields and its encoded JSON, besides its text
+BYTES_KEPT = 32 << 20    # what the kept messages hold in all, by held_bytes
+RECORD_OVERHEAD = 1_500  # a kept record's parsed fields and its encoded JSON, besides its bytes
+MAX_STREAMS = 16         # RTP streams a call shows; reports of more are not kept
+FIELD_SHOWN = 200        # characters of a Call-ID, a user or a reason a row or a ladder carries
+EVICTION_SCAN = 64       # calls looked at from the oldest for an ended one to let go first
 IDLE_KEPT_NS = 15 * 60 * 10**9
 ROWS_SHOWN = 500         # rows a list asks for at most: what a screen can page through
 
@@ -99,6 +102,7 @@ class _Call:
     status: int = 0
     answer_ns: int = 0
     end_ns: int = 0
+    invite_cseq: int = 0
     seen: list[SipRecord] = field(default_factory=list)  # held as they are: no copy per message
     not_kept: int = 0
     text_bytes: int = 0
@@ -153,14 +157,14 @@ class CallBook:
         self._newest_ns = max(self._newest_ns, ts)
         if len(call.seen) < MAX_MESSAGES:
             call.seen.append(record)
-            held = RECORD_OVERHEAD + m.size  # its text, its parse and its JSON, roughly
+            held = held_bytes(record)
             call.text_bytes += held
             self._bytes += held
         else:
             call.not_kept += 1
             self.stats.messages_not_kept += 1
         if m.method is not None:
-            _request(call, m.method, m.from_user, m.to_user)
+            _request(call, m.method, m.cseq, m.from_user, m.to_user)
         elif m.status is not None:
             _response(call, m.status, m.cseq_method, ts)
 
@@ -171,7 +175,12 @@ class CallBook:
         r = record.report
         key = (str(r.get("src")), _whole(r.get("sport")), str(r.get("dst")), _whole(r.get("dport")),
                _whole(r.get("ssrc")))
-        call.streams[key] = r
+        if key in call.streams or len(call.streams) < MAX_STREAMS:
+            call.streams[key] = r
+        if not call.end_ns:  # media flowing keeps a call as live as its messages would
+            self._calls.move_to_end(call.call_id)
+            call.last_ns = max(call.last_ns, record.ts_ns)
+            self._newest_ns = max(self._newest_ns, record.ts_ns)
 
     def _summary(self, record: CallSummary) -> None:
         call = self._calls.get(record.call_id)
@@ -189,7 +198,7 @@ class CallBook:
     def _bound(self) -> None:
         calls = self._calls
         while calls and (len(calls) > self._max_calls or self._bytes > self._bytes_kept):
-            self._drop(next(iter(calls)))
+            self._drop(self._first_to_go())
             self.stats.calls_evicted += 1
         horizon = self._newest_ns - IDLE_KEPT_NS
         while calls:
@@ -199,17 +208,27 @@ class CallBook:
             self._drop(oldest.call_id)
             self.stats.calls_aged += 1
 
+    def _first_to_go(self) -> str:
+        """Among the oldest few, an ended call or a non-INVITE dialog (an OPTIONS ping
+        does not push a call in progress out); else the oldest."""
+        for n, call in enumerate(self._calls.values()):
+            if n >= EVICTION_SCAN:
+                break
+            if call.end_ns or call.method != "INVITE":
+                return call.call_id
+        return next(iter(self._calls))
+
     def _drop(self, call_id: str) -> None:
         self._bytes -= self._calls.pop(call_id).text_bytes
 
     # -- the view's side --------------------------------------------------------------
 
     def rows(self, query: str = "", sort: str = "start", limit: int = ROWS_SHOWN) -> list[CallRow]:
-        """The calls matching ``query`` (a case-blind substring of any column or
-        address), ordered by ``sort`` (biggest or newest first), at most ``limit``."""
-        with self._lock:
-            calls = list(self._calls.values())
-        rows = [_row(call) for call in calls]
+        """The calls matching ``query`` (a case-blind substring of the Call-ID, method,
+        users, state or status), ordered by ``sort`` (biggest or newest first), at most ``limit``."""
+        with self._lock:  # the capture thread changes calls while they are read
+            now = self._newest_ns
+            rows = [_row(call, now) for call in self._calls.values()]
         return order_rows(filter_rows(rows, query), sort)[:max(0, limit)]
 
     def detail(self, call_id: str) -> CallDetail | None:
@@ -219,19 +238,24 @@ class CallBook:
                 return None
             seen = list(call.seen)
             streams = list(call.streams.values())
-            row = _row(call)
+            row = _row(call, self._newest_ns)
             not_kept = call.not_kept
         return CallDetail(row, _ladder_lines(seen), [_stream_line(r) for r in streams], not_kept)
 
 
 # -- state, as the messages say -------------------------------------------------------
 
-def _request(call: _Call, method: str, from_user: str | None, to_user: str | None) -> None:
+def _request(call: _Call, method: str, cseq: int, from_user: str | None, to_user: str | None) -> None:
     if not call.method:
         call.method = method
-        call.from_user = from_user or ""
-        call.to_user = to_user or ""
+        call.invite_cseq = cseq
+        call.from_user = (from_user or "")[:FIELD_SHOWN]
+        call.to_user = (to_user or "")[:FIELD_SHOWN]
         call.state = "calling" if method == "INVITE" else "sent"
+    elif method == "INVITE" and cseq > call.invite_cseq and call.state in ("failed", "cancelled"):
+        # After a 401/407 (or a failed fork), the INVITE again with credentials: the call goes on.
+        call.invite_cseq = cseq
+        call.state, call.status, call.end_ns = "calling", 0, 0
     elif method == "BYE" and call.state in ("answered", "calling", "ringing"):
         call.state = "hanging up"
     elif method == "CANCEL" and call.state in ("calling", "ringing"):
@@ -257,6 +281,7 @@ def _response(call: _Call, status: int, cseq_method: str, ts_ns: int) -> None:
     elif status < 300:
         call.state = "answered"
         call.answer_ns = ts_ns
+        call.end_ns = 0  # a fork that failed first, then one that answered
     else:
         call.state = "cancelled" if status == 487 else "failed"
         call.end_ns = ts_ns
@@ -264,11 +289,13 @@ def _response(call: _Call, status: int, cseq_method: str, ts_ns: int) -> None:
 
 # -- what the view draws ---------------------------------------------------------------
 
-def _row(call: _Call) -> CallRow:
-    end = call.end_ns or call.last_ns
+def _row(call: _Call, now_ns: int) -> CallRow:
+    """``now_ns``: the newest capture time the book has seen, the end of a call still going."""
+    end = call.end_ns or max(now_ns, call.last_ns)
     begun = call.answer_ns or call.start_ns
     mos_ab, mos_ba, lost = _media_figures(call)
-    return CallRow(call.call_id, call.start_ns, call.method, call.from_user, call.to_user, call.state,
+    return CallRow(call.call_id[:FIELD_SHOWN], call.start_ns, call.method[:FIELD_SHOWN], call.from_user,
+                   call.to_user, call.state,
                    round(max(0, end - begun) / 1e9, 1), call.status, mos_ab, mos_ba, lost,
                    len(call.seen) + call.not_kept)
 
@@ -309,8 +336,8 @@ def _ladder_lines(seen: list[SipRecord]) -> list[MessageLine]:
     earlier: set[tuple[object, ...]] = set()
     for s in seen:
         m = s.message
-        identity = (s.src, s.sport, m.method, m.status, m.cseq, m.via_branch)
-        label = m.method if m.method is not None else f"{m.status} {m.reason or ''}".strip()
+        identity = (s.src, s.sport, m.method, m.status, m.cseq, m.via_branch, m.to_tag)
+        label = (m.method if m.method is not None else f"{m.status} {m.reason or ''}".strip())[:FIELD_SHOWN]
         text = m.source[:min(m.size, TEXT_KEPT)].decode("utf-8", "replace")
         lines.append(MessageLine(s.ts_ns, _endpoint(s.src, s.sport), _endpoint(s.dst, s.dport), label,
                                  _TRANSPORTS.get(s.transport, str(s.transport)), identity in earlier, text))
@@ -332,6 +359,13 @@ def _stream_line(report: dict[str, Any]) -> StreamLine:
     dst = f"{report.get('dst')}:{report.get('dport')}"
     return StreamLine(src, dst, str(report.get("codec") or "?"), int(number("packets")), int(number("lost")),
                       number("loss_percent"), number("jitter_ms"), number("mos"))
+
+
+def held_bytes(record: SipRecord) -> int:
+    """What keeping a record holds, by its bytes (a datagram's whole payload, however
+    short the message in it) and its header text (up to 4 bytes a character)."""
+    m = record.message
+    return RECORD_OVERHEAD + len(m.source) + 4 * len(m.head)
 
 
 def _whole(value: object) -> int:

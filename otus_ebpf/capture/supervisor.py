@@ -58,7 +58,7 @@ from otus_ebpf.outputs.fanout import OutputAccount
 from otus_ebpf.outputs.joined import JoinedOutputs
 from otus_ebpf.outputs.wiring import default_records_path
 from userspace.boundary import Boundary
-from userspace.callbook import CallDetail, CallRow, detail_of, filter_rows, order_rows, row_of
+from userspace.callbook import ROWS_SHOWN, CallDetail, CallRow, detail_of, filter_rows, order_rows, row_of
 from userspace.event import EVENT_FIELDS, struct_format
 from userspace.pipeline import PipelineStats
 from userspace.reassembly import ReassemblyStats
@@ -67,6 +67,7 @@ from userspace.reporters.kafka import KafkaStats
 HANDOFF_QUEUE_BYTES = 64 << 20  # hand-offs waiting for one worker's pipe before more are dropped (counted)
 WORKER_START_S = 60.0  # for a worker to open its outputs (a Kafka broker check may take a while)
 JOINED_DRAIN_S = 10.0  # at stop, how long the files may take to write what the workers handed in
+VIEW_ASKED_S = 30.0  # workers send what a live view asked for this long after it last asked
 _log = logs.get(__name__)
 # Where the kernel's flow hash sits in an event record (userspace.event).
 _FLOW_HASH = struct.calcsize(struct_format(EVENT_FIELDS[:[f[0] for f in EVENT_FIELDS].index("flow_hash")]))
@@ -281,8 +282,9 @@ class Supervisor:
                         self._take_records(payload)
                     elif kind == "ready":
                         worker.ready = True
-                        if self._view is not None:  # a worker started again is asked again
-                            self._tell(worker, self._view)
+                        with self._control_lock:  # a worker started again is asked again
+                            if self._view is not None:
+                                _send(worker, self._view)
                     else:
                         worker.latest = payload
                         worker.final = kind == "final"
@@ -295,7 +297,8 @@ class Supervisor:
         worker.failed = why
         self._flows.drop(worker.index)  # its calls are gone with it
         if worker.latest is not None:  # what it had counted stays counted (whatever it held is lost)
-            self._retired.append({**worker.latest, "retired": True})
+            retired = {k: v for k, v in worker.latest.items() if k not in ("calls", "followed")}
+            self._retired.append({**retired, "retired": True})  # its figures; its calls are gone
             worker.latest = None
         if self._stopping or self._starting:
             when = "stopping" if self._stopping else "starting"
@@ -409,34 +412,49 @@ class Supervisor:
     # -- a live view: each worker keeps its calls; their reports carry what the view asked
 
     def watch_calls(self) -> None:
-        if self._view is None:
-            self._ask(ViewRequest("", "start", None))
+        with self._control_lock:
+            view = self._view
+        if view is None:
+            self._ask("", "start", ROWS_SHOWN, None)
 
     def calls(self, query: str, sort: str, limit: int) -> list[CallRow]:
         """The workers' rows for ``query`` as of their last reports (half a second)."""
-        self._ask(ViewRequest(query, sort, self._view.follow if self._view else None))
+        with self._control_lock:
+            follow = self._view.follow if self._view is not None else None
+        self._ask(query, sort, limit, follow)
         rows = [row_of(r) for p in self.worker_payloads() for r in p.get("calls", ())]
         return order_rows(filter_rows(rows, query), sort)[:limit]
 
     def call_detail(self, call_id: str) -> CallDetail | None:
         """The call from the worker that has it, once it has reported since it was asked."""
-        view = self._view or ViewRequest("", "start", None)
-        self._ask(view._replace(follow=call_id))
+        with self._control_lock:
+            view = self._view
+        if view is None:
+            self._ask("", "start", ROWS_SHOWN, call_id)
+        else:
+            self._ask(view.query, view.sort, view.limit, call_id)
         for payload in self.worker_payloads():
             followed = payload.get("followed")
             if followed is not None and followed["row"][0] == call_id:
                 return detail_of(followed)
         return None
 
-    def _ask(self, view: ViewRequest) -> None:
-        if view != self._view:
-            self._view = view
+    def _ask(self, query: str, sort: str, limit: int, follow: str | None) -> None:
+        """Tell the workers what the view wants when it changed, or before the last word runs out.
+        One view at a time for a task's workers: a second asks in turn (docs/LIVE_VIEW.md)."""
+        now = time.monotonic()
+        with self._control_lock:
+            old = self._view
+            same = old is not None and old[:4] == (query, sort, limit, follow)
+            if same and old is not None and old.until - now > VIEW_ASKED_S / 2:
+                return
+            self._view = ViewRequest(query, sort, limit, follow, now + VIEW_ASKED_S)
             for worker in self._workers:
-                self._tell(worker, view)
+                _send(worker, self._view)
 
     def _tell(self, worker: _Worker, word: object) -> None:
-        with self._control_lock, contextlib.suppress(OSError, ValueError):
-            worker.control.send(word)
+        with self._control_lock:
+            _send(worker, word)
 
     def recent_rows(self) -> list[list[str]]:
         return sorted(row for p in self.worker_payloads() for row in p["recent"])[-16:]
@@ -451,6 +469,12 @@ class Supervisor:
         accounts: list[OutputAccount] = self._joined.accounts() if self._joined is not None else []
         return "; ".join([f"records: {records} produced", *map(str, accounts),
                           f"lost in the workers' own outputs: {_lost_in(payloads)}"])
+
+
+def _send(worker: _Worker, word: object) -> None:
+    """A word down a worker's control pipe; the caller holds the supervisor's control lock."""
+    with contextlib.suppress(OSError, ValueError):
+        worker.control.send(word)
 
 
 def _lost_in(payloads: list[dict[str, Any]]) -> int:

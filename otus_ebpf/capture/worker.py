@@ -19,6 +19,7 @@ import errno
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from otus_ebpf.kernel.streams import KernelStreams
 from otus_ebpf.options import AttachOptions
 from otus_ebpf.signals import SignalFlag
 from userspace.boundary import Boundary
-from userspace.callbook import ROWS_SHOWN, detail_json
+from userspace.callbook import detail_json
 from userspace.endpoints import FlowEvent
 
 REPORT_INTERVAL_S = 0.5
@@ -54,11 +55,15 @@ _log = logs.get(__name__)
 
 
 class ViewRequest(NamedTuple):
-    """What a live view wants in a worker's reports: the rows for a query, and one call whole."""
+    """What a live view wants in a worker's reports: the rows for a query, and one call
+    whole, until ``until`` (CLOCK_MONOTONIC, the machine's: a view that stops asking
+    costs the worker nothing after it)."""
 
     query: str
     sort: str
+    limit: int
     follow: str | None  # a Call-ID
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,7 @@ def worker_main(spec: WorkerSpec, control: Connection, reports: Connection, even
                 inherited: list[Connection], parent: int) -> None:
     """The body of a worker process (forked: it shares the loaded programs)."""
     stop = _become_worker(inherited, parent)
+    sys.stderr = sys.__stderr__  # not the parent's held lines (a live view holds the terminal): its own
     index = spec.index
     logs.configure(spec.log_level, prefix=f"[w{index}] ")  # every line this process says is this worker's
     outbox = Outbox(reports, index)
@@ -244,10 +250,10 @@ def _serve(spec: WorkerSpec, control: Connection, events: Connection, outbox: Ou
 
 def view_report(runner: Runner, view: list[ViewRequest]) -> dict[str, Any]:
     """The rows and the followed call a live view asked for, as plain data."""
-    if not view:
+    if not view or time.monotonic() > view[0].until:
         return {}
-    query, sort, follow = view[0]
-    rows = [list(row) for row in runner.calls(query, sort, ROWS_SHOWN)]
+    query, sort, limit, follow, _until = view[0]
+    rows = [list(row) for row in runner.calls(query, sort, limit)]
     detail = runner.call_detail(follow) if follow is not None else None
     return {"calls": rows, "followed": detail_json(detail) if detail is not None else None}
 

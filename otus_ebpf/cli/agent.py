@@ -40,6 +40,7 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
                live_view: bool = False) -> int:
     """``metrics_listen``: HOST:PORT for /metrics, None for none. ``live_view``:
     the interactive view on the terminal instead of printing stats lines."""
+    view_failed = False
     with contextlib.ExitStack() as stack:
         stop = install_stop_signals(stack)
         task = Task(name, options)
@@ -60,12 +61,13 @@ def run_attach(options: AttachOptions, name: str = "attach", metrics_listen: str
         stack.callback(task.stop)
         if live_view:
             task.periodic_stats = False
-            run_viewed(task, stop)
+            view_failed = run_viewed(task, stop)
         else:
             task.run(stop)
         if task.state is not TaskState.FAILED:
             _log.info("stopping: detaching, draining, flushing outputs")
-    return exit_status(task)
+    status = exit_status(task)
+    return EXIT_TASK_FAILED if view_failed and status == 0 else status  # its capture was cut short
 
 
 def exit_status(task: Task) -> int:
@@ -79,12 +81,13 @@ def exit_status(task: Task) -> int:
     return 0
 
 
-def run_viewed(task: Task, stop: SignalFlag) -> None:
+def run_viewed(task: Task, stop: SignalFlag) -> bool:
     """The capture runs here as without a view; the view is a process of its own
     (otus_ebpf.view) reading this one over a private control socket, so drawing never
     takes the capture's interpreter lock, and a view that dies or hangs cannot hold the
     capture up. q in the view stops the capture; a stop here closes the view. While the
-    view holds the terminal, this process's log lines go to it, and are printed after."""
+    view holds the terminal, this process's log lines go to it, and are printed after.
+    True when the view died (killed, crashed) and so stopped the capture."""
     closing = threading.Event()
     held = logs.HeldLines()
     with contextlib.ExitStack() as stack:
@@ -95,11 +98,15 @@ def run_viewed(task: Task, stop: SignalFlag) -> None:
         stack.callback(_give_back_stderr, sys.stderr, held)
         terminal = _terminal_state()
         sys.stderr = held  # a text stream, as far as logging goes
-        view = subprocess.Popen([sys.executable, "-m", "otus_ebpf.view", str(server.path)])
-        stack.callback(_close_view, view, closing, terminal)
+        # -I: the view imports from the installed program only, never from the directory the
+        # operator runs attach in (root).
+        view = subprocess.Popen([sys.executable, "-I", "-m", "otus_ebpf.view", str(server.path)])
+        failed: list[bool] = []
+        stack.callback(_close_view, view, closing, terminal, failed)
         watch = threading.Thread(target=_stop_when_gone, args=(view, stop), name="view-watch", daemon=True)
         watch.start()
         task.run(stop)
+    return bool(failed)
 
 
 def _stop_when_gone(view: subprocess.Popen[bytes], stop: SignalFlag) -> None:
@@ -114,23 +121,31 @@ def _terminal_state() -> list[Any] | None:
         return None
 
 
-def _close_view(view: subprocess.Popen[bytes], closing: threading.Event, terminal: list[Any] | None) -> None:
-    """The view sees the stop within a quarter second and gives the terminal back; one
-    that does not is ended, and the terminal put back as it was before it."""
+def _close_view(view: subprocess.Popen[bytes], closing: threading.Event, terminal: list[Any] | None,
+                failed: list[bool]) -> None:
+    """The view sees the stop within half a second and gives the terminal back; one that
+    does not is ended, and the terminal put back as it was before it. A view ended by the
+    terminal's hang-up has not failed: the agent got the same hang-up, a stop like ^C."""
     closing.set()
     try:
         view.wait(VIEW_CLOSE_GRACE_S)
     except subprocess.TimeoutExpired:
         view.kill()
         view.wait()
-        if terminal is not None:
-            with contextlib.suppress(termios.error, OSError, ValueError):
-                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, terminal)
-                sys.__stdout__.write(LEAVE_FULL_SCREEN)  # type: ignore[union-attr]
-                sys.__stdout__.flush()  # type: ignore[union-attr]
         _log.error("otus-ebpf: the live view did not close; it was ended")
-    if view.returncode not in (0, None, -signal.SIGKILL):
-        _log.warning(f"otus-ebpf: the live view ended with status {view.returncode}")
+    if view.returncode not in (0, -signal.SIGHUP):  # killed, crashed: it could not put the terminal back
+        failed.append(True)
+        _restore_terminal(terminal)
+        _log.error(f"otus-ebpf: the live view ended with status {view.returncode}; the capture was stopped")
+
+
+def _restore_terminal(terminal: list[Any] | None) -> None:
+    if terminal is None:
+        return
+    with contextlib.suppress(termios.error, OSError, ValueError, AttributeError):
+        termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, terminal)
+        sys.__stdout__.write(LEAVE_FULL_SCREEN)  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
 
 
 def _give_back_stderr(stderr: Any, held: logs.HeldLines) -> None:

@@ -20,6 +20,11 @@ Handler = Callable[[dict[str, Any], str], dict[str, Any]]
 _log = logs.get(__name__)
 
 
+# What a live view asks every second or faster: not logged, even at debug (the agent's view
+# shows the agent's log lines, so each poll would log the next one's answer).
+_POLLED = frozenset({"samples", "calls", "call", "log"})
+
+
 def error(text: str) -> dict[str, Any]:
     return {"ok": False, "error": text.splitlines()[0] if text.strip() else "error"}
 
@@ -39,7 +44,8 @@ class Commands:
         handler = self._handlers.get(cmd)
         if handler is None:
             return error(f"unknown command {cmd!r} (known: {', '.join(self.verbs)})")
-        _log.debug(f"{origin}: {cmd!r}")
+        if cmd not in _POLLED:
+            _log.debug(f"{origin}: {cmd!r}")
         try:
             return {"ok": True, **handler(request, origin)}
         except (ValueError, SetupError, KeyError) as exc:

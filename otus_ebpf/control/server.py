@@ -165,7 +165,7 @@ def request(path: str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
             raise SetupError(f"no daemon at {path}: {exc.strerror or exc}") from None
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(json.dumps(message).encode() + b"\n")  # a busy daemon answers and closes first
-        data = b""
+        data = bytearray()  # grows in place: a big answer is not copied once a chunk
         try:
             while not data.endswith(b"\n"):
                 chunk = sock.recv(1 << 16)
@@ -176,7 +176,7 @@ def request(path: str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_
             if not data:
                 raise SetupError(f"no answer from the daemon at {path}: {exc.strerror or exc}") from None
     try:
-        answer: dict[str, Any] = json.loads(data)
+        answer: dict[str, Any] = json.loads(bytes(data))
     except ValueError:
         raise SetupError(f"the daemon at {path} closed the connection without an answer") from None
     if not isinstance(answer, dict):

@@ -199,7 +199,7 @@ class CallList(Screen[None]):
 
     def _say_status(self) -> None:
         matching = f" matching {printable(self.query_text)!r}" if self.query_text else ""
-        shown = f"{len(self._shown)} calls{matching}"
+        shown = f"{len(self._shown)} calls shown{matching}"
         paused = ("   PAUSED (p resumes)", "bold") if self.paused else ""
         self.query_one("#status", Static).update(Text.assemble(f"sort: {self.sort}   {shown}", paused))
 
@@ -287,7 +287,7 @@ class Ladder(Screen[None]):
         row = detail.row
         more = f"   ({detail.not_kept} later messages counted, not kept)" if detail.not_kept else ""
         self.query_one("#title", Static).update(Text.assemble(
-            ("call ", "bold"), printable(row.call_id),
+            ("call ", "bold"), printable(row.call_id)[:80],
             f"   {printable(row.from_user)} → {printable(row.to_user)}   {printable(row.state)}"
             f" {row.status or ''}   {row.duration_s:.1f} s{more}"))
         width = max(60, self.size.width)
@@ -301,6 +301,10 @@ class Ladder(Screen[None]):
             if detail.messages:
                 ladder.highlighted = min(highlighted or 0, len(detail.messages) - 1)
         self.query_one("#streams", Static).update(streams_table(detail))
+
+    def on_resize(self, _event: events.Resize) -> None:
+        if self.detail is not None:  # the columns follow the terminal's width
+            self._draw(self.detail, True)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if self.detail is not None and 0 <= event.option_index < len(self.detail.messages):

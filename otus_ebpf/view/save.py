@@ -10,10 +10,11 @@ WebSocket is written as UDP too; the JSON says how it came.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dpkt
 import orjson
@@ -22,6 +23,8 @@ from userspace.callbook import CallDetail, MessageLine
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 NAME_KEPT = 48  # characters of the Call-ID in a file name
+SAVES_PER_NAME = 1_000
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def file_stem(detail: CallDetail) -> str:
@@ -31,7 +34,6 @@ def file_stem(detail: CallDetail) -> str:
 
 
 def save_json(detail: CallDetail, directory: Path) -> Path:
-    path = _free(directory / f"{file_stem(detail)}.json")
     row = detail.row._asdict()
     document: dict[str, Any] = {
         "call": row,
@@ -39,13 +41,15 @@ def save_json(detail: CallDetail, directory: Path) -> Path:
         "streams": [s._asdict() for s in detail.streams],
         "messages_not_kept": detail.not_kept,
     }
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    path, file = _new_file(directory / f"{file_stem(detail)}.json")
+    with file:
+        file.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return path
 
 
 def save_pcap(detail: CallDetail, directory: Path) -> Path:
-    path = _free(directory / f"{file_stem(detail)}.pcap")
-    with path.open("wb") as file:
+    path, file = _new_file(directory / f"{file_stem(detail)}.pcap")
+    with file:
         writer = dpkt.pcap.Writer(file, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
         for message in detail.messages:
             frame = _frame(message)
@@ -54,13 +58,18 @@ def save_pcap(detail: CallDetail, directory: Path) -> Path:
     return path
 
 
-def _free(path: Path) -> Path:
-    """``path``, or with -1, -2… before its suffix when it exists (a second save keeps the first)."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+def _new_file(path: Path) -> tuple[Path, BinaryIO]:
+    """A file made here and now, readable by its owner only (it holds SIP, credentials
+    included): ``path``, or with -1, -2… before its suffix. Never an existing file,
+    nor one a symbolic link points to."""
+    for n in range(SAVES_PER_NAME):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            fd = os.open(candidate, _NEW_FILE, 0o600)
+        except FileExistsError:
+            continue
+        return candidate, os.fdopen(fd, "wb")
+    raise FileExistsError(f"{path} and {SAVES_PER_NAME - 1} more like it exist")
 
 
 def _split(endpoint: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:

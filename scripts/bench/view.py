@@ -117,8 +117,8 @@ def one_round(frames: list[bytes], workdir: Path, view: bool) -> Round:
             answer = Commands({**handlers, "calls": counted}).answer
             server = ControlServer(str(workdir / "view.sock"), answer)
             stack.callback(server.close)
-            child = subprocess.Popen([sys.executable, "-m", "otus_ebpf.view", str(server.path), "--headless"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            view_command = [sys.executable, "-I", "-m", "otus_ebpf.view", str(server.path), "--headless"]
+            child = subprocess.Popen(view_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             stack.callback(child.wait, 10)
             stack.callback(done.set)
             deadline = time.monotonic() + 20

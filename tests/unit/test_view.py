@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -20,17 +21,20 @@ from textual.widgets import Input, OptionList, Static
 
 from otus_ebpf.capture.sampling import TaskSample
 from otus_ebpf.control.commands import Commands
+from otus_ebpf.control.server import ControlServer
 from otus_ebpf.control.viewing import ViewVerbs
 from otus_ebpf.logs import HeldLines
+from otus_ebpf.view import save as save_module
 from otus_ebpf.view.app import ROWS_FIRST, CallList, CallTable, Ladder, LiveApp, MessageView
 from otus_ebpf.view.ladder import ladder_text
 from otus_ebpf.view.save import save_json, save_pcap
+from otus_ebpf.view.sources import RemoteSource
 from tests.support.paths import REPO
 from tests.support.records import numbered_sip_records
 from tests.support.view import scripted_records
 from userspace import callbook as book_module
 from userspace.callbook import CallBook, CallDetail, CallRow, detail_json, detail_of
-from userspace.records import Record, SipRecord
+from userspace.records import CallSummary, Record, SipRecord, StreamReport
 
 ANSWERED = ["INVITE", "INVITE (retransmission)", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"]
 
@@ -366,3 +370,102 @@ def test_view_verbs_answer_rows_and_a_call_and_refuse_bad_requests_in_one_line()
         held.write(f"line {n}\npartial" if n == 4 else f"line {n}\n")
     assert commands.answer({"cmd": "log", "after": 0})["lines"] == ["line 2", "line 3", "line 4"], "last 3"
     assert commands.answer({"cmd": "log", "after": 4}) == {"ok": True, "last": 5, "lines": ["line 4"]}
+
+
+# -- what the review found ----------------------------------------------------------------------
+
+
+def _retyped(record: SipRecord, **fields: Any) -> SipRecord:
+    return dataclasses.replace(record, message=dataclasses.replace(record.message, **fields))
+
+
+def test_a_call_that_authenticates_goes_on_after_its_407_and_counts_its_live_duration() -> None:
+    (template,) = numbered_sip_records(1, 1)
+    t = template.ts_ns
+    script = [("INVITE", None, 1, "INVITE"), (None, 407, 1, "INVITE"), ("ACK", None, 1, "ACK"),
+              ("INVITE", None, 2, "INVITE"), (None, 180, 2, "INVITE"), (None, 200, 2, "INVITE")]
+    book = CallBook()
+    for n, (method, status, cseq, cseq_method) in enumerate(script):
+        message = _retyped(template, method=method, status=status, cseq=cseq, cseq_method=cseq_method,
+                           call_id="auth")
+        book.take([dataclasses.replace(message, ts_ns=t + n * 10**9)])
+    (row,) = book.rows()
+    assert (row.state, row.status) == ("answered", 200)
+    later = dataclasses.replace(numbered_sip_records(1, 1)[0], ts_ns=t + 65 * 10**9)
+    later.message.call_id = "other"
+    book.take([later])
+    assert next(r for r in book.rows() if r.call_id == "auth").duration_s == 60.0, "still going: to now"
+
+
+def test_huge_fields_from_the_wire_are_cut_in_rows_and_ladders() -> None:
+    (record,) = numbered_sip_records(1, 1)
+    huge = _retyped(record, call_id="c" * 60_000, method="INVITE", status=None, from_user="u" * 60_000,
+                    to_user="\ufffd" * 60_000)
+    reply = _retyped(record, call_id="c" * 60_000, method=None, status=499, reason="r" * 60_000)
+    book = fed([huge, reply])
+    (row,) = book.rows()
+    assert max(len(row.call_id), len(row.from_user), len(row.to_user)) == book_module.FIELD_SHOWN
+    detail = book.detail("c" * 60_000)
+    assert detail is not None and max(len(m.label) for m in detail.messages) == book_module.FIELD_SHOWN
+
+
+def test_the_byte_budget_counts_the_whole_datagram_a_short_message_came_in() -> None:
+    (record,) = numbered_sip_records(1, 1)
+    padded = _retyped(record, source=record.message.source + b"\0" * 60_000)
+    book = CallBook(bytes_kept=1_000_000)
+    book.take([dataclasses.replace(padded, message=dataclasses.replace(padded.message, call_id=f"c{n}"))
+               for n in range(100)])
+    assert len(book) <= 1_000_000 // 60_000, "each holds its 60 kB datagram"
+
+
+def test_an_ended_call_or_a_ping_goes_before_a_call_in_progress() -> None:
+    (record,) = numbered_sip_records(1, 1)
+    book = CallBook(max_calls=3)
+    invite = _retyped(record, method="INVITE", status=None, call_id="live")
+    pings = [_retyped(record, method="OPTIONS", status=None, call_id=f"ping-{n}") for n in range(10)]
+    book.take([invite, *pings])
+    assert "live" in {r.call_id for r in book.rows()}, "ten pings did not push the call out"
+
+
+def test_streams_a_call_shows_are_capped_and_keep_it_live() -> None:
+    records = scripted_records(answered_calls=1, rejected_calls=0)
+    book = fed([r for r in records if not isinstance(r, CallSummary)])
+    report = next(r for r in records if isinstance(r, StreamReport))
+    later = report.ts_ns + book_module.IDLE_KEPT_NS // 2
+    for n in range(100):
+        book.take([dataclasses.replace(report, ts_ns=later + n, report={**report.report, "ssrc": n})])
+    detail = book.detail("view-0@test")
+    assert detail is not None and len(detail.streams) == book_module.MAX_STREAMS
+    after = later + book_module.IDLE_KEPT_NS // 2 + 10
+    ping = dataclasses.replace(numbered_sip_records(1, 1)[0], ts_ns=after)
+    book.take([ping])
+    assert "view-0@test" in {r.call_id for r in book.rows()}, "its media kept it from ageing out"
+
+
+def test_a_save_never_follows_a_link_nor_overwrites_and_is_private(tmp_path: Path) -> None:
+    detail = fed().detail("view-1@test")
+    assert detail is not None
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / f"{save_module.file_stem(detail)}.json").symlink_to(victim)
+    path = save_json(detail, tmp_path)
+    assert victim.read_text() == "keep me" and path.name.endswith("-1.json")
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_daemon_answering_nonsense_or_nothing_never_breaks_the_view(tmp_path: Path) -> None:
+    def nonsense(_request: dict[str, object], _origin: str) -> dict[str, object]:
+        return {"tasks": [{"name": 1}], "calls": [[1, 2]], "call": {"row": []}, "last": "x", "lines": 5}
+
+    verbs = {v: nonsense for v in ("samples", "calls", "call", "log")}
+    server = ControlServer(str(tmp_path / "odd.sock"), Commands(verbs).answer)
+    try:
+        for agent in (False, True):
+            source = RemoteSource(str(server.path), agent=agent)
+            assert "not answering" in str(source.dashboard())
+            assert source.rows("", "start", 10) == [] and source.detail(fed().rows()[0]) is None
+            assert source.finished() is False, "a wrong answer is not the agent gone"
+    finally:
+        server.close()
+    gone = RemoteSource(str(tmp_path / "odd.sock"), agent=True)
+    assert gone.finished() is True and "not answering" in str(gone.dashboard())
