@@ -116,7 +116,7 @@ def test_an_unreachable_broker_at_start_can_be_waited_for(brokers: list[Broker],
     assert reporter.stats.delivered == 0 and reporter.stats.received == feed.sent
 
     brokers.append(start_broker(tmp_path / "tansu.log", port=port))
-    brokers[0].create_topic(TOPIC, PARTITIONS)
+    brokers[0].create_topic(TOPIC, PARTITIONS, exist_ok=True)  # the waiting producer may ask for it first
     assert reporter.flush(120) == 0, reporter.stats
     s = reporter.stats
     assert s.delivered == s.received == feed.sent and s.dropped == s.failed == 0, s

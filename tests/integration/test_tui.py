@@ -185,9 +185,15 @@ def agent_pid(marker: str, timeout: float = START_TIMEOUT_S) -> int:
 
 
 def gone(pid: int, timeout: float = 20.0) -> bool:
+    """The process ended: no longer there, or a zombie its parent (tmux, which keeps the
+    dead pane) has not reaped yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
             return True
         time.sleep(0.2)
     return False

