@@ -242,8 +242,8 @@ class CallList(Screen[None]):
         self.query_one("#log", Log).write_line(printable(line))
 
 
-class Ladder(Screen[None]):
-    """One call: its message flow, its media; enter opens a message."""
+class CallScreen(Screen[None]):
+    """A screen of one call: back, and the call saved as JSON or pcap."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "back"),
@@ -251,6 +251,17 @@ class Ladder(Screen[None]):
         Binding("c", "save_pcap", "save pcap"),
         Binding("q", "app.quit", "quit"),
     ]
+    detail: CallDetail | None
+
+    def action_save_json(self) -> None:
+        _save(self.app, self.detail, "json")
+
+    def action_save_pcap(self) -> None:
+        _save(self.app, self.detail, "pcap")
+
+
+class Ladder(CallScreen):
+    """One call: its message flow, its media; enter opens a message."""
 
     def __init__(self, source: CallSource, row: CallRow) -> None:
         super().__init__()
@@ -310,20 +321,9 @@ class Ladder(Screen[None]):
         if self.detail is not None and 0 <= event.option_index < len(self.detail.messages):
             self.app.push_screen(MessageView(self.detail.messages[event.option_index], self.detail))
 
-    def action_save_json(self) -> None:
-        _save(self.app, self.detail, "json")
 
-    def action_save_pcap(self) -> None:
-        _save(self.app, self.detail, "pcap")
-
-
-class MessageView(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,backspace", "app.pop_screen", "back"),
-        Binding("j", "save_json", "save JSON"),
-        Binding("c", "save_pcap", "save pcap"),
-        Binding("q", "app.quit", "quit"),
-    ]
+class MessageView(CallScreen):
+    """One message's text, as captured."""
 
     def __init__(self, message: MessageLine, detail: CallDetail) -> None:
         super().__init__()
@@ -338,12 +338,6 @@ class MessageView(Screen[None]):
         with VerticalScroll(id="message"):
             yield Static(message_text(m.text), id="text")
         yield Footer()
-
-    def action_save_json(self) -> None:
-        _save(self.app, self.detail, "json")
-
-    def action_save_pcap(self) -> None:
-        _save(self.app, self.detail, "pcap")
 
 
 def _save(app: App[None], detail: CallDetail | None, kind: str) -> None:

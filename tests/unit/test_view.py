@@ -25,7 +25,7 @@ from otus_ebpf.control.server import ControlServer
 from otus_ebpf.control.viewing import ViewVerbs
 from otus_ebpf.logs import HeldLines
 from otus_ebpf.view import save as save_module
-from otus_ebpf.view.app import ROWS_FIRST, CallList, CallTable, Ladder, LiveApp, MessageView
+from otus_ebpf.view.app import ROWS_FIRST, CallList, CallScreen, CallTable, Ladder, LiveApp, MessageView
 from otus_ebpf.view.ladder import ladder_text
 from otus_ebpf.view.save import save_json, save_pcap
 from otus_ebpf.view.sources import RemoteSource
@@ -227,7 +227,7 @@ def test_keys_list_filter_ladder_message_and_back(tmp_path: Path) -> None:
         await p.press("down", "down", "enter")
         await p.pause()
         assert isinstance(app.screen, MessageView) and app.screen.message.label == "180 Ringing"
-        assert "SIP/2.0 180 Ringing" in _plain(app.screen.query_one("#text", Static).content)
+        assert "SIP/2.0 180 Ringing" in str(app.screen.query_one("#text", Static).content)
         await p.press("j")
         await p.press("escape")
         assert isinstance(app.screen, Ladder)
@@ -312,7 +312,7 @@ def test_book_take_ignores_records_it_does_not_show() -> None:
 def test_the_readme_key_table_is_the_apps_bindings() -> None:
     readme = (REPO / "README.md").read_text().split("### The live view", 1)[1].split("###", 1)[0]
     documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
-    bound = {key for screen in (CallList, Ladder, MessageView, CallTable)
+    bound = {key for screen in (CallList, CallScreen, CallTable)
              for binding in screen.BINDINGS if isinstance(binding, Binding) and binding.show is not False
              for key in binding.key.split(",")}
     names = {"slash": "/", "backspace": "escape"}
