@@ -76,7 +76,10 @@ def message_line(message: MessageLine, columns: list[str], start_ns: int, width:
 
 
 def _is_request(message: MessageLine) -> bool:
-    return not message.label[:3].isdigit()
+    """A response's label starts with its status code; a method from the wire may hold
+    digits that are not ASCII ('²'), which a status never does."""
+    code = message.label[:3]
+    return not (code.isascii() and code.isdigit())
 
 
 def streams_table(detail: CallDetail) -> Table:
